@@ -23,6 +23,10 @@ const (
 	KindIdentity  Kind = "identities"
 	KindIPCache   Kind = "ipcache"
 	KindSynced    Kind = "synced"
+	// KindAgents holds the status each agent of the cluster publishes, so
+	// the CLI can tell how many agents are connected to each peer. It is the
+	// only prefix agents may write.
+	KindAgents Kind = "agents"
 )
 
 // SyncedKinds are the kinds a writer exports in its initial full sync, each
@@ -94,7 +98,7 @@ func ParseKey(key string) (ParsedKey, error) {
 	}
 	kind, rest, _ := strings.Cut(rest, "/")
 	switch Kind(kind) {
-	case KindCluster, KindNode, KindService, KindEndpoints, KindIdentity, KindIPCache, KindSynced:
+	case KindCluster, KindNode, KindService, KindEndpoints, KindIdentity, KindIPCache, KindSynced, KindAgents:
 	default:
 		return ParsedKey{}, fmt.Errorf("key %q: unknown kind %q", key, kind)
 	}
