@@ -1,0 +1,139 @@
+// Package deploy holds the Kubernetes manifests `clustermesh enable` installs
+// and renders them for one cluster.
+//
+// The manifests are plain YAML files in this directory, embedded in the
+// binary and templated (text/template) with a Values struct, so a reader can
+// review exactly what is installed and an operator can apply them by hand.
+// Rendering is pure: it has no side effects and is safe for concurrent use.
+package deploy
+
+import (
+	"bytes"
+	"embed"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"text/template"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/yaml"
+)
+
+// Namespace is where every clustermesh object of a cluster lives.
+const Namespace = "clustermesh-system"
+
+// Manifest files in the order enable applies them. Group one must exist
+// before certificates are issued (the server certificate names the Service's
+// address); group two refers to the certificates.
+const (
+	FileNamespace  = "namespace.yaml"
+	FileRBAC       = "rbac.yaml"
+	FileService    = "apiserver-service.yaml"
+	FileConfig     = "config.yaml"
+	FileDeployment = "apiserver-deployment.yaml"
+	FileDaemonSet  = "agent-daemonset.yaml"
+)
+
+// Files lists every manifest in apply order.
+var Files = []string{FileNamespace, FileRBAC, FileService, FileConfig, FileDeployment, FileDaemonSet}
+
+//go:embed *.yaml
+var manifests embed.FS
+
+// ErrInvalidValues is returned when Values lack something a manifest needs.
+var ErrInvalidValues = errors.New("invalid manifest values")
+
+// Values parameterise the manifests.
+type Values struct {
+	Namespace      string
+	ClusterName    string
+	ClusterID      uint32
+	MaxClusterID   uint32
+	Endpoint       string
+	ServiceType    string
+	EtcdPort       uint16
+	APIServerImage string
+	AgentImage     string
+}
+
+// DefaultValues returns values with every optional field set.
+func DefaultValues() Values {
+	return Values{
+		Namespace:      Namespace,
+		MaxClusterID:   255,
+		ServiceType:    "NodePort",
+		EtcdPort:       2379,
+		APIServerImage: "ghcr.io/clustermesh/clustermesh-apiserver:latest",
+		AgentImage:     "ghcr.io/clustermesh/clustermesh-agent:latest",
+	}
+}
+
+func (v Values) validate() error {
+	switch {
+	case v.Namespace == "":
+		return fmt.Errorf("%w: empty namespace", ErrInvalidValues)
+	case v.ClusterName == "":
+		return fmt.Errorf("%w: empty cluster name", ErrInvalidValues)
+	case v.ClusterID == 0:
+		return fmt.Errorf("%w: cluster %s: cluster ID 0", ErrInvalidValues, v.ClusterName)
+	case v.EtcdPort == 0:
+		return fmt.Errorf("%w: cluster %s: etcd port 0", ErrInvalidValues, v.ClusterName)
+	}
+	switch v.ServiceType {
+	case "ClusterIP", "NodePort", "LoadBalancer":
+	default:
+		return fmt.Errorf("%w: cluster %s: service type %q: must be ClusterIP, NodePort or LoadBalancer", ErrInvalidValues, v.ClusterName, v.ServiceType)
+	}
+	return nil
+}
+
+// Render renders one manifest file into its objects.
+func Render(file string, v Values) ([]*unstructured.Unstructured, error) {
+	if err := v.validate(); err != nil {
+		return nil, err
+	}
+	raw, err := manifests.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("manifest %s: %w", file, err)
+	}
+	tmpl, err := template.New(file).Option("missingkey=error").Funcs(template.FuncMap{
+		"quote": func(x any) string { return strconv.Quote(fmt.Sprint(x)) },
+	}).Parse(string(raw))
+	if err != nil {
+		return nil, fmt.Errorf("manifest %s: parse: %w", file, err)
+	}
+	var buf bytes.Buffer
+	if err := tmpl.Execute(&buf, v); err != nil {
+		return nil, fmt.Errorf("manifest %s: render: %w", file, err)
+	}
+	var objs []*unstructured.Unstructured
+	for i, doc := range strings.Split(buf.String(), "\n---\n") {
+		var m map[string]any
+		if err := yaml.Unmarshal([]byte(doc), &m); err != nil {
+			return nil, fmt.Errorf("manifest %s: document %d: %w", file, i, err)
+		}
+		if len(m) == 0 {
+			continue
+		}
+		u := &unstructured.Unstructured{Object: m}
+		if u.GetKind() == "" || u.GetName() == "" {
+			return nil, fmt.Errorf("manifest %s: document %d: missing kind or name", file, i)
+		}
+		objs = append(objs, u)
+	}
+	return objs, nil
+}
+
+// RenderAll renders every manifest in apply order.
+func RenderAll(v Values) ([]*unstructured.Unstructured, error) {
+	var all []*unstructured.Unstructured
+	for _, f := range Files {
+		objs, err := Render(f, v)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, objs...)
+	}
+	return all, nil
+}

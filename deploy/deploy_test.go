@@ -1,0 +1,58 @@
+package deploy
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestRenderAll(t *testing.T) {
+	v := DefaultValues()
+	v.ClusterName = "c1"
+	v.ClusterID = 7
+	v.Endpoint = "https://10.0.0.1:2379"
+	objs, err := RenderAll(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]int{}
+	for _, o := range objs {
+		kinds[o.GetKind()]++
+		if ns := o.GetNamespace(); o.GetKind() != "Namespace" && o.GetKind() != "ClusterRole" && o.GetKind() != "ClusterRoleBinding" && ns != Namespace {
+			t.Errorf("%s %s: namespace %q, want %q", o.GetKind(), o.GetName(), ns, Namespace)
+		}
+	}
+	for kind, n := range map[string]int{"Namespace": 1, "ServiceAccount": 2, "ClusterRole": 1, "ClusterRoleBinding": 1, "Service": 1, "ConfigMap": 1, "Deployment": 1, "DaemonSet": 1} {
+		if kinds[kind] != n {
+			t.Errorf("%d %s objects, want %d", kinds[kind], kind, n)
+		}
+	}
+	for _, o := range objs {
+		if o.GetKind() != "ConfigMap" {
+			continue
+		}
+		data := o.Object["data"].(map[string]any)
+		if data["cluster-id"] != "7" || data["cluster-name"] != "c1" || data["endpoint"] != v.Endpoint {
+			t.Errorf("config data %v", data)
+		}
+	}
+}
+
+func TestRenderRejects(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mod  func(*Values)
+	}{
+		{"no name", func(v *Values) { v.ClusterName = "" }},
+		{"no id", func(v *Values) { v.ClusterID = 0 }},
+		{"bad service type", func(v *Values) { v.ServiceType = "External" }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := DefaultValues()
+			v.ClusterName, v.ClusterID = "c1", 1
+			tc.mod(&v)
+			if _, err := RenderAll(v); !errors.Is(err, ErrInvalidValues) {
+				t.Fatalf("err = %v, want ErrInvalidValues", err)
+			}
+		})
+	}
+}
