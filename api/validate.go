@@ -80,26 +80,44 @@ func ValidateAffinity(a Affinity) error {
 	return invalidf("affinity %q: must be local, remote or none", string(a))
 }
 
-func validatePort(what string, port uint16) error {
+// The checks below take a describe func so the name of the offending field
+// is formatted only when a check fails: validation runs on every write and
+// every decode, across every endpoint of a slice.
+
+func validatePort(port uint16, describe func() string) error {
 	if port == 0 {
-		return invalidf("%s: port 0 is not a valid port", what)
+		return invalidf("%s: port 0 is not a valid port", describe())
 	}
 	return nil
 }
 
-func validatePrefix(what string, p netip.Prefix) error {
+func validatePrefix(p netip.Prefix, describe func() string) error {
 	if !p.IsValid() {
-		return invalidf("%s: invalid CIDR", what)
+		return invalidf("%s: invalid CIDR", describe())
 	}
 	if p.Masked() != p {
-		return invalidf("%s %s: host bits set (did you mean %s?)", what, p, p.Masked())
+		return invalidf("%s %s: host bits set (did you mean %s?)", describe(), p, p.Masked())
 	}
 	return nil
 }
 
-func validateAddr(what string, a netip.Addr) error {
+func validateAddr(a netip.Addr, describe func() string) error {
 	if !a.IsValid() || a.IsUnspecified() {
-		return invalidf("%s: missing or unspecified IP address", what)
+		return invalidf("%s: missing or unspecified IP address", describe())
+	}
+	return nil
+}
+
+func validatePorts[P ServicePort | EndpointPort](what string, ports []P) error {
+	for i, p := range ports {
+		p := ServicePort(p)
+		describe := func() string { return fmt.Sprintf("%s: port #%d (%q)", what, i, p.Name) }
+		if err := validatePort(p.Port, describe); err != nil {
+			return err
+		}
+		if err := ValidateProtocol(p.Protocol); err != nil {
+			return fmt.Errorf("%s: %w", describe(), err)
+		}
 	}
 	return nil
 }
@@ -141,7 +159,7 @@ func (c *Cluster) Validate() error {
 		return fmt.Errorf("cluster %s: %w", c.Name, err)
 	}
 	for i, p := range c.PodCIDRs {
-		if err := validatePrefix(fmt.Sprintf("cluster %s: pod CIDR #%d", c.Name, i), p); err != nil {
+		if err := validatePrefix(p, func() string { return fmt.Sprintf("cluster %s: pod CIDR #%d", c.Name, i) }); err != nil {
 			return err
 		}
 		for _, q := range c.PodCIDRs[:i] {
@@ -163,12 +181,12 @@ func (n *Node) Validate() error {
 	}
 	what := fmt.Sprintf("node %s/%s", n.Cluster, n.Name)
 	for i, a := range n.Addresses {
-		if err := validateAddr(fmt.Sprintf("%s: address #%d", what, i), a); err != nil {
+		if err := validateAddr(a, func() string { return fmt.Sprintf("%s: address #%d", what, i) }); err != nil {
 			return err
 		}
 	}
 	for i, p := range n.PodCIDRs {
-		if err := validatePrefix(fmt.Sprintf("%s: pod CIDR #%d", what, i), p); err != nil {
+		if err := validatePrefix(p, func() string { return fmt.Sprintf("%s: pod CIDR #%d", what, i) }); err != nil {
 			return err
 		}
 	}
@@ -191,20 +209,11 @@ func (s *Service) Validate() error {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	for i, a := range s.ClusterIPs {
-		if err := validateAddr(fmt.Sprintf("%s: cluster IP #%d", what, i), a); err != nil {
+		if err := validateAddr(a, func() string { return fmt.Sprintf("%s: cluster IP #%d", what, i) }); err != nil {
 			return err
 		}
 	}
-	for i, p := range s.Ports {
-		pw := fmt.Sprintf("%s: port #%d (%q)", what, i, p.Name)
-		if err := validatePort(pw, p.Port); err != nil {
-			return err
-		}
-		if err := ValidateProtocol(p.Protocol); err != nil {
-			return fmt.Errorf("%s: %w", pw, err)
-		}
-	}
-	return nil
+	return validatePorts(what, s.Ports)
 }
 
 // Validate checks the endpoint slice.
@@ -222,21 +231,15 @@ func (e *EndpointSlice) Validate() error {
 		}
 	}
 	what := fmt.Sprintf("endpoint slice %s/%s/%s/%s", e.Cluster, e.Namespace, e.Service, e.Name)
-	for i, p := range e.Ports {
-		pw := fmt.Sprintf("%s: port #%d (%q)", what, i, p.Name)
-		if err := validatePort(pw, p.Port); err != nil {
-			return err
-		}
-		if err := ValidateProtocol(p.Protocol); err != nil {
-			return fmt.Errorf("%s: %w", pw, err)
-		}
+	if err := validatePorts(what, e.Ports); err != nil {
+		return err
 	}
 	for i, ep := range e.Endpoints {
 		if len(ep.Addresses) == 0 {
 			return invalidf("%s: endpoint #%d has no address", what, i)
 		}
 		for j, a := range ep.Addresses {
-			if err := validateAddr(fmt.Sprintf("%s: endpoint #%d address #%d", what, i, j), a); err != nil {
+			if err := validateAddr(a, func() string { return fmt.Sprintf("%s: endpoint #%d address #%d", what, i, j) }); err != nil {
 				return err
 			}
 		}
@@ -263,7 +266,7 @@ func (e *IPCacheEntry) Validate() error {
 	if err := ValidateClusterName(e.Cluster); err != nil {
 		return err
 	}
-	if err := validateAddr(fmt.Sprintf("ipcache entry in cluster %s: IP", e.Cluster), e.IP); err != nil {
+	if err := validateAddr(e.IP, func() string { return fmt.Sprintf("ipcache entry in cluster %s: IP", e.Cluster) }); err != nil {
 		return err
 	}
 	if e.Identity == 0 {
