@@ -1,0 +1,564 @@
+package merger
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/loadbalancer"
+)
+
+// ErrDatapath wraps every error returned by the datapath during Sync.
+var ErrDatapath = errors.New("datapath")
+
+// Name identifies a service across clusters: namespace and name.
+type Name struct {
+	Namespace string
+	Name      string
+}
+
+func (n Name) String() string { return n.Namespace + "/" + n.Name }
+
+// Merger holds every cluster's services and slices and the last state pushed
+// to the datapath. The zero value is not usable; call New.
+type Merger struct {
+	local string
+	dp    loadbalancer.Datapath
+	log   *slog.Logger
+
+	// syncMu serialises Sync so datapath calls of one frontend never race.
+	syncMu sync.Mutex
+
+	mu         sync.Mutex
+	clusterIDs map[string]uint32
+	services   map[Name]map[string]*api.Service
+	// slices: service → cluster → slice name → slice.
+	slices     map[Name]map[string]map[string]*api.EndpointSlice
+	unhealthy  map[loadbalancer.NodeRef]struct{}
+	programmed map[Name]map[loadbalancer.Frontend]loadbalancer.Service
+	// byNode indexes programmed services by the nodes of their backends, so
+	// a health change recomputes only the services it can affect.
+	byNode map[loadbalancer.NodeRef]map[Name]struct{}
+	dirty  map[Name]struct{}
+}
+
+// New returns a merger for the cluster named local, programming dp. A nil log
+// discards logs.
+func New(local string, dp loadbalancer.Datapath, log *slog.Logger) *Merger {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Merger{
+		local:      local,
+		dp:         dp,
+		log:        log.With("local_cluster", local),
+		clusterIDs: map[string]uint32{},
+		services:   map[Name]map[string]*api.Service{},
+		slices:     map[Name]map[string]map[string]*api.EndpointSlice{},
+		unhealthy:  map[loadbalancer.NodeRef]struct{}{},
+		programmed: map[Name]map[loadbalancer.Frontend]loadbalancer.Service{},
+		byNode:     map[loadbalancer.NodeRef]map[Name]struct{}{},
+		dirty:      map[Name]struct{}{},
+	}
+}
+
+// SetCluster records the numeric ID of a cluster, used in the NodeRef of its
+// backends. Until it is known, the ID carried by the cluster's services is
+// used.
+func (m *Merger) SetCluster(name string, id uint32) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.clusterIDs[name] == id {
+		return
+	}
+	m.clusterIDs[name] = id
+	m.markClusterLocked(name)
+}
+
+// DeleteCluster forgets everything of a cluster: its ID, services and slices.
+func (m *Merger) DeleteCluster(name string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.clusterIDs, name)
+	for n, byCluster := range m.services {
+		if _, ok := byCluster[name]; ok {
+			delete(byCluster, name)
+			if len(byCluster) == 0 {
+				delete(m.services, n)
+			}
+			m.dirty[n] = struct{}{}
+		}
+	}
+	for n, byCluster := range m.slices {
+		if _, ok := byCluster[name]; ok {
+			delete(byCluster, name)
+			if len(byCluster) == 0 {
+				delete(m.slices, n)
+			}
+			m.dirty[n] = struct{}{}
+		}
+	}
+}
+
+func (m *Merger) markClusterLocked(cluster string) {
+	for n, byCluster := range m.slices {
+		if _, ok := byCluster[cluster]; ok {
+			m.dirty[n] = struct{}{}
+		}
+	}
+}
+
+// UpsertService records a cluster's service. The merger keeps the pointer:
+// callers must not modify svc afterwards.
+func (m *Merger) UpsertService(svc *api.Service) {
+	n := Name{svc.Namespace, svc.Name}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	byCluster := m.services[n]
+	if byCluster == nil {
+		byCluster = map[string]*api.Service{}
+		m.services[n] = byCluster
+	}
+	byCluster[svc.Cluster] = svc
+	m.dirty[n] = struct{}{}
+}
+
+// DeleteService forgets a cluster's service.
+func (m *Merger) DeleteService(cluster, namespace, name string) {
+	n := Name{namespace, name}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	byCluster := m.services[n]
+	if _, ok := byCluster[cluster]; !ok {
+		return
+	}
+	delete(byCluster, cluster)
+	if len(byCluster) == 0 {
+		delete(m.services, n)
+	}
+	m.dirty[n] = struct{}{}
+}
+
+// UpsertEndpointSlice records a cluster's endpoint slice. The merger keeps
+// the pointer: callers must not modify es afterwards.
+func (m *Merger) UpsertEndpointSlice(es *api.EndpointSlice) {
+	n := Name{es.Namespace, es.Service}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	byCluster := m.slices[n]
+	if byCluster == nil {
+		byCluster = map[string]map[string]*api.EndpointSlice{}
+		m.slices[n] = byCluster
+	}
+	bySlice := byCluster[es.Cluster]
+	if bySlice == nil {
+		bySlice = map[string]*api.EndpointSlice{}
+		byCluster[es.Cluster] = bySlice
+	}
+	bySlice[es.Name] = es
+	m.dirty[n] = struct{}{}
+}
+
+// DeleteEndpointSlice forgets one slice of a cluster's service.
+func (m *Merger) DeleteEndpointSlice(cluster, namespace, service, slice string) {
+	n := Name{namespace, service}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	bySlice := m.slices[n][cluster]
+	if _, ok := bySlice[slice]; !ok {
+		return
+	}
+	delete(bySlice, slice)
+	if len(bySlice) == 0 {
+		delete(m.slices[n], cluster)
+		if len(m.slices[n]) == 0 {
+			delete(m.slices, n)
+		}
+	}
+	m.dirty[n] = struct{}{}
+}
+
+// SetNodeHealth passes a node's health to the datapath at once (so the
+// kernel skips its backends without waiting for a recompute) and marks the
+// services with backends on it for recomputation: affinity thresholds count
+// only backends on healthy nodes. Call Sync afterwards.
+func (m *Merger) SetNodeHealth(ctx context.Context, node loadbalancer.NodeRef, healthy bool) error {
+	m.mu.Lock()
+	_, wasUnhealthy := m.unhealthy[node]
+	changed := wasUnhealthy == healthy
+	if healthy {
+		delete(m.unhealthy, node)
+	} else {
+		m.unhealthy[node] = struct{}{}
+	}
+	if changed {
+		for n := range m.byNode[node] {
+			m.dirty[n] = struct{}{}
+		}
+	}
+	m.mu.Unlock()
+	if err := m.dp.SetNodeHealth(ctx, node, healthy); err != nil {
+		return fmt.Errorf("%w: node %s: set health %t: %w", ErrDatapath, node, healthy, err)
+	}
+	return nil
+}
+
+// Dirty reports how many services wait for the next Sync.
+func (m *Merger) Dirty() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.dirty)
+}
+
+// Programmed returns a copy of what was last pushed to the datapath, for
+// status output and tests.
+func (m *Merger) Programmed() []loadbalancer.Service {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []loadbalancer.Service
+	for _, fes := range m.programmed {
+		for _, s := range fes {
+			out = append(out, s)
+		}
+	}
+	slices.SortFunc(out, func(a, b loadbalancer.Service) int { return compareFrontend(a.Frontend, b.Frontend) })
+	return out
+}
+
+// SyncResult counts what one Sync pushed.
+type SyncResult struct {
+	Services int // services recomputed
+	Upserts  int
+	Deletes  int
+}
+
+// Sync recomputes every dirty service and pushes upserts and deletes of the
+// frontends whose merged value changed. Errors of individual frontends are
+// joined; those services stay dirty and are retried by the next Sync.
+func (m *Merger) Sync(ctx context.Context) (SyncResult, error) {
+	m.syncMu.Lock()
+	defer m.syncMu.Unlock()
+
+	type work struct {
+		name    Name
+		desired map[loadbalancer.Frontend]loadbalancer.Service
+		old     map[loadbalancer.Frontend]loadbalancer.Service
+	}
+	m.mu.Lock()
+	todo := make([]work, 0, len(m.dirty))
+	for n := range m.dirty {
+		todo = append(todo, work{name: n, desired: m.computeLocked(n), old: m.programmed[n]})
+	}
+	clear(m.dirty)
+	m.mu.Unlock()
+
+	var res SyncResult
+	var errs []error
+	for _, w := range todo {
+		res.Services++
+		done := map[loadbalancer.Frontend]loadbalancer.Service{}
+		failed := false
+		// Upserts first, then deletes: a frontend never disappears before
+		// its replacement exists.
+		for fe, svc := range w.desired {
+			if old, ok := w.old[fe]; ok && equalService(old, svc) {
+				done[fe] = old
+				continue
+			}
+			if err := m.dp.UpsertService(ctx, svc); err != nil {
+				errs = append(errs, fmt.Errorf("%w: service %s: upsert frontend %s: %w", ErrDatapath, w.name, fe, err))
+				failed = true
+				if old, ok := w.old[fe]; ok {
+					done[fe] = old
+				}
+				continue
+			}
+			res.Upserts++
+			done[fe] = svc
+		}
+		for fe, old := range w.old {
+			if _, ok := w.desired[fe]; ok {
+				continue
+			}
+			if err := m.dp.DeleteService(ctx, fe); err != nil {
+				errs = append(errs, fmt.Errorf("%w: service %s: delete frontend %s: %w", ErrDatapath, w.name, fe, err))
+				failed = true
+				done[fe] = old
+				continue
+			}
+			res.Deletes++
+		}
+		m.mu.Lock()
+		m.setProgrammedLocked(w.name, w.old, done)
+		if failed {
+			m.dirty[w.name] = struct{}{}
+		}
+		m.mu.Unlock()
+	}
+	return res, errors.Join(errs...)
+}
+
+func (m *Merger) setProgrammedLocked(n Name, old, now map[loadbalancer.Frontend]loadbalancer.Service) {
+	for _, s := range old {
+		for _, node := range nodesOf(s) {
+			if set := m.byNode[node]; set != nil {
+				delete(set, n)
+				if len(set) == 0 {
+					delete(m.byNode, node)
+				}
+			}
+		}
+	}
+	if len(now) == 0 {
+		delete(m.programmed, n)
+		return
+	}
+	m.programmed[n] = now
+	for _, s := range now {
+		for _, node := range nodesOf(s) {
+			set := m.byNode[node]
+			if set == nil {
+				set = map[Name]struct{}{}
+				m.byNode[node] = set
+			}
+			set[n] = struct{}{}
+		}
+	}
+}
+
+func nodesOf(s loadbalancer.Service) []loadbalancer.NodeRef {
+	var out []loadbalancer.NodeRef
+	for _, set := range [][]loadbalancer.Backend{s.Preferred, s.Fallback} {
+		for _, b := range set {
+			if b.Node.Name != "" {
+				out = append(out, b.Node)
+			}
+		}
+	}
+	return out
+}
+
+// candidate is one endpoint × port considered for a frontend.
+type candidate struct {
+	be      loadbalancer.Backend
+	local   bool
+	ready   bool
+	serving bool
+}
+
+// computeLocked returns the desired merged service of every local frontend
+// of n.
+func (m *Merger) computeLocked(n Name) map[loadbalancer.Frontend]loadbalancer.Service {
+	localSvc := m.services[n][m.local]
+	if localSvc == nil || !localSvc.Global {
+		return nil
+	}
+	out := map[loadbalancer.Frontend]loadbalancer.Service{}
+	clusters := make([]string, 0, len(m.slices[n]))
+	for c := range m.slices[n] {
+		clusters = append(clusters, c)
+	}
+	slices.Sort(clusters)
+
+	for _, sp := range localSvc.Ports {
+		proto, ok := protocolOf(sp.Protocol)
+		if !ok {
+			m.log.Debug("skipping unsupported protocol", "service", n, "port", sp.Name, "protocol", sp.Protocol)
+			continue
+		}
+		for _, vip := range localSvc.ClusterIPs {
+			fe := loadbalancer.Frontend{Addr: netip.AddrPortFrom(vip, sp.Port), Protocol: proto}
+			cands := m.candidatesLocked(n, clusters, sp, vip.Is4())
+			out[fe] = m.choose(localSvc, fe, cands)
+		}
+	}
+	return out
+}
+
+func (m *Merger) candidatesLocked(n Name, clusters []string, sp api.ServicePort, v4 bool) []candidate {
+	var cands []candidate
+	seen := map[netip.AddrPort]struct{}{}
+	// The local cluster goes first so that, should two clusters claim the
+	// same address, the local backend wins the dedup.
+	order := make([]string, 0, len(clusters))
+	if _, ok := m.slices[n][m.local]; ok {
+		order = append(order, m.local)
+	}
+	for _, c := range clusters {
+		if c != m.local {
+			order = append(order, c)
+		}
+	}
+	for _, c := range order {
+		svc := m.services[n][c]
+		local := c == m.local
+		if svc == nil || (!local && (!svc.Global || !svc.Shared)) {
+			continue
+		}
+		id := m.clusterIDs[c]
+		if id == 0 {
+			id = svc.ClusterID
+		}
+		sliceNames := make([]string, 0, len(m.slices[n][c]))
+		for s := range m.slices[n][c] {
+			sliceNames = append(sliceNames, s)
+		}
+		slices.Sort(sliceNames)
+		for _, sn := range sliceNames {
+			es := m.slices[n][c][sn]
+			port, ok := portOf(es, sp)
+			if !ok {
+				continue
+			}
+			for _, ep := range es.Endpoints {
+				if !ep.Ready && !ep.Serving {
+					continue
+				}
+				addr, ok := addrOf(ep, v4)
+				if !ok {
+					continue
+				}
+				ap := netip.AddrPortFrom(addr, port)
+				if _, dup := seen[ap]; dup {
+					continue
+				}
+				seen[ap] = struct{}{}
+				cands = append(cands, candidate{
+					be:      loadbalancer.Backend{Addr: ap, Node: loadbalancer.NodeRef{ClusterID: id, Name: ep.NodeName}},
+					local:   local,
+					ready:   ep.Ready,
+					serving: ep.Serving || ep.Ready,
+				})
+			}
+		}
+	}
+	return cands
+}
+
+func (m *Merger) healthy(node loadbalancer.NodeRef) bool {
+	_, bad := m.unhealthy[node]
+	return !bad
+}
+
+// choose applies readiness and affinity to the candidates of one frontend.
+func (m *Merger) choose(svc *api.Service, fe loadbalancer.Frontend, cands []candidate) loadbalancer.Service {
+	useReady := false
+	for _, c := range cands {
+		if c.ready && m.healthy(c.be.Node) {
+			useReady = true
+			break
+		}
+	}
+	var local, remote []loadbalancer.Backend
+	localUp, remoteUp := 0, 0
+	for _, c := range cands {
+		if useReady && !c.ready || !useReady && !c.serving {
+			continue
+		}
+		up := m.healthy(c.be.Node)
+		if c.local {
+			local = append(local, c.be)
+			if up {
+				localUp++
+			}
+		} else {
+			remote = append(remote, c.be)
+			if up {
+				remoteUp++
+			}
+		}
+	}
+	sortBackends(local)
+	sortBackends(remote)
+	all := func() []loadbalancer.Backend {
+		a := append(append([]loadbalancer.Backend(nil), local...), remote...)
+		sortBackends(a)
+		return a
+	}
+	out := loadbalancer.Service{Frontend: fe, Name: svc.Namespace + "/" + svc.Name}
+	switch svc.Affinity {
+	case api.AffinityLocal:
+		minLocal := int(svc.MinLocalBackends)
+		if minLocal == 0 {
+			minLocal = 1
+		}
+		if localUp >= minLocal {
+			out.Preferred, out.Fallback = local, remote
+		} else {
+			out.Preferred = all()
+		}
+	case api.AffinityRemote:
+		if remoteUp >= 1 {
+			out.Preferred, out.Fallback = remote, local
+		} else {
+			out.Preferred = all()
+		}
+	default:
+		out.Preferred = all()
+	}
+	if len(out.Preferred) == 0 {
+		out.Preferred = nil
+	}
+	if len(out.Fallback) == 0 {
+		out.Fallback = nil
+	}
+	return out
+}
+
+func portOf(es *api.EndpointSlice, sp api.ServicePort) (uint16, bool) {
+	for _, p := range es.Ports {
+		if p.Name == sp.Name && p.Protocol == sp.Protocol {
+			return p.Port, true
+		}
+	}
+	return 0, false
+}
+
+// addrOf returns the endpoint's address in the frontend's family. Kubernetes
+// slices hold one family; the first matching address is the endpoint's.
+func addrOf(ep api.Endpoint, v4 bool) (netip.Addr, bool) {
+	for _, a := range ep.Addresses {
+		a = a.Unmap()
+		if a.Is4() == v4 {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+func protocolOf(p api.Protocol) (loadbalancer.Protocol, bool) {
+	switch p {
+	case api.ProtocolTCP, "":
+		return loadbalancer.TCP, true
+	case api.ProtocolUDP:
+		return loadbalancer.UDP, true
+	}
+	return 0, false
+}
+
+func sortBackends(b []loadbalancer.Backend) {
+	slices.SortFunc(b, func(x, y loadbalancer.Backend) int {
+		if c := x.Addr.Compare(y.Addr); c != 0 {
+			return c
+		}
+		return cmp.Compare(x.Node.String(), y.Node.String())
+	})
+}
+
+func compareFrontend(a, b loadbalancer.Frontend) int {
+	if c := a.Addr.Compare(b.Addr); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Protocol, b.Protocol)
+}
+
+func equalService(a, b loadbalancer.Service) bool {
+	return a.Frontend == b.Frontend && a.Name == b.Name &&
+		slices.Equal(a.Preferred, b.Preferred) && slices.Equal(a.Fallback, b.Fallback)
+}
