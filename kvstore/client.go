@@ -1,0 +1,213 @@
+package kvstore
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/clustermesh/clustermesh/api"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"sigs.k8s.io/yaml"
+)
+
+// Default timeouts of a Config.
+const (
+	DefaultDialTimeout    = 5 * time.Second
+	DefaultRequestTimeout = 10 * time.Second
+)
+
+// Config is how to reach one cluster's store. It is read from a per-cluster
+// connection file (YAML) whose name is the cluster's name, one per cluster in
+// the agent's config directory:
+//
+//	endpoints: ["https://10.1.0.10:2379"]
+//	trusted-ca-file: c1.ca.crt        # relative paths resolve against the file's directory
+//	cert-file: c1.client.crt
+//	key-file: c1.client.key
+//	dial-timeout: 5s                  # optional
+//	request-timeout: 10s              # optional
+type Config struct {
+	// Endpoints are the etcd client URLs (https://host:port).
+	Endpoints []string
+	// CAFile is the trust bundle the server certificate is verified against.
+	CAFile string
+	// CertFile and KeyFile are the client certificate and key; the
+	// certificate's common name is the etcd user the client acts as.
+	CertFile, KeyFile string
+	// DialTimeout bounds connecting (and New's connectivity check); zero means
+	// DefaultDialTimeout.
+	DialTimeout time.Duration
+	// RequestTimeout bounds each request Writers and Readers make; zero means
+	// DefaultRequestTimeout.
+	RequestTimeout time.Duration
+}
+
+// configFile is the YAML form of Config.
+type configFile struct {
+	Endpoints      []string `json:"endpoints"`
+	TrustedCAFile  string   `json:"trusted-ca-file"`
+	CertFile       string   `json:"cert-file"`
+	KeyFile        string   `json:"key-file"`
+	DialTimeout    string   `json:"dial-timeout,omitempty"`
+	RequestTimeout string   `json:"request-timeout,omitempty"`
+}
+
+// LoadConfig reads a connection file. Relative file paths in it resolve
+// against the file's directory. Errors name the file and the field.
+func LoadConfig(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	var f configFile
+	if err := yaml.UnmarshalStrict(data, &f); err != nil {
+		return Config{}, fmt.Errorf("%w: %s: %w", ErrConfig, path, err)
+	}
+	dir := filepath.Dir(path)
+	resolve := func(p string) string {
+		if p == "" || filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(dir, p)
+	}
+	cfg := Config{
+		Endpoints: f.Endpoints,
+		CAFile:    resolve(f.TrustedCAFile),
+		CertFile:  resolve(f.CertFile),
+		KeyFile:   resolve(f.KeyFile),
+	}
+	for _, d := range []struct {
+		field string
+		in    string
+		out   *time.Duration
+	}{
+		{"dial-timeout", f.DialTimeout, &cfg.DialTimeout},
+		{"request-timeout", f.RequestTimeout, &cfg.RequestTimeout},
+	} {
+		if d.in == "" {
+			continue
+		}
+		v, err := time.ParseDuration(d.in)
+		if err != nil || v <= 0 {
+			return Config{}, fmt.Errorf("%w: %s: field %s: %q is not a positive duration (e.g. 5s)", ErrConfig, path, d.field, d.in)
+		}
+		*d.out = v
+	}
+	if err := cfg.validate(); err != nil {
+		return Config{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+func (cfg *Config) validate() error {
+	if len(cfg.Endpoints) == 0 {
+		return fmt.Errorf("%w: field endpoints: at least one endpoint is required", ErrConfig)
+	}
+	for _, f := range []struct{ field, val string }{
+		{"trusted-ca-file", cfg.CAFile},
+		{"cert-file", cfg.CertFile},
+		{"key-file", cfg.KeyFile},
+	} {
+		if f.val == "" {
+			return fmt.Errorf("%w: field %s is required", ErrConfig, f.field)
+		}
+		if _, err := os.Stat(f.val); err != nil {
+			return fmt.Errorf("%w: field %s: %w", ErrConfig, f.field, err)
+		}
+	}
+	return nil
+}
+
+func (cfg *Config) dialTimeout() time.Duration {
+	if cfg.DialTimeout > 0 {
+		return cfg.DialTimeout
+	}
+	return DefaultDialTimeout
+}
+
+func (cfg *Config) requestTimeout() time.Duration {
+	if cfg.RequestTimeout > 0 {
+		return cfg.RequestTimeout
+	}
+	return DefaultRequestTimeout
+}
+
+// Client is a connection to one cluster's store. It is safe for concurrent
+// use and reconnects by itself; it lives until Close.
+type Client struct {
+	cfg Config
+	cli *clientv3.Client
+}
+
+// New connects to the store described by cfg over mutual TLS and checks,
+// within cfg.DialTimeout, that the store answers a read under api.KeyPrefix
+// with this client's identity. It returns an error wrapping ErrUnreachable
+// when it does not.
+func New(ctx context.Context, cfg Config) (*Client, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	tlsCfg, err := clientTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:            cfg.Endpoints,
+		TLS:                  tlsCfg,
+		DialTimeout:          cfg.dialTimeout(),
+		DialKeepAliveTime:    5 * time.Second,
+		DialKeepAliveTimeout: 5 * time.Second,
+		Context:              context.WithoutCancel(ctx),
+		Logger:               zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd %v: %w", cfg.Endpoints, err)
+	}
+	c := &Client{cfg: cfg, cli: cli}
+	cctx, cancel := context.WithTimeout(ctx, cfg.dialTimeout())
+	defer cancel()
+	if _, err := cli.Get(cctx, api.KeyPrefix, clientv3.WithCountOnly()); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("etcd %v: %w: %w", cfg.Endpoints, ErrUnreachable, err)
+	}
+	return c, nil
+}
+
+func clientTLS(cfg Config) (*tls.Config, error) {
+	info := transport.TLSInfo{
+		CertFile:      cfg.CertFile,
+		KeyFile:       cfg.KeyFile,
+		TrustedCAFile: cfg.CAFile,
+	}
+	tlsCfg, err := info.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("%w: TLS from %s, %s, %s: %w", ErrConfig, cfg.CAFile, cfg.CertFile, cfg.KeyFile, err)
+	}
+	return tlsCfg, nil
+}
+
+// Etcd is the underlying etcd client, for operations this package does not
+// wrap. Closing it is Close's job.
+func (c *Client) Etcd() *clientv3.Client { return c.cli }
+
+// Config is the configuration the client was created with.
+func (c *Client) Config() Config { return c.cfg }
+
+// Close closes the connection. Watches of Readers on it end.
+func (c *Client) Close() error {
+	if err := c.cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("etcd %v: close: %w", c.cfg.Endpoints, err)
+	}
+	return nil
+}
+
+// withTimeout derives a request context bounded by the request timeout.
+func (c *Client) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, c.cfg.requestTimeout())
+}

@@ -1,0 +1,461 @@
+package kvstore
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/clustermesh/clustermesh/api"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/connectivity"
+)
+
+// EventType says what an Event reports.
+type EventType int
+
+const (
+	// EventUpsert: Object is the new or changed value at Key.
+	EventUpsert EventType = iota
+	// EventDelete: the object at Key is gone; Object is nil.
+	EventDelete
+	// EventSynced: the consumer has been sent the writer's complete initial
+	// export of Kind. Sent once per Watch, after the writer's synced canary
+	// was seen.
+	EventSynced
+	// EventError: the value at Key could not be decoded or failed
+	// validation (Err says why). It was skipped; the consumer keeps what it
+	// had for Key, and every other key continues to flow.
+	EventError
+)
+
+func (t EventType) String() string {
+	switch t {
+	case EventUpsert:
+		return "upsert"
+	case EventDelete:
+		return "delete"
+	case EventSynced:
+		return "synced"
+	case EventError:
+		return "error"
+	}
+	return fmt.Sprintf("EventType(%d)", int(t))
+}
+
+// Event is one change of a cluster's store, as seen by a Reader.
+type Event struct {
+	Type EventType
+	Kind api.Kind
+	// Key is the store key; empty for EventSynced.
+	Key string
+	// Object is the decoded and validated value for EventUpsert, nil
+	// otherwise.
+	Object api.Object
+	// Err is set for EventError.
+	Err error
+}
+
+// Reader defaults.
+const (
+	DefaultMinBackoff = 100 * time.Millisecond
+	DefaultMaxBackoff = 10 * time.Second
+)
+
+// ReaderOptions tune a Reader. A nil *ReaderOptions means all defaults.
+type ReaderOptions struct {
+	// Buffer is the capacity of each Watch's event channel; zero means
+	// unbuffered.
+	Buffer int
+	// MinBackoff and MaxBackoff bound the exponential backoff between
+	// attempts to list an unreachable store; zero means the defaults.
+	MinBackoff, MaxBackoff time.Duration
+	// Logger receives the reader's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Status is a Reader's view of its connection, for status output.
+type Status struct {
+	// Connected is true while the connection to the store is up and the
+	// last attempt to list succeeded.
+	Connected bool
+	// LastError is the most recent failure to reach or read the store;
+	// nil once a later attempt succeeded.
+	LastError error
+	// LastErrorTime is when LastError happened.
+	LastErrorTime time.Time
+	// Relists counts full re-listings after the first (compaction,
+	// reconnection, a writer's canary appearing).
+	Relists int
+	// Synced lists the kinds whose EventSynced was sent.
+	Synced []api.Kind
+}
+
+// Reader follows one cluster's store. It is safe for concurrent use; each
+// Watch runs independently.
+type Reader struct {
+	c       *Client
+	cluster string
+	opts    ReaderOptions
+	log     *slog.Logger
+
+	mu     sync.Mutex
+	status Status
+	// downs counts the watches that currently fail to reach the store.
+	downs map[api.Kind]bool
+}
+
+// NewReader returns a reader of cluster's objects in the store c connects
+// to (the cluster's own store, possibly a remote one).
+func NewReader(c *Client, cluster string, opts *ReaderOptions) *Reader {
+	var o ReaderOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = DefaultMinBackoff
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = DefaultMaxBackoff
+	}
+	if o.MaxBackoff < o.MinBackoff {
+		o.MaxBackoff = o.MinBackoff
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return &Reader{
+		c:       c,
+		cluster: cluster,
+		opts:    o,
+		log:     o.Logger.With("cluster", cluster),
+		downs:   make(map[api.Kind]bool),
+	}
+}
+
+// Status reports the reader's connection state.
+func (r *Reader) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.status
+	s.Connected = len(r.downs) == 0 && s.LastError == nil && r.connReady()
+	s.Synced = append([]api.Kind(nil), s.Synced...)
+	return s
+}
+
+// Err is the most recent failure to reach or read the store, or nil if the
+// last attempt succeeded.
+func (r *Reader) Err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.status.LastError
+}
+
+func (r *Reader) connReady() bool {
+	conn := r.c.cli.ActiveConnection()
+	return conn != nil && conn.GetState() == connectivity.Ready
+}
+
+func (r *Reader) setErr(kind api.Kind, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.status.LastError = fmt.Errorf("cluster %s: %s: %w", r.cluster, kind, err)
+	r.status.LastErrorTime = time.Now()
+	r.downs[kind] = true
+}
+
+func (r *Reader) setOK(kind api.Kind, relist bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.downs, kind)
+	if len(r.downs) == 0 {
+		r.status.LastError = nil
+	}
+	if relist {
+		r.status.Relists++
+	}
+}
+
+func (r *Reader) setSynced(kind api.Kind) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.status.Synced = append(r.status.Synced, kind)
+}
+
+// Watch streams the cluster's objects of kind: first an EventUpsert per
+// object present, then changes as they happen, with EventSynced once the
+// writer's initial export of kind is complete (for kinds in
+// api.SyncedKinds, when its canary is present; for others, after the first
+// listing). The channel closes when ctx is done; the consumer must keep
+// receiving until then.
+func (r *Reader) Watch(ctx context.Context, kind api.Kind) <-chan Event {
+	out := make(chan Event, r.opts.Buffer)
+	w := &kindWatch{
+		r:       r,
+		kind:    kind,
+		out:     out,
+		canary:  isSyncedKind(kind),
+		emitted: make(map[string][]byte),
+		bad:     make(map[string][]byte),
+	}
+	if kind == api.KindCluster {
+		w.key = api.ClusterKey(r.cluster)
+	} else {
+		w.key = api.ClusterPrefix(kind, r.cluster)
+		w.prefix = true
+	}
+	go w.run(ctx)
+	return out
+}
+
+// kindWatch is the state of one Watch: what was sent to the consumer.
+type kindWatch struct {
+	r      *Reader
+	kind   api.Kind
+	out    chan<- Event
+	key    string
+	prefix bool
+	canary bool
+
+	// emitted holds the value of every key the consumer was last sent an
+	// EventUpsert for; bad holds values reported as EventError, so they are
+	// not reported again on every re-list.
+	emitted, bad map[string][]byte
+	// canaryPresent is whether the writer's canary is in the store as of
+	// the last listing and the watch since.
+	canaryPresent bool
+	synced        bool
+}
+
+// errRelist ends a watch so that the store is listed again.
+type relistReason string
+
+func (w *kindWatch) run(ctx context.Context) {
+	defer close(w.out)
+	backoff := w.r.opts.MinBackoff
+	reconnected := w.watchConn(ctx)
+	lists := 0
+	for {
+		rev, err := w.list(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			w.r.setErr(w.kind, err)
+			w.r.log.Debug("listing store", "kind", w.kind, "error", err, "retry_in", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, w.r.opts.MaxBackoff)
+			continue
+		}
+		backoff = w.r.opts.MinBackoff
+		w.r.setOK(w.kind, lists > 0)
+		lists++
+		reason, err := w.watch(ctx, rev, reconnected)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			w.r.setErr(w.kind, err)
+		}
+		w.r.log.Debug("re-listing store", "kind", w.kind, "reason", string(reason), "error", err)
+	}
+}
+
+// watchConn reports, by a send on the returned channel, every time the
+// client's connection becomes ready again after having been down.
+func (w *kindWatch) watchConn(ctx context.Context) <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	conn := w.r.c.cli.ActiveConnection()
+	if conn == nil {
+		return ch
+	}
+	go func() {
+		state := conn.GetState()
+		down := false
+		for conn.WaitForStateChange(ctx, state) {
+			state = conn.GetState()
+			switch {
+			case state == connectivity.Ready && down:
+				down = false
+				select {
+				case ch <- struct{}{}:
+				default:
+				}
+			case state == connectivity.TransientFailure || state == connectivity.Shutdown:
+				down = true
+				w.r.setErr(w.kind, fmt.Errorf("connection %s", state))
+			case state != connectivity.Ready:
+				down = true
+			}
+		}
+	}()
+	return ch
+}
+
+func (w *kindWatch) send(ctx context.Context, ev Event) bool {
+	ev.Kind = w.kind
+	select {
+	case w.out <- ev:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// list reads the kind's keys and the canary at one revision and sends the
+// difference to what the consumer has.
+func (w *kindWatch) list(ctx context.Context) (int64, error) {
+	cli := w.r.c.cli
+	rctx, cancel := w.r.c.withTimeout(ctx)
+	defer cancel()
+	var opts []clientv3.OpOption
+	if w.prefix {
+		opts = append(opts, clientv3.WithPrefix())
+	}
+	ops := []clientv3.Op{clientv3.OpGet(w.key, opts...)}
+	if w.canary {
+		ops = append(ops, clientv3.OpGet(api.SyncedKey(w.r.cluster, w.kind), clientv3.WithCountOnly()))
+	}
+	resp, err := cli.Txn(rctx).Then(ops...).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("list %s: %w", w.key, err)
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	w.canaryPresent = !w.canary || resp.Responses[1].GetResponseRange().Count > 0
+	listed := make(map[string]struct{}, len(kvs))
+	for _, kv := range kvs {
+		key := string(kv.Key)
+		listed[key] = struct{}{}
+		if !w.update(ctx, key, kv.Value) {
+			return 0, ctx.Err()
+		}
+	}
+	for key := range w.bad {
+		if _, ok := listed[key]; !ok {
+			delete(w.bad, key)
+		}
+	}
+	if w.canaryPresent {
+		for key := range w.emitted {
+			if _, ok := listed[key]; ok {
+				continue
+			}
+			delete(w.emitted, key)
+			if !w.send(ctx, Event{Type: EventDelete, Key: key}) {
+				return 0, ctx.Err()
+			}
+		}
+		if !w.synced {
+			if !w.send(ctx, Event{Type: EventSynced}) {
+				return 0, ctx.Err()
+			}
+			w.synced = true
+			w.r.setSynced(w.kind)
+		}
+	}
+	return resp.Header.Revision, nil
+}
+
+// update sends what a new value at key means to the consumer. It returns
+// false when ctx ended.
+func (w *kindWatch) update(ctx context.Context, key string, value []byte) bool {
+	if old, ok := w.emitted[key]; ok && bytes.Equal(old, value) {
+		return true
+	}
+	if old, ok := w.bad[key]; ok && bytes.Equal(old, value) {
+		return true
+	}
+	obj, err := api.Decode(key, value)
+	if err != nil {
+		w.bad[key] = bytes.Clone(value)
+		w.r.log.Warn("skipping malformed value", "key", key, "error", err)
+		return w.send(ctx, Event{Type: EventError, Key: key, Err: fmt.Errorf("cluster %s: %w", w.r.cluster, err)})
+	}
+	delete(w.bad, key)
+	w.emitted[key] = bytes.Clone(value)
+	return w.send(ctx, Event{Type: EventUpsert, Key: key, Object: obj})
+}
+
+// watch follows changes from rev+1 until a re-list is needed. It returns
+// why, and the error that caused it if any.
+func (w *kindWatch) watch(ctx context.Context, rev int64, reconnected <-chan struct{}) (relistReason, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cli := w.r.c.cli
+	opts := []clientv3.OpOption{clientv3.WithRev(rev + 1), clientv3.WithProgressNotify()}
+	if w.prefix {
+		opts = append(opts, clientv3.WithPrefix())
+	}
+	data := cli.Watch(wctx, w.key, opts...)
+	var canary clientv3.WatchChan
+	if w.canary {
+		canary = cli.Watch(wctx, api.SyncedKey(w.r.cluster, w.kind), clientv3.WithRev(rev+1))
+	}
+	// Drain anything reported before this listing.
+	select {
+	case <-reconnected:
+	default:
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return "", nil
+		case <-reconnected:
+			return "reconnected", nil
+		case wr, ok := <-data:
+			if !ok {
+				return "watch closed", nil
+			}
+			if err := wr.Err(); err != nil {
+				return "watch failed", err
+			}
+			for _, ev := range wr.Events {
+				key := string(ev.Kv.Key)
+				if !w.prefix && key != w.key {
+					continue
+				}
+				switch ev.Type {
+				case mvccpb.PUT:
+					if !w.update(ctx, key, ev.Kv.Value) {
+						return "", nil
+					}
+				case mvccpb.DELETE:
+					delete(w.bad, key)
+					if _, ok := w.emitted[key]; ok {
+						delete(w.emitted, key)
+						if !w.send(ctx, Event{Type: EventDelete, Key: key}) {
+							return "", nil
+						}
+					}
+				}
+			}
+		case wr, ok := <-canary:
+			if !ok {
+				return "canary watch closed", nil
+			}
+			if err := wr.Err(); err != nil {
+				return "canary watch failed", err
+			}
+			for _, ev := range wr.Events {
+				switch ev.Type {
+				case mvccpb.PUT:
+					if !w.canaryPresent {
+						// The writer finished its export: list again, so that
+						// keys that vanished before are pruned against one
+						// consistent snapshot.
+						return "synced canary written", nil
+					}
+				case mvccpb.DELETE:
+					w.canaryPresent = false
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,516 @@
+package kvstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/clustermesh/clustermesh/api"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Writer defaults.
+const (
+	// DefaultLeaseTTL is how long a writer's keys outlive the writer when
+	// nobody keeps its leases alive (an external etcd whose apiserver died).
+	// An embedded etcd dies with its apiserver and renews every lease when it
+	// starts again.
+	DefaultLeaseTTL = 5 * time.Minute
+	// DefaultMaxKeysPerLease bounds the keys attached to one lease: etcd
+	// slows down every write to a lease holding very many keys, and a lost
+	// lease takes all of its keys with it.
+	DefaultMaxKeysPerLease = 1000
+)
+
+// WriterOptions tune a Writer. A nil *WriterOptions means all defaults.
+type WriterOptions struct {
+	// LeaseTTL is the TTL of the writer's leases; zero means DefaultLeaseTTL.
+	// etcd raises TTLs below its minimum (about 2s).
+	LeaseTTL time.Duration
+	// MaxKeysPerLease is the number of keys attached to one lease; zero
+	// means DefaultMaxKeysPerLease.
+	MaxKeysPerLease int
+	// Logger receives the writer's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Writer owns one cluster's prefix in a store: it is the only one writing
+// there. It remembers what it wrote, so that an unchanged value is not
+// written again and a lost lease can be rewritten.
+//
+// Methods are safe for concurrent use. Run must be running for the leases to
+// be kept alive.
+type Writer struct {
+	c       *Client
+	cluster string
+	ttl     time.Duration
+	perLse  int
+	log     *slog.Logger
+	// canaryValue is written to every synced canary of this writer.
+	canaryValue []byte
+
+	seed     maphash.Seed
+	keyLocks [64]sync.Mutex
+	// rw is held shared by every write and exclusively while a lost lease is
+	// replaced and its keys rewritten, so that a rewrite never overwrites a
+	// newer value.
+	rw sync.RWMutex
+
+	mu     sync.Mutex
+	keys   map[string]*ownedKey
+	leases []*leaseSlot
+	closed bool
+	done   chan struct{}
+	kick   chan struct{}
+
+	canaryMu sync.Mutex
+	// canaryReset records the kinds whose canary left by an earlier writer
+	// has been deleted: until this writer calls MarkSynced for a kind, readers
+	// must not take the store as complete.
+	canaryReset map[api.Kind]bool
+}
+
+type ownedKey struct {
+	value []byte
+	lease *leaseSlot
+}
+
+type leaseSlot struct {
+	id    clientv3.LeaseID
+	count int
+	// rewrite is set when the lease was replaced and not every key could be
+	// written under the new one yet.
+	rewrite bool
+}
+
+// NewWriter returns a writer for cluster's prefix. It writes nothing until
+// the first Upsert, Delete or MarkSynced.
+func NewWriter(c *Client, cluster string, opts *WriterOptions) (*Writer, error) {
+	if err := api.ValidateClusterName(cluster); err != nil {
+		return nil, fmt.Errorf("writer: %w", err)
+	}
+	var o WriterOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.LeaseTTL <= 0 {
+		o.LeaseTTL = DefaultLeaseTTL
+	}
+	if o.MaxKeysPerLease <= 0 {
+		o.MaxKeysPerLease = DefaultMaxKeysPerLease
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return &Writer{
+		c:           c,
+		cluster:     cluster,
+		ttl:         o.LeaseTTL,
+		perLse:      o.MaxKeysPerLease,
+		log:         o.Logger.With("cluster", cluster),
+		canaryValue: []byte(time.Now().UTC().Format(time.RFC3339Nano)),
+		seed:        maphash.MakeSeed(),
+		keys:        make(map[string]*ownedKey),
+		done:        make(chan struct{}),
+		kick:        make(chan struct{}, 1),
+		canaryReset: make(map[api.Kind]bool),
+	}, nil
+}
+
+// owned checks that key is under the writer's cluster and returns its kind.
+func (w *Writer) owned(key string) (api.Kind, error) {
+	pk, err := api.ParseKey(key)
+	if err != nil {
+		return "", fmt.Errorf("cluster %s: %w: %w", w.cluster, ErrNotOwned, err)
+	}
+	if pk.Cluster != w.cluster || pk.Kind == api.KindSynced {
+		return "", fmt.Errorf("cluster %s: key %q: %w", w.cluster, key, ErrNotOwned)
+	}
+	return pk.Kind, nil
+}
+
+func (w *Writer) keyLock(key string) *sync.Mutex {
+	return &w.keyLocks[maphash.String(w.seed, key)%uint64(len(w.keyLocks))]
+}
+
+// Upsert writes obj at obj.Key() unless the writer already wrote the same
+// encoded value. The object must validate and belong to the writer's
+// cluster.
+func (w *Writer) Upsert(ctx context.Context, obj api.Object) error {
+	key := obj.Key()
+	kind, err := w.owned(key)
+	if err != nil {
+		return err
+	}
+	if err := obj.Validate(); err != nil {
+		return fmt.Errorf("cluster %s: key %q: %w", w.cluster, key, err)
+	}
+	value, err := obj.Marshal()
+	if err != nil {
+		return fmt.Errorf("cluster %s: key %q: encode: %w", w.cluster, key, err)
+	}
+	l := w.keyLock(key)
+	l.Lock()
+	defer l.Unlock()
+	if err := w.resetCanary(ctx, kind); err != nil {
+		return err
+	}
+	return w.put(ctx, key, value)
+}
+
+// put writes an owned key under a lease; the caller holds the key's lock.
+func (w *Writer) put(ctx context.Context, key string, value []byte) error {
+	for attempt := 0; ; attempt++ {
+		lost, err := w.putOnce(ctx, key, value)
+		if err == nil {
+			return nil
+		}
+		if lost == 0 || attempt > 0 {
+			return fmt.Errorf("cluster %s: put %q: %w", w.cluster, key, err)
+		}
+		// The lease expired or was revoked: replace it, rewriting what it
+		// held, then try once more.
+		if err := w.recoverLease(ctx, lost); err != nil {
+			return fmt.Errorf("cluster %s: put %q: %w", w.cluster, key, err)
+		}
+	}
+}
+
+// putOnce returns the lease it used when that lease turned out to be lost.
+func (w *Writer) putOnce(ctx context.Context, key string, value []byte) (clientv3.LeaseID, error) {
+	w.rw.RLock()
+	defer w.rw.RUnlock()
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return 0, ErrClosed
+	}
+	k := w.keys[key]
+	if k != nil && bytes.Equal(k.value, value) {
+		w.mu.Unlock()
+		return 0, nil
+	}
+	var slot *leaseSlot
+	if k != nil {
+		slot = k.lease
+	} else {
+		var err error
+		if slot, err = w.reserveSlot(ctx); err != nil {
+			w.mu.Unlock()
+			return 0, err
+		}
+	}
+	id := slot.id
+	w.mu.Unlock()
+
+	rctx, cancel := w.c.withTimeout(ctx)
+	_, err := w.c.cli.Put(rctx, key, string(value), clientv3.WithLease(id))
+	cancel()
+
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err != nil {
+		if k == nil {
+			slot.count--
+		}
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return id, err
+		}
+		return 0, err
+	}
+	if k == nil {
+		w.keys[key] = &ownedKey{value: value, lease: slot}
+	} else {
+		k.value = value
+	}
+	return 0, nil
+}
+
+// reserveSlot picks a lease with room for one more key, granting a new one
+// when all are full. Called with mu held.
+func (w *Writer) reserveSlot(ctx context.Context) (*leaseSlot, error) {
+	for _, s := range w.leases {
+		if s.count < w.perLse {
+			s.count++
+			return s, nil
+		}
+	}
+	id, err := w.grant(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s := &leaseSlot{id: id, count: 1}
+	w.leases = append(w.leases, s)
+	w.signal()
+	return s, nil
+}
+
+func (w *Writer) grant(ctx context.Context) (clientv3.LeaseID, error) {
+	rctx, cancel := w.c.withTimeout(ctx)
+	defer cancel()
+	resp, err := w.c.cli.Grant(rctx, int64((w.ttl+time.Second-1)/time.Second))
+	if err != nil {
+		return 0, fmt.Errorf("grant lease: %w", err)
+	}
+	return resp.ID, nil
+}
+
+func (w *Writer) signal() {
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+}
+
+// resetCanary deletes the synced canary of kind left by an earlier writer,
+// once, before this writer's first write of that kind.
+func (w *Writer) resetCanary(ctx context.Context, kind api.Kind) error {
+	if !isSyncedKind(kind) {
+		return nil
+	}
+	w.canaryMu.Lock()
+	defer w.canaryMu.Unlock()
+	if w.canaryReset[kind] {
+		return nil
+	}
+	rctx, cancel := w.c.withTimeout(ctx)
+	defer cancel()
+	if _, err := w.c.cli.Delete(rctx, api.SyncedKey(w.cluster, kind)); err != nil {
+		return fmt.Errorf("cluster %s: reset synced canary of %s: %w", w.cluster, kind, err)
+	}
+	w.canaryReset[kind] = true
+	return nil
+}
+
+func isSyncedKind(kind api.Kind) bool {
+	for _, k := range api.SyncedKinds {
+		if k == kind {
+			return true
+		}
+	}
+	return false
+}
+
+// Delete removes key from the store, whether or not this writer wrote it.
+func (w *Writer) Delete(ctx context.Context, key string) error {
+	kind, err := w.owned(key)
+	if err != nil {
+		return err
+	}
+	l := w.keyLock(key)
+	l.Lock()
+	defer l.Unlock()
+	if err := w.resetCanary(ctx, kind); err != nil {
+		return err
+	}
+	return w.delete(ctx, key)
+}
+
+// delete removes an owned key; the caller holds the key's lock.
+func (w *Writer) delete(ctx context.Context, key string) error {
+	w.rw.RLock()
+	defer w.rw.RUnlock()
+	w.mu.Lock()
+	closed := w.closed
+	w.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	rctx, cancel := w.c.withTimeout(ctx)
+	_, err := w.c.cli.Delete(rctx, key)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("cluster %s: delete %q: %w", w.cluster, key, err)
+	}
+	w.mu.Lock()
+	if k := w.keys[key]; k != nil {
+		k.lease.count--
+		delete(w.keys, key)
+	}
+	w.mu.Unlock()
+	return nil
+}
+
+// MarkSynced ends the initial full export of kind: it deletes every key of
+// the writer's cluster and kind that this writer has not upserted since it
+// was created (leftovers of an earlier writer), then writes the kind's synced
+// canary (api.SyncedKey). Readers prune nothing of that kind before the
+// canary is present.
+func (w *Writer) MarkSynced(ctx context.Context, kind api.Kind) error {
+	if !isSyncedKind(kind) {
+		return fmt.Errorf("cluster %s: mark synced %q: %w", w.cluster, kind, ErrInvalidKind)
+	}
+	if err := w.resetCanary(ctx, kind); err != nil {
+		return err
+	}
+	prefix := api.ClusterPrefix(kind, w.cluster)
+	rctx, cancel := w.c.withTimeout(ctx)
+	resp, err := w.c.cli.Get(rctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	cancel()
+	if err != nil {
+		return fmt.Errorf("cluster %s: mark %s synced: list: %w", w.cluster, kind, err)
+	}
+	stale := 0
+	for _, kv := range resp.Kvs {
+		key := string(kv.Key)
+		if err := w.deleteIfNotOwned(ctx, key); err != nil {
+			return fmt.Errorf("cluster %s: mark %s synced: %w", w.cluster, kind, err)
+		}
+		stale++
+	}
+	canary := api.SyncedKey(w.cluster, kind)
+	l := w.keyLock(canary)
+	l.Lock()
+	defer l.Unlock()
+	if err := w.put(ctx, canary, w.canaryValue); err != nil {
+		return fmt.Errorf("mark %s synced: %w", kind, err)
+	}
+	w.log.Debug("initial export complete", "kind", kind, "listed", stale)
+	return nil
+}
+
+func (w *Writer) deleteIfNotOwned(ctx context.Context, key string) error {
+	l := w.keyLock(key)
+	l.Lock()
+	defer l.Unlock()
+	w.mu.Lock()
+	_, ok := w.keys[key]
+	w.mu.Unlock()
+	if ok {
+		return nil
+	}
+	w.log.Info("pruning key left by an earlier writer", "key", key)
+	return w.delete(ctx, key)
+}
+
+// Run keeps the writer's leases alive until ctx is done or the writer is
+// closed. A lease found lost (expired while the writer could not reach the
+// store, or revoked) is replaced by a new one and every key it held is
+// written again. It returns nil when ctx ends.
+func (w *Writer) Run(ctx context.Context) error {
+	interval := w.ttl / 3
+	if interval < 200*time.Millisecond {
+		interval = 200 * time.Millisecond
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		w.maintain(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-w.done:
+			return nil
+		case <-t.C:
+		case <-w.kick:
+		}
+	}
+}
+
+// maintain refreshes every lease once and repairs the lost ones.
+func (w *Writer) maintain(ctx context.Context) {
+	w.mu.Lock()
+	slots := make([]leaseSlot, len(w.leases))
+	for i, s := range w.leases {
+		slots[i] = *s
+	}
+	w.mu.Unlock()
+	for _, s := range slots {
+		if ctx.Err() != nil {
+			return
+		}
+		if s.rewrite {
+			if err := w.recoverLease(ctx, s.id); err != nil {
+				w.log.Warn("rewriting keys of a replaced lease", "lease", s.id, "error", err)
+			}
+			continue
+		}
+		rctx, cancel := w.c.withTimeout(ctx)
+		_, err := w.c.cli.KeepAliveOnce(rctx, s.id)
+		cancel()
+		switch {
+		case err == nil:
+		case errors.Is(err, rpctypes.ErrLeaseNotFound):
+			w.log.Warn("lease lost, re-creating it and rewriting its keys", "lease", s.id, "keys", s.count)
+			if err := w.recoverLease(ctx, s.id); err != nil {
+				w.log.Warn("re-creating lost lease", "lease", s.id, "error", err)
+			}
+		default:
+			if ctx.Err() == nil {
+				w.log.Warn("keeping lease alive", "lease", s.id, "error", err)
+			}
+		}
+	}
+}
+
+// recoverLease replaces the lease lost (if a slot still uses it) with a new
+// one and writes every key of that slot again under it. Writes are held off
+// meanwhile.
+func (w *Writer) recoverLease(ctx context.Context, lost clientv3.LeaseID) error {
+	w.rw.Lock()
+	defer w.rw.Unlock()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var slot *leaseSlot
+	for _, s := range w.leases {
+		if s.id == lost {
+			slot = s
+		}
+	}
+	if slot == nil {
+		return nil // replaced already
+	}
+	if !slot.rewrite {
+		id, err := w.grant(ctx)
+		if err != nil {
+			return err
+		}
+		slot.id = id
+		slot.rewrite = true
+	}
+	var ops []clientv3.Op
+	flush := func() error {
+		if len(ops) == 0 {
+			return nil
+		}
+		rctx, cancel := w.c.withTimeout(ctx)
+		defer cancel()
+		_, err := w.c.cli.Txn(rctx).Then(ops...).Commit()
+		ops = ops[:0]
+		return err
+	}
+	for key, k := range w.keys {
+		if k.lease != slot {
+			continue
+		}
+		ops = append(ops, clientv3.OpPut(key, string(k.value), clientv3.WithLease(slot.id)))
+		if len(ops) == 100 {
+			if err := flush(); err != nil {
+				return fmt.Errorf("rewrite keys of lease %x: %w", slot.id, err)
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return fmt.Errorf("rewrite keys of lease %x: %w", slot.id, err)
+	}
+	slot.rewrite = false
+	return nil
+}
+
+// Close stops Run and makes further writes fail with ErrClosed. It leaves
+// the writer's keys and leases in place: a restarting apiserver's new writer
+// takes them over, and until then peers keep seeing the cluster.
+func (w *Writer) Close() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.closed {
+		w.closed = true
+		close(w.done)
+	}
+}
