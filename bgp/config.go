@@ -1,0 +1,209 @@
+package bgp
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// RouteProtocol is the rtnetlink protocol number of every route the speaker
+// installs (0xc3; unassigned in /etc/iproute2/rt_protos). Routes of any other
+// protocol are never touched.
+const RouteProtocol = 0xc3
+
+// DefaultPort is the BGP port.
+const DefaultPort = 179
+
+var (
+	// ErrInvalidConfig reports a Config or Peer that cannot be used.
+	ErrInvalidConfig = errors.New("invalid bgp config")
+	// ErrNotStarted is returned by calls that need a running speaker.
+	ErrNotStarted = errors.New("bgp speaker not started")
+	// ErrAlreadyStarted is returned by a second Start or Run.
+	ErrAlreadyStarted = errors.New("bgp speaker already started")
+)
+
+// Peer is one BGP neighbor.
+type Peer struct {
+	// Name is a human label (node or cluster name) used in logs and status.
+	Name    string
+	Address netip.Addr
+	// Port is the neighbor's BGP port; 0 means DefaultPort.
+	Port uint16
+	ASN  uint32
+	// Passive waits for the neighbor to connect. Exactly one side of every
+	// session should be passive: when both dial, GoBGP takes 13–32 s to
+	// re-establish a session after a restart instead of 7–9 s.
+	Passive bool
+	// RouteReflectorClient marks an iBGP neighbor as a client of this
+	// speaker acting as route reflector.
+	RouteReflectorClient bool
+	// NextHopUnchanged keeps the next hop of routes sent over eBGP, so a
+	// reflector passes node next hops on to another cluster.
+	NextHopUnchanged bool
+	// Multihop allows an eBGP neighbor that is not directly connected.
+	Multihop bool
+	// AllowOwnAS accepts routes carrying our own ASN this many times, for
+	// nodes sharing one ASN behind an eBGP top-of-rack router.
+	AllowOwnAS uint8
+	// MaxPrefixes cuts the session off when the neighbor announces more
+	// prefixes than this (per address family); 0 uses Config.MaxPrefixes.
+	MaxPrefixes uint32
+}
+
+func (p Peer) port() uint16 {
+	if p.Port == 0 {
+		return DefaultPort
+	}
+	return p.Port
+}
+
+func (p Peer) String() string {
+	if p.Name != "" {
+		return fmt.Sprintf("%s(%s)", p.Name, p.Address)
+	}
+	return p.Address.String()
+}
+
+func (p Peer) validate() error {
+	if !p.Address.IsValid() {
+		return fmt.Errorf("%w: peer %q: no address", ErrInvalidConfig, p.Name)
+	}
+	if p.ASN == 0 {
+		return fmt.Errorf("%w: peer %s: ASN is 0", ErrInvalidConfig, p)
+	}
+	return nil
+}
+
+// Config configures a Speaker. Fields tagged json:"-" are not part of the
+// serialized form.
+type Config struct {
+	// Name names the node (or reflector) in logs.
+	Name string
+	// ASN is the local autonomous system number (the cluster's ASN).
+	ASN uint32
+	// RouterID is the BGP identifier; defaults to the first IPv4 NodeIP.
+	RouterID netip.Addr
+	// NodeIPs are the node's addresses; the first of each family is the
+	// next hop announced for pod CIDRs of that family.
+	NodeIPs []netip.Addr
+	// ListenAddresses and ListenPort say where to accept sessions. A
+	// negative port disables the listener (the speaker only dials).
+	ListenAddresses []netip.Addr
+	ListenPort      int32
+	// PodCIDRs are the node's own pod CIDRs; learned routes overlapping them
+	// are refused. Announce sets what is announced.
+	PodCIDRs []netip.Prefix
+	// NodeSubnets are subnets learned routes must not overlap. When empty,
+	// the subnets of the interfaces holding NodeIPs are used.
+	NodeSubnets []netip.Prefix
+	// StaticPeers are operator-given neighbors (a top-of-rack router), used
+	// in addition to what SetPeers gives.
+	StaticPeers []Peer
+	// MaxPrefixes is the default per-peer prefix limit; 0 means none.
+	MaxPrefixes uint32
+	// Table is the kernel routing table learned routes go into; 0 = main.
+	Table int
+	// SessionLossGrace keeps routes learned from a peer whose session
+	// dropped for this long before removing them (0 removes at once).
+	SessionLossGrace time.Duration
+	// StaleRouteGrace is how long after the first session is established
+	// routes of RouteProtocol left by a previous run are kept waiting to be
+	// re-learned. StaleRouteTimeout removes them even if no session ever
+	// comes up.
+	StaleRouteGrace   time.Duration
+	StaleRouteTimeout time.Duration
+	// HoldTime, KeepaliveInterval and ConnectRetry are the session timers.
+	HoldTime          time.Duration
+	KeepaliveInterval time.Duration
+	ConnectRetry      time.Duration
+	// InstallRoutes programs the kernel; the Reflector turns it off.
+	InstallRoutes bool
+
+	Logger     *slog.Logger          `json:"-"`
+	Registerer prometheus.Registerer `json:"-"`
+}
+
+// DefaultConfig returns production timers: a 30 s session-loss grace (a
+// reflector restart does not blackhole traffic), 90 s hold time.
+func DefaultConfig() Config {
+	return Config{
+		ListenPort:        DefaultPort,
+		SessionLossGrace:  30 * time.Second,
+		StaleRouteGrace:   10 * time.Second,
+		StaleRouteTimeout: 5 * time.Minute,
+		HoldTime:          90 * time.Second,
+		KeepaliveInterval: 30 * time.Second,
+		ConnectRetry:      5 * time.Second,
+		MaxPrefixes:       10000,
+		InstallRoutes:     true,
+	}
+}
+
+// DefaultKindConfig returns short timers for test clusters on one machine.
+func DefaultKindConfig() Config {
+	c := DefaultConfig()
+	c.SessionLossGrace = 2 * time.Second
+	c.StaleRouteGrace = 2 * time.Second
+	c.StaleRouteTimeout = 30 * time.Second
+	c.HoldTime = 9 * time.Second
+	c.KeepaliveInterval = 3 * time.Second
+	c.ConnectRetry = 1 * time.Second
+	return c
+}
+
+func (c *Config) validate() error {
+	if c.ASN == 0 {
+		return fmt.Errorf("%w: %s: ASN is 0", ErrInvalidConfig, c.Name)
+	}
+	if !c.RouterID.IsValid() {
+		for _, a := range c.NodeIPs {
+			if a.Is4() {
+				c.RouterID = a
+				break
+			}
+		}
+	}
+	if !c.RouterID.IsValid() || !c.RouterID.Is4() {
+		return fmt.Errorf("%w: %s: no IPv4 router ID (set RouterID or an IPv4 NodeIP)", ErrInvalidConfig, c.Name)
+	}
+	for _, p := range c.PodCIDRs {
+		if !p.IsValid() {
+			return fmt.Errorf("%w: %s: invalid pod CIDR", ErrInvalidConfig, c.Name)
+		}
+		if !c.nextHopFor(p).IsValid() {
+			return fmt.Errorf("%w: %s: pod CIDR %s: no node IP of its family", ErrInvalidConfig, c.Name, p)
+		}
+	}
+	for _, p := range c.StaticPeers {
+		if err := p.validate(); err != nil {
+			return fmt.Errorf("%s: static peers: %w", c.Name, err)
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.HoldTime == 0 {
+		c.HoldTime = 90 * time.Second
+	}
+	if c.KeepaliveInterval == 0 {
+		c.KeepaliveInterval = c.HoldTime / 3
+	}
+	if c.ConnectRetry == 0 {
+		c.ConnectRetry = 5 * time.Second
+	}
+	return nil
+}
+
+func (c *Config) nextHopFor(p netip.Prefix) netip.Addr {
+	for _, a := range c.NodeIPs {
+		if a.Is4() == p.Addr().Is4() {
+			return a
+		}
+	}
+	return netip.Addr{}
+}

@@ -1,0 +1,510 @@
+package bgp
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
+	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
+	"github.com/osrg/gobgp/v3/pkg/server"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// nextHopUnchangedPolicy is the export policy assigned to eBGP peers with
+// Peer.NextHopUnchanged.
+const nextHopUnchangedPolicy = "clustermesh-next-hop-unchanged"
+
+var (
+	familyV4 = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+	familyV6 = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
+)
+
+func familyOf(p netip.Prefix) *api.Family {
+	if p.Addr().Is4() {
+		return familyV4
+	}
+	return familyV6
+}
+
+// event is what the GoBGP watcher and logger hand to the owner's loop.
+type event struct {
+	kind    eventKind
+	prefix  netip.Prefix
+	nextHop netip.Addr
+	peer    netip.Addr // zero for locally originated paths
+	up      bool       // peer events: session established
+}
+
+type eventKind int
+
+const (
+	evPath eventKind = iota
+	evWithdraw
+	evPeer
+	evPrefixLimit
+)
+
+// eventQueue is an unbounded FIFO: GoBGP's callbacks must never block on
+// the consumer.
+type eventQueue struct {
+	mu     sync.Mutex
+	items  []event
+	signal chan struct{}
+}
+
+func newEventQueue() *eventQueue { return &eventQueue{signal: make(chan struct{}, 1)} }
+
+func (q *eventQueue) push(evs ...event) {
+	q.mu.Lock()
+	q.items = append(q.items, evs...)
+	q.mu.Unlock()
+	select {
+	case q.signal <- struct{}{}:
+	default:
+	}
+}
+
+func (q *eventQueue) drain() []event {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := q.items
+	q.items = nil
+	return out
+}
+
+// core owns one GoBGP server: its lifecycle, peers and announcements.
+type core struct {
+	cfg    Config
+	log    *slog.Logger
+	srv    *server.BgpServer
+	events *eventQueue
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	peers     map[netip.Addr]Peer // configured in GoBGP
+	dynamic   []Peer              // last SetPeers input
+	cutOff    map[netip.Addr]time.Time
+	announced map[netip.Prefix]bool
+}
+
+func newCore(cfg Config) *core {
+	return &core{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		events:    newEventQueue(),
+		peers:     map[netip.Addr]Peer{},
+		cutOff:    map[netip.Addr]time.Time{},
+		announced: map[netip.Prefix]bool{},
+	}
+}
+
+func (c *core) start(ctx context.Context) error {
+	c.srv = server.NewBgpServer(server.LoggerOption(&logAdapter{log: c.log, events: c.events}))
+	// GoBGP's Serve loop has no way to stop; after StopBgp it idles until the
+	// process exits. Everything else it starts is stopped by StopBgp.
+	go c.srv.Serve()
+	g := &api.Global{
+		Asn:        c.cfg.ASN,
+		RouterId:   c.cfg.RouterID.String(),
+		ListenPort: c.cfg.ListenPort,
+	}
+	for _, a := range c.cfg.ListenAddresses {
+		g.ListenAddresses = append(g.ListenAddresses, a.String())
+	}
+	if err := c.srv.StartBgp(ctx, &api.StartBgpRequest{Global: g}); err != nil {
+		return fmt.Errorf("%s: start bgp (as %d, router id %s): %w", c.cfg.Name, c.cfg.ASN, c.cfg.RouterID, err)
+	}
+	err := c.srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: &api.Policy{
+		Name: nextHopUnchangedPolicy,
+		Statements: []*api.Statement{{
+			Name:    nextHopUnchangedPolicy + "-stmt",
+			Actions: &api.Actions{RouteAction: api.RouteAction_ACCEPT, Nexthop: &api.NexthopAction{Unchanged: true}},
+		}},
+	}})
+	if err != nil {
+		c.srv.Stop()
+		return fmt.Errorf("%s: add next-hop-unchanged policy: %w", c.cfg.Name, err)
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	err = c.srv.WatchEvent(wctx, &api.WatchEventRequest{
+		Peer:  &api.WatchEventRequest_Peer{},
+		Table: &api.WatchEventRequest_Table{Filters: []*api.WatchEventRequest_Table_Filter{{Type: api.WatchEventRequest_Table_Filter_BEST, Init: true}}},
+	}, c.onWatch)
+	if err != nil {
+		cancel()
+		c.srv.Stop()
+		return fmt.Errorf("%s: watch bgp events: %w", c.cfg.Name, err)
+	}
+	return c.applyPeers(ctx)
+}
+
+func (c *core) stop() {
+	if c.cancel != nil {
+		c.cancel()
+	}
+	if c.srv != nil {
+		c.srv.Stop()
+	}
+}
+
+func (c *core) onWatch(r *api.WatchEventResponse) {
+	if pe := r.GetPeer(); pe != nil {
+		if pe.Type != api.WatchEventResponse_PeerEvent_STATE || pe.Peer.GetState() == nil {
+			return
+		}
+		addr, err := netip.ParseAddr(pe.Peer.State.NeighborAddress)
+		if err != nil {
+			return
+		}
+		c.events.push(event{kind: evPeer, peer: addr, up: pe.Peer.State.SessionState == api.PeerState_ESTABLISHED})
+		return
+	}
+	t := r.GetTable()
+	if t == nil {
+		return
+	}
+	evs := make([]event, 0, len(t.Paths))
+	for _, p := range t.Paths {
+		ev, ok := decodePath(p)
+		if ok {
+			evs = append(evs, ev)
+		}
+	}
+	if len(evs) > 0 {
+		c.events.push(evs...)
+	}
+}
+
+func decodePath(p *api.Path) (event, bool) {
+	if p.GetNlri() == nil {
+		return event{}, false
+	}
+	var nlri api.IPAddressPrefix
+	if err := p.Nlri.UnmarshalTo(&nlri); err != nil {
+		return event{}, false
+	}
+	a, err := netip.ParseAddr(nlri.Prefix)
+	if err != nil {
+		return event{}, false
+	}
+	prefix, err := a.Prefix(int(nlri.PrefixLen))
+	if err != nil {
+		return event{}, false
+	}
+	ev := event{kind: evPath, prefix: prefix}
+	if p.IsWithdraw {
+		ev.kind = evWithdraw
+	}
+	// Locally originated paths carry no neighbor ("<nil>").
+	ev.peer, _ = netip.ParseAddr(p.NeighborIp)
+	for _, attr := range p.Pattrs {
+		var nh api.NextHopAttribute
+		var mp api.MpReachNLRIAttribute
+		switch {
+		case attr.MessageIs(&nh):
+			if attr.UnmarshalTo(&nh) == nil {
+				ev.nextHop, _ = netip.ParseAddr(nh.NextHop)
+			}
+		case attr.MessageIs(&mp):
+			if attr.UnmarshalTo(&mp) == nil && len(mp.NextHops) > 0 {
+				ev.nextHop, _ = netip.ParseAddr(mp.NextHops[0])
+			}
+		}
+	}
+	return ev, true
+}
+
+// setPeers records the dynamic peers and reconciles GoBGP with them.
+func (c *core) setPeers(ctx context.Context, peers []Peer) error {
+	for _, p := range peers {
+		if err := p.validate(); err != nil {
+			return fmt.Errorf("%s: set peers: %w", c.cfg.Name, err)
+		}
+	}
+	c.mu.Lock()
+	c.dynamic = append([]Peer(nil), peers...)
+	c.mu.Unlock()
+	if c.srv == nil {
+		return nil
+	}
+	return c.applyPeers(ctx)
+}
+
+// applyPeers adds, replaces and deletes GoBGP neighbors so they match the
+// static plus dynamic peers. Static peers win over a dynamic peer with the
+// same address. Unchanged peers are left alone (no session reset).
+func (c *core) applyPeers(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	want := map[netip.Addr]Peer{}
+	for _, p := range c.dynamic {
+		want[p.Address] = p
+	}
+	for _, p := range c.cfg.StaticPeers {
+		want[p.Address] = p
+	}
+	var errs []string
+	for addr, old := range c.peers {
+		if p, ok := want[addr]; ok && p == old {
+			continue
+		}
+		if err := c.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
+			errs = append(errs, fmt.Sprintf("delete peer %s: %v", old, err))
+			continue
+		}
+		delete(c.peers, addr)
+		delete(c.cutOff, addr)
+		c.log.Info("bgp peer removed", "node", c.cfg.Name, "peer", old.String())
+	}
+	for addr, p := range want {
+		if _, ok := c.peers[addr]; ok {
+			continue
+		}
+		if err := c.addPeer(ctx, p); err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		c.peers[addr] = p
+		c.log.Info("bgp peer added", "node", c.cfg.Name, "peer", p.String(), "asn", p.ASN, "passive", p.Passive)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%s: apply peers: %s", c.cfg.Name, strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+func (c *core) addPeer(ctx context.Context, p Peer) error {
+	maxPrefixes := p.MaxPrefixes
+	if maxPrefixes == 0 {
+		maxPrefixes = c.cfg.MaxPrefixes
+	}
+	ap := &api.Peer{
+		Conf: &api.PeerConf{
+			NeighborAddress: p.Address.String(),
+			PeerAsn:         p.ASN,
+			Description:     p.Name,
+			AllowOwnAsn:     uint32(p.AllowOwnAS),
+		},
+		Timers: &api.Timers{Config: &api.TimersConfig{
+			ConnectRetry:      uint64(max(c.cfg.ConnectRetry/time.Second, 1)),
+			HoldTime:          uint64(max(c.cfg.HoldTime/time.Second, 3)),
+			KeepaliveInterval: uint64(max(c.cfg.KeepaliveInterval/time.Second, 1)),
+		}},
+		Transport: &api.Transport{PassiveMode: p.Passive, RemotePort: uint32(p.port())},
+	}
+	if p.RouteReflectorClient {
+		ap.RouteReflector = &api.RouteReflector{RouteReflectorClient: true, RouteReflectorClusterId: c.cfg.RouterID.String()}
+	}
+	if p.Multihop {
+		ap.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: 255}
+	}
+	for _, f := range []*api.Family{familyV4, familyV6} {
+		as := &api.AfiSafi{Config: &api.AfiSafiConfig{Family: f, Enabled: true}}
+		if maxPrefixes > 0 {
+			as.PrefixLimits = &api.PrefixLimit{Family: f, MaxPrefixes: maxPrefixes}
+		}
+		ap.AfiSafis = append(ap.AfiSafis, as)
+	}
+	if err := c.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: ap}); err != nil {
+		return fmt.Errorf("add peer %s: %w", p, err)
+	}
+	if p.NextHopUnchanged && p.ASN != c.cfg.ASN {
+		err := c.srv.AddPolicyAssignment(ctx, &api.AddPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
+			Name:          p.Address.String(),
+			Direction:     api.PolicyDirection_EXPORT,
+			Policies:      []*api.Policy{{Name: nextHopUnchangedPolicy}},
+			DefaultAction: api.RouteAction_ACCEPT,
+		}})
+		if err != nil {
+			return fmt.Errorf("peer %s: assign next-hop-unchanged policy: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// cutOffPeer shuts a peer that exceeded its prefix limit down until its
+// config changes; GoBGP alone would reconnect and trip again every few s.
+func (c *core) cutOffPeer(ctx context.Context, addr netip.Addr) {
+	c.mu.Lock()
+	p, ok := c.peers[addr]
+	if !ok || !c.cutOff[addr].IsZero() {
+		c.mu.Unlock()
+		return
+	}
+	c.cutOff[addr] = time.Now()
+	c.mu.Unlock()
+	limit := p.MaxPrefixes
+	if limit == 0 {
+		limit = c.cfg.MaxPrefixes
+	}
+	c.log.Error("bgp peer announced more prefixes than allowed; session cut off until its config changes",
+		"node", c.cfg.Name, "peer", p.String(), "maxPrefixes", limit)
+	if err := c.srv.DisablePeer(ctx, &api.DisablePeerRequest{Address: addr.String(), Communication: "clustermesh: max prefixes exceeded"}); err != nil {
+		c.log.Error("bgp: disable peer after prefix limit", "node", c.cfg.Name, "peer", p.String(), "err", err)
+	}
+}
+
+// announce makes the set of locally originated prefixes equal to prefixes.
+func (c *core) announce(ctx context.Context, prefixes []netip.Prefix) error {
+	want := map[netip.Prefix]bool{}
+	for _, p := range prefixes {
+		if !p.IsValid() {
+			return fmt.Errorf("%s: announce: invalid prefix", c.cfg.Name)
+		}
+		p = p.Masked()
+		if !c.cfg.nextHopFor(p).IsValid() {
+			return fmt.Errorf("%s: announce %s: %w: no node IP of its family", c.cfg.Name, p, ErrInvalidConfig)
+		}
+		want[p] = true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for p := range want {
+		if c.announced[p] {
+			continue
+		}
+		if _, err := c.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: c.localPath(p)}); err != nil {
+			return fmt.Errorf("%s: announce %s: %w", c.cfg.Name, p, err)
+		}
+		c.announced[p] = true
+	}
+	for p := range c.announced {
+		if want[p] {
+			continue
+		}
+		if err := c.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: familyOf(p), Path: c.localPath(p)}); err != nil {
+			return fmt.Errorf("%s: withdraw %s: %w", c.cfg.Name, p, err)
+		}
+		delete(c.announced, p)
+	}
+	return nil
+}
+
+func (c *core) localPath(p netip.Prefix) *api.Path {
+	nlri, _ := anypb.New(&api.IPAddressPrefix{Prefix: p.Addr().String(), PrefixLen: uint32(p.Bits())})
+	origin, _ := anypb.New(&api.OriginAttribute{Origin: 0})
+	nh := c.cfg.nextHopFor(p).String()
+	var nhAttr *anypb.Any
+	if p.Addr().Is4() {
+		nhAttr, _ = anypb.New(&api.NextHopAttribute{NextHop: nh})
+	} else {
+		nhAttr, _ = anypb.New(&api.MpReachNLRIAttribute{Family: familyV6, NextHops: []string{nh}, Nlris: []*anypb.Any{nlri}})
+	}
+	return &api.Path{Family: familyOf(p), Nlri: nlri, Pattrs: []*anypb.Any{origin, nhAttr}}
+}
+
+// peerStatus lists GoBGP's view of every configured peer.
+func (c *core) peerStatus(ctx context.Context) ([]PeerStatus, error) {
+	var out []PeerStatus
+	c.mu.Lock()
+	peers := make(map[netip.Addr]Peer, len(c.peers))
+	for a, p := range c.peers {
+		peers[a] = p
+	}
+	cut := make(map[netip.Addr]time.Time, len(c.cutOff))
+	for a, t := range c.cutOff {
+		cut[a] = t
+	}
+	c.mu.Unlock()
+	err := c.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+		addr, err := netip.ParseAddr(p.GetConf().GetNeighborAddress())
+		if err != nil {
+			return
+		}
+		cfg := peers[addr]
+		ps := PeerStatus{
+			Name:    cfg.Name,
+			Address: addr,
+			ASN:     p.GetConf().GetPeerAsn(),
+			State:   sessionState(p.GetState().GetSessionState()),
+		}
+		ps.Established = p.GetState().GetSessionState() == api.PeerState_ESTABLISHED
+		if t := cut[addr]; !t.IsZero() {
+			ps.CutOff = "max prefixes exceeded at " + t.UTC().Format(time.RFC3339)
+		}
+		if up := p.GetTimers().GetState().GetUptime(); up != nil && ps.Established {
+			ps.Since = up.AsTime()
+		}
+		for _, as := range p.AfiSafis {
+			ps.PrefixesReceived += int(as.GetState().GetReceived())
+			ps.PrefixesAccepted += int(as.GetState().GetAccepted())
+			ps.PrefixesAdvertised += int(as.GetState().GetAdvertised())
+		}
+		out = append(out, ps)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: list peers: %w", c.cfg.Name, err)
+	}
+	return out, nil
+}
+
+// establishedPeers returns the neighbors whose session is up.
+func (c *core) establishedPeers(ctx context.Context) (map[netip.Addr]bool, error) {
+	up := map[netip.Addr]bool{}
+	err := c.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+		if p.GetState().GetSessionState() == api.PeerState_ESTABLISHED {
+			if a, err := netip.ParseAddr(p.GetConf().GetNeighborAddress()); err == nil {
+				up[a] = true
+			}
+		}
+	})
+	return up, err
+}
+
+func sessionState(s api.PeerState_SessionState) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "SESSION_STATE_"))
+}
+
+// logAdapter sends GoBGP's logs to slog and turns the prefix-limit warning
+// into an event, since GoBGP reports it nowhere else.
+type logAdapter struct {
+	log    *slog.Logger
+	events *eventQueue
+	mu     sync.Mutex
+	level  gobgplog.LogLevel
+}
+
+var _ gobgplog.Logger = (*logAdapter)(nil)
+
+func (l *logAdapter) emit(level slog.Level, msg string, f gobgplog.Fields) {
+	if msg == "prefix limit reached" {
+		if _, warnOnly := f["Pct"]; !warnOnly {
+			if a, err := netip.ParseAddr(fmt.Sprint(f["Key"])); err == nil {
+				l.events.push(event{kind: evPrefixLimit, peer: a})
+			}
+		}
+	}
+	if !l.log.Enabled(context.Background(), level) {
+		return
+	}
+	attrs := make([]any, 0, 2*len(f)+2)
+	attrs = append(attrs, "component", "gobgp")
+	for k, v := range f {
+		attrs = append(attrs, strings.ToLower(k), v)
+	}
+	l.log.Log(context.Background(), level, msg, attrs...)
+}
+
+func (l *logAdapter) Panic(msg string, f gobgplog.Fields) { l.emit(slog.LevelError, msg, f) }
+func (l *logAdapter) Fatal(msg string, f gobgplog.Fields) { l.emit(slog.LevelError, msg, f) }
+func (l *logAdapter) Error(msg string, f gobgplog.Fields) { l.emit(slog.LevelError, msg, f) }
+func (l *logAdapter) Warn(msg string, f gobgplog.Fields)  { l.emit(slog.LevelWarn, msg, f) }
+func (l *logAdapter) Info(msg string, f gobgplog.Fields)  { l.emit(slog.LevelInfo, msg, f) }
+func (l *logAdapter) Debug(msg string, f gobgplog.Fields) { l.emit(slog.LevelDebug, msg, f) }
+func (l *logAdapter) SetLevel(level gobgplog.LogLevel) {
+	l.mu.Lock()
+	l.level = level
+	l.mu.Unlock()
+}
+func (l *logAdapter) GetLevel() gobgplog.LogLevel {
+	if l.log.Enabled(context.Background(), slog.LevelDebug) {
+		return gobgplog.DebugLevel
+	}
+	return gobgplog.InfoLevel
+}

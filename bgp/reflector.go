@@ -1,0 +1,114 @@
+package bgp
+
+import (
+	"context"
+	"fmt"
+	"sync"
+)
+
+// Reflector is a cluster's BGP route reflector, hosted by
+// clustermesh-apiserver. Node speakers are its iBGP clients; the reflectors
+// of connected clusters are its eBGP peers, sent routes with next hops
+// unchanged. It originates nothing and programs no kernel routes.
+type Reflector struct {
+	cfg     Config
+	core    *core
+	metrics *metrics
+
+	mu      sync.Mutex
+	running bool
+	ran     bool
+}
+
+// NewReflector checks cfg and returns a reflector that is not yet running.
+// Config.PodCIDRs and route-installation fields are ignored; ListenPort
+// should be the port of the cluster's api.Cluster.RouteReflector.
+func NewReflector(cfg Config) (*Reflector, error) {
+	cfg.InstallRoutes = false
+	cfg.PodCIDRs = nil
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	r := &Reflector{cfg: cfg, core: newCore(cfg)}
+	m, err := newMetrics("reflector", cfg.Registerer, r.Status)
+	if err != nil {
+		return nil, fmt.Errorf("reflector %s: register metrics: %w", cfg.Name, err)
+	}
+	r.metrics = m
+	return r, nil
+}
+
+// Run serves BGP until ctx is cancelled. It may be called once.
+func (r *Reflector) Run(ctx context.Context) error {
+	r.mu.Lock()
+	if r.ran {
+		r.mu.Unlock()
+		return ErrAlreadyStarted
+	}
+	r.ran = true
+	r.mu.Unlock()
+	if err := r.core.start(ctx); err != nil {
+		return fmt.Errorf("reflector: %w", err)
+	}
+	r.mu.Lock()
+	r.running = true
+	r.mu.Unlock()
+	r.cfg.Logger.Info("bgp route reflector started", "cluster", r.cfg.Name, "asn", r.cfg.ASN, "routerID", r.cfg.RouterID, "port", r.cfg.ListenPort)
+	defer func() {
+		r.mu.Lock()
+		r.running = false
+		r.mu.Unlock()
+		r.core.stop()
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.core.events.signal:
+			for _, ev := range r.core.events.drain() {
+				switch ev.kind {
+				case evPeer:
+					r.cfg.Logger.Info("bgp session state", "cluster", r.cfg.Name, "peer", ev.peer, "established", ev.up)
+				case evPrefixLimit:
+					r.metrics.limitCutOffs.WithLabelValues(ev.peer.String()).Inc()
+					r.core.cutOffPeer(ctx, ev.peer)
+				}
+			}
+		}
+	}
+}
+
+// SetPeers replaces the reflector's dynamic peers (see ReflectorPeers). It
+// may be called before Run; peers are applied when Run starts.
+func (r *Reflector) SetPeers(ctx context.Context, peers []Peer) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.running {
+		// Recorded only; start applies them.
+		r.core.mu.Lock()
+		defer r.core.mu.Unlock()
+		for _, p := range peers {
+			if err := p.validate(); err != nil {
+				return fmt.Errorf("reflector %s: set peers: %w", r.cfg.Name, err)
+			}
+		}
+		r.core.dynamic = append([]Peer(nil), peers...)
+		return nil
+	}
+	return r.core.setPeers(ctx, peers)
+}
+
+// Status reports the reflector's sessions and prefix counters.
+func (r *Reflector) Status(ctx context.Context) (Status, error) {
+	r.mu.Lock()
+	running := r.running
+	r.mu.Unlock()
+	if !running {
+		return Status{}, ErrNotStarted
+	}
+	peers, err := r.core.peerStatus(ctx)
+	if err != nil {
+		return Status{}, err
+	}
+	return Status{Role: "reflector", Name: r.cfg.Name, ASN: r.cfg.ASN, RouterID: r.cfg.RouterID, Peers: peers}, nil
+}

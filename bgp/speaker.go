@@ -1,0 +1,388 @@
+package bgp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Speaker is the node's BGP speaker: it announces the node's pod CIDRs and
+// installs what it learns into the kernel.
+//
+// Stop leaves installed routes in place on purpose: a restarted agent adopts
+// them (see Config.StaleRouteGrace), so traffic does not blink.
+type Speaker struct {
+	cfg     Config
+	core    *core
+	metrics *metrics
+
+	lifeMu  sync.Mutex
+	started bool
+	stopped bool
+	cancel  context.CancelFunc
+	done    chan struct{}
+
+	// mu guards the route state below; the loop goroutine is its only
+	// writer.
+	mu           sync.Mutex
+	table        *routeTable
+	installed    map[netip.Prefix]netip.Addr // kernel state, ours
+	pending      map[netip.Prefix]time.Time  // removal deadline after a lost session
+	stale        map[netip.Prefix]bool       // adopted from a previous run
+	staleAt      time.Time                   // when stale routes are swept
+	installErrs  uint64
+	firstSession bool
+}
+
+// NewSpeaker checks cfg and returns a speaker that is not yet started.
+func NewSpeaker(cfg Config) (*Speaker, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Table == 0 {
+		cfg.Table = unix.RT_TABLE_MAIN
+	}
+	s := &Speaker{
+		cfg:       cfg,
+		core:      newCore(cfg),
+		installed: map[netip.Prefix]netip.Addr{},
+		pending:   map[netip.Prefix]time.Time{},
+		stale:     map[netip.Prefix]bool{},
+	}
+	m, err := newMetrics("speaker", cfg.Registerer, s.Status)
+	if err != nil {
+		return nil, fmt.Errorf("%s: register metrics: %w", cfg.Name, err)
+	}
+	s.metrics = m
+	return s, nil
+}
+
+// Start adopts routes left by a previous run, starts BGP, dials the static
+// and already set peers, and announces Config.PodCIDRs.
+func (s *Speaker) Start(ctx context.Context) error {
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
+	if s.started {
+		return ErrAlreadyStarted
+	}
+	subnets := s.cfg.NodeSubnets
+	if len(subnets) == 0 && s.cfg.InstallRoutes {
+		var err error
+		if subnets, err = nodeSubnets(s.cfg.NodeIPs); err != nil {
+			return fmt.Errorf("%s: find node subnets: %w", s.cfg.Name, err)
+		}
+	}
+	s.table = newRouteTable(s.cfg.PodCIDRs, subnets, s.cfg.NodeIPs)
+	if s.cfg.InstallRoutes {
+		if err := s.adopt(); err != nil {
+			return err
+		}
+	}
+	s.staleAt = time.Now().Add(s.cfg.StaleRouteTimeout)
+	if err := s.core.start(ctx); err != nil {
+		return err
+	}
+	if err := s.core.announce(ctx, s.cfg.PodCIDRs); err != nil {
+		s.core.stop()
+		return err
+	}
+	lctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	s.done = make(chan struct{})
+	s.started = true
+	go s.loop(lctx)
+	s.cfg.Logger.Info("bgp speaker started", "node", s.cfg.Name, "asn", s.cfg.ASN, "routerID", s.cfg.RouterID,
+		"podCIDRs", s.cfg.PodCIDRs, "adoptedRoutes", len(s.stale), "subnets", subnets)
+	return nil
+}
+
+// Stop closes every session and stops the loop. Installed routes stay.
+func (s *Speaker) Stop(ctx context.Context) error {
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
+	if !s.started || s.stopped {
+		return nil
+	}
+	s.stopped = true
+	s.cancel()
+	select {
+	case <-s.done:
+	case <-ctx.Done():
+		return fmt.Errorf("%s: stop: %w", s.cfg.Name, ctx.Err())
+	}
+	s.core.stop()
+	return nil
+}
+
+// SetPeers replaces the dynamic peer set (from the store); Config.StaticPeers
+// are kept. Peers whose settings did not change keep their session.
+func (s *Speaker) SetPeers(ctx context.Context, peers []Peer) error {
+	return s.core.setPeers(ctx, peers)
+}
+
+// Announce makes the announced prefixes exactly prefixes, each with the
+// node IP of its family as next hop.
+func (s *Speaker) Announce(ctx context.Context, prefixes []netip.Prefix) error {
+	if !s.isRunning() {
+		return ErrNotStarted
+	}
+	return s.core.announce(ctx, prefixes)
+}
+
+func (s *Speaker) isRunning() bool {
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
+	return s.started && !s.stopped
+}
+
+// Status reports sessions, per-peer prefix counts, installed and refused
+// routes.
+func (s *Speaker) Status(ctx context.Context) (Status, error) {
+	if !s.isRunning() {
+		return Status{}, ErrNotStarted
+	}
+	peers, err := s.core.peerStatus(ctx)
+	if err != nil {
+		return Status{}, err
+	}
+	st := Status{Role: "speaker", Name: s.cfg.Name, ASN: s.cfg.ASN, RouterID: s.cfg.RouterID, Peers: peers}
+	s.core.mu.Lock()
+	for p := range s.core.announced {
+		st.Announced = append(st.Announced, p)
+	}
+	s.core.mu.Unlock()
+	sort.Slice(st.Announced, func(i, j int) bool { return st.Announced[i].String() < st.Announced[j].String() })
+
+	s.mu.Lock()
+	perPeer := map[string]int{}
+	for p, c := range s.table.accepted {
+		st.Installed = append(st.Installed, InstalledRoute{Prefix: p, NextHop: c.nextHop, Peer: c.peer})
+		perPeer[c.peer]++
+	}
+	st.Refused = s.table.refusals()
+	st.PendingRemoval = len(s.pending)
+	st.StaleRoutes = len(s.stale)
+	st.InstallErrors = s.installErrs
+	s.mu.Unlock()
+	sort.Slice(st.Installed, func(i, j int) bool { return st.Installed[i].Prefix.String() < st.Installed[j].Prefix.String() })
+	for i := range st.Peers {
+		st.Peers[i].PrefixesInstalled = perPeer[st.Peers[i].Address.String()]
+	}
+	return st, nil
+}
+
+// adopt reads the routes of RouteProtocol a previous run left behind.
+func (s *Speaker) adopt() error {
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_ALL,
+		&netlink.Route{Protocol: RouteProtocol, Table: s.cfg.Table},
+		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return fmt.Errorf("%s: list routes of protocol %d: %w", s.cfg.Name, RouteProtocol, err)
+	}
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		p, ok := prefixFromIPNet(r.Dst)
+		if !ok {
+			continue
+		}
+		gw, _ := netip.AddrFromSlice(r.Gw)
+		s.installed[p] = gw.Unmap()
+		s.stale[p] = true
+	}
+	return nil
+}
+
+func (s *Speaker) loop(ctx context.Context) {
+	defer close(s.done)
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.core.events.signal:
+			s.process(ctx, s.core.events.drain())
+		case now := <-tick.C:
+			s.sweep(now)
+		}
+	}
+}
+
+func (s *Speaker) process(ctx context.Context, evs []event) {
+	var up map[netip.Addr]bool
+	for _, ev := range evs {
+		if ev.kind == evWithdraw && up == nil {
+			// GoBGP withdraws a lost session's paths before it reports the
+			// peer down, but its session state is already updated.
+			var err error
+			if up, err = s.core.establishedPeers(ctx); err != nil {
+				up = map[netip.Addr]bool{}
+			}
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ev := range evs {
+		switch ev.kind {
+		case evPeer:
+			s.cfg.Logger.Info("bgp session state", "node", s.cfg.Name, "peer", ev.peer, "established", ev.up)
+			if ev.up && !s.firstSession {
+				s.firstSession = true
+				if at := time.Now().Add(s.cfg.StaleRouteGrace); at.Before(s.staleAt) {
+					s.staleAt = at
+				}
+			}
+		case evPrefixLimit:
+			s.metrics.limitCutOffs.WithLabelValues(ev.peer.String()).Inc()
+			s.core.cutOffPeer(ctx, ev.peer)
+		case evPath:
+			if !ev.peer.IsValid() || !ev.nextHop.IsValid() {
+				continue // our own announcement
+			}
+			s.apply(s.table.upsert(ev.prefix, ev.nextHop, ev.peer.String()), false)
+		case evWithdraw:
+			if !ev.peer.IsValid() {
+				continue
+			}
+			s.core.mu.Lock()
+			cut := !s.core.cutOff[ev.peer].IsZero()
+			s.core.mu.Unlock()
+			lost := !up[ev.peer] && !cut && s.cfg.SessionLossGrace > 0
+			s.apply(s.table.withdraw(ev.prefix), lost)
+		}
+	}
+}
+
+// apply programs a table change; removals of a lost session wait for the
+// grace.
+func (s *Speaker) apply(ch tableChange, deferRemoval bool) {
+	for _, r := range ch.refused {
+		s.metrics.refused.WithLabelValues(string(r.Reason)).Inc()
+		s.cfg.Logger.Warn("bgp route refused", "node", s.cfg.Name, "prefix", r.Prefix, "nextHop", r.NextHop,
+			"peer", r.Peer, "reason", r.Reason, "conflict", r.Conflict)
+	}
+	for _, c := range ch.remove {
+		if deferRemoval {
+			s.pending[c.prefix] = time.Now().Add(s.cfg.SessionLossGrace)
+			continue
+		}
+		s.remove(c.prefix)
+	}
+	for _, c := range ch.install {
+		delete(s.pending, c.prefix)
+		delete(s.stale, c.prefix)
+		if gw, ok := s.installed[c.prefix]; ok && gw == c.nextHop {
+			continue // adopted or kept through a grace: no flap
+		}
+		if !s.cfg.InstallRoutes {
+			continue
+		}
+		err := netlink.RouteReplace(&netlink.Route{
+			Dst:      prefixToIPNet(c.prefix),
+			Gw:       c.nextHop.AsSlice(),
+			Protocol: RouteProtocol,
+			Table:    s.cfg.Table,
+		})
+		if err != nil {
+			s.installErrs++
+			s.metrics.installErrs.Inc()
+			s.cfg.Logger.Error("bgp route install failed", "node", s.cfg.Name, "prefix", c.prefix, "nextHop", c.nextHop, "peer", c.peer, "err", err)
+			continue
+		}
+		s.metrics.installs.Inc()
+		s.installed[c.prefix] = c.nextHop
+	}
+}
+
+func (s *Speaker) remove(p netip.Prefix) {
+	delete(s.pending, p)
+	delete(s.stale, p)
+	if _, ok := s.installed[p]; !ok {
+		return
+	}
+	delete(s.installed, p)
+	if !s.cfg.InstallRoutes {
+		return
+	}
+	err := netlink.RouteDel(&netlink.Route{Dst: prefixToIPNet(p), Protocol: RouteProtocol, Table: s.cfg.Table})
+	if err != nil && !errors.Is(err, syscall.ESRCH) {
+		s.installErrs++
+		s.metrics.installErrs.Inc()
+		s.cfg.Logger.Error("bgp route removal failed", "node", s.cfg.Name, "prefix", p, "err", err)
+		return
+	}
+	s.metrics.removals.Inc()
+}
+
+// sweep removes routes whose grace expired without being re-learned.
+func (s *Speaker) sweep(now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for p, at := range s.pending {
+		if now.Before(at) {
+			continue
+		}
+		if _, ok := s.table.accepted[p]; ok {
+			delete(s.pending, p)
+			continue
+		}
+		s.cfg.Logger.Info("bgp route removed after session-loss grace", "node", s.cfg.Name, "prefix", p)
+		s.remove(p)
+	}
+	if len(s.stale) > 0 && !now.Before(s.staleAt) {
+		for p := range s.stale {
+			if _, ok := s.table.accepted[p]; ok {
+				continue
+			}
+			s.cfg.Logger.Info("bgp stale route of a previous run removed", "node", s.cfg.Name, "prefix", p)
+			s.remove(p)
+		}
+		clear(s.stale)
+	}
+}
+
+func nodeSubnets(ips []netip.Addr) ([]netip.Prefix, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Prefix
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		for _, n := range ips {
+			if n == ip {
+				ones, _ := a.Mask.Size()
+				out = append(out, netip.PrefixFrom(ip, ones).Masked())
+			}
+		}
+	}
+	return out, nil
+}
+
+func prefixToIPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func prefixFromIPNet(n *net.IPNet) (netip.Prefix, bool) {
+	ip, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(ip.Unmap(), ones).Masked(), true
+}
