@@ -1,0 +1,39 @@
+// Package harness emulates several Kubernetes clusters of several nodes on
+// one Linux machine, with real parts everywhere but the container runtime, so
+// that the mesh's failover drills and demo run without Docker or kind.
+//
+// A Run owns everything of one emulation and names it with a per-run prefix
+// ("cmk" + 4 hex digits, see NewPrefix):
+//
+//   - a fabric bridge in the root network namespace (no tunnel): every node and
+//     every cluster's control plane has a veth on it and an address on the
+//     fabric subnet; the root namespace holds the fabric's first address so the
+//     harness itself can reach every control plane;
+//   - per node: a network namespace, a cgroup under
+//     /sys/fs/cgroup/unified/<prefix>/<cluster>/<node>, a bpffs directory
+//     /sys/fs/bpf/<prefix>/<cluster>/<node>, and (when built) the
+//     clustermesh-agent process started in the node's namespace with nsenter
+//     and in the node's cgroup from the first instruction (clone3 with a
+//     cgroup fd);
+//   - per pod: a network namespace behind a veth from its node's namespace,
+//     the pod IP taken from the node's pod CIDR, a default route through the
+//     node, and a TCP and UDP echo server that answers with the pod's name;
+//   - per cluster: the control plane processes (etcd, kube-apiserver,
+//     kube-controller-manager, clustermesh-apiserver) when those parts exist.
+//
+// Lifetimes: New creates the fabric; everything added later is registered on
+// the Run's teardown stack and removed, in reverse order, by Close. Close is
+// safe to call more than once and after a partial failure. A run that was
+// killed before Close is removed by Clean (the cleanup command), which finds
+// namespaces, links, cgroups, bpffs pins and processes by the prefix pattern:
+// every process the harness starts lives in a cgroup under the run's cgroup,
+// so Clean kills exactly those.
+//
+// Concurrency: a Run's methods may be called from several goroutines; the
+// topology (clusters, nodes, pods) is guarded by the Run's mutex. Echo servers
+// and traffic readers run on goroutines owned by their Pod or Traffic and stop
+// when it is closed.
+//
+// Everything here needs root (network namespaces, cgroups, bpffs); New returns
+// ErrNotRoot otherwise.
+package harness
