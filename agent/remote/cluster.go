@@ -1,0 +1,490 @@
+package remote
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/clustermesh/clustermesh/agent/status"
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/kvstore"
+)
+
+// Delegate receives the objects of accepted clusters. Calls for one cluster
+// are sequential; calls for different clusters may be concurrent. Methods
+// must not block for long: they hold up the cluster's event stream.
+type Delegate interface {
+	// ClusterAccepted is called once the cluster's config passed validation,
+	// before any of its objects, and again when the config changes.
+	ClusterAccepted(cfg *api.Cluster)
+	// Upsert delivers a new or changed object of the cluster.
+	Upsert(cluster string, obj api.Object)
+	// Delete reports that the object at key is gone.
+	Delete(cluster string, key api.ParsedKey)
+	// Drain asks to forget every object of the cluster: it was removed, or
+	// its config stopped passing validation.
+	Drain(cluster string)
+}
+
+// Kinds are the kinds a Cluster follows.
+var Kinds = []api.Kind{api.KindNode, api.KindService, api.KindEndpoints, api.KindIdentity, api.KindIPCache}
+
+// Options configure a Cluster.
+type Options struct {
+	// Name is the cluster's name, the name of its connection file.
+	Name string
+	// Local marks the agent's own cluster.
+	Local bool
+	// Config is how to reach the cluster's store.
+	Config kvstore.Config
+	// ConfigErr, when set, is the error of loading the connection file: the
+	// cluster then only reports it (StateInvalidConfig).
+	ConfigErr error
+	Registry  *Registry
+	Delegate  Delegate
+	// Metrics may be nil.
+	Metrics *Metrics
+	// Logger may be nil.
+	Logger *slog.Logger
+	// ProbeInterval is how often the store's reachability and the cluster
+	// config are checked; zero means 2s.
+	ProbeInterval time.Duration
+	// MaxRetryInterval caps the backoff between connection attempts; zero
+	// means 10s.
+	MaxRetryInterval time.Duration
+	// OnConnected, if set, is called with the client of each new
+	// connection once the cluster is accepted (the agent publishes its
+	// status with the local cluster's client). The client is closed when the
+	// connection ends.
+	OnConnected func(*kvstore.Client)
+}
+
+// Cluster is the agent's connection to one cluster. Create with New, run
+// with Run; after Run returns, Drain forgets the cluster's state.
+type Cluster struct {
+	opts Options
+	name string
+	log  *slog.Logger
+
+	// Owned by the Run goroutine.
+	known map[api.Kind]map[string]struct{}
+
+	mu          sync.Mutex
+	st          status.Cluster
+	acceptedRaw []byte
+	accepted    bool
+}
+
+// New returns a cluster connection; nothing happens until Run.
+func New(opts Options) *Cluster {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.ProbeInterval <= 0 {
+		opts.ProbeInterval = 2 * time.Second
+	}
+	if opts.MaxRetryInterval <= 0 {
+		opts.MaxRetryInterval = 10 * time.Second
+	}
+	c := &Cluster{
+		opts:  opts,
+		name:  opts.Name,
+		log:   opts.Logger.With("cluster", opts.Name),
+		known: map[api.Kind]map[string]struct{}{},
+		st: status.Cluster{
+			Name: opts.Name, Local: opts.Local, State: status.StateConnecting,
+			Since: time.Now(), Objects: map[string]int{},
+		},
+	}
+	for _, k := range Kinds {
+		c.known[k] = map[string]struct{}{}
+	}
+	return c
+}
+
+// Name is the cluster's name.
+func (c *Cluster) Name() string { return c.name }
+
+// Status returns a snapshot of the connection's status.
+func (c *Cluster) Status() status.Cluster {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.st
+	s.Objects = maps.Clone(c.st.Objects)
+	s.SyncedKinds = slices.Clone(c.st.SyncedKinds)
+	return s
+}
+
+func (c *Cluster) setState(st status.State, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.st.State != st {
+		c.st.State = st
+		c.st.Since = time.Now()
+	}
+	c.st.Connected = st == status.StateConnected
+	if err != nil {
+		c.recordErrorLocked(err)
+	}
+	c.opts.Metrics.setState(c.name, st)
+}
+
+func (c *Cluster) recordErrorLocked(err error) {
+	now := time.Now()
+	c.st.LastError = err.Error()
+	c.st.LastErrorTime = &now
+}
+
+// Run connects and follows the cluster until ctx is cancelled, reconnecting
+// with backoff. It keeps the cluster's objects across reconnections.
+func (c *Cluster) Run(ctx context.Context) {
+	if c.opts.ConfigErr != nil {
+		c.setState(status.StateInvalidConfig, c.opts.ConfigErr)
+		c.log.Error("invalid connection file", "error", c.opts.ConfigErr)
+		<-ctx.Done()
+		return
+	}
+	backoff := 100 * time.Millisecond
+	for {
+		connected, err := c.runOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if connected {
+			backoff = 100 * time.Millisecond
+		}
+		c.log.Warn("cluster connection ended, retrying", "error", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, c.opts.MaxRetryInterval)
+	}
+}
+
+// Drain forgets the cluster: its claim in the registry and, through the
+// delegate, all its objects. Call after Run returned.
+func (c *Cluster) Drain() {
+	c.opts.Registry.Release(c.name)
+	c.opts.Delegate.Drain(c.name)
+	for _, k := range Kinds {
+		clear(c.known[k])
+	}
+	c.mu.Lock()
+	c.accepted = false
+	clear(c.st.Objects)
+	c.mu.Unlock()
+	c.opts.Metrics.forget(c.name)
+}
+
+// fetchConfig reads and validates the cluster's config.
+func (c *Cluster) fetchConfig(ctx context.Context, cli *kvstore.Client) (*api.Cluster, []byte, error) {
+	rctx, cancel := context.WithTimeout(ctx, c.opts.ProbeInterval+5*time.Second)
+	defer cancel()
+	resp, err := cli.Etcd().Get(rctx, api.ClusterKey(c.name))
+	if err != nil {
+		return nil, nil, fmt.Errorf("cluster %s: read cluster config: %w: %w", c.name, kvstore.ErrUnreachable, err)
+	}
+	if len(resp.Kvs) == 0 {
+		// A store holding another cluster's config under our name's key is
+		// impossible (Decode checks the key); a missing key may mean the
+		// file points at the wrong store: list what is there to say so.
+		return nil, nil, fmt.Errorf("cluster %s: %w at %s", c.name, ErrNoConfig, api.ClusterKey(c.name))
+	}
+	raw := resp.Kvs[0].Value
+	obj, err := api.Decode(api.ClusterKey(c.name), raw)
+	if err != nil {
+		return nil, raw, fmt.Errorf("cluster %s: %w: %w", c.name, ErrMismatch, err)
+	}
+	cfg := obj.(*api.Cluster)
+	if cfg.Name != c.name {
+		return nil, raw, fmt.Errorf("cluster %s: %w: store's config names cluster %q", c.name, ErrMismatch, cfg.Name)
+	}
+	return cfg, raw, nil
+}
+
+// refuse marks the cluster refused; if it had been accepted, everything it
+// contributed is drained.
+func (c *Cluster) refuse(err error) {
+	c.mu.Lock()
+	wasAccepted := c.accepted
+	c.accepted = false
+	c.acceptedRaw = nil
+	c.mu.Unlock()
+	c.setState(status.StateRefused, err)
+	c.log.Error("cluster refused", "error", err)
+	if wasAccepted {
+		c.opts.Registry.Release(c.name)
+		c.opts.Delegate.Drain(c.name)
+		for _, k := range Kinds {
+			clear(c.known[k])
+		}
+		c.mu.Lock()
+		clear(c.st.Objects)
+		c.mu.Unlock()
+	}
+}
+
+func (c *Cluster) accept(cfg *api.Cluster, raw []byte) error {
+	if err := c.opts.Registry.Claim(cfg); err != nil {
+		c.refuse(err)
+		return err
+	}
+	c.mu.Lock()
+	same := c.accepted && bytes.Equal(c.acceptedRaw, raw)
+	c.accepted = true
+	c.acceptedRaw = raw
+	c.st.ID = cfg.ID
+	c.mu.Unlock()
+	if !same {
+		c.opts.Delegate.ClusterAccepted(cfg)
+		c.log.Info("cluster accepted", "id", cfg.ID, "pod_cidrs", cfg.PodCIDRs)
+	}
+	return nil
+}
+
+// runOnce is one connection: connect, validate, follow until an error or
+// ctx ends. It reports whether the cluster was accepted.
+func (c *Cluster) runOnce(ctx context.Context) (bool, error) {
+	cli, err := kvstore.New(ctx, c.opts.Config)
+	if err != nil {
+		err = fmt.Errorf("cluster %s: connect: %w", c.name, err)
+		c.markUnreachable(err)
+		return false, err
+	}
+	defer cli.Close()
+
+	cfg, raw, err := c.fetchConfig(ctx, cli)
+	if err != nil {
+		if errors.Is(err, kvstore.ErrUnreachable) {
+			c.markUnreachable(err)
+		} else {
+			c.refuse(err)
+		}
+		return false, err
+	}
+	if err := c.accept(cfg, raw); err != nil {
+		return false, err
+	}
+	c.setState(status.StateConnected, nil)
+
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if c.opts.OnConnected != nil {
+		c.opts.OnConnected(cli)
+	}
+
+	events := make(chan kvstore.Event, 1024)
+	reader := kvstore.NewReader(cli, c.name, &kvstore.ReaderOptions{Buffer: 256, Logger: c.log})
+	for _, kind := range Kinds {
+		ch := reader.Watch(cctx, kind)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ev := range ch {
+				select {
+				case events <- ev:
+				case <-cctx.Done():
+					// Keep draining so the reader can end.
+				}
+			}
+		}()
+	}
+	configChanged := make(chan struct{}, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c.probe(cctx, cli, raw, configChanged)
+	}()
+
+	// seen holds, per kind, the keys listed since this connection started;
+	// it is dropped at the kind's synced canary, after pruning the known
+	// keys that were not listed again.
+	seen := map[api.Kind]map[string]struct{}{}
+	for _, k := range Kinds {
+		seen[k] = map[string]struct{}{}
+	}
+	c.mu.Lock()
+	c.st.SyncedKinds = nil
+	c.mu.Unlock()
+	for {
+		select {
+		case <-ctx.Done():
+			return true, ctx.Err()
+		case <-configChanged:
+			cfg, raw, err := c.fetchConfig(ctx, cli)
+			if err != nil {
+				if errors.Is(err, kvstore.ErrUnreachable) {
+					continue
+				}
+				c.refuse(err)
+				return true, err
+			}
+			if err := c.accept(cfg, raw); err != nil {
+				return true, err
+			}
+			// A new probe compares against the new config.
+			return true, fmt.Errorf("cluster %s: config changed, reconnecting", c.name)
+		case ev := <-events:
+			c.handle(ev, seen)
+		}
+	}
+}
+
+func (c *Cluster) markUnreachable(err error) {
+	c.mu.Lock()
+	st := c.st.State
+	c.mu.Unlock()
+	if st == status.StateRefused {
+		c.mu.Lock()
+		c.recordErrorLocked(err)
+		c.mu.Unlock()
+		return
+	}
+	c.setState(status.StateUnreachable, err)
+}
+
+// probe checks reachability and the cluster config every ProbeInterval. It
+// signals changed when the stored config differs from raw.
+func (c *Cluster) probe(ctx context.Context, cli *kvstore.Client, raw []byte, changed chan<- struct{}) {
+	t := time.NewTicker(c.opts.ProbeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, c.opts.ProbeInterval)
+		resp, err := cli.Etcd().Get(rctx, api.ClusterKey(c.name))
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			c.markUnreachable(fmt.Errorf("cluster %s: %w: %w", c.name, kvstore.ErrUnreachable, err))
+			continue
+		}
+		c.mu.Lock()
+		wasUnreachable := c.st.State == status.StateUnreachable
+		c.mu.Unlock()
+		if wasUnreachable {
+			c.setState(status.StateConnected, nil)
+			c.log.Info("cluster reachable again")
+		}
+		if len(resp.Kvs) == 0 || !bytes.Equal(resp.Kvs[0].Value, raw) {
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+func (c *Cluster) handle(ev kvstore.Event, seen map[api.Kind]map[string]struct{}) {
+	kind := ev.Kind
+	known := c.known[kind]
+	if known == nil {
+		return
+	}
+	c.opts.Metrics.event(c.name, kind, ev.Type)
+	switch ev.Type {
+	case kvstore.EventUpsert:
+		pk, err := api.ParseKey(ev.Key)
+		if err != nil || pk.Cluster != c.name || pk.Kind != kind || ev.Object == nil {
+			c.invalid(kind, ev.Key, fmt.Errorf("cluster %s: key %q: not an object of this cluster's %s", c.name, ev.Key, kind))
+			return
+		}
+		if seen[kind] != nil {
+			seen[kind][ev.Key] = struct{}{}
+		}
+		known[ev.Key] = struct{}{}
+		c.opts.Delegate.Upsert(c.name, ev.Object)
+		c.count(kind, len(known))
+	case kvstore.EventDelete:
+		c.delete(kind, ev.Key)
+	case kvstore.EventSynced:
+		if s := seen[kind]; s != nil {
+			for key := range known {
+				if _, ok := s[key]; !ok {
+					c.log.Info("pruning object gone while away", "kind", kind, "key", key)
+					c.delete(kind, key)
+				}
+			}
+			seen[kind] = nil
+		}
+		c.mu.Lock()
+		if !slices.Contains(c.st.SyncedKinds, string(kind)) {
+			c.st.SyncedKinds = append(c.st.SyncedKinds, string(kind))
+			slices.Sort(c.st.SyncedKinds)
+		}
+		c.st.Synced = len(c.st.SyncedKinds) == len(Kinds)
+		synced := c.st.Synced
+		c.mu.Unlock()
+		if synced {
+			c.opts.Metrics.setSynced(c.name, true)
+			c.log.Info("cluster synced")
+		}
+	case kvstore.EventError:
+		if ev.Key != "" {
+			// A value that fails to decode or validate: keep whatever we had
+			// for that key (the last good value) and do not prune it.
+			if seen[kind] != nil {
+				if _, ok := known[ev.Key]; ok {
+					seen[kind][ev.Key] = struct{}{}
+				}
+			}
+			c.invalid(kind, ev.Key, ev.Err)
+			return
+		}
+		c.mu.Lock()
+		c.recordErrorLocked(fmt.Errorf("cluster %s: watch %s: %w", c.name, kind, ev.Err))
+		c.mu.Unlock()
+		c.log.Warn("watch error", "kind", kind, "error", ev.Err)
+	}
+	c.mu.Lock()
+	c.st.Events++
+	c.mu.Unlock()
+}
+
+func (c *Cluster) delete(kind api.Kind, key string) {
+	known := c.known[kind]
+	if _, ok := known[key]; !ok {
+		return
+	}
+	pk, err := api.ParseKey(key)
+	if err != nil {
+		return
+	}
+	delete(known, key)
+	c.opts.Delegate.Delete(c.name, pk)
+	c.count(kind, len(known))
+}
+
+func (c *Cluster) count(kind api.Kind, n int) {
+	c.mu.Lock()
+	c.st.Objects[string(kind)] = n
+	c.mu.Unlock()
+	c.opts.Metrics.objects(c.name, kind, n)
+}
+
+func (c *Cluster) invalid(kind api.Kind, key string, err error) {
+	if err == nil {
+		err = errors.New("invalid value")
+	}
+	c.mu.Lock()
+	c.st.InvalidObjects++
+	c.recordErrorLocked(fmt.Errorf("skipped invalid %s %q: %w", kind, key, err))
+	c.mu.Unlock()
+	c.opts.Metrics.invalid(c.name, kind)
+	c.log.Warn("skipping invalid object", "kind", kind, "key", key, "error", err)
+}

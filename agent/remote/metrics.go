@@ -1,0 +1,122 @@
+package remote
+
+import (
+	"github.com/clustermesh/clustermesh/agent/status"
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the per-cluster metrics of cluster connections. A nil
+// *Metrics records nothing.
+type Metrics struct {
+	events    *prometheus.CounterVec
+	invalids  *prometheus.CounterVec
+	objectsG  *prometheus.GaugeVec
+	synced    *prometheus.GaugeVec
+	connected *prometheus.GaugeVec
+	state     *prometheus.GaugeVec
+}
+
+var allStates = []status.State{status.StateConnecting, status.StateConnected, status.StateUnreachable, status.StateRefused, status.StateInvalidConfig}
+
+// NewMetrics creates the metrics and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clustermesh_agent_events_total",
+			Help: "Store events processed, by cluster, kind and event type.",
+		}, []string{"cluster", "kind", "type"}),
+		invalids: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clustermesh_agent_invalid_objects_total",
+			Help: "Values skipped because they failed to decode or validate, by cluster and kind.",
+		}, []string{"cluster", "kind"}),
+		objectsG: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "clustermesh_agent_objects",
+			Help: "Objects currently held, by cluster and kind.",
+		}, []string{"cluster", "kind"}),
+		synced: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "clustermesh_agent_cluster_synced",
+			Help: "1 once every kind of the cluster has completed its initial sync.",
+		}, []string{"cluster"}),
+		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "clustermesh_agent_cluster_connected",
+			Help: "1 while the cluster's store answers and its config is accepted.",
+		}, []string{"cluster"}),
+		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "clustermesh_agent_cluster_state",
+			Help: "1 for the current state of each cluster connection.",
+		}, []string{"cluster", "state"}),
+	}
+	for _, c := range []prometheus.Collector{m.events, m.invalids, m.objectsG, m.synced, m.connected, m.state} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func eventType(t kvstore.EventType) string {
+	return t.String()
+}
+
+func (m *Metrics) event(cluster string, kind api.Kind, t kvstore.EventType) {
+	if m != nil {
+		m.events.WithLabelValues(cluster, string(kind), eventType(t)).Inc()
+	}
+}
+
+func (m *Metrics) invalid(cluster string, kind api.Kind) {
+	if m != nil {
+		m.invalids.WithLabelValues(cluster, string(kind)).Inc()
+	}
+}
+
+func (m *Metrics) objects(cluster string, kind api.Kind, n int) {
+	if m != nil {
+		m.objectsG.WithLabelValues(cluster, string(kind)).Set(float64(n))
+	}
+}
+
+func (m *Metrics) setSynced(cluster string, synced bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if synced {
+		v = 1
+	}
+	m.synced.WithLabelValues(cluster).Set(v)
+}
+
+func (m *Metrics) setState(cluster string, st status.State) {
+	if m == nil {
+		return
+	}
+	for _, s := range allStates {
+		v := 0.0
+		if s == st {
+			v = 1
+		}
+		m.state.WithLabelValues(cluster, string(s)).Set(v)
+	}
+	v := 0.0
+	if st == status.StateConnected {
+		v = 1
+	}
+	m.connected.WithLabelValues(cluster).Set(v)
+}
+
+// forget removes every series of a cluster that is no longer followed.
+func (m *Metrics) forget(cluster string) {
+	if m == nil {
+		return
+	}
+	l := prometheus.Labels{"cluster": cluster}
+	m.events.DeletePartialMatch(l)
+	m.invalids.DeletePartialMatch(l)
+	m.objectsG.DeletePartialMatch(l)
+	m.synced.DeletePartialMatch(l)
+	m.connected.DeletePartialMatch(l)
+	m.state.DeletePartialMatch(l)
+}
