@@ -231,6 +231,17 @@ func (m *Merger) Programmed() []loadbalancer.Service {
 	return out
 }
 
+// Frontends is the number of frontends last pushed to the datapath.
+func (m *Merger) Frontends() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for _, fes := range m.programmed {
+		n += len(fes)
+	}
+	return n
+}
+
 // SyncResult counts what one Sync pushed.
 type SyncResult struct {
 	Services int // services recomputed

@@ -108,6 +108,15 @@ func New(opts Options) *Cluster {
 	return c
 }
 
+// SetConfig replaces the connection settings; the next Run uses them. It
+// must not be called while Run is running. Objects already known are kept
+// and reconciled by the next connection's listing.
+func (c *Cluster) SetConfig(cfg kvstore.Config, cfgErr error) {
+	c.opts.Config = cfg
+	c.opts.ConfigErr = cfgErr
+	c.setState(status.StateConnecting, nil)
+}
+
 // Name is the cluster's name.
 func (c *Cluster) Name() string { return c.name }
 

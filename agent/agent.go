@@ -1,0 +1,470 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/clustermesh/clustermesh/agent/merger"
+	"github.com/clustermesh/clustermesh/agent/remote"
+	"github.com/clustermesh/clustermesh/agent/status"
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/loadbalancer"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// ErrConfig is wrapped by errors about the agent's configuration.
+var ErrConfig = errors.New("invalid agent configuration")
+
+// NodeObserver learns the nodes of every connected cluster (the local one
+// included). Calls are never concurrent and must not block: an observer
+// that does slow work queues it. NodeUpserted may repeat for an unchanged
+// node; NodeDeleted is also called for every node of a cluster that is
+// drained (its connection file removed, or its config refused).
+type NodeObserver interface {
+	NodeUpserted(n *api.Node)
+	NodeDeleted(cluster, name string)
+}
+
+// Config configures an Agent.
+type Config struct {
+	// ClusterName is the agent's own cluster; its connection file must be in
+	// ClustersDir like every peer's.
+	ClusterName string
+	// NodeName is the node the agent runs on.
+	NodeName string
+	// ClustersDir holds one connection file per cluster, named for the
+	// cluster; names containing a '.' (certificates, keys) are not
+	// connection files.
+	ClustersDir string
+	// Datapath receives the merged services. Required.
+	Datapath loadbalancer.Datapath
+	// DatapathName is reported in status ("bpf", "none").
+	DatapathName string
+	// Registerer receives the agent's metrics; nil means none are exported.
+	Registerer prometheus.Registerer
+	// Logger; nil discards logs.
+	Logger *slog.Logger
+	// DirPollInterval is how often ClustersDir is scanned; zero means 1s.
+	DirPollInterval time.Duration
+	// ProbeInterval is how often each store's reachability is checked; zero
+	// means 2s.
+	ProbeInterval time.Duration
+	// StatusInterval is how often the agent publishes its status into its
+	// cluster's store; zero means 10s. The value lives on a lease of three
+	// intervals.
+	StatusInterval time.Duration
+	// InitialSyncTimeout bounds how long the first datapath sync waits for
+	// every cluster's initial sync, so a restarted agent does not program a
+	// partial view over the state it adopted; zero means 30s.
+	InitialSyncTimeout time.Duration
+}
+
+// Agent follows every cluster of its config directory and keeps the
+// datapath programmed with the merged global services. Create with New,
+// start with Run.
+type Agent struct {
+	cfg      Config
+	log      *slog.Logger
+	merger   *merger.Merger
+	registry *remote.Registry
+	metrics  *metrics
+	rmetrics *remote.Metrics
+
+	kick chan struct{}
+
+	mu sync.Mutex
+	// pendingSince is when the oldest event not yet pushed to the datapath
+	// arrived; zero when none is pending.
+	pendingSince time.Time
+	clusters     map[string]*clusterRun
+	clusterIDs   map[string]uint32
+	nodes        map[string]map[string]*api.Node
+	identities   map[string]map[uint32]*api.Identity
+	ipcache      map[string]map[netip.Addr]*api.IPCacheEntry
+	localClient  *kvstore.Client
+	started      time.Time
+	initialDone  bool
+
+	obsMu     sync.Mutex
+	observers []NodeObserver
+}
+
+type clusterRun struct {
+	c      *remote.Cluster
+	digest string
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// New checks the config and returns an agent; nothing runs until Run.
+func New(cfg Config) (*Agent, error) {
+	if err := api.ValidateClusterName(cfg.ClusterName); err != nil {
+		return nil, fmt.Errorf("%w: --cluster-name: %w", ErrConfig, err)
+	}
+	if cfg.NodeName == "" {
+		return nil, fmt.Errorf("%w: node name is required", ErrConfig)
+	}
+	if cfg.ClustersDir == "" {
+		return nil, fmt.Errorf("%w: clusters directory is required", ErrConfig)
+	}
+	if cfg.Datapath == nil {
+		return nil, fmt.Errorf("%w: a datapath is required", ErrConfig)
+	}
+	if cfg.DatapathName == "" {
+		cfg.DatapathName = "custom"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.DirPollInterval <= 0 {
+		cfg.DirPollInterval = time.Second
+	}
+	if cfg.ProbeInterval <= 0 {
+		cfg.ProbeInterval = 2 * time.Second
+	}
+	if cfg.StatusInterval <= 0 {
+		cfg.StatusInterval = 10 * time.Second
+	}
+	if cfg.InitialSyncTimeout <= 0 {
+		cfg.InitialSyncTimeout = 30 * time.Second
+	}
+	log := cfg.Logger.With("local_cluster", cfg.ClusterName, "node", cfg.NodeName)
+	a := &Agent{
+		cfg:        cfg,
+		log:        log,
+		merger:     merger.New(cfg.ClusterName, cfg.Datapath, log),
+		registry:   remote.NewRegistry(),
+		kick:       make(chan struct{}, 1),
+		clusters:   map[string]*clusterRun{},
+		clusterIDs: map[string]uint32{},
+		nodes:      map[string]map[string]*api.Node{},
+		identities: map[string]map[uint32]*api.Identity{},
+		ipcache:    map[string]map[netip.Addr]*api.IPCacheEntry{},
+	}
+	if cfg.Registerer != nil {
+		m, err := newMetrics(cfg.Registerer, a)
+		if err != nil {
+			return nil, fmt.Errorf("agent metrics: %w", err)
+		}
+		a.metrics = m
+		rm, err := remote.NewMetrics(cfg.Registerer)
+		if err != nil {
+			return nil, fmt.Errorf("agent metrics: %w", err)
+		}
+		a.rmetrics = rm
+	}
+	return a, nil
+}
+
+// AddNodeObserver registers an observer of every cluster's nodes. Call it
+// before Run.
+func (a *Agent) AddNodeObserver(o NodeObserver) {
+	a.obsMu.Lock()
+	defer a.obsMu.Unlock()
+	a.observers = append(a.observers, o)
+}
+
+// Run follows the clusters of the config directory and keeps the datapath
+// programmed until ctx is cancelled. The datapath keeps its last state when
+// Run returns.
+func (a *Agent) Run(ctx context.Context) error {
+	a.mu.Lock()
+	a.started = time.Now()
+	a.mu.Unlock()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); a.syncLoop(ctx) }()
+	go func() { defer wg.Done(); a.publishLoop(ctx) }()
+
+	a.scanDir(ctx)
+	t := time.NewTicker(a.cfg.DirPollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			a.mu.Lock()
+			runs := make([]*clusterRun, 0, len(a.clusters))
+			for _, r := range a.clusters {
+				runs = append(runs, r)
+			}
+			a.mu.Unlock()
+			for _, r := range runs {
+				r.cancel()
+				<-r.done
+			}
+			wg.Wait()
+			return nil
+		case <-t.C:
+			a.scanDir(ctx)
+		}
+	}
+}
+
+// SetNodeHealth is the health (gossip) seam: it marks every backend on node
+// healthy or not in the datapath at once and recomputes the services whose
+// affinity threshold depends on that node.
+func (a *Agent) SetNodeHealth(ctx context.Context, node loadbalancer.NodeRef, healthy bool) error {
+	err := a.merger.SetNodeHealth(ctx, node, healthy)
+	a.markPending()
+	return err
+}
+
+// NodeRef returns the datapath's name for a node of a connected cluster.
+func (a *Agent) NodeRef(cluster, node string) (loadbalancer.NodeRef, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	id, ok := a.clusterIDs[cluster]
+	return loadbalancer.NodeRef{ClusterID: id, Name: node}, ok
+}
+
+// Nodes returns every known node of every connected cluster, sorted by
+// cluster and name.
+func (a *Agent) Nodes() []*api.Node {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []*api.Node
+	for _, byName := range a.nodes {
+		for _, n := range byName {
+			out = append(out, n)
+		}
+	}
+	slices.SortFunc(out, func(x, y *api.Node) int {
+		if c := strings.Compare(x.Cluster, y.Cluster); c != 0 {
+			return c
+		}
+		return strings.Compare(x.Name, y.Name)
+	})
+	return out
+}
+
+// Programmed returns the merged services last pushed to the datapath.
+func (a *Agent) Programmed() []loadbalancer.Service { return a.merger.Programmed() }
+
+// Status returns the agent's status.
+func (a *Agent) Status() status.Agent {
+	a.mu.Lock()
+	runs := make([]*clusterRun, 0, len(a.clusters))
+	for _, r := range a.clusters {
+		runs = append(runs, r)
+	}
+	a.mu.Unlock()
+	st := status.Agent{
+		SchemaVersion: status.SchemaVersion,
+		Cluster:       a.cfg.ClusterName,
+		Node:          a.cfg.NodeName,
+		Datapath:      a.cfg.DatapathName,
+		Frontends:     a.merger.Frontends(),
+		Updated:       time.Now().UTC(),
+	}
+	for _, r := range runs {
+		st.Clusters = append(st.Clusters, r.c.Status())
+	}
+	slices.SortFunc(st.Clusters, func(x, y status.Cluster) int { return strings.Compare(x.Name, y.Name) })
+	return st
+}
+
+// markPending records that the datapath is behind and wakes the sync loop.
+func (a *Agent) markPending() {
+	a.mu.Lock()
+	if a.pendingSince.IsZero() {
+		a.pendingSince = time.Now()
+	}
+	a.mu.Unlock()
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// initialSyncDone reports whether every cluster that can sync has synced,
+// or the initial sync timeout passed. Once true it stays true.
+func (a *Agent) initialSyncDone() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.initialDone {
+		return true
+	}
+	if time.Since(a.started) >= a.cfg.InitialSyncTimeout {
+		a.log.Warn("initial sync timeout: programming the datapath before every cluster synced")
+		a.initialDone = true
+		return true
+	}
+	if _, ok := a.clusters[a.cfg.ClusterName]; !ok {
+		return false
+	}
+	for _, r := range a.clusters {
+		s := r.c.Status()
+		switch s.State {
+		case status.StateRefused, status.StateInvalidConfig:
+			continue
+		}
+		if !s.Synced {
+			return false
+		}
+	}
+	a.initialDone = true
+	return true
+}
+
+func (a *Agent) syncLoop(ctx context.Context) {
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.kick:
+		case <-retry.C:
+		}
+		if !a.initialSyncDone() {
+			retry.Reset(100 * time.Millisecond)
+			continue
+		}
+		a.mu.Lock()
+		since := a.pendingSince
+		a.pendingSince = time.Time{}
+		a.mu.Unlock()
+		start := time.Now()
+		res, err := a.merger.Sync(ctx)
+		a.metrics.observeSync(start, since, res, err)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			a.log.Error("datapath sync failed, retrying", "error", err)
+			retry.Reset(time.Second)
+			continue
+		}
+		if res.Upserts+res.Deletes > 0 {
+			a.log.Debug("datapath synced", "services", res.Services, "upserts", res.Upserts, "deletes", res.Deletes)
+		}
+	}
+}
+
+func (a *Agent) notifyNodes(f func(NodeObserver)) {
+	a.obsMu.Lock()
+	defer a.obsMu.Unlock()
+	for _, o := range a.observers {
+		f(o)
+	}
+}
+
+// delegate receives the objects of every cluster connection.
+type delegate struct{ a *Agent }
+
+var _ remote.Delegate = delegate{}
+
+func (d delegate) ClusterAccepted(cfg *api.Cluster) {
+	a := d.a
+	a.mu.Lock()
+	a.clusterIDs[cfg.Name] = cfg.ID
+	a.mu.Unlock()
+	a.merger.SetCluster(cfg.Name, cfg.ID)
+	a.markPending()
+}
+
+func (d delegate) Upsert(cluster string, obj api.Object) {
+	a := d.a
+	switch o := obj.(type) {
+	case *api.Service:
+		a.merger.UpsertService(o)
+		a.markPending()
+	case *api.EndpointSlice:
+		a.merger.UpsertEndpointSlice(o)
+		a.markPending()
+	case *api.Node:
+		a.mu.Lock()
+		if a.nodes[cluster] == nil {
+			a.nodes[cluster] = map[string]*api.Node{}
+		}
+		a.nodes[cluster][o.Name] = o
+		a.mu.Unlock()
+		a.notifyNodes(func(obs NodeObserver) { obs.NodeUpserted(o) })
+	case *api.Identity:
+		a.mu.Lock()
+		if a.identities[cluster] == nil {
+			a.identities[cluster] = map[uint32]*api.Identity{}
+		}
+		a.identities[cluster][o.ID] = o
+		a.mu.Unlock()
+	case *api.IPCacheEntry:
+		a.mu.Lock()
+		if a.ipcache[cluster] == nil {
+			a.ipcache[cluster] = map[netip.Addr]*api.IPCacheEntry{}
+		}
+		a.ipcache[cluster][o.IP] = o
+		a.mu.Unlock()
+	}
+}
+
+func (d delegate) Delete(cluster string, key api.ParsedKey) {
+	a := d.a
+	switch key.Kind {
+	case api.KindService:
+		ns, name, ok := strings.Cut(key.Rest, "/")
+		if ok {
+			a.merger.DeleteService(cluster, ns, name)
+			a.markPending()
+		}
+	case api.KindEndpoints:
+		parts := strings.SplitN(key.Rest, "/", 3)
+		if len(parts) == 3 {
+			a.merger.DeleteEndpointSlice(cluster, parts[0], parts[1], parts[2])
+			a.markPending()
+		}
+	case api.KindNode:
+		a.mu.Lock()
+		_, ok := a.nodes[cluster][key.Rest]
+		delete(a.nodes[cluster], key.Rest)
+		a.mu.Unlock()
+		if ok {
+			a.notifyNodes(func(obs NodeObserver) { obs.NodeDeleted(cluster, key.Rest) })
+		}
+	case api.KindIdentity:
+		var id uint32
+		if _, err := fmt.Sscan(key.Rest, &id); err == nil {
+			a.mu.Lock()
+			delete(a.identities[cluster], id)
+			a.mu.Unlock()
+		}
+	case api.KindIPCache:
+		if ip, err := netip.ParseAddr(key.Rest); err == nil {
+			a.mu.Lock()
+			delete(a.ipcache[cluster], ip)
+			a.mu.Unlock()
+		}
+	}
+}
+
+func (d delegate) Drain(cluster string) {
+	a := d.a
+	a.merger.DeleteCluster(cluster)
+	a.mu.Lock()
+	delete(a.clusterIDs, cluster)
+	nodes := a.nodes[cluster]
+	delete(a.nodes, cluster)
+	delete(a.identities, cluster)
+	delete(a.ipcache, cluster)
+	a.mu.Unlock()
+	names := make([]string, 0, len(nodes))
+	for n := range nodes {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	a.notifyNodes(func(obs NodeObserver) {
+		for _, n := range names {
+			obs.NodeDeleted(cluster, n)
+		}
+	})
+	a.markPending()
+	a.log.Info("cluster drained", "cluster", cluster, "nodes", len(names))
+}

@@ -1,0 +1,147 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/clustermesh/clustermesh/api"
+)
+
+// Route is a remote pod CIDR reached through a node's IP.
+type Route struct {
+	Prefix  netip.Prefix
+	NextHop netip.Addr
+	// Cluster and Node name the node owning Prefix, for logs.
+	Cluster, Node string
+}
+
+// RouteWriter installs and removes routes in the kernel (or elsewhere).
+// Implementations must be idempotent: Upsert of an existing route replaces
+// it, Delete of a missing one succeeds.
+type RouteWriter interface {
+	Upsert(ctx context.Context, r Route) error
+	Delete(ctx context.Context, r Route) error
+}
+
+// StaticRoutes turns the nodes of remote clusters into routes to their pod
+// CIDRs via their first address, for meshes without BGP. It is a
+// NodeObserver; a goroutine (Run) applies changes so observer calls never
+// block, and retries failed writes every second.
+type StaticRoutes struct {
+	local string
+	w     RouteWriter
+	log   *slog.Logger
+
+	mu      sync.Mutex
+	desired map[netip.Prefix]Route
+	applied map[netip.Prefix]Route
+	byNode  map[[2]string][]netip.Prefix
+	kick    chan struct{}
+}
+
+var _ NodeObserver = (*StaticRoutes)(nil)
+
+// NewStaticRoutes returns the route reconciler of the agent of cluster local.
+func NewStaticRoutes(local string, w RouteWriter, log *slog.Logger) *StaticRoutes {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &StaticRoutes{
+		local: local, w: w, log: log,
+		desired: map[netip.Prefix]Route{},
+		applied: map[netip.Prefix]Route{},
+		byNode:  map[[2]string][]netip.Prefix{},
+		kick:    make(chan struct{}, 1),
+	}
+}
+
+// NodeUpserted implements NodeObserver.
+func (s *StaticRoutes) NodeUpserted(n *api.Node) {
+	if n.Cluster == s.local || len(n.Addresses) == 0 {
+		return
+	}
+	s.mu.Lock()
+	id := [2]string{n.Cluster, n.Name}
+	for _, p := range s.byNode[id] {
+		delete(s.desired, p)
+	}
+	s.byNode[id] = nil
+	for _, p := range n.PodCIDRs {
+		s.desired[p] = Route{Prefix: p, NextHop: n.Addresses[0], Cluster: n.Cluster, Node: n.Name}
+		s.byNode[id] = append(s.byNode[id], p)
+	}
+	s.mu.Unlock()
+	s.signal()
+}
+
+// NodeDeleted implements NodeObserver.
+func (s *StaticRoutes) NodeDeleted(cluster, name string) {
+	s.mu.Lock()
+	id := [2]string{cluster, name}
+	for _, p := range s.byNode[id] {
+		delete(s.desired, p)
+	}
+	delete(s.byNode, id)
+	s.mu.Unlock()
+	s.signal()
+}
+
+func (s *StaticRoutes) signal() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run applies route changes until ctx ends. Routes stay installed when it
+// returns.
+func (s *StaticRoutes) Run(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.kick:
+		case <-t.C:
+		}
+		s.reconcile(ctx)
+	}
+}
+
+func (s *StaticRoutes) reconcile(ctx context.Context) {
+	s.mu.Lock()
+	var up, down []Route
+	for p, r := range s.desired {
+		if s.applied[p] != r {
+			up = append(up, r)
+		}
+	}
+	for p, r := range s.applied {
+		if _, ok := s.desired[p]; !ok {
+			down = append(down, r)
+		}
+	}
+	s.mu.Unlock()
+	for _, r := range down {
+		if err := s.w.Delete(ctx, r); err != nil {
+			s.log.Warn("cannot delete route", "prefix", r.Prefix, "cluster", r.Cluster, "node", r.Node, "error", err)
+			continue
+		}
+		s.mu.Lock()
+		delete(s.applied, r.Prefix)
+		s.mu.Unlock()
+	}
+	for _, r := range up {
+		if err := s.w.Upsert(ctx, r); err != nil {
+			s.log.Warn("cannot install route", "prefix", r.Prefix, "via", r.NextHop, "cluster", r.Cluster, "node", r.Node, "error", err)
+			continue
+		}
+		s.mu.Lock()
+		s.applied[r.Prefix] = r
+		s.mu.Unlock()
+	}
+}
