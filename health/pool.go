@@ -1,0 +1,597 @@
+package health
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/loadbalancer"
+)
+
+// HealthSink receives the pool's decisions. The agent passes its datapath
+// (loadbalancer.Datapath satisfies it) or a wrapper that also records
+// status. Calls come from one goroutine, never concurrently; an error makes
+// the pool retry the same call on its next evaluation.
+type HealthSink interface {
+	SetNodeHealth(ctx context.Context, node loadbalancer.NodeRef, healthy bool) error
+}
+
+var _ HealthSink = loadbalancer.Datapath(nil)
+
+// Pool is this agent's member of the mesh-wide gossip pool. Create it with
+// New, feed it the node registry, and Run it.
+type Pool struct {
+	cfg     Config
+	name    string
+	sink    HealthSink
+	log     *slog.Logger
+	metrics *metrics
+	running atomic.Bool
+	leaving atomic.Bool
+
+	// wake and joinWake carry "something changed" to the decision loop and
+	// the joiner; both are 1-buffered and never closed.
+	wake     chan struct{}
+	joinWake chan struct{}
+
+	mu sync.Mutex
+	ml *memberlist.Memberlist
+	// registry is the node registry by member name; regSet tells whether
+	// the agent has fed it yet (until then every member is admitted).
+	registry map[string]api.Node
+	regSet   bool
+	// forgotten are names removed from the registry since the last step.
+	forgotten []string
+	// events is the latest memberlist event per member name.
+	events map[string]event
+	// acks and suspects are when our own probes last got a direct ack from,
+	// or last failed against, each member.
+	acks     map[string]time.Time
+	suspects map[string]time.Time
+	status   Status
+}
+
+type event struct {
+	state MemberState
+	ref   loadbalancer.NodeRef
+	at    time.Time
+}
+
+// New validates cfg and prepares a pool reporting to sink and registering
+// its metrics on reg (nil: no metrics). It opens no socket; Run does.
+func New(cfg Config, sink HealthSink, reg prometheus.Registerer) (*Pool, error) {
+	if sink == nil {
+		return nil, fmt.Errorf("%w: member %s: nil health sink", ErrInvalidConfig, cfg.Name())
+	}
+	if cfg.Key == nil && cfg.KeyFile != "" {
+		key, err := LoadKey(cfg.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("member %s: %w", cfg.Name(), err)
+		}
+		cfg.Key = key
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	name := cfg.Name()
+	logger = logger.With("member", name)
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("member %s: %w", name, err)
+	}
+	return &Pool{
+		cfg:      cfg,
+		name:     name,
+		sink:     sink,
+		log:      logger,
+		metrics:  m,
+		wake:     make(chan struct{}, 1),
+		joinWake: make(chan struct{}, 1),
+		registry: make(map[string]api.Node),
+		events:   make(map[string]event),
+		acks:     make(map[string]time.Time),
+		suspects: make(map[string]time.Time),
+		status:   Status{Self: name},
+	}, nil
+}
+
+// LocalName is this member's name, "<cluster>/<node>".
+func (p *Pool) LocalName() string { return p.name }
+
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// SetNodes replaces the node registry with nodes (of every connected
+// cluster, this node included). Nodes that are no longer listed are
+// forgotten, new ones joined. A node with an unusable gossip address is
+// left out and reported in the returned error; the others are applied.
+func (p *Pool) SetNodes(nodes []api.Node) error {
+	next := make(map[string]api.Node, len(nodes))
+	var errs []error
+	for _, n := range nodes {
+		if err := checkNode(n); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		next[MemberName(n.Cluster, n.Name)] = n
+	}
+	p.mu.Lock()
+	for name := range p.registry {
+		if _, ok := next[name]; !ok && name != p.name {
+			p.forgotten = append(p.forgotten, name)
+		}
+	}
+	p.registry = next
+	p.regSet = true
+	p.mu.Unlock()
+	signal(p.wake)
+	signal(p.joinWake)
+	return errors.Join(errs...)
+}
+
+// NodeUpserted adds or updates one registry node; the pool joins it if it is
+// not a live member yet.
+func (p *Pool) NodeUpserted(n api.Node) error {
+	if err := checkNode(n); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.registry[MemberName(n.Cluster, n.Name)] = n
+	p.regSet = true
+	p.mu.Unlock()
+	signal(p.joinWake)
+	return nil
+}
+
+// NodeDeleted removes a node from the registry. The pool forgets it: it no
+// longer admits or acts on it, and if it had marked it unhealthy it tells
+// the sink healthy again so the name starts clean. Memberlist itself keeps
+// probing a live removed member until it leaves or dies; only the member can
+// leave the pool.
+func (p *Pool) NodeDeleted(cluster, node string) {
+	name := MemberName(cluster, node)
+	p.mu.Lock()
+	if _, ok := p.registry[name]; ok && name != p.name {
+		delete(p.registry, name)
+		p.forgotten = append(p.forgotten, name)
+	}
+	p.mu.Unlock()
+	signal(p.wake)
+}
+
+func checkNode(n api.Node) error {
+	if n.Cluster == "" || n.Name == "" {
+		return fmt.Errorf("%w: node %q of cluster %q: cluster and name are required", ErrInvalidNode, n.Name, n.Cluster)
+	}
+	ga := n.GossipAddress
+	if ga.IsValid() && (ga.Port() == 0 || ga.Addr().IsUnspecified()) {
+		return fmt.Errorf("%w: node %s: gossip address %s needs a specific IP and port", ErrInvalidNode, MemberName(n.Cluster, n.Name), ga)
+	}
+	return nil
+}
+
+// Run joins the pool and acts on its verdicts until ctx is cancelled, then
+// leaves gracefully (Config.LeaveTimeout) and shuts memberlist down. It
+// returns an error only when memberlist cannot start; it may be called once.
+func (p *Pool) Run(ctx context.Context) error {
+	if !p.running.CompareAndSwap(false, true) {
+		return fmt.Errorf("member %s: %w", p.name, ErrAlreadyRunning)
+	}
+	ml, err := memberlist.Create(p.memberlistConfig())
+	if err != nil {
+		return fmt.Errorf("member %s: start memberlist on %s: %w", p.name, p.cfg.BindAddr, err)
+	}
+	p.mu.Lock()
+	p.ml = ml
+	p.mu.Unlock()
+	p.log.Info("Joined gossip pool", "bind", p.cfg.BindAddr, "advertise", p.cfg.advertise(),
+		"probeInterval", p.cfg.ProbeInterval, "encrypted", p.cfg.Key != nil)
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		p.joinLoop(ctx, ml)
+	}()
+	p.decisionLoop(ctx, ml)
+
+	if p.cfg.LeaveTimeout > 0 {
+		// Peers that see the leaving flag before the leave treat it as a
+		// departure, not a death (rule 5 in docs/health.md).
+		p.leaving.Store(true)
+		if err := ml.UpdateNode(p.cfg.LeaveTimeout); err != nil {
+			p.log.Warn("Could not announce leaving", "error", err)
+		}
+		if err := ml.Leave(p.cfg.LeaveTimeout); err != nil {
+			p.log.Warn("Could not leave gossip pool", "error", err)
+		}
+	}
+	if err := ml.Shutdown(); err != nil {
+		p.log.Warn("Could not shut memberlist down", "error", err)
+	}
+	wg.Wait()
+	return nil
+}
+
+func (p *Pool) memberlistConfig() *memberlist.Config {
+	c := memberlist.DefaultLANConfig()
+	c.Name = p.name
+	c.BindAddr = p.cfg.BindAddr.Addr().String()
+	c.BindPort = int(p.cfg.BindAddr.Port())
+	adv := p.cfg.advertise()
+	c.AdvertiseAddr = adv.Addr().String()
+	c.AdvertisePort = int(adv.Port())
+	c.SecretKey = p.cfg.Key
+	c.Label = p.cfg.Label
+	c.ProbeInterval = p.cfg.ProbeInterval
+	c.ProbeTimeout = p.cfg.ProbeTimeout
+	c.IndirectChecks = p.cfg.IndirectChecks
+	c.SuspicionMult = p.cfg.SuspicionMult
+	c.SuspicionMaxTimeoutMult = p.cfg.SuspicionMaxTimeoutMult
+	c.AwarenessMaxMultiplier = p.cfg.AwarenessMaxMultiplier
+	c.GossipInterval = p.cfg.GossipInterval
+	c.GossipNodes = p.cfg.GossipNodes
+	c.RetransmitMult = p.cfg.RetransmitMult
+	c.PushPullInterval = p.cfg.PushPullInterval
+	c.TCPTimeout = p.cfg.TCPTimeout
+	c.GossipToTheDeadTime = p.cfg.GossipToTheDeadTime
+	c.DeadNodeReclaimTime = p.cfg.DeadNodeReclaimTime
+	d := &delegate{p: p}
+	c.Delegate = d
+	c.Events = d
+	c.Alive = d
+	c.Ping = d
+	c.Logger = log.New(&logBridge{p: p}, "", 0)
+	return c
+}
+
+// decisionLoop runs step on every tick and wake-up until ctx is cancelled.
+func (p *Pool) decisionLoop(ctx context.Context, ml *memberlist.Memberlist) {
+	tr := newTracker(p.cfg.safety())
+	reported := make(map[loadbalancer.NodeRef]bool)
+	tick := time.NewTicker(p.cfg.EvaluateInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-p.wake:
+		}
+		p.step(ctx, ml, tr, reported, time.Now())
+	}
+}
+
+// step feeds what happened since the last step to the tracker, applies its
+// decisions to the sink and publishes status. reported holds the nodes the
+// sink was successfully told are unhealthy.
+func (p *Pool) step(ctx context.Context, ml *memberlist.Memberlist, tr *tracker, reported map[loadbalancer.NodeRef]bool, now time.Time) {
+	p.mu.Lock()
+	events := p.events
+	p.events = make(map[string]event)
+	forgotten := p.forgotten
+	p.forgotten = nil
+	for _, name := range forgotten {
+		delete(p.acks, name)
+		delete(p.suspects, name)
+	}
+	admitted := p.admittedLocked()
+	acks := make(map[string]time.Time, len(p.acks))
+	for n, t := range p.acks {
+		acks[n] = t
+	}
+	suspects := make(map[string]time.Time, len(p.suspects))
+	for n, t := range p.suspects {
+		suspects[n] = t
+	}
+	p.mu.Unlock()
+	// Members is read after the events were taken, so it is at least as
+	// new: a member listed here is up whatever an older event said.
+	members := ml.Members()
+	health := ml.GetHealthScore()
+
+	for _, name := range forgotten {
+		if ref, wasDown := tr.forget(name); wasDown {
+			p.log.Info("Forgot node removed from the registry; its backends are no longer held down", "node", name, "ref", ref)
+		}
+	}
+	names := make([]string, 0, len(events))
+	for name := range events {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if admitted(name) {
+			ev := events[name]
+			tr.observe(name, ev.ref, ev.state, ev.at)
+		}
+	}
+	for _, m := range members {
+		if m.Name == p.name || !admitted(m.Name) {
+			continue
+		}
+		ref, _ := parseMeta(m.Name, m.Meta)
+		st := StateAlive
+		if s, ok := suspects[m.Name]; ok && s.After(acks[m.Name]) {
+			st = StateSuspect
+		}
+		tr.observe(m.Name, ref, st, now)
+	}
+	for name, t := range acks {
+		if s, ok := suspects[name]; !ok || t.After(s) {
+			tr.acked(name, t)
+		}
+	}
+
+	changes, iso := tr.evaluate(now, health)
+	for _, c := range changes {
+		if c.healthy {
+			p.log.Info("Node alive again past its hold-down; restoring its backends", "node", c.name, "ref", c.ref, "holdDown", c.holdDown)
+		} else {
+			p.log.Warn("Node declared dead; clearing its backends", "node", c.name, "ref", c.ref, "sinceLastAck", c.detection)
+			p.metrics.detection.Observe(c.detection.Seconds())
+		}
+		p.metrics.transitions.WithLabelValues(fmt.Sprint(c.healthy)).Inc()
+	}
+
+	// Level-based reconcile: every tracked unhealthy peer must be reported
+	// unhealthy, every other reported node healthy again.
+	want := make(map[loadbalancer.NodeRef]bool)
+	for _, pe := range tr.peers {
+		if !pe.healthy {
+			want[pe.ref] = true
+		}
+	}
+	for ref := range want {
+		if !reported[ref] && p.callSink(ctx, ref, false) {
+			reported[ref] = true
+		}
+	}
+	for ref := range reported {
+		if !want[ref] && p.callSink(ctx, ref, true) {
+			delete(reported, ref)
+		}
+	}
+	p.publish(tr, iso, health, changes, now)
+}
+
+func (p *Pool) callSink(ctx context.Context, ref loadbalancer.NodeRef, healthy bool) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	cctx, cancel := context.WithTimeout(ctx, p.cfg.SinkTimeout)
+	defer cancel()
+	if err := p.sink.SetNodeHealth(cctx, ref, healthy); err != nil {
+		p.metrics.sinkErrors.Inc()
+		p.log.Error("Health sink failed; will retry", "ref", ref, "healthy", healthy, "error", err)
+		return false
+	}
+	return true
+}
+
+// admittedLocked returns the registry filter; p.mu must be held to call it,
+// the returned func works on a copy.
+func (p *Pool) admittedLocked() func(string) bool {
+	if !p.regSet {
+		return func(string) bool { return true }
+	}
+	set := make(map[string]struct{}, len(p.registry))
+	for n := range p.registry {
+		set[n] = struct{}{}
+	}
+	return func(name string) bool {
+		_, ok := set[name]
+		return ok
+	}
+}
+
+// joinLoop joins registry nodes that are not live members, with a backoff
+// per node, until ctx is cancelled.
+func (p *Pool) joinLoop(ctx context.Context, ml *memberlist.Memberlist) {
+	type attempt struct {
+		addr    netip.AddrPort
+		next    time.Time
+		backoff time.Duration
+	}
+	attempts := make(map[string]*attempt)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		case <-p.joinWake:
+		}
+		live := make(map[string]bool)
+		for _, m := range ml.Members() {
+			live[m.Name] = true
+		}
+		p.mu.Lock()
+		targets := make(map[string]netip.AddrPort)
+		for name, n := range p.registry {
+			if name != p.name && n.GossipAddress.IsValid() {
+				targets[name] = n.GossipAddress
+			}
+		}
+		p.mu.Unlock()
+		names := make([]string, 0, len(targets))
+		for name := range targets {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		for name := range attempts {
+			if _, ok := targets[name]; !ok || live[name] {
+				delete(attempts, name)
+			}
+		}
+		wait := p.cfg.JoinRetryMax
+		for _, name := range names {
+			if live[name] {
+				continue
+			}
+			a := attempts[name]
+			if a == nil || a.addr != targets[name] {
+				a = &attempt{addr: targets[name], backoff: p.cfg.JoinRetryMin}
+				attempts[name] = a
+			}
+			now := time.Now()
+			if now.Before(a.next) {
+				wait = min(wait, a.next.Sub(now))
+				continue
+			}
+			_, err := ml.Join([]string{a.addr.String()})
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				p.metrics.joins.WithLabelValues("error").Inc()
+				p.log.Debug("Could not join node", "node", name, "addr", a.addr, "retryIn", a.backoff, "error", err)
+				a.next = time.Now().Add(a.backoff)
+				wait = min(wait, a.backoff)
+				a.backoff = min(2*a.backoff, p.cfg.JoinRetryMax)
+				continue
+			}
+			p.metrics.joins.WithLabelValues("ok").Inc()
+			delete(attempts, name)
+		}
+		timer.Reset(max(wait, p.cfg.JoinRetryMin))
+	}
+}
+
+// Member metadata: version byte, cluster ID (big endian), flags.
+const (
+	metaVersion      = 1
+	metaLen          = 6
+	metaFlagLeaving  = 1
+	metaFlagsOffset  = 5
+	metaClusterStart = 1
+)
+
+func (p *Pool) meta() []byte {
+	b := make([]byte, metaLen)
+	b[0] = metaVersion
+	binary.BigEndian.PutUint32(b[metaClusterStart:], p.cfg.ClusterID)
+	if p.leaving.Load() {
+		b[metaFlagsOffset] |= metaFlagLeaving
+	}
+	return b
+}
+
+// parseMeta decodes a member's metadata into its NodeRef and leaving flag.
+func parseMeta(name string, meta []byte) (loadbalancer.NodeRef, bool) {
+	if len(meta) < metaLen || meta[0] != metaVersion {
+		return loadbalancer.NodeRef{}, false
+	}
+	ref := loadbalancer.NodeRef{ClusterID: binary.BigEndian.Uint32(meta[metaClusterStart:])}
+	if i := indexSlash(name); i >= 0 {
+		ref.Name = name[i+1:]
+	}
+	return ref, meta[metaFlagsOffset]&metaFlagLeaving != 0
+}
+
+func indexSlash(s string) int {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '/' {
+			return i
+		}
+	}
+	return -1
+}
+
+// delegate adapts the pool to memberlist's hooks. Memberlist calls them from
+// its own goroutines, sometimes under its node lock: they only record and
+// signal, never block.
+type delegate struct{ p *Pool }
+
+var (
+	_ memberlist.Delegate      = (*delegate)(nil)
+	_ memberlist.EventDelegate = (*delegate)(nil)
+	_ memberlist.AliveDelegate = (*delegate)(nil)
+	_ memberlist.PingDelegate  = (*delegate)(nil)
+)
+
+func (d *delegate) NodeMeta(limit int) []byte                  { return d.p.meta() }
+func (d *delegate) NotifyMsg([]byte)                           {}
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *delegate) LocalState(join bool) []byte                { return nil }
+func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// NotifyAlive admits a member only if it carries valid metadata and, once
+// the registry is known, is listed in it.
+func (d *delegate) NotifyAlive(n *memberlist.Node) error {
+	if n.Name == d.p.name {
+		return nil
+	}
+	if ref, _ := parseMeta(n.Name, n.Meta); ref.ClusterID == 0 || ref.Name == "" {
+		return fmt.Errorf("member %s: no clustermesh metadata", n.Name)
+	}
+	d.p.mu.Lock()
+	defer d.p.mu.Unlock()
+	if _, ok := d.p.registry[n.Name]; d.p.regSet && !ok {
+		return fmt.Errorf("member %s: not in the node registry", n.Name)
+	}
+	return nil
+}
+
+func (d *delegate) record(n *memberlist.Node, st MemberState) {
+	if n.Name == d.p.name {
+		return
+	}
+	ref, leaving := parseMeta(n.Name, n.Meta)
+	if st == StateDead && leaving {
+		st = StateLeft
+	}
+	now := time.Now()
+	d.p.mu.Lock()
+	d.p.events[n.Name] = event{state: st, ref: ref, at: now}
+	if st == StateAlive {
+		delete(d.p.suspects, n.Name)
+		d.p.acks[n.Name] = now
+	}
+	d.p.mu.Unlock()
+	signal(d.p.wake)
+}
+
+func (d *delegate) NotifyJoin(n *memberlist.Node)   { d.record(n, StateAlive) }
+func (d *delegate) NotifyUpdate(n *memberlist.Node) { d.record(n, StateAlive) }
+
+// NotifyLeave is called for deaths and graceful leaves alike; the leaving
+// flag in the member's last metadata tells them apart.
+func (d *delegate) NotifyLeave(n *memberlist.Node) { d.record(n, StateDead) }
+
+func (d *delegate) AckPayload() []byte { return nil }
+
+func (d *delegate) NotifyPingComplete(n *memberlist.Node, rtt time.Duration, payload []byte) {
+	d.p.mu.Lock()
+	d.p.acks[n.Name] = time.Now()
+	d.p.mu.Unlock()
+}
+
+// suspected records that our own probe of name failed.
+func (p *Pool) suspected(name string) {
+	p.mu.Lock()
+	p.suspects[name] = time.Now()
+	p.mu.Unlock()
+	signal(p.wake)
+}
