@@ -1,0 +1,131 @@
+package bpf
+
+import (
+	"fmt"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/clustermesh/clustermesh/loadbalancer"
+)
+
+// adopt rebuilds the userspace mirror from maps an earlier run left pinned,
+// then sweeps what a crash in the middle of an update can leave behind:
+// slots of a generation no service entry points at, backends no slot uses,
+// nodes neither used nor down. The sweep deletes in the same order as a
+// shrinking update (slots, then backends, then nodes), so the invariant holds
+// while it runs.
+func (d *Datapath) adopt() error {
+	var (
+		nid uint32
+		nv  nodeValue
+	)
+	it := d.nodes.Iterate()
+	for it.Next(&nid, &nv) {
+		n := &nodeState{id: nid, ref: nv.ref(), down: nv.Flags&nodeFlagDown != 0}
+		if !d.nodeIDs.mark(nid) {
+			return fmt.Errorf("map %s: node ID %d beyond MaxNodes", mapNodes, nid)
+		}
+		d.nodesByRef[n.ref] = n
+		d.nodesByID[nid] = n
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("map %s: %w", mapNodes, err)
+	}
+
+	var (
+		bid uint32
+		bv  backendValue
+	)
+	it = d.backends.Iterate()
+	for it.Next(&bid, &bv) {
+		n, ok := d.nodesByID[bv.NodeID]
+		if !ok {
+			// Cannot happen with our write order; keep the backend usable
+			// by recreating a node entry that names the ID.
+			ref := loadbalancer.NodeRef{ClusterID: bv.ClusterID, Name: fmt.Sprintf("unknown-node-%d", bv.NodeID)}
+			v, _ := newNodeValue(ref, false)
+			if err := d.nodes.Update(bv.NodeID, v, ebpf.UpdateAny); err != nil {
+				return fmt.Errorf("map %s: recreate node %d: %w", mapNodes, bv.NodeID, err)
+			}
+			n = &nodeState{id: bv.NodeID, ref: ref}
+			d.nodeIDs.mark(bv.NodeID)
+			d.nodesByRef[ref] = n
+			d.nodesByID[bv.NodeID] = n
+		}
+		if !d.backendIDs.mark(bid) {
+			return fmt.Errorf("map %s: backend ID %d beyond MaxBackends", mapBackends, bid)
+		}
+		be := &backendState{id: bid, key: backendKey{addr: bv.Addr, port: bv.Port, node: bv.NodeID}, value: bv}
+		d.backendsByKey[be.key] = be
+		d.backendsByID[bid] = be
+		n.refs++
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("map %s: %w", mapBackends, err)
+	}
+
+	slots := make(map[slotKey]uint32)
+	var (
+		sk  slotKey
+		sid uint32
+	)
+	it = d.slots.Iterate()
+	for it.Next(&sk, &sid) {
+		slots[sk] = sid
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("map %s: %w", mapSlots, err)
+	}
+
+	var (
+		key svcKey
+		val svcValue
+	)
+	it = d.services.Iterate()
+	for it.Next(&key, &val) {
+		if !d.svcIDs.mark(val.ID) {
+			return fmt.Errorf("map %s: service %s: ID %d beyond MaxServices", mapServices, key.frontend(), val.ID)
+		}
+		s := &svcState{value: val, slots: make([]uint32, int(val.Preferred)+int(val.Fallback))}
+		for i := range s.slots {
+			k := slotKey{SvcID: val.ID, Index: slotIndex(val.Gen, i)}
+			id, ok := slots[k]
+			delete(slots, k)
+			if !ok {
+				d.log.Warn("adopt: service slot missing", "service", key.frontend().String(), "slot", i)
+				continue
+			}
+			if be, ok := d.backendsByID[id]; ok {
+				be.refs++
+				s.slots[i] = id
+			} else {
+				d.log.Warn("adopt: service slot points at a missing backend", "service", key.frontend().String(), "slot", i, "backend_id", id)
+			}
+		}
+		d.svcs[key] = s
+		d.slotsUsed += len(s.slots)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("map %s: %w", mapServices, err)
+	}
+
+	// What is left in slots belongs to no active generation.
+	for k := range slots {
+		if err := d.slots.Delete(k); err != nil {
+			return fmt.Errorf("map %s: delete stale slot %d/%#x: %w", mapSlots, k.SvcID, k.Index, err)
+		}
+	}
+	for id, be := range d.backendsByID {
+		if be.refs == 0 {
+			be.refs = 1
+			d.unrefBackend(id)
+		}
+	}
+	for _, n := range d.nodesByID {
+		d.maybeFreeNode(n)
+	}
+	if len(slots) > 0 {
+		d.log.Info("adopt: removed leftovers of an interrupted update", "slots", len(slots))
+	}
+	return nil
+}

@@ -1,0 +1,674 @@
+package bpf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+
+	"github.com/clustermesh/clustermesh/loadbalancer"
+)
+
+// Config says where the datapath attaches and pins and how large its maps
+// are. Sizes are fixed when the maps are first created; a later Open with
+// other sizes fails with ErrIncompatiblePin until the pins are removed.
+type Config struct {
+	// CgroupPath is the cgroup v2 directory the programs attach to; every
+	// socket created by a process in it or below is balanced.
+	CgroupPath string
+	// PinDir is a directory on a bpffs (created if missing) holding the
+	// pinned maps and links. Two datapaths must not share one.
+	PinDir string
+
+	// MaxServices bounds frontends (VIP, port, protocol).
+	MaxServices int
+	// MaxBackends bounds distinct backends (address and node) over all
+	// services; a backend shared by several services counts once.
+	MaxBackends int
+	// MaxSlots bounds the sum over services of preferred+fallback backends,
+	// plus room for the largest service once more (an update writes the new
+	// set before it drops the old one).
+	MaxSlots int
+	// MaxNodes bounds the nodes backends live on or health was set for.
+	MaxNodes int
+	// MaxRevNAT bounds remembered UDP translations (socket, backend); the
+	// map is an LRU, so the oldest are evicted.
+	MaxRevNAT int
+
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registerer, if set, receives clustermesh_bpf_* metrics.
+	Registerer prometheus.Registerer
+}
+
+// DefaultConfig returns sizes for a mesh of a few thousand global services.
+// CgroupPath is left empty: the caller must choose.
+func DefaultConfig() Config {
+	return Config{
+		PinDir:      "/sys/fs/bpf/clustermesh",
+		MaxServices: 65536,
+		MaxBackends: 65536,
+		MaxSlots:    262144,
+		MaxNodes:    8192,
+		MaxRevNAT:   131072,
+	}
+}
+
+// attachments lists each program with its cgroup hook.
+var attachments = []struct {
+	prog   string
+	attach ebpf.AttachType
+}{
+	{"cm_connect4", ebpf.AttachCGroupInet4Connect},
+	{"cm_sendmsg4", ebpf.AttachCGroupUDP4Sendmsg},
+	{"cm_recvmsg4", ebpf.AttachCGroupUDP4Recvmsg},
+	{"cm_getpeername4", ebpf.AttachCgroupInet4GetPeername},
+	{"cm_connect6", ebpf.AttachCGroupInet6Connect},
+	{"cm_sendmsg6", ebpf.AttachCGroupUDP6Sendmsg},
+	{"cm_recvmsg6", ebpf.AttachCGroupUDP6Recvmsg},
+	{"cm_getpeername6", ebpf.AttachCgroupInet6GetPeername},
+}
+
+func linkPinPath(dir, prog string) string { return filepath.Join(dir, "link_"+prog) }
+
+// Datapath programs merged services into the pinned maps. Create it with
+// Open; it is safe for concurrent use.
+type Datapath struct {
+	cfg Config
+	log *slog.Logger
+
+	mu       sync.Mutex
+	closed   bool
+	coll     *ebpf.Collection
+	services *ebpf.Map
+	slots    *ebpf.Map
+	backends *ebpf.Map
+	nodes    *ebpf.Map
+	links    []link.Link
+
+	// Userspace mirror of the maps, rebuilt from them on Open.
+	svcs          map[svcKey]*svcState
+	backendsByKey map[backendKey]*backendState
+	backendsByID  map[uint32]*backendState
+	nodesByRef    map[loadbalancer.NodeRef]*nodeState
+	nodesByID     map[uint32]*nodeState
+	svcIDs        *idAllocator
+	backendIDs    *idAllocator
+	nodeIDs       *idAllocator
+	slotsUsed     int
+
+	metrics *metrics
+}
+
+var _ loadbalancer.Datapath = (*Datapath)(nil)
+
+type svcState struct {
+	value svcValue
+	// slots holds the backend ID of every slot of the active generation,
+	// preferred first; 0 where adoption found a slot missing.
+	slots []uint32
+}
+
+type backendKey struct {
+	addr [16]byte
+	port [2]byte
+	node uint32
+}
+
+type backendState struct {
+	id    uint32
+	key   backendKey
+	value backendValue
+	refs  int // slots pointing at it, over all services
+}
+
+type nodeState struct {
+	id   uint32
+	ref  loadbalancer.NodeRef
+	down bool
+	refs int // backends on it
+}
+
+// Open loads the programs, creates or adopts the pinned maps, attaches the
+// programs to cfg.CgroupPath (replacing the programs of pinned links in
+// place) and rebuilds its bookkeeping from the maps' contents. ctx bounds
+// nothing after Open returns.
+func Open(ctx context.Context, cfg Config) (*Datapath, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if cfg.CgroupPath == "" || cfg.PinDir == "" {
+		return nil, errors.New("bpf: config needs CgroupPath and PinDir")
+	}
+	for name, v := range map[string]int{"MaxServices": cfg.MaxServices, "MaxBackends": cfg.MaxBackends,
+		"MaxSlots": cfg.MaxSlots, "MaxNodes": cfg.MaxNodes, "MaxRevNAT": cfg.MaxRevNAT} {
+		if v <= 0 || v > math.MaxInt32 {
+			return nil, fmt.Errorf("bpf: config %s=%d out of range", name, v)
+		}
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("pindir", cfg.PinDir, "cgroup", cfg.CgroupPath)
+
+	if err := os.MkdirAll(cfg.PinDir, 0o700); err != nil {
+		return nil, fmt.Errorf("bpf: pin directory %s: %w", cfg.PinDir, err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(cfg.PinDir, &st); err != nil {
+		return nil, fmt.Errorf("bpf: pin directory %s: %w", cfg.PinDir, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		return nil, fmt.Errorf("bpf: %s: %w", cfg.PinDir, ErrNotBPFFS)
+	}
+
+	spec, err := loadSocklb()
+	if err != nil {
+		return nil, fmt.Errorf("bpf: load embedded object: %w", err)
+	}
+	for name, size := range map[string]int{mapServices: cfg.MaxServices, mapSlots: cfg.MaxSlots,
+		mapBackends: cfg.MaxBackends, mapNodes: cfg.MaxNodes, mapRevNAT: cfg.MaxRevNAT} {
+		spec.Maps[name].MaxEntries = uint32(size)
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
+		Maps: ebpf.MapOptions{PinPath: cfg.PinDir},
+	})
+	if err != nil {
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("bpf: maps pinned in %s (remove them to resize): %w: %w", cfg.PinDir, ErrIncompatiblePin, err)
+		}
+		return nil, fmt.Errorf("bpf: load programs: %w", err)
+	}
+
+	d := &Datapath{
+		cfg:           cfg,
+		log:           log,
+		coll:          coll,
+		services:      coll.Maps[mapServices],
+		slots:         coll.Maps[mapSlots],
+		backends:      coll.Maps[mapBackends],
+		nodes:         coll.Maps[mapNodes],
+		svcs:          make(map[svcKey]*svcState),
+		backendsByKey: make(map[backendKey]*backendState),
+		backendsByID:  make(map[uint32]*backendState),
+		nodesByRef:    make(map[loadbalancer.NodeRef]*nodeState),
+		nodesByID:     make(map[uint32]*nodeState),
+		svcIDs:        newIDAllocator(uint32(cfg.MaxServices)),
+		backendIDs:    newIDAllocator(uint32(cfg.MaxBackends)),
+		nodeIDs:       newIDAllocator(uint32(cfg.MaxNodes)),
+	}
+	if d.metrics, err = newMetrics(cfg.Registerer); err != nil {
+		coll.Close()
+		return nil, err
+	}
+	if err := d.adopt(); err != nil {
+		d.closeLocked()
+		return nil, fmt.Errorf("bpf: adopt pinned maps in %s: %w", cfg.PinDir, err)
+	}
+	if err := d.attach(); err != nil {
+		d.closeLocked()
+		return nil, err
+	}
+	d.updateGauges()
+	log.Info("eBPF datapath ready", "services", len(d.svcs), "backends", len(d.backendsByID), "nodes", len(d.nodesByID))
+	return d, nil
+}
+
+// attach attaches every program to the cgroup. A link pinned by an earlier
+// run on the same cgroup gets the new program swapped in atomically
+// (BPF_LINK_UPDATE), so the hook is never empty; a pinned link on another
+// cgroup is detached first.
+func (d *Datapath) attach() error {
+	var st unix.Stat_t
+	if err := unix.Stat(d.cfg.CgroupPath, &st); err != nil {
+		return fmt.Errorf("bpf: cgroup %s: %w", d.cfg.CgroupPath, err)
+	}
+	cgroupID := st.Ino
+	for _, a := range attachments {
+		prog := d.coll.Programs[a.prog]
+		pin := linkPinPath(d.cfg.PinDir, a.prog)
+		l, err := link.LoadPinnedLink(pin, nil)
+		switch {
+		case err == nil:
+			info, ierr := l.Info()
+			if ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == cgroupID {
+				if err := l.Update(prog); err != nil {
+					l.Close()
+					return fmt.Errorf("bpf: program %s: replace in pinned link %s: %w", a.prog, pin, err)
+				}
+				d.links = append(d.links, l)
+				d.log.Debug("replaced program in pinned link", "program", a.prog)
+				continue
+			}
+			d.log.Info("pinned link is on another cgroup, detaching it", "program", a.prog)
+			if err := l.Unpin(); err != nil {
+				l.Close()
+				return fmt.Errorf("bpf: unpin stale link %s: %w", pin, err)
+			}
+			l.Close()
+		case !errors.Is(err, os.ErrNotExist):
+			return fmt.Errorf("bpf: load pinned link %s: %w", pin, err)
+		}
+		l, err = link.AttachCgroup(link.CgroupOptions{Path: d.cfg.CgroupPath, Attach: a.attach, Program: prog})
+		if err != nil {
+			return fmt.Errorf("bpf: program %s: attach to cgroup %s: %w", a.prog, d.cfg.CgroupPath, err)
+		}
+		if err := l.Pin(pin); err != nil {
+			l.Close()
+			return fmt.Errorf("bpf: program %s: pin link %s: %w", a.prog, pin, err)
+		}
+		d.links = append(d.links, l)
+	}
+	return nil
+}
+
+// Close releases the process's handles. Pinned maps and links stay, so the
+// kernel keeps balancing with the last programmed state.
+func (d *Datapath) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.closeLocked()
+	return nil
+}
+
+func (d *Datapath) closeLocked() {
+	if d.closed {
+		return
+	}
+	d.closed = true
+	for _, l := range d.links {
+		l.Close()
+	}
+	d.links = nil
+	d.coll.Close()
+	d.metrics.unregister()
+}
+
+// Remove detaches the programs, unpins maps and links and closes the
+// datapath: balancing stops and the programmed state is gone.
+func (d *Datapath) Remove() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
+	}
+	var errs []error
+	for _, l := range d.links {
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for name, m := range d.coll.Maps {
+		if err := m.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("map %s: %w", name, err))
+		}
+	}
+	d.closeLocked()
+	// Only removes the directory if nothing else was put there.
+	_ = os.Remove(d.cfg.PinDir)
+	return errors.Join(errs...)
+}
+
+// Frontends lists the programmed frontends. After a restart the agent
+// re-upserts what it wants and deletes the rest of this list.
+func (d *Datapath) Frontends() []loadbalancer.Frontend {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]loadbalancer.Frontend, 0, len(d.svcs))
+	for k := range d.svcs {
+		out = append(out, k.frontend())
+	}
+	return out
+}
+
+// validate checks what the maps can hold and returns the service's key.
+func validate(svc loadbalancer.Service) (svcKey, error) {
+	fe := svc.Frontend
+	bad := func(format string, args ...any) (svcKey, error) {
+		return svcKey{}, fmt.Errorf("service %s (%s): %s: %w", fe, svc.Name, fmt.Sprintf(format, args...), ErrInvalidService)
+	}
+	if !fe.Addr.Addr().IsValid() || fe.Addr.Port() == 0 {
+		return bad("frontend needs an address and a port")
+	}
+	if fe.Protocol != loadbalancer.TCP && fe.Protocol != loadbalancer.UDP {
+		return bad("protocol %s not supported", fe.Protocol)
+	}
+	if len(svc.Preferred) > math.MaxUint16 || len(svc.Fallback) > math.MaxUint16 {
+		return bad("%d preferred and %d fallback backends, at most %d each", len(svc.Preferred), len(svc.Fallback), math.MaxUint16)
+	}
+	v4 := fe.Addr.Addr().Unmap().Is4()
+	for _, set := range [][]loadbalancer.Backend{svc.Preferred, svc.Fallback} {
+		for _, b := range set {
+			if !b.Addr.Addr().IsValid() || b.Addr.Port() == 0 {
+				return bad("backend %s needs an address and a port", b.Addr)
+			}
+			if b.Addr.Addr().Unmap().Is4() != v4 {
+				return bad("backend %s is not of the frontend's address family", b.Addr)
+			}
+			if len(b.Node.Name) >= nodeNameLen {
+				return bad("backend %s: node name longer than %d bytes", b.Addr, nodeNameLen-1)
+			}
+		}
+	}
+	return frontendKey(fe), nil
+}
+
+// UpsertService programs svc. Order of writes: nodes and backends, then the
+// slots of the generation the service entry does not point at, then the
+// service entry (counts and generation in one update), then the old slots are
+// deleted and backends nobody uses any more are freed. A reader therefore
+// sees the old set or the new one, each complete.
+func (d *Datapath) UpsertService(ctx context.Context, svc loadbalancer.Service) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	key, err := validate(svc)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
+	}
+	fe := svc.Frontend
+	old := d.svcs[key]
+	all := make([]loadbalancer.Backend, 0, len(svc.Preferred)+len(svc.Fallback))
+	all = append(all, svc.Preferred...)
+	all = append(all, svc.Fallback...)
+
+	// Check room before touching anything, so a full map loses nothing.
+	if old == nil && d.svcIDs.free() == 0 {
+		return d.full(mapServices, fmt.Errorf("service %s: %d services programmed", fe, len(d.svcs)))
+	}
+	if d.slotsUsed+len(all) > d.cfg.MaxSlots {
+		return d.full(mapSlots, fmt.Errorf("service %s: %d slots needed, %d of %d used", fe, len(all), d.slotsUsed, d.cfg.MaxSlots))
+	}
+	newNodes := map[loadbalancer.NodeRef]bool{}
+	newBackends := map[backendKey]bool{}
+	for _, b := range all {
+		if _, ok := d.nodesByRef[b.Node]; !ok {
+			newNodes[b.Node] = true
+			continue // its backends are new too; counted below by address
+		}
+	}
+	for _, b := range all {
+		n, ok := d.nodesByRef[b.Node]
+		if !ok {
+			newBackends[backendKey{addr: addrBytes(b.Addr.Addr()), port: portBytes(b.Addr.Port()), node: 0}] = true
+			continue
+		}
+		k := backendKey{addr: addrBytes(b.Addr.Addr()), port: portBytes(b.Addr.Port()), node: n.id}
+		if _, ok := d.backendsByKey[k]; !ok {
+			newBackends[k] = true
+		}
+	}
+	if len(newNodes) > d.nodeIDs.free() {
+		return d.full(mapNodes, fmt.Errorf("service %s: %d new nodes, %d of %d used", fe, len(newNodes), len(d.nodesByID), d.cfg.MaxNodes))
+	}
+	if len(newBackends) > d.backendIDs.free() {
+		return d.full(mapBackends, fmt.Errorf("service %s: %d new backends, %d of %d used", fe, len(newBackends), len(d.backendsByID), d.cfg.MaxBackends))
+	}
+
+	// 1. Nodes and backends. Each slot takes a reference, released on error.
+	ids := make([]uint32, 0, len(all))
+	undo := func() {
+		for _, id := range ids {
+			d.unrefBackend(id)
+		}
+	}
+	for _, b := range all {
+		be, err := d.refBackend(b)
+		if err != nil {
+			undo()
+			return fmt.Errorf("service %s: %w", fe, err)
+		}
+		ids = append(ids, be.id)
+	}
+
+	// 2. Slots of the inactive generation.
+	var (
+		id  uint32
+		gen uint8
+		rev uint32
+	)
+	if old != nil {
+		id, gen, rev = old.value.ID, old.value.Gen^1, old.value.Rev+1
+	} else {
+		id, _ = d.svcIDs.alloc()
+	}
+	undoSlots := func(n int) {
+		for i := 0; i < n; i++ {
+			_ = d.slots.Delete(slotKey{SvcID: id, Index: slotIndex(gen, i)})
+		}
+		if old == nil {
+			d.svcIDs.release(id)
+		}
+		undo()
+	}
+	for i, bid := range ids {
+		if err := d.slots.Update(slotKey{SvcID: id, Index: slotIndex(gen, i)}, bid, ebpf.UpdateAny); err != nil {
+			undoSlots(i)
+			return d.mapErr(mapSlots, fmt.Sprintf("service %s: write slot %d", fe, i), err)
+		}
+	}
+
+	// 3. The service entry: the switch to the new set.
+	val := svcValue{ID: id, Preferred: uint16(len(svc.Preferred)), Fallback: uint16(len(svc.Fallback)), Gen: gen, Rev: rev}
+	if err := d.services.Update(key, val, ebpf.UpdateAny); err != nil {
+		undoSlots(len(ids))
+		return d.mapErr(mapServices, fmt.Sprintf("service %s: write entry", fe), err)
+	}
+	d.slotsUsed += len(ids)
+	d.svcs[key] = &svcState{value: val, slots: ids}
+
+	// 4. The old set, now unreachable.
+	if old != nil {
+		d.dropSlots(old)
+	}
+	d.updateGauges()
+	return nil
+}
+
+// DeleteService removes the frontend: entry first, then its slots, then the
+// backends no other service uses. Deleting an unknown frontend is not an error.
+func (d *Datapath) DeleteService(ctx context.Context, fe loadbalancer.Frontend) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
+	}
+	key := frontendKey(fe)
+	old, ok := d.svcs[key]
+	if !ok {
+		return nil
+	}
+	if err := d.services.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("service %s: delete entry: %w", fe, err)
+	}
+	delete(d.svcs, key)
+	d.dropSlots(old)
+	d.svcIDs.release(old.value.ID)
+	d.updateGauges()
+	return nil
+}
+
+// dropSlots deletes the slots of a set no service entry points at any more
+// and releases their backends.
+func (d *Datapath) dropSlots(s *svcState) {
+	for i, bid := range s.slots {
+		k := slotKey{SvcID: s.value.ID, Index: slotIndex(s.value.Gen, i)}
+		if err := d.slots.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			d.log.Warn("delete unused slot", "service_id", s.value.ID, "slot", i, "error", err)
+		}
+		if bid != 0 {
+			d.unrefBackend(bid)
+		}
+	}
+	d.slotsUsed -= len(s.slots)
+}
+
+// SetNodeHealth sets or clears the down flag of node. The flag lives in
+// cm_nodes, which every backend refers to by node ID, so it applies at once
+// to every backend on the node, including ones programmed later.
+func (d *Datapath) SetNodeHealth(ctx context.Context, node loadbalancer.NodeRef, healthy bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
+	}
+	n, ok := d.nodesByRef[node]
+	if !ok {
+		if healthy {
+			return nil // nodes are healthy until said otherwise
+		}
+		if _, err := d.newNode(node, true); err != nil {
+			return err
+		}
+		d.updateGauges()
+		return nil
+	}
+	if n.down == !healthy {
+		return nil
+	}
+	v, err := newNodeValue(node, !healthy)
+	if err != nil {
+		return err
+	}
+	if err := d.nodes.Update(n.id, v, ebpf.UpdateAny); err != nil {
+		return d.mapErr(mapNodes, fmt.Sprintf("node %s: set health", node), err)
+	}
+	n.down = !healthy
+	d.maybeFreeNode(n)
+	d.updateGauges()
+	return nil
+}
+
+func (d *Datapath) newNode(ref loadbalancer.NodeRef, down bool) (*nodeState, error) {
+	v, err := newNodeValue(ref, down)
+	if err != nil {
+		return nil, err
+	}
+	id, ok := d.nodeIDs.alloc()
+	if !ok {
+		return nil, d.full(mapNodes, fmt.Errorf("node %s: %d of %d used", ref, len(d.nodesByID), d.cfg.MaxNodes))
+	}
+	if err := d.nodes.Update(id, v, ebpf.UpdateAny); err != nil {
+		d.nodeIDs.release(id)
+		return nil, d.mapErr(mapNodes, fmt.Sprintf("node %s: write", ref), err)
+	}
+	n := &nodeState{id: id, ref: ref, down: down}
+	d.nodesByRef[ref] = n
+	d.nodesByID[id] = n
+	return n, nil
+}
+
+// maybeFreeNode forgets a node no backend is on and that is not down.
+func (d *Datapath) maybeFreeNode(n *nodeState) {
+	if n.refs > 0 || n.down {
+		return
+	}
+	if err := d.nodes.Delete(n.id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		d.log.Warn("delete unused node", "node", n.ref.String(), "error", err)
+		return
+	}
+	delete(d.nodesByRef, n.ref)
+	delete(d.nodesByID, n.id)
+	d.nodeIDs.release(n.id)
+}
+
+// refBackend returns the backend for b, writing it (and its node) to the maps
+// first if it is new, and takes one reference on it.
+func (d *Datapath) refBackend(b loadbalancer.Backend) (*backendState, error) {
+	n, ok := d.nodesByRef[b.Node]
+	if !ok {
+		var err error
+		if n, err = d.newNode(b.Node, false); err != nil {
+			return nil, err
+		}
+	}
+	k := backendKey{addr: addrBytes(b.Addr.Addr()), port: portBytes(b.Addr.Port()), node: n.id}
+	if be, ok := d.backendsByKey[k]; ok {
+		be.refs++
+		return be, nil
+	}
+	id, ok := d.backendIDs.alloc()
+	if !ok {
+		d.maybeFreeNode(n)
+		return nil, d.full(mapBackends, fmt.Errorf("backend %s: %d of %d used", b.Addr, len(d.backendsByID), d.cfg.MaxBackends))
+	}
+	v := backendValue{Addr: k.addr, Port: k.port, Family: afInet6, ClusterID: b.Node.ClusterID, NodeID: n.id}
+	if b.Addr.Addr().Unmap().Is4() {
+		v.Family = afInet
+	}
+	if err := d.backends.Update(id, v, ebpf.UpdateAny); err != nil {
+		d.backendIDs.release(id)
+		d.maybeFreeNode(n)
+		return nil, d.mapErr(mapBackends, fmt.Sprintf("backend %s: write", b.Addr), err)
+	}
+	be := &backendState{id: id, key: k, value: v, refs: 1}
+	d.backendsByKey[k] = be
+	d.backendsByID[id] = be
+	n.refs++
+	return be, nil
+}
+
+// unrefBackend drops one reference and deletes the backend when none is
+// left. Callers have already removed every slot that pointed at it.
+func (d *Datapath) unrefBackend(id uint32) {
+	be, ok := d.backendsByID[id]
+	if !ok {
+		return
+	}
+	be.refs--
+	if be.refs > 0 {
+		return
+	}
+	if err := d.backends.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		d.log.Warn("delete unused backend", "backend_id", id, "error", err)
+		be.refs = 0
+		return
+	}
+	delete(d.backendsByID, id)
+	delete(d.backendsByKey, be.key)
+	d.backendIDs.release(id)
+	if n, ok := d.nodesByID[be.key.node]; ok {
+		n.refs--
+		d.maybeFreeNode(n)
+	}
+}
+
+// full counts and wraps an out-of-room error.
+func (d *Datapath) full(mapName string, err error) error {
+	d.metrics.mapFull(mapName)
+	return fmt.Errorf("map %s: %w: %w", mapName, ErrMapFull, err)
+}
+
+// mapErr wraps a kernel error of a map write; E2BIG/ENOSPC mean the map is
+// full even though the bookkeeping thought otherwise.
+func (d *Datapath) mapErr(mapName, what string, err error) error {
+	if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.ENOMEM) {
+		return d.full(mapName, fmt.Errorf("%s: %w", what, err))
+	}
+	return fmt.Errorf("%s: map %s: %w", what, mapName, err)
+}
+
+func (d *Datapath) updateGauges() {
+	d.metrics.set(len(d.svcs), len(d.backendsByID), len(d.nodesByID), d.slotsUsed)
+}

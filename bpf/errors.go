@@ -1,0 +1,20 @@
+package bpf
+
+import "errors"
+
+var (
+	// ErrMapFull is returned when an update needs more room than a map (or
+	// an ID space sized from it) has left. Nothing of that update is applied.
+	ErrMapFull = errors.New("bpf map full")
+	// ErrInvalidService is returned for a service the datapath cannot
+	// program: bad frontend, mixed address families, too many backends.
+	ErrInvalidService = errors.New("invalid service")
+	// ErrNotBPFFS is returned when the pin directory is not on a bpffs.
+	ErrNotBPFFS = errors.New("pin directory is not on a bpf filesystem")
+	// ErrIncompatiblePin is returned when a pinned map differs from what
+	// this build expects (another layout or size); remove the pins to start
+	// from empty.
+	ErrIncompatiblePin = errors.New("pinned object incompatible")
+	// ErrClosed is returned by calls on a closed Datapath.
+	ErrClosed = errors.New("datapath closed")
+)

@@ -1,0 +1,139 @@
+package bpf
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+
+	"github.com/clustermesh/clustermesh/loadbalancer"
+)
+
+// Map names, also the file names of their pins. They must match socklb.c.
+const (
+	mapServices = "cm_services"
+	mapSlots    = "cm_slots"
+	mapBackends = "cm_backends"
+	mapNodes    = "cm_nodes"
+	mapRevNAT   = "cm_revnat"
+	mapStats    = "cm_stats"
+)
+
+// Go mirrors of the C map keys and values in socklb.c. Field order and sizes
+// must match byte for byte; addresses and ports are kept as network-order
+// bytes so they need no swapping.
+
+type svcKey struct {
+	Addr  [16]byte
+	Port  [2]byte
+	Proto uint8
+	Pad   uint8
+}
+
+type svcValue struct {
+	ID        uint32
+	Preferred uint16
+	Fallback  uint16
+	Flags     uint16
+	Gen       uint8
+	Pad       uint8
+	Rev       uint32
+}
+
+// slotGenBit marks slot indexes of generation 1 (see socklb.c).
+const slotGenBit = 0x80000000
+
+type slotKey struct {
+	SvcID uint32
+	Index uint32
+}
+
+type backendValue struct {
+	Addr      [16]byte
+	Port      [2]byte
+	Family    uint8
+	Pad       uint8
+	ClusterID uint32
+	NodeID    uint32
+}
+
+// nodeNameLen is the room for a node name in cm_nodes; longer names are
+// rejected (Kubernetes node names are DNS subdomains, at most 253 bytes).
+const nodeNameLen = 248
+
+// nodeFlagDown marks a node whose backends are skipped.
+const nodeFlagDown = 1
+
+type nodeValue struct {
+	Flags     uint32
+	ClusterID uint32
+	Name      [nodeNameLen]byte
+}
+
+const (
+	afInet  = 2
+	afInet6 = 10
+)
+
+// Indexes of cm_stats.
+const (
+	statTranslated = iota
+	statFallback
+	statNoBackend
+	statRevNAT
+	statMax
+)
+
+var statNames = [statMax]string{"translated", "fallback", "no_backend", "revnat"}
+
+func addrBytes(a netip.Addr) [16]byte { return a.Unmap().As16() }
+
+func portBytes(p uint16) [2]byte {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], p)
+	return b
+}
+
+func toAddrPort(addr [16]byte, port [2]byte) netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom16(addr).Unmap(), binary.BigEndian.Uint16(port[:]))
+}
+
+func frontendKey(fe loadbalancer.Frontend) svcKey {
+	return svcKey{
+		Addr:  addrBytes(fe.Addr.Addr()),
+		Port:  portBytes(fe.Addr.Port()),
+		Proto: uint8(fe.Protocol),
+	}
+}
+
+func (k svcKey) frontend() loadbalancer.Frontend {
+	return loadbalancer.Frontend{Addr: toAddrPort(k.Addr, k.Port), Protocol: loadbalancer.Protocol(k.Proto)}
+}
+
+func (v nodeValue) ref() loadbalancer.NodeRef {
+	name := v.Name[:]
+	if i := bytes.IndexByte(name, 0); i >= 0 {
+		name = name[:i]
+	}
+	return loadbalancer.NodeRef{ClusterID: v.ClusterID, Name: string(name)}
+}
+
+func newNodeValue(n loadbalancer.NodeRef, down bool) (nodeValue, error) {
+	v := nodeValue{ClusterID: n.ClusterID}
+	if len(n.Name) >= nodeNameLen {
+		return v, fmt.Errorf("node %s: name longer than %d bytes", n, nodeNameLen-1)
+	}
+	copy(v.Name[:], n.Name)
+	if down {
+		v.Flags = nodeFlagDown
+	}
+	return v, nil
+}
+
+func slotIndex(gen uint8, i int) uint32 {
+	idx := uint32(i)
+	if gen != 0 {
+		idx |= slotGenBit
+	}
+	return idx
+}

@@ -1,0 +1,367 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//go:build ignore
+
+/*
+ * Socket-level load balancing for global services.
+ *
+ * cgroup sock_addr hooks rewrite a service VIP:port to a chosen backend when a
+ * socket in the attached cgroup calls connect() (TCP and connected UDP) or
+ * sendmsg() (unconnected UDP), before any packet exists. recvmsg() and
+ * getpeername() translate the backend back to the VIP, so the application
+ * only ever sees the address it asked for.
+ *
+ * All addresses are 16 bytes in network byte order; IPv4 is stored
+ * IPv4-mapped (::ffff:a.b.c.d), so one set of maps serves both families and a
+ * dual-stack socket connecting to ::ffff:VIP finds the IPv4 service.
+ *
+ * Map layout (mirrored by the Go types in maps.go; keep them in step):
+ *   cm_services  (addr, port, proto)          -> id, preferred/fallback counts,
+ *                                                flags, active slot generation
+ *   cm_slots     (service id, gen<<31 | idx)  -> backend id
+ *                slots [0, preferred) are the preferred set, then fallback
+ *   cm_backends  backend id                   -> addr, port, cluster, node id
+ *   cm_nodes     node id                      -> flags (NODE_F_DOWN), name
+ *   cm_revnat    (socket cookie, backend)     -> VIP, for recvmsg/getpeername
+ *   cm_stats     per-CPU counters
+ *
+ * Userspace writes a service's slots under the generation the service entry
+ * does not point at, then flips the entry (counts and generation in one
+ * update), so a reader sees either the old or the new backend set, never a mix.
+ */
+#include "vmlinux.h"
+#include "bpf_helpers.h"
+#include "bpf_endian.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_UDP 17
+
+#define NODE_F_DOWN 1
+#define SLOT_GEN_BIT 0x80000000u
+/* Rejection-sampling draws before falling back to an exact scan. */
+#define PICK_TRIES 3
+
+enum stat_index {
+	STAT_TRANSLATED = 0,
+	STAT_FALLBACK = 1,
+	STAT_NO_BACKEND = 2,
+	STAT_REVNAT = 3,
+	STAT_MAX = 4,
+};
+
+struct svc_key {
+	__u32 addr[4];
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct svc_value {
+	__u32 id;
+	__u16 preferred;
+	__u16 fallback;
+	__u16 flags;
+	__u8 gen;
+	__u8 pad;
+	__u32 rev;
+};
+
+struct slot_key {
+	__u32 svc_id;
+	__u32 index;
+};
+
+struct backend_value {
+	__u32 addr[4];
+	__be16 port;
+	__u8 family;
+	__u8 pad;
+	__u32 cluster_id;
+	__u32 node_id;
+};
+
+struct node_value {
+	__u32 flags;
+	__u32 cluster_id;
+	char name[248];
+};
+
+struct revnat_key {
+	__u64 cookie;
+	__u32 addr[4];
+	__be16 port;
+	__u8 pad[6];
+};
+
+struct revnat_value {
+	__u32 addr[4];
+	__be16 port;
+	__u8 pad[2];
+};
+
+/* max_entries are placeholders: the loader sets them from its Config. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct svc_key);
+	__type(value, struct svc_value);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct slot_key);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct backend_value);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct node_value);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_nodes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct revnat_key);
+	__type(value, struct revnat_value);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_revnat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, STAT_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_stats SEC(".maps");
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&cm_stats, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+/* usable_id returns the backend ID behind slot idx of the given generation
+ * if the backend exists and its node is not marked down, else 0. A missing
+ * slot or backend (a reader racing a generation flip) counts as unusable. */
+static __always_inline __u32 usable_id(__u32 svc_id, __u32 gen, __u32 idx)
+{
+	struct slot_key sk = { .svc_id = svc_id, .index = gen | idx };
+	struct backend_value *be;
+	struct node_value *node;
+	__u32 *id;
+
+	id = bpf_map_lookup_elem(&cm_slots, &sk);
+	if (!id)
+		return 0;
+	be = bpf_map_lookup_elem(&cm_backends, id);
+	if (!be)
+		return 0;
+	node = bpf_map_lookup_elem(&cm_nodes, &be->node_id);
+	if (node && (node->flags & NODE_F_DOWN))
+		return 0;
+	return *id;
+}
+
+struct scan_ctx {
+	__u32 svc_id;
+	__u32 gen;
+	__u32 base;
+	__u32 seen;
+	__u32 found;
+};
+
+/* scan_cb is one step of reservoir sampling: the i-th usable slot replaces
+ * the pick with probability 1/i. Nothing after the loop branches on the
+ * counter, so the verifier can treat it as imprecise and converge. */
+static long scan_cb(__u32 i, void *data)
+{
+	struct scan_ctx *c = data;
+	__u32 id = usable_id(c->svc_id, c->gen, c->base + i);
+
+	if (!id)
+		return 0;
+	c->seen++;
+	if (bpf_get_prandom_u32() % c->seen == 0)
+		c->found = id;
+	return 0;
+}
+
+/* cm_pick draws uniformly among the usable slots [base, base+n) and returns
+ * the backend ID, 0 if none is usable. A few random draws come first
+ * (rejection sampling: uniform over the usable slots, O(1) while most are
+ * healthy); if they all hit unusable slots, one reservoir-sampling pass over
+ * the range picks exactly uniformly. Both paths are uniform, so their mixture
+ * is too. It is a global function so the verifier checks it once, not once
+ * per call site. */
+__noinline __u32 cm_pick(__u32 svc_id, __u32 gen, __u32 base, __u32 n)
+{
+	struct scan_ctx c = {};
+	__u32 id;
+	int i;
+
+	if (n == 0)
+		return 0;
+	for (i = 0; i < PICK_TRIES; i++) {
+		id = usable_id(svc_id, gen, base + bpf_get_prandom_u32() % n);
+		if (id)
+			return id;
+	}
+	c.svc_id = svc_id;
+	c.gen = gen;
+	c.base = base;
+	bpf_loop(n, scan_cb, &c, 0);
+	return c.found;
+}
+
+static __always_inline void key_from_ctx(struct bpf_sock_addr *ctx, int v6, __u32 addr[4])
+{
+	if (v6) {
+		addr[0] = ctx->user_ip6[0];
+		addr[1] = ctx->user_ip6[1];
+		addr[2] = ctx->user_ip6[2];
+		addr[3] = ctx->user_ip6[3];
+	} else {
+		addr[0] = 0;
+		addr[1] = 0;
+		addr[2] = bpf_htonl(0xffff);
+		addr[3] = ctx->user_ip4;
+	}
+}
+
+static __always_inline int is_v4_mapped(const __u32 addr[4])
+{
+	return addr[0] == 0 && addr[1] == 0 && addr[2] == bpf_htonl(0xffff);
+}
+
+/* xlate rewrites ctx's destination if it is a service frontend. It returns 0
+ * to refuse the call (a service with no usable backend fails fast with EPERM
+ * instead of sending to a VIP nobody answers), 1 otherwise. */
+static __always_inline int xlate(struct bpf_sock_addr *ctx, int v6)
+{
+	struct svc_key key = {};
+	struct revnat_key rk = {};
+	struct revnat_value rv = {}, *old;
+	struct backend_value *be;
+	struct svc_value *svc;
+	__u32 gen, id;
+
+	key_from_ctx(ctx, v6, key.addr);
+	key.port = (__be16)ctx->user_port;
+	key.proto = (__u8)ctx->protocol;
+	svc = bpf_map_lookup_elem(&cm_services, &key);
+	if (!svc)
+		return 1;
+
+	gen = svc->gen ? SLOT_GEN_BIT : 0;
+	id = cm_pick(svc->id, gen, 0, svc->preferred);
+	if (!id) {
+		id = cm_pick(svc->id, gen, svc->preferred, svc->fallback);
+		if (id)
+			stat_inc(STAT_FALLBACK);
+	}
+	be = id ? bpf_map_lookup_elem(&cm_backends, &id) : 0;
+	if (!be) {
+		stat_inc(STAT_NO_BACKEND);
+		return 0;
+	}
+
+	if (v6) {
+		ctx->user_ip6[0] = be->addr[0];
+		ctx->user_ip6[1] = be->addr[1];
+		ctx->user_ip6[2] = be->addr[2];
+		ctx->user_ip6[3] = be->addr[3];
+	} else {
+		if (!is_v4_mapped(be->addr)) {
+			stat_inc(STAT_NO_BACKEND);
+			return 0;
+		}
+		ctx->user_ip4 = be->addr[3];
+	}
+	ctx->user_port = (__u32)be->port;
+	stat_inc(STAT_TRANSLATED);
+
+	/* UDP: remember the VIP for this socket and backend so replies and
+	 * getpeername() show the VIP; skip the write when the entry is already
+	 * there (sendmsg runs per datagram). TCP needs no state: the kernel
+	 * never reports a TCP peer through recvmsg. */
+	if (key.proto != IPPROTO_UDP)
+		return 1;
+	rk.cookie = bpf_get_socket_cookie(ctx);
+	__builtin_memcpy(rk.addr, be->addr, sizeof(rk.addr));
+	rk.port = be->port;
+	__builtin_memcpy(rv.addr, key.addr, sizeof(rv.addr));
+	rv.port = key.port;
+	old = bpf_map_lookup_elem(&cm_revnat, &rk);
+	if (!old || old->port != rv.port || old->addr[0] != rv.addr[0] || old->addr[1] != rv.addr[1] ||
+	    old->addr[2] != rv.addr[2] || old->addr[3] != rv.addr[3])
+		bpf_map_update_elem(&cm_revnat, &rk, &rv, BPF_ANY);
+	return 1;
+}
+
+/* revnat puts the VIP back as the peer address when the socket talked to a
+ * backend through a service. Always returns 1: these hooks cannot refuse. */
+static __always_inline int revnat(struct bpf_sock_addr *ctx, int v6)
+{
+	struct revnat_key rk = {};
+	struct revnat_value *rv;
+
+	key_from_ctx(ctx, v6, rk.addr);
+	rk.port = (__be16)ctx->user_port;
+	rk.cookie = bpf_get_socket_cookie(ctx);
+	rv = bpf_map_lookup_elem(&cm_revnat, &rk);
+	if (!rv)
+		return 1;
+	if (v6) {
+		ctx->user_ip6[0] = rv->addr[0];
+		ctx->user_ip6[1] = rv->addr[1];
+		ctx->user_ip6[2] = rv->addr[2];
+		ctx->user_ip6[3] = rv->addr[3];
+	} else {
+		ctx->user_ip4 = rv->addr[3];
+	}
+	ctx->user_port = (__u32)rv->port;
+	stat_inc(STAT_REVNAT);
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int cm_connect4(struct bpf_sock_addr *ctx) { return xlate(ctx, 0); }
+
+SEC("cgroup/sendmsg4")
+int cm_sendmsg4(struct bpf_sock_addr *ctx) { return xlate(ctx, 0); }
+
+SEC("cgroup/recvmsg4")
+int cm_recvmsg4(struct bpf_sock_addr *ctx) { return revnat(ctx, 0); }
+
+SEC("cgroup/getpeername4")
+int cm_getpeername4(struct bpf_sock_addr *ctx) { return revnat(ctx, 0); }
+
+SEC("cgroup/connect6")
+int cm_connect6(struct bpf_sock_addr *ctx) { return xlate(ctx, 1); }
+
+SEC("cgroup/sendmsg6")
+int cm_sendmsg6(struct bpf_sock_addr *ctx) { return xlate(ctx, 1); }
+
+SEC("cgroup/recvmsg6")
+int cm_recvmsg6(struct bpf_sock_addr *ctx) { return revnat(ctx, 1); }
+
+SEC("cgroup/getpeername6")
+int cm_getpeername6(struct bpf_sock_addr *ctx) { return revnat(ctx, 1); }
+
+char __license[] SEC("license") = "Dual BSD/GPL";
