@@ -2,8 +2,8 @@ package bpf
 
 import (
 	"bytes"
-	"encoding/binary"
 	"context"
+	"encoding/binary"
 	"errors"
 	"maps"
 	"net/netip"
@@ -329,7 +329,9 @@ func TestAdoptAndFull(t *testing.T) {
 }
 
 func TestValidate(t *testing.T) {
-	be := func(s string) loadbalancer.Backend { return loadbalancer.Backend{Addr: netip.MustParseAddrPort(s), Node: nodeA} }
+	be := func(s string) loadbalancer.Backend {
+		return loadbalancer.Backend{Addr: netip.MustParseAddrPort(s), Node: nodeA}
+	}
 	fe := func(s string, p loadbalancer.Protocol) loadbalancer.Frontend {
 		return loadbalancer.Frontend{Addr: netip.MustParseAddrPort(s), Protocol: p}
 	}
