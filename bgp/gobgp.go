@@ -119,20 +119,13 @@ func (c *core) start(ctx context.Context) error {
 	if err := c.srv.StartBgp(ctx, &api.StartBgpRequest{Global: g}); err != nil {
 		return fmt.Errorf("%s: start bgp (as %d, router id %s): %w", c.cfg.Name, c.cfg.ASN, c.cfg.RouterID, err)
 	}
-	err := c.srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: &api.Policy{
-		Name: nextHopUnchangedPolicy,
-		Statements: []*api.Statement{{
-			Name:    nextHopUnchangedPolicy + "-stmt",
-			Actions: &api.Actions{RouteAction: api.RouteAction_ACCEPT, Nexthop: &api.NexthopAction{Unchanged: true}},
-		}},
-	}})
-	if err != nil {
+	if err := c.addNextHopPolicy(ctx); err != nil {
 		c.srv.Stop()
 		return fmt.Errorf("%s: add next-hop-unchanged policy: %w", c.cfg.Name, err)
 	}
 	wctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
-	err = c.srv.WatchEvent(wctx, &api.WatchEventRequest{
+	err := c.srv.WatchEvent(wctx, &api.WatchEventRequest{
 		Peer:  &api.WatchEventRequest_Peer{},
 		Table: &api.WatchEventRequest_Table{Filters: []*api.WatchEventRequest_Table_Filter{{Type: api.WatchEventRequest_Table_Filter_BEST, Init: true}}},
 	}, c.onWatch)
@@ -254,7 +247,7 @@ func (c *core) applyPeers(ctx context.Context) error {
 		if p, ok := want[addr]; ok && p == old {
 			continue
 		}
-		if err := c.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
+		if err := c.deletePeer(ctx, old); err != nil {
 			errs = append(errs, fmt.Sprintf("delete peer %s: %v", old, err))
 			continue
 		}
@@ -315,17 +308,58 @@ func (c *core) addPeer(ctx context.Context, p Peer) error {
 		return fmt.Errorf("add peer %s: %w", p, err)
 	}
 	if p.NextHopUnchanged && p.ASN != c.cfg.ASN {
-		err := c.srv.AddPolicyAssignment(ctx, &api.AddPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
-			Name:          p.Address.String(),
-			Direction:     api.PolicyDirection_EXPORT,
-			Policies:      []*api.Policy{{Name: nextHopUnchangedPolicy}},
-			DefaultAction: api.RouteAction_ACCEPT,
+		err := c.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: &api.DefinedSet{
+			DefinedType: api.DefinedType_NEIGHBOR, Name: nextHopUnchangedPolicy, List: []string{hostPrefix(p.Address)},
 		}})
 		if err != nil {
-			return fmt.Errorf("peer %s: assign next-hop-unchanged policy: %w", p, err)
+			return fmt.Errorf("peer %s: add to next-hop-unchanged set: %w", p, err)
 		}
 	}
 	return nil
+}
+
+func (c *core) deletePeer(ctx context.Context, p Peer) error {
+	if err := c.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: p.Address.String()}); err != nil {
+		return err
+	}
+	if p.NextHopUnchanged {
+		return c.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: &api.DefinedSet{
+			DefinedType: api.DefinedType_NEIGHBOR, Name: nextHopUnchangedPolicy, List: []string{hostPrefix(p.Address)},
+		}})
+	}
+	return nil
+}
+
+func hostPrefix(a netip.Addr) string { return netip.PrefixFrom(a, a.BitLen()).String() }
+
+// addNextHopPolicy installs a global export policy keeping the next hop
+// towards the neighbors in a set. GoBGP allows per-peer policies only for
+// route-server clients, so the set selects the peers. It starts with an
+// address that matches nothing: GoBGP refuses empty sets.
+func (c *core) addNextHopPolicy(ctx context.Context) error {
+	err := c.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: &api.DefinedSet{
+		DefinedType: api.DefinedType_NEIGHBOR, Name: nextHopUnchangedPolicy, List: []string{"255.255.255.255/32"},
+	}})
+	if err != nil {
+		return err
+	}
+	err = c.srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: &api.Policy{
+		Name: nextHopUnchangedPolicy,
+		Statements: []*api.Statement{{
+			Name:       nextHopUnchangedPolicy + "-stmt",
+			Conditions: &api.Conditions{NeighborSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: nextHopUnchangedPolicy}},
+			Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT, Nexthop: &api.NexthopAction{Unchanged: true}},
+		}},
+	}})
+	if err != nil {
+		return err
+	}
+	return c.srv.AddPolicyAssignment(ctx, &api.AddPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
+		Name:          "global",
+		Direction:     api.PolicyDirection_EXPORT,
+		Policies:      []*api.Policy{{Name: nextHopUnchangedPolicy}},
+		DefaultAction: api.RouteAction_ACCEPT,
+	}})
 }
 
 // cutOffPeer shuts a peer that exceeded its prefix limit down until its

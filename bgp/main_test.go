@@ -1,0 +1,113 @@
+package bgp
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// childEnv selects the role of a re-executed test binary: GoBGP binds in the
+// process's network namespace, so every speaker of a netns test runs in its
+// own process started with nsenter.
+const childEnv = "CLUSTERMESH_BGP_CHILD"
+
+func TestMain(m *testing.M) {
+	if role := os.Getenv(childEnv); role != "" {
+		os.Exit(runChild(role))
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// childReq is one command on the child's stdin (one JSON value per line).
+type childReq struct {
+	Op       string         `json:"op"` // start, peers, announce, status
+	Config   *Config        `json:"config,omitempty"`
+	Peers    []Peer         `json:"peers,omitempty"`
+	Prefixes []netip.Prefix `json:"prefixes,omitempty"`
+}
+
+type childResp struct {
+	Err    string  `json:"err,omitempty"`
+	Status *Status `json:"status,omitempty"`
+}
+
+// runChild serves commands until stdin closes (the parent died or is done).
+func runChild(role string) int {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var sp *Speaker
+	var rr *Reflector
+	in := bufio.NewScanner(os.Stdin)
+	in.Buffer(make([]byte, 1<<20), 64<<20)
+	out := json.NewEncoder(os.Stdout)
+	for in.Scan() {
+		var req childReq
+		var resp childResp
+		err := json.Unmarshal(in.Bytes(), &req)
+		if err == nil {
+			switch req.Op {
+			case "start":
+				cfg := *req.Config
+				cfg.Logger = log
+				if role == "reflector" {
+					if rr, err = NewReflector(cfg); err == nil {
+						errc := make(chan error, 1)
+						go func() { errc <- rr.Run(ctx) }()
+						// Wait until it serves or fails.
+					wait:
+						for {
+							select {
+							case err = <-errc:
+								break wait
+							default:
+							}
+							if _, serr := rr.Status(ctx); serr == nil {
+								break
+							}
+							time.Sleep(10 * time.Millisecond)
+						}
+					}
+				} else if sp, err = NewSpeaker(cfg); err == nil {
+					err = sp.Start(ctx)
+				}
+			case "peers":
+				if rr != nil {
+					err = rr.SetPeers(ctx, req.Peers)
+				} else {
+					err = sp.SetPeers(ctx, req.Peers)
+				}
+			case "announce":
+				err = sp.Announce(ctx, req.Prefixes)
+			case "status":
+				var st Status
+				if rr != nil {
+					st, err = rr.Status(ctx)
+				} else {
+					st, err = sp.Status(ctx)
+				}
+				resp.Status = &st
+			default:
+				err = fmt.Errorf("unknown op %q", req.Op)
+			}
+		}
+		if err != nil {
+			resp.Err = err.Error()
+		}
+		if out.Encode(resp) != nil {
+			return 1
+		}
+	}
+	if sp != nil {
+		_ = sp.Stop(context.Background())
+	}
+	return 0
+}

@@ -1,0 +1,215 @@
+package bgp
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/vishvananda/netlink"
+)
+
+type meshNode struct {
+	node   api.Node
+	ns     string
+	podNS  string
+	podIP  string
+	cfg    Config
+	peers  []Peer
+	proc   *child
+	others []netip.Prefix // pod CIDRs of every other node
+}
+
+// TestTwoClustersNativeRouting joins two clusters of two nodes on one fabric:
+// each node peers with its cluster's reflector, the reflectors peer over
+// eBGP, and pods reach each other with no tunnel.
+func TestTwoClustersNativeRouting(t *testing.T) {
+	l := newLab(t)
+	ap := netip.MustParseAddrPort
+	a := netip.MustParseAddr
+	clusters := []api.Cluster{
+		{Name: "c1", ID: 1, ASN: 65001, RouteReflector: ap("192.0.2.1:179"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}},
+		{Name: "c2", ID: 2, ASN: 65002, RouteReflector: ap("192.0.2.2:179"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/16")}},
+	}
+	var nodes []*meshNode
+	for ci, cl := range clusters {
+		for ni := 1; ni <= 2; ni++ {
+			name := fmt.Sprintf("n%d", ni)
+			short := fmt.Sprintf("c%dn%d", ci+1, ni)
+			ip := fmt.Sprintf("192.0.2.%d%d", ci+1, ni)
+			cidr := netip.MustParsePrefix(fmt.Sprintf("10.%d.%d.0/24", ci+1, ni))
+			n := &meshNode{node: api.Node{Cluster: cl.Name, Name: name, Addresses: []netip.Addr{a(ip)}, BGPAddress: a(ip), PodCIDRs: []netip.Prefix{cidr}}}
+			n.ns = l.host(short, ip)
+			n.podIP = fmt.Sprintf("10.%d.%d.10", ci+1, ni)
+			n.podNS = l.pod(short, short+"p", fmt.Sprintf("10.%d.%d.1", ci+1, ni), n.podIP)
+			nodes = append(nodes, n)
+		}
+	}
+	for _, n := range nodes {
+		for _, o := range nodes {
+			if o != n {
+				n.others = append(n.others, o.node.PodCIDRs...)
+			}
+		}
+	}
+
+	// Reflectors, each in its own namespace, as clustermesh-apiserver would
+	// run them.
+	for i, cl := range clusters {
+		short := fmt.Sprintf("rr%d", i+1)
+		ns := l.host(short, cl.RouteReflector.Addr().String())
+		var members []api.Node
+		for _, n := range nodes {
+			if n.node.Cluster == cl.Name {
+				members = append(members, n.node)
+			}
+		}
+		peers, err := ReflectorPeers(cl, members, clusters)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := DefaultKindConfig()
+		cfg.Name, cfg.ASN, cfg.RouterID = cl.Name, cl.ASN, cl.RouteReflector.Addr()
+		cfg.ListenPort = int32(cl.RouteReflector.Port())
+		l.startChild(short, ns, "reflector", cfg, peers)
+	}
+	for i, n := range nodes {
+		cl := clusters[i/2]
+		cfg, err := NodeConfig(DefaultKindConfig(), n.node, cl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.cfg = cfg
+		if n.peers, err = NodePeers(cl); err != nil {
+			t.Fatal(err)
+		}
+		n.proc = l.startChild(cfg.Name, n.ns, "speaker", cfg, n.peers)
+	}
+
+	converged := func(n *meshNode, want []netip.Prefix) func() (bool, string) {
+		return func() (bool, string) {
+			got := l.routes(n.ns, RouteProtocol)
+			for _, o := range nodes {
+				for _, p := range o.node.PodCIDRs {
+					gw, ok := got[p]
+					if slices.Contains(want, p) != ok {
+						return false, fmt.Sprintf("%s routes %v, want %v", n.cfg.Name, got, want)
+					}
+					if ok && gw != o.node.Addresses[0] {
+						return false, fmt.Sprintf("%s: %s via %s, want via %s", n.cfg.Name, p, gw, o.node.Addresses[0])
+					}
+				}
+			}
+			return true, ""
+		}
+	}
+	for _, n := range nodes {
+		waitFor(t, 60*time.Second, "routes on "+n.cfg.Name, converged(n, n.others))
+	}
+
+	// Pod to pod over TCP, cluster 1 to cluster 2 and back.
+	l.tcpEcho(nodes[2].podNS, nodes[2].podIP+":8080")
+	l.tcpEcho(nodes[1].podNS, nodes[1].podIP+":8080")
+	for _, pair := range [][2]*meshNode{{nodes[0], nodes[2]}, {nodes[3], nodes[1]}} {
+		got, err := tcpRoundTrip(pair[0].podNS, pair[1].podIP+":8080", "hello from "+pair[0].cfg.Name)
+		if err != nil || got != "echo hello from "+pair[0].cfg.Name {
+			t.Fatalf("pod %s -> pod %s: %q, %v", pair[0].cfg.Name, pair[1].cfg.Name, got, err)
+		}
+	}
+	for _, ns := range []string{l.fabric, l.ns("rr1"), l.ns("rr2")} {
+		if tun := l.tunnelLinks(ns); len(tun) > 0 {
+			t.Errorf("tunnel devices in %s: %v", ns, tun)
+		}
+	}
+	for _, n := range nodes {
+		for _, ns := range []string{n.ns, n.podNS} {
+			if tun := l.tunnelLinks(ns); len(tun) > 0 {
+				t.Errorf("tunnel devices in %s: %v", ns, tun)
+			}
+		}
+	}
+	st := nodes[0].proc.status()
+	if len(st.Peers) != 1 || !st.Peers[0].Established || st.Peers[0].PrefixesInstalled != 3 || len(st.Installed) != 3 {
+		t.Errorf("status of %s: %+v", nodes[0].cfg.Name, st)
+	}
+
+	// Kill c1/n2's speaker: every other node drops its pod CIDR.
+	victim := nodes[1]
+	victim.proc.kill()
+	gone := victim.node.PodCIDRs[0]
+	for _, n := range nodes {
+		if n == victim {
+			continue
+		}
+		want := slices.DeleteFunc(slices.Clone(n.others), func(p netip.Prefix) bool { return p == gone })
+		waitFor(t, 60*time.Second, "withdrawal on "+n.cfg.Name, converged(n, want))
+	}
+	// The dead node's own routes stay in its kernel (nobody is there to
+	// remove them); add a stale one a previous run could have left.
+	stale := &netlink.Route{Dst: prefixToIPNet(netip.MustParsePrefix("10.77.0.0/24")), Gw: a("192.0.2.99").AsSlice(), Protocol: RouteProtocol}
+	h := l.handle(victim.ns)
+	if err := h.RouteAdd(stale); err != nil {
+		t.Fatal(err)
+	}
+	h.Close()
+
+	// Watch the restarted node's table: live routes must not be deleted.
+	deleted := l.watchDeletes(t, victim.ns)
+	victim.proc = l.startChild(victim.cfg.Name+"-restarted", victim.ns, "speaker", victim.cfg, victim.peers)
+	for _, n := range nodes {
+		waitFor(t, 60*time.Second, "routes restored on "+n.cfg.Name, converged(n, n.others))
+	}
+	waitFor(t, 60*time.Second, "stale route removed on "+victim.cfg.Name, func() (bool, string) {
+		_, ok := l.routes(victim.ns, RouteProtocol)[netip.MustParsePrefix("10.77.0.0/24")]
+		return !ok, "10.77.0.0/24 still installed"
+	})
+	for _, p := range deleted() {
+		if slices.Contains(victim.others, p) {
+			t.Errorf("live route %s was deleted during restart of %s", p, victim.cfg.Name)
+		}
+	}
+	got, err := tcpRoundTrip(nodes[3].podNS, victim.podIP+":8080", "back")
+	if err != nil || got != "echo back" {
+		t.Fatalf("pod c2/n2 -> pod c1/n2 after restart: %q, %v", got, err)
+	}
+}
+
+// watchDeletes records route deletions of RouteProtocol in ns until the
+// returned function is called.
+func (l *lab) watchDeletes(t *testing.T, ns string) func() []netip.Prefix {
+	h, err := netnsHandle(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan netlink.RouteUpdate, 1024)
+	done := make(chan struct{})
+	if err := netlink.RouteSubscribeWithOptions(ch, done, netlink.RouteSubscribeOptions{Namespace: &h}); err != nil {
+		t.Fatal(err)
+	}
+	var out []netip.Prefix
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		for u := range ch {
+			if u.Type == 25 /* RTM_DELROUTE */ && u.Protocol == RouteProtocol && u.Dst != nil {
+				if p, ok := prefixFromIPNet(u.Dst); ok {
+					out = append(out, p)
+				}
+			}
+		}
+	}()
+	stopped := false
+	stop := func() []netip.Prefix {
+		if !stopped {
+			stopped = true
+			close(done)
+			<-finished
+			h.Close()
+		}
+		return out
+	}
+	t.Cleanup(func() { stop() })
+	return stop
+}

@@ -1,0 +1,99 @@
+package bgp
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+
+	"github.com/clustermesh/clustermesh/api"
+)
+
+func TestReflectorPeers(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	a := netip.MustParseAddr
+	c1 := api.Cluster{Name: "c1", ASN: 65001, RouteReflector: ap("192.0.2.1:179")}
+	c2 := api.Cluster{Name: "c2", ASN: 65002, RouteReflector: ap("192.0.2.2:1790")}
+	tests := []struct {
+		name    string
+		local   api.Cluster
+		nodes   []api.Node
+		remotes []api.Cluster
+		want    []Peer
+		wantErr bool
+	}{
+		{
+			name:    "nodes and a remote reflector; lower name dials",
+			local:   c1,
+			nodes:   []api.Node{{Cluster: "c1", Name: "n1", BGPAddress: a("192.0.2.11")}, {Cluster: "c1", Name: "n2", BGPAddress: a("192.0.2.12"), ASN: 65001}},
+			remotes: []api.Cluster{c1, c2},
+			want: []Peer{
+				{Name: "c2/reflector", Address: a("192.0.2.2"), Port: 1790, ASN: 65002, NextHopUnchanged: true, Multihop: true},
+				{Name: "c1/n1", Address: a("192.0.2.11"), ASN: 65001, Passive: true, RouteReflectorClient: true},
+				{Name: "c1/n2", Address: a("192.0.2.12"), ASN: 65001, Passive: true, RouteReflectorClient: true},
+			},
+		},
+		{
+			name:    "higher name waits",
+			local:   c2,
+			remotes: []api.Cluster{c1},
+			want:    []Peer{{Name: "c1/reflector", Address: a("192.0.2.1"), Port: 179, ASN: 65001, Passive: true, NextHopUnchanged: true, Multihop: true}},
+		},
+		{
+			name:  "bad values are skipped and reported, good ones kept",
+			local: c1,
+			nodes: []api.Node{
+				{Cluster: "c2", Name: "x", BGPAddress: a("192.0.2.30")},
+				{Cluster: "c1", Name: "asn", BGPAddress: a("192.0.2.31"), ASN: 64999},
+				{Cluster: "c1", Name: "nobgp"},
+				{Cluster: "c1", Name: "ok", BGPAddress: a("192.0.2.32")},
+			},
+			remotes: []api.Cluster{{Name: "same", ASN: 65001, RouteReflector: ap("192.0.2.5:179")}, {Name: "off"}},
+			want:    []Peer{{Name: "c1/ok", Address: a("192.0.2.32"), ASN: 65001, Passive: true, RouteReflectorClient: true}},
+			wantErr: true,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ReflectorPeers(tt.local, tt.nodes, tt.remotes)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, wantErr %v", err, tt.wantErr)
+			}
+			if err != nil && !errors.Is(err, ErrTopology) {
+				t.Errorf("err %v is not ErrTopology", err)
+			}
+			if len(got) != len(tt.want) {
+				t.Fatalf("got %+v, want %+v", got, tt.want)
+			}
+			for i := range got {
+				if got[i] != tt.want[i] {
+					t.Errorf("peer %d: got %+v, want %+v", i, got[i], tt.want[i])
+				}
+			}
+		})
+	}
+}
+
+func TestNodeConfigAndPeers(t *testing.T) {
+	a := netip.MustParseAddr
+	cl := api.Cluster{Name: "c1", ASN: 65001, RouteReflector: netip.MustParseAddrPort("192.0.2.1:179")}
+	n := api.Node{Cluster: "c1", Name: "n1", Addresses: []netip.Addr{a("192.0.2.11")}, BGPAddress: a("192.0.2.11"),
+		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.1.0/24")}}
+	cfg, err := NodeConfig(DefaultConfig(), n, cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ASN != 65001 || cfg.RouterID != a("192.0.2.11") || cfg.nextHopFor(n.PodCIDRs[0]) != a("192.0.2.11") {
+		t.Errorf("config %+v", cfg)
+	}
+	peers, err := NodePeers(cl)
+	if err != nil || len(peers) != 1 || peers[0].Address != a("192.0.2.1") || peers[0].Passive {
+		t.Errorf("peers %+v err %v", peers, err)
+	}
+	if _, err := NodePeers(api.Cluster{Name: "off"}); !errors.Is(err, ErrTopology) {
+		t.Errorf("cluster without reflector: err %v", err)
+	}
+	n.PodCIDRs = append(n.PodCIDRs, netip.MustParsePrefix("fd00::/64"))
+	if _, err := NodeConfig(DefaultConfig(), n, cl); !errors.Is(err, ErrInvalidConfig) {
+		t.Errorf("v6 pod CIDR without v6 node IP: err %v", err)
+	}
+}
