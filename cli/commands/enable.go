@@ -1,0 +1,103 @@
+package commands
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/cli/mesh"
+	"github.com/clustermesh/clustermesh/pki"
+)
+
+func newEnable(g *globals) *cobra.Command {
+	var (
+		opts          mesh.EnableOptions
+		clusterID     uint32
+		maxClusterID  uint32
+		caCert, caKey string
+		inheritFrom   string
+	)
+	cmd := &cobra.Command{
+		Use:   "enable --context CONTEXT --cluster-name NAME --cluster-id ID",
+		Short: "Install the mesh into a cluster (idempotent)",
+		Long: `enable installs the clustermesh-apiserver, the agent DaemonSet, their RBAC and
+certificates into namespace clustermesh-system, with server-side apply. Running
+it again with the same flags changes nothing; certificates are kept while they
+are valid for more than 30 days.
+
+Clusters that will be connected must share a CA: pass --inherit-ca-from with
+the context of a cluster already enabled, or --ca-cert/--ca-key.`,
+		Example: `  clustermesh enable --context c1 --cluster-name c1 --cluster-id 1
+  clustermesh enable --context c2 --cluster-name c2 --cluster-id 2 --inherit-ca-from c1`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			opts.ClusterID, opts.MaxClusterID = clusterID, maxClusterID
+			if opts.ClusterName == "" {
+				return fmt.Errorf("%w: --cluster-name is required", mesh.ErrInvalidArgument)
+			}
+			if err := api.ValidateClusterID(clusterID, maxClusterID); err != nil {
+				return fmt.Errorf("--cluster-id: %w", err)
+			}
+			switch {
+			case inheritFrom != "" && (caCert != "" || caKey != ""):
+				return fmt.Errorf("%w: --inherit-ca-from and --ca-cert/--ca-key exclude each other", mesh.ErrInvalidArgument)
+			case (caCert == "") != (caKey == ""):
+				return fmt.Errorf("%w: --ca-cert and --ca-key go together", mesh.ErrInvalidArgument)
+			case caCert != "":
+				cp, err := os.ReadFile(caCert)
+				if err != nil {
+					return fmt.Errorf("--ca-cert: %w", err)
+				}
+				kp, err := os.ReadFile(caKey)
+				if err != nil {
+					return fmt.Errorf("--ca-key: %w", err)
+				}
+				if opts.CA, err = pki.LoadCA(cp, kp); err != nil {
+					return fmt.Errorf("--ca-cert/--ca-key: %w", err)
+				}
+			case inheritFrom != "":
+				from, err := g.open(inheritFrom)
+				if err != nil {
+					return fmt.Errorf("--inherit-ca-from: %w", err)
+				}
+				if opts.CA, err = from.LoadCA(ctx); err != nil {
+					return fmt.Errorf("--inherit-ca-from %s: %w", inheritFrom, err)
+				}
+			}
+			c, err := g.open("")
+			if err != nil {
+				return err
+			}
+			opts.Log = g.logger(cmd)
+			res, err := mesh.Enable(ctx, c, opts)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "✓ cluster %s (ID %d) enabled in context %s; peers reach its store at %s\n", res.ClusterName, res.ClusterID, c.Context, res.Endpoint)
+			if res.CreatedCA {
+				fmt.Fprintf(cmd.OutOrStdout(), "  created a new CA: enable the other clusters with --inherit-ca-from %s so they trust each other\n", c.Context)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&opts.ClusterName, "cluster-name", "", "name of the cluster in the mesh (lower-case DNS label, at most 32 characters)")
+	f.Uint32Var(&clusterID, "cluster-id", 0, "numeric cluster ID, unique in the mesh (1..max-cluster-id)")
+	f.Uint32Var(&maxClusterID, "max-cluster-id", api.DefaultMaxClusterID, "mesh-wide cluster ID limit: 255 or 511 (same on every cluster)")
+	f.StringVar(&opts.Endpoint, "endpoint", "", "https://HOST:PORT where peers reach this cluster's store (default: from the Service)")
+	f.StringVar(&opts.ServiceType, "service-type", "NodePort", "type of the apiserver Service: NodePort, LoadBalancer or ClusterIP")
+	f.StringVar(&opts.APIServerImage, "apiserver-image", "", "image of the clustermesh-apiserver")
+	f.StringVar(&opts.AgentImage, "agent-image", "", "image of the clustermesh-agent")
+	f.StringVar(&caCert, "ca-cert", "", "PEM file of a CA certificate to use (with --ca-key)")
+	f.StringVar(&caKey, "ca-key", "", "PEM file of the CA's private key")
+	f.StringVar(&inheritFrom, "inherit-ca-from", "", "kubeconfig context of an enabled cluster whose CA to share")
+	f.BoolVar(&opts.ReplaceCA, "replace-ca", false, "replace a different CA the cluster already has (re-issues every certificate)")
+	_ = cmd.MarkFlagRequired("cluster-name")
+	_ = cmd.MarkFlagRequired("cluster-id")
+	_ = cmd.RegisterFlagCompletionFunc("inherit-ca-from", g.completeContexts)
+	_ = cmd.RegisterFlagCompletionFunc("service-type", cobra.FixedCompletions([]string{"NodePort", "LoadBalancer", "ClusterIP"}, cobra.ShellCompDirectiveNoFileComp))
+	return cmd
+}

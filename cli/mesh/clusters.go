@@ -1,0 +1,235 @@
+package mesh
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
+	"sigs.k8s.io/yaml"
+)
+
+// Connection is the YAML connection file of one cluster, the format the
+// kvstore package reads. Paths are relative to the file's directory.
+type Connection struct {
+	Endpoints     []string `json:"endpoints"`
+	TrustedCAFile string   `json:"trusted-ca-file"`
+	CertFile      string   `json:"cert-file"`
+	KeyFile       string   `json:"key-file"`
+	// Optional timeouts (Go durations) the kvstore client honours.
+	DialTimeout    string `json:"dial-timeout,omitempty"`
+	RequestTimeout string `json:"request-timeout,omitempty"`
+}
+
+// Suffixes of the certificate keys of a cluster's entry in the clusters
+// Secret.
+const (
+	SuffixCA   = ".ca.crt"
+	SuffixCert = ".client.crt"
+	SuffixKey  = ".client.key"
+)
+
+// annotationIDPrefix prefixes the annotation on the clusters Secret recording
+// each entry's cluster ID, so that connect can check ID uniqueness against
+// clusters it has no context for.
+const annotationIDPrefix = "clustermesh.io/id-"
+
+// Entry is one cluster's connection in a clusters Secret.
+type Entry struct {
+	Name     string
+	ID       uint32
+	Endpoint string
+	CA       []byte
+	Cert     []byte
+	Key      []byte
+}
+
+func (e Entry) put(s *corev1.Secret) error {
+	conn := Connection{
+		Endpoints:     []string{e.Endpoint},
+		TrustedCAFile: e.Name + SuffixCA,
+		CertFile:      e.Name + SuffixCert,
+		KeyFile:       e.Name + SuffixKey,
+	}
+	y, err := yaml.Marshal(conn)
+	if err != nil {
+		return fmt.Errorf("cluster %s: encode connection: %w", e.Name, err)
+	}
+	if s.Data == nil {
+		s.Data = map[string][]byte{}
+	}
+	s.Data[e.Name] = y
+	s.Data[e.Name+SuffixCA] = e.CA
+	s.Data[e.Name+SuffixCert] = e.Cert
+	s.Data[e.Name+SuffixKey] = e.Key
+	if s.Annotations == nil {
+		s.Annotations = map[string]string{}
+	}
+	s.Annotations[annotationIDPrefix+e.Name] = strconv.FormatUint(uint64(e.ID), 10)
+	return nil
+}
+
+func removeEntry(s *corev1.Secret, name string) {
+	for _, k := range []string{name, name + SuffixCA, name + SuffixCert, name + SuffixKey} {
+		delete(s.Data, k)
+	}
+	delete(s.Annotations, annotationIDPrefix+name)
+}
+
+// Entries decodes every cluster entry of a clusters Secret, sorted by name.
+func Entries(s *corev1.Secret) ([]Entry, error) {
+	var out []Entry
+	for k, v := range s.Data {
+		if strings.Contains(k, ".") {
+			continue
+		}
+		var conn Connection
+		if err := yaml.UnmarshalStrict(v, &conn); err != nil {
+			return nil, fmt.Errorf("secret %s/%s: cluster %s: %w", s.Namespace, s.Name, k, err)
+		}
+		e := Entry{Name: k, CA: s.Data[conn.TrustedCAFile], Cert: s.Data[conn.CertFile], Key: s.Data[conn.KeyFile]}
+		if len(conn.Endpoints) > 0 {
+			e.Endpoint = conn.Endpoints[0]
+		}
+		if id, err := strconv.ParseUint(s.Annotations[annotationIDPrefix+k], 10, 32); err == nil {
+			e.ID = uint32(id)
+		}
+		out = append(out, e)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// ClustersSecret returns the cluster's clusters Secret, or an empty one if
+// it does not exist yet.
+func (c *Cluster) ClustersSecret(ctx context.Context) (*corev1.Secret, error) {
+	s, err := c.getSecret(ctx, SecretClusters)
+	if err != nil {
+		return nil, err
+	}
+	if s == nil {
+		s = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: SecretClusters, Namespace: c.Namespace}}
+	}
+	return s, nil
+}
+
+// updateClusters applies mutate to the clusters Secret with optimistic
+// concurrency, creating the Secret if needed. Nothing is written when mutate
+// leaves the Secret unchanged.
+func (c *Cluster) updateClusters(ctx context.Context, mutate func(*corev1.Secret) error) error {
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		s, err := c.ClustersSecret(ctx)
+		if err != nil {
+			return err
+		}
+		before := s.DeepCopy()
+		if err := mutate(s); err != nil {
+			return err
+		}
+		secrets := c.Kube.CoreV1().Secrets(c.Namespace)
+		switch {
+		case s.ResourceVersion == "":
+			if s.Labels == nil {
+				s.Labels = map[string]string{}
+			}
+			s.Labels["app.kubernetes.io/part-of"] = "clustermesh"
+			s.Type = corev1.SecretTypeOpaque
+			_, err = secrets.Create(ctx, s, metav1.CreateOptions{FieldManager: FieldManager})
+			if apierrors.IsAlreadyExists(err) {
+				return apierrors.NewConflict(corev1.Resource("secrets"), s.Name, err)
+			}
+		case sameData(before, s):
+			return nil
+		default:
+			_, err = secrets.Update(ctx, s, metav1.UpdateOptions{FieldManager: FieldManager})
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("context %s: update secret %s/%s: %w", c.Context, c.Namespace, SecretClusters, err)
+	}
+	return nil
+}
+
+func sameData(a, b *corev1.Secret) bool {
+	if len(a.Data) != len(b.Data) || len(a.Annotations) != len(b.Annotations) {
+		return false
+	}
+	for k, v := range a.Data {
+		if w, ok := b.Data[k]; !ok || string(v) != string(w) {
+			return false
+		}
+	}
+	for k, v := range a.Annotations {
+		if w, ok := b.Annotations[k]; !ok || v != w {
+			return false
+		}
+	}
+	return true
+}
+
+// WriteClustersDir writes the cluster's clusters Secret into dir as the
+// kubelet mounts it, one file per key: the agent's --clusters-dir. Files of
+// entries no longer in the Secret are removed. It is the hook test harnesses
+// use to run agents outside Kubernetes.
+func (c *Cluster) WriteClustersDir(ctx context.Context, dir string) error {
+	s, err := c.ClustersSecret(ctx)
+	if err != nil {
+		return err
+	}
+	return writeSecretDir(s, dir)
+}
+
+// WriteSecretDir writes one Secret of the cluster (e.g. SecretServer for the
+// apiserver's etcd, SecretAdmin for its writer) into dir, one file per key.
+func (c *Cluster) WriteSecretDir(ctx context.Context, name, dir string) error {
+	s, err := c.getSecret(ctx, name)
+	if err != nil {
+		return err
+	}
+	if s == nil {
+		return fmt.Errorf("context %s: %w: secret %s/%s not found", c.Context, ErrNotEnabled, c.Namespace, name)
+	}
+	return writeSecretDir(s, dir)
+}
+
+func writeSecretDir(s *corev1.Secret, dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("secret %s: %w", s.Name, err)
+	}
+	// Write to a temporary name and rename, so a reader watching dir never
+	// sees a half-written file.
+	for k, v := range s.Data {
+		tmp := filepath.Join(dir, ".tmp-"+k)
+		if err := os.WriteFile(tmp, v, 0o600); err != nil {
+			return fmt.Errorf("secret %s: key %s: %w", s.Name, k, err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, k)); err != nil {
+			return fmt.Errorf("secret %s: key %s: %w", s.Name, k, err)
+		}
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("secret %s: %w", s.Name, err)
+	}
+	keys := make([]string, 0, len(s.Data))
+	for k := range s.Data {
+		keys = append(keys, k)
+	}
+	for _, e := range ents {
+		if !e.IsDir() && !slices.Contains(keys, e.Name()) {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+				return fmt.Errorf("secret %s: %w", s.Name, err)
+			}
+		}
+	}
+	return nil
+}

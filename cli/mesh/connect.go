@@ -1,0 +1,300 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/pki"
+)
+
+// ConnectOptions configure connect.
+type ConnectOptions struct {
+	// DestinationEndpoints override the endpoint of destinations, keyed by
+	// kubeconfig context.
+	DestinationEndpoints map[string]string
+	// SkipReachability skips the TLS dial of every endpoint (for operators
+	// whose laptop cannot reach the stores; the agents will report).
+	SkipReachability bool
+	Log              *slog.Logger
+}
+
+// member is everything connect needs from one side.
+type member struct {
+	c        *Cluster
+	info     Info
+	ca       *pki.CA
+	remote   Credentials // the client certificate this cluster's agents present to peers
+	podCIDRs []netip.Prefix
+	existing []Entry // current entries of its clusters Secret
+}
+
+func loadMember(ctx context.Context, c *Cluster, endpointOverride string) (*member, error) {
+	info, err := c.ReadInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if endpointOverride != "" {
+		if _, err := endpointHost(endpointOverride); err != nil {
+			return nil, fmt.Errorf("context %s: %w", c.Context, err)
+		}
+		info.Endpoint = endpointOverride
+	}
+	ca, err := c.LoadCA(ctx)
+	if err != nil {
+		return nil, err
+	}
+	remote, err := c.credentials(ctx, SecretRemote)
+	if err != nil {
+		return nil, err
+	}
+	cidrs, err := c.PodCIDRs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s, err := c.ClustersSecret(ctx)
+	if err != nil {
+		return nil, err
+	}
+	existing, err := Entries(s)
+	if err != nil {
+		return nil, fmt.Errorf("context %s: %w", c.Context, err)
+	}
+	return &member{c: c, info: *info, ca: ca, remote: remote, podCIDRs: cidrs, existing: existing}, nil
+}
+
+// PodCIDRs returns the pod CIDRs of every node (spec.podCIDRs).
+func (c *Cluster) PodCIDRs(ctx context.Context) ([]netip.Prefix, error) {
+	nodes, err := c.Kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("context %s: list nodes: %w", c.Context, err)
+	}
+	var out []netip.Prefix
+	for _, n := range nodes.Items {
+		cidrs := n.Spec.PodCIDRs
+		if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+			cidrs = []string{n.Spec.PodCIDR}
+		}
+		for _, s := range cidrs {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				return nil, fmt.Errorf("context %s: node %s: pod CIDR %q: %w", c.Context, n.Name, s, err)
+			}
+			out = append(out, p.Masked())
+		}
+	}
+	return out, nil
+}
+
+// checkPair reports every reason a and b cannot be connected.
+func checkPair(ctx context.Context, a, b *member, skipDial bool) []Problem {
+	var ps []Problem
+	an, bn := a.info.Name, b.info.Name
+	if an == bn {
+		ps = append(ps, problem(ErrNameCollision,
+			fmt.Sprintf("clusters must have unique names; re-enable one in a fresh install with another --cluster-name (delete namespace %s in context %s first)", b.c.Namespace, b.c.Context),
+			"contexts %s and %s are both named %q", a.c.Context, b.c.Context, an))
+	}
+	if a.info.ID == b.info.ID {
+		ps = append(ps, problem(ErrIDCollision,
+			fmt.Sprintf("give each cluster a unique --cluster-id: delete namespace %s in context %s and run clustermesh enable %s --cluster-name %s --cluster-id <unused ID>", b.c.Namespace, b.c.Context, b.c.ctxFlag(), bn),
+			"clusters %s (context %s) and %s (context %s) both have cluster ID %d", an, a.c.Context, bn, b.c.Context, a.info.ID))
+	}
+	if a.info.MaxClusterID != b.info.MaxClusterID {
+		ps = append(ps, problem(ErrMaxIDMismatch, "enable every cluster of a mesh with the same --max-cluster-id",
+			"cluster %s has max cluster ID %d, cluster %s has %d", an, a.info.MaxClusterID, bn, b.info.MaxClusterID))
+	}
+	// Clusters already connected to one side must not clash with the other.
+	for _, pair := range [][2]*member{{a, b}, {b, a}} {
+		x, y := pair[0], pair[1]
+		for _, e := range x.existing {
+			if e.Name == x.info.Name || e.Name == y.info.Name {
+				if e.Name == y.info.Name && e.ID != 0 && e.ID != y.info.ID {
+					ps = append(ps, problem(ErrIDCollision,
+						fmt.Sprintf("disconnect the stale entry first: clustermesh disconnect %s --destination-cluster %s", x.c.ctxFlag(), e.Name),
+						"cluster %s already has an entry for %s with cluster ID %d, but %s now has ID %d", x.info.Name, e.Name, e.ID, y.info.Name, y.info.ID))
+				}
+				continue
+			}
+			if e.ID == y.info.ID {
+				ps = append(ps, problem(ErrIDCollision,
+					fmt.Sprintf("cluster IDs must be unique in the mesh; give %s another --cluster-id or disconnect %s from %s", y.info.Name, e.Name, x.info.Name),
+					"cluster %s is connected to %s, which has cluster ID %d, the same as %s", x.info.Name, e.Name, e.ID, y.info.Name))
+			}
+		}
+	}
+	if !a.ca.Certificate().Equal(b.ca.Certificate()) {
+		ps = append(ps, problem(ErrUntrusted,
+			fmt.Sprintf("make %s trust the same CA: clustermesh enable %s --cluster-name %s --cluster-id %d --inherit-ca-from %s --replace-ca (re-issues %s's certificates)",
+				bn, b.c.ctxFlag(), bn, b.info.ID, a.c.Context, bn),
+			"clusters %s and %s have different CAs (%s's CA serial %s, %s's CA serial %s)",
+			an, bn, an, a.ca.Certificate().SerialNumber.Text(16)[:8], bn, b.ca.Certificate().SerialNumber.Text(16)[:8]))
+	}
+	for _, pa := range a.podCIDRs {
+		for _, pb := range b.podCIDRs {
+			if pa.Overlaps(pb) {
+				ps = append(ps, problem(ErrCIDROverlap,
+					"pod IPs are routed natively between clusters, so every cluster needs its own pod address range; change the cluster-cidr of one cluster",
+					"pod CIDR %s of cluster %s overlaps pod CIDR %s of cluster %s", pa, an, pb, bn))
+			}
+		}
+	}
+	if skipDial || len(ps) > 0 {
+		return ps
+	}
+	// Each side's agents dial the other with their remote certificate.
+	for _, pair := range [][2]*member{{a, b}, {b, a}} {
+		from, to := pair[0], pair[1]
+		if to.info.Endpoint == "" {
+			ps = append(ps, problem(ErrUnreachable, fmt.Sprintf("re-run clustermesh enable %s with --endpoint", to.c.ctxFlag()),
+				"cluster %s records no endpoint", to.info.Name))
+			continue
+		}
+		creds := from.remote
+		creds.CA = to.ca.CertPEM()
+		cn, err := checkTLS(ctx, to.info.Endpoint, creds)
+		if err != nil {
+			ps = append(ps, problem(ErrUnreachable,
+				fmt.Sprintf("check that the clustermesh-apiserver of %s runs (clustermesh status %s) and that %s is reachable from %s's nodes; or pass --destination-endpoint",
+					to.info.Name, to.c.ctxFlag(), to.info.Endpoint, from.info.Name),
+				"cluster %s cannot reach the store of %s at %s: %v", from.info.Name, to.info.Name, to.info.Endpoint, err))
+			continue
+		}
+		if want := to.info.Name + ".clustermesh"; cn != want {
+			ps = append(ps, problem(ErrWrongCluster,
+				fmt.Sprintf("point %s's endpoint at its own clustermesh-apiserver (clustermesh enable ... --endpoint, or --destination-endpoint)", to.info.Name),
+				"endpoint %s of cluster %s presents the certificate of %q", to.info.Endpoint, to.info.Name, strings.TrimSuffix(cn, ".clustermesh")))
+		}
+	}
+	return ps
+}
+
+// peerEntry is the entry `to` is known by in `from`'s clusters Secret.
+func peerEntry(from, to *member) Entry {
+	return Entry{Name: to.info.Name, ID: to.info.ID, Endpoint: to.info.Endpoint, CA: to.ca.CertPEM(), Cert: from.remote.Cert, Key: from.remote.Key}
+}
+
+// Connect connects src with every destination (and nothing else: the
+// destinations are not connected with each other). It checks every pair
+// first and changes nothing when any check fails, returning a *CheckError.
+func Connect(ctx context.Context, src *Cluster, dsts []*Cluster, opts ConnectOptions) error {
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if len(dsts) == 0 {
+		return fmt.Errorf("%w: connect needs at least one destination context", ErrInvalidArgument)
+	}
+	a, err := loadMember(ctx, src, "")
+	if err != nil {
+		return err
+	}
+	var bs []*member
+	for _, d := range dsts {
+		if d.Context == src.Context {
+			return fmt.Errorf("%w: context %s is both source and destination", ErrInvalidArgument, d.Context)
+		}
+		b, err := loadMember(ctx, d, opts.DestinationEndpoints[d.Context])
+		if err != nil {
+			return err
+		}
+		bs = append(bs, b)
+	}
+	var ps []Problem
+	for i, b := range bs {
+		ps = append(ps, checkPair(ctx, a, b, opts.SkipReachability)...)
+		// Destinations do not talk to each other, but they will share a's
+		// view: names and IDs must still be unique among them.
+		for _, b2 := range bs[i+1:] {
+			if b.info.Name == b2.info.Name {
+				ps = append(ps, problem(ErrNameCollision, "clusters must have unique names", "destinations %s and %s are both named %q", b.c.Context, b2.c.Context, b.info.Name))
+			}
+			if b.info.ID == b2.info.ID {
+				ps = append(ps, problem(ErrIDCollision, "clusters must have unique cluster IDs", "destinations %s and %s both have cluster ID %d", b.info.Name, b2.info.Name, b.info.ID))
+			}
+		}
+	}
+	if len(ps) > 0 {
+		return &CheckError{Op: "connect", Problems: ps}
+	}
+	for _, b := range bs {
+		for _, pair := range [][2]*member{{a, b}, {b, a}} {
+			from, to := pair[0], pair[1]
+			e := peerEntry(from, to)
+			if err := from.c.updateClusters(ctx, func(s *corev1.Secret) error { return e.put(s) }); err != nil {
+				return err
+			}
+		}
+		log.Info("connected", "cluster", a.info.Name, "peer", b.info.Name)
+	}
+	for _, m := range append([]*member{a}, bs...) {
+		if err := m.c.writeOwnEntry(ctx, m.info); err != nil && !errors.Is(err, ErrNotEnabled) {
+			return err
+		}
+	}
+	return nil
+}
+
+// DisconnectOptions configure disconnect.
+type DisconnectOptions struct {
+	// Clusters names peers to drop from src by cluster name, for peers whose
+	// context is gone; only src's side is edited for them.
+	Clusters []string
+	Log      *slog.Logger
+}
+
+// Disconnect removes the entries of src and each destination from each
+// other's clusters Secrets. Agents stop following the peer when their mount
+// updates. Disconnecting clusters that are not connected is a no-op.
+func Disconnect(ctx context.Context, src *Cluster, dsts []*Cluster, opts DisconnectOptions) error {
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	si, err := src.ReadInfo(ctx)
+	if err != nil {
+		return err
+	}
+	drop := func(c *Cluster, name string) error {
+		return c.updateClusters(ctx, func(s *corev1.Secret) error {
+			removeEntry(s, name)
+			return nil
+		})
+	}
+	for _, d := range dsts {
+		di, err := d.ReadInfo(ctx)
+		if err != nil {
+			return err
+		}
+		if di.Name == si.Name {
+			return fmt.Errorf("%w: contexts %s and %s are the same cluster %s", ErrInvalidArgument, src.Context, d.Context, si.Name)
+		}
+		if err := drop(src, di.Name); err != nil {
+			return err
+		}
+		if err := drop(d, si.Name); err != nil {
+			return err
+		}
+		log.Info("disconnected", "cluster", si.Name, "peer", di.Name)
+	}
+	for _, name := range opts.Clusters {
+		if name == si.Name {
+			return fmt.Errorf("%w: cluster %s cannot be disconnected from itself", ErrInvalidArgument, name)
+		}
+		if err := api.ValidateClusterName(name); err != nil {
+			return err
+		}
+		if err := drop(src, name); err != nil {
+			return err
+		}
+		log.Info("disconnected", "cluster", si.Name, "peer", name)
+	}
+	return nil
+}

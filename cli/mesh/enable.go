@@ -1,0 +1,361 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/deploy"
+	"github.com/clustermesh/clustermesh/pki"
+)
+
+// EnableOptions configure enable.
+type EnableOptions struct {
+	ClusterName  string
+	ClusterID    uint32
+	MaxClusterID uint32 // 0 means api.DefaultMaxClusterID
+	// Endpoint is the address peers dial for this cluster's store
+	// ("https://host:port"). Empty: keep the one recorded by a previous
+	// enable, else derive it from the Service (LoadBalancer ingress,
+	// NodePort on the first node's InternalIP, or the ClusterIP).
+	Endpoint string
+	// ServiceType of the apiserver Service; empty means NodePort.
+	ServiceType    string
+	APIServerImage string
+	AgentImage     string
+	// CA, if set, is the CA to use (given files or another cluster's CA, so
+	// that clusters share trust). Nil: reuse the cluster's CA or create one.
+	CA *pki.CA
+	// ReplaceCA allows CA to replace a different CA the cluster already
+	// has; every leaf certificate is then re-issued and existing
+	// connections must be re-made.
+	ReplaceCA bool
+	Log       *slog.Logger
+}
+
+// EnableResult says what enable settled on.
+type EnableResult struct {
+	ClusterName string
+	ClusterID   uint32
+	Endpoint    string
+	// CreatedCA is set when enable created a new CA.
+	CreatedCA bool
+}
+
+// Info is what the CLI reads back about an enabled cluster.
+type Info struct {
+	Name         string
+	ID           uint32
+	MaxClusterID uint32
+	Endpoint     string
+}
+
+// ReadInfo reads the cluster's clustermesh-config ConfigMap. It returns an
+// error wrapping ErrNotEnabled when clustermesh is not installed.
+func (c *Cluster) ReadInfo(ctx context.Context) (*Info, error) {
+	cm, err := c.Kube.CoreV1().ConfigMaps(c.Namespace).Get(ctx, ConfigMapName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("context %s: %w (ConfigMap %s/%s not found); run: clustermesh enable %s --cluster-name NAME --cluster-id ID",
+			c.Context, ErrNotEnabled, c.Namespace, ConfigMapName, c.ctxFlag())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("context %s: get ConfigMap %s/%s: %w", c.Context, c.Namespace, ConfigMapName, err)
+	}
+	id, err := strconv.ParseUint(cm.Data["cluster-id"], 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("context %s: ConfigMap %s/%s: cluster-id %q: %w", c.Context, c.Namespace, ConfigMapName, cm.Data["cluster-id"], err)
+	}
+	maxID, err := strconv.ParseUint(cm.Data["max-cluster-id"], 10, 32)
+	if err != nil {
+		maxID = api.DefaultMaxClusterID
+	}
+	return &Info{Name: cm.Data["cluster-name"], ID: uint32(id), MaxClusterID: uint32(maxID), Endpoint: cm.Data["endpoint"]}, nil
+}
+
+var gvrByKind = map[string]schema.GroupVersionResource{
+	"Namespace":          {Version: "v1", Resource: "namespaces"},
+	"ServiceAccount":     {Version: "v1", Resource: "serviceaccounts"},
+	"Service":            {Version: "v1", Resource: "services"},
+	"ConfigMap":          {Version: "v1", Resource: "configmaps"},
+	"Secret":             {Version: "v1", Resource: "secrets"},
+	"ClusterRole":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
+	"ClusterRoleBinding": {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
+	"Deployment":         {Group: "apps", Version: "v1", Resource: "deployments"},
+	"DaemonSet":          {Group: "apps", Version: "v1", Resource: "daemonsets"},
+}
+
+// apply server-side applies rendered objects in order.
+func (c *Cluster) apply(ctx context.Context, objs []*unstructured.Unstructured) error {
+	for _, o := range objs {
+		gvr, ok := gvrByKind[o.GetKind()]
+		if !ok {
+			return fmt.Errorf("context %s: %s %s: kind not supported by apply", c.Context, o.GetKind(), o.GetName())
+		}
+		var ri interface {
+			Apply(context.Context, string, *unstructured.Unstructured, metav1.ApplyOptions, ...string) (*unstructured.Unstructured, error)
+		} = c.Dynamic.Resource(gvr)
+		if ns := o.GetNamespace(); ns != "" {
+			ri = c.Dynamic.Resource(gvr).Namespace(ns)
+		}
+		if _, err := ri.Apply(ctx, o.GetName(), o, metav1.ApplyOptions{FieldManager: FieldManager, Force: true}); err != nil {
+			return fmt.Errorf("context %s: apply %s %s: %w", c.Context, o.GetKind(), o.GetName(), err)
+		}
+	}
+	return nil
+}
+
+func renderFiles(v deploy.Values, files ...string) ([]*unstructured.Unstructured, error) {
+	var all []*unstructured.Unstructured
+	for _, f := range files {
+		objs, err := deploy.Render(f, v)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, objs...)
+	}
+	return all, nil
+}
+
+// Enable installs clustermesh into the cluster, or converges an existing
+// installation to opts. Running it twice with the same options changes
+// nothing.
+func Enable(ctx context.Context, c *Cluster, opts EnableOptions) (*EnableResult, error) {
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if opts.MaxClusterID == 0 {
+		opts.MaxClusterID = api.DefaultMaxClusterID
+	}
+	if err := api.ValidateClusterName(opts.ClusterName); err != nil {
+		return nil, fmt.Errorf("context %s: %w", c.Context, err)
+	}
+	if err := api.ValidateClusterID(opts.ClusterID, opts.MaxClusterID); err != nil {
+		return nil, fmt.Errorf("context %s: %w", c.Context, err)
+	}
+	if opts.Endpoint != "" {
+		if _, err := endpointHost(opts.Endpoint); err != nil {
+			return nil, fmt.Errorf("context %s: %w", c.Context, err)
+		}
+	}
+
+	// An installed cluster keeps its name and ID: identities and peers'
+	// connections carry them.
+	info, err := c.ReadInfo(ctx)
+	switch {
+	case err == nil:
+		if info.Name != opts.ClusterName || info.ID != opts.ClusterID {
+			return nil, fmt.Errorf("context %s: %w: it is enabled as %s (ID %d), not %s (ID %d); re-run with --cluster-name %s --cluster-id %d, or delete namespace %s to start over",
+				c.Context, ErrAlreadyEnabled, info.Name, info.ID, opts.ClusterName, opts.ClusterID, info.Name, info.ID, c.Namespace)
+		}
+		if opts.Endpoint == "" {
+			opts.Endpoint = info.Endpoint
+		}
+	case !isNotEnabled(err):
+		return nil, err
+	}
+
+	v := deploy.DefaultValues()
+	v.Namespace = c.Namespace
+	v.ClusterName, v.ClusterID, v.MaxClusterID = opts.ClusterName, opts.ClusterID, opts.MaxClusterID
+	if opts.ServiceType != "" {
+		v.ServiceType = opts.ServiceType
+	}
+	if opts.APIServerImage != "" {
+		v.APIServerImage = opts.APIServerImage
+	}
+	if opts.AgentImage != "" {
+		v.AgentImage = opts.AgentImage
+	}
+
+	objs, err := renderFiles(v, deploy.FileNamespace, deploy.FileRBAC, deploy.FileService)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.apply(ctx, objs); err != nil {
+		return nil, err
+	}
+	log.Info("applied namespace, RBAC and service", "context", c.Context, "cluster", opts.ClusterName)
+
+	svc, err := c.Kube.CoreV1().Services(c.Namespace).Get(ctx, ServiceName, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("context %s: get service %s/%s: %w", c.Context, c.Namespace, ServiceName, err)
+	}
+	if opts.Endpoint == "" {
+		opts.Endpoint, err = c.deriveEndpoint(ctx, svc)
+		if err != nil {
+			return nil, err
+		}
+	}
+	v.Endpoint = opts.Endpoint
+
+	ca, created, err := c.ensureCA(ctx, opts.CA, opts.ReplaceCA)
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		log.Info("created CA", "context", c.Context, "cluster", opts.ClusterName)
+	}
+	if err := c.issueLeaves(ctx, ca, opts.ClusterName, opts.Endpoint, svc, false); err != nil {
+		return nil, err
+	}
+
+	objs, err = renderFiles(v, deploy.FileConfig, deploy.FileDeployment, deploy.FileDaemonSet)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.apply(ctx, objs); err != nil {
+		return nil, err
+	}
+	if err := c.writeOwnEntry(ctx, Info{Name: opts.ClusterName, ID: opts.ClusterID, Endpoint: opts.Endpoint}); err != nil {
+		return nil, err
+	}
+	log.Info("enabled", "context", c.Context, "cluster", opts.ClusterName, "id", opts.ClusterID, "endpoint", opts.Endpoint)
+	return &EnableResult{ClusterName: opts.ClusterName, ClusterID: opts.ClusterID, Endpoint: opts.Endpoint, CreatedCA: created}, nil
+}
+
+// issueLeaves makes sure every leaf certificate Secret holds a good
+// certificate; force re-issues all of them.
+func (c *Cluster) issueLeaves(ctx context.Context, ca *pki.CA, name, endpoint string, svc *corev1.Service, force bool) error {
+	hosts := []string{svc.Spec.ClusterIP}
+	if h, err := endpointHost(endpoint); err == nil {
+		hosts = append(hosts, h)
+	}
+	for _, ing := range svc.Status.LoadBalancer.Ingress {
+		hosts = append(hosts, ing.IP, ing.Hostname)
+	}
+	specs := append([]leafSpec{serverLeaf(c.Namespace, name, hosts)}, clientLeaves()...)
+	for _, spec := range specs {
+		if _, err := c.ensureLeaf(ctx, ca, spec, force); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeOwnEntry puts the cluster's own store into its clusters Secret, with
+// the agent certificate, so local agents follow the local store.
+func (c *Cluster) writeOwnEntry(ctx context.Context, info Info) error {
+	agent, err := c.getSecret(ctx, SecretAgent)
+	if err != nil {
+		return err
+	}
+	if agent == nil {
+		return fmt.Errorf("context %s: %w: secret %s/%s not found", c.Context, ErrNotEnabled, c.Namespace, SecretAgent)
+	}
+	e := Entry{Name: info.Name, ID: info.ID, Endpoint: info.Endpoint, CA: agent.Data[KeyCACert], Cert: agent.Data[KeyCert], Key: agent.Data[KeyKey]}
+	return c.updateClusters(ctx, func(s *corev1.Secret) error { return e.put(s) })
+}
+
+func isNotEnabled(err error) bool {
+	return err != nil && errors.Is(err, ErrNotEnabled)
+}
+
+// ensureCA returns the CA to sign with: the given one (stored if the
+// cluster has none, refused if the cluster has another unless replace), the
+// cluster's existing one, or a new one.
+func (c *Cluster) ensureCA(ctx context.Context, given *pki.CA, replace bool) (*pki.CA, bool, error) {
+	existing, err := c.LoadCA(ctx)
+	if err != nil && !isNotEnabled(err) {
+		return nil, false, err
+	}
+	switch {
+	case given == nil && existing != nil:
+		return existing, false, c.storeCA(ctx, existing)
+	case given != nil && existing != nil && !existing.Certificate().Equal(given.Certificate()) && !replace:
+		return nil, false, fmt.Errorf("context %s: %w (CA %q, the given one is %q); re-run with --replace-ca to replace it and re-issue every certificate (connections must then be re-made with connect)",
+			c.Context, ErrCAMismatch, existing.Certificate().Subject.CommonName, given.Certificate().Subject.CommonName)
+	case given != nil:
+		return given, false, c.storeCA(ctx, given)
+	}
+	ca, err := pki.NewCA("clustermesh-ca", 0)
+	if err != nil {
+		return nil, false, fmt.Errorf("context %s: %w", c.Context, err)
+	}
+	return ca, true, c.storeCA(ctx, ca)
+}
+
+func (c *Cluster) storeCA(ctx context.Context, ca *pki.CA) error {
+	return c.applySecret(ctx, SecretCA, corev1.SecretTypeOpaque, map[string][]byte{KeyCACert: ca.CertPEM(), KeyCAKey: ca.KeyPEM()})
+}
+
+// deriveEndpoint picks the address peers dial when none was given.
+func (c *Cluster) deriveEndpoint(ctx context.Context, svc *corev1.Service) (string, error) {
+	var port int32
+	for _, p := range svc.Spec.Ports {
+		if p.Name == "etcd" {
+			port = p.Port
+			if svc.Spec.Type == corev1.ServiceTypeNodePort {
+				port = p.NodePort
+			}
+		}
+	}
+	switch svc.Spec.Type {
+	case corev1.ServiceTypeLoadBalancer:
+		for _, ing := range svc.Status.LoadBalancer.Ingress {
+			host := ing.IP
+			if host == "" {
+				host = ing.Hostname
+			}
+			if host != "" {
+				return endpointURL(host, port), nil
+			}
+		}
+		return "", fmt.Errorf("context %s: %w: service %s/%s has no load balancer address yet; re-run enable when it has one, or pass --endpoint",
+			c.Context, ErrNotReady, c.Namespace, ServiceName)
+	case corev1.ServiceTypeNodePort:
+		nodes, err := c.Kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return "", fmt.Errorf("context %s: list nodes: %w", c.Context, err)
+		}
+		for _, n := range nodes.Items {
+			for _, a := range n.Status.Addresses {
+				if a.Type == corev1.NodeInternalIP {
+					return endpointURL(a.Address, port), nil
+				}
+			}
+		}
+		return "", fmt.Errorf("context %s: %w: no node has an InternalIP to reach NodePort %d; pass --endpoint", c.Context, ErrNotReady, port)
+	}
+	return endpointURL(svc.Spec.ClusterIP, port), nil
+}
+
+func endpointURL(host string, port int32) string {
+	return "https://" + net.JoinHostPort(host, strconv.Itoa(int(port)))
+}
+
+// endpointHost returns the host of an endpoint given as https://host:port or
+// host:port.
+func endpointHost(ep string) (string, error) {
+	hostport := ep
+	if u, err := url.Parse(ep); err == nil && u.Scheme != "" && u.Host != "" {
+		if u.Scheme != "https" {
+			return "", fmt.Errorf("%w: endpoint %q: scheme must be https (the store is served over mTLS)", ErrInvalidArgument, ep)
+		}
+		hostport = u.Host
+	}
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil || host == "" || port == "" {
+		return "", fmt.Errorf("%w: endpoint %q: want https://HOST:PORT", ErrInvalidArgument, ep)
+	}
+	return host, nil
+}
+
+// dialAddr returns host:port of an endpoint.
+func dialAddr(ep string) string {
+	if u, err := url.Parse(ep); err == nil && u.Scheme != "" && u.Host != "" {
+		return u.Host
+	}
+	return ep
+}

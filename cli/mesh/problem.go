@@ -1,0 +1,54 @@
+package mesh
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Problem is one thing wrong, why, and how to fix it.
+type Problem struct {
+	// Err is one of the package's sentinel errors.
+	Err error `json:"-"`
+	// Reason names the objects involved and what is wrong with them.
+	Reason string `json:"reason"`
+	// Fix is the next step: a command to run or an action to take.
+	Fix string `json:"fix,omitempty"`
+}
+
+func (p Problem) String() string {
+	if p.Fix == "" {
+		return p.Reason
+	}
+	return p.Reason + "\n    fix: " + p.Fix
+}
+
+func problem(err error, fix, format string, args ...any) Problem {
+	return Problem{Err: err, Reason: fmt.Sprintf(format, args...), Fix: fix}
+}
+
+// CheckError is returned when checks found problems; nothing was changed.
+type CheckError struct {
+	Op       string
+	Problems []Problem
+}
+
+func (e *CheckError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s refused: %d problem(s):", e.Op, len(e.Problems))
+	for _, p := range e.Problems {
+		b.WriteString("\n  - ")
+		b.WriteString(p.String())
+	}
+	return b.String()
+}
+
+// Unwrap lets errors.Is match any problem's sentinel.
+func (e *CheckError) Unwrap() []error {
+	errs := make([]error, 0, len(e.Problems))
+	for _, p := range e.Problems {
+		if p.Err != nil {
+			errs = append(errs, p.Err)
+		}
+	}
+	return errs
+}

@@ -1,0 +1,73 @@
+package mesh
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// RotateOptions configure certs rotate.
+type RotateOptions struct {
+	Log *slog.Logger
+}
+
+// RotateCerts re-issues every leaf certificate of the cluster (server, admin,
+// remote, agent) from the same CA and rewrites the cluster's clusters Secret
+// to carry the new client certificates.
+//
+// Nothing loses its connection: the CA does not change, so old and new
+// certificates are valid side by side until the old ones expire. Established
+// TLS sessions keep going; the apiserver's etcd and the agents present or
+// accept the new files once the kubelet refreshes the Secret mounts, and
+// every new handshake uses them. Peers need no change: their entries hold
+// the CA (unchanged) and their own client certificates.
+func RotateCerts(ctx context.Context, c *Cluster, opts RotateOptions) error {
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	info, err := c.ReadInfo(ctx)
+	if err != nil {
+		return err
+	}
+	ca, err := c.LoadCA(ctx)
+	if err != nil {
+		return err
+	}
+	svc, err := c.Kube.CoreV1().Services(c.Namespace).Get(ctx, ServiceName, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("context %s: get service %s/%s: %w", c.Context, c.Namespace, ServiceName, err)
+	}
+	if err := c.issueLeaves(ctx, ca, info.Name, info.Endpoint, svc, true); err != nil {
+		return err
+	}
+	log.Info("re-issued certificates", "context", c.Context, "cluster", info.Name)
+	remote, err := c.credentials(ctx, SecretRemote)
+	if err != nil {
+		return err
+	}
+	agent, err := c.credentials(ctx, SecretAgent)
+	if err != nil {
+		return err
+	}
+	return c.updateClusters(ctx, func(s *corev1.Secret) error {
+		entries, err := Entries(s)
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if e.Name == info.Name {
+				e.Cert, e.Key = agent.Cert, agent.Key
+			} else {
+				e.Cert, e.Key = remote.Cert, remote.Key
+			}
+			if err := e.put(s); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}

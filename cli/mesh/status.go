@@ -1,0 +1,297 @@
+package mesh
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/clustermesh/clustermesh/agent/status"
+	"github.com/clustermesh/clustermesh/api"
+)
+
+// StatusOptions configure status.
+type StatusOptions struct {
+	StoreOptions
+	// Now is the time certificate expiry is judged against; zero means now.
+	Now time.Time
+}
+
+// Status is the state of one cluster's mesh installation as the CLI sees it.
+type Status struct {
+	Context   string          `json:"context"`
+	Cluster   string          `json:"cluster"`
+	ID        uint32          `json:"id"`
+	Endpoint  string          `json:"endpoint"`
+	APIServer APIServerStatus `json:"apiserver"`
+	// AgentsReporting is how many agents publish a status in the store;
+	// AgentsExpected is what the DaemonSet wants scheduled (0 when the
+	// agents do not run as a DaemonSet).
+	AgentsReporting int `json:"agentsReporting"`
+	AgentsExpected  int `json:"agentsExpected"`
+	// Clusters are the clusters agents follow: the cluster itself first,
+	// then every connected peer.
+	Clusters     []ClusterStatus `json:"clusters"`
+	Certificates []CertStatus    `json:"certificates"`
+	Problems     []Problem       `json:"problems,omitempty"`
+	Ready        bool            `json:"ready"`
+}
+
+// APIServerStatus is the state of the cluster's clustermesh-apiserver.
+type APIServerStatus struct {
+	// Deployment is "ready/desired" replicas, or "absent".
+	Deployment string `json:"deployment"`
+	// StoreReachable is true when the CLI could read the store.
+	StoreReachable bool   `json:"storeReachable"`
+	StoreError     string `json:"storeError,omitempty"`
+	// ClusterConfig is true once the apiserver wrote the cluster's config.
+	ClusterConfig bool `json:"clusterConfig"`
+	// SyncedKinds lists the kinds whose initial export is complete.
+	SyncedKinds []string `json:"syncedKinds"`
+	Synced      bool     `json:"synced"`
+}
+
+// ClusterStatus is how this cluster's agents are doing with one cluster.
+type ClusterStatus struct {
+	Name     string `json:"name"`
+	ID       uint32 `json:"id,omitempty"`
+	Endpoint string `json:"endpoint"`
+	Local    bool   `json:"local"`
+	// Agents counts agents reporting on this cluster; Connected and Synced
+	// count those connected and fully synced.
+	Agents    int `json:"agents"`
+	Connected int `json:"connected"`
+	Synced    int `json:"synced"`
+	// Errors are the distinct last errors agents report for this cluster.
+	Errors []string `json:"errors,omitempty"`
+}
+
+// GetStatus collects the cluster's status. Problems found are listed in
+// Status.Problems with their fixes; an error is returned only when the
+// cluster could not be inspected at all (e.g. not enabled).
+func GetStatus(ctx context.Context, c *Cluster, opts StatusOptions) (*Status, error) {
+	now := opts.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	info, err := c.ReadInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st := &Status{Context: c.Context, Cluster: info.Name, ID: info.ID, Endpoint: info.Endpoint}
+	if opts.Endpoint != "" {
+		st.Endpoint = opts.Endpoint
+	}
+	add := func(p Problem) { st.Problems = append(st.Problems, p) }
+	logsCmd := fmt.Sprintf("kubectl %s -n %s logs deploy/%s", c.ctxFlag(), c.Namespace, DeploymentName)
+
+	// Kubernetes side: the Deployment and DaemonSet, when they exist.
+	st.APIServer.Deployment = "absent"
+	if d, err := c.Kube.AppsV1().Deployments(c.Namespace).Get(ctx, DeploymentName, metav1.GetOptions{}); err == nil {
+		want := int32(1)
+		if d.Spec.Replicas != nil {
+			want = *d.Spec.Replicas
+		}
+		st.APIServer.Deployment = fmt.Sprintf("%d/%d", d.Status.ReadyReplicas, want)
+	} else if !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("context %s: get deployment %s/%s: %w", c.Context, c.Namespace, DeploymentName, err)
+	}
+	if ds, err := c.Kube.AppsV1().DaemonSets(c.Namespace).Get(ctx, DaemonSetName, metav1.GetOptions{}); err == nil {
+		st.AgentsExpected = int(ds.Status.DesiredNumberScheduled)
+	} else if !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("context %s: get daemonset %s/%s: %w", c.Context, c.Namespace, DaemonSetName, err)
+	}
+
+	secret, err := c.ClustersSecret(ctx)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := Entries(secret)
+	if err != nil {
+		return nil, fmt.Errorf("context %s: %w", c.Context, err)
+	}
+	// Own cluster first, then peers by name.
+	sort.SliceStable(entries, func(i, j int) bool { return entries[i].Name == info.Name && entries[j].Name != info.Name })
+	for _, e := range entries {
+		st.Clusters = append(st.Clusters, ClusterStatus{Name: e.Name, ID: e.ID, Endpoint: e.Endpoint, Local: e.Name == info.Name})
+	}
+	if len(entries) == 0 || entries[0].Name != info.Name {
+		add(problem(ErrNotReady, fmt.Sprintf("re-run clustermesh enable %s --cluster-name %s --cluster-id %d", c.ctxFlag(), info.Name, info.ID),
+			"secret %s/%s has no entry for the cluster itself, so its agents do not follow the local store", c.Namespace, SecretClusters))
+	}
+
+	// Store side: the apiserver's export and the agents' statuses.
+	cli, _, err := c.OpenStore(ctx, opts.StoreOptions)
+	if err == nil {
+		defer cli.Close()
+		err = st.readStore(ctx, cli, info.Name)
+	}
+	if err != nil {
+		st.APIServer.StoreError = err.Error()
+		add(problem(ErrUnreachable,
+			fmt.Sprintf("check the apiserver (%s); if %s is not reachable from here, pass --endpoint (e.g. a port-forward)", logsCmd, st.Endpoint),
+			"cannot read the store of cluster %s at %s: %v", info.Name, st.Endpoint, err))
+	} else {
+		st.APIServer.StoreReachable = true
+		if !st.APIServer.ClusterConfig {
+			add(problem(ErrNotReady, "wait for the apiserver to start, or read its log: "+logsCmd,
+				"the apiserver of %s has not written the cluster config (%s) yet", info.Name, api.ClusterKey(info.Name)))
+		}
+		if !st.APIServer.Synced {
+			var missing []string
+			for _, k := range api.SyncedKinds {
+				if !slices.Contains(st.APIServer.SyncedKinds, string(k)) {
+					missing = append(missing, string(k))
+				}
+			}
+			add(problem(ErrNotReady, "wait for the initial export to finish, or read the apiserver log: "+logsCmd,
+				"the apiserver of %s has not finished its initial export of %v", info.Name, missing))
+		}
+		st.agentProblems(c, add)
+	}
+
+	certs, err := c.certStatuses(ctx, now)
+	if err != nil {
+		return nil, err
+	}
+	st.Certificates = certs
+	for _, cs := range certs {
+		if cs.Expiring {
+			fix := "clustermesh certs rotate " + c.ctxFlag()
+			if cs.Secret == SecretCA {
+				fix = "create a new CA and re-enable every cluster of the mesh with it (--ca-cert/--ca-key --replace-ca), then re-connect"
+			}
+			add(problem(ErrNotReady, fix, "certificate %s (CN %s) expires %s (in %s)", cs.Secret, cs.CommonName,
+				cs.NotAfter.UTC().Format(time.RFC3339), cs.NotAfter.Sub(now).Truncate(time.Hour)))
+		}
+	}
+	st.Ready = len(st.Problems) == 0
+	return st, nil
+}
+
+func (st *Status) readStore(ctx context.Context, cli *clientv3.Client, cluster string) error {
+	ctx, cancel := context.WithTimeout(ctx, DialTimeout)
+	defer cancel()
+	resp, err := cli.Get(ctx, api.ClusterKey(cluster), clientv3.WithCountOnly())
+	if err != nil {
+		return err
+	}
+	st.APIServer.ClusterConfig = resp.Count > 0
+	synced, err := cli.Get(ctx, api.KeyPrefix+string(api.KindSynced)+"/"+cluster+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return err
+	}
+	st.APIServer.SyncedKinds = []string{}
+	for _, kv := range synced.Kvs {
+		pk, err := api.ParseKey(string(kv.Key))
+		if err == nil {
+			st.APIServer.SyncedKinds = append(st.APIServer.SyncedKinds, pk.Rest)
+		}
+	}
+	st.APIServer.Synced = true
+	for _, k := range api.SyncedKinds {
+		if !slices.Contains(st.APIServer.SyncedKinds, string(k)) {
+			st.APIServer.Synced = false
+		}
+	}
+	agents, err := cli.Get(ctx, status.Prefix(cluster), clientv3.WithPrefix())
+	if err != nil {
+		return err
+	}
+	for _, kv := range agents.Kvs {
+		a, err := status.Decode(kv.Value)
+		if err != nil {
+			// An agent of a newer schema still counts as reporting.
+			st.AgentsReporting++
+			continue
+		}
+		st.AgentsReporting++
+		for i := range st.Clusters {
+			cs := &st.Clusters[i]
+			ac, ok := a.ClusterByName(cs.Name)
+			if !ok {
+				continue
+			}
+			cs.Agents++
+			if ac.Connected {
+				cs.Connected++
+			}
+			if ac.Synced {
+				cs.Synced++
+			}
+			if msg := fmt.Sprintf("%s: %s", ac.State, ac.LastError); ac.LastError != "" && !ac.Connected && !slices.Contains(cs.Errors, msg) {
+				cs.Errors = append(cs.Errors, msg)
+			}
+		}
+	}
+	return nil
+}
+
+func (st *Status) agentProblems(c *Cluster, add func(Problem)) {
+	dsCmd := fmt.Sprintf("kubectl %s -n %s get daemonset %s, then the logs of its pods", c.ctxFlag(), c.Namespace, DaemonSetName)
+	if st.AgentsReporting == 0 {
+		add(problem(ErrNotReady, "check the agents: "+dsCmd, "no agent of cluster %s reports its status", st.Cluster))
+		return
+	}
+	if st.AgentsReporting < st.AgentsExpected {
+		add(problem(ErrNotReady, "check the agents: "+dsCmd, "%d of %d agents of cluster %s report their status", st.AgentsReporting, st.AgentsExpected, st.Cluster))
+	}
+	for _, cs := range st.Clusters {
+		what := "cluster " + cs.Name
+		if cs.Local {
+			what = "the local store"
+		}
+		switch {
+		case cs.Agents < st.AgentsReporting:
+			add(problem(ErrNotReady, "agents pick up the clusters Secret when the kubelet refreshes the mount (up to a minute); if this persists: "+dsCmd,
+				"%d of %d agents do not follow %s yet", st.AgentsReporting-cs.Agents, st.AgentsReporting, what))
+		case cs.Connected < cs.Agents:
+			reason := ""
+			if len(cs.Errors) > 0 {
+				reason = "; agents say: " + cs.Errors[0]
+			}
+			fix := fmt.Sprintf("check that %s is reachable from the nodes and that clustermesh status --context <context of %s> is ready", cs.Endpoint, cs.Name)
+			add(problem(ErrUnreachable, fix, "%d of %d agents are not connected to %s%s", cs.Agents-cs.Connected, cs.Agents, what, reason))
+		case cs.Synced < cs.Agents:
+			add(problem(ErrNotReady, "wait for the initial sync; if it does not finish, check the apiserver of "+cs.Name,
+				"%d of %d agents have not finished syncing %s", cs.Agents-cs.Synced, cs.Agents, what))
+		}
+	}
+}
+
+// WaitStatus polls GetStatus every interval until the cluster is ready or
+// ctx ends, calling progress with every status seen. It returns the last
+// status, and ctx's error when the cluster did not become ready.
+func WaitStatus(ctx context.Context, c *Cluster, opts StatusOptions, interval time.Duration, progress func(*Status)) (*Status, error) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var last *Status
+	for {
+		st, err := GetStatus(ctx, c, opts)
+		switch {
+		case err == nil:
+			last = st
+			if progress != nil {
+				progress(st)
+			}
+			if st.Ready {
+				return st, nil
+			}
+		case ctx.Err() != nil:
+		default:
+			if last == nil {
+				return nil, err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return last, fmt.Errorf("context %s: %w: %w", c.Context, ErrNotReady, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
