@@ -1,0 +1,430 @@
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/loadbalancer"
+)
+
+// recSink records the calls of a pool, in order.
+type recSink struct {
+	mu    sync.Mutex
+	calls []sinkCall
+	wake  chan struct{}
+}
+
+type sinkCall struct {
+	ref     loadbalancer.NodeRef
+	healthy bool
+	at      time.Time
+}
+
+func newRecSink() *recSink { return &recSink{wake: make(chan struct{}, 1)} }
+
+func (s *recSink) SetNodeHealth(_ context.Context, ref loadbalancer.NodeRef, healthy bool) error {
+	s.mu.Lock()
+	s.calls = append(s.calls, sinkCall{ref: ref, healthy: healthy, at: time.Now()})
+	s.mu.Unlock()
+	signal(s.wake)
+	return nil
+}
+
+func (s *recSink) snapshot() []sinkCall {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]sinkCall(nil), s.calls...)
+}
+
+// waitFor polls cond until it holds or the deadline of ctx passes.
+func waitFor(ctx context.Context, t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s", what)
+		case <-tick.C:
+		}
+	}
+}
+
+func testLogger() *slog.Logger {
+	if os.Getenv("HEALTH_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// loopMember is an in-process pool member on a loopback address.
+type loopMember struct {
+	node   api.Node
+	pool   *Pool
+	sink   *recSink
+	reg    *prometheus.Registry
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func freeLoopbackAddr(t *testing.T) netip.AddrPort {
+	t.Helper()
+	// A TCP port memberlist can also take for UDP; retry on the rare
+	// collision with a UDP user.
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ap := netip.MustParseAddrPort(l.Addr().String())
+		l.Close()
+		u, err := net.ListenPacket("udp", ap.String())
+		if err != nil {
+			continue
+		}
+		u.Close()
+		return ap
+	}
+	t.Fatal("no free loopback port")
+	return netip.AddrPort{}
+}
+
+func testNode(cluster, name string, addr netip.AddrPort) api.Node {
+	return api.Node{Cluster: cluster, Name: name, GossipAddress: addr}
+}
+
+var clusterIDs = map[string]uint32{"c1": 1, "c2": 2}
+
+func startLoopMember(t *testing.T, node api.Node, key []byte, leave time.Duration, registry []api.Node) *loopMember {
+	t.Helper()
+	cfg := DefaultTestConfig()
+	cfg.Cluster, cfg.NodeName, cfg.ClusterID = node.Cluster, node.Name, clusterIDs[node.Cluster]
+	cfg.BindAddr = node.GossipAddress
+	cfg.Key = key
+	cfg.LeaveTimeout = leave
+	cfg.Logger = testLogger()
+	m := &loopMember{node: node, sink: newRecSink(), reg: prometheus.NewRegistry(), done: make(chan error, 1)}
+	var err error
+	m.pool, err = New(cfg, m.sink, m.reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.pool.SetNodes(registry); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m.cancel = cancel
+	go func() { m.done <- m.pool.Run(ctx) }()
+	t.Cleanup(m.stop)
+	return m
+}
+
+// stop ends Run (a crash when the member was started with leave 0) and
+// waits for it; it is idempotent.
+func (m *loopMember) stop() {
+	if m.cancel == nil {
+		return
+	}
+	m.cancel()
+	<-m.done
+	m.cancel = nil
+}
+
+func (m *loopMember) ref() loadbalancer.NodeRef {
+	return loadbalancer.NodeRef{ClusterID: clusterIDs[m.node.Cluster], Name: m.node.Name}
+}
+
+func (m *loopMember) sees(name string, st MemberState) bool {
+	for _, ms := range m.pool.Status().Members {
+		if ms.Name == name {
+			return ms.State == st
+		}
+	}
+	return false
+}
+
+func testKey() []byte { return []byte("0123456789abcdef0123456789abcdef") }
+
+// startLoopPool starts one member per node name, "c1/n0" style, all knowing
+// each other, and waits until everyone sees everyone alive.
+func startLoopPool(ctx context.Context, t *testing.T, names []string, leave time.Duration) []*loopMember {
+	t.Helper()
+	var nodes []api.Node
+	for _, n := range names {
+		var cluster, node string
+		fmt.Sscanf(n, "%2s/%s", &cluster, &node)
+		nodes = append(nodes, testNode(cluster, node, freeLoopbackAddr(t)))
+	}
+	var ms []*loopMember
+	for _, n := range nodes {
+		ms = append(ms, startLoopMember(t, n, testKey(), leave, nodes))
+	}
+	waitFor(ctx, t, "every member to see every other alive", func() bool {
+		for _, m := range ms {
+			if m.pool.Status().Alive != len(ms)-1 {
+				return false
+			}
+		}
+		return true
+	})
+	return ms
+}
+
+// TestPoolCrashDetectedAndRestored runs four real memberlist members over
+// loopback UDP/TCP: one crashes (no leave), every survivor marks it unhealthy
+// and nobody else; it restarts and is restored after the hold-down; removed
+// from the registry, a dead node is reset to healthy.
+func TestPoolCrashDetectedAndRestored(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ms := startLoopPool(ctx, t, []string{"c1/n0", "c1/n1", "c2/n0", "c2/n1"}, 0)
+	victim, survivors := ms[2], []*loopMember{ms[0], ms[1], ms[3]}
+
+	victim.stop()
+	for _, s := range survivors {
+		waitFor(ctx, t, s.pool.LocalName()+" to mark the victim unhealthy", func() bool {
+			for _, c := range s.sink.snapshot() {
+				if c.ref == victim.ref() && !c.healthy {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	for _, s := range survivors {
+		for _, c := range s.sink.snapshot() {
+			if c.ref != victim.ref() {
+				t.Errorf("%s: unexpected sink call %+v for a live node", s.pool.LocalName(), c)
+			}
+		}
+		st := s.pool.Status()
+		if st.Dead != 1 || st.Unhealthy != 1 || st.Alive != 2 {
+			t.Errorf("%s: status %+v, want 2 alive, 1 dead, 1 unhealthy", s.pool.LocalName(), st)
+		}
+		if got := metricValue(t, s.reg, "clustermesh_health_transitions_total", "healthy", "false"); got != 1 {
+			t.Errorf("%s: clustermesh_health_transitions_total{healthy=false} = %v, want 1", s.pool.LocalName(), got)
+		}
+		if n := metricValue(t, s.reg, "clustermesh_health_detection_seconds", "", ""); n != 1 {
+			t.Errorf("%s: detection histogram has %v samples, want 1", s.pool.LocalName(), n)
+		}
+	}
+
+	// Restart on the same address: every survivor restores it after the
+	// hold-down.
+	var registry []api.Node
+	for _, m := range ms {
+		registry = append(registry, m.node)
+	}
+	back := startLoopMember(t, victim.node, testKey(), 0, registry)
+	for _, s := range survivors {
+		waitFor(ctx, t, s.pool.LocalName()+" to restore the victim", func() bool {
+			calls := s.sink.snapshot()
+			last := calls[len(calls)-1]
+			return last.ref == victim.ref() && last.healthy
+		})
+	}
+	if st := back.pool.Status(); st.Unhealthy != 0 {
+		t.Errorf("restarted member marks nodes unhealthy: %+v", st)
+	}
+
+	// A dead node deleted from the registry is forgotten and reset.
+	back.stop()
+	s := survivors[0]
+	waitFor(ctx, t, "the victim to be marked again", func() bool { return s.pool.Status().Unhealthy == 1 })
+	s.pool.NodeDeleted(victim.node.Cluster, victim.node.Name)
+	waitFor(ctx, t, "the deleted node to be reset healthy", func() bool {
+		calls := s.sink.snapshot()
+		last := calls[len(calls)-1]
+		return last.ref == victim.ref() && last.healthy && len(s.pool.Status().Members) == 2
+	})
+}
+
+// TestPoolGracefulLeave: a member that stops with a leave is not a death.
+func TestPoolGracefulLeave(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ms := startLoopPool(ctx, t, []string{"c1/a", "c1/b", "c2/a"}, time.Second)
+	leaver := ms[1]
+	leaver.stop()
+	for _, s := range []*loopMember{ms[0], ms[2]} {
+		waitFor(ctx, t, s.pool.LocalName()+" to see the leave", func() bool { return s.sees("c1/b", StateLeft) })
+		if calls := s.sink.snapshot(); len(calls) != 0 {
+			t.Errorf("%s: sink called on a graceful leave: %+v", s.pool.LocalName(), calls)
+		}
+	}
+}
+
+// TestPoolAdmission: a member with the wrong key, and one missing from the
+// registry, never become members.
+func TestPoolAdmission(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ms := startLoopPool(ctx, t, []string{"c1/a", "c1/b"}, 0)
+	registry := []api.Node{ms[0].node, ms[1].node}
+
+	intruder := testNode("c1", "intruder", freeLoopbackAddr(t))
+	for _, m := range ms {
+		if err := m.pool.NodeUpserted(intruder); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wrongKey := startLoopMember(t, intruder, []byte("fedcba9876543210"), 0, append(registry, intruder))
+	unknown := startLoopMember(t, testNode("c2", "unlisted", freeLoopbackAddr(t)), testKey(), 0, registry)
+	waitFor(ctx, t, "the intruder's join attempts to fail", func() bool {
+		return metricValue(t, wrongKey.reg, "clustermesh_health_join_attempts_total", "result", "error") >= 2
+	})
+	waitFor(ctx, t, "the unlisted member to contact the pool", func() bool {
+		return metricValue(t, unknown.reg, "clustermesh_health_join_attempts_total", "result", "ok") >= 1
+	})
+	// Let a few gossip rounds pass after the contact.
+	time.Sleep(time.Second)
+	for _, m := range ms {
+		st := m.pool.Status()
+		if len(st.Members) != 1 || st.Members[0].State != StateAlive {
+			t.Errorf("%s: members %+v, want only the other registered member", m.pool.LocalName(), st.Members)
+		}
+	}
+}
+
+func TestNewRejectsBadConfig(t *testing.T) {
+	good := func() Config {
+		c := DefaultTestConfig()
+		c.Cluster, c.NodeName, c.ClusterID = "c1", "n1", 1
+		c.BindAddr = netip.MustParseAddrPort("127.0.0.1:7946")
+		return c
+	}
+	tests := []struct {
+		name string
+		mod  func(*Config)
+		err  error
+	}{
+		{"no cluster", func(c *Config) { c.Cluster = "" }, ErrInvalidConfig},
+		{"no cluster ID", func(c *Config) { c.ClusterID = 0 }, ErrInvalidConfig},
+		{"port 0", func(c *Config) { c.BindAddr = netip.MustParseAddrPort("127.0.0.1:0") }, ErrInvalidConfig},
+		{"unspecified without advertise", func(c *Config) { c.BindAddr = netip.MustParseAddrPort("0.0.0.0:7946") }, ErrInvalidConfig},
+		{"probe timeout above interval", func(c *Config) { c.ProbeTimeout = 2 * c.ProbeInterval }, ErrInvalidConfig},
+		{"short key", func(c *Config) { c.Key = []byte("short") }, ErrInvalidKey},
+		{"missing key file", func(c *Config) { c.KeyFile = "/nonexistent/key" }, os.ErrNotExist},
+		{"hold-down above max", func(c *Config) { c.HoldDown = time.Hour }, ErrInvalidConfig},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := good()
+			tt.mod(&c)
+			_, err := New(c, newRecSink(), nil)
+			if !errors.Is(err, tt.err) {
+				t.Fatalf("New: %v, want %v", err, tt.err)
+			}
+		})
+	}
+	if _, err := New(good(), newRecSink(), nil); err != nil {
+		t.Fatalf("good config refused: %v", err)
+	}
+	if _, err := New(good(), nil, nil); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("nil sink: %v", err)
+	}
+}
+
+func TestSetNodesReportsBadNodesKeepsOthers(t *testing.T) {
+	c := DefaultTestConfig()
+	c.Cluster, c.NodeName, c.ClusterID = "c1", "n1", 1
+	c.BindAddr = netip.MustParseAddrPort("127.0.0.1:7946")
+	p, err := New(c, newRecSink(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = p.SetNodes([]api.Node{
+		testNode("c1", "good", netip.MustParseAddrPort("10.0.0.1:7946")),
+		testNode("c1", "noport", netip.MustParseAddrPort("10.0.0.2:0")),
+		testNode("c2", "noagent", netip.AddrPort{}),
+	})
+	if !errors.Is(err, ErrInvalidNode) {
+		t.Fatalf("SetNodes: %v, want ErrInvalidNode", err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.registry["c1/good"]; !ok {
+		t.Errorf("good node lost: %v", p.registry)
+	}
+	if _, ok := p.registry["c2/noagent"]; !ok {
+		t.Errorf("node without gossip address lost: %v", p.registry)
+	}
+	if _, ok := p.registry["c1/noport"]; ok {
+		t.Errorf("bad node registered")
+	}
+}
+
+func TestLoadKey(t *testing.T) {
+	dir := t.TempDir()
+	raw := []byte("0123456789abcdef")
+	tests := []struct {
+		name    string
+		content string
+		want    []byte
+		err     error
+	}{
+		{"raw 16", string(raw), raw, nil},
+		{"base64 32 with newline", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n", []byte("0123456789abcdef0123456789abcdef"), nil},
+		{"base64 of a bad length", "c2hvcnQ=\n", nil, ErrInvalidKey},
+		{"garbage", "not a key!", nil, ErrInvalidKey},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := fmt.Sprintf("%s/key%d", dir, i)
+			if err := os.WriteFile(path, []byte(tt.content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			got, err := LoadKey(path)
+			if !errors.Is(err, tt.err) || string(got) != string(tt.want) {
+				t.Fatalf("LoadKey = %q, %v; want %q, %v", got, err, tt.want, tt.err)
+			}
+		})
+	}
+}
+
+// metricValue returns the value of the named counter or gauge (or the sample
+// count of a histogram) whose label has the given value, from reg.
+func metricValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			match := label == ""
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == label && lp.GetValue() == value {
+					match = true
+				}
+			}
+			if !match {
+				continue
+			}
+			switch {
+			case m.GetCounter() != nil:
+				return m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				return m.GetGauge().GetValue()
+			case m.GetHistogram() != nil:
+				return float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return 0
+}
