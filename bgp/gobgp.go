@@ -364,12 +364,13 @@ func (c *core) addNextHopPolicy(ctx context.Context) error {
 
 // cutOffPeer shuts a peer that exceeded its prefix limit down until its
 // config changes; GoBGP alone would reconnect and trip again every few s.
-func (c *core) cutOffPeer(ctx context.Context, addr netip.Addr) {
+// It reports whether the peer was cut off by this call.
+func (c *core) cutOffPeer(ctx context.Context, addr netip.Addr) bool {
 	c.mu.Lock()
 	p, ok := c.peers[addr]
 	if !ok || !c.cutOff[addr].IsZero() {
 		c.mu.Unlock()
-		return
+		return false
 	}
 	c.cutOff[addr] = time.Now()
 	c.mu.Unlock()
@@ -382,6 +383,7 @@ func (c *core) cutOffPeer(ctx context.Context, addr netip.Addr) {
 	if err := c.srv.DisablePeer(ctx, &api.DisablePeerRequest{Address: addr.String(), Communication: "clustermesh: max prefixes exceeded"}); err != nil {
 		c.log.Error("bgp: disable peer after prefix limit", "node", c.cfg.Name, "peer", p.String(), "err", err)
 	}
+	return true
 }
 
 // announce makes the set of locally originated prefixes equal to prefixes.

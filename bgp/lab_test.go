@@ -31,7 +31,6 @@ type lab struct {
 	dir    string
 }
 
-const fabricNet = "192.0.2.0/24"
 
 func newLab(tb testing.TB) *lab {
 	tb.Helper()

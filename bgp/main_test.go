@@ -8,9 +8,13 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
 	"go.uber.org/goleak"
 )
 
@@ -36,7 +40,8 @@ type childReq struct {
 
 type childResp struct {
 	Err    string  `json:"err,omitempty"`
-	Status *Status `json:"status,omitempty"`
+	Status  *Status `json:"status,omitempty"`
+	Metrics string  `json:"metrics,omitempty"`
 }
 
 // runChild serves commands until stdin closes (the parent died or is done).
@@ -45,6 +50,7 @@ func runChild(role string) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var sp *Speaker
+	reg := prometheus.NewRegistry()
 	var rr *Reflector
 	in := bufio.NewScanner(os.Stdin)
 	in.Buffer(make([]byte, 1<<20), 64<<20)
@@ -58,6 +64,7 @@ func runChild(role string) int {
 			case "start":
 				cfg := *req.Config
 				cfg.Logger = log
+				cfg.Registerer = reg
 				if role == "reflector" {
 					if rr, err = NewReflector(cfg); err == nil {
 						errc := make(chan error, 1)
@@ -95,6 +102,17 @@ func runChild(role string) int {
 					st, err = sp.Status(ctx)
 				}
 				resp.Status = &st
+			case "metrics":
+				var mfs []*dto.MetricFamily
+				if mfs, err = reg.Gather(); err == nil {
+					var b strings.Builder
+					for _, mf := range mfs {
+						if _, err = expfmt.MetricFamilyToText(&b, mf); err != nil {
+							break
+						}
+					}
+					resp.Metrics = b.String()
+				}
 			default:
 				err = fmt.Errorf("unknown op %q", req.Op)
 			}

@@ -70,8 +70,9 @@ func (r *Reflector) Run(ctx context.Context) error {
 				case evPeer:
 					r.cfg.Logger.Info("bgp session state", "cluster", r.cfg.Name, "peer", ev.peer, "established", ev.up)
 				case evPrefixLimit:
-					r.metrics.limitCutOffs.WithLabelValues(ev.peer.String()).Inc()
-					r.core.cutOffPeer(ctx, ev.peer)
+					if r.core.cutOffPeer(ctx, ev.peer) {
+						r.metrics.limitCutOffs.WithLabelValues(ev.peer.String()).Inc()
+					}
 				}
 			}
 		}

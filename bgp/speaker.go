@@ -244,8 +244,9 @@ func (s *Speaker) process(ctx context.Context, evs []event) {
 				}
 			}
 		case evPrefixLimit:
-			s.metrics.limitCutOffs.WithLabelValues(ev.peer.String()).Inc()
-			s.core.cutOffPeer(ctx, ev.peer)
+			if s.core.cutOffPeer(ctx, ev.peer) {
+				s.metrics.limitCutOffs.WithLabelValues(ev.peer.String()).Inc()
+			}
 		case evPath:
 			if !ev.peer.IsValid() || !ev.nextHop.IsValid() {
 				continue // our own announcement

@@ -1,0 +1,242 @@
+package bgp
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// birdProc is a bird2 daemon in a namespace with its own config and control
+// socket under a temp dir.
+type birdProc struct {
+	cmd  *exec.Cmd
+	sock string
+	log  string
+}
+
+func (l *lab) startBird(name, ns, conf string) *birdProc {
+	l.tb.Helper()
+	if _, err := exec.LookPath("bird"); err != nil {
+		l.tb.Skipf("needs bird2 (apt-get install bird2): %v", err)
+	}
+	dir := filepath.Join(l.dir, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		l.tb.Fatal(err)
+	}
+	b := &birdProc{sock: filepath.Join(dir, "bird.ctl"), log: filepath.Join(dir, "bird.log")}
+	confPath := filepath.Join(dir, "bird.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		l.tb.Fatal(err)
+	}
+	logf, err := os.Create(b.log)
+	if err != nil {
+		l.tb.Fatal(err)
+	}
+	defer logf.Close()
+	b.cmd = exec.Command("nsenter", "--net=/run/netns/"+ns, "bird", "-f", "-c", confPath, "-s", b.sock, "-P", filepath.Join(dir, "bird.pid"))
+	b.cmd.Stdout, b.cmd.Stderr = logf, logf
+	if err := b.cmd.Start(); err != nil {
+		l.tb.Fatalf("start bird %s: %v", name, err)
+	}
+	l.tb.Cleanup(func() {
+		b.kill()
+		if l.tb.Failed() {
+			out, _ := os.ReadFile(b.log)
+			l.tb.Logf("---- log of bird %s ----\n%s", name, tail(string(out), 30))
+		}
+	})
+	waitFor(l.tb, 10*time.Second, "bird control socket", func() (bool, string) {
+		_, err := b.birdc("show status")
+		return err == nil, fmt.Sprint(err)
+	})
+	return b
+}
+
+func (b *birdProc) kill() {
+	if b.cmd.ProcessState != nil {
+		return
+	}
+	_ = b.cmd.Process.Signal(syscall.SIGKILL)
+	_ = b.cmd.Wait()
+}
+
+func (b *birdProc) birdc(args ...string) (string, error) {
+	out, err := exec.Command("birdc", append([]string{"-s", b.sock}, args...)...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("birdc %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// routes parses `birdc show route`: prefix -> next hop of the best route
+// (an invalid Addr for routes without a gateway, such as blackholes).
+func (b *birdProc) routes() (map[netip.Prefix]netip.Addr, error) {
+	out, err := b.birdc("show", "route")
+	if err != nil {
+		return nil, err
+	}
+	return parseBirdRoutes(out), nil
+}
+
+func parseBirdRoutes(out string) map[netip.Prefix]netip.Addr {
+	got := map[netip.Prefix]netip.Addr{}
+	var cur netip.Prefix
+	var seenVia bool
+	for _, line := range strings.Split(out, "\n") {
+		fields := strings.Fields(line)
+		if len(fields) == 0 {
+			continue
+		}
+		if line[0] != ' ' && line[0] != '\t' {
+			if p, err := netip.ParsePrefix(fields[0]); err == nil {
+				cur, seenVia = p, false
+				got[p] = netip.Addr{}
+			}
+			continue
+		}
+		if fields[0] == "via" && len(fields) > 1 && cur.IsValid() && !seenVia {
+			if a, err := netip.ParseAddr(fields[1]); err == nil {
+				got[cur] = a
+				seenVia = true
+			}
+		}
+	}
+	return got
+}
+
+func TestParseBirdRoutes(t *testing.T) {
+	out := `BIRD 2.0.12 ready.
+Table master4:
+10.1.1.0/24          unicast [n1 04:40:00.123] * (100) [AS65001i]
+	via 192.0.2.11 on eth0
+                     unicast [n2 04:40:01.000] (100) [AS65001i]
+	via 192.0.2.12 on eth0
+10.99.0.0/24         blackhole [st 04:40:00.000] * (200)
+`
+	got := parseBirdRoutes(out)
+	if len(got) != 2 || got[netip.MustParsePrefix("10.1.1.0/24")] != netip.MustParseAddr("192.0.2.11") || got[netip.MustParsePrefix("10.99.0.0/24")].IsValid() {
+		t.Errorf("parsed %v", got)
+	}
+}
+
+const torConf = `
+log stderr all;
+router id 192.0.2.254;
+protocol device { scan time 10; }
+protocol static st {
+	ipv4;
+	route 10.99.0.0/24 blackhole;
+	route 10.1.1.128/25 blackhole;
+	route 192.0.2.128/25 blackhole;
+}
+template bgp nodes {
+	local 192.0.2.254 as 65100;
+	passive on;
+	hold time 9;
+	keepalive time 3;
+	connect retry time 1;
+	ipv4 { import all; export all; };
+}
+protocol bgp n1 from nodes { neighbor 192.0.2.11 as 65001; }
+protocol bgp n2 from nodes { neighbor 192.0.2.12 as 65001; }
+protocol bgp n3 from nodes { neighbor 192.0.2.13 as 65001; }
+`
+
+// TestBirdTopOfRack peers node speakers with bird2 as an operator-given
+// top-of-rack router.
+func TestBirdTopOfRack(t *testing.T) {
+	l := newLab(t)
+	torNS := l.host("tor", "192.0.2.254")
+	bird := l.startBird("tor", torNS, torConf)
+	tor := Peer{Name: "tor", Address: netip.MustParseAddr("192.0.2.254"), ASN: 65100}
+
+	type node struct {
+		ip, cidr string
+		proc     *child
+	}
+	nodes := []*node{{ip: "192.0.2.11", cidr: "10.1.1.0/24"}, {ip: "192.0.2.12", cidr: "10.1.2.0/24"}}
+	for i, n := range nodes {
+		ns := l.host(fmt.Sprintf("n%d", i+1), n.ip)
+		cfg := DefaultKindConfig()
+		cfg.Name, cfg.ASN = fmt.Sprintf("c1/n%d", i+1), 65001
+		cfg.NodeIPs = []netip.Addr{netip.MustParseAddr(n.ip)}
+		cfg.PodCIDRs = []netip.Prefix{netip.MustParsePrefix(n.cidr)}
+		cfg.StaticPeers = []Peer{tor}
+		n.proc = l.startChild(cfg.Name, ns, "speaker", cfg, nil)
+	}
+
+	waitFor(t, 60*time.Second, "bird to learn every pod CIDR", func() (bool, string) {
+		got, err := bird.routes()
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, n := range nodes {
+			if got[netip.MustParsePrefix(n.cidr)] != netip.MustParseAddr(n.ip) {
+				return false, fmt.Sprintf("bird routes %v", got)
+			}
+		}
+		return true, ""
+	})
+	for i, n := range nodes {
+		ns := l.ns(fmt.Sprintf("n%d", i+1))
+		waitFor(t, 60*time.Second, "bird's prefix on "+ns, func() (bool, string) {
+			got := l.routes(ns, RouteProtocol)
+			return got[netip.MustParsePrefix("10.99.0.0/24")] == netip.MustParseAddr("192.0.2.254"), fmt.Sprintf("routes %v", got)
+		})
+		st := n.proc.status()
+		reasons := map[string]RefusalReason{}
+		for _, r := range st.Refused {
+			reasons[r.Prefix.String()] = r.Reason
+		}
+		if reasons["192.0.2.128/25"] != RefusedNodeSubnet {
+			t.Errorf("%s: node-subnet overlap not refused: %+v", ns, st.Refused)
+		}
+		if i == 0 && reasons["10.1.1.128/25"] != RefusedLocalPodCIDR {
+			t.Errorf("%s: local pod CIDR overlap not refused: %+v", ns, st.Refused)
+		}
+		m := n.proc.call(childReq{Op: "metrics"}).Metrics
+		for _, want := range []string{
+			`clustermesh_bgp_routes_refused_total{reason="overlaps-node-subnet",role="speaker"}`,
+			`clustermesh_bgp_session_established{peer="192.0.2.254",peer_name="tor",role="speaker"} 1`,
+			fmt.Sprintf(`clustermesh_bgp_prefixes_installed{peer="192.0.2.254",peer_name="tor",role="speaker"} %d`, len(st.Installed)),
+		} {
+			if !strings.Contains(m, want) {
+				t.Errorf("%s: metrics lack %s:\n%s", ns, want, m)
+			}
+		}
+		got := l.routes(ns, RouteProtocol)
+		for p := range reasons {
+			if _, ok := got[netip.MustParsePrefix(p)]; ok {
+				t.Errorf("%s: refused %s is installed", ns, p)
+			}
+		}
+	}
+
+	// A node allowing 3 prefixes from bird (which has 5 for it) is cut off.
+	ns3 := l.host("n3", "192.0.2.13")
+	cfg := DefaultKindConfig()
+	cfg.Name, cfg.ASN = "c1/n3", 65001
+	cfg.NodeIPs = []netip.Addr{netip.MustParseAddr("192.0.2.13")}
+	cfg.PodCIDRs = []netip.Prefix{netip.MustParsePrefix("10.1.3.0/24")}
+	limited := tor
+	limited.MaxPrefixes = 3
+	cfg.StaticPeers = []Peer{limited}
+	n3 := l.startChild(cfg.Name, ns3, "speaker", cfg, nil)
+	waitFor(t, 60*time.Second, "prefix-limit cut-off on n3", func() (bool, string) {
+		st := n3.status()
+		return len(st.Peers) == 1 && st.Peers[0].CutOff != "" && !st.Peers[0].Established, fmt.Sprintf("%+v", st.Peers)
+	})
+	if m := n3.call(childReq{Op: "metrics"}).Metrics; !strings.Contains(m, `clustermesh_bgp_prefix_limit_cutoffs_total{peer="192.0.2.254",role="speaker"} 1`) {
+		t.Errorf("n3: no prefix-limit cut-off metric:\n%s", m)
+	}
+	waitFor(t, 30*time.Second, "n3 to hold no route from bird", func() (bool, string) {
+		got := l.routes(ns3, RouteProtocol)
+		return len(got) == 0, fmt.Sprintf("routes %v", got)
+	})
+}
