@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
 	"github.com/clustermesh/clustermesh/loadbalancer"
@@ -37,7 +38,14 @@ func TestMain(m *testing.M) {
 	case "loader":
 		os.Exit(loaderMain())
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutines left behind:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 func requireRoot(t testing.TB) {
@@ -262,14 +270,16 @@ type clientSpec struct {
 // report.
 func runClient(t testing.TB, ns, cg string, spec clientSpec) clientResult {
 	t.Helper()
-	cmd, out := startClient(t, ns, cg, spec)
+	cmd, out, _ := startClient(t, ns, cg, spec)
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("client %+v: %v\n%s", spec, err, out.String())
 	}
 	return parseClient(t, out)
 }
 
-func startClient(t testing.TB, ns, cg string, spec clientSpec) (*exec.Cmd, *bytes.Buffer) {
+// startClient starts a client; with spec.Count 0 it loops until the returned
+// stdin is closed.
+func startClient(t testing.TB, ns, cg string, spec clientSpec) (*exec.Cmd, *bytes.Buffer, io.WriteCloser) {
 	t.Helper()
 	js, _ := json.Marshal(spec)
 	cgf, err := os.Open(cg)
@@ -287,10 +297,9 @@ func startClient(t testing.TB, ns, cg string, spec clientSpec) (*exec.Cmd, *byte
 	var out bytes.Buffer
 	cmd.Stdout = &out
 	cmd.Stderr = &out
-	if spec.Count == 0 {
-		if _, err := cmd.StdinPipe(); err != nil {
-			t.Fatal(err)
-		}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
 	}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start client: %v", err)
@@ -301,7 +310,7 @@ func startClient(t testing.TB, ns, cg string, spec clientSpec) (*exec.Cmd, *byte
 			cmd.Wait()
 		}
 	})
-	return cmd, &out
+	return cmd, &out, stdin
 }
 
 func parseClient(t testing.TB, out *bytes.Buffer) clientResult {
@@ -438,9 +447,7 @@ func clientOnce(spec clientSpec) (name string, peerIsVIP bool, err error) {
 // loaderMain opens the datapath from the environment, programs the services
 // given, says "ready" and waits to be killed, the way an agent would run.
 func loaderMain() int {
-	cfg := DefaultConfig()
-	cfg.PinDir = os.Getenv("CM_PINDIR")
-	cfg.CgroupPath = os.Getenv("CM_CGROUP")
+	cfg := testConfig(os.Getenv("CM_CGROUP"), os.Getenv("CM_PINDIR"))
 	var svcs []loadbalancer.Service
 	if err := json.Unmarshal([]byte(os.Getenv("CM_SERVICES")), &svcs); err != nil {
 		fmt.Println("bad services:", err)
