@@ -26,6 +26,7 @@ type Cluster struct {
 
 	mu    sync.Mutex
 	nodes []*Node
+	cp    *ControlPlane
 }
 
 // AddCluster adds an empty cluster named name. Clusters are numbered in the
@@ -95,6 +96,7 @@ type Node struct {
 	mu     sync.Mutex
 	pods   []*Pod
 	nextIP netip.Addr
+	dead   bool
 }
 
 // AddNode adds a node to the cluster: namespace, fabric port, forwarding,
@@ -152,7 +154,13 @@ func (c *Cluster) AddNode(ctx context.Context) (*Node, error) {
 	}
 	c.mu.Lock()
 	c.nodes = append(c.nodes, n)
+	cp := c.cp
 	c.mu.Unlock()
+	if cp != nil {
+		if err := cp.registerNode(ctx, n); err != nil {
+			return nil, err
+		}
+	}
 	r.Log.Info("node added", "cluster", c.Name, "node", name, "ip", addr, "podCIDR", cidr)
 	return n, nil
 }

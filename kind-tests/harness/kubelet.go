@@ -1,0 +1,545 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+)
+
+// Pod roles the kubelet runs as processes; every other pod is an echo pod.
+const (
+	RoleAgent     = "clustermesh-agent"
+	RoleAPIServer = "clustermesh-apiserver"
+	roleEcho      = ""
+	roleLabel     = "app.kubernetes.io/name"
+)
+
+// kubelet plays scheduler and kubelet for one cluster: it binds unscheduled
+// pods (DaemonSet pods to their node, the clustermesh-apiserver to the
+// control plane, others round-robin over live nodes), runs them (mesh pods
+// as processes with their Secret volumes copied to disk and kept current,
+// every other pod as an echo pod), reports their status, restarts exited
+// processes, and finishes deletions. It is level-based: every event or tick
+// reconciles all pods from the informer caches.
+type kubelet struct {
+	cp   *ControlPlane
+	bins *Binaries
+	log  *slog.Logger
+
+	pods    corelisters.PodLister
+	secrets corelisters.SecretLister
+	poke    chan struct{}
+
+	mu        sync.Mutex
+	running   map[types.UID]*podRuntime
+	rr        int
+	storeDown bool
+}
+
+// podRuntime is what the kubelet runs for one pod.
+type podRuntime struct {
+	uid       types.UID
+	namespace string
+	name      string
+	role      string
+	node      *Node // nil on the control plane
+	dir       string
+	echo      *Pod
+	proc      *Process
+	spec      ProcessSpec
+	secrets   map[string]string // secret name -> resource version written
+	exitedAt  time.Time
+	restarts  int
+	reported  bool
+}
+
+func newKubelet(cp *ControlPlane, bins *Binaries) *kubelet {
+	return &kubelet{
+		cp:      cp,
+		bins:    bins,
+		log:     cp.Cluster.Run.Log.With("cluster", cp.Cluster.Name, "component", "kubelet"),
+		poke:    make(chan struct{}, 1),
+		running: map[types.UID]*podRuntime{},
+	}
+}
+
+func (k *kubelet) wake() {
+	select {
+	case k.poke <- struct{}{}:
+	default:
+	}
+}
+
+func (k *kubelet) run(ctx context.Context) {
+	f := informers.NewSharedInformerFactory(k.cp.Client, 0)
+	pods := f.Core().V1().Pods()
+	secrets := f.Core().V1().Secrets()
+	h := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { k.wake() },
+		UpdateFunc: func(any, any) { k.wake() },
+		DeleteFunc: func(any) { k.wake() },
+	}
+	_, _ = pods.Informer().AddEventHandler(h)
+	_, _ = secrets.Informer().AddEventHandler(h)
+	k.pods, k.secrets = pods.Lister(), secrets.Lister()
+	f.Start(ctx.Done())
+	defer f.Shutdown()
+	f.WaitForCacheSync(ctx.Done())
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-k.poke:
+		case <-tick.C:
+		}
+		k.syncAll(ctx)
+	}
+}
+
+func (k *kubelet) syncAll(ctx context.Context) {
+	all, err := k.pods.List(labels.Everything())
+	if err != nil {
+		return
+	}
+	seen := map[types.UID]bool{}
+	for _, p := range all {
+		seen[p.UID] = true
+		if err := k.syncPod(ctx, p); err != nil && ctx.Err() == nil {
+			k.log.Warn("pod sync failed", "pod", p.Namespace+"/"+p.Name, "err", err)
+		}
+	}
+	k.mu.Lock()
+	var gone []*podRuntime
+	for uid, rt := range k.running {
+		if !seen[uid] {
+			gone = append(gone, rt)
+			delete(k.running, uid)
+		}
+	}
+	k.mu.Unlock()
+	for _, rt := range gone {
+		k.stop(ctx, rt)
+	}
+}
+
+func roleOf(p *corev1.Pod) string {
+	switch r := p.Labels[roleLabel]; r {
+	case RoleAgent, RoleAPIServer:
+		return r
+	}
+	return roleEcho
+}
+
+func (k *kubelet) syncPod(ctx context.Context, p *corev1.Pod) error {
+	c := k.cp.Cluster
+	k.mu.Lock()
+	rt := k.running[p.UID]
+	k.mu.Unlock()
+
+	if p.DeletionTimestamp != nil {
+		if rt != nil {
+			if rt.node != nil && rt.node.isDead() {
+				return nil // a dead node's kubelet finishes nothing
+			}
+			k.mu.Lock()
+			delete(k.running, p.UID)
+			k.mu.Unlock()
+			k.stop(ctx, rt)
+		}
+		if p.Spec.NodeName != "" && k.nodeFor(p.Spec.NodeName) == nil && p.Spec.NodeName != k.cp.NodeName {
+			return nil
+		}
+		zero := int64(0)
+		err := k.cp.Client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{
+			GracePeriodSeconds: &zero,
+			Preconditions:      &metav1.Preconditions{UID: &p.UID},
+		})
+		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+			return fmt.Errorf("finish deletion: %w", err)
+		}
+		return nil
+	}
+
+	if p.Spec.NodeName == "" {
+		target := k.schedule(p)
+		if target == "" {
+			return nil
+		}
+		err := k.cp.Client.CoreV1().Pods(p.Namespace).Bind(ctx, &corev1.Binding{
+			ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID},
+			Target:     corev1.ObjectReference{Kind: "Node", Name: target},
+		}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsConflict(err) {
+			return fmt.Errorf("bind to %s: %w", target, err)
+		}
+		return nil
+	}
+
+	var node *Node
+	if p.Spec.NodeName != k.cp.NodeName {
+		if node = k.nodeFor(p.Spec.NodeName); node == nil || node.isDead() {
+			return nil
+		}
+	}
+	role := roleOf(p)
+	if rt == nil {
+		if role == RoleAPIServer && k.isStoreDown() {
+			return nil
+		}
+		var err error
+		rt, err = k.start(ctx, p, role, node)
+		if err != nil {
+			return err
+		}
+		k.mu.Lock()
+		k.running[p.UID] = rt
+		k.mu.Unlock()
+	}
+	if rt.spec.Path != "" {
+		if err := k.writeSecrets(p, rt); err != nil {
+			return err
+		}
+		if rt.proc == nil || rt.proc.Exited() {
+			if err := k.restart(rt); err != nil {
+				return err
+			}
+		}
+	}
+	if !rt.reported {
+		if err := k.report(ctx, p, rt, c); err != nil {
+			return err
+		}
+		rt.reported = true
+	}
+	return nil
+}
+
+// schedule picks the node of an unscheduled pod, or "" to wait.
+func (k *kubelet) schedule(p *corev1.Pod) string {
+	if roleOf(p) == RoleAPIServer {
+		return k.cp.NodeName
+	}
+	if a := p.Spec.Affinity; a != nil && a.NodeAffinity != nil && a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution != nil {
+		for _, t := range a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms {
+			for _, f := range t.MatchFields {
+				if f.Key == "metadata.name" && len(f.Values) == 1 {
+					return f.Values[0]
+				}
+			}
+		}
+	}
+	if h := p.Spec.NodeSelector["kubernetes.io/hostname"]; h != "" {
+		return h
+	}
+	var live []*Node
+	for _, n := range k.cp.Cluster.Nodes() {
+		if !n.isDead() {
+			live = append(live, n)
+		}
+	}
+	if len(live) == 0 {
+		return ""
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.rr++
+	return live[k.rr%len(live)].Name
+}
+
+func (k *kubelet) nodeFor(name string) *Node { return k.cp.Cluster.Node(name) }
+
+func (k *kubelet) start(ctx context.Context, p *corev1.Pod, role string, node *Node) (*podRuntime, error) {
+	c := k.cp.Cluster
+	rt := &podRuntime{
+		uid: p.UID, namespace: p.Namespace, name: p.Name, role: role, node: node,
+		dir:     filepath.Join(c.Run.Dir, c.Name, "pods", p.Namespace+"_"+p.Name),
+		secrets: map[string]string{},
+	}
+	if role == roleEcho {
+		if node == nil {
+			return nil, fmt.Errorf("echo pod on the control plane")
+		}
+		pod, err := node.AddPod(ctx, p.Namespace, p.Name)
+		if err != nil {
+			return nil, err
+		}
+		rt.echo = pod
+		k.log.Info("pod started", "pod", p.Namespace+"/"+p.Name, "node", node.Name, "ip", pod.IP)
+		return rt, nil
+	}
+	part := role
+	if err := k.bins.Require(part); err != nil {
+		return nil, fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err)
+	}
+	if len(p.Spec.Containers) == 0 {
+		return nil, fmt.Errorf("pod %s/%s: no container", p.Namespace, p.Name)
+	}
+	ctr := p.Spec.Containers[0]
+	// Volumes: each mount becomes a directory of the pod; Secret volumes
+	// are filled by writeSecrets, host paths stay as they are except the
+	// bpffs, which maps to the node's pin directory.
+	mounts := map[string]string{}
+	for _, m := range ctr.VolumeMounts {
+		var vol *corev1.Volume
+		for i := range p.Spec.Volumes {
+			if p.Spec.Volumes[i].Name == m.Name {
+				vol = &p.Spec.Volumes[i]
+			}
+		}
+		if vol == nil {
+			continue
+		}
+		switch {
+		case vol.HostPath != nil && vol.HostPath.Path == BPFRoot && node != nil:
+			mounts[m.MountPath] = node.BPFDir
+		case vol.HostPath != nil:
+			mounts[m.MountPath] = vol.HostPath.Path
+		default:
+			local := filepath.Join(rt.dir, m.Name)
+			if err := os.MkdirAll(local, 0o700); err != nil {
+				return nil, fmt.Errorf("pod %s/%s: volume %s: %w", p.Namespace, p.Name, m.Name, err)
+			}
+			mounts[m.MountPath] = local
+		}
+	}
+	args := append(slices.Clone(ctr.Command[min(1, len(ctr.Command)):]), ctr.Args...)
+	for i, a := range args {
+		args[i] = remapPath(a, mounts)
+	}
+	args = append(args, k.cp.Cluster.Run.meshArgs(role, k.cp, node)...)
+	podIP := k.cp.IP.String()
+	if node != nil {
+		podIP = node.FabricIP.String()
+	}
+	var env []string
+	for _, e := range ctr.Env {
+		v := e.Value
+		if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
+			switch e.ValueFrom.FieldRef.FieldPath {
+			case "spec.nodeName":
+				v = p.Spec.NodeName
+			case "metadata.name":
+				v = p.Name
+			case "metadata.namespace":
+				v = p.Namespace
+			case "status.podIP", "status.hostIP":
+				v = podIP
+			}
+		}
+		env = append(env, e.Name+"="+remapPath(v, mounts))
+	}
+	env = append(env, "KUBECONFIG="+k.cp.Kubeconfig)
+	name := c.Name + "-" + role
+	netns, cg := k.cp.Netns, filepath.Join(c.Cgroup, "control-plane", role)
+	if node != nil {
+		name = node.Name + "-" + role
+		netns, cg = node.Netns, filepath.Join(node.Cgroup, role)
+	}
+	if err := os.MkdirAll(cg, 0o755); err != nil {
+		return nil, fmt.Errorf("pod %s/%s: cgroup: %w", p.Namespace, p.Name, err)
+	}
+	rt.spec = ProcessSpec{Name: name, Path: k.bins.Path(part), Args: args, Env: env, Netns: netns, Cgroup: cg}
+	return rt, nil
+}
+
+// remapPath rewrites a path (or a flag value holding one) under a mount
+// point to the directory backing that mount.
+func remapPath(s string, mounts map[string]string) string {
+	keys := slices.Collect(maps.Keys(mounts))
+	// Longest mount point first, as the kernel resolves nested mounts.
+	slices.SortFunc(keys, func(a, b string) int { return len(b) - len(a) })
+	for _, mp := range keys {
+		if i := strings.Index(s, mp); i >= 0 {
+			rest := s[i+len(mp):]
+			if rest == "" || rest[0] == '/' {
+				return s[:i] + mounts[mp] + rest
+			}
+		}
+	}
+	return s
+}
+
+// writeSecrets copies the pod's Secret volumes to their directories when the
+// Secret changed since last written, as the kubelet updates secret mounts:
+// each file is replaced atomically (write, then rename); keys that left the
+// Secret are removed.
+func (k *kubelet) writeSecrets(p *corev1.Pod, rt *podRuntime) error {
+	for _, v := range p.Spec.Volumes {
+		if v.Secret == nil {
+			continue
+		}
+		s, err := k.secrets.Secrets(p.Namespace).Get(v.Secret.SecretName)
+		if err != nil {
+			if apierrors.IsNotFound(err) && v.Secret.Optional != nil && *v.Secret.Optional {
+				continue
+			}
+			return fmt.Errorf("pod %s/%s: volume %s: secret %s: %w", p.Namespace, p.Name, v.Name, v.Secret.SecretName, err)
+		}
+		if rt.secrets[v.Name] == s.ResourceVersion {
+			continue
+		}
+		dir := filepath.Join(rt.dir, v.Name)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		files := map[string][]byte{}
+		if len(v.Secret.Items) > 0 {
+			for _, it := range v.Secret.Items {
+				files[it.Path] = s.Data[it.Key]
+			}
+		} else {
+			maps.Copy(files, s.Data)
+		}
+		for name, data := range files {
+			tmp := filepath.Join(dir, "."+name+".tmp")
+			if err := os.WriteFile(tmp, data, 0o600); err != nil {
+				return fmt.Errorf("secret %s: %w", s.Name, err)
+			}
+			if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+				return fmt.Errorf("secret %s: %w", s.Name, err)
+			}
+		}
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if _, ok := files[e.Name()]; !ok && !strings.HasPrefix(e.Name(), ".") {
+				_ = os.Remove(filepath.Join(dir, e.Name()))
+			}
+		}
+		rt.secrets[v.Name] = s.ResourceVersion
+		k.log.Info("secret volume written", "pod", p.Namespace+"/"+p.Name, "secret", s.Name, "keys", len(files))
+	}
+	return nil
+}
+
+// restart (re)starts a mesh pod's process, no more often than once a
+// second, as the kubelet's restartPolicy Always with a short back-off.
+func (k *kubelet) restart(rt *podRuntime) error {
+	if rt.node != nil && rt.node.isDead() {
+		return nil
+	}
+	if rt.role == RoleAPIServer && k.isStoreDown() {
+		return nil
+	}
+	if rt.proc != nil {
+		if rt.exitedAt.IsZero() {
+			rt.exitedAt = time.Now()
+			k.log.Warn("process exited; restarting", "process", rt.spec.Name, "err", rt.proc.Err(), "log", rt.proc.LogPath)
+		}
+		if time.Since(rt.exitedAt) < time.Second {
+			return nil
+		}
+		rt.restarts++
+	}
+	proc, err := k.cp.Cluster.Run.Start(rt.spec)
+	if err != nil {
+		return err
+	}
+	rt.proc, rt.exitedAt = proc, time.Time{}
+	k.log.Info("process started", "process", rt.spec.Name, "pid", proc.Pid(), "restarts", rt.restarts)
+	go func() {
+		<-proc.Done()
+		k.wake()
+	}()
+	return nil
+}
+
+func (k *kubelet) report(ctx context.Context, p *corev1.Pod, rt *podRuntime, c *Cluster) error {
+	ip := k.cp.IP.String()
+	hostIP := ip
+	if rt.node != nil {
+		hostIP = rt.node.FabricIP.String()
+		ip = hostIP
+	}
+	if rt.echo != nil {
+		ip = rt.echo.IP.String()
+	}
+	now := metav1.Now()
+	q := p.DeepCopy()
+	q.Status.Phase = corev1.PodRunning
+	q.Status.HostIP, q.Status.PodIP = hostIP, ip
+	q.Status.HostIPs = []corev1.HostIP{{IP: hostIP}}
+	q.Status.PodIPs = []corev1.PodIP{{IP: ip}}
+	q.Status.StartTime = &now
+	q.Status.Conditions = nil
+	for _, t := range []corev1.PodConditionType{corev1.PodScheduled, corev1.PodInitialized, corev1.ContainersReady, corev1.PodReady} {
+		q.Status.Conditions = append(q.Status.Conditions, corev1.PodCondition{Type: t, Status: corev1.ConditionTrue, LastTransitionTime: now})
+	}
+	q.Status.ContainerStatuses = nil
+	for _, ctr := range p.Spec.Containers {
+		q.Status.ContainerStatuses = append(q.Status.ContainerStatuses, corev1.ContainerStatus{
+			Name: ctr.Name, Image: ctr.Image, Ready: true, Started: ptrTo(true),
+			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}},
+		})
+	}
+	if _, err := k.cp.Client.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, q, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("cluster %s: pod %s/%s status: %w", c.Name, p.Namespace, p.Name, err)
+	}
+	return nil
+}
+
+func ptrTo[T any](v T) *T { return &v }
+
+func (k *kubelet) stop(ctx context.Context, rt *podRuntime) {
+	if rt.echo != nil {
+		if err := rt.echo.Remove(ctx); err != nil {
+			k.log.Warn("pod teardown", "pod", rt.namespace+"/"+rt.name, "err", err)
+		}
+	}
+	if rt.proc != nil {
+		_ = rt.proc.Stop(ctx)
+	}
+	k.log.Info("pod stopped", "pod", rt.namespace+"/"+rt.name)
+}
+
+func (k *kubelet) stopAll(ctx context.Context) error {
+	k.mu.Lock()
+	all := slices.Collect(maps.Values(k.running))
+	k.running = map[types.UID]*podRuntime{}
+	k.mu.Unlock()
+	for _, rt := range all {
+		k.stop(ctx, rt)
+	}
+	return nil
+}
+
+func (k *kubelet) isStoreDown() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.storeDown
+}
+
+// processes returns the current processes of mesh pods of role, on node (nil
+// for the control plane).
+func (k *kubelet) processes(role string) []*Process {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var out []*Process
+	for _, rt := range k.running {
+		if rt.role == role && rt.proc != nil {
+			out = append(out, rt.proc)
+		}
+	}
+	return out
+}
+
+// ErrNoProcess is returned when a mesh process asked for is not running.
+var ErrNoProcess = errors.New("no such process running")

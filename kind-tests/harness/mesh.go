@@ -1,0 +1,121 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// meshArgs are the flags the harness adds to a mesh pod's own (from its
+// manifest) so that several nodes share one machine: per-node pin directory
+// and cgroup, the control plane's kubeconfig. They play the part of what
+// differs between real hosts.
+func (r *Run) meshArgs(role string, cp *ControlPlane, n *Node) []string {
+	switch role {
+	case RoleAgent:
+		if n == nil {
+			return nil
+		}
+		return nil
+	case RoleAPIServer:
+		return nil
+	}
+	return nil
+}
+
+func (n *Node) isDead() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.dead
+}
+
+// Kill is a hard node death: the node leaves the fabric, every process of
+// the node (its agent, clients) gets SIGKILL, its pods stop answering, and
+// its kubelet goes silent (no status updates, no restarts), so Kubernetes
+// keeps believing its pods are ready, as it does for tens of seconds after a
+// real power loss.
+func (n *Node) Kill(ctx context.Context) error {
+	n.mu.Lock()
+	n.dead = true
+	n.mu.Unlock()
+	if err := n.Cut(ctx); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(n.Cgroup, "cgroup.kill"), []byte("1"), 0); err != nil {
+		return fmt.Errorf("node %s: kill processes: %w", n.Name, err)
+	}
+	for _, p := range n.Pods() {
+		p.StopEcho()
+	}
+	for !cgroupEmpty(n.Cgroup) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("node %s: processes survive kill: %w", n.Name, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// Agent returns the running agent process of node n, or ErrNoProcess.
+func (cp *ControlPlane) Agent(n *Node) (*Process, error) {
+	for _, p := range cp.kubelet.processes(RoleAgent) {
+		if p.Spec.Netns == n.Netns && !p.Exited() {
+			return p, nil
+		}
+	}
+	return nil, fmt.Errorf("node %s: agent: %w", n.Name, ErrNoProcess)
+}
+
+// Agents returns every running agent process of the cluster.
+func (cp *ControlPlane) Agents() []*Process { return cp.kubelet.processes(RoleAgent) }
+
+// Store returns the running clustermesh-apiserver process, or ErrNoProcess.
+func (cp *ControlPlane) Store() (*Process, error) {
+	for _, p := range cp.kubelet.processes(RoleAPIServer) {
+		if !p.Exited() {
+			return p, nil
+		}
+	}
+	return nil, fmt.Errorf("cluster %s: clustermesh-apiserver: %w", cp.Cluster.Name, ErrNoProcess)
+}
+
+// StopStore takes the cluster's mesh control plane down: the
+// clustermesh-apiserver (and the etcd it embeds) is stopped and not restarted
+// until StartStore. Peers lose the cluster's store; its nodes and pods live on.
+func (cp *ControlPlane) StopStore(ctx context.Context) error {
+	cp.kubelet.mu.Lock()
+	cp.kubelet.storeDown = true
+	cp.kubelet.mu.Unlock()
+	for _, p := range cp.kubelet.processes(RoleAPIServer) {
+		if err := p.Kill(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// StartStore undoes StopStore; the kubelet restarts the clustermesh-apiserver
+// within a second.
+func (cp *ControlPlane) StartStore() {
+	cp.kubelet.mu.Lock()
+	cp.kubelet.storeDown = false
+	cp.kubelet.mu.Unlock()
+	cp.kubelet.wake()
+}
+
+// WaitStore waits until the clustermesh-apiserver process runs.
+func (cp *ControlPlane) WaitStore(ctx context.Context) (*Process, error) {
+	for {
+		if p, err := cp.Store(); err == nil {
+			return p, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("cluster %s: clustermesh-apiserver not running: %w", cp.Cluster.Name, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
