@@ -1,5 +1,637 @@
 package health
 
-const childEnv = "CMHEALTH_CHILD"
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
 
-func runChild() int { return 0 }
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
+
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/loadbalancer"
+)
+
+// The netns tests run every member as its own process (this test binary,
+// re-executed with childEnv set) inside its own network namespace, all on one
+// bridge: real UDP/TCP between real network stacks, and a kill that is a
+// kill. Members print what their sink receives and their status on stdout.
+
+const (
+	childEnv      = "CMHEALTH_CHILD"
+	childSelf     = "CMHEALTH_SELF"     // "<cluster>/<node>"
+	childClusters = "CMHEALTH_CLUSTERS" // "c1=1,c2=2"
+	childNodes    = "CMHEALTH_NODES"    // "c1/n0=10.99.0.1:7946,..."
+	childKeyFile  = "CMHEALTH_KEYFILE"
+	childProfile  = "CMHEALTH_PROFILE" // "" (DefaultTestConfig) or "lan" (memberlist LAN defaults)
+	gossipPort    = 7946
+)
+
+// runChild is the member process: it runs a Pool until its stdin closes.
+func runChild() int {
+	fail := func(err error) int {
+		fmt.Fprintln(os.Stderr, "health child:", err)
+		return 2
+	}
+	ids := map[string]uint32{}
+	for _, kv := range strings.Split(os.Getenv(childClusters), ",") {
+		name, id, _ := strings.Cut(kv, "=")
+		n, err := strconv.ParseUint(id, 10, 32)
+		if err != nil {
+			return fail(fmt.Errorf("cluster %q: %w", kv, err))
+		}
+		ids[name] = uint32(n)
+	}
+	var nodes []api.Node
+	var self api.Node
+	for _, kv := range strings.Split(os.Getenv(childNodes), ",") {
+		name, addr, _ := strings.Cut(kv, "=")
+		cluster, node, _ := strings.Cut(name, "/")
+		ap, err := netip.ParseAddrPort(addr)
+		if err != nil {
+			return fail(fmt.Errorf("node %q: %w", kv, err))
+		}
+		n := api.Node{Cluster: cluster, Name: node, GossipAddress: ap}
+		nodes = append(nodes, n)
+		if name == os.Getenv(childSelf) {
+			self = n
+		}
+	}
+	cfg := DefaultTestConfig()
+	if os.Getenv(childProfile) == "lan" {
+		lan := DefaultTestConfig()
+		lan.ProbeInterval = time.Second
+		lan.ProbeTimeout = 500 * time.Millisecond
+		lan.SuspicionMult = 4
+		lan.SuspicionMaxTimeoutMult = 6
+		lan.GossipInterval = 200 * time.Millisecond
+		cfg = lan
+	}
+	cfg.Cluster, cfg.NodeName, cfg.ClusterID = self.Cluster, self.Name, ids[self.Cluster]
+	cfg.BindAddr = self.GossipAddress
+	cfg.KeyFile = os.Getenv(childKeyFile)
+	level := slog.LevelWarn
+	if os.Getenv("HEALTH_TEST_LOG") != "" {
+		level = slog.LevelDebug
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	out := &lineWriter{w: bufio.NewWriter(os.Stdout)}
+	p, err := New(cfg, printSink{out}, prometheus.NewRegistry())
+	if err != nil {
+		return fail(err)
+	}
+	if err := p.SetNodes(nodes); err != nil {
+		return fail(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		// The parent holds our stdin: when it closes (or dies), stop.
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		cancel()
+	}()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		last := ""
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			s := p.Status()
+			line := fmt.Sprintf("STATUS alive=%d suspect=%d dead=%d left=%d unhealthy=%d held=%d isolated=%t score=%d",
+				s.Alive, s.Suspect, s.Dead, s.Left, s.Unhealthy, s.Held, s.Isolated, s.HealthScore)
+			if line != last {
+				out.println(line)
+				last = line
+			}
+		}
+	}()
+	err = p.Run(ctx)
+	cancel()
+	wg.Wait()
+	if err != nil {
+		return fail(err)
+	}
+	return 0
+}
+
+type lineWriter struct {
+	mu sync.Mutex
+	w  *bufio.Writer
+}
+
+func (l *lineWriter) println(s string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.w.WriteString(s + "\n")
+	l.w.Flush()
+}
+
+// printSink reports every call as "SINK <unix ns> <clusterID>/<node> <healthy>".
+type printSink struct{ out *lineWriter }
+
+func (s printSink) SetNodeHealth(_ context.Context, ref loadbalancer.NodeRef, healthy bool) error {
+	s.out.println(fmt.Sprintf("SINK %d %s %t", time.Now().UnixNano(), ref, healthy))
+	return nil
+}
+
+// fabric is a bridge with one network namespace per member, named with a
+// per-run prefix and removed in Cleanup.
+type fabric struct {
+	tb     testing.TB
+	prefix string
+	bridge string
+	ns     []string // namespace names
+	veth   []string // host-side veth names
+	addrs  []netip.AddrPort
+}
+
+func requireRoot(tb testing.TB) {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		tb.Skip("needs root: creates network namespaces, a bridge and veths")
+	}
+	for _, tool := range []string{"ip", "nsenter"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			tb.Skipf("needs %s: %v", tool, err)
+		}
+	}
+}
+
+func run(tb testing.TB, args ...string) {
+	tb.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		tb.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+func newFabric(tb testing.TB, n int) *fabric {
+	tb.Helper()
+	var rnd [2]byte
+	_, _ = rand.Read(rnd[:])
+	f := &fabric{tb: tb, prefix: "cm" + hex.EncodeToString(rnd[:]), bridge: ""}
+	f.bridge = f.prefix + "br"
+	tb.Cleanup(f.close)
+	run(tb, "ip", "link", "add", f.bridge, "type", "bridge")
+	run(tb, "ip", "link", "set", f.bridge, "up")
+	for i := range n {
+		ns := fmt.Sprintf("%sn%d", f.prefix, i)
+		host := fmt.Sprintf("%sh%d", f.prefix, i)
+		peer := fmt.Sprintf("%sp%d", f.prefix, i)
+		addr := netip.AddrFrom4([4]byte{10, 99, 0, byte(i + 1)})
+		f.ns = append(f.ns, ns)
+		f.veth = append(f.veth, host)
+		f.addrs = append(f.addrs, netip.AddrPortFrom(addr, gossipPort))
+		run(tb, "ip", "netns", "add", ns)
+		run(tb, "ip", "link", "add", host, "type", "veth", "peer", "name", peer)
+		run(tb, "ip", "link", "set", host, "master", f.bridge, "up")
+		run(tb, "ip", "link", "set", peer, "netns", ns)
+		run(tb, "ip", "-n", ns, "link", "set", peer, "name", "eth0")
+		run(tb, "ip", "-n", ns, "addr", "add", addr.String()+"/24", "dev", "eth0")
+		run(tb, "ip", "-n", ns, "link", "set", "eth0", "up")
+		run(tb, "ip", "-n", ns, "link", "set", "lo", "up")
+	}
+	return f
+}
+
+// close removes everything, ignoring what is already gone.
+func (f *fabric) close() {
+	for i, ns := range f.ns {
+		_ = exec.Command("ip", "link", "del", f.veth[i]).Run()
+		_ = exec.Command("ip", "netns", "del", ns).Run()
+	}
+	_ = exec.Command("ip", "link", "del", f.bridge).Run()
+}
+
+// setLink cuts (up=false) or restores member i's cable.
+func (f *fabric) setLink(i int, up bool) {
+	l, err := netlink.LinkByName(f.veth[i])
+	if err != nil {
+		f.tb.Fatalf("veth %s: %v", f.veth[i], err)
+	}
+	if up {
+		err = netlink.LinkSetUp(l)
+	} else {
+		err = netlink.LinkSetDown(l)
+	}
+	if err != nil {
+		f.tb.Fatalf("veth %s: set up=%t: %v", f.veth[i], up, err)
+	}
+}
+
+// mesh is the set of member processes on a fabric.
+type mesh struct {
+	tb       testing.TB
+	f        *fabric
+	names    []string // "<cluster>/<node>"
+	refs     []loadbalancer.NodeRef
+	env      []string
+	profile  string
+	children []*child
+}
+
+type child struct {
+	name  string
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	done  chan struct{}
+
+	mu     sync.Mutex
+	sinks  []sinkLine
+	status string
+	stderr bytes.Buffer
+}
+
+type sinkLine struct {
+	at      time.Time
+	ref     string
+	healthy bool
+}
+
+// newMesh starts one member per fabric namespace; the first half of the
+// members are cluster c1 (ID 1), the rest c2 (ID 2).
+func newMesh(tb testing.TB, n int, profile string) *mesh {
+	tb.Helper()
+	f := newFabric(tb, n)
+	keyFile := filepath.Join(tb.TempDir(), "mesh.key")
+	if err := os.WriteFile(keyFile, []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	m := &mesh{tb: tb, f: f, profile: profile, children: make([]*child, n)}
+	var nodes []string
+	for i := range n {
+		cluster, id := "c1", uint32(1)
+		if i >= (n+1)/2 {
+			cluster, id = "c2", 2
+		}
+		name := fmt.Sprintf("%s/n%d", cluster, i)
+		m.names = append(m.names, name)
+		m.refs = append(m.refs, loadbalancer.NodeRef{ClusterID: id, Name: fmt.Sprintf("n%d", i)})
+		nodes = append(nodes, name+"="+f.addrs[i].String())
+	}
+	m.env = append(os.Environ(), childEnv+"=1", childClusters+"=c1=1,c2=2",
+		childNodes+"="+strings.Join(nodes, ","), childKeyFile+"="+keyFile, childProfile+"="+profile)
+	tb.Cleanup(m.close)
+	for i := range n {
+		m.start(i)
+	}
+	return m
+}
+
+func (m *mesh) start(i int) {
+	m.tb.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		m.tb.Fatal(err)
+	}
+	c := &child{name: m.names[i], done: make(chan struct{})}
+	c.cmd = exec.Command("nsenter", "--net=/run/netns/"+m.f.ns[i], exe, "-test.run=^$")
+	c.cmd.Env = append(m.env, childSelf+"="+m.names[i])
+	c.cmd.Stderr = &lockedWriter{c: c}
+	stdout, err := c.cmd.StdoutPipe()
+	if err != nil {
+		m.tb.Fatal(err)
+	}
+	if c.stdin, err = c.cmd.StdinPipe(); err != nil {
+		m.tb.Fatal(err)
+	}
+	if err := c.cmd.Start(); err != nil {
+		m.tb.Fatalf("start member %s: %v", c.name, err)
+	}
+	go func() {
+		defer close(c.done)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			c.parse(sc.Text())
+		}
+		_ = c.cmd.Wait()
+	}()
+	m.children[i] = c
+}
+
+type lockedWriter struct{ c *child }
+
+func (w *lockedWriter) Write(b []byte) (int, error) {
+	w.c.mu.Lock()
+	defer w.c.mu.Unlock()
+	if w.c.stderr.Len() < 1<<20 {
+		w.c.stderr.Write(b)
+	}
+	return len(b), nil
+}
+
+func (c *child) parse(line string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case strings.HasPrefix(line, "STATUS "):
+		c.status = line
+	case strings.HasPrefix(line, "SINK "):
+		f := strings.Fields(line)
+		if len(f) != 4 {
+			return
+		}
+		ns, _ := strconv.ParseInt(f[1], 10, 64)
+		c.sinks = append(c.sinks, sinkLine{at: time.Unix(0, ns), ref: f[2], healthy: f[3] == "true"})
+	}
+}
+
+func (c *child) snapshot() ([]sinkLine, string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.sinks), c.status
+}
+
+// statusField returns the integer or boolean field of the last status line.
+func (c *child) statusField(key string) string {
+	_, st := c.snapshot()
+	for _, f := range strings.Fields(st) {
+		if k, v, ok := strings.Cut(f, "="); ok && k == key {
+			return v
+		}
+	}
+	return ""
+}
+
+// kill hard-kills member i and cuts its link; it returns the instant just
+// before.
+func (m *mesh) kill(i int) time.Time {
+	c := m.children[i]
+	t0 := time.Now()
+	_ = c.cmd.Process.Signal(syscall.SIGKILL)
+	m.f.setLink(i, false)
+	<-c.done
+	c.stdin.Close()
+	return t0
+}
+
+// stop ends member i gracefully (stdin closed) and waits for it.
+func (m *mesh) stop(i int) {
+	c := m.children[i]
+	if c == nil {
+		return
+	}
+	c.stdin.Close()
+	select {
+	case <-c.done:
+	case <-time.After(10 * time.Second):
+		_ = c.cmd.Process.Kill()
+		<-c.done
+	}
+}
+
+func (m *mesh) close() {
+	for i := range m.children {
+		m.stop(i)
+	}
+	if m.tb.Failed() {
+		for _, c := range m.children {
+			if c != nil {
+				_, st := c.snapshot()
+				m.tb.Logf("member %s: last %s; stderr:\n%s", c.name, st, tail(c.stderrString(), 4000))
+			}
+		}
+	}
+}
+
+func (c *child) stderrString() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stderr.String()
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// waitAll waits until cond holds for every listed member.
+func (m *mesh) waitAll(ctx context.Context, what string, members []int, cond func(*child) bool) {
+	m.tb.Helper()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ok := true
+		for _, i := range members {
+			if !cond(m.children[i]) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			m.tb.Fatalf("timed out waiting for %s", what)
+		case <-tick.C:
+		}
+	}
+}
+
+func (m *mesh) others(i int) []int {
+	var o []int
+	for j := range m.children {
+		if j != i {
+			o = append(o, j)
+		}
+	}
+	return o
+}
+
+func (m *mesh) all() []int { return m.others(-1) }
+
+func (m *mesh) waitConverged(ctx context.Context) {
+	want := strconv.Itoa(len(m.children) - 1)
+	m.waitAll(ctx, "every member to see every other alive", m.all(), func(c *child) bool {
+		return c.statusField("alive") == want && c.statusField("unhealthy") == "0"
+	})
+}
+
+// reported returns when member c last reported ref with healthy, after t.
+func (c *child) reported(ref loadbalancer.NodeRef, healthy bool, after time.Time) (time.Time, bool) {
+	sinks, _ := c.snapshot()
+	for _, s := range sinks {
+		if s.ref == ref.String() && s.healthy == healthy && !s.at.Before(after) {
+			return s.at, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// killAndMeasure kills member v and returns, per survivor, the time from the
+// kill until it told its sink v is unhealthy.
+func (m *mesh) killAndMeasure(ctx context.Context, v int) []time.Duration {
+	t0 := m.kill(v)
+	var lat []time.Duration
+	m.waitAll(ctx, m.names[v]+" reported dead by every survivor", m.others(v), func(c *child) bool {
+		_, ok := c.reported(m.refs[v], false, t0)
+		return ok
+	})
+	for _, j := range m.others(v) {
+		at, _ := m.children[j].reported(m.refs[v], false, t0)
+		lat = append(lat, at.Sub(t0))
+	}
+	return lat
+}
+
+// revive restores member v's link, restarts it and waits until every member
+// sees every other alive and healthy again.
+func (m *mesh) revive(ctx context.Context, v int) {
+	m.f.setLink(v, true)
+	m.start(v)
+	m.waitConverged(ctx)
+}
+
+// TestNetnsHardKill: five members in two clusters, each in its own
+// namespace; one is SIGKILLed and its cable cut. Every survivor reports it
+// dead, nobody reports a live node, and after a restart it is restored.
+func TestNetnsHardKill(t *testing.T) {
+	requireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	m := newMesh(t, 5, "")
+	m.waitConverged(ctx)
+
+	const victim = 3 // c2/n3
+	lat := m.killAndMeasure(ctx, victim)
+	t.Logf("%s reported dead after %v", m.names[victim], lat)
+	for _, j := range m.others(victim) {
+		sinks, _ := m.children[j].snapshot()
+		for _, s := range sinks {
+			if s.ref != m.refs[victim].String() {
+				t.Errorf("%s reported live node %s healthy=%t", m.names[j], s.ref, s.healthy)
+			}
+		}
+	}
+
+	m.revive(ctx, victim)
+	for _, j := range m.others(victim) {
+		if _, ok := m.children[j].reported(m.refs[victim], true, time.Time{}); !ok {
+			t.Errorf("%s never restored %s", m.names[j], m.names[victim])
+		}
+	}
+}
+
+// TestNetnsIsolatedMember: one member's cable is cut (the process keeps
+// running). The others report it dead and nothing else; the cut-off member
+// does not mark the majority of its peers unhealthy. When the cable is back
+// everyone converges again.
+func TestNetnsIsolatedMember(t *testing.T) {
+	requireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	const n, cut = 5, 4
+	m := newMesh(t, n, "")
+	m.waitConverged(ctx)
+
+	t0 := time.Now()
+	m.f.setLink(cut, false)
+	m.waitAll(ctx, "the cut-off member reported dead by the others", m.others(cut), func(c *child) bool {
+		_, ok := c.reported(m.refs[cut], false, t0)
+		return ok
+	})
+	// The isolated member's memberlist declares every peer dead in turn;
+	// wait until all of them are (dead=4), so every verdict has been judged.
+	m.waitAll(ctx, "the cut-off member to see all its peers dead", []int{cut}, func(c *child) bool {
+		return c.statusField("dead") == strconv.Itoa(n-1)
+	})
+	iso := m.children[cut]
+	sinks, st := iso.snapshot()
+	var marked []string
+	for _, s := range sinks {
+		if !s.healthy {
+			marked = append(marked, s.ref)
+		}
+	}
+	t.Logf("isolated member: %s; marked unhealthy: %v", st, marked)
+	if 2*len(marked) > n-1 {
+		t.Errorf("isolated member marked %d of its %d peers unhealthy: %v", len(marked), n-1, marked)
+	}
+	if iso.statusField("isolated") != "true" {
+		t.Errorf("isolated member does not consider itself isolated: %s", st)
+	}
+	for _, j := range m.others(cut) {
+		sinks, _ := m.children[j].snapshot()
+		for _, s := range sinks {
+			if s.ref != m.refs[cut].String() {
+				t.Errorf("%s reported %s healthy=%t while only %s was cut off", m.names[j], s.ref, s.healthy, m.names[cut])
+			}
+		}
+	}
+
+	m.f.setLink(cut, true)
+	m.waitConverged(ctx)
+}
+
+// BenchmarkNetnsDetection measures, over repeated hard kills of a rotating
+// member of a five-member mesh, the time until every survivor has told its
+// sink the member is dead (all-*) and until the first one has (first-*).
+// The "lan-defaults" case runs memberlist's stock LAN timings for
+// comparison. Run with e.g. -benchtime=30x.
+func BenchmarkNetnsDetection(b *testing.B) {
+	requireRoot(b)
+	for _, profile := range []string{"tuned", "lan-defaults"} {
+		b.Run(profile, func(b *testing.B) {
+			p := ""
+			if profile == "lan-defaults" {
+				p = "lan"
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+			defer cancel()
+			m := newMesh(b, 5, p)
+			m.waitConverged(ctx)
+			var all, first []time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				v := i % len(m.children)
+				lat := m.killAndMeasure(ctx, v)
+				all = append(all, slices.Max(lat))
+				first = append(first, slices.Min(lat))
+				b.StopTimer()
+				m.revive(ctx, v)
+				b.StartTimer()
+			}
+			b.StopTimer()
+			reportPercentiles(b, "all", all)
+			reportPercentiles(b, "first", first)
+		})
+	}
+}
+
+func reportPercentiles(b *testing.B, prefix string, d []time.Duration) {
+	slices.Sort(d)
+	pct := func(p float64) float64 {
+		i := int(p*float64(len(d))+0.5) - 1
+		i = max(0, min(i, len(d)-1))
+		return float64(d[i]) / float64(time.Millisecond)
+	}
+	b.ReportMetric(pct(0.50), prefix+"-p50-ms")
+	b.ReportMetric(pct(0.99), prefix+"-p99-ms")
+	b.ReportMetric(pct(1.0), prefix+"-max-ms")
+}
