@@ -150,17 +150,22 @@ func (p *Pool) SetNodes(nodes []api.Node) error {
 }
 
 // NodeUpserted adds or updates one registry node; the pool joins it if it is
-// not a live member yet.
-func (p *Pool) NodeUpserted(n api.Node) error {
-	if err := checkNode(n); err != nil {
-		return err
+// not a live member yet. It never blocks. A node with an unusable gossip
+// address is logged and ignored. With NodeDeleted it implements the agent's
+// NodeObserver, so the pool can follow the agent's registry directly.
+func (p *Pool) NodeUpserted(n *api.Node) {
+	if n == nil {
+		return
+	}
+	if err := checkNode(*n); err != nil {
+		p.log.Warn("Ignoring registry node", "error", err)
+		return
 	}
 	p.mu.Lock()
-	p.registry[MemberName(n.Cluster, n.Name)] = n
+	p.registry[MemberName(n.Cluster, n.Name)] = *n
 	p.regSet = true
 	p.mu.Unlock()
 	signal(p.joinWake)
-	return nil
 }
 
 // NodeDeleted removes a node from the registry. The pool forgets it: it no

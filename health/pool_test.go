@@ -276,9 +276,7 @@ func TestPoolAdmission(t *testing.T) {
 
 	intruder := testNode("c1", "intruder", freeLoopbackAddr(t))
 	for _, m := range ms {
-		if err := m.pool.NodeUpserted(intruder); err != nil {
-			t.Fatal(err)
-		}
+		m.pool.NodeUpserted(&intruder)
 	}
 	wrongKey := startLoopMember(t, intruder, []byte("fedcba9876543210"), 0, append(registry, intruder))
 	unknown := startLoopMember(t, testNode("c2", "unlisted", freeLoopbackAddr(t)), testKey(), 0, registry)
@@ -427,4 +425,27 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name, label, value stri
 		}
 	}
 	return 0
+}
+
+// TestPoolFollowsRegistry: two members that start knowing only themselves
+// join when the registry tells each about the other.
+func TestPoolFollowsRegistry(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a := testNode("c1", "a", freeLoopbackAddr(t))
+	b := testNode("c2", "b", freeLoopbackAddr(t))
+	ma := startLoopMember(t, a, testKey(), 0, []api.Node{a})
+	mb := startLoopMember(t, b, testKey(), 0, []api.Node{b})
+	time.Sleep(300 * time.Millisecond)
+	if st := ma.pool.Status(); len(st.Members) != 0 {
+		t.Fatalf("a has members before the registry lists any: %+v", st.Members)
+	}
+	ma.pool.NodeUpserted(&b)
+	mb.pool.NodeUpserted(&a)
+	waitFor(ctx, t, "a and b to see each other", func() bool {
+		return ma.sees("c2/b", StateAlive) && mb.sees("c1/a", StateAlive)
+	})
+	if got := ma.pool.Status().Members[0].Ref; got != (loadbalancer.NodeRef{ClusterID: 2, Name: "b"}) {
+		t.Errorf("a names b %v, want 2/b from b's metadata", got)
+	}
 }
