@@ -1,0 +1,363 @@
+package bpf
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/clustermesh/clustermesh/loadbalancer"
+)
+
+// BenchmarkConnect measures connect() latency to a random one of N services,
+// side by side in one run: straight to a backend, through our eBPF maps, and
+// through a kube-proxy style iptables DNAT chain loaded with iptables-legacy
+// and with iptables-nft. Each path has its own client netns (rules live in
+// the netns, never on the host), all wired by veths to one server netns. It
+// also reports how long programming takes: N services from empty, and one
+// service changed among N.
+//
+// Run: go test -run '^$' -bench BenchmarkConnect -benchtime 1x ./bpf/
+// (BENCH_SIZES=1000,10000 to skip the 100k round).
+func BenchmarkConnect(b *testing.B) {
+	requireRoot(b)
+	sizes := []int{1000, 10000, 100000}
+	if s := os.Getenv("BENCH_SIZES"); s != "" {
+		sizes = nil
+		for _, f := range strings.Split(s, ",") {
+			var n int
+			fmt.Sscan(f, &n)
+			sizes = append(sizes, n)
+		}
+	}
+	const samples = 3000
+
+	prefix := runPrefix(b)
+	pin := bpffs(b)
+	cg := cgroup(b, prefix)
+	tp := newTopo(b, prefix, 4)
+	tp.serveEcho(b)
+	legacyNS := addClientNS(b, tp, "l", 1)
+	nftNS := addClientNS(b, tp, "n", 2)
+	backends := []netip.AddrPort{tp.v4["be1"], tp.v4["be2"], tp.v4["be3"], tp.v4["be4"]}
+
+	cfg := testConfig(cg, pin)
+	cfg.MaxServices = 131072
+	cfg.MaxSlots = 2*131072 + 16
+	ctx := context.Background()
+
+	type row struct {
+		size                     int
+		p50, p99                 map[string]time.Duration
+		bpfLoad, bpfChange       time.Duration
+		legacyLoad, legacyChange time.Duration
+		nftLoad, nftChange       time.Duration
+		legacyErr, nftErr        error
+		rules                    int
+	}
+	var rows []row
+
+	for _, n := range sizes {
+		r := row{size: n, p50: map[string]time.Duration{}, p99: map[string]time.Duration{}}
+		svcs := make([]loadbalancer.Service, n)
+		for i := range svcs {
+			svcs[i] = loadbalancer.Service{
+				Frontend: loadbalancer.Frontend{Addr: benchVIP(i), Protocol: loadbalancer.TCP},
+				Preferred: []loadbalancer.Backend{
+					{Addr: backends[i%4], Node: nodeA},
+					{Addr: backends[(i+1)%4], Node: nodeA},
+				},
+			}
+		}
+
+		// eBPF: program from empty, change one, measure.
+		dp, err := Open(ctx, cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		for _, s := range svcs {
+			if err := dp.UpsertService(ctx, s); err != nil {
+				b.Fatal(err)
+			}
+		}
+		r.bpfLoad = time.Since(start)
+		changed := svcs[n/2]
+		changed.Preferred = []loadbalancer.Backend{{Addr: backends[3], Node: nodeA}, {Addr: backends[2], Node: nodeA}}
+		start = time.Now()
+		if err := dp.UpsertService(ctx, changed); err != nil {
+			b.Fatal(err)
+		}
+		r.bpfChange = time.Since(start)
+		if err := dp.UpsertService(ctx, svcs[n/2]); err != nil {
+			b.Fatal(err)
+		}
+
+		// iptables in their own netns.
+		rules := kubeProxyRules(svcs)
+		r.rules = strings.Count(rules, "\n-A ")
+		r.legacyLoad, r.legacyErr = iptablesRestore(legacyNS, "iptables-legacy-restore", rules, false)
+		if r.legacyErr == nil {
+			r.legacyChange, r.legacyErr = iptablesRestore(legacyNS, "iptables-legacy-restore", kubeProxyChange(svcs[n/2], backends[3]), true)
+		}
+		r.nftLoad, r.nftErr = iptablesRestore(nftNS, "iptables-nft-restore", rules, false)
+		if r.nftErr == nil {
+			r.nftChange, r.nftErr = iptablesRestore(nftNS, "iptables-nft-restore", kubeProxyChange(svcs[n/2], backends[3]), true)
+		}
+
+		pick := rand.New(rand.NewPCG(uint64(n), 1))
+		vipTarget := func() netip.AddrPort { return benchVIP(pick.IntN(n)) }
+		directTarget := func() netip.AddrPort { return backends[pick.IntN(4)] }
+		measureMode := func(mode, ns string, target func() netip.AddrPort, inCgroup bool) {
+			b.Run(fmt.Sprintf("services=%d/%s", n, mode), func(b *testing.B) {
+				var all []time.Duration
+				for i := 0; i < b.N; i++ {
+					lat, err := measureConnects(ns, cg, inCgroup, samples, target)
+					if err != nil {
+						b.Fatalf("%s: %v", mode, err)
+					}
+					all = append(all, lat...)
+				}
+				slices.Sort(all)
+				r.p50[mode], r.p99[mode] = pct(all, 50), pct(all, 99)
+				b.ReportMetric(float64(r.p50[mode].Nanoseconds())/1e3, "p50-µs")
+				b.ReportMetric(float64(r.p99[mode].Nanoseconds())/1e3, "p99-µs")
+				if d := r.p50["direct"]; d > 0 {
+					b.ReportMetric(float64(r.p50[mode])/float64(d), "p50-x-direct")
+				}
+			})
+		}
+		measureMode("direct", tp.clientNS, directTarget, false)
+		measureMode("ebpf", tp.clientNS, vipTarget, true)
+		if r.legacyErr == nil {
+			measureMode("iptables-legacy", legacyNS, vipTarget, false)
+		}
+		if r.nftErr == nil {
+			measureMode("iptables-nft", nftNS, vipTarget, false)
+		}
+		rows = append(rows, r)
+
+		if err := dp.Remove(); err != nil {
+			b.Fatal(err)
+		}
+		for _, ns := range []struct{ ns, tool string }{{legacyNS, "iptables-legacy"}, {nftNS, "iptables-nft"}} {
+			flushNAT(ns.ns, ns.tool)
+		}
+	}
+
+	// The side-by-side table docs/datapath.md quotes.
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "\n| services | rules | path | connect p50 | p99 | p50 / direct | program all | change one |\n|---|---|---|---|---|---|---|---|\n")
+	us := func(d time.Duration) string { return fmt.Sprintf("%.1f µs", float64(d.Nanoseconds())/1e3) }
+	for _, r := range rows {
+		for _, m := range []struct {
+			mode         string
+			load, change time.Duration
+			err          error
+		}{
+			{"direct", 0, 0, nil},
+			{"ebpf", r.bpfLoad, r.bpfChange, nil},
+			{"iptables-legacy", r.legacyLoad, r.legacyChange, r.legacyErr},
+			{"iptables-nft", r.nftLoad, r.nftChange, r.nftErr},
+		} {
+			if m.err != nil {
+				fmt.Fprintf(&sb, "| %d | %d | %s | failed: %v | | | | |\n", r.size, r.rules, m.mode, m.err)
+				continue
+			}
+			load, change := "-", "-"
+			if m.mode != "direct" {
+				load, change = m.load.Round(time.Millisecond).String(), m.change.Round(10*time.Microsecond).String()
+			}
+			fmt.Fprintf(&sb, "| %d | %d | %s | %s | %s | %.2f | %s | %s |\n", r.size, r.rules, m.mode,
+				us(r.p50[m.mode]), us(r.p99[m.mode]), float64(r.p50[m.mode])/float64(r.p50["direct"]), load, change)
+		}
+	}
+	b.Log(sb.String())
+}
+
+func pct(sorted []time.Duration, p int) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[(len(sorted)-1)*p/100]
+}
+
+// benchVIP spreads service i over 10.96.0.0/12.
+func benchVIP(i int) netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(96 + i>>16), byte(i >> 8), byte(i)}), 80)
+}
+
+// addClientNS adds one more client netns wired to the server netns of tp on
+// subnet 10.77.<subnet>.0/24, with a default route towards the servers.
+func addClientNS(t testing.TB, tp *topo, suffix string, subnet int) string {
+	ns := tp.prefix + suffix
+	run(t, "ip", "netns", "add", ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	inner, outer := tp.prefix+suffix, tp.prefix+strings.ToUpper(suffix)
+	run(t, "ip", "-n", ns, "link", "set", "lo", "up")
+	run(t, "ip", "link", "add", inner, "netns", ns, "type", "veth", "peer", "name", outer, "netns", tp.serverNS)
+	run(t, "ip", "-n", ns, "addr", "add", fmt.Sprintf("10.77.%d.1/24", subnet), "dev", inner)
+	run(t, "ip", "-n", ns, "link", "set", inner, "up")
+	run(t, "ip", "-n", tp.serverNS, "addr", "add", fmt.Sprintf("10.77.%d.2/24", subnet), "dev", outer)
+	run(t, "ip", "-n", tp.serverNS, "link", "set", outer, "up")
+	run(t, "ip", "-n", ns, "route", "add", "default", "via", fmt.Sprintf("10.77.%d.2", subnet))
+	return ns
+}
+
+// measureConnects times n blocking TCP connects from netns ns. With
+// inCgroup, the process joins cgroup cg for the duration, so its sockets
+// run through the attached programs (a socket is bound to the cgroup of the
+// task that creates it).
+func measureConnects(ns, cg string, inCgroup bool, n int, target func() netip.AddrPort) ([]time.Duration, error) {
+	if inCgroup {
+		orig, err := ownCgroup()
+		if err != nil {
+			return nil, err
+		}
+		if err := joinCgroup(cg); err != nil {
+			return nil, err
+		}
+		defer joinCgroup(orig)
+	}
+	out := make([]time.Duration, 0, n)
+	err := inNetns(ns, func() error {
+		linger := &unix.Linger{Onoff: 1, Linger: 0} // RST on close: no TIME_WAIT pile-up
+		for i := 0; i < n; i++ {
+			ap := target()
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, linger)
+			sa := &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+			start := time.Now()
+			err = unix.Connect(fd, sa)
+			d := time.Since(start)
+			unix.Close(fd)
+			if err != nil {
+				return fmt.Errorf("connect %s: %w", ap, err)
+			}
+			out = append(out, d)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func ownCgroup() (string, error) {
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", err
+	}
+	sc := bufio.NewScanner(strings.NewReader(string(b)))
+	for sc.Scan() {
+		if p, ok := strings.CutPrefix(sc.Text(), "0::"); ok {
+			return filepath.Join("/sys/fs/cgroup/unified", p), nil
+		}
+	}
+	return "", fmt.Errorf("no cgroup v2 entry in /proc/self/cgroup")
+}
+
+func joinCgroup(dir string) error {
+	return os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(fmt.Sprint(os.Getpid())), 0)
+}
+
+// kubeProxyRules renders the nat table kube-proxy (iptables mode) writes for
+// these services: OUTPUT -> KUBE-SERVICES -> KUBE-SVC-* (statistic random) ->
+// KUBE-SEP-* (DNAT), with the masquerade marks.
+func kubeProxyRules(svcs []loadbalancer.Service) string {
+	var sb strings.Builder
+	sb.WriteString("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n")
+	for i, s := range svcs {
+		fmt.Fprintf(&sb, ":%s - [0:0]\n", svcChain(i))
+		for j := range s.Preferred {
+			fmt.Fprintf(&sb, ":%s - [0:0]\n", sepChain(i, j))
+		}
+	}
+	sb.WriteString("-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n")
+	sb.WriteString("-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n")
+	for i, s := range svcs {
+		fe := s.Frontend.Addr
+		fmt.Fprintf(&sb, "-A KUBE-SERVICES -d %s/32 -p tcp -m comment --comment \"bench/svc%d:http cluster IP\" -m tcp --dport %d -j %s\n",
+			fe.Addr(), i, fe.Port(), svcChain(i))
+	}
+	for i, s := range svcs {
+		writeSvcChain(&sb, i, s)
+	}
+	sb.WriteString("COMMIT\n")
+	return sb.String()
+}
+
+func writeSvcChain(sb *strings.Builder, i int, s loadbalancer.Service) {
+	fe := s.Frontend.Addr
+	fmt.Fprintf(sb, "-A %s ! -s 10.244.0.0/16 -d %s/32 -p tcp -m comment --comment \"bench/svc%d:http cluster IP\" -m tcp --dport %d -j KUBE-MARK-MASQ\n",
+		svcChain(i), fe.Addr(), i, fe.Port())
+	for j, be := range s.Preferred {
+		if left := len(s.Preferred) - j; left > 1 {
+			fmt.Fprintf(sb, "-A %s -m comment --comment \"bench/svc%d:http -> %s\" -m statistic --mode random --probability %.10f -j %s\n",
+				svcChain(i), i, be.Addr, 1/float64(left), sepChain(i, j))
+		} else {
+			fmt.Fprintf(sb, "-A %s -m comment --comment \"bench/svc%d:http -> %s\" -j %s\n", svcChain(i), i, be.Addr, sepChain(i, j))
+		}
+		fmt.Fprintf(sb, "-A %s -s %s/32 -m comment --comment \"bench/svc%d:http\" -j KUBE-MARK-MASQ\n", sepChain(i, j), be.Addr.Addr(), i)
+		fmt.Fprintf(sb, "-A %s -p tcp -m comment --comment \"bench/svc%d:http\" -m tcp -j DNAT --to-destination %s\n", sepChain(i, j), i, be.Addr)
+	}
+}
+
+// kubeProxyChange is the partial restore kube-proxy (1.28+, --noflush)
+// writes when one service's endpoints change: its chains flushed and
+// rewritten, the rest untouched.
+func kubeProxyChange(s loadbalancer.Service, to netip.AddrPort) string {
+	i := benchIndex(s.Frontend.Addr)
+	s.Preferred = []loadbalancer.Backend{{Addr: to}, s.Preferred[1]}
+	var sb strings.Builder
+	sb.WriteString("*nat\n")
+	fmt.Fprintf(&sb, ":%s - [0:0]\n:%s - [0:0]\n:%s - [0:0]\n", svcChain(i), sepChain(i, 0), sepChain(i, 1))
+	writeSvcChain(&sb, i, s)
+	sb.WriteString("COMMIT\n")
+	return sb.String()
+}
+
+func benchIndex(ap netip.AddrPort) int {
+	a := ap.Addr().As4()
+	return int(a[1]-96)<<16 | int(a[2])<<8 | int(a[3])
+}
+
+func svcChain(i int) string    { return fmt.Sprintf("KUBE-SVC-%016X", i) }
+func sepChain(i, j int) string { return fmt.Sprintf("KUBE-SEP-%014X%02X", i, j) }
+
+// iptablesRestore feeds rules to tool inside netns ns and returns how long
+// it took. A restore that runs past five minutes is abandoned.
+func iptablesRestore(ns, tool, rules string, noflush bool) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	args := []string{"--net=/run/netns/" + ns, "--", tool, "-w"}
+	if noflush {
+		args = append(args, "--noflush")
+	}
+	cmd := exec.CommandContext(ctx, "nsenter", args...)
+	cmd.Stdin = strings.NewReader(rules)
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	d := time.Since(start)
+	if err != nil {
+		return d, fmt.Errorf("%s after %s: %v: %.300s", tool, d.Round(time.Millisecond), err, out)
+	}
+	return d, nil
+}
+
+func flushNAT(ns, tool string) {
+	for _, args := range [][]string{{"-t", "nat", "-F"}, {"-t", "nat", "-X"}} {
+		exec.Command("nsenter", append([]string{"--net=/run/netns/" + ns, "--", tool, "-w"}, args...)...).Run()
+	}
+}
