@@ -31,7 +31,6 @@ type lab struct {
 	dir    string
 }
 
-
 func newLab(tb testing.TB) *lab {
 	tb.Helper()
 	if os.Geteuid() != 0 {

@@ -39,7 +39,7 @@ type childReq struct {
 }
 
 type childResp struct {
-	Err    string  `json:"err,omitempty"`
+	Err     string  `json:"err,omitempty"`
 	Status  *Status `json:"status,omitempty"`
 	Metrics string  `json:"metrics,omitempty"`
 }
