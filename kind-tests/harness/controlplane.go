@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -44,7 +43,6 @@ type ControlPlane struct {
 
 	kcm     *Process
 	kubelet *kubelet
-	once    sync.Once
 }
 
 // StartControlPlane starts the cluster's Kubernetes control plane and its

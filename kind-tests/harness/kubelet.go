@@ -325,7 +325,7 @@ func (k *kubelet) start(ctx context.Context, p *corev1.Pod, role string, node *N
 	for i, a := range args {
 		args[i] = remapPath(a, mounts)
 	}
-	args = append(args, k.cp.Cluster.Run.meshArgs(role, k.cp, node)...)
+	args = append(args, k.cp.Cluster.Run.meshArgs(role, k.cp, node, rt.dir, mounts, args)...)
 	podIP := k.cp.IP.String()
 	if node != nil {
 		podIP = node.FabricIP.String()

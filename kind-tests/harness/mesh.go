@@ -5,24 +5,52 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
 // meshArgs are the flags the harness adds to a mesh pod's own (from its
 // manifest) so that several nodes share one machine: per-node pin directory
-// and cgroup, the control plane's kubeconfig. They play the part of what
-// differs between real hosts.
-func (r *Run) meshArgs(role string, cp *ControlPlane, n *Node) []string {
+// and cgroup, the control plane's kubeconfig, data directories. They play
+// the part of what differs between real hosts. A flag the manifest already
+// sets is left alone.
+func (r *Run) meshArgs(role string, cp *ControlPlane, n *Node, podDir string, mounts map[string]string, have []string) []string {
+	var out []string
+	add := func(flag, value string) {
+		for _, a := range have {
+			if a == flag || strings.HasPrefix(a, flag+"=") {
+				return
+			}
+		}
+		out = append(out, flag+"="+value)
+	}
 	switch role {
 	case RoleAgent:
 		if n == nil {
 			return nil
 		}
-		return nil
+		for _, f := range r.agentFlags(n) {
+			add(f[0], f[1])
+		}
 	case RoleAPIServer:
-		return nil
+		add("--kubeconfig", cp.Kubeconfig)
+		add("--etcd-data-dir", filepath.Join(podDir, "etcd-data"))
+		add("--etcd-unsafe-no-fsync", "true")
+		if admin, ok := mounts["/var/lib/clustermesh/admin"]; ok {
+			add("--etcd-admin-cert", filepath.Join(admin, "tls.crt"))
+			add("--etcd-admin-key", filepath.Join(admin, "tls.key"))
+		}
 	}
-	return nil
+	return out
+}
+
+// agentFlags are the per-node flags of an agent, as (flag, value) pairs.
+func (r *Run) agentFlags(n *Node) [][2]string {
+	return [][2]string{
+		{"--node-name", n.Name},
+		{"--cgroup-path", n.Cgroup},
+		{"--bpf-pin-dir", n.BPFDir},
+	}
 }
 
 func (n *Node) isDead() bool {

@@ -1,0 +1,263 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// MeshOptions shape NewMesh. Zero values take the defaults.
+type MeshOptions struct {
+	// Clusters is the number of clusters, named c1, c2 …; default 2.
+	Clusters int
+	// Nodes is the number of nodes per cluster; default 2.
+	Nodes int
+	// StaticRoutes makes the harness route pod CIDRs between all nodes
+	// itself instead of leaving it to the agents' BGP speakers.
+	StaticRoutes bool
+}
+
+// Mesh is a set of emulated clusters with their control planes, driven
+// through the real CLI and kubectl, as an operator would.
+type Mesh struct {
+	Run      *Run
+	Bins     *Binaries
+	Clusters []*Cluster
+}
+
+// NewMesh creates the clusters, their nodes and their Kubernetes control
+// planes. The mesh itself is not installed yet: see Enable.
+func NewMesh(ctx context.Context, r *Run, bins *Binaries, o MeshOptions) (*Mesh, error) {
+	if o.Clusters == 0 {
+		o.Clusters = 2
+	}
+	if o.Nodes == 0 {
+		o.Nodes = 2
+	}
+	m := &Mesh{Run: r, Bins: bins}
+	for i := 1; i <= o.Clusters; i++ {
+		c, err := r.AddCluster(ctx, fmt.Sprintf("c%d", i))
+		if err != nil {
+			return nil, err
+		}
+		for range o.Nodes {
+			if _, err := c.AddNode(ctx); err != nil {
+				return nil, err
+			}
+		}
+		m.Clusters = append(m.Clusters, c)
+	}
+	if o.StaticRoutes {
+		if err := r.InstallStaticRoutes(ctx); err != nil {
+			return nil, err
+		}
+	}
+	for _, c := range m.Clusters {
+		if _, err := c.StartControlPlane(ctx, bins); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// Cluster returns the cluster named name, or nil.
+func (m *Mesh) Cluster(name string) *Cluster {
+	for _, c := range m.Clusters {
+		if c.Name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// CLI runs the clustermesh CLI against the run's kubeconfig and returns its
+// output.
+func (m *Mesh) CLI(ctx context.Context, args ...string) (string, error) {
+	if err := m.Bins.Require(PartCLI); err != nil {
+		return "", err
+	}
+	return run(ctx, m.Bins.Path(PartCLI), append([]string{"--kubeconfig", m.Run.Kubeconfig()}, args...)...)
+}
+
+// Kubectl runs the hack-built kubectl in the context of cluster c.
+func (m *Mesh) Kubectl(ctx context.Context, c *Cluster, stdin string, args ...string) (string, error) {
+	if err := m.Bins.Require(PartKubectl); err != nil {
+		return "", err
+	}
+	cmd := exec.CommandContext(ctx, m.Bins.Path(PartKubectl), append([]string{"--kubeconfig", m.Run.Kubeconfig(), "--context", c.Name}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("kubectl --context %s %s: %w: %s", c.Name, strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return string(out), nil
+}
+
+func run(ctx context.Context, path string, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, path, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s: %w: %s", path, strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return string(out), nil
+}
+
+// StoreEtcdPort is the port the clustermesh-apiserver serves its store on.
+const StoreEtcdPort = 2379
+
+// StoreEndpoint is where peers reach cluster c's store: its control-plane
+// namespace's fabric address (the emulation's stand-in for a LoadBalancer).
+func (c *Cluster) StoreEndpoint() string {
+	cp := c.ControlPlane()
+	return "https://" + netip.AddrPortFrom(cp.IP, StoreEtcdPort).String()
+}
+
+// Enable runs `clustermesh enable` on every cluster (the first creates the
+// mesh CA, the others inherit it), then waits until every cluster's
+// clustermesh-apiserver and every node's agent run.
+func (m *Mesh) Enable(ctx context.Context) error {
+	for i, c := range m.Clusters {
+		args := []string{"enable", "--context", c.Name, "--cluster-name", c.Name,
+			"--cluster-id", strconv.Itoa(c.Index), "--endpoint", c.StoreEndpoint()}
+		if i > 0 {
+			args = append(args, "--inherit-ca-from", m.Clusters[0].Name)
+		}
+		out, err := m.CLI(ctx, args...)
+		if err != nil {
+			return err
+		}
+		m.Run.Log.Info("enabled", "cluster", c.Name, "out", strings.TrimSpace(out))
+	}
+	return m.WaitMeshProcesses(ctx)
+}
+
+// WaitMeshProcesses waits until every cluster runs its clustermesh-apiserver
+// and one agent per live node.
+func (m *Mesh) WaitMeshProcesses(ctx context.Context) error {
+	for _, c := range m.Clusters {
+		cp := c.ControlPlane()
+		if _, err := cp.WaitStore(ctx); err != nil {
+			return err
+		}
+		for _, n := range c.Nodes() {
+			if n.isDead() {
+				continue
+			}
+			for {
+				if _, err := cp.Agent(n); err == nil {
+					break
+				}
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("node %s: agent not running: %w", n.Name, ctx.Err())
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Connect connects every pair of clusters with `clustermesh connect`.
+func (m *Mesh) Connect(ctx context.Context) error {
+	for i, a := range m.Clusters {
+		for _, b := range m.Clusters[i+1:] {
+			if _, err := m.CLI(ctx, "connect", "--context", a.Name, "--destination-context", b.Name); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Disconnect runs `clustermesh disconnect` between a and b.
+func (m *Mesh) Disconnect(ctx context.Context, a, b *Cluster) error {
+	_, err := m.CLI(ctx, "disconnect", "--context", a.Name, "--destination-context", b.Name)
+	return err
+}
+
+// EchoDeploymentName is the name of cluster c's echo Deployment; its pods'
+// names start with it, which tells from a reply which cluster answered.
+func EchoDeploymentName(service string, c *Cluster) string { return service + "-" + c.Name }
+
+// DeployEcho applies, with kubectl, a Service named service (port 80 to the
+// pods' EchoPort) and a Deployment of replicas echo pods behind it in
+// cluster c's default namespace.
+func (m *Mesh) DeployEcho(ctx context.Context, c *Cluster, service string, replicas int) error {
+	manifest := fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata:
+  name: %[1]s
+  namespace: default
+spec:
+  selector:
+    app: %[1]s
+  ports:
+  - name: tcp
+    port: 80
+    targetPort: %[4]d
+    protocol: TCP
+  - name: udp
+    port: 80
+    targetPort: %[4]d
+    protocol: UDP
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: %[2]s
+  namespace: default
+spec:
+  replicas: %[3]d
+  selector:
+    matchLabels:
+      app: %[1]s
+  template:
+    metadata:
+      labels:
+        app: %[1]s
+    spec:
+      containers:
+      - name: echo
+        image: echo
+        ports:
+        - containerPort: %[4]d
+`, service, EchoDeploymentName(service, c), replicas, EchoPort)
+	_, err := m.Kubectl(ctx, c, manifest, "apply", "-f", "-")
+	return err
+}
+
+// ScaleEcho scales cluster c's echo Deployment with kubectl.
+func (m *Mesh) ScaleEcho(ctx context.Context, c *Cluster, service string, replicas int) error {
+	_, err := m.Kubectl(ctx, c, "", "scale", "deployment/"+EchoDeploymentName(service, c), "--replicas="+strconv.Itoa(replicas))
+	return err
+}
+
+// ServiceIP returns the ClusterIP of service in cluster c.
+func (m *Mesh) ServiceIP(ctx context.Context, c *Cluster, service string) (netip.Addr, error) {
+	svc, err := c.ControlPlane().Client.CoreV1().Services("default").Get(ctx, service, metav1.GetOptions{})
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("cluster %s: service %s: %w", c.Name, service, err)
+	}
+	a, err := netip.ParseAddr(svc.Spec.ClusterIP)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("cluster %s: service %s: ClusterIP %q: %w", c.Name, service, svc.Spec.ClusterIP, err)
+	}
+	return a, nil
+}
+
+// ClusterOf tells which cluster's echo pod a reply came from ("" if none).
+func (m *Mesh) ClusterOf(service, reply string) string {
+	for _, c := range m.Clusters {
+		if strings.HasPrefix(reply, EchoDeploymentName(service, c)+"-") {
+			return c.Name
+		}
+	}
+	return ""
+}
