@@ -1,0 +1,199 @@
+package bgp
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+)
+
+// rtprotBird is the rtnetlink protocol bird2 installs routes with.
+const rtprotBird = 12
+
+// benchPrefixes returns n /24s, one node's worth each.
+func benchPrefixes(n int) []netip.Prefix {
+	out := make([]netip.Prefix, n)
+	for i := range out {
+		out[i] = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(100 + i/256), byte(i % 256), 0}), 24)
+	}
+	return out
+}
+
+// BenchmarkConvergence measures, per iteration, the time from announcing N
+// node prefixes at an origin to all of them installed in the kernel of every
+// receiver, and from killing the origin to all of them removed everywhere.
+//
+//	gobgp-direct:    origin speaker -> 1 receiver speaker (eBGP)
+//	gobgp-reflector: origin speaker -> route reflector -> 2 receiver speakers (iBGP)
+//	bird-direct:     bird2 -> bird2 with its kernel protocol (the baseline)
+//
+// Run: go test -run '^$' -bench Convergence -benchtime 3x ./bgp/
+func BenchmarkConvergence(b *testing.B) {
+	for _, n := range []int{100, 1000} {
+		b.Run(fmt.Sprintf("gobgp-direct/prefixes=%d", n), func(b *testing.B) { benchGoBGP(b, n, false) })
+		b.Run(fmt.Sprintf("gobgp-reflector/prefixes=%d", n), func(b *testing.B) { benchGoBGP(b, n, true) })
+		b.Run(fmt.Sprintf("bird-direct/prefixes=%d", n), func(b *testing.B) { benchBird(b, n) })
+	}
+}
+
+type convergence struct{ announce, withdraw []time.Duration }
+
+func (c *convergence) report(b *testing.B) {
+	for name, ds := range map[string][]time.Duration{"announce": c.announce, "withdraw": c.withdraw} {
+		slices.Sort(ds)
+		if len(ds) == 0 {
+			continue
+		}
+		b.ReportMetric(ms(ds[len(ds)/2]), name+"-p50-ms")
+		b.ReportMetric(ms(ds[(len(ds)*99+99)/100-1]), name+"-p99-ms")
+	}
+	b.ReportMetric(0, "ns/op")
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// waitCount polls every receiver until it holds want routes of proto.
+func waitCount(b *testing.B, l *lab, receivers []string, proto netlink.RouteProtocol, want int) {
+	b.Helper()
+	pending := slices.Clone(receivers)
+	deadline := time.Now().Add(2 * time.Minute)
+	for len(pending) > 0 {
+		if time.Now().After(deadline) {
+			b.Fatalf("receivers %v never reached %d routes of protocol %d", pending, want, proto)
+		}
+		pending = slices.DeleteFunc(pending, func(ns string) bool { return len(l.routes(ns, proto)) == want })
+		if len(pending) > 0 {
+			time.Sleep(500 * time.Microsecond)
+		}
+	}
+}
+
+func benchGoBGP(b *testing.B, n int, reflector bool) {
+	l := newLab(b)
+	origin := Peer{Name: "origin", Address: netip.MustParseAddr("192.0.2.10"), ASN: 65010}
+	peerOfOrigin := []Peer{}
+	var receivers []string
+	cfg := DefaultKindConfig()
+	cfg.SessionLossGrace = 0 // measure BGP, not our grace
+	cfg.MaxPrefixes = 0
+	if reflector {
+		origin.ASN = 65001
+		rrNS := l.host("rr", "192.0.2.1")
+		rcfg := cfg
+		rcfg.Name, rcfg.ASN, rcfg.RouterID = "rr", 65001, netip.MustParseAddr("192.0.2.1")
+		rrPeers := []Peer{{Name: "origin", Address: origin.Address, ASN: 65001, Passive: true, RouteReflectorClient: true}}
+		for i := 1; i <= 2; i++ {
+			rrPeers = append(rrPeers, Peer{Name: fmt.Sprintf("r%d", i), Address: netip.MustParseAddr(fmt.Sprintf("192.0.2.2%d", i)), ASN: 65001, Passive: true, RouteReflectorClient: true})
+		}
+		l.startChild("rr", rrNS, "reflector", rcfg, rrPeers)
+		rr := Peer{Name: "rr", Address: netip.MustParseAddr("192.0.2.1"), ASN: 65001}
+		for i := 1; i <= 2; i++ {
+			receivers = append(receivers, l.startReceiver(b, i, cfg, 65001, rr))
+		}
+		peerOfOrigin = append(peerOfOrigin, rr)
+	} else {
+		receivers = append(receivers, l.startReceiver(b, 1, cfg, 65001, Peer{Name: "origin", Address: origin.Address, ASN: origin.ASN, Passive: true}))
+		peerOfOrigin = append(peerOfOrigin, Peer{Name: "r1", Address: netip.MustParseAddr("192.0.2.21"), ASN: 65001})
+	}
+	originNS := l.host("origin", origin.Address.String())
+	ocfg := cfg
+	ocfg.Name, ocfg.ASN = "origin", origin.ASN
+	ocfg.NodeIPs = []netip.Addr{origin.Address}
+	prefixes := benchPrefixes(n)
+
+	var c convergence
+	for b.Loop() {
+		proc := l.startChild("origin", originNS, "speaker", ocfg, peerOfOrigin)
+		waitFor(b, 2*time.Minute, "origin sessions", func() (bool, string) {
+			st := proc.status()
+			for _, p := range st.Peers {
+				if !p.Established {
+					return false, fmt.Sprintf("%+v", st.Peers)
+				}
+			}
+			return true, ""
+		})
+		t0 := time.Now()
+		proc.call(childReq{Op: "announce", Prefixes: prefixes})
+		waitCount(b, l, receivers, RouteProtocol, n)
+		c.announce = append(c.announce, time.Since(t0))
+		t0 = time.Now()
+		proc.kill()
+		waitCount(b, l, receivers, RouteProtocol, 0)
+		c.withdraw = append(c.withdraw, time.Since(t0))
+	}
+	c.report(b)
+}
+
+// startReceiver starts speaker r<i> at 192.0.2.2<i> peering with peer.
+func (l *lab) startReceiver(b *testing.B, i int, cfg Config, asn uint32, peer Peer) string {
+	ip := netip.MustParseAddr(fmt.Sprintf("192.0.2.2%d", i))
+	ns := l.host(fmt.Sprintf("r%d", i), ip.String())
+	cfg.Name, cfg.ASN = fmt.Sprintf("r%d", i), asn
+	cfg.NodeIPs = []netip.Addr{ip}
+	l.startChild(cfg.Name, ns, "speaker", cfg, []Peer{peer})
+	return ns
+}
+
+func benchBird(b *testing.B, n int) {
+	l := newLab(b)
+	originNS := l.host("origin", "192.0.2.10")
+	recvNS := l.host("r1", "192.0.2.21")
+	l.startBird("r1", recvNS, `
+router id 192.0.2.21;
+protocol device { scan time 10; }
+protocol kernel { ipv4 { import none; export all; }; }
+protocol bgp origin {
+	local 192.0.2.21 as 65001;
+	neighbor 192.0.2.10 as 65010;
+	passive on;
+	hold time 9;
+	keepalive time 3;
+	error wait time 1, 2;
+	ipv4 { import all; export none; };
+}
+`)
+	var routes strings.Builder
+	for _, p := range benchPrefixes(n) {
+		fmt.Fprintf(&routes, "\troute %s blackhole;\n", p)
+	}
+	originConf := `
+router id 192.0.2.10;
+protocol device { scan time 10; }
+protocol static st {
+	disabled on;
+	ipv4;
+` + routes.String() + `}
+protocol bgp r1 {
+	local 192.0.2.10 as 65010;
+	neighbor 192.0.2.21 as 65001;
+	hold time 9;
+	keepalive time 3;
+	connect retry time 1;
+	ipv4 { import none; export all; };
+}
+`
+	var c convergence
+	for i := 0; b.Loop(); i++ {
+		origin := l.startBird(fmt.Sprintf("origin%d", i), originNS, originConf)
+		waitFor(b, 2*time.Minute, "bird session", func() (bool, string) {
+			out, err := origin.birdc("show", "protocols", "r1")
+			return err == nil && strings.Contains(out, "Established"), out
+		})
+		t0 := time.Now()
+		if _, err := origin.birdc("enable", "st"); err != nil {
+			b.Fatal(err)
+		}
+		waitCount(b, l, []string{recvNS}, rtprotBird, n)
+		c.announce = append(c.announce, time.Since(t0))
+		t0 = time.Now()
+		origin.kill()
+		waitCount(b, l, []string{recvNS}, rtprotBird, 0)
+		c.withdraw = append(c.withdraw, time.Since(t0))
+	}
+	c.report(b)
+}
