@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
 	"github.com/clustermesh/clustermesh/loadbalancer"
@@ -61,6 +62,17 @@ func DefaultConfig() Config {
 		MaxNodes:    8192,
 		MaxRevNAT:   131072,
 	}
+}
+
+// Flags registers the settings on fs, with c's current values as defaults.
+func (c *Config) Flags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.CgroupPath, "bpf-cgroup", c.CgroupPath, "cgroup v2 directory whose sockets are balanced (e.g. /sys/fs/cgroup/unified, or the pods' parent cgroup)")
+	fs.StringVar(&c.PinDir, "bpf-pin-dir", c.PinDir, "directory on a bpffs holding the pinned maps and links")
+	fs.IntVar(&c.MaxServices, "bpf-max-services", c.MaxServices, "size of the service map (frontends); fixed once pinned")
+	fs.IntVar(&c.MaxBackends, "bpf-max-backends", c.MaxBackends, "size of the backend map (distinct backends); fixed once pinned")
+	fs.IntVar(&c.MaxSlots, "bpf-max-slots", c.MaxSlots, "size of the slot map (sum of backends per service, plus the largest service once more); fixed once pinned")
+	fs.IntVar(&c.MaxNodes, "bpf-max-nodes", c.MaxNodes, "size of the node map; fixed once pinned")
+	fs.IntVar(&c.MaxRevNAT, "bpf-max-revnat", c.MaxRevNAT, "size of the UDP reverse-translation LRU; fixed once pinned")
 }
 
 // attachments lists each program with its cgroup hook.
