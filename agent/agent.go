@@ -57,6 +57,9 @@ type Config struct {
 	// ProbeInterval is how often each store's reachability is checked; zero
 	// means 2s.
 	ProbeInterval time.Duration
+	// MaxRetryInterval caps the backoff between connection attempts to a
+	// store (also for refused clusters); zero means 10s.
+	MaxRetryInterval time.Duration
 	// StatusInterval is how often the agent publishes its status into its
 	// cluster's store; zero means 10s. The value lives on a lease of three
 	// intervals.

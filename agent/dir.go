@@ -80,7 +80,6 @@ func (a *Agent) scanDir(ctx context.Context) {
 	for name, r := range a.clusters {
 		if _, ok := wanted[name]; !ok {
 			gone = append(gone, r)
-			delete(a.clusters, name)
 		}
 	}
 	a.mu.Unlock()
@@ -89,6 +88,10 @@ func (a *Agent) scanDir(ctx context.Context) {
 		r.cancel()
 		<-r.done
 		r.c.Drain()
+		// Removed from the status only once drained.
+		a.mu.Lock()
+		delete(a.clusters, r.c.Name())
+		a.mu.Unlock()
 	}
 
 	for name, w := range wanted {
@@ -99,16 +102,17 @@ func (a *Agent) scanDir(ctx context.Context) {
 		case r == nil:
 			a.log.Info("connection file added: connecting cluster", "cluster", name)
 			c := remote.New(remote.Options{
-				Name:          name,
-				Local:         name == a.cfg.ClusterName,
-				Config:        w.cfg,
-				ConfigErr:     w.err,
-				Registry:      a.registry,
-				Delegate:      delegate{a},
-				Metrics:       a.rmetrics,
-				Logger:        a.cfg.Logger,
-				ProbeInterval: a.cfg.ProbeInterval,
-				OnConnected:   a.onConnected(name),
+				Name:             name,
+				Local:            name == a.cfg.ClusterName,
+				Config:           w.cfg,
+				ConfigErr:        w.err,
+				Registry:         a.registry,
+				Delegate:         delegate{a},
+				Metrics:          a.rmetrics,
+				Logger:           a.cfg.Logger,
+				ProbeInterval:    a.cfg.ProbeInterval,
+				MaxRetryInterval: a.cfg.MaxRetryInterval,
+				OnConnected:      a.onConnected(name),
 			})
 			r = &clusterRun{c: c, digest: w.digest}
 			a.mu.Lock()

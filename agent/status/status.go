@@ -107,7 +107,7 @@ func Decode(b []byte) (*Agent, error) {
 }
 
 // ClusterByName returns the status of one cluster, if present.
-func (a *Agent) ClusterByName(name string) (Cluster, bool) {
+func (a Agent) ClusterByName(name string) (Cluster, bool) {
 	for _, c := range a.Clusters {
 		if c.Name == name {
 			return c, true

@@ -1,0 +1,150 @@
+package meshtest
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/loadbalancer"
+)
+
+// Recorder is a loadbalancer.Datapath that keeps the programmed state in
+// memory and counts calls per frontend, so tests can check both the result
+// and that nothing else was touched. Safe for concurrent use.
+type Recorder struct {
+	mu      sync.Mutex
+	state   map[loadbalancer.Frontend]loadbalancer.Service
+	calls   map[loadbalancer.Frontend]int
+	health  map[loadbalancer.NodeRef]bool
+	changed chan struct{}
+	// OnUpsert, if set, is called after every upsert (benchmarks time
+	// propagation with it). Set before use.
+	OnUpsert func(loadbalancer.Service)
+}
+
+// NewRecorder returns an empty recorder.
+func NewRecorder() *Recorder {
+	return &Recorder{
+		state:   map[loadbalancer.Frontend]loadbalancer.Service{},
+		calls:   map[loadbalancer.Frontend]int{},
+		health:  map[loadbalancer.NodeRef]bool{},
+		changed: make(chan struct{}, 1),
+	}
+}
+
+var _ loadbalancer.Datapath = (*Recorder)(nil)
+
+func (r *Recorder) signal() {
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
+}
+
+// UpsertService implements loadbalancer.Datapath.
+func (r *Recorder) UpsertService(_ context.Context, svc loadbalancer.Service) error {
+	r.mu.Lock()
+	r.state[svc.Frontend] = svc
+	r.calls[svc.Frontend]++
+	f := r.OnUpsert
+	r.mu.Unlock()
+	if f != nil {
+		f(svc)
+	}
+	r.signal()
+	return nil
+}
+
+// DeleteService implements loadbalancer.Datapath.
+func (r *Recorder) DeleteService(_ context.Context, fe loadbalancer.Frontend) error {
+	r.mu.Lock()
+	delete(r.state, fe)
+	r.calls[fe]++
+	r.mu.Unlock()
+	r.signal()
+	return nil
+}
+
+// SetNodeHealth implements loadbalancer.Datapath.
+func (r *Recorder) SetNodeHealth(_ context.Context, node loadbalancer.NodeRef, healthy bool) error {
+	r.mu.Lock()
+	r.health[node] = healthy
+	r.mu.Unlock()
+	r.signal()
+	return nil
+}
+
+// Calls returns the number of upserts and deletes of fe so far.
+func (r *Recorder) Calls(fe loadbalancer.Frontend) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.calls[fe]
+}
+
+// Len is the number of programmed frontends.
+func (r *Recorder) Len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.state)
+}
+
+// View renders the programmed service of fe as "P[a b] F[c]", or "absent".
+func (r *Recorder) View(fe loadbalancer.Frontend) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, ok := r.state[fe]
+	if !ok {
+		return "absent"
+	}
+	return Render(s)
+}
+
+// Render renders a service's backend sets as "P[a b] F[c]".
+func Render(s loadbalancer.Service) string {
+	str := func(bs []loadbalancer.Backend) string {
+		var out []string
+		for _, b := range bs {
+			out = append(out, b.Addr.String())
+		}
+		slices.Sort(out)
+		return strings.Join(out, " ")
+	}
+	return fmt.Sprintf("P[%s] F[%s]", str(s.Preferred), str(s.Fallback))
+}
+
+// WaitView waits until fe renders as want, failing the test after timeout
+// with the last view seen.
+func (r *Recorder) WaitView(t testing.TB, fe loadbalancer.Frontend, want string, timeout time.Duration) {
+	t.Helper()
+	r.Wait(t, timeout, func() (bool, string) {
+		got := r.View(fe)
+		return got == want, fmt.Sprintf("frontend %s: got %s, want %s", fe, got, want)
+	})
+}
+
+// Wait polls cond (also on every datapath change) until it holds, failing
+// the test with cond's description after timeout. Timeouts here bound a
+// hang, they are not performance assertions.
+func (r *Recorder) Wait(t testing.TB, timeout time.Duration, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ok, desc := cond()
+		if ok {
+			return
+		}
+		select {
+		case <-deadline.C:
+			t.Fatalf("timed out after %s: %s", timeout, desc)
+		case <-r.changed:
+		case <-tick.C:
+		}
+	}
+}
