@@ -167,12 +167,32 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
-// AddNodeObserver registers an observer of every cluster's nodes. Call it
-// before Run.
+// AddNodeObserver registers an observer of every cluster's nodes. It may be
+// called at any time: the nodes already known are replayed to it first.
 func (a *Agent) AddNodeObserver(o NodeObserver) {
 	a.obsMu.Lock()
 	defer a.obsMu.Unlock()
+	for _, n := range a.Nodes() {
+		o.NodeUpserted(n)
+	}
 	a.observers = append(a.observers, o)
+}
+
+// LocalCluster waits until the agent's own cluster config has been read and
+// accepted, and returns it.
+func (a *Agent) LocalCluster(ctx context.Context) (*api.Cluster, error) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if c, ok := a.registry.Lookup(a.cfg.ClusterName); ok {
+			return c, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("cluster %s: waiting for the local cluster config: %w", a.cfg.ClusterName, ctx.Err())
+		case <-t.C:
+		}
+	}
 }
 
 // Run follows the clusters of the config directory and keeps the datapath
@@ -320,6 +340,7 @@ func (a *Agent) initialSyncDone() bool {
 func (a *Agent) syncLoop(ctx context.Context) {
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
+	adoptedPruned := false
 	defer retry.Stop()
 	for {
 		select {
@@ -347,9 +368,41 @@ func (a *Agent) syncLoop(ctx context.Context) {
 			retry.Reset(time.Second)
 			continue
 		}
+		if !adoptedPruned {
+			adoptedPruned = true
+			a.pruneAdopted(ctx)
+		}
 		if res.Upserts+res.Deletes > 0 {
 			a.log.Debug("datapath synced", "services", res.Services, "upserts", res.Upserts, "deletes", res.Deletes)
 		}
+	}
+}
+
+// FrontendLister is implemented by datapaths that keep state across agent
+// restarts (the eBPF datapath adopts its pinned maps): after the first full
+// sync, the agent deletes the listed frontends it no longer wants.
+type FrontendLister interface {
+	Frontends() []loadbalancer.Frontend
+}
+
+func (a *Agent) pruneAdopted(ctx context.Context) {
+	l, ok := a.cfg.Datapath.(FrontendLister)
+	if !ok {
+		return
+	}
+	want := map[loadbalancer.Frontend]bool{}
+	for _, s := range a.merger.Programmed() {
+		want[s.Frontend] = true
+	}
+	for _, fe := range l.Frontends() {
+		if want[fe] {
+			continue
+		}
+		if err := a.cfg.Datapath.DeleteService(ctx, fe); err != nil {
+			a.log.Error("cannot delete stale frontend adopted from a previous run", "frontend", fe, "error", err)
+			continue
+		}
+		a.log.Info("deleted stale frontend adopted from a previous run", "frontend", fe)
 	}
 }
 

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/agent"
-	"github.com/clustermesh/clustermesh/agent/internal/meshtest"
+	"github.com/clustermesh/clustermesh/agent/meshtest"
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/kvstore"
@@ -79,6 +79,11 @@ func testLogger(t testing.TB) *slog.Logger {
 // local (as the agent user) and peers (as the remote user).
 func startAgent(t testing.TB, node string, local *meshtest.Cluster, peers ...*meshtest.Cluster) *testAgent {
 	t.Helper()
+	return startAgentWith(t, meshtest.NewRecorder(), node, local, peers...)
+}
+
+func startAgentWith(t testing.TB, dp *meshtest.Recorder, node string, local *meshtest.Cluster, peers ...*meshtest.Cluster) *testAgent {
+	t.Helper()
 	dir := t.TempDir()
 	local.WriteConnFile(dir, local.Name, kvstore.UserAgent)
 	for _, p := range peers {
@@ -88,7 +93,7 @@ func startAgent(t testing.TB, node string, local *meshtest.Cluster, peers ...*me
 	if err := os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("not a cluster"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ta := &testAgent{dp: meshtest.NewRecorder(), dir: dir, reg: prometheus.NewRegistry(), nodes: &nodeLog{}}
+	ta := &testAgent{dp: dp, dir: dir, reg: prometheus.NewRegistry(), nodes: &nodeLog{}}
 	a, err := agent.New(agent.Config{
 		ClusterName: local.Name, NodeName: node, ClustersDir: dir,
 		Datapath: ta.dp, DatapathName: "recorder",
@@ -483,11 +488,21 @@ func TestConfigDirLive(t *testing.T) {
 	c2.Upsert(c2.Service("ns", "s1", vip(2, 1)), c2.Slice("ns", "s1", "a", meshtest.IP(cidr2, 1)), c2.Node("n2", "192.168.2.1", "10.2.0.0/24"))
 	c1.MarkSynced()
 	c2.MarkSynced()
-	a := startAgent(t, "n1", c1)
+	// State adopted from a previous run: one frontend still wanted, one
+	// stale.
+	dp := meshtest.NewRecorder()
+	stale := meshtest.Frontend("10.96.9.9")
+	for _, fe := range []loadbalancer.Frontend{stale, meshtest.Frontend(vip(1, 1))} {
+		if err := dp.UpsertService(context.Background(), loadbalancer.Service{Frontend: fe}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := startAgentWith(t, dp, "n1", c1)
 	fe := meshtest.Frontend(vip(1, 1))
 	only1 := meshtest.Backends([]string{meshtest.IP(cidr1, 1)}, nil)
 	both := meshtest.Backends([]string{meshtest.IP(cidr1, 1), meshtest.IP(cidr2, 1)}, nil)
 	a.dp.WaitView(t, fe, only1, wait)
+	a.dp.WaitView(t, stale, "absent", wait)
 
 	c2.WriteConnFile(a.dir, "c2", kvstore.UserRemote)
 	a.dp.WaitView(t, fe, both, wait)

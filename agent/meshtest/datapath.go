@@ -78,6 +78,18 @@ func (r *Recorder) SetNodeHealth(_ context.Context, node loadbalancer.NodeRef, h
 	return nil
 }
 
+// Frontends lists the programmed frontends, like a datapath that adopted
+// state from a previous agent run (agent.FrontendLister).
+func (r *Recorder) Frontends() []loadbalancer.Frontend {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]loadbalancer.Frontend, 0, len(r.state))
+	for fe := range r.state {
+		out = append(out, fe)
+	}
+	return out
+}
+
 // Calls returns the number of upserts and deletes of fe so far.
 func (r *Recorder) Calls(fe loadbalancer.Frontend) int {
 	r.mu.Lock()
