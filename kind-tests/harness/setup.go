@@ -261,3 +261,23 @@ func (m *Mesh) ClusterOf(service, reply string) string {
 	}
 	return ""
 }
+
+// MarkGlobal runs `clustermesh service global default/<service>` in every
+// cluster, with --affinity when affinity is not empty.
+func (m *Mesh) MarkGlobal(ctx context.Context, service, affinity string) error {
+	for _, c := range m.Clusters {
+		args := []string{"service", "global", "default/" + service, "--context", c.Name}
+		if affinity != "" {
+			args = append(args, "--affinity", affinity)
+		}
+		if _, err := m.CLI(ctx, args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// CommandOutput runs a command and returns its combined output.
+func CommandOutput(path string, args ...string) (string, error) {
+	return run(context.Background(), path, args...)
+}

@@ -1,0 +1,149 @@
+package drills
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/kind-tests/harness"
+)
+
+var bins *harness.Binaries
+
+func TestMain(m *testing.M) {
+	os.Exit(func() int {
+		if os.Geteuid() == 0 {
+			root, err := harness.ModuleRoot()
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			dir, err := os.MkdirTemp("", "drills-bin-")
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			defer os.RemoveAll(dir)
+			if bins, err = harness.Build(context.Background(), root, dir, nil); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+		}
+		return m.Run()
+	}())
+}
+
+// requireParts skips when a part the drills need does not exist in the tree
+// yet, and fails when one exists but does not build or (for the tools) was
+// not built, under CI=true, where drills must run.
+func requireParts(t *testing.T, parts ...string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("drills need root: network namespaces, cgroups, eBPF")
+	}
+	err := bins.Require(parts...)
+	if err == nil {
+		return
+	}
+	var missing, broken []string
+	for _, p := range parts {
+		if _, ok := bins.Paths[p]; ok {
+			continue
+		}
+		if e, ok := bins.Broken[p]; ok {
+			broken = append(broken, fmt.Sprintf("%s (%v)", p, e))
+			continue
+		}
+		if strings.HasPrefix(bins.Missing[p], "hack/bin/") && harness.InCI() {
+			broken = append(broken, p+" ("+bins.Missing[p]+")")
+			continue
+		}
+		missing = append(missing, p+": "+bins.Missing[p])
+	}
+	if len(broken) > 0 && harness.InCI() {
+		t.Fatalf("parts exist but are not usable (CI=true: drills must run): %s", strings.Join(broken, "; "))
+	}
+	t.Skipf("drills need parts not usable yet: %s", strings.Join(append(missing, broken...), "; "))
+}
+
+// agentHas reports whether the agent binary mentions flag in its help, which
+// tells whether an optional capability (e.g. health gossip) was built in.
+func agentHas(flag string) bool {
+	out, _ := harness.CommandOutput(bins.Path(harness.PartAgent), "--help")
+	return strings.Contains(out, flag)
+}
+
+// TestDrills runs every drill of Sequence, in order, on one mesh of two
+// clusters of two nodes, and prints the figures.
+func TestDrills(t *testing.T) {
+	requireParts(t, harness.PartAgent, harness.PartAPIServer, harness.PartCLI,
+		harness.PartKubectl, harness.PartKubeAPIServer, harness.PartKCM, harness.PartEtcd)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	r, err := harness.New(ctx, harness.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			r.Fail()
+		}
+		if err := r.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	m, err := harness.NewMesh(ctx, r, bins, harness.MeshOptions{Clusters: 2, Nodes: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	report := &harness.Report{}
+	env := &Env{Mesh: m, Service: "echo", Replicas: 2, Report: report, Logf: t.Logf}
+	t.Cleanup(func() {
+		t.Logf("drill figures (run %s):\n%s", r.Prefix, report)
+		path := filepath.Join(os.TempDir(), "clustermesh-drills-report.txt")
+		_ = os.WriteFile(path, []byte(report.String()), 0o644)
+		if t.Failed() {
+			t.Logf("logs of every process are kept in %s/logs", r.Dir)
+		}
+	})
+	if err := Setup(ctx, env); err != nil {
+		t.Fatalf("setup: %v (logs in %s/logs)", err, r.Dir)
+	}
+	for _, d := range Sequence {
+		t.Run(d.Name, func(t *testing.T) {
+			if contains(d.Needs, NeedHealth) && !agentHas("gossip") {
+				report.Add(d.Name, "needs the agent's health gossip (health/ wired into cmd/clustermesh-agent)", "-", "skip")
+				t.Skip("the agent has no health gossip flags yet (health/ not wired into cmd/clustermesh-agent)")
+			}
+			if err := d.Run(ctx, env); err != nil {
+				report.Add(d.Name, "error", oneLine(err), "FAIL")
+				if errors.Is(err, ErrDrill) {
+					t.Fatal(err)
+				}
+				t.Fatalf("drill could not run: %v", err)
+			}
+		})
+	}
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+func oneLine(err error) string {
+	s := err.Error()
+	if len(s) > 160 {
+		s = s[:160] + "…"
+	}
+	return strings.ReplaceAll(s, "\n", " ")
+}

@@ -1,0 +1,413 @@
+package drills
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/clustermesh/clustermesh/kind-tests/harness"
+)
+
+// Drill is one named drill.
+type Drill struct {
+	Name string
+	// Needs lists parts beyond the mesh's own (agent, apiserver, CLI) the
+	// drill depends on; see NeedHealth.
+	Needs []string
+	Run   func(ctx context.Context, e *Env) error
+}
+
+// NeedHealth marks drills that need the agents' node-health gossip.
+const NeedHealth = "health"
+
+// Sequence is the order drills run in on one mesh.
+var Sequence = []Drill{
+	{Name: "GlobalService", Run: GlobalService},
+	{Name: "AffinityLocal", Run: AffinityLocal},
+	{Name: "AgentRestart", Run: AgentRestart},
+	{Name: "StoreDown", Run: StoreDown},
+	{Name: "NodeDeath", Needs: []string{NeedHealth}, Run: NodeDeath},
+	{Name: "Disconnect", Run: Disconnect},
+}
+
+// Setup enables and connects the mesh's clusters with the CLI, deploys the
+// echo service with e.Replicas pods in every cluster and marks it global
+// (affinity none). It records how long each step took.
+func Setup(ctx context.Context, e *Env) error {
+	m := e.Mesh
+	t0 := time.Now()
+	if err := m.Enable(ctx); err != nil {
+		return err
+	}
+	e.Report.Add("setup", "clustermesh enable (all clusters) → agents running", harness.Ms(time.Since(t0)), "pass")
+	t1 := time.Now()
+	if err := m.Connect(ctx); err != nil {
+		return err
+	}
+	e.Report.Add("setup", "clustermesh connect", harness.Ms(time.Since(t1)), "pass")
+	for _, c := range m.Clusters {
+		if err := m.DeployEcho(ctx, c, e.Service, e.Replicas); err != nil {
+			return err
+		}
+	}
+	for _, c := range m.Clusters {
+		if err := waitReadyPods(ctx, c, e.Service, e.Replicas, e.wait()); err != nil {
+			return err
+		}
+	}
+	return m.MarkGlobal(ctx, e.Service, "none")
+}
+
+// waitReadyPods waits until cluster c's echo Deployment has n ready pods.
+func waitReadyPods(ctx context.Context, c *harness.Cluster, service string, n int, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	name := harness.EchoDeploymentName(service, c)
+	for {
+		dep, err := c.ControlPlane().Client.AppsV1().Deployments("default").Get(ctx, name, metav1.GetOptions{})
+		if err == nil && int(dep.Status.ReadyReplicas) == n && int(dep.Status.Replicas) == n {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster %s: deployment %s: want %d ready pods: %w", c.Name, name, n, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// GlobalService: traffic to the service's ClusterIP from a node of either
+// cluster reaches backends in both clusters, over TCP and UDP. Figure: time
+// from the probes' start to answers from both clusters, and the split.
+func GlobalService(ctx context.Context, e *Env) error {
+	start := time.Now()
+	for _, c := range e.Mesh.Clusters {
+		for _, proto := range []string{"tcp", "udp"} {
+			tr, err := e.Traffic(ctx, c.Nodes()[0], proto)
+			if err != nil {
+				return err
+			}
+			defer stop(tr)
+			seen, err := e.waitSeen(ctx, tr, start, e.Mesh.Clusters...)
+			if err != nil {
+				return fmt.Errorf("%s: %w", proto, err)
+			}
+			mark := time.Now()
+			if err := settle(ctx, 2*time.Second); err != nil {
+				return err
+			}
+			as := tr.Attempts(mark)
+			e.Report.Add("global service", fmt.Sprintf("%s from %s: answers from every cluster after", proto, c.Name), harness.Ms(seen.Sub(start)), "pass")
+			e.Report.Add("global service", fmt.Sprintf("%s from %s: split over 2 s", proto, c.Name), e.split(as), "pass")
+			e.logf("%s from %s reaches every cluster (%s)", proto, c.Name, e.split(as))
+		}
+	}
+	return nil
+}
+
+// AffinityLocal: with affinity local, traffic stays in its cluster while
+// local backends are ready; scaling the local Deployment to zero moves it
+// to the other cluster; scaling back returns it. Figures: failover and
+// return times, failed attempts during each.
+func AffinityLocal(ctx context.Context, e *Env) error {
+	m, c1, c2 := e.Mesh, e.c(0), e.c(1)
+	if err := m.MarkGlobal(ctx, e.Service, "local"); err != nil {
+		return err
+	}
+	defer func() { _ = m.MarkGlobal(context.WithoutCancel(ctx), e.Service, "none") }()
+	tr, err := e.Traffic(ctx, c1.Nodes()[0], "tcp")
+	if err != nil {
+		return err
+	}
+	defer stop(tr)
+	start := time.Now()
+	if _, err := e.waitOnly(ctx, tr, start, 50, c1); err != nil {
+		return fmt.Errorf("before failover: %w", err)
+	}
+	mark := time.Now()
+	if err := settle(ctx, time.Second); err != nil {
+		return err
+	}
+	if as := tr.Attempts(mark); slices.ContainsFunc(as, func(a harness.Attempt) bool { return !e.from(c1)(a) }) {
+		return fmt.Errorf("%w: affinity local with local backends ready: %s", ErrDrill, e.split(as))
+	}
+	e.Report.Add("affinity local", "all local while local pods ready", e.split(tr.Attempts(mark)), "pass")
+
+	scaled := time.Now()
+	if err := m.ScaleEcho(ctx, c1, e.Service, 0); err != nil {
+		return err
+	}
+	first, err := e.waitOnly(ctx, tr, scaled, 30, c2)
+	if err != nil {
+		return fmt.Errorf("failover: %w", err)
+	}
+	during := tr.Attempts(scaled)
+	e.Report.Add("affinity local", "scale c1 to 0 → traffic on c2 after", harness.Ms(first.At.Sub(scaled)), "pass")
+	e.Report.Add("affinity local", "failed attempts during failover", fmt.Sprint(failures(during)), "pass")
+	e.logf("failover to %s after %v (%d failed attempts)", c2.Name, first.At.Sub(scaled), failures(during))
+
+	back := time.Now()
+	if err := m.ScaleEcho(ctx, c1, e.Service, e.Replicas); err != nil {
+		return err
+	}
+	ret, err := e.waitOnly(ctx, tr, back, 50, c1)
+	if err != nil {
+		return fmt.Errorf("return: %w", err)
+	}
+	e.Report.Add("affinity local", "scale c1 back → traffic local again after", harness.Ms(ret.At.Sub(back)), "pass")
+	e.Report.Add("affinity local", "failed attempts during return", fmt.Sprint(failures(tr.Attempts(back))), "pass")
+	return waitReadyPods(ctx, c1, e.Service, e.Replicas, e.wait())
+}
+
+// AgentRestart: SIGKILL the agent of the node a client runs on while the
+// client connects continuously; the kubelet restarts it. Pinned eBPF maps
+// keep balancing meanwhile: zero failed connections.
+func AgentRestart(ctx context.Context, e *Env) error {
+	c1 := e.c(0)
+	n := c1.Nodes()[0]
+	tr, err := e.Traffic(ctx, n, "tcp")
+	if err != nil {
+		return err
+	}
+	defer stop(tr)
+	start := time.Now()
+	if _, err := tr.WaitFor(ctx, start, 20, func(a harness.Attempt) bool { return a.OK }); err != nil {
+		return fmt.Errorf("%w: before restart: %v", ErrDrill, err)
+	}
+	cp := c1.ControlPlane()
+	old, err := cp.Agent(n)
+	if err != nil {
+		return err
+	}
+	killed := time.Now()
+	if err := old.Kill(); err != nil {
+		return err
+	}
+	// Wait for the kubelet to start a new agent, then let it settle
+	// (adopt the pins, resync) under load.
+	var restarted time.Time
+	for {
+		if p, err := cp.Agent(n); err == nil && p != old {
+			restarted = time.Now()
+			break
+		}
+		if err := settle(ctx, 20*time.Millisecond); err != nil {
+			return err
+		}
+		if time.Since(killed) > e.wait() {
+			return fmt.Errorf("%w: agent of %s not restarted", ErrDrill, n.Name)
+		}
+	}
+	if err := settle(ctx, 5*time.Second); err != nil {
+		return err
+	}
+	as := tr.Attempts(killed)
+	e.Report.Add("agent restart", "attempts while agent down+restarting (kill→restart+5 s)", fmt.Sprintf("%d over %v", len(as), time.Since(killed).Round(time.Millisecond)), "")
+	f := failures(as)
+	result := "pass"
+	if f > 0 {
+		result = "FAIL"
+	}
+	e.Report.Add("agent restart", "failed connections", fmt.Sprint(f), result)
+	e.logf("agent restart on %s: down %v, %d attempts, %d failed", n.Name, restarted.Sub(killed), len(as), f)
+	if f > 0 {
+		return fmt.Errorf("%w: %d failed connections during agent restart: %s", ErrDrill, f, e.split(as))
+	}
+	return nil
+}
+
+// StoreDown: the second cluster's clustermesh-apiserver (and its embedded
+// etcd) is stopped. Traffic from the first cluster keeps reaching the second
+// cluster's live backends (stale-while-unreachable). While it is down the
+// second cluster scales its echo Deployment up; after the store restarts,
+// the first cluster's traffic reaches the new pod. Figures: failures while
+// down, convergence time after restart.
+func StoreDown(ctx context.Context, e *Env) error {
+	m, c1, c2 := e.Mesh, e.c(0), e.c(1)
+	tr, err := e.Traffic(ctx, c1.Nodes()[0], "tcp")
+	if err != nil {
+		return err
+	}
+	defer stop(tr)
+	start := time.Now()
+	if _, err := e.waitSeen(ctx, tr, start, c1, c2); err != nil {
+		return fmt.Errorf("before: %w", err)
+	}
+	cp2 := c2.ControlPlane()
+	down := time.Now()
+	if err := cp2.StopStore(ctx); err != nil {
+		return err
+	}
+	restarted := false
+	defer func() {
+		if !restarted {
+			cp2.StartStore()
+		}
+	}()
+	if err := settle(ctx, 5*time.Second); err != nil {
+		return err
+	}
+	// Change the stopped cluster: one more pod.
+	if err := m.ScaleEcho(ctx, c2, e.Service, e.Replicas+1); err != nil {
+		return err
+	}
+	if err := waitReadyPods(ctx, c2, e.Service, e.Replicas+1, e.wait()); err != nil {
+		return err
+	}
+	if err := settle(ctx, 3*time.Second); err != nil {
+		return err
+	}
+	as := tr.Attempts(down)
+	c2Answers := 0
+	for _, a := range as {
+		if e.from(c2)(a) {
+			c2Answers++
+		}
+	}
+	f := failures(as)
+	res := "pass"
+	if f > 0 || c2Answers == 0 {
+		res = "FAIL"
+	}
+	e.Report.Add("store down", fmt.Sprintf("%s's store down %v: answers (by cluster)", c2.Name, time.Since(down).Round(time.Second)), e.split(as), res)
+	if res != "pass" {
+		return fmt.Errorf("%w: while %s's store was down: %s (want answers from %s and no failures)", ErrDrill, c2.Name, e.split(as), c2.Name)
+	}
+	newPod, err := newestPod(ctx, c2, e.Service)
+	if err != nil {
+		return err
+	}
+	up := time.Now()
+	cp2.StartStore()
+	restarted = true
+	if _, err := cp2.WaitStore(ctx); err != nil {
+		return err
+	}
+	ctxW, cancel := context.WithTimeout(ctx, e.wait())
+	defer cancel()
+	seen, err := tr.WaitFor(ctxW, up, 1, func(a harness.Attempt) bool { return a.OK && a.Backend == newPod })
+	if err != nil {
+		return fmt.Errorf("%w: after %s's store restarted, pod %s added meanwhile never answered: %v", ErrDrill, c2.Name, newPod, err)
+	}
+	e.Report.Add("store down", "store restarted → pod added while down answers after", harness.Ms(seen.At.Sub(up)), "pass")
+	e.logf("%s converged %v after its store restarted", c2.Name, seen.At.Sub(up))
+	if err := m.ScaleEcho(ctx, c2, e.Service, e.Replicas); err != nil {
+		return err
+	}
+	return waitReadyPods(ctx, c2, e.Service, e.Replicas, e.wait())
+}
+
+// newestPod returns the name of the most recently created echo pod of c.
+func newestPod(ctx context.Context, c *harness.Cluster, service string) (string, error) {
+	pods, err := c.ControlPlane().Client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=" + service})
+	if err != nil {
+		return "", err
+	}
+	var name string
+	var at time.Time
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil && !p.CreationTimestamp.Time.Before(at) {
+			name, at = p.Name, p.CreationTimestamp.Time
+		}
+	}
+	if name == "" {
+		return "", fmt.Errorf("cluster %s: no %s pod", c.Name, service)
+	}
+	return name, nil
+}
+
+// NodeDeath: a node of the second cluster hosting echo pods dies hard (off
+// the fabric, processes killed, kubelet silent: Kubernetes still calls its
+// pods ready). Gossip declares it dead and every agent stops choosing its
+// backends. Figures: time from the death to the last failed attempt, and
+// the failed attempts.
+func NodeDeath(ctx context.Context, e *Env) error {
+	c1, c2 := e.c(0), e.c(1)
+	var victim *harness.Node
+	for _, n := range c2.Nodes() {
+		if len(n.Pods()) > 0 && n != c2.Nodes()[0] {
+			victim = n
+		}
+	}
+	if victim == nil {
+		return fmt.Errorf("%w: no node of %s other than the first hosts an echo pod", ErrDrill, c2.Name)
+	}
+	tr, err := e.Traffic(ctx, c1.Nodes()[0], "tcp")
+	if err != nil {
+		return err
+	}
+	defer stop(tr)
+	start := time.Now()
+	if _, err := e.waitSeen(ctx, tr, start, c1, c2); err != nil {
+		return fmt.Errorf("before: %w", err)
+	}
+	dead := map[string]bool{}
+	for _, p := range victim.Pods() {
+		dead[p.Name] = true
+	}
+	killed := time.Now()
+	if err := victim.Kill(ctx); err != nil {
+		return err
+	}
+	// Healthy again: 100 attempts in a row succeed, none from the dead node.
+	ok, err := e.waitOnly(ctx, tr, killed, 100, c1, c2)
+	if err != nil {
+		return fmt.Errorf("after killing %s: %w", victim.Name, err)
+	}
+	as := tr.Attempts(killed)
+	var lastFail time.Time
+	for _, a := range as {
+		if !a.OK {
+			lastFail = a.At.Add(a.Latency)
+		}
+		if a.OK && dead[a.Backend] {
+			return fmt.Errorf("%w: pod %s of dead node %s answered", ErrDrill, a.Backend, victim.Name)
+		}
+	}
+	gone := time.Duration(0)
+	if !lastFail.IsZero() {
+		gone = lastFail.Sub(killed)
+	}
+	_ = ok
+	e.Report.Add("node death", fmt.Sprintf("kill %s → last failed attempt after", victim.Name), harness.Ms(gone), "pass")
+	e.Report.Add("node death", "failed attempts", fmt.Sprintf("%d of %d", failures(as), len(as)), "pass")
+	e.logf("node %s dead: backends left load balancing within %v (%d failed attempts)", victim.Name, gone, failures(as))
+	return nil
+}
+
+// Disconnect: `clustermesh disconnect` between the first two clusters; each
+// cluster's traffic drains to its own backends only. Figure: time to drain.
+func Disconnect(ctx context.Context, e *Env) error {
+	m, c1, c2 := e.Mesh, e.c(0), e.c(1)
+	var trs []*harness.Traffic
+	for _, c := range []*harness.Cluster{c1, c2} {
+		tr, err := e.Traffic(ctx, c.Nodes()[0], "tcp")
+		if err != nil {
+			return err
+		}
+		defer stop(tr)
+		trs = append(trs, tr)
+	}
+	start := time.Now()
+	for _, tr := range trs {
+		if _, err := e.waitSeen(ctx, tr, start, c1, c2); err != nil {
+			return fmt.Errorf("before: %w", err)
+		}
+	}
+	disc := time.Now()
+	if err := m.Disconnect(ctx, c1, c2); err != nil {
+		return err
+	}
+	for i, c := range []*harness.Cluster{c1, c2} {
+		a, err := e.waitOnly(ctx, trs[i], disc, 100, c)
+		if err != nil {
+			return fmt.Errorf("after disconnect: %w", err)
+		}
+		e.Report.Add("disconnect", fmt.Sprintf("%s's traffic only local after", c.Name), harness.Ms(a.At.Sub(disc)), "pass")
+		e.Report.Add("disconnect", fmt.Sprintf("%s's failed attempts while draining", c.Name), fmt.Sprint(failures(trs[i].Attempts(disc))), "")
+	}
+	return nil
+}
