@@ -416,6 +416,25 @@ func (w *kindWatch) watch(ctx context.Context, rev int64, reconnected <-chan str
 			if err := wr.Err(); err != nil {
 				return "watch failed", err
 			}
+			// A delete is passed on only if the writer's canary was in
+			// place when it happened: a writer that is re-exporting (or a
+			// dead writer's keys expiring) must not prune the consumer's
+			// state. Deferred deletes are applied by the re-listing that the
+			// canary's return triggers.
+			deferDeletes := false
+			if lo, hi, ok := deleteRange(wr.Events); ok && w.canary {
+				if !w.canaryPresent {
+					deferDeletes = true
+				} else {
+					held, err := w.canaryHeld(ctx, lo, hi)
+					if err != nil {
+						return "checking canary", err
+					}
+					if !held {
+						return "deletes while the writer was not synced", nil
+					}
+				}
+			}
 			for _, ev := range wr.Events {
 				key := string(ev.Kv.Key)
 				if !w.prefix && key != w.key {
@@ -428,7 +447,7 @@ func (w *kindWatch) watch(ctx context.Context, rev int64, reconnected <-chan str
 					}
 				case mvccpb.DELETE:
 					delete(w.bad, key)
-					if _, ok := w.emitted[key]; ok {
+					if _, ok := w.emitted[key]; ok && !deferDeletes {
 						delete(w.emitted, key)
 						if !w.send(ctx, Event{Type: EventDelete, Key: key}) {
 							return "", nil
@@ -458,4 +477,34 @@ func (w *kindWatch) watch(ctx context.Context, rev int64, reconnected <-chan str
 			}
 		}
 	}
+}
+
+// deleteRange returns the lowest and highest revision of the delete events.
+func deleteRange(evs []*clientv3.Event) (lo, hi int64, ok bool) {
+	for _, ev := range evs {
+		if ev.Type != mvccpb.DELETE {
+			continue
+		}
+		rev := ev.Kv.ModRevision
+		if !ok || rev < lo {
+			lo = rev
+		}
+		if !ok || rev > hi {
+			hi = rev
+		}
+		ok = true
+	}
+	return lo, hi, ok
+}
+
+// canaryHeld reports whether the writer's canary existed throughout the
+// revisions lo..hi: present at hi and created no later than lo.
+func (w *kindWatch) canaryHeld(ctx context.Context, lo, hi int64) (bool, error) {
+	rctx, cancel := w.r.c.withTimeout(ctx)
+	defer cancel()
+	resp, err := w.r.c.cli.Get(rctx, api.SyncedKey(w.r.cluster, w.kind), clientv3.WithRev(hi))
+	if err != nil {
+		return false, fmt.Errorf("get synced canary at revision %d: %w", hi, err)
+	}
+	return len(resp.Kvs) == 1 && resp.Kvs[0].CreateRevision <= lo, nil
 }

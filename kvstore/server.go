@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/clustermesh/clustermesh/api"
@@ -74,9 +75,10 @@ type ServerConfig struct {
 
 // Server is a running embedded etcd. It lives until Close.
 type Server struct {
-	cfg      ServerConfig
-	etcd     *embed.Etcd
-	endpoint string
+	cfg       ServerConfig
+	etcd      *embed.Etcd
+	endpoint  string
+	closeOnce sync.Once
 }
 
 // StartServer starts an embedded etcd that requires client certificates
@@ -104,8 +106,8 @@ func StartServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 		return nil, fmt.Errorf("%w: cluster %s: server: listen URL %q must be https://host:port", ErrConfig, cfg.Cluster, listen)
 	}
 	// The peer listener is required by etcd but never dialled: the store is a
-	// single member. Unix sockets keep it off the network.
-	peerURL, err := url.Parse("unix://" + cfg.DataDir + "/peer.sock")
+	// single member. It listens on loopback only, on a free port.
+	peerURL, err := url.Parse("http://127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("%w: cluster %s: server: peer URL: %w", ErrConfig, cfg.Cluster, err)
 	}
@@ -237,7 +239,9 @@ func (s *Server) setupAuth(ctx context.Context) error {
 func (s *Server) Endpoint() string { return s.endpoint }
 
 // Close stops the server and waits for it to release its data dir and port.
+// Open watch streams delay it by up to etcd's request timeout (about 7s):
+// close local clients first. Closing a closed server does nothing.
 func (s *Server) Close() error {
-	s.etcd.Close()
+	s.closeOnce.Do(s.etcd.Close)
 	return nil
 }

@@ -1,0 +1,96 @@
+package kvstore
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/api"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+)
+
+// TestPermissions checks every user's rights on a real embedded etcd, before
+// and after a restart on the same data dir (the auth setup must be
+// idempotent).
+func TestPermissions(t *testing.T) {
+	p := newTestPKI(t)
+	dataDir := t.TempDir()
+	srv, err := StartServer(context.Background(), p.serverConfig(dataDir, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	endpoint := srv.Endpoint()
+	checkPermissions(t, p, endpoint)
+	srv.Close()
+	srv = startServer(t, p.serverConfig(dataDir, endpoint))
+	if srv.Endpoint() != endpoint {
+		t.Fatalf("restarted endpoint %s, want %s", srv.Endpoint(), endpoint)
+	}
+	checkPermissions(t, p, endpoint)
+}
+
+func checkPermissions(t *testing.T, p *testPKI, endpoint string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	serviceKey := api.ServiceKey("c1", "default", "web")
+	agentKey := api.KeyPrefix + string(api.KindAgents) + "/c1/node-1"
+	outsideKey := "other/key"
+	tests := []struct {
+		user       string
+		key        string
+		canWrite   bool
+		canRead    bool
+		wantDenied bool
+	}{
+		{UserAdmin, serviceKey, true, true, false},
+		{UserAdmin, outsideKey, true, true, false},
+		{UserRemote, serviceKey, false, true, true},
+		{UserRemote, agentKey, false, true, true},
+		{UserRemote, outsideKey, false, false, true},
+		{UserAgent, serviceKey, false, true, true},
+		{UserAgent, agentKey, true, true, false},
+		{UserAgent, outsideKey, false, false, true},
+	}
+	clients := map[string]*Client{}
+	for _, u := range []string{UserAdmin, UserRemote, UserAgent} {
+		c, err := New(ctx, p.clientConfig(endpoint, u))
+		if err != nil {
+			t.Fatalf("user %s: %v", u, err)
+		}
+		defer c.Close()
+		clients[u] = c
+	}
+	for _, tt := range tests {
+		c := clients[tt.user]
+		_, err := c.Etcd().Put(ctx, tt.key, "v-"+tt.user)
+		if tt.canWrite != (err == nil) {
+			t.Errorf("user %s: put %s: err = %v, want allowed=%v", tt.user, tt.key, err, tt.canWrite)
+		}
+		if err != nil && !errors.Is(err, rpctypes.ErrPermissionDenied) {
+			t.Errorf("user %s: put %s: err = %v, want permission denied", tt.user, tt.key, err)
+		}
+		_, err = c.Etcd().Delete(ctx, tt.key)
+		if tt.canWrite != (err == nil) {
+			t.Errorf("user %s: delete %s: err = %v, want allowed=%v", tt.user, tt.key, err, tt.canWrite)
+		}
+		_, err = c.Etcd().Get(ctx, tt.key)
+		if tt.canRead != (err == nil) {
+			t.Errorf("user %s: get %s: err = %v, want allowed=%v", tt.user, tt.key, err, tt.canRead)
+		}
+	}
+	// Nobody but the admin may change users.
+	if _, err := clients[UserRemote].Etcd().UserGrantRole(ctx, UserRemote, "root"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+		t.Errorf("remote granting itself root: err = %v, want permission denied", err)
+	}
+
+	// A certificate from another CA is refused at the TLS handshake.
+	cfg := p.clientConfig(endpoint, "untrusted")
+	cfg.DialTimeout = 2 * time.Second
+	if c, err := New(ctx, cfg); err == nil {
+		c.Close()
+		t.Error("client with an untrusted certificate connected")
+	} else if !errors.Is(err, ErrUnreachable) {
+		t.Errorf("untrusted client: err = %v, want ErrUnreachable", err)
+	}
+}
