@@ -207,6 +207,33 @@ func (c *Cluster) Upsert(objs ...api.Object) {
 	}
 }
 
+// UpsertErr writes objects through the cluster's writer and returns the
+// first error; unlike Upsert it may be called from any goroutine.
+func (c *Cluster) UpsertErr(ctx context.Context, objs ...api.Object) error {
+	c.mu.Lock()
+	w := c.writer
+	c.mu.Unlock()
+	for _, o := range objs {
+		if err := w.Upsert(ctx, o); err != nil {
+			return fmt.Errorf("cluster %s: upsert %s: %w", c.Name, o.Key(), err)
+		}
+	}
+	return nil
+}
+
+// MarkSyncedErr is MarkSynced for any goroutine.
+func (c *Cluster) MarkSyncedErr(ctx context.Context) error {
+	c.mu.Lock()
+	w := c.writer
+	c.mu.Unlock()
+	for _, k := range api.SyncedKinds {
+		if err := w.MarkSynced(ctx, k); err != nil {
+			return fmt.Errorf("cluster %s: mark %s synced: %w", c.Name, k, err)
+		}
+	}
+	return nil
+}
+
 // Delete removes keys through the cluster's writer.
 func (c *Cluster) Delete(keys ...string) {
 	c.m.t.Helper()
@@ -258,6 +285,20 @@ func (c *Cluster) clientConfig(endpoint, user string) kvstore.Config {
 		DialTimeout:    2 * time.Second,
 		RequestTimeout: 2 * time.Second,
 	}
+}
+
+// RelayClient connects to the store through the cluster's relay (the path
+// agents take) as user. The client is closed by the test's cleanup.
+func (c *Cluster) RelayClient(user string) *kvstore.Client {
+	c.m.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cli, err := kvstore.New(ctx, c.clientConfig("https://"+c.relay.addr(), user))
+	if err != nil {
+		c.m.t.Fatal(err)
+	}
+	c.m.t.Cleanup(func() { cli.Close() })
+	return cli
 }
 
 // WriteConnFile writes the connection file of cluster c into dir, under

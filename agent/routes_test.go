@@ -1,0 +1,90 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/clustermesh/clustermesh/api"
+)
+
+type routeLog struct {
+	mu     sync.Mutex
+	routes map[netip.Prefix]netip.Addr
+	fail   bool
+}
+
+func (l *routeLog) Upsert(_ context.Context, r Route) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.fail {
+		return errors.New("injected")
+	}
+	l.routes[r.Prefix] = r.NextHop
+	return nil
+}
+
+func (l *routeLog) Delete(_ context.Context, r Route) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.fail {
+		return errors.New("injected")
+	}
+	delete(l.routes, r.Prefix)
+	return nil
+}
+
+func (l *routeLog) list() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for p, nh := range l.routes {
+		out = append(out, p.String()+" via "+nh.String())
+	}
+	slices.Sort(out)
+	return out
+}
+
+func node(cluster, name, addr string, cidrs ...string) *api.Node {
+	n := &api.Node{Cluster: cluster, Name: name, Addresses: []netip.Addr{netip.MustParseAddr(addr)}}
+	for _, c := range cidrs {
+		n.PodCIDRs = append(n.PodCIDRs, netip.MustParsePrefix(c))
+	}
+	return n
+}
+
+func TestStaticRoutes(t *testing.T) {
+	ctx := context.Background()
+	w := &routeLog{routes: map[netip.Prefix]netip.Addr{}}
+	s := NewStaticRoutes("c1", w, nil)
+	steps := []struct {
+		name string
+		do   func()
+		fail bool
+		want []string
+	}{
+		{"local nodes get no route", func() { s.NodeUpserted(node("c1", "a", "192.168.1.1", "10.1.0.0/24")) }, false, nil},
+		{"remote node routed via its first address", func() {
+			s.NodeUpserted(node("c2", "a", "192.168.2.1", "10.2.0.0/24", "10.2.1.0/24"))
+		}, false, []string{"10.2.0.0/24 via 192.168.2.1", "10.2.1.0/24 via 192.168.2.1"}},
+		{"node changes CIDR and address", func() { s.NodeUpserted(node("c2", "a", "192.168.2.9", "10.2.1.0/24")) }, false, []string{"10.2.1.0/24 via 192.168.2.9"}},
+		{"node without address is ignored", func() { s.NodeUpserted(&api.Node{Cluster: "c3", Name: "x"}) }, false, []string{"10.2.1.0/24 via 192.168.2.9"}},
+		{"second remote cluster", func() { s.NodeUpserted(node("c3", "b", "192.168.3.1", "10.3.0.0/24")) }, false, []string{"10.2.1.0/24 via 192.168.2.9", "10.3.0.0/24 via 192.168.3.1"}},
+		{"failed writes are retried", func() { s.NodeDeleted("c3", "b") }, true, []string{"10.2.1.0/24 via 192.168.2.9", "10.3.0.0/24 via 192.168.3.1"}},
+		{"retry succeeds", func() {}, false, []string{"10.2.1.0/24 via 192.168.2.9"}},
+		{"deleted node's routes removed", func() { s.NodeDeleted("c2", "a") }, false, nil},
+	}
+	for _, st := range steps {
+		st.do()
+		w.mu.Lock()
+		w.fail = st.fail
+		w.mu.Unlock()
+		s.reconcile(ctx)
+		if got := w.list(); !slices.Equal(got, st.want) {
+			t.Errorf("%s: routes %q, want %q", st.name, got, st.want)
+		}
+	}
+}
