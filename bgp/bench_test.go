@@ -40,10 +40,10 @@ func BenchmarkConvergence(b *testing.B) {
 	}
 }
 
-type convergence struct{ announce, withdraw []time.Duration }
+type convergence struct{ call, announce, withdraw []time.Duration }
 
 func (c *convergence) report(b *testing.B) {
-	for name, ds := range map[string][]time.Duration{"announce": c.announce, "withdraw": c.withdraw} {
+	for name, ds := range map[string][]time.Duration{"announce-call": c.call, "announce": c.announce, "withdraw": c.withdraw} {
 		slices.Sort(ds)
 		if len(ds) == 0 {
 			continue
@@ -119,6 +119,7 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 		})
 		t0 := time.Now()
 		proc.call(childReq{Op: "announce", Prefixes: prefixes})
+		c.call = append(c.call, time.Since(t0))
 		waitCount(b, l, receivers, RouteProtocol, n)
 		c.announce = append(c.announce, time.Since(t0))
 		t0 = time.Now()

@@ -125,10 +125,13 @@ func (c *core) start(ctx context.Context) error {
 	}
 	wctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
-	err := c.srv.WatchEvent(wctx, &api.WatchEventRequest{
-		Peer:  &api.WatchEventRequest_Peer{},
-		Table: &api.WatchEventRequest_Table{Filters: []*api.WatchEventRequest_Table_Filter{{Type: api.WatchEventRequest_Table_Filter_BEST, Init: true}}},
-	}, c.onWatch)
+	req := &api.WatchEventRequest{Peer: &api.WatchEventRequest_Peer{}}
+	if c.cfg.InstallRoutes {
+		// Only a speaker needs best paths; converting them is most of the
+		// watcher's cost, so a reflector does not ask.
+		req.Table = &api.WatchEventRequest_Table{Filters: []*api.WatchEventRequest_Table_Filter{{Type: api.WatchEventRequest_Table_Filter_BEST, Init: true}}}
+	}
+	err := c.srv.WatchEvent(wctx, req, c.onWatch)
 	if err != nil {
 		cancel()
 		c.srv.Stop()

@@ -41,6 +41,8 @@ type Speaker struct {
 	staleAt      time.Time                   // when stale routes are swept
 	installErrs  uint64
 	firstSession bool
+	// nl is one netlink socket reused for every route change.
+	nl *netlink.Handle
 }
 
 // NewSpeaker checks cfg and returns a speaker that is not yet started.
@@ -83,16 +85,24 @@ func (s *Speaker) Start(ctx context.Context) error {
 	}
 	s.table = newRouteTable(s.cfg.PodCIDRs, subnets, s.cfg.NodeIPs)
 	if s.cfg.InstallRoutes {
+		nl, err := netlink.NewHandle()
+		if err != nil {
+			return fmt.Errorf("%s: open netlink: %w", s.cfg.Name, err)
+		}
+		s.nl = nl
 		if err := s.adopt(); err != nil {
+			nl.Close()
 			return err
 		}
 	}
 	s.staleAt = time.Now().Add(s.cfg.StaleRouteTimeout)
 	if err := s.core.start(ctx); err != nil {
+		s.closeNetlink()
 		return err
 	}
 	if err := s.core.announce(ctx, s.cfg.PodCIDRs); err != nil {
 		s.core.stop()
+		s.closeNetlink()
 		return err
 	}
 	lctx, cancel := context.WithCancel(context.Background())
@@ -120,7 +130,14 @@ func (s *Speaker) Stop(ctx context.Context) error {
 		return fmt.Errorf("%s: stop: %w", s.cfg.Name, ctx.Err())
 	}
 	s.core.stop()
+	s.closeNetlink()
 	return nil
+}
+
+func (s *Speaker) closeNetlink() {
+	if s.nl != nil {
+		s.nl.Close()
+	}
 }
 
 // SetPeers replaces the dynamic peer set (from the store); Config.StaticPeers
@@ -182,7 +199,7 @@ func (s *Speaker) Status(ctx context.Context) (Status, error) {
 
 // adopt reads the routes of RouteProtocol a previous run left behind.
 func (s *Speaker) adopt() error {
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_ALL,
+	routes, err := s.nl.RouteListFiltered(netlink.FAMILY_ALL,
 		&netlink.Route{Protocol: RouteProtocol, Table: s.cfg.Table},
 		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	if err != nil {
@@ -289,7 +306,7 @@ func (s *Speaker) apply(ch tableChange, deferRemoval bool) {
 		if !s.cfg.InstallRoutes {
 			continue
 		}
-		err := netlink.RouteReplace(&netlink.Route{
+		err := s.nl.RouteReplace(&netlink.Route{
 			Dst:      prefixToIPNet(c.prefix),
 			Gw:       c.nextHop.AsSlice(),
 			Protocol: RouteProtocol,
@@ -316,7 +333,7 @@ func (s *Speaker) remove(p netip.Prefix) {
 	if !s.cfg.InstallRoutes {
 		return
 	}
-	err := netlink.RouteDel(&netlink.Route{Dst: prefixToIPNet(p), Protocol: RouteProtocol, Table: s.cfg.Table})
+	err := s.nl.RouteDel(&netlink.Route{Dst: prefixToIPNet(p), Protocol: RouteProtocol, Table: s.cfg.Table})
 	if err != nil && !errors.Is(err, syscall.ESRCH) {
 		s.installErrs++
 		s.metrics.installErrs.Inc()
