@@ -1,0 +1,407 @@
+package mesh_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/clustermesh/clustermesh/agent/status"
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/cli/internal/clitest"
+	"github.com/clustermesh/clustermesh/cli/mesh"
+	"github.com/clustermesh/clustermesh/kvstore"
+)
+
+func secretData(t *testing.T, c *mesh.Cluster) map[string][]byte {
+	t.Helper()
+	s, err := c.ClustersSecret(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Data
+}
+
+func wantProblem(t *testing.T, err error, sentinel error, mention string) {
+	t.Helper()
+	var ce *mesh.CheckError
+	if !errors.As(err, &ce) || !errors.Is(err, sentinel) {
+		t.Fatalf("err = %v, want a CheckError with %v", err, sentinel)
+	}
+	for _, p := range ce.Problems {
+		if errors.Is(p.Err, sentinel) {
+			if !strings.Contains(p.Reason, mention) || p.Fix == "" {
+				t.Errorf("problem %q (fix %q) should mention %q and say how to fix it", p.Reason, p.Fix, mention)
+			}
+			return
+		}
+	}
+}
+
+// TestTwoClusters drives the whole life of a two-cluster mesh against real
+// kube-apiservers, a real clustermesh-apiserver per cluster and a real agent
+// per cluster: enable (twice), refused connects, connect, status, global
+// services, certificate rotation, disconnect.
+func TestTwoClusters(t *testing.T) {
+	env := clitest.Start(t,
+		clitest.Spec{Name: "c1", NodeIP: "127.0.0.11", PodCIDR: "10.1.0.0/24"},
+		clitest.Spec{Name: "c2", NodeIP: "127.0.0.12", PodCIDR: "10.2.0.0/24"},
+		clitest.Spec{Name: "c3", NodeIP: "127.0.0.13", PodCIDR: "10.1.0.0/25"},
+	)
+	ctx := context.Background()
+	c1, c2, c3 := env.Clusters["c1"].C, env.Clusters["c2"].C, env.Clusters["c3"].C
+
+	res1, err := mesh.Enable(ctx, c1, mesh.EnableOptions{ClusterName: "c1", ClusterID: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res1.CreatedCA || !strings.HasPrefix(res1.Endpoint, "https://127.0.0.11:") {
+		t.Fatalf("enable c1: %+v; want a new CA and the NodePort endpoint on the node's InternalIP", res1)
+	}
+	ca1, err := c1.LoadCA(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mesh.Enable(ctx, c2, mesh.EnableOptions{ClusterName: "c2", ClusterID: 2, CA: ca1}); err != nil {
+		t.Fatal(err)
+	}
+	// c3 collides with c1 in every way: its ID, its CA, its pod CIDR.
+	if _, err := mesh.Enable(ctx, c3, mesh.EnableOptions{ClusterName: "c3", ClusterID: 1}); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("enable is idempotent", func(t *testing.T) {
+		for _, tc := range []struct {
+			c    *mesh.Cluster
+			opts mesh.EnableOptions
+		}{
+			{c1, mesh.EnableOptions{ClusterName: "c1", ClusterID: 1}},
+			{c2, mesh.EnableOptions{ClusterName: "c2", ClusterID: 2, CA: ca1}},
+		} {
+			before := clitest.ResourceVersions(t, tc.c)
+			if _, err := mesh.Enable(ctx, tc.c, tc.opts); err != nil {
+				t.Fatal(err)
+			}
+			after := clitest.ResourceVersions(t, tc.c)
+			for k, v := range before {
+				if after[k] != v {
+					t.Errorf("context %s: %s changed on second enable: resourceVersion %s -> %s", tc.c.Context, k, v, after[k])
+				}
+			}
+		}
+	})
+
+	t.Run("enable refuses a rename and a foreign CA", func(t *testing.T) {
+		if _, err := mesh.Enable(ctx, c1, mesh.EnableOptions{ClusterName: "c1", ClusterID: 9}); !errors.Is(err, mesh.ErrAlreadyEnabled) {
+			t.Fatalf("re-enable with another ID: err = %v, want ErrAlreadyEnabled", err)
+		}
+		ca3, err := c3.LoadCA(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := mesh.Enable(ctx, c1, mesh.EnableOptions{ClusterName: "c1", ClusterID: 1, CA: ca3}); !errors.Is(err, mesh.ErrCAMismatch) {
+			t.Fatalf("enable with another CA: err = %v, want ErrCAMismatch", err)
+		}
+	})
+
+	t.Run("connect refuses unreachable stores", func(t *testing.T) {
+		before := secretData(t, c1)
+		err := mesh.Connect(ctx, c1, []*mesh.Cluster{c2}, mesh.ConnectOptions{})
+		wantProblem(t, err, mesh.ErrUnreachable, "c2")
+		if len(secretData(t, c1)) != len(before) {
+			t.Fatal("refused connect changed the clusters Secret")
+		}
+	})
+
+	t.Run("connect refuses colliding clusters", func(t *testing.T) {
+		before := clitest.ResourceVersions(t, c1)
+		err := mesh.Connect(ctx, c1, []*mesh.Cluster{c3}, mesh.ConnectOptions{})
+		wantProblem(t, err, mesh.ErrIDCollision, "cluster ID 1")
+		wantProblem(t, err, mesh.ErrUntrusted, "different CAs")
+		wantProblem(t, err, mesh.ErrCIDROverlap, "10.1.0.0/25")
+		if after := clitest.ResourceVersions(t, c1); after["secret/"+mesh.SecretClusters] != before["secret/"+mesh.SecretClusters] {
+			t.Fatal("refused connect changed the clusters Secret")
+		}
+	})
+
+	env.RunProcesses(t, "c1")
+	env.RunProcesses(t, "c2")
+
+	waitReady := func(t *testing.T, c *mesh.Cluster) *mesh.Status {
+		t.Helper()
+		wctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+		defer cancel()
+		st, err := mesh.WaitStatus(wctx, c, mesh.StatusOptions{}, 300*time.Millisecond, nil)
+		if err != nil {
+			if st != nil {
+				for _, p := range st.Problems {
+					t.Log(p.String())
+				}
+			}
+			t.Fatalf("context %s: %v", c.Context, err)
+		}
+		return st
+	}
+
+	t.Run("status of a lone cluster becomes ready", func(t *testing.T) {
+		st := waitReady(t, c1)
+		if !st.APIServer.Synced || st.AgentsReporting != 1 || len(st.Clusters) != 1 || st.Clusters[0].Connected != 1 {
+			t.Fatalf("status = %+v", st)
+		}
+	})
+
+	t.Run("connect", func(t *testing.T) {
+		if err := mesh.Connect(ctx, c1, []*mesh.Cluster{c2}, mesh.ConnectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		d1, d2 := secretData(t, c1), secretData(t, c2)
+		for _, k := range []string{"c1", "c2", "c2.ca.crt", "c2.client.crt", "c2.client.key"} {
+			if len(d1[k]) == 0 {
+				t.Errorf("c1's clusters Secret lacks %s", k)
+			}
+		}
+		if _, ok := d2["c1"]; !ok {
+			t.Error("c2's clusters Secret lacks c1")
+		}
+		// A second connect is a no-op.
+		rv := clitest.ResourceVersions(t, c1)["secret/"+mesh.SecretClusters]
+		if err := mesh.Connect(ctx, c1, []*mesh.Cluster{c2}, mesh.ConnectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if got := clitest.ResourceVersions(t, c1)["secret/"+mesh.SecretClusters]; got != rv {
+			t.Errorf("second connect rewrote the clusters Secret (%s -> %s)", rv, got)
+		}
+		// The entry is what the agent loads; with it the peer store answers
+		// with the remote identity.
+		dir := t.TempDir()
+		if err := c1.WriteClustersDir(ctx, dir); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := kvstore.LoadConfig(filepath.Join(dir, "c2"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		kc, err := kvstore.New(ctx, cfg)
+		if err != nil {
+			t.Fatalf("dial c2 with c1's entry: %v", err)
+		}
+		kc.Close()
+	})
+
+	t.Run("status reports connected", func(t *testing.T) {
+		for _, c := range []*mesh.Cluster{c1, c2} {
+			st := waitReady(t, c)
+			if len(st.Clusters) != 2 {
+				t.Fatalf("context %s: clusters = %+v, want self and peer", c.Context, st.Clusters)
+			}
+			for _, cs := range st.Clusters {
+				if cs.Agents != 1 || cs.Connected != 1 || cs.Synced != 1 {
+					t.Errorf("context %s: cluster %s: %d agents, %d connected, %d synced; want 1 each", c.Context, cs.Name, cs.Agents, cs.Connected, cs.Synced)
+				}
+			}
+		}
+	})
+
+	t.Run("global service", func(t *testing.T) {
+		for i, name := range []string{"c1", "c2"} {
+			createEchoService(t, env.Clusters[name], i+2)
+		}
+		if err := mesh.SetGlobal(ctx, c1, "demo", "echo", mesh.GlobalOptions{Global: true}); err != nil {
+			t.Fatal(err)
+		}
+		local := "local"
+		aff := apiAffinity(local)
+		two := uint32(2)
+		if err := mesh.SetGlobal(ctx, c2, "demo", "echo", mesh.GlobalOptions{Global: true, Affinity: &aff, MinLocalBackends: &two}); err != nil {
+			t.Fatal(err)
+		}
+		bad := apiAffinity("closest")
+		if err := mesh.SetGlobal(ctx, c2, "demo", "echo", mesh.GlobalOptions{Global: true, Affinity: &bad}); err == nil || !strings.Contains(err.Error(), "closest") {
+			t.Fatalf("bad affinity: err = %v, want one naming the value", err)
+		}
+		svc, err := c2.Kube.CoreV1().Services("demo").Get(ctx, "echo", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a := svc.Annotations; a[mesh.AnnotationGlobal] != "true" || a[mesh.AnnotationAffinity] != "local" || a[mesh.AnnotationMinLocalBackends] != "2" {
+			t.Fatalf("annotations = %v", a)
+		}
+		// The apiservers export it; list reads both stores.
+		var res *mesh.ServiceListResult
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			res, err = mesh.ListGlobalServices(ctx, c1, mesh.StoreOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Services) == 1 && len(res.Services[0].Clusters) == 2 && res.Services[0].Backends == 5 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("service list = %+v, want demo/echo with 2+3 ready backends in c1 and c2", res)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if res.Services[0].Clusters[1].Affinity != "local" {
+			t.Errorf("c2's instance: %+v, want affinity local", res.Services[0].Clusters[1])
+		}
+		kv, err := mesh.KVGet(ctx, c1, "services/c1/demo/echo", mesh.KVOptions{})
+		if err != nil || kv.Kind != "Service" {
+			t.Fatalf("kv get = %+v, %v", kv, err)
+		}
+		kvs, err := mesh.KVList(ctx, c1, "services/", mesh.KVOptions{Peer: "c2"})
+		if err != nil || len(kvs) != 1 || kvs[0].Key != "clustermesh/v1/services/c2/demo/echo" {
+			t.Fatalf("kv list of peer c2 = %+v, %v", kvs, err)
+		}
+	})
+
+	t.Run("certs rotate without connection loss", func(t *testing.T) {
+		before, err := c1.ClustersSecret(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		oldEntries, _ := mesh.Entries(before)
+		if err := mesh.RotateCerts(ctx, c1, mesh.RotateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		after, err := c1.ClustersSecret(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		newEntries, _ := mesh.Entries(after)
+		for i := range newEntries {
+			if string(newEntries[i].Cert) == string(oldEntries[i].Cert) {
+				t.Errorf("entry %s kept its old certificate", newEntries[i].Name)
+			}
+			if string(newEntries[i].CA) != string(oldEntries[i].CA) {
+				t.Errorf("entry %s changed CA", newEntries[i].Name)
+			}
+		}
+		// Old certificates (what running agents hold) and new ones both
+		// work against the stores, which still serve the old server cert.
+		for _, entries := range [][]mesh.Entry{oldEntries, newEntries} {
+			for _, e := range entries {
+				if err := dialEntry(ctx, t, e); err != nil {
+					t.Errorf("entry %s: %v", e.Name, err)
+				}
+			}
+		}
+		// Agents pick up the new files and stay connected.
+		st := waitReady(t, c1)
+		for _, cs := range st.Clusters {
+			if cs.Connected != 1 {
+				t.Errorf("after rotation: cluster %s: %d connected", cs.Name, cs.Connected)
+			}
+		}
+	})
+
+	t.Run("status warns before expiry", func(t *testing.T) {
+		st, err := mesh.GetStatus(ctx, c1, mesh.StatusOptions{Now: time.Now().Add(350 * 24 * time.Hour)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, p := range st.Problems {
+			found = found || (strings.Contains(p.Reason, mesh.SecretServer) && strings.Contains(p.Fix, "certs rotate"))
+		}
+		if !found || st.Ready {
+			t.Fatalf("problems = %v, want the server certificate expiring with certs rotate as fix", st.Problems)
+		}
+	})
+
+	t.Run("disconnect drains", func(t *testing.T) {
+		if err := mesh.Disconnect(ctx, c1, []*mesh.Cluster{c2}, mesh.DisconnectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		d1, d2 := secretData(t, c1), secretData(t, c2)
+		for k := range d1 {
+			if strings.HasPrefix(k, "c2") {
+				t.Errorf("c1's Secret still holds %s", k)
+			}
+		}
+		for k := range d2 {
+			if strings.HasPrefix(k, "c1") {
+				t.Errorf("c2's Secret still holds %s", k)
+			}
+		}
+		if _, ok := d1["c1"]; !ok {
+			t.Error("disconnect removed c1's own entry")
+		}
+		st := waitReady(t, c1)
+		if len(st.Clusters) != 1 || st.Clusters[0].Name != "c1" {
+			t.Fatalf("clusters after disconnect = %+v", st.Clusters)
+		}
+		// The agent dropped c2's backends: after the Secret refresh, the
+		// status it publishes follows only c1.
+		waitAgentClusters(t, c1, 1)
+	})
+}
+
+func apiAffinity(s string) api.Affinity { return api.Affinity(s) }
+
+// createEchoService creates demo/echo with n ready backends.
+func createEchoService(t *testing.T, tc *clitest.Cluster, n int) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := tc.Kube.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := tc.Kube.Client.CoreV1().Services("demo").Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
+		Spec: corev1.ServiceSpec{
+			Selector: map[string]string{"app": "echo"},
+			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := strings.TrimSuffix(tc.PodCIDR, "0/24")
+	clitest.CreateBackends(t, tc.Kube, "demo", "echo", base, 8080, n)
+}
+
+func dialEntry(ctx context.Context, t *testing.T, e mesh.Entry) error {
+	dir := t.TempDir()
+	for name, b := range map[string][]byte{"ca.crt": e.CA, "c.crt": e.Cert, "c.key": e.Key} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			return err
+		}
+	}
+	kc, err := kvstore.New(ctx, kvstore.Config{Endpoints: []string{e.Endpoint}, CAFile: filepath.Join(dir, "ca.crt"), CertFile: filepath.Join(dir, "c.crt"), KeyFile: filepath.Join(dir, "c.key")})
+	if err != nil {
+		return err
+	}
+	return kc.Close()
+}
+
+// waitAgentClusters waits until every agent of the cluster reports exactly
+// n clusters.
+func waitAgentClusters(t *testing.T, c *mesh.Cluster, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		kvs, err := mesh.KVList(context.Background(), c, "agents/", mesh.KVOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ok := len(kvs) > 0
+		for _, kv := range kvs {
+			a, isAgent := kv.Value.(*status.Agent)
+			ok = ok && isAgent && len(a.Clusters) == n
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agents still report other than %d clusters: %+v", n, kvs)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
