@@ -107,14 +107,16 @@ type Config struct {
 }
 
 // DefaultConfig returns timings tuned for sub-second detection on a LAN:
-// a member is probed every 150 ms by each peer in turn, a probe fails after
-// 50 ms, and a suspicion confirmed by one other member times out after
-// 3 × 150 ms; unconfirmed it takes 4 times longer.
+// each member probes one peer every 100 ms (round robin), a direct probe
+// fails after 40 ms and the indirect ones by the end of the interval, and a
+// suspicion confirmed by one other member times out after 3 × 100 ms;
+// unconfirmed it takes 4 times longer. docs/health.md has the measured
+// detection times.
 func DefaultConfig() Config {
 	return Config{
 		BindAddr:                netip.AddrPortFrom(netip.IPv4Unspecified(), 7946),
-		ProbeInterval:           150 * time.Millisecond,
-		ProbeTimeout:            50 * time.Millisecond,
+		ProbeInterval:           100 * time.Millisecond,
+		ProbeTimeout:            40 * time.Millisecond,
 		IndirectChecks:          3,
 		SuspicionMult:           3,
 		SuspicionMaxTimeoutMult: 4,

@@ -39,7 +39,7 @@ const (
 	childClusters = "CMHEALTH_CLUSTERS" // "c1=1,c2=2"
 	childNodes    = "CMHEALTH_NODES"    // "c1/n0=10.99.0.1:7946,..."
 	childKeyFile  = "CMHEALTH_KEYFILE"
-	childProfile  = "CMHEALTH_PROFILE" // "" (DefaultTestConfig) or "lan" (memberlist LAN defaults)
+	childProfile  = "CMHEALTH_PROFILE" // timings: "default" (DefaultTestConfig), "probe-150ms", "memberlist-lan"
 	gossipPort    = 7946
 )
 
@@ -74,14 +74,17 @@ func runChild() int {
 		}
 	}
 	cfg := DefaultTestConfig()
-	if os.Getenv(childProfile) == "lan" {
-		lan := DefaultTestConfig()
-		lan.ProbeInterval = time.Second
-		lan.ProbeTimeout = 500 * time.Millisecond
-		lan.SuspicionMult = 4
-		lan.SuspicionMaxTimeoutMult = 6
-		lan.GossipInterval = 200 * time.Millisecond
-		cfg = lan
+	switch os.Getenv(childProfile) {
+	case "memberlist-lan":
+		// memberlist.DefaultLANConfig's failure detector.
+		cfg.ProbeInterval = time.Second
+		cfg.ProbeTimeout = 500 * time.Millisecond
+		cfg.SuspicionMult = 4
+		cfg.SuspicionMaxTimeoutMult = 6
+		cfg.GossipInterval = 200 * time.Millisecond
+	case "probe-150ms":
+		cfg.ProbeInterval = 150 * time.Millisecond
+		cfg.ProbeTimeout = 50 * time.Millisecond
 	}
 	cfg.Cluster, cfg.NodeName, cfg.ClusterID = self.Cluster, self.Name, ids[self.Cluster]
 	cfg.BindAddr = self.GossipAddress
@@ -485,19 +488,27 @@ func (c *child) reported(ref loadbalancer.NodeRef, healthy bool, after time.Time
 }
 
 // killAndMeasure kills member v and returns, per survivor, the time from the
-// kill until it told its sink v is unhealthy.
-func (m *mesh) killAndMeasure(ctx context.Context, v int) []time.Duration {
+// kill until it told its sink v is unhealthy, and how many other nodes the
+// survivors marked unhealthy meanwhile (false positives).
+func (m *mesh) killAndMeasure(ctx context.Context, v int) ([]time.Duration, int) {
 	t0 := m.kill(v)
 	var lat []time.Duration
 	m.waitAll(ctx, m.names[v]+" reported dead by every survivor", m.others(v), func(c *child) bool {
 		_, ok := c.reported(m.refs[v], false, t0)
 		return ok
 	})
+	falseMarks := 0
 	for _, j := range m.others(v) {
 		at, _ := m.children[j].reported(m.refs[v], false, t0)
 		lat = append(lat, at.Sub(t0))
+		sinks, _ := m.children[j].snapshot()
+		for _, s := range sinks {
+			if !s.healthy && s.ref != m.refs[v].String() && !s.at.Before(t0) {
+				falseMarks++
+			}
+		}
 	}
-	return lat
+	return lat, falseMarks
 }
 
 // revive restores member v's link, restarts it and waits until every member
@@ -515,11 +526,11 @@ func TestNetnsHardKill(t *testing.T) {
 	requireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	m := newMesh(t, 5, "")
+	m := newMesh(t, 5, "default")
 	m.waitConverged(ctx)
 
 	const victim = 3 // c2/n3
-	lat := m.killAndMeasure(ctx, victim)
+	lat, _ := m.killAndMeasure(ctx, victim)
 	t.Logf("%s reported dead after %v", m.names[victim], lat)
 	for _, j := range m.others(victim) {
 		sinks, _ := m.children[j].snapshot()
@@ -547,7 +558,7 @@ func TestNetnsIsolatedMember(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	const n, cut = 5, 4
-	m := newMesh(t, n, "")
+	m := newMesh(t, n, "default")
 	m.waitConverged(ctx)
 
 	t0 := time.Now()
@@ -591,26 +602,26 @@ func TestNetnsIsolatedMember(t *testing.T) {
 
 // BenchmarkNetnsDetection measures, over repeated hard kills of a rotating
 // member of a five-member mesh, the time until every survivor has told its
-// sink the member is dead (all-*) and until the first one has (first-*).
-// The "lan-defaults" case runs memberlist's stock LAN timings for
+// sink the member is dead (all-*) and until the first one has (first-*),
+// and counts live nodes marked unhealthy meanwhile (false-marks). "default"
+// runs DefaultConfig's timings, "probe-150ms" a slower probe for loaded
+// networks, "memberlist-lan" memberlist's stock LAN failure detector for
 // comparison. Run with e.g. -benchtime=30x.
 func BenchmarkNetnsDetection(b *testing.B) {
 	requireRoot(b)
-	for _, profile := range []string{"tuned", "lan-defaults"} {
+	for _, profile := range []string{"default", "probe-150ms", "memberlist-lan"} {
 		b.Run(profile, func(b *testing.B) {
-			p := ""
-			if profile == "lan-defaults" {
-				p = "lan"
-			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 			defer cancel()
-			m := newMesh(b, 5, p)
+			m := newMesh(b, 5, profile)
 			m.waitConverged(ctx)
 			var all, first []time.Duration
+			falseMarks := 0
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				v := i % len(m.children)
-				lat := m.killAndMeasure(ctx, v)
+				lat, f := m.killAndMeasure(ctx, v)
+				falseMarks += f
 				all = append(all, slices.Max(lat))
 				first = append(first, slices.Min(lat))
 				b.StopTimer()
@@ -620,6 +631,7 @@ func BenchmarkNetnsDetection(b *testing.B) {
 			b.StopTimer()
 			reportPercentiles(b, "all", all)
 			reportPercentiles(b, "first", first)
+			b.ReportMetric(float64(falseMarks), "false-marks")
 		})
 	}
 }
