@@ -1,0 +1,252 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/agent/meshtest"
+	"github.com/clustermesh/clustermesh/agent/status"
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/kvstore"
+	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
+		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
+	)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// runAgent runs the agent command in-process until the test ends.
+func runAgent(t *testing.T, args ...string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := newRootCommand()
+	cmd.SetArgs(args)
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent: %v\n%s", err, out.String())
+		}
+	})
+}
+
+func runCLI(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := newRootCommand()
+	cmd.SetArgs(args)
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	err := cmd.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+// waitStatus polls `clustermesh-agent status -o json` until cond holds.
+func waitStatus(t *testing.T, addr string, cond func(*status.Agent) bool) *status.Agent {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var last string
+	for time.Now().Before(deadline) {
+		out, err := runCLI(t, "status", "--status-addr", addr, "-o", "json")
+		if err == nil {
+			st, err := status.Decode([]byte(out))
+			if err != nil {
+				t.Fatalf("status -o json is not a status document: %v\n%s", err, out)
+			}
+			if cond(st) {
+				return st
+			}
+		}
+		last = out
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("status never satisfied the condition; last output:\n%s", last)
+	return nil
+}
+
+func twoClusters(t *testing.T) (c1, c2 *meshtest.Cluster, dir string) {
+	m := meshtest.New(t)
+	c1 = m.AddCluster("c1", 1, "10.1.0.0/16")
+	c2 = m.AddCluster("c2", 2, "10.2.0.0/16")
+	dir = t.TempDir()
+	c1.WriteConnFile(dir, "c1", kvstore.UserAgent)
+	c2.WriteConnFile(dir, "c2", kvstore.UserRemote)
+	return c1, c2, dir
+}
+
+func TestAgentCommandControlPlaneOnly(t *testing.T) {
+	c1, c2, dir := twoClusters(t)
+	c1.Upsert(c1.Service("ns", "web", "10.96.0.10"), c1.Slice("ns", "web", "a", "10.1.0.5"))
+	c2.Upsert(c2.Service("ns", "web", "10.96.1.10"), c2.Slice("ns", "web", "a", "10.2.0.5", "10.2.0.6"))
+	c1.MarkSynced()
+	c2.MarkSynced()
+
+	addr := freeAddr(t)
+	runAgent(t, "--cluster-name", "c1", "--node-name", "n1", "--clusters-dir", dir,
+		"--datapath", "none", "--status-addr", addr, "--clusters-dir-poll", "200ms", "--log-level", "warn")
+	st := waitStatus(t, addr, func(st *status.Agent) bool {
+		c, ok := st.ClusterByName("c2")
+		return ok && c.Synced && st.Frontends == 1
+	})
+	if st.Datapath != "none" || st.Cluster != "c1" || st.Node != "n1" {
+		t.Errorf("status header: %+v", st)
+	}
+	out, err := runCLI(t, "status", "--status-addr", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"c1 (local)", "c2", "connected", "frontends=1"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
+		}
+	}
+	if _, err := runCLI(t, "status", "--status-addr", addr, "-o", "yaml"); err == nil {
+		t.Errorf("status -o yaml accepted")
+	}
+}
+
+func TestAgentCommandRejectsBadFlags(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--cluster-name", "C1!", "--node-name", "n", "--clusters-dir", dir, "--datapath", "none", "--status-addr", ""}, "cluster name"},
+		{[]string{"--cluster-name", "c1", "--node-name", "n", "--clusters-dir", dir, "--datapath", "xdp", "--status-addr", ""}, "must be bpf or none"},
+		{[]string{"--cluster-name", "c1", "--node-name", "n", "--clusters-dir", dir, "--status-addr", ""}, "--bpf-cgroup"},
+		{[]string{"--cluster-name", "c1", "--node-name", "n", "--clusters-dir", dir, "--datapath", "none", "--log-level", "loud"}, "--log-level"},
+	} {
+		out, err := runCLI(t, tc.args...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: error %v, want one mentioning %q\n%s", tc.args, err, tc.want, out)
+		}
+	}
+}
+
+func runPrefix(t *testing.T) string {
+	var b [2]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	return "cm" + hex.EncodeToString(b[:])
+}
+
+// TestAgentCommandBPF runs the agent with the real eBPF datapath on a
+// private cgroup and bpffs: a global service whose backend is exported by
+// the peer cluster is programmed into the kernel, and a process in the
+// cgroup connecting to the service's VIP reaches the backend.
+func TestAgentCommandBPF(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: cgroup, bpffs and eBPF programs")
+	}
+	prefix := runPrefix(t)
+	cgroup := filepath.Join("/sys/fs/cgroup/unified", prefix)
+	if err := os.Mkdir(cgroup, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Remove(cgroup) })
+	bpffs := t.TempDir()
+	if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatalf("mount bpffs: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(bpffs, unix.MNT_DETACH) })
+	pins := filepath.Join(bpffs, "clustermesh")
+
+	// The backend: a TCP server on loopback, exported by cluster c2.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte("hello from c2\n"))
+			c.Close()
+		}
+	}()
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+
+	c1, c2, dir := twoClusters(t)
+	const vip = "10.96.77.1"
+	c1.Upsert(c1.Service("ns", "web", vip))
+	es := c2.Slice("ns", "web", "a", "127.0.0.1")
+	es.Ports[0].Port = port
+	c2.Upsert(c2.Service("ns", "web", "10.96.88.1"), es)
+	c1.MarkSynced()
+	c2.MarkSynced()
+
+	addr := freeAddr(t)
+	runAgent(t, "--cluster-name", "c1", "--node-name", "n1", "--clusters-dir", dir,
+		"--datapath", "bpf", "--bpf-cgroup", cgroup, "--bpf-pin-dir", pins,
+		"--status-addr", addr, "--log-level", "warn")
+	waitStatus(t, addr, func(st *status.Agent) bool { return st.Frontends == 1 })
+
+	out, err := runCLI(t, "bpf", "services", "--bpffs", pins)
+	if err != nil {
+		t.Fatalf("bpf services: %v\n%s", err, out)
+	}
+	backend := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String()
+	if !strings.Contains(out, vip+":80") || !strings.Contains(out, backend) {
+		t.Errorf("bpf services lacks %s:80 -> %s:\n%s", vip, backend, out)
+	}
+
+	// A client in the balanced cgroup.
+	script := fmt.Sprintf(`echo $$ > %s/cgroup.procs && exec 3<>/dev/tcp/%s/80 && head -n1 <&3`, cgroup, vip)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	got, err := exec.CommandContext(ctx, "bash", "-c", script).CombinedOutput()
+	if err != nil || strings.TrimSpace(string(got)) != "hello from c2" {
+		t.Fatalf("connect to %s:80 from the cgroup: %v: %q", vip, err, got)
+	}
+
+	// The peer withdraws its backend: the kernel forgets it.
+	c2.Delete(api.EndpointSliceKey("c2", "ns", "web", "a"))
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err = runCLI(t, "bpf", "services", "--bpffs", pins, "-o", "json")
+		if err == nil && !strings.Contains(out, backend) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("backend %s still programmed:\n%s", backend, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !json.Valid([]byte(out)) {
+		t.Errorf("bpf services -o json is not JSON:\n%s", out)
+	}
+}
