@@ -414,4 +414,3 @@ func RandomSuffix(n int) string {
 	}
 	return hex.EncodeToString(b)[:n]
 }
-

@@ -1,0 +1,183 @@
+package apiserver
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/pki"
+)
+
+// testStore starts an embedded etcd (the real kvstore server) and returns an
+// admin client of it.
+func testStore(t testing.TB) *kvstore.Client {
+	t.Helper()
+	dir := t.TempDir()
+	ca, err := pki.NewCA("test", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	sc, sk, err := ca.Issue(pki.IssueOptions{CommonName: "c1", IPs: []net.IP{net.ParseIP("127.0.0.1")}, Server: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ac, ak, err := ca.Issue(pki.IssueOptions{CommonName: kvstore.UserAdmin, Client: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := write("ca.crt", ca.CertPEM())
+	srv, err := kvstore.StartServer(context.Background(), kvstore.ServerConfig{
+		Cluster: "c1", DataDir: filepath.Join(dir, "etcd"), CAFile: caFile,
+		CertFile: write("s.crt", sc), KeyFile: write("s.key", sk), UnsafeNoFsync: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	c, err := kvstore.New(context.Background(), kvstore.Config{
+		Endpoints: []string{srv.Endpoint()}, CAFile: caFile,
+		CertFile: write("a.crt", ac), KeyFile: write("a.key", ak),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestAllocatorReplicas runs two allocators, as two apiserver replicas would,
+// against one real etcd, acquiring overlapping label sets concurrently: every
+// label set must get exactly one number, no number may serve two sets, and
+// releases by both must free everything.
+func TestAllocatorReplicas(t *testing.T) {
+	c := testStore(t)
+	ctx := context.Background()
+	var allocs [2]*allocator
+	for i := range allocs {
+		w, err := kvstore.NewWriter(c, "c1", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(w.Close)
+		allocs[i] = newAllocator(c.Etcd(), w, "c1", 3, api.DefaultMaxClusterID)
+		if err := allocs[i].load(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const sets = 40
+	got := [2][sets]uint32{}
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*sets)
+	for r := range allocs {
+		for s := range sets {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				id, err := allocs[r].Acquire(ctx, fmt.Sprintf("pod-%d-%d", r, s), "ns", map[string]string{"app": fmt.Sprint(s)})
+				if err != nil {
+					errs <- err
+				}
+				got[r][s] = id
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	owner := map[uint32]int{}
+	for s := range sets {
+		if got[0][s] != got[1][s] {
+			t.Errorf("label set %d: replica 0 got %d, replica 1 got %d", s, got[0][s], got[1][s])
+		}
+		if prev, dup := owner[got[0][s]]; dup {
+			t.Errorf("identity %d given to label sets %d and %d", got[0][s], prev, s)
+		}
+		owner[got[0][s]] = s
+		if cid := api.IdentityClusterID(got[0][s], api.DefaultMaxClusterID); cid != 3 {
+			t.Errorf("identity %d carries cluster ID %d, want 3", got[0][s], cid)
+		}
+	}
+
+	// A restarted allocator finds the same numbers again.
+	w, _ := kvstore.NewWriter(c, "c1", nil)
+	t.Cleanup(w.Close)
+	again := newAllocator(c.Etcd(), w, "c1", 3, api.DefaultMaxClusterID)
+	if err := again.load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := again.Acquire(ctx, "pod-x", "ns", map[string]string{"app": "7"}); err != nil || id != got[0][7] {
+		t.Errorf("after restart, label set 7 got %d (%v), want %d", id, err, got[0][7])
+	}
+	if err := again.Release(ctx, "pod-x", "ns", map[string]string{"app": "7"}); err != nil {
+		t.Fatal(err)
+	}
+
+	for r := range allocs {
+		for s := range sets {
+			if err := allocs[r].Release(ctx, fmt.Sprintf("pod-%d-%d", r, s), "ns", map[string]string{"app": fmt.Sprint(s)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	resp, err := c.Etcd().Get(ctx, ReservationPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Count != 0 {
+		t.Errorf("%d reservation keys left after every release", resp.Count)
+	}
+	resp, err = c.Etcd().Get(ctx, api.ClusterPrefix(api.KindIdentity, "c1"), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Count != 0 {
+		t.Errorf("%d identity keys left after every release", resp.Count)
+	}
+}
+
+// TestAllocatorCollect checks that reservations no pod uses after a restart
+// are freed, and used ones kept.
+func TestAllocatorCollect(t *testing.T) {
+	c := testStore(t)
+	ctx := context.Background()
+	w, _ := kvstore.NewWriter(c, "c1", nil)
+	t.Cleanup(w.Close)
+	a := newAllocator(c.Etcd(), w, "c1", 3, api.DefaultMaxClusterID)
+	for _, app := range []string{"kept", "gone"} {
+		if _, err := a.Acquire(ctx, "p-"+app, "ns", map[string]string{"app": app}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := newAllocator(c.Etcd(), w, "c1", 3, api.DefaultMaxClusterID)
+	if err := b.load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	kept, err := b.Acquire(ctx, "p-kept", "ns", map[string]string{"app": "kept"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := b.Collect(ctx)
+	if err != nil || n != 1 {
+		t.Fatalf("Collect = %d, %v; want 1 freed", n, err)
+	}
+	if id, _ := b.Acquire(ctx, "p2", "ns", map[string]string{"app": "kept"}); id != kept {
+		t.Errorf("kept identity changed from %d to %d", kept, id)
+	}
+}

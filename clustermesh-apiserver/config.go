@@ -1,0 +1,151 @@
+package apiserver
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"net/url"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/clustermesh/clustermesh/api"
+)
+
+// ErrConfig is wrapped by every configuration error.
+var ErrConfig = errors.New("invalid apiserver configuration")
+
+// Config is the apiserver's configuration; every field is a flag (see Flags).
+type Config struct {
+	// ClusterName and ClusterID identify the cluster in the mesh.
+	ClusterName string
+	ClusterID   uint32
+	// MaxClusterID is the mesh-wide cluster ID limit (255 or 511).
+	MaxClusterID uint32
+	// Kubeconfig is the path of a kubeconfig; empty means the in-cluster
+	// config (the pod's service account).
+	Kubeconfig string
+	// PodCIDRs are the cluster's pod CIDRs published in the cluster config;
+	// empty means the union of the nodes' spec.podCIDRs.
+	PodCIDRs []string
+
+	// Embedded etcd (the default): data directory, client URL, and the
+	// server certificate with the CA client certificates are verified
+	// against.
+	EtcdDataDir         string
+	EtcdListenClientURL string
+	EtcdCA              string
+	EtcdCert            string
+	EtcdKey             string
+	// EtcdAdminCert and EtcdAdminKey are the client certificate (CN
+	// "admin") the apiserver writes its own embedded store with.
+	EtcdAdminCert string
+	EtcdAdminKey  string
+	// KVStoreConfig is a kvstore connection file; when set, no etcd is
+	// embedded and the store is the external etcd it describes.
+	KVStoreConfig string
+
+	// HealthAddr serves /healthz, /readyz and /metrics.
+	HealthAddr string
+	// Workers is the number of concurrent export workers.
+	Workers int
+	// LeaseTTL is the TTL of the store leases the exported keys hang on.
+	LeaseTTL time.Duration
+	// UnsafeNoFsync disables fsync in the embedded etcd (tests only).
+	UnsafeNoFsync bool
+}
+
+// DefaultConfig returns the defaults of every flag.
+func DefaultConfig() Config {
+	return Config{
+		MaxClusterID:        api.DefaultMaxClusterID,
+		EtcdDataDir:         "/var/lib/clustermesh/etcd",
+		EtcdListenClientURL: "https://0.0.0.0:2379",
+		HealthAddr:          ":9880",
+		Workers:             4,
+		LeaseTTL:            5 * time.Minute,
+	}
+}
+
+// Flags registers the configuration's flags on fs, with the current values
+// as defaults.
+func (c *Config) Flags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.ClusterName, "cluster-name", c.ClusterName,
+		"Name of this cluster in the mesh: a lower-case DNS label of at most 32 characters, unique in the mesh. Required.")
+	fs.Uint32Var(&c.ClusterID, "cluster-id", c.ClusterID,
+		"Numeric ID of this cluster, 1..max-cluster-id, unique in the mesh; carried in the high bits of every identity the cluster allocates. Required.")
+	fs.Uint32Var(&c.MaxClusterID, "max-cluster-id", c.MaxClusterID,
+		"Mesh-wide cluster ID limit, 255 or 511; every cluster of a mesh must use the same value (511 leaves fewer identities per cluster).")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig,
+		"Path of the kubeconfig for the cluster's Kubernetes API; empty uses the in-cluster service account.")
+	fs.StringSliceVar(&c.PodCIDRs, "cluster-pod-cidrs", c.PodCIDRs,
+		"Pod CIDRs of the cluster (comma-separated) published in the cluster config for peers' overlap checks; empty derives them from the nodes' spec.podCIDRs.")
+	fs.StringVar(&c.EtcdDataDir, "etcd-data-dir", c.EtcdDataDir,
+		"Data directory of the embedded etcd.")
+	fs.StringVar(&c.EtcdListenClientURL, "etcd-listen-client-url", c.EtcdListenClientURL,
+		"https URL the embedded etcd serves peers and agents on (mutual TLS). The apiserver itself connects to 127.0.0.1 when the host is unspecified, so the server certificate must include 127.0.0.1 or the given host.")
+	fs.StringVar(&c.EtcdCA, "etcd-ca", c.EtcdCA,
+		"PEM file of the CA (trust bundle) client certificates of the embedded etcd are verified against.")
+	fs.StringVar(&c.EtcdCert, "etcd-cert", c.EtcdCert,
+		"PEM file of the embedded etcd's server certificate.")
+	fs.StringVar(&c.EtcdKey, "etcd-key", c.EtcdKey,
+		"PEM file of the embedded etcd's server key.")
+	fs.StringVar(&c.EtcdAdminCert, "etcd-admin-cert", c.EtcdAdminCert,
+		"PEM file of the client certificate (common name \"admin\") the apiserver writes its embedded etcd with.")
+	fs.StringVar(&c.EtcdAdminKey, "etcd-admin-key", c.EtcdAdminKey,
+		"PEM file of the key of --etcd-admin-cert.")
+	fs.StringVar(&c.KVStoreConfig, "kvstore-config", c.KVStoreConfig,
+		"Connection file of an external etcd (endpoints, trusted-ca-file, cert-file, key-file; see docs/kvstore.md). When set, no etcd is embedded and the --etcd-* flags are ignored.")
+	fs.StringVar(&c.HealthAddr, "health-addr", c.HealthAddr,
+		"Address serving /healthz (process alive), /readyz (initial export of every kind complete) and /metrics (Prometheus).")
+	fs.IntVar(&c.Workers, "workers", c.Workers,
+		"Number of objects exported concurrently.")
+	fs.DurationVar(&c.LeaseTTL, "lease-ttl", c.LeaseTTL,
+		"TTL of the store leases exported keys are attached to: how long the cluster stays visible to peers after this apiserver stops renewing them.")
+	fs.BoolVar(&c.UnsafeNoFsync, "etcd-unsafe-no-fsync", c.UnsafeNoFsync,
+		"Disable fsync in the embedded etcd. For tests only: a crash may lose acknowledged writes.")
+}
+
+// Validate checks the configuration; errors name the flag.
+func (c *Config) Validate() error {
+	if err := api.ValidateClusterName(c.ClusterName); err != nil {
+		return fmt.Errorf("%w: --cluster-name: %w", ErrConfig, err)
+	}
+	if err := api.ValidateClusterID(c.ClusterID, c.MaxClusterID); err != nil {
+		return fmt.Errorf("%w: --cluster-id/--max-cluster-id: %w", ErrConfig, err)
+	}
+	if _, err := c.podCIDRs(); err != nil {
+		return err
+	}
+	if c.Workers < 1 {
+		return fmt.Errorf("%w: --workers %d: must be at least 1", ErrConfig, c.Workers)
+	}
+	if c.KVStoreConfig != "" {
+		return nil
+	}
+	for _, f := range []struct{ flag, v string }{
+		{"--etcd-data-dir", c.EtcdDataDir}, {"--etcd-ca", c.EtcdCA}, {"--etcd-cert", c.EtcdCert},
+		{"--etcd-key", c.EtcdKey}, {"--etcd-admin-cert", c.EtcdAdminCert}, {"--etcd-admin-key", c.EtcdAdminKey},
+	} {
+		if f.v == "" {
+			return fmt.Errorf("%w: %s is required with the embedded etcd (or give --kvstore-config)", ErrConfig, f.flag)
+		}
+	}
+	if u, err := url.Parse(c.EtcdListenClientURL); err != nil || u.Scheme != "https" || u.Port() == "" {
+		return fmt.Errorf("%w: --etcd-listen-client-url %q: want https://host:port", ErrConfig, c.EtcdListenClientURL)
+	}
+	return nil
+}
+
+// podCIDRs parses --cluster-pod-cidrs; nil means derive from nodes.
+func (c *Config) podCIDRs() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range c.PodCIDRs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("%w: --cluster-pod-cidrs: %q: %w", ErrConfig, s, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}

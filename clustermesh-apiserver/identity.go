@@ -1,0 +1,320 @@
+package apiserver
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"maps"
+	"strconv"
+	"strings"
+	"sync"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/clustermesh/clustermesh/api"
+)
+
+// ReservationPrefix is the root of the identity reservations: keys only the
+// cluster's apiservers read and write (outside api.KeyPrefix, so peers' and
+// agents' read-only roles cannot see them). Per cluster:
+//
+//	<prefix><cluster>/labels/<sha256 of namespace+labels>  -> numeric identity
+//	<prefix><cluster>/ids/<numeric identity>                -> the labels hash
+//
+// Both keys of an identity are created in one etcd transaction that succeeds
+// only if neither exists, so two apiserver replicas can never hand out the
+// same number for different label sets, nor two numbers for one set. They
+// carry no lease: an identity keeps its number across apiserver restarts for
+// as long as a pod uses it.
+const ReservationPrefix = "clustermesh-private/v1/identity/"
+
+// ErrIdentitiesExhausted is returned when every local identity number of the
+// cluster is taken.
+var ErrIdentitiesExhausted = errors.New("identity numbers exhausted")
+
+// publisher is where allocated identities are published (the kvstore
+// Writer).
+type publisher interface {
+	Upsert(ctx context.Context, obj api.Object) error
+	Delete(ctx context.Context, key string) error
+}
+
+// allocator hands out cluster-scoped identities per (namespace, label set)
+// and counts their users. It is safe for concurrent use.
+type allocator struct {
+	cli          *clientv3.Client
+	pub          publisher
+	cluster      string
+	clusterID    uint32
+	maxClusterID uint32
+
+	mu sync.Mutex
+	// byLabels maps a labelsID to the identity in use for it.
+	byLabels map[string]*identityRef
+	// taken holds every local number known to be reserved (by us or,
+	// as far as we saw, by another replica).
+	taken map[uint32]bool
+	// next is where the search for a free number starts.
+	next uint32
+	// locks serialises Acquire/Release per label set.
+	locks map[string]*sync.Mutex
+	// gc is held shared while a reservation is read or made and
+	// exclusively by Collect, so Collect never frees a reservation that
+	// an Acquire is adopting.
+	gc sync.RWMutex
+}
+
+type identityRef struct {
+	id    api.Identity
+	users map[string]struct{}
+	// published is true once the identity is in the store.
+	published bool
+}
+
+func newAllocator(cli *clientv3.Client, pub publisher, cluster string, clusterID, maxClusterID uint32) *allocator {
+	return &allocator{
+		cli: cli, pub: pub, cluster: cluster, clusterID: clusterID, maxClusterID: maxClusterID,
+		byLabels: map[string]*identityRef{},
+		taken:    map[uint32]bool{},
+		next:     1,
+		locks:    map[string]*sync.Mutex{},
+	}
+}
+
+func (a *allocator) prefix() string { return ReservationPrefix + a.cluster + "/" }
+
+func (a *allocator) labelsKey(lid string) string {
+	sum := sha256.Sum256([]byte(lid))
+	return a.prefix() + "labels/" + hex.EncodeToString(sum[:16])
+}
+
+func (a *allocator) idKey(local uint32) string {
+	return a.prefix() + "ids/" + strconv.FormatUint(uint64(local), 10)
+}
+
+// load reads the reservations already in the store, so that numbers are
+// reused for the same label sets after a restart and never handed out twice.
+func (a *allocator) load(ctx context.Context) error {
+	resp, err := a.cli.Get(ctx, a.prefix()+"ids/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return fmt.Errorf("cluster %s: load identity reservations: %w", a.cluster, err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, kv := range resp.Kvs {
+		n, err := strconv.ParseUint(strings.TrimPrefix(string(kv.Key), a.prefix()+"ids/"), 10, 32)
+		if err == nil {
+			a.taken[uint32(n)] = true
+		}
+	}
+	return nil
+}
+
+func (a *allocator) lock(lid string) func() {
+	a.mu.Lock()
+	l := a.locks[lid]
+	if l == nil {
+		l = &sync.Mutex{}
+		a.locks[lid] = l
+	}
+	a.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+// Acquire returns the identity of (namespace, labels) for user (a pod's
+// namespace/name), reserving a number and publishing the identity first if no
+// other user holds it. Acquiring twice for the same user is one use.
+func (a *allocator) Acquire(ctx context.Context, user, namespace string, labels map[string]string) (uint32, error) {
+	lid := labelsID(namespace, labels)
+	unlock := a.lock(lid)
+	defer unlock()
+
+	a.mu.Lock()
+	ref := a.byLabels[lid]
+	a.mu.Unlock()
+	if ref == nil {
+		a.gc.RLock()
+		id, err := a.reserve(ctx, lid)
+		if err != nil {
+			a.gc.RUnlock()
+			return 0, err
+		}
+		ref = &identityRef{
+			id:    api.Identity{Cluster: a.cluster, ID: id, Namespace: namespace, Labels: maps.Clone(labels)},
+			users: map[string]struct{}{},
+		}
+		a.mu.Lock()
+		a.byLabels[lid] = ref
+		a.mu.Unlock()
+		a.gc.RUnlock()
+	}
+	if !ref.published {
+		if err := a.pub.Upsert(ctx, &ref.id); err != nil {
+			return 0, fmt.Errorf("publish identity %d (%s): %w", ref.id.ID, namespace, err)
+		}
+		ref.published = true
+	}
+	a.mu.Lock()
+	ref.users[user] = struct{}{}
+	a.mu.Unlock()
+	return ref.id.ID, nil
+}
+
+// reserve finds the number reserved for lid, or reserves a free one.
+func (a *allocator) reserve(ctx context.Context, lid string) (uint32, error) {
+	lkey := a.labelsKey(lid)
+	maxLocal := api.MaxLocalIdentity(a.maxClusterID)
+	for tries := uint32(0); tries <= maxLocal; tries++ {
+		local, ok := a.candidate(maxLocal)
+		if !ok {
+			return 0, fmt.Errorf("cluster %s: %w (%d in use)", a.cluster, ErrIdentitiesExhausted, maxLocal)
+		}
+		ikey := a.idKey(local)
+		resp, err := a.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(lkey), "=", 0),
+				clientv3.Compare(clientv3.CreateRevision(ikey), "=", 0)).
+			Then(clientv3.OpPut(lkey, strconv.FormatUint(uint64(local), 10)), clientv3.OpPut(ikey, lkey)).
+			Else(clientv3.OpGet(lkey)).
+			Commit()
+		if err != nil {
+			return 0, fmt.Errorf("cluster %s: reserve identity %d: %w", a.cluster, local, err)
+		}
+		a.mu.Lock()
+		a.taken[local] = true
+		a.mu.Unlock()
+		if !resp.Succeeded {
+			// Either the label set already has a number (ours from an
+			// earlier run, or another replica's), or the number is taken.
+			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+				n, err := strconv.ParseUint(string(kvs[0].Value), 10, 32)
+				if err != nil || n == 0 || uint32(n) > maxLocal {
+					return 0, fmt.Errorf("cluster %s: identity reservation %s holds %q, not a local identity", a.cluster, lkey, kvs[0].Value)
+				}
+				local = uint32(n)
+				a.mu.Lock()
+				a.taken[local] = true
+				a.mu.Unlock()
+			} else {
+				continue
+			}
+		}
+		id, err := api.MakeIdentity(a.clusterID, local, a.maxClusterID)
+		if err != nil {
+			return 0, fmt.Errorf("cluster %s: %w", a.cluster, err)
+		}
+		return id, nil
+	}
+	return 0, fmt.Errorf("cluster %s: %w", a.cluster, ErrIdentitiesExhausted)
+}
+
+// candidate returns the lowest number not known to be taken, searching from
+// next and wrapping around.
+func (a *allocator) candidate(maxLocal uint32) (uint32, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for i := uint32(0); i < maxLocal; i++ {
+		n := (a.next-1+i)%maxLocal + 1
+		if !a.taken[n] {
+			a.next = n%maxLocal + 1
+			return n, true
+		}
+	}
+	return 0, false
+}
+
+// Release drops user's use of the identity of (namespace, labels); the last
+// user's release unpublishes the identity and frees its number.
+func (a *allocator) Release(ctx context.Context, user, namespace string, labels map[string]string) error {
+	lid := labelsID(namespace, labels)
+	unlock := a.lock(lid)
+	defer unlock()
+
+	a.mu.Lock()
+	ref := a.byLabels[lid]
+	if ref != nil {
+		delete(ref.users, user)
+	}
+	last := ref != nil && len(ref.users) == 0
+	a.mu.Unlock()
+	if !last {
+		return nil
+	}
+	if err := a.free(ctx, lid, ref.id.ID); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	delete(a.byLabels, lid)
+	delete(a.locks, lid)
+	a.mu.Unlock()
+	return nil
+}
+
+// free unpublishes identity id and deletes its reservation, if the
+// reservation still names it.
+func (a *allocator) free(ctx context.Context, lid string, id uint32) error {
+	if err := a.pub.Delete(ctx, api.IdentityKey(a.cluster, id)); err != nil {
+		return fmt.Errorf("unpublish identity %d: %w", id, err)
+	}
+	local := id & api.MaxLocalIdentity(a.maxClusterID)
+	lkey := a.labelsKey(lid)
+	_, err := a.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.Value(lkey), "=", strconv.FormatUint(uint64(local), 10))).
+		Then(clientv3.OpDelete(lkey), clientv3.OpDelete(a.idKey(local))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("cluster %s: free identity %d: %w", a.cluster, id, err)
+	}
+	a.mu.Lock()
+	delete(a.taken, local)
+	a.mu.Unlock()
+	return nil
+}
+
+// Collect deletes every reservation no user holds: leftovers of label sets
+// whose pods went away while no apiserver was running. Call it once the
+// initial pass over all pods is complete.
+func (a *allocator) Collect(ctx context.Context) (int, error) {
+	a.gc.Lock()
+	defer a.gc.Unlock()
+	resp, err := a.cli.Get(ctx, a.prefix()+"ids/", clientv3.WithPrefix())
+	if err != nil {
+		return 0, fmt.Errorf("cluster %s: list identity reservations: %w", a.cluster, err)
+	}
+	a.mu.Lock()
+	inUse := map[string]bool{}
+	for lid := range a.byLabels {
+		inUse[a.labelsKey(lid)] = true
+	}
+	a.mu.Unlock()
+	n := 0
+	for _, kv := range resp.Kvs {
+		lkey := string(kv.Value)
+		if inUse[lkey] {
+			continue
+		}
+		_, err := a.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
+			Then(clientv3.OpDelete(string(kv.Key)), clientv3.OpDelete(lkey)).
+			Commit()
+		if err != nil {
+			return n, fmt.Errorf("cluster %s: collect identity reservation %s: %w", a.cluster, kv.Key, err)
+		}
+		if local, err := strconv.ParseUint(strings.TrimPrefix(string(kv.Key), a.prefix()+"ids/"), 10, 32); err == nil {
+			a.mu.Lock()
+			delete(a.taken, uint32(local))
+			a.mu.Unlock()
+		}
+		n++
+	}
+	return n, nil
+}
+
+// Len is the number of identities in use.
+func (a *allocator) Len() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.byLabels)
+}

@@ -1,0 +1,274 @@
+package apiserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/clustermesh/clustermesh/kvstore"
+)
+
+// Options are the dependencies of a Server that are not flags.
+type Options struct {
+	// Logger receives the logs; nil means slog.Default().
+	Logger *slog.Logger
+	// Registerer and Gatherer hold the metrics; nil means a fresh registry
+	// served on /metrics.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+	// RESTConfig overrides Config.Kubeconfig.
+	RESTConfig *rest.Config
+}
+
+// Server is one clustermesh-apiserver. Create it with New, run it with Run.
+type Server struct {
+	cfg  Config
+	log  *slog.Logger
+	reg  prometheus.Registerer
+	gath prometheus.Gatherer
+	rest *rest.Config
+
+	mu         sync.Mutex
+	ctrl       *controller
+	healthAddr string
+	storeURL   string
+	started    chan struct{}
+}
+
+// New checks cfg and prepares a server; nothing starts before Run.
+func New(cfg Config, opts *Options) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Registerer == nil {
+		r := prometheus.NewRegistry()
+		o.Registerer, o.Gatherer = r, r
+	}
+	if o.Gatherer == nil {
+		o.Gatherer = prometheus.NewRegistry()
+	}
+	rc := o.RESTConfig
+	if rc == nil {
+		var err error
+		if cfg.Kubeconfig != "" {
+			rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+		} else {
+			rc, err = rest.InClusterConfig()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: --kubeconfig %q: %w", ErrConfig, cfg.Kubeconfig, err)
+		}
+	}
+	rc = rest.CopyConfig(rc)
+	rc.UserAgent = "clustermesh-apiserver/" + cfg.ClusterName
+	return &Server{
+		cfg: cfg, log: o.Logger.With("cluster", cfg.ClusterName),
+		reg: o.Registerer, gath: o.Gatherer, rest: rc,
+		started: make(chan struct{}),
+	}, nil
+}
+
+// Run serves health and metrics, starts (or connects to) the store, writes
+// the cluster config and exports the cluster until ctx is done. It returns
+// nil when ctx ends, or the error that stopped it. A Server runs once.
+func (s *Server) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	hl, err := net.Listen("tcp", s.cfg.HealthAddr)
+	if err != nil {
+		return fmt.Errorf("cluster %s: --health-addr: %w", s.cfg.ClusterName, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", s.serveReadyz)
+	mux.Handle("/metrics", promhttp.HandlerFor(s.gath, promhttp.HandlerOpts{}))
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := hs.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("health server", "error", err)
+		}
+	}()
+	defer hs.Close()
+	s.mu.Lock()
+	s.healthAddr = hl.Addr().String()
+	s.mu.Unlock()
+
+	client, closeStore, err := s.openStore(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+
+	writer, err := kvstore.NewWriter(client, s.cfg.ClusterName, &kvstore.WriterOptions{LeaseTTL: s.cfg.LeaseTTL, Logger: s.log})
+	if err != nil {
+		return fmt.Errorf("cluster %s: %w", s.cfg.ClusterName, err)
+	}
+	defer writer.Close()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = writer.Run(ctx)
+	}()
+
+	kube, err := kubernetes.NewForConfig(s.rest)
+	if err != nil {
+		return fmt.Errorf("cluster %s: kubernetes client: %w", s.cfg.ClusterName, err)
+	}
+	bc := record.NewBroadcaster(record.WithContext(ctx))
+	defer bc.Shutdown()
+	bc.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
+	rec := bc.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "clustermesh-apiserver"})
+
+	alloc := newAllocator(client.Etcd(), writer, s.cfg.ClusterName, s.cfg.ClusterID, s.cfg.MaxClusterID)
+	if err := alloc.load(ctx); err != nil {
+		return err
+	}
+	podCIDRs, _ := s.cfg.podCIDRs() // validated by New
+	var ctrl *controller
+	m, err := newMetrics(s.reg, func() map[string]int { return ctrl.exported() })
+	if err != nil {
+		return fmt.Errorf("cluster %s: metrics: %w", s.cfg.ClusterName, err)
+	}
+	ctrl = newController(kube, writer, alloc, m, rec, s.log, &s.cfg, podCIDRs)
+
+	// The cluster config goes first: peers validate it before trusting
+	// anything else the cluster exports.
+	if err := writer.Upsert(ctx, ctrl.clusterConfig()); err != nil {
+		return fmt.Errorf("cluster %s: write cluster config: %w", s.cfg.ClusterName, err)
+	}
+	s.mu.Lock()
+	s.ctrl = ctrl
+	s.mu.Unlock()
+	close(s.started)
+	s.log.Info("exporting", "cluster-id", s.cfg.ClusterID, "store", client.Config().Endpoints, "health", s.HealthAddr())
+	return ctrl.run(ctx)
+}
+
+// openStore starts the embedded etcd or connects to the external one.
+func (s *Server) openStore(ctx context.Context) (*kvstore.Client, func(), error) {
+	if s.cfg.KVStoreConfig != "" {
+		kc, err := kvstore.LoadConfig(s.cfg.KVStoreConfig)
+		if err != nil {
+			return nil, nil, fmt.Errorf("cluster %s: --kvstore-config: %w", s.cfg.ClusterName, err)
+		}
+		client, err := kvstore.New(ctx, kc)
+		if err != nil {
+			return nil, nil, fmt.Errorf("cluster %s: %w", s.cfg.ClusterName, err)
+		}
+		s.setStoreURL(strings.Join(kc.Endpoints, ","))
+		return client, func() { client.Close() }, nil
+	}
+	srv, err := kvstore.StartServer(ctx, kvstore.ServerConfig{
+		Cluster:         s.cfg.ClusterName,
+		DataDir:         s.cfg.EtcdDataDir,
+		ListenClientURL: s.cfg.EtcdListenClientURL,
+		CAFile:          s.cfg.EtcdCA,
+		CertFile:        s.cfg.EtcdCert,
+		KeyFile:         s.cfg.EtcdKey,
+		UnsafeNoFsync:   s.cfg.UnsafeNoFsync,
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("cluster %s: embedded etcd: %w", s.cfg.ClusterName, err)
+	}
+	endpoint := srv.Endpoint()
+	s.setStoreURL(endpoint)
+	// Dial the served port on loopback when listening on every address.
+	if u, err := url.Parse(endpoint); err == nil {
+		if ip := net.ParseIP(u.Hostname()); ip != nil && ip.IsUnspecified() {
+			u.Host = net.JoinHostPort("127.0.0.1", u.Port())
+			endpoint = u.String()
+		}
+	}
+	client, err := kvstore.New(ctx, kvstore.Config{
+		Endpoints: []string{endpoint},
+		CAFile:    s.cfg.EtcdCA,
+		CertFile:  s.cfg.EtcdAdminCert,
+		KeyFile:   s.cfg.EtcdAdminKey,
+	})
+	if err != nil {
+		srv.Close()
+		return nil, nil, fmt.Errorf("cluster %s: connect to embedded etcd: %w", s.cfg.ClusterName, err)
+	}
+	return client, func() {
+		client.Close()
+		srv.Close()
+	}, nil
+}
+
+func (s *Server) setStoreURL(u string) {
+	s.mu.Lock()
+	s.storeURL = u
+	s.mu.Unlock()
+}
+
+// StoreURL is the URL of the store the server writes (the embedded etcd's
+// served URL, with the port actually bound), once Run has opened it.
+func (s *Server) StoreURL() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.storeURL
+}
+
+// HealthAddr is the address /healthz, /readyz and /metrics are served on,
+// once Run has started listening.
+func (s *Server) HealthAddr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.healthAddr
+}
+
+// Ready reports whether the initial export of every kind is complete.
+func (s *Server) Ready() bool {
+	s.mu.Lock()
+	ctrl := s.ctrl
+	s.mu.Unlock()
+	if ctrl == nil {
+		return false
+	}
+	ok, _ := ctrl.ready()
+	return ok
+}
+
+func (s *Server) serveReadyz(w http.ResponseWriter, _ *http.Request) {
+	s.mu.Lock()
+	ctrl := s.ctrl
+	s.mu.Unlock()
+	if ctrl == nil {
+		http.Error(w, "store not open yet", http.StatusServiceUnavailable)
+		return
+	}
+	if ok, missing := ctrl.ready(); !ok {
+		http.Error(w, fmt.Sprintf("initial export not complete: %v", missing), http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}

@@ -1,0 +1,53 @@
+// Command clustermesh-apiserver exports a Kubernetes cluster's services,
+// endpoints, nodes, identities and ipcache into the cluster's mesh store. See
+// docs/apiserver.md.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	apiserver "github.com/clustermesh/clustermesh/clustermesh-apiserver"
+)
+
+func main() {
+	cfg := apiserver.DefaultConfig()
+	var logLevel slog.Level
+	cmd := &cobra.Command{
+		Use:   "clustermesh-apiserver --cluster-name NAME --cluster-id ID [flags]",
+		Short: "Export this Kubernetes cluster's state into its clustermesh store",
+		Long: `clustermesh-apiserver watches the cluster's Kubernetes API (Services,
+EndpointSlices, Nodes, Namespaces, Pods) and exports what peers need into the
+cluster's store: the cluster config, nodes and pod CIDRs, services carrying a
+clustermesh.io/* (or Cilium service.cilium.io/*) annotation, the EndpointSlices
+of global services, identities and the ipcache.
+
+The store is an embedded etcd by default (--etcd-*), served to peers over
+mutual TLS with a read-only role, or an external etcd (--kvstore-config).`,
+		SilenceUsage: true,
+		Args:         cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
+			slog.SetDefault(log)
+			srv, err := apiserver.New(cfg, &apiserver.Options{Logger: log})
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return srv.Run(ctx)
+		},
+	}
+	cfg.Flags(cmd.Flags())
+	cmd.Flags().TextVar(&logLevel, "log-level", slog.LevelInfo, "Log level: debug, info, warn or error.")
+	if err := cmd.ExecuteContext(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, "clustermesh-apiserver:", err)
+		os.Exit(1)
+	}
+}
