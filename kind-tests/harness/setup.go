@@ -30,6 +30,24 @@ type Mesh struct {
 	Run      *Run
 	Bins     *Binaries
 	Clusters []*Cluster
+	// OnCommand, if set, is called with every CLI and kubectl command line
+	// before it runs (the demo prints them).
+	OnCommand func(cmdline string)
+}
+
+func (m *Mesh) echo(name string, args []string) {
+	if m.OnCommand == nil {
+		return
+	}
+	var shown []string
+	for i := 0; i < len(args); i++ {
+		if args[i] == "--kubeconfig" && i+1 < len(args) {
+			i++
+			continue
+		}
+		shown = append(shown, args[i])
+	}
+	m.OnCommand(name + " " + strings.Join(shown, " "))
 }
 
 // NewMesh creates the clusters, their nodes and their Kubernetes control
@@ -83,6 +101,7 @@ func (m *Mesh) CLI(ctx context.Context, args ...string) (string, error) {
 	if err := m.Bins.Require(PartCLI); err != nil {
 		return "", err
 	}
+	m.echo("clustermesh", args)
 	return run(ctx, m.Bins.Path(PartCLI), append([]string{"--kubeconfig", m.Run.Kubeconfig()}, args...)...)
 }
 
@@ -91,7 +110,9 @@ func (m *Mesh) Kubectl(ctx context.Context, c *Cluster, stdin string, args ...st
 	if err := m.Bins.Require(PartKubectl); err != nil {
 		return "", err
 	}
-	cmd := exec.CommandContext(ctx, m.Bins.Path(PartKubectl), append([]string{"--kubeconfig", m.Run.Kubeconfig(), "--context", c.Name}, args...)...)
+	full := append([]string{"--kubeconfig", m.Run.Kubeconfig(), "--context", c.Name}, args...)
+	m.echo("kubectl", full)
+	cmd := exec.CommandContext(ctx, m.Bins.Path(PartKubectl), full...)
 	cmd.Stdin = strings.NewReader(stdin)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
