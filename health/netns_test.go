@@ -49,6 +49,9 @@ func runChild() int {
 		fmt.Fprintln(os.Stderr, "health child:", err)
 		return 2
 	}
+	if os.Getenv(childRole) == "client" {
+		return runClient()
+	}
 	ids := map[string]uint32{}
 	for _, kv := range strings.Split(os.Getenv(childClusters), ",") {
 		name, id, _ := strings.Cut(kv, "=")
@@ -96,7 +99,14 @@ func runChild() int {
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
 	out := &lineWriter{w: bufio.NewWriter(os.Stdout)}
-	p, err := New(cfg, printSink{out}, prometheus.NewRegistry())
+	// Optional parts of the bpf failover test: a backend server, and the
+	// eBPF datapath as the sink.
+	stopExtras, sink, err := childExtras(os.Getenv(childSelf), out, printSink{out})
+	if err != nil {
+		return fail(err)
+	}
+	defer stopExtras()
+	p, err := New(cfg, sink, prometheus.NewRegistry())
 	if err != nil {
 		return fail(err)
 	}
@@ -191,12 +201,16 @@ func run(tb testing.TB, args ...string) {
 	}
 }
 
-func newFabric(tb testing.TB, n int) *fabric {
-	tb.Helper()
+// newPrefix returns a per-run name prefix: "cm" and 4 random hex digits.
+func newPrefix() string {
 	var rnd [2]byte
 	_, _ = rand.Read(rnd[:])
-	f := &fabric{tb: tb, prefix: "cm" + hex.EncodeToString(rnd[:]), bridge: ""}
-	f.bridge = f.prefix + "br"
+	return "cm" + hex.EncodeToString(rnd[:])
+}
+
+func newFabric(tb testing.TB, prefix string, n int) *fabric {
+	tb.Helper()
+	f := &fabric{tb: tb, prefix: prefix, bridge: prefix + "br"}
 	tb.Cleanup(f.close)
 	run(tb, "ip", "link", "add", f.bridge, "type", "bridge")
 	run(tb, "ip", "link", "set", f.bridge, "up")
@@ -247,13 +261,15 @@ func (f *fabric) setLink(i int, up bool) {
 
 // mesh is the set of member processes on a fabric.
 type mesh struct {
-	tb       testing.TB
-	f        *fabric
-	names    []string // "<cluster>/<node>"
-	refs     []loadbalancer.NodeRef
-	env      []string
-	profile  string
-	children []*child
+	tb      testing.TB
+	f       *fabric
+	names   []string // "<cluster>/<node>"
+	refs    []loadbalancer.NodeRef
+	env     []string
+	profile string
+	// memberEnv adds environment for member i's process.
+	memberEnv func(i int) []string
+	children  []*child
 }
 
 type child struct {
@@ -278,12 +294,17 @@ type sinkLine struct {
 // members are cluster c1 (ID 1), the rest c2 (ID 2).
 func newMesh(tb testing.TB, n int, profile string) *mesh {
 	tb.Helper()
-	f := newFabric(tb, n)
+	return newMeshWith(tb, newPrefix(), n, profile, nil)
+}
+
+func newMeshWith(tb testing.TB, prefix string, n int, profile string, memberEnv func(int) []string) *mesh {
+	tb.Helper()
+	f := newFabric(tb, prefix, n)
 	keyFile := filepath.Join(tb.TempDir(), "mesh.key")
 	if err := os.WriteFile(keyFile, []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"), 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	m := &mesh{tb: tb, f: f, profile: profile, children: make([]*child, n)}
+	m := &mesh{tb: tb, f: f, profile: profile, memberEnv: memberEnv, children: make([]*child, n)}
 	var nodes []string
 	for i := range n {
 		cluster, id := "c1", uint32(1)
@@ -312,7 +333,10 @@ func (m *mesh) start(i int) {
 	}
 	c := &child{name: m.names[i], done: make(chan struct{})}
 	c.cmd = exec.Command("nsenter", "--net=/run/netns/"+m.f.ns[i], exe, "-test.run=^$")
-	c.cmd.Env = append(m.env, childSelf+"="+m.names[i])
+	c.cmd.Env = append(slices.Clone(m.env), childSelf+"="+m.names[i])
+	if m.memberEnv != nil {
+		c.cmd.Env = append(c.cmd.Env, m.memberEnv(i)...)
+	}
 	c.cmd.Stderr = &lockedWriter{c: c}
 	stdout, err := c.cmd.StdoutPipe()
 	if err != nil {
