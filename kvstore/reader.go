@@ -3,6 +3,7 @@ package kvstore
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/api"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/connectivity"
 )
@@ -75,6 +77,8 @@ type ReaderOptions struct {
 	MinBackoff, MaxBackoff time.Duration
 	// Logger receives the reader's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// Metrics records the reader's activity; nil records nothing.
+	Metrics *Metrics
 }
 
 // Status is a Reader's view of its connection, for status output.
@@ -176,6 +180,7 @@ func (r *Reader) setOK(kind api.Kind, relist bool) {
 	}
 	if relist {
 		r.status.Relists++
+		r.opts.Metrics.relist(r.cluster, string(kind))
 	}
 }
 
@@ -230,7 +235,7 @@ type kindWatch struct {
 	synced        bool
 }
 
-// errRelist ends a watch so that the store is listed again.
+// relistReason says why a watch ended and the store is listed again.
 type relistReason string
 
 func (w *kindWatch) run(ctx context.Context) {
@@ -261,7 +266,7 @@ func (w *kindWatch) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if err != nil {
+		if err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
 			w.r.setErr(w.kind, err)
 		}
 		w.r.log.Debug("re-listing store", "kind", w.kind, "reason", string(reason), "error", err)
@@ -303,6 +308,7 @@ func (w *kindWatch) send(ctx context.Context, ev Event) bool {
 	ev.Kind = w.kind
 	select {
 	case w.out <- ev:
+		w.r.opts.Metrics.event(w.r.cluster, string(w.kind), ev.Type)
 		return true
 	case <-ctx.Done():
 		return false
@@ -393,7 +399,9 @@ func (w *kindWatch) watch(ctx context.Context, rev int64, reconnected <-chan str
 	if w.prefix {
 		opts = append(opts, clientv3.WithPrefix())
 	}
-	data := cli.Watch(wctx, w.key, opts...)
+	// Requiring a leader makes a member cut off from its cluster (external
+	// etcd) end the watch instead of serving it stale.
+	data := cli.Watch(clientv3.WithRequireLeader(wctx), w.key, opts...)
 	var canary clientv3.WatchChan
 	if w.canary {
 		canary = cli.Watch(wctx, api.SyncedKey(w.r.cluster, w.kind), clientv3.WithRev(rev+1))

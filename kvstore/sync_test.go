@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -24,10 +26,15 @@ type env struct {
 	remote   *Client
 	proxy    *proxy
 	endpoint string
+	metrics  *Metrics
 }
 
 func newEnv(t *testing.T, viaProxy bool) *env {
 	e := &env{pki: newTestPKI(t), dataDir: t.TempDir()}
+	var err error
+	if e.metrics, err = NewMetrics(prometheus.NewRegistry()); err != nil {
+		t.Fatal(err)
+	}
 	e.srv = startServer(t, e.pki.serverConfig(e.dataDir, ""))
 	// Close whichever server runs at the end, after every client (cleanups
 	// run last-in first-out): open watches slow a server's shutdown down.
@@ -48,6 +55,7 @@ func (e *env) newWriter(t *testing.T, opts *WriterOptions) (*Writer, context.Can
 		opts = &WriterOptions{}
 	}
 	opts.Logger = testLogger(t)
+	opts.Metrics = e.metrics
 	w, err := NewWriter(e.admin, "c1", opts)
 	if err != nil {
 		t.Fatal(err)
@@ -77,7 +85,7 @@ func (e *env) storeCount(t *testing.T) int64 {
 }
 
 func (e *env) newReader(t *testing.T) *Reader {
-	return NewReader(e.remote, "c1", &ReaderOptions{Logger: testLogger(t), MaxBackoff: time.Second})
+	return NewReader(e.remote, "c1", &ReaderOptions{Logger: testLogger(t), MaxBackoff: time.Second, Metrics: e.metrics})
 }
 
 // TestReaderFollowsWriter covers the plain path: initial listing, synced
@@ -137,6 +145,12 @@ func TestReaderFollowsWriter(t *testing.T) {
 	}
 	if before.Kvs[0].ModRevision != after.Kvs[0].ModRevision {
 		t.Errorf("unchanged upsert rewrote the key: mod revision %d -> %d", before.Kvs[0].ModRevision, after.Kvs[0].ModRevision)
+	}
+	if got := counterValue(t, e.metrics.writes.WithLabelValues("c1", "unchanged")); got != 1 {
+		t.Errorf("unchanged writes metric = %v, want 1", got)
+	}
+	if got := counterValue(t, e.metrics.events.WithLabelValues("c1", "nodes", "error")); got != 1 {
+		t.Errorf("error events metric = %v, want 1", got)
 	}
 	// At most MaxKeysPerLease keys per lease.
 	leases, err := e.admin.Etcd().Leases(ctx)
@@ -441,4 +455,12 @@ func TestMarkSyncedPrunesLeftovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitConverged(t, v, tr)
+}
+
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
 }

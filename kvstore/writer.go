@@ -38,6 +38,8 @@ type WriterOptions struct {
 	MaxKeysPerLease int
 	// Logger receives the writer's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// Metrics records the writer's activity; nil records nothing.
+	Metrics *Metrics
 }
 
 // Writer owns one cluster's prefix in a store: it is the only one writing
@@ -52,6 +54,7 @@ type Writer struct {
 	ttl     time.Duration
 	perLse  int
 	log     *slog.Logger
+	metrics *Metrics
 	// canaryValue is written to every synced canary of this writer.
 	canaryValue []byte
 
@@ -114,6 +117,7 @@ func NewWriter(c *Client, cluster string, opts *WriterOptions) (*Writer, error) 
 		ttl:         o.LeaseTTL,
 		perLse:      o.MaxKeysPerLease,
 		log:         o.Logger.With("cluster", cluster),
+		metrics:     o.Metrics,
 		canaryValue: []byte(time.Now().UTC().Format(time.RFC3339Nano)),
 		seed:        maphash.MakeSeed(),
 		keys:        make(map[string]*ownedKey),
@@ -194,6 +198,7 @@ func (w *Writer) putOnce(ctx context.Context, key string, value []byte) (clientv
 	k := w.keys[key]
 	if k != nil && bytes.Equal(k.value, value) {
 		w.mu.Unlock()
+		w.metrics.write(w.cluster, "unchanged")
 		return 0, nil
 	}
 	var slot *leaseSlot
@@ -229,6 +234,7 @@ func (w *Writer) putOnce(ctx context.Context, key string, value []byte) (clientv
 	} else {
 		k.value = value
 	}
+	w.metrics.write(w.cluster, "upsert")
 	return 0, nil
 }
 
@@ -334,6 +340,7 @@ func (w *Writer) delete(ctx context.Context, key string) error {
 		delete(w.keys, key)
 	}
 	w.mu.Unlock()
+	w.metrics.write(w.cluster, "delete")
 	return nil
 }
 
@@ -356,13 +363,15 @@ func (w *Writer) MarkSynced(ctx context.Context, kind api.Kind) error {
 	if err != nil {
 		return fmt.Errorf("cluster %s: mark %s synced: list: %w", w.cluster, kind, err)
 	}
-	stale := 0
+	pruned := 0
 	for _, kv := range resp.Kvs {
-		key := string(kv.Key)
-		if err := w.deleteIfNotOwned(ctx, key); err != nil {
+		deleted, err := w.deleteIfNotOwned(ctx, string(kv.Key))
+		if err != nil {
 			return fmt.Errorf("cluster %s: mark %s synced: %w", w.cluster, kind, err)
 		}
-		stale++
+		if deleted {
+			pruned++
+		}
 	}
 	canary := api.SyncedKey(w.cluster, kind)
 	l := w.keyLock(canary)
@@ -371,11 +380,11 @@ func (w *Writer) MarkSynced(ctx context.Context, kind api.Kind) error {
 	if err := w.put(ctx, canary, w.canaryValue); err != nil {
 		return fmt.Errorf("mark %s synced: %w", kind, err)
 	}
-	w.log.Debug("initial export complete", "kind", kind, "listed", stale)
+	w.log.Info("initial export complete", "kind", kind, "pruned", pruned)
 	return nil
 }
 
-func (w *Writer) deleteIfNotOwned(ctx context.Context, key string) error {
+func (w *Writer) deleteIfNotOwned(ctx context.Context, key string) (bool, error) {
 	l := w.keyLock(key)
 	l.Lock()
 	defer l.Unlock()
@@ -383,10 +392,10 @@ func (w *Writer) deleteIfNotOwned(ctx context.Context, key string) error {
 	_, ok := w.keys[key]
 	w.mu.Unlock()
 	if ok {
-		return nil
+		return false, nil
 	}
 	w.log.Info("pruning key left by an earlier writer", "key", key)
-	return w.delete(ctx, key)
+	return true, w.delete(ctx, key)
 }
 
 // Run keeps the writer's leases alive until ctx is done or the writer is
@@ -473,6 +482,7 @@ func (w *Writer) recoverLease(ctx context.Context, lost clientv3.LeaseID) error 
 		}
 		slot.id = id
 		slot.rewrite = true
+		w.metrics.leaseRecovery(w.cluster)
 	}
 	var ops []clientv3.Op
 	flush := func() error {

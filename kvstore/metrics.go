@@ -1,0 +1,65 @@
+package kvstore
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the Prometheus metrics of writers and readers. Create one per
+// process with NewMetrics and pass it in WriterOptions and ReaderOptions; a
+// nil *Metrics records nothing.
+type Metrics struct {
+	writes         *prometheus.CounterVec
+	leaseRecovered *prometheus.CounterVec
+	events         *prometheus.CounterVec
+	relists        *prometheus.CounterVec
+}
+
+// NewMetrics creates the metrics and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clustermesh_kvstore_writes_total",
+			Help: "Writes by a writer to its cluster's store, by operation (upsert, delete, unchanged: an upsert skipped because the value was already written).",
+		}, []string{"cluster", "op"}),
+		leaseRecovered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clustermesh_kvstore_lease_recoveries_total",
+			Help: "Leases a writer found lost and re-created, rewriting the keys they held.",
+		}, []string{"cluster"}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clustermesh_kvstore_events_total",
+			Help: "Events a reader sent to its consumer, by kind and type (upsert, delete, synced, error).",
+		}, []string{"cluster", "kind", "type"}),
+		relists: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clustermesh_kvstore_relists_total",
+			Help: "Full re-listings of a cluster's store by a reader after its first listing (compaction, reconnection, a writer's canary appearing).",
+		}, []string{"cluster", "kind"}),
+	}
+	for _, c := range []prometheus.Collector{m.writes, m.leaseRecovered, m.events, m.relists} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *Metrics) write(cluster, op string) {
+	if m != nil {
+		m.writes.WithLabelValues(cluster, op).Inc()
+	}
+}
+
+func (m *Metrics) leaseRecovery(cluster string) {
+	if m != nil {
+		m.leaseRecovered.WithLabelValues(cluster).Inc()
+	}
+}
+
+func (m *Metrics) event(cluster, kind string, t EventType) {
+	if m != nil {
+		m.events.WithLabelValues(cluster, kind, t.String()).Inc()
+	}
+}
+
+func (m *Metrics) relist(cluster, kind string) {
+	if m != nil {
+		m.relists.WithLabelValues(cluster, kind).Inc()
+	}
+}
