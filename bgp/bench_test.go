@@ -5,10 +5,12 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // rtprotBird is the rtnetlink protocol bird2 installs routes with.
@@ -56,18 +58,83 @@ func (c *convergence) report(b *testing.B) {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// waitCount polls every receiver until it holds want routes of proto.
-func waitCount(b *testing.B, l *lab, receivers []string, proto netlink.RouteProtocol, want int) {
-	b.Helper()
-	pending := slices.Clone(receivers)
-	deadline := time.Now().Add(2 * time.Minute)
-	for len(pending) > 0 {
-		if time.Now().After(deadline) {
-			b.Fatalf("receivers %v never reached %d routes of protocol %d", pending, want, proto)
+// routeWatch counts a namespace's routes of one protocol from a netlink
+// subscription, so waiting for convergence burns no CPU polling.
+type routeWatch struct {
+	mu      sync.Mutex
+	set     map[netip.Prefix]bool
+	changed chan struct{}
+	err     error
+}
+
+func (l *lab) watchRoutes(tb testing.TB, ns string, proto netlink.RouteProtocol) *routeWatch {
+	tb.Helper()
+	h, err := netnsHandle(ns)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	w := &routeWatch{set: map[netip.Prefix]bool{}, changed: make(chan struct{}, 1)}
+	ch := make(chan netlink.RouteUpdate, 8192)
+	done := make(chan struct{})
+	err = netlink.RouteSubscribeWithOptions(ch, done, netlink.RouteSubscribeOptions{
+		Namespace: &h, ListExisting: true, ReceiveBufferSize: 16 << 20, ReceiveBufferForceSize: true,
+		ErrorCallback: func(err error) {
+			w.mu.Lock()
+			w.err = err
+			w.mu.Unlock()
+		},
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		for u := range ch {
+			if u.Protocol != proto || u.Dst == nil {
+				continue
+			}
+			p, ok := prefixFromIPNet(u.Dst)
+			if !ok {
+				continue
+			}
+			w.mu.Lock()
+			if u.Type == unix.RTM_NEWROUTE {
+				w.set[p] = true
+			} else if u.Type == unix.RTM_DELROUTE {
+				delete(w.set, p)
+			}
+			w.mu.Unlock()
+			select {
+			case w.changed <- struct{}{}:
+			default:
+			}
 		}
-		pending = slices.DeleteFunc(pending, func(ns string) bool { return len(l.routes(ns, proto)) == want })
-		if len(pending) > 0 {
-			time.Sleep(500 * time.Microsecond)
+	}()
+	tb.Cleanup(func() { close(done); <-finished; h.Close() })
+	return w
+}
+
+// waitCount returns when every watch holds want routes.
+func waitCount(b *testing.B, watches []*routeWatch, want int) {
+	b.Helper()
+	timeout := time.After(2 * time.Minute)
+	for _, w := range watches {
+		for {
+			w.mu.Lock()
+			n, err := len(w.set), w.err
+			w.mu.Unlock()
+			if err != nil {
+				b.Fatalf("route subscription: %v", err)
+			}
+			if n == want {
+				break
+			}
+			select {
+			case <-w.changed:
+			case <-timeout:
+				b.Fatalf("receiver holds %d routes, want %d", n, want)
+			}
 		}
 	}
 }
@@ -76,7 +143,7 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 	l := newLab(b)
 	origin := Peer{Name: "origin", Address: netip.MustParseAddr("192.0.2.10"), ASN: 65010}
 	peerOfOrigin := []Peer{}
-	var receivers []string
+	var receivers []*routeWatch
 	cfg := DefaultKindConfig()
 	cfg.SessionLossGrace = 0 // measure BGP, not our grace
 	cfg.MaxPrefixes = 0
@@ -92,11 +159,11 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 		l.startChild("rr", rrNS, "reflector", rcfg, rrPeers)
 		rr := Peer{Name: "rr", Address: netip.MustParseAddr("192.0.2.1"), ASN: 65001}
 		for i := 1; i <= 2; i++ {
-			receivers = append(receivers, l.startReceiver(b, i, cfg, 65001, rr))
+			receivers = append(receivers, l.watchRoutes(b, l.startReceiver(b, i, cfg, 65001, rr), RouteProtocol))
 		}
 		peerOfOrigin = append(peerOfOrigin, rr)
 	} else {
-		receivers = append(receivers, l.startReceiver(b, 1, cfg, 65001, Peer{Name: "origin", Address: origin.Address, ASN: origin.ASN, Passive: true}))
+		receivers = append(receivers, l.watchRoutes(b, l.startReceiver(b, 1, cfg, 65001, Peer{Name: "origin", Address: origin.Address, ASN: origin.ASN, Passive: true}), RouteProtocol))
 		peerOfOrigin = append(peerOfOrigin, Peer{Name: "r1", Address: netip.MustParseAddr("192.0.2.21"), ASN: 65001})
 	}
 	originNS := l.host("origin", origin.Address.String())
@@ -120,11 +187,11 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 		t0 := time.Now()
 		proc.call(childReq{Op: "announce", Prefixes: prefixes})
 		c.call = append(c.call, time.Since(t0))
-		waitCount(b, l, receivers, RouteProtocol, n)
+		waitCount(b, receivers, n)
 		c.announce = append(c.announce, time.Since(t0))
 		t0 = time.Now()
 		proc.kill()
-		waitCount(b, l, receivers, RouteProtocol, 0)
+		waitCount(b, receivers, 0)
 		c.withdraw = append(c.withdraw, time.Since(t0))
 	}
 	c.report(b)
@@ -178,6 +245,7 @@ protocol bgp r1 {
 	ipv4 { import none; export all; };
 }
 `
+	recv := []*routeWatch{l.watchRoutes(b, recvNS, rtprotBird)}
 	var c convergence
 	for i := 0; b.Loop(); i++ {
 		origin := l.startBird(fmt.Sprintf("origin%d", i), originNS, originConf)
@@ -189,11 +257,11 @@ protocol bgp r1 {
 		if _, err := origin.birdc("enable", "st"); err != nil {
 			b.Fatal(err)
 		}
-		waitCount(b, l, []string{recvNS}, rtprotBird, n)
+		waitCount(b, recv, n)
 		c.announce = append(c.announce, time.Since(t0))
 		t0 = time.Now()
 		origin.kill()
-		waitCount(b, l, []string{recvNS}, rtprotBird, 0)
+		waitCount(b, recv, 0)
 		c.withdraw = append(c.withdraw, time.Since(t0))
 	}
 	c.report(b)

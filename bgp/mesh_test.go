@@ -135,6 +135,48 @@ func TestTwoClustersNativeRouting(t *testing.T) {
 		t.Errorf("status of %s: %+v", nodes[0].cfg.Name, st)
 	}
 
+	// A top-of-rack router added as a static peer of c1/n1 announces a
+	// piece of c2/n1's pod CIDR (learned from the reflector already) towards
+	// itself: refused as an overlap; its other prefix is installed. Adding
+	// the peer does not reset the reflector session.
+	torNS := l.host("tor", "192.0.2.254")
+	l.startBird("tor", torNS, `
+router id 192.0.2.254;
+protocol device { scan time 10; }
+protocol static st { ipv4; route 10.2.1.0/25 blackhole; route 10.99.0.0/24 blackhole; }
+protocol bgp n1 {
+	local 192.0.2.254 as 65100;
+	neighbor 192.0.2.11 as 65001;
+	passive on;
+	ipv4 { import none; export all; };
+}
+`)
+	before := nodes[0].proc.status().Peers[0].Since
+	nodes[0].proc.call(childReq{Op: "peers", Peers: append(slices.Clone(nodes[0].peers), Peer{Name: "tor", Address: a("192.0.2.254"), ASN: 65100})})
+	waitFor(t, 60*time.Second, "c1/n1 to install the router's prefix", func() (bool, string) {
+		got := l.routes(nodes[0].ns, RouteProtocol)
+		return got[netip.MustParsePrefix("10.99.0.0/24")] == a("192.0.2.254"), fmt.Sprintf("%v", got)
+	})
+	st = nodes[0].proc.status()
+	var refused *Refusal
+	for i, r := range st.Refused {
+		if r.Prefix == netip.MustParsePrefix("10.2.1.0/25") {
+			refused = &st.Refused[i]
+		}
+	}
+	if refused == nil || refused.Reason != RefusedLearnedRoute || refused.Conflict != nodes[2].node.PodCIDRs[0] {
+		t.Errorf("10.2.1.0/25 from the router: want refused as overlapping 10.2.1.0/24, got %+v", st.Refused)
+	}
+	for _, p := range st.Peers {
+		if p.Address == clusters[0].RouteReflector.Addr() && (!p.Established || !p.Since.Equal(before)) {
+			t.Errorf("reflector session reset by SetPeers: %+v (up since %v before)", p, before)
+		}
+	}
+	if got, err := tcpRoundTrip(nodes[0].podNS, nodes[2].podIP+":8080", "still"); err != nil || got != "echo still" {
+		t.Fatalf("pod c1/n1 -> pod c2/n1 with the router peered: %q, %v", got, err)
+	}
+	nodes[0].proc.call(childReq{Op: "peers", Peers: nodes[0].peers})
+
 	// Kill c1/n2's speaker: every other node drops its pod CIDR.
 	victim := nodes[1]
 	victim.proc.kill()

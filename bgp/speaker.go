@@ -273,10 +273,14 @@ func (s *Speaker) process(ctx context.Context, evs []event) {
 			if !ev.peer.IsValid() {
 				continue
 			}
+			// Only a session that dropped gets the grace; a withdrawal on a
+			// live session, from a peer cut off for its prefix count or
+			// from a peer no longer configured takes effect at once.
 			s.core.mu.Lock()
+			_, configured := s.core.peers[ev.peer]
 			cut := !s.core.cutOff[ev.peer].IsZero()
 			s.core.mu.Unlock()
-			lost := !up[ev.peer] && !cut && s.cfg.SessionLossGrace > 0
+			lost := !up[ev.peer] && configured && !cut && s.cfg.SessionLossGrace > 0
 			s.apply(s.table.withdraw(ev.prefix), lost)
 		}
 	}
