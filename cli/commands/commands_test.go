@@ -1,0 +1,79 @@
+package commands
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/clustermesh/clustermesh/cli/mesh"
+)
+
+// Bad input is refused before any cluster is contacted, with a message
+// naming the offending flag or value.
+func TestRefusesBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		mention string
+	}{
+		{[]string{"service", "global", "demo/echo", "--affinity", "closest"}, `"closest"`},
+		{[]string{"service", "global", "demo/echo", "--min-local-backends", "0"}, "--min-local-backends"},
+		{[]string{"service", "global", "demo/echo", "--remove", "--shared=false"}, "--remove"},
+		{[]string{"service", "global", "a/b/c"}, `"a/b/c"`},
+		{[]string{"enable", "--cluster-name", "c1", "--cluster-id", "0"}, "cluster ID 0"},
+		{[]string{"enable", "--cluster-name", "c1", "--cluster-id", "300"}, "cluster ID 300"},
+		{[]string{"enable", "--cluster-name", "c1", "--cluster-id", "1", "--ca-cert", "x"}, "--ca-key"},
+		{[]string{"connect"}, "--destination-context"},
+		{[]string{"connect", "--destination-context", "a", "--destination-context", "b", "--destination-endpoint", "https://h:1"}, "CONTEXT="},
+		{[]string{"connect", "--destination-context", "a", "--destination-endpoint", "z=https://h:1"}, `"z"`},
+		{[]string{"status", "-o", "xml"}, `"xml"`},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			err := Execute(context.Background(), append(tc.args, "--kubeconfig", "/nonexistent"), &out, &errOut)
+			if err == nil || !strings.Contains(err.Error(), tc.mention) {
+				t.Fatalf("err = %v, want one mentioning %s", err, tc.mention)
+			}
+			if strings.Contains(err.Error(), "/nonexistent") {
+				t.Fatalf("err = %v: the cluster was contacted before the input was checked", err)
+			}
+		})
+	}
+}
+
+func TestEndpointOverrides(t *testing.T) {
+	got, err := endpointOverrides([]string{"c2"}, []string{"https://10.0.0.1:2379"})
+	if err != nil || got["c2"] != "https://10.0.0.1:2379" {
+		t.Fatalf("single destination: %v, %v", got, err)
+	}
+	got, err = endpointOverrides([]string{"c2", "c3"}, []string{"c3=https://10.0.0.3:2379"})
+	if err != nil || len(got) != 1 || got["c3"] != "https://10.0.0.3:2379" {
+		t.Fatalf("keyed: %v, %v", got, err)
+	}
+	if _, err := endpointOverrides([]string{"c2"}, []string{"c4=https://x:1"}); !errors.Is(err, mesh.ErrInvalidArgument) {
+		t.Fatalf("unknown context: %v", err)
+	}
+}
+
+func TestCompletion(t *testing.T) {
+	for _, shell := range []string{"bash", "zsh", "fish"} {
+		var out bytes.Buffer
+		if err := Execute(context.Background(), []string{"completion", shell}, &out, &out); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out.String(), "clustermesh") {
+			t.Errorf("%s completion does not mention the command", shell)
+		}
+	}
+	// Dynamic completion of --output values.
+	var out bytes.Buffer
+	if err := Execute(context.Background(), []string{"__complete", "status", "-o", ""}, &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []string{"text", "json", "yaml"} {
+		if !strings.Contains(out.String(), v) {
+			t.Errorf("completion of -o lacks %s: %q", v, out.String())
+		}
+	}
+}
