@@ -58,8 +58,8 @@ type backendValue struct {
 }
 
 // nodeNameLen is the room for a node name in cm_nodes; longer names are
-// rejected (Kubernetes node names are DNS subdomains, at most 253 bytes).
-const nodeNameLen = 248
+// rejected (Kubernetes node names are DNS subdomains, at most 253 bytes, so they fit).
+const nodeNameLen = 256
 
 // nodeFlagDown marks a node whose backends are skipped.
 const nodeFlagDown = 1

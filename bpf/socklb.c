@@ -83,7 +83,7 @@ struct backend_value {
 struct node_value {
 	__u32 flags;
 	__u32 cluster_id;
-	char name[248];
+	char name[256];
 };
 
 struct revnat_key {
