@@ -120,7 +120,7 @@ func (l *lab) routes(ns string, proto netlink.RouteProtocol) map[netip.Prefix]ne
 	l.tb.Helper()
 	h := l.handle(ns)
 	defer h.Close()
-	rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: proto}, netlink.RT_FILTER_PROTOCOL)
+	rs, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: proto}, netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
 		l.tb.Fatalf("list routes in %s: %v", ns, err)
 	}

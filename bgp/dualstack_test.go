@@ -1,0 +1,73 @@
+package bgp
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/api"
+)
+
+// TestDualStack routes IPv4 and IPv6 pod CIDRs over IPv4 sessions through a
+// reflector: IPv6 prefixes carry the node's IPv6 address as next hop.
+func TestDualStack(t *testing.T) {
+	l := newLab(t)
+	a := netip.MustParseAddr
+	cl := api.Cluster{Name: "c1", ASN: 65001, RouteReflector: netip.MustParseAddrPort("192.0.2.1:179")}
+	var nodes []api.Node
+	var procs []*child
+	for i := 1; i <= 2; i++ {
+		n := api.Node{
+			Cluster: "c1", Name: fmt.Sprintf("n%d", i),
+			Addresses:  []netip.Addr{a(fmt.Sprintf("192.0.2.1%d", i)), a(fmt.Sprintf("fd00:192::1%d", i))},
+			BGPAddress: a(fmt.Sprintf("192.0.2.1%d", i)),
+			PodCIDRs:   []netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("10.1.%d.0/24", i)), netip.MustParsePrefix(fmt.Sprintf("fd00:10:1:%d::/64", i))},
+		}
+		short := fmt.Sprintf("n%d", i)
+		ns := l.host(short, n.Addresses[0].String())
+		l.run("ip", "-n", ns, "addr", "add", n.Addresses[1].String()+"/64", "dev", "eth0", "nodad")
+		pod := l.pod(short, short+"p", fmt.Sprintf("10.1.%d.1", i), fmt.Sprintf("10.1.%d.10", i))
+		l.run("ip", "-n", ns, "addr", "add", fmt.Sprintf("fd00:10:1:%d::1/64", i), "dev", "p"+short+"p", "nodad")
+		l.run("ip", "-n", pod, "addr", "add", fmt.Sprintf("fd00:10:1:%d::10/64", i), "dev", "eth0", "nodad")
+		l.run("ip", "-n", pod, "-6", "route", "add", "default", "via", fmt.Sprintf("fd00:10:1:%d::1", i))
+		l.run("nsenter", "--net=/run/netns/"+ns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+		nodes = append(nodes, n)
+	}
+	rrNS := l.host("rr", cl.RouteReflector.Addr().String())
+	peers, err := ReflectorPeers(cl, nodes, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rcfg := DefaultKindConfig()
+	rcfg.Name, rcfg.ASN, rcfg.RouterID = "c1", cl.ASN, cl.RouteReflector.Addr()
+	l.startChild("rr", rrNS, "reflector", rcfg, peers)
+	nodePeers, err := NodePeers(cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range nodes {
+		cfg, err := NodeConfig(DefaultKindConfig(), n, cl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		procs = append(procs, l.startChild(cfg.Name, l.ns(fmt.Sprintf("n%d", i+1)), "speaker", cfg, nodePeers))
+	}
+	for i := range nodes {
+		other := nodes[1-i]
+		ns := l.ns(fmt.Sprintf("n%d", i+1))
+		waitFor(t, 60*time.Second, "dual-stack routes on "+ns, func() (bool, string) {
+			got := l.routes(ns, RouteProtocol)
+			return got[other.PodCIDRs[0]] == other.Addresses[0] && got[other.PodCIDRs[1]] == other.Addresses[1], fmt.Sprintf("%v", got)
+		})
+	}
+	l.tcpEcho(l.ns("n2p"), "[fd00:10:1:2::10]:8080")
+	got, err := tcpRoundTrip(l.ns("n1p"), net.JoinHostPort("fd00:10:1:2::10", "8080"), "v6")
+	if err != nil || got != "echo v6" {
+		t.Fatalf("pod n1 -> pod n2 over IPv6: %q, %v", got, err)
+	}
+	if st := procs[0].status(); len(st.Announced) != 2 || len(st.Installed) != 2 {
+		t.Errorf("n1 status: %+v", st)
+	}
+}
