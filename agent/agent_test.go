@@ -428,7 +428,24 @@ func TestPeerRefused(t *testing.T) {
 	c2.Config.PodCIDRs[0] = netip.MustParsePrefix(cidr2)
 	c2.Upsert(&c2.Config)
 	a.waitCluster(t, "c2", "accepted", func(c status.Cluster) bool { return c.State == status.StateConnected && c.ID == 2 })
-	a.dp.WaitView(t, fe, meshtest.Backends([]string{meshtest.IP(cidr1, 1), meshtest.IP(cidr2, 1), meshtest.IP(cidr3, 1), meshtest.IP(cidr3, 2)}, nil), wait)
+	all := meshtest.Backends([]string{meshtest.IP(cidr1, 1), meshtest.IP(cidr2, 1), meshtest.IP(cidr3, 1), meshtest.IP(cidr3, 2)}, nil)
+	a.dp.WaitView(t, fe, all, wait)
+
+	t.Run("the own cluster wins a conflict with an accepted peer", func(t *testing.T) {
+		c1.Config.PodCIDRs = append(c1.Config.PodCIDRs, netip.MustParsePrefix("10.3.128.0/17"))
+		c1.Upsert(&c1.Config)
+		st := a.waitCluster(t, "c3", "evicted", func(c status.Cluster) bool { return c.State == status.StateRefused })
+		if !strings.Contains(st.LastError, "overlaps 10.3.128.0/17 of cluster c1") {
+			t.Errorf("c3 refused with %q, want it to name c1's CIDR", st.LastError)
+		}
+		a.dp.WaitView(t, fe, meshtest.Backends([]string{meshtest.IP(cidr1, 1), meshtest.IP(cidr2, 1)}, nil), wait)
+		if c, _ := a.Status().ClusterByName("c1"); c.State != status.StateConnected {
+			t.Errorf("own cluster: %+v", c)
+		}
+		c1.Config.PodCIDRs = c1.Config.PodCIDRs[:1]
+		c1.Upsert(&c1.Config)
+		a.dp.WaitView(t, fe, all, wait)
+	})
 }
 
 // TestMalformedValues plants undecodable and misplaced values in a peer's

@@ -75,6 +75,10 @@ type Cluster struct {
 	// Owned by the Run goroutine.
 	known map[api.Kind]map[string]struct{}
 
+	// evicted receives the reason when the local cluster's claim takes
+	// this cluster's place in the registry.
+	evicted chan error
+
 	mu          sync.Mutex
 	st          status.Cluster
 	acceptedRaw []byte
@@ -93,10 +97,11 @@ func New(opts Options) *Cluster {
 		opts.MaxRetryInterval = 10 * time.Second
 	}
 	c := &Cluster{
-		opts:  opts,
-		name:  opts.Name,
-		log:   opts.Logger.With("cluster", opts.Name),
-		known: map[api.Kind]map[string]struct{}{},
+		opts:    opts,
+		name:    opts.Name,
+		log:     opts.Logger.With("cluster", opts.Name),
+		known:   map[api.Kind]map[string]struct{}{},
+		evicted: make(chan error, 1),
 		st: status.Cluster{
 			Name: opts.Name, Local: opts.Local, State: status.StateConnecting,
 			Since: time.Now(), Objects: map[string]int{},
@@ -172,6 +177,8 @@ func (c *Cluster) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case reason := <-c.evicted:
+			c.refuse(reason)
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, c.opts.MaxRetryInterval)
@@ -242,7 +249,7 @@ func (c *Cluster) refuse(err error) {
 }
 
 func (c *Cluster) accept(cfg *api.Cluster, raw []byte) error {
-	if err := c.opts.Registry.Claim(cfg); err != nil {
+	if err := c.opts.Registry.Claim(cfg, c.opts.Local, c.evict); err != nil {
 		c.refuse(err)
 		return err
 	}
@@ -257,6 +264,13 @@ func (c *Cluster) accept(cfg *api.Cluster, raw []byte) error {
 		c.log.Info("cluster accepted", "id", cfg.ID, "pod_cidrs", cfg.PodCIDRs)
 	}
 	return nil
+}
+
+func (c *Cluster) evict(reason error) {
+	select {
+	case c.evicted <- reason:
+	default:
+	}
 }
 
 // runOnce is one connection: connect, validate, follow until an error or
@@ -285,9 +299,12 @@ func (c *Cluster) runOnce(ctx context.Context) (bool, error) {
 	c.setState(status.StateConnected, nil)
 
 	cctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() {
+		// Stop the watches and the probe before the client closes.
+		cancel()
+		wg.Wait()
+	}()
 	if c.opts.OnConnected != nil {
 		c.opts.OnConnected(cli)
 	}
@@ -343,6 +360,9 @@ func (c *Cluster) runOnce(ctx context.Context) (bool, error) {
 			}
 			// A new probe compares against the new config.
 			return true, fmt.Errorf("cluster %s: config changed, reconnecting", c.name)
+		case reason := <-c.evicted:
+			c.refuse(reason)
+			return true, reason
 		case ev := <-events:
 			c.handle(ev, seen)
 		}

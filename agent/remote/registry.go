@@ -21,46 +21,80 @@ var (
 )
 
 // Registry holds the configs of accepted clusters and refuses a new one
-// whose ID or pod CIDRs collide with them. It is safe for concurrent use.
+// whose ID or pod CIDRs collide with them. The first accepted cluster keeps
+// its place, except against the agent's own cluster: a local claim evicts
+// the peers it conflicts with. It is safe for concurrent use.
 type Registry struct {
 	mu       sync.Mutex
-	accepted map[string]*api.Cluster
+	accepted map[string]claim
+}
+
+type claim struct {
+	cfg   *api.Cluster
+	local bool
+	evict func(error)
 }
 
 // NewRegistry returns an empty registry.
-func NewRegistry() *Registry { return &Registry{accepted: map[string]*api.Cluster{}} }
+func NewRegistry() *Registry { return &Registry{accepted: map[string]claim{}} }
+
+func maxClusterID(c *api.Cluster) uint32 {
+	if c.MaxClusterID == 0 {
+		return api.DefaultMaxClusterID
+	}
+	return c.MaxClusterID
+}
+
+// conflict describes why cfg cannot coexist with other, or returns nil.
+func conflict(cfg, other *api.Cluster) error {
+	if other.ID == cfg.ID {
+		return fmt.Errorf("cluster %s: %w: cluster ID %d is already used by cluster %s", cfg.Name, ErrConflict, cfg.ID, other.Name)
+	}
+	if maxClusterID(other) != maxClusterID(cfg) {
+		return fmt.Errorf("cluster %s: %w: max cluster ID %d differs from %d of cluster %s", cfg.Name, ErrConflict, maxClusterID(cfg), maxClusterID(other), other.Name)
+	}
+	for _, p := range cfg.PodCIDRs {
+		for _, q := range other.PodCIDRs {
+			if p.Overlaps(q) {
+				return fmt.Errorf("cluster %s: %w: pod CIDR %s overlaps %s of cluster %s", cfg.Name, ErrConflict, p, q, other.Name)
+			}
+		}
+	}
+	return nil
+}
 
 // Claim accepts cfg unless it conflicts with another accepted cluster. A
 // cluster may claim again (its config changed): its previous claim is
-// replaced.
-func (r *Registry) Claim(cfg *api.Cluster) error {
+// replaced. A local claim (the agent's own cluster) wins: the peers it
+// conflicts with lose their claims and their evict functions are called,
+// outside the registry's lock, with the reason. evict may be nil.
+func (r *Registry) Claim(cfg *api.Cluster, local bool, evict func(error)) error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	maxID := func(c *api.Cluster) uint32 {
-		if c.MaxClusterID == 0 {
-			return api.DefaultMaxClusterID
-		}
-		return c.MaxClusterID
-	}
+	var evicted []func()
 	for name, other := range r.accepted {
 		if name == cfg.Name {
 			continue
 		}
-		if other.ID == cfg.ID {
-			return fmt.Errorf("cluster %s: %w: cluster ID %d is already used by cluster %s", cfg.Name, ErrConflict, cfg.ID, name)
+		err := conflict(cfg, other.cfg)
+		if err == nil {
+			continue
 		}
-		if maxID(other) != maxID(cfg) {
-			return fmt.Errorf("cluster %s: %w: max cluster ID %d differs from %d of cluster %s", cfg.Name, ErrConflict, maxID(cfg), maxID(other), name)
+		if !local || other.local {
+			r.mu.Unlock()
+			return err
 		}
-		for _, p := range cfg.PodCIDRs {
-			for _, q := range other.PodCIDRs {
-				if p.Overlaps(q) {
-					return fmt.Errorf("cluster %s: %w: pod CIDR %s overlaps %s of cluster %s", cfg.Name, ErrConflict, p, q, name)
-				}
-			}
+		reason := conflict(other.cfg, cfg)
+		delete(r.accepted, name)
+		if other.evict != nil {
+			f := other.evict
+			evicted = append(evicted, func() { f(reason) })
 		}
 	}
-	r.accepted[cfg.Name] = cfg
+	r.accepted[cfg.Name] = claim{cfg: cfg, local: local, evict: evict}
+	r.mu.Unlock()
+	for _, f := range evicted {
+		f()
+	}
 	return nil
 }
 
@@ -76,5 +110,5 @@ func (r *Registry) Lookup(name string) (*api.Cluster, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	c, ok := r.accepted[name]
-	return c, ok
+	return c.cfg, ok
 }

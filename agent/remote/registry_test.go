@@ -33,11 +33,11 @@ func TestRegistryClaim(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := NewRegistry()
 			for _, c := range []*api.Cluster{cl("c1", 1, 255, "10.1.0.0/16"), cl("c2", 2, 0, "10.2.0.0/16")} {
-				if err := r.Claim(c); err != nil {
+				if err := r.Claim(c, false, nil); err != nil {
 					t.Fatal(err)
 				}
 			}
-			err := r.Claim(tt.claim)
+			err := r.Claim(tt.claim, false, nil)
 			if tt.wantErr == "" {
 				if err != nil {
 					t.Fatalf("Claim: %v", err)
@@ -55,9 +55,35 @@ func TestRegistryClaim(t *testing.T) {
 			}
 			r.Release("c1")
 			r.Release("c2")
-			if err := r.Claim(tt.claim); err != nil {
+			if err := r.Claim(tt.claim, false, nil); err != nil {
 				t.Errorf("claim after the conflicting clusters left: %v", err)
 			}
 		})
+	}
+}
+
+func TestRegistryLocalWins(t *testing.T) {
+	r := NewRegistry()
+	peer := &api.Cluster{Name: "c2", ID: 2, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/16")}}
+	other := &api.Cluster{Name: "c3", ID: 3}
+	var evicted []error
+	if err := r.Claim(peer, false, func(err error) { evicted = append(evicted, err) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Claim(other, false, func(err error) { t.Errorf("c3 evicted: %v", err) }); err != nil {
+		t.Fatal(err)
+	}
+	local := &api.Cluster{Name: "c1", ID: 2, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}}
+	if err := r.Claim(local, true, nil); err != nil {
+		t.Fatalf("local claim refused: %v", err)
+	}
+	if len(evicted) != 1 || !errors.Is(evicted[0], ErrConflict) || !strings.Contains(evicted[0].Error(), "cluster ID 2 is already used by cluster c1") {
+		t.Fatalf("evictions %v, want c2 evicted naming c1", evicted)
+	}
+	if _, ok := r.Lookup("c2"); ok {
+		t.Errorf("evicted peer still registered")
+	}
+	if err := r.Claim(peer, false, nil); err == nil || !strings.Contains(err.Error(), "already used by cluster c1") {
+		t.Errorf("peer re-claim: %v, want refused by the local cluster", err)
 	}
 }
