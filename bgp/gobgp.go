@@ -104,10 +104,13 @@ func newCore(cfg Config) *core {
 }
 
 func (c *core) start(ctx context.Context) error {
-	c.srv = server.NewBgpServer(server.LoggerOption(&logAdapter{log: c.log, events: c.events}))
+	srv := server.NewBgpServer(server.LoggerOption(&logAdapter{log: c.log, events: c.events}))
 	// GoBGP's Serve loop has no way to stop; after StopBgp it idles until the
 	// process exits. Everything else it starts is stopped by StopBgp.
-	go c.srv.Serve()
+	go srv.Serve()
+	c.mu.Lock()
+	c.srv = srv
+	c.mu.Unlock()
 	g := &api.Global{
 		Asn:        c.cfg.ASN,
 		RouterId:   c.cfg.RouterID.String(),
@@ -225,9 +228,10 @@ func (c *core) setPeers(ctx context.Context, peers []Peer) error {
 	}
 	c.mu.Lock()
 	c.dynamic = append([]Peer(nil), peers...)
+	started := c.srv != nil
 	c.mu.Unlock()
-	if c.srv == nil {
-		return nil
+	if !started {
+		return nil // start applies them
 	}
 	return c.applyPeers(ctx)
 }

@@ -82,21 +82,10 @@ func (r *Reflector) Run(ctx context.Context) error {
 // SetPeers replaces the reflector's dynamic peers (see ReflectorPeers). It
 // may be called before Run; peers are applied when Run starts.
 func (r *Reflector) SetPeers(ctx context.Context, peers []Peer) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if !r.running {
-		// Recorded only; start applies them.
-		r.core.mu.Lock()
-		defer r.core.mu.Unlock()
-		for _, p := range peers {
-			if err := p.validate(); err != nil {
-				return fmt.Errorf("reflector %s: set peers: %w", r.cfg.Name, err)
-			}
-		}
-		r.core.dynamic = append([]Peer(nil), peers...)
-		return nil
+	if err := r.core.setPeers(ctx, peers); err != nil {
+		return fmt.Errorf("reflector: %w", err)
 	}
-	return r.core.setPeers(ctx, peers)
+	return nil
 }
 
 // Status reports the reflector's sessions and prefix counters.
