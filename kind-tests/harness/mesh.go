@@ -2,7 +2,10 @@ package harness
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -44,13 +47,38 @@ func (r *Run) meshArgs(role string, cp *ControlPlane, n *Node, podDir string, mo
 	return out
 }
 
-// agentFlags are the per-node flags of an agent, as (flag, value) pairs.
+// HealthPort is the memberlist port of every agent (on its node's address).
+const HealthPort = 7946
+
+// agentFlags are the per-node flags of an agent, as (flag, value) pairs:
+// where its eBPF programs attach (the node's cgroup) and pin, and its
+// memberlist address and the mesh gossip key (a file of the run; the
+// manifests have no Secret for it yet).
 func (r *Run) agentFlags(n *Node) [][2]string {
+	gossip := netip.AddrPortFrom(n.FabricIP, HealthPort).String()
 	return [][2]string{
 		{"--node-name", n.Name},
-		{"--cgroup-path", n.Cgroup},
+		{"--bpf-cgroup", n.Cgroup},
 		{"--bpf-pin-dir", n.BPFDir},
+		{"--health", "true"},
+		{"--health-bind", gossip},
+		{"--health-advertise", gossip},
+		{"--health-key-file", r.gossipKeyFile()},
 	}
+}
+
+// gossipKeyFile returns the run's mesh gossip key file, creating it (32
+// random bytes, base64) on first use.
+func (r *Run) gossipKeyFile() string {
+	path := filepath.Join(r.Dir, "gossip.key")
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, err := os.Stat(path); err != nil {
+		key := make([]byte, 32)
+		_, _ = rand.Read(key)
+		_ = os.WriteFile(path, []byte(base64.StdEncoding.EncodeToString(key)), 0o600)
+	}
+	return path
 }
 
 func (n *Node) isDead() bool {

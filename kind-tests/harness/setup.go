@@ -19,9 +19,10 @@ type MeshOptions struct {
 	Clusters int
 	// Nodes is the number of nodes per cluster; default 2.
 	Nodes int
-	// StaticRoutes makes the harness route pod CIDRs between all nodes
-	// itself instead of leaving it to the agents' BGP speakers.
-	StaticRoutes bool
+	// AgentRouting leaves routing pod CIDRs between nodes to the agents
+	// (BGP). By default the harness installs static routes on every node,
+	// since cmd/clustermesh-agent does not run the bgp/ speaker yet.
+	AgentRouting bool
 }
 
 // Mesh is a set of emulated clusters with their control planes, driven
@@ -72,7 +73,7 @@ func NewMesh(ctx context.Context, r *Run, bins *Binaries, o MeshOptions) (*Mesh,
 		}
 		m.Clusters = append(m.Clusters, c)
 	}
-	if o.StaticRoutes {
+	if !o.AgentRouting {
 		if err := r.InstallStaticRoutes(ctx); err != nil {
 			return nil, err
 		}
