@@ -95,6 +95,7 @@ type Agent struct {
 	localClient  *kvstore.Client
 	started      time.Time
 	initialDone  bool
+	synced       chan struct{}
 
 	obsMu     sync.Mutex
 	observers []NodeObserver
@@ -151,6 +152,7 @@ func New(cfg Config) (*Agent, error) {
 		nodes:      map[string]map[string]*api.Node{},
 		identities: map[string]map[uint32]*api.Identity{},
 		ipcache:    map[string]map[netip.Addr]*api.IPCacheEntry{},
+		synced:     make(chan struct{}),
 	}
 	if cfg.Registerer != nil {
 		m, err := newMetrics(cfg.Registerer, a)
@@ -177,6 +179,11 @@ func (a *Agent) AddNodeObserver(o NodeObserver) {
 	}
 	a.observers = append(a.observers, o)
 }
+
+// InitialSync is closed once every cluster completed its initial sync (or
+// the initial sync timeout passed) and the datapath was programmed with
+// the result.
+func (a *Agent) InitialSync() <-chan struct{} { return a.synced }
 
 // LocalCluster waits until the agent's own cluster config has been read and
 // accepted, and returns it.
@@ -371,6 +378,7 @@ func (a *Agent) syncLoop(ctx context.Context) {
 		if !adoptedPruned {
 			adoptedPruned = true
 			a.pruneAdopted(ctx)
+			close(a.synced)
 		}
 		if res.Upserts+res.Deletes > 0 {
 			a.log.Debug("datapath synced", "services", res.Services, "upserts", res.Upserts, "deletes", res.Deletes)

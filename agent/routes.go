@@ -26,6 +26,12 @@ type RouteWriter interface {
 	Delete(ctx context.Context, r Route) error
 }
 
+// RouteLister is implemented by RouteWriters that can list the routes they
+// own (e.g. left by a previous run), so StaticRoutes can remove stale ones.
+type RouteLister interface {
+	List(ctx context.Context) ([]Route, error)
+}
+
 // StaticRoutes turns the nodes of remote clusters into routes to their pod
 // CIDRs via their first address, for meshes without BGP. It is a
 // NodeObserver; a goroutine (Run) applies changes so observer calls never
@@ -40,6 +46,10 @@ type StaticRoutes struct {
 	applied map[netip.Prefix]Route
 	byNode  map[[2]string][]netip.Prefix
 	kick    chan struct{}
+	// gate, once closed, allows deleting adopted routes that are not
+	// desired; before, the desired state may still be incomplete.
+	gate   <-chan struct{}
+	gateOK bool
 }
 
 var _ NodeObserver = (*StaticRoutes)(nil)
@@ -57,6 +67,12 @@ func NewStaticRoutes(local string, w RouteWriter, log *slog.Logger) *StaticRoute
 		kick:    make(chan struct{}, 1),
 	}
 }
+
+// AdoptAfter sets when routes adopted from a previous run (RouteLister) may
+// be pruned: once ch is closed, typically (*Agent).InitialSync(). Until then
+// only additions and changes are applied. Without it, adopted routes are
+// pruned at once. Call before Run.
+func (s *StaticRoutes) AdoptAfter(ch <-chan struct{}) { s.gate = ch }
 
 // NodeUpserted implements NodeObserver.
 func (s *StaticRoutes) NodeUpserted(n *api.Node) {
@@ -99,6 +115,17 @@ func (s *StaticRoutes) signal() {
 // Run applies route changes until ctx ends. Routes stay installed when it
 // returns.
 func (s *StaticRoutes) Run(ctx context.Context) {
+	if l, ok := s.w.(RouteLister); ok {
+		routes, err := l.List(ctx)
+		if err != nil {
+			s.log.Warn("cannot list routes of a previous run; they will not be pruned", "error", err)
+		}
+		s.mu.Lock()
+		for _, r := range routes {
+			s.applied[r.Prefix] = r
+		}
+		s.mu.Unlock()
+	}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
@@ -113,6 +140,16 @@ func (s *StaticRoutes) Run(ctx context.Context) {
 }
 
 func (s *StaticRoutes) reconcile(ctx context.Context) {
+	if !s.gateOK {
+		s.gateOK = s.gate == nil
+		if !s.gateOK {
+			select {
+			case <-s.gate:
+				s.gateOK = true
+			default:
+			}
+		}
+	}
 	s.mu.Lock()
 	var up, down []Route
 	for p, r := range s.desired {
@@ -121,7 +158,7 @@ func (s *StaticRoutes) reconcile(ctx context.Context) {
 		}
 	}
 	for p, r := range s.applied {
-		if _, ok := s.desired[p]; !ok {
+		if _, ok := s.desired[p]; !ok && s.gateOK {
 			down = append(down, r)
 		}
 	}

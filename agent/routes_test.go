@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/clustermesh/clustermesh/api"
 )
@@ -46,6 +47,48 @@ func (l *routeLog) list() []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+func (l *routeLog) List(context.Context) ([]Route, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []Route
+	for p, nh := range l.routes {
+		out = append(out, Route{Prefix: p, NextHop: nh})
+	}
+	return out, nil
+}
+
+func TestStaticRoutesAdopt(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &routeLog{routes: map[netip.Prefix]netip.Addr{
+		netip.MustParsePrefix("10.2.0.0/24"): netip.MustParseAddr("192.168.2.1"), // still wanted
+		netip.MustParsePrefix("10.9.0.0/24"): netip.MustParseAddr("192.168.9.1"), // stale
+	}}
+	s := NewStaticRoutes("c1", w, nil)
+	gate := make(chan struct{})
+	s.AdoptAfter(gate)
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	s.NodeUpserted(node("c2", "a", "192.168.2.1", "10.2.0.0/24"))
+	s.NodeUpserted(node("c3", "a", "192.168.3.1", "10.3.0.0/24"))
+	want := []string{"10.2.0.0/24 via 192.168.2.1", "10.3.0.0/24 via 192.168.3.1", "10.9.0.0/24 via 192.168.9.1"}
+	waitRoutes(t, w, want)
+	close(gate)
+	s.signal()
+	waitRoutes(t, w, want[:2])
+}
+
+func waitRoutes(t *testing.T, w *routeLog, want []string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.Equal(w.list(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("routes %q, want %q", w.list(), want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func node(cluster, name, addr string, cidrs ...string) *api.Node {

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/agent"
+	"github.com/clustermesh/clustermesh/agent/netroute"
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/health"
@@ -49,6 +50,7 @@ type options struct {
 	logLevel                           string
 	bpf                                bpf.Config
 	health                             bool
+	routes                             string
 	healthCfg                          health.Config
 	dirPoll                            time.Duration
 	initialSyncTimeout                 time.Duration
@@ -77,6 +79,7 @@ func newRootCommand() *cobra.Command {
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&o.dirPoll, "clusters-dir-poll", time.Second, "how often --clusters-dir is scanned for added, changed and removed files")
 	fs.DurationVar(&o.initialSyncTimeout, "initial-sync-timeout", 30*time.Second, "longest wait for every cluster's initial sync before the datapath is first programmed")
+	fs.StringVar(&o.routes, "routes", "none", "none (BGP or the CNI routes pod CIDRs) or static (install a kernel route to every remote node's pod CIDRs via its first address)")
 	fs.BoolVar(&o.health, "health", false, "gossip node health with the agents of every connected cluster (memberlist) and fail over in the kernel when a node dies")
 	o.bpf.Flags(fs)
 	o.healthCfg.Flags(fs)
@@ -159,6 +162,23 @@ func run(ctx context.Context, o options) error {
 			_ = srv.Shutdown(sctx)
 		}()
 		log.Info("status endpoint listening", "addr", ln.Addr().String())
+	}
+
+	switch o.routes {
+	case "none":
+	case "static":
+		w, err := netroute.New(nil, 0)
+		if err != nil {
+			return fmt.Errorf("--routes=static: %w", err)
+		}
+		defer w.Close()
+		sr := agent.NewStaticRoutes(o.clusterName, w, log)
+		sr.AdoptAfter(a.InitialSync())
+		a.AddNodeObserver(sr)
+		wg.Add(1)
+		go func() { defer wg.Done(); sr.Run(ctx) }()
+	default:
+		return fmt.Errorf("--routes %q: must be none or static", o.routes)
 	}
 
 	if o.health {
