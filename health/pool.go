@@ -184,6 +184,19 @@ func (p *Pool) NodeDeleted(cluster, node string) {
 	signal(p.wake)
 }
 
+// gossipAddr is where node n's agent listens: its GossipAddress, or else its
+// first address on this member's own gossip port (every agent of a mesh
+// normally uses the same port). Invalid when neither is known.
+func (p *Pool) gossipAddr(n api.Node) netip.AddrPort {
+	if n.GossipAddress.IsValid() {
+		return n.GossipAddress
+	}
+	if len(n.Addresses) > 0 && n.Addresses[0].IsValid() && !n.Addresses[0].IsUnspecified() {
+		return netip.AddrPortFrom(n.Addresses[0], p.cfg.advertise().Port())
+	}
+	return netip.AddrPort{}
+}
+
 func checkNode(n api.Node) error {
 	if n.Cluster == "" || n.Name == "" {
 		return fmt.Errorf("%w: node %q of cluster %q: cluster and name are required", ErrInvalidNode, n.Name, n.Cluster)
@@ -435,8 +448,8 @@ func (p *Pool) joinLoop(ctx context.Context, ml *memberlist.Memberlist) {
 		p.mu.Lock()
 		targets := make(map[string]netip.AddrPort)
 		for name, n := range p.registry {
-			if name != p.name && n.GossipAddress.IsValid() {
-				targets[name] = n.GossipAddress
+			if addr := p.gossipAddr(n); name != p.name && addr.IsValid() {
+				targets[name] = addr
 			}
 		}
 		p.mu.Unlock()

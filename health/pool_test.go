@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/pflag"
 
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/loadbalancer"
@@ -441,11 +442,38 @@ func TestPoolFollowsRegistry(t *testing.T) {
 		t.Fatalf("a has members before the registry lists any: %+v", st.Members)
 	}
 	ma.pool.NodeUpserted(&b)
+	// A node announced without a gossip address is reached at its first
+	// address on the member's own gossip port.
+	aNoGossip := api.Node{Cluster: a.Cluster, Name: a.Name, Addresses: []netip.Addr{a.GossipAddress.Addr()}}
+	if got := mb.pool.gossipAddr(aNoGossip); got != netip.AddrPortFrom(a.GossipAddress.Addr(), b.GossipAddress.Port()) {
+		t.Errorf("gossip address of a node without one: %v", got)
+	}
 	mb.pool.NodeUpserted(&a)
 	waitFor(ctx, t, "a and b to see each other", func() bool {
 		return ma.sees("c2/b", StateAlive) && mb.sees("c1/a", StateAlive)
 	})
 	if got := ma.pool.Status().Members[0].Ref; got != (loadbalancer.NodeRef{ClusterID: 2, Name: "b"}) {
 		t.Errorf("a names b %v, want 2/b from b's metadata", got)
+	}
+}
+
+func TestConfigFlags(t *testing.T) {
+	c := DefaultConfig()
+	fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+	c.Flags(fs)
+	err := fs.Parse([]string{"--health-bind=10.0.0.5:7000", "--health-key-file=/etc/mesh.key",
+		"--health-probe-interval=200ms", "--health-hold-down=5s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.BindAddr != netip.MustParseAddrPort("10.0.0.5:7000") || c.KeyFile != "/etc/mesh.key" ||
+		c.ProbeInterval != 200*time.Millisecond || c.HoldDown != 5*time.Second {
+		t.Fatalf("flags not applied: %+v", c)
+	}
+	if c.ProbeTimeout != DefaultConfig().ProbeTimeout {
+		t.Errorf("unset flag changed probe timeout to %s", c.ProbeTimeout)
+	}
+	if err := fs.Parse([]string{"--health-bind=nonsense"}); err == nil {
+		t.Errorf("bad --health-bind accepted")
 	}
 }
