@@ -464,3 +464,44 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// TestDeadWriterKeepsState lets a dead writer's leases expire under a
+// connected reader. The canaries expire first (their lease has half the
+// TTL), so the reader holds back every delete and keeps the cluster's last
+// state until a new writer has re-exported and marked it synced.
+func TestDeadWriterKeepsState(t *testing.T) {
+	e := newEnv(t, false)
+	ctx := context.Background()
+	w1, stop1 := e.newWriter(t, &WriterOptions{LeaseTTL: 6 * time.Second})
+	tr := truth{}
+	for i := range 6 {
+		tr.upsert(t, ctx, w1, testNode(fmt.Sprintf("n%d", i), i))
+	}
+	if err := w1.MarkSynced(ctx, api.KindNode); err != nil {
+		t.Fatal(err)
+	}
+	v := watchView(t, e.newReader(t), api.KindNode)
+	waitConverged(t, v, tr)
+	eventually(t, "synced", v.isSynced)
+
+	stop1()
+	eventually(t, "the dead writer's keys to expire", func() bool { return e.storeCount(t) == 0 })
+
+	w2, _ := e.newWriter(t, nil)
+	tr2 := truth{}
+	tr2.upsert(t, ctx, w2, testNode("n0", 100))
+	// Events are ordered: once n0's new value is seen, any delete of the
+	// expiry would have been seen too.
+	eventually(t, "new writer's first object", func() bool {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		return string(v.objs[api.NodeKey("c1", "n0")]) == string(tr2[api.NodeKey("c1", "n0")])
+	})
+	if d := v.deletes(); len(d) != 0 {
+		t.Fatalf("reader pruned %v after the writer died", d)
+	}
+	if err := w2.MarkSynced(ctx, api.KindNode); err != nil {
+		t.Fatal(err)
+	}
+	waitConverged(t, v, tr2)
+}

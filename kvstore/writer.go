@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -86,7 +87,14 @@ type ownedKey struct {
 
 type leaseSlot struct {
 	id    clientv3.LeaseID
+	ttl   time.Duration
 	count int
+	// canary marks the lease holding the synced canaries. Its TTL is half
+	// the others', so that when the writer dies the canaries expire before
+	// any other key: readers then hold back the deletes of the expiring keys
+	// and keep the cluster's last state until a new writer has re-exported
+	// it.
+	canary bool
 	// rewrite is set when the lease was replaced and not every key could be
 	// written under the new one yet.
 	rewrite bool
@@ -206,7 +214,7 @@ func (w *Writer) putOnce(ctx context.Context, key string, value []byte) (clientv
 		slot = k.lease
 	} else {
 		var err error
-		if slot, err = w.reserveSlot(ctx); err != nil {
+		if slot, err = w.reserveSlot(ctx, isCanary(key)); err != nil {
 			w.mu.Unlock()
 			return 0, err
 		}
@@ -240,27 +248,36 @@ func (w *Writer) putOnce(ctx context.Context, key string, value []byte) (clientv
 
 // reserveSlot picks a lease with room for one more key, granting a new one
 // when all are full. Called with mu held.
-func (w *Writer) reserveSlot(ctx context.Context) (*leaseSlot, error) {
+func (w *Writer) reserveSlot(ctx context.Context, canary bool) (*leaseSlot, error) {
 	for _, s := range w.leases {
-		if s.count < w.perLse {
+		if s.canary == canary && (canary || s.count < w.perLse) {
 			s.count++
 			return s, nil
 		}
 	}
-	id, err := w.grant(ctx)
+	ttl := w.ttl
+	if canary {
+		ttl /= 2
+	}
+	id, err := w.grant(ctx, ttl)
 	if err != nil {
 		return nil, err
 	}
-	s := &leaseSlot{id: id, count: 1}
+	s := &leaseSlot{id: id, ttl: ttl, count: 1, canary: canary}
 	w.leases = append(w.leases, s)
 	w.signal()
 	return s, nil
 }
 
-func (w *Writer) grant(ctx context.Context) (clientv3.LeaseID, error) {
+// isCanary tells the synced canaries from objects.
+func isCanary(key string) bool {
+	return strings.HasPrefix(key, api.KeyPrefix+string(api.KindSynced)+"/")
+}
+
+func (w *Writer) grant(ctx context.Context, ttl time.Duration) (clientv3.LeaseID, error) {
 	rctx, cancel := w.c.withTimeout(ctx)
 	defer cancel()
-	resp, err := w.c.cli.Grant(rctx, int64((w.ttl+time.Second-1)/time.Second))
+	resp, err := w.c.cli.Grant(rctx, int64((ttl+time.Second-1)/time.Second))
 	if err != nil {
 		return 0, fmt.Errorf("grant lease: %w", err)
 	}
@@ -403,7 +420,9 @@ func (w *Writer) deleteIfNotOwned(ctx context.Context, key string) (bool, error)
 // store, or revoked) is replaced by a new one and every key it held is
 // written again. It returns nil when ctx ends.
 func (w *Writer) Run(ctx context.Context) error {
-	interval := w.ttl / 3
+	// Every lease is refreshed several times within the canary lease's TTL
+	// (half of LeaseTTL), so one failed refresh loses nothing.
+	interval := w.ttl / 6
 	if interval < 200*time.Millisecond {
 		interval = 200 * time.Millisecond
 	}
@@ -476,7 +495,7 @@ func (w *Writer) recoverLease(ctx context.Context, lost clientv3.LeaseID) error 
 		return nil // replaced already
 	}
 	if !slot.rewrite {
-		id, err := w.grant(ctx)
+		id, err := w.grant(ctx, slot.ttl)
 		if err != nil {
 			return err
 		}
