@@ -51,6 +51,9 @@ type options struct {
 	bpf                                bpf.Config
 	health                             bool
 	routes                             string
+	bgp                                bool
+	bgpListenPort                      int32
+	bgpShortTimers                     bool
 	healthCfg                          health.Config
 	dirPoll                            time.Duration
 	initialSyncTimeout                 time.Duration
@@ -80,6 +83,9 @@ func newRootCommand() *cobra.Command {
 	fs.DurationVar(&o.dirPoll, "clusters-dir-poll", time.Second, "how often --clusters-dir is scanned for added, changed and removed files")
 	fs.DurationVar(&o.initialSyncTimeout, "initial-sync-timeout", 30*time.Second, "longest wait for every cluster's initial sync before the datapath is first programmed")
 	fs.StringVar(&o.routes, "routes", "none", "none (BGP or the CNI routes pod CIDRs) or static (install a kernel route to every remote node's pod CIDRs via its first address)")
+	fs.BoolVar(&o.bgp, "bgp", false, "run the node's BGP speaker: announce this node's pod CIDRs to the cluster's route reflector (from the store) and install learned routes")
+	fs.Int32Var(&o.bgpListenPort, "bgp-listen-port", 179, "port the BGP speaker accepts sessions on; negative: dial only")
+	fs.BoolVar(&o.bgpShortTimers, "bgp-short-timers", false, "short BGP timers and grace periods, for test clusters on one machine")
 	fs.BoolVar(&o.health, "health", false, "gossip node health with the agents of every connected cluster (memberlist) and fail over in the kernel when a node dies")
 	o.bpf.Flags(fs)
 	o.healthCfg.Flags(fs)
@@ -101,6 +107,9 @@ func run(ctx context.Context, o options) error {
 	log, err := newLogger(o.logLevel)
 	if err != nil {
 		return err
+	}
+	if o.bgp && o.routes == "static" {
+		return errors.New("--bgp and --routes=static both route pod CIDRs: choose one")
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -179,6 +188,16 @@ func run(ctx context.Context, o options) error {
 		go func() { defer wg.Done(); sr.Run(ctx) }()
 	default:
 		return fmt.Errorf("--routes %q: must be none or static", o.routes)
+	}
+
+	if o.bgp {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := runBGP(ctx, a, o, reg, log); err != nil && ctx.Err() == nil {
+				log.Error("bgp speaker stopped", "error", err)
+			}
+		}()
 	}
 
 	if o.health {

@@ -19,6 +19,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/meshtest"
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/bgp"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
@@ -28,6 +29,9 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m,
 		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
 		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
+		// GoBGP's BgpServer.Serve never returns, even after StopBgp; one is
+		// left per speaker or reflector the BGP test starts.
+		goleak.IgnoreAnyFunction("github.com/osrg/gobgp/v3/pkg/server.(*BgpServer).Serve"),
 	)
 }
 
@@ -249,5 +253,68 @@ func TestAgentCommandBPF(t *testing.T) {
 	}
 	if !json.Valid([]byte(out)) {
 		t.Errorf("bpf services -o json is not JSON:\n%s", out)
+	}
+}
+
+// TestAgentCommandBGP runs the agent with --bgp against a real route
+// reflector (bgp.Reflector) named in the cluster config: the agent's speaker
+// peers with it and announces the node's pod CIDR from the store.
+func TestAgentCommandBGP(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the speaker reads and programs kernel routes")
+	}
+	rrAddr := netip.MustParseAddr("127.0.0.2")
+	ln, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+
+	rcfg := bgp.DefaultKindConfig()
+	rcfg.Name, rcfg.ASN, rcfg.RouterID = "c1/reflector", 65001, rrAddr
+	rcfg.ListenAddresses, rcfg.ListenPort = []netip.Addr{rrAddr}, int32(port)
+	rr, err := bgp.NewReflector(rcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, rcancel := context.WithCancel(context.Background())
+	rdone := make(chan error, 1)
+	go func() { rdone <- rr.Run(rctx) }()
+	t.Cleanup(func() { rcancel(); <-rdone })
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		err := rr.SetPeers(context.Background(), []bgp.Peer{{Name: "c1/n1", Address: netip.MustParseAddr("127.0.0.1"), ASN: 65001, Passive: true, RouteReflectorClient: true}})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("reflector peers: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	c1, _, dir := twoClusters(t)
+	c1.Config.ASN = 65001
+	c1.Config.RouteReflector = netip.AddrPortFrom(rrAddr, port)
+	c1.Upsert(&c1.Config, &api.Node{
+		Cluster: "c1", Name: "n1",
+		Addresses: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
+		PodCIDRs:  []netip.Prefix{netip.MustParsePrefix("10.1.77.0/24")},
+	})
+	c1.MarkSynced()
+	runAgent(t, "--cluster-name", "c1", "--node-name", "n1", "--clusters-dir", dir,
+		"--datapath", "none", "--status-addr", "", "--bgp", "--bgp-listen-port", "-1", "--bgp-short-timers", "--log-level", "warn")
+
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		st, err := rr.Status(context.Background())
+		if err == nil && len(st.Peers) == 1 && st.Peers[0].Established && st.Peers[0].PrefixesReceived == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("reflector never received the node's pod CIDR: %+v %v", st, err)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
