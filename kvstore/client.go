@@ -5,6 +5,9 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -174,9 +177,46 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	defer cancel()
 	if _, err := cli.Get(cctx, api.KeyPrefix, clientv3.WithCountOnly()); err != nil {
 		cli.Close()
+		if cause := diagnoseTLS(ctx, cfg, tlsCfg); cause != nil {
+			return nil, fmt.Errorf("etcd %v: %w: %w (%w)", cfg.Endpoints, ErrUnreachable, err, cause)
+		}
 		return nil, fmt.Errorf("etcd %v: %w: %w", cfg.Endpoints, ErrUnreachable, err)
 	}
 	return c, nil
+}
+
+// diagnoseTLS finds why no endpoint answered when the reason is TCP or TLS
+// (a refused connection, an untrusted server, a refused client certificate),
+// which gRPC reports only as a timeout.
+func diagnoseTLS(ctx context.Context, cfg Config, tlsCfg *tls.Config) error {
+	var errs []error
+	for _, ep := range cfg.Endpoints {
+		u, err := url.Parse(ep)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("endpoint %q: %w", ep, err))
+			continue
+		}
+		tc := tlsCfg.Clone()
+		tc.NextProtos = []string{"h2"}
+		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: time.Second}, Config: tc}
+		dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		conn, err := d.DialContext(dctx, "tcp", u.Host)
+		cancel()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", u.Host, err))
+			continue
+		}
+		// With TLS 1.3 the server judges the client certificate after the
+		// client's handshake is done: its verdict is the first thing read.
+		conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		_, err = conn.Read(make([]byte, 1))
+		conn.Close()
+		var ne net.Error
+		if err != nil && !(errors.As(err, &ne) && ne.Timeout()) && !errors.Is(err, io.EOF) {
+			errs = append(errs, fmt.Errorf("%s: %w", u.Host, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func clientTLS(cfg Config) (*tls.Config, error) {

@@ -3,6 +3,8 @@ package kvstore
 import (
 	"context"
 	"errors"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -92,5 +94,27 @@ func checkPermissions(t *testing.T, p *testPKI, endpoint string) {
 		t.Error("client with an untrusted certificate connected")
 	} else if !errors.Is(err, ErrUnreachable) {
 		t.Errorf("untrusted client: err = %v, want ErrUnreachable", err)
+	} else if !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("untrusted client: err = %v, want the TLS cause named", err)
+	}
+}
+
+func TestNewUnreachable(t *testing.T) {
+	p := newTestPKI(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cfg := p.clientConfig("https://"+addr, UserRemote)
+	cfg.DialTimeout = time.Second
+	c, err := New(context.Background(), cfg)
+	if err == nil {
+		c.Close()
+		t.Fatal("connected to a closed port")
+	}
+	if !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "connection refused") || !strings.Contains(err.Error(), addr) {
+		t.Fatalf("err = %v, want ErrUnreachable naming %s and the refused connection", err, addr)
 	}
 }
