@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/pflag"
 )
 
 // RouteProtocol is the rtnetlink protocol number of every route the speaker
@@ -206,4 +207,19 @@ func (c *Config) nextHopFor(p netip.Prefix) netip.Addr {
 		}
 	}
 	return netip.Addr{}
+}
+
+// Flags registers the operator-tunable fields on fs with prefix "bgp-",
+// using the values in c as defaults. Store-derived fields (ASN, addresses,
+// pod CIDRs, peers) are not flags.
+func (c *Config) Flags(fs *pflag.FlagSet) {
+	fs.Int32Var(&c.ListenPort, "bgp-listen-port", c.ListenPort, "port the BGP speaker accepts sessions on; negative: dial only")
+	fs.Uint32Var(&c.MaxPrefixes, "bgp-max-prefixes", c.MaxPrefixes, "cut a BGP session off when the peer announces more prefixes than this per address family (0: no limit)")
+	fs.IntVar(&c.Table, "bgp-route-table", c.Table, "kernel routing table for learned routes (0: main)")
+	fs.DurationVar(&c.SessionLossGrace, "bgp-session-loss-grace", c.SessionLossGrace, "keep routes of a peer whose BGP session dropped this long before removing them")
+	fs.DurationVar(&c.StaleRouteGrace, "bgp-stale-route-grace", c.StaleRouteGrace, "after the first BGP session is up, remove routes of a previous run not re-learned within this time")
+	fs.DurationVar(&c.StaleRouteTimeout, "bgp-stale-route-timeout", c.StaleRouteTimeout, "remove routes of a previous run after this time even if no BGP session comes up")
+	fs.DurationVar(&c.HoldTime, "bgp-hold-time", c.HoldTime, "BGP hold time")
+	fs.DurationVar(&c.KeepaliveInterval, "bgp-keepalive-interval", c.KeepaliveInterval, "BGP keepalive interval")
+	fs.DurationVar(&c.ConnectRetry, "bgp-connect-retry", c.ConnectRetry, "BGP connect retry interval")
 }

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/spf13/pflag"
 )
 
 func TestReflectorPeers(t *testing.T) {
@@ -95,5 +97,17 @@ func TestNodeConfigAndPeers(t *testing.T) {
 	n.PodCIDRs = append(n.PodCIDRs, netip.MustParsePrefix("fd00::/64"))
 	if _, err := NodeConfig(DefaultConfig(), n, cl); !errors.Is(err, ErrInvalidConfig) {
 		t.Errorf("v6 pod CIDR without v6 node IP: err %v", err)
+	}
+}
+
+func TestConfigFlags(t *testing.T) {
+	cfg := DefaultConfig()
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	cfg.Flags(fs)
+	if err := fs.Parse([]string{"--bgp-session-loss-grace=5s", "--bgp-max-prefixes=7", "--bgp-listen-port=-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.SessionLossGrace != 5*time.Second || cfg.MaxPrefixes != 7 || cfg.ListenPort != -1 || cfg.HoldTime != DefaultConfig().HoldTime {
+		t.Errorf("config after flags: %+v", cfg)
 	}
 }
