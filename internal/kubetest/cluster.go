@@ -414,3 +414,17 @@ func RandomSuffix(n int) string {
 	}
 	return hex.EncodeToString(b)[:n]
 }
+
+// Pids returns the process IDs of the cluster's running processes, e.g. for
+// a harness that moves them into a cgroup.
+func (c *Cluster) Pids() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []int
+	for _, p := range c.procs {
+		if !p.exited() {
+			out = append(out, p.cmd.Process.Pid)
+		}
+	}
+	return out
+}

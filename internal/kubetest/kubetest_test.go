@@ -50,6 +50,11 @@ func TestCluster(t *testing.T) {
 	defer cancel()
 	cs := c.Client
 
+	// The EndpointSlice controller skips pods on nodes it does not know.
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}}
+	if _, err := cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kt-" + kubetest.RandomSuffix(4)}}
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -86,6 +91,7 @@ func TestCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	t.Logf("%v pod ready, waiting for its EndpointSlice", time.Now())
 	var got []string
 	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		list, err := cs.DiscoveryV1().EndpointSlices(ns.Name).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=echo"})
@@ -106,6 +112,7 @@ func TestCluster(t *testing.T) {
 		t.Fatalf("ready endpoints of echo = %v, want [10.244.1.5] (%v)", got, err)
 	}
 
+	t.Logf("%v EndpointSlice ready", time.Now())
 	kubetest.RequireKubectl(t)
 	out, err := c.Kubectl(ctx, "annotate", "service", "-n", ns.Name, "echo", "example.com/x=y")
 	if err != nil {
@@ -116,6 +123,13 @@ func TestCluster(t *testing.T) {
 		t.Fatalf("annotation after kubectl annotate (%s): %v %v", out, s.Annotations, err)
 	}
 
+	// No kubelet confirms the pod's termination: play kubelet and delete
+	// it at once, as the namespace controller waits for pods to be gone.
+	zero := int64(0)
+	if err := cs.CoreV1().Pods(ns.Name).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%v deleting namespace", time.Now())
 	if err := cs.CoreV1().Namespaces().Delete(ctx, ns.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
