@@ -260,7 +260,7 @@ type failoverMesh struct {
 	vip    string
 }
 
-func newFailoverMesh(ctx context.Context, tb testing.TB) *failoverMesh {
+func newFailoverMesh(ctx context.Context, tb testing.TB, profile string) *failoverMesh {
 	tb.Helper()
 	requireRoot(tb)
 	const n = 5
@@ -285,7 +285,7 @@ func newFailoverMesh(ctx context.Context, tb testing.TB) *failoverMesh {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	m := newMeshWith(tb, prefix, n, "default", func(i int) []string {
+	m := newMeshWith(tb, prefix, n, profile, func(i int) []string {
 		if i == 0 {
 			return []string{childBPFCgroup + "=" + cgroup, childBPFPins + "=" + pins, childService + "=" + string(js)}
 		}
@@ -346,7 +346,7 @@ func (f *failoverMesh) failover(ctx context.Context, v int, next ...string) (t0,
 func TestNetnsBPFFailover(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	f := newFailoverMesh(ctx, t)
+	f := newFailoverMesh(ctx, t, "robust")
 
 	for _, phase := range []struct {
 		victim int
@@ -383,7 +383,7 @@ func TestNetnsBPFFailover(t *testing.T) {
 func BenchmarkNetnsBPFFailover(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	f := newFailoverMesh(ctx, b)
+	f := newFailoverMesh(ctx, b, "default")
 	var marked, traffic []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

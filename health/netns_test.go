@@ -39,7 +39,7 @@ const (
 	childClusters = "CMHEALTH_CLUSTERS" // "c1=1,c2=2"
 	childNodes    = "CMHEALTH_NODES"    // "c1/n0=10.99.0.1:7946,..."
 	childKeyFile  = "CMHEALTH_KEYFILE"
-	childProfile  = "CMHEALTH_PROFILE" // timings: "default" (DefaultTestConfig), "probe-150ms", "memberlist-lan"
+	childProfile  = "CMHEALTH_PROFILE" // timings: "default" (DefaultTestConfig), "probe-150ms", "memberlist-lan", "robust"
 	gossipPort    = 7946
 )
 
@@ -88,6 +88,8 @@ func runChild() int {
 	case "probe-150ms":
 		cfg.ProbeInterval = 150 * time.Millisecond
 		cfg.ProbeTimeout = 50 * time.Millisecond
+	case "robust":
+		robustTimings(&cfg)
 	}
 	cfg.Cluster, cfg.NodeName, cfg.ClusterID = self.Cluster, self.Name, ids[self.Cluster]
 	cfg.BindAddr = self.GossipAddress
@@ -550,7 +552,7 @@ func TestNetnsHardKill(t *testing.T) {
 	requireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	m := newMesh(t, 5, "default")
+	m := newMesh(t, 5, "robust")
 	m.waitConverged(ctx)
 
 	const victim = 3 // c2/n3
@@ -582,7 +584,7 @@ func TestNetnsIsolatedMember(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	const n, cut = 5, 4
-	m := newMesh(t, n, "default")
+	m := newMesh(t, n, "robust")
 	m.waitConverged(ctx)
 
 	t0 := time.Now()

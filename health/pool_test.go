@@ -111,6 +111,7 @@ var clusterIDs = map[string]uint32{"c1": 1, "c2": 2}
 func startLoopMember(t *testing.T, node api.Node, key []byte, leave time.Duration, registry []api.Node) *loopMember {
 	t.Helper()
 	cfg := DefaultTestConfig()
+	robustTimings(&cfg)
 	cfg.Cluster, cfg.NodeName, cfg.ClusterID = node.Cluster, node.Name, clusterIDs[node.Cluster]
 	cfg.BindAddr = node.GossipAddress
 	cfg.Key = key
@@ -154,6 +155,16 @@ func (m *loopMember) sees(name string, st MemberState) bool {
 		}
 	}
 	return false
+}
+
+// robustTimings slow the failure detector down for the tests that assert
+// exact verdicts on a shared, loaded CI machine (with -race): a live member
+// must stay unresponsive for over a second to be declared dead. The
+// benchmarks measure the default timings.
+func robustTimings(c *Config) {
+	c.ProbeInterval = 200 * time.Millisecond
+	c.ProbeTimeout = 80 * time.Millisecond
+	c.SuspicionMult = 4
 }
 
 func testKey() []byte { return []byte("0123456789abcdef0123456789abcdef") }
