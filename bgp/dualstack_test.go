@@ -27,7 +27,11 @@ func TestDualStack(t *testing.T) {
 		}
 		short := fmt.Sprintf("n%d", i)
 		ns := l.host(short, n.Addresses[0].String())
-		l.run("ip", "-n", ns, "addr", "add", n.Addresses[1].String()+"/64", "dev", "eth0", "nodad")
+		if i == 2 {
+			// n1 gets its IPv6 fabric address only later: until then it
+			// cannot reach n2's IPv6 next hop.
+			l.run("ip", "-n", ns, "addr", "add", n.Addresses[1].String()+"/64", "dev", "eth0", "nodad")
+		}
 		pod := l.pod(short, short+"p", fmt.Sprintf("10.1.%d.1", i), fmt.Sprintf("10.1.%d.10", i))
 		l.run("ip", "-n", ns, "addr", "add", fmt.Sprintf("fd00:10:1:%d::1/64", i), "dev", "p"+short+"p", "nodad")
 		l.run("ip", "-n", pod, "addr", "add", fmt.Sprintf("fd00:10:1:%d::10/64", i), "dev", "eth0", "nodad")
@@ -54,6 +58,15 @@ func TestDualStack(t *testing.T) {
 		}
 		procs = append(procs, l.startChild(cfg.Name, l.ns(fmt.Sprintf("n%d", i+1)), "speaker", cfg, nodePeers))
 	}
+	n1 := l.ns("n1")
+	waitFor(t, 60*time.Second, "n1 to report the unreachable IPv6 next hop", func() (bool, string) {
+		st := procs[0].status()
+		return len(st.Failed) == 1 && st.Failed[0].Prefix == nodes[1].PodCIDRs[1] && st.InstallErrors > 0, fmt.Sprintf("%+v", st)
+	})
+	if _, ok := l.routes(n1, RouteProtocol)[nodes[1].PodCIDRs[1]]; ok {
+		t.Fatalf("n1 installed %s without a route to its next hop", nodes[1].PodCIDRs[1])
+	}
+	l.run("ip", "-n", n1, "addr", "add", nodes[0].Addresses[1].String()+"/64", "dev", "eth0", "nodad")
 	for i := range nodes {
 		other := nodes[1-i]
 		ns := l.ns(fmt.Sprintf("n%d", i+1))
@@ -67,7 +80,7 @@ func TestDualStack(t *testing.T) {
 	if err != nil || got != "echo v6" {
 		t.Fatalf("pod n1 -> pod n2 over IPv6: %q, %v", got, err)
 	}
-	if st := procs[0].status(); len(st.Announced) != 2 || len(st.Installed) != 2 {
+	if st := procs[0].status(); len(st.Announced) != 2 || len(st.Installed) != 2 || len(st.Failed) != 0 {
 		t.Errorf("n1 status: %+v", st)
 	}
 }

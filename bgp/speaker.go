@@ -15,6 +15,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// failedRetryInterval paces retries of routes the kernel refused.
+const failedRetryInterval = time.Second
+
 // Speaker is the node's BGP speaker: it announces the node's pod CIDRs and
 // installs what it learns into the kernel.
 //
@@ -40,6 +43,8 @@ type Speaker struct {
 	stale        map[netip.Prefix]bool       // adopted from a previous run
 	staleAt      time.Time                   // when stale routes are swept
 	installErrs  uint64
+	failed       map[netip.Prefix]candidate // accepted, kernel refused; retried
+	lastRetry    time.Time
 	firstSession bool
 	// nl is one netlink socket reused for every route change.
 	nl *netlink.Handle
@@ -59,6 +64,7 @@ func NewSpeaker(cfg Config) (*Speaker, error) {
 		installed: map[netip.Prefix]netip.Addr{},
 		pending:   map[netip.Prefix]time.Time{},
 		stale:     map[netip.Prefix]bool{},
+		failed:    map[netip.Prefix]candidate{},
 	}
 	m, err := newMetrics("speaker", cfg.Registerer, s.Status)
 	if err != nil {
@@ -182,7 +188,12 @@ func (s *Speaker) Status(ctx context.Context) (Status, error) {
 	s.mu.Lock()
 	perPeer := map[string]int{}
 	for p, c := range s.table.accepted {
-		st.Installed = append(st.Installed, InstalledRoute{Prefix: p, NextHop: c.nextHop, Peer: c.peer})
+		r := InstalledRoute{Prefix: p, NextHop: c.nextHop, Peer: c.peer}
+		if gw, ok := s.installed[p]; s.cfg.InstallRoutes && (!ok || gw != c.nextHop) {
+			st.Failed = append(st.Failed, r)
+			continue
+		}
+		st.Installed = append(st.Installed, r)
 		perPeer[c.peer]++
 	}
 	st.Refused = s.table.refusals()
@@ -191,6 +202,7 @@ func (s *Speaker) Status(ctx context.Context) (Status, error) {
 	st.InstallErrors = s.installErrs
 	s.mu.Unlock()
 	sort.Slice(st.Installed, func(i, j int) bool { return st.Installed[i].Prefix.String() < st.Installed[j].Prefix.String() })
+	sort.Slice(st.Failed, func(i, j int) bool { return st.Failed[i].Prefix.String() < st.Failed[j].Prefix.String() })
 	for i := range st.Peers {
 		st.Peers[i].PrefixesInstalled = perPeer[st.Peers[i].Address.String()]
 	}
@@ -304,32 +316,44 @@ func (s *Speaker) apply(ch tableChange, deferRemoval bool) {
 	for _, c := range ch.install {
 		delete(s.pending, c.prefix)
 		delete(s.stale, c.prefix)
+		delete(s.failed, c.prefix)
 		if gw, ok := s.installed[c.prefix]; ok && gw == c.nextHop {
 			continue // adopted or kept through a grace: no flap
 		}
-		if !s.cfg.InstallRoutes {
-			continue
-		}
-		err := s.nl.RouteReplace(&netlink.Route{
-			Dst:      prefixToIPNet(c.prefix),
-			Gw:       c.nextHop.AsSlice(),
-			Protocol: RouteProtocol,
-			Table:    s.cfg.Table,
-		})
-		if err != nil {
+		s.install(c)
+	}
+}
+
+// install writes one accepted route; a failure (say, a next hop not yet
+// reachable) is retried by sweep.
+func (s *Speaker) install(c candidate) {
+	if !s.cfg.InstallRoutes {
+		return
+	}
+	err := s.nl.RouteReplace(&netlink.Route{
+		Dst:      prefixToIPNet(c.prefix),
+		Gw:       c.nextHop.AsSlice(),
+		Protocol: RouteProtocol,
+		Table:    s.cfg.Table,
+	})
+	if err != nil {
+		if _, retry := s.failed[c.prefix]; !retry {
 			s.installErrs++
 			s.metrics.installErrs.Inc()
-			s.cfg.Logger.Error("bgp route install failed", "node", s.cfg.Name, "prefix", c.prefix, "nextHop", c.nextHop, "peer", c.peer, "err", err)
-			continue
+			s.cfg.Logger.Error("bgp route install failed; retrying", "node", s.cfg.Name, "prefix", c.prefix, "nextHop", c.nextHop, "peer", c.peer, "err", err)
 		}
-		s.metrics.installs.Inc()
-		s.installed[c.prefix] = c.nextHop
+		s.failed[c.prefix] = c
+		return
 	}
+	delete(s.failed, c.prefix)
+	s.metrics.installs.Inc()
+	s.installed[c.prefix] = c.nextHop
 }
 
 func (s *Speaker) remove(p netip.Prefix) {
 	delete(s.pending, p)
 	delete(s.stale, p)
+	delete(s.failed, p)
 	if _, ok := s.installed[p]; !ok {
 		return
 	}
@@ -361,6 +385,19 @@ func (s *Speaker) sweep(now time.Time) {
 		}
 		s.cfg.Logger.Info("bgp route removed after session-loss grace", "node", s.cfg.Name, "prefix", p)
 		s.remove(p)
+	}
+	if len(s.failed) > 0 && now.Sub(s.lastRetry) >= failedRetryInterval {
+		s.lastRetry = now
+		for p, c := range s.failed {
+			if a, ok := s.table.accepted[p]; !ok || a.nextHop != c.nextHop {
+				delete(s.failed, p)
+				continue
+			}
+			s.install(c)
+			if _, still := s.failed[p]; !still {
+				s.cfg.Logger.Info("bgp route installed after retry", "node", s.cfg.Name, "prefix", p, "nextHop", c.nextHop)
+			}
+		}
 	}
 	if len(s.stale) > 0 && !now.Before(s.staleAt) {
 		for p := range s.stale {

@@ -16,6 +16,9 @@ type Status struct {
 	Peers     []PeerStatus   `json:"peers"`
 	// Installed are the learned routes in the kernel (speaker only).
 	Installed []InstalledRoute `json:"installed,omitempty"`
+	// Failed are accepted routes the kernel refused (say, a next hop not
+	// reachable yet); they are retried every second.
+	Failed []InstalledRoute `json:"failed,omitempty"`
 	// Refused are learned routes not installed, with the reason.
 	Refused []Refusal `json:"refused,omitempty"`
 	// PendingRemoval counts routes of lost sessions kept for the grace.
