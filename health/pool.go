@@ -301,8 +301,8 @@ func (p *Pool) decisionLoop(ctx context.Context, ml *memberlist.Memberlist) {
 }
 
 // step feeds what happened since the last step to the tracker, applies its
-// decisions to the sink and publishes status. reported holds the nodes the
-// sink was successfully told are unhealthy.
+// decisions to the sink and publishes status. reported holds what the sink
+// was last successfully told per node (true: healthy).
 func (p *Pool) step(ctx context.Context, ml *memberlist.Memberlist, tr *tracker, reported map[loadbalancer.NodeRef]bool, now time.Time) {
 	p.mu.Lock()
 	events := p.events
@@ -372,21 +372,28 @@ func (p *Pool) step(ctx context.Context, ml *memberlist.Memberlist, tr *tracker,
 		p.metrics.transitions.WithLabelValues(fmt.Sprint(c.healthy)).Inc()
 	}
 
-	// Level-based reconcile: every tracked unhealthy peer must be reported
-	// unhealthy, every other reported node healthy again.
-	want := make(map[loadbalancer.NodeRef]bool)
+	// Level-based reconcile. Every tracked peer's health is told to the sink
+	// at least once, healthy ones included: the datapath may hold a verdict
+	// of an earlier agent process (its maps outlive it), and a peer seen
+	// alive now must not stay down because of it. Untracked (forgotten)
+	// nodes still reported unhealthy are reset to healthy.
+	want := make(map[loadbalancer.NodeRef]bool, len(tr.peers))
 	for _, pe := range tr.peers {
-		if !pe.healthy {
-			want[pe.ref] = true
+		if pe.ref.ClusterID == 0 {
+			continue // no metadata yet: cannot name its backends
+		}
+		want[pe.ref] = pe.healthy
+	}
+	for ref, healthy := range want {
+		if got, ok := reported[ref]; (!ok || got != healthy) && p.callSink(ctx, ref, healthy) {
+			reported[ref] = healthy
 		}
 	}
-	for ref := range want {
-		if !reported[ref] && p.callSink(ctx, ref, false) {
-			reported[ref] = true
+	for ref, healthy := range reported {
+		if _, ok := want[ref]; ok {
+			continue
 		}
-	}
-	for ref := range reported {
-		if !want[ref] && p.callSink(ctx, ref, true) {
+		if healthy || p.callSink(ctx, ref, true) {
 			delete(reported, ref)
 		}
 	}

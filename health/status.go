@@ -135,6 +135,11 @@ func (b *logBridge) Write(line []byte) (int, error) {
 		}
 	}
 	log := b.p.log
+	if strings.Contains(msg, "ignoring alive message") {
+		// Our own admission filter refusing unregistered members; repeated
+		// on every gossip round, so kept out of the warnings.
+		level = "DEBUG"
+	}
 	switch level {
 	case "DEBUG":
 		log.Debug(msg, "component", "memberlist")
