@@ -59,8 +59,11 @@ type Writer struct {
 	// canaryValue is written to every synced canary of this writer.
 	canaryValue []byte
 
+	// keyLocks serialise writes of one key (striped by hash). A lock is held
+	// across the etcd round trip, so there are enough stripes that
+	// concurrent writers rarely wait for an unrelated key.
 	seed     maphash.Seed
-	keyLocks [64]sync.Mutex
+	keyLocks [4096]sync.Mutex
 	// rw is held shared by every write and exclusively while a lost lease is
 	// replaced and its keys rewritten, so that a rewrite never overwrites a
 	// newer value.
