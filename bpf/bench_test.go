@@ -212,7 +212,7 @@ func BenchmarkConnect(b *testing.B) {
 			}
 			load, change := "-", "-"
 			if m.mode != "direct" && m.mode != "ebpf-miss" {
-				load, change = m.load.Round(time.Millisecond).String(), m.change.Round(10*time.Microsecond).String()
+				load, change = m.load.Round(time.Millisecond).String(), m.change.Round(time.Microsecond).String()
 			}
 			fmt.Fprintf(&sb, "| %d | %d | %s | %s | %s | %.2f | %s | %s |\n", r.size, r.rules, m.mode,
 				us(r.p50[m.mode]), us(r.p99[m.mode]), float64(r.p50[m.mode])/float64(r.p50["direct"]), load, change)

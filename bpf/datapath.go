@@ -409,21 +409,18 @@ func (d *Datapath) UpsertService(ctx context.Context, svc loadbalancer.Service) 
 	newNodes := map[loadbalancer.NodeRef]bool{}
 	newBackends := map[backendKey]bool{}
 	for _, b := range all {
-		if _, ok := d.nodesByRef[b.Node]; !ok {
+		k := backendKey{addr: addrBytes(b.Addr.Addr()), port: portBytes(b.Addr.Port())}
+		if n, ok := d.nodesByRef[b.Node]; ok {
+			k.node = n.id
+			if _, ok := d.backendsByKey[k]; ok {
+				continue
+			}
+		} else {
 			newNodes[b.Node] = true
-			continue // its backends are new too; counted below by address
 		}
-	}
-	for _, b := range all {
-		n, ok := d.nodesByRef[b.Node]
-		if !ok {
-			newBackends[backendKey{addr: addrBytes(b.Addr.Addr()), port: portBytes(b.Addr.Port()), node: 0}] = true
-			continue
-		}
-		k := backendKey{addr: addrBytes(b.Addr.Addr()), port: portBytes(b.Addr.Port()), node: n.id}
-		if _, ok := d.backendsByKey[k]; !ok {
-			newBackends[k] = true
-		}
+		// For a new node the key's node is 0: an estimate only, the
+		// writes below still fail cleanly (and roll back) on a full map.
+		newBackends[k] = true
 	}
 	if len(newNodes) > d.nodeIDs.free() {
 		return d.full(mapNodes, fmt.Errorf("service %s: %d new nodes, %d of %d used", fe, len(newNodes), len(d.nodesByID), d.cfg.MaxNodes))
