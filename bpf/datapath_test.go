@@ -113,6 +113,7 @@ func TestTraffic(t *testing.T) {
 		{"udp4", clientSpec{Mode: "udp", VIP: vip4, Count: 100}},
 		{"udpconn4", clientSpec{Mode: "udpconn", VIP: vip4, Count: 100}},
 		{"tcp6", clientSpec{Mode: "tcp", VIP: vip6, Count: 100}},
+		{"tcp4-mapped-on-ipv6-socket", clientSpec{Mode: "tcp6", VIP: netip.AddrPortFrom(netip.AddrFrom16(vip4.Addr().As16()), vip4.Port()), Count: 100}},
 		{"udp6", clientSpec{Mode: "udp", VIP: vip6, Count: 100}},
 		{"udpconn6", clientSpec{Mode: "udpconn", VIP: vip6, Count: 100}},
 	} {

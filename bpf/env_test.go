@@ -261,7 +261,7 @@ type clientResult struct {
 }
 
 type clientSpec struct {
-	Mode  string         `json:"mode"` // tcp, udp, udpconn
+	Mode  string         `json:"mode"` // tcp, tcp6, udp, udpconn
 	VIP   netip.AddrPort `json:"vip"`
 	Count int            `json:"count"` // 0: loop until stdin closes
 }
@@ -375,6 +375,26 @@ func clientOnce(spec clientSpec) (name string, peerIsVIP bool, err error) {
 	defer cancel()
 	deadline, _ := ctx.Deadline()
 	switch spec.Mode {
+	case "tcp6":
+		// An IPv6 socket connecting to an IPv4-mapped VIP (dual-stack
+		// applications do this); Go's net package refuses it, so raw calls.
+		fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return "", false, err
+		}
+		f := os.NewFile(uintptr(fd), "tcp6")
+		defer f.Close()
+		tv := unix.Timeval{Sec: 2}
+		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
+		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+		if err := unix.Connect(fd, &unix.SockaddrInet6{Port: int(spec.VIP.Port()), Addr: spec.VIP.Addr().As16()}); err != nil {
+			return "", false, fmt.Errorf("connect6 %s: %w", spec.VIP, err)
+		}
+		b, err := io.ReadAll(f)
+		if err != nil {
+			return "", false, err
+		}
+		return strings.TrimSpace(string(b)), true, nil
 	case "tcp":
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", spec.VIP.String())
