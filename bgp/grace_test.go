@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/clustermesh/clustermesh/api"
 )
 
 // TestReflectorRestartGrace kills and restarts the route reflector: routes
@@ -14,8 +16,10 @@ func TestReflectorRestartGrace(t *testing.T) {
 	l := newLab(t)
 	rrAddr := netip.MustParseAddr("192.0.2.1")
 	rrNS := l.host("rr", rrAddr.String())
-	rcfg := DefaultKindConfig()
-	rcfg.Name, rcfg.ASN, rcfg.RouterID = "c1", 65001, rrAddr
+	rcfg, err := ReflectorConfig(DefaultKindConfig(), api.Cluster{Name: "c1", ASN: 65001, RouteReflector: netip.AddrPortFrom(rrAddr, 179)})
+	if err != nil {
+		t.Fatal(err)
+	}
 	type node struct {
 		ns    string
 		cidr  netip.Prefix

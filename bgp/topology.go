@@ -39,6 +39,29 @@ func NodeConfig(base Config, node api.Node, cluster api.Cluster) (Config, error)
 	return c, nil
 }
 
+// ReflectorConfig fills base for the route reflector of cluster: its ASN,
+// router ID and listen port from api.Cluster.RouteReflector. The router ID
+// defaults to the reflector's address; an IPv6 reflector needs
+// base.RouterID set.
+func ReflectorConfig(base Config, cluster api.Cluster) (Config, error) {
+	if cluster.ASN == 0 || !cluster.RouteReflector.IsValid() {
+		return Config{}, fmt.Errorf("%w: cluster %s: no route reflector or ASN", ErrTopology, cluster.Name)
+	}
+	c := base
+	c.Name = cluster.Name
+	c.ASN = cluster.ASN
+	c.ListenPort = int32(cluster.RouteReflector.Port())
+	if !c.RouterID.IsValid() && cluster.RouteReflector.Addr().Is4() {
+		c.RouterID = cluster.RouteReflector.Addr()
+	}
+	c.InstallRoutes = false
+	c.PodCIDRs = nil
+	if err := c.validate(); err != nil {
+		return Config{}, fmt.Errorf("reflector of cluster %s: %w", cluster.Name, err)
+	}
+	return c, nil
+}
+
 // NodePeers returns the peers of a node speaker: its cluster's route
 // reflector. The node dials; the reflector is passive towards nodes.
 func NodePeers(cluster api.Cluster) ([]Peer, error) {

@@ -111,3 +111,21 @@ func TestConfigFlags(t *testing.T) {
 		t.Errorf("config after flags: %+v", cfg)
 	}
 }
+
+func TestReflectorConfig(t *testing.T) {
+	cl := api.Cluster{Name: "c1", ASN: 65001, RouteReflector: netip.MustParseAddrPort("192.0.2.1:1790")}
+	cfg, err := ReflectorConfig(DefaultConfig(), cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ASN != 65001 || cfg.ListenPort != 1790 || cfg.RouterID != netip.MustParseAddr("192.0.2.1") || cfg.InstallRoutes {
+		t.Errorf("config %+v", cfg)
+	}
+	if _, err := ReflectorConfig(DefaultConfig(), api.Cluster{Name: "off"}); !errors.Is(err, ErrTopology) {
+		t.Errorf("cluster without reflector: %v", err)
+	}
+	v6 := api.Cluster{Name: "c6", ASN: 65006, RouteReflector: netip.MustParseAddrPort("[fd00::1]:179")}
+	if _, err := ReflectorConfig(DefaultConfig(), v6); !errors.Is(err, ErrInvalidConfig) {
+		t.Errorf("IPv6 reflector without router ID: %v", err)
+	}
+}
