@@ -131,6 +131,20 @@ func TestTwoClusters(t *testing.T) {
 		}
 	})
 
+	t.Run("status says why before the apiserver runs", func(t *testing.T) {
+		st, err := mesh.GetStatus(ctx, c1, mesh.StatusOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Ready || st.APIServer.StoreReachable || len(st.Problems) == 0 {
+			t.Fatalf("status = %+v, want not ready with the store unreachable", st)
+		}
+		p := st.Problems[0]
+		if !errors.Is(p.Err, mesh.ErrUnreachable) || !strings.Contains(p.Reason, st.Endpoint) || !strings.Contains(p.Fix, "logs deploy/clustermesh-apiserver") {
+			t.Fatalf("problem = %+v, want the endpoint named and the apiserver logs as next step", p)
+		}
+	})
+
 	env.RunProcesses(t, "c1")
 	env.RunProcesses(t, "c2")
 
@@ -207,6 +221,47 @@ func TestTwoClusters(t *testing.T) {
 				}
 			}
 		}
+	})
+
+	t.Run("status names an unreachable peer and what agents say", func(t *testing.T) {
+		// A peer entry whose store does not answer, as after a firewall
+		// change on c9's side.
+		sec, err := c1.Kube.CoreV1().Secrets(c1.Namespace).Get(ctx, mesh.SecretClusters, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sec.Data["c9"] = []byte("endpoints: [https://127.0.0.99:9]\ntrusted-ca-file: c9.ca.crt\ncert-file: c9.client.crt\nkey-file: c9.client.key\n")
+		sec.Data["c9.ca.crt"], sec.Data["c9.client.crt"], sec.Data["c9.client.key"] = sec.Data["c2.ca.crt"], sec.Data["c2.client.crt"], sec.Data["c2.client.key"]
+		if _, err := c1.Kube.CoreV1().Secrets(c1.Namespace).Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			st, err := mesh.GetStatus(ctx, c1, mesh.StatusOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var found *mesh.Problem
+			for i, p := range st.Problems {
+				if errors.Is(p.Err, mesh.ErrUnreachable) && strings.Contains(p.Reason, "cluster c9") && strings.Contains(p.Reason, "agents say") {
+					found = &st.Problems[i]
+				}
+			}
+			if found != nil {
+				if st.Ready || !strings.Contains(found.Fix, "https://127.0.0.99:9") {
+					t.Fatalf("problem %+v (ready=%v): want the endpoint in the fix and not ready", found, st.Ready)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("status never reported c9 as unreachable with the agents' reason: %v", st.Problems)
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+		if err := mesh.Disconnect(ctx, c1, nil, mesh.DisconnectOptions{Clusters: []string{"c9"}}); err != nil {
+			t.Fatal(err)
+		}
+		waitReady(t, c1)
 	})
 
 	t.Run("global service", func(t *testing.T) {
