@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/clustermesh/clustermesh/loadbalancer"
 )
@@ -255,6 +256,12 @@ func TestAdoptAndFull(t *testing.T) {
 	fe := func(i int) loadbalancer.Frontend {
 		return loadbalancer.Frontend{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 96, 0, byte(i)}), 80), Protocol: loadbalancer.TCP}
 	}
+	notBPF := cfg
+	notBPF.PinDir = t.TempDir()
+	if _, err := Open(ctx, notBPF); !errors.Is(err, ErrNotBPFFS) {
+		t.Fatalf("pin dir on a plain filesystem: want ErrNotBPFFS, got %v", err)
+	}
+
 	dp, err := Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -274,7 +281,10 @@ func TestAdoptAndFull(t *testing.T) {
 	}
 	must(dp.Close())
 
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
 	dp = openTest(t, cfg)
+	cfg.Registerer = nil
 	if got := len(dp.Frontends()); got != 2 {
 		t.Fatalf("adopted %d frontends, want 2", got)
 	}
@@ -309,6 +319,12 @@ func TestAdoptAndFull(t *testing.T) {
 			t.Fatalf("%s: refused update changed the maps: %v -> %v", c.name, before, after)
 		}
 	}
+	if got := gauge(t, reg, "clustermesh_bpf_map_full_total", "cm_slots"); got != 1 {
+		t.Fatalf("clustermesh_bpf_map_full_total{map=cm_slots} = %v, want 1", got)
+	}
+	if got := gauge(t, reg, "clustermesh_bpf_backends", ""); got != 1 {
+		t.Fatalf("clustermesh_bpf_backends = %v, want 1", got)
+	}
 	for i := 2; i <= 4; i++ {
 		must(dp.UpsertService(ctx, loadbalancer.Service{Frontend: fe(i), Preferred: []loadbalancer.Backend{be(1, nodeA)}}))
 	}
@@ -327,6 +343,31 @@ func TestAdoptAndFull(t *testing.T) {
 	if got := len(dp.Frontends()); got != 4 {
 		t.Fatalf("adopted %d frontends, want 4", got)
 	}
+}
+
+// gauge returns the value of a gauge or counter, of the series whose "map"
+// label is label (any series if label is empty).
+func gauge(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if label != "" && (len(m.GetLabel()) == 0 || m.GetLabel()[0].GetValue() != label) {
+				continue
+			}
+			if m.GetCounter() != nil {
+				return m.GetCounter().GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return -1
 }
 
 func TestValidate(t *testing.T) {
