@@ -180,9 +180,9 @@ func (a *Agent) AddNodeObserver(o NodeObserver) {
 	a.observers = append(a.observers, o)
 }
 
-// InitialSync is closed once every cluster completed its initial sync (or
-// the initial sync timeout passed) and the datapath was programmed with
-// the result.
+// InitialSync is closed once the own cluster and every cluster that is not
+// refused completed its initial sync and the datapath was programmed with
+// the result (stale adopted frontends pruned).
 func (a *Agent) InitialSync() <-chan struct{} { return a.synced }
 
 // LocalCluster waits until the agent's own cluster config has been read and
@@ -317,6 +317,12 @@ func (a *Agent) markPending() {
 // initialSyncDone reports whether every cluster that can sync has synced,
 // or the initial sync timeout passed. Once true it stays true.
 func (a *Agent) initialSyncDone() bool {
+	if a.allSynced() {
+		a.mu.Lock()
+		a.initialDone = true
+		a.mu.Unlock()
+		return true
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.initialDone {
@@ -327,11 +333,24 @@ func (a *Agent) initialSyncDone() bool {
 		a.initialDone = true
 		return true
 	}
-	if _, ok := a.clusters[a.cfg.ClusterName]; !ok {
-		return false
-	}
+	return false
+}
+
+// allSynced reports whether the own cluster and every other cluster that
+// is not refused have completed their initial sync.
+func (a *Agent) allSynced() bool {
+	a.mu.Lock()
+	runs := make([]*clusterRun, 0, len(a.clusters))
 	for _, r := range a.clusters {
+		runs = append(runs, r)
+	}
+	a.mu.Unlock()
+	localSynced := false
+	for _, r := range runs {
 		s := r.c.Status()
+		if s.Local {
+			localSynced = s.Synced
+		}
 		switch s.State {
 		case status.StateRefused, status.StateInvalidConfig:
 			continue
@@ -340,8 +359,7 @@ func (a *Agent) initialSyncDone() bool {
 			return false
 		}
 	}
-	a.initialDone = true
-	return true
+	return localSynced
 }
 
 func (a *Agent) syncLoop(ctx context.Context) {
@@ -375,10 +393,17 @@ func (a *Agent) syncLoop(ctx context.Context) {
 			retry.Reset(time.Second)
 			continue
 		}
+		// Frontends adopted from a previous run are pruned only against a
+		// complete view: after an initial sync timeout (a store still
+		// unreachable), the adopted state is better than a partial one.
 		if !adoptedPruned {
-			adoptedPruned = true
-			a.pruneAdopted(ctx)
-			close(a.synced)
+			if a.allSynced() {
+				adoptedPruned = true
+				a.pruneAdopted(ctx)
+				close(a.synced)
+			} else {
+				retry.Reset(200 * time.Millisecond)
+			}
 		}
 		if res.Upserts+res.Deletes > 0 {
 			a.log.Debug("datapath synced", "services", res.Services, "upserts", res.Upserts, "deletes", res.Deletes)
