@@ -90,7 +90,7 @@ func TestTraffic(t *testing.T) {
 		program(vip6, proto, tp.v6)
 	}
 
-	expect := func(name string, spec clientSpec, want ...string) {
+	expect := func(t *testing.T, name string, spec clientSpec, want ...string) {
 		t.Helper()
 		res := runClient(t, tp.clientNS, cg, spec)
 		if res.NumErrors != 0 {
@@ -101,6 +101,13 @@ func TestTraffic(t *testing.T) {
 		}
 		if res.PeerNotVIP != 0 {
 			t.Fatalf("%s: %d replies did not come from the VIP", name, res.PeerNotVIP)
+		}
+		// Uniform picks: with 100 draws over at most 2 backends, fewer than
+		// 12 for one of them has a probability below 1e-14.
+		for _, w := range want {
+			if n := res.Backends[w]; len(want) <= 2 && n < spec.Count*12/100 {
+				t.Fatalf("%s: backend %s got %d of %d picks: not uniform (%v)", name, w, n, spec.Count, res.Backends)
+			}
 		}
 	}
 
@@ -118,7 +125,30 @@ func TestTraffic(t *testing.T) {
 		{"udp6", clientSpec{Mode: "udp", VIP: vip6, Count: 100}},
 		{"udpconn6", clientSpec{Mode: "udpconn", VIP: vip6, Count: 100}},
 	} {
-		t.Run(c.name, func(t *testing.T) { expect(c.name, c.spec, "be1", "be2") })
+		t.Run(c.name, func(t *testing.T) { expect(t, c.name, c.spec, "be1", "be2") })
+	}
+
+	// Mostly-unhealthy set: 4 of 6 slots on down nodes, so all three random
+	// draws miss about 30% of the time and the exact reservoir pass picks.
+	nodeE := loadbalancer.NodeRef{ClusterID: 3, Name: "node-e"}
+	nodeF := loadbalancer.NodeRef{ClusterID: 3, Name: "node-f"}
+	sparse := loadbalancer.Service{
+		Frontend: loadbalancer.Frontend{Addr: netip.MustParseAddrPort("10.96.0.11:80"), Protocol: loadbalancer.TCP},
+		Preferred: slices.Concat(backendsOf(tp.v4, nodeE, "be3", "be4"), backendsOf(tp.v4, nodeA, "be1"),
+			backendsOf(tp.v4, nodeF, "be3", "be4"), backendsOf(tp.v4, nodeB, "be2")),
+	}
+	if err := dp.SetNodeHealth(ctx, nodeE, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.SetNodeHealth(ctx, nodeF, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.UpsertService(ctx, sparse); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, "mostly unhealthy set", clientSpec{Mode: "tcp", VIP: sparse.Frontend.Addr, Count: 100}, "be1", "be2")
+	if err := dp.DeleteService(ctx, sparse.Frontend); err != nil {
+		t.Fatal(err)
 	}
 
 	tcp := clientSpec{Mode: "tcp", VIP: vip4, Count: 100}
@@ -131,15 +161,15 @@ func TestTraffic(t *testing.T) {
 	}
 
 	setHealth(nodeA, false)
-	expect("node-a down", tcp, "be2")
-	expect("node-a down (udp)", udp, "be2")
+	expect(t, "node-a down", tcp, "be2")
+	expect(t, "node-a down (udp)", udp, "be2")
 
 	setHealth(nodeB, false)
-	expect("all preferred down: fallback", tcp, "be3")
-	expect("all preferred down: fallback (udp)", udp, "be3")
+	expect(t, "all preferred down: fallback", tcp, "be3")
+	expect(t, "all preferred down: fallback (udp)", udp, "be3")
 
 	setHealth(nodeA, true)
-	expect("node-a back", tcp, "be1")
+	expect(t, "node-a back", tcp, "be1")
 
 	// A node marked down before any backend of it exists: its backends are
 	// skipped from the moment they are programmed.
@@ -150,7 +180,7 @@ func TestTraffic(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	expect("backend on a down node programmed later", tcp, "be1")
+	expect(t, "backend on a down node programmed later", tcp, "be1")
 
 	setHealth(nodeA, false)
 	res := runClient(t, tp.clientNS, cg, clientSpec{Mode: "tcp", VIP: vip4, Count: 5})
@@ -159,7 +189,7 @@ func TestTraffic(t *testing.T) {
 	}
 
 	setHealth(nodeD, true)
-	expect("node-d back", tcp, "be4")
+	expect(t, "node-d back", tcp, "be4")
 
 	// A deleted service is no longer translated: nothing listens on the VIP.
 	if err := dp.DeleteService(ctx, loadbalancer.Frontend{Addr: vip4, Protocol: loadbalancer.TCP}); err != nil {
