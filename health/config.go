@@ -41,7 +41,9 @@ type Config struct {
 	// peers find us at the registry's GossipAddress, so the port is fixed.
 	BindAddr netip.AddrPort
 	// AdvertiseAddr is the address peers use to reach us. Zero means
-	// BindAddr, which then must not be unspecified (0.0.0.0).
+	// BindAddr or, when that is unspecified (0.0.0.0), this node's own
+	// registry entry (its GossipAddress, else its first address on the bind
+	// port): Run waits for it.
 	AdvertiseAddr netip.AddrPort
 
 	// Key is the mesh gossip key (AES-128/192/256: 16, 24 or 32 bytes). When
@@ -190,8 +192,6 @@ func (c *Config) validate() error {
 		return bad("cluster ID is required")
 	case !c.BindAddr.IsValid() || c.BindAddr.Port() == 0:
 		return bad("bind address %s needs an IP and a non-zero port", c.BindAddr)
-	case !c.AdvertiseAddr.IsValid() && c.BindAddr.Addr().IsUnspecified():
-		return bad("bind address %s is unspecified and no advertise address is set", c.BindAddr)
 	case c.AdvertiseAddr.IsValid() && (c.AdvertiseAddr.Addr().IsUnspecified() || c.AdvertiseAddr.Port() == 0):
 		return bad("advertise address %s needs a specific IP and port", c.AdvertiseAddr)
 	case c.ProbeInterval <= 0 || c.ProbeTimeout <= 0 || c.ProbeTimeout > c.ProbeInterval:

@@ -215,6 +215,11 @@ func (p *Pool) Run(ctx context.Context) error {
 	if !p.running.CompareAndSwap(false, true) {
 		return fmt.Errorf("member %s: %w", p.name, ErrAlreadyRunning)
 	}
+	adv, err := p.resolveAdvertise(ctx)
+	if err != nil {
+		return nil // cancelled before we knew our own address
+	}
+	p.cfg.AdvertiseAddr = adv
 	ml, err := memberlist.Create(p.memberlistConfig())
 	if err != nil {
 		return fmt.Errorf("member %s: start memberlist on %s: %w", p.name, p.cfg.BindAddr, err)
@@ -249,6 +254,33 @@ func (p *Pool) Run(ctx context.Context) error {
 	}
 	wg.Wait()
 	return nil
+}
+
+// resolveAdvertise returns the address peers reach us at; see
+// Config.AdvertiseAddr.
+func (p *Pool) resolveAdvertise(ctx context.Context) (netip.AddrPort, error) {
+	if p.cfg.AdvertiseAddr.IsValid() {
+		return p.cfg.AdvertiseAddr, nil
+	}
+	if !p.cfg.BindAddr.Addr().IsUnspecified() {
+		return p.cfg.BindAddr, nil
+	}
+	p.log.Info("Waiting for this node's registry entry to learn the address to advertise", "bind", p.cfg.BindAddr)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		p.mu.Lock()
+		self, ok := p.registry[p.name]
+		p.mu.Unlock()
+		if addr := p.gossipAddr(self); ok && addr.IsValid() {
+			return addr, nil
+		}
+		select {
+		case <-ctx.Done():
+			return netip.AddrPort{}, ctx.Err()
+		case <-tick.C:
+		}
+	}
 }
 
 func (p *Pool) memberlistConfig() *memberlist.Config {

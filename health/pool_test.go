@@ -325,7 +325,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"no cluster", func(c *Config) { c.Cluster = "" }, ErrInvalidConfig},
 		{"no cluster ID", func(c *Config) { c.ClusterID = 0 }, ErrInvalidConfig},
 		{"port 0", func(c *Config) { c.BindAddr = netip.MustParseAddrPort("127.0.0.1:0") }, ErrInvalidConfig},
-		{"unspecified without advertise", func(c *Config) { c.BindAddr = netip.MustParseAddrPort("0.0.0.0:7946") }, ErrInvalidConfig},
+		{"unspecified advertise", func(c *Config) { c.AdvertiseAddr = netip.MustParseAddrPort("0.0.0.0:7946") }, ErrInvalidConfig},
 		{"probe timeout above interval", func(c *Config) { c.ProbeTimeout = 2 * c.ProbeInterval }, ErrInvalidConfig},
 		{"short key", func(c *Config) { c.Key = []byte("short") }, ErrInvalidKey},
 		{"missing key file", func(c *Config) { c.KeyFile = "/nonexistent/key" }, os.ErrNotExist},
@@ -495,5 +495,30 @@ func TestConfigFlags(t *testing.T) {
 	}
 	if err := fs.Parse([]string{"--health-bind=nonsense"}); err == nil {
 		t.Errorf("bad --health-bind accepted")
+	}
+}
+
+// TestPoolAdvertiseFromRegistry: a member bound to 0.0.0.0 without an
+// advertise address advertises its own registry entry's address.
+func TestPoolAdvertiseFromRegistry(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a := testNode("c1", "a", freeLoopbackAddr(t))
+	b := testNode("c1", "b", freeLoopbackAddr(t))
+	// a's registry entry has only its node address; the port is the bind
+	// port.
+	aEntry := api.Node{Cluster: "c1", Name: "a", Addresses: []netip.Addr{a.GossipAddress.Addr()}}
+	anyA := a
+	anyA.GossipAddress = netip.AddrPortFrom(netip.IPv4Unspecified(), a.GossipAddress.Port())
+	ma := startLoopMember(t, anyA, testKey(), 0, []api.Node{aEntry, b})
+	mb := startLoopMember(t, b, testKey(), 0, []api.Node{a, b})
+	waitFor(ctx, t, "a and b to see each other", func() bool {
+		return ma.sees("c1/b", StateAlive) && mb.sees("c1/a", StateAlive)
+	})
+	ma.pool.mu.Lock()
+	local := ma.pool.ml.LocalNode()
+	ma.pool.mu.Unlock()
+	if got := netip.AddrPortFrom(netip.MustParseAddr(local.Addr.String()), local.Port); got != a.GossipAddress {
+		t.Errorf("a advertises %v, want its registry address %v", got, a.GossipAddress)
 	}
 }
