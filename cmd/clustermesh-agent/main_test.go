@@ -29,6 +29,10 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m,
 		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
 		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
+		// The embedded etcd's watch stream receiver may outlive the server's
+		// Close (etcd says so in v3rpc/watch.go); it belongs to the test's
+		// stores, not to the agent.
+		goleak.IgnoreAnyFunction("go.etcd.io/etcd/server/v3/etcdserver/api/v3rpc.(*serverWatchStream).recvLoop"),
 		// GoBGP's BgpServer.Serve never returns, even after StopBgp; one is
 		// left per speaker or reflector the BGP test starts.
 		goleak.IgnoreAnyFunction("github.com/osrg/gobgp/v3/pkg/server.(*BgpServer).Serve"),
