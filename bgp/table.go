@@ -51,6 +51,10 @@ type routeTable struct {
 	cands    map[netip.Prefix]*candidate
 	accepted map[netip.Prefix]*candidate
 	refused  map[netip.Prefix]Refusal
+	// under counts, for every strict ancestor of an accepted prefix, the
+	// accepted prefixes below it, so the overlap check costs one lookup per
+	// prefix length instead of a scan of every accepted route.
+	under map[netip.Prefix]int
 }
 
 // tableChange is what the kernel layer must do after an update.
@@ -68,7 +72,46 @@ func newRouteTable(podCIDRs, subnets []netip.Prefix, ownIPs []netip.Addr) *route
 		cands:    map[netip.Prefix]*candidate{},
 		accepted: map[netip.Prefix]*candidate{},
 		refused:  map[netip.Prefix]Refusal{},
+		under:    map[netip.Prefix]int{},
 	}
+}
+
+func (t *routeTable) accept(c *candidate) {
+	t.accepted[c.prefix] = c
+	for b := 0; b < c.prefix.Bits(); b++ {
+		t.under[netip.PrefixFrom(c.prefix.Addr(), b).Masked()]++
+	}
+}
+
+func (t *routeTable) unaccept(p netip.Prefix) {
+	delete(t.accepted, p)
+	for b := 0; b < p.Bits(); b++ {
+		a := netip.PrefixFrom(p.Addr(), b).Masked()
+		if t.under[a]--; t.under[a] <= 0 {
+			delete(t.under, a)
+		}
+	}
+}
+
+// overlapping returns an accepted prefix other than c's that overlaps it
+// and has another next hop.
+func (t *routeTable) overlapping(c *candidate) (netip.Prefix, bool) {
+	// Accepted prefixes containing c's.
+	for b := 0; b < c.prefix.Bits(); b++ {
+		if a, ok := t.accepted[netip.PrefixFrom(c.prefix.Addr(), b).Masked()]; ok && a.nextHop != c.nextHop {
+			return a.prefix, true
+		}
+	}
+	// Accepted prefixes inside c's: rare, so a scan only when there are any.
+	if t.under[c.prefix] == 0 {
+		return netip.Prefix{}, false
+	}
+	for p, a := range t.accepted {
+		if p != c.prefix && p.Bits() > c.prefix.Bits() && c.prefix.Contains(p.Addr()) && a.nextHop != c.nextHop {
+			return p, true
+		}
+	}
+	return netip.Prefix{}, false
 }
 
 func (t *routeTable) check(c *candidate) (RefusalReason, netip.Prefix, bool) {
@@ -87,10 +130,8 @@ func (t *routeTable) check(c *candidate) (RefusalReason, netip.Prefix, bool) {
 			return RefusedNodeSubnet, p, false
 		}
 	}
-	for p, a := range t.accepted {
-		if p != c.prefix && a.nextHop != c.nextHop && p.Overlaps(c.prefix) {
-			return RefusedLearnedRoute, p, false
-		}
+	if p, ok := t.overlapping(c); ok {
+		return RefusedLearnedRoute, p, false
 	}
 	return "", netip.Prefix{}, true
 }
@@ -125,7 +166,7 @@ func (t *routeTable) admit(c *candidate, ch *tableChange) {
 		return
 	}
 	delete(t.refused, c.prefix)
-	t.accepted[c.prefix] = c
+	t.accept(c)
 	ch.install = append(ch.install, *c)
 }
 
@@ -141,7 +182,7 @@ func (t *routeTable) withdraw(prefix netip.Prefix) tableChange {
 	if _, ok := t.accepted[prefix]; !ok {
 		return ch
 	}
-	delete(t.accepted, prefix)
+	t.unaccept(prefix)
 	ch.remove = append(ch.remove, *c)
 	// Retry refused routes in the order they were learned.
 	retry := make([]*candidate, 0, len(t.refused))

@@ -1,6 +1,8 @@
 package bgp
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 )
@@ -47,6 +49,11 @@ func TestRouteTable(t *testing.T) {
 			{prefix: "10.2.1.0/24", nextHop: "192.0.2.21", install: []string{"10.2.1.0/24"}},
 			{prefix: "10.2.1.0/25", nextHop: "192.0.2.254", refused: RefusedLearnedRoute},
 			{withdraw: true, prefix: "10.2.1.0/24", remove: []string{"10.2.1.0/24"}, install: []string{"10.2.1.0/25"}},
+		}},
+		{"a wider prefix over an installed one from another next hop", []step{
+			{prefix: "10.2.1.0/24", nextHop: "192.0.2.21", install: []string{"10.2.1.0/24"}},
+			{prefix: "10.2.0.0/16", nextHop: "192.0.2.254", refused: RefusedLearnedRoute},
+			{prefix: "10.3.0.0/16", nextHop: "192.0.2.254", install: []string{"10.3.0.0/16"}},
 		}},
 		{"overlap with the same next hop is fine", []step{
 			{prefix: "10.2.0.0/16", nextHop: "192.0.2.21", install: []string{"10.2.0.0/16"}},
@@ -102,4 +109,57 @@ func equalStrings(a, b []string) bool {
 		}
 	}
 	return true
+}
+
+// TestRouteTableIndex checks the ancestor index against a plain scan over a
+// random sequence of upserts and withdrawals.
+func TestRouteTableIndex(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	tab := newRouteTable(nil, nil, nil)
+	hops := []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")}
+	for i := 0; i < 20000; i++ {
+		bits := 8 + rng.IntN(17)
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(rng.IntN(4)), byte(rng.IntN(4)), 0}), bits).Masked()
+		c := &candidate{prefix: p, nextHop: hops[rng.IntN(2)]}
+		var want bool
+		for q, a := range tab.accepted {
+			if q != p && a.nextHop != c.nextHop && q.Overlaps(p) {
+				want = true
+			}
+		}
+		if _, got := tab.overlapping(c); got != want {
+			t.Fatalf("step %d: overlapping(%s via %s) = %v, scan says %v", i, p, c.nextHop, got, want)
+		}
+		if rng.IntN(3) == 0 {
+			tab.withdraw(p)
+		} else {
+			tab.upsert(p, c.nextHop, "peer")
+		}
+	}
+	for a, n := range tab.under {
+		count := 0
+		for q := range tab.accepted {
+			if q.Bits() > a.Bits() && a.Contains(q.Addr()) {
+				count++
+			}
+		}
+		if count != n {
+			t.Fatalf("index says %d prefixes under %s, there are %d", n, a, count)
+		}
+	}
+}
+
+func BenchmarkRouteTableUpsert(b *testing.B) {
+	for _, n := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("prefixes=%d", n), func(b *testing.B) {
+			ps := benchPrefixes(n)
+			nh := netip.MustParseAddr("192.0.2.10")
+			for b.Loop() {
+				tab := newRouteTable([]netip.Prefix{netip.MustParsePrefix("10.1.1.0/24")}, []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}, nil)
+				for _, p := range ps {
+					tab.upsert(p, nh, "peer")
+				}
+			}
+		})
+	}
 }
