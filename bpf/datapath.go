@@ -11,6 +11,8 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
@@ -184,6 +186,9 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 		return nil, fmt.Errorf("bpf: %s: %w", cfg.PinDir, ErrNotBPFFS)
 	}
 
+	if err := probeKernel(); err != nil {
+		return nil, err
+	}
 	spec, err := loadSocklb()
 	if err != nil {
 		return nil, fmt.Errorf("bpf: load embedded object: %w", err)
@@ -236,6 +241,20 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 	return d, nil
 }
 
+// probeKernel checks the kernel features the programs use, so an old kernel
+// yields ErrNotSupported naming the feature instead of a verifier log.
+func probeKernel() error {
+	if err := features.HaveProgramType(ebpf.CGroupSockAddr); err != nil {
+		return fmt.Errorf("bpf: cgroup sock_addr programs: %w", err)
+	}
+	for _, h := range []asm.BuiltinFunc{asm.FnLoop, asm.FnGetSocketCookie, asm.FnGetPrandomU32} {
+		if err := features.HaveProgramHelper(ebpf.CGroupSockAddr, h); err != nil {
+			return fmt.Errorf("bpf: helper %s in cgroup sock_addr programs: %w", h, err)
+		}
+	}
+	return nil
+}
+
 // attach attaches every program to the cgroup. A link pinned by an earlier
 // run on the same cgroup gets the new program swapped in atomically
 // (BPF_LINK_UPDATE), so the hook is never empty; a pinned link on another
@@ -276,6 +295,8 @@ func (d *Datapath) attach() error {
 			return fmt.Errorf("bpf: program %s: attach to cgroup %s: %w", a.prog, d.cfg.CgroupPath, err)
 		}
 		if err := l.Pin(pin); err != nil {
+			// Before Linux 5.7 the attachment is no BPF link and cannot be
+			// pinned: ErrNotSupported.
 			l.Close()
 			return fmt.Errorf("bpf: program %s: pin link %s: %w", a.prog, pin, err)
 		}

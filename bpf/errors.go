@@ -1,6 +1,10 @@
 package bpf
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/cilium/ebpf"
+)
 
 var (
 	// ErrMapFull is returned when an update needs more room than a map (or
@@ -15,6 +19,11 @@ var (
 	// this build expects (another layout or size); remove the pins to start
 	// from empty.
 	ErrIncompatiblePin = errors.New("pinned object incompatible")
+	// ErrNotSupported is returned when the kernel lacks something the
+	// programs need (cgroup sock_addr hooks, bpf_loop: Linux 5.17 or newer,
+	// BPF links on cgroups). It is cilium/ebpf's sentinel, so errors from
+	// the library match it too; tests skip on it.
+	ErrNotSupported = ebpf.ErrNotSupported
 	// ErrClosed is returned by calls on a closed Datapath.
 	ErrClosed = errors.New("datapath closed")
 )
