@@ -285,7 +285,7 @@ func newFailoverMesh(ctx context.Context, tb testing.TB, profile string) *failov
 	if err != nil {
 		tb.Fatal(err)
 	}
-	m := newMeshWith(tb, prefix, n, profile, func(i int) []string {
+	m := newMeshWith(tb, prefix, n, 0, profile, func(i int) []string {
 		if i == 0 {
 			return []string{childBPFCgroup + "=" + cgroup, childBPFPins + "=" + pins, childService + "=" + string(js)}
 		}

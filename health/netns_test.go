@@ -176,12 +176,13 @@ func (s printSink) SetNodeHealth(_ context.Context, ref loadbalancer.NodeRef, he
 // fabric is a bridge with one network namespace per member, named with a
 // per-run prefix and removed in Cleanup.
 type fabric struct {
-	tb     testing.TB
-	prefix string
-	bridge string
-	ns     []string // namespace names
-	veth   []string // host-side veth names
-	addrs  []netip.AddrPort
+	tb      testing.TB
+	prefix  string
+	bridges []string
+	trunk   string
+	ns      []string // namespace names
+	veth    []string // host-side veth names
+	addrs   []netip.AddrPort
 }
 
 func requireRoot(tb testing.TB) {
@@ -210,23 +211,41 @@ func newPrefix() string {
 	return "cm" + hex.EncodeToString(rnd[:])
 }
 
-func newFabric(tb testing.TB, prefix string, n int) *fabric {
+// newFabric creates n member namespaces. With split > 0, members below split
+// are on one bridge and the others on a second one, the two bridges joined
+// by a veth "trunk" (setTrunk cuts it); otherwise all share one bridge.
+func newFabric(tb testing.TB, prefix string, n, split int) *fabric {
 	tb.Helper()
-	f := &fabric{tb: tb, prefix: prefix, bridge: prefix + "br"}
+	f := &fabric{tb: tb, prefix: prefix, bridges: []string{prefix + "br"}}
 	tb.Cleanup(f.close)
-	run(tb, "ip", "link", "add", f.bridge, "type", "bridge")
-	run(tb, "ip", "link", "set", f.bridge, "up")
+	if split > 0 {
+		f.bridges = append(f.bridges, prefix+"br2")
+		f.trunk = prefix + "ta"
+	}
+	for _, br := range f.bridges {
+		run(tb, "ip", "link", "add", br, "type", "bridge")
+		run(tb, "ip", "link", "set", br, "up")
+	}
+	if f.trunk != "" {
+		run(tb, "ip", "link", "add", f.trunk, "type", "veth", "peer", "name", prefix+"tb")
+		run(tb, "ip", "link", "set", f.trunk, "master", f.bridges[0], "up")
+		run(tb, "ip", "link", "set", prefix+"tb", "master", f.bridges[1], "up")
+	}
 	for i := range n {
 		ns := fmt.Sprintf("%sn%d", f.prefix, i)
 		host := fmt.Sprintf("%sh%d", f.prefix, i)
 		peer := fmt.Sprintf("%sp%d", f.prefix, i)
 		addr := netip.AddrFrom4([4]byte{10, 99, 0, byte(i + 1)})
+		br := f.bridges[0]
+		if split > 0 && i >= split {
+			br = f.bridges[1]
+		}
 		f.ns = append(f.ns, ns)
 		f.veth = append(f.veth, host)
 		f.addrs = append(f.addrs, netip.AddrPortFrom(addr, gossipPort))
 		run(tb, "ip", "netns", "add", ns)
 		run(tb, "ip", "link", "add", host, "type", "veth", "peer", "name", peer)
-		run(tb, "ip", "link", "set", host, "master", f.bridge, "up")
+		run(tb, "ip", "link", "set", host, "master", br, "up")
 		run(tb, "ip", "link", "set", peer, "netns", ns)
 		run(tb, "ip", "-n", ns, "link", "set", peer, "name", "eth0")
 		run(tb, "ip", "-n", ns, "addr", "add", addr.String()+"/24", "dev", "eth0")
@@ -242,7 +261,27 @@ func (f *fabric) close() {
 		_ = exec.Command("ip", "link", "del", f.veth[i]).Run()
 		_ = exec.Command("ip", "netns", "del", ns).Run()
 	}
-	_ = exec.Command("ip", "link", "del", f.bridge).Run()
+	if f.trunk != "" {
+		_ = exec.Command("ip", "link", "del", f.trunk).Run()
+	}
+	for _, br := range f.bridges {
+		_ = exec.Command("ip", "link", "del", br).Run()
+	}
+}
+
+// setTrunk cuts (up=false) or restores the link between the two bridges.
+func (f *fabric) setTrunk(up bool) {
+	l, err := netlink.LinkByName(f.trunk)
+	if err == nil {
+		if up {
+			err = netlink.LinkSetUp(l)
+		} else {
+			err = netlink.LinkSetDown(l)
+		}
+	}
+	if err != nil {
+		f.tb.Fatalf("trunk %s: set up=%t: %v", f.trunk, up, err)
+	}
 }
 
 // setLink cuts (up=false) or restores member i's cable.
@@ -296,12 +335,12 @@ type sinkLine struct {
 // members are cluster c1 (ID 1), the rest c2 (ID 2).
 func newMesh(tb testing.TB, n int, profile string) *mesh {
 	tb.Helper()
-	return newMeshWith(tb, newPrefix(), n, profile, nil)
+	return newMeshWith(tb, newPrefix(), n, 0, profile, nil)
 }
 
-func newMeshWith(tb testing.TB, prefix string, n int, profile string, memberEnv func(int) []string) *mesh {
+func newMeshWith(tb testing.TB, prefix string, n, split int, profile string, memberEnv func(int) []string) *mesh {
 	tb.Helper()
-	f := newFabric(tb, prefix, n)
+	f := newFabric(tb, prefix, n, split)
 	keyFile := filepath.Join(tb.TempDir(), "mesh.key")
 	if err := os.WriteFile(keyFile, []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"), 0o600); err != nil {
 		tb.Fatal(err)
@@ -673,4 +712,58 @@ func reportPercentiles(b *testing.B, prefix string, d []time.Duration) {
 	b.ReportMetric(pct(0.50), prefix+"-p50-ms")
 	b.ReportMetric(pct(0.99), prefix+"-p99-ms")
 	b.ReportMetric(pct(1.0), prefix+"-max-ms")
+}
+
+// TestNetnsClusterSplit: the link between the two clusters' networks is cut
+// (cluster c1: three agents, c2: two). The majority side marks exactly the
+// other cluster's nodes; on the minority side, which sees three of its four
+// peers fail although its own health is fine, the quorum rule holds the
+// verdicts back: at most half of its peers are ever marked. Everything
+// converges when the link is back.
+func TestNetnsClusterSplit(t *testing.T) {
+	requireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	const n, split = 5, 3
+	m := newMeshWith(t, newPrefix(), n, split, "robust", nil)
+	m.waitConverged(ctx)
+	majority, minority := []int{0, 1, 2}, []int{3, 4}
+
+	t0 := time.Now()
+	m.f.setTrunk(false)
+	m.waitAll(ctx, "the majority to mark the minority's nodes", majority, func(c *child) bool {
+		for _, j := range minority {
+			if _, ok := c.reported(m.refs[j], false, t0); !ok {
+				return false
+			}
+		}
+		return true
+	})
+	m.waitAll(ctx, "the minority to see the majority's nodes dead", minority, func(c *child) bool {
+		return c.statusField("dead") == strconv.Itoa(len(majority))
+	})
+	for _, i := range majority {
+		sinks, _ := m.children[i].snapshot()
+		for _, s := range sinks {
+			if !s.healthy && (s.ref == m.refs[0].String() || s.ref == m.refs[1].String() || s.ref == m.refs[2].String()) {
+				t.Errorf("%s marked %s of its own side unhealthy", m.names[i], s.ref)
+			}
+		}
+	}
+	for _, i := range minority {
+		sinks, st := m.children[i].snapshot()
+		marked := map[string]bool{}
+		for _, s := range sinks {
+			if !s.healthy {
+				marked[s.ref] = true
+			}
+		}
+		t.Logf("minority member %s: %s; marked unhealthy: %v", m.names[i], st, marked)
+		if 2*len(marked) > n-1 {
+			t.Errorf("minority member %s marked %d of its %d peers unhealthy", m.names[i], len(marked), n-1)
+		}
+	}
+
+	m.f.setTrunk(true)
+	m.waitConverged(ctx)
 }
