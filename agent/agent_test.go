@@ -83,10 +83,10 @@ func testLogger(t testing.TB) *slog.Logger {
 // local (as the agent user) and peers (as the remote user).
 func startAgent(t testing.TB, node string, local *meshtest.Cluster, peers ...*meshtest.Cluster) *testAgent {
 	t.Helper()
-	return startAgentWith(t, meshtest.NewRecorder(), node, local, peers...)
+	return startAgentWith(t, meshtest.NewRecorder(), nil, node, local, peers...)
 }
 
-func startAgentWith(t testing.TB, dp *meshtest.Recorder, node string, local *meshtest.Cluster, peers ...*meshtest.Cluster) *testAgent {
+func startAgentWith(t testing.TB, dp *meshtest.Recorder, mod func(*agent.Config), node string, local *meshtest.Cluster, peers ...*meshtest.Cluster) *testAgent {
 	t.Helper()
 	dir := t.TempDir()
 	local.WriteConnFile(dir, local.Name, kvstore.UserAgent)
@@ -98,14 +98,18 @@ func startAgentWith(t testing.TB, dp *meshtest.Recorder, node string, local *mes
 		t.Fatal(err)
 	}
 	ta := &testAgent{dp: dp, dir: dir, reg: prometheus.NewRegistry(), nodes: &nodeLog{}}
-	a, err := agent.New(agent.Config{
+	cfg := agent.Config{
 		ClusterName: local.Name, NodeName: node, ClustersDir: dir,
 		Datapath: ta.dp, DatapathName: "recorder",
 		Registerer: ta.reg, Logger: testLogger(t),
 		DirPollInterval: 100 * time.Millisecond, ProbeInterval: 300 * time.Millisecond,
 		MaxRetryInterval: 500 * time.Millisecond, StatusInterval: time.Second,
 		InitialSyncTimeout: 20 * time.Second,
-	})
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	a, err := agent.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -518,7 +522,7 @@ func TestConfigDirLive(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	a := startAgentWith(t, dp, "n1", c1)
+	a := startAgentWith(t, dp, nil, "n1", c1)
 	fe := meshtest.Frontend(vip(1, 1))
 	only1 := meshtest.Backends([]string{meshtest.IP(cidr1, 1)}, nil)
 	both := meshtest.Backends([]string{meshtest.IP(cidr1, 1), meshtest.IP(cidr2, 1)}, nil)
@@ -636,4 +640,44 @@ func grep(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestRestartWithUnreachablePeer restarts an agent over adopted datapath
+// state while a peer's store is unreachable: after the initial sync timeout
+// the reachable clusters are programmed, but adopted frontends are pruned
+// only once the peer has synced too.
+func TestRestartWithUnreachablePeer(t *testing.T) {
+	m := meshtest.New(t)
+	c1 := m.AddCluster("c1", 1, cidr1)
+	c2 := m.AddCluster("c2", 2, cidr2)
+	c1.Upsert(c1.Service("ns", "s1", vip(1, 1)), c1.Slice("ns", "s1", "a", meshtest.IP(cidr1, 1)))
+	c2.Upsert(c2.Service("ns", "s1", vip(2, 1)), c2.Slice("ns", "s1", "a", meshtest.IP(cidr2, 1)))
+	c1.MarkSynced()
+	c2.MarkSynced()
+	c2.Block()
+
+	dp := meshtest.NewRecorder()
+	stale := meshtest.Frontend("10.96.9.9")
+	if err := dp.UpsertService(context.Background(), loadbalancer.Service{Frontend: stale}); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgentWith(t, dp, func(c *agent.Config) { c.InitialSyncTimeout = 500 * time.Millisecond }, "n1", c1, c2)
+	fe := meshtest.Frontend(vip(1, 1))
+	a.dp.WaitView(t, fe, meshtest.Backends([]string{meshtest.IP(cidr1, 1)}, nil), wait)
+	select {
+	case <-a.InitialSync():
+		t.Fatalf("initial sync reported complete while c2 is unreachable")
+	default:
+	}
+	if got := a.dp.View(stale); got == "absent" {
+		t.Fatalf("adopted frontend pruned against a partial view")
+	}
+	c2.Unblock()
+	a.dp.WaitView(t, fe, meshtest.Backends([]string{meshtest.IP(cidr1, 1), meshtest.IP(cidr2, 1)}, nil), wait)
+	a.dp.WaitView(t, stale, "absent", wait)
+	select {
+	case <-a.InitialSync():
+	case <-time.After(wait):
+		t.Fatalf("InitialSync not closed after every cluster synced")
+	}
 }

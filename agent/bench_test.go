@@ -98,7 +98,7 @@ func BenchmarkPropagation(b *testing.B) {
 
 	dp := meshtest.NewRecorder()
 	syncStart := time.Now()
-	a := startAgentWith(b, dp, "n1", clusters[0], clusters[1:]...)
+	a := startAgentWith(b, dp, nil, "n1", clusters[0], clusters[1:]...)
 	wantBackends := nClusters * nBackends
 	dp.Wait(b, 5*time.Minute, func() (bool, string) {
 		st := a.Status()
