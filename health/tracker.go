@@ -37,6 +37,9 @@ func (s MemberState) String() string {
 	return fmt.Sprintf("state(%d)", int(s))
 }
 
+// MarshalText renders the state by name, e.g. in JSON status documents.
+func (s MemberState) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
 // safety holds the parameters of the decision rules.
 type safety struct {
 	maxHealthScore int

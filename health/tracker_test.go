@@ -1,7 +1,9 @@
 package health
 
 import (
+	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -227,5 +229,15 @@ func TestTrackerDetection(t *testing.T) {
 	}
 	if _, down := tr.forget("b"); down {
 		t.Fatalf("forget(b) reported b as down")
+	}
+}
+
+func TestStatusJSON(t *testing.T) {
+	b, err := json.Marshal(MemberStatus{Name: "c1/a", State: StateSuspect})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `"State":"suspect"`; !strings.Contains(string(b), want) {
+		t.Fatalf("JSON %s lacks %s", b, want)
 	}
 }
