@@ -420,6 +420,12 @@ func (d *Datapath) UpsertService(ctx context.Context, svc loadbalancer.Service) 
 	all = append(all, svc.Preferred...)
 	all = append(all, svc.Fallback...)
 
+	// Re-upserting what is programmed (the agent's resync after a restart)
+	// writes nothing.
+	if old != nil && d.unchanged(old, svc, all) {
+		return nil
+	}
+
 	// Check room before touching anything, so a full map loses nothing.
 	if old == nil && d.svcIDs.free() == 0 {
 		return d.full(mapServices, fmt.Errorf("service %s: %d services programmed", fe, len(d.svcs)))
@@ -508,6 +514,24 @@ func (d *Datapath) UpsertService(ctx context.Context, svc loadbalancer.Service) 
 	}
 	d.updateGauges()
 	return nil
+}
+
+// unchanged reports whether old already holds exactly these slots.
+func (d *Datapath) unchanged(old *svcState, svc loadbalancer.Service, all []loadbalancer.Backend) bool {
+	if int(old.value.Preferred) != len(svc.Preferred) || int(old.value.Fallback) != len(svc.Fallback) || len(old.slots) != len(all) {
+		return false
+	}
+	for i, b := range all {
+		n, ok := d.nodesByRef[b.Node]
+		if !ok {
+			return false
+		}
+		be, ok := d.backendsByID[old.slots[i]]
+		if !ok || be.key != (backendKey{addr: addrBytes(b.Addr.Addr()), port: portBytes(b.Addr.Port()), node: n.id}) {
+			return false
+		}
+	}
+	return true
 }
 
 // DeleteService removes the frontend: entry first, then its slots, then the

@@ -324,6 +324,13 @@ func TestAdoptAndFull(t *testing.T) {
 	if n := dp.nodesByRef[nodeC]; n == nil || !n.down {
 		t.Fatalf("node-c down flag not adopted: %+v", n)
 	}
+	// The agent's resync after a restart: re-upserting the same service
+	// writes nothing (the revision stays).
+	rev := dp.svcs[frontendKey(fe(2))].value.Rev
+	must(dp.UpsertService(ctx, loadbalancer.Service{Frontend: fe(2), Preferred: []loadbalancer.Backend{be(1, nodeA)}}))
+	if got := dp.svcs[frontendKey(fe(2))].value.Rev; got != rev {
+		t.Fatalf("unchanged re-upsert rewrote the service: rev %d -> %d", rev, got)
+	}
 	// Shrink service 1 to backend 1: backends 2 and 3 and node-b go.
 	must(dp.UpsertService(ctx, loadbalancer.Service{Frontend: fe(1), Preferred: []loadbalancer.Backend{be(1, nodeA)}}))
 	if got := checkMaps(t, dp); got[mapBackends] != 1 || got[mapNodes] != 2 || got[mapSlots] != 2 {

@@ -88,16 +88,27 @@ func TestLoaderRestart(t *testing.T) {
 	})
 
 	vip := netip.MustParseAddrPort("10.96.0.20:80")
-	var svcs []loadbalancer.Service
-	for _, proto := range []loadbalancer.Protocol{loadbalancer.TCP, loadbalancer.UDP} {
-		svcs = append(svcs, loadbalancer.Service{
-			Name:      "default/echo",
-			Frontend:  loadbalancer.Frontend{Addr: vip, Protocol: proto},
-			Preferred: append(backendsOf(tp.v4, nodeA, "be1"), backendsOf(tp.v4, nodeB, "be2")...),
-			Fallback:  backendsOf(tp.v4, nodeC, "be3"),
-		})
+	// Every other loader programs the preferred set in the other order: the
+	// adopted services then really change (new slot generation, switch,
+	// old slots deleted) while the clients run; the others re-upsert what
+	// is there, which writes nothing.
+	services := func(restart int) []loadbalancer.Service {
+		var svcs []loadbalancer.Service
+		preferred := append(backendsOf(tp.v4, nodeA, "be1"), backendsOf(tp.v4, nodeB, "be2")...)
+		if restart%2 == 1 {
+			preferred[0], preferred[1] = preferred[1], preferred[0]
+		}
+		for _, proto := range []loadbalancer.Protocol{loadbalancer.TCP, loadbalancer.UDP} {
+			svcs = append(svcs, loadbalancer.Service{
+				Name:      "default/echo",
+				Frontend:  loadbalancer.Frontend{Addr: vip, Protocol: proto},
+				Preferred: preferred,
+				Fallback:  backendsOf(tp.v4, nodeC, "be3"),
+			})
+		}
+		return svcs
 	}
-	loader := startLoader(t, pin, cg, svcs)
+	loader := startLoader(t, pin, cg, services(0))
 
 	type client struct {
 		name  string
@@ -119,7 +130,7 @@ func TestLoaderRestart(t *testing.T) {
 		loader.Wait()
 		// No loader at all for a while: the kernel balances on its own.
 		time.Sleep(300 * time.Millisecond)
-		loader = startLoader(t, pin, cg, svcs)
+		loader = startLoader(t, pin, cg, services(i/2+1))
 	}
 	time.Sleep(300 * time.Millisecond)
 
