@@ -220,6 +220,9 @@ func (p *Pool) Run(ctx context.Context) error {
 		return nil // cancelled before we knew our own address
 	}
 	p.cfg.AdvertiseAddr = adv
+	if p.cfg.Key == nil {
+		p.log.Warn("Gossip is not encrypted: any host that reaches the gossip port can join and report deaths; set --health-key-file")
+	}
 	ml, err := memberlist.Create(p.memberlistConfig())
 	if err != nil {
 		return fmt.Errorf("member %s: start memberlist on %s: %w", p.name, p.cfg.BindAddr, err)
