@@ -44,6 +44,7 @@ var (
 	ErrCAMismatch      = errors.New("cluster already has a different CA")
 	ErrNotReady        = errors.New("not ready")
 	ErrInvalidArgument = errors.New("invalid argument")
+	ErrKeyNotFound     = errors.New("key not found")
 )
 
 // Cluster is a handle on one cluster reached through a kubeconfig context.
@@ -90,6 +91,12 @@ func Open(kubeconfig, context string) (*Cluster, error) {
 
 // NewCluster builds a handle from a REST config.
 func NewCluster(context string, cfg *rest.Config) (*Cluster, error) {
+	// client-go's default of 5 requests/s throttles a status poll (a dozen
+	// reads) into seconds; kubectl uses 50.
+	if cfg.QPS == 0 {
+		cfg = rest.CopyConfig(cfg)
+		cfg.QPS, cfg.Burst = 50, 100
+	}
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("context %s: kubernetes client: %w", context, err)

@@ -3,6 +3,7 @@ package mesh
 import (
 	"context"
 	"fmt"
+	"strings"
 	"unicode/utf8"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -151,11 +152,8 @@ func KVGet(ctx context.Context, c *Cluster, key string, opts KVOptions) (*KV, er
 	return &kv, nil
 }
 
-// ErrKeyNotFound is returned by KVGet for a missing key.
-var ErrKeyNotFound = fmt.Errorf("key not found")
-
 func absKey(k string) string {
-	if len(k) >= len(api.KeyPrefix) && k[:len(api.KeyPrefix)] == api.KeyPrefix {
+	if strings.HasPrefix(k, api.KeyPrefix) {
 		return k
 	}
 	return api.KeyPrefix + k
