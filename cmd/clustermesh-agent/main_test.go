@@ -7,7 +7,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -119,13 +121,36 @@ func TestAgentCommandControlPlaneOnly(t *testing.T) {
 	c1.MarkSynced()
 	c2.MarkSynced()
 
+	gossip := freeAddr(t)
+	n1 := c1.Node("n1", "127.0.0.1", "10.1.9.0/24")
+	n1.GossipAddress = netip.MustParseAddrPort(gossip)
+	c1.Upsert(n1)
+	c1.MarkSynced()
+
 	addr := freeAddr(t)
 	runAgent(t, "--cluster-name", "c1", "--node-name", "n1", "--clusters-dir", dir,
-		"--datapath", "none", "--status-addr", addr, "--clusters-dir-poll", "200ms", "--log-level", "warn")
+		"--datapath", "none", "--status-addr", addr, "--clusters-dir-poll", "200ms", "--log-level", "warn",
+		"--health", "--health-bind", gossip)
 	st := waitStatus(t, addr, func(st *status.Agent) bool {
 		c, ok := st.ClusterByName("c2")
 		return ok && c.Synced && st.Frontends == 1
 	})
+	// The health pool started with the cluster's ID and follows the nodes.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.Contains(string(b), "clustermesh_health_members") {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no clustermesh_health_* metrics: the health pool did not start")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	if st.Datapath != "none" || st.Cluster != "c1" || st.Node != "n1" {
 		t.Errorf("status header: %+v", st)
 	}
