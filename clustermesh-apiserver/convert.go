@@ -167,6 +167,10 @@ var excludedLabels = map[string]bool{
 	"batch.kubernetes.io/controller-uid":       true,
 	"controller-uid":                           true,
 	"batch.kubernetes.io/job-completion-index": true,
+	// Copied from the node at binding (PodTopologyLabels admission): where
+	// the pod runs, not what it is.
+	corev1.LabelTopologyZone:   true,
+	corev1.LabelTopologyRegion: true,
 }
 
 // NamespaceLabelPrefix prefixes the namespace's labels in an identity's label

@@ -9,7 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
+
 	"strconv"
 	"strings"
 	"testing"
@@ -195,28 +195,19 @@ func (e *env) dump(ctx context.Context) (map[string]api.Object, error) {
 // last error after a minute.
 func eventually(t testing.TB, what string, check func(ctx context.Context) error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	var err error
+	deadline := time.Now().Add(90 * time.Second)
 	for {
-		if err = check(ctx); err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := check(ctx)
+		cancel()
+		if err == nil {
 			return
 		}
-		select {
-		case <-ctx.Done():
+		if time.Now().After(deadline) {
 			t.Fatalf("%s: %v", what, err)
-		case <-time.After(50 * time.Millisecond):
 		}
+		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-func keysOf(m map[string]api.Object) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 type testWriter struct{ t testing.TB }

@@ -104,7 +104,11 @@ func expectStore(ctx context.Context, e *env) error {
 		return fmt.Errorf("store differs from Kubernetes: missing %v, stale %v", missing, stale)
 	}
 	if len(identities) != len(labelSets) {
-		return fmt.Errorf("%d identities in the store, want one per label set %v", len(identities), labelSets)
+		var ids []string
+		for _, id := range identities {
+			ids = append(ids, fmt.Sprintf("%d:%s:%v", id.ID, id.Namespace, id.Labels))
+		}
+		return fmt.Errorf("%d identities in the store %v, want one per label set %v", len(identities), ids, labelSets)
 	}
 	for k, o := range got {
 		switch o := o.(type) {
@@ -195,7 +199,7 @@ func TestExport(t *testing.T) {
 		wantLabels := map[string]string{"app": "echo", apiserver.NamespaceLabelPrefix + "team": "shop",
 			apiserver.NamespaceLabelPrefix + "kubernetes.io/metadata.name": ns}
 		if id.Namespace != ns || !reflect.DeepEqual(id.Labels, wantLabels) {
-			t.Errorf("identity %+v: want namespace %s, labels %v (pod-template-hash dropped)", id, ns, wantLabels)
+			t.Errorf("identity %+v labels %v: want namespace %s, labels %v (pod-template-hash dropped)", id, id.Labels, ns, wantLabels)
 		}
 	})
 
@@ -229,8 +233,8 @@ func TestExport(t *testing.T) {
 				es := o.(*api.EndpointSlice)
 				echoSlice = k
 				wantEPs := []api.Endpoint{
-					{Addresses: []netip.Addr{netip.MustParseAddr("10.244.1.10")}, NodeName: "node-a", Ready: true, Serving: true},
-					{Addresses: []netip.Addr{netip.MustParseAddr("10.244.1.11")}, NodeName: "node-a", Ready: true, Serving: true},
+					{Addresses: []netip.Addr{netip.MustParseAddr("10.244.1.10")}, NodeName: "node-a", Zone: "zone-a", Ready: true, Serving: true},
+					{Addresses: []netip.Addr{netip.MustParseAddr("10.244.1.11")}, NodeName: "node-a", Zone: "zone-a", Ready: true, Serving: true},
 				}
 				wantPorts := []api.EndpointPort{{Name: "http", Port: 8080, Protocol: api.ProtocolTCP}}
 				if !reflect.DeepEqual(es.Endpoints, wantEPs) || !reflect.DeepEqual(es.Ports, wantPorts) {
