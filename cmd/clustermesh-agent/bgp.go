@@ -49,6 +49,7 @@ func runBGP(ctx context.Context, a *agent.Agent, o options, reg prometheus.Regis
 		base = bgp.DefaultKindConfig()
 	}
 	base.ListenPort = o.bgpListenPort
+	base.Table = o.bgpTable
 	base.Logger, base.Registerer = log, reg
 	cfg, err := bgp.NodeConfig(base, *node, *local)
 	if err != nil {

@@ -54,6 +54,7 @@ type options struct {
 	bgp                                bool
 	bgpListenPort                      int32
 	bgpShortTimers                     bool
+	bgpTable                           int
 	healthCfg                          health.Config
 	dirPoll                            time.Duration
 	initialSyncTimeout                 time.Duration
@@ -85,6 +86,7 @@ func newRootCommand() *cobra.Command {
 	fs.StringVar(&o.routes, "routes", "none", "none (BGP or the CNI routes pod CIDRs) or static (install a kernel route to every remote node's pod CIDRs via its first address)")
 	fs.BoolVar(&o.bgp, "bgp", false, "run the node's BGP speaker: announce this node's pod CIDRs to the cluster's route reflector (from the store) and install learned routes")
 	fs.Int32Var(&o.bgpListenPort, "bgp-listen-port", 179, "port the BGP speaker accepts sessions on; negative: dial only")
+	fs.IntVar(&o.bgpTable, "bgp-table", 0, "kernel routing table for learned routes (0: main)")
 	fs.BoolVar(&o.bgpShortTimers, "bgp-short-timers", false, "short BGP timers and grace periods, for test clusters on one machine")
 	fs.BoolVar(&o.health, "health", false, "gossip node health with the agents of every connected cluster (memberlist) and fail over in the kernel when a node dies")
 	o.bpf.Flags(fs)

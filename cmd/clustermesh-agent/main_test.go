@@ -333,7 +333,10 @@ func TestAgentCommandBGP(t *testing.T) {
 	})
 	c1.MarkSynced()
 	runAgent(t, "--cluster-name", "c1", "--node-name", "n1", "--clusters-dir", dir,
-		"--datapath", "none", "--status-addr", "", "--bgp", "--bgp-listen-port", "-1", "--bgp-short-timers", "--log-level", "warn")
+		"--datapath", "none", "--status-addr", "", "--bgp", "--bgp-listen-port", "-1", "--bgp-short-timers",
+		// A table of its own: the speaker adopts and sweeps its protocol's
+		// routes in its table, and the host's main table is not the test's.
+		"--bgp-table", "4242", "--log-level", "warn")
 
 	deadline = time.Now().Add(60 * time.Second)
 	for {
