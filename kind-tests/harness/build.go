@@ -38,6 +38,11 @@ type Binaries struct {
 	Missing map[string]string
 	// Broken holds parts whose source exists but did not build.
 	Broken map[string]error
+	// ToolsDir is what internal/kubetest is pointed at (through
+	// CLUSTERMESH_TOOLS_BIN): the hack/bin tools, with kube-apiserver
+	// wrapped to allow privileged containers, which the agent DaemonSet
+	// asks for and kubetest's defaults refuse.
+	ToolsDir string
 }
 
 // Path returns the executable of part, or "".
@@ -134,9 +139,35 @@ func Build(ctx context.Context, root, dir string, log *slog.Logger, only ...stri
 		}
 		b.Paths[t] = path
 	}
+	if err := b.wrapTools(); err != nil {
+		return nil, err
+	}
 	return b, nil
 }
 
 // InCI reports whether the environment says this is CI (CI=true), where a
 // drill must fail rather than skip when a part that exists does not work.
 func InCI() bool { return os.Getenv("CI") == "true" }
+
+func (b *Binaries) wrapTools() error {
+	b.ToolsDir = filepath.Join(b.Dir, "tools")
+	if err := os.MkdirAll(b.ToolsDir, 0o755); err != nil {
+		return fmt.Errorf("tools dir: %w", err)
+	}
+	for _, t := range []string{PartKCM, PartKubectl, PartEtcd} {
+		if p, ok := b.Paths[t]; ok {
+			link := filepath.Join(b.ToolsDir, t)
+			_ = os.Remove(link)
+			if err := os.Symlink(p, link); err != nil {
+				return fmt.Errorf("tools dir: %w", err)
+			}
+		}
+	}
+	if p, ok := b.Paths[PartKubeAPIServer]; ok {
+		script := fmt.Sprintf("#!/bin/sh\nexec %q --allow-privileged=true \"$@\"\n", p)
+		if err := os.WriteFile(filepath.Join(b.ToolsDir, PartKubeAPIServer), []byte(script), 0o755); err != nil {
+			return fmt.Errorf("tools dir: %w", err)
+		}
+	}
+	return nil
+}

@@ -65,6 +65,11 @@ func (c *Cluster) StartControlPlane(ctx context.Context, bins *Binaries) (*Contr
 	}
 	cp.IP = addr
 
+	// kubetest looks its binaries up there; the run only ever points it
+	// at bins' wrapped tools.
+	if err := os.Setenv(kubetest.EnvToolsBin, bins.ToolsDir); err != nil {
+		return nil, err
+	}
 	dir := filepath.Join(r.Dir, c.Name, "kube")
 	r.Log.Info("starting kube-apiserver and etcd", "cluster", c.Name)
 	kc, err := kubetest.StartProcess(ctx, dir, &kubetest.Options{

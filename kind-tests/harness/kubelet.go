@@ -311,6 +311,10 @@ func (k *kubelet) start(ctx context.Context, p *corev1.Pod, role string, node *N
 		switch {
 		case vol.HostPath != nil && vol.HostPath.Path == BPFRoot && node != nil:
 			mounts[m.MountPath] = node.BPFDir
+		case vol.HostPath != nil && vol.HostPath.Path == "/sys/fs/cgroup" && node != nil:
+			// The node's cgroup is its "host" cgroup root: a process
+			// attaching there balances every process of the node.
+			mounts[m.MountPath] = node.Cgroup
 		case vol.HostPath != nil:
 			mounts[m.MountPath] = vol.HostPath.Path
 		default:
