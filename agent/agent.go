@@ -209,17 +209,28 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
 	a.started = time.Now()
 	a.mu.Unlock()
+	// Cluster connections and the status publisher stop in order when ctx
+	// ends: the publisher first, so it can still revoke its lease through
+	// the own cluster's connection.
+	clusterCtx, stopClusters := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopClusters()
+	pubCtx, stopPublish := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopPublish()
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(1)
 	go func() { defer wg.Done(); a.syncLoop(ctx) }()
-	go func() { defer wg.Done(); a.publishLoop(ctx) }()
+	pubDone := make(chan struct{})
+	go func() { defer close(pubDone); a.publishLoop(pubCtx) }()
 
-	a.scanDir(ctx)
+	a.scanDir(clusterCtx)
 	t := time.NewTicker(a.cfg.DirPollInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			stopPublish()
+			<-pubDone
+			stopClusters()
 			a.mu.Lock()
 			runs := make([]*clusterRun, 0, len(a.clusters))
 			for _, r := range a.clusters {
@@ -227,13 +238,12 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			a.mu.Unlock()
 			for _, r := range runs {
-				r.cancel()
 				<-r.done
 			}
 			wg.Wait()
 			return nil
 		case <-t.C:
-			a.scanDir(ctx)
+			a.scanDir(clusterCtx)
 		}
 	}
 }

@@ -42,6 +42,7 @@ const wait = 30 * time.Second
 
 type testAgent struct {
 	*agent.Agent
+	stop  func()
 	dp    *meshtest.Recorder
 	dir   string
 	reg   *prometheus.Registry
@@ -118,12 +119,16 @@ func startAgentWith(t testing.TB, dp *meshtest.Recorder, mod func(*agent.Config)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent Run: %v", err)
-		}
-	})
+	var once sync.Once
+	ta.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("agent Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(ta.stop)
 	return ta
 }
 
@@ -612,6 +617,16 @@ func TestConfigDirLive(t *testing.T) {
 		})
 		if strings.Contains(scrape(t, a), `cluster="c2"`) {
 			t.Errorf("metrics still carry series of the removed cluster c2")
+		}
+	})
+	t.Run("stopped agent withdraws its published status", func(t *testing.T) {
+		a.stop()
+		resp, err := c1.Admin().Etcd().Get(context.Background(), status.Key("c1", "n1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Kvs) != 0 {
+			t.Errorf("status of a stopped agent still at %s", status.Key("c1", "n1"))
 		}
 	})
 }
