@@ -42,10 +42,10 @@ func BenchmarkConvergence(b *testing.B) {
 	}
 }
 
-type convergence struct{ call, announce, withdraw []time.Duration }
+type convergence struct{ call, announce, withdraw, session []time.Duration }
 
 func (c *convergence) report(b *testing.B) {
-	for name, ds := range map[string][]time.Duration{"announce-call": c.call, "announce": c.announce, "withdraw": c.withdraw} {
+	for name, ds := range map[string][]time.Duration{"announce-call": c.call, "announce": c.announce, "withdraw": c.withdraw, "restart-session": c.session} {
 		slices.Sort(ds)
 		if len(ds) == 0 {
 			continue
@@ -174,6 +174,7 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 
 	var c convergence
 	for b.Loop() {
+		t0 := time.Now()
 		proc := l.startChild("origin", originNS, "speaker", ocfg, peerOfOrigin)
 		waitFor(b, 2*time.Minute, "origin sessions", func() (bool, string) {
 			st := proc.status()
@@ -184,7 +185,8 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 			}
 			return true, ""
 		})
-		t0 := time.Now()
+		c.session = append(c.session, time.Since(t0))
+		t0 = time.Now()
 		proc.call(childReq{Op: "announce", Prefixes: prefixes})
 		c.call = append(c.call, time.Since(t0))
 		waitCount(b, receivers, n)
@@ -248,12 +250,14 @@ protocol bgp r1 {
 	recv := []*routeWatch{l.watchRoutes(b, recvNS, rtprotBird)}
 	var c convergence
 	for i := 0; b.Loop(); i++ {
+		t0 := time.Now()
 		origin := l.startBird(fmt.Sprintf("origin%d", i), originNS, originConf)
 		waitFor(b, 2*time.Minute, "bird session", func() (bool, string) {
 			out, err := origin.birdc("show", "protocols", "r1")
 			return err == nil && strings.Contains(out, "Established"), out
 		})
-		t0 := time.Now()
+		c.session = append(c.session, time.Since(t0))
+		t0 = time.Now()
 		if _, err := origin.birdc("enable", "st"); err != nil {
 			b.Fatal(err)
 		}

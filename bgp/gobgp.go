@@ -89,6 +89,7 @@ type core struct {
 	peers     map[netip.Addr]Peer // configured in GoBGP
 	dynamic   []Peer              // last SetPeers input
 	cutOff    map[netip.Addr]time.Time
+	up        map[netip.Addr]bool // last session state seen per neighbor
 	announced map[netip.Prefix]bool
 }
 
@@ -99,6 +100,7 @@ func newCore(cfg Config) *core {
 		events:    newEventQueue(),
 		peers:     map[netip.Addr]Peer{},
 		cutOff:    map[netip.Addr]time.Time{},
+		up:        map[netip.Addr]bool{},
 		announced: map[netip.Prefix]bool{},
 	}
 }
@@ -367,6 +369,34 @@ func (c *core) addNextHopPolicy(ctx context.Context) error {
 		Policies:      []*api.Policy{{Name: nextHopUnchangedPolicy}},
 		DefaultAction: api.RouteAction_ACCEPT,
 	}})
+}
+
+// peerState tracks session state and re-creates a neighbor whose
+// established session just dropped. GoBGP holds a dropped neighbor idle for
+// 5 s, refusing its connections, before it dials or accepts again; a new
+// neighbor has no idle hold, so a restarted peer is back within one connect
+// retry instead of the 7–9 s GoBGP needs on its own. Connect-retry still
+// paces a peer that keeps flapping.
+func (c *core) peerState(ctx context.Context, addr netip.Addr, up bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	was := c.up[addr]
+	c.up[addr] = up
+	if up || !was {
+		return
+	}
+	p, ok := c.peers[addr]
+	if !ok || !c.cutOff[addr].IsZero() {
+		return
+	}
+	if err := c.deletePeer(ctx, p); err != nil {
+		c.log.Warn("bgp: re-create peer after session loss: delete", "node", c.cfg.Name, "peer", p.String(), "err", err)
+		return
+	}
+	if err := c.addPeer(ctx, p); err != nil {
+		c.log.Error("bgp: re-create peer after session loss: add", "node", c.cfg.Name, "peer", p.String(), "err", err)
+		delete(c.peers, addr)
+	}
 }
 
 // cutOffPeer shuts a peer that exceeded its prefix limit down until its

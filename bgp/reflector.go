@@ -69,6 +69,7 @@ func (r *Reflector) Run(ctx context.Context) error {
 				switch ev.kind {
 				case evPeer:
 					r.cfg.Logger.Info("bgp session state", "cluster", r.cfg.Name, "peer", ev.peer, "established", ev.up)
+					r.core.peerState(ctx, ev.peer, ev.up)
 				case evPrefixLimit:
 					if r.core.cutOffPeer(ctx, ev.peer) {
 						r.metrics.limitCutOffs.WithLabelValues(ev.peer.String()).Inc()

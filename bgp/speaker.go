@@ -266,6 +266,7 @@ func (s *Speaker) process(ctx context.Context, evs []event) {
 		switch ev.kind {
 		case evPeer:
 			s.cfg.Logger.Info("bgp session state", "node", s.cfg.Name, "peer", ev.peer, "established", ev.up)
+			s.core.peerState(ctx, ev.peer, ev.up)
 			if ev.up && !s.firstSession {
 				s.firstSession = true
 				if at := time.Now().Add(s.cfg.StaleRouteGrace); at.Before(s.staleAt) {
