@@ -2,9 +2,13 @@ package agent_test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -15,9 +19,11 @@ import (
 	"github.com/clustermesh/clustermesh/agent/meshtest"
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/loadbalancer"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sys/unix"
 )
 
 func envInt(name string, def int) int {
@@ -45,6 +51,39 @@ func benchSlice(c *meshtest.Cluster, k, svc, backends int) *api.EndpointSlice {
 	return es
 }
 
+// openBenchBPF opens the real eBPF datapath on a private cgroup and bpffs,
+// sized for the benchmark, removed at cleanup.
+func openBenchBPF(b *testing.B, backends, services int) loadbalancer.Datapath {
+	if os.Geteuid() != 0 {
+		b.Skip("CM_BENCH_DATAPATH=bpf needs root")
+	}
+	var rnd [2]byte
+	_, _ = rand.Read(rnd[:])
+	prefix := "cm" + hex.EncodeToString(rnd[:])
+	cg := filepath.Join("/sys/fs/cgroup/unified", prefix)
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = os.Remove(cg) })
+	fs := b.TempDir()
+	if err := unix.Mount("bpf", fs, "bpf", 0, "mode=0700"); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = unix.Unmount(fs, unix.MNT_DETACH) })
+	cfg := bpf.DefaultConfig()
+	cfg.CgroupPath, cfg.PinDir = cg, filepath.Join(fs, "pins")
+	cfg.MaxBackends = backends + 1024
+	cfg.MaxSlots = 2*backends + 1024
+	cfg.MaxServices = services + 1024
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	d, err := bpf.Open(context.Background(), cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = d.Remove() })
+	return d
+}
+
 // BenchmarkPropagation loads CM_BENCH_CLUSTERS (10) clusters, each exporting
 // CM_BENCH_SERVICES (1000) global services of CM_BENCH_BACKENDS (10)
 // backends, into real embedded etcds, and runs an agent of the first
@@ -52,7 +91,8 @@ func benchSlice(c *meshtest.Cluster, k, svc, backends int) *api.EndpointSlice {
 // then, per iteration, the time from a write in the second cluster's store
 // to the merged service updated in the agent's datapath, next to the time
 // the same write takes to reach a bare etcd watch on the same store (the
-// floor any reader pays).
+// floor any reader pays). CM_BENCH_DATAPATH=bpf (root) programs the real
+// eBPF maps too, so the figure runs to the kernel.
 //
 //	go test -run '^$' -bench BenchmarkPropagation -benchtime 300x ./agent/
 func BenchmarkPropagation(b *testing.B) {
@@ -97,6 +137,9 @@ func BenchmarkPropagation(b *testing.B) {
 	runtime.ReadMemStats(&before)
 
 	dp := meshtest.NewRecorder()
+	if os.Getenv("CM_BENCH_DATAPATH") == "bpf" {
+		dp.Inner = openBenchBPF(b, nClusters*nServices*nBackends, nServices)
+	}
 	syncStart := time.Now()
 	a := startAgentWith(b, dp, nil, "n1", clusters[0], clusters[1:]...)
 	wantBackends := nClusters * nBackends

@@ -24,6 +24,9 @@ type Recorder struct {
 	// OnUpsert, if set, is called after every upsert (benchmarks time
 	// propagation with it). Set before use.
 	OnUpsert func(loadbalancer.Service)
+	// Inner, if set, is a real datapath every call is passed to first; the
+	// recorder then records only what Inner accepted. Set before use.
+	Inner loadbalancer.Datapath
 }
 
 // NewRecorder returns an empty recorder.
@@ -46,7 +49,12 @@ func (r *Recorder) signal() {
 }
 
 // UpsertService implements loadbalancer.Datapath.
-func (r *Recorder) UpsertService(_ context.Context, svc loadbalancer.Service) error {
+func (r *Recorder) UpsertService(ctx context.Context, svc loadbalancer.Service) error {
+	if r.Inner != nil {
+		if err := r.Inner.UpsertService(ctx, svc); err != nil {
+			return err
+		}
+	}
 	r.mu.Lock()
 	r.state[svc.Frontend] = svc
 	r.calls[svc.Frontend]++
@@ -60,7 +68,12 @@ func (r *Recorder) UpsertService(_ context.Context, svc loadbalancer.Service) er
 }
 
 // DeleteService implements loadbalancer.Datapath.
-func (r *Recorder) DeleteService(_ context.Context, fe loadbalancer.Frontend) error {
+func (r *Recorder) DeleteService(ctx context.Context, fe loadbalancer.Frontend) error {
+	if r.Inner != nil {
+		if err := r.Inner.DeleteService(ctx, fe); err != nil {
+			return err
+		}
+	}
 	r.mu.Lock()
 	delete(r.state, fe)
 	r.calls[fe]++
@@ -70,7 +83,12 @@ func (r *Recorder) DeleteService(_ context.Context, fe loadbalancer.Frontend) er
 }
 
 // SetNodeHealth implements loadbalancer.Datapath.
-func (r *Recorder) SetNodeHealth(_ context.Context, node loadbalancer.NodeRef, healthy bool) error {
+func (r *Recorder) SetNodeHealth(ctx context.Context, node loadbalancer.NodeRef, healthy bool) error {
+	if r.Inner != nil {
+		if err := r.Inner.SetNodeHealth(ctx, node, healthy); err != nil {
+			return err
+		}
+	}
 	r.mu.Lock()
 	r.health[node] = healthy
 	r.mu.Unlock()
