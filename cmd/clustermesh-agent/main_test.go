@@ -203,6 +203,9 @@ func TestAgentCommandBPF(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: cgroup, bpffs and eBPF programs")
 	}
+	if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.procs"); err != nil {
+		t.Skip("needs cgroup v2 mounted at /sys/fs/cgroup/unified")
+	}
 	prefix := runPrefix(t)
 	cgroup := filepath.Join("/sys/fs/cgroup/unified", prefix)
 	if err := os.Mkdir(cgroup, 0o755); err != nil {
