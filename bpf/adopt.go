@@ -9,11 +9,11 @@ import (
 )
 
 // adopt rebuilds the userspace mirror from maps an earlier run left pinned,
-// then sweeps what a crash in the middle of an update can leave behind:
-// slots of a generation no service entry points at, backends no slot uses,
-// nodes neither used nor down. The sweep deletes in the same order as a
-// shrinking update (slots, then backends, then nodes), so the invariant holds
-// while it runs.
+// then sweeps what the earlier run had not freed yet (retired sets, or a set
+// half written when it crashed): slots of sets no service entry points at,
+// backends no slot uses, nodes neither used nor down. The sweep waits for a
+// grace period first and deletes in the same order as the reclaimer (slots,
+// then backends, then nodes), so the invariant holds while it runs.
 func (d *Datapath) adopt() error {
 	var (
 		nid uint32
@@ -83,12 +83,12 @@ func (d *Datapath) adopt() error {
 	)
 	it = d.services.Iterate()
 	for it.Next(&key, &val) {
-		if !d.svcIDs.mark(val.ID) {
-			return fmt.Errorf("map %s: service %s: ID %d beyond MaxServices", mapServices, key.frontend(), val.ID)
+		if !d.setIDs.mark(val.Set) {
+			return fmt.Errorf("map %s: service %s: slot set %d out of range", mapServices, key.frontend(), val.Set)
 		}
 		s := &svcState{value: val, slots: make([]uint32, int(val.Preferred)+int(val.Fallback))}
 		for i := range s.slots {
-			k := slotKey{SvcID: val.ID, Index: slotIndex(val.Gen, i)}
+			k := slotKey{Set: val.Set, Index: uint32(i)}
 			id, ok := slots[k]
 			delete(slots, k)
 			if !ok {
@@ -109,10 +109,15 @@ func (d *Datapath) adopt() error {
 		return fmt.Errorf("map %s: %w", mapServices, err)
 	}
 
-	// What is left in slots belongs to no active generation.
+	// What is left in slots belongs to no service entry.
+	if len(slots) > 0 {
+		if err := d.waitReaders(); err != nil {
+			return err
+		}
+	}
 	for k := range slots {
 		if err := d.slots.Delete(k); err != nil {
-			return fmt.Errorf("map %s: delete stale slot %d/%#x: %w", mapSlots, k.SvcID, k.Index, err)
+			return fmt.Errorf("map %s: delete stale slot %d/%d: %w", mapSlots, k.Set, k.Index, err)
 		}
 	}
 	for id, be := range d.backendsByID {
@@ -125,7 +130,7 @@ func (d *Datapath) adopt() error {
 		d.maybeFreeNode(n)
 	}
 	if len(slots) > 0 {
-		d.log.Info("adopt: removed leftovers of an interrupted update", "slots", len(slots))
+		d.log.Info("adopt: freed slot sets the previous run had retired", "slots", len(slots))
 	}
 	return nil
 }

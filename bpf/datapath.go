@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -46,6 +47,11 @@ type Config struct {
 	// MaxRevNAT bounds remembered UDP translations (socket, backend); the
 	// map is an LRU, so the oldest are evicted.
 	MaxRevNAT int
+
+	// ReclaimInterval is how often slot sets replaced or deleted by updates
+	// are freed, each batch after one RCU grace period (so no program still
+	// reads them). Default 100ms.
+	ReclaimInterval time.Duration
 
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
@@ -108,6 +114,11 @@ type Datapath struct {
 	backends *ebpf.Map
 	nodes    *ebpf.Map
 	links    []link.Link
+	// syncOuter is a one-slot map-in-map used only for its side effect:
+	// updating it waits for an RCU grace period (synchronize_rcu), after
+	// which no program still runs with a service entry read before.
+	syncOuter *ebpf.Map
+	syncInner *ebpf.Map
 
 	// Userspace mirror of the maps, rebuilt from them on Open.
 	svcs          map[svcKey]*svcState
@@ -115,19 +126,36 @@ type Datapath struct {
 	backendsByID  map[uint32]*backendState
 	nodesByRef    map[loadbalancer.NodeRef]*nodeState
 	nodesByID     map[uint32]*nodeState
-	svcIDs        *idAllocator
+	setIDs        *idAllocator
 	backendIDs    *idAllocator
 	nodeIDs       *idAllocator
-	slotsUsed     int
+	// slotsUsed counts slots in the map: active and retired sets.
+	slotsUsed int
+	// retired are slot sets no service entry points at any more, freed
+	// after a grace period; seq orders them.
+	retired []retiredSet
+	seq     uint64
+
+	stopReclaim func()
+	reclaimDone chan struct{}
+	stopOnce    sync.Once
 
 	metrics *metrics
+}
+
+// retiredSet is a slot set waiting for readers to be done with it. Its
+// backend references are held until it is freed.
+type retiredSet struct {
+	seq   uint64
+	set   uint32
+	slots []uint32
 }
 
 var _ loadbalancer.Datapath = (*Datapath)(nil)
 
 type svcState struct {
 	value svcValue
-	// slots holds the backend ID of every slot of the active generation,
+	// slots holds the backend ID of every slot of the active set,
 	// preferred first; 0 where adoption found a slot missing.
 	slots []uint32
 }
@@ -168,6 +196,9 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 		if v <= 0 || v > math.MaxInt32 {
 			return nil, fmt.Errorf("bpf: config %s=%d out of range", name, v)
 		}
+	}
+	if cfg.ReclaimInterval <= 0 {
+		cfg.ReclaimInterval = 100 * time.Millisecond
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -220,12 +251,16 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 		backendsByID:  make(map[uint32]*backendState),
 		nodesByRef:    make(map[loadbalancer.NodeRef]*nodeState),
 		nodesByID:     make(map[uint32]*nodeState),
-		svcIDs:        newIDAllocator(uint32(cfg.MaxServices)),
+		setIDs:        newIDAllocator(math.MaxInt32),
 		backendIDs:    newIDAllocator(uint32(cfg.MaxBackends)),
 		nodeIDs:       newIDAllocator(uint32(cfg.MaxNodes)),
 	}
 	if d.metrics, err = newMetrics(cfg.Registerer); err != nil {
 		coll.Close()
+		return nil, err
+	}
+	if err := d.newSyncMap(); err != nil {
+		d.closeLocked()
 		return nil, err
 	}
 	if err := d.adopt(); err != nil {
@@ -237,6 +272,9 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 		return nil, err
 	}
 	d.updateGauges()
+	ctx, cancel := context.WithCancel(context.Background())
+	d.stopReclaim, d.reclaimDone = cancel, make(chan struct{})
+	go d.reclaimLoop(ctx)
 	log.Info("eBPF datapath ready", "services", len(d.svcs), "backends", len(d.backendsByID), "nodes", len(d.nodesByID))
 	return d, nil
 }
@@ -308,10 +346,25 @@ func (d *Datapath) attach() error {
 // Close releases the process's handles. Pinned maps and links stay, so the
 // kernel keeps balancing with the last programmed state.
 func (d *Datapath) Close() error {
+	d.stopLoop()
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	// Leave no retired sets behind (the next Open would sweep them anyway).
+	err := d.reclaimLocked()
 	d.closeLocked()
-	return nil
+	return err
+}
+
+func (d *Datapath) stopLoop() {
+	d.stopOnce.Do(func() {
+		if d.stopReclaim != nil {
+			d.stopReclaim()
+			<-d.reclaimDone
+		}
+	})
 }
 
 func (d *Datapath) closeLocked() {
@@ -324,12 +377,17 @@ func (d *Datapath) closeLocked() {
 	}
 	d.links = nil
 	d.coll.Close()
+	if d.syncOuter != nil {
+		d.syncOuter.Close()
+		d.syncInner.Close()
+	}
 	d.metrics.unregister()
 }
 
 // Remove detaches the programs, unpins maps and links and closes the
 // datapath: balancing stops and the programmed state is gone.
 func (d *Datapath) Remove() error {
+	d.stopLoop()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -427,33 +485,17 @@ func (d *Datapath) UpsertService(ctx context.Context, svc loadbalancer.Service) 
 	}
 
 	// Check room before touching anything, so a full map loses nothing.
-	if old == nil && d.svcIDs.free() == 0 {
-		return d.full(mapServices, fmt.Errorf("service %s: %d services programmed", fe, len(d.svcs)))
-	}
-	if d.slotsUsed+len(all) > d.cfg.MaxSlots {
-		return d.full(mapSlots, fmt.Errorf("service %s: %d slots needed, %d of %d used", fe, len(all), d.slotsUsed, d.cfg.MaxSlots))
-	}
-	newNodes := map[loadbalancer.NodeRef]bool{}
-	newBackends := map[backendKey]bool{}
-	for _, b := range all {
-		k := backendKey{addr: addrBytes(b.Addr.Addr()), port: portBytes(b.Addr.Port())}
-		if n, ok := d.nodesByRef[b.Node]; ok {
-			k.node = n.id
-			if _, ok := d.backendsByKey[k]; ok {
-				continue
-			}
-		} else {
-			newNodes[b.Node] = true
+	// Retired sets hold slots and backends; if room is short, free them
+	// now (one grace period) before giving up.
+	mapName, err := d.room(old, all)
+	if err != nil && len(d.retired) > 0 {
+		if rerr := d.reclaimLocked(); rerr != nil {
+			return fmt.Errorf("service %s: %w", fe, rerr)
 		}
-		// For a new node the key's node is 0: an estimate only, the
-		// writes below still fail cleanly (and roll back) on a full map.
-		newBackends[k] = true
+		mapName, err = d.room(old, all)
 	}
-	if len(newNodes) > d.nodeIDs.free() {
-		return d.full(mapNodes, fmt.Errorf("service %s: %d new nodes, %d of %d used", fe, len(newNodes), len(d.nodesByID), d.cfg.MaxNodes))
-	}
-	if len(newBackends) > d.backendIDs.free() {
-		return d.full(mapBackends, fmt.Errorf("service %s: %d new backends, %d of %d used", fe, len(newBackends), len(d.backendsByID), d.cfg.MaxBackends))
+	if err != nil {
+		return d.full(mapName, fmt.Errorf("service %s: %w", fe, err))
 	}
 
 	// 1. Nodes and backends. Each slot takes a reference, released on error.
@@ -472,35 +514,32 @@ func (d *Datapath) UpsertService(ctx context.Context, svc loadbalancer.Service) 
 		ids = append(ids, be.id)
 	}
 
-	// 2. Slots of the inactive generation.
-	var (
-		id  uint32
-		gen uint8
-		rev uint32
-	)
-	if old != nil {
-		id, gen, rev = old.value.ID, old.value.Gen^1, old.value.Rev+1
-	} else {
-		id, _ = d.svcIDs.alloc()
+	// 2. A fresh slot set, invisible until the entry points at it.
+	set, ok := d.setIDs.alloc()
+	if !ok {
+		undo()
+		return d.full(mapSlots, fmt.Errorf("service %s: no free slot set ID", fe))
 	}
 	undoSlots := func(n int) {
 		for i := 0; i < n; i++ {
-			_ = d.slots.Delete(slotKey{SvcID: id, Index: slotIndex(gen, i)})
+			_ = d.slots.Delete(slotKey{Set: set, Index: uint32(i)})
 		}
-		if old == nil {
-			d.svcIDs.release(id)
-		}
+		d.setIDs.release(set)
 		undo()
 	}
 	for i, bid := range ids {
-		if err := d.slots.Update(slotKey{SvcID: id, Index: slotIndex(gen, i)}, bid, ebpf.UpdateAny); err != nil {
+		if err := d.slots.Update(slotKey{Set: set, Index: uint32(i)}, bid, ebpf.UpdateAny); err != nil {
 			undoSlots(i)
 			return d.mapErr(mapSlots, fmt.Sprintf("service %s: write slot %d", fe, i), err)
 		}
 	}
 
-	// 3. The service entry: the switch to the new set.
-	val := svcValue{ID: id, Preferred: uint16(len(svc.Preferred)), Fallback: uint16(len(svc.Fallback)), Gen: gen, Rev: rev}
+	// 3. The service entry: set and counts switch in one update.
+	var rev uint32
+	if old != nil {
+		rev = old.value.Rev + 1
+	}
+	val := svcValue{Set: set, Preferred: uint16(len(svc.Preferred)), Fallback: uint16(len(svc.Fallback)), Rev: rev}
 	if err := d.services.Update(key, val, ebpf.UpdateAny); err != nil {
 		undoSlots(len(ids))
 		return d.mapErr(mapServices, fmt.Sprintf("service %s: write entry", fe), err)
@@ -508,12 +547,46 @@ func (d *Datapath) UpsertService(ctx context.Context, svc loadbalancer.Service) 
 	d.slotsUsed += len(ids)
 	d.svcs[key] = &svcState{value: val, slots: ids}
 
-	// 4. The old set, now unreachable.
+	// 4. The old set is unreachable for new readers; free it once the
+	// readers already running are done.
 	if old != nil {
-		d.dropSlots(old)
+		d.retire(old)
 	}
 	d.updateGauges()
 	return nil
+}
+
+// room checks that the maps can take svc; it returns the map that is short.
+func (d *Datapath) room(old *svcState, all []loadbalancer.Backend) (string, error) {
+	if old == nil && len(d.svcs) >= d.cfg.MaxServices {
+		return mapServices, fmt.Errorf("%d of %d services programmed", len(d.svcs), d.cfg.MaxServices)
+	}
+	if d.slotsUsed+len(all) > d.cfg.MaxSlots {
+		return mapSlots, fmt.Errorf("%d slots needed, %d of %d used (%d sets waiting to be freed)", len(all), d.slotsUsed, d.cfg.MaxSlots, len(d.retired))
+	}
+	newNodes := map[loadbalancer.NodeRef]bool{}
+	newBackends := map[backendKey]bool{}
+	for _, b := range all {
+		k := backendKey{addr: addrBytes(b.Addr.Addr()), port: portBytes(b.Addr.Port())}
+		if n, ok := d.nodesByRef[b.Node]; ok {
+			k.node = n.id
+			if _, ok := d.backendsByKey[k]; ok {
+				continue
+			}
+		} else {
+			newNodes[b.Node] = true
+		}
+		// For a new node the key's node is 0: an estimate only, the
+		// writes still fail cleanly (and roll back) on a full map.
+		newBackends[k] = true
+	}
+	if len(newNodes) > d.nodeIDs.free() {
+		return mapNodes, fmt.Errorf("%d new nodes, %d of %d used", len(newNodes), len(d.nodesByID), d.cfg.MaxNodes)
+	}
+	if len(newBackends) > d.backendIDs.free() {
+		return mapBackends, fmt.Errorf("%d new backends, %d of %d used", len(newBackends), len(d.backendsByID), d.cfg.MaxBackends)
+	}
+	return "", nil
 }
 
 // unchanged reports whether old already holds exactly these slots.
@@ -534,8 +607,9 @@ func (d *Datapath) unchanged(old *svcState, svc loadbalancer.Service, all []load
 	return true
 }
 
-// DeleteService removes the frontend: entry first, then its slots, then the
-// backends no other service uses. Deleting an unknown frontend is not an error.
+// DeleteService removes the frontend: the entry at once; its slots, then
+// the backends no other service uses, after a grace period. Deleting an
+// unknown frontend is not an error.
 func (d *Datapath) DeleteService(ctx context.Context, fe loadbalancer.Frontend) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -554,25 +628,9 @@ func (d *Datapath) DeleteService(ctx context.Context, fe loadbalancer.Frontend) 
 		return fmt.Errorf("service %s: delete entry: %w", fe, err)
 	}
 	delete(d.svcs, key)
-	d.dropSlots(old)
-	d.svcIDs.release(old.value.ID)
+	d.retire(old)
 	d.updateGauges()
 	return nil
-}
-
-// dropSlots deletes the slots of a set no service entry points at any more
-// and releases their backends.
-func (d *Datapath) dropSlots(s *svcState) {
-	for i, bid := range s.slots {
-		k := slotKey{SvcID: s.value.ID, Index: slotIndex(s.value.Gen, i)}
-		if err := d.slots.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			d.log.Warn("delete unused slot", "service_id", s.value.ID, "slot", i, "error", err)
-		}
-		if bid != 0 {
-			d.unrefBackend(bid)
-		}
-	}
-	d.slotsUsed -= len(s.slots)
 }
 
 // SetNodeHealth sets or clears the down flag of node. The flag lives in

@@ -217,11 +217,18 @@ func TestTraffic(t *testing.T) {
 	t.Logf("bpf services:\n%s", out.String())
 }
 
-// mapContents checks the invariants a reader relies on and returns the
+// checkMaps checks the invariants a reader relies on and returns the
 // number of entries per map: every active slot points at a programmed
 // backend, no slot outside an active set, no unreferenced backend.
 func checkMaps(t *testing.T, dp *Datapath) map[string]int {
 	t.Helper()
+	// Free retired sets first: the counts below are of active ones.
+	dp.mu.Lock()
+	err := dp.reclaimLocked()
+	dp.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
 	count := func(m *ebpf.Map, k, v any) int {
 		n := 0
 		it := m.Iterate()

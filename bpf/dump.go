@@ -30,7 +30,7 @@ type Dump struct {
 // DumpService is one frontend and its backends in slot order.
 type DumpService struct {
 	Frontend  string        `json:"frontend"`
-	ID        uint32        `json:"id"`
+	Set       uint32        `json:"set"`
 	Rev       uint32        `json:"rev"`
 	Preferred []DumpBackend `json:"preferred"`
 	Fallback  []DumpBackend `json:"fallback"`
@@ -114,10 +114,10 @@ func ReadDump(pinDir string) (*Dump, error) {
 	)
 	it = maps[mapServices].Iterate()
 	for it.Next(&key, &val) {
-		s := DumpService{Frontend: key.frontend().String(), ID: val.ID, Rev: val.Rev}
+		s := DumpService{Frontend: key.frontend().String(), Set: val.Set, Rev: val.Rev}
 		for i := 0; i < int(val.Preferred)+int(val.Fallback); i++ {
 			b := DumpBackend{Missing: true}
-			if id, ok := slots[slotKey{SvcID: val.ID, Index: slotIndex(val.Gen, i)}]; ok {
+			if id, ok := slots[slotKey{Set: val.Set, Index: uint32(i)}]; ok {
 				b.ID = id
 				if be, ok := backends[id]; ok {
 					b.Missing = false
@@ -166,7 +166,7 @@ func (d *Dump) WriteText(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "FRONTEND\tSET\tBACKEND\tCLUSTER\tNODE\tHEALTH\n")
 	for _, s := range d.Services {
-		fmt.Fprintf(tw, "%s\t(id %d, rev %d, %d preferred, %d fallback)\t\t\t\t\n", s.Frontend, s.ID, s.Rev, len(s.Preferred), len(s.Fallback))
+		fmt.Fprintf(tw, "%s\t(rev %d, slot set %d, %d preferred, %d fallback)\t\t\t\t\n", s.Frontend, s.Rev, s.Set, len(s.Preferred), len(s.Fallback))
 		for _, set := range []struct {
 			name string
 			bs   []DumpBackend

@@ -31,20 +31,16 @@ type svcKey struct {
 }
 
 type svcValue struct {
-	ID        uint32
+	Set       uint32
 	Preferred uint16
 	Fallback  uint16
 	Flags     uint16
-	Gen       uint8
-	Pad       uint8
+	Pad       uint16
 	Rev       uint32
 }
 
-// slotGenBit marks slot indexes of generation 1 (see socklb.c).
-const slotGenBit = 0x80000000
-
 type slotKey struct {
-	SvcID uint32
+	Set   uint32
 	Index uint32
 }
 
@@ -128,12 +124,4 @@ func newNodeValue(n loadbalancer.NodeRef, down bool) (nodeValue, error) {
 		v.Flags = nodeFlagDown
 	}
 	return v, nil
-}
-
-func slotIndex(gen uint8, i int) uint32 {
-	idx := uint32(i)
-	if gen != 0 {
-		idx |= slotGenBit
-	}
-	return idx
 }

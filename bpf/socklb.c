@@ -15,18 +15,20 @@
  * dual-stack socket connecting to ::ffff:VIP finds the IPv4 service.
  *
  * Map layout (mirrored by the Go types in maps.go; keep them in step):
- *   cm_services  (addr, port, proto)          -> id, preferred/fallback counts,
- *                                                flags, active slot generation
- *   cm_slots     (service id, gen<<31 | idx)  -> backend id
+ *   cm_services  (addr, port, proto)          -> slot set, preferred/fallback
+ *                                                counts, flags, revision
+ *   cm_slots     (slot set, index)            -> backend id
  *                slots [0, preferred) are the preferred set, then fallback
  *   cm_backends  backend id                   -> addr, port, cluster, node id
  *   cm_nodes     node id                      -> flags (NODE_F_DOWN), name
  *   cm_revnat    (socket cookie, backend)     -> VIP, for recvmsg/getpeername
  *   cm_stats     per-CPU counters
  *
- * Userspace writes a service's slots under the generation the service entry
- * does not point at, then flips the entry (counts and generation in one
- * update), so a reader sees either the old or the new backend set, never a mix.
+ * Userspace writes a service's new slots under a fresh slot set, then switches
+ * the entry (set and counts in one update), so a reader sees either the old or
+ * the new backend set, never a mix. The old set and the backends only it uses
+ * are deleted after an RCU grace period, when no program can still be reading
+ * them.
  */
 #include "vmlinux.h"
 #include "bpf_helpers.h"
@@ -37,7 +39,6 @@
 #define IPPROTO_UDP 17
 
 #define NODE_F_DOWN 1
-#define SLOT_GEN_BIT 0x80000000u
 /* Rejection-sampling draws before falling back to an exact scan. */
 #define PICK_TRIES 3
 
@@ -57,17 +58,16 @@ struct svc_key {
 };
 
 struct svc_value {
-	__u32 id;
+	__u32 set;
 	__u16 preferred;
 	__u16 fallback;
 	__u16 flags;
-	__u8 gen;
-	__u8 pad;
+	__u16 pad;
 	__u32 rev;
 };
 
 struct slot_key {
-	__u32 svc_id;
+	__u32 set;
 	__u32 index;
 };
 
@@ -156,12 +156,11 @@ static __always_inline void stat_inc(__u32 idx)
 		*v += 1;
 }
 
-/* usable_id returns the backend ID behind slot idx of the given generation
- * if the backend exists and its node is not marked down, else 0. A missing
- * slot or backend (a reader racing a generation flip) counts as unusable. */
-static __always_inline __u32 usable_id(__u32 svc_id, __u32 gen, __u32 idx)
+/* usable_id returns the backend ID behind slot idx of the slot set if the
+ * backend exists and its node is not marked down, else 0. */
+static __always_inline __u32 usable_id(__u32 set, __u32 idx)
 {
-	struct slot_key sk = { .svc_id = svc_id, .index = gen | idx };
+	struct slot_key sk = { .set = set, .index = idx };
 	struct backend_value *be;
 	struct node_value *node;
 	__u32 *id;
@@ -179,8 +178,7 @@ static __always_inline __u32 usable_id(__u32 svc_id, __u32 gen, __u32 idx)
 }
 
 struct scan_ctx {
-	__u32 svc_id;
-	__u32 gen;
+	__u32 set;
 	__u32 base;
 	__u32 seen;
 	__u32 found;
@@ -192,7 +190,7 @@ struct scan_ctx {
 static long scan_cb(__u32 i, void *data)
 {
 	struct scan_ctx *c = data;
-	__u32 id = usable_id(c->svc_id, c->gen, c->base + i);
+	__u32 id = usable_id(c->set, c->base + i);
 
 	if (!id)
 		return 0;
@@ -209,7 +207,7 @@ static long scan_cb(__u32 i, void *data)
  * the range picks exactly uniformly. Both paths are uniform, so their mixture
  * is too. It is a global function so the verifier checks it once, not once
  * per call site. */
-__noinline __u32 cm_pick(__u32 svc_id, __u32 gen, __u32 base, __u32 n)
+__noinline __u32 cm_pick(__u32 set, __u32 base, __u32 n)
 {
 	struct scan_ctx c = {};
 	__u32 id;
@@ -218,12 +216,11 @@ __noinline __u32 cm_pick(__u32 svc_id, __u32 gen, __u32 base, __u32 n)
 	if (n == 0)
 		return 0;
 	for (i = 0; i < PICK_TRIES; i++) {
-		id = usable_id(svc_id, gen, base + bpf_get_prandom_u32() % n);
+		id = usable_id(set, base + bpf_get_prandom_u32() % n);
 		if (id)
 			return id;
 	}
-	c.svc_id = svc_id;
-	c.gen = gen;
+	c.set = set;
 	c.base = base;
 	bpf_loop(n, scan_cb, &c, 0);
 	return c.found;
@@ -259,7 +256,7 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, int v6)
 	struct revnat_value rv = {}, *old;
 	struct backend_value *be;
 	struct svc_value *svc;
-	__u32 gen, id;
+	__u32 id;
 
 	key_from_ctx(ctx, v6, key.addr);
 	key.port = (__be16)ctx->user_port;
@@ -268,10 +265,9 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, int v6)
 	if (!svc)
 		return 1;
 
-	gen = svc->gen ? SLOT_GEN_BIT : 0;
-	id = cm_pick(svc->id, gen, 0, svc->preferred);
+	id = cm_pick(svc->set, 0, svc->preferred);
 	if (!id) {
-		id = cm_pick(svc->id, gen, svc->preferred, svc->fallback);
+		id = cm_pick(svc->set, svc->preferred, svc->fallback);
 		if (id)
 			stat_inc(STAT_FALLBACK);
 	}
