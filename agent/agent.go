@@ -82,6 +82,8 @@ type Agent struct {
 	rmetrics *remote.Metrics
 
 	kick chan struct{}
+	// warnedNoLocal is owned by the Run goroutine (scanDir).
+	warnedNoLocal bool
 
 	mu sync.Mutex
 	// pendingSince is when the oldest event not yet pushed to the datapath

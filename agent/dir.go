@@ -75,6 +75,13 @@ func (a *Agent) scanDir(ctx context.Context) {
 		wanted[name] = want{cfg, err, digest}
 	}
 
+	_, haveLocal := wanted[a.cfg.ClusterName]
+	if !haveLocal && !a.warnedNoLocal {
+		a.log.Warn("no connection file for the own cluster: nothing will be programmed until it appears",
+			"dir", a.cfg.ClustersDir, "file", a.cfg.ClusterName)
+	}
+	a.warnedNoLocal = !haveLocal
+
 	a.mu.Lock()
 	var gone []*clusterRun
 	for name, r := range a.clusters {
