@@ -83,9 +83,9 @@ func waitReadyPods(ctx context.Context, c *harness.Cluster, service string, n in
 // cluster reaches backends in both clusters, over TCP and UDP. Figure: time
 // from the probes' start to answers from both clusters, and the split.
 func GlobalService(ctx context.Context, e *Env) error {
-	start := time.Now()
 	for _, c := range e.Mesh.Clusters {
 		for _, proto := range []string{"tcp", "udp"} {
+			start := time.Now()
 			tr, err := e.Traffic(ctx, c.Nodes()[0], proto)
 			if err != nil {
 				return err

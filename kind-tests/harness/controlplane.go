@@ -127,7 +127,7 @@ func (c *Cluster) StartControlPlane(ctx context.Context, bins *Binaries) (*Contr
 		defer close(done)
 		cp.kubelet.run(kctx)
 	}()
-	r.onClose("kubelet "+c.Name, func(ctx context.Context) error {
+	r.onCloseFirst("kubelet "+c.Name, func(ctx context.Context) error {
 		cancel()
 		<-done
 		return cp.kubelet.stopAll(ctx)

@@ -47,6 +47,9 @@ type Run struct {
 
 	mu       sync.Mutex
 	teardown []step
+	// first are teardown steps run before the stack: stopping the kubelets,
+	// so they do not restart processes the stack is stopping.
+	first    []step
 	closed   bool
 	failed   bool
 	keepDir  bool
@@ -135,6 +138,13 @@ func (r *Run) onClose(what string, fn func(ctx context.Context) error) {
 	r.teardown = append(r.teardown, step{what, fn})
 }
 
+// onCloseFirst registers a step Close runs before every onClose step.
+func (r *Run) onCloseFirst(what string, fn func(ctx context.Context) error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.first = append(r.first, step{what, fn})
+}
+
 // Fail marks the run as failed: Close keeps its directory (logs) for
 // inspection.
 func (r *Run) Fail() {
@@ -155,6 +165,11 @@ func (r *Run) Close() error {
 	r.closed = true
 	steps := r.teardown
 	r.teardown = nil
+	// The first steps run in registration order, before the stack.
+	for i := len(r.first) - 1; i >= 0; i-- {
+		steps = append(steps, r.first[i])
+	}
+	r.first = nil
 	r.mu.Unlock()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -74,6 +74,13 @@ func run(ctx context.Context, keep, verbose bool) error {
 		level = slog.LevelInfo
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	fmt.Println(`clustermesh demo: two Kubernetes clusters joined into one mesh, on this machine.
+
+Each cluster runs a real etcd, kube-apiserver and kube-controller-manager.
+Nodes and pods are Linux network namespaces on a shared bridge (no Docker);
+the demo plays the kubelet. The mesh is the real thing: clustermesh-apiserver
+per cluster, clustermesh-agent per node (eBPF socket load balancing, memberlist
+health), installed and joined with the clustermesh CLI and kubectl.`)
 
 	o.step("Building Kubernetes tools (kube-apiserver, kube-controller-manager, kubectl, etcd)")
 	if err := buildTools(ctx, o, root); err != nil {
@@ -188,7 +195,7 @@ func run(ctx context.Context, keep, verbose bool) error {
 		return err
 	}
 	during := tr.Attempts(failAt)
-	o.info("traffic moved to c2 after %v; %d attempts failed meanwhile", fo.At.Sub(failAt).Round(time.Millisecond), countFailed(during))
+	o.info("traffic moved to c2 after %v; %d connection attempt(s) failed meanwhile", fo.At.Sub(failAt).Round(time.Millisecond), countFailed(during))
 	report.Add("failover", "c1 scaled to 0 → answers from c2 after", harness.Ms(fo.At.Sub(failAt)), "pass")
 	report.Add("failover", "failed attempts during failover", fmt.Sprint(countFailed(during)), "")
 
