@@ -3,6 +3,7 @@ package apiserver_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -172,6 +173,34 @@ func TestExport(t *testing.T) {
 			}
 		}
 		return fmt.Errorf("no endpoint slice of %s/other yet", ns)
+	})
+
+	t.Run("health and metrics", func(t *testing.T) {
+		for _, path := range []string{"/healthz", "/readyz"} {
+			resp, err := http.Get("http://" + r.srv.HealthAddr() + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Errorf("%s: %s", path, resp.Status)
+			}
+		}
+		for metric, want := range map[string]float64{
+			`clustermesh_apiserver_exported_objects{kind="ipcache"}`:    3,
+			`clustermesh_apiserver_exported_objects{kind="identities"}`: 2,
+			`clustermesh_apiserver_exported_objects{kind="services"}`:   1,
+			`clustermesh_apiserver_exported_objects{kind="endpoints"}`:  1,
+			`clustermesh_apiserver_exported_objects{kind="nodes"}`:      1,
+			`clustermesh_apiserver_synced{kind="ipcache"}`:              1,
+		} {
+			if got := r.metric(t, metric); got != want {
+				t.Errorf("%s = %v, want %v", metric, got, want)
+			}
+		}
+		if got := r.metric(t, `clustermesh_apiserver_export_latency_seconds_count{kind="service"}`); got < 3 {
+			t.Errorf("export latency observations for services = %v, want >= 3", got)
+		}
 	})
 
 	t.Run("cluster and node", func(t *testing.T) {

@@ -1,0 +1,77 @@
+package apiserver
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+)
+
+func TestConfigValidate(t *testing.T) {
+	valid := func() Config {
+		c := DefaultConfig()
+		c.ClusterName, c.ClusterID = "c1", 1
+		c.EtcdCA, c.EtcdCert, c.EtcdKey, c.EtcdAdminCert, c.EtcdAdminKey = "ca", "crt", "key", "acrt", "akey"
+		return c
+	}
+	tests := []struct {
+		name    string
+		mod     func(*Config)
+		wantErr string // substring naming the flag; "" means valid
+	}{
+		{"valid", func(*Config) {}, ""},
+		{"external store needs no etcd flags", func(c *Config) { *c = DefaultConfig(); c.ClusterName, c.ClusterID, c.KVStoreConfig = "c1", 1, "kv.yaml" }, ""},
+		{"no name", func(c *Config) { c.ClusterName = "" }, "--cluster-name"},
+		{"bad name", func(c *Config) { c.ClusterName = "C_1" }, "--cluster-name"},
+		{"id 0", func(c *Config) { c.ClusterID = 0 }, "--cluster-id"},
+		{"id above max", func(c *Config) { c.ClusterID = 300 }, "--cluster-id"},
+		{"id with 511", func(c *Config) { c.ClusterID, c.MaxClusterID = 300, 511 }, ""},
+		{"bad max", func(c *Config) { c.MaxClusterID = 1000 }, "--max-cluster-id"},
+		{"bad cidr", func(c *Config) { c.PodCIDRs = []string{"10.0.0.0/8", "nope"} }, "--cluster-pod-cidrs"},
+		{"no admin cert", func(c *Config) { c.EtcdAdminCert = "" }, "--etcd-admin-cert"},
+		{"http listen", func(c *Config) { c.EtcdListenClientURL = "http://0.0.0.0:2379" }, "--etcd-listen-client-url"},
+		{"no workers", func(c *Config) { c.Workers = 0 }, "--workers"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := valid()
+			tt.mod(&c)
+			err := c.Validate()
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("error %v: want ErrConfig naming %s", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestFlags checks that every Config field has a documented flag.
+func TestFlags(t *testing.T) {
+	c := DefaultConfig()
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	c.Flags(fs)
+	err := fs.Parse([]string{"--cluster-name=c2", "--cluster-id=9", "--cluster-pod-cidrs=10.1.0.0/16,10.2.0.0/16",
+		"--kvstore-config=/etc/kv.yaml", "--workers=2", "--lease-ttl=30s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ClusterName != "c2" || c.ClusterID != 9 || len(c.PodCIDRs) != 2 || c.KVStoreConfig != "/etc/kv.yaml" || c.Workers != 2 || c.LeaseTTL.Seconds() != 30 {
+		t.Errorf("parsed config %+v", c)
+	}
+	n := 0
+	fs.VisitAll(func(f *pflag.Flag) {
+		n++
+		if len(f.Usage) < 20 {
+			t.Errorf("flag --%s: usage %q does not explain it", f.Name, f.Usage)
+		}
+	})
+	if n != 17 {
+		t.Errorf("%d flags, want 17 (one per Config field)", n)
+	}
+}
