@@ -21,7 +21,10 @@ func TestConfigValidate(t *testing.T) {
 		wantErr string // substring naming the flag; "" means valid
 	}{
 		{"valid", func(*Config) {}, ""},
-		{"external store needs no etcd flags", func(c *Config) { *c = DefaultConfig(); c.ClusterName, c.ClusterID, c.KVStoreConfig = "c1", 1, "kv.yaml" }, ""},
+		{"external store needs no etcd flags", func(c *Config) {
+			*c = DefaultConfig()
+			c.ClusterName, c.ClusterID, c.KVStoreConfig = "c1", 1, "kv.yaml"
+		}, ""},
 		{"no name", func(c *Config) { c.ClusterName = "" }, "--cluster-name"},
 		{"bad name", func(c *Config) { c.ClusterName = "C_1" }, "--cluster-name"},
 		{"id 0", func(c *Config) { c.ClusterID = 0 }, "--cluster-id"},
