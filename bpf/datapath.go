@@ -455,10 +455,10 @@ func validate(svc loadbalancer.Service) (svcKey, error) {
 }
 
 // UpsertService programs svc. Order of writes: nodes and backends, then the
-// slots of the generation the service entry does not point at, then the
-// service entry (counts and generation in one update), then the old slots are
-// deleted and backends nobody uses any more are freed. A reader therefore
-// sees the old set or the new one, each complete.
+// slots of a fresh slot set, then the service entry (set and counts in one
+// update); the old set is retired and freed, with the backends only it used,
+// after a grace period (see reclaim.go). A reader therefore sees the old set
+// or the new one, each complete.
 func (d *Datapath) UpsertService(ctx context.Context, svc loadbalancer.Service) error {
 	if err := ctx.Err(); err != nil {
 		return err

@@ -15,7 +15,9 @@
 //
 // A [Datapath] implements loadbalancer.Datapath and is safe for concurrent
 // use: one mutex orders map writes so that a reader in the kernel never sees
-// a slot pointing at a backend that is not programmed (see docs/datapath.md).
+// a slot pointing at a backend that is not programmed, and what an update
+// replaces is freed only after an RCU grace period, by a background goroutine
+// that Open starts and Close or Remove stops (see docs/datapath.md).
 //
 // [ReadDump] and [NewDebugCommand] read the pinned maps without an agent, for
 // `clustermesh-agent bpf services`.

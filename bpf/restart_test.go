@@ -89,8 +89,8 @@ func TestLoaderRestart(t *testing.T) {
 
 	vip := netip.MustParseAddrPort("10.96.0.20:80")
 	// Every other loader programs the preferred set in the other order: the
-	// adopted services then really change (new slot generation, switch,
-	// old slots deleted) while the clients run; the others re-upsert what
+	// adopted services then really change (new slot set, switch, old set
+	// retired and freed) while the clients run; the others re-upsert what
 	// is there, which writes nothing.
 	services := func(restart int) []loadbalancer.Service {
 		var svcs []loadbalancer.Service
