@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -201,35 +200,85 @@ func (c *Cluster) WriteSecretDir(ctx context.Context, name, dir string) error {
 	return writeSecretDir(s, dir)
 }
 
+// writeSecretDir writes a Secret into dir the way the kubelet's atomic
+// writer does, so that a reader never sees a mix of old and new files (a new
+// certificate with the old key): the files live in a fresh hidden directory,
+// "..data" is a symlink to it swapped by rename, and each key is a symlink
+// through "..data". Nothing is written when the content is unchanged.
 func writeSecretDir(s *corev1.Secret, dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("secret %s: %w", s.Name, err)
+	fail := func(err error) error { return fmt.Errorf("secret %s: write %s: %w", s.Name, dir, err) }
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fail(err)
 	}
-	// Write to a temporary name and rename, so a reader watching dir never
-	// sees a half-written file.
+	dataLink := filepath.Join(dir, "..data")
+	if secretDirCurrent(s, dataLink) {
+		return nil
+	}
+	gen, err := os.MkdirTemp(dir, "..gen-")
+	if err != nil {
+		return fail(err)
+	}
 	for k, v := range s.Data {
-		tmp := filepath.Join(dir, ".tmp-"+k)
-		if err := os.WriteFile(tmp, v, 0o600); err != nil {
-			return fmt.Errorf("secret %s: key %s: %w", s.Name, k, err)
+		if err := os.WriteFile(filepath.Join(gen, k), v, 0o600); err != nil {
+			return fail(err)
 		}
-		if err := os.Rename(tmp, filepath.Join(dir, k)); err != nil {
-			return fmt.Errorf("secret %s: key %s: %w", s.Name, k, err)
+	}
+	tmpLink := filepath.Join(dir, "..data_tmp")
+	_ = os.Remove(tmpLink)
+	if err := os.Symlink(filepath.Base(gen), tmpLink); err != nil {
+		return fail(err)
+	}
+	if err := os.Rename(tmpLink, dataLink); err != nil {
+		return fail(err)
+	}
+	for k := range s.Data {
+		p := filepath.Join(dir, k)
+		if target, err := os.Readlink(p); err == nil && target == filepath.Join("..data", k) {
+			continue
+		}
+		tmp := filepath.Join(dir, "..link_tmp")
+		_ = os.Remove(tmp)
+		if err := os.Symlink(filepath.Join("..data", k), tmp); err != nil {
+			return fail(err)
+		}
+		if err := os.Rename(tmp, p); err != nil {
+			return fail(err)
 		}
 	}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return fmt.Errorf("secret %s: %w", s.Name, err)
-	}
-	keys := make([]string, 0, len(s.Data))
-	for k := range s.Data {
-		keys = append(keys, k)
+		return fail(err)
 	}
 	for _, e := range ents {
-		if !e.IsDir() && !slices.Contains(keys, e.Name()) {
-			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
-				return fmt.Errorf("secret %s: %w", s.Name, err)
+		name := e.Name()
+		_, isKey := s.Data[name]
+		switch {
+		case name == "..data" || isKey || name == filepath.Base(gen):
+		case strings.HasPrefix(name, "..gen-"):
+			if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
+				return fail(err)
+			}
+		case !strings.HasPrefix(name, ".."):
+			if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
+				return fail(err)
 			}
 		}
 	}
 	return nil
+}
+
+// secretDirCurrent tells whether the directory dataLink points to holds
+// exactly the Secret's data.
+func secretDirCurrent(s *corev1.Secret, dataLink string) bool {
+	ents, err := os.ReadDir(dataLink)
+	if err != nil || len(ents) != len(s.Data) {
+		return false
+	}
+	for k, v := range s.Data {
+		b, err := os.ReadFile(filepath.Join(dataLink, k))
+		if err != nil || string(b) != string(v) {
+			return false
+		}
+	}
+	return true
 }

@@ -2,7 +2,10 @@ package mesh_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +21,7 @@ import (
 	"github.com/clustermesh/clustermesh/cli/internal/clitest"
 	"github.com/clustermesh/clustermesh/cli/mesh"
 	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/pki"
 )
 
 func secretData(t *testing.T, c *mesh.Cluster) map[string][]byte {
@@ -348,6 +352,30 @@ func TestTwoClusters(t *testing.T) {
 				}
 			}
 		}
+		// The store serves the new server certificate once the kubelet
+		// refreshed the mount, without a restart.
+		serverSecret, err := c1.Kube.CoreV1().Secrets(c1.Namespace).Get(ctx, mesh.SecretServer, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := pki.ParseCertificate(serverSecret.Data[mesh.KeyCert])
+		if err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			got, err := servedCert(ctx, newEntries[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.SerialNumber.Cmp(want.SerialNumber) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the store still serves the old server certificate")
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
 		// Agents pick up the new files and stay connected.
 		st := waitReady(t, c1)
 		for _, cs := range st.Clusters {
@@ -355,6 +383,7 @@ func TestTwoClusters(t *testing.T) {
 				t.Errorf("after rotation: cluster %s: %d connected", cs.Name, cs.Connected)
 			}
 		}
+
 	})
 
 	t.Run("status warns before expiry", func(t *testing.T) {
@@ -420,6 +449,27 @@ func createEchoService(t *testing.T, tc *clitest.Cluster, n int) {
 	}
 	base := strings.TrimSuffix(tc.PodCIDR, "0/24")
 	clitest.CreateBackends(t, tc.Kube, "demo", "echo", base, 8080, n)
+}
+
+// servedCert returns the certificate the entry's store presents.
+func servedCert(ctx context.Context, e mesh.Entry) (*x509.Certificate, error) {
+	pair, err := tls.X509KeyPair(e.Cert, e.Key)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(e.CA)
+	u, err := url.Parse(e.Endpoint)
+	if err != nil {
+		return nil, err
+	}
+	d := tls.Dialer{Config: &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, ServerName: u.Hostname()}}
+	conn, err := d.DialContext(ctx, "tcp", u.Host)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	return conn.(*tls.Conn).ConnectionState().PeerCertificates[0], nil
 }
 
 func dialEntry(ctx context.Context, t *testing.T, e mesh.Entry) error {

@@ -70,16 +70,35 @@ func TestClustersSecretIsAgentConfigDir(t *testing.T) {
 		t.Fatalf("entries = %+v", got)
 	}
 
+	// Unchanged content writes nothing; changed content swaps ..data.
+	gen, _ := os.Readlink(filepath.Join(dir, "..data"))
+	if err := writeSecretDir(s, dir); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := os.Readlink(filepath.Join(dir, "..data")); again != gen {
+		t.Errorf("rewriting unchanged data swapped ..data (%s -> %s)", gen, again)
+	}
+
 	// Removing an entry removes its files from the directory too.
 	removeEntry(s, "c2")
 	if err := writeSecretDir(s, dir); err != nil {
 		t.Fatal(err)
 	}
 	ents, _ := os.ReadDir(dir)
+	gens := 0
 	for _, e := range ents {
 		if strings.HasPrefix(e.Name(), "c2") {
 			t.Errorf("file %s left after removing c2", e.Name())
 		}
+		if strings.HasPrefix(e.Name(), "..gen-") {
+			gens++
+		}
+	}
+	if again, _ := os.Readlink(filepath.Join(dir, "..data")); again == gen || gens != 1 {
+		t.Errorf("..data %s (was %s), %d generations kept; want a new one and the old removed", again, gen, gens)
+	}
+	if _, err := kvstore.LoadConfig(filepath.Join(dir, "c1")); err != nil {
+		t.Errorf("c1 after rewrite: %v", err)
 	}
 	if _, ok := s.Annotations[annotationIDPrefix+"c2"]; ok {
 		t.Error("ID annotation of c2 left")

@@ -113,9 +113,9 @@ func logger(t *testing.T) *slog.Logger {
 
 // RunProcesses runs the cluster's clustermesh-apiserver (embedded etcd at
 // the endpoint enable recorded) and one agent (datapath none) on its node,
-// from the Secrets enable created; the agent's clusters directory is
-// refreshed from the clusters Secret every 200 ms, as the kubelet refreshes a
-// Secret mount. They stop at the test's cleanup.
+// from the Secrets enable created; their Secret directories (certificates,
+// the agent's clusters directory) are refreshed every 200 ms, as the kubelet
+// refreshes Secret mounts. They stop at the test's cleanup.
 func (e *Env) RunProcesses(t *testing.T, name string) {
 	t.Helper()
 	tc := e.Clusters[name]
@@ -137,10 +137,19 @@ func (e *Env) RunProcesses(t *testing.T, name string) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	for secret, sub := range map[string]string{mesh.SecretServer: "server", mesh.SecretAdmin: "admin"} {
-		if err := tc.C.WriteSecretDir(ctx, secret, filepath.Join(dir, sub)); err != nil {
-			t.Fatal(err)
+	clusters := filepath.Join(dir, "clusters")
+	// The kubelet writes the Secret volumes before starting the pods and
+	// refreshes them while they run.
+	mounts := func(ctx context.Context) error {
+		for secret, sub := range map[string]string{mesh.SecretServer: "server", mesh.SecretAdmin: "admin"} {
+			if err := tc.C.WriteSecretDir(ctx, secret, filepath.Join(dir, sub)); err != nil {
+				return err
+			}
 		}
+		return tc.C.WriteClustersDir(ctx, clusters)
+	}
+	if err := mounts(ctx); err != nil {
+		t.Fatal(err)
 	}
 	cfg := apiserver.DefaultConfig()
 	cfg.ClusterName, cfg.ClusterID, cfg.MaxClusterID = info.Name, info.ID, info.MaxClusterID
@@ -160,10 +169,6 @@ func (e *Env) RunProcesses(t *testing.T, name string) {
 	}
 	run("apiserver "+name, srv.Run)
 
-	clusters := filepath.Join(dir, "clusters")
-	if err := tc.C.WriteClustersDir(ctx, clusters); err != nil {
-		t.Fatal(err)
-	}
 	run("kubelet refresh of "+name, func(ctx context.Context) error {
 		tick := time.NewTicker(200 * time.Millisecond)
 		defer tick.Stop()
@@ -173,7 +178,7 @@ func (e *Env) RunProcesses(t *testing.T, name string) {
 				return nil
 			case <-tick.C:
 			}
-			if err := tc.C.WriteClustersDir(ctx, clusters); err != nil && ctx.Err() == nil {
+			if err := mounts(ctx); err != nil && ctx.Err() == nil {
 				return err
 			}
 		}
