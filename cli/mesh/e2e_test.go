@@ -135,6 +135,36 @@ func TestTwoClusters(t *testing.T) {
 		}
 	})
 
+	t.Run("replace-ca brings a cluster into the mesh's trust", func(t *testing.T) {
+		if _, err := mesh.Enable(ctx, c3, mesh.EnableOptions{ClusterName: "c3", ClusterID: 1, CA: ca1, ReplaceCA: true}); err != nil {
+			t.Fatal(err)
+		}
+		ca3, err := c3.LoadCA(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ca3.Certificate().Equal(ca1.Certificate()) {
+			t.Fatal("c3 kept its own CA")
+		}
+		for _, name := range []string{mesh.SecretServer, mesh.SecretAdmin, mesh.SecretRemote, mesh.SecretAgent} {
+			sec, err := c3.Kube.CoreV1().Secrets(c3.Namespace).Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cert, err := pki.ParseCertificate(sec.Data[mesh.KeyCert])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cert.CheckSignatureFrom(ca1.Certificate()); err != nil {
+				t.Errorf("secret %s not re-issued by the new CA: %v", name, err)
+			}
+		}
+		err = mesh.Connect(ctx, c1, []*mesh.Cluster{c3}, mesh.ConnectOptions{})
+		if errors.Is(err, mesh.ErrUntrusted) || !errors.Is(err, mesh.ErrIDCollision) || !errors.Is(err, mesh.ErrCIDROverlap) {
+			t.Fatalf("connect after replace-ca: %v; want only the ID and CIDR problems", err)
+		}
+	})
+
 	t.Run("status says why before the apiserver runs", func(t *testing.T) {
 		st, err := mesh.GetStatus(ctx, c1, mesh.StatusOptions{})
 		if err != nil {
