@@ -61,9 +61,12 @@ func DefaultConfig() Config {
 		MaxClusterID:        api.DefaultMaxClusterID,
 		EtcdDataDir:         "/var/lib/clustermesh/etcd",
 		EtcdListenClientURL: "https://0.0.0.0:2379",
-		HealthAddr:          ":9880",
-		Workers:             4,
-		LeaseTTL:            5 * time.Minute,
+		// Where deploy/ mounts the clustermesh-admin-cert Secret.
+		EtcdAdminCert: "/var/lib/clustermesh/admin/tls.crt",
+		EtcdAdminKey:  "/var/lib/clustermesh/admin/tls.key",
+		HealthAddr:    ":9880",
+		Workers:       4,
+		LeaseTTL:      5 * time.Minute,
 	}
 }
 
