@@ -16,6 +16,8 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"sigs.k8s.io/yaml"
 )
 
@@ -24,6 +26,10 @@ const (
 	DefaultDialTimeout    = 5 * time.Second
 	DefaultRequestTimeout = 10 * time.Second
 )
+
+// MaxReconnectDelay bounds the wait between attempts to reconnect to a store
+// that went away, so that a store coming back is used again within seconds.
+const MaxReconnectDelay = 5 * time.Second
 
 // Config is how to reach one cluster's store. It is read from a per-cluster
 // connection file (YAML) whose name is the cluster's name, one per cluster in
@@ -168,6 +174,12 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		DialKeepAliveTimeout: 5 * time.Second,
 		Context:              context.WithoutCancel(ctx),
 		Logger:               zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			// gRPC's default backoff grows to two minutes: a peer's store
+			// that comes back would stay unused that long.
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: MaxReconnectDelay},
+			MinConnectTimeout: cfg.dialTimeout(),
+		})},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd %v: %w", cfg.Endpoints, err)

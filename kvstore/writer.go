@@ -29,6 +29,9 @@ const (
 	DefaultMaxKeysPerLease = 1000
 )
 
+// maxRefreshInterval bounds how long a lost lease goes unnoticed.
+const maxRefreshInterval = 5 * time.Second
+
 // WriterOptions tune a Writer. A nil *WriterOptions means all defaults.
 type WriterOptions struct {
 	// LeaseTTL is the TTL of the writer's leases; zero means DefaultLeaseTTL.
@@ -424,8 +427,10 @@ func (w *Writer) deleteIfNotOwned(ctx context.Context, key string) (bool, error)
 // written again. It returns nil when ctx ends.
 func (w *Writer) Run(ctx context.Context) error {
 	// Every lease is refreshed several times within the canary lease's TTL
-	// (half of LeaseTTL), so one failed refresh loses nothing.
-	interval := w.ttl / 6
+	// (half of LeaseTTL), so one failed refresh loses nothing; and at least
+	// every maxRefreshInterval, so that a lease lost while the store was
+	// unreachable (or revoked) is noticed and its keys rewritten soon after.
+	interval := min(w.ttl/6, maxRefreshInterval)
 	if interval < 200*time.Millisecond {
 		interval = 200 * time.Millisecond
 	}
