@@ -53,7 +53,7 @@ type Env struct {
 
 // Start starts the clusters; it skips (or fails under CI=true) when the
 // control-plane binaries are missing.
-func Start(t *testing.T, specs ...Spec) *Env {
+func Start(t testing.TB, specs ...Spec) *Env {
 	t.Helper()
 	kubetest.Require(t, nil)
 	env := &Env{Clusters: map[string]*Cluster{}}
@@ -88,7 +88,7 @@ func Start(t *testing.T, specs ...Spec) *Env {
 
 // createNode plays the kubelet and node IPAM: a Node with a pod CIDR and an
 // InternalIP.
-func createNode(t *testing.T, kc *kubetest.Cluster, name, ip, cidr string) {
+func createNode(t testing.TB, kc *kubetest.Cluster, name, ip, cidr string) {
 	t.Helper()
 	ctx := context.Background()
 	n, err := kc.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{
@@ -104,7 +104,7 @@ func createNode(t *testing.T, kc *kubetest.Cluster, name, ip, cidr string) {
 	}
 }
 
-func logger(t *testing.T) *slog.Logger {
+func logger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("test", t.Name())
 	}
@@ -116,7 +116,7 @@ func logger(t *testing.T) *slog.Logger {
 // from the Secrets enable created; their Secret directories (certificates,
 // the agent's clusters directory) are refreshed every 200 ms, as the kubelet
 // refreshes Secret mounts. They stop at the test's cleanup.
-func (e *Env) RunProcesses(t *testing.T, name string) {
+func (e *Env) RunProcesses(t testing.TB, name string) {
 	t.Helper()
 	tc := e.Clusters[name]
 	ctx, cancel := context.WithCancel(context.Background())
@@ -199,7 +199,7 @@ func (e *Env) RunProcesses(t *testing.T, name string) {
 // CreateBackends plays the EndpointSlice controller (and the kubelet
 // reporting ready pods): one slice of n ready endpoints for the Service
 // namespace/name, addressed from base (e.g. "10.1.0.").
-func CreateBackends(t *testing.T, kc *kubetest.Cluster, namespace, name, base string, port int32, n int) {
+func CreateBackends(t testing.TB, kc *kubetest.Cluster, namespace, name, base string, port int32, n int) {
 	t.Helper()
 	ready := true
 	proto := corev1.ProtocolTCP
@@ -225,7 +225,7 @@ func ptr[T any](v T) *T { return &v }
 
 // ResourceVersions records the resourceVersion of everything enable owns in
 // the cluster.
-func ResourceVersions(t *testing.T, c *mesh.Cluster) map[string]string {
+func ResourceVersions(t testing.TB, c *mesh.Cluster) map[string]string {
 	t.Helper()
 	ctx := context.Background()
 	rv := map[string]string{}
