@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/api"
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -61,6 +62,10 @@ type Event struct {
 	Err error
 }
 
+// listPageSize is the number of keys read per request when listing, so that
+// a large store is not read in one response.
+const listPageSize = 1000
+
 // Reader defaults.
 const (
 	DefaultMinBackoff = 100 * time.Millisecond
@@ -105,6 +110,8 @@ type Reader struct {
 	cluster string
 	opts    ReaderOptions
 	log     *slog.Logger
+	// pageSize is listPageSize, smaller in tests.
+	pageSize int64
 
 	mu     sync.Mutex
 	status Status
@@ -137,6 +144,8 @@ func NewReader(c *Client, cluster string, opts *ReaderOptions) *Reader {
 		opts:    o,
 		log:     o.Logger.With("cluster", cluster),
 		downs:   make(map[api.Kind]bool),
+
+		pageSize: listPageSize,
 	}
 }
 
@@ -319,9 +328,9 @@ func (w *kindWatch) send(ctx context.Context, ev Event) bool {
 // difference to what the consumer has.
 func (w *kindWatch) list(ctx context.Context) (int64, error) {
 	cli := w.r.c.cli
-	rctx, cancel := w.r.c.withTimeout(ctx)
-	defer cancel()
-	var opts []clientv3.OpOption
+	// The first page and the canary are read in one transaction, which
+	// fixes the revision; further pages are read at that revision.
+	opts := []clientv3.OpOption{clientv3.WithLimit(w.r.pageSize)}
 	if w.prefix {
 		opts = append(opts, clientv3.WithPrefix())
 	}
@@ -329,19 +338,35 @@ func (w *kindWatch) list(ctx context.Context) (int64, error) {
 	if w.canary {
 		ops = append(ops, clientv3.OpGet(api.SyncedKey(w.r.cluster, w.kind), clientv3.WithCountOnly()))
 	}
+	rctx, cancel := w.r.c.withTimeout(ctx)
 	resp, err := cli.Txn(rctx).Then(ops...).Commit()
+	cancel()
 	if err != nil {
 		return 0, fmt.Errorf("list %s: %w", w.key, err)
 	}
-	kvs := resp.Responses[0].GetResponseRange().Kvs
+	rev := resp.Header.Revision
 	w.canaryPresent = !w.canary || resp.Responses[1].GetResponseRange().Count > 0
-	listed := make(map[string]struct{}, len(kvs))
-	for _, kv := range kvs {
-		key := string(kv.Key)
-		listed[key] = struct{}{}
-		if !w.update(ctx, key, kv.Value) {
-			return 0, ctx.Err()
+	page := resp.Responses[0].GetResponseRange()
+	listed := make(map[string]struct{}, len(page.Kvs))
+	for {
+		for _, kv := range page.Kvs {
+			key := string(kv.Key)
+			listed[key] = struct{}{}
+			if !w.update(ctx, key, kv.Value) {
+				return 0, ctx.Err()
+			}
 		}
+		if !page.More || len(page.Kvs) == 0 {
+			break
+		}
+		next := string(page.Kvs[len(page.Kvs)-1].Key) + "\x00"
+		rctx, cancel := w.r.c.withTimeout(ctx)
+		resp, err := cli.Get(rctx, next, clientv3.WithRange(clientv3.GetPrefixRangeEnd(w.key)), clientv3.WithRev(rev), clientv3.WithLimit(w.r.pageSize))
+		cancel()
+		if err != nil {
+			return 0, fmt.Errorf("list %s from %q at revision %d: %w", w.key, next, rev, err)
+		}
+		page = (*etcdserverpb.RangeResponse)(resp)
 	}
 	for key := range w.bad {
 		if _, ok := listed[key]; !ok {
@@ -366,7 +391,7 @@ func (w *kindWatch) list(ctx context.Context) (int64, error) {
 			w.r.setSynced(w.kind)
 		}
 	}
-	return resp.Header.Revision, nil
+	return rev, nil
 }
 
 // update sends what a new value at key means to the consumer. It returns

@@ -86,7 +86,10 @@ func (e *env) storeCount(t *testing.T) int64 {
 }
 
 func (e *env) newReader(t *testing.T) *Reader {
-	return NewReader(e.remote, "c1", &ReaderOptions{Logger: testLogger(t), MaxBackoff: time.Second, Metrics: e.metrics})
+	r := NewReader(e.remote, "c1", &ReaderOptions{Logger: testLogger(t), MaxBackoff: time.Second, Metrics: e.metrics})
+	// Small pages, so that every listing of these tests spans several.
+	r.pageSize = 3
+	return r
 }
 
 // TestReaderFollowsWriter covers the plain path: initial listing, synced
