@@ -28,5 +28,9 @@
 // once with Stop; a Reflector lives for one Run call. Between those, all
 // methods are safe for concurrent use. GoBGP binds its listener in the network
 // namespace of the calling process, so one process hosts at most one speaker
-// per namespace. GoBGP and protobuf types never leave this package.
+// per namespace. GoBGP's Serve loop cannot be stopped: after Stop one idle
+// goroutine per speaker stays until the process exits (leak checks should
+// ignore github.com/osrg/gobgp/v3/pkg/server.(*BgpServer).Serve); every
+// other goroutine ends with Stop or Run. GoBGP and protobuf types never
+// leave this package.
 package bgp

@@ -84,6 +84,8 @@ type core struct {
 	srv    *server.BgpServer
 	events *eventQueue
 	cancel context.CancelFunc
+	// watchPaths asks GoBGP for best-path events (speakers only).
+	watchPaths bool
 
 	mu        sync.Mutex
 	peers     map[netip.Addr]Peer // configured in GoBGP
@@ -93,15 +95,16 @@ type core struct {
 	announced map[netip.Prefix]bool
 }
 
-func newCore(cfg Config) *core {
+func newCore(cfg Config, watchPaths bool) *core {
 	return &core{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		events:    newEventQueue(),
-		peers:     map[netip.Addr]Peer{},
-		cutOff:    map[netip.Addr]time.Time{},
-		up:        map[netip.Addr]bool{},
-		announced: map[netip.Prefix]bool{},
+		cfg:        cfg,
+		watchPaths: watchPaths,
+		log:        cfg.Logger,
+		events:     newEventQueue(),
+		peers:      map[netip.Addr]Peer{},
+		cutOff:     map[netip.Addr]time.Time{},
+		up:         map[netip.Addr]bool{},
+		announced:  map[netip.Prefix]bool{},
 	}
 }
 
@@ -131,7 +134,7 @@ func (c *core) start(ctx context.Context) error {
 	wctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	req := &api.WatchEventRequest{Peer: &api.WatchEventRequest_Peer{}}
-	if c.cfg.InstallRoutes {
+	if c.watchPaths {
 		// Only a speaker needs best paths; converting them is most of the
 		// watcher's cost, so a reflector does not ask.
 		req.Table = &api.WatchEventRequest_Table{Filters: []*api.WatchEventRequest_Table_Filter{{Type: api.WatchEventRequest_Table_Filter_BEST, Init: true}}}
@@ -485,7 +488,7 @@ func (c *core) peerStatus(ctx context.Context) ([]PeerStatus, error) {
 		cut[a] = t
 	}
 	c.mu.Unlock()
-	err := c.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+	err := c.srv.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: true}, func(p *api.Peer) {
 		addr, err := netip.ParseAddr(p.GetConf().GetNeighborAddress())
 		if err != nil {
 			return

@@ -29,7 +29,7 @@ func NewReflector(cfg Config) (*Reflector, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	r := &Reflector{cfg: cfg, core: newCore(cfg)}
+	r := &Reflector{cfg: cfg, core: newCore(cfg, false)}
 	m, err := newMetrics("reflector", cfg.Registerer, r.Status)
 	if err != nil {
 		return nil, fmt.Errorf("reflector %s: register metrics: %w", cfg.Name, err)

@@ -60,7 +60,7 @@ func NewSpeaker(cfg Config) (*Speaker, error) {
 	}
 	s := &Speaker{
 		cfg:       cfg,
-		core:      newCore(cfg),
+		core:      newCore(cfg, true),
 		installed: map[netip.Prefix]netip.Addr{},
 		pending:   map[netip.Prefix]time.Time{},
 		stale:     map[netip.Prefix]bool{},

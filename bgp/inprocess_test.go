@@ -1,0 +1,110 @@
+package bgp
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func freePort(t *testing.T) uint16 {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return uint16(l.Addr().(*net.TCPAddr).Port)
+}
+
+// TestInProcessSession runs two speakers in this process over loopback,
+// without kernel routes (no root needed): the listener learns the dialer's
+// announcement, a withdrawal is seen, and Stop leaves no goroutine behind
+// except GoBGP's unstoppable Serve loop.
+func TestInProcessSession(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent(),
+		goleak.IgnoreAnyFunction("github.com/osrg/gobgp/v3/pkg/server.(*BgpServer).Serve"))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	lo := netip.MustParseAddr("127.0.0.1")
+	port := freePort(t)
+
+	base := DefaultKindConfig()
+	base.InstallRoutes = false
+	a := base
+	a.Name, a.ASN, a.RouterID = "a", 65001, netip.MustParseAddr("10.255.0.1")
+	a.ListenAddresses, a.ListenPort = []netip.Addr{lo}, int32(port)
+	a.NodeIPs = []netip.Addr{netip.MustParseAddr("192.0.2.1")}
+	b := base
+	b.Name, b.ASN, b.RouterID = "b", 65002, netip.MustParseAddr("10.255.0.2")
+	b.ListenPort = -1
+	b.NodeIPs = []netip.Addr{netip.MustParseAddr("192.0.2.2")}
+	b.PodCIDRs = []netip.Prefix{netip.MustParsePrefix("10.2.0.0/24"), netip.MustParsePrefix("10.2.1.0/24")}
+	b.StaticPeers = []Peer{{Name: "a", Address: lo, Port: port, ASN: 65001}}
+
+	sa, err := NewSpeaker(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sa.SetPeers(ctx, []Peer{{Name: "b", Address: lo, ASN: 65002, Passive: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sa.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer sa.Stop(ctx)
+	sb, err := NewSpeaker(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Stop(ctx)
+
+	installed := func(want ...string) func() (bool, string) {
+		return func() (bool, string) {
+			st, err := sa.Status(ctx)
+			if err != nil {
+				return false, err.Error()
+			}
+			if len(st.Installed) != len(want) {
+				return false, fmt.Sprintf("%+v", st)
+			}
+			for i, w := range want {
+				if st.Installed[i].Prefix.String() != w || st.Installed[i].NextHop != b.NodeIPs[0] {
+					return false, fmt.Sprintf("%+v", st)
+				}
+			}
+			return true, ""
+		}
+	}
+	waitFor(t, 30*time.Second, "a to learn b's prefixes", installed("10.2.0.0/24", "10.2.1.0/24"))
+	if err := sb.Announce(ctx, b.PodCIDRs[1:]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "a to see the withdrawal", installed("10.2.1.0/24"))
+	if err := sb.Announce(ctx, []netip.Prefix{netip.MustParsePrefix("fd00::/64")}); err == nil {
+		t.Error("announcing an IPv6 prefix without an IPv6 node IP succeeded")
+	}
+	st, err := sb.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Peers) != 1 || !st.Peers[0].Established || st.Peers[0].PrefixesAdvertised != 1 {
+		t.Errorf("b status: %+v", st)
+	}
+	if err := sb.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sb.Status(ctx); err != ErrNotStarted {
+		t.Errorf("status after stop: %v", err)
+	}
+	if err := sb.Start(ctx); err != ErrAlreadyStarted {
+		t.Errorf("second start: %v", err)
+	}
+}
