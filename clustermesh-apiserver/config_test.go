@@ -2,10 +2,14 @@ package apiserver
 
 import (
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/spf13/pflag"
+
+	"github.com/clustermesh/clustermesh/api"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -76,5 +80,29 @@ func TestFlags(t *testing.T) {
 	})
 	if n != 17 {
 		t.Errorf("%d flags, want 17 (one per Config field)", n)
+	}
+}
+
+func TestReadyzBeforeExport(t *testing.T) {
+	s := &Server{}
+	rec := httptest.NewRecorder()
+	s.serveReadyz(rec, httptest.NewRequest("GET", "/readyz", nil))
+	if rec.Code != http.StatusServiceUnavailable || s.Ready() {
+		t.Errorf("readyz before the store is open: %d, Ready()=%v; want 503, false", rec.Code, s.Ready())
+	}
+	c := &controller{synced: map[api.Kind]bool{api.KindNode: true}}
+	s.ctrl = c
+	rec = httptest.NewRecorder()
+	s.serveReadyz(rec, httptest.NewRequest("GET", "/readyz", nil))
+	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), string(api.KindIPCache)) {
+		t.Errorf("readyz with only nodes synced: %d %q; want 503 naming the missing kinds", rec.Code, rec.Body.String())
+	}
+	for _, k := range api.SyncedKinds {
+		c.synced[k] = true
+	}
+	rec = httptest.NewRecorder()
+	s.serveReadyz(rec, httptest.NewRequest("GET", "/readyz", nil))
+	if rec.Code != http.StatusOK || !s.Ready() {
+		t.Errorf("readyz with every kind synced: %d", rec.Code)
 	}
 }

@@ -30,8 +30,9 @@ of global services, identities and the ipcache.
 
 The store is an embedded etcd by default (--etcd-*), served to peers over
 mutual TLS with a read-only role, or an external etcd (--kvstore-config).`,
-		SilenceUsage: true,
-		Args:         cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
 			slog.SetDefault(log)
