@@ -219,18 +219,17 @@ func (p *Pool) Run(ctx context.Context) error {
 	if err != nil {
 		return nil // cancelled before we knew our own address
 	}
-	p.cfg.AdvertiseAddr = adv
 	if p.cfg.Key == nil {
 		p.log.Warn("Gossip is not encrypted: any host that reaches the gossip port can join and report deaths; set --health-key-file")
 	}
-	ml, err := memberlist.Create(p.memberlistConfig())
+	ml, err := memberlist.Create(p.memberlistConfig(adv))
 	if err != nil {
 		return fmt.Errorf("member %s: start memberlist on %s: %w", p.name, p.cfg.BindAddr, err)
 	}
 	p.mu.Lock()
 	p.ml = ml
 	p.mu.Unlock()
-	p.log.Info("Joined gossip pool", "bind", p.cfg.BindAddr, "advertise", p.cfg.advertise(),
+	p.log.Info("Joined gossip pool", "bind", p.cfg.BindAddr, "advertise", adv,
 		"probeInterval", p.cfg.ProbeInterval, "encrypted", p.cfg.Key != nil)
 
 	var wg sync.WaitGroup
@@ -286,12 +285,11 @@ func (p *Pool) resolveAdvertise(ctx context.Context) (netip.AddrPort, error) {
 	}
 }
 
-func (p *Pool) memberlistConfig() *memberlist.Config {
+func (p *Pool) memberlistConfig(adv netip.AddrPort) *memberlist.Config {
 	c := memberlist.DefaultLANConfig()
 	c.Name = p.name
 	c.BindAddr = p.cfg.BindAddr.Addr().String()
 	c.BindPort = int(p.cfg.BindAddr.Port())
-	adv := p.cfg.advertise()
 	c.AdvertiseAddr = adv.Addr().String()
 	c.AdvertisePort = int(adv.Port())
 	c.SecretKey = p.cfg.Key
@@ -318,27 +316,42 @@ func (p *Pool) memberlistConfig() *memberlist.Config {
 	return c
 }
 
-// decisionLoop runs step on every tick and wake-up until ctx is cancelled.
+// idleEvaluations is how many EvaluateIntervals the decision loop sleeps
+// when nothing is pending; memberlist events wake it at once regardless.
+const idleEvaluations = 10
+
+// decisionLoop runs step on every wake-up and tick until ctx is cancelled.
+// It ticks every EvaluateInterval while something is pending (a held death,
+// a hold-down running, a suspicion, a degraded health score, a failed sink
+// call) and idleEvaluations times slower otherwise.
 func (p *Pool) decisionLoop(ctx context.Context, ml *memberlist.Memberlist) {
 	tr := newTracker(p.cfg.safety())
 	reported := make(map[loadbalancer.NodeRef]bool)
-	tick := time.NewTicker(p.cfg.EvaluateInterval)
-	defer tick.Stop()
+	timer := time.NewTimer(p.cfg.EvaluateInterval)
+	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-timer.C:
 		case <-p.wake:
+			if !timer.Stop() {
+				<-timer.C
+			}
 		}
-		p.step(ctx, ml, tr, reported, time.Now())
+		next := p.cfg.EvaluateInterval
+		if !p.step(ctx, ml, tr, reported, time.Now()) {
+			next *= idleEvaluations
+		}
+		timer.Reset(next)
 	}
 }
 
 // step feeds what happened since the last step to the tracker, applies its
 // decisions to the sink and publishes status. reported holds what the sink
-// was last successfully told per node (true: healthy).
-func (p *Pool) step(ctx context.Context, ml *memberlist.Memberlist, tr *tracker, reported map[loadbalancer.NodeRef]bool, now time.Time) {
+// was last successfully told per node (true: healthy). It returns whether
+// anything is pending that needs the next evaluation soon.
+func (p *Pool) step(ctx context.Context, ml *memberlist.Memberlist, tr *tracker, reported map[loadbalancer.NodeRef]bool, now time.Time) bool {
 	p.mu.Lock()
 	events := p.events
 	p.events = make(map[string]event)
@@ -433,6 +446,17 @@ func (p *Pool) step(ctx context.Context, ml *memberlist.Memberlist, tr *tracker,
 		}
 	}
 	p.publish(tr, iso, health, changes, now)
+
+	pending := health > 0 || iso.isolated
+	for _, pe := range tr.peers {
+		if pe.held || pe.state == StateSuspect || (!pe.healthy && pe.state != StateDead) {
+			pending = true
+		}
+		if got, ok := reported[pe.ref]; pe.ref.ClusterID != 0 && (!ok || got != pe.healthy) {
+			pending = true // a sink call to retry
+		}
+	}
+	return pending || len(reported) > len(want)
 }
 
 func (p *Pool) callSink(ctx context.Context, ref loadbalancer.NodeRef, healthy bool) bool {

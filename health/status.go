@@ -49,7 +49,9 @@ type MemberStatus struct {
 }
 
 // Status returns the latest snapshot, taken at the end of the last
-// evaluation (every Config.EvaluateInterval while Run runs).
+// evaluation: on every memberlist event, and while Run runs at least every
+// 10 × Config.EvaluateInterval (every EvaluateInterval while a decision is
+// pending).
 func (p *Pool) Status() Status {
 	p.mu.Lock()
 	defer p.mu.Unlock()

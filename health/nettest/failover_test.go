@@ -1,4 +1,4 @@
-package health
+package nettest
 
 import (
 	"bufio"
@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/bpf"
+	"github.com/clustermesh/clustermesh/health"
 	"github.com/clustermesh/clustermesh/loadbalancer"
 )
 
@@ -44,7 +45,7 @@ const (
 
 // childExtras starts what the environment asks of a member process besides
 // the pool: a backend server and/or the eBPF datapath wrapped around sink.
-func childExtras(self string, out *lineWriter, sink HealthSink) (func(), HealthSink, error) {
+func childExtras(self string, out *lineWriter, sink health.HealthSink) (func(), health.HealthSink, error) {
 	var stops []func()
 	stop := func() {
 		for _, f := range slices.Backward(stops) {
@@ -96,7 +97,7 @@ func childExtras(self string, out *lineWriter, sink HealthSink) (func(), HealthS
 
 // teeSink programs the datapath first, then reports: a SINK line's time is
 // after the kernel map changed.
-type teeSink struct{ first, then HealthSink }
+type teeSink struct{ first, then health.HealthSink }
 
 func (t teeSink) SetNodeHealth(ctx context.Context, ref loadbalancer.NodeRef, healthy bool) error {
 	if err := t.first.SetNodeHealth(ctx, ref, healthy); err != nil {
