@@ -446,3 +446,36 @@ func prefixFromIPNet(n *net.IPNet) (netip.Prefix, bool) {
 	ones, _ := n.Mask.Size()
 	return netip.PrefixFrom(ip.Unmap(), ones).Masked(), true
 }
+
+// FlushRoutes deletes every route of RouteProtocol from table (0 = main) in
+// the calling thread's network namespace, for a node where BGP is turned
+// off for good. A running Speaker re-installs what it learns; this is not
+// for use next to one. It returns how many routes it removed.
+func FlushRoutes(table int) (int, error) {
+	if table == 0 {
+		table = unix.RT_TABLE_MAIN
+	}
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return 0, fmt.Errorf("flush routes: open netlink: %w", err)
+	}
+	defer h.Close()
+	routes, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: RouteProtocol, Table: table},
+		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return 0, fmt.Errorf("flush routes: list protocol %d table %d: %w", RouteProtocol, table, err)
+	}
+	n := 0
+	var errs []error
+	for _, r := range routes {
+		if err := h.RouteDel(&r); err != nil && !errors.Is(err, syscall.ESRCH) {
+			errs = append(errs, fmt.Errorf("route %s: %w", r.Dst, err))
+			continue
+		}
+		n++
+	}
+	if len(errs) > 0 {
+		return n, fmt.Errorf("flush routes: %w", errors.Join(errs...))
+	}
+	return n, nil
+}
