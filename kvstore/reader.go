@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -196,7 +197,9 @@ func (r *Reader) setOK(kind api.Kind, relist bool) {
 func (r *Reader) setSynced(kind api.Kind) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.status.Synced = append(r.status.Synced, kind)
+	if !slices.Contains(r.status.Synced, kind) {
+		r.status.Synced = append(r.status.Synced, kind)
+	}
 }
 
 // Watch streams the cluster's objects of kind: first an EventUpsert per
@@ -247,10 +250,13 @@ type kindWatch struct {
 // relistReason says why a watch ended and the store is listed again.
 type relistReason string
 
+// run lists and watches until ctx is done; every return is on ctx done.
 func (w *kindWatch) run(ctx context.Context) {
 	defer close(w.out)
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	backoff := w.r.opts.MinBackoff
-	reconnected := w.watchConn(ctx)
+	reconnected := w.watchConn(ctx, &wg)
 	lists := 0
 	for {
 		rev, err := w.list(ctx)
@@ -283,14 +289,17 @@ func (w *kindWatch) run(ctx context.Context) {
 }
 
 // watchConn reports, by a send on the returned channel, every time the
-// client's connection becomes ready again after having been down.
-func (w *kindWatch) watchConn(ctx context.Context) <-chan struct{} {
+// client's connection becomes ready again after having been down. Its
+// goroutine, counted in wg, ends with ctx.
+func (w *kindWatch) watchConn(ctx context.Context, wg *sync.WaitGroup) <-chan struct{} {
 	ch := make(chan struct{}, 1)
 	conn := w.r.c.cli.ActiveConnection()
 	if conn == nil {
 		return ch
 	}
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
 		state := conn.GetState()
 		down := false
 		for conn.WaitForStateChange(ctx, state) {
