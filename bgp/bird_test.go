@@ -22,8 +22,10 @@ type birdProc struct {
 
 func (l *lab) startBird(name, ns, conf string) *birdProc {
 	l.tb.Helper()
-	if _, err := exec.LookPath("bird"); err != nil {
-		l.tb.Skipf("needs bird2 (apt-get install bird2): %v", err)
+	for _, bin := range []string{"bird", "birdc"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			l.tb.Skipf("needs bird2 (apt-get install bird2): %v", err)
+		}
 	}
 	dir := filepath.Join(l.dir, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -57,6 +58,7 @@ func TestTwoClustersNativeRouting(t *testing.T) {
 
 	// Reflectors, each in its own namespace, as clustermesh-apiserver would
 	// run them.
+	var reflectors []*child
 	for i, cl := range clusters {
 		short := fmt.Sprintf("rr%d", i+1)
 		ns := l.host(short, cl.RouteReflector.Addr().String())
@@ -73,7 +75,7 @@ func TestTwoClustersNativeRouting(t *testing.T) {
 		cfg := DefaultKindConfig()
 		cfg.Name, cfg.ASN, cfg.RouterID = cl.Name, cl.ASN, cl.RouteReflector.Addr()
 		cfg.ListenPort = int32(cl.RouteReflector.Port())
-		l.startChild(short, ns, "reflector", cfg, peers)
+		reflectors = append(reflectors, l.startChild(short, ns, "reflector", cfg, peers))
 	}
 	for i, n := range nodes {
 		cl := clusters[i/2]
@@ -129,6 +131,24 @@ func TestTwoClustersNativeRouting(t *testing.T) {
 				t.Errorf("tunnel devices in %s: %v", ns, tun)
 			}
 		}
+	}
+	rst := reflectors[0].status()
+	if len(rst.Peers) != 3 {
+		t.Errorf("reflector c1 peers: %+v", rst.Peers)
+	}
+	for _, p := range rst.Peers {
+		// Two nodes send 1 prefix each; the other reflector sends c2's 2.
+		want := 1
+		if p.Address == clusters[1].RouteReflector.Addr() {
+			want = 2
+		}
+		if !p.Established || p.PrefixesReceived != want {
+			t.Errorf("reflector c1, peer %s: %+v", p.Address, p)
+		}
+	}
+	m := reflectors[0].call(childReq{Op: "metrics"}).Metrics
+	if want := `clustermesh_bgp_session_established{peer="192.0.2.2",peer_name="c2/reflector",role="reflector"} 1`; !strings.Contains(m, want) {
+		t.Errorf("reflector metrics lack %s:\n%s", want, m)
 	}
 	st := nodes[0].proc.status()
 	if len(st.Peers) != 1 || !st.Peers[0].Established || st.Peers[0].PrefixesInstalled != 3 || len(st.Installed) != 3 {
