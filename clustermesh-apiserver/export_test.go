@@ -386,6 +386,26 @@ func TestExport(t *testing.T) {
 		})
 	})
 
+	t.Run("namespace labels", func(t *testing.T) {
+		// Namespace labels are part of identities: relabelling the
+		// namespace moves its pods to new identities and frees the old.
+		if _, err := e.kube.Kubectl(ctx, "label", "namespace", ns, "env=prod"); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "identities follow the namespace's labels", func(ctx context.Context) error {
+			got, err := e.dump(ctx)
+			if err != nil {
+				return err
+			}
+			for _, o := range got {
+				if id, ok := o.(*api.Identity); ok && id.Labels[apiserver.NamespaceLabelPrefix+"env"] != "prod" {
+					return fmt.Errorf("identity %d has labels %v, without the namespace's env=prod", id.ID, id.Labels)
+				}
+			}
+			return expectStore(ctx, e)
+		})
+	})
+
 	t.Run("delete namespace", func(t *testing.T) {
 		if err := cs.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)

@@ -49,7 +49,6 @@ type Server struct {
 	ctrl       *controller
 	healthAddr string
 	storeURL   string
-	started    chan struct{}
 }
 
 // New checks cfg and prepares a server; nothing starts before Run.
@@ -88,7 +87,6 @@ func New(cfg Config, opts *Options) (*Server, error) {
 	return &Server{
 		cfg: cfg, log: o.Logger.With("cluster", cfg.ClusterName),
 		reg: o.Registerer, gath: o.Gatherer, rest: rc,
-		started: make(chan struct{}),
 	}, nil
 }
 
@@ -168,7 +166,6 @@ func (s *Server) Run(ctx context.Context) error {
 	s.mu.Lock()
 	s.ctrl = ctrl
 	s.mu.Unlock()
-	close(s.started)
 	s.log.Info("exporting", "cluster-id", s.cfg.ClusterID, "store", client.Config().Endpoints, "health", s.HealthAddr())
 	return ctrl.run(ctx)
 }
