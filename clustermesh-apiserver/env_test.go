@@ -266,7 +266,12 @@ func mkService(t testing.TB, e *env, ns, name string, annotations map[string]str
 // to node, running, ready, with ip.
 func mkPod(t testing.TB, e *env, ns, name, app, node, ip string) {
 	t.Helper()
-	ctx := context.Background()
+	if err := createPod(context.Background(), e, ns, name, app, node, ip); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func createPod(ctx context.Context, e *env, ns, name, app, node, ip string) error {
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns,
 			Labels: map[string]string{"app": app, "pod-template-hash": "5d8f9c"}},
@@ -277,7 +282,7 @@ func mkPod(t testing.TB, e *env, ns, name, app, node, ip string) {
 	}
 	pod, err := e.kube.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	pod.Status = corev1.PodStatus{
 		Phase:      corev1.PodRunning,
@@ -286,15 +291,19 @@ func mkPod(t testing.TB, e *env, ns, name, app, node, ip string) {
 		PodIPs:     []corev1.PodIP{{IP: ip}},
 		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}},
 	}
-	if _, err := e.kube.Client.CoreV1().Pods(ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+	_, err = e.kube.Client.CoreV1().Pods(ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{})
+	return err
+}
+
+// rmPod deletes a pod at once, as a kubelet confirming its termination.
+func rmPod(t testing.TB, e *env, ns, name string) {
+	t.Helper()
+	if err := deletePod(context.Background(), e, ns, name); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func rmPod(t testing.TB, e *env, ns, name string) {
-	t.Helper()
+func deletePod(ctx context.Context, e *env, ns, name string) error {
 	zero := int64(0)
-	if err := e.kube.Client.CoreV1().Pods(ns).Delete(context.Background(), name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
-		t.Fatal(err)
-	}
+	return e.kube.Client.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
 }
