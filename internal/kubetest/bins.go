@@ -24,7 +24,7 @@ const EnvToolsBin = "CLUSTERMESH_TOOLS_BIN"
 const rootModule = "github.com/clustermesh/clustermesh"
 
 // ErrMissingBinary is returned when a binary hack/ builds is not found.
-var ErrMissingBinary = errors.New("binary not found (run `make tools` to build it from source)")
+var ErrMissingBinary = errors.New("binary not found")
 
 // BinDir returns the directory holding the control-plane binaries: the value
 // of CLUSTERMESH_TOOLS_BIN if set, else hack/bin of the clustermesh module
