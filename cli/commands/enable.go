@@ -1,6 +1,7 @@
 package commands
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 
@@ -18,6 +19,7 @@ func newEnable(g *globals) *cobra.Command {
 		maxClusterID  uint32
 		caCert, caKey string
 		inheritFrom   string
+		gossipKey     string
 	)
 	cmd := &cobra.Command{
 		Use:   "enable --context CONTEXT --cluster-name NAME --cluster-id ID",
@@ -28,7 +30,8 @@ it again with the same flags changes nothing; certificates are kept while they
 are valid for more than 30 days.
 
 Clusters that will be connected must share a CA: pass --inherit-ca-from with
-the context of a cluster already enabled, or --ca-cert/--ca-key.`,
+the context of a cluster already enabled (it also shares the mesh's gossip
+key), or --ca-cert/--ca-key with --gossip-key.`,
 		Example: `  clustermesh enable --context c1 --cluster-name c1 --cluster-id 1
   clustermesh enable --context c2 --cluster-name c2 --cluster-id 2 --inherit-ca-from c1`,
 		Args: cobra.NoArgs,
@@ -63,9 +66,17 @@ the context of a cluster already enabled, or --ca-cert/--ca-key.`,
 				if err != nil {
 					return fmt.Errorf("--inherit-ca-from: %w", err)
 				}
-				if opts.CA, err = from.LoadCA(ctx); err != nil {
-					return fmt.Errorf("--inherit-ca-from %s: %w", inheritFrom, err)
+				opts.InheritFrom = from
+			}
+			if gossipKey != "" {
+				if inheritFrom != "" {
+					return fmt.Errorf("%w: --inherit-ca-from already shares the gossip key; drop --gossip-key", mesh.ErrInvalidArgument)
 				}
+				b, err := os.ReadFile(gossipKey)
+				if err != nil {
+					return fmt.Errorf("--gossip-key: %w", err)
+				}
+				opts.GossipKey = bytes.TrimSpace(b)
 			}
 			c, err := g.open("")
 			if err != nil {
@@ -94,6 +105,7 @@ the context of a cluster already enabled, or --ca-cert/--ca-key.`,
 	f.StringVar(&caCert, "ca-cert", "", "PEM file of a CA certificate to use (with --ca-key)")
 	f.StringVar(&caKey, "ca-key", "", "PEM file of the CA's private key")
 	f.StringVar(&inheritFrom, "inherit-ca-from", "", "kubeconfig context of an enabled cluster whose CA to share")
+	f.StringVar(&gossipKey, "gossip-key", "", "file holding the mesh's node-health gossip key (base64 of 16, 24 or 32 bytes); default: inherited with --inherit-ca-from, else generated")
 	f.BoolVar(&opts.ReplaceCA, "replace-ca", false, "replace a different CA the cluster already has (re-issues every certificate)")
 	_ = cmd.MarkFlagRequired("cluster-name")
 	_ = cmd.MarkFlagRequired("cluster-id")

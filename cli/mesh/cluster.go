@@ -25,9 +25,12 @@ const (
 	SecretRemote   = "clustermesh-remote-cert"
 	SecretAgent    = "clustermesh-agent-cert"
 	SecretClusters = "clustermesh-clusters"
-	ServiceName    = "clustermesh-apiserver"
-	DeploymentName = "clustermesh-apiserver"
-	DaemonSetName  = "clustermesh-agent"
+	// SecretGossipKey holds the mesh's memberlist key (key "key", base64),
+	// the same in every cluster of a mesh.
+	SecretGossipKey = "clustermesh-gossip-key"
+	ServiceName     = "clustermesh-apiserver"
+	DeploymentName  = "clustermesh-apiserver"
+	DaemonSetName   = "clustermesh-agent"
 )
 
 // Sentinel errors. Problems found by checks wrap one of them.

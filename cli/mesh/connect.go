@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -34,6 +35,7 @@ type member struct {
 	remote   Credentials // the client certificate this cluster's agents present to peers
 	podCIDRs []netip.Prefix
 	existing []Entry // current entries of its clusters Secret
+	gossip   []byte  // memberlist key
 }
 
 func loadMember(ctx context.Context, c *Cluster, endpointOverride string) (*member, error) {
@@ -67,7 +69,11 @@ func loadMember(ctx context.Context, c *Cluster, endpointOverride string) (*memb
 	if err != nil {
 		return nil, fmt.Errorf("context %s: %w", c.Context, err)
 	}
-	return &member{c: c, info: *info, ca: ca, remote: remote, podCIDRs: cidrs, existing: existing}, nil
+	gossip, err := c.GossipKey(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &member{c: c, info: *info, ca: ca, remote: remote, podCIDRs: cidrs, existing: existing, gossip: gossip}, nil
 }
 
 // PodCIDRs returns the pod CIDRs of every node (spec.podCIDRs).
@@ -136,6 +142,11 @@ func checkPair(ctx context.Context, a, b *member, skipDial bool) []Problem {
 				bn, b.c.ctxFlag(), bn, b.info.ID, a.c.Context, bn),
 			"clusters %s and %s have different CAs (%s's CA serial %s, %s's CA serial %s)",
 			an, bn, an, a.ca.Certificate().SerialNumber.Text(16)[:8], bn, b.ca.Certificate().SerialNumber.Text(16)[:8]))
+	}
+	if !bytes.Equal(a.gossip, b.gossip) {
+		ps = append(ps, problem(ErrUntrusted,
+			fmt.Sprintf("share %s's gossip key: clustermesh enable %s --cluster-name %s --cluster-id %d --inherit-ca-from %s", an, b.c.ctxFlag(), bn, b.info.ID, a.c.Context),
+			"clusters %s and %s have different gossip keys (secret %s): their agents could not exchange node health", an, bn, SecretGossipKey))
 	}
 	for _, pa := range a.podCIDRs {
 		for _, pb := range b.podCIDRs {

@@ -73,7 +73,7 @@ func TestTwoClusters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := mesh.Enable(ctx, c2, mesh.EnableOptions{ClusterName: "c2", ClusterID: 2, CA: ca1}); err != nil {
+	if _, err := mesh.Enable(ctx, c2, mesh.EnableOptions{ClusterName: "c2", ClusterID: 2, InheritFrom: c1}); err != nil {
 		t.Fatal(err)
 	}
 	// c3 collides with c1 in every way: its ID, its CA, its pod CIDR.
@@ -87,7 +87,7 @@ func TestTwoClusters(t *testing.T) {
 			opts mesh.EnableOptions
 		}{
 			{c1, mesh.EnableOptions{ClusterName: "c1", ClusterID: 1}},
-			{c2, mesh.EnableOptions{ClusterName: "c2", ClusterID: 2, CA: ca1}},
+			{c2, mesh.EnableOptions{ClusterName: "c2", ClusterID: 2, InheritFrom: c1}},
 		} {
 			before := clitest.ResourceVersions(t, tc.c)
 			if _, err := mesh.Enable(ctx, tc.c, tc.opts); err != nil {
@@ -129,6 +129,9 @@ func TestTwoClusters(t *testing.T) {
 		err := mesh.Connect(ctx, c1, []*mesh.Cluster{c3}, mesh.ConnectOptions{})
 		wantProblem(t, err, mesh.ErrIDCollision, "cluster ID 1")
 		wantProblem(t, err, mesh.ErrUntrusted, "different CAs")
+		if !strings.Contains(err.Error(), "different gossip keys") {
+			t.Errorf("err = %v, want the gossip key mismatch named", err)
+		}
 		wantProblem(t, err, mesh.ErrCIDROverlap, "10.1.0.0/25")
 		if after := clitest.ResourceVersions(t, c1); after["secret/"+mesh.SecretClusters] != before["secret/"+mesh.SecretClusters] {
 			t.Fatal("refused connect changed the clusters Secret")
@@ -136,7 +139,7 @@ func TestTwoClusters(t *testing.T) {
 	})
 
 	t.Run("replace-ca brings a cluster into the mesh's trust", func(t *testing.T) {
-		if _, err := mesh.Enable(ctx, c3, mesh.EnableOptions{ClusterName: "c3", ClusterID: 1, CA: ca1, ReplaceCA: true}); err != nil {
+		if _, err := mesh.Enable(ctx, c3, mesh.EnableOptions{ClusterName: "c3", ClusterID: 1, InheritFrom: c1, ReplaceCA: true}); err != nil {
 			t.Fatal(err)
 		}
 		ca3, err := c3.LoadCA(ctx)

@@ -2,6 +2,8 @@ package mesh
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -41,7 +43,14 @@ type EnableOptions struct {
 	// has; every leaf certificate is then re-issued and existing
 	// connections must be re-made.
 	ReplaceCA bool
-	Log       *slog.Logger
+	// GossipKey, if set, is the mesh's memberlist key (base64) to use, so
+	// that agents of all clusters can gossip; it replaces the cluster's
+	// key. Nil: keep the cluster's key or create one.
+	GossipKey []byte
+	// InheritFrom, if set, is an enabled cluster whose CA and gossip key
+	// this cluster shares (it overrides CA and GossipKey).
+	InheritFrom *Cluster
+	Log         *slog.Logger
 }
 
 // EnableResult says what enable settled on.
@@ -150,6 +159,16 @@ func Enable(ctx context.Context, c *Cluster, opts EnableOptions) (*EnableResult,
 		}
 	}
 
+	if opts.InheritFrom != nil {
+		var err error
+		if opts.CA, err = opts.InheritFrom.LoadCA(ctx); err != nil {
+			return nil, fmt.Errorf("inherit from context %s: %w", opts.InheritFrom.Context, err)
+		}
+		if opts.GossipKey, err = opts.InheritFrom.GossipKey(ctx); err != nil {
+			return nil, fmt.Errorf("inherit from context %s: %w", opts.InheritFrom.Context, err)
+		}
+	}
+
 	// An installed cluster keeps its name and ID: identities and peers'
 	// connections carry them.
 	info, err := c.ReadInfo(ctx)
@@ -208,6 +227,9 @@ func Enable(ctx context.Context, c *Cluster, opts EnableOptions) (*EnableResult,
 		log.Info("created CA", "context", c.Context, "cluster", opts.ClusterName)
 	}
 	if err := c.issueLeaves(ctx, ca, opts.ClusterName, opts.Endpoint, svc, false); err != nil {
+		return nil, err
+	}
+	if err := c.ensureGossipKey(ctx, opts.GossipKey); err != nil {
 		return nil, err
 	}
 
@@ -358,4 +380,35 @@ func dialAddr(ep string) string {
 		return u.Host
 	}
 	return ep
+}
+
+// GossipKey returns the cluster's memberlist key, or nil when it has none.
+func (c *Cluster) GossipKey(ctx context.Context) ([]byte, error) {
+	s, err := c.getSecret(ctx, SecretGossipKey)
+	if err != nil || s == nil {
+		return nil, err
+	}
+	return s.Data[KeyGossip], nil
+}
+
+// KeyGossip is the key of the gossip key Secret.
+const KeyGossip = "key"
+
+func (c *Cluster) ensureGossipKey(ctx context.Context, given []byte) error {
+	key := given
+	if key == nil {
+		existing, err := c.GossipKey(ctx)
+		if err != nil {
+			return err
+		}
+		key = existing
+	}
+	if len(key) == 0 {
+		raw := make([]byte, 32)
+		if _, err := rand.Read(raw); err != nil {
+			return fmt.Errorf("context %s: gossip key: %w", c.Context, err)
+		}
+		key = []byte(base64.StdEncoding.EncodeToString(raw))
+	}
+	return c.applySecret(ctx, SecretGossipKey, corev1.SecretTypeOpaque, map[string][]byte{KeyGossip: key})
 }
