@@ -46,15 +46,13 @@ var ErrInvalidValues = errors.New("invalid manifest values")
 
 // Values parameterise the manifests.
 type Values struct {
-	Namespace    string
-	ClusterName  string
-	ClusterID    uint32
-	MaxClusterID uint32
-	Endpoint     string
-	ServiceType  string
-	EtcdPort     uint16
-	// GossipPort is the agents' memberlist port on their node's address.
-	GossipPort     uint16
+	Namespace      string
+	ClusterName    string
+	ClusterID      uint32
+	MaxClusterID   uint32
+	Endpoint       string
+	ServiceType    string
+	EtcdPort       uint16
 	APIServerImage string
 	AgentImage     string
 }
@@ -66,7 +64,6 @@ func DefaultValues() Values {
 		MaxClusterID:   255,
 		ServiceType:    "NodePort",
 		EtcdPort:       2379,
-		GossipPort:     7946,
 		APIServerImage: "ghcr.io/clustermesh/clustermesh-apiserver:latest",
 		AgentImage:     "ghcr.io/clustermesh/clustermesh-agent:latest",
 	}
@@ -80,8 +77,8 @@ func (v Values) validate() error {
 		return fmt.Errorf("%w: empty cluster name", ErrInvalidValues)
 	case v.ClusterID == 0:
 		return fmt.Errorf("%w: cluster %s: cluster ID 0", ErrInvalidValues, v.ClusterName)
-	case v.EtcdPort == 0 || v.GossipPort == 0:
-		return fmt.Errorf("%w: cluster %s: etcd or gossip port 0", ErrInvalidValues, v.ClusterName)
+	case v.EtcdPort == 0:
+		return fmt.Errorf("%w: cluster %s: etcd port 0", ErrInvalidValues, v.ClusterName)
 	}
 	switch v.ServiceType {
 	case "ClusterIP", "NodePort", "LoadBalancer":
