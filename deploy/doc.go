@@ -3,6 +3,6 @@
 //
 // The manifests are plain YAML files in this directory, embedded in the
 // binary and templated (text/template) with a Values struct, so a reader can
-// review exactly what is installed and an operator can apply them by hand.
+// review exactly what is installed.
 // Rendering is pure: it has no side effects and is safe for concurrent use.
 package deploy
