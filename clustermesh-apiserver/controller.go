@@ -549,11 +549,19 @@ func (c *controller) syncSlice(ctx context.Context, nn types.NamespacedName) err
 	newKey := ""
 	if want {
 		obj, err := convertEndpointSlice(c.cluster, es)
-		if err != nil {
-			return fmt.Errorf("%w: %w", errInvalid, err)
+		if err == nil {
+			newKey = obj.Key()
+			err = c.store.Upsert(ctx, obj)
 		}
-		newKey = obj.Key()
-		if err := c.store.Upsert(ctx, obj); err != nil {
+		if err != nil {
+			if errors.Is(err, api.ErrInvalid) || errors.Is(err, errInvalid) || obj == nil {
+				// What was exported before no longer describes the
+				// slice: withdraw it rather than serve stale backends.
+				if derr := c.unexportSlice(ctx, nn, oldKey); derr != nil {
+					return derr
+				}
+				return fmt.Errorf("%w: endpoint slice %s: %w", errInvalid, nn, err)
+			}
 			return fmt.Errorf("endpoint slice %s: %w", nn, err)
 		}
 	}
@@ -568,6 +576,19 @@ func (c *controller) syncSlice(ctx context.Context, nn types.NamespacedName) err
 	} else {
 		c.sliceExported[nn] = newKey
 	}
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *controller) unexportSlice(ctx context.Context, nn types.NamespacedName, key string) error {
+	if key == "" {
+		return nil
+	}
+	if err := c.store.Delete(ctx, key); err != nil {
+		return fmt.Errorf("endpoint slice %s: %w", nn, err)
+	}
+	c.mu.Lock()
+	delete(c.sliceExported, nn)
 	c.mu.Unlock()
 	return nil
 }
