@@ -9,6 +9,9 @@ import (
 type Problem struct {
 	// Err is one of the package's sentinel errors.
 	Err error `json:"-"`
+	// Code is Err's text ("endpoint unreachable", "pod CIDRs overlap"...),
+	// stable for scripts reading -o json.
+	Code string `json:"code,omitempty"`
 	// Reason names the objects involved and what is wrong with them.
 	Reason string `json:"reason"`
 	// Fix is the next step: a command to run or an action to take.
@@ -23,7 +26,11 @@ func (p Problem) String() string {
 }
 
 func problem(err error, fix, format string, args ...any) Problem {
-	return Problem{Err: err, Reason: fmt.Sprintf(format, args...), Fix: fix}
+	p := Problem{Err: err, Reason: fmt.Sprintf(format, args...), Fix: fix}
+	if err != nil {
+		p.Code = err.Error()
+	}
+	return p
 }
 
 // CheckError is returned when checks found problems; nothing was changed.
