@@ -10,7 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"text/tabwriter"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/spf13/cobra"
@@ -160,42 +160,72 @@ func ReadDump(pinDir string) (*Dump, error) {
 	return d, nil
 }
 
-// WriteText renders the dump as a table: one block per frontend, one line
-// per backend slot.
+// WriteText renders the dump as a table: one line per frontend, then one
+// line per backend slot, columns aligned over the whole table.
 func (d *Dump) WriteText(w io.Writer) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "FRONTEND\tSET\tBACKEND\tCLUSTER\tNODE\tHEALTH\n")
+	type line struct {
+		summary string   // frontend line
+		cells   []string // backend line
+	}
+	header := []string{"FRONTEND / SET", "BACKEND", "CLUSTER", "NODE", "HEALTH"}
+	widths := make([]int, len(header))
+	grow := func(cells []string) {
+		for i, c := range cells {
+			widths[i] = max(widths[i], len(c))
+		}
+	}
+	grow(header)
+	var lines []line
 	for _, s := range d.Services {
-		fmt.Fprintf(tw, "%s\t(rev %d, slot set %d, %d preferred, %d fallback)\t\t\t\t\n", s.Frontend, s.Rev, s.Set, len(s.Preferred), len(s.Fallback))
+		lines = append(lines, line{summary: fmt.Sprintf("%s  %d preferred, %d fallback (rev %d, slot set %d)",
+			s.Frontend, len(s.Preferred), len(s.Fallback), s.Rev, s.Set)})
 		for _, set := range []struct {
 			name string
 			bs   []DumpBackend
 		}{{"preferred", s.Preferred}, {"fallback", s.Fallback}} {
 			for _, b := range set.bs {
-				if b.Missing {
-					fmt.Fprintf(tw, "\t%s\t(missing backend %d)\t\t\t\n", set.name, b.ID)
-					continue
+				cells := []string{"  " + set.name, fmt.Sprintf("(missing backend %d)", b.ID), "", "", ""}
+				if !b.Missing {
+					health := "healthy"
+					if !b.Healthy {
+						health = "DOWN"
+					}
+					cells = []string{"  " + set.name, b.Addr.String(), fmt.Sprint(b.Node.ClusterID), b.Node.Name, health}
 				}
-				health := "healthy"
-				if !b.Healthy {
-					health = "DOWN"
-				}
-				fmt.Fprintf(tw, "\t%s\t%s\t%d\t%s\t%s\n", set.name, b.Addr, b.Node.ClusterID, b.Node.Name, health)
+				grow(cells)
+				lines = append(lines, line{cells: cells})
 			}
 		}
 	}
-	if err := tw.Flush(); err != nil {
-		return err
+	var sb strings.Builder
+	row := func(cells []string) {
+		for i, c := range cells {
+			if i == len(cells)-1 {
+				sb.WriteString(c)
+				break
+			}
+			fmt.Fprintf(&sb, "%-*s  ", widths[i], c)
+		}
+		sb.WriteString("\n")
+	}
+	row(header)
+	for _, l := range lines {
+		if l.cells == nil {
+			sb.WriteString(l.summary + "\n")
+			continue
+		}
+		row(l.cells)
 	}
 	if len(d.DownNodes) > 0 {
-		fmt.Fprintf(w, "\nnodes down:")
+		sb.WriteString("\nnodes down:")
 		for _, n := range d.DownNodes {
-			fmt.Fprintf(w, " %s", n)
+			sb.WriteString(" " + n.String())
 		}
-		fmt.Fprintln(w)
+		sb.WriteString("\n")
 	}
-	_, err := fmt.Fprintf(w, "\n%d services; kernel counters: translated=%d fallback=%d no_backend=%d udp_revnat=%d\n",
+	fmt.Fprintf(&sb, "\n%d services; kernel counters: translated=%d fallback=%d no_backend=%d udp_revnat=%d\n",
 		len(d.Services), d.Stats["translated"], d.Stats["fallback"], d.Stats["no_backend"], d.Stats["revnat"])
+	_, err := io.WriteString(w, sb.String())
 	return err
 }
 
