@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"maps"
 	"net/netip"
@@ -215,6 +216,21 @@ func TestTraffic(t *testing.T) {
 		}
 	}
 	t.Logf("bpf services:\n%s", out.String())
+
+	out.Reset()
+	cmd = NewDebugCommand(WithPinDir(pin))
+	cmd.SetArgs([]string{"services", "-o", "json"})
+	cmd.SetOut(&out)
+	if err := cmd.Execute(); err != nil {
+		t.Fatalf("bpf services -o json: %v", err)
+	}
+	var dump Dump
+	if err := json.Unmarshal(out.Bytes(), &dump); err != nil {
+		t.Fatalf("bpf services -o json: %v\n%s", err, out.String())
+	}
+	if len(dump.Services) != 3 || len(dump.Services[0].Preferred) != 2 || dump.Services[0].Preferred[0].Healthy {
+		t.Fatalf("bpf services -o json: unexpected %+v", dump)
+	}
 }
 
 // checkMaps checks the invariants a reader relies on and returns the
