@@ -77,3 +77,17 @@ func TestCompletion(t *testing.T) {
 		}
 	}
 }
+
+// enable --dry-run renders the manifests without contacting a cluster.
+func TestEnableDryRun(t *testing.T) {
+	var out bytes.Buffer
+	args := []string{"enable", "--dry-run", "--cluster-name", "c7", "--cluster-id", "7", "--endpoint", "https://10.0.0.7:2379", "--kubeconfig", "/nonexistent"}
+	if err := Execute(context.Background(), args, &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"kind: DaemonSet", "kind: Deployment", "--cluster-name=c7", "cluster-id: \"7\"", "endpoint: https://10.0.0.7:2379"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("dry-run output lacks %q", want)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/cli/mesh"
+	"github.com/clustermesh/clustermesh/deploy"
 	"github.com/clustermesh/clustermesh/pki"
 )
 
@@ -20,6 +21,7 @@ func newEnable(g *globals) *cobra.Command {
 		caCert, caKey string
 		inheritFrom   string
 		gossipKey     string
+		dryRun        bool
 	)
 	cmd := &cobra.Command{
 		Use:   "enable --context CONTEXT --cluster-name NAME --cluster-id ID",
@@ -38,6 +40,14 @@ key), or --ca-cert/--ca-key with --gossip-key.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			opts.ClusterID, opts.MaxClusterID = clusterID, maxClusterID
+			if dryRun {
+				b, err := mesh.RenderManifests(deploy.Namespace, opts)
+				if err != nil {
+					return err
+				}
+				_, err = cmd.OutOrStdout().Write(b)
+				return err
+			}
 			if opts.ClusterName == "" {
 				return fmt.Errorf("%w: --cluster-name is required", mesh.ErrInvalidArgument)
 			}
@@ -106,6 +116,7 @@ key), or --ca-cert/--ca-key with --gossip-key.`,
 	f.StringVar(&caKey, "ca-key", "", "PEM file of the CA's private key")
 	f.StringVar(&inheritFrom, "inherit-ca-from", "", "kubeconfig context of an enabled cluster whose CA to share")
 	f.StringVar(&gossipKey, "gossip-key", "", "file holding the mesh's node-health gossip key (base64 of 16, 24 or 32 bytes); default: inherited with --inherit-ca-from, else generated")
+	f.BoolVar(&dryRun, "dry-run", false, "print the manifests enable would apply (without the certificate Secrets) and change nothing")
 	f.BoolVar(&opts.ReplaceCA, "replace-ca", false, "replace a different CA the cluster already has (re-issues every certificate)")
 	_ = cmd.MarkFlagRequired("cluster-name")
 	_ = cmd.MarkFlagRequired("cluster-id")

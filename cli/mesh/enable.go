@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/yaml"
 
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/deploy"
@@ -411,4 +412,52 @@ func (c *Cluster) ensureGossipKey(ctx context.Context, given []byte) error {
 		key = []byte(base64.StdEncoding.EncodeToString(raw))
 	}
 	return c.applySecret(ctx, SecretGossipKey, corev1.SecretTypeOpaque, map[string][]byte{KeyGossip: key})
+}
+
+// RenderManifests returns, as multi-document YAML, the objects Enable
+// applies from deploy/ for opts, without contacting any cluster (certificate
+// Secrets, which hold keys, are not included). An empty Endpoint is shown as
+// a placeholder; Enable derives it from the Service.
+func RenderManifests(namespace string, opts EnableOptions) ([]byte, error) {
+	if opts.MaxClusterID == 0 {
+		opts.MaxClusterID = api.DefaultMaxClusterID
+	}
+	if err := api.ValidateClusterName(opts.ClusterName); err != nil {
+		return nil, err
+	}
+	if err := api.ValidateClusterID(opts.ClusterID, opts.MaxClusterID); err != nil {
+		return nil, err
+	}
+	v := deploy.DefaultValues()
+	v.Namespace = namespace
+	v.ClusterName, v.ClusterID, v.MaxClusterID = opts.ClusterName, opts.ClusterID, opts.MaxClusterID
+	v.Endpoint = opts.Endpoint
+	if v.Endpoint == "" {
+		v.Endpoint = "<derived from Service " + ServiceName + " at enable>"
+	}
+	if opts.ServiceType != "" {
+		v.ServiceType = opts.ServiceType
+	}
+	if opts.APIServerImage != "" {
+		v.APIServerImage = opts.APIServerImage
+	}
+	if opts.AgentImage != "" {
+		v.AgentImage = opts.AgentImage
+	}
+	objs, err := deploy.RenderAll(v)
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	for i, o := range objs {
+		b, err := yaml.Marshal(o.Object)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", o.GetKind(), o.GetName(), err)
+		}
+		if i > 0 {
+			out = append(out, "---\n"...)
+		}
+		out = append(out, b...)
+	}
+	return out, nil
 }
