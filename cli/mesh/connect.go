@@ -245,8 +245,14 @@ func Connect(ctx context.Context, src *Cluster, dsts []*Cluster, opts ConnectOpt
 		}
 		log.Info("connected", "cluster", a.info.Name, "peer", b.info.Name)
 	}
+	// Local agents follow their own store at the recorded endpoint, not at
+	// an override given for reaching it from elsewhere.
 	for _, m := range append([]*member{a}, bs...) {
-		if err := m.c.writeOwnEntry(ctx, m.info); err != nil && !errors.Is(err, ErrNotEnabled) {
+		info, err := m.c.ReadInfo(ctx)
+		if err != nil {
+			return err
+		}
+		if err := m.c.writeOwnEntry(ctx, *info); err != nil && !errors.Is(err, ErrNotEnabled) {
 			return err
 		}
 	}
