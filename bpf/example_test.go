@@ -34,7 +34,8 @@ func Example() {
 	if err != nil {
 		log.Fatal(err) // errors.Is(err, bpf.ErrMapFull) when a map is out of room
 	}
-	// Connections to 10.96.0.10:80 now go to 10.245.3.9:8080 only.
+	// Connections to 10.96.0.10:80 go to 10.244.1.5:8080 while node-1 is
+	// healthy; from here on, to 10.245.3.9:8080.
 	if err := dp.SetNodeHealth(ctx, local, false); err != nil {
 		log.Fatal(err)
 	}
