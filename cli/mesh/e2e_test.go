@@ -208,6 +208,20 @@ func TestTwoClusters(t *testing.T) {
 		}
 	})
 
+	t.Run("connect refuses a wrong or dead destination endpoint", func(t *testing.T) {
+		info1, err := c1.ReadInfo(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = mesh.Connect(ctx, c1, []*mesh.Cluster{c2}, mesh.ConnectOptions{DestinationEndpoints: map[string]string{"c2": info1.Endpoint}})
+		wantProblem(t, err, mesh.ErrWrongCluster, `certificate of "c1"`)
+		err = mesh.Connect(ctx, c1, []*mesh.Cluster{c2}, mesh.ConnectOptions{DestinationEndpoints: map[string]string{"c2": "https://127.0.0.99:9"}})
+		wantProblem(t, err, mesh.ErrUnreachable, "https://127.0.0.99:9")
+		if _, ok := secretData(t, c1)["c2"]; ok {
+			t.Fatal("refused connect wrote c2's entry")
+		}
+	})
+
 	t.Run("connect", func(t *testing.T) {
 		if err := mesh.Connect(ctx, c1, []*mesh.Cluster{c2}, mesh.ConnectOptions{}); err != nil {
 			t.Fatal(err)
