@@ -440,11 +440,8 @@ func (w *kindWatch) watch(ctx context.Context, rev int64, reconnected <-chan str
 	if w.canary {
 		canary = cli.Watch(wctx, api.SyncedKey(w.r.cluster, w.kind), clientv3.WithRev(rev+1))
 	}
-	// Drain anything reported before this listing.
-	select {
-	case <-reconnected:
-	default:
-	}
+	// A reconnection reported while listing is not drained: the status it
+	// left (disconnected) is cleared only by the re-listing it triggers.
 	for {
 		select {
 		case <-ctx.Done():
