@@ -200,6 +200,8 @@ func (c *Config) validate() error {
 		return bad("suspicion and awareness multipliers must be at least 1")
 	case c.GossipInterval <= 0 || c.GossipNodes < 1:
 		return bad("gossip interval and gossip nodes must be positive")
+	case c.MaxHealthScore < 0 || c.QuorumMinPeers < 1:
+		return bad("max health score %d must be at least 0 and quorum min peers %d at least 1", c.MaxHealthScore, c.QuorumMinPeers)
 	case c.HoldDown < 0 || c.MaxHoldDown < c.HoldDown:
 		return bad("hold-down %s must be between 0 and max hold-down %s", c.HoldDown, c.MaxHoldDown)
 	case c.EvaluateInterval <= 0 || c.SinkTimeout <= 0:

@@ -330,6 +330,8 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"short key", func(c *Config) { c.Key = []byte("short") }, ErrInvalidKey},
 		{"missing key file", func(c *Config) { c.KeyFile = "/nonexistent/key" }, os.ErrNotExist},
 		{"hold-down above max", func(c *Config) { c.HoldDown = time.Hour }, ErrInvalidConfig},
+		{"negative max health score", func(c *Config) { c.MaxHealthScore = -1 }, ErrInvalidConfig},
+		{"no quorum peers", func(c *Config) { c.QuorumMinPeers = 0 }, ErrInvalidConfig},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
