@@ -46,6 +46,7 @@ var (
 	ErrWrongCluster    = errors.New("endpoint serves another cluster")
 	ErrCAMismatch      = errors.New("cluster already has a different CA")
 	ErrNotReady        = errors.New("not ready")
+	ErrRefused         = errors.New("cluster refused by agents")
 	ErrInvalidArgument = errors.New("invalid argument")
 	ErrKeyNotFound     = errors.New("key not found")
 )

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -254,6 +255,11 @@ func (st *Status) agentProblems(c *Cluster, add func(Problem)) {
 			reason := ""
 			if len(cs.Errors) > 0 {
 				reason = "; agents say: " + cs.Errors[0]
+			}
+			if len(cs.Errors) > 0 && strings.HasPrefix(cs.Errors[0], "refused:") {
+				fix := fmt.Sprintf("the agents checked %s's cluster config and refused it; resolve the conflict named (connect runs the same checks: clustermesh connect %s --destination-context <context of %s>), or disconnect it", cs.Name, c.ctxFlag(), cs.Name)
+				add(problem(ErrRefused, fix, "%d of %d agents refuse %s%s", cs.Agents-cs.Connected, cs.Agents, what, reason))
+				break
 			}
 			fix := fmt.Sprintf("check that %s is reachable from the nodes and that clustermesh status --context <context of %s> is ready", cs.Endpoint, cs.Name)
 			add(problem(ErrUnreachable, fix, "%d of %d agents are not connected to %s%s", cs.Agents-cs.Connected, cs.Agents, what, reason))

@@ -1,0 +1,47 @@
+package mesh
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestAgentProblems(t *testing.T) {
+	c := &Cluster{Context: "ctx1", Namespace: "clustermesh-system"}
+	local := ClusterStatus{Name: "c1", Local: true, Agents: 3, Connected: 3, Synced: 3}
+	for _, tc := range []struct {
+		name     string
+		st       Status
+		want     error
+		mentions []string
+	}{
+		{"all good", Status{AgentsReporting: 3, AgentsExpected: 3, Clusters: []ClusterStatus{local, {Name: "c2", Agents: 3, Connected: 3, Synced: 3}}}, nil, nil},
+		{"no agent", Status{AgentsExpected: 3, Clusters: []ClusterStatus{{Name: "c1", Local: true}}}, ErrNotReady, []string{"no agent", "daemonset clustermesh-agent"}},
+		{"missing agents", Status{AgentsReporting: 2, AgentsExpected: 3, Clusters: []ClusterStatus{{Name: "c1", Local: true, Agents: 2, Connected: 2, Synced: 2}}}, ErrNotReady, []string{"2 of 3 agents"}},
+		{"peer not followed yet", Status{AgentsReporting: 3, Clusters: []ClusterStatus{local, {Name: "c2", Agents: 1, Connected: 1, Synced: 1}}}, ErrNotReady, []string{"2 of 3 agents do not follow cluster c2"}},
+		{"peer unreachable", Status{AgentsReporting: 3, Clusters: []ClusterStatus{local, {Name: "c2", Endpoint: "https://10.0.0.2:2379", Agents: 3, Connected: 1, Synced: 3, Errors: []string{"unreachable: dial tcp: i/o timeout"}}}}, ErrUnreachable, []string{"2 of 3 agents are not connected to cluster c2", "i/o timeout", "https://10.0.0.2:2379"}},
+		{"peer refused", Status{AgentsReporting: 1, Clusters: []ClusterStatus{{Name: "c1", Local: true, Agents: 1, Connected: 1, Synced: 1}, {Name: "c2", Agents: 1, Errors: []string{"refused: cluster ID 1 already used by c1"}}}}, ErrRefused, []string{"1 of 1 agents refuse cluster c2", "refused: cluster ID 1", "clustermesh connect --context ctx1"}},
+		{"local not synced", Status{AgentsReporting: 3, Clusters: []ClusterStatus{{Name: "c1", Local: true, Agents: 3, Connected: 3, Synced: 2}}}, ErrNotReady, []string{"1 of 3 agents have not finished syncing the local store"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var ps []Problem
+			tc.st.Cluster = "c1"
+			tc.st.agentProblems(c, func(p Problem) { ps = append(ps, p) })
+			if tc.want == nil {
+				if len(ps) != 0 {
+					t.Fatalf("problems = %v, want none", ps)
+				}
+				return
+			}
+			if len(ps) != 1 || !errors.Is(ps[0].Err, tc.want) {
+				t.Fatalf("problems = %v, want one %v", ps, tc.want)
+			}
+			text := ps[0].Reason + " " + ps[0].Fix
+			for _, m := range tc.mentions {
+				if !strings.Contains(text, m) {
+					t.Errorf("problem %q lacks %q", text, m)
+				}
+			}
+		})
+	}
+}
