@@ -110,7 +110,8 @@ func checkPair(ctx context.Context, a, b *member, skipDial bool) []Problem {
 	}
 	if a.info.ID == b.info.ID {
 		ps = append(ps, problem(ErrIDCollision,
-			fmt.Sprintf("give each cluster a unique --cluster-id: delete namespace %s in context %s and run clustermesh enable %s --cluster-name %s --cluster-id <unused ID>", b.c.Namespace, b.c.Context, b.c.ctxFlag(), bn),
+			fmt.Sprintf("give each cluster a unique --cluster-id: delete namespace %s in context %s and run clustermesh enable %s --cluster-name %s --cluster-id %d (the lowest ID unused by these clusters and their peers)",
+				b.c.Namespace, b.c.Context, b.c.ctxFlag(), bn, unusedID(a, b)),
 			"clusters %s (context %s) and %s (context %s) both have cluster ID %d", an, a.c.Context, bn, b.c.Context, a.info.ID))
 	}
 	if a.info.MaxClusterID != b.info.MaxClusterID {
@@ -314,4 +315,20 @@ func Disconnect(ctx context.Context, src *Cluster, dsts []*Cluster, opts Disconn
 		log.Info("disconnected", "cluster", si.Name, "peer", name)
 	}
 	return nil
+}
+
+// unusedID returns the lowest cluster ID used neither by a, b nor any
+// cluster connected to them.
+func unusedID(a, b *member) uint32 {
+	used := map[uint32]bool{a.info.ID: true, b.info.ID: true}
+	for _, m := range []*member{a, b} {
+		for _, e := range m.existing {
+			used[e.ID] = true
+		}
+	}
+	for id := uint32(1); ; id++ {
+		if !used[id] {
+			return id
+		}
+	}
 }

@@ -166,6 +166,25 @@ func TestTwoClusters(t *testing.T) {
 		if errors.Is(err, mesh.ErrUntrusted) || !errors.Is(err, mesh.ErrIDCollision) || !errors.Is(err, mesh.ErrCIDROverlap) {
 			t.Fatalf("connect after replace-ca: %v; want only the ID and CIDR problems", err)
 		}
+
+		// Renumber c3's pods (a new node with its own range): only the ID
+		// collision is left, and it alone is reported.
+		k3 := env.Clusters["c3"].Kube.Client
+		if err := k3.CoreV1().Nodes().Delete(ctx, "node-c3", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := k3.CoreV1().Nodes().Create(ctx, &corev1.Node{
+			ObjectMeta: metav1.ObjectMeta{Name: "node-c3b"},
+			Spec:       corev1.NodeSpec{PodCIDR: "10.3.0.0/24", PodCIDRs: []string{"10.3.0.0/24"}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		err = mesh.Connect(ctx, c1, []*mesh.Cluster{c3}, mesh.ConnectOptions{})
+		var ce *mesh.CheckError
+		if !errors.As(err, &ce) || len(ce.Problems) != 1 || !errors.Is(err, mesh.ErrIDCollision) {
+			t.Fatalf("connect with only an ID collision: %v", err)
+		}
+		t.Logf("refusal as the CLI prints it:\n%v", err)
 	})
 
 	t.Run("status says why before the apiserver runs", func(t *testing.T) {

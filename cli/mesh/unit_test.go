@@ -183,6 +183,9 @@ func TestCheckPair(t *testing.T) {
 	// A cluster already connected to c1 with ID 3 collides with a newcomer
 	// that has ID 3, even though the CLI has no context for it.
 	c1.existing = []Entry{{Name: "c1", ID: 1}, {Name: "c3", ID: 3}}
+	if ps := checkPair(context.Background(), c1, mk("ctx2", "c2", 1, ca, "10.2.0.0/24"), true); len(ps) != 1 || !strings.Contains(ps[0].Fix, "--cluster-id 2 ") {
+		t.Fatalf("ID collision fix = %v, want the lowest unused ID 2 suggested", ps)
+	}
 	ps := checkPair(context.Background(), c1, mk("ctx2", "c2", 3, ca, "10.2.0.0/24"), true)
 	if !errors.Is(&CheckError{Problems: ps}, ErrIDCollision) || !strings.Contains(ps[0].Reason, "c3") {
 		t.Fatalf("problems = %v, want an ID collision naming c3", ps)
