@@ -229,7 +229,7 @@ func Connect(ctx context.Context, src *Cluster, dsts []*Cluster, opts ConnectOpt
 				ps = append(ps, problem(ErrNameCollision, "clusters must have unique names", "destinations %s and %s are both named %q", b.c.Context, b2.c.Context, b.info.Name))
 			}
 			if b.info.ID == b2.info.ID {
-				ps = append(ps, problem(ErrIDCollision, "clusters must have unique cluster IDs", "destinations %s and %s both have cluster ID %d", b.info.Name, b2.info.Name, b.info.ID))
+				ps = append(ps, problem(ErrIDCollision, "clusters must have unique cluster IDs; re-enable one of them with another --cluster-id", "destinations %s and %s both have cluster ID %d", b.info.Name, b2.info.Name, b.info.ID))
 			}
 		}
 	}

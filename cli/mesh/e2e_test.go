@@ -185,6 +185,12 @@ func TestTwoClusters(t *testing.T) {
 			t.Fatalf("connect with only an ID collision: %v", err)
 		}
 		t.Logf("refusal as the CLI prints it:\n%v", err)
+
+		// Two destinations that collide with each other are refused too,
+		// although they would not be connected with each other: they would
+		// share c2's view.
+		err = mesh.Connect(ctx, c2, []*mesh.Cluster{c1, c3}, mesh.ConnectOptions{SkipReachability: true})
+		wantProblem(t, err, mesh.ErrIDCollision, "destinations c1 and c3")
 	})
 
 	t.Run("status says why before the apiserver runs", func(t *testing.T) {
