@@ -6,6 +6,8 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"net/url"
 	"sync"
 	"time"
@@ -159,9 +161,7 @@ func StartServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 		e.Close()
 		return nil, fmt.Errorf("cluster %s: etcd has no client listener", cfg.Cluster)
 	}
-	served := *clientURL
-	served.Host = e.Clients[0].Addr().String()
-	s.endpoint = served.String()
+	s.endpoint = localEndpoint(*clientURL, e.Clients[0].Addr())
 	if err := s.setupAuth(ctx); err != nil {
 		e.Close()
 		return nil, fmt.Errorf("cluster %s: %w", cfg.Cluster, err)
@@ -235,8 +235,25 @@ func (s *Server) setupAuth(ctx context.Context) error {
 }
 
 // Endpoint is the client URL the server listens on, with the port actually
-// bound.
+// bound. For a wildcard listen address (0.0.0.0, ::) it names the loopback
+// address instead, so that it is a URL local clients can dial and verify.
 func (s *Server) Endpoint() string { return s.endpoint }
+
+func localEndpoint(listen url.URL, bound net.Addr) string {
+	host, port, err := net.SplitHostPort(bound.String())
+	if err != nil {
+		listen.Host = bound.String()
+		return listen.String()
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+		if ip.Is6() && !ip.Is4In6() && listen.Hostname() != "0.0.0.0" {
+			host = "::1"
+		}
+	}
+	listen.Host = net.JoinHostPort(host, port)
+	return listen.String()
+}
 
 // Close stops the server and waits for it to release its data dir and port.
 // Open watch streams delay it by up to etcd's request timeout (about 7s):

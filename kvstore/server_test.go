@@ -118,3 +118,17 @@ func TestNewUnreachable(t *testing.T) {
 		t.Fatalf("err = %v, want ErrUnreachable naming %s and the refused connection", err, addr)
 	}
 }
+
+// TestServerWildcardListen listens on every address (the apiserver's
+// default) and checks that Endpoint is a URL a local client can use.
+func TestServerWildcardListen(t *testing.T) {
+	p := newTestPKI(t)
+	srv := startServer(t, p.serverConfig(t.TempDir(), "https://0.0.0.0:0"))
+	if !strings.HasPrefix(srv.Endpoint(), "https://127.0.0.1:") {
+		t.Fatalf("endpoint %s, want the loopback address", srv.Endpoint())
+	}
+	c := newClient(t, p.clientConfig(srv.Endpoint(), UserAdmin))
+	if _, err := c.Etcd().Put(context.Background(), api.NodeKey("c1", "n1"), "x"); err != nil {
+		t.Fatal(err)
+	}
+}
