@@ -1,10 +1,10 @@
 package kvstore
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"slices"
 	"sync"
@@ -215,8 +215,9 @@ func (r *Reader) Watch(ctx context.Context, kind api.Kind) <-chan Event {
 		kind:    kind,
 		out:     out,
 		canary:  isSyncedKind(kind),
-		emitted: make(map[string][]byte),
-		bad:     make(map[string][]byte),
+		seed:    maphash.MakeSeed(),
+		emitted: make(map[string]uint64),
+		bad:     make(map[string]uint64),
 	}
 	if kind == api.KindCluster {
 		w.key = api.ClusterKey(r.cluster)
@@ -237,10 +238,13 @@ type kindWatch struct {
 	prefix bool
 	canary bool
 
-	// emitted holds the value of every key the consumer was last sent an
-	// EventUpsert for; bad holds values reported as EventError, so they are
-	// not reported again on every re-list.
-	emitted, bad map[string][]byte
+	// emitted holds a hash of the value of every key the consumer was last
+	// sent an EventUpsert for; bad holds hashes of values reported as
+	// EventError, so they are not reported again on every re-list. Hashes
+	// (64-bit, randomly seeded) rather than values keep a reader of a large
+	// store from holding a second copy of it.
+	seed         maphash.Seed
+	emitted, bad map[string]uint64
 	// canaryPresent is whether the writer's canary is in the store as of
 	// the last listing and the watch since.
 	canaryPresent bool
@@ -406,20 +410,21 @@ func (w *kindWatch) list(ctx context.Context) (int64, error) {
 // update sends what a new value at key means to the consumer. It returns
 // false when ctx ended.
 func (w *kindWatch) update(ctx context.Context, key string, value []byte) bool {
-	if old, ok := w.emitted[key]; ok && bytes.Equal(old, value) {
+	sum := maphash.Bytes(w.seed, value)
+	if old, ok := w.emitted[key]; ok && old == sum {
 		return true
 	}
-	if old, ok := w.bad[key]; ok && bytes.Equal(old, value) {
+	if old, ok := w.bad[key]; ok && old == sum {
 		return true
 	}
 	obj, err := api.Decode(key, value)
 	if err != nil {
-		w.bad[key] = bytes.Clone(value)
+		w.bad[key] = sum
 		w.r.log.Warn("skipping malformed value", "key", key, "error", err)
 		return w.send(ctx, Event{Type: EventError, Key: key, Err: fmt.Errorf("cluster %s: %w", w.r.cluster, err)})
 	}
 	delete(w.bad, key)
-	w.emitted[key] = bytes.Clone(value)
+	w.emitted[key] = sum
 	return w.send(ctx, Event{Type: EventUpsert, Key: key, Object: obj})
 }
 
