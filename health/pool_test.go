@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -63,11 +62,35 @@ func waitFor(ctx context.Context, t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func testLogger() *slog.Logger {
+// testLogger logs into buf, shown when the test fails, or to stderr with
+// HEALTH_TEST_LOG set.
+func testLogger(buf *lockedBuffer) *slog.Logger {
 	if os.Getenv("HEALTH_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
+	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// lockedBuffer keeps the last logs of a member.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf = append(b.buf, p...)
+	if len(b.buf) > 1<<20 {
+		b.buf = append([]byte(nil), b.buf[len(b.buf)-1<<19:]...)
+	}
+	return len(p), nil
+}
+
+func (b *lockedBuffer) tail(n int) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return string(b.buf[max(0, len(b.buf)-n):])
 }
 
 // loopMember is an in-process pool member on a loopback address.
@@ -116,8 +139,14 @@ func startLoopMember(t *testing.T, node api.Node, key []byte, leave time.Duratio
 	cfg.BindAddr = node.GossipAddress
 	cfg.Key = key
 	cfg.LeaveTimeout = leave
-	cfg.Logger = testLogger()
+	logs := &lockedBuffer{}
+	cfg.Logger = testLogger(logs)
 	m := &loopMember{node: node, sink: newRecSink(), reg: prometheus.NewRegistry(), done: make(chan error, 1)}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("member %s logs:\n%s", MemberName(node.Cluster, node.Name), logs.tail(6000))
+		}
+	})
 	var err error
 	m.pool, err = New(cfg, m.sink, m.reg)
 	if err != nil {
