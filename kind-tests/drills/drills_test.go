@@ -83,7 +83,9 @@ func agentHas(flag string) bool {
 func TestDrills(t *testing.T) {
 	requireParts(t, harness.PartAgent, harness.PartAPIServer, harness.PartCLI,
 		harness.PartKubectl, harness.PartKubeAPIServer, harness.PartKCM, harness.PartEtcd)
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	// Below go test's default 10 minute timeout, so that a stuck drill
+	// fails with its report and logs rather than a goroutine dump.
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	r, err := harness.New(ctx, harness.Options{})
 	if err != nil {
@@ -120,7 +122,9 @@ func TestDrills(t *testing.T) {
 				report.Add(d.Name, "needs the agent's health gossip (health/ wired into cmd/clustermesh-agent)", "-", "skip")
 				t.Skip("the agent has no health gossip flags yet (health/ not wired into cmd/clustermesh-agent)")
 			}
-			if err := d.Run(ctx, env); err != nil {
+			dctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+			defer cancel()
+			if err := d.Run(dctx, env); err != nil {
 				report.Add(d.Name, "error", oneLine(err), "FAIL")
 				if errors.Is(err, ErrDrill) {
 					t.Fatal(err)

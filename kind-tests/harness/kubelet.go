@@ -457,7 +457,11 @@ func (k *kubelet) restart(rt *podRuntime) error {
 	if err != nil {
 		return err
 	}
+	// rt.proc is written only here, by the kubelet goroutine, under k.mu
+	// because processes() reads it from other goroutines.
+	k.mu.Lock()
 	rt.proc, rt.exitedAt = proc, time.Time{}
+	k.mu.Unlock()
 	k.log.Info("process started", "process", rt.spec.Name, "pid", proc.Pid(), "restarts", rt.restarts)
 	go func() {
 		<-proc.Done()

@@ -99,20 +99,26 @@ func (n *Node) Kill(ctx context.Context) error {
 	if err := n.Cut(ctx); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(n.Cgroup, "cgroup.kill"), []byte("1"), 0); err != nil {
-		return fmt.Errorf("node %s: kill processes: %w", n.Name, err)
-	}
 	for _, p := range n.Pods() {
 		p.StopEcho()
 	}
-	for !cgroupEmpty(n.Cgroup) {
+	// Kill again until empty: a process started just before the node was
+	// marked dead (a kubelet restart in flight) must not survive.
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		if err := os.WriteFile(filepath.Join(n.Cgroup, "cgroup.kill"), []byte("1"), 0); err != nil {
+			return fmt.Errorf("node %s: kill processes: %w", n.Name, err)
+		}
+		if cgroupEmpty(n.Cgroup) {
+			return nil
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("node %s: processes survive kill: %w", n.Name, ctx.Err())
-		case <-time.After(10 * time.Millisecond):
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	return nil
 }
 
 // Agent returns the running agent process of node n, or ErrNoProcess.
