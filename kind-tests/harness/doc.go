@@ -18,8 +18,19 @@
 //   - per pod: a network namespace behind a veth from its node's namespace,
 //     the pod IP taken from the node's pod CIDR, a default route through the
 //     node, and a TCP and UDP echo server that answers with the pod's name;
-//   - per cluster: the control plane processes (etcd, kube-apiserver,
-//     kube-controller-manager, clustermesh-apiserver) when those parts exist.
+//   - per cluster (StartControlPlane): etcd and kube-apiserver through
+//     internal/kubetest, kube-controller-manager with the workload,
+//     EndpointSlice and GC controllers, a control-plane namespace on the
+//     fabric where the clustermesh-apiserver pod runs, and the harness's
+//     kubelet: it binds pods (it is the scheduler too), runs them (mesh pods
+//     as processes with their Secret volumes written to disk and kept
+//     current, every other pod as an echo pod), reports their status,
+//     restarts exited processes and finishes deletions.
+//
+// Mesh drives such clusters as an operator would: the real clustermesh CLI
+// (enable, connect, service global, disconnect) and the hack-built kubectl
+// against a merged kubeconfig with one context per cluster. Traffic runs the
+// probe command in a node's namespace and cgroup and records every attempt.
 //
 // Lifetimes: New creates the fabric; everything added later is registered on
 // the Run's teardown stack and removed, in reverse order, by Close. Close is
