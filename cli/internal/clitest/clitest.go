@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
@@ -152,7 +153,14 @@ func (e *Env) RunProcesses(t testing.TB, name string) {
 	cfg.HealthAddr = "127.0.0.1:0"
 	cfg.UnsafeNoFsync = true
 	cfg.LeaseTTL = 10 * time.Second
-	srv, err := apiserver.New(cfg, &apiserver.Options{RESTConfig: tc.Kube.Config, Logger: logger(t)})
+	// The apiserver acts as its ServiceAccount, so the test runs it with
+	// exactly the RBAC deploy/rbac.yaml grants.
+	rc := rest.CopyConfig(tc.Kube.Config)
+	rc.Impersonate = rest.ImpersonationConfig{
+		UserName: "system:serviceaccount:" + tc.C.Namespace + ":clustermesh-apiserver",
+		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + tc.C.Namespace, "system:authenticated"},
+	}
+	srv, err := apiserver.New(cfg, &apiserver.Options{RESTConfig: rc, Logger: logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
