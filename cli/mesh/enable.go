@@ -175,9 +175,10 @@ func Enable(ctx context.Context, c *Cluster, opts EnableOptions) (*EnableResult,
 	info, err := c.ReadInfo(ctx)
 	switch {
 	case err == nil:
-		if info.Name != opts.ClusterName || info.ID != opts.ClusterID {
-			return nil, fmt.Errorf("context %s: %w: it is enabled as %s (ID %d), not %s (ID %d); re-run with --cluster-name %s --cluster-id %d, or delete namespace %s to start over",
-				c.Context, ErrAlreadyEnabled, info.Name, info.ID, opts.ClusterName, opts.ClusterID, info.Name, info.ID, c.Namespace)
+		if info.Name != opts.ClusterName || info.ID != opts.ClusterID || info.MaxClusterID != opts.MaxClusterID {
+			return nil, fmt.Errorf("context %s: %w: it is enabled as %s (ID %d of max %d), not %s (ID %d of max %d); re-run with --cluster-name %s --cluster-id %d --max-cluster-id %d, or delete namespace %s to start over",
+				c.Context, ErrAlreadyEnabled, info.Name, info.ID, info.MaxClusterID, opts.ClusterName, opts.ClusterID, opts.MaxClusterID,
+				info.Name, info.ID, info.MaxClusterID, c.Namespace)
 		}
 		if opts.Endpoint == "" {
 			opts.Endpoint = info.Endpoint
