@@ -45,6 +45,11 @@ type Config struct {
 	// embedded and the store is the external etcd it describes.
 	KVStoreConfig string
 
+	// LeaderElect makes replicas sharing an external store elect one
+	// exporter; the others wait as standbys. Ignored with the embedded etcd,
+	// where every replica has a store of its own.
+	LeaderElect bool
+
 	// HealthAddr serves /healthz, /readyz and /metrics.
 	HealthAddr string
 	// Workers is the number of concurrent export workers.
@@ -64,6 +69,7 @@ func DefaultConfig() Config {
 		// Where deploy/ mounts the clustermesh-admin-cert Secret.
 		EtcdAdminCert: "/var/lib/clustermesh/admin/tls.crt",
 		EtcdAdminKey:  "/var/lib/clustermesh/admin/tls.key",
+		LeaderElect:   true,
 		HealthAddr:    ":9880",
 		Workers:       4,
 		LeaseTTL:      5 * time.Minute,
@@ -99,6 +105,8 @@ func (c *Config) Flags(fs *pflag.FlagSet) {
 		"PEM file of the key of --etcd-admin-cert.")
 	fs.StringVar(&c.KVStoreConfig, "kvstore-config", c.KVStoreConfig,
 		"Connection file of an external etcd (endpoints, trusted-ca-file, cert-file, key-file; see docs/kvstore.md). When set, no etcd is embedded and the --etcd-* flags are ignored.")
+	fs.BoolVar(&c.LeaderElect, "leader-elect", c.LeaderElect,
+		"With --kvstore-config: elect one exporting replica among those sharing the store (an etcd lease-backed election); the others wait as standbys and take over within the lease TTL (15s) when it goes.")
 	fs.StringVar(&c.HealthAddr, "health-addr", c.HealthAddr,
 		"Address serving /healthz (process alive), /readyz (initial export of every kind complete) and /metrics (Prometheus).")
 	fs.IntVar(&c.Workers, "workers", c.Workers,

@@ -78,8 +78,8 @@ func TestFlags(t *testing.T) {
 			t.Errorf("flag --%s: usage %q does not explain it", f.Name, f.Usage)
 		}
 	})
-	if n != 17 {
-		t.Errorf("%d flags, want 17 (one per Config field)", n)
+	if n != 18 {
+		t.Errorf("%d flags, want 18 (one per Config field)", n)
 	}
 }
 

@@ -100,18 +100,9 @@ type running struct {
 // it is ready.
 func (e *env) start() *running {
 	e.t.Helper()
-	reg := prometheus.NewRegistry()
-	log := slog.New(slog.NewTextHandler(testWriter{e.t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	srv, err := apiserver.New(e.cfg, &apiserver.Options{Logger: log, Registerer: reg, Gatherer: reg, RESTConfig: e.kube.Config})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{srv: srv, reg: reg, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- srv.Run(ctx) }()
-	e.t.Cleanup(r.stop)
+	r := e.startNoWait()
 	deadline := time.Now().Add(2 * time.Minute)
-	for !srv.Ready() {
+	for !r.srv.Ready() {
 		select {
 		case err := <-r.done:
 			r.done <- err
@@ -122,6 +113,22 @@ func (e *env) start() *running {
 			e.t.Fatalf("apiserver not ready after 2m")
 		}
 	}
+	return r
+}
+
+// startNoWait runs an apiserver until stop or the end of the test.
+func (e *env) startNoWait() *running {
+	e.t.Helper()
+	reg := prometheus.NewRegistry()
+	log := slog.New(slog.NewTextHandler(testWriter{e.t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	srv, err := apiserver.New(e.cfg, &apiserver.Options{Logger: log, Registerer: reg, Gatherer: reg, RESTConfig: e.kube.Config})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{srv: srv, reg: reg, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- srv.Run(ctx) }()
+	e.t.Cleanup(r.stop)
 	if e.store == nil {
 		c, err := kvstore.New(context.Background(), kvstore.Config{
 			Endpoints: []string{e.cfg.EtcdListenClientURL},

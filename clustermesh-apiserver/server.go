@@ -8,12 +8,14 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.etcd.io/etcd/client/v3/concurrency"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -46,6 +48,7 @@ type Server struct {
 	rest *rest.Config
 
 	mu         sync.Mutex
+	role       role
 	ctrl       *controller
 	healthAddr string
 	storeURL   string
@@ -126,6 +129,18 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	defer closeStore()
 
+	if s.cfg.KVStoreConfig != "" && s.cfg.LeaderElect {
+		lctx, resign, err := s.campaign(ctx, client)
+		if err != nil {
+			return err
+		}
+		if lctx == nil {
+			return nil // ctx ended while standing by
+		}
+		defer resign()
+		ctx = lctx
+	}
+
 	writer, err := kvstore.NewWriter(client, s.cfg.ClusterName, &kvstore.WriterOptions{LeaseTTL: s.cfg.LeaseTTL, Logger: s.log})
 	if err != nil {
 		return fmt.Errorf("cluster %s: %w", s.cfg.ClusterName, err)
@@ -167,7 +182,88 @@ func (s *Server) Run(ctx context.Context) error {
 	s.ctrl = ctrl
 	s.mu.Unlock()
 	s.log.Info("exporting", "cluster-id", s.cfg.ClusterID, "store", client.Config().Endpoints, "health", s.HealthAddr())
-	return ctrl.run(ctx)
+	if err := ctrl.run(ctx); err != nil {
+		return err
+	}
+	if cause := context.Cause(ctx); errors.Is(cause, ErrLostLeadership) {
+		return fmt.Errorf("cluster %s: %w", s.cfg.ClusterName, cause)
+	}
+	return nil
+}
+
+// LeaderPrefix is the etcd election prefix of the replicas of a cluster
+// sharing an external store (outside api.KeyPrefix: peers do not see it).
+const LeaderPrefix = "clustermesh-private/v1/leader/"
+
+// leaderTTL is the TTL (seconds) of a leader's session: how long a replica
+// that died without resigning blocks its standbys.
+const leaderTTL = 15
+
+// ErrLostLeadership is returned by Run when the replica's leader session
+// expired (it could not reach the store for a TTL): another replica may be
+// exporting, so this one stops and must be restarted.
+var ErrLostLeadership = errors.New("lost leadership of the export")
+
+// campaign waits until this replica leads the export. It returns a context
+// cancelled when leadership is lost, and a function that resigns; a nil
+// context means ctx ended first.
+func (s *Server) campaign(ctx context.Context, client *kvstore.Client) (context.Context, func(), error) {
+	sess, err := concurrency.NewSession(client.Etcd(), concurrency.WithTTL(leaderTTL), concurrency.WithContext(ctx))
+	if err != nil {
+		return nil, nil, fmt.Errorf("cluster %s: leader session: %w", s.cfg.ClusterName, err)
+	}
+	host, _ := os.Hostname()
+	id := fmt.Sprintf("%s/%d", host, os.Getpid())
+	el := concurrency.NewElection(sess, LeaderPrefix+s.cfg.ClusterName)
+	s.setRole(roleStandby)
+	s.log.Info("standing by for leadership of the export", "replica", id)
+	if err := el.Campaign(ctx, id); err != nil {
+		sess.Close()
+		if ctx.Err() != nil {
+			return nil, nil, nil
+		}
+		return nil, nil, fmt.Errorf("cluster %s: leader election: %w", s.cfg.ClusterName, err)
+	}
+	s.setRole(roleLeader)
+	s.log.Info("leading the export", "replica", id)
+	lctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		select {
+		case <-sess.Done():
+			s.log.Error("leader session lost; stopping the export", "replica", id)
+			cancel(ErrLostLeadership)
+		case <-lctx.Done():
+		}
+	}()
+	return lctx, func() {
+		rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer rcancel()
+		_ = el.Resign(rctx)
+		sess.Close()
+		cancel(nil)
+	}, nil
+}
+
+type role int
+
+const (
+	roleSolo role = iota
+	roleStandby
+	roleLeader
+)
+
+func (s *Server) setRole(r role) {
+	s.mu.Lock()
+	s.role = r
+	s.mu.Unlock()
+}
+
+// Standby reports whether the server is waiting for another replica's
+// leadership to end.
+func (s *Server) Standby() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.role == roleStandby
 }
 
 // openStore starts the embedded etcd or connects to the external one.
@@ -259,6 +355,11 @@ func (s *Server) serveReadyz(w http.ResponseWriter, _ *http.Request) {
 	s.mu.Lock()
 	ctrl := s.ctrl
 	s.mu.Unlock()
+	if s.Standby() {
+		// A standby is healthy and must not block a rolling update.
+		fmt.Fprintln(w, "ok: standby, another replica exports")
+		return
+	}
 	if ctrl == nil {
 		http.Error(w, "store not open yet", http.StatusServiceUnavailable)
 		return

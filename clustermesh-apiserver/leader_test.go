@@ -1,0 +1,94 @@
+package apiserver_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/clustermesh/clustermesh/api"
+	apiserver "github.com/clustermesh/clustermesh/clustermesh-apiserver"
+	"github.com/clustermesh/clustermesh/internal/kubetest"
+	"github.com/clustermesh/clustermesh/kvstore"
+)
+
+// TestLeaderElection runs two replicas on one external store: one exports,
+// the other stands by (and says so on /readyz); when the leader stops, the
+// standby takes over and the store follows Kubernetes again, including a
+// change made during the handover.
+func TestLeaderElection(t *testing.T) {
+	e := newEnv(t, "ha", 5)
+	dir := t.TempDir()
+	srv, err := kvstore.StartServer(context.Background(), kvstore.ServerConfig{
+		Cluster: "ha", DataDir: filepath.Join(dir, "etcd"), ListenClientURL: e.cfg.EtcdListenClientURL,
+		CAFile: e.cfg.EtcdCA, CertFile: e.cfg.EtcdCert, KeyFile: e.cfg.EtcdKey, UnsafeNoFsync: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	conf := filepath.Join(dir, "ha.yaml")
+	yaml := fmt.Sprintf("endpoints: [%q]\ntrusted-ca-file: %s\ncert-file: %s\nkey-file: %s\n",
+		srv.Endpoint(), e.cfg.EtcdCA, e.cfg.EtcdAdminCert, e.cfg.EtcdAdminKey)
+	if err := os.WriteFile(conf, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.cfg.KVStoreConfig = conf
+	ns := "ha-" + kubetest.RandomSuffix(4)
+	mkNode(t, e, "node-a", "192.168.1.10", "10.244.0.0/16", "zone-a")
+	mkNamespace(t, e, ns, nil)
+	mkService(t, e, ns, "web", map[string]string{apiserver.AnnotationGlobal: "true"})
+	mkPod(t, e, ns, "web-0", "web", "node-a", "10.244.1.1")
+
+	leader := e.start()
+	standby := e.startNoWait()
+	eventually(t, "second replica stands by", func(context.Context) error {
+		if !standby.srv.Standby() {
+			return fmt.Errorf("second replica is not standing by")
+		}
+		return nil
+	})
+	// Two campaigners, one leader.
+	kv, err := e.store.Etcd().Get(context.Background(), apiserver.LeaderPrefix+"ha/", clientv3.WithPrefix())
+	if err != nil || len(kv.Kvs) != 2 {
+		t.Fatalf("election keys: %v (%v), want two candidates", kv, err)
+	}
+	resp, err := http.Get("http://" + standby.srv.HealthAddr() + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || standby.srv.Ready() {
+		t.Errorf("standby: /readyz %s, Ready() %v; want 200 (must not block rollouts) and not Ready", resp.Status, standby.srv.Ready())
+	}
+	eventually(t, "leader exports", func(ctx context.Context) error { return expectStore(ctx, e) })
+	if !standby.srv.Standby() || !leader.srv.Ready() {
+		t.Fatalf("standby %v, leader ready %v: want one exporter and one standby", standby.srv.Standby(), leader.srv.Ready())
+	}
+
+	leader.stop()
+	mkPod(t, e, ns, "web-1", "web", "node-a", "10.244.1.2")
+	rmPod(t, e, ns, "web-0")
+	deadline := time.Now().Add(time.Minute)
+	for !standby.srv.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatal("standby did not take over within a minute of the leader resigning")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	eventually(t, "new leader exports", func(ctx context.Context) error {
+		got, err := e.dump(ctx)
+		if err != nil {
+			return err
+		}
+		if _, ok := got[api.NodeKey("ha", "node-a")]; !ok {
+			return fmt.Errorf("node missing")
+		}
+		return expectStore(ctx, e)
+	})
+}
