@@ -49,6 +49,7 @@ var (
 	ErrRefused         = errors.New("cluster refused by agents")
 	ErrInvalidArgument = errors.New("invalid argument")
 	ErrKeyNotFound     = errors.New("key not found")
+	ErrBadEntry        = errors.New("bad entry in the clusters Secret")
 )
 
 // Cluster is a handle on one cluster reached through a kubeconfig context.

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -84,19 +85,28 @@ func removeEntry(s *corev1.Secret, name string) {
 }
 
 // Entries decodes every cluster entry of a clusters Secret, sorted by name.
+// An entry that does not decode is left out and named in the returned error
+// (wrapping ErrBadEntry); the others are still returned.
 func Entries(s *corev1.Secret) ([]Entry, error) {
 	var out []Entry
+	var errs []error
 	for k, v := range s.Data {
 		if strings.Contains(k, ".") {
 			continue
 		}
 		var conn Connection
 		if err := yaml.UnmarshalStrict(v, &conn); err != nil {
-			return nil, fmt.Errorf("secret %s/%s: cluster %s: %w", s.Namespace, s.Name, k, err)
+			errs = append(errs, fmt.Errorf("%w: secret %s/%s: cluster %s: %w", ErrBadEntry, s.Namespace, s.Name, k, err))
+			continue
 		}
 		e := Entry{Name: k, CA: s.Data[conn.TrustedCAFile], Cert: s.Data[conn.CertFile], Key: s.Data[conn.KeyFile]}
 		if len(conn.Endpoints) > 0 {
 			e.Endpoint = conn.Endpoints[0]
+		}
+		if e.Endpoint == "" || len(e.CA) == 0 || len(e.Cert) == 0 || len(e.Key) == 0 {
+			errs = append(errs, fmt.Errorf("%w: secret %s/%s: cluster %s: needs an endpoint and the files %s, %s, %s in the Secret",
+				ErrBadEntry, s.Namespace, s.Name, k, conn.TrustedCAFile, conn.CertFile, conn.KeyFile))
+			continue
 		}
 		if id, err := strconv.ParseUint(s.Annotations[annotationIDPrefix+k], 10, 32); err == nil {
 			e.ID = uint32(id)
@@ -104,7 +114,7 @@ func Entries(s *corev1.Secret) ([]Entry, error) {
 		out = append(out, e)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
+	return out, errors.Join(errs...)
 }
 
 // ClustersSecret returns the cluster's clusters Secret, or an empty one if

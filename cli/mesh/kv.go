@@ -81,10 +81,8 @@ func (c *Cluster) kvClient(ctx context.Context, opts KVOptions) (*clientv3.Clien
 	if err != nil {
 		return nil, err
 	}
-	entries, err := Entries(s)
-	if err != nil {
-		return nil, fmt.Errorf("context %s: %w", c.Context, err)
-	}
+	// A bad entry of another cluster does not prevent reading this one.
+	entries, badEntries := Entries(s)
 	for _, e := range entries {
 		if e.Name == opts.Peer {
 			ep := e.Endpoint
@@ -93,6 +91,9 @@ func (c *Cluster) kvClient(ctx context.Context, opts KVOptions) (*clientv3.Clien
 			}
 			return openStore(ctx, ep, Credentials{CA: e.CA, Cert: e.Cert, Key: e.Key})
 		}
+	}
+	if badEntries != nil {
+		return nil, fmt.Errorf("context %s: cluster %s: %w", c.Context, opts.Peer, badEntries)
 	}
 	return nil, fmt.Errorf("context %s: %w: cluster %s is not connected (no entry in secret %s/%s)", c.Context, ErrInvalidArgument, opts.Peer, c.Namespace, SecretClusters)
 }

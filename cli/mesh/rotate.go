@@ -54,10 +54,9 @@ func RotateCerts(ctx context.Context, c *Cluster, opts RotateOptions) error {
 		return err
 	}
 	return c.updateClusters(ctx, func(s *corev1.Secret) error {
-		entries, err := Entries(s)
-		if err != nil {
-			return err
-		}
+		// Bad entries are left as they are (status names them); the
+		// others get the new certificates.
+		entries, _ := Entries(s)
 		for _, e := range entries {
 			if e.Name == info.Name {
 				e.Cert, e.Key = agent.Cert, agent.Key

@@ -169,7 +169,8 @@ func ListGlobalServices(ctx context.Context, c *Cluster, opts StoreOptions) (*Se
 	}
 	entries, err := Entries(secret)
 	if err != nil {
-		return nil, fmt.Errorf("context %s: %w", c.Context, err)
+		// Bad entries are named; the good ones are still read.
+		res.Unreadable = map[string]string{"(clusters Secret)": err.Error()}
 	}
 	for _, e := range entries {
 		if e.Name == info.Name {

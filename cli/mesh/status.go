@@ -114,7 +114,8 @@ func GetStatus(ctx context.Context, c *Cluster, opts StatusOptions) (*Status, er
 	}
 	entries, err := Entries(secret)
 	if err != nil {
-		return nil, fmt.Errorf("context %s: %w", c.Context, err)
+		add(problem(ErrBadEntry, fmt.Sprintf("disconnect it (clustermesh disconnect %s --destination-cluster NAME) and connect it again", c.ctxFlag()),
+			"%v", err))
 	}
 	// Own cluster first, then peers by name.
 	sort.SliceStable(entries, func(i, j int) bool { return entries[i].Name == info.Name && entries[j].Name != info.Name })

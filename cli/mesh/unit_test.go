@@ -70,6 +70,15 @@ func TestClustersSecretIsAgentConfigDir(t *testing.T) {
 		t.Fatalf("entries = %+v", got)
 	}
 
+	// A bad entry is named and leaves the others readable.
+	bad := s.DeepCopy()
+	bad.Data["c3"] = []byte("endpoints: [https://10.0.0.3:2379]\nbogus: 1\n")
+	bad.Data["c4"] = []byte("endpoints: [https://10.0.0.4:2379]\ntrusted-ca-file: c4.ca.crt\ncert-file: c4.client.crt\nkey-file: c4.client.key\n")
+	got, err = Entries(bad)
+	if !errors.Is(err, ErrBadEntry) || !strings.Contains(err.Error(), "cluster c3") || !strings.Contains(err.Error(), "cluster c4") || len(got) != 2 {
+		t.Fatalf("entries with bad c3 and c4 = %d entries, %v; want c1 and c2 with c3 and c4 named", len(got), err)
+	}
+
 	// Unchanged content writes nothing; changed content swaps ..data.
 	gen, _ := os.Readlink(filepath.Join(dir, "..data"))
 	if err := writeSecretDir(s, dir); err != nil {
