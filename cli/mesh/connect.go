@@ -183,9 +183,48 @@ func checkPair(ctx context.Context, a, b *member, skipDial bool) []Problem {
 			ps = append(ps, problem(ErrWrongCluster,
 				fmt.Sprintf("point %s's endpoint at its own clustermesh-apiserver (clustermesh enable ... --endpoint, or --destination-endpoint)", to.info.Name),
 				"endpoint %s of cluster %s presents the certificate of %q", to.info.Endpoint, to.info.Name, strings.TrimSuffix(cn, ".clustermesh")))
+			continue
+		}
+		if p, ok := checkStore(ctx, from, to, creds); !ok {
+			ps = append(ps, p)
 		}
 	}
 	return ps
+}
+
+// checkStore reads the destination's store as from's agents will: a read
+// under the key prefix must be allowed, and the cluster config the
+// apiserver exported (if it did yet) must agree with what enable recorded.
+func checkStore(ctx context.Context, from, to *member, creds Credentials) (Problem, bool) {
+	cli, err := openStore(ctx, to.info.Endpoint, creds)
+	if err != nil {
+		return problem(ErrUnreachable, "check the store's TLS setup: clustermesh status "+to.c.ctxFlag(),
+			"cluster %s cannot open the store of %s at %s: %v", from.info.Name, to.info.Name, to.info.Endpoint, err), false
+	}
+	defer cli.Close()
+	rctx, cancel := context.WithTimeout(ctx, DialTimeout)
+	defer cancel()
+	resp, err := cli.Get(rctx, api.ClusterKey(to.info.Name))
+	if err != nil {
+		return problem(ErrUnreachable,
+			fmt.Sprintf("check that %s's store grants the %q user read access (clustermesh status %s)", to.info.Name, UserRemote, to.c.ctxFlag()),
+			"cluster %s cannot read the store of %s at %s as %q: %v", from.info.Name, to.info.Name, to.info.Endpoint, UserRemote, err), false
+	}
+	if len(resp.Kvs) == 0 {
+		return Problem{}, true // not exported yet; agents wait for it
+	}
+	obj, err := api.Decode(string(resp.Kvs[0].Key), resp.Kvs[0].Value)
+	if err != nil {
+		return problem(ErrWrongCluster, "check the version and log of "+to.info.Name+"'s clustermesh-apiserver",
+			"the cluster config in %s's store does not decode: %v", to.info.Name, err), false
+	}
+	if got := obj.(*api.Cluster); got.ID != to.info.ID {
+		return problem(ErrWrongCluster,
+			fmt.Sprintf("the clustermesh-apiserver of %s runs with --cluster-id %d while its ConfigMap says %d; re-run clustermesh enable %s --cluster-name %s --cluster-id %d and restart the apiserver",
+				to.info.Name, got.ID, to.info.ID, to.c.ctxFlag(), to.info.Name, to.info.ID),
+			"the store of %s at %s says cluster ID %d, enable recorded %d", to.info.Name, to.info.Endpoint, got.ID, to.info.ID), false
+	}
+	return Problem{}, true
 }
 
 // peerEntry is the entry `to` is known by in `from`'s clusters Secret.

@@ -242,6 +242,23 @@ func TestTwoClusters(t *testing.T) {
 		wantProblem(t, err, mesh.ErrWrongCluster, `certificate of "c1"`)
 		err = mesh.Connect(ctx, c1, []*mesh.Cluster{c2}, mesh.ConnectOptions{DestinationEndpoints: map[string]string{"c2": "https://127.0.0.99:9"}})
 		wantProblem(t, err, mesh.ErrUnreachable, "https://127.0.0.99:9")
+
+		// The store disagrees with what enable recorded (the ConfigMap was
+		// edited, or the apiserver runs with other flags).
+		cm, err := c2.Kube.CoreV1().ConfigMaps(c2.Namespace).Get(ctx, mesh.ConfigMapName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cm.Data["cluster-id"] = "7"
+		if cm, err = c2.Kube.CoreV1().ConfigMaps(c2.Namespace).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		err = mesh.Connect(ctx, c1, []*mesh.Cluster{c2}, mesh.ConnectOptions{})
+		wantProblem(t, err, mesh.ErrWrongCluster, "says cluster ID 2, enable recorded 7")
+		cm.Data["cluster-id"] = "2"
+		if _, err := c2.Kube.CoreV1().ConfigMaps(c2.Namespace).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
 		if _, ok := secretData(t, c1)["c2"]; ok {
 			t.Fatal("refused connect wrote c2's entry")
 		}
