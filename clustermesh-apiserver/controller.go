@@ -244,7 +244,10 @@ func (c *controller) run(ctx context.Context) error {
 	c.log.Info("waiting for informer caches")
 	for kind, inf := range c.informer {
 		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-			return fmt.Errorf("cluster %s: %s informer did not sync: %w", c.cluster, kind, ctx.Err())
+			if ctx.Err() != nil {
+				return nil // stopped before the caches synced
+			}
+			return fmt.Errorf("cluster %s: %s informer did not sync", c.cluster, kind)
 		}
 	}
 	// Everything listed so far is the initial export; a kind's canary is

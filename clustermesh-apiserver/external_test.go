@@ -25,7 +25,8 @@ func TestExternalStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Close()
+	// Closed after the apiservers, whose cleanups were registered later.
+	t.Cleanup(func() { srv.Close() })
 	conf := filepath.Join(dir, "ext.yaml")
 	yaml := fmt.Sprintf("endpoints: [%q]\ntrusted-ca-file: %s\ncert-file: %s\nkey-file: %s\n",
 		srv.Endpoint(), e.cfg.EtcdCA, e.cfg.EtcdAdminCert, e.cfg.EtcdAdminKey)

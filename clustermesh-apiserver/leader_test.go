@@ -31,7 +31,8 @@ func TestLeaderElection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Close()
+	// Closed after the apiservers, whose cleanups were registered later.
+	t.Cleanup(func() { srv.Close() })
 	conf := filepath.Join(dir, "ha.yaml")
 	yaml := fmt.Sprintf("endpoints: [%q]\ntrusted-ca-file: %s\ncert-file: %s\nkey-file: %s\n",
 		srv.Endpoint(), e.cfg.EtcdCA, e.cfg.EtcdAdminCert, e.cfg.EtcdAdminKey)
@@ -53,11 +54,16 @@ func TestLeaderElection(t *testing.T) {
 		}
 		return nil
 	})
-	// Two campaigners, one leader.
-	kv, err := e.store.Etcd().Get(context.Background(), apiserver.LeaderPrefix+"ha/", clientv3.WithPrefix())
-	if err != nil || len(kv.Kvs) != 2 {
-		t.Fatalf("election keys: %v (%v), want two candidates", kv, err)
-	}
+	eventually(t, "two candidates in the election, one leader", func(ctx context.Context) error {
+		kv, err := e.store.Etcd().Get(ctx, apiserver.LeaderPrefix+"ha/", clientv3.WithPrefix())
+		if err != nil {
+			return err
+		}
+		if len(kv.Kvs) != 2 {
+			return fmt.Errorf("%d election keys, want 2", len(kv.Kvs))
+		}
+		return nil
+	})
 	resp, err := http.Get("http://" + standby.srv.HealthAddr() + "/readyz")
 	if err != nil {
 		t.Fatal(err)
