@@ -35,6 +35,9 @@ func (r *Run) meshArgs(role string, cp *ControlPlane, n *Node, podDir string, mo
 		for _, f := range r.agentFlags(n) {
 			add(f[0], f[1])
 		}
+		r.mu.Lock()
+		out = append(out, r.AgentArgs...)
+		r.mu.Unlock()
 	case RoleAPIServer:
 		add("--kubeconfig", cp.Kubeconfig)
 		add("--etcd-data-dir", filepath.Join(podDir, "etcd-data"))

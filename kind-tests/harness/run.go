@@ -41,6 +41,9 @@ type Run struct {
 	Dir    string
 	Fabric *Fabric
 	Log    *slog.Logger
+	// AgentArgs are added to every agent's command line (after the
+	// manifest's and the per-node flags); set before agents start.
+	AgentArgs []string
 
 	cgroup string // CgroupRoot/<prefix>
 	bpf    string // BPFRoot/<prefix>
@@ -219,10 +222,21 @@ func (r *Run) Nodes() []*Node {
 // through that node's fabric address: what BGP does in the full mesh, for
 // tests of the harness itself and for runs without the routing part.
 func (r *Run) InstallStaticRoutes(ctx context.Context) error {
+	return r.installRoutes(ctx, false)
+}
+
+// InstallClusterRoutes routes pod CIDRs between the nodes of each cluster
+// only: the part a cluster's CNI plays, leaving routes between clusters to
+// the mesh.
+func (r *Run) InstallClusterRoutes(ctx context.Context) error {
+	return r.installRoutes(ctx, true)
+}
+
+func (r *Run) installRoutes(ctx context.Context, sameCluster bool) error {
 	nodes := r.Nodes()
 	for _, n := range nodes {
 		for _, o := range nodes {
-			if o == n {
+			if o == n || (sameCluster && o.Cluster != n.Cluster) {
 				continue
 			}
 			if err := ip(ctx, n.Netns, "route", "replace", o.PodCIDR.String(), "via", o.FabricIP.String()); err != nil {

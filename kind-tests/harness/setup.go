@@ -19,11 +19,20 @@ type MeshOptions struct {
 	Clusters int
 	// Nodes is the number of nodes per cluster; default 2.
 	Nodes int
-	// AgentRouting leaves routing pod CIDRs between nodes to the agents
-	// (BGP). By default the harness installs static routes on every node,
-	// since cmd/clustermesh-agent does not run the bgp/ speaker yet.
-	AgentRouting bool
+	// Routing says who routes pod CIDRs between nodes and clusters:
+	// RoutingAgent (default when the agent supports it: the harness routes
+	// inside each cluster, as its CNI would, and each agent installs routes
+	// to the nodes of every connected cluster, learned from their stores,
+	// with --routes=static) or RoutingHarness (the harness installs
+	// static routes between all nodes before anything runs).
+	Routing string
 }
+
+// Routing modes of MeshOptions.
+const (
+	RoutingAgent   = "agent"
+	RoutingHarness = "harness"
+)
 
 // Mesh is a set of emulated clusters with their control planes, driven
 // through the real CLI and kubectl, as an operator would.
@@ -31,6 +40,8 @@ type Mesh struct {
 	Run      *Run
 	Bins     *Binaries
 	Clusters []*Cluster
+	// Routing is the routing mode in use (see MeshOptions).
+	Routing string
 	// OnCommand, if set, is called with every CLI and kubectl command line
 	// before it runs (the demo prints them).
 	OnCommand func(cmdline string)
@@ -73,11 +84,32 @@ func NewMesh(ctx context.Context, r *Run, bins *Binaries, o MeshOptions) (*Mesh,
 		}
 		m.Clusters = append(m.Clusters, c)
 	}
-	if !o.AgentRouting {
+	if o.Routing == "" {
+		o.Routing = RoutingHarness
+		if p := bins.Path(PartAgent); p != "" {
+			if help, _ := CommandOutput(p, "--help"); strings.Contains(help, "--routes") {
+				o.Routing = RoutingAgent
+			}
+		}
+	}
+	switch o.Routing {
+	case RoutingHarness:
 		if err := r.InstallStaticRoutes(ctx); err != nil {
 			return nil, err
 		}
+	case RoutingAgent:
+		// Inside a cluster its CNI routes pod CIDRs; the harness plays
+		// the CNI. Between clusters the agents route.
+		if err := r.InstallClusterRoutes(ctx); err != nil {
+			return nil, err
+		}
+		r.mu.Lock()
+		r.AgentArgs = append(r.AgentArgs, "--routes=static")
+		r.mu.Unlock()
+	default:
+		return nil, fmt.Errorf("mesh: routing %q: must be %q or %q", o.Routing, RoutingAgent, RoutingHarness)
 	}
+	m.Routing = o.Routing
 	for _, c := range m.Clusters {
 		if _, err := c.StartControlPlane(ctx, bins); err != nil {
 			return nil, err

@@ -136,6 +136,11 @@ health), installed and joined with the clustermesh CLI and kubectl.`)
 		o.info("%s: kube-apiserver %s; nodes %s", c.Name, c.ControlPlane().Kube.URL, strings.Join(nodes, ", "))
 	}
 	o.info("kubeconfig with contexts c1 and c2: %s", r.Kubeconfig())
+	if m.Routing == harness.RoutingAgent {
+		o.info("pod CIDRs: routed inside each cluster by the demo (as a CNI would), between clusters by the agents")
+	} else {
+		o.info("pod CIDRs: routed between all nodes by static routes the demo installs")
+	}
 	m.OnCommand = func(cmdline string) { fmt.Printf("    $ %s\n", cmdline) }
 
 	report := &harness.Report{}
