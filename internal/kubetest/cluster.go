@@ -348,7 +348,8 @@ func (c *Cluster) Kubectl(ctx context.Context, args ...string) ([]byte, error) {
 	if c.kubectl == "" {
 		return nil, fmt.Errorf("kubetest: %s: %w", Kubectl, ErrMissingBinary)
 	}
-	cmd := exec.CommandContext(ctx, c.kubectl, append([]string{"--kubeconfig=" + c.Kubeconfig}, args...)...)
+	// A request timeout keeps a wedged API from hanging a test forever.
+	cmd := exec.CommandContext(ctx, c.kubectl, append([]string{"--kubeconfig=" + c.Kubeconfig, "--request-timeout=60s"}, args...)...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return out, fmt.Errorf("kubectl %v: %w: %s", args, err, bytes.TrimSpace(out))
