@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"slices"
 	"sort"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/pki"
 )
 
 // StatusOptions configure status.
@@ -172,8 +174,42 @@ func GetStatus(ctx context.Context, c *Cluster, opts StatusOptions) (*Status, er
 				cs.NotAfter.UTC().Format(time.RFC3339), cs.NotAfter.Sub(now).Truncate(time.Hour)))
 		}
 	}
+	if ca, err := c.LoadCA(ctx); err == nil {
+		for _, p := range entryProblems(c, entries, ca.Certificate(), now) {
+			add(p)
+		}
+	}
 	st.Ready = len(st.Problems) == 0
 	return st, nil
+}
+
+// entryProblems checks the credentials in the clusters Secret: every entry
+// must trust this cluster's CA (the mesh shares one) and carry a client
+// certificate issued by it that is not about to expire.
+func entryProblems(c *Cluster, entries []Entry, ca *x509.Certificate, now time.Time) []Problem {
+	var ps []Problem
+	reconnect := func(e Entry) string {
+		return fmt.Sprintf("connect again to rewrite it: clustermesh connect %s --destination-context <context of %s>", c.ctxFlag(), e.Name)
+	}
+	for _, e := range entries {
+		trusted, err := pki.ParseCertificate(e.CA)
+		if err != nil || !trusted.Equal(ca) {
+			ps = append(ps, problem(ErrUntrusted, reconnect(e),
+				"the entry for cluster %s in secret %s trusts another CA than this cluster's (the mesh must share one; was a CA replaced?)", e.Name, SecretClusters))
+			continue
+		}
+		cert, err := pki.ParseCertificate(e.Cert)
+		if err != nil || cert.CheckSignatureFrom(ca) != nil {
+			ps = append(ps, problem(ErrUntrusted, "clustermesh certs rotate "+c.ctxFlag(),
+				"the client certificate of the entry for cluster %s in secret %s is not issued by this cluster's CA", e.Name, SecretClusters))
+			continue
+		}
+		if now.Add(RenewBefore).After(cert.NotAfter) {
+			ps = append(ps, problem(ErrNotReady, "clustermesh certs rotate "+c.ctxFlag(),
+				"the client certificate of the entry for cluster %s expires %s (in %s)", e.Name, cert.NotAfter.UTC().Format(time.RFC3339), cert.NotAfter.Sub(now).Truncate(time.Hour)))
+		}
+	}
+	return ps
 }
 
 func (st *Status) readStore(ctx context.Context, cli *clientv3.Client, cluster string) error {

@@ -4,6 +4,9 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/pki"
 )
 
 func TestAgentProblems(t *testing.T) {
@@ -41,6 +44,43 @@ func TestAgentProblems(t *testing.T) {
 				if !strings.Contains(text, m) {
 					t.Errorf("problem %q lacks %q", text, m)
 				}
+			}
+		})
+	}
+}
+
+func TestEntryProblems(t *testing.T) {
+	c := &Cluster{Context: "ctx1"}
+	ca, other := mustCA(t), mustCA(t)
+	issue := func(ca *pki.CA, lifetime time.Duration) []byte {
+		cert, _, err := ca.Issue(pki.IssueOptions{CommonName: UserRemote, Client: true, Lifetime: lifetime})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cert
+	}
+	now := time.Now()
+	for _, tc := range []struct {
+		name    string
+		e       Entry
+		want    error
+		mention string
+	}{
+		{"good", Entry{Name: "c2", CA: ca.CertPEM(), Cert: issue(ca, 0)}, nil, ""},
+		{"other CA trusted", Entry{Name: "c2", CA: other.CertPEM(), Cert: issue(other, 0)}, ErrUntrusted, "trusts another CA"},
+		{"foreign client cert", Entry{Name: "c2", CA: ca.CertPEM(), Cert: issue(other, 0)}, ErrUntrusted, "not issued by this cluster's CA"},
+		{"expiring client cert", Entry{Name: "c2", CA: ca.CertPEM(), Cert: issue(ca, 10*24*time.Hour)}, ErrNotReady, "expires"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ps := entryProblems(c, []Entry{tc.e}, ca.Certificate(), now)
+			if tc.want == nil {
+				if len(ps) != 0 {
+					t.Fatalf("problems = %v", ps)
+				}
+				return
+			}
+			if len(ps) != 1 || !errors.Is(ps[0].Err, tc.want) || !strings.Contains(ps[0].Reason, tc.mention) || !strings.Contains(ps[0].Reason, "c2") {
+				t.Fatalf("problems = %v, want one %v mentioning %q", ps, tc.want, tc.mention)
 			}
 		})
 	}
