@@ -9,7 +9,7 @@ PKGS      := ./...
 BENCH     ?= .
 BENCHTIME ?= 1x
 
-.PHONY: all build test test-unit lint generate generate-check bench tools demo clean
+.PHONY: all build test lint generate generate-check bench tools demo clean-drills clean
 
 all: build
 
@@ -42,6 +42,16 @@ bench:
 # source into hack/bin (several minutes on first run; cached afterwards).
 tools:
 	$(MAKE) -C hack
+
+# demo is the main job: two emulated clusters joined with the clustermesh CLI,
+# a global service, traffic, a failover and a table of timings. Root only.
+demo:
+	bash kind-tests/demo.sh
+
+# clean-drills removes what a killed drill or demo run left behind (network
+# namespaces, links, cgroups, bpffs pins, processes with the run prefix).
+clean-drills:
+	$(GO) run ./kind-tests/cmd/cleanup
 
 clean:
 	rm -rf $(BIN)
