@@ -1,6 +1,9 @@
 # clustermesh build entry points. Every target works on a fresh Debian 12
 # machine once .ci/run has installed the toolchain.
 
+# sudo resets PATH; find Go and go-installed tools (staticcheck) anyway.
+export PATH := $(PATH):/usr/local/go/bin:$(shell go env GOPATH 2>/dev/null || echo $(HOME)/go)/bin:$(HOME)/go/bin
+
 GO        ?= go
 BIN       := bin
 HACK_BIN  := hack/bin
