@@ -4,8 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/clustermesh/clustermesh/cli/mesh"
 )
@@ -88,6 +92,31 @@ func TestEnableDryRun(t *testing.T) {
 	for _, want := range []string{"kind: DaemonSet", "kind: Deployment", "--cluster-name=c7", "cluster-id: \"7\"", "endpoint: https://10.0.0.7:2379"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("dry-run output lacks %q", want)
+		}
+	}
+}
+
+func TestCompleteContexts(t *testing.T) {
+	kc := filepath.Join(t.TempDir(), "kubeconfig")
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["k"] = &clientcmdapi.Cluster{Server: "https://127.0.0.1:1"}
+	cfg.AuthInfos["u"] = &clientcmdapi.AuthInfo{}
+	for _, n := range []string{"east", "west"} {
+		cfg.Contexts[n] = &clientcmdapi.Context{Cluster: "k", AuthInfo: "u"}
+	}
+	if err := clientcmd.WriteToFile(*cfg, kc); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"__complete", "--kubeconfig", kc, "status", "--context", ""},
+		{"__complete", "--kubeconfig", kc, "connect", "--destination-context", ""},
+	} {
+		var out bytes.Buffer
+		if err := Execute(context.Background(), args, &out, &out); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out.String(), "east\nwest\n") {
+			t.Errorf("%v: completions %q, want east and west", args, out.String())
 		}
 	}
 }
