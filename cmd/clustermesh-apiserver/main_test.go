@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/internal/kubetest"
+	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/pki"
+)
+
+// TestBinary builds the command, checks that --help explains every flag,
+// runs it against a real kube-apiserver with its embedded etcd until
+// /readyz answers, and checks that SIGTERM stops it cleanly.
+func TestBinary(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "clustermesh-apiserver")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	help, err := exec.Command(bin, "--help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("--help: %v\n%s", err, help)
+	}
+	for _, flag := range []string{"--cluster-name", "--cluster-id", "--max-cluster-id", "--kubeconfig", "--cluster-pod-cidrs",
+		"--etcd-data-dir", "--etcd-listen-client-url", "--etcd-ca", "--etcd-cert", "--etcd-key", "--etcd-admin-cert",
+		"--etcd-admin-key", "--kvstore-config", "--health-addr", "--leader-elect", "--workers", "--lease-ttl", "--log-level"} {
+		if !strings.Contains(string(help), flag+" ") {
+			t.Errorf("--help does not explain %s", flag)
+		}
+	}
+	if out, err := exec.Command(bin, "--cluster-name", "c1", "--cluster-id", "0").CombinedOutput(); err == nil || !strings.Contains(string(out), "--cluster-id") {
+		t.Errorf("bad --cluster-id: exit %v, output %q; want a failure naming the flag", err, out)
+	}
+
+	kube := kubetest.Start(t, nil)
+	ca, err := pki.NewCA("test", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	sc, sk, err := ca.Issue(pki.IssueOptions{CommonName: "c1", IPs: []net.IP{net.ParseIP("127.0.0.1")}, Server: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ac, ak, err := ca.Issue(pki.IssueOptions{CommonName: kvstore.UserAdmin, Client: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	health := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(bin,
+		"--cluster-name=c1", "--cluster-id=1", "--kubeconfig="+kube.Kubeconfig,
+		"--etcd-data-dir="+filepath.Join(dir, "etcd"), "--etcd-listen-client-url=https://0.0.0.0:0",
+		"--etcd-ca="+write("ca.crt", ca.CertPEM()), "--etcd-cert="+write("s.crt", sc), "--etcd-key="+write("s.key", sk),
+		"--etcd-admin-cert="+write("a.crt", ac), "--etcd-admin-key="+write("a.key", ak),
+		"--etcd-unsafe-no-fsync", "--health-addr="+health)
+	logf, err := os.Create(filepath.Join(dir, "apiserver.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	}()
+	logs := func() string { b, _ := os.ReadFile(logf.Name()); return string(b) }
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for {
+		resp, err := http.Get("http://" + health + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		select {
+		case err := <-exited:
+			exited <- err
+			t.Fatalf("exited before ready: %v\n%s", err, logs())
+		case <-ctx.Done():
+			t.Fatalf("not ready: %v\n%s", ctx.Err(), logs())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		exited <- err
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", err, logs())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("still running 30s after SIGTERM\n%s", logs())
+	}
+	if !strings.Contains(logs(), "initial export complete") {
+		t.Errorf("log lacks the initial export:\n%s", logs())
+	}
+}
