@@ -408,6 +408,32 @@ func TestTwoClusters(t *testing.T) {
 		if err != nil || len(kvs) != 1 || kvs[0].Key != "clustermesh/v1/services/c2/demo/echo" {
 			t.Fatalf("kv list of peer c2 = %+v, %v", kvs, err)
 		}
+
+		// --remove: c1 stops lending its backends; the mesh keeps c2's.
+		if err := mesh.SetGlobal(ctx, c1, "demo", "echo", mesh.GlobalOptions{Global: false}); err != nil {
+			t.Fatal(err)
+		}
+		svc, err = c1.Kube.CoreV1().Services("demo").Get(ctx, "echo", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := svc.Annotations[mesh.AnnotationGlobal]; ok {
+			t.Fatalf("annotations after remove: %v", svc.Annotations)
+		}
+		deadline = time.Now().Add(60 * time.Second)
+		for {
+			res, err = mesh.ListGlobalServices(ctx, c1, mesh.StoreOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Services) == 1 && len(res.Services[0].Clusters) == 1 && res.Services[0].Clusters[0].Cluster == "c2" && res.Services[0].Backends == 3 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("service list after remove in c1 = %+v, want only c2's 3 backends", res)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
 	})
 
 	t.Run("certs rotate without connection loss", func(t *testing.T) {
