@@ -52,7 +52,12 @@ listed with its fix.`,
 			if err := mesh.Connect(ctx, src, dsts, mesh.ConnectOptions{DestinationEndpoints: eps, SkipReachability: skipDial, Log: g.logger(cmd)}); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "✓ connected %s with %s; agents follow within a minute (see clustermesh status --context %s)\n",
+			reach := "stores reachable with the agents' certificates"
+			if skipDial {
+				reach = "reachability not checked (--skip-reachability-check)"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "✓ checks passed: unique names and IDs, shared CA and gossip key, disjoint pod CIDRs, %s\n", reach)
+			fmt.Fprintf(cmd.OutOrStdout(), "✓ connected %s with %s; agents follow within a minute (see clustermesh status --context %s --wait)\n",
 				src.Context, strings.Join(dstContexts, ", "), src.Context)
 			return nil
 		},
