@@ -3,6 +3,7 @@ package apiserver_test
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -35,6 +36,7 @@ func TestExternalStore(t *testing.T) {
 	}
 	e.cfg.KVStoreConfig = conf
 	e.cfg.EtcdDataDir = "" // must not be needed
+	e.cfg.PodCIDRs = []string{"10.7.0.0/16"}
 	mkNode(t, e, "node-x", "192.168.7.1", "10.7.0.0/24", "z")
 
 	r := e.start()
@@ -48,6 +50,10 @@ func TestExternalStore(t *testing.T) {
 		}
 		if _, ok := got[api.NodeKey("ext", "node-x")]; !ok {
 			return fmt.Errorf("no node key; store has %d keys", len(got))
+		}
+		// --cluster-pod-cidrs wins over the nodes' ranges.
+		if c, ok := got[api.ClusterKey("ext")].(*api.Cluster); !ok || len(c.PodCIDRs) != 1 || c.PodCIDRs[0] != netip.MustParsePrefix("10.7.0.0/16") {
+			return fmt.Errorf("cluster config %+v, want pod CIDRs [10.7.0.0/16]", got[api.ClusterKey("ext")])
 		}
 		return nil
 	})
