@@ -320,17 +320,30 @@ func (f *failoverMesh) waitAnswers(ctx context.Context, t time.Time, want int, f
 	})
 }
 
-// failover kills member v and returns when member 0 marked it dead (the
-// datapath updated) and the start of the last failed connection after the
-// kill (zero if none failed).
-func (f *failoverMesh) failover(ctx context.Context, v int, next ...string) (t0, marked, lastFail time.Time) {
+// failover kills the victims (together) and returns when member 0 has
+// marked them all dead (the datapath updated), after which the client's
+// connections are answered by next only, and the start of the last failed
+// connection after the kill (zero if none failed).
+func (f *failoverMesh) failover(ctx context.Context, victims []int, next ...string) (t0, marked, lastFail time.Time) {
 	f.tb.Helper()
-	t0 = f.kill(v)
-	f.waitAll(ctx, "member 0 to mark "+f.names[v]+" dead", []int{0}, func(c *child) bool {
-		_, ok := c.reported(f.refs[v], false, t0)
-		return ok
+	for i, v := range victims {
+		if t := f.kill(v); i == 0 {
+			t0 = t
+		}
+	}
+	f.waitAll(ctx, fmt.Sprintf("member 0 to mark %v dead", victims), []int{0}, func(c *child) bool {
+		for _, v := range victims {
+			if _, ok := c.reported(f.refs[v], false, t0); !ok {
+				return false
+			}
+		}
+		return true
 	})
-	marked, _ = f.children[0].reported(f.refs[v], false, t0)
+	for _, v := range victims {
+		if at, _ := f.children[0].reported(f.refs[v], false, t0); at.After(marked) {
+			marked = at
+		}
+	}
 	f.waitAnswers(ctx, marked, 20, next...)
 	for _, r := range f.client.after(t0) {
 		if !r.ok {
@@ -356,7 +369,7 @@ func TestNetnsBPFFailover(t *testing.T) {
 		{1, []string{"c1/n2"}},          // one local backend left
 		{2, []string{"c2/n3", "c2/n4"}}, // no local backend: remote cluster
 	} {
-		t0, marked, lastFail := f.failover(ctx, phase.victim, phase.next...)
+		t0, marked, lastFail := f.failover(ctx, []int{phase.victim}, phase.next...)
 		failed := 0
 		for _, r := range f.client.after(t0) {
 			if r.ok && r.answer == f.names[phase.victim] {
@@ -377,31 +390,45 @@ func TestNetnsBPFFailover(t *testing.T) {
 	}
 }
 
-// BenchmarkNetnsBPFFailover: repeated hard kills of a preferred backend's
-// node; reports the time from the kill until the datapath of the client's
-// node skips it (marked-*) and until the start of the last connection that
-// still went to it (traffic-*).
+// BenchmarkNetnsBPFFailover: repeated hard kills with a client connecting
+// through the eBPF datapath. "one-local": one of the two preferred (local)
+// backends' node is killed, traffic stays local; "all-local": both are
+// killed at once, traffic moves to the other cluster. Reports the time from
+// the kill until the datapath of the client's node skips the dead nodes
+// (marked-*) and until the start of the last connection that still went to
+// one of them (traffic-*).
 func BenchmarkNetnsBPFFailover(b *testing.B) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-	defer cancel()
-	f := newFailoverMesh(ctx, b, "default")
-	var marked, traffic []time.Duration
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		v, other := 1+i%2, 2-i%2
-		t0, m, last := f.failover(ctx, v, f.names[other])
-		marked = append(marked, m.Sub(t0))
-		if !last.IsZero() {
-			traffic = append(traffic, last.Sub(t0))
-		}
-		b.StopTimer()
-		f.revive(ctx, v)
-		f.waitAnswers(ctx, time.Now(), 20, f.names[1], f.names[2])
-		b.StartTimer()
-	}
-	b.StopTimer()
-	reportPercentiles(b, "marked", marked)
-	if len(traffic) > 0 {
-		reportPercentiles(b, "traffic", traffic)
+	for _, tc := range []struct {
+		name    string
+		victims func(i int) []int
+		next    func(i int) []string
+	}{
+		{"one-local", func(i int) []int { return []int{1 + i%2} }, func(i int) []string { return []string{fmt.Sprintf("c1/n%d", 2-i%2)} }},
+		{"all-local", func(int) []int { return []int{1, 2} }, func(int) []string { return []string{"c2/n3", "c2/n4"} }},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+			defer cancel()
+			f := newFailoverMesh(ctx, b, "default")
+			var marked, traffic []time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				victims := tc.victims(i)
+				t0, m, last := f.failover(ctx, victims, tc.next(i)...)
+				marked = append(marked, m.Sub(t0))
+				if !last.IsZero() {
+					traffic = append(traffic, last.Sub(t0))
+				}
+				b.StopTimer()
+				f.revive(ctx, victims...)
+				f.waitAnswers(ctx, time.Now(), 20, f.names[1], f.names[2])
+				b.StartTimer()
+			}
+			b.StopTimer()
+			reportPercentiles(b, "marked", marked)
+			if len(traffic) > 0 {
+				reportPercentiles(b, "traffic", traffic)
+			}
+		})
 	}
 }

@@ -583,11 +583,13 @@ func (m *mesh) killAndMeasure(ctx context.Context, v int) ([]time.Duration, int)
 	return lat, falseMarks
 }
 
-// revive restores member v's link, restarts it and waits until every member
-// sees every other alive and healthy again.
-func (m *mesh) revive(ctx context.Context, v int) {
-	m.f.setLink(v, true)
-	m.start(v)
+// revive restores the links of the killed members, restarts them and waits
+// until every member sees every other alive and healthy again.
+func (m *mesh) revive(ctx context.Context, killed ...int) {
+	for _, v := range killed {
+		m.f.setLink(v, true)
+		m.start(v)
+	}
 	m.waitConverged(ctx)
 }
 
