@@ -128,6 +128,10 @@ func checkOutput(t *testing.T, args []string, out []byte) {
 		if !bytes.Contains(out, []byte("__start_clustermesh")) {
 			t.Errorf("completion script lacks its entry point")
 		}
+	case strings.HasPrefix(cmd, "clustermesh connect"):
+		if !bytes.Contains(out, []byte("✓ checks passed")) || !bytes.Contains(out, []byte("✓ connected c1 with c2")) {
+			t.Errorf("connect output:\n%s", out)
+		}
 	case strings.HasPrefix(cmd, "clustermesh service list"):
 		// Both clusters export their backends: 2 + 3 ready.
 		if !regexp.MustCompile(`demo/echo\s+5\s+c1: 2/2, c2: 3/3`).Match(out) {
