@@ -34,7 +34,9 @@ func BenchmarkExportPods(b *testing.B) {
 	ns := "pods"
 	mkNamespace(b, e, ns, map[string]string{"team": "bench"})
 	mkNode(b, e, "node-a", "192.168.1.10", "10.128.0.0/12", "zone-a")
-	ip := func(i int) string { return netip.AddrFrom4([4]byte{10, byte(128 + i/65536), byte(i / 256 % 256), byte(i % 256)}).String() }
+	ip := func(i int) string {
+		return netip.AddrFrom4([4]byte{10, byte(128 + i/65536), byte(i / 256 % 256), byte(i % 256)}).String()
+	}
 
 	t0 := time.Now()
 	var wg sync.WaitGroup
