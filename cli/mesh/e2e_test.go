@@ -14,6 +14,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/clustermesh/clustermesh/agent/status"
@@ -409,7 +410,13 @@ func TestTwoClusters(t *testing.T) {
 			t.Fatalf("kv list of peer c2 = %+v, %v", kvs, err)
 		}
 
-		// --remove: c1 stops lending its backends; the mesh keeps c2's.
+		// --remove: c1 stops lending its backends; the mesh keeps c2's. The
+		// Service also carries Cilium's global annotation (a migrated
+		// manifest), which --remove must override.
+		if _, err := c1.Kube.CoreV1().Services("demo").Patch(ctx, "echo", types.MergePatchType,
+			[]byte(`{"metadata":{"annotations":{"service.cilium.io/global":"true"}}}`), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
 		if err := mesh.SetGlobal(ctx, c1, "demo", "echo", mesh.GlobalOptions{Global: false}); err != nil {
 			t.Fatal(err)
 		}
@@ -417,8 +424,8 @@ func TestTwoClusters(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, ok := svc.Annotations[mesh.AnnotationGlobal]; ok {
-			t.Fatalf("annotations after remove: %v", svc.Annotations)
+		if a := svc.Annotations; a[mesh.AnnotationGlobal] != "false" || a[mesh.AnnotationAffinity] != "" || a["service.cilium.io/global"] != "true" {
+			t.Fatalf("annotations after remove: %v; want clustermesh.io/global=false over Cilium's, the rest removed", a)
 		}
 		deadline = time.Now().Add(60 * time.Second)
 		for {

@@ -21,6 +21,9 @@ const (
 	AnnotationShared           = "clustermesh.io/shared"
 	AnnotationAffinity         = "clustermesh.io/affinity"
 	AnnotationMinLocalBackends = "clustermesh.io/min-local-backends"
+
+	ciliumAnnotationGlobal       = "service.cilium.io/global"
+	ciliumLegacyAnnotationGlobal = "io.cilium/global-service"
 )
 
 // GlobalOptions are the mesh settings of a service. Nil fields leave the
@@ -65,6 +68,13 @@ func SetGlobal(ctx context.Context, c *Cluster, namespace, name string, opts Glo
 		for _, k := range []string{AnnotationGlobal, AnnotationShared, AnnotationAffinity, AnnotationMinLocalBackends} {
 			if _, ok := svc.Annotations[k]; ok {
 				ann[k] = nil
+			}
+		}
+		// Cilium's annotations are honoured too; the project's own wins, so
+		// an explicit "false" overrides them without touching them.
+		for _, k := range []string{ciliumAnnotationGlobal, ciliumLegacyAnnotationGlobal} {
+			if svc.Annotations[k] == "true" {
+				ann[AnnotationGlobal] = "false"
 			}
 		}
 	} else {
