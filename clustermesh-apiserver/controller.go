@@ -647,7 +647,7 @@ func (c *controller) clusterConfig() *api.Cluster {
 		ID:           c.clusterID,
 		MaxClusterID: c.maxClusterID,
 		PodCIDRs:     c.podCIDRs,
-		Capabilities: Capabilities,
+		Capabilities: Capabilities(),
 	}
 	if c.podCIDRs == nil {
 		c.mu.Lock()
@@ -669,9 +669,9 @@ func (c *controller) clusterConfig() *api.Cluster {
 	return cl
 }
 
-// Capabilities are the optional features this apiserver's exports carry,
+// Capabilities returns the optional features this apiserver's exports carry,
 // published in the cluster config.
-var Capabilities = []string{"endpointslices", "identities", "ipcache"}
+func Capabilities() []string { return []string{"endpointslices", "identities", "ipcache"} }
 
 func (c *controller) syncNamespace(name string) error {
 	objs, err := c.informer[kindPod].GetIndexer().ByIndex(cache.NamespaceIndex, name)

@@ -156,21 +156,19 @@ func convertNode(cluster string, n *corev1.Node) (*api.Node, error) {
 	return out, nil
 }
 
-// Labels that identify one pod or one rollout rather than what the pod is:
-// leaving them in would give every pod or every rollout its own identity.
-var excludedLabels = map[string]bool{
-	"pod-template-hash":                        true,
-	"controller-revision-hash":                 true,
-	"pod-template-generation":                  true,
-	"statefulset.kubernetes.io/pod-name":       true,
-	"apps.kubernetes.io/pod-index":             true,
-	"batch.kubernetes.io/controller-uid":       true,
-	"controller-uid":                           true,
-	"batch.kubernetes.io/job-completion-index": true,
-	// Copied from the node at binding (PodTopologyLabels admission): where
-	// the pod runs, not what it is.
-	corev1.LabelTopologyZone:   true,
-	corev1.LabelTopologyRegion: true,
+// excludedLabel reports labels that identify one pod, one rollout or one
+// placement rather than what the pod is: leaving them in would give every
+// pod, rollout or zone its own identity.
+func excludedLabel(key string) bool {
+	switch key {
+	case "pod-template-hash", "controller-revision-hash", "pod-template-generation",
+		"statefulset.kubernetes.io/pod-name", "apps.kubernetes.io/pod-index",
+		"batch.kubernetes.io/controller-uid", "controller-uid", "batch.kubernetes.io/job-completion-index",
+		// Copied from the node at binding (PodTopologyLabels admission).
+		corev1.LabelTopologyZone, corev1.LabelTopologyRegion:
+		return true
+	}
+	return false
 }
 
 // NamespaceLabelPrefix prefixes the namespace's labels in an identity's label
@@ -178,12 +176,12 @@ var excludedLabels = map[string]bool{
 const NamespaceLabelPrefix = "io.cilium.k8s.namespace.labels."
 
 // identityLabels is the label set an identity is allocated for: the pod's
-// labels minus excludedLabels, plus the namespace's labels under
+// labels minus the excluded ones, plus the namespace's labels under
 // NamespaceLabelPrefix.
 func identityLabels(podLabels, nsLabels map[string]string) map[string]string {
 	out := make(map[string]string, len(podLabels)+len(nsLabels))
 	for k, v := range podLabels {
-		if !excludedLabels[k] {
+		if !excludedLabel(k) {
 			out[k] = v
 		}
 	}

@@ -209,7 +209,7 @@ func TestExport(t *testing.T) {
 			t.Fatal(err)
 		}
 		wantCluster := &api.Cluster{Name: "c1", ID: 7, MaxClusterID: 255,
-			PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}, Capabilities: apiserver.Capabilities}
+			PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}, Capabilities: apiserver.Capabilities()}
 		if c := got[api.ClusterKey("c1")]; !reflect.DeepEqual(c, wantCluster) {
 			t.Errorf("cluster config = %+v, want %+v", c, wantCluster)
 		}
