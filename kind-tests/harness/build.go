@@ -122,6 +122,9 @@ func Build(ctx context.Context, root, dir string, log *slog.Logger, only ...stri
 		cmd := exec.CommandContext(ctx, "go", "build", "-o", out, p.pkg)
 		cmd.Dir = root
 		if msg, err := cmd.CombinedOutput(); err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("building %s: %w", p.part, ctx.Err())
+			}
 			err = fmt.Errorf("go build %s: %w: %s", p.pkg, err, strings.TrimSpace(string(msg)))
 			if p.part == PartProbe {
 				return nil, err

@@ -43,6 +43,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err := run(ctx, *keep, *verbose)
+	if err != nil && ctx.Err() != nil {
+		fmt.Fprintln(os.Stderr, "\n✗ demo interrupted")
+		os.Exit(130)
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "\n✗ demo failed: %v\n", err)
 		os.Exit(1)
