@@ -60,16 +60,9 @@ key), or --ca-cert/--ca-key with --gossip-key.`,
 			case (caCert == "") != (caKey == ""):
 				return fmt.Errorf("%w: --ca-cert and --ca-key go together", mesh.ErrInvalidArgument)
 			case caCert != "":
-				cp, err := os.ReadFile(caCert)
-				if err != nil {
-					return fmt.Errorf("--ca-cert: %w", err)
-				}
-				kp, err := os.ReadFile(caKey)
-				if err != nil {
-					return fmt.Errorf("--ca-key: %w", err)
-				}
-				if opts.CA, err = pki.LoadCA(cp, kp); err != nil {
-					return fmt.Errorf("--ca-cert/--ca-key: %w", err)
+				var err error
+				if opts.CA, err = loadCAFiles(caCert, caKey); err != nil {
+					return err
 				}
 			case inheritFrom != "":
 				from, err := g.open(inheritFrom)
@@ -123,4 +116,20 @@ key), or --ca-cert/--ca-key with --gossip-key.`,
 	_ = cmd.RegisterFlagCompletionFunc("inherit-ca-from", g.completeContexts)
 	_ = cmd.RegisterFlagCompletionFunc("service-type", cobra.FixedCompletions([]string{"NodePort", "LoadBalancer", "ClusterIP"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
+}
+
+func loadCAFiles(certFile, keyFile string) (*pki.CA, error) {
+	cp, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, fmt.Errorf("--ca-cert: %w", err)
+	}
+	kp, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--ca-key: %w", err)
+	}
+	ca, err := pki.LoadCA(cp, kp)
+	if err != nil {
+		return nil, fmt.Errorf("--ca-cert/--ca-key: %w", err)
+	}
+	return ca, nil
 }

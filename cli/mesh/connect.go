@@ -3,6 +3,7 @@ package mesh
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,7 +32,7 @@ type ConnectOptions struct {
 type member struct {
 	c        *Cluster
 	info     Info
-	ca       *pki.CA
+	ca       trustAnchor
 	remote   Credentials // the client certificate this cluster's agents present to peers
 	podCIDRs []netip.Prefix
 	existing []Entry // current entries of its clusters Secret
@@ -49,7 +50,7 @@ func loadMember(ctx context.Context, c *Cluster, endpointOverride string) (*memb
 		}
 		info.Endpoint = endpointOverride
 	}
-	ca, err := c.LoadCA(ctx)
+	ca, err := c.trustAnchor(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -137,12 +138,12 @@ func checkPair(ctx context.Context, a, b *member, skipDial bool) []Problem {
 			}
 		}
 	}
-	if !a.ca.Certificate().Equal(b.ca.Certificate()) {
+	if !a.ca.cert.Equal(b.ca.cert) {
 		ps = append(ps, problem(ErrUntrusted,
 			fmt.Sprintf("make %s trust the same CA: clustermesh enable %s --cluster-name %s --cluster-id %d --inherit-ca-from %s --replace-ca (re-issues %s's certificates)",
 				bn, b.c.ctxFlag(), bn, b.info.ID, a.c.Context, bn),
 			"clusters %s and %s have different CAs (%s's CA serial %s, %s's CA serial %s)",
-			an, bn, an, a.ca.Certificate().SerialNumber.Text(16)[:8], bn, b.ca.Certificate().SerialNumber.Text(16)[:8]))
+			an, bn, an, a.ca.cert.SerialNumber.Text(16)[:8], bn, b.ca.cert.SerialNumber.Text(16)[:8]))
 	}
 	if !bytes.Equal(a.gossip, b.gossip) {
 		ps = append(ps, problem(ErrUntrusted,
@@ -170,7 +171,7 @@ func checkPair(ctx context.Context, a, b *member, skipDial bool) []Problem {
 			continue
 		}
 		creds := from.remote
-		creds.CA = to.ca.CertPEM()
+		creds.CA = to.ca.pem
 		cn, err := checkTLS(ctx, to.info.Endpoint, creds)
 		if err != nil {
 			ps = append(ps, problem(ErrUnreachable,
@@ -229,7 +230,7 @@ func checkStore(ctx context.Context, from, to *member, creds Credentials) (Probl
 
 // peerEntry is the entry `to` is known by in `from`'s clusters Secret.
 func peerEntry(from, to *member) Entry {
-	return Entry{Name: to.info.Name, ID: to.info.ID, Endpoint: to.info.Endpoint, CA: to.ca.CertPEM(), Cert: from.remote.Cert, Key: from.remote.Key}
+	return Entry{Name: to.info.Name, ID: to.info.ID, Endpoint: to.info.Endpoint, CA: to.ca.pem, Cert: from.remote.Cert, Key: from.remote.Key}
 }
 
 // Connect connects src with every destination (and nothing else: the
@@ -370,4 +371,30 @@ func unusedID(a, b *member) uint32 {
 			return id
 		}
 	}
+}
+
+// trustAnchor is a cluster's CA certificate, without its key.
+type trustAnchor struct {
+	cert *x509.Certificate
+	pem  []byte
+}
+
+// trustAnchor reads the cluster's CA certificate from its CA Secret or,
+// when the CA key is kept offline (Secret deleted), from the server
+// certificate Secret's ca.crt.
+func (c *Cluster) trustAnchor(ctx context.Context) (trustAnchor, error) {
+	if ca, err := c.LoadCA(ctx); err == nil {
+		return trustAnchor{ca.Certificate(), ca.CertPEM()}, nil
+	} else if !errors.Is(err, ErrNotEnabled) {
+		return trustAnchor{}, err
+	}
+	server, err := c.credentials(ctx, SecretServer)
+	if err != nil {
+		return trustAnchor{}, err
+	}
+	cert, err := pki.ParseCertificate(server.CA)
+	if err != nil {
+		return trustAnchor{}, fmt.Errorf("context %s: secret %s/%s: %s: %w", c.Context, c.Namespace, SecretServer, KeyCACert, err)
+	}
+	return trustAnchor{cert, server.CA}, nil
 }

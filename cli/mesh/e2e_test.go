@@ -548,6 +548,32 @@ func TestTwoClusters(t *testing.T) {
 		// status it publishes follows only c1.
 		waitAgentClusters(t, c1, 1)
 	})
+
+	t.Run("CA kept offline", func(t *testing.T) {
+		if err := c1.Kube.CoreV1().Secrets(c1.Namespace).Delete(ctx, mesh.SecretCA, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// enable must not mint a new CA for a cluster that has certificates.
+		if _, err := mesh.Enable(ctx, c1, mesh.EnableOptions{ClusterName: "c1", ClusterID: 1}); !errors.Is(err, mesh.ErrCAMismatch) {
+			t.Fatalf("enable without the CA Secret: %v, want ErrCAMismatch", err)
+		}
+		// connect and status need only the CA certificate.
+		if err := mesh.Connect(ctx, c1, []*mesh.Cluster{c2}, mesh.ConnectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitReady(t, c1)
+		// rotate needs the key, given from outside.
+		if err := mesh.RotateCerts(ctx, c1, mesh.RotateOptions{}); !errors.Is(err, mesh.ErrNotEnabled) {
+			t.Fatalf("rotate without the CA: %v", err)
+		}
+		if err := mesh.RotateCerts(ctx, c1, mesh.RotateOptions{CA: ca1}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c1.Kube.CoreV1().Secrets(c1.Namespace).Get(ctx, mesh.SecretCA, metav1.GetOptions{}); err == nil {
+			t.Fatal("rotate stored the offline CA in the cluster")
+		}
+		waitReady(t, c1)
+	})
 }
 
 func apiAffinity(s string) api.Affinity { return api.Affinity(s) }

@@ -294,6 +294,17 @@ func (c *Cluster) ensureCA(ctx context.Context, given *pki.CA, replace bool) (*p
 	if err != nil && !isNotEnabled(err) {
 		return nil, false, err
 	}
+	if existing == nil && given == nil {
+		// No CA Secret: a new cluster, or one whose CA key is kept
+		// offline. Creating a CA for the latter would silently cut it
+		// from the mesh.
+		if server, err := c.getSecret(ctx, SecretServer); err != nil {
+			return nil, false, err
+		} else if server != nil {
+			return nil, false, fmt.Errorf("context %s: %w: secret %s/%s is missing but certificates exist (CA kept offline?); pass --ca-cert/--ca-key (or --inherit-ca-from)",
+				c.Context, ErrCAMismatch, c.Namespace, SecretCA)
+		}
+	}
 	switch {
 	case given == nil && existing != nil:
 		return existing, false, c.storeCA(ctx, existing)

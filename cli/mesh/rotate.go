@@ -7,10 +7,15 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/clustermesh/clustermesh/pki"
 )
 
 // RotateOptions configure certs rotate.
 type RotateOptions struct {
+	// CA signs the new certificates when the cluster's CA key is kept
+	// offline; nil reads it from the CA Secret.
+	CA  *pki.CA
 	Log *slog.Logger
 }
 
@@ -33,9 +38,15 @@ func RotateCerts(ctx context.Context, c *Cluster, opts RotateOptions) error {
 	if err != nil {
 		return err
 	}
-	ca, err := c.LoadCA(ctx)
-	if err != nil {
+	ca := opts.CA
+	if ca == nil {
+		if ca, err = c.LoadCA(ctx); err != nil {
+			return fmt.Errorf("%w (if the CA is kept offline, pass it: --ca-cert/--ca-key)", err)
+		}
+	} else if anchor, err := c.trustAnchor(ctx); err != nil {
 		return err
+	} else if !anchor.cert.Equal(ca.Certificate()) {
+		return fmt.Errorf("context %s: %w: the given CA %q is not the cluster's; rotation keeps the CA", c.Context, ErrCAMismatch, ca.Certificate().Subject.CommonName)
 	}
 	svc, err := c.Kube.CoreV1().Services(c.Namespace).Get(ctx, ServiceName, metav1.GetOptions{})
 	if err != nil {

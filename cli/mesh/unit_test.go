@@ -151,7 +151,7 @@ func TestLeafValid(t *testing.T) {
 func TestCheckPair(t *testing.T) {
 	ca, other := mustCA(t), mustCA(t)
 	mk := func(ctxName, name string, id uint32, ca *pki.CA, cidrs ...string) *member {
-		m := &member{c: &Cluster{Context: ctxName, Namespace: "clustermesh-system"}, info: Info{Name: name, ID: id, MaxClusterID: 255}, ca: ca}
+		m := &member{c: &Cluster{Context: ctxName, Namespace: "clustermesh-system"}, info: Info{Name: name, ID: id, MaxClusterID: 255}, ca: trustAnchor{ca.Certificate(), ca.CertPEM()}}
 		for _, s := range cidrs {
 			m.podCIDRs = append(m.podCIDRs, netip.MustParsePrefix(s))
 		}
