@@ -101,6 +101,22 @@ type Agent struct {
 
 	obsMu     sync.Mutex
 	observers []NodeObserver
+
+	repMu     sync.Mutex
+	reporters []StatusReporter
+}
+
+// StatusReporter fills the section of an optional subsystem (BGP, health)
+// in the agent's status. It is called on every Status call, from any
+// goroutine, and must return quickly.
+type StatusReporter func(*status.Agent)
+
+// AddStatusReporter adds a section to the agent's status: the local
+// endpoint's and the one published into the store (in its compact form).
+func (a *Agent) AddStatusReporter(r StatusReporter) {
+	a.repMu.Lock()
+	defer a.repMu.Unlock()
+	a.reporters = append(a.reporters, r)
 }
 
 type clusterRun struct {
@@ -310,6 +326,12 @@ func (a *Agent) Status() status.Agent {
 		st.Clusters = append(st.Clusters, r.c.Status())
 	}
 	slices.SortFunc(st.Clusters, func(x, y status.Cluster) int { return strings.Compare(x.Name, y.Name) })
+	a.repMu.Lock()
+	reps := slices.Clone(a.reporters)
+	a.repMu.Unlock()
+	for _, r := range reps {
+		r(&st)
+	}
 	return st
 }
 

@@ -46,7 +46,7 @@ func (a *Agent) publishLoop(ctx context.Context) {
 		if cur == nil {
 			continue
 		}
-		st := a.Status()
+		st := a.Status().Compact()
 		summ := summary(st)
 		if cur == cli && summ == lastSumm && time.Since(last) < a.cfg.StatusInterval {
 			continue
@@ -93,6 +93,16 @@ func summary(st status.Agent) string {
 	s := ""
 	for _, c := range st.Clusters {
 		s += fmt.Sprintf("%s:%s:%t:%t;", c.Name, c.State, c.Connected, c.Synced)
+	}
+	if b := st.BGP; b != nil {
+		s += fmt.Sprintf("bgp:%s", b.State)
+		for _, p := range b.Sessions {
+			s += fmt.Sprintf(":%s=%t", p.Address, p.Established)
+		}
+		s += ";"
+	}
+	if h := st.Health; h != nil {
+		s += fmt.Sprintf("health:%s:%d:%d:%t;", h.State, h.Alive, h.Dead, h.Isolated)
 	}
 	return s
 }

@@ -82,6 +82,11 @@ type Agent struct {
 	Frontends int       `json:"frontends"`
 	Updated   time.Time `json:"updated"`
 	Clusters  []Cluster `json:"clusters"`
+	// BGP is the node's BGP speaker; absent when the agent runs without
+	// --bgp (and from agents older than this field).
+	BGP *BGP `json:"bgp,omitempty"`
+	// Health is the node health gossip pool; absent without --health.
+	Health *Health `json:"health,omitempty"`
 }
 
 // Key is where the agent of node in cluster publishes its status, in its own
@@ -165,5 +170,16 @@ func Print(w io.Writer, a *Agent) error {
 			c.Objects[string(api.KindNode)], c.Objects[string(api.KindService)], c.Objects[string(api.KindEndpoints)],
 			c.Objects[string(api.KindIdentity)], c.Objects[string(api.KindIPCache)], c.InvalidObjects, lastErr)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if a.BGP != nil {
+		if err := printBGP(w, a.BGP); err != nil {
+			return err
+		}
+	}
+	if a.Health != nil {
+		return printHealth(w, a.Health)
+	}
+	return nil
 }

@@ -35,7 +35,7 @@ func ownNode(ctx context.Context, a *agent.Agent, cluster, name string) (*api.No
 // the store lists them) to its cluster's route reflector (as the cluster
 // config names it) and installs the routes it learns. Both are re-read every
 // few seconds; the speaker keeps its sessions when nothing changed.
-func runBGP(ctx context.Context, a *agent.Agent, o options, reg prometheus.Registerer, log *slog.Logger) error {
+func runBGP(ctx context.Context, a *agent.Agent, o options, reg prometheus.Registerer, log *slog.Logger, sec *bgpSection) error {
 	local, err := a.LocalCluster(ctx)
 	if err != nil {
 		return err
@@ -44,12 +44,7 @@ func runBGP(ctx context.Context, a *agent.Agent, o options, reg prometheus.Regis
 	if err != nil {
 		return err
 	}
-	base := bgp.DefaultConfig()
-	if o.bgpShortTimers {
-		base = bgp.DefaultKindConfig()
-	}
-	base.ListenPort = o.bgpListenPort
-	base.Table = o.bgpTable
+	base := o.bgpCfg
 	base.Logger, base.Registerer = log, reg
 	cfg, err := bgp.NodeConfig(base, *node, *local)
 	if err != nil {
@@ -62,7 +57,9 @@ func runBGP(ctx context.Context, a *agent.Agent, o options, reg prometheus.Regis
 	if err := sp.Start(ctx); err != nil {
 		return fmt.Errorf("bgp: %w", err)
 	}
+	sec.set(sp, nil)
 	defer func() {
+		sec.set(nil, nil)
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = sp.Stop(sctx)

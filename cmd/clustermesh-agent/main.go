@@ -26,13 +26,36 @@ import (
 	"github.com/clustermesh/clustermesh/agent"
 	"github.com/clustermesh/clustermesh/agent/netroute"
 	"github.com/clustermesh/clustermesh/agent/status"
+	"github.com/clustermesh/clustermesh/bgp"
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/health"
 	"github.com/clustermesh/clustermesh/loadbalancer"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
+
+// The eBPF datapath keeps its frontends across restarts (pinned maps); the
+// agent prunes the adopted ones nobody wants through this seam.
+var _ agent.FrontendLister = (*bpf.Datapath)(nil)
+
+// shortTimers returns bgp.DefaultKindConfig with the --bgp-* flags the user
+// gave on fs applied over it, so --bgp-short-timers changes only the
+// defaults.
+func shortTimers(fs *pflag.FlagSet) bgp.Config {
+	c := bgp.DefaultKindConfig()
+	kind := pflag.NewFlagSet("bgp", pflag.ContinueOnError)
+	c.Flags(kind)
+	kind.IntVar(&c.Table, "bgp-table", c.Table, "")
+	fs.Visit(func(f *pflag.Flag) {
+		if kind.Lookup(f.Name) != nil {
+			// The value parsed once already on fs.
+			_ = kind.Set(f.Name, f.Value.String())
+		}
+	})
+	return c
+}
 
 // DefaultStatusAddr is where the agent serves /status and /metrics.
 const DefaultStatusAddr = "127.0.0.1:9877"
@@ -52,16 +75,15 @@ type options struct {
 	health                             bool
 	routes                             string
 	bgp                                bool
-	bgpListenPort                      int32
 	bgpShortTimers                     bool
-	bgpTable                           int
+	bgpCfg                             bgp.Config
 	healthCfg                          health.Config
 	dirPoll                            time.Duration
 	initialSyncTimeout                 time.Duration
 }
 
 func newRootCommand() *cobra.Command {
-	o := options{bpf: bpf.DefaultConfig(), healthCfg: health.DefaultConfig()}
+	o := options{bpf: bpf.DefaultConfig(), healthCfg: health.DefaultConfig(), bgpCfg: bgp.DefaultConfig()}
 	cmd := &cobra.Command{
 		Use:           "clustermesh-agent",
 		Short:         "Follow every cluster's store and program global services into the datapath",
@@ -71,6 +93,9 @@ func newRootCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			if o.bgpShortTimers {
+				o.bgpCfg = shortTimers(cmd.Flags())
+			}
 			return run(ctx, o)
 		},
 	}
@@ -85,9 +110,13 @@ func newRootCommand() *cobra.Command {
 	fs.DurationVar(&o.initialSyncTimeout, "initial-sync-timeout", 30*time.Second, "longest wait for every cluster's initial sync before the datapath is first programmed")
 	fs.StringVar(&o.routes, "routes", "none", "none (BGP or the CNI routes pod CIDRs) or static (install a kernel route to every remote node's pod CIDRs via its first address)")
 	fs.BoolVar(&o.bgp, "bgp", false, "run the node's BGP speaker: announce this node's pod CIDRs to the cluster's route reflector (from the store) and install learned routes")
-	fs.Int32Var(&o.bgpListenPort, "bgp-listen-port", 179, "port the BGP speaker accepts sessions on; negative: dial only")
-	fs.IntVar(&o.bgpTable, "bgp-table", 0, "kernel routing table for learned routes (0: main)")
-	fs.BoolVar(&o.bgpShortTimers, "bgp-short-timers", false, "short BGP timers and grace periods, for test clusters on one machine")
+	fs.BoolVar(&o.bgpShortTimers, "bgp-short-timers", false, "start from short BGP timers and grace periods (test clusters on one machine); --bgp-* flags given explicitly still apply")
+	// The speaker's own tunables (--bgp-listen-port, --bgp-route-table,
+	// timers, graces, prefix limit) are the bgp package's flags.
+	o.bgpCfg.Flags(fs)
+	// --bgp-table was this command's name for --bgp-route-table.
+	fs.IntVar(&o.bgpCfg.Table, "bgp-table", o.bgpCfg.Table, "kernel routing table for learned routes")
+	_ = fs.MarkDeprecated("bgp-table", "use --bgp-route-table")
 	fs.BoolVar(&o.health, "health", false, "gossip node health with the agents of every connected cluster (memberlist) and fail over in the kernel when a node dies")
 	o.bpf.Flags(fs)
 	o.healthCfg.Flags(fs)
@@ -193,20 +222,26 @@ func run(ctx context.Context, o options) error {
 	}
 
 	if o.bgp {
+		sec := &bgpSection{}
+		a.AddStatusReporter(sec.report)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := runBGP(ctx, a, o, reg, log); err != nil && ctx.Err() == nil {
+			if err := runBGP(ctx, a, o, reg, log, sec); err != nil && ctx.Err() == nil {
+				sec.set(nil, err)
 				log.Error("bgp speaker stopped", "error", err)
 			}
 		}()
 	}
 
 	if o.health {
+		sec := &healthSection{}
+		a.AddStatusReporter(sec.report)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := runHealth(ctx, a, o, reg, log); err != nil && ctx.Err() == nil {
+			if err := runHealth(ctx, a, o, reg, log, sec); err != nil && ctx.Err() == nil {
+				sec.set(nil, err)
 				log.Error("node health gossip stopped", "error", err)
 			}
 		}()
@@ -220,7 +255,7 @@ func run(ctx context.Context, o options) error {
 // (it is gossiped with every member) and feeds it the nodes of every
 // cluster; its verdicts go to the agent, which passes them to the datapath
 // and recomputes affinity thresholds.
-func runHealth(ctx context.Context, a *agent.Agent, o options, reg prometheus.Registerer, log *slog.Logger) error {
+func runHealth(ctx context.Context, a *agent.Agent, o options, reg prometheus.Registerer, log *slog.Logger, sec *healthSection) error {
 	local, err := a.LocalCluster(ctx)
 	if err != nil {
 		return err
@@ -233,6 +268,7 @@ func runHealth(ctx context.Context, a *agent.Agent, o options, reg prometheus.Re
 		return fmt.Errorf("health: %w", err)
 	}
 	a.AddNodeObserver(pool)
+	sec.set(pool, nil)
 	return pool.Run(ctx)
 }
 

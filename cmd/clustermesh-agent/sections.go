@@ -1,0 +1,120 @@
+package main
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/clustermesh/clustermesh/agent/status"
+	"github.com/clustermesh/clustermesh/bgp"
+	"github.com/clustermesh/clustermesh/health"
+)
+
+// bgpSection reports the BGP speaker in the agent's status. The section is
+// "starting" until runBGP hands it the speaker, and says why the speaker
+// stopped if it did.
+type bgpSection struct {
+	mu      sync.Mutex
+	speaker *bgp.Speaker
+	err     error
+}
+
+func (s *bgpSection) set(sp *bgp.Speaker, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.speaker, s.err = sp, err
+}
+
+func (s *bgpSection) report(st *status.Agent) {
+	s.mu.Lock()
+	sp, err := s.speaker, s.err
+	s.mu.Unlock()
+	sec := &status.BGP{State: status.SectionStarting}
+	st.BGP = sec
+	if err != nil {
+		sec.State, sec.Error = status.SectionFailed, err.Error()
+		return
+	}
+	if sp == nil {
+		return
+	}
+	// The speaker's status asks GoBGP for its peers: bounded, so a wedged
+	// speaker does not hang the status endpoint.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	bs, err := sp.Status(ctx)
+	if err != nil {
+		sec.Error = err.Error()
+		return
+	}
+	*sec = bgpStatus(bs)
+}
+
+// bgpStatus converts the speaker's status into the agent's section.
+func bgpStatus(bs bgp.Status) status.BGP {
+	sec := status.BGP{
+		State: status.SectionRunning, ASN: bs.ASN, RouterID: bs.RouterID, Announced: bs.Announced,
+		Installed: len(bs.Installed), Failed: len(bs.Failed),
+		PendingRemoval: bs.PendingRemoval, StaleRoutes: bs.StaleRoutes, InstallErrors: bs.InstallErrors,
+	}
+	refusedBy := map[string]int{}
+	for _, r := range bs.Refused {
+		refusedBy[r.Peer]++
+		sec.Refused = append(sec.Refused, status.BGPRefusal{
+			Prefix: r.Prefix, NextHop: r.NextHop, Peer: r.Peer, Reason: string(r.Reason), Conflict: r.Conflict,
+		})
+	}
+	for _, p := range bs.Peers {
+		sec.Sessions = append(sec.Sessions, status.BGPSession{
+			Peer: p.Name, Address: p.Address, ASN: p.ASN, State: p.State, Established: p.Established,
+			Since: p.Since, CutOff: p.CutOff,
+			Received: p.PrefixesReceived, Accepted: p.PrefixesAccepted, Installed: p.PrefixesInstalled,
+			Refused: refusedBy[p.Address.String()], Advertised: p.PrefixesAdvertised,
+		})
+	}
+	return sec
+}
+
+// healthSection reports the gossip pool in the agent's status.
+type healthSection struct {
+	mu   sync.Mutex
+	pool *health.Pool
+	err  error
+}
+
+func (s *healthSection) set(p *health.Pool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pool, s.err = p, err
+}
+
+func (s *healthSection) report(st *status.Agent) {
+	s.mu.Lock()
+	p, err := s.pool, s.err
+	s.mu.Unlock()
+	sec := &status.Health{State: status.SectionStarting}
+	st.Health = sec
+	switch {
+	case err != nil:
+		sec.State, sec.Error = status.SectionFailed, err.Error()
+	case p != nil:
+		*sec = healthStatus(p.Status())
+	}
+}
+
+// healthStatus converts the pool's snapshot into the agent's section.
+func healthStatus(hs health.Status) status.Health {
+	sec := status.Health{
+		State: status.SectionRunning, Self: hs.Self,
+		Members: len(hs.Members), Alive: hs.Alive, Suspect: hs.Suspect, Dead: hs.Dead, Left: hs.Left,
+		Unhealthy: hs.Unhealthy, Held: hs.Held, HealthScore: hs.HealthScore,
+		Isolated: hs.Isolated, IsolationReason: hs.IsolationReason,
+		LastDetectionSeconds: hs.LastDetection.Seconds(), MaxDetectionSeconds: hs.MaxDetection.Seconds(),
+	}
+	for _, m := range hs.Members {
+		sec.MemberList = append(sec.MemberList, status.HealthMember{
+			Name: m.Name, State: m.State.String(), Healthy: m.Healthy, Held: m.Held, Since: m.Since,
+		})
+	}
+	return sec
+}
