@@ -58,6 +58,23 @@ type Config struct {
 	LeaseTTL time.Duration
 	// UnsafeNoFsync disables fsync in the embedded etcd (tests only).
 	UnsafeNoFsync bool
+
+	// BGPReflectorAddress is the IP:port the cluster's BGP route reflector
+	// listens on and is published under (api.Cluster.RouteReflector); empty
+	// means no reflector and BGP off in the exported cluster config.
+	BGPReflectorAddress string
+	// BGPASN is the cluster's autonomous system number; required with
+	// BGPReflectorAddress.
+	BGPASN uint32
+	// BGPShortTimers uses bgp.DefaultKindConfig (test clusters on one
+	// machine) instead of bgp.DefaultConfig.
+	BGPShortTimers bool
+	// ClustersDir holds one kvstore connection file per cluster (named for
+	// the cluster), as for the agent; the reflector peers with the reflectors
+	// the connected clusters publish in their stores.
+	ClustersDir string
+	// ClustersDirPoll is how often ClustersDir is scanned for changes.
+	ClustersDirPoll time.Duration
 }
 
 // DefaultConfig returns the defaults of every flag.
@@ -73,6 +90,8 @@ func DefaultConfig() Config {
 		HealthAddr:    ":9880",
 		Workers:       4,
 		LeaseTTL:      5 * time.Minute,
+
+		ClustersDirPoll: 2 * time.Second,
 	}
 }
 
@@ -115,6 +134,16 @@ func (c *Config) Flags(fs *pflag.FlagSet) {
 		"TTL of the store leases exported keys are attached to: how long the cluster stays visible to peers after this apiserver stops renewing them.")
 	fs.BoolVar(&c.UnsafeNoFsync, "etcd-unsafe-no-fsync", c.UnsafeNoFsync,
 		"Disable fsync in the embedded etcd. For tests only: a crash may lose acknowledged writes.")
+	fs.StringVar(&c.BGPReflectorAddress, "bgp-reflector-address", c.BGPReflectorAddress,
+		"IP:port of the cluster's BGP route reflector, hosted by this apiserver in its network namespace: it listens on the port and the address is published in the cluster config, where the cluster's nodes and the reflectors of connected clusters find it. Empty: no reflector, BGP off for the cluster.")
+	fs.Uint32Var(&c.BGPASN, "bgp-asn", c.BGPASN,
+		"The cluster's BGP autonomous system number (required with --bgp-reflector-address); must differ from every connected cluster's.")
+	fs.BoolVar(&c.BGPShortTimers, "bgp-short-timers", c.BGPShortTimers,
+		"Short BGP timers (hold time 9s), for test clusters on one machine.")
+	fs.StringVar(&c.ClustersDir, "clusters-dir", c.ClustersDir,
+		"Directory with one kvstore connection file per cluster, named for the cluster (names containing '.' are certificates and keys), as mounted for the agents. The route reflector peers with the reflector each connected cluster publishes in its store; files are followed live.")
+	fs.DurationVar(&c.ClustersDirPoll, "clusters-dir-poll", c.ClustersDirPoll,
+		"How often --clusters-dir is scanned for added, changed and removed files.")
 }
 
 // Validate checks the configuration; errors name the flag.
@@ -127,6 +156,12 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.podCIDRs(); err != nil {
 		return err
+	}
+	if _, err := c.reflectorAddress(); err != nil {
+		return err
+	}
+	if c.ClustersDir != "" && c.ClustersDirPoll <= 0 {
+		return fmt.Errorf("%w: --clusters-dir-poll %s: must be positive", ErrConfig, c.ClustersDirPoll)
 	}
 	if c.Workers < 1 {
 		return fmt.Errorf("%w: --workers %d: must be at least 1", ErrConfig, c.Workers)
@@ -159,4 +194,26 @@ func (c *Config) podCIDRs() ([]netip.Prefix, error) {
 		out = append(out, p.Masked())
 	}
 	return out, nil
+}
+
+// reflectorAddress parses --bgp-reflector-address; the zero value means BGP
+// is off.
+func (c *Config) reflectorAddress() (netip.AddrPort, error) {
+	if c.BGPReflectorAddress == "" {
+		if c.BGPASN != 0 {
+			return netip.AddrPort{}, fmt.Errorf("%w: --bgp-asn %d needs --bgp-reflector-address", ErrConfig, c.BGPASN)
+		}
+		return netip.AddrPort{}, nil
+	}
+	ap, err := netip.ParseAddrPort(c.BGPReflectorAddress)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%w: --bgp-reflector-address %q: want IP:port: %w", ErrConfig, c.BGPReflectorAddress, err)
+	}
+	if ap.Port() == 0 || ap.Addr().IsUnspecified() {
+		return netip.AddrPort{}, fmt.Errorf("%w: --bgp-reflector-address %q: want a specific IP and a non-zero port (peers dial it)", ErrConfig, c.BGPReflectorAddress)
+	}
+	if c.BGPASN == 0 {
+		return netip.AddrPort{}, fmt.Errorf("%w: --bgp-reflector-address needs --bgp-asn", ErrConfig)
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }

@@ -39,6 +39,13 @@ func TestConfigValidate(t *testing.T) {
 		{"no admin cert", func(c *Config) { c.EtcdAdminCert = "" }, "--etcd-admin-cert"},
 		{"http listen", func(c *Config) { c.EtcdListenClientURL = "http://0.0.0.0:2379" }, "--etcd-listen-client-url"},
 		{"no workers", func(c *Config) { c.Workers = 0 }, "--workers"},
+		{"bgp on", func(c *Config) { c.BGPReflectorAddress, c.BGPASN = "192.0.2.1:1790", 65001 }, ""},
+		{"bgp without asn", func(c *Config) { c.BGPReflectorAddress = "192.0.2.1:1790" }, "--bgp-asn"},
+		{"asn without reflector", func(c *Config) { c.BGPASN = 65001 }, "--bgp-reflector-address"},
+		{"reflector not ip:port", func(c *Config) { c.BGPReflectorAddress, c.BGPASN = "192.0.2.1", 65001 }, "--bgp-reflector-address"},
+		{"reflector unspecified", func(c *Config) { c.BGPReflectorAddress, c.BGPASN = "0.0.0.0:179", 65001 }, "--bgp-reflector-address"},
+		{"reflector port 0", func(c *Config) { c.BGPReflectorAddress, c.BGPASN = "192.0.2.1:0", 65001 }, "--bgp-reflector-address"},
+		{"dir poll 0", func(c *Config) { c.ClustersDir, c.ClustersDirPoll = "/d", 0 }, "--clusters-dir-poll"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

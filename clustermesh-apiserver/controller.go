@@ -76,13 +76,17 @@ type controller struct {
 	// podCIDRs are the configured cluster pod CIDRs; nil means derive them
 	// from the nodes.
 	podCIDRs []netip.Prefix
-	workers  int
-	log      *slog.Logger
-	store    store
-	alloc    *allocator
-	metrics  *metrics
-	recorder record.EventRecorder
-	started  time.Time
+	// reflector and bgpASN are the cluster's BGP route reflector and ASN;
+	// the zero address means BGP is off.
+	reflector netip.AddrPort
+	bgpASN    uint32
+	workers   int
+	log       *slog.Logger
+	store     store
+	alloc     *allocator
+	metrics   *metrics
+	recorder  record.EventRecorder
+	started   time.Time
 
 	factory  informers.SharedInformerFactory
 	informer map[objKind]cache.SharedIndexInformer
@@ -129,11 +133,14 @@ func stripManagedFields(obj any) (any, error) {
 }
 
 func newController(client kubernetes.Interface, st store, alloc *allocator, m *metrics, rec record.EventRecorder, log *slog.Logger, cfg *Config, podCIDRs []netip.Prefix) *controller {
+	reflector, _ := cfg.reflectorAddress() // validated by New
 	c := &controller{
 		cluster:       cfg.ClusterName,
 		clusterID:     cfg.ClusterID,
 		maxClusterID:  cfg.MaxClusterID,
 		podCIDRs:      podCIDRs,
+		reflector:     reflector,
+		bgpASN:        cfg.BGPASN,
 		workers:       cfg.Workers,
 		log:           log,
 		store:         st,
@@ -618,6 +625,7 @@ func (c *controller) syncNode(ctx context.Context, name string) error {
 		if err != nil {
 			return fmt.Errorf("%w: %w", errInvalid, err)
 		}
+		withBGP(obj, c.bgpASN, c.reflector.IsValid())
 		if err := c.store.Upsert(ctx, obj); err != nil {
 			return fmt.Errorf("node %s: %w", name, err)
 		}
@@ -648,6 +656,10 @@ func (c *controller) clusterConfig() *api.Cluster {
 		MaxClusterID: c.maxClusterID,
 		PodCIDRs:     c.podCIDRs,
 		Capabilities: Capabilities(),
+	}
+	if c.reflector.IsValid() {
+		cl.RouteReflector = c.reflector
+		cl.ASN = c.bgpASN
 	}
 	if c.podCIDRs == nil {
 		c.mu.Lock()
@@ -805,6 +817,17 @@ func (c *controller) releaseIPs(ctx context.Context, nn types.NamespacedName, ip
 }
 
 // exported counts the objects currently exported, by store kind.
+// localNodes returns the nodes as currently exported.
+func (c *controller) localNodes() []api.Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]api.Node, 0, len(c.nodeExported))
+	for _, n := range c.nodeExported {
+		out = append(out, *n)
+	}
+	return out
+}
+
 func (c *controller) exported() map[string]int {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -156,6 +156,18 @@ func convertNode(cluster string, n *corev1.Node) (*api.Node, error) {
 	return out, nil
 }
 
+// withBGP fills the node's BGP speaker fields when the cluster runs BGP: the
+// node speaks from its first address (an InternalIP when it has one) with
+// the cluster's ASN. The reflector accepts sessions from exactly these
+// addresses (bgp.ReflectorPeers).
+func withBGP(n *api.Node, asn uint32, on bool) {
+	if !on || len(n.Addresses) == 0 {
+		return
+	}
+	n.BGPAddress = n.Addresses[0]
+	n.ASN = asn
+}
+
 // excludedLabel reports labels that identify one pod, one rollout or one
 // placement rather than what the pod is: leaving them in would give every
 // pod, rollout or zone its own identity.

@@ -113,3 +113,27 @@ func TestPodIPsAndLabels(t *testing.T) {
 		t.Error("labelsID does not tell different sets apart")
 	}
 }
+
+func TestWithBGP(t *testing.T) {
+	ip1, ip2 := netip.MustParseAddr("192.0.2.11"), netip.MustParseAddr("192.0.2.12")
+	tests := []struct {
+		name    string
+		addrs   []netip.Addr
+		on      bool
+		wantBGP netip.Addr
+		wantASN uint32
+	}{
+		{"off", []netip.Addr{ip1}, false, netip.Addr{}, 0},
+		{"first address", []netip.Addr{ip1, ip2}, true, ip1, 65001},
+		{"no address", nil, true, netip.Addr{}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := &api.Node{Cluster: "c1", Name: "n1", Addresses: tt.addrs}
+			withBGP(n, 65001, tt.on)
+			if n.BGPAddress != tt.wantBGP || n.ASN != tt.wantASN {
+				t.Fatalf("BGPAddress %v ASN %d, want %v %d", n.BGPAddress, n.ASN, tt.wantBGP, tt.wantASN)
+			}
+		})
+	}
+}

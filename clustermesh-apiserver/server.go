@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,6 +25,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/bgp"
 	"github.com/clustermesh/clustermesh/kvstore"
 )
 
@@ -50,6 +53,7 @@ type Server struct {
 	mu         sync.Mutex
 	role       role
 	ctrl       *controller
+	reflector  *reflectorHost
 	healthAddr string
 	storeURL   string
 }
@@ -108,6 +112,7 @@ func (s *Server) Run(ctx context.Context) error {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/readyz", s.serveReadyz)
 	mux.Handle("/metrics", promhttp.HandlerFor(s.gath, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/status/bgp", s.serveBGPStatus)
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -181,6 +186,24 @@ func (s *Server) Run(ctx context.Context) error {
 	s.mu.Lock()
 	s.ctrl = ctrl
 	s.mu.Unlock()
+	if s.cfg.BGPReflectorAddress != "" {
+		rh, err := newReflectorHost(&s.cfg, s.log, s.reg, func() api.Cluster { return *ctrl.clusterConfig() }, ctrl.localNodes)
+		if err != nil {
+			return err
+		}
+		rctx, rcancel := context.WithCancel(ctx)
+		defer rcancel()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := rh.run(rctx); err != nil {
+				s.log.Error("bgp route reflector stopped", "error", err)
+			}
+		}()
+		s.mu.Lock()
+		s.reflector = rh
+		s.mu.Unlock()
+	}
 	s.log.Info("exporting", "cluster-id", s.cfg.ClusterID, "store", client.Config().Endpoints, "health", s.HealthAddr())
 	if err := ctrl.run(ctx); err != nil {
 		return err
@@ -349,6 +372,38 @@ func (s *Server) Ready() bool {
 	}
 	ok, _ := ctrl.ready()
 	return ok
+}
+
+// ReflectorStatus reports the sessions and prefix counters of the BGP route
+// reflector this server hosts (--bgp-reflector-address), or
+// ErrReflectorNotRunning.
+func (s *Server) ReflectorStatus(ctx context.Context) (bgp.Status, error) {
+	s.mu.Lock()
+	rh := s.reflector
+	s.mu.Unlock()
+	if rh == nil {
+		return bgp.Status{}, ErrReflectorNotRunning
+	}
+	st, err := rh.status(ctx)
+	if errors.Is(err, bgp.ErrNotStarted) {
+		return st, fmt.Errorf("%w: %w", ErrReflectorNotRunning, err)
+	}
+	return st, err
+}
+
+// serveBGPStatus serves ReflectorStatus as JSON (404 when BGP is off).
+func (s *Server) serveBGPStatus(w http.ResponseWriter, r *http.Request) {
+	st, err := s.ReflectorStatus(r.Context())
+	switch {
+	case s.cfg.BGPReflectorAddress == "":
+		http.Error(w, "bgp off: no --bgp-reflector-address", http.StatusNotFound)
+		return
+	case err != nil:
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(st)
 }
 
 func (s *Server) serveReadyz(w http.ResponseWriter, _ *http.Request) {

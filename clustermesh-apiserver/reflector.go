@@ -1,0 +1,318 @@
+package apiserver
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/bgp"
+	"github.com/clustermesh/clustermesh/kvstore"
+)
+
+// ErrReflectorNotRunning is returned by ReflectorStatus when this apiserver
+// hosts no route reflector (BGP off, a standby replica, or not started yet).
+var ErrReflectorNotRunning = errors.New("route reflector not running")
+
+// reflectorHost runs the cluster's BGP route reflector and keeps its peers
+// equal to what the stores say: the local cluster's nodes (as exported) as
+// iBGP clients, and the reflectors published by the clusters of the
+// connection files in ClustersDir as eBGP peers. It lives for one run call.
+type reflectorHost struct {
+	log       *slog.Logger
+	cluster   string
+	dir       string
+	poll      time.Duration
+	rr        *bgp.Reflector
+	local     func() api.Cluster
+	nodes     func() []api.Node
+	refreshed chan struct{} // a remote cluster's config changed
+
+	mu      sync.Mutex
+	remotes map[string]*remoteCluster
+}
+
+// remoteCluster follows one connected cluster's config in its store.
+type remoteCluster struct {
+	digest string
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu      sync.Mutex
+	cluster *api.Cluster // nil until read, or after deletion
+}
+
+func newReflectorHost(cfg *Config, log *slog.Logger, reg prometheus.Registerer, local func() api.Cluster, nodes func() []api.Node) (*reflectorHost, error) {
+	addr, err := cfg.reflectorAddress()
+	if err != nil {
+		return nil, err
+	}
+	base := bgp.DefaultConfig()
+	if cfg.BGPShortTimers {
+		base = bgp.DefaultKindConfig()
+	}
+	base.Logger, base.Registerer = log, reg
+	rcfg, err := bgp.ReflectorConfig(base, api.Cluster{Name: cfg.ClusterName, RouteReflector: addr, ASN: cfg.BGPASN})
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: %w", cfg.ClusterName, err)
+	}
+	rr, err := bgp.NewReflector(rcfg)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: %w", cfg.ClusterName, err)
+	}
+	return &reflectorHost{
+		log: log, cluster: cfg.ClusterName, dir: cfg.ClustersDir, poll: cfg.ClustersDirPoll,
+		rr: rr, local: local, nodes: nodes,
+		refreshed: make(chan struct{}, 1),
+		remotes:   map[string]*remoteCluster{},
+	}, nil
+}
+
+// run serves BGP and converges the reflector's peers until ctx is done.
+// Nodes are re-read every second (the export changes them), connection
+// files every poll interval; a remote cluster's config change is applied at
+// once.
+func (h *reflectorHost) run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- h.rr.Run(ctx) }()
+	defer func() {
+		cancel()
+		h.mu.Lock()
+		remotes := h.remotes
+		h.remotes = map[string]*remoteCluster{}
+		h.mu.Unlock()
+		for _, r := range remotes {
+			<-r.done
+		}
+	}()
+
+	if h.dir == "" {
+		h.log.Warn("bgp: no --clusters-dir: the route reflector peers with local nodes only")
+	}
+	var peers []bgp.Peer
+	var lastErr string
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var lastScan time.Time
+	for {
+		if h.dir != "" && time.Since(lastScan) >= h.poll {
+			h.scanDir(ctx)
+			lastScan = time.Now()
+		}
+		want, perr := bgp.ReflectorPeers(h.local(), h.nodes(), h.remoteClusters())
+		if msg := fmt.Sprint(perr); perr != nil && msg != lastErr {
+			h.log.Warn("bgp: store values skipped as reflector peers", "error", perr)
+		}
+		lastErr = fmt.Sprint(perr)
+		if !slices.Equal(want, peers) {
+			if err := h.rr.SetPeers(ctx, want); err != nil {
+				if ctx.Err() == nil {
+					h.log.Error("bgp: set reflector peers", "peers", len(want), "error", err)
+				}
+			} else {
+				h.log.Info("bgp: reflector peers", "peers", peerNames(want))
+				peers = want
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return <-errc
+		case err := <-errc:
+			return fmt.Errorf("cluster %s: %w", h.cluster, err)
+		case <-tick.C:
+		case <-h.refreshed:
+		}
+	}
+}
+
+func peerNames(ps []bgp.Peer) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return out
+}
+
+// remoteClusters returns the configs read from the connected clusters'
+// stores, sorted by name.
+func (h *reflectorHost) remoteClusters() []api.Cluster {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []api.Cluster
+	for _, r := range h.remotes {
+		r.mu.Lock()
+		if r.cluster != nil {
+			out = append(out, *r.cluster)
+		}
+		r.mu.Unlock()
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// scanDir starts, restarts or stops following clusters to match the
+// connection files in the directory. A directory that cannot be read keeps
+// the current clusters (a Secret volume being swapped).
+func (h *reflectorHost) scanDir(ctx context.Context) {
+	entries, err := os.ReadDir(h.dir)
+	if err != nil {
+		h.log.Error("bgp: cannot read clusters directory", "dir", h.dir, "error", err)
+		return
+	}
+	type want struct {
+		cfg    kvstore.Config
+		digest string
+	}
+	wanted := map[string]want{}
+	for _, e := range entries {
+		name := e.Name()
+		if name == "" || strings.Contains(name, ".") || name == h.cluster {
+			continue
+		}
+		path := filepath.Join(h.dir, name)
+		if fi, err := os.Stat(path); err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		if err := api.ValidateClusterName(name); err != nil {
+			h.log.Warn("bgp: connection file skipped: the file name must be the cluster name", "file", path, "error", err)
+			continue
+		}
+		cfg, digest, err := loadConnection(path)
+		if err != nil {
+			h.log.Warn("bgp: connection file skipped", "cluster", name, "file", path, "error", err)
+			continue
+		}
+		wanted[name] = want{cfg, digest}
+	}
+
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for name, r := range h.remotes {
+		if w, ok := wanted[name]; ok && w.digest == r.digest {
+			continue
+		}
+		r.cancel()
+		<-r.done
+		delete(h.remotes, name)
+		h.log.Info("bgp: stopped following cluster", "cluster", name)
+		h.signal()
+	}
+	for name, w := range wanted {
+		if _, ok := h.remotes[name]; ok {
+			continue
+		}
+		rctx, cancel := context.WithCancel(ctx)
+		r := &remoteCluster{digest: w.digest, cancel: cancel, done: make(chan struct{})}
+		h.remotes[name] = r
+		h.log.Info("bgp: following cluster", "cluster", name, "store", w.cfg.Endpoints)
+		go func() {
+			defer close(r.done)
+			h.follow(rctx, name, w.cfg, r)
+		}()
+	}
+}
+
+// loadConnection reads a connection file; the digest covers the file and
+// the certificates it names, so a rotated certificate reconnects.
+func loadConnection(path string) (kvstore.Config, string, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return kvstore.Config{}, "", err
+	}
+	cfg, err := kvstore.LoadConfig(path)
+	if err != nil {
+		return kvstore.Config{}, "", err
+	}
+	sum := sha256.New()
+	sum.Write(raw)
+	for _, f := range []string{cfg.CAFile, cfg.CertFile, cfg.KeyFile} {
+		if b, err := os.ReadFile(f); err == nil {
+			sum.Write(b)
+		}
+	}
+	return cfg, hex.EncodeToString(sum.Sum(nil)), nil
+}
+
+func (h *reflectorHost) signal() {
+	select {
+	case h.refreshed <- struct{}{}:
+	default:
+	}
+}
+
+// follow keeps r.cluster equal to the cluster config in the store of
+// cluster name until ctx is done, reconnecting with backoff.
+func (h *reflectorHost) follow(ctx context.Context, name string, cfg kvstore.Config, r *remoteCluster) {
+	log := h.log.With("remote", name)
+	backoff := 200 * time.Millisecond
+	for {
+		client, err := kvstore.New(ctx, cfg)
+		if err == nil {
+			h.watchCluster(ctx, name, client, r, log)
+			client.Close()
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		log.Warn("bgp: cannot reach the cluster's store; retrying", "error", err, "retry", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+func (h *reflectorHost) watchCluster(ctx context.Context, name string, client *kvstore.Client, r *remoteCluster, log *slog.Logger) {
+	key := api.ClusterKey(name)
+	for ev := range kvstore.NewReader(client, name, &kvstore.ReaderOptions{Logger: log}).Watch(ctx, api.KindCluster) {
+		var next *api.Cluster
+		switch ev.Type {
+		case kvstore.EventUpsert:
+			c, ok := ev.Object.(*api.Cluster)
+			if !ok || ev.Key != key {
+				continue
+			}
+			next = c
+		case kvstore.EventDelete:
+			if ev.Key != key {
+				continue
+			}
+		default:
+			if ev.Err != nil {
+				log.Warn("bgp: reading the cluster's config", "error", ev.Err)
+			}
+			continue
+		}
+		r.mu.Lock()
+		r.cluster = next
+		r.mu.Unlock()
+		if next != nil {
+			log.Info("bgp: cluster config", "reflector", next.RouteReflector, "asn", next.ASN)
+		} else {
+			log.Info("bgp: cluster config deleted")
+		}
+		h.signal()
+	}
+}
+
+// Status reports the reflector's sessions and prefix counters.
+func (h *reflectorHost) status(ctx context.Context) (bgp.Status, error) {
+	return h.rr.Status(ctx)
+}
