@@ -90,9 +90,21 @@ key), or --ca-cert/--ca-key with --gossip-key.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "✓ cluster %s (ID %d) enabled in context %s; peers reach its store at %s\n", res.ClusterName, res.ClusterID, c.Context, res.Endpoint)
+			w := cmd.OutOrStdout()
+			if len(res.Changes) == 0 {
+				fmt.Fprintf(w, "✓ cluster %s (ID %d) already enabled in context %s, nothing changed; peers reach its store at %s\n", res.ClusterName, res.ClusterID, c.Context, res.Endpoint)
+			} else {
+				fmt.Fprintf(w, "✓ cluster %s (ID %d) enabled in context %s; peers reach its store at %s\n", res.ClusterName, res.ClusterID, c.Context, res.Endpoint)
+				if g.verbose {
+					for _, ch := range res.Changes {
+						fmt.Fprintf(w, "  %s\n", ch)
+					}
+				} else {
+					fmt.Fprintf(w, "  %d object(s) created or updated in namespace %s (-v lists them)\n", len(res.Changes), c.Namespace)
+				}
+			}
 			if res.CreatedCA {
-				fmt.Fprintf(cmd.OutOrStdout(), "  created a new CA: enable the other clusters with --inherit-ca-from %s so they trust each other\n", c.Context)
+				fmt.Fprintf(w, "  created a new CA: enable the other clusters with --inherit-ca-from %s so they trust each other\n", c.Context)
 			}
 			return nil
 		},

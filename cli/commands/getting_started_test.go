@@ -68,6 +68,7 @@ func TestGettingStarted(t *testing.T) {
 
 	replicas := map[string]int{}
 	enabled := 0
+	seen := map[string]bool{}
 	for _, line := range cmds {
 		t.Logf("$ %s", line)
 		args := strings.Fields(line)
@@ -98,10 +99,16 @@ func TestGettingStarted(t *testing.T) {
 			t.Fatalf("command %q: the test does not know how to run %s", line, args[0])
 		}
 		checkOutput(t, args, out.Bytes())
+		if args[0] == "clustermesh" && args[1] == "enable" {
+			if again := bytes.Contains(out.Bytes(), []byte("nothing changed")); again != seen[line] {
+				t.Errorf("%s: output %q; a repeated enable must report nothing changed, a first one its changes", line, out.String())
+			}
+		}
+		seen[line] = true
 
 		// The parts of a cluster kube-apiserver alone does not play.
 		switch {
-		case args[0] == "clustermesh" && args[1] == "enable":
+		case args[0] == "clustermesh" && args[1] == "enable" && !strings.Contains(out.String(), "nothing changed"):
 			if enabled++; enabled == len(env.Clusters) {
 				// The kubelet starts the Deployment and DaemonSet enable
 				// installed.

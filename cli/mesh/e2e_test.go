@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -67,7 +68,7 @@ func TestTwoClusters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !res1.CreatedCA || !strings.HasPrefix(res1.Endpoint, "https://127.0.0.11:") {
+	if !res1.CreatedCA || !strings.HasPrefix(res1.Endpoint, "https://127.0.0.11:") || !slices.Contains(res1.Changes, "created Deployment/clustermesh-apiserver") {
 		t.Fatalf("enable c1: %+v; want a new CA and the NodePort endpoint on the node's InternalIP", res1)
 	}
 	ca1, err := c1.LoadCA(ctx)
@@ -91,8 +92,12 @@ func TestTwoClusters(t *testing.T) {
 			{c2, mesh.EnableOptions{ClusterName: "c2", ClusterID: 2, InheritFrom: c1}},
 		} {
 			before := clitest.ResourceVersions(t, tc.c)
-			if _, err := mesh.Enable(ctx, tc.c, tc.opts); err != nil {
+			res, err := mesh.Enable(ctx, tc.c, tc.opts)
+			if err != nil {
 				t.Fatal(err)
+			}
+			if len(res.Changes) != 0 {
+				t.Errorf("context %s: second enable reports changes %v", tc.c.Context, res.Changes)
 			}
 			after := clitest.ResourceVersions(t, tc.c)
 			for k, v := range before {

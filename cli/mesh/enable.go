@@ -9,12 +9,15 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"sort"
 	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/yaml"
 
@@ -61,6 +64,9 @@ type EnableResult struct {
 	Endpoint    string
 	// CreatedCA is set when enable created a new CA.
 	CreatedCA bool
+	// Changes lists the objects created or updated ("created Secret/x",
+	// "updated Deployment/y"); empty when enable changed nothing.
+	Changes []string
 }
 
 // Info is what the CLI reads back about an enabled cluster.
@@ -187,6 +193,11 @@ func Enable(ctx context.Context, c *Cluster, opts EnableOptions) (*EnableResult,
 		return nil, err
 	}
 
+	before, err := c.snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+
 	v := deploy.DefaultValues()
 	v.Namespace = c.Namespace
 	v.ClusterName, v.ClusterID, v.MaxClusterID = opts.ClusterName, opts.ClusterID, opts.MaxClusterID
@@ -245,8 +256,13 @@ func Enable(ctx context.Context, c *Cluster, opts EnableOptions) (*EnableResult,
 	if err := c.writeOwnEntry(ctx, Info{Name: opts.ClusterName, ID: opts.ClusterID, Endpoint: opts.Endpoint}); err != nil {
 		return nil, err
 	}
-	log.Info("enabled", "context", c.Context, "cluster", opts.ClusterName, "id", opts.ClusterID, "endpoint", opts.Endpoint)
-	return &EnableResult{ClusterName: opts.ClusterName, ClusterID: opts.ClusterID, Endpoint: opts.Endpoint, CreatedCA: created}, nil
+	after, err := c.snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	changes := diffSnapshots(before, after)
+	log.Info("enabled", "context", c.Context, "cluster", opts.ClusterName, "id", opts.ClusterID, "endpoint", opts.Endpoint, "changes", len(changes))
+	return &EnableResult{ClusterName: opts.ClusterName, ClusterID: opts.ClusterID, Endpoint: opts.Endpoint, CreatedCA: created, Changes: changes}, nil
 }
 
 // issueLeaves makes sure every leaf certificate Secret holds a good
@@ -472,4 +488,65 @@ func RenderManifests(namespace string, opts EnableOptions) ([]byte, error) {
 		out = append(out, b...)
 	}
 	return out, nil
+}
+
+// snapshot maps "Kind/name" of every object enable owns to its
+// resourceVersion, so Enable can say what it changed.
+func (c *Cluster) snapshot(ctx context.Context) (map[string]string, error) {
+	out := map[string]string{}
+	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/part-of=clustermesh"}
+	if ns, err := c.Kube.CoreV1().Namespaces().Get(ctx, c.Namespace, metav1.GetOptions{}); err == nil {
+		out["Namespace/"+ns.Name] = ns.ResourceVersion
+	} else if !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("context %s: get namespace %s: %w", c.Context, c.Namespace, err)
+	}
+	k, ns := c.Kube, c.Namespace
+	for _, l := range []struct {
+		kind string
+		list func() (runtime.Object, error)
+	}{
+		{"ClusterRole", func() (runtime.Object, error) { return k.RbacV1().ClusterRoles().List(ctx, sel) }},
+		{"ClusterRoleBinding", func() (runtime.Object, error) { return k.RbacV1().ClusterRoleBindings().List(ctx, sel) }},
+		{"ServiceAccount", func() (runtime.Object, error) { return k.CoreV1().ServiceAccounts(ns).List(ctx, sel) }},
+		{"Service", func() (runtime.Object, error) { return k.CoreV1().Services(ns).List(ctx, sel) }},
+		{"ConfigMap", func() (runtime.Object, error) { return k.CoreV1().ConfigMaps(ns).List(ctx, sel) }},
+		{"Secret", func() (runtime.Object, error) { return k.CoreV1().Secrets(ns).List(ctx, sel) }},
+		{"Deployment", func() (runtime.Object, error) { return k.AppsV1().Deployments(ns).List(ctx, sel) }},
+		{"DaemonSet", func() (runtime.Object, error) { return k.AppsV1().DaemonSets(ns).List(ctx, sel) }},
+	} {
+		list, err := l.list()
+		if err != nil {
+			return nil, fmt.Errorf("context %s: list %s: %w", c.Context, l.kind, err)
+		}
+		items, err := meta.ExtractList(list)
+		if err != nil {
+			return nil, fmt.Errorf("context %s: list %s: %w", c.Context, l.kind, err)
+		}
+		for _, item := range items {
+			if o, err := meta.Accessor(item); err == nil {
+				out[l.kind+"/"+o.GetName()] = o.GetResourceVersion()
+			}
+		}
+	}
+	return out, nil
+}
+
+// diffSnapshots lists what changed between two snapshots, sorted.
+func diffSnapshots(before, after map[string]string) []string {
+	var out []string
+	for k, rv := range after {
+		switch old, ok := before[k]; {
+		case !ok:
+			out = append(out, "created "+k)
+		case old != rv:
+			out = append(out, "updated "+k)
+		}
+	}
+	for k := range before {
+		if _, ok := after[k]; !ok {
+			out = append(out, "deleted "+k)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
