@@ -120,3 +120,35 @@ func TestCompleteContexts(t *testing.T) {
 		}
 	}
 }
+
+func TestPrintStatus(t *testing.T) {
+	st := &mesh.Status{
+		Context: "c1", Cluster: "c1", ID: 1, Endpoint: "https://10.0.0.1:2379",
+		APIServer:       mesh.APIServerStatus{Deployment: "1/1", StoreReachable: true, Synced: true},
+		AgentsReporting: 2, AgentsExpected: 3,
+		Clusters: []mesh.ClusterStatus{
+			{Name: "c1", ID: 1, Local: true, Agents: 2, Connected: 2, Synced: 2},
+			{Name: "c2", ID: 2, Agents: 2, Connected: 1, Synced: 1},
+		},
+		Problems: []mesh.Problem{{Reason: "1 of 2 agents are not connected to cluster c2", Fix: "check the endpoint"}},
+	}
+	var out bytes.Buffer
+	printStatus(&out, st)
+	for _, want := range []string{
+		"Cluster c1 (ID 1), context c1: NOT READY",
+		"Agents: 2 reporting of 3 scheduled",
+		"c1 (local)",
+		"1/2",
+		"✗ 1 of 2 agents are not connected to cluster c2",
+		"→ check the endpoint",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("status output lacks %q:\n%s", want, out.String())
+		}
+	}
+	var y bytes.Buffer
+	o := output{format: "yaml"}
+	if err := o.print(&y, st, nil); err != nil || !strings.Contains(y.String(), "reason: 1 of 2 agents") {
+		t.Errorf("yaml output: %v\n%s", err, y.String())
+	}
+}
