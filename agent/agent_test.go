@@ -528,6 +528,12 @@ func TestConfigDirLive(t *testing.T) {
 		}
 	}
 	a := startAgentWith(t, dp, nil, "n1", c1)
+	// An optional subsystem's section (what clustermesh-agent --health
+	// adds): full on the endpoint, compact in the store.
+	a.AddStatusReporter(func(st *status.Agent) {
+		st.Health = &status.Health{State: status.SectionRunning, Members: 2, Alive: 2,
+			MemberList: []status.HealthMember{{Name: "c2/n2", State: "alive", Healthy: true}, {Name: "c2/n3", State: "alive", Healthy: true}}}
+	})
 	fe := meshtest.Frontend(vip(1, 1))
 	only1 := meshtest.Backends([]string{meshtest.IP(cidr1, 1)}, nil)
 	both := meshtest.Backends([]string{meshtest.IP(cidr1, 1), meshtest.IP(cidr2, 1)}, nil)
@@ -572,6 +578,9 @@ func TestConfigDirLive(t *testing.T) {
 		if st.Frontends != 1 || st.Datapath != "recorder" {
 			t.Errorf("status: %+v", st)
 		}
+		if st.BGP != nil || st.Health == nil || len(st.Health.MemberList) != 2 {
+			t.Errorf("status sections: BGP %+v, health %+v; want only health with 2 members listed", st.BGP, st.Health)
+		}
 		var out strings.Builder
 		if err := status.Print(&out, st); err != nil {
 			t.Fatal(err)
@@ -603,7 +612,8 @@ func TestConfigDirLive(t *testing.T) {
 				return false, err.Error()
 			}
 			c, ok := st.ClusterByName("c2")
-			return ok && c.Synced && st.Node == "n1", fmt.Sprintf("published status %+v", st)
+			compactHealth := st.Health != nil && st.Health.Members == 2 && st.Health.MemberList == nil
+			return ok && c.Synced && st.Node == "n1" && compactHealth, fmt.Sprintf("published status %+v, health %+v", st, st.Health)
 		})
 	})
 	t.Run("removed file drains the cluster", func(t *testing.T) {

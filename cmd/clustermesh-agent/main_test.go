@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -51,8 +52,9 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// runAgent runs the agent command in-process until the test ends.
-func runAgent(t *testing.T, args ...string) {
+// runAgent runs the agent command in-process until the test ends or the
+// returned function is called.
+func runAgent(t *testing.T, args ...string) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := newRootCommand()
@@ -62,12 +64,17 @@ func runAgent(t *testing.T, args ...string) {
 	cmd.SetErr(&out)
 	done := make(chan error, 1)
 	go func() { done <- cmd.ExecuteContext(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v\n%s", err, out.String())
-		}
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("agent: %v\n%s", err, out.String())
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 func runCLI(t *testing.T, args ...string) (string, error) {
@@ -121,11 +128,18 @@ func TestAgentCommandControlPlaneOnly(t *testing.T) {
 	c1.MarkSynced()
 	c2.MarkSynced()
 
-	gossip := freeAddr(t)
+	gossip, gossip2 := freeAddr(t), freeAddr(t)
 	n1 := c1.Node("n1", "127.0.0.1", "10.1.9.0/24")
 	n1.GossipAddress = netip.MustParseAddrPort(gossip)
-	c1.Upsert(n1)
+	n2 := c1.Node("n2", "127.0.0.1", "10.1.10.0/24")
+	n2.GossipAddress = netip.MustParseAddrPort(gossip2)
+	c1.Upsert(n1, n2)
 	c1.MarkSynced()
+
+	// A second node's agent: the first one's health pool counts it.
+	runAgent(t, "--cluster-name", "c1", "--node-name", "n2", "--clusters-dir", dir,
+		"--datapath", "none", "--status-addr", "", "--clusters-dir-poll", "200ms", "--log-level", "warn",
+		"--health", "--health-bind", gossip2)
 
 	addr := freeAddr(t)
 	runAgent(t, "--cluster-name", "c1", "--node-name", "n1", "--clusters-dir", dir,
@@ -154,14 +168,28 @@ func TestAgentCommandControlPlaneOnly(t *testing.T) {
 	if st.Datapath != "none" || st.Cluster != "c1" || st.Node != "n1" {
 		t.Errorf("status header: %+v", st)
 	}
+	st = waitStatus(t, addr, func(st *status.Agent) bool {
+		return st.Health != nil && st.Health.State == status.SectionRunning && st.Health.Alive == 1
+	})
+	if h := st.Health; h.Self != "c1/n1" || h.Members != 1 || h.Dead != 0 || h.Isolated ||
+		len(h.MemberList) != 1 || h.MemberList[0].Name != "c1/n2" || !h.MemberList[0].Healthy {
+		t.Errorf("health section: %+v", h)
+	}
+	if st.BGP != nil {
+		t.Errorf("BGP section without --bgp: %+v", st.BGP)
+	}
 	out, err := runCLI(t, "status", "--status-addr", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"c1 (local)", "c2", "connected", "frontends=1"} {
+	for _, want := range []string{"c1 (local)", "c2", "connected", "frontends=1",
+		"Health  state=running  self=c1/n1  members=1  alive=1  suspect=0  dead=0", "isolated=false", "c1/n2"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status output lacks %q:\n%s", want, out)
 		}
+	}
+	if strings.Contains(out, "BGP") {
+		t.Errorf("status output has a BGP section without --bgp:\n%s", out)
 	}
 	if _, err := runCLI(t, "status", "--status-addr", addr, "-o", "yaml"); err == nil {
 		t.Errorf("status -o yaml accepted")
@@ -335,12 +363,31 @@ func TestAgentCommandBGP(t *testing.T) {
 		PodCIDRs:  []netip.Prefix{netip.MustParsePrefix("10.1.77.0/24")},
 	})
 	c1.MarkSynced()
+	addr := freeAddr(t)
 	runAgent(t, "--cluster-name", "c1", "--node-name", "n1", "--clusters-dir", dir,
-		"--datapath", "none", "--status-addr", "", "--bgp", "--bgp-listen-port", "-1", "--bgp-short-timers",
+		"--datapath", "none", "--status-addr", addr, "--bgp", "--bgp-listen-port", "-1", "--bgp-short-timers",
 		// A table of its own: the speaker adopts and sweeps its protocol's
 		// routes in its table, and the host's main table is not the test's.
-		"--bgp-table", "4242", "--log-level", "warn")
+		"--bgp-route-table", "4242", "--log-level", "warn")
 
+	// The agent's status shows the session and what went over it.
+	st := waitStatus(t, addr, func(st *status.Agent) bool {
+		return st.BGP != nil && len(st.BGP.Sessions) == 1 && st.BGP.Sessions[0].Established && st.BGP.Sessions[0].Advertised == 1
+	})
+	b, s := st.BGP, st.BGP.Sessions[0]
+	if b.State != status.SectionRunning || b.ASN != 65001 || len(b.Announced) != 1 || b.Announced[0].String() != "10.1.77.0/24" {
+		t.Errorf("BGP section: %+v", b)
+	}
+	if s.Address != rrAddr || s.ASN != 65001 || s.Received != 0 || s.Installed != 0 || s.Refused != 0 {
+		t.Errorf("BGP session: %+v", s)
+	}
+	if st.Health != nil {
+		t.Errorf("health section without --health: %+v", st.Health)
+	}
+
+	// GoBGP's StartBgp writes package-level route selection options that
+	// every BgpServer of the process reads: the reflector is polled only
+	// once the agent's speaker has started (its status above says so).
 	deadline = time.Now().Add(60 * time.Second)
 	for {
 		st, err := rr.Status(context.Background())
@@ -351,5 +398,14 @@ func TestAgentCommandBGP(t *testing.T) {
 			t.Fatalf("reflector never received the node's pod CIDR: %+v %v", st, err)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	out, err := runCLI(t, "status", "--status-addr", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"BGP  state=running  asn=65001", "announced=10.1.77.0/24", "PEER", "RECEIVED", "INSTALLED", "REFUSED", rrAddr.String(), s.State} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
+		}
 	}
 }
