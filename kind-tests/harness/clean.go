@@ -77,12 +77,16 @@ func Clean(ctx context.Context, prefix string) ([]string, error) {
 			note(fmt.Sprintf("killed process %d in netns %s", pid, ns), syscall.Kill(pid, syscall.SIGKILL))
 		}
 	}
-	cgroups, _ := os.ReadDir(CgroupRoot)
+	cgRoot, err := CgroupRoot()
+	if err != nil {
+		return nil, err
+	}
+	cgroups, _ := os.ReadDir(cgRoot)
 	for _, e := range cgroups {
 		if _, ok := match(e.Name()); !ok || !e.IsDir() {
 			continue
 		}
-		dir := filepath.Join(CgroupRoot, e.Name())
+		dir := filepath.Join(cgRoot, e.Name())
 		n := len(cgroupPids(dir))
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		note(fmt.Sprintf("removed cgroup %s (killed %d processes)", dir, n), removeCgroupTree(cctx, dir))

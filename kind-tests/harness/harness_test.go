@@ -192,7 +192,11 @@ func TestTrafficAndPodRemoval(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := strings.TrimPrefix(n1.Cgroup, CgroupRoot) + "/probe"; !strings.Contains(string(b), "0::"+want) {
+	cgRoot, err := CgroupRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := strings.TrimPrefix(n1.Cgroup, cgRoot) + "/probe"; !strings.Contains(string(b), "0::"+want) {
 		t.Errorf("probe cgroup: %q, want %s", b, want)
 	}
 	removed := time.Now()
@@ -247,7 +251,8 @@ func TestCleanRemovesLeftovers(t *testing.T) {
 	}
 	leftovers := func() []string {
 		var out []string
-		for _, dir := range []string{"/run/netns", CgroupRoot, BPFRoot, os.TempDir()} {
+		cgRoot, _ := CgroupRoot()
+		for _, dir := range []string{"/run/netns", cgRoot, BPFRoot, os.TempDir()} {
 			es, _ := os.ReadDir(dir)
 			for _, e := range es {
 				if strings.HasPrefix(e.Name(), r.Prefix) {

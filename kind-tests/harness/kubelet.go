@@ -49,6 +49,7 @@ type kubelet struct {
 
 	mu        sync.Mutex
 	running   map[types.UID]*podRuntime
+	assigned  map[types.UID]string // pod → node it was bound to
 	rr        int
 	storeDown bool
 }
@@ -72,11 +73,12 @@ type podRuntime struct {
 
 func newKubelet(cp *ControlPlane, bins *Binaries) *kubelet {
 	return &kubelet{
-		cp:      cp,
-		bins:    bins,
-		log:     cp.Cluster.Run.Log.With("cluster", cp.Cluster.Name, "component", "kubelet"),
-		poke:    make(chan struct{}, 1),
-		running: map[types.UID]*podRuntime{},
+		cp:       cp,
+		bins:     bins,
+		log:      cp.Cluster.Run.Log.With("cluster", cp.Cluster.Name, "component", "kubelet"),
+		poke:     make(chan struct{}, 1),
+		running:  map[types.UID]*podRuntime{},
+		assigned: map[types.UID]string{},
 	}
 }
 
@@ -128,6 +130,11 @@ func (k *kubelet) syncAll(ctx context.Context) {
 		}
 	}
 	k.mu.Lock()
+	for uid := range k.assigned {
+		if !seen[uid] {
+			delete(k.assigned, uid)
+		}
+	}
 	var gone []*podRuntime
 	for uid, rt := range k.running {
 		if !seen[uid] {
@@ -250,19 +257,56 @@ func (k *kubelet) schedule(p *corev1.Pod) string {
 	if h := p.Spec.NodeSelector["kubernetes.io/hostname"]; h != "" {
 		return h
 	}
-	var live []*Node
-	for _, n := range k.cp.Cluster.Nodes() {
-		if !n.isDead() {
-			live = append(live, n)
-		}
-	}
-	if len(live) == 0 {
-		return ""
-	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if n, ok := k.assigned[p.UID]; ok {
+		return n // bound already; the cache has not seen it yet
+	}
+	// Least-loaded live node by workload pods (bound or being bound),
+	// ties broken round-robin, so replicas spread over nodes.
+	load := map[string]int{}
+	if all, err := k.pods.List(labels.Everything()); err == nil {
+		for _, q := range all {
+			if q.Spec.NodeName != "" && roleOf(q) == roleEcho && q.DeletionTimestamp == nil {
+				load[q.Spec.NodeName]++
+			}
+		}
+	}
+	for uid, n := range k.assigned {
+		if q := k.podByUID(uid); q == nil || q.Spec.NodeName == "" {
+			load[n]++
+		}
+	}
+	var best string
+	nodes := k.cp.Cluster.Nodes()
 	k.rr++
-	return live[k.rr%len(live)].Name
+	for i := range nodes {
+		n := nodes[(i+k.rr)%len(nodes)]
+		if n.isDead() {
+			continue
+		}
+		if best == "" || load[n.Name] < load[best] {
+			best = n.Name
+		}
+	}
+	if best != "" {
+		k.assigned[p.UID] = best
+	}
+	return best
+}
+
+// podByUID finds a pod in the cache by UID, or nil.
+func (k *kubelet) podByUID(uid types.UID) *corev1.Pod {
+	all, err := k.pods.List(labels.Everything())
+	if err != nil {
+		return nil
+	}
+	for _, q := range all {
+		if q.UID == uid {
+			return q
+		}
+	}
+	return nil
 }
 
 func (k *kubelet) nodeFor(name string) *Node { return k.cp.Cluster.Node(name) }

@@ -14,8 +14,22 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// CgroupRoot is where cgroup v2 is mounted on the machines this runs on.
-const CgroupRoot = "/sys/fs/cgroup/unified"
+// cgroupMounts are where cgroup v2 may be mounted: the hybrid layout of the
+// build machines (v1 controllers plus v2 at unified/) and the pure v2 layout
+// of current distributions.
+var cgroupMounts = []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"}
+
+// CgroupRoot returns the cgroup v2 mount point, or an error when there is
+// none.
+func CgroupRoot() (string, error) {
+	for _, dir := range cgroupMounts {
+		var st unix.Statfs_t
+		if err := unix.Statfs(dir, &st); err == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+			return dir, nil
+		}
+	}
+	return "", fmt.Errorf("no cgroup v2 mount at %v", cgroupMounts)
+}
 
 // BPFRoot is the bpffs mount under which each node gets a pin directory.
 const BPFRoot = "/sys/fs/bpf"
@@ -45,7 +59,7 @@ type Run struct {
 	// manifest's and the per-node flags); set before agents start.
 	AgentArgs []string
 
-	cgroup string // CgroupRoot/<prefix>
+	cgroup string // CgroupRoot()/<prefix>
 	bpf    string // BPFRoot/<prefix>
 
 	mu       sync.Mutex
@@ -82,6 +96,10 @@ func New(ctx context.Context, opts Options) (_ *Run, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	cgRoot, err := CgroupRoot()
+	if err != nil {
+		return nil, fmt.Errorf("run %s: %w", prefix, err)
+	}
 	dir := opts.Dir
 	if dir == "" {
 		dir = filepath.Join(os.TempDir(), prefix)
@@ -90,7 +108,7 @@ func New(ctx context.Context, opts Options) (_ *Run, err error) {
 		Prefix:  prefix,
 		Dir:     dir,
 		Log:     log.With("run", prefix),
-		cgroup:  filepath.Join(CgroupRoot, prefix),
+		cgroup:  filepath.Join(cgRoot, prefix),
 		bpf:     filepath.Join(BPFRoot, prefix),
 		keepDir: opts.KeepDir,
 	}
