@@ -9,8 +9,9 @@
 //     every cluster's control plane has a veth on it and an address on the
 //     fabric subnet; the root namespace holds the fabric's first address so the
 //     harness itself can reach every control plane;
-//   - per node: a network namespace, a cgroup under
-//     /sys/fs/cgroup/unified/<prefix>/<cluster>/<node>, a bpffs directory
+//   - per node: a network namespace, a cgroup <prefix>/<cluster>/<node> under
+//     the cgroup v2 mount (/sys/fs/cgroup/unified on hybrid hosts,
+//     /sys/fs/cgroup on pure v2 ones, see CgroupRoot), a bpffs directory
 //     /sys/fs/bpf/<prefix>/<cluster>/<node>, and (when built) the
 //     clustermesh-agent process started in the node's namespace with nsenter
 //     and in the node's cgroup from the first instruction (clone3 with a
