@@ -266,21 +266,54 @@ func TestAgentCommandBPF(t *testing.T) {
 	port := uint16(ln.Addr().(*net.TCPAddr).Port)
 
 	c1, c2, dir := twoClusters(t)
-	const vip = "10.96.77.1"
+	const vip, oldVIP = "10.96.77.1", "10.96.77.2"
 	c1.Upsert(c1.Service("ns", "web", vip))
 	es := c2.Slice("ns", "web", "a", "127.0.0.1")
 	es.Ports[0].Port = port
 	c2.Upsert(c2.Service("ns", "web", "10.96.88.1"), es)
+	// A service the store drops while the agent is away.
+	oldES := c1.Slice("ns", "old", "a", "127.0.0.1")
+	oldES.Ports[0].Port = port
+	c1.Upsert(c1.Service("ns", "old", oldVIP), oldES)
 	c1.MarkSynced()
 	c2.MarkSynced()
 
+	agentArgs := func(addr string) []string {
+		return []string{"--cluster-name", "c1", "--node-name", "n1", "--clusters-dir", dir,
+			"--datapath", "bpf", "--bpf-cgroup", cgroup, "--bpf-pin-dir", pins,
+			"--status-addr", addr, "--log-level", "warn"}
+	}
 	addr := freeAddr(t)
-	runAgent(t, "--cluster-name", "c1", "--node-name", "n1", "--clusters-dir", dir,
-		"--datapath", "bpf", "--bpf-cgroup", cgroup, "--bpf-pin-dir", pins,
-		"--status-addr", addr, "--log-level", "warn")
-	waitStatus(t, addr, func(st *status.Agent) bool { return st.Frontends == 1 })
+	stop := runAgent(t, agentArgs(addr)...)
+	waitStatus(t, addr, func(st *status.Agent) bool { return st.Frontends == 2 })
 
+	// Restart: the new agent adopts the pinned maps (connections stay
+	// balanced meanwhile) and, once every cluster synced, deletes the
+	// adopted frontend no cluster wants any more.
+	stop()
 	out, err := runCLI(t, "bpf", "services", "--bpffs", pins)
+	if err != nil || !strings.Contains(out, oldVIP+":80") {
+		t.Fatalf("pinned maps of the stopped agent lack %s:80 (%v):\n%s", oldVIP, err, out)
+	}
+	c1.Delete(api.ServiceKey("c1", "ns", "old"), api.EndpointSliceKey("c1", "ns", "old", "a"))
+	addr = freeAddr(t)
+	runAgent(t, agentArgs(addr)...)
+	waitStatus(t, addr, func(st *status.Agent) bool {
+		c, ok := st.ClusterByName("c2")
+		return ok && c.Synced && st.Frontends == 1
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err = runCLI(t, "bpf", "services", "--bpffs", pins)
+		if err == nil && !strings.Contains(out, oldVIP+":80") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stale frontend %s:80 adopted from the previous run still programmed:\n%s", oldVIP, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
 	if err != nil {
 		t.Fatalf("bpf services: %v\n%s", err, out)
 	}
@@ -300,7 +333,7 @@ func TestAgentCommandBPF(t *testing.T) {
 
 	// The peer withdraws its backend: the kernel forgets it.
 	c2.Delete(api.EndpointSliceKey("c2", "ns", "web", "a"))
-	deadline := time.Now().Add(30 * time.Second)
+	deadline = time.Now().Add(30 * time.Second)
 	for {
 		out, err = runCLI(t, "bpf", "services", "--bpffs", pins, "-o", "json")
 		if err == nil && !strings.Contains(out, backend) {
