@@ -128,14 +128,19 @@ func printStatus(w io.Writer, s *mesh.Status) {
 		}
 		fmt.Fprintf(w, "  %-26s CN %-18s expires %s%s\n", c.Secret, c.CommonName, c.NotAfter.UTC().Format("2006-01-02"), warn)
 	}
-	if len(s.Problems) == 0 {
-		return
-	}
-	fmt.Fprintf(w, "Problems (%d):\n", len(s.Problems))
-	for _, p := range s.Problems {
-		fmt.Fprintf(w, "  ✗ %s\n", p.Reason)
-		if p.Fix != "" {
-			fmt.Fprintf(w, "    → %s\n", strings.ReplaceAll(p.Fix, "\n", "\n      "))
+	for _, group := range []struct {
+		title, mark string
+		ps          []mesh.Problem
+	}{{"Problems", "✗", s.Problems}, {"Warnings", "!", s.Warnings}} {
+		if len(group.ps) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "%s (%d):\n", group.title, len(group.ps))
+		for _, p := range group.ps {
+			fmt.Fprintf(w, "  %s %s\n", group.mark, p.Reason)
+			if p.Fix != "" {
+				fmt.Fprintf(w, "    → %s\n", strings.ReplaceAll(p.Fix, "\n", "\n      "))
+			}
 		}
 	}
 }

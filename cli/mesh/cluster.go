@@ -47,6 +47,7 @@ var (
 	ErrCAMismatch      = errors.New("cluster already has a different CA")
 	ErrNotReady        = errors.New("not ready")
 	ErrRefused         = errors.New("cluster refused by agents")
+	ErrExpiring        = errors.New("certificate expiring")
 	ErrInvalidArgument = errors.New("invalid argument")
 	ErrKeyNotFound     = errors.New("key not found")
 	ErrBadEntry        = errors.New("bad entry in the clusters Secret")

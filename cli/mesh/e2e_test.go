@@ -519,11 +519,12 @@ func TestTwoClusters(t *testing.T) {
 			t.Fatal(err)
 		}
 		found := false
-		for _, p := range st.Problems {
+		for _, p := range st.Warnings {
 			found = found || (strings.Contains(p.Reason, mesh.SecretServer) && strings.Contains(p.Fix, "certs rotate"))
 		}
-		if !found || st.Ready {
-			t.Fatalf("problems = %v, want the server certificate expiring with certs rotate as fix", st.Problems)
+		// A warning, not a problem: --wait must not hang on it.
+		if !found || !st.Ready {
+			t.Fatalf("warnings = %v, problems = %v; want the server certificate expiring with certs rotate as fix, and still ready", st.Warnings, st.Problems)
 		}
 	})
 

@@ -3,6 +3,7 @@ package mesh
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -42,7 +43,10 @@ type Status struct {
 	Clusters     []ClusterStatus `json:"clusters"`
 	Certificates []CertStatus    `json:"certificates"`
 	Problems     []Problem       `json:"problems,omitempty"`
-	Ready        bool            `json:"ready"`
+	// Warnings need action soon but do not make the cluster unready, e.g.
+	// a certificate expiring within RenewBefore.
+	Warnings []Problem `json:"warnings,omitempty"`
+	Ready    bool      `json:"ready"`
 }
 
 // APIServerStatus is the state of the cluster's clustermesh-apiserver.
@@ -91,6 +95,7 @@ func GetStatus(ctx context.Context, c *Cluster, opts StatusOptions) (*Status, er
 		st.Endpoint = opts.Endpoint
 	}
 	add := func(p Problem) { st.Problems = append(st.Problems, p) }
+	warn := func(p Problem) { st.Warnings = append(st.Warnings, p) }
 	logsCmd := fmt.Sprintf("kubectl %s -n %s logs deploy/%s", c.ctxFlag(), c.Namespace, DeploymentName)
 
 	// Kubernetes side: the Deployment and DaemonSet, when they exist.
@@ -170,13 +175,17 @@ func GetStatus(ctx context.Context, c *Cluster, opts StatusOptions) (*Status, er
 			if cs.Secret == SecretCA {
 				fix = "create a new CA and re-enable every cluster of the mesh with it (--ca-cert/--ca-key --replace-ca), then re-connect"
 			}
-			add(problem(ErrNotReady, fix, "certificate %s (CN %s) expires %s (in %s)", cs.Secret, cs.CommonName,
+			warn(problem(ErrExpiring, fix, "certificate %s (CN %s) expires %s (in %s)", cs.Secret, cs.CommonName,
 				cs.NotAfter.UTC().Format(time.RFC3339), cs.NotAfter.Sub(now).Truncate(time.Hour)))
 		}
 	}
 	if ca, err := c.LoadCA(ctx); err == nil {
 		for _, p := range entryProblems(c, entries, ca.Certificate(), now) {
-			add(p)
+			if errors.Is(p.Err, ErrExpiring) {
+				warn(p)
+			} else {
+				add(p)
+			}
 		}
 	}
 	st.Ready = len(st.Problems) == 0
@@ -205,7 +214,7 @@ func entryProblems(c *Cluster, entries []Entry, ca *x509.Certificate, now time.T
 			continue
 		}
 		if now.Add(RenewBefore).After(cert.NotAfter) {
-			ps = append(ps, problem(ErrNotReady, "clustermesh certs rotate "+c.ctxFlag(),
+			ps = append(ps, problem(ErrExpiring, "clustermesh certs rotate "+c.ctxFlag(),
 				"the client certificate of the entry for cluster %s expires %s (in %s)", e.Name, cert.NotAfter.UTC().Format(time.RFC3339), cert.NotAfter.Sub(now).Truncate(time.Hour)))
 		}
 	}

@@ -69,7 +69,7 @@ func TestEntryProblems(t *testing.T) {
 		{"good", Entry{Name: "c2", CA: ca.CertPEM(), Cert: issue(ca, 0)}, nil, ""},
 		{"other CA trusted", Entry{Name: "c2", CA: other.CertPEM(), Cert: issue(other, 0)}, ErrUntrusted, "trusts another CA"},
 		{"foreign client cert", Entry{Name: "c2", CA: ca.CertPEM(), Cert: issue(other, 0)}, ErrUntrusted, "not issued by this cluster's CA"},
-		{"expiring client cert", Entry{Name: "c2", CA: ca.CertPEM(), Cert: issue(ca, 10*24*time.Hour)}, ErrNotReady, "expires"},
+		{"expiring client cert", Entry{Name: "c2", CA: ca.CertPEM(), Cert: issue(ca, 10*24*time.Hour)}, ErrExpiring, "expires"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ps := entryProblems(c, []Entry{tc.e}, ca.Certificate(), now)
