@@ -276,7 +276,7 @@ func newStatusCommand() *cobra.Command {
 	var addr, output string
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Print the status of the agent on this node: per cluster connected, synced, last error, object counts",
+		Short: "Print the status of the agent on this node: per cluster connected, synced, last error, object counts; BGP sessions and health members when on",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
