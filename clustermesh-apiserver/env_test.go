@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"strconv"
 	"strings"
@@ -90,10 +91,12 @@ func newEnv(t testing.TB, cluster string, id uint32) *env {
 
 // running is one apiserver started by a test.
 type running struct {
+	t      testing.TB
 	srv    *apiserver.Server
 	reg    *prometheus.Registry
 	cancel context.CancelFunc
 	done   chan error
+	once   sync.Once
 }
 
 // start runs an apiserver until stop or the end of the test and waits until
@@ -126,7 +129,7 @@ func (e *env) startNoWait() *running {
 		e.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{srv: srv, reg: reg, cancel: cancel, done: make(chan error, 1)}
+	r := &running{t: e.t, srv: srv, reg: reg, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- srv.Run(ctx) }()
 	e.t.Cleanup(r.stop)
 	if e.store == nil {
@@ -143,13 +146,19 @@ func (e *env) startNoWait() *running {
 	return r
 }
 
-// stop ends the apiserver and waits for Run to return.
+// stop ends the apiserver and waits for Run to return. It is called by tests
+// and again by cleanup; only the first call waits, and an error from Run
+// fails the test rather than panicking, so cleanup never blocks on a second
+// receive.
 func (r *running) stop() {
-	r.cancel()
-	if err := <-r.done; err != nil {
-		panic(fmt.Sprintf("apiserver Run: %v", err))
-	}
-	r.done <- nil
+	r.once.Do(func() {
+		r.cancel()
+		err := <-r.done
+		r.done <- err
+		if err != nil {
+			r.t.Errorf("apiserver Run: %v", err)
+		}
+	})
 }
 
 // metric returns the value of a metric sample, rendered as in the text
