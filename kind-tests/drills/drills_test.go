@@ -41,7 +41,7 @@ func TestMain(m *testing.M) {
 // requireParts skips when a part the drills need does not exist in the tree
 // yet, and fails when one exists but does not build or (for the tools) was
 // not built, under CI=true, where drills must run.
-func requireParts(t *testing.T, parts ...string) {
+func requireParts(t testing.TB, parts ...string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("drills need root: network namespaces, cgroups, eBPF")
