@@ -29,7 +29,11 @@ clustermesh.io/* (or Cilium service.cilium.io/*) annotation, the EndpointSlices
 of global services, identities and the ipcache.
 
 The store is an embedded etcd by default (--etcd-*), served to peers over
-mutual TLS with a read-only role, or an external etcd (--kvstore-config).`,
+mutual TLS with a read-only role, or an external etcd (--kvstore-config).
+
+With --bgp-reflector-address and --bgp-asn it also hosts the cluster's BGP
+route reflector: published in the cluster config, peered with every node of
+the cluster and with the reflectors of the clusters in --clusters-dir.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
