@@ -220,6 +220,47 @@ health), installed and joined with the clustermesh CLI and kubectl.`)
 	o.info("traffic back on c1 after %v", rb.At.Sub(backAt).Round(time.Millisecond))
 	report.Add("failback", "c1 scaled back → answers from c1 after", harness.Ms(rb.At.Sub(backAt)), "pass")
 
+	o.step("Hard failure: node %s loses power (off the network, every process killed, Kubernetes not told)", c2.Nodes()[1].Name)
+	if err := m.MarkGlobal(ctx, "echo", "none"); err != nil {
+		return err
+	}
+	noneAt := time.Now()
+	if err := waitBoth(ctx, tr, m, noneAt); err != nil {
+		return err
+	}
+	victim := c2.Nodes()[1]
+	var deadPods []string
+	for _, p := range victim.Pods() {
+		deadPods = append(deadPods, p.Name)
+	}
+	o.info("back to affinity none: answers from both clusters; %s runs %s", victim.Name, strings.Join(deadPods, ", "))
+	killAt := time.Now()
+	if err := victim.Kill(ctx); err != nil {
+		return err
+	}
+	sleep(ctx, 5*time.Second)
+	after := tr.Attempts(killAt)
+	var lastFail time.Time
+	for _, a := range after {
+		if !a.OK {
+			lastFail = a.At.Add(a.Latency)
+		}
+	}
+	took := time.Duration(0)
+	if !lastFail.IsZero() {
+		took = lastFail.Sub(killAt)
+	}
+	result := "pass"
+	if countFailed(tr.Attempts(time.Now().Add(-2*time.Second))) > 0 {
+		result = "FAIL"
+		o.info("traffic still fails 5 s after the failure: %s", split(m, after))
+	} else {
+		o.info("the agents' health gossip declared it dead: last failed attempt %v after the failure; next 5 s: %s",
+			took.Round(time.Millisecond), split(m, after))
+	}
+	report.Add("node death", victim.Name+" killed → last failed attempt after", harness.Ms(took), result)
+	report.Add("node death", "failed attempts in the 5 s after", fmt.Sprintf("%d of %d", countFailed(after), len(after)), "")
+
 	o.step("Mesh status as the CLI reports it")
 	if s, err := m.CLI(ctx, "status", "--context", c1.Name); err == nil {
 		for _, line := range strings.Split(strings.TrimSpace(s), "\n") {
