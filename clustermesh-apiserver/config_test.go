@@ -71,11 +71,13 @@ func TestFlags(t *testing.T) {
 	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
 	c.Flags(fs)
 	err := fs.Parse([]string{"--cluster-name=c2", "--cluster-id=9", "--cluster-pod-cidrs=10.1.0.0/16,10.2.0.0/16",
-		"--kvstore-config=/etc/kv.yaml", "--workers=2", "--lease-ttl=30s"})
+		"--kvstore-config=/etc/kv.yaml", "--workers=2", "--lease-ttl=30s",
+		"--bgp-reflector-address=192.0.2.1:1790", "--bgp-asn=65002", "--clusters-dir=/etc/clustermesh/clusters"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.ClusterName != "c2" || c.ClusterID != 9 || len(c.PodCIDRs) != 2 || c.KVStoreConfig != "/etc/kv.yaml" || c.Workers != 2 || c.LeaseTTL.Seconds() != 30 {
+	if c.ClusterName != "c2" || c.ClusterID != 9 || len(c.PodCIDRs) != 2 || c.KVStoreConfig != "/etc/kv.yaml" || c.Workers != 2 || c.LeaseTTL.Seconds() != 30 ||
+		c.BGPReflectorAddress != "192.0.2.1:1790" || c.BGPASN != 65002 || c.ClustersDir != "/etc/clustermesh/clusters" {
 		t.Errorf("parsed config %+v", c)
 	}
 	n := 0
@@ -85,8 +87,8 @@ func TestFlags(t *testing.T) {
 			t.Errorf("flag --%s: usage %q does not explain it", f.Name, f.Usage)
 		}
 	})
-	if n != 18 {
-		t.Errorf("%d flags, want 18 (one per Config field)", n)
+	if n != 23 {
+		t.Errorf("%d flags, want 23 (one per Config field)", n)
 	}
 }
 

@@ -341,6 +341,32 @@ func TestReflectorsFromStore(t *testing.T) {
 		})
 	}
 
+	// The connection files are followed live: without c1's file for c2, c1's
+	// reflector drops c2's (c1 is the side that dials) and each node loses
+	// the other cluster's CIDR; with the file back, the routes return.
+	peerFile := filepath.Join(dir, "c1", "clusters", "c2")
+	saved, err := os.ReadFile(peerFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(peerFile); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range clusters {
+		waitUntil(t, 2*time.Minute, c.node+" loses the other cluster's CIDR", func() (bool, string) {
+			got := l.routes(c.node)
+			return len(got) == 0, fmt.Sprintf("routes on %s: %v", c.node, got)
+		})
+	}
+	write(filepath.Join("c1", "clusters", "c2"), saved)
+	for i, c := range clusters {
+		other := clusters[1-i]
+		waitUntil(t, 2*time.Minute, fmt.Sprintf("%s has %s again", c.node, other.podCIDR), func() (bool, string) {
+			got := l.routes(c.node)
+			return got[netip.MustParsePrefix(other.podCIDR)] == netip.MustParseAddr(other.nodeIP), fmt.Sprintf("routes on %s: %v", c.node, got)
+		})
+	}
+
 	// The reflector reports both sessions, learned from the store: its node
 	// (iBGP client) and the other cluster's reflector (eBGP), and exports
 	// them in its metrics on the apiserver's registry.
