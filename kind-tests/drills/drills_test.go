@@ -99,12 +99,15 @@ func TestDrills(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	m, err := harness.NewMesh(ctx, r, bins, harness.MeshOptions{Clusters: 2, Nodes: 2})
+	// CLUSTERMESH_DRILLS_ROUTING=bgp|agent|harness picks who routes pod
+	// CIDRs (see harness.MeshOptions); empty is the default.
+	m, err := harness.NewMesh(ctx, r, bins, harness.MeshOptions{Clusters: 2, Nodes: 2, Routing: os.Getenv("CLUSTERMESH_DRILLS_ROUTING")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	report := &harness.Report{}
 	env := &Env{Mesh: m, Service: "echo", Replicas: 2, Report: report, Logf: t.Logf}
+	t.Logf("routing: %s", m.Routing)
 	t.Cleanup(func() {
 		t.Logf("drill figures (run %s):\n%s", r.Prefix, report)
 		path := filepath.Join(os.TempDir(), "clustermesh-drills-report.txt")

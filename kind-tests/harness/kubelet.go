@@ -66,9 +66,12 @@ type podRuntime struct {
 	proc      *Process
 	spec      ProcessSpec
 	secrets   map[string]string // secret name -> resource version written
-	exitedAt  time.Time
-	restarts  int
-	reported  bool
+	// extraVolumes are Secret volumes the harness adds to the pod's own
+	// (the clusters Secret for a reflector-hosting apiserver).
+	extraVolumes []corev1.Volume
+	exitedAt     time.Time
+	restarts     int
+	reported     bool
 }
 
 func newKubelet(cp *ControlPlane, bins *Binaries) *kubelet {
@@ -373,6 +376,14 @@ func (k *kubelet) start(ctx context.Context, p *corev1.Pod, role string, node *N
 	for i, a := range args {
 		args[i] = remapPath(a, mounts)
 	}
+	if role == RoleAPIServer && k.cp.Cluster.Run.routingMode() == RoutingBGP {
+		optional := true
+		rt.extraVolumes = append(rt.extraVolumes, corev1.Volume{Name: "harness-clusters", VolumeSource: corev1.VolumeSource{
+			Secret: &corev1.SecretVolumeSource{SecretName: "clustermesh-clusters", Optional: &optional}}})
+		if err := os.MkdirAll(filepath.Join(rt.dir, "harness-clusters"), 0o700); err != nil {
+			return nil, err
+		}
+	}
 	args = append(args, k.cp.Cluster.Run.meshArgs(role, k.cp, node, rt.dir, mounts, args)...)
 	podIP := k.cp.IP.String()
 	if node != nil {
@@ -431,7 +442,7 @@ func remapPath(s string, mounts map[string]string) string {
 // each file is replaced atomically (write, then rename); keys that left the
 // Secret are removed.
 func (k *kubelet) writeSecrets(p *corev1.Pod, rt *podRuntime) error {
-	for _, v := range p.Spec.Volumes {
+	for _, v := range append(slices.Clone(p.Spec.Volumes), rt.extraVolumes...) {
 		if v.Secret == nil {
 			continue
 		}

@@ -35,10 +35,20 @@ func (r *Run) meshArgs(role string, cp *ControlPlane, n *Node, podDir string, mo
 		for _, f := range r.agentFlags(n) {
 			add(f[0], f[1])
 		}
+		if r.routingMode() == RoutingBGP {
+			add("--bgp", "true")
+			add("--bgp-short-timers", "true")
+		}
 		r.mu.Lock()
 		out = append(out, r.AgentArgs...)
 		r.mu.Unlock()
 	case RoleAPIServer:
+		if r.routingMode() == RoutingBGP {
+			add("--bgp-reflector-address", netip.AddrPortFrom(cp.IP, 179).String())
+			add("--bgp-asn", fmt.Sprint(65000+cp.Cluster.Index))
+			add("--bgp-short-timers", "true")
+			add("--clusters-dir", filepath.Join(podDir, "harness-clusters"))
+		}
 		add("--kubeconfig", cp.Kubeconfig)
 		add("--etcd-data-dir", filepath.Join(podDir, "etcd-data"))
 		add("--etcd-unsafe-no-fsync", "true")
@@ -183,4 +193,10 @@ func (cp *ControlPlane) WaitStore(ctx context.Context) (*Process, error) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+func (r *Run) routingMode() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.routing
 }

@@ -72,6 +72,7 @@ type Run struct {
 	keepDir  bool
 	clusters []*Cluster
 	nextPod  int
+	routing  string // set by NewMesh
 }
 
 type step struct {

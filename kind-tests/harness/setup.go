@@ -32,6 +32,11 @@ type MeshOptions struct {
 const (
 	RoutingAgent   = "agent"
 	RoutingHarness = "harness"
+	// RoutingBGP: every agent runs its BGP speaker (--bgp) against its
+	// cluster's route reflector, hosted by the clustermesh-apiserver
+	// (--bgp-reflector-address on the control-plane address); reflectors
+	// of connected clusters peer with each other. No static routes at all.
+	RoutingBGP = "bgp"
 )
 
 // Mesh is a set of emulated clusters with their control planes, driven
@@ -106,10 +111,14 @@ func NewMesh(ctx context.Context, r *Run, bins *Binaries, o MeshOptions) (*Mesh,
 		r.mu.Lock()
 		r.AgentArgs = append(r.AgentArgs, "--routes=static")
 		r.mu.Unlock()
+	case RoutingBGP:
 	default:
-		return nil, fmt.Errorf("mesh: routing %q: must be %q or %q", o.Routing, RoutingAgent, RoutingHarness)
+		return nil, fmt.Errorf("mesh: routing %q: must be %q, %q or %q", o.Routing, RoutingAgent, RoutingHarness, RoutingBGP)
 	}
 	m.Routing = o.Routing
+	r.mu.Lock()
+	r.routing = o.Routing
+	r.mu.Unlock()
 	for _, c := range m.Clusters {
 		if _, err := c.StartControlPlane(ctx, bins); err != nil {
 			return nil, err
