@@ -54,7 +54,7 @@ type remoteCluster struct {
 	cluster *api.Cluster // nil until read, or after deletion
 }
 
-func newReflectorHost(cfg *Config, log *slog.Logger, reg prometheus.Registerer, local func() api.Cluster, nodes func() []api.Node) (*reflectorHost, error) {
+func newReflectorHost(cfg *Config, log, bgpLog *slog.Logger, reg prometheus.Registerer, local func() api.Cluster, nodes func() []api.Node) (*reflectorHost, error) {
 	addr, err := cfg.reflectorAddress()
 	if err != nil {
 		return nil, err
@@ -63,7 +63,7 @@ func newReflectorHost(cfg *Config, log *slog.Logger, reg prometheus.Registerer, 
 	if cfg.BGPShortTimers {
 		base = bgp.DefaultKindConfig()
 	}
-	base.Logger, base.Registerer = log, reg
+	base.Logger, base.Registerer = bgpLog, reg
 	rcfg, err := bgp.ReflectorConfig(base, api.Cluster{Name: cfg.ClusterName, RouteReflector: addr, ASN: cfg.BGPASN})
 	if err != nil {
 		return nil, fmt.Errorf("cluster %s: %w", cfg.ClusterName, err)

@@ -44,11 +44,14 @@ type Options struct {
 
 // Server is one clustermesh-apiserver. Create it with New, run it with Run.
 type Server struct {
-	cfg  Config
-	log  *slog.Logger
-	reg  prometheus.Registerer
-	gath prometheus.Gatherer
-	rest *rest.Config
+	cfg Config
+	log *slog.Logger
+	// bgpLog is the caller's logger: the bgp package names the cluster
+	// itself.
+	bgpLog *slog.Logger
+	reg    prometheus.Registerer
+	gath   prometheus.Gatherer
+	rest   *rest.Config
 
 	mu         sync.Mutex
 	role       role
@@ -92,7 +95,7 @@ func New(cfg Config, opts *Options) (*Server, error) {
 	rc = rest.CopyConfig(rc)
 	rc.UserAgent = "clustermesh-apiserver/" + cfg.ClusterName
 	return &Server{
-		cfg: cfg, log: o.Logger.With("cluster", cfg.ClusterName),
+		cfg: cfg, log: o.Logger.With("cluster", cfg.ClusterName), bgpLog: o.Logger,
 		reg: o.Registerer, gath: o.Gatherer, rest: rc,
 	}, nil
 }
@@ -187,7 +190,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.ctrl = ctrl
 	s.mu.Unlock()
 	if s.cfg.BGPReflectorAddress != "" {
-		rh, err := newReflectorHost(&s.cfg, s.log, s.reg, func() api.Cluster { return *ctrl.clusterConfig() }, ctrl.localNodes)
+		rh, err := newReflectorHost(&s.cfg, s.log, s.bgpLog, s.reg, func() api.Cluster { return *ctrl.clusterConfig() }, ctrl.localNodes)
 		if err != nil {
 			return err
 		}
