@@ -18,6 +18,13 @@
 //     that two replicas never collide, released when its last pod goes;
 //   - the ipcache: pod IP -> identity, node, host IP, namespace, pod.
 //
+// With --bgp-reflector-address the apiserver also hosts the cluster's BGP
+// route reflector (package bgp) in its own process and network namespace:
+// the cluster config carries the reflector's address and ASN, every node its
+// BGP address, and the reflector's peers are recomputed from the stores —
+// the exported nodes as iBGP clients, and the reflectors that the clusters
+// of --clusters-dir publish in their stores as eBGP peers (reflector.go).
+//
 // Shape (the sample-controller pattern): client-go informers enqueue keys of
 // changed objects into one rate-limited workqueue; workers re-read the object
 // from the informer cache and converge the store with an idempotent sync
@@ -28,7 +35,10 @@
 // canary is written.
 //
 // Lifetimes and concurrency: New validates a Config; Run owns every
-// goroutine it starts (health server, lease keeper, informers, workers) and
-// returns after all of them stopped, once its context is done. The accessors
-// of a Server are safe for concurrent use.
+// goroutine it starts (health server, lease keeper, informers, workers, the
+// route reflector and one store reader per connected cluster) and
+// returns after all of them stopped, once its context is done — except
+// GoBGP's Serve loop, which cannot be stopped and idles until the process
+// exits (see package bgp). The accessors of a Server are safe for concurrent
+// use.
 package apiserver

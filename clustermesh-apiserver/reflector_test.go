@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -148,7 +149,25 @@ func childAPIServer(ctx context.Context, spec childSpec, reg *prometheus.Registr
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(rctx) }()
-	return srv.ReflectorStatus, func() {
+	// The status goes through /status/bgp, as an operator reads it.
+	status := func(ctx context.Context) (bgp.Status, error) {
+		var st bgp.Status
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+srv.HealthAddr()+"/status/bgp", nil)
+		if err != nil {
+			return st, err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return st, err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			b, _ := io.ReadAll(resp.Body)
+			return st, fmt.Errorf("/status/bgp: %s: %s", resp.Status, b)
+		}
+		return st, json.NewDecoder(resp.Body).Decode(&st)
+	}
+	return status, func() {
 		cancel()
 		if err := <-done; err != nil {
 			log.Error("apiserver run", "error", err)
@@ -368,8 +387,8 @@ func TestReflectorsFromStore(t *testing.T) {
 	}
 
 	// The reflector reports both sessions, learned from the store: its node
-	// (iBGP client) and the other cluster's reflector (eBGP), and exports
-	// them in its metrics on the apiserver's registry.
+	// (iBGP client) and the other cluster's reflector (eBGP), on /status/bgp
+	// and in its metrics on the apiserver's registry.
 	for _, c := range clusters {
 		resp := servers[c.name].status(t)
 		if resp.Err != "" {
