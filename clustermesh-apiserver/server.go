@@ -256,6 +256,9 @@ func (s *Server) campaign(ctx context.Context, client *kvstore.Client) (context.
 	go func() {
 		select {
 		case <-sess.Done():
+			if ctx.Err() != nil {
+				return // the session ends because Run is stopping
+			}
 			s.log.Error("leader session lost; stopping the export", "replica", id)
 			cancel(ErrLostLeadership)
 		case <-lctx.Done():
