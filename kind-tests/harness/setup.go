@@ -102,6 +102,11 @@ func NewMesh(ctx context.Context, r *Run, bins *Binaries, o MeshOptions) (*Mesh,
 		if err := r.InstallStaticRoutes(ctx); err != nil {
 			return nil, err
 		}
+		// The manifest's agents route between clusters; here the harness
+		// does, so they must not.
+		r.mu.Lock()
+		r.AgentArgs = append(r.AgentArgs, "--routes=none")
+		r.mu.Unlock()
 	case RoutingAgent:
 		// Inside a cluster its CNI routes pod CIDRs; the harness plays
 		// the CNI. Between clusters the agents route.
@@ -112,6 +117,11 @@ func NewMesh(ctx context.Context, r *Run, bins *Binaries, o MeshOptions) (*Mesh,
 		r.AgentArgs = append(r.AgentArgs, "--routes=static")
 		r.mu.Unlock()
 	case RoutingBGP:
+		// BGP installs every route between clusters; the manifest's static
+		// routes would compete with it.
+		r.mu.Lock()
+		r.AgentArgs = append(r.AgentArgs, "--routes=none")
+		r.mu.Unlock()
 	default:
 		return nil, fmt.Errorf("mesh: routing %q: must be %q, %q or %q", o.Routing, RoutingAgent, RoutingHarness, RoutingBGP)
 	}

@@ -70,9 +70,7 @@ echo "==> enabling and connecting the mesh"
 "$CLI" enable --context $C2 --cluster-name c2 --cluster-id 2 --inherit-ca-from $C1 \
 	--apiserver-image clustermesh/apiserver:kind --agent-image clustermesh/agent:kind
 for ctx in $C1 $C2; do
-	kubectl --context $ctx -n clustermesh-system patch daemonset clustermesh-agent --type=json \
-		-p '[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--health=true"},
-		     {"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--routes=static"}]' >/dev/null
+	# The manifests run agents with --health and --routes=static already.
 	kubectl --context $ctx -n clustermesh-system rollout status daemonset/clustermesh-agent --timeout=180s
 	kubectl --context $ctx -n clustermesh-system rollout status deployment/clustermesh-apiserver --timeout=180s
 done
