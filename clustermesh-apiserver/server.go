@@ -149,7 +149,11 @@ func (s *Server) Run(ctx context.Context) error {
 		ctx = lctx
 	}
 
-	writer, err := kvstore.NewWriter(client, s.cfg.ClusterName, &kvstore.WriterOptions{LeaseTTL: s.cfg.LeaseTTL, Logger: s.log})
+	storeMetrics, err := kvstore.NewMetrics(s.reg)
+	if err != nil {
+		return fmt.Errorf("cluster %s: store metrics: %w", s.cfg.ClusterName, err)
+	}
+	writer, err := kvstore.NewWriter(client, s.cfg.ClusterName, &kvstore.WriterOptions{LeaseTTL: s.cfg.LeaseTTL, Logger: s.log, Metrics: storeMetrics})
 	if err != nil {
 		return fmt.Errorf("cluster %s: %w", s.cfg.ClusterName, err)
 	}

@@ -205,6 +205,12 @@ func (s *Server) setupAuth(ctx context.Context) error {
 		end[len(end)-1]++
 		return end
 	}
+	// Agents write only their own cluster's status documents; a store
+	// configured without a cluster name grants the whole agents prefix.
+	agentPrefix := api.KeyPrefix + string(api.KindAgents) + "/"
+	if s.cfg.Cluster != "" {
+		agentPrefix = api.ClusterPrefix(api.KindAgents, s.cfg.Cluster)
+	}
 	grants := []struct {
 		role   string
 		typ    authpb.Permission_Type
@@ -212,7 +218,7 @@ func (s *Server) setupAuth(ctx context.Context) error {
 	}{
 		{roleRemote, authpb.READ, api.KeyPrefix},
 		{roleAgent, authpb.READ, api.KeyPrefix},
-		{roleAgent, authpb.READWRITE, api.KeyPrefix + string(api.KindAgents) + "/"},
+		{roleAgent, authpb.READWRITE, agentPrefix},
 	}
 	for _, g := range grants {
 		_, err := es.RoleGrantPermission(ctx, &pb.AuthRoleGrantPermissionRequest{

@@ -37,6 +37,8 @@ func checkPermissions(t *testing.T, p *testPKI, endpoint string) {
 	defer cancel()
 	serviceKey := api.ServiceKey("c1", "default", "web")
 	agentKey := api.KeyPrefix + string(api.KindAgents) + "/c1/node-1"
+	// Agents of this store's cluster (c1) publish under agents/c1/ only.
+	otherAgentKey := api.KeyPrefix + string(api.KindAgents) + "/c2/node-1"
 	outsideKey := "other/key"
 	tests := []struct {
 		user       string
@@ -52,6 +54,7 @@ func checkPermissions(t *testing.T, p *testPKI, endpoint string) {
 		{UserRemote, outsideKey, false, false, true},
 		{UserAgent, serviceKey, false, true, true},
 		{UserAgent, agentKey, true, true, false},
+		{UserAgent, otherAgentKey, false, true, true},
 		{UserAgent, outsideKey, false, false, true},
 	}
 	clients := map[string]*Client{}

@@ -310,7 +310,7 @@ func (c *Cluster) runOnce(ctx context.Context) (bool, error) {
 	}
 
 	events := make(chan kvstore.Event, 1024)
-	reader := kvstore.NewReader(cli, c.name, &kvstore.ReaderOptions{Buffer: 256, Logger: c.log})
+	reader := kvstore.NewReader(cli, c.name, &kvstore.ReaderOptions{Buffer: 256, Logger: c.opts.Logger, Metrics: c.opts.Metrics.storeMetrics()})
 	for _, kind := range Kinds {
 		ch := reader.Watch(cctx, kind)
 		wg.Add(1)

@@ -16,6 +16,9 @@ type Metrics struct {
 	synced    *prometheus.GaugeVec
 	connected *prometheus.GaugeVec
 	state     *prometheus.GaugeVec
+	// store counts the readers' own activity (events, re-lists) under
+	// clustermesh_kvstore_*.
+	store *kvstore.Metrics
 }
 
 var allStates = []status.State{status.StateConnecting, status.StateConnected, status.StateUnreachable, status.StateRefused, status.StateInvalidConfig}
@@ -53,7 +56,20 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			return nil, err
 		}
 	}
+	store, err := kvstore.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	m.store = store
 	return m, nil
+}
+
+// storeMetrics is the readers' metrics; nil (recording nothing) when m is.
+func (m *Metrics) storeMetrics() *kvstore.Metrics {
+	if m == nil {
+		return nil
+	}
+	return m.store
 }
 
 func eventType(t kvstore.EventType) string {
