@@ -12,7 +12,7 @@ PKGS      := ./...
 BENCH     ?= .
 BENCHTIME ?= 1x
 
-.PHONY: all build test lint generate generate-check bench tools demo clean-drills clean
+.PHONY: all build test deps lint generate generate-check bench tools demo clean-drills clean
 
 all: build
 
@@ -22,8 +22,13 @@ build:
 # test runs everything CI runs: static checks, then every test with the race
 # detector. Root-only tests (netns, eBPF, BGP) skip with a message when not
 # root; CI is root.
-test: lint
+test: deps lint
 	$(GO) test -race -count=1 -timeout 40m $(PKGS)
+
+# deps installs what the tests need when it is missing (apt packages,
+# staticcheck, the Kubernetes control plane in hack/bin); a no-op otherwise.
+deps:
+	bash hack/install-deps.sh
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi

@@ -63,3 +63,15 @@ func (m *Metrics) relist(cluster, kind string) {
 		m.relists.WithLabelValues(cluster, kind).Inc()
 	}
 }
+
+// Forget drops every series of cluster, for a consumer that stopped
+// following it: a disconnected cluster must not linger in /metrics.
+func (m *Metrics) Forget(cluster string) {
+	if m == nil {
+		return
+	}
+	l := prometheus.Labels{"cluster": cluster}
+	for _, v := range []*prometheus.CounterVec{m.writes, m.leaseRecovered, m.events, m.relists} {
+		v.DeletePartialMatch(l)
+	}
+}

@@ -135,4 +135,5 @@ func (m *Metrics) forget(cluster string) {
 	m.synced.DeletePartialMatch(l)
 	m.connected.DeletePartialMatch(l)
 	m.state.DeletePartialMatch(l)
+	m.store.Forget(cluster)
 }
