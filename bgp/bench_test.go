@@ -149,7 +149,7 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 	cfg.MaxPrefixes = 0
 	if reflector {
 		origin.ASN = 65001
-		rrNS := l.host("rr", "192.0.2.1")
+		rrNS := l.Host("rr", "192.0.2.1")
 		rcfg := cfg
 		rcfg.Name, rcfg.ASN, rcfg.RouterID = "rr", 65001, netip.MustParseAddr("192.0.2.1")
 		rrPeers := []Peer{{Name: "origin", Address: origin.Address, ASN: 65001, Passive: true, RouteReflectorClient: true}}
@@ -166,7 +166,7 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 		receivers = append(receivers, l.watchRoutes(b, l.startReceiver(b, 1, cfg, 65001, Peer{Name: "origin", Address: origin.Address, ASN: origin.ASN, Passive: true}), RouteProtocol))
 		peerOfOrigin = append(peerOfOrigin, Peer{Name: "r1", Address: netip.MustParseAddr("192.0.2.21"), ASN: 65001})
 	}
-	originNS := l.host("origin", origin.Address.String())
+	originNS := l.Host("origin", origin.Address.String())
 	ocfg := cfg
 	ocfg.Name, ocfg.ASN = "origin", origin.ASN
 	ocfg.NodeIPs = []netip.Addr{origin.Address}
@@ -202,7 +202,7 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 // startReceiver starts speaker r<i> at 192.0.2.2<i> peering with peer.
 func (l *lab) startReceiver(b *testing.B, i int, cfg Config, asn uint32, peer Peer) string {
 	ip := netip.MustParseAddr(fmt.Sprintf("192.0.2.2%d", i))
-	ns := l.host(fmt.Sprintf("r%d", i), ip.String())
+	ns := l.Host(fmt.Sprintf("r%d", i), ip.String())
 	cfg.Name, cfg.ASN = fmt.Sprintf("r%d", i), asn
 	cfg.NodeIPs = []netip.Addr{ip}
 	l.startChild(cfg.Name, ns, "speaker", cfg, []Peer{peer})
@@ -211,8 +211,8 @@ func (l *lab) startReceiver(b *testing.B, i int, cfg Config, asn uint32, peer Pe
 
 func benchBird(b *testing.B, n int) {
 	l := newLab(b)
-	originNS := l.host("origin", "192.0.2.10")
-	recvNS := l.host("r1", "192.0.2.21")
+	originNS := l.Host("origin", "192.0.2.10")
+	recvNS := l.Host("r1", "192.0.2.21")
 	l.startBird("r1", recvNS, `
 router id 192.0.2.21;
 protocol device { scan time 10; }

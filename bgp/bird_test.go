@@ -21,39 +21,39 @@ type birdProc struct {
 }
 
 func (l *lab) startBird(name, ns, conf string) *birdProc {
-	l.tb.Helper()
+	l.TB.Helper()
 	for _, bin := range []string{"bird", "birdc"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			l.tb.Skipf("needs bird2 (apt-get install bird2): %v", err)
+			l.TB.Skipf("needs bird2 (apt-get install bird2): %v", err)
 		}
 	}
-	dir := filepath.Join(l.dir, name)
+	dir := filepath.Join(l.Dir, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		l.tb.Fatal(err)
+		l.TB.Fatal(err)
 	}
 	b := &birdProc{sock: filepath.Join(dir, "bird.ctl"), log: filepath.Join(dir, "bird.log")}
 	confPath := filepath.Join(dir, "bird.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
-		l.tb.Fatal(err)
+		l.TB.Fatal(err)
 	}
 	logf, err := os.Create(b.log)
 	if err != nil {
-		l.tb.Fatal(err)
+		l.TB.Fatal(err)
 	}
 	defer logf.Close()
 	b.cmd = exec.Command("nsenter", "--net=/run/netns/"+ns, "bird", "-f", "-c", confPath, "-s", b.sock, "-P", filepath.Join(dir, "bird.pid"))
 	b.cmd.Stdout, b.cmd.Stderr = logf, logf
 	if err := b.cmd.Start(); err != nil {
-		l.tb.Fatalf("start bird %s: %v", name, err)
+		l.TB.Fatalf("start bird %s: %v", name, err)
 	}
-	l.tb.Cleanup(func() {
+	l.TB.Cleanup(func() {
 		b.kill()
-		if l.tb.Failed() {
+		if l.TB.Failed() {
 			out, _ := os.ReadFile(b.log)
-			l.tb.Logf("---- log of bird %s ----\n%s", name, tail(string(out), 30))
+			l.TB.Logf("---- log of bird %s ----\n%s", name, tail(string(out), 30))
 		}
 	})
-	waitFor(l.tb, 10*time.Second, "bird control socket", func() (bool, string) {
+	waitFor(l.TB, 10*time.Second, "bird control socket", func() (bool, string) {
 		_, err := b.birdc("show status")
 		return err == nil, fmt.Sprint(err)
 	})
@@ -154,7 +154,7 @@ protocol bgp n3 from nodes { neighbor 192.0.2.13 as 65001; }
 // top-of-rack router.
 func TestBirdTopOfRack(t *testing.T) {
 	l := newLab(t)
-	torNS := l.host("tor", "192.0.2.254")
+	torNS := l.Host("tor", "192.0.2.254")
 	bird := l.startBird("tor", torNS, torConf)
 	tor := Peer{Name: "tor", Address: netip.MustParseAddr("192.0.2.254"), ASN: 65100}
 
@@ -164,7 +164,7 @@ func TestBirdTopOfRack(t *testing.T) {
 	}
 	nodes := []*node{{ip: "192.0.2.11", cidr: "10.1.1.0/24"}, {ip: "192.0.2.12", cidr: "10.1.2.0/24"}}
 	for i, n := range nodes {
-		ns := l.host(fmt.Sprintf("n%d", i+1), n.ip)
+		ns := l.Host(fmt.Sprintf("n%d", i+1), n.ip)
 		cfg := DefaultKindConfig()
 		cfg.Name, cfg.ASN = fmt.Sprintf("c1/n%d", i+1), 65001
 		cfg.NodeIPs = []netip.Addr{netip.MustParseAddr(n.ip)}
@@ -186,7 +186,7 @@ func TestBirdTopOfRack(t *testing.T) {
 		return true, ""
 	})
 	for i, n := range nodes {
-		ns := l.ns(fmt.Sprintf("n%d", i+1))
+		ns := l.NS(fmt.Sprintf("n%d", i+1))
 		waitFor(t, 60*time.Second, "bird's prefix on "+ns, func() (bool, string) {
 			got := l.routes(ns, RouteProtocol)
 			return got[netip.MustParsePrefix("10.99.0.0/24")] == netip.MustParseAddr("192.0.2.254"), fmt.Sprintf("routes %v", got)
@@ -221,7 +221,7 @@ func TestBirdTopOfRack(t *testing.T) {
 	}
 
 	// A node allowing 3 prefixes from bird (which has 5 for it) is cut off.
-	ns3 := l.host("n3", "192.0.2.13")
+	ns3 := l.Host("n3", "192.0.2.13")
 	cfg := DefaultKindConfig()
 	cfg.Name, cfg.ASN = "c1/n3", 65001
 	cfg.NodeIPs = []netip.Addr{netip.MustParseAddr("192.0.2.13")}

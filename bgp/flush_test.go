@@ -7,10 +7,10 @@ import (
 
 func TestFlushRoutes(t *testing.T) {
 	l := newLab(t)
-	ns := l.host("n1", "192.0.2.11")
-	l.run("ip", "-n", ns, "route", "add", "10.7.0.0/24", "via", "192.0.2.1", "proto", "195")
-	l.run("ip", "-n", ns, "route", "add", "10.7.1.0/24", "via", "192.0.2.1", "proto", "195")
-	l.run("ip", "-n", ns, "route", "add", "10.8.0.0/24", "via", "192.0.2.1", "proto", "static")
+	ns := l.Host("n1", "192.0.2.11")
+	l.Run("ip", "-n", ns, "route", "add", "10.7.0.0/24", "via", "192.0.2.1", "proto", "195")
+	l.Run("ip", "-n", ns, "route", "add", "10.7.1.0/24", "via", "192.0.2.1", "proto", "195")
+	l.Run("ip", "-n", ns, "route", "add", "10.8.0.0/24", "via", "192.0.2.1", "proto", "static")
 	var n int
 	if err := inNS(ns, func() (err error) { n, err = FlushRoutes(0); return err }); err != nil {
 		t.Fatal(err)

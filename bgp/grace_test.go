@@ -15,7 +15,7 @@ import (
 func TestReflectorRestartGrace(t *testing.T) {
 	l := newLab(t)
 	rrAddr := netip.MustParseAddr("192.0.2.1")
-	rrNS := l.host("rr", rrAddr.String())
+	rrNS := l.Host("rr", rrAddr.String())
 	rcfg, err := ReflectorConfig(DefaultKindConfig(), api.Cluster{Name: "c1", ASN: 65001, RouteReflector: netip.AddrPortFrom(rrAddr, 179)})
 	if err != nil {
 		t.Fatal(err)
@@ -38,7 +38,7 @@ func TestReflectorRestartGrace(t *testing.T) {
 	startRR := func() *child { return l.startChild("rr", rrNS, "reflector", rcfg, rrPeers) }
 	rr := startRR()
 	for i, n := range nodes {
-		n.ns = l.host(fmt.Sprintf("n%d", i+1), n.ip.String())
+		n.ns = l.Host(fmt.Sprintf("n%d", i+1), n.ip.String())
 		cfg := DefaultKindConfig()
 		cfg.Name, cfg.ASN = fmt.Sprintf("c1/n%d", i+1), 65001
 		cfg.NodeIPs, cfg.PodCIDRs = []netip.Addr{n.ip}, []netip.Prefix{n.cidr}

@@ -2,8 +2,6 @@ package bgp
 
 import (
 	"bufio"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,111 +16,45 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustermesh/clustermesh/internal/netlab"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
 
-// lab is a set of network namespaces on one fabric bridge, named with a
-// per-run prefix and deleted in Cleanup even when the test fails.
+// lab is a netlab.Lab with the BGP tests' helpers on top: netlink handles,
+// route reads, speaker children.
 type lab struct {
-	tb     testing.TB
-	prefix string
-	fabric string
-	dir    string
+	*netlab.Lab
 }
 
 func newLab(tb testing.TB) *lab {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("needs root for network namespaces (CI runs as root)")
-	}
-	for _, bin := range []string{"ip", "nsenter"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			tb.Skipf("needs %s: %v", bin, err)
-		}
-	}
-	b := make([]byte, 2)
-	_, _ = rand.Read(b)
-	l := &lab{tb: tb, prefix: "cm" + hex.EncodeToString(b), dir: tb.TempDir()}
-	l.fabric = l.prefix + "-fab"
-	tb.Cleanup(func() {
-		out, _ := exec.Command("ip", "netns", "list").Output()
-		for _, line := range strings.Split(string(out), "\n") {
-			name, _, _ := strings.Cut(line, " ")
-			if strings.HasPrefix(name, l.prefix+"-") {
-				_ = exec.Command("ip", "netns", "del", name).Run()
-			}
-		}
-	})
-	l.run("ip", "netns", "add", l.fabric)
-	l.run("ip", "-n", l.fabric, "link", "add", "br0", "type", "bridge")
-	l.run("ip", "-n", l.fabric, "link", "set", "br0", "up")
-	return l
-}
-
-func (l *lab) run(args ...string) string {
-	l.tb.Helper()
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		l.tb.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-func (l *lab) ns(short string) string { return l.prefix + "-" + short }
-
-// host adds a namespace with eth0 on the fabric at ip/24.
-func (l *lab) host(short, ip string) string {
-	ns := l.ns(short)
-	l.run("ip", "netns", "add", ns)
-	l.run("ip", "-n", l.fabric, "link", "add", "v"+short, "type", "veth", "peer", "name", "eth0", "netns", ns)
-	l.run("ip", "-n", l.fabric, "link", "set", "v"+short, "master", "br0", "up")
-	l.run("ip", "-n", ns, "addr", "add", ip+"/24", "dev", "eth0")
-	l.run("ip", "-n", ns, "link", "set", "eth0", "up")
-	l.run("ip", "-n", ns, "link", "set", "lo", "up")
-	return ns
-}
-
-// pod adds a pod namespace behind a veth of node: the node side gets gw/24,
-// the pod podIP/24 with a default route via gw; the node forwards.
-func (l *lab) pod(node, short, gw, podIP string) string {
-	ns := l.ns(short)
-	nodeNS := l.ns(node)
-	l.run("ip", "netns", "add", ns)
-	l.run("ip", "-n", nodeNS, "link", "add", "p"+short, "type", "veth", "peer", "name", "eth0", "netns", ns)
-	l.run("ip", "-n", nodeNS, "addr", "add", gw+"/24", "dev", "p"+short)
-	l.run("ip", "-n", nodeNS, "link", "set", "p"+short, "up")
-	l.run("ip", "-n", ns, "addr", "add", podIP+"/24", "dev", "eth0")
-	l.run("ip", "-n", ns, "link", "set", "eth0", "up")
-	l.run("ip", "-n", ns, "link", "set", "lo", "up")
-	l.run("ip", "-n", ns, "route", "add", "default", "via", gw)
-	l.run("nsenter", "--net=/run/netns/"+nodeNS, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-	return ns
+	return &lab{Lab: netlab.New(tb)}
 }
 
 // handle opens a netlink handle in ns.
 func (l *lab) handle(ns string) *netlink.Handle {
-	l.tb.Helper()
+	l.TB.Helper()
 	h, err := netns.GetFromPath("/run/netns/" + ns)
 	if err != nil {
-		l.tb.Fatalf("netns %s: %v", ns, err)
+		l.TB.Fatalf("netns %s: %v", ns, err)
 	}
 	defer h.Close()
 	nh, err := netlink.NewHandleAt(h)
 	if err != nil {
-		l.tb.Fatalf("netlink in %s: %v", ns, err)
+		l.TB.Fatalf("netlink in %s: %v", ns, err)
 	}
 	return nh
 }
 
 // routes lists the routes of protocol proto in ns's main table.
 func (l *lab) routes(ns string, proto netlink.RouteProtocol) map[netip.Prefix]netip.Addr {
-	l.tb.Helper()
+	l.TB.Helper()
 	h := l.handle(ns)
 	defer h.Close()
 	rs, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: proto}, netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
-		l.tb.Fatalf("list routes in %s: %v", ns, err)
+		l.TB.Fatalf("list routes in %s: %v", ns, err)
 	}
 	out := map[netip.Prefix]netip.Addr{}
 	for _, r := range rs {
@@ -168,15 +100,15 @@ type child struct {
 
 // startChild starts role ("speaker" or "reflector") in ns with cfg.
 func (l *lab) startChild(name, ns, role string, cfg Config, peers []Peer) *child {
-	l.tb.Helper()
+	l.TB.Helper()
 	exe, err := os.Executable()
 	if err != nil {
-		l.tb.Fatal(err)
+		l.TB.Fatal(err)
 	}
-	logPath := filepath.Join(l.dir, fmt.Sprintf("%s-%d.log", strings.ReplaceAll(name, "/", "-"), time.Now().UnixNano()))
+	logPath := filepath.Join(l.Dir, fmt.Sprintf("%s-%d.log", strings.ReplaceAll(name, "/", "-"), time.Now().UnixNano()))
 	logf, err := os.Create(logPath)
 	if err != nil {
-		l.tb.Fatal(err)
+		l.TB.Fatal(err)
 	}
 	defer logf.Close()
 	cmd := exec.Command("nsenter", "--net=/run/netns/"+ns, exe, "-test.run=^$")
@@ -184,22 +116,22 @@ func (l *lab) startChild(name, ns, role string, cfg Config, peers []Peer) *child
 	cmd.Stderr = logf
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		l.tb.Fatal(err)
+		l.TB.Fatal(err)
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		l.tb.Fatal(err)
+		l.TB.Fatal(err)
 	}
 	if err := cmd.Start(); err != nil {
-		l.tb.Fatalf("start %s: %v", name, err)
+		l.TB.Fatalf("start %s: %v", name, err)
 	}
-	c := &child{tb: l.tb, name: name, cmd: cmd, in: json.NewEncoder(stdin), out: bufio.NewScanner(stdout), log: logPath}
+	c := &child{tb: l.TB, name: name, cmd: cmd, in: json.NewEncoder(stdin), out: bufio.NewScanner(stdout), log: logPath}
 	c.out.Buffer(make([]byte, 1<<20), 64<<20)
-	l.tb.Cleanup(func() {
+	l.TB.Cleanup(func() {
 		c.kill()
-		if l.tb.Failed() {
+		if l.TB.Failed() {
 			b, _ := os.ReadFile(logPath)
-			l.tb.Logf("---- log of %s ----\n%s", name, tail(string(b), 40))
+			l.TB.Logf("---- log of %s ----\n%s", name, tail(string(b), 40))
 		}
 	})
 	c.call(childReq{Op: "start", Config: &cfg})
@@ -279,7 +211,7 @@ func (l *lab) tunnelLinks(ns string) []string {
 	defer h.Close()
 	links, err := h.LinkList()
 	if err != nil {
-		l.tb.Fatalf("links in %s: %v", ns, err)
+		l.TB.Fatalf("links in %s: %v", ns, err)
 	}
 	var out []string
 	for _, ln := range links {
@@ -293,10 +225,10 @@ func (l *lab) tunnelLinks(ns string) []string {
 
 // tcpEcho serves one-line echoes in ns until the test ends.
 func (l *lab) tcpEcho(ns, addr string) {
-	l.tb.Helper()
+	l.TB.Helper()
 	var ln net.Listener
 	if err := inNS(ns, func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
-		l.tb.Fatalf("listen in %s: %v", ns, err)
+		l.TB.Fatalf("listen in %s: %v", ns, err)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -311,7 +243,7 @@ func (l *lab) tcpEcho(ns, addr string) {
 			_ = c.Close()
 		}
 	}()
-	l.tb.Cleanup(func() { _ = ln.Close(); <-done })
+	l.TB.Cleanup(func() { _ = ln.Close(); <-done })
 }
 
 // tcpRoundTrip dials addr from ns and returns the echoed line.

@@ -42,9 +42,9 @@ func TestTwoClustersNativeRouting(t *testing.T) {
 			ip := fmt.Sprintf("192.0.2.%d%d", ci+1, ni)
 			cidr := netip.MustParsePrefix(fmt.Sprintf("10.%d.%d.0/24", ci+1, ni))
 			n := &meshNode{node: api.Node{Cluster: cl.Name, Name: name, Addresses: []netip.Addr{a(ip)}, BGPAddress: a(ip), PodCIDRs: []netip.Prefix{cidr}}}
-			n.ns = l.host(short, ip)
+			n.ns = l.Host(short, ip)
 			n.podIP = fmt.Sprintf("10.%d.%d.10", ci+1, ni)
-			n.podNS = l.pod(short, short+"p", fmt.Sprintf("10.%d.%d.1", ci+1, ni), n.podIP)
+			n.podNS = l.Pod(short, short+"p", fmt.Sprintf("10.%d.%d.1", ci+1, ni), n.podIP)
 			nodes = append(nodes, n)
 		}
 	}
@@ -61,7 +61,7 @@ func TestTwoClustersNativeRouting(t *testing.T) {
 	var reflectors []*child
 	for i, cl := range clusters {
 		short := fmt.Sprintf("rr%d", i+1)
-		ns := l.host(short, cl.RouteReflector.Addr().String())
+		ns := l.Host(short, cl.RouteReflector.Addr().String())
 		var members []api.Node
 		for _, n := range nodes {
 			if n.node.Cluster == cl.Name {
@@ -120,7 +120,7 @@ func TestTwoClustersNativeRouting(t *testing.T) {
 			t.Fatalf("pod %s -> pod %s: %q, %v", pair[0].cfg.Name, pair[1].cfg.Name, got, err)
 		}
 	}
-	for _, ns := range []string{l.fabric, l.ns("rr1"), l.ns("rr2")} {
+	for _, ns := range []string{l.Fabric, l.NS("rr1"), l.NS("rr2")} {
 		if tun := l.tunnelLinks(ns); len(tun) > 0 {
 			t.Errorf("tunnel devices in %s: %v", ns, tun)
 		}
@@ -159,7 +159,7 @@ func TestTwoClustersNativeRouting(t *testing.T) {
 	// piece of c2/n1's pod CIDR (learned from the reflector already) towards
 	// itself: refused as an overlap; its other prefix is installed. Adding
 	// the peer does not reset the reflector session.
-	torNS := l.host("tor", "192.0.2.254")
+	torNS := l.Host("tor", "192.0.2.254")
 	l.startBird("tor", torNS, `
 router id 192.0.2.254;
 protocol device { scan time 10; }

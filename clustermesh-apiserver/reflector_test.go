@@ -3,8 +3,6 @@ package apiserver_test
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -30,6 +28,7 @@ import (
 	"github.com/clustermesh/clustermesh/bgp"
 	apiserver "github.com/clustermesh/clustermesh/clustermesh-apiserver"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
+	"github.com/clustermesh/clustermesh/internal/netlab"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/pki"
 )
@@ -250,22 +249,14 @@ func childNodeSpeaker(ctx context.Context, spec childSpec, reg *prometheus.Regis
 // Each node's pod CIDR must be installed on the other cluster's node with
 // the owning node as next hop (not a reflector).
 func TestReflectorsFromStore(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces (CI runs as root)")
-	}
-	for _, bin := range []string{"ip", "nsenter"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("needs %s: %v", bin, err)
-		}
-	}
+	l := newLab(t) // skips unless root
 	kubetest.Require(t, nil)
-	l := newLab(t)
 
 	const rr1, rr2, n1, n2 = "192.0.2.1", "192.0.2.2", "192.0.2.11", "192.0.2.21"
-	l.host("rr1", rr1)
-	l.host("rr2", rr2)
-	l.host("n1", n1)
-	l.host("n2", n2)
+	l.Host("rr1", rr1)
+	l.Host("rr2", rr2)
+	l.Host("n1", n1)
+	l.Host("n2", n2)
 
 	ca, err := pki.NewCA("test-mesh", 0)
 	if err != nil {
@@ -409,71 +400,30 @@ func TestReflectorsFromStore(t *testing.T) {
 	}
 }
 
-// lab is a set of network namespaces on one fabric bridge, named with a
-// per-run prefix and deleted in Cleanup even when the test fails.
+// lab is a netlab.Lab with this test's helpers on top: route reads and the
+// apiserver and speaker children.
 type lab struct {
-	t      *testing.T
-	prefix string
-	fabric string
-	dir    string
+	*netlab.Lab
 }
 
-func newLab(t *testing.T) *lab {
-	b := make([]byte, 2)
-	_, _ = rand.Read(b)
-	l := &lab{t: t, prefix: "cm" + hex.EncodeToString(b), dir: t.TempDir()}
-	l.fabric = l.prefix + "-fab"
-	t.Cleanup(func() {
-		out, _ := exec.Command("ip", "netns", "list").Output()
-		for _, line := range strings.Split(string(out), "\n") {
-			name, _, _ := strings.Cut(line, " ")
-			if strings.HasPrefix(name, l.prefix+"-") {
-				_ = exec.Command("ip", "netns", "del", name).Run()
-			}
-		}
-	})
-	l.run("ip", "netns", "add", l.fabric)
-	l.run("ip", "-n", l.fabric, "link", "add", "br0", "type", "bridge")
-	l.run("ip", "-n", l.fabric, "link", "set", "br0", "up")
-	return l
-}
-
-func (l *lab) run(args ...string) {
-	l.t.Helper()
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		l.t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-	}
-}
-
-func (l *lab) ns(short string) string { return l.prefix + "-" + short }
-
-// host adds a namespace with eth0 on the fabric at ip/24 and lo up.
-func (l *lab) host(short, ip string) {
-	ns := l.ns(short)
-	l.run("ip", "netns", "add", ns)
-	l.run("ip", "-n", l.fabric, "link", "add", "v"+short, "type", "veth", "peer", "name", "eth0", "netns", ns)
-	l.run("ip", "-n", l.fabric, "link", "set", "v"+short, "master", "br0", "up")
-	l.run("ip", "-n", ns, "addr", "add", ip+"/24", "dev", "eth0")
-	l.run("ip", "-n", ns, "link", "set", "eth0", "up")
-	l.run("ip", "-n", ns, "link", "set", "lo", "up")
-}
+func newLab(t *testing.T) *lab { return &lab{Lab: netlab.New(t)} }
 
 // routes lists the routes the speaker installed in short's main table.
 func (l *lab) routes(short string) map[netip.Prefix]netip.Addr {
-	l.t.Helper()
-	h, err := netns.GetFromPath("/run/netns/" + l.ns(short))
+	l.TB.Helper()
+	h, err := netns.GetFromPath("/run/netns/" + l.NS(short))
 	if err != nil {
-		l.t.Fatalf("netns %s: %v", short, err)
+		l.TB.Fatalf("netns %s: %v", short, err)
 	}
 	defer h.Close()
 	nh, err := netlink.NewHandleAt(h)
 	if err != nil {
-		l.t.Fatalf("netlink in %s: %v", short, err)
+		l.TB.Fatalf("netlink in %s: %v", short, err)
 	}
 	defer nh.Close()
 	rs, err := nh.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: bgp.RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
-		l.t.Fatalf("list routes in %s: %v", short, err)
+		l.TB.Fatalf("list routes in %s: %v", short, err)
 	}
 	out := map[netip.Prefix]netip.Addr{}
 	for _, r := range rs {
@@ -500,38 +450,38 @@ type labChild struct {
 // start runs role in namespace short with spec; Cleanup closes its stdin
 // (it stops cleanly) and kills it if it has not exited after 30 s.
 func (l *lab) start(name, short, role string, spec childSpec) *labChild {
-	l.t.Helper()
+	l.TB.Helper()
 	exe, err := os.Executable()
 	if err != nil {
-		l.t.Fatal(err)
+		l.TB.Fatal(err)
 	}
 	js, err := json.Marshal(spec)
 	if err != nil {
-		l.t.Fatal(err)
+		l.TB.Fatal(err)
 	}
-	logPath := filepath.Join(l.dir, name+".log")
+	logPath := filepath.Join(l.Dir, name+".log")
 	logf, err := os.Create(logPath)
 	if err != nil {
-		l.t.Fatal(err)
+		l.TB.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command("nsenter", "--net=/run/netns/"+l.ns(short), exe, "-test.run=^$")
+	cmd := exec.Command("nsenter", "--net=/run/netns/"+l.NS(short), exe, "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"="+role, childSpecEnv+"="+string(js))
 	cmd.Stderr = logf
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		l.t.Fatal(err)
+		l.TB.Fatal(err)
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		l.t.Fatal(err)
+		l.TB.Fatal(err)
 	}
 	if err := cmd.Start(); err != nil {
-		l.t.Fatalf("start %s: %v", name, err)
+		l.TB.Fatalf("start %s: %v", name, err)
 	}
 	c := &labChild{name: name, cmd: cmd, stdin: stdin, out: bufio.NewScanner(stdout), log: logPath}
 	c.out.Buffer(make([]byte, 1<<20), 16<<20)
-	l.t.Cleanup(func() {
+	l.TB.Cleanup(func() {
 		_ = stdin.Close()
 		done := make(chan struct{})
 		go func() {
@@ -544,10 +494,10 @@ func (l *lab) start(name, short, role string, spec childSpec) *labChild {
 			_ = cmd.Process.Kill()
 			<-done
 		}
-		if l.t.Failed() {
+		if l.TB.Failed() {
 			b, _ := os.ReadFile(logPath)
 			lines := strings.Split(string(b), "\n")
-			l.t.Logf("---- log of %s ----\n%s", name, strings.Join(lines[max(0, len(lines)-40):], "\n"))
+			l.TB.Logf("---- log of %s ----\n%s", name, strings.Join(lines[max(0, len(lines)-40):], "\n"))
 		}
 	})
 	return c
