@@ -3,8 +3,6 @@ package apiserver
 import (
 	"context"
 	"fmt"
-	"net"
-	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -13,45 +11,26 @@ import (
 
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/kvstore"
-	"github.com/clustermesh/clustermesh/pki"
+	"github.com/clustermesh/clustermesh/pki/pkitest"
 )
 
 // testStore starts an embedded etcd (the real kvstore server) and returns an
 // admin client of it.
 func testStore(t testing.TB) *kvstore.Client {
 	t.Helper()
-	dir := t.TempDir()
-	ca, err := pki.NewCA("test", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := func(name string, b []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	sc, sk, err := ca.Issue(pki.IssueOptions{CommonName: "c1", IPs: []net.IP{net.ParseIP("127.0.0.1")}, Server: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ac, ak, err := ca.Issue(pki.IssueOptions{CommonName: kvstore.UserAdmin, Client: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile := write("ca.crt", ca.CertPEM())
+	certs := pkitest.New(t, "c1")
+	adminCert, adminKey := certs.Client(kvstore.UserAdmin)
 	srv, err := kvstore.StartServer(context.Background(), kvstore.ServerConfig{
-		Cluster: "c1", DataDir: filepath.Join(dir, "etcd"), CAFile: caFile,
-		CertFile: write("s.crt", sc), KeyFile: write("s.key", sk), UnsafeNoFsync: true,
+		Cluster: "c1", DataDir: filepath.Join(certs.Dir, "etcd"), CAFile: certs.CAFile,
+		CertFile: certs.ServerCert, KeyFile: certs.ServerKey, UnsafeNoFsync: true,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
 	c, err := kvstore.New(context.Background(), kvstore.Config{
-		Endpoints: []string{srv.Endpoint()}, CAFile: caFile,
-		CertFile: write("a.crt", ac), KeyFile: write("a.key", ak),
+		Endpoints: []string{srv.Endpoint()}, CAFile: certs.CAFile,
+		CertFile: adminCert, KeyFile: adminKey,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sync"
 
@@ -26,7 +25,7 @@ import (
 	apiserver "github.com/clustermesh/clustermesh/clustermesh-apiserver"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
 	"github.com/clustermesh/clustermesh/kvstore"
-	"github.com/clustermesh/clustermesh/pki"
+	"github.com/clustermesh/clustermesh/pki/pkitest"
 )
 
 // env is a real Kubernetes control plane plus what a clustermesh-apiserver
@@ -44,26 +43,8 @@ type env struct {
 func newEnv(t testing.TB, cluster string, id uint32) *env {
 	t.Helper()
 	kube := kubetest.Start(t, &kubetest.Options{ControllerManager: true})
-	dir := t.TempDir()
-	ca, err := pki.NewCA("test-mesh", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := func(name string, b []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	srvCert, srvKey, err := ca.Issue(pki.IssueOptions{CommonName: cluster, IPs: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"}, Server: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	admCert, admKey, err := ca.Issue(pki.IssueOptions{CommonName: kvstore.UserAdmin, Client: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	certs := pkitest.New(t, cluster)
+	admCert, admKey := certs.Client(kvstore.UserAdmin)
 	// A fixed port, so the test's client finds the store again after an
 	// apiserver restart.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -76,13 +57,10 @@ func newEnv(t testing.TB, cluster string, id uint32) *env {
 	cfg := apiserver.DefaultConfig()
 	cfg.ClusterName = cluster
 	cfg.ClusterID = id
-	cfg.EtcdDataDir = filepath.Join(dir, "etcd")
+	cfg.EtcdDataDir = filepath.Join(certs.Dir, "etcd")
 	cfg.EtcdListenClientURL = "https://127.0.0.1:" + strconv.Itoa(port)
-	cfg.EtcdCA = write("ca.crt", ca.CertPEM())
-	cfg.EtcdCert = write("server.crt", srvCert)
-	cfg.EtcdKey = write("server.key", srvKey)
-	cfg.EtcdAdminCert = write("admin.crt", admCert)
-	cfg.EtcdAdminKey = write("admin.key", admKey)
+	cfg.EtcdCA, cfg.EtcdCert, cfg.EtcdKey = certs.CAFile, certs.ServerCert, certs.ServerKey
+	cfg.EtcdAdminCert, cfg.EtcdAdminKey = admCert, admKey
 	cfg.HealthAddr = "127.0.0.1:0"
 	cfg.UnsafeNoFsync = true
 	cfg.LeaseTTL = time.Minute

@@ -14,7 +14,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/internal/kubetest"
 	"github.com/clustermesh/clustermesh/kvstore"
-	"github.com/clustermesh/clustermesh/pki"
+	"github.com/clustermesh/clustermesh/pki/pkitest"
 )
 
 // TestBinary builds the command, checks that --help explains every flag,
@@ -43,25 +43,8 @@ func TestBinary(t *testing.T) {
 	}
 
 	kube := kubetest.Start(t, nil)
-	ca, err := pki.NewCA("test", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := func(name string, b []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	sc, sk, err := ca.Issue(pki.IssueOptions{CommonName: "c1", IPs: []net.IP{net.ParseIP("127.0.0.1")}, Server: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ac, ak, err := ca.Issue(pki.IssueOptions{CommonName: kvstore.UserAdmin, Client: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	certs := pkitest.New(t, "c1")
+	adminCert, adminKey := certs.Client(kvstore.UserAdmin)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -71,8 +54,8 @@ func TestBinary(t *testing.T) {
 	cmd := exec.Command(bin,
 		"--cluster-name=c1", "--cluster-id=1", "--kubeconfig="+kube.Kubeconfig,
 		"--etcd-data-dir="+filepath.Join(dir, "etcd"), "--etcd-listen-client-url=https://0.0.0.0:0",
-		"--etcd-ca="+write("ca.crt", ca.CertPEM()), "--etcd-cert="+write("s.crt", sc), "--etcd-key="+write("s.key", sk),
-		"--etcd-admin-cert="+write("a.crt", ac), "--etcd-admin-key="+write("a.key", ak),
+		"--etcd-ca="+certs.CAFile, "--etcd-cert="+certs.ServerCert, "--etcd-key="+certs.ServerKey,
+		"--etcd-admin-cert="+adminCert, "--etcd-admin-key="+adminKey,
 		"--etcd-unsafe-no-fsync", "--health-addr="+health)
 	logf, err := os.Create(filepath.Join(dir, "apiserver.log"))
 	if err != nil {
