@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clustermesh/clustermesh/kind-tests/harness"
+	"github.com/clustermesh/clustermesh/kind-tests/emulator"
 )
 
 // BenchmarkNodeDeath measures what a hard node death costs a client in
@@ -19,8 +19,8 @@ import (
 func BenchmarkNodeDeath(b *testing.B) {
 	for _, health := range []bool{true, false} {
 		b.Run(fmt.Sprintf("health=%v", health), func(b *testing.B) {
-			requireParts(b, harness.PartAgent, harness.PartAPIServer, harness.PartCLI,
-				harness.PartKubectl, harness.PartKubeAPIServer, harness.PartKCM, harness.PartEtcd)
+			requireParts(b, emulator.PartAgent, emulator.PartAPIServer, emulator.PartCLI,
+				emulator.PartKubectl, emulator.PartKubeAPIServer, emulator.PartKCM, emulator.PartEtcd)
 			var lastFail, failedPct float64
 			for range b.N {
 				l, f := nodeDeathOnce(b, health)
@@ -37,7 +37,7 @@ func nodeDeathOnce(b *testing.B, health bool) (lastFailMs, failedPct float64) {
 	b.StopTimer()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	r, err := harness.New(ctx, harness.Options{})
+	r, err := emulator.New(ctx, emulator.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -45,11 +45,11 @@ func nodeDeathOnce(b *testing.B, health bool) (lastFailMs, failedPct float64) {
 	if !health {
 		r.AgentArgs = append(r.AgentArgs, "--health=false")
 	}
-	m, err := harness.NewMesh(ctx, r, bins, harness.MeshOptions{})
+	m, err := emulator.NewMesh(ctx, r, bins, emulator.MeshOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}
-	env := &Env{Mesh: m, Service: "echo", Replicas: 2, Report: &harness.Report{}}
+	env := &Env{Mesh: m, Service: "echo", Replicas: 2, Report: &emulator.Report{}}
 	if err := Setup(ctx, env); err != nil {
 		b.Fatal(err)
 	}

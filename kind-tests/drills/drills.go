@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/clustermesh/clustermesh/kind-tests/harness"
+	"github.com/clustermesh/clustermesh/kind-tests/emulator"
 )
 
 // ErrDrill is wrapped by every drill failure.
@@ -17,12 +17,12 @@ var ErrDrill = errors.New("drill failed")
 
 // Env is what drills run against.
 type Env struct {
-	Mesh *harness.Mesh
+	Mesh *emulator.Mesh
 	// Service is the global echo service deployed in every cluster.
 	Service string
 	// Replicas is how many echo pods each cluster runs normally.
 	Replicas int
-	Report   *harness.Report
+	Report   *emulator.Report
 	// Logf reports progress (t.Logf, or the demo's printer).
 	Logf func(format string, args ...any)
 	// Wait bounds each wait for a condition; default 90s.
@@ -44,18 +44,18 @@ func (e *Env) logf(format string, args ...any) {
 
 // Traffic starts a probe on node n aimed at the service's ClusterIP in n's
 // cluster. The caller stops it.
-func (e *Env) Traffic(ctx context.Context, n *harness.Node, proto string) (*harness.Traffic, error) {
+func (e *Env) Traffic(ctx context.Context, n *emulator.Node, proto string) (*emulator.Traffic, error) {
 	vip, err := e.Mesh.ServiceIP(ctx, n.Cluster, e.Service)
 	if err != nil {
 		return nil, err
 	}
-	return n.StartTraffic(e.Mesh.Bins, fmt.Sprintf("probe-%s-%d", proto, time.Now().UnixNano()%100000), netip.AddrPortFrom(vip, 80), &harness.TrafficOptions{Proto: proto})
+	return n.StartTraffic(e.Mesh.Bins, fmt.Sprintf("probe-%s-%d", proto, time.Now().UnixNano()%100000), netip.AddrPortFrom(vip, 80), &emulator.TrafficOptions{Proto: proto})
 }
 
 // from returns a predicate: a successful attempt answered by a pod of one of
 // the clusters.
-func (e *Env) from(clusters ...*harness.Cluster) func(harness.Attempt) bool {
-	return func(a harness.Attempt) bool {
+func (e *Env) from(clusters ...*emulator.Cluster) func(emulator.Attempt) bool {
+	return func(a emulator.Attempt) bool {
 		if !a.OK {
 			return false
 		}
@@ -71,7 +71,7 @@ func (e *Env) from(clusters ...*harness.Cluster) func(harness.Attempt) bool {
 
 // waitSeen waits until tr has had answers from every cluster of want since
 // since, and returns when the last of them first answered.
-func (e *Env) waitSeen(ctx context.Context, tr *harness.Traffic, since time.Time, want ...*harness.Cluster) (time.Time, error) {
+func (e *Env) waitSeen(ctx context.Context, tr *emulator.Traffic, since time.Time, want ...*emulator.Cluster) (time.Time, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.wait())
 	defer cancel()
 	for {
@@ -102,7 +102,7 @@ func (e *Env) waitSeen(ctx context.Context, tr *harness.Traffic, since time.Time
 		}
 		select {
 		case <-ctx.Done():
-			s := harness.Summarize(tr.Attempts(since))
+			s := emulator.Summarize(tr.Attempts(since))
 			return time.Time{}, fmt.Errorf("%w: traffic from %s: no answer from cluster(s) %v (answers: %v, failures: %v)", ErrDrill, tr.Node.Name, missing, s.PerBackend, s.Errors)
 		case <-time.After(100 * time.Millisecond):
 		}
@@ -111,7 +111,7 @@ func (e *Env) waitSeen(ctx context.Context, tr *harness.Traffic, since time.Time
 
 // waitOnly waits for n consecutive successful attempts answered by pods of
 // the given clusters and returns the first of them.
-func (e *Env) waitOnly(ctx context.Context, tr *harness.Traffic, since time.Time, n int, clusters ...*harness.Cluster) (harness.Attempt, error) {
+func (e *Env) waitOnly(ctx context.Context, tr *emulator.Traffic, since time.Time, n int, clusters ...*emulator.Cluster) (emulator.Attempt, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.wait())
 	defer cancel()
 	a, err := tr.WaitFor(ctx, since, n, e.from(clusters...))
@@ -120,14 +120,14 @@ func (e *Env) waitOnly(ctx context.Context, tr *harness.Traffic, since time.Time
 		for i, c := range clusters {
 			names[i] = c.Name
 		}
-		s := harness.Summarize(tr.Attempts(since))
+		s := emulator.Summarize(tr.Attempts(since))
 		return a, fmt.Errorf("%w: traffic from %s: want %d answers in a row from %v: %v (answers: %v, failures: %v)", ErrDrill, tr.Node.Name, n, names, err, s.PerBackend, s.Errors)
 	}
 	return a, nil
 }
 
 // split formats how many answers each cluster gave.
-func (e *Env) split(as []harness.Attempt) string {
+func (e *Env) split(as []emulator.Attempt) string {
 	per := map[string]int{}
 	fail := 0
 	for _, a := range as {
@@ -150,7 +150,7 @@ func (e *Env) split(as []harness.Attempt) string {
 	return strings.Join(parts, " ")
 }
 
-func failures(as []harness.Attempt) int {
+func failures(as []emulator.Attempt) int {
 	n := 0
 	for _, a := range as {
 		if !a.OK {
@@ -160,7 +160,7 @@ func failures(as []harness.Attempt) int {
 	return n
 }
 
-func (e *Env) c(i int) *harness.Cluster { return e.Mesh.Clusters[i] }
+func (e *Env) c(i int) *emulator.Cluster { return e.Mesh.Clusters[i] }
 
 // settle lets traffic run for d.
 func settle(ctx context.Context, d time.Duration) error {
@@ -172,7 +172,7 @@ func settle(ctx context.Context, d time.Duration) error {
 	}
 }
 
-func stop(tr *harness.Traffic) {
+func stop(tr *emulator.Traffic) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	_ = tr.Stop(ctx)

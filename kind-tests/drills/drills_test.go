@@ -10,15 +10,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clustermesh/clustermesh/kind-tests/harness"
+	"github.com/clustermesh/clustermesh/kind-tests/emulator"
 )
 
-var bins *harness.Binaries
+var bins *emulator.Binaries
 
 func TestMain(m *testing.M) {
 	os.Exit(func() int {
 		if os.Geteuid() == 0 {
-			root, err := harness.ModuleRoot()
+			root, err := emulator.ModuleRoot()
 			if err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				return 1
@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 				return 1
 			}
 			defer os.RemoveAll(dir)
-			if bins, err = harness.Build(context.Background(), root, dir, nil); err != nil {
+			if bins, err = emulator.Build(context.Background(), root, dir, nil); err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				return 1
 			}
@@ -59,13 +59,13 @@ func requireParts(t testing.TB, parts ...string) {
 			broken = append(broken, fmt.Sprintf("%s (%v)", p, e))
 			continue
 		}
-		if strings.HasPrefix(bins.Missing[p], "hack/bin/") && harness.InCI() {
+		if strings.HasPrefix(bins.Missing[p], "hack/bin/") && emulator.InCI() {
 			broken = append(broken, p+" ("+bins.Missing[p]+")")
 			continue
 		}
 		missing = append(missing, p+": "+bins.Missing[p])
 	}
-	if len(broken) > 0 && harness.InCI() {
+	if len(broken) > 0 && emulator.InCI() {
 		t.Fatalf("parts exist but are not usable (CI=true: drills must run): %s", strings.Join(broken, "; "))
 	}
 	t.Skipf("drills need parts not usable yet: %s", strings.Join(append(missing, broken...), "; "))
@@ -74,20 +74,20 @@ func requireParts(t testing.TB, parts ...string) {
 // agentHas reports whether the agent binary mentions flag in its help, which
 // tells whether an optional capability (e.g. health gossip) was built in.
 func agentHas(flag string) bool {
-	out, _ := harness.CommandOutput(bins.Path(harness.PartAgent), "--help")
+	out, _ := emulator.CommandOutput(bins.Path(emulator.PartAgent), "--help")
 	return strings.Contains(out, flag)
 }
 
 // TestDrills runs every drill of Sequence, in order, on one mesh of two
 // clusters of two nodes, and prints the figures.
 func TestDrills(t *testing.T) {
-	requireParts(t, harness.PartAgent, harness.PartAPIServer, harness.PartCLI,
-		harness.PartKubectl, harness.PartKubeAPIServer, harness.PartKCM, harness.PartEtcd)
+	requireParts(t, emulator.PartAgent, emulator.PartAPIServer, emulator.PartCLI,
+		emulator.PartKubectl, emulator.PartKubeAPIServer, emulator.PartKCM, emulator.PartEtcd)
 	// Below go test's default 10 minute timeout, so that a stuck drill
 	// fails with its report and logs rather than a goroutine dump.
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	r, err := harness.New(ctx, harness.Options{})
+	r, err := emulator.New(ctx, emulator.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,12 +100,12 @@ func TestDrills(t *testing.T) {
 		}
 	})
 	// CLUSTERMESH_DRILLS_ROUTING=bgp|agent|harness picks who routes pod
-	// CIDRs (see harness.MeshOptions); empty is the default.
-	m, err := harness.NewMesh(ctx, r, bins, harness.MeshOptions{Clusters: 2, Nodes: 2, Routing: os.Getenv("CLUSTERMESH_DRILLS_ROUTING")})
+	// CIDRs (see emulator.MeshOptions); empty is the default.
+	m, err := emulator.NewMesh(ctx, r, bins, emulator.MeshOptions{Clusters: 2, Nodes: 2, Routing: os.Getenv("CLUSTERMESH_DRILLS_ROUTING")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	report := &harness.Report{}
+	report := &emulator.Report{}
 	env := &Env{Mesh: m, Service: "echo", Replicas: 2, Report: report, Logf: t.Logf}
 	t.Logf("routing: %s", m.Routing)
 	t.Cleanup(func() {

@@ -8,7 +8,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/clustermesh/clustermesh/kind-tests/harness"
+	"github.com/clustermesh/clustermesh/kind-tests/emulator"
 )
 
 // Drill is one named drill.
@@ -42,12 +42,12 @@ func Setup(ctx context.Context, e *Env) error {
 	if err := m.Enable(ctx); err != nil {
 		return err
 	}
-	e.Report.Add("setup", "clustermesh enable (all clusters) → agents running", harness.Ms(time.Since(t0)), "pass")
+	e.Report.Add("setup", "clustermesh enable (all clusters) → agents running", emulator.Ms(time.Since(t0)), "pass")
 	t1 := time.Now()
 	if err := m.Connect(ctx); err != nil {
 		return err
 	}
-	e.Report.Add("setup", "clustermesh connect", harness.Ms(time.Since(t1)), "pass")
+	e.Report.Add("setup", "clustermesh connect", emulator.Ms(time.Since(t1)), "pass")
 	for _, c := range m.Clusters {
 		if err := m.DeployEcho(ctx, c, e.Service, e.Replicas); err != nil {
 			return err
@@ -62,10 +62,10 @@ func Setup(ctx context.Context, e *Env) error {
 }
 
 // waitReadyPods waits until cluster c's echo Deployment has n ready pods.
-func waitReadyPods(ctx context.Context, c *harness.Cluster, service string, n int, d time.Duration) error {
+func waitReadyPods(ctx context.Context, c *emulator.Cluster, service string, n int, d time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	name := harness.EchoDeploymentName(service, c)
+	name := emulator.EchoDeploymentName(service, c)
 	for {
 		dep, err := c.ControlPlane().Client.AppsV1().Deployments("default").Get(ctx, name, metav1.GetOptions{})
 		if err == nil && int(dep.Status.ReadyReplicas) == n && int(dep.Status.Replicas) == n {
@@ -100,7 +100,7 @@ func GlobalService(ctx context.Context, e *Env) error {
 				return err
 			}
 			as := tr.Attempts(mark)
-			e.Report.Add("global service", fmt.Sprintf("%s from %s: answers from every cluster after", proto, c.Name), harness.Ms(seen.Sub(start)), "pass")
+			e.Report.Add("global service", fmt.Sprintf("%s from %s: answers from every cluster after", proto, c.Name), emulator.Ms(seen.Sub(start)), "pass")
 			e.Report.Add("global service", fmt.Sprintf("%s from %s: split over 2 s", proto, c.Name), e.split(as), "pass")
 			e.logf("%s from %s reaches every cluster (%s)", proto, c.Name, e.split(as))
 		}
@@ -131,7 +131,7 @@ func AffinityLocal(ctx context.Context, e *Env) error {
 	if err := settle(ctx, time.Second); err != nil {
 		return err
 	}
-	if as := tr.Attempts(mark); slices.ContainsFunc(as, func(a harness.Attempt) bool { return !e.from(c1)(a) }) {
+	if as := tr.Attempts(mark); slices.ContainsFunc(as, func(a emulator.Attempt) bool { return !e.from(c1)(a) }) {
 		return fmt.Errorf("%w: affinity local with local backends ready: %s", ErrDrill, e.split(as))
 	}
 	e.Report.Add("affinity local", "all local while local pods ready", e.split(tr.Attempts(mark)), "pass")
@@ -145,7 +145,7 @@ func AffinityLocal(ctx context.Context, e *Env) error {
 		return fmt.Errorf("failover: %w", err)
 	}
 	during := tr.Attempts(scaled)
-	e.Report.Add("affinity local", "scale c1 to 0 → traffic on c2 after", harness.Ms(first.At.Sub(scaled)), "pass")
+	e.Report.Add("affinity local", "scale c1 to 0 → traffic on c2 after", emulator.Ms(first.At.Sub(scaled)), "pass")
 	e.Report.Add("affinity local", "failed attempts during failover", fmt.Sprint(failures(during)), "pass")
 	e.logf("failover to %s after %v (%d failed attempts)", c2.Name, first.At.Sub(scaled), failures(during))
 
@@ -157,7 +157,7 @@ func AffinityLocal(ctx context.Context, e *Env) error {
 	if err != nil {
 		return fmt.Errorf("return: %w", err)
 	}
-	e.Report.Add("affinity local", "scale c1 back → traffic local again after", harness.Ms(ret.At.Sub(back)), "pass")
+	e.Report.Add("affinity local", "scale c1 back → traffic local again after", emulator.Ms(ret.At.Sub(back)), "pass")
 	e.Report.Add("affinity local", "failed attempts during return", fmt.Sprint(failures(tr.Attempts(back))), "pass")
 	return waitReadyPods(ctx, c1, e.Service, e.Replicas, e.wait())
 }
@@ -174,7 +174,7 @@ func AgentRestart(ctx context.Context, e *Env) error {
 	}
 	defer stop(tr)
 	start := time.Now()
-	if _, err := tr.WaitFor(ctx, start, 20, func(a harness.Attempt) bool { return a.OK }); err != nil {
+	if _, err := tr.WaitFor(ctx, start, 20, func(a emulator.Attempt) bool { return a.OK }); err != nil {
 		return fmt.Errorf("%w: before restart: %v", ErrDrill, err)
 	}
 	cp := c1.ControlPlane()
@@ -288,11 +288,11 @@ func StoreDown(ctx context.Context, e *Env) error {
 	}
 	ctxW, cancel := context.WithTimeout(ctx, e.wait())
 	defer cancel()
-	seen, err := tr.WaitFor(ctxW, up, 1, func(a harness.Attempt) bool { return a.OK && a.Backend == newPod })
+	seen, err := tr.WaitFor(ctxW, up, 1, func(a emulator.Attempt) bool { return a.OK && a.Backend == newPod })
 	if err != nil {
 		return fmt.Errorf("%w: after %s's store restarted, pod %s added meanwhile never answered: %v", ErrDrill, c2.Name, newPod, err)
 	}
-	e.Report.Add("store down", "store restarted → pod added while down answers after", harness.Ms(seen.At.Sub(up)), "pass")
+	e.Report.Add("store down", "store restarted → pod added while down answers after", emulator.Ms(seen.At.Sub(up)), "pass")
 	e.logf("%s converged %v after its store restarted", c2.Name, seen.At.Sub(up))
 	if err := m.ScaleEcho(ctx, c2, e.Service, e.Replicas); err != nil {
 		return err
@@ -301,7 +301,7 @@ func StoreDown(ctx context.Context, e *Env) error {
 }
 
 // newestPod returns the name of the most recently created echo pod of c.
-func newestPod(ctx context.Context, c *harness.Cluster, service string) (string, error) {
+func newestPod(ctx context.Context, c *emulator.Cluster, service string) (string, error) {
 	pods, err := c.ControlPlane().Client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=" + service})
 	if err != nil {
 		return "", err
@@ -326,7 +326,7 @@ func newestPod(ctx context.Context, c *harness.Cluster, service string) (string,
 // the failed attempts.
 func NodeDeath(ctx context.Context, e *Env) error {
 	c1, c2 := e.c(0), e.c(1)
-	var victim *harness.Node
+	var victim *emulator.Node
 	for _, n := range c2.Nodes() {
 		if len(n.Pods()) > 0 && n != c2.Nodes()[0] {
 			victim = n
@@ -375,7 +375,7 @@ func NodeDeath(ctx context.Context, e *Env) error {
 		took = lastFail.Sub(killed)
 	}
 	_ = ok
-	e.Report.Add("node death", fmt.Sprintf("kill %s → last failed attempt after", victim.Name), harness.Ms(took), "pass")
+	e.Report.Add("node death", fmt.Sprintf("kill %s → last failed attempt after", victim.Name), emulator.Ms(took), "pass")
 	e.Report.Add("node death", "failed attempts", fmt.Sprintf("%d of %d", failures(as), len(as)), "pass")
 	e.logf("node %s dead: backends left load balancing within %v (%d failed attempts)", victim.Name, took, failures(as))
 	return nil
@@ -385,8 +385,8 @@ func NodeDeath(ctx context.Context, e *Env) error {
 // cluster's traffic drains to its own backends only. Figure: time to drain.
 func Disconnect(ctx context.Context, e *Env) error {
 	m, c1, c2 := e.Mesh, e.c(0), e.c(1)
-	var trs []*harness.Traffic
-	for _, c := range []*harness.Cluster{c1, c2} {
+	var trs []*emulator.Traffic
+	for _, c := range []*emulator.Cluster{c1, c2} {
 		tr, err := e.Traffic(ctx, c.Nodes()[0], "tcp")
 		if err != nil {
 			return err
@@ -404,12 +404,12 @@ func Disconnect(ctx context.Context, e *Env) error {
 	if err := m.Disconnect(ctx, c1, c2); err != nil {
 		return err
 	}
-	for i, c := range []*harness.Cluster{c1, c2} {
+	for i, c := range []*emulator.Cluster{c1, c2} {
 		a, err := e.waitOnly(ctx, trs[i], disc, 100, c)
 		if err != nil {
 			return fmt.Errorf("after disconnect: %w", err)
 		}
-		e.Report.Add("disconnect", fmt.Sprintf("%s's traffic only local after", c.Name), harness.Ms(a.At.Sub(disc)), "pass")
+		e.Report.Add("disconnect", fmt.Sprintf("%s's traffic only local after", c.Name), emulator.Ms(a.At.Sub(disc)), "pass")
 		e.Report.Add("disconnect", fmt.Sprintf("%s's failed attempts while draining", c.Name), fmt.Sprint(failures(trs[i].Attempts(disc))), "")
 	}
 	return nil

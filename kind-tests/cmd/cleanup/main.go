@@ -13,13 +13,13 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/clustermesh/clustermesh/kind-tests/harness"
+	"github.com/clustermesh/clustermesh/kind-tests/emulator"
 )
 
 func main() {
 	prefix := flag.String("prefix", "", "clean only this run (default: every run)")
 	flag.Parse()
-	done, err := harness.Clean(context.Background(), *prefix)
+	done, err := emulator.Clean(context.Background(), *prefix)
 	for _, d := range done {
 		fmt.Println(d)
 	}

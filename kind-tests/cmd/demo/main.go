@@ -33,7 +33,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/kind-tests/drills"
-	"github.com/clustermesh/clustermesh/kind-tests/harness"
+	"github.com/clustermesh/clustermesh/kind-tests/emulator"
 )
 
 func main() {
@@ -69,7 +69,7 @@ func run(ctx context.Context, keep, verbose bool) error {
 	if os.Geteuid() != 0 {
 		return errors.New("run as root (sudo): the demo creates network namespaces, cgroups and eBPF programs")
 	}
-	root, err := harness.ModuleRoot()
+	root, err := emulator.ModuleRoot()
 	if err != nil {
 		return err
 	}
@@ -96,18 +96,18 @@ health), installed and joined with the clustermesh CLI and kubectl.`)
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bins, err := harness.Build(ctx, root, dir, log)
+	bins, err := emulator.Build(ctx, root, dir, log)
 	if err != nil {
 		return err
 	}
-	if err := bins.Require(harness.PartAgent, harness.PartAPIServer, harness.PartCLI, harness.PartKubectl,
-		harness.PartKubeAPIServer, harness.PartKCM, harness.PartEtcd); err != nil {
+	if err := bins.Require(emulator.PartAgent, emulator.PartAPIServer, emulator.PartCLI, emulator.PartKubectl,
+		emulator.PartKubeAPIServer, emulator.PartKCM, emulator.PartEtcd); err != nil {
 		return fmt.Errorf("cannot run the demo: %w", err)
 	}
 	o.info("built clustermesh, clustermesh-apiserver, clustermesh-agent")
 
 	o.step("Creating two clusters, c1 and c2, with two nodes each")
-	r, err := harness.New(ctx, harness.Options{Log: log})
+	r, err := emulator.New(ctx, emulator.Options{Log: log})
 	if err != nil {
 		return err
 	}
@@ -128,7 +128,7 @@ health), installed and joined with the clustermesh CLI and kubectl.`)
 		}
 	}()
 	o.info("run prefix %s (every namespace, link and cgroup is named with it)", r.Prefix)
-	m, err := harness.NewMesh(ctx, r, bins, harness.MeshOptions{Clusters: 2, Nodes: 2})
+	m, err := emulator.NewMesh(ctx, r, bins, emulator.MeshOptions{Clusters: 2, Nodes: 2})
 	if err != nil {
 		return err
 	}
@@ -140,14 +140,14 @@ health), installed and joined with the clustermesh CLI and kubectl.`)
 		o.info("%s: kube-apiserver %s; nodes %s", c.Name, c.ControlPlane().Kube.URL, strings.Join(nodes, ", "))
 	}
 	o.info("kubeconfig with contexts c1 and c2: %s", r.Kubeconfig())
-	if m.Routing == harness.RoutingAgent {
+	if m.Routing == emulator.RoutingAgent {
 		o.info("pod CIDRs: routed inside each cluster by the demo (as a CNI would), between clusters by the agents")
 	} else {
 		o.info("pod CIDRs: routed between all nodes by static routes the demo installs")
 	}
 	m.OnCommand = func(cmdline string) { fmt.Printf("    $ %s\n", cmdline) }
 
-	report := &harness.Report{}
+	report := &emulator.Report{}
 	env := &drills.Env{Mesh: m, Service: "echo", Replicas: 2, Report: report, Logf: func(string, ...any) {}}
 
 	o.step("Installing the mesh in both clusters, connecting them, deploying an echo service")
@@ -205,7 +205,7 @@ health), installed and joined with the clustermesh CLI and kubectl.`)
 	}
 	during := tr.Attempts(failAt)
 	o.info("traffic moved to c2 after %v; %d connection attempt(s) failed meanwhile", fo.At.Sub(failAt).Round(time.Millisecond), countFailed(during))
-	report.Add("failover", "c1 scaled to 0 → answers from c2 after", harness.Ms(fo.At.Sub(failAt)), "pass")
+	report.Add("failover", "c1 scaled to 0 → answers from c2 after", emulator.Ms(fo.At.Sub(failAt)), "pass")
 	report.Add("failover", "failed attempts during failover", fmt.Sprint(countFailed(during)), "")
 
 	o.step("Restoring c1's backends: scale back to 2")
@@ -218,7 +218,7 @@ health), installed and joined with the clustermesh CLI and kubectl.`)
 		return err
 	}
 	o.info("traffic back on c1 after %v", rb.At.Sub(backAt).Round(time.Millisecond))
-	report.Add("failback", "c1 scaled back → answers from c1 after", harness.Ms(rb.At.Sub(backAt)), "pass")
+	report.Add("failback", "c1 scaled back → answers from c1 after", emulator.Ms(rb.At.Sub(backAt)), "pass")
 
 	o.step("Hard failure: node %s loses power (off the network, every process killed, Kubernetes not told)", c2.Nodes()[1].Name)
 	if err := m.MarkGlobal(ctx, "echo", "none"); err != nil {
@@ -258,7 +258,7 @@ health), installed and joined with the clustermesh CLI and kubectl.`)
 		o.info("the agents' health gossip declared it dead: last failed attempt %v after the failure; next 5 s: %s",
 			took.Round(time.Millisecond), split(m, after))
 	}
-	report.Add("node death", victim.Name+" killed → last failed attempt after", harness.Ms(took), result)
+	report.Add("node death", victim.Name+" killed → last failed attempt after", emulator.Ms(took), result)
 	report.Add("node death", "failed attempts in the 5 s after", fmt.Sprintf("%d of %d", countFailed(after), len(after)), "")
 
 	o.step("Mesh status as the CLI reports it")
@@ -347,7 +347,7 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-func waitBoth(ctx context.Context, tr *harness.Traffic, m *harness.Mesh, since time.Time) error {
+func waitBoth(ctx context.Context, tr *emulator.Traffic, m *emulator.Mesh, since time.Time) error {
 	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
 	for {
@@ -368,10 +368,10 @@ func waitBoth(ctx context.Context, tr *harness.Traffic, m *harness.Mesh, since t
 	}
 }
 
-func waitOnly(ctx context.Context, tr *harness.Traffic, m *harness.Mesh, since time.Time, n int, cluster string) (harness.Attempt, error) {
+func waitOnly(ctx context.Context, tr *emulator.Traffic, m *emulator.Mesh, since time.Time, n int, cluster string) (emulator.Attempt, error) {
 	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
-	a, err := tr.WaitFor(ctx, since, n, func(a harness.Attempt) bool {
+	a, err := tr.WaitFor(ctx, since, n, func(a emulator.Attempt) bool {
 		return a.OK && m.ClusterOf("echo", a.Backend) == cluster
 	})
 	if err != nil {
@@ -380,7 +380,7 @@ func waitOnly(ctx context.Context, tr *harness.Traffic, m *harness.Mesh, since t
 	return a, nil
 }
 
-func split(m *harness.Mesh, as []harness.Attempt) string {
+func split(m *emulator.Mesh, as []emulator.Attempt) string {
 	per := map[string]int{}
 	failed := 0
 	for _, a := range as {
@@ -403,7 +403,7 @@ func split(m *harness.Mesh, as []harness.Attempt) string {
 	return strings.Join(parts, ", ")
 }
 
-func countFailed(as []harness.Attempt) int {
+func countFailed(as []emulator.Attempt) int {
 	n := 0
 	for _, a := range as {
 		if !a.OK {

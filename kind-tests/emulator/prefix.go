@@ -1,4 +1,4 @@
-package harness
+package emulator
 
 import (
 	"crypto/rand"

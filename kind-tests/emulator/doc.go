@@ -1,4 +1,4 @@
-// Package harness emulates several Kubernetes clusters of several nodes on
+// Package emulator emulates several Kubernetes clusters of several nodes on
 // one Linux machine, with real parts everywhere but the container runtime, so
 // that the mesh's failover drills and demo run without Docker or kind.
 //
@@ -48,4 +48,4 @@
 //
 // Everything here needs root (network namespaces, cgroups, bpffs); New returns
 // ErrNotRoot otherwise.
-package harness
+package emulator
