@@ -19,6 +19,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/bgp"
+	"github.com/clustermesh/clustermesh/internal/backoff"
 	"github.com/clustermesh/clustermesh/kvstore"
 )
 
@@ -258,7 +259,7 @@ func (h *reflectorHost) signal() {
 // cluster name until ctx is done, reconnecting with backoff.
 func (h *reflectorHost) follow(ctx context.Context, name string, cfg kvstore.Config, r *remoteCluster) {
 	log := h.log.With("remote", name)
-	backoff := 200 * time.Millisecond
+	retry := backoff.New(200*time.Millisecond, 10*time.Second)
 	for {
 		client, err := kvstore.New(ctx, cfg)
 		if err == nil {
@@ -269,13 +270,11 @@ func (h *reflectorHost) follow(ctx context.Context, name string, cfg kvstore.Con
 		if ctx.Err() != nil {
 			return
 		}
-		log.Warn("bgp: cannot reach the cluster's store; retrying", "error", err, "retry", backoff)
-		select {
-		case <-ctx.Done():
+		delay := retry.Next()
+		log.Warn("bgp: cannot reach the cluster's store; retrying", "error", err, "retry_in", delay)
+		if backoff.Sleep(ctx, delay) != nil {
 			return
-		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, 10*time.Second)
 	}
 }
 

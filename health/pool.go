@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/internal/backoff"
 	"github.com/clustermesh/clustermesh/loadbalancer"
 )
 
@@ -495,7 +496,7 @@ func (p *Pool) joinLoop(ctx context.Context, ml *memberlist.Memberlist) {
 	type attempt struct {
 		addr    netip.AddrPort
 		next    time.Time
-		backoff time.Duration
+		backoff *backoff.Backoff
 	}
 	attempts := make(map[string]*attempt)
 	timer := time.NewTimer(0)
@@ -536,7 +537,7 @@ func (p *Pool) joinLoop(ctx context.Context, ml *memberlist.Memberlist) {
 			}
 			a := attempts[name]
 			if a == nil || a.addr != targets[name] {
-				a = &attempt{addr: targets[name], backoff: p.cfg.JoinRetryMin}
+				a = &attempt{addr: targets[name], backoff: backoff.New(p.cfg.JoinRetryMin, p.cfg.JoinRetryMax)}
 				attempts[name] = a
 			}
 			now := time.Now()
@@ -550,10 +551,10 @@ func (p *Pool) joinLoop(ctx context.Context, ml *memberlist.Memberlist) {
 			}
 			if err != nil {
 				p.metrics.joins.WithLabelValues("error").Inc()
-				p.log.Debug("Could not join node", "node", name, "addr", a.addr, "retryIn", a.backoff, "error", err)
-				a.next = time.Now().Add(a.backoff)
-				wait = min(wait, a.backoff)
-				a.backoff = min(2*a.backoff, p.cfg.JoinRetryMax)
+				delay := a.backoff.Next()
+				p.log.Debug("Could not join node", "node", name, "addr", a.addr, "retry_in", delay, "error", err)
+				a.next = time.Now().Add(delay)
+				wait = min(wait, delay)
 				continue
 			}
 			p.metrics.joins.WithLabelValues("ok").Inc()

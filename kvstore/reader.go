@@ -10,12 +10,14 @@ import (
 	"sync"
 	"time"
 
-	"github.com/clustermesh/clustermesh/api"
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/connectivity"
+
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/internal/backoff"
 )
 
 // EventType says what an Event reports.
@@ -259,7 +261,7 @@ func (w *kindWatch) run(ctx context.Context) {
 	defer close(w.out)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	backoff := w.r.opts.MinBackoff
+	retry := backoff.New(w.r.opts.MinBackoff, w.r.opts.MaxBackoff)
 	reconnected := w.watchConn(ctx, &wg)
 	lists := 0
 	for {
@@ -269,16 +271,14 @@ func (w *kindWatch) run(ctx context.Context) {
 		}
 		if err != nil {
 			w.r.setErr(w.kind, err)
-			w.r.log.Debug("listing store", "kind", w.kind, "error", err, "retry_in", backoff)
-			select {
-			case <-ctx.Done():
+			delay := retry.Next()
+			w.r.log.Debug("listing store", "kind", w.kind, "error", err, "retry_in", delay)
+			if backoff.Sleep(ctx, delay) != nil {
 				return
-			case <-time.After(backoff):
 			}
-			backoff = min(2*backoff, w.r.opts.MaxBackoff)
 			continue
 		}
-		backoff = w.r.opts.MinBackoff
+		retry.Reset()
 		w.r.setOK(w.kind, lists > 0)
 		lists++
 		reason, err := w.watch(ctx, rev, reconnected)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/internal/backoff"
 	"github.com/clustermesh/clustermesh/kvstore"
 )
 
@@ -164,24 +165,27 @@ func (c *Cluster) Run(ctx context.Context) {
 		<-ctx.Done()
 		return
 	}
-	backoff := 100 * time.Millisecond
+	retry := backoff.New(100*time.Millisecond, c.opts.MaxRetryInterval)
 	for {
 		connected, err := c.runOnce(ctx)
 		if ctx.Err() != nil {
 			return
 		}
 		if connected {
-			backoff = 100 * time.Millisecond
+			retry.Reset()
 		}
-		c.log.Warn("cluster connection ended, retrying", "error", err, "retry_in", backoff)
+		delay := retry.Next()
+		c.log.Warn("cluster connection ended, retrying", "error", err, "retry_in", delay)
+		timer := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
+			timer.Stop()
 			return
 		case reason := <-c.evicted:
 			c.refuse(reason)
-		case <-time.After(backoff):
+		case <-timer.C:
 		}
-		backoff = min(backoff*2, c.opts.MaxRetryInterval)
+		timer.Stop()
 	}
 }
 
