@@ -393,11 +393,11 @@ func (c *core) peerState(ctx context.Context, addr netip.Addr, up bool) {
 		return
 	}
 	if err := c.deletePeer(ctx, p); err != nil {
-		c.log.Warn("bgp: re-create peer after session loss: delete", "node", c.cfg.Name, "peer", p.String(), "err", err)
+		c.log.Warn("bgp: re-create peer after session loss: delete", "node", c.cfg.Name, "peer", p.String(), "error", err)
 		return
 	}
 	if err := c.addPeer(ctx, p); err != nil {
-		c.log.Error("bgp: re-create peer after session loss: add", "node", c.cfg.Name, "peer", p.String(), "err", err)
+		c.log.Error("bgp: re-create peer after session loss: add", "node", c.cfg.Name, "peer", p.String(), "error", err)
 		delete(c.peers, addr)
 	}
 }
@@ -421,7 +421,7 @@ func (c *core) cutOffPeer(ctx context.Context, addr netip.Addr) bool {
 	c.log.Error("bgp peer announced more prefixes than allowed; session cut off until its config changes",
 		"node", c.cfg.Name, "peer", p.String(), "maxPrefixes", limit)
 	if err := c.srv.DisablePeer(ctx, &api.DisablePeerRequest{Address: addr.String(), Communication: "clustermesh: max prefixes exceeded"}); err != nil {
-		c.log.Error("bgp: disable peer after prefix limit", "node", c.cfg.Name, "peer", p.String(), "err", err)
+		c.log.Error("bgp: disable peer after prefix limit", "node", c.cfg.Name, "peer", p.String(), "error", err)
 	}
 	return true
 }

@@ -53,7 +53,7 @@ func (r *Reflector) Run(ctx context.Context) error {
 	r.mu.Lock()
 	r.running = true
 	r.mu.Unlock()
-	r.cfg.Logger.Info("bgp route reflector started", "cluster", r.cfg.Name, "asn", r.cfg.ASN, "routerID", r.cfg.RouterID, "port", r.cfg.ListenPort)
+	r.cfg.Logger.Info("bgp route reflector started", "cluster", r.cfg.Name, "asn", r.cfg.ASN, "router_id", r.cfg.RouterID, "port", r.cfg.ListenPort)
 	defer func() {
 		r.mu.Lock()
 		r.running = false

@@ -116,7 +116,7 @@ func (s *Speaker) Start(ctx context.Context) error {
 	s.done = make(chan struct{})
 	s.started = true
 	go s.loop(lctx)
-	s.cfg.Logger.Info("bgp speaker started", "node", s.cfg.Name, "asn", s.cfg.ASN, "routerID", s.cfg.RouterID,
+	s.cfg.Logger.Info("bgp speaker started", "node", s.cfg.Name, "asn", s.cfg.ASN, "router_id", s.cfg.RouterID,
 		"podCIDRs", s.cfg.PodCIDRs, "adoptedRoutes", len(s.stale), "subnets", subnets)
 	return nil
 }
@@ -304,7 +304,7 @@ func (s *Speaker) process(ctx context.Context, evs []event) {
 func (s *Speaker) apply(ch tableChange, deferRemoval bool) {
 	for _, r := range ch.refused {
 		s.metrics.refused.WithLabelValues(string(r.Reason)).Inc()
-		s.cfg.Logger.Warn("bgp route refused", "node", s.cfg.Name, "prefix", r.Prefix, "nextHop", r.NextHop,
+		s.cfg.Logger.Warn("bgp route refused", "node", s.cfg.Name, "prefix", r.Prefix, "next_hop", r.NextHop,
 			"peer", r.Peer, "reason", r.Reason, "conflict", r.Conflict)
 	}
 	for _, c := range ch.remove {
@@ -341,7 +341,7 @@ func (s *Speaker) install(c candidate) {
 		if _, retry := s.failed[c.prefix]; !retry {
 			s.installErrs++
 			s.metrics.installErrs.Inc()
-			s.cfg.Logger.Error("bgp route install failed; retrying", "node", s.cfg.Name, "prefix", c.prefix, "nextHop", c.nextHop, "peer", c.peer, "err", err)
+			s.cfg.Logger.Error("bgp route install failed; retrying", "node", s.cfg.Name, "prefix", c.prefix, "next_hop", c.nextHop, "peer", c.peer, "error", err)
 		}
 		s.failed[c.prefix] = c
 		return
@@ -366,7 +366,7 @@ func (s *Speaker) remove(p netip.Prefix) {
 	if err != nil && !errors.Is(err, syscall.ESRCH) {
 		s.installErrs++
 		s.metrics.installErrs.Inc()
-		s.cfg.Logger.Error("bgp route removal failed", "node", s.cfg.Name, "prefix", p, "err", err)
+		s.cfg.Logger.Error("bgp route removal failed", "node", s.cfg.Name, "prefix", p, "error", err)
 		return
 	}
 	s.metrics.removals.Inc()
@@ -396,7 +396,7 @@ func (s *Speaker) sweep(now time.Time) {
 			}
 			s.install(c)
 			if _, still := s.failed[p]; !still {
-				s.cfg.Logger.Info("bgp route installed after retry", "node", s.cfg.Name, "prefix", p, "nextHop", c.nextHop)
+				s.cfg.Logger.Info("bgp route installed after retry", "node", s.cfg.Name, "prefix", p, "next_hop", c.nextHop)
 			}
 		}
 	}

@@ -413,9 +413,9 @@ func (p *Pool) step(ctx context.Context, ml *memberlist.Memberlist, tr *tracker,
 	changes, iso := tr.evaluate(now, health)
 	for _, c := range changes {
 		if c.healthy {
-			p.log.Info("Node alive again past its hold-down; restoring its backends", "node", c.name, "ref", c.ref, "holdDown", c.holdDown)
+			p.log.Info("Node alive again past its hold-down; restoring its backends", "node", c.name, "ref", c.ref, "hold_down", c.holdDown)
 		} else {
-			p.log.Warn("Node declared dead; clearing its backends", "node", c.name, "ref", c.ref, "sinceLastAck", c.detection)
+			p.log.Warn("Node declared dead; clearing its backends", "node", c.name, "ref", c.ref, "since_last_ack", c.detection)
 			p.metrics.detection.Observe(c.detection.Seconds())
 		}
 		p.metrics.transitions.WithLabelValues(fmt.Sprint(c.healthy)).Inc()

@@ -129,7 +129,7 @@ func (k *kubelet) syncAll(ctx context.Context) {
 	for _, p := range all {
 		seen[p.UID] = true
 		if err := k.syncPod(ctx, p); err != nil && ctx.Err() == nil {
-			k.log.Warn("pod sync failed", "pod", p.Namespace+"/"+p.Name, "err", err)
+			k.log.Warn("pod sync failed", "pod", p.Namespace+"/"+p.Name, "error", err)
 		}
 	}
 	k.mu.Lock()
@@ -564,7 +564,7 @@ func ptrTo[T any](v T) *T { return &v }
 func (k *kubelet) stop(ctx context.Context, rt *podRuntime) {
 	if rt.echo != nil {
 		if err := rt.echo.Remove(ctx); err != nil {
-			k.log.Warn("pod teardown", "pod", rt.namespace+"/"+rt.name, "err", err)
+			k.log.Warn("pod teardown", "pod", rt.namespace+"/"+rt.name, "error", err)
 		}
 	}
 	if rt.proc != nil {

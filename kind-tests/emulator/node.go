@@ -161,7 +161,7 @@ func (c *Cluster) AddNode(ctx context.Context) (*Node, error) {
 			return nil, err
 		}
 	}
-	r.Log.Info("node added", "cluster", c.Name, "node", name, "ip", addr, "podCIDR", cidr)
+	r.Log.Info("node added", "cluster", c.Name, "node", name, "ip", addr, "pod_cidr", cidr)
 	return n, nil
 }
 

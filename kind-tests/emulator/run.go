@@ -204,7 +204,7 @@ func (r *Run) Close() error {
 	}
 	err := errors.Join(errs...)
 	if err != nil {
-		r.Log.Error("teardown incomplete; run the cleanup command", "err", err)
+		r.Log.Error("teardown incomplete; run the cleanup command", "error", err)
 	}
 	return err
 }
