@@ -16,14 +16,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+
 	"github.com/clustermesh/clustermesh/agent"
 	"github.com/clustermesh/clustermesh/agent/meshtest"
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/loadbalancer"
-	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) {
@@ -603,11 +604,11 @@ func TestConfigDirLive(t *testing.T) {
 	})
 	t.Run("status published into the local store", func(t *testing.T) {
 		a.dp.Wait(t, wait, func() (bool, string) {
-			resp, err := c1.Admin().Etcd().Get(context.Background(), status.Key("c1", "n1"))
-			if err != nil || len(resp.Kvs) == 0 {
+			kv, found, err := c1.Admin().Get(context.Background(), status.Key("c1", "n1"))
+			if err != nil || !found {
 				return false, fmt.Sprintf("no status at %s (%v)", status.Key("c1", "n1"), err)
 			}
-			st, err := status.Decode(resp.Kvs[0].Value)
+			st, err := status.Decode(kv.Value)
 			if err != nil {
 				return false, err.Error()
 			}
@@ -631,11 +632,11 @@ func TestConfigDirLive(t *testing.T) {
 	})
 	t.Run("stopped agent withdraws its published status", func(t *testing.T) {
 		a.stop()
-		resp, err := c1.Admin().Etcd().Get(context.Background(), status.Key("c1", "n1"))
+		_, found, err := c1.Admin().Get(context.Background(), status.Key("c1", "n1"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(resp.Kvs) != 0 {
+		if found {
 			t.Errorf("status of a stopped agent still at %s", status.Key("c1", "n1"))
 		}
 	})

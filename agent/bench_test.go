@@ -16,14 +16,16 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sys/unix"
+
 	"github.com/clustermesh/clustermesh/agent/meshtest"
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/kvstore/kvstoretest"
 	"github.com/clustermesh/clustermesh/loadbalancer"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"golang.org/x/sys/unix"
 )
 
 func envInt(name string, def int) int {
@@ -195,7 +197,7 @@ func BenchmarkPropagation(b *testing.B) {
 	}
 	wctx, wcancel := context.WithCancel(context.Background())
 	defer wcancel()
-	wch := watchCli.Etcd().Watch(wctx, api.ClusterPrefix(api.KindEndpoints, writer.Name), clientv3.WithPrefix())
+	wch := kvstoretest.RawClient(b, watchCli.Config()).Watch(wctx, api.ClusterPrefix(api.KindEndpoints, writer.Name), clientv3.WithPrefix())
 	wdone := make(chan struct{})
 	go func() {
 		defer close(wdone)

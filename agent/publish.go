@@ -7,7 +7,6 @@ import (
 
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/kvstore"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // publishLoop keeps the agent's status in its own cluster's store, at
@@ -18,23 +17,23 @@ import (
 func (a *Agent) publishLoop(ctx context.Context) {
 	var (
 		cli      *kvstore.Client
-		lease    clientv3.LeaseID
+		pub      *kvstore.LeasedKey
 		last     time.Time
 		lastSumm string
 	)
 	key := status.Key(a.cfg.ClusterName, a.cfg.NodeName)
-	ttl := int64(3 * a.cfg.StatusInterval / time.Second)
-	if ttl < 5 {
-		ttl = 5
+	ttl := 3 * a.cfg.StatusInterval
+	if ttl < 5*time.Second {
+		ttl = 5 * time.Second
 	}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			if cli != nil && lease != 0 {
+			if pub != nil {
 				rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-				_, _ = cli.Etcd().Revoke(rctx, lease)
+				_ = pub.Revoke(rctx)
 				cancel()
 			}
 			return
@@ -52,31 +51,16 @@ func (a *Agent) publishLoop(ctx context.Context) {
 			continue
 		}
 		if cur != cli {
-			cli, lease = cur, 0
+			cli, pub = cur, cur.NewLeasedKey(key, ttl)
 		}
 		err := func() error {
-			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			defer cancel()
-			if lease != 0 {
-				if _, err := cli.Etcd().KeepAliveOnce(rctx, lease); err != nil {
-					lease = 0
-				}
-			}
-			if lease == 0 {
-				resp, err := cli.Etcd().Grant(rctx, ttl)
-				if err != nil {
-					return fmt.Errorf("grant lease: %w", err)
-				}
-				lease = resp.ID
-			}
 			b, err := st.Marshal()
 			if err != nil {
 				return err
 			}
-			if _, err := cli.Etcd().Put(rctx, key, string(b), clientv3.WithLease(lease)); err != nil {
-				return fmt.Errorf("put %s: %w", key, err)
-			}
-			return nil
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			return pub.Put(rctx, b)
 		}()
 		if err != nil {
 			if ctx.Err() == nil {

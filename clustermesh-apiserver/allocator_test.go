@@ -7,8 +7,6 @@ import (
 	"sync"
 	"testing"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/pki/pkitest"
@@ -53,7 +51,7 @@ func TestAllocatorReplicas(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(w.Close)
-		allocs[i] = newAllocator(c.Etcd(), w, "c1", 3, api.DefaultMaxClusterID)
+		allocs[i] = newAllocator(c, w, "c1", 3, api.DefaultMaxClusterID)
 		if err := allocs[i].load(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -97,7 +95,7 @@ func TestAllocatorReplicas(t *testing.T) {
 	// A restarted allocator finds the same numbers again.
 	w, _ := kvstore.NewWriter(c, "c1", nil)
 	t.Cleanup(w.Close)
-	again := newAllocator(c.Etcd(), w, "c1", 3, api.DefaultMaxClusterID)
+	again := newAllocator(c, w, "c1", 3, api.DefaultMaxClusterID)
 	if err := again.load(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -115,19 +113,19 @@ func TestAllocatorReplicas(t *testing.T) {
 			}
 		}
 	}
-	resp, err := c.Etcd().Get(ctx, ReservationPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	n, err := c.Count(ctx, ReservationPrefix)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.Count != 0 {
-		t.Errorf("%d reservation keys left after every release", resp.Count)
+	if n != 0 {
+		t.Errorf("%d reservation keys left after every release", n)
 	}
-	resp, err = c.Etcd().Get(ctx, api.ClusterPrefix(api.KindIdentity, "c1"), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	n, err = c.Count(ctx, api.ClusterPrefix(api.KindIdentity, "c1"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.Count != 0 {
-		t.Errorf("%d identity keys left after every release", resp.Count)
+	if n != 0 {
+		t.Errorf("%d identity keys left after every release", n)
 	}
 }
 
@@ -138,13 +136,13 @@ func TestAllocatorCollect(t *testing.T) {
 	ctx := context.Background()
 	w, _ := kvstore.NewWriter(c, "c1", nil)
 	t.Cleanup(w.Close)
-	a := newAllocator(c.Etcd(), w, "c1", 3, api.DefaultMaxClusterID)
+	a := newAllocator(c, w, "c1", 3, api.DefaultMaxClusterID)
 	for _, app := range []string{"kept", "gone"} {
 		if _, err := a.Acquire(ctx, "p-"+app, "ns", map[string]string{"app": app}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	b := newAllocator(c.Etcd(), w, "c1", 3, api.DefaultMaxClusterID)
+	b := newAllocator(c, w, "c1", 3, api.DefaultMaxClusterID)
 	if err := b.load(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -158,5 +156,52 @@ func TestAllocatorCollect(t *testing.T) {
 	}
 	if id, _ := b.Acquire(ctx, "p2", "ns", map[string]string{"app": "kept"}); id != kept {
 		t.Errorf("kept identity changed from %d to %d", kept, id)
+	}
+}
+
+// TestAllocatorChurnOneLabelSet has many pods of one label set come and go
+// at once: while a pod holds the identity it must stay published (a release
+// by the last other user must never unpublish it under a new user), and
+// after every release nothing is left.
+func TestAllocatorChurnOneLabelSet(t *testing.T) {
+	c := testStore(t)
+	ctx := context.Background()
+	w, err := kvstore.NewWriter(c, "c1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Close)
+	a := newAllocator(c, w, "c1", 3, api.DefaultMaxClusterID)
+	labels := map[string]string{"app": "churn"}
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 25; i++ {
+				user := fmt.Sprintf("pod-%d-%d", g, i)
+				id, err := a.Acquire(ctx, user, "ns", labels)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if _, found, err := c.Get(ctx, api.IdentityKey("c1", id)); err != nil || !found {
+					t.Errorf("%s holds identity %d but it is not published (%v)", user, id, err)
+				}
+				if err := a.Release(ctx, user, "ns", labels); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for _, prefix := range []string{ReservationPrefix, api.ClusterPrefix(api.KindIdentity, "c1")} {
+		if n, err := c.Count(ctx, prefix); err != nil || n != 0 {
+			t.Errorf("%d keys left under %s after every release (%v)", n, prefix, err)
+		}
+	}
+	if n := len(a.locks); n != 0 {
+		t.Errorf("%d label-set locks left after every release", n)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/kvstore/kvstoretest"
 )
 
 const (
@@ -64,9 +65,9 @@ func BenchmarkExportPods(b *testing.B) {
 	e.start()
 	initial := time.Since(t0)
 	for kind, want := range map[api.Kind]int64{api.KindIPCache: benchPods, api.KindIdentity: benchApps} {
-		got, err := e.store.Etcd().Get(ctx, api.ClusterPrefix(kind, "pods"), clientv3.WithPrefix(), clientv3.WithCountOnly())
-		if err != nil || got.Count != want {
-			b.Fatalf("%d %s keys, want %d (%v)", got.Count, kind, want, err)
+		got, err := e.store.Count(ctx, api.ClusterPrefix(kind, "pods"))
+		if err != nil || got != want {
+			b.Fatalf("%d %s keys, want %d (%v)", got, kind, want, err)
 		}
 	}
 
@@ -74,7 +75,7 @@ func BenchmarkExportPods(b *testing.B) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
-		for wr := range e.store.Etcd().Watch(wctx, api.ClusterPrefix(api.KindIPCache, "pods"), clientv3.WithPrefix()) {
+		for wr := range kvstoretest.RawClient(b, e.store.Config()).Watch(wctx, api.ClusterPrefix(api.KindIPCache, "pods"), clientv3.WithPrefix()) {
 			now := time.Now()
 			for _, ev := range wr.Events {
 				storeSeen.add(string(ev.Kv.Key), ev.Kv.Value, now)

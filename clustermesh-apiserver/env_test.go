@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -161,13 +160,13 @@ func (r *running) metric(t testing.TB, name string) float64 {
 // dump returns every key of the cluster under api.KeyPrefix, decoded (synced
 // canaries map to nil).
 func (e *env) dump(ctx context.Context) (map[string]api.Object, error) {
-	resp, err := e.store.Etcd().Get(ctx, api.KeyPrefix, clientv3.WithPrefix())
+	kvs, err := e.store.List(ctx, api.KeyPrefix, kvstore.ListOptions{})
 	if err != nil {
 		return nil, err
 	}
 	out := map[string]api.Object{}
-	for _, kv := range resp.Kvs {
-		k := string(kv.Key)
+	for _, kv := range kvs {
+		k := kv.Key
 		pk, err := api.ParseKey(k)
 		if err != nil {
 			return nil, err

@@ -11,9 +11,8 @@ import (
 	"strings"
 	"sync"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/kvstore"
 )
 
 // ReservationPrefix is the root of the identity reservations: keys only the
@@ -44,7 +43,7 @@ type publisher interface {
 // allocator hands out cluster-scoped identities per (namespace, label set)
 // and counts their users. It is safe for concurrent use.
 type allocator struct {
-	cli          *clientv3.Client
+	store        *kvstore.Client
 	pub          publisher
 	cluster      string
 	clusterID    uint32
@@ -58,8 +57,10 @@ type allocator struct {
 	taken map[uint32]bool
 	// next is where the search for a free number starts.
 	next uint32
-	// locks serialises Acquire/Release per label set.
-	locks map[string]*sync.Mutex
+	// locks serialises Acquire/Release per label set. An entry lives while
+	// anyone holds or waits for it, so two callers never hold different
+	// mutexes for one label set.
+	locks map[string]*labelLock
 	// gc is held shared while a reservation is read or made and
 	// exclusively by Collect, so Collect never frees a reservation that
 	// an Acquire is adopting.
@@ -73,13 +74,13 @@ type identityRef struct {
 	published bool
 }
 
-func newAllocator(cli *clientv3.Client, pub publisher, cluster string, clusterID, maxClusterID uint32) *allocator {
+func newAllocator(store *kvstore.Client, pub publisher, cluster string, clusterID, maxClusterID uint32) *allocator {
 	return &allocator{
-		cli: cli, pub: pub, cluster: cluster, clusterID: clusterID, maxClusterID: maxClusterID,
+		store: store, pub: pub, cluster: cluster, clusterID: clusterID, maxClusterID: maxClusterID,
 		byLabels: map[string]*identityRef{},
 		taken:    map[uint32]bool{},
 		next:     1,
-		locks:    map[string]*sync.Mutex{},
+		locks:    map[string]*labelLock{},
 	}
 }
 
@@ -97,14 +98,14 @@ func (a *allocator) idKey(local uint32) string {
 // load reads the reservations already in the store, so that numbers are
 // reused for the same label sets after a restart and never handed out twice.
 func (a *allocator) load(ctx context.Context) error {
-	resp, err := a.cli.Get(ctx, a.prefix()+"ids/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	kvs, err := a.store.List(ctx, a.prefix()+"ids/", kvstore.ListOptions{KeysOnly: true})
 	if err != nil {
 		return fmt.Errorf("cluster %s: load identity reservations: %w", a.cluster, err)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for _, kv := range resp.Kvs {
-		n, err := strconv.ParseUint(strings.TrimPrefix(string(kv.Key), a.prefix()+"ids/"), 10, 32)
+	for _, kv := range kvs {
+		n, err := strconv.ParseUint(strings.TrimPrefix(kv.Key, a.prefix()+"ids/"), 10, 32)
 		if err == nil {
 			a.taken[uint32(n)] = true
 		}
@@ -112,16 +113,31 @@ func (a *allocator) load(ctx context.Context) error {
 	return nil
 }
 
+type labelLock struct {
+	sync.Mutex
+	// refs counts holders and waiters; guarded by allocator.mu.
+	refs int
+}
+
+// lock takes the per-label-set lock and returns its release.
 func (a *allocator) lock(lid string) func() {
 	a.mu.Lock()
 	l := a.locks[lid]
 	if l == nil {
-		l = &sync.Mutex{}
+		l = &labelLock{}
 		a.locks[lid] = l
 	}
+	l.refs++
 	a.mu.Unlock()
 	l.Lock()
-	return l.Unlock
+	return func() {
+		l.Unlock()
+		a.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(a.locks, lid)
+		}
+		a.mu.Unlock()
+	}
 }
 
 // Acquire returns the identity of (namespace, labels) for user (a pod's
@@ -173,25 +189,28 @@ func (a *allocator) reserve(ctx context.Context, lid string) (uint32, error) {
 			return 0, fmt.Errorf("cluster %s: %w (%d in use)", a.cluster, ErrIdentitiesExhausted, maxLocal)
 		}
 		ikey := a.idKey(local)
-		resp, err := a.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(lkey), "=", 0),
-				clientv3.Compare(clientv3.CreateRevision(ikey), "=", 0)).
-			Then(clientv3.OpPut(lkey, strconv.FormatUint(uint64(local), 10)), clientv3.OpPut(ikey, lkey)).
-			Else(clientv3.OpGet(lkey)).
-			Commit()
+		ok, err := a.store.CompareAndSwap(ctx,
+			[]kvstore.Cond{kvstore.Absent(lkey), kvstore.Absent(ikey)},
+			kvstore.PutOp(lkey, []byte(strconv.FormatUint(uint64(local), 10))), kvstore.PutOp(ikey, []byte(lkey)))
 		if err != nil {
 			return 0, fmt.Errorf("cluster %s: reserve identity %d: %w", a.cluster, local, err)
 		}
 		a.mu.Lock()
 		a.taken[local] = true
 		a.mu.Unlock()
-		if !resp.Succeeded {
+		if !ok {
 			// Either the label set already has a number (ours from an
 			// earlier run, or another replica's), or the number is taken.
-			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
-				n, err := strconv.ParseUint(string(kvs[0].Value), 10, 32)
+			// The label key is read after the transaction: if it was freed
+			// in between, the next round tries again.
+			kv, found, err := a.store.Get(ctx, lkey)
+			if err != nil {
+				return 0, fmt.Errorf("cluster %s: read identity reservation %s: %w", a.cluster, lkey, err)
+			}
+			if found {
+				n, err := strconv.ParseUint(string(kv.Value), 10, 32)
 				if err != nil || n == 0 || uint32(n) > maxLocal {
-					return 0, fmt.Errorf("cluster %s: identity reservation %s holds %q, not a local identity", a.cluster, lkey, kvs[0].Value)
+					return 0, fmt.Errorf("cluster %s: identity reservation %s holds %q, not a local identity", a.cluster, lkey, kv.Value)
 				}
 				local = uint32(n)
 				a.mu.Lock()
@@ -242,28 +261,30 @@ func (a *allocator) Release(ctx context.Context, user, namespace string, labels 
 	if !last {
 		return nil
 	}
-	if err := a.free(ctx, lid, ref.id.ID); err != nil {
+	if err := a.free(ctx, lid, ref); err != nil {
 		return err
 	}
 	a.mu.Lock()
 	delete(a.byLabels, lid)
-	delete(a.locks, lid)
 	a.mu.Unlock()
 	return nil
 }
 
-// free unpublishes identity id and deletes its reservation, if the
-// reservation still names it.
-func (a *allocator) free(ctx context.Context, lid string, id uint32) error {
+// free unpublishes ref's identity and deletes its reservation, if the
+// reservation still names it. If the reservation cannot be deleted, ref
+// stays known but unpublished, so that the next Acquire publishes it again
+// instead of trusting a value that is gone from the store.
+func (a *allocator) free(ctx context.Context, lid string, ref *identityRef) error {
+	id := ref.id.ID
 	if err := a.pub.Delete(ctx, api.IdentityKey(a.cluster, id)); err != nil {
 		return fmt.Errorf("unpublish identity %d: %w", id, err)
 	}
+	ref.published = false
 	local := id & api.MaxLocalIdentity(a.maxClusterID)
 	lkey := a.labelsKey(lid)
-	_, err := a.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.Value(lkey), "=", strconv.FormatUint(uint64(local), 10))).
-		Then(clientv3.OpDelete(lkey), clientv3.OpDelete(a.idKey(local))).
-		Commit()
+	_, err := a.store.CompareAndSwap(ctx,
+		[]kvstore.Cond{kvstore.ValueIs(lkey, []byte(strconv.FormatUint(uint64(local), 10)))},
+		kvstore.DeleteOp(lkey), kvstore.DeleteOp(a.idKey(local)))
 	if err != nil {
 		return fmt.Errorf("cluster %s: free identity %d: %w", a.cluster, id, err)
 	}
@@ -279,7 +300,7 @@ func (a *allocator) free(ctx context.Context, lid string, id uint32) error {
 func (a *allocator) Collect(ctx context.Context) (int, error) {
 	a.gc.Lock()
 	defer a.gc.Unlock()
-	resp, err := a.cli.Get(ctx, a.prefix()+"ids/", clientv3.WithPrefix())
+	kvs, err := a.store.List(ctx, a.prefix()+"ids/", kvstore.ListOptions{})
 	if err != nil {
 		return 0, fmt.Errorf("cluster %s: list identity reservations: %w", a.cluster, err)
 	}
@@ -290,19 +311,18 @@ func (a *allocator) Collect(ctx context.Context) (int, error) {
 	}
 	a.mu.Unlock()
 	n := 0
-	for _, kv := range resp.Kvs {
+	for _, kv := range kvs {
 		lkey := string(kv.Value)
 		if inUse[lkey] {
 			continue
 		}
-		_, err := a.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
-			Then(clientv3.OpDelete(string(kv.Key)), clientv3.OpDelete(lkey)).
-			Commit()
+		_, err := a.store.CompareAndSwap(ctx,
+			[]kvstore.Cond{kvstore.ModRevisionIs(kv.Key, kv.ModRevision)},
+			kvstore.DeleteOp(kv.Key), kvstore.DeleteOp(lkey))
 		if err != nil {
 			return n, fmt.Errorf("cluster %s: collect identity reservation %s: %w", a.cluster, kv.Key, err)
 		}
-		if local, err := strconv.ParseUint(strings.TrimPrefix(string(kv.Key), a.prefix()+"ids/"), 10, 32); err == nil {
+		if local, err := strconv.ParseUint(strings.TrimPrefix(kv.Key, a.prefix()+"ids/"), 10, 32); err == nil {
 			a.mu.Lock()
 			delete(a.taken, uint32(local))
 			a.mu.Unlock()

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/clustermesh/clustermesh/api"
 	apiserver "github.com/clustermesh/clustermesh/clustermesh-apiserver"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
@@ -55,12 +53,12 @@ func TestLeaderElection(t *testing.T) {
 		return nil
 	})
 	eventually(t, "two candidates in the election, one leader", func(ctx context.Context) error {
-		kv, err := e.store.Etcd().Get(ctx, apiserver.LeaderPrefix+"ha/", clientv3.WithPrefix())
+		n, err := e.store.Count(ctx, apiserver.LeaderPrefix+"ha/")
 		if err != nil {
 			return err
 		}
-		if len(kv.Kvs) != 2 {
-			return fmt.Errorf("%d election keys, want 2", len(kv.Kvs))
+		if n != 2 {
+			return fmt.Errorf("%d election keys, want 2", n)
 		}
 		return nil
 	})

@@ -16,7 +16,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"go.etcd.io/etcd/client/v3/concurrency"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -173,7 +172,7 @@ func (s *Server) Run(ctx context.Context) error {
 	bc.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
 	rec := bc.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "clustermesh-apiserver"})
 
-	alloc := newAllocator(client.Etcd(), writer, s.cfg.ClusterName, s.cfg.ClusterID, s.cfg.MaxClusterID)
+	alloc := newAllocator(client, writer, s.cfg.ClusterName, s.cfg.ClusterID, s.cfg.MaxClusterID)
 	if err := alloc.load(ctx); err != nil {
 		return err
 	}
@@ -225,9 +224,9 @@ func (s *Server) Run(ctx context.Context) error {
 // sharing an external store (outside api.KeyPrefix: peers do not see it).
 const LeaderPrefix = "clustermesh-private/v1/leader/"
 
-// leaderTTL is the TTL (seconds) of a leader's session: how long a replica
+// leaderTTL is the TTL of a leader's session: how long a replica
 // that died without resigning blocks its standbys.
-const leaderTTL = 15
+const leaderTTL = 15 * time.Second
 
 // ErrLostLeadership is returned by Run when the replica's leader session
 // expired (it could not reach the store for a TTL): another replica may be
@@ -238,17 +237,12 @@ var ErrLostLeadership = errors.New("lost leadership of the export")
 // cancelled when leadership is lost, and a function that resigns; a nil
 // context means ctx ended first.
 func (s *Server) campaign(ctx context.Context, client *kvstore.Client) (context.Context, func(), error) {
-	sess, err := concurrency.NewSession(client.Etcd(), concurrency.WithTTL(leaderTTL), concurrency.WithContext(ctx))
-	if err != nil {
-		return nil, nil, fmt.Errorf("cluster %s: leader session: %w", s.cfg.ClusterName, err)
-	}
 	host, _ := os.Hostname()
 	id := fmt.Sprintf("%s/%d", host, os.Getpid())
-	el := concurrency.NewElection(sess, LeaderPrefix+s.cfg.ClusterName)
 	s.setRole(roleStandby)
 	s.log.Info("standing by for leadership of the export", "replica", id)
-	if err := el.Campaign(ctx, id); err != nil {
-		sess.Close()
+	lead, err := client.Campaign(ctx, LeaderPrefix+s.cfg.ClusterName, id, leaderTTL)
+	if err != nil {
 		if ctx.Err() != nil {
 			return nil, nil, nil
 		}
@@ -259,7 +253,7 @@ func (s *Server) campaign(ctx context.Context, client *kvstore.Client) (context.
 	lctx, cancel := context.WithCancelCause(ctx)
 	go func() {
 		select {
-		case <-sess.Done():
+		case <-lead.Done():
 			if ctx.Err() != nil {
 				return // the session ends because Run is stopping
 			}
@@ -271,8 +265,7 @@ func (s *Server) campaign(ctx context.Context, client *kvstore.Client) (context.
 	return lctx, func() {
 		rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer rcancel()
-		_ = el.Resign(rctx)
-		sess.Close()
+		_ = lead.Resign(rctx)
 		cancel(nil)
 	}, nil
 }

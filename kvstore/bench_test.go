@@ -99,12 +99,12 @@ func benchPropagation(b *testing.B, ctx context.Context, w *Writer, admin, remot
 	// Baseline: a bare watch of a prefix of its own, where nothing else is
 	// written, so neither side's events reach the other.
 	const bareKey = api.KeyPrefix + "bench/probe"
-	resp, err := remote.Etcd().Get(ctx, bareKey)
+	resp, err := remote.cli.Get(ctx, bareKey)
 	if err != nil {
 		b.Fatal(err)
 	}
 	bare := make(chan time.Time, 1024)
-	wch := remote.Etcd().Watch(wctx, api.KeyPrefix+"bench/", clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+	wch := remote.cli.Watch(wctx, api.KeyPrefix+"bench/", clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -137,7 +137,7 @@ func benchPropagation(b *testing.B, ctx context.Context, w *Writer, admin, remot
 			b.Fatal(err)
 		}
 		start = time.Now()
-		if _, err := admin.Etcd().Put(ctx, bareKey, string(value)); err != nil {
+		if _, err := admin.cli.Put(ctx, bareKey, string(value)); err != nil {
 			b.Fatal(err)
 		}
 		latBare = append(latBare, (<-bare).Sub(start))
@@ -203,7 +203,7 @@ func BenchmarkExport(b *testing.B) {
 			if err != nil {
 				return err
 			}
-			_, err = admin.Etcd().Put(ctx, n.Key(), string(v))
+			_, err = admin.cli.Put(ctx, n.Key(), string(v))
 			return err
 		})
 	})

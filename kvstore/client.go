@@ -3,6 +3,7 @@ package kvstore
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -49,6 +50,10 @@ type Config struct {
 	// CertFile and KeyFile are the client certificate and key; the
 	// certificate's common name is the etcd user the client acts as.
 	CertFile, KeyFile string
+	// CA, Cert and Key are the same as PEM, for callers that hold the
+	// credentials in memory (the CLI reads them from Kubernetes Secrets).
+	// They are used when CAFile is empty.
+	CA, Cert, Key []byte
 	// DialTimeout bounds connecting (and New's connectivity check); zero means
 	// DefaultDialTimeout.
 	DialTimeout time.Duration
@@ -117,6 +122,17 @@ func LoadConfig(path string) (Config, error) {
 func (cfg *Config) validate() error {
 	if len(cfg.Endpoints) == 0 {
 		return fmt.Errorf("%w: field endpoints: at least one endpoint is required", ErrConfig)
+	}
+	if cfg.inMemory() {
+		for _, f := range []struct {
+			field string
+			val   []byte
+		}{{"CA", cfg.CA}, {"Cert", cfg.Cert}, {"Key", cfg.Key}} {
+			if len(f.val) == 0 {
+				return fmt.Errorf("%w: field %s is required", ErrConfig, f.field)
+			}
+		}
+		return nil
 	}
 	for _, f := range []struct{ field, val string }{
 		{"trusted-ca-file", cfg.CAFile},
@@ -231,7 +247,21 @@ func diagnoseTLS(ctx context.Context, cfg Config, tlsCfg *tls.Config) error {
 	return errors.Join(errs...)
 }
 
+// inMemory reports whether the credentials are given as PEM.
+func (cfg *Config) inMemory() bool { return cfg.CAFile == "" && len(cfg.CA) > 0 }
+
 func clientTLS(cfg Config) (*tls.Config, error) {
+	if cfg.inMemory() {
+		pair, err := tls.X509KeyPair(cfg.Cert, cfg.Key)
+		if err != nil {
+			return nil, fmt.Errorf("%w: client certificate: %w", ErrConfig, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(cfg.CA) {
+			return nil, fmt.Errorf("%w: trusted CA: no certificate in PEM", ErrConfig)
+		}
+		return &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+	}
 	info := transport.TLSInfo{
 		CertFile:      cfg.CertFile,
 		KeyFile:       cfg.KeyFile,
@@ -244,9 +274,34 @@ func clientTLS(cfg Config) (*tls.Config, error) {
 	return tlsCfg, nil
 }
 
-// Etcd is the underlying etcd client, for operations this package does not
-// wrap. Closing it is Close's job.
-func (c *Client) Etcd() *clientv3.Client { return c.cli }
+// ServerCertificate does a TLS handshake with endpoint (an https:// URL)
+// using cfg's credentials, verifying the server against cfg's CA, and returns
+// the server's leaf certificate: what a caller pins or checks the name of
+// before trusting a store.
+func ServerCertificate(ctx context.Context, cfg Config, endpoint string) (*x509.Certificate, error) {
+	tlsCfg, err := clientTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("%w: endpoint %q is not a URL (https://host:port)", ErrConfig, endpoint)
+	}
+	tlsCfg.ServerName = u.Hostname()
+	ctx, cancel := context.WithTimeout(ctx, cfg.dialTimeout())
+	defer cancel()
+	d := tls.Dialer{NetDialer: &net.Dialer{}, Config: tlsCfg}
+	conn, err := d.DialContext(ctx, "tcp", u.Host)
+	if err != nil {
+		return nil, fmt.Errorf("endpoint %s: %w", endpoint, err)
+	}
+	defer conn.Close()
+	state := conn.(*tls.Conn).ConnectionState()
+	if len(state.PeerCertificates) == 0 {
+		return nil, fmt.Errorf("endpoint %s: no server certificate", endpoint)
+	}
+	return state.PeerCertificates[0], nil
+}
 
 // Config is the configuration the client was created with.
 func (c *Client) Config() Config { return c.cfg }

@@ -68,24 +68,24 @@ func checkPermissions(t *testing.T, p *testPKI, endpoint string) {
 	}
 	for _, tt := range tests {
 		c := clients[tt.user]
-		_, err := c.Etcd().Put(ctx, tt.key, "v-"+tt.user)
+		_, err := c.cli.Put(ctx, tt.key, "v-"+tt.user)
 		if tt.canWrite != (err == nil) {
 			t.Errorf("user %s: put %s: err = %v, want allowed=%v", tt.user, tt.key, err, tt.canWrite)
 		}
 		if err != nil && !errors.Is(err, rpctypes.ErrPermissionDenied) {
 			t.Errorf("user %s: put %s: err = %v, want permission denied", tt.user, tt.key, err)
 		}
-		_, err = c.Etcd().Delete(ctx, tt.key)
+		_, err = c.cli.Delete(ctx, tt.key)
 		if tt.canWrite != (err == nil) {
 			t.Errorf("user %s: delete %s: err = %v, want allowed=%v", tt.user, tt.key, err, tt.canWrite)
 		}
-		_, err = c.Etcd().Get(ctx, tt.key)
+		_, err = c.cli.Get(ctx, tt.key)
 		if tt.canRead != (err == nil) {
 			t.Errorf("user %s: get %s: err = %v, want allowed=%v", tt.user, tt.key, err, tt.canRead)
 		}
 	}
 	// Nobody but the admin may change users.
-	if _, err := clients[UserRemote].Etcd().UserGrantRole(ctx, UserRemote, "root"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+	if _, err := clients[UserRemote].cli.UserGrantRole(ctx, UserRemote, "root"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
 		t.Errorf("remote granting itself root: err = %v, want permission denied", err)
 	}
 
@@ -131,7 +131,7 @@ func TestServerWildcardListen(t *testing.T) {
 		t.Fatalf("endpoint %s, want the loopback address", srv.Endpoint())
 	}
 	c := newClient(t, p.clientConfig(srv.Endpoint(), UserAdmin))
-	if _, err := c.Etcd().Put(context.Background(), api.NodeKey("c1", "n1"), "x"); err != nil {
+	if _, err := c.cli.Put(context.Background(), api.NodeKey("c1", "n1"), "x"); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -78,7 +78,7 @@ func (e *env) newWriter(t *testing.T, opts *WriterOptions) (*Writer, context.Can
 
 // storeCount is the number of node keys in the store.
 func (e *env) storeCount(t *testing.T) int64 {
-	resp, err := e.admin.Etcd().Get(context.Background(), api.ClusterPrefix(api.KindNode, "c1"), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	resp, err := e.admin.cli.Get(context.Background(), api.ClusterPrefix(api.KindNode, "c1"), clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +123,7 @@ func TestReaderFollowsWriter(t *testing.T) {
 
 	// A peer writing garbage (here: the admin behind the writer's back).
 	bad := api.NodeKey("c1", "bad")
-	if _, err := e.admin.Etcd().Put(ctx, bad, "\xff\xffnot a node"); err != nil {
+	if _, err := e.admin.cli.Put(ctx, bad, "\xff\xffnot a node"); err != nil {
 		t.Fatal(err)
 	}
 	tr.upsert(t, ctx, w, testNode("n9", 9))
@@ -138,12 +138,12 @@ func TestReaderFollowsWriter(t *testing.T) {
 	v.mu.Unlock()
 
 	// Unchanged values are not written again.
-	before, err := e.admin.Etcd().Get(ctx, api.NodeKey("c1", "n2"))
+	before, err := e.admin.cli.Get(ctx, api.NodeKey("c1", "n2"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	tr.upsert(t, ctx, w, testNode("n2", 2))
-	after, err := e.admin.Etcd().Get(ctx, api.NodeKey("c1", "n2"))
+	after, err := e.admin.cli.Get(ctx, api.NodeKey("c1", "n2"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,12 +157,12 @@ func TestReaderFollowsWriter(t *testing.T) {
 		t.Errorf("error events metric = %v, want 1", got)
 	}
 	// At most MaxKeysPerLease keys per lease.
-	leases, err := e.admin.Etcd().Leases(ctx)
+	leases, err := e.admin.cli.Leases(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range leases.Leases {
-		ttl, err := e.admin.Etcd().TimeToLive(ctx, l.ID, clientv3.WithAttachedKeys())
+		ttl, err := e.admin.cli.TimeToLive(ctx, l.ID, clientv3.WithAttachedKeys())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -272,11 +272,11 @@ func TestCompactionWhileAway(t *testing.T) {
 	}
 	tr.upsert(t, ctx, w, testNode("n5", 55))
 	tr.upsert(t, ctx, w, testNode("n20", 20))
-	resp, err := e.admin.Etcd().Get(ctx, "compact-marker")
+	resp, err := e.admin.cli.Get(ctx, "compact-marker")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.admin.Etcd().Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+	if _, err := e.admin.cli.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
 		t.Fatal(err)
 	}
 	e.proxy.setCut(false)
@@ -296,22 +296,26 @@ func TestCompactionWhileAway(t *testing.T) {
 func TestLeaseLoss(t *testing.T) {
 	tests := []struct {
 		name string
-		lose func(t *testing.T, e *env, w *Writer, v *view, startRun func())
+		// allLost: every lease is found lost in one round, so the canary
+		// must be rewritten after every key (revocations one by one may
+		// be noticed one round at a time).
+		allLost bool
+		lose    func(t *testing.T, e *env, w *Writer, v *view, startRun func())
 	}{
-		{"expired", func(t *testing.T, e *env, w *Writer, v *view, startRun func()) {
+		{"expired", true, func(t *testing.T, e *env, w *Writer, v *view, startRun func()) {
 			// Run is not running: the leases expire after their TTL.
 			eventually(t, "keys to expire", func() bool { return e.storeCount(t) == 0 })
 			startRun()
 		}},
-		{"revoked", func(t *testing.T, e *env, w *Writer, v *view, startRun func()) {
+		{"revoked", false, func(t *testing.T, e *env, w *Writer, v *view, startRun func()) {
 			startRun()
 			ctx := context.Background()
-			leases, err := e.admin.Etcd().Leases(ctx)
+			leases, err := e.admin.cli.Leases(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
 			for _, l := range leases.Leases {
-				if _, err := e.admin.Etcd().Revoke(ctx, l.ID); err != nil {
+				if _, err := e.admin.cli.Revoke(ctx, l.ID); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -344,21 +348,44 @@ func TestLeaseLoss(t *testing.T) {
 				w.Close()
 			})
 			tr := truth{}
-			for i := range 10 {
-				tr.upsert(t, ctx, w, testNode(fmt.Sprintf("n%d", i), i))
-			}
+			// The first key goes before the canary and the rest after it,
+			// so the canary's lease is neither the first nor the last made:
+			// its rewrite must still come after every key's.
+			tr.upsert(t, ctx, w, testNode("n0", 0))
 			if err := w.MarkSynced(ctx, api.KindNode); err != nil {
 				t.Fatal(err)
+			}
+			for i := 1; i < 10; i++ {
+				tr.upsert(t, ctx, w, testNode(fmt.Sprintf("n%d", i), i))
 			}
 			v := watchView(t, e.newReader(t), api.KindNode)
 			waitConverged(t, v, tr)
 
 			tt.lose(t, e, w, v, startRun)
-			// The canary comes back with the rest.
+			// The canary comes back after the rest.
 			eventually(t, "canary to be rewritten", func() bool {
-				resp, err := e.admin.Etcd().Get(ctx, api.SyncedKey("c1", api.KindNode))
+				resp, err := e.admin.cli.Get(ctx, api.SyncedKey("c1", api.KindNode))
 				return err == nil && len(resp.Kvs) == 1
 			})
+			canary, _, err := e.admin.Get(ctx, api.SyncedKey("c1", api.KindNode))
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys, err := e.admin.List(ctx, api.ClusterPrefix(api.KindNode, "c1"), ListOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.allLost {
+				keys = nil
+			}
+			if tt.allLost && len(keys) != 10 {
+				t.Errorf("%d keys present when the canary came back, want 10", len(keys))
+			}
+			for _, kv := range keys {
+				if kv.ModRevision > canary.ModRevision {
+					t.Errorf("%s rewritten at revision %d, after the canary (%d)", kv.Key, kv.ModRevision, canary.ModRevision)
+				}
+			}
 			waitConverged(t, v, tr)
 			// And the writer still writes.
 			tr.upsert(t, ctx, w, testNode("n11", 11))
@@ -397,7 +424,7 @@ func TestWriterRestart(t *testing.T) {
 	tr2.upsert(t, ctx, w2, testNode("n10", 10))
 	// The first writer's keys that the second did not take over expire.
 	eventually(t, "old leases to expire", func() bool {
-		resp, err := e.admin.Etcd().Get(ctx, api.ClusterPrefix(api.KindNode, "c1"), clientv3.WithPrefix(), clientv3.WithCountOnly())
+		resp, err := e.admin.cli.Get(ctx, api.ClusterPrefix(api.KindNode, "c1"), clientv3.WithPrefix(), clientv3.WithCountOnly())
 		return err == nil && resp.Count == int64(len(tr2))
 	})
 
@@ -451,7 +478,7 @@ func TestMarkSyncedPrunesLeftovers(t *testing.T) {
 	tr.upsert(t, ctx, w2, testNode("n1", 1))
 	tr.upsert(t, ctx, w2, testNode("n4", 44))
 	// The first writer's canary is gone as soon as the second writes.
-	resp, err := e.admin.Etcd().Get(ctx, api.SyncedKey("c1", api.KindNode))
+	resp, err := e.admin.cli.Get(ctx, api.SyncedKey("c1", api.KindNode))
 	if err != nil || len(resp.Kvs) != 0 {
 		t.Fatalf("old canary still present: %v, %v", resp, err)
 	}
@@ -545,21 +572,21 @@ func TestChurn(t *testing.T) {
 			cut = !cut
 			e.proxy.setCut(cut)
 		case 1:
-			resp, err := e.admin.Etcd().Get(ctx, "compact-marker")
+			resp, err := e.admin.cli.Get(ctx, "compact-marker")
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := e.admin.Etcd().Compact(ctx, resp.Header.Revision); err != nil {
+			if _, err := e.admin.cli.Compact(ctx, resp.Header.Revision); err != nil {
 				t.Fatal(err)
 			}
 		case 2:
-			leases, err := e.admin.Etcd().Leases(ctx)
+			leases, err := e.admin.cli.Leases(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if len(leases.Leases) > 0 {
 				l := leases.Leases[rng.IntN(len(leases.Leases))]
-				if _, err := e.admin.Etcd().Revoke(ctx, l.ID); err != nil {
+				if _, err := e.admin.cli.Revoke(ctx, l.ID); err != nil {
 					t.Fatal(err)
 				}
 			}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -450,6 +451,12 @@ func (w *Writer) Run(ctx context.Context) error {
 }
 
 // maintain refreshes every lease once and repairs the lost ones.
+//
+// The canary leases come last, and a lost canary is rewritten only once no
+// other lease's keys are still waiting to be rewritten: readers prune keys
+// missing from a listing once the canary is present, so a canary back
+// before the keys (after a store restart that dropped every lease) would
+// make them delete live objects.
 func (w *Writer) maintain(ctx context.Context) {
 	w.mu.Lock()
 	slots := make([]leaseSlot, len(w.leases))
@@ -457,14 +464,33 @@ func (w *Writer) maintain(ctx context.Context) {
 		slots[i] = *s
 	}
 	w.mu.Unlock()
+	slices.SortStableFunc(slots, func(a, b leaseSlot) int {
+		switch {
+		case a.canary == b.canary:
+			return 0
+		case a.canary:
+			return 1
+		default:
+			return -1
+		}
+	})
+	keysPending := false
+	repair := func(id clientv3.LeaseID, canary bool) {
+		if canary && keysPending {
+			w.log.Info("synced canary waits for the keys of a lost lease to be rewritten", "lease", id)
+			return
+		}
+		if err := w.recoverLease(ctx, id); err != nil {
+			w.log.Warn("re-creating lost lease", "lease", id, "error", err)
+			keysPending = keysPending || !canary
+		}
+	}
 	for _, s := range slots {
 		if ctx.Err() != nil {
 			return
 		}
 		if s.rewrite {
-			if err := w.recoverLease(ctx, s.id); err != nil {
-				w.log.Warn("rewriting keys of a replaced lease", "lease", s.id, "error", err)
-			}
+			repair(s.id, s.canary)
 			continue
 		}
 		rctx, cancel := w.c.withTimeout(ctx)
@@ -474,9 +500,7 @@ func (w *Writer) maintain(ctx context.Context) {
 		case err == nil:
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
 			w.log.Warn("lease lost, re-creating it and rewriting its keys", "lease", s.id, "keys", s.count)
-			if err := w.recoverLease(ctx, s.id); err != nil {
-				w.log.Warn("re-creating lost lease", "lease", s.id, "error", err)
-			}
+			repair(s.id, s.canary)
 		default:
 			if ctx.Err() == nil {
 				w.log.Warn("keeping lease alive", "lease", s.id, "error", err)

@@ -262,7 +262,7 @@ func (c *Cluster) PutRaw(key string, value []byte) {
 	c.m.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if _, err := c.Admin().Etcd().Put(ctx, key, string(value)); err != nil {
+	if err := c.Admin().Put(ctx, key, value); err != nil {
 		c.m.t.Fatalf("cluster %s: put %s: %v", c.Name, key, err)
 	}
 }

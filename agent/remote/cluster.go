@@ -208,26 +208,7 @@ func (c *Cluster) Drain() {
 func (c *Cluster) fetchConfig(ctx context.Context, cli *kvstore.Client) (*api.Cluster, []byte, error) {
 	rctx, cancel := context.WithTimeout(ctx, c.opts.ProbeInterval+5*time.Second)
 	defer cancel()
-	resp, err := cli.Etcd().Get(rctx, api.ClusterKey(c.name))
-	if err != nil {
-		return nil, nil, fmt.Errorf("cluster %s: read cluster config: %w: %w", c.name, kvstore.ErrUnreachable, err)
-	}
-	if len(resp.Kvs) == 0 {
-		// A store holding another cluster's config under our name's key is
-		// impossible (Decode checks the key); a missing key may mean the
-		// file points at the wrong store: list what is there to say so.
-		return nil, nil, fmt.Errorf("cluster %s: %w at %s", c.name, ErrNoConfig, api.ClusterKey(c.name))
-	}
-	raw := resp.Kvs[0].Value
-	obj, err := api.Decode(api.ClusterKey(c.name), raw)
-	if err != nil {
-		return nil, raw, fmt.Errorf("cluster %s: %w: %w", c.name, ErrMismatch, err)
-	}
-	cfg := obj.(*api.Cluster)
-	if cfg.Name != c.name {
-		return nil, raw, fmt.Errorf("cluster %s: %w: store's config names cluster %q", c.name, ErrMismatch, cfg.Name)
-	}
-	return cfg, raw, nil
+	return cli.ClusterConfig(rctx, c.name)
 }
 
 // refuse marks the cluster refused; if it had been accepted, everything it
@@ -398,7 +379,7 @@ func (c *Cluster) probe(ctx context.Context, cli *kvstore.Client, raw []byte, ch
 		case <-t.C:
 		}
 		rctx, cancel := context.WithTimeout(ctx, c.opts.ProbeInterval)
-		resp, err := cli.Etcd().Get(rctx, api.ClusterKey(c.name))
+		kv, found, err := cli.Get(rctx, api.ClusterKey(c.name))
 		cancel()
 		if ctx.Err() != nil {
 			return
@@ -414,7 +395,7 @@ func (c *Cluster) probe(ctx context.Context, cli *kvstore.Client, raw []byte, ch
 			c.setState(status.StateConnected, nil)
 			c.log.Info("cluster reachable again")
 		}
-		if len(resp.Kvs) == 0 || !bytes.Equal(resp.Kvs[0].Value, raw) {
+		if !found || !bytes.Equal(kv.Value, raw) {
 			select {
 			case changed <- struct{}{}:
 			default:

@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/kvstore"
 )
 
 // Sentinel errors of the package.
@@ -14,10 +15,11 @@ var (
 	// collide with another accepted cluster.
 	ErrConflict = errors.New("conflicts with another cluster")
 	// ErrMismatch is wrapped by refusals of a cluster whose config does not
-	// describe the cluster its connection file names.
-	ErrMismatch = errors.New("cluster config mismatch")
+	// describe the cluster its connection file names (the store's check,
+	// kvstore.ErrClusterMismatch, and the registry's).
+	ErrMismatch = kvstore.ErrClusterMismatch
 	// ErrNoConfig is returned while a cluster's store holds no cluster config.
-	ErrNoConfig = errors.New("no cluster config in store")
+	ErrNoConfig = kvstore.ErrNoClusterConfig
 )
 
 // Registry holds the configs of accepted clusters and refuses a new one

@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/pki"
 )
 
@@ -203,23 +204,20 @@ func checkStore(ctx context.Context, from, to *member, creds Credentials) (Probl
 			"cluster %s cannot open the store of %s at %s: %v", from.info.Name, to.info.Name, to.info.Endpoint, err), false
 	}
 	defer cli.Close()
-	rctx, cancel := context.WithTimeout(ctx, DialTimeout)
-	defer cancel()
-	resp, err := cli.Get(rctx, api.ClusterKey(to.info.Name))
-	if err != nil {
+	// The same read and checks the agents apply before trusting the store.
+	got, _, err := cli.ClusterConfig(ctx, to.info.Name)
+	switch {
+	case errors.Is(err, kvstore.ErrNoClusterConfig):
+		return Problem{}, true // not exported yet; agents wait for it
+	case errors.Is(err, kvstore.ErrClusterMismatch):
+		return problem(ErrWrongCluster, "check the version and log of "+to.info.Name+"'s clustermesh-apiserver",
+			"the cluster config in %s's store is refused: %v", to.info.Name, err), false
+	case err != nil:
 		return problem(ErrUnreachable,
 			fmt.Sprintf("check that %s's store grants the %q user read access (clustermesh status %s)", to.info.Name, UserRemote, to.c.ctxFlag()),
 			"cluster %s cannot read the store of %s at %s as %q: %v", from.info.Name, to.info.Name, to.info.Endpoint, UserRemote, err), false
 	}
-	if len(resp.Kvs) == 0 {
-		return Problem{}, true // not exported yet; agents wait for it
-	}
-	obj, err := api.Decode(string(resp.Kvs[0].Key), resp.Kvs[0].Value)
-	if err != nil {
-		return problem(ErrWrongCluster, "check the version and log of "+to.info.Name+"'s clustermesh-apiserver",
-			"the cluster config in %s's store does not decode: %v", to.info.Name, err), false
-	}
-	if got := obj.(*api.Cluster); got.ID != to.info.ID {
+	if got.ID != to.info.ID {
 		return problem(ErrWrongCluster,
 			fmt.Sprintf("the clustermesh-apiserver of %s runs with --cluster-id %d while its ConfigMap says %d; re-run clustermesh enable %s --cluster-name %s --cluster-id %d and restart the apiserver",
 				to.info.Name, got.ID, to.info.ID, to.c.ctxFlag(), to.info.Name, to.info.ID),

@@ -6,10 +6,9 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/kvstore"
 )
 
 // KV is one decoded key of a store.
@@ -72,7 +71,7 @@ type KVOptions struct {
 	KeysOnly bool
 }
 
-func (c *Cluster) kvClient(ctx context.Context, opts KVOptions) (*clientv3.Client, error) {
+func (c *Cluster) kvClient(ctx context.Context, opts KVOptions) (*kvstore.Client, error) {
 	if opts.Peer == "" {
 		cli, _, err := c.OpenStore(ctx, opts.StoreOptions)
 		return cli, err
@@ -107,23 +106,17 @@ func KVList(ctx context.Context, c *Cluster, prefix string, opts KVOptions) ([]K
 	}
 	defer cli.Close()
 	full := absKey(prefix)
-	rctx, cancel := context.WithTimeout(ctx, DialTimeout)
-	defer cancel()
-	ops := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)}
-	if opts.KeysOnly {
-		ops = append(ops, clientv3.WithKeysOnly())
-	}
-	resp, err := cli.Get(rctx, full, ops...)
+	items, err := cli.List(ctx, full, kvstore.ListOptions{KeysOnly: opts.KeysOnly})
 	if err != nil {
 		return nil, fmt.Errorf("context %s: list %s: %w", c.Context, full, err)
 	}
-	out := make([]KV, 0, len(resp.Kvs))
-	for _, item := range resp.Kvs {
+	out := make([]KV, 0, len(items))
+	for _, item := range items {
 		var kv KV
 		if opts.KeysOnly {
-			kv = KV{Key: string(item.Key)}
+			kv = KV{Key: item.Key}
 		} else {
-			kv = decodeKV(string(item.Key), item.Value)
+			kv = decodeKV(item.Key, item.Value)
 		}
 		kv.ModRev, kv.LeaseID = item.ModRevision, item.Lease
 		out = append(out, kv)
@@ -139,17 +132,15 @@ func KVGet(ctx context.Context, c *Cluster, key string, opts KVOptions) (*KV, er
 	}
 	defer cli.Close()
 	full := absKey(key)
-	rctx, cancel := context.WithTimeout(ctx, DialTimeout)
-	defer cancel()
-	resp, err := cli.Get(rctx, full)
+	item, found, err := cli.Get(ctx, full)
 	if err != nil {
 		return nil, fmt.Errorf("context %s: get %s: %w", c.Context, full, err)
 	}
-	if len(resp.Kvs) == 0 {
+	if !found {
 		return nil, fmt.Errorf("context %s: key %s: %w", c.Context, full, ErrKeyNotFound)
 	}
-	kv := decodeKV(full, resp.Kvs[0].Value)
-	kv.ModRev, kv.LeaseID = resp.Kvs[0].ModRevision, resp.Kvs[0].Lease
+	kv := decodeKV(full, item.Value)
+	kv.ModRev, kv.LeaseID = item.ModRevision, item.Lease
 	return &kv, nil
 }
 

@@ -8,11 +8,11 @@ import (
 	"strconv"
 	"strings"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/kvstore"
 )
 
 // Service annotations the apiserver reads (see docs/cli.md).
@@ -151,7 +151,7 @@ func ListGlobalServices(ctx context.Context, c *Cluster, opts StoreOptions) (*Se
 	defer cli.Close()
 	res := &ServiceListResult{}
 	byKey := map[string]*GlobalService{}
-	collect := func(kv clientv3.KV, cluster string) error {
+	collect := func(kv *kvstore.Client, cluster string) error {
 		svcs, err := readServices(ctx, kv, cluster)
 		if err != nil {
 			return err
@@ -217,16 +217,14 @@ type exportedService struct {
 	inst            ServiceInstance
 }
 
-func readServices(ctx context.Context, kv clientv3.KV, cluster string) ([]exportedService, error) {
-	ctx, cancel := context.WithTimeout(ctx, DialTimeout)
-	defer cancel()
-	resp, err := kv.Get(ctx, api.ClusterPrefix(api.KindService, cluster), clientv3.WithPrefix())
+func readServices(ctx context.Context, kv *kvstore.Client, cluster string) ([]exportedService, error) {
+	items, err := kv.List(ctx, api.ClusterPrefix(api.KindService, cluster), kvstore.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("list services: %w", err)
 	}
 	var out []exportedService
-	for _, item := range resp.Kvs {
-		obj, err := api.Decode(string(item.Key), item.Value)
+	for _, item := range items {
+		obj, err := api.Decode(item.Key, item.Value)
 		if err != nil {
 			continue // a bad value never hides the others; kv get shows it
 		}
@@ -235,12 +233,12 @@ func readServices(ctx context.Context, kv clientv3.KV, cluster string) ([]export
 			continue
 		}
 		es := exportedService{Namespace: s.Namespace, Name: s.Name, inst: ServiceInstance{Cluster: cluster, Shared: s.Shared, Affinity: s.Affinity}}
-		eps, err := kv.Get(ctx, api.ServiceEndpointsPrefix(cluster, s.Namespace, s.Name), clientv3.WithPrefix())
+		eps, err := kv.List(ctx, api.ServiceEndpointsPrefix(cluster, s.Namespace, s.Name), kvstore.ListOptions{})
 		if err != nil {
 			return nil, fmt.Errorf("service %s/%s: list endpoints: %w", s.Namespace, s.Name, err)
 		}
-		for _, ekv := range eps.Kvs {
-			obj, err := api.Decode(string(ekv.Key), ekv.Value)
+		for _, ekv := range eps {
+			obj, err := api.Decode(ekv.Key, ekv.Value)
 			if err != nil {
 				continue
 			}

@@ -10,12 +10,12 @@ import (
 	"strings"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/pki"
 )
 
@@ -221,21 +221,19 @@ func entryProblems(c *Cluster, entries []Entry, ca *x509.Certificate, now time.T
 	return ps
 }
 
-func (st *Status) readStore(ctx context.Context, cli *clientv3.Client, cluster string) error {
-	ctx, cancel := context.WithTimeout(ctx, DialTimeout)
-	defer cancel()
-	resp, err := cli.Get(ctx, api.ClusterKey(cluster), clientv3.WithCountOnly())
+func (st *Status) readStore(ctx context.Context, cli *kvstore.Client, cluster string) error {
+	_, found, err := cli.Get(ctx, api.ClusterKey(cluster))
 	if err != nil {
 		return err
 	}
-	st.APIServer.ClusterConfig = resp.Count > 0
-	synced, err := cli.Get(ctx, api.KeyPrefix+string(api.KindSynced)+"/"+cluster+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	st.APIServer.ClusterConfig = found
+	synced, err := cli.List(ctx, api.ClusterPrefix(api.KindSynced, cluster), kvstore.ListOptions{KeysOnly: true})
 	if err != nil {
 		return err
 	}
 	st.APIServer.SyncedKinds = []string{}
-	for _, kv := range synced.Kvs {
-		pk, err := api.ParseKey(string(kv.Key))
+	for _, kv := range synced {
+		pk, err := api.ParseKey(kv.Key)
 		if err == nil {
 			st.APIServer.SyncedKinds = append(st.APIServer.SyncedKinds, pk.Rest)
 		}
@@ -246,11 +244,11 @@ func (st *Status) readStore(ctx context.Context, cli *clientv3.Client, cluster s
 			st.APIServer.Synced = false
 		}
 	}
-	agents, err := cli.Get(ctx, status.Prefix(cluster), clientv3.WithPrefix())
+	agents, err := cli.List(ctx, status.Prefix(cluster), kvstore.ListOptions{})
 	if err != nil {
 		return err
 	}
-	for _, kv := range agents.Kvs {
+	for _, kv := range agents {
 		a, err := status.Decode(kv.Value)
 		if err != nil {
 			// An agent of a newer schema still counts as reporting.

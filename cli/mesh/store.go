@@ -2,14 +2,10 @@ package mesh
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
-	"net"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
+	"github.com/clustermesh/clustermesh/kvstore"
 )
 
 // DialTimeout bounds every connection attempt to a store.
@@ -20,61 +16,39 @@ type Credentials struct {
 	CA, Cert, Key []byte
 }
 
-func (cr Credentials) tlsConfig(serverName string) (*tls.Config, error) {
-	pair, err := tls.X509KeyPair(cr.Cert, cr.Key)
-	if err != nil {
-		return nil, fmt.Errorf("client certificate: %w", err)
+// storeConfig is how to reach the store at endpoint with these credentials.
+func (cr Credentials) storeConfig(endpoint string) (kvstore.Config, error) {
+	if _, err := endpointHost(endpoint); err != nil {
+		return kvstore.Config{}, err
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(cr.CA) {
-		return nil, fmt.Errorf("trusted CA: no certificate in PEM")
-	}
-	return &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS12}, nil
+	return kvstore.Config{
+		Endpoints: []string{"https://" + dialAddr(endpoint)},
+		CA:        cr.CA, Cert: cr.Cert, Key: cr.Key,
+		DialTimeout: DialTimeout, RequestTimeout: DialTimeout,
+	}, nil
 }
 
 // checkTLS does a TLS handshake with endpoint using creds and returns the
 // server certificate's common name.
 func checkTLS(ctx context.Context, endpoint string, creds Credentials) (string, error) {
-	host, err := endpointHost(endpoint)
+	cfg, err := creds.storeConfig(endpoint)
 	if err != nil {
 		return "", err
 	}
-	cfg, err := creds.tlsConfig(host)
+	cert, err := kvstore.ServerCertificate(ctx, cfg, cfg.Endpoints[0])
 	if err != nil {
 		return "", err
 	}
-	ctx, cancel := context.WithTimeout(ctx, DialTimeout)
-	defer cancel()
-	d := tls.Dialer{NetDialer: &net.Dialer{}, Config: cfg}
-	conn, err := d.DialContext(ctx, "tcp", dialAddr(endpoint))
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close()
-	state := conn.(*tls.Conn).ConnectionState()
-	if len(state.PeerCertificates) == 0 {
-		return "", fmt.Errorf("endpoint %s: no server certificate", endpoint)
-	}
-	return state.PeerCertificates[0].Subject.CommonName, nil
+	return cert.Subject.CommonName, nil
 }
 
 // openStore connects to a store. The caller closes the client.
-func openStore(ctx context.Context, endpoint string, creds Credentials) (*clientv3.Client, error) {
-	host, err := endpointHost(endpoint)
-	if err != nil {
-		return nil, err
-	}
-	cfg, err := creds.tlsConfig(host)
+func openStore(ctx context.Context, endpoint string, creds Credentials) (*kvstore.Client, error) {
+	cfg, err := creds.storeConfig(endpoint)
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %w", endpoint, err)
 	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   []string{"https://" + dialAddr(endpoint)},
-		TLS:         cfg,
-		DialTimeout: DialTimeout,
-		Context:     ctx,
-		Logger:      zap.NewNop(),
-	})
+	cli, err := kvstore.New(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %w", endpoint, err)
 	}
@@ -90,7 +64,7 @@ type StoreOptions struct {
 
 // OpenStore connects to the cluster's own store with the admin certificate
 // kept in the cluster. The caller closes the client.
-func (c *Cluster) OpenStore(ctx context.Context, opts StoreOptions) (*clientv3.Client, *Info, error) {
+func (c *Cluster) OpenStore(ctx context.Context, opts StoreOptions) (*kvstore.Client, *Info, error) {
 	info, err := c.ReadInfo(ctx)
 	if err != nil {
 		return nil, nil, err
