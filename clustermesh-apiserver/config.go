@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/kvstore"
 )
 
 // ErrConfig is wrapped by every configuration error.
@@ -56,6 +57,8 @@ type Config struct {
 	Workers int
 	// LeaseTTL is the TTL of the store leases the exported keys hang on.
 	LeaseTTL time.Duration
+	// EtcdQuotaBytes is the embedded etcd's space quota.
+	EtcdQuotaBytes int64
 	// UnsafeNoFsync disables fsync in the embedded etcd (tests only).
 	UnsafeNoFsync bool
 
@@ -82,6 +85,7 @@ func DefaultConfig() Config {
 	return Config{
 		MaxClusterID:        api.DefaultMaxClusterID,
 		EtcdDataDir:         "/var/lib/clustermesh/etcd",
+		EtcdQuotaBytes:      kvstore.DefaultQuotaBytes,
 		EtcdListenClientURL: "https://0.0.0.0:2379",
 		// Where deploy/ mounts the clustermesh-admin-cert Secret.
 		EtcdAdminCert: "/var/lib/clustermesh/admin/tls.crt",
@@ -132,6 +136,8 @@ func (c *Config) Flags(fs *pflag.FlagSet) {
 		"Number of objects exported concurrently.")
 	fs.DurationVar(&c.LeaseTTL, "lease-ttl", c.LeaseTTL,
 		"TTL of the store leases exported keys are attached to: how long the cluster stays visible to peers after this apiserver stops renewing them.")
+	fs.Int64Var(&c.EtcdQuotaBytes, "etcd-quota-bytes", c.EtcdQuotaBytes,
+		"Space quota of the embedded etcd in bytes. When the store reaches it, etcd refuses writes (NOSPACE alarm); the apiserver then compacts, defragments and disarms, logging and counting it (clustermesh_kvstore_space_alarms_total).")
 	fs.BoolVar(&c.UnsafeNoFsync, "etcd-unsafe-no-fsync", c.UnsafeNoFsync,
 		"Disable fsync in the embedded etcd. For tests only: a crash may lose acknowledged writes.")
 	fs.StringVar(&c.BGPReflectorAddress, "bgp-reflector-address", c.BGPReflectorAddress,

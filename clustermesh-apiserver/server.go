@@ -130,7 +130,11 @@ func (s *Server) Run(ctx context.Context) error {
 	s.healthAddr = hl.Addr().String()
 	s.mu.Unlock()
 
-	client, closeStore, err := s.openStore(ctx)
+	storeMetrics, err := kvstore.NewMetrics(s.reg)
+	if err != nil {
+		return fmt.Errorf("cluster %s: store metrics: %w", s.cfg.ClusterName, err)
+	}
+	client, closeStore, err := s.openStore(ctx, storeMetrics)
 	if err != nil {
 		return err
 	}
@@ -148,10 +152,6 @@ func (s *Server) Run(ctx context.Context) error {
 		ctx = lctx
 	}
 
-	storeMetrics, err := kvstore.NewMetrics(s.reg)
-	if err != nil {
-		return fmt.Errorf("cluster %s: store metrics: %w", s.cfg.ClusterName, err)
-	}
 	writer, err := kvstore.NewWriter(client, s.cfg.ClusterName, &kvstore.WriterOptions{LeaseTTL: s.cfg.LeaseTTL, Logger: s.log, Metrics: storeMetrics})
 	if err != nil {
 		return fmt.Errorf("cluster %s: %w", s.cfg.ClusterName, err)
@@ -293,7 +293,7 @@ func (s *Server) Standby() bool {
 }
 
 // openStore starts the embedded etcd or connects to the external one.
-func (s *Server) openStore(ctx context.Context) (*kvstore.Client, func(), error) {
+func (s *Server) openStore(ctx context.Context, m *kvstore.Metrics) (*kvstore.Client, func(), error) {
 	if s.cfg.KVStoreConfig != "" {
 		kc, err := kvstore.LoadConfig(s.cfg.KVStoreConfig)
 		if err != nil {
@@ -314,6 +314,9 @@ func (s *Server) openStore(ctx context.Context) (*kvstore.Client, func(), error)
 		CertFile:        s.cfg.EtcdCert,
 		KeyFile:         s.cfg.EtcdKey,
 		UnsafeNoFsync:   s.cfg.UnsafeNoFsync,
+		QuotaBytes:      s.cfg.EtcdQuotaBytes,
+		Logger:          s.log,
+		Metrics:         m,
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("cluster %s: embedded etcd: %w", s.cfg.ClusterName, err)

@@ -28,6 +28,10 @@ const (
 	DefaultRequestTimeout = 10 * time.Second
 )
 
+// DefaultMaxRecvBytes is the default Config.MaxRecvBytes: a listing page of
+// listPageSize keys of up to 64 KiB each.
+const DefaultMaxRecvBytes = 64 << 20
+
 // MaxReconnectDelay bounds the wait between attempts to reconnect to a store
 // that went away, so that a store coming back is used again within seconds.
 const MaxReconnectDelay = 5 * time.Second
@@ -60,6 +64,11 @@ type Config struct {
 	// RequestTimeout bounds each request Writers and Readers make; zero means
 	// DefaultRequestTimeout.
 	RequestTimeout time.Duration
+	// MaxRecvBytes bounds one response from the store (a page of a listing,
+	// a batch of watch events); zero means DefaultMaxRecvBytes. It is what
+	// keeps a peer store holding huge values from making this process
+	// allocate without bound: the request fails instead.
+	MaxRecvBytes int
 }
 
 // configFile is the YAML form of Config.
@@ -156,6 +165,13 @@ func (cfg *Config) dialTimeout() time.Duration {
 	return DefaultDialTimeout
 }
 
+func (cfg *Config) maxRecvBytes() int {
+	if cfg.MaxRecvBytes > 0 {
+		return cfg.MaxRecvBytes
+	}
+	return DefaultMaxRecvBytes
+}
+
 func (cfg *Config) requestTimeout() time.Duration {
 	if cfg.RequestTimeout > 0 {
 		return cfg.RequestTimeout
@@ -188,6 +204,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		DialTimeout:          cfg.dialTimeout(),
 		DialKeepAliveTime:    5 * time.Second,
 		DialKeepAliveTimeout: 5 * time.Second,
+		MaxCallRecvMsgSize:   cfg.maxRecvBytes(),
 		Context:              context.WithoutCancel(ctx),
 		Logger:               zap.NewNop(),
 		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{

@@ -10,6 +10,7 @@ type Metrics struct {
 	leaseRecovered *prometheus.CounterVec
 	events         *prometheus.CounterVec
 	relists        *prometheus.CounterVec
+	spaceAlarms    *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them on reg.
@@ -31,8 +32,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "clustermesh_kvstore_relists_total",
 			Help: "Full re-listings of a cluster's store by a reader after its first listing (compaction, reconnection, a writer's canary appearing).",
 		}, []string{"cluster", "kind"}),
+		spaceAlarms: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clustermesh_kvstore_space_alarms_total",
+			Help: "Space (NOSPACE) alarms of the embedded store found and cleared by compaction, defragmentation and disarming.",
+		}, []string{"cluster"}),
 	}
-	for _, c := range []prometheus.Collector{m.writes, m.leaseRecovered, m.events, m.relists} {
+	for _, c := range []prometheus.Collector{m.writes, m.leaseRecovered, m.events, m.relists, m.spaceAlarms} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -73,5 +78,11 @@ func (m *Metrics) Forget(cluster string) {
 	l := prometheus.Labels{"cluster": cluster}
 	for _, v := range []*prometheus.CounterVec{m.writes, m.leaseRecovered, m.events, m.relists} {
 		v.DeletePartialMatch(l)
+	}
+}
+
+func (m *Metrics) spaceAlarm(cluster string) {
+	if m != nil {
+		m.spaceAlarms.WithLabelValues(cluster).Inc()
 	}
 }

@@ -2,26 +2,24 @@ package kvstore
 
 import (
 	"context"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"net/url"
 	"sync"
 	"time"
 
-	"github.com/clustermesh/clustermesh/api"
 	"go.etcd.io/etcd/api/v3/authpb"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/auth"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc"
+
+	"github.com/clustermesh/clustermesh/api"
 )
 
 // The etcd users of a cluster's store. A client acts as the user named by
@@ -73,6 +71,25 @@ type ServerConfig struct {
 	// UnsafeNoFsync skips fsync on writes: for tests and benchmarks only, a
 	// crash may lose acknowledged writes.
 	UnsafeNoFsync bool
+	// QuotaBytes is the store's space quota; zero means DefaultQuotaBytes.
+	QuotaBytes int64
+	// MaxRequestBytes bounds one client request; zero means
+	// DefaultMaxRequestBytes.
+	MaxRequestBytes uint
+	// AlarmCheckInterval is how often a space alarm is looked for and
+	// cleared; zero means DefaultAlarmCheckInterval.
+	AlarmCheckInterval time.Duration
+	// Logger receives the server's logs; nil discards them.
+	Logger *slog.Logger
+	// Metrics records space alarms; nil records nothing.
+	Metrics *Metrics
+}
+
+func (cfg *ServerConfig) quotaBytes() int64 {
+	if cfg.QuotaBytes > 0 {
+		return cfg.QuotaBytes
+	}
+	return DefaultQuotaBytes
 }
 
 // Server is a running embedded etcd. It lives until Close.
@@ -80,6 +97,10 @@ type Server struct {
 	cfg       ServerConfig
 	etcd      *embed.Etcd
 	endpoint  string
+	log       *slog.Logger
+	metrics   *Metrics
+	stop      context.CancelFunc
+	done      chan struct{}
 	closeOnce sync.Once
 }
 
@@ -142,6 +163,17 @@ func StartServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	// Readers rely on progress notifications to learn that a quiet watch is
 	// still alive.
 	ec.WatchProgressNotifyInterval = 5 * time.Second
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ec.QuotaBackendBytes = cfg.quotaBytes()
+	ec.MaxRequestBytes = DefaultMaxRequestBytes
+	if cfg.MaxRequestBytes > 0 {
+		ec.MaxRequestBytes = cfg.MaxRequestBytes
+	}
+	ec.MaxConcurrentStreams = DefaultMaxStreams
+	ec.GRPCAdditionalServerOptions = []grpc.ServerOption{grpc.ChainUnaryInterceptor(restrictLeaseGrant(cfg.Cluster, log))}
 
 	e, err := embed.StartEtcd(ec)
 	if err != nil {
@@ -156,7 +188,7 @@ func StartServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 		e.Close()
 		return nil, fmt.Errorf("cluster %s: etcd not ready: %w", cfg.Cluster, ctx.Err())
 	}
-	s := &Server{cfg: cfg, etcd: e}
+	s := &Server{cfg: cfg, etcd: e, log: log, metrics: cfg.Metrics}
 	if len(e.Clients) == 0 {
 		e.Close()
 		return nil, fmt.Errorf("cluster %s: etcd has no client listener", cfg.Cluster)
@@ -166,6 +198,16 @@ func StartServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 		e.Close()
 		return nil, fmt.Errorf("cluster %s: %w", cfg.Cluster, err)
 	}
+	every := cfg.AlarmCheckInterval
+	if every <= 0 {
+		every = DefaultAlarmCheckInterval
+	}
+	actx, stop := context.WithCancel(context.Background())
+	s.stop, s.done = stop, make(chan struct{})
+	go func() {
+		defer close(s.done)
+		s.watchAlarms(actx, every)
+	}()
 	return s, nil
 }
 
@@ -176,10 +218,7 @@ func StartServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 // been done by an earlier start.
 func (s *Server) setupAuth(ctx context.Context) error {
 	es := s.etcd.Server
-	var tlsInfo credentials.TLSInfo
-	tlsInfo.State.VerifiedChains = [][]*x509.Certificate{{{Subject: pkix.Name{CommonName: userRoot}}}}
-	ctx = peer.NewContext(ctx, &peer.Peer{AuthInfo: tlsInfo})
-	ctx = metadata.NewIncomingContext(ctx, metadata.MD{})
+	ctx = rootContext(ctx)
 
 	ignoreExists := func(what string, err error) error {
 		if err == nil || errors.Is(err, auth.ErrUserAlreadyExist) || errors.Is(err, auth.ErrRoleAlreadyExist) {
@@ -265,6 +304,10 @@ func localEndpoint(listen url.URL, bound net.Addr) string {
 // Open watch streams delay it by up to etcd's request timeout (about 7s):
 // close local clients first. Closing a closed server does nothing.
 func (s *Server) Close() error {
-	s.closeOnce.Do(s.etcd.Close)
+	s.closeOnce.Do(func() {
+		s.stop()
+		<-s.done
+		s.etcd.Close()
+	})
 	return nil
 }
