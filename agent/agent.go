@@ -11,13 +11,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/clustermesh/clustermesh/agent/merger"
 	"github.com/clustermesh/clustermesh/agent/remote"
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/loadbalancer"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // ErrConfig is wrapped by errors about the agent's configuration.
@@ -38,6 +39,13 @@ type Config struct {
 	// ClusterName is the agent's own cluster; its connection file must be in
 	// ClustersDir like every peer's.
 	ClusterName string
+	// ProtectedCIDRs are local ranges no peer may claim an address or
+	// prefix in (the service range, the node network); the local cluster's
+	// pod CIDRs are protected without being listed. See package admit.
+	ProtectedCIDRs []netip.Prefix
+	// PeerLimits bound what each peer's store can make the agent hold; the
+	// zero value means remote.DefaultLimits.
+	PeerLimits remote.Limits
 	// NodeName is the node the agent runs on.
 	NodeName string
 	// ClustersDir holds one connection file per cluster, named for the

@@ -441,6 +441,9 @@ func TestPeerRefused(t *testing.T) {
 
 	c2.Config.PodCIDRs[0] = netip.MustParsePrefix(cidr2)
 	c2.Upsert(&c2.Config)
+	// An apiserver whose cluster ID changed exports its services again
+	// with the new ID; the old ones claim an ID the cluster no longer has.
+	c2.Upsert(c2.Service("ns", "s1", vip(2, 1)))
 	a.waitCluster(t, "c2", "accepted", func(c status.Cluster) bool { return c.State == status.StateConnected && c.ID == 2 })
 	all := meshtest.Backends([]string{meshtest.IP(cidr1, 1), meshtest.IP(cidr2, 1), meshtest.IP(cidr3, 1), meshtest.IP(cidr3, 2)}, nil)
 	a.dp.WaitView(t, fe, all, wait)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/clustermesh/clustermesh/agent/admit"
 	"github.com/clustermesh/clustermesh/agent/remote"
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/kvstore"
@@ -115,6 +116,8 @@ func (a *Agent) scanDir(ctx context.Context) {
 				ConfigErr:        w.err,
 				Registry:         a.registry,
 				Delegate:         delegate{a},
+				Policy:           &admit.Policy{Protected: a.cfg.ProtectedCIDRs},
+				Limits:           a.cfg.PeerLimits,
 				Metrics:          a.rmetrics,
 				Logger:           a.cfg.Logger,
 				ProbeInterval:    a.cfg.ProbeInterval,

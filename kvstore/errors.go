@@ -15,6 +15,9 @@ var (
 	ErrInvalidKind = errors.New("invalid kind for this operation")
 	// ErrClosed is returned by a Writer after Close.
 	ErrClosed = errors.New("closed")
+	// ErrQuota is wrapped by the EventErrors of keys a Reader refused
+	// because a MaxKeys or MaxBytes bound was reached.
+	ErrQuota = errors.New("store quota exceeded")
 	// ErrUnreachable wraps the failure to reach the store within the dial
 	// timeout.
 	ErrUnreachable = errors.New("store unreachable")

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustermesh/clustermesh/api"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -110,4 +111,91 @@ func TestMaxRecvBytes(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "larger than max") {
 		t.Fatalf("listing 32 KiB with a 16 KiB receive limit: %v, want a refusal", err)
 	}
+}
+
+// TestReaderQuota checks that a reader holds at most MaxKeys keys of a kind
+// and MaxBytes of values, refusing the rest with ErrQuota, keeps what it
+// holds, and takes new keys again once room is made.
+func TestReaderQuota(t *testing.T) {
+	tests := []struct {
+		name string
+		opts ReaderOptions
+	}{
+		{"keys", ReaderOptions{MaxKeys: map[api.Kind]int{api.KindNode: 3}}},
+		{"bytes", ReaderOptions{MaxBytes: 3 * nodeSize(t)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, false)
+			ctx := context.Background()
+			w, err := NewWriter(e.admin, "c1", &WriterOptions{Logger: testLogger(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(w.Close)
+			for i := range 5 {
+				if err := w.Upsert(ctx, testNode(fmt.Sprintf("n%d", i), i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Deletes reach the consumer once the writer's canary is there.
+			if err := w.MarkSynced(ctx, api.KindNode); err != nil {
+				t.Fatal(err)
+			}
+			opts := tt.opts
+			opts.Logger = testLogger(t)
+			r := NewReader(e.remote, "c1", &opts)
+			rctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			ch := r.Watch(rctx, api.KindNode)
+			next := func() Event {
+				select {
+				case ev := <-ch:
+					return ev
+				case <-time.After(waitTimeout):
+					t.Fatal("no event from the reader")
+					return Event{}
+				}
+			}
+			upserts, refused := map[string]bool{}, map[string]bool{}
+			for len(upserts)+len(refused) < 5 {
+				ev := next()
+				switch {
+				case ev.Type == EventUpsert:
+					upserts[ev.Key] = true
+				case ev.Type == EventError && errors.Is(ev.Err, ErrQuota):
+					refused[ev.Key] = true
+				}
+			}
+			if len(upserts) != 3 || len(refused) != 2 {
+				t.Fatalf("%d keys emitted and %d refused, want 3 and 2", len(upserts), len(refused))
+			}
+			// Room made: a held key goes, a refused one may come in.
+			var gone string
+			for k := range upserts {
+				gone = k
+				break
+			}
+			if err := w.Delete(ctx, gone); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Upsert(ctx, testNode("n9", 9)); err != nil {
+				t.Fatal(err)
+			}
+			for {
+				ev := next()
+				if ev.Type == EventUpsert && ev.Key == api.NodeKey("c1", "n9") {
+					break
+				}
+			}
+		})
+	}
+}
+
+func nodeSize(t *testing.T) int64 {
+	b, err := testNode("n0", 0).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int64(len(b))
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -87,6 +88,15 @@ type ReaderOptions struct {
 	Logger *slog.Logger
 	// Metrics records the reader's activity; nil records nothing.
 	Metrics *Metrics
+	// MaxKeys bounds, per kind, the keys the reader holds and emits (zero
+	// or absent: no bound); MaxBytes bounds the total size of the values
+	// emitted across kinds (zero: no bound). A new key beyond a bound, or a
+	// value that would exceed MaxBytes, is not emitted: an EventError
+	// wrapping ErrQuota says so, and what was emitted stays. They keep a
+	// peer's store from making the reader and its consumer hold without
+	// limit.
+	MaxKeys  map[api.Kind]int
+	MaxBytes int64
 }
 
 // Status is a Reader's view of its connection, for status output.
@@ -115,6 +125,10 @@ type Reader struct {
 	log     *slog.Logger
 	// pageSize is listPageSize, smaller in tests.
 	pageSize int64
+
+	// bytes is the size of the values emitted and not deleted, across
+	// kinds (see MaxBytes).
+	bytes atomic.Int64
 
 	mu     sync.Mutex
 	status Status
@@ -218,7 +232,7 @@ func (r *Reader) Watch(ctx context.Context, kind api.Kind) <-chan Event {
 		out:     out,
 		canary:  isSyncedKind(kind),
 		seed:    maphash.MakeSeed(),
-		emitted: make(map[string]uint64),
+		emitted: make(map[string]held),
 		bad:     make(map[string]uint64),
 	}
 	if kind == api.KindCluster {
@@ -245,12 +259,30 @@ type kindWatch struct {
 	// EventError, so they are not reported again on every re-list. Hashes
 	// (64-bit, randomly seeded) rather than values keep a reader of a large
 	// store from holding a second copy of it.
-	seed         maphash.Seed
-	emitted, bad map[string]uint64
+	seed    maphash.Seed
+	emitted map[string]held
+	bad     map[string]uint64
+	// quotaHit is set while new keys are being refused, so that the
+	// refusal is logged once, not per key.
+	quotaHit bool
 	// canaryPresent is whether the writer's canary is in the store as of
 	// the last listing and the watch since.
 	canaryPresent bool
 	synced        bool
+}
+
+// held is what a reader keeps of an emitted value.
+type held struct {
+	sum  uint64
+	size int64
+}
+
+// forget drops an emitted key.
+func (w *kindWatch) forget(key string) {
+	if h, ok := w.emitted[key]; ok {
+		w.r.bytes.Add(-h.size)
+		delete(w.emitted, key)
+	}
 }
 
 // relistReason says why a watch ended and the store is listed again.
@@ -364,9 +396,15 @@ func (w *kindWatch) list(ctx context.Context) (int64, error) {
 	for {
 		for _, kv := range page.Kvs {
 			key := string(kv.Key)
-			listed[key] = struct{}{}
 			if !w.update(ctx, key, kv.Value) {
 				return 0, ctx.Err()
+			}
+			// Only keys held matter to the diff below; keys refused by a
+			// quota are not remembered, so listing stays bounded too.
+			_, emitted := w.emitted[key]
+			_, bad := w.bad[key]
+			if emitted || bad {
+				listed[key] = struct{}{}
 			}
 		}
 		if !page.More || len(page.Kvs) == 0 {
@@ -391,7 +429,7 @@ func (w *kindWatch) list(ctx context.Context) (int64, error) {
 			if _, ok := listed[key]; ok {
 				continue
 			}
-			delete(w.emitted, key)
+			w.forget(key)
 			if !w.send(ctx, Event{Type: EventDelete, Key: key}) {
 				return 0, ctx.Err()
 			}
@@ -411,7 +449,8 @@ func (w *kindWatch) list(ctx context.Context) (int64, error) {
 // false when ctx ended.
 func (w *kindWatch) update(ctx context.Context, key string, value []byte) bool {
 	sum := maphash.Bytes(w.seed, value)
-	if old, ok := w.emitted[key]; ok && old == sum {
+	old, known := w.emitted[key]
+	if known && old.sum == sum {
 		return true
 	}
 	if old, ok := w.bad[key]; ok && old == sum {
@@ -423,8 +462,13 @@ func (w *kindWatch) update(ctx context.Context, key string, value []byte) bool {
 		w.r.log.Warn("skipping malformed value", "key", key, "error", err)
 		return w.send(ctx, Event{Type: EventError, Key: key, Err: fmt.Errorf("cluster %s: %w", w.r.cluster, err)})
 	}
+	if err := w.quota(key, known, int64(len(value))-old.size); err != nil {
+		return w.send(ctx, Event{Type: EventError, Key: key, Err: err})
+	}
+	w.quotaHit = false
 	delete(w.bad, key)
-	w.emitted[key] = sum
+	w.emitted[key] = held{sum: sum, size: int64(len(value))}
+	w.r.bytes.Add(int64(len(value)) - old.size)
 	return w.send(ctx, Event{Type: EventUpsert, Key: key, Object: obj})
 }
 
@@ -492,7 +536,7 @@ func (w *kindWatch) watch(ctx context.Context, rev int64, reconnected <-chan str
 				case mvccpb.DELETE:
 					delete(w.bad, key)
 					if _, ok := w.emitted[key]; ok && !deferDeletes {
-						delete(w.emitted, key)
+						w.forget(key)
 						if !w.send(ctx, Event{Type: EventDelete, Key: key}) {
 							return "", nil
 						}
@@ -551,4 +595,20 @@ func (w *kindWatch) canaryHeld(ctx context.Context, lo, hi int64) (bool, error) 
 		return false, fmt.Errorf("get synced canary at revision %d: %w", hi, err)
 	}
 	return len(resp.Kvs) == 1 && resp.Kvs[0].CreateRevision <= lo, nil
+}
+
+// quota checks a value about to be emitted at key (known: the key was
+// emitted before; grow: the change in size) against MaxKeys and MaxBytes.
+func (w *kindWatch) quota(key string, known bool, grow int64) error {
+	var err error
+	if max := w.r.opts.MaxKeys[w.kind]; max > 0 && !known && len(w.emitted)+len(w.bad) >= max {
+		err = fmt.Errorf("cluster %s: key %s: %w: %d %s keys held, limit %d", w.r.cluster, key, ErrQuota, len(w.emitted), w.kind, max)
+	} else if max := w.r.opts.MaxBytes; max > 0 && grow > 0 && w.r.bytes.Load()+grow > max {
+		err = fmt.Errorf("cluster %s: key %s: %w: %d bytes of values held, limit %d", w.r.cluster, key, ErrQuota, w.r.bytes.Load(), max)
+	}
+	if err != nil && !w.quotaHit {
+		w.quotaHit = true
+		w.r.log.Warn("store quota reached: refusing new keys", "kind", w.kind, "key", key, "error", err)
+	}
+	return err
 }

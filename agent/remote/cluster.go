@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
 
+	"github.com/clustermesh/clustermesh/agent/admit"
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/internal/backoff"
@@ -59,6 +61,12 @@ type Options struct {
 	// MaxRetryInterval caps the backoff between connection attempts; zero
 	// means 10s.
 	MaxRetryInterval time.Duration
+	// Policy says what a peer may not claim; nil means the defaults with no
+	// protected ranges. The local cluster is not checked.
+	Policy *admit.Policy
+	// Limits bound what a peer's store can make the agent hold; the zero
+	// value means DefaultLimits. The local cluster is not bounded.
+	Limits Limits
 	// OnConnected, if set, is called with the client of each new
 	// connection once the cluster is accepted (the agent publishes its
 	// status with the local cluster's client). The client is closed when the
@@ -80,6 +88,12 @@ type Cluster struct {
 	// this cluster's place in the registry.
 	evicted chan error
 
+	// scope is what the cluster was accepted with; nodeAddrs maps each
+	// address of its admitted nodes to the node keys that have it (for
+	// host-network backends). Owned by the Run goroutine.
+	scope     admit.Scope
+	nodeAddrs map[netip.Addr]map[string]struct{}
+
 	mu          sync.Mutex
 	st          status.Cluster
 	acceptedRaw []byte
@@ -98,11 +112,12 @@ func New(opts Options) *Cluster {
 		opts.MaxRetryInterval = 10 * time.Second
 	}
 	c := &Cluster{
-		opts:    opts,
-		name:    opts.Name,
-		log:     opts.Logger.With("cluster", opts.Name),
-		known:   map[api.Kind]map[string]struct{}{},
-		evicted: make(chan error, 1),
+		opts:      opts,
+		name:      opts.Name,
+		log:       opts.Logger.With("cluster", opts.Name),
+		known:     map[api.Kind]map[string]struct{}{},
+		nodeAddrs: map[netip.Addr]map[string]struct{}{},
+		evicted:   make(chan error, 1),
 		st: status.Cluster{
 			Name: opts.Name, Local: opts.Local, State: status.StateConnecting,
 			Since: time.Now(), Objects: map[string]int{},
@@ -197,6 +212,7 @@ func (c *Cluster) Drain() {
 	for _, k := range Kinds {
 		clear(c.known[k])
 	}
+	clear(c.nodeAddrs)
 	c.mu.Lock()
 	c.accepted = false
 	clear(c.st.Objects)
@@ -227,6 +243,7 @@ func (c *Cluster) refuse(err error) {
 		for _, k := range Kinds {
 			clear(c.known[k])
 		}
+		clear(c.nodeAddrs)
 		c.mu.Lock()
 		clear(c.st.Objects)
 		c.mu.Unlock()
@@ -234,6 +251,21 @@ func (c *Cluster) refuse(err error) {
 }
 
 func (c *Cluster) accept(cfg *api.Cluster, raw []byte) error {
+	if !c.opts.Local {
+		// Overlaps with the local cluster and other peers are the
+		// registry's to report; this is the configured local ranges and
+		// the breadth bound.
+		base := c.opts.Policy
+		if base == nil {
+			base = &admit.Policy{}
+		}
+		if err := base.Cluster(cfg); err != nil {
+			err = fmt.Errorf("cluster %s: %w: %w", c.name, ErrConflict, err)
+			c.refuse(err)
+			return err
+		}
+	}
+	c.scope = admit.ScopeOf(cfg)
 	if err := c.opts.Registry.Claim(cfg, c.opts.Local, c.evict); err != nil {
 		c.refuse(err)
 		return err
@@ -295,7 +327,11 @@ func (c *Cluster) runOnce(ctx context.Context) (bool, error) {
 	}
 
 	events := make(chan kvstore.Event, 1024)
-	reader := kvstore.NewReader(cli, c.name, &kvstore.ReaderOptions{Buffer: 256, Logger: c.opts.Logger, Metrics: c.opts.Metrics.storeMetrics()})
+	ropts := &kvstore.ReaderOptions{Buffer: 256, Logger: c.opts.Logger, Metrics: c.opts.Metrics.storeMetrics()}
+	if !c.opts.Local {
+		ropts.MaxKeys, ropts.MaxBytes = c.opts.Limits.readerLimits()
+	}
+	reader := kvstore.NewReader(cli, c.name, ropts)
 	for _, kind := range Kinds {
 		ch := reader.Watch(cctx, kind)
 		wg.Add(1)
@@ -418,11 +454,28 @@ func (c *Cluster) handle(ev kvstore.Event, seen map[api.Kind]map[string]struct{}
 			c.invalid(kind, ev.Key, fmt.Errorf("cluster %s: key %q: not an object of this cluster's %s", c.name, ev.Key, kind))
 			return
 		}
+		obj := ev.Object
+		if !c.opts.Local {
+			var refusals []admit.Refusal
+			obj, refusals = c.policy().Object(&c.scope, obj, c.isNodeAddr)
+			for _, r := range refusals {
+				c.refused(kind, r)
+			}
+			if obj == nil {
+				// Nothing of the new value may be taken: the object is
+				// gone as far as this agent is concerned.
+				c.delete(kind, ev.Key)
+				return
+			}
+		}
 		if seen[kind] != nil {
 			seen[kind][ev.Key] = struct{}{}
 		}
 		known[ev.Key] = struct{}{}
-		c.opts.Delegate.Upsert(c.name, ev.Object)
+		if n, ok := obj.(*api.Node); ok {
+			c.trackNode(ev.Key, n)
+		}
+		c.opts.Delegate.Upsert(c.name, obj)
 		c.count(kind, len(known))
 	case kvstore.EventDelete:
 		c.delete(kind, ev.Key)
@@ -449,6 +502,10 @@ func (c *Cluster) handle(ev kvstore.Event, seen map[api.Kind]map[string]struct{}
 			c.log.Info("cluster synced")
 		}
 	case kvstore.EventError:
+		if errors.Is(ev.Err, kvstore.ErrQuota) {
+			c.refused(kind, admit.Refusal{Cluster: c.name, Key: ev.Key, Reason: admit.ReasonQuota, Detail: ev.Err.Error()})
+			return
+		}
 		if ev.Key != "" {
 			// A value that fails to decode or validate: keep whatever we had
 			// for that key (the last good value) and do not prune it.
@@ -480,6 +537,9 @@ func (c *Cluster) delete(kind api.Kind, key string) {
 		return
 	}
 	delete(known, key)
+	if kind == api.KindNode {
+		c.trackNode(key, nil)
+	}
 	c.opts.Delegate.Delete(c.name, pk)
 	c.count(kind, len(known))
 }
@@ -501,4 +561,59 @@ func (c *Cluster) invalid(kind api.Kind, key string, err error) {
 	c.mu.Unlock()
 	c.opts.Metrics.invalid(c.name, kind)
 	c.log.Warn("skipping invalid object", "kind", kind, "key", key, "error", err)
+}
+
+// policy is the admission policy of peers: the configured one, with the
+// local cluster's pod CIDRs protected too.
+func (c *Cluster) policy() *admit.Policy {
+	var p admit.Policy
+	if c.opts.Policy != nil {
+		p = *c.opts.Policy
+	}
+	if local := c.opts.Registry.LocalPodCIDRs(); len(local) > 0 {
+		p.Protected = append(slices.Clip(p.Protected), local...)
+	}
+	return &p
+}
+
+// trackNode records the addresses of the admitted node at key (nil: the
+// node is gone).
+func (c *Cluster) trackNode(key string, n *api.Node) {
+	for a, keys := range c.nodeAddrs {
+		delete(keys, key)
+		if len(keys) == 0 {
+			delete(c.nodeAddrs, a)
+		}
+	}
+	if n == nil {
+		return
+	}
+	for _, a := range n.Addresses {
+		a = a.Unmap()
+		if c.nodeAddrs[a] == nil {
+			c.nodeAddrs[a] = map[string]struct{}{}
+		}
+		c.nodeAddrs[a][key] = struct{}{}
+	}
+}
+
+// isNodeAddr reports whether a is an address of one of the cluster's
+// admitted nodes.
+func (c *Cluster) isNodeAddr(a netip.Addr) bool {
+	_, ok := c.nodeAddrs[a.Unmap()]
+	return ok
+}
+
+// refused reports one refusal of a peer's object or field: status, metric
+// and a log line naming cluster, key, field and reason.
+func (c *Cluster) refused(kind api.Kind, r admit.Refusal) {
+	c.mu.Lock()
+	c.st.RefusedObjects++
+	c.st.LastRefusal = r.Error()
+	c.mu.Unlock()
+	c.opts.Metrics.refusal(c.name, kind, r.Reason)
+	if r.Reason == admit.ReasonQuota {
+		return // the reader logs the first refusal of a quota
+	}
+	c.log.Warn("refused peer object", "kind", kind, "key", r.Key, "field", r.Field, "reason", r.Reason, "detail", r.Detail)
 }

@@ -12,6 +12,7 @@ import (
 type Metrics struct {
 	events    *prometheus.CounterVec
 	invalids  *prometheus.CounterVec
+	refused   *prometheus.CounterVec
 	objectsG  *prometheus.GaugeVec
 	synced    *prometheus.GaugeVec
 	connected *prometheus.GaugeVec
@@ -34,6 +35,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "clustermesh_agent_invalid_objects_total",
 			Help: "Values skipped because they failed to decode or validate, by cluster and kind.",
 		}, []string{"cluster", "kind"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clustermesh_agent_peer_refused_total",
+			Help: "Objects or fields of a peer cluster refused because they reach outside what the peer owns or exceed its quota, by cluster, kind and reason (see docs/security.md).",
+		}, []string{"cluster", "kind", "reason"}),
 		objectsG: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "clustermesh_agent_objects",
 			Help: "Objects currently held, by cluster and kind.",
@@ -51,7 +56,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "1 for the current state of each cluster connection.",
 		}, []string{"cluster", "state"}),
 	}
-	for _, c := range []prometheus.Collector{m.events, m.invalids, m.objectsG, m.synced, m.connected, m.state} {
+	for _, c := range []prometheus.Collector{m.events, m.invalids, m.refused, m.objectsG, m.synced, m.connected, m.state} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -85,6 +90,12 @@ func (m *Metrics) event(cluster string, kind api.Kind, t kvstore.EventType) {
 func (m *Metrics) invalid(cluster string, kind api.Kind) {
 	if m != nil {
 		m.invalids.WithLabelValues(cluster, string(kind)).Inc()
+	}
+}
+
+func (m *Metrics) refusal(cluster string, kind api.Kind, reason string) {
+	if m != nil {
+		m.refused.WithLabelValues(cluster, string(kind), reason).Inc()
 	}
 }
 
@@ -131,6 +142,7 @@ func (m *Metrics) forget(cluster string) {
 	l := prometheus.Labels{"cluster": cluster}
 	m.events.DeletePartialMatch(l)
 	m.invalids.DeletePartialMatch(l)
+	m.refused.DeletePartialMatch(l)
 	m.objectsG.DeletePartialMatch(l)
 	m.synced.DeletePartialMatch(l)
 	m.connected.DeletePartialMatch(l)

@@ -3,6 +3,7 @@ package remote
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync"
 
 	"github.com/clustermesh/clustermesh/api"
@@ -113,4 +114,16 @@ func (r *Registry) Lookup(name string) (*api.Cluster, bool) {
 	defer r.mu.Unlock()
 	c, ok := r.accepted[name]
 	return c.cfg, ok
+}
+
+// LocalPodCIDRs are the pod CIDRs of the accepted local cluster, if any.
+func (r *Registry) LocalPodCIDRs() []netip.Prefix {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range r.accepted {
+		if c.local {
+			return c.cfg.PodCIDRs
+		}
+	}
+	return nil
 }

@@ -65,6 +65,11 @@ type Cluster struct {
 	// InvalidObjects counts values skipped because they failed to decode or
 	// validate.
 	InvalidObjects uint64 `json:"invalidObjects,omitempty"`
+	// RefusedObjects counts objects and fields of a peer refused because
+	// they reach outside what the peer owns, or exceed its quota.
+	RefusedObjects uint64 `json:"refusedObjects,omitempty"`
+	// LastRefusal names the latest refusal: cluster, key, field, reason.
+	LastRefusal string `json:"lastRefusal,omitempty"`
 	// Events counts store events applied.
 	Events uint64 `json:"events"`
 	// Since is when State last changed.

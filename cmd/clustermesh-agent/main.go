@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -23,17 +24,20 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/clustermesh/clustermesh/agent"
-	"github.com/clustermesh/clustermesh/agent/netroute"
-	"github.com/clustermesh/clustermesh/agent/status"
-	"github.com/clustermesh/clustermesh/bgp"
-	"github.com/clustermesh/clustermesh/bpf"
-	"github.com/clustermesh/clustermesh/health"
-	"github.com/clustermesh/clustermesh/loadbalancer"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/clustermesh/clustermesh/agent"
+	"github.com/clustermesh/clustermesh/agent/netroute"
+	"github.com/clustermesh/clustermesh/agent/remote"
+	"github.com/clustermesh/clustermesh/agent/status"
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/bgp"
+	"github.com/clustermesh/clustermesh/bpf"
+	"github.com/clustermesh/clustermesh/health"
+	"github.com/clustermesh/clustermesh/loadbalancer"
 )
 
 // The eBPF datapath keeps its frontends across restarts (pinned maps); the
@@ -68,6 +72,9 @@ func main() {
 
 type options struct {
 	clusterName, nodeName, clustersDir string
+	protected                          []net.IPNet
+	peerMaxBackendSlices               int
+	peerMaxBytes                       int64
 	statusAddr                         string
 	datapath                           string
 	logLevel                           string
@@ -101,6 +108,9 @@ func newRootCommand() *cobra.Command {
 	}
 	fs := cmd.Flags()
 	fs.StringVar(&o.clusterName, "cluster-name", "", "name of this node's cluster (its connection file must be in --clusters-dir)")
+	fs.IPNetSliceVar(&o.protected, "protected-cidrs", nil, "local ranges no peer cluster may claim an address or prefix in (comma-separated: the service range, the node network); the cluster's own pod CIDRs are always protected. Peer objects reaching into them are refused and reported")
+	fs.IntVar(&o.peerMaxBackendSlices, "peer-max-endpoint-slices", 0, "most endpoint slices held per peer cluster (0: the default, 200000); beyond it new slices of that peer are refused and reported in status")
+	fs.Int64Var(&o.peerMaxBytes, "peer-max-bytes", 0, "most bytes of store values held per peer cluster (0: the default, 256 MiB); beyond it new values of that peer are refused and reported in status")
 	fs.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "name of this node (default $NODE_NAME)")
 	fs.StringVar(&o.clustersDir, "clusters-dir", "/etc/clustermesh/clusters", "directory with one connection file per cluster, named for the cluster; names containing '.' are certificates and keys")
 	fs.StringVar(&o.statusAddr, "status-addr", DefaultStatusAddr, "loopback address of the status endpoint (/status, /metrics, /healthz); empty disables it")
@@ -168,7 +178,9 @@ func run(ctx context.Context, o options) error {
 
 	a, err := agent.New(agent.Config{
 		ClusterName: o.clusterName, NodeName: o.nodeName, ClustersDir: o.clustersDir,
-		Datapath: dp, DatapathName: o.datapath,
+		ProtectedCIDRs: prefixes(o.protected),
+		PeerLimits:     remote.Limits{Objects: map[api.Kind]int{api.KindEndpoints: o.peerMaxBackendSlices}, Bytes: o.peerMaxBytes},
+		Datapath:       dp, DatapathName: o.datapath,
 		Registerer: reg, Logger: log,
 		DirPollInterval: o.dirPoll, InitialSyncTimeout: o.initialSyncTimeout,
 	})
@@ -302,4 +314,19 @@ func newStatusCommand() *cobra.Command {
 	cmd.Flags().StringVar(&addr, "status-addr", DefaultStatusAddr, "the agent's status endpoint")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
 	return cmd
+}
+
+// prefixes converts --protected-cidrs to prefixes (pflag parses and
+// validates them as networks).
+func prefixes(nets []net.IPNet) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(nets))
+	for _, n := range nets {
+		a, _ := netip.AddrFromSlice(n.IP)
+		bits, _ := n.Mask.Size()
+		if a.Is4In6() && bits <= 32 {
+			a = a.Unmap()
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), bits).Masked())
+	}
+	return out
 }
