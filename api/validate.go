@@ -17,6 +17,21 @@ const (
 	ExtendedMaxClusterID = 511
 )
 
+// Bounds on every count a peer controls. They follow Kubernetes' own limits
+// where there is one (an EndpointSlice holds at most 1000 endpoints and 100
+// ports, an endpoint at most 100 addresses), so that no legitimate export is
+// refused, while one value cannot make an agent allocate without bound or
+// hand the datapath a set it refuses.
+const (
+	MaxEndpointsPerSlice    = 1000
+	MaxAddressesPerEndpoint = 100
+	MaxPorts                = 100
+	MaxAddresses            = 16 // node addresses, service cluster IPs
+	MaxPodCIDRs             = 16 // per node and per cluster
+	MaxLabels               = 256
+	MaxLabelLen             = 317 // a qualified key: 253-byte prefix, '/', 63-byte name
+)
+
 // ErrInvalid is wrapped by every validation error of this package.
 var ErrInvalid = errors.New("invalid")
 
@@ -109,6 +124,9 @@ func validateAddr(a netip.Addr, describe func() string) error {
 }
 
 func validatePorts[P ServicePort | EndpointPort](what string, ports []P) error {
+	if len(ports) > MaxPorts {
+		return invalidf("%s: %d ports, at most %d", what, len(ports), MaxPorts)
+	}
 	for i, p := range ports {
 		p := ServicePort(p)
 		describe := func() string { return fmt.Sprintf("%s: port #%d (%q)", what, i, p.Name) }
@@ -158,6 +176,9 @@ func (c *Cluster) Validate() error {
 	if err := ValidateClusterID(c.ID, c.MaxClusterID); err != nil {
 		return fmt.Errorf("cluster %s: %w", c.Name, err)
 	}
+	if err := validateCount("cluster "+c.Name+": pod CIDRs", len(c.PodCIDRs), MaxPodCIDRs); err != nil {
+		return err
+	}
 	for i, p := range c.PodCIDRs {
 		if err := validatePrefix(p, func() string { return fmt.Sprintf("cluster %s: pod CIDR #%d", c.Name, i) }); err != nil {
 			return err
@@ -180,6 +201,12 @@ func (n *Node) Validate() error {
 		return fmt.Errorf("cluster %s: %w", n.Cluster, err)
 	}
 	what := fmt.Sprintf("node %s/%s", n.Cluster, n.Name)
+	if err := validateCount(what+": addresses", len(n.Addresses), MaxAddresses); err != nil {
+		return err
+	}
+	if err := validateCount(what+": pod CIDRs", len(n.PodCIDRs), MaxPodCIDRs); err != nil {
+		return err
+	}
 	for i, a := range n.Addresses {
 		if err := validateAddr(a, func() string { return fmt.Sprintf("%s: address #%d", what, i) }); err != nil {
 			return err
@@ -205,6 +232,12 @@ func (s *Service) Validate() error {
 		return fmt.Errorf("cluster %s: %w", s.Cluster, err)
 	}
 	what := fmt.Sprintf("service %s/%s/%s", s.Cluster, s.Namespace, s.Name)
+	if err := validateCount(what+": cluster IPs", len(s.ClusterIPs), MaxAddresses); err != nil {
+		return err
+	}
+	if err := validateLabels(what, s.Labels); err != nil {
+		return err
+	}
 	if err := ValidateAffinity(s.Affinity); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
@@ -234,9 +267,15 @@ func (e *EndpointSlice) Validate() error {
 	if err := validatePorts(what, e.Ports); err != nil {
 		return err
 	}
+	if err := validateCount(what+": endpoints", len(e.Endpoints), MaxEndpointsPerSlice); err != nil {
+		return err
+	}
 	for i, ep := range e.Endpoints {
 		if len(ep.Addresses) == 0 {
 			return invalidf("%s: endpoint #%d has no address", what, i)
+		}
+		if err := validateCount(fmt.Sprintf("%s: endpoint #%d: addresses", what, i), len(ep.Addresses), MaxAddressesPerEndpoint); err != nil {
+			return err
 		}
 		for j, a := range ep.Addresses {
 			if err := validateAddr(a, func() string { return fmt.Sprintf("%s: endpoint #%d address #%d", what, i, j) }); err != nil {
@@ -258,6 +297,9 @@ func (i *Identity) Validate() error {
 	if err := validateName("identity namespace", i.Namespace); err != nil {
 		return fmt.Errorf("identity %s/%d: %w", i.Cluster, i.ID, err)
 	}
+	if err := validateLabels(fmt.Sprintf("identity %s/%d", i.Cluster, i.ID), i.Labels); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -271,6 +313,27 @@ func (e *IPCacheEntry) Validate() error {
 	}
 	if e.Identity == 0 {
 		return invalidf("ipcache entry %s/%s: identity 0 is reserved", e.Cluster, e.IP)
+	}
+	return nil
+}
+
+// validateCount checks one peer-controlled count against its bound.
+func validateCount(what string, n, max int) error {
+	if n > max {
+		return invalidf("%s: %d, at most %d", what, n, max)
+	}
+	return nil
+}
+
+// validateLabels bounds a label map.
+func validateLabels(what string, labels map[string]string) error {
+	if err := validateCount(what+": labels", len(labels), MaxLabels); err != nil {
+		return err
+	}
+	for k, v := range labels {
+		if len(k) == 0 || len(k) > MaxLabelLen || len(v) > MaxLabelLen {
+			return invalidf("%s: label %.40q: key or value empty or longer than %d bytes", what, k, MaxLabelLen)
+		}
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -71,6 +72,12 @@ func TestValidateObjects(t *testing.T) {
 		{"identity zero", &Identity{Cluster: "c1", Namespace: "ns"}, "ID 0 is reserved"},
 		{"ipcache no IP", &IPCacheEntry{Cluster: "c1", Identity: 1}, "ipcache entry in cluster c1: IP"},
 		{"bad cluster everywhere", &IPCacheEntry{Cluster: "C1", IP: ip("10.0.0.1"), Identity: 1}, `cluster name "C1"`},
+		{"slice too many endpoints", sampleSlice(MaxEndpointsPerSlice + 1), "endpoints: 1001, at most 1000"},
+		{"slice at the endpoint bound", sampleSlice(MaxEndpointsPerSlice), ""},
+		{"endpoint too many addresses", &EndpointSlice{Cluster: "c1", Namespace: "ns", Service: "s", Name: "x", Endpoints: []Endpoint{{Addresses: make([]netip.Addr, MaxAddressesPerEndpoint+1)}}}, "addresses: 101, at most 100"},
+		{"service too many ports", &Service{Cluster: "c1", Namespace: "ns", Name: "s", Ports: make([]ServicePort, MaxPorts+1)}, "101 ports, at most 100"},
+		{"node too many pod CIDRs", &Node{Cluster: "c1", Name: "n1", PodCIDRs: make([]netip.Prefix, MaxPodCIDRs+1)}, "pod CIDRs: 17, at most 16"},
+		{"identity too many labels", &Identity{Cluster: "c1", ID: 5, Namespace: "ns", Labels: manyLabels(MaxLabels + 1)}, "labels: 257, at most 256"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -149,4 +156,12 @@ func TestErrInvalidWrapped(t *testing.T) {
 	if !errors.Is(err, ErrInvalid) {
 		t.Fatalf("%v does not wrap ErrInvalid", err)
 	}
+}
+
+func manyLabels(n int) map[string]string {
+	m := make(map[string]string, n)
+	for i := range n {
+		m[fmt.Sprintf("k%d", i)] = "v"
+	}
+	return m
 }

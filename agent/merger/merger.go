@@ -285,6 +285,17 @@ func (m *Merger) Sync(ctx context.Context) (SyncResult, error) {
 			if err := m.dp.UpsertService(ctx, svc); err != nil {
 				errs = append(errs, fmt.Errorf("%w: service %s: upsert frontend %s: %w", ErrDatapath, w.name, fe, err))
 				failed = true
+				// What peers contribute must never keep local changes
+				// from the datapath: program the local backends alone
+				// until the merged set goes in (the service stays dirty).
+				if local, ok := m.localOnly(w.name, svc); ok {
+					if lerr := m.dp.UpsertService(ctx, local); lerr == nil {
+						m.log.Warn("programmed local backends only: the merged set was refused", "service", w.name, "frontend", fe, "error", err)
+						res.Upserts++
+						done[fe] = local
+						continue
+					}
+				}
 				if old, ok := w.old[fe]; ok {
 					done[fe] = old
 				}
@@ -572,4 +583,25 @@ func compareFrontend(a, b loadbalancer.Frontend) int {
 func equalService(a, b loadbalancer.Service) bool {
 	return a.Frontend == b.Frontend && a.Name == b.Name &&
 		slices.Equal(a.Preferred, b.Preferred) && slices.Equal(a.Fallback, b.Fallback)
+}
+
+// localOnly is svc with the local cluster's backends alone; ok is false
+// when svc has no remote backend (nothing to drop).
+func (m *Merger) localOnly(n Name, svc loadbalancer.Service) (loadbalancer.Service, bool) {
+	m.mu.Lock()
+	localID := m.clusterIDs[m.local]
+	if s := m.services[n][m.local]; localID == 0 && s != nil {
+		localID = s.ClusterID // as candidatesLocked does
+	}
+	m.mu.Unlock()
+	keep := func(bs []loadbalancer.Backend) []loadbalancer.Backend {
+		return slices.DeleteFunc(slices.Clone(bs), func(b loadbalancer.Backend) bool { return b.Node.ClusterID != localID })
+	}
+	out := svc
+	out.Preferred, out.Fallback = keep(svc.Preferred), keep(svc.Fallback)
+	dropped := len(svc.Preferred)+len(svc.Fallback) != len(out.Preferred)+len(out.Fallback)
+	if len(out.Preferred) == 0 {
+		out.Preferred, out.Fallback = out.Fallback, nil
+	}
+	return out, dropped
 }

@@ -21,6 +21,9 @@ type recorder struct {
 	state   map[loadbalancer.Frontend]loadbalancer.Service
 	health  map[loadbalancer.NodeRef]bool
 	failFor map[loadbalancer.Frontend]bool
+	// refuseRemote refuses every service with a backend outside cluster 1,
+	// as a datapath refuses a set it cannot hold.
+	refuseRemote bool
 }
 
 func newRecorder() *recorder {
@@ -33,6 +36,13 @@ func (r *recorder) UpsertService(_ context.Context, svc loadbalancer.Service) er
 	r.calls = append(r.calls, "upsert "+svc.Frontend.String())
 	if r.failFor[svc.Frontend] {
 		return errors.New("injected failure")
+	}
+	if r.refuseRemote {
+		for _, b := range append(slices.Clone(svc.Preferred), svc.Fallback...) {
+			if b.Node.ClusterID != 1 {
+				return errors.New("injected refusal of a remote backend")
+			}
+		}
 	}
 	r.state[svc.Frontend] = svc
 	return nil
@@ -571,5 +581,41 @@ func TestSyncRetriesFailedFrontends(t *testing.T) {
 	}
 	if got := dp.view(); len(got) != 1 {
 		t.Errorf("view after retry %q", got)
+	}
+}
+
+// TestRemoteBackendsNeverBlockLocal has the datapath refuse every merged set
+// holding a peer's backend: the local backends are programmed alone, local
+// changes keep flowing, and the merged set goes in once it is accepted.
+func TestRemoteBackendsNeverBlockLocal(t *testing.T) {
+	ctx := context.Background()
+	dp := newRecorder()
+	dp.refuseRemote = true
+	m := New("c1", dp, nil)
+	m.UpsertService(svc("c1"))
+	m.UpsertService(svc("c2"))
+	m.UpsertEndpointSlice(httpSlice("c1", ep("10.1.0.1")))
+	m.UpsertEndpointSlice(httpSlice("c2", ep("10.2.0.1")))
+	steps := []struct {
+		name    string
+		do      func()
+		wantErr bool
+		want    string
+	}{
+		{"merged set refused: local alone", func() {}, true, "10.96.0.1:80/TCP: P[10.1.0.1:8080] F[]"},
+		{"local change still flows", func() { m.UpsertEndpointSlice(httpSlice("c1", ep("10.1.0.1"), ep("10.1.0.2"))) }, true, "10.96.0.1:80/TCP: P[10.1.0.1:8080 10.1.0.2:8080] F[]"},
+		{"merged set accepted again", func() { dp.refuseRemote = false }, false, "10.96.0.1:80/TCP: P[10.1.0.1:8080 10.1.0.2:8080 10.2.0.1:8080] F[]"},
+	}
+	for _, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			st.do()
+			_, err := m.Sync(ctx)
+			if (err != nil) != st.wantErr {
+				t.Fatalf("Sync error %v, want error=%v", err, st.wantErr)
+			}
+			if got := dp.view(); len(got) != 1 || got[0] != st.want {
+				t.Errorf("view %v, want %s", got, st.want)
+			}
+		})
 	}
 }
