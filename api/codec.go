@@ -21,11 +21,11 @@ func (c *Cluster) Marshal() ([]byte, error) {
 		e.prefix(5, p)
 	}
 	for _, s := range c.Capabilities {
-		e.bytes(6, []byte(s))
+		e.stringElem(6, s)
 	}
 	e.addrPort(7, c.RouteReflector)
 	e.uint(8, uint64(c.ASN))
-	return e.b, nil
+	return e.finish()
 }
 
 // Unmarshal decodes a cluster config; it does not validate (Decode does).
@@ -76,7 +76,7 @@ func (n *Node) Marshal() ([]byte, error) {
 	e.addr(7, n.BGPAddress)
 	e.uint(8, uint64(n.ASN))
 	e.addrPort(9, n.GossipAddress)
-	return e.b, nil
+	return e.finish()
 }
 
 // Unmarshal decodes a node; it does not validate (Decode does).
@@ -136,7 +136,7 @@ func (s *Service) Marshal() ([]byte, error) {
 	e.string(10, string(s.Affinity))
 	e.uint(11, uint64(s.MinLocalBackends))
 	e.stringMap(12, s.Labels)
-	return e.b, nil
+	return e.finish()
 }
 
 // Unmarshal decodes a service; it does not validate (Decode does).
@@ -231,7 +231,7 @@ func (e *EndpointSlice) Marshal() ([]byte, error) {
 			enc.bool(6, ep.Terminating)
 		})
 	}
-	return enc.b, nil
+	return enc.finish()
 }
 
 // Unmarshal decodes an endpoint slice; it does not validate (Decode does).
@@ -302,7 +302,7 @@ func (i *Identity) Marshal() ([]byte, error) {
 	e.uint(3, uint64(i.ID))
 	e.string(4, i.Namespace)
 	e.stringMap(5, i.Labels)
-	return e.b, nil
+	return e.finish()
 }
 
 // Unmarshal decodes an identity; it does not validate (Decode does).
@@ -336,7 +336,7 @@ func (e *IPCacheEntry) Marshal() ([]byte, error) {
 	enc.addr(6, e.HostIP)
 	enc.string(7, e.Namespace)
 	enc.string(8, e.Pod)
-	return enc.b, nil
+	return enc.finish()
 }
 
 // Unmarshal decodes an ipcache entry; it does not validate (Decode does).

@@ -29,14 +29,8 @@ func sampleSlice(n int) *EndpointSlice {
 	return s
 }
 
-func sampleObjects() []interface {
-	Object
-	Unmarshal([]byte) error
-} {
-	return []interface {
-		Object
-		Unmarshal([]byte) error
-	}{
+func sampleObjects() []codecObject {
+	return []codecObject{
 		&Cluster{Name: "c1", ID: 7, MaxClusterID: 511, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("fd00:1::/64")},
 			Capabilities: []string{"bgp"}, RouteReflector: netip.MustParseAddrPort("192.168.0.1:179"), ASN: 65001},
 		&Node{Cluster: "c1", Name: "n1", Addresses: []netip.Addr{netip.MustParseAddr("192.168.0.10"), netip.MustParseAddr("fd00::10")},

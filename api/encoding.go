@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -29,7 +30,12 @@ var ErrSchemaVersion = errors.New("unsupported schema version")
 
 const fieldVersion = 1
 
-type encoder struct{ b []byte }
+type encoder struct {
+	b []byte
+	// err is the first value that cannot be written (a string that is not
+	// UTF-8, which proto3 readers refuse).
+	err error
+}
 
 func newEncoder(sizeHint int) *encoder {
 	e := &encoder{b: make([]byte, 0, sizeHint)}
@@ -54,6 +60,18 @@ func (e *encoder) bool(num protowire.Number, v bool) {
 func (e *encoder) string(num protowire.Number, s string) {
 	if s == "" {
 		return
+	}
+	if !utf8.ValidString(s) && e.err == nil {
+		e.err = fmt.Errorf("field %d: %q is not valid UTF-8", num, s)
+	}
+	e.b = protowire.AppendTag(e.b, num, protowire.BytesType)
+	e.b = protowire.AppendString(e.b, s)
+}
+
+// stringElem writes one element of a repeated string field, even when empty.
+func (e *encoder) stringElem(num protowire.Number, s string) {
+	if !utf8.ValidString(s) && e.err == nil {
+		e.err = fmt.Errorf("field %d: %q is not valid UTF-8", num, s)
 	}
 	e.b = protowire.AppendTag(e.b, num, protowire.BytesType)
 	e.b = protowire.AppendString(e.b, s)
@@ -129,9 +147,21 @@ func (f field) bytes() ([]byte, error) {
 	return f.v, nil
 }
 
+// string refuses bytes that are not UTF-8, as every proto3 reader does.
 func (f field) string() (string, error) {
 	v, err := f.bytes()
+	if err == nil && !utf8.Valid(v) {
+		err = fmt.Errorf("field %d: string is not valid UTF-8", f.num)
+	}
 	return string(v), err
+}
+
+// finish returns the encoded message, or the first error met.
+func (e *encoder) finish() ([]byte, error) {
+	if e.err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, e.err)
+	}
+	return e.b, nil
 }
 
 func (f field) uint() (uint64, error) {
