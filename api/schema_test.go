@@ -163,7 +163,7 @@ func schemaSamples() []codecObject {
 		&Service{Cluster: "c1", ClusterID: math.MaxUint32, Namespace: "kube-system", Name: "dns",
 			ClusterIPs: []netip.Addr{netip.MustParseAddr("fd00::a"), netip.MustParseAddr("10.96.0.1")},
 			Ports:      []ServicePort{{Port: 65535, Protocol: ProtocolUDP}, {Name: "x", Port: 1, Protocol: ProtocolTCP}},
-			Affinity:   AffinityRemote, MinLocalBackends: math.MaxUint32, Labels: map[string]string{"": "empty-key", "k": "vä"}},
+			Affinity:   AffinityRemote, MinLocalBackends: math.MaxUint32, Labels: map[string]string{"a/b": "", "k": "vä"}},
 		&EndpointSlice{Cluster: "c1", Namespace: "ns", Service: "svc", Name: "svc-1",
 			Endpoints: []Endpoint{{Addresses: []netip.Addr{netip.MustParseAddr("fd00::5"), netip.MustParseAddr("10.0.0.5")}, Terminating: true, Serving: true}}},
 		&Identity{Cluster: "c1", ID: math.MaxUint32, Namespace: "ns"},
