@@ -17,6 +17,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/remote"
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/loadbalancer"
 )
@@ -151,9 +152,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.DatapathName == "" {
 		cfg.DatapathName = "custom"
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
+	cfg.Logger = logging.OrDiscard(cfg.Logger)
 	if cfg.DirPollInterval <= 0 {
 		cfg.DirPollInterval = time.Second
 	}

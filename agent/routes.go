@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/internal/logging"
 )
 
 // Route is a remote pod CIDR reached through a node's IP.
@@ -56,9 +57,7 @@ var _ NodeObserver = (*StaticRoutes)(nil)
 
 // NewStaticRoutes returns the route reconciler of the agent of cluster local.
 func NewStaticRoutes(local string, w RouteWriter, log *slog.Logger) *StaticRoutes {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log = logging.OrDiscard(log)
 	return &StaticRoutes{
 		local: local, w: w, log: log,
 		desired: map[netip.Prefix]Route{},

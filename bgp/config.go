@@ -9,6 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
+
+	"github.com/clustermesh/clustermesh/internal/logging"
 )
 
 // RouteProtocol is the rtnetlink protocol number of every route the speaker
@@ -185,9 +187,7 @@ func (c *Config) validate() error {
 			return fmt.Errorf("%s: static peers: %w", c.Name, err)
 		}
 	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+	c.Logger = logging.OrDiscard(c.Logger)
 	if c.HoldTime == 0 {
 		c.HoldTime = 90 * time.Second
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
+	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/loadbalancer"
 )
 
@@ -53,7 +54,7 @@ type Config struct {
 	// reads them). Default 100ms.
 	ReclaimInterval time.Duration
 
-	// Logger defaults to slog.Default().
+	// Logger receives the datapath's logs; nil discards them.
 	Logger *slog.Logger
 	// Registerer, if set, receives clustermesh_bpf_* metrics.
 	Registerer prometheus.Registerer
@@ -200,10 +201,7 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 	if cfg.ReclaimInterval <= 0 {
 		cfg.ReclaimInterval = 100 * time.Millisecond
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.Default()
-	}
+	log := logging.OrDiscard(cfg.Logger)
 	log = log.With("pindir", cfg.PinDir, "cgroup", cfg.CgroupPath)
 
 	if err := os.MkdirAll(cfg.PinDir, 0o700); err != nil {

@@ -26,12 +26,13 @@ import (
 
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/bgp"
+	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/kvstore"
 )
 
 // Options are the dependencies of a Server that are not flags.
 type Options struct {
-	// Logger receives the logs; nil means slog.Default().
+	// Logger receives the logs; nil discards them.
 	Logger *slog.Logger
 	// Registerer and Gatherer hold the metrics; nil means a fresh registry
 	// served on /metrics.
@@ -69,9 +70,7 @@ func New(cfg Config, opts *Options) (*Server, error) {
 	if opts != nil {
 		o = *opts
 	}
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
+	o.Logger = logging.OrDiscard(o.Logger)
 	if o.Registerer == nil {
 		r := prometheus.NewRegistry()
 		o.Registerer, o.Gatherer = r, r

@@ -103,8 +103,8 @@ type Config struct {
 	JoinRetryMin time.Duration
 	JoinRetryMax time.Duration
 
-	// Logger receives the pool's logs and memberlist's own; nil means
-	// slog.Default().
+	// Logger receives the pool's logs and memberlist's own; nil discards
+	// them.
 	Logger *slog.Logger
 }
 

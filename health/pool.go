@@ -18,6 +18,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/internal/backoff"
+	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/loadbalancer"
 )
 
@@ -86,10 +87,7 @@ func New(cfg Config, sink HealthSink, reg prometheus.Registerer) (*Pool, error) 
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	logger := cfg.Logger
-	if logger == nil {
-		logger = slog.Default()
-	}
+	logger := logging.OrDiscard(cfg.Logger)
 	name := cfg.Name()
 	logger = logger.With("member", name)
 	m, err := newMetrics(reg)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/internal/backoff"
+	"github.com/clustermesh/clustermesh/internal/logging"
 )
 
 // EventType says what an Event reports.
@@ -84,7 +85,7 @@ type ReaderOptions struct {
 	// MinBackoff and MaxBackoff bound the exponential backoff between
 	// attempts to list an unreachable store; zero means the defaults.
 	MinBackoff, MaxBackoff time.Duration
-	// Logger receives the reader's logs; nil means slog.Default().
+	// Logger receives the reader's logs; nil discards them.
 	Logger *slog.Logger
 	// Metrics records the reader's activity; nil records nothing.
 	Metrics *Metrics
@@ -152,9 +153,7 @@ func NewReader(c *Client, cluster string, opts *ReaderOptions) *Reader {
 	if o.MaxBackoff < o.MinBackoff {
 		o.MaxBackoff = o.MinBackoff
 	}
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
+	o.Logger = logging.OrDiscard(o.Logger)
 	return &Reader{
 		c:       c,
 		cluster: cluster,

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/internal/logging"
 )
 
 // The etcd users of a cluster's store. A client acts as the user named by
@@ -163,10 +164,7 @@ func StartServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	// Readers rely on progress notifications to learn that a quiet watch is
 	// still alive.
 	ec.WatchProgressNotifyInterval = 5 * time.Second
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := logging.OrDiscard(cfg.Logger)
 	ec.QuotaBackendBytes = cfg.quotaBytes()
 	ec.MaxRequestBytes = DefaultMaxRequestBytes
 	if cfg.MaxRequestBytes > 0 {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/internal/logging"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -41,7 +42,7 @@ type WriterOptions struct {
 	// MaxKeysPerLease is the number of keys attached to one lease; zero
 	// means DefaultMaxKeysPerLease.
 	MaxKeysPerLease int
-	// Logger receives the writer's logs; nil means slog.Default().
+	// Logger receives the writer's logs; nil discards them.
 	Logger *slog.Logger
 	// Metrics records the writer's activity; nil records nothing.
 	Metrics *Metrics
@@ -123,9 +124,7 @@ func NewWriter(c *Client, cluster string, opts *WriterOptions) (*Writer, error) 
 	if o.MaxKeysPerLease <= 0 {
 		o.MaxKeysPerLease = DefaultMaxKeysPerLease
 	}
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
+	o.Logger = logging.OrDiscard(o.Logger)
 	return &Writer{
 		c:           c,
 		cluster:     cluster,

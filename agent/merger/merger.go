@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/loadbalancer"
 )
 
@@ -51,9 +52,7 @@ type Merger struct {
 // New returns a merger for the cluster named local, programming dp. A nil log
 // discards logs.
 func New(local string, dp loadbalancer.Datapath, log *slog.Logger) *Merger {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log = logging.OrDiscard(log)
 	return &Merger{
 		local:      local,
 		dp:         dp,

@@ -16,6 +16,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/internal/backoff"
+	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/kvstore"
 )
 
@@ -102,9 +103,7 @@ type Cluster struct {
 
 // New returns a cluster connection; nothing happens until Run.
 func New(opts Options) *Cluster {
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
+	opts.Logger = logging.OrDiscard(opts.Logger)
 	if opts.ProbeInterval <= 0 {
 		opts.ProbeInterval = 2 * time.Second
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/deploy"
+	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/pki"
 )
 
@@ -147,10 +148,7 @@ func renderFiles(v deploy.Values, files ...string) ([]*unstructured.Unstructured
 // installation to opts. Running it twice with the same options changes
 // nothing.
 func Enable(ctx context.Context, c *Cluster, opts EnableOptions) (*EnableResult, error) {
-	log := opts.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := logging.OrDiscard(opts.Log)
 	if opts.MaxClusterID == 0 {
 		opts.MaxClusterID = api.DefaultMaxClusterID
 	}

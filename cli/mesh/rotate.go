@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/pki"
 )
 
@@ -30,10 +31,7 @@ type RotateOptions struct {
 // every new handshake uses them. Peers need no change: their entries hold
 // the CA (unchanged) and their own client certificates.
 func RotateCerts(ctx context.Context, c *Cluster, opts RotateOptions) error {
-	log := opts.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := logging.OrDiscard(opts.Log)
 	info, err := c.ReadInfo(ctx)
 	if err != nil {
 		return err

@@ -37,6 +37,7 @@ import (
 	"github.com/clustermesh/clustermesh/bgp"
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/health"
+	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/loadbalancer"
 )
 
@@ -77,7 +78,7 @@ type options struct {
 	peerMaxBytes                       int64
 	statusAddr                         string
 	datapath                           string
-	logLevel                           string
+	log                                logging.Flags
 	bpf                                bpf.Config
 	health                             bool
 	routes                             string
@@ -115,7 +116,7 @@ func newRootCommand() *cobra.Command {
 	fs.StringVar(&o.clustersDir, "clusters-dir", "/etc/clustermesh/clusters", "directory with one connection file per cluster, named for the cluster; names containing '.' are certificates and keys")
 	fs.StringVar(&o.statusAddr, "status-addr", DefaultStatusAddr, "loopback address of the status endpoint (/status, /metrics, /healthz); empty disables it")
 	fs.StringVar(&o.datapath, "datapath", "bpf", "datapath: bpf (cgroup socket load balancing) or none (control plane only)")
-	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	o.log.Register(fs)
 	fs.DurationVar(&o.dirPoll, "clusters-dir-poll", time.Second, "how often --clusters-dir is scanned for added, changed and removed files")
 	fs.DurationVar(&o.initialSyncTimeout, "initial-sync-timeout", 30*time.Second, "longest wait for every cluster's initial sync before the datapath is first programmed")
 	fs.StringVar(&o.routes, "routes", "none", "none (BGP or the CNI routes pod CIDRs) or static (install a kernel route to every remote node's pod CIDRs via its first address)")
@@ -136,16 +137,8 @@ func newRootCommand() *cobra.Command {
 	return cmd
 }
 
-func newLogger(level string) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: %w", level, err)
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
-}
-
 func run(ctx context.Context, o options) error {
-	log, err := newLogger(o.logLevel)
+	log, err := o.log.Logger(os.Stderr)
 	if err != nil {
 		return err
 	}

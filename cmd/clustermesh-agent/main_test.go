@@ -206,6 +206,7 @@ func TestAgentCommandRejectsBadFlags(t *testing.T) {
 		{[]string{"--cluster-name", "c1", "--node-name", "n", "--clusters-dir", dir, "--datapath", "xdp", "--status-addr", ""}, "must be bpf or none"},
 		{[]string{"--cluster-name", "c1", "--node-name", "n", "--clusters-dir", dir, "--status-addr", ""}, "--bpf-cgroup"},
 		{[]string{"--cluster-name", "c1", "--node-name", "n", "--clusters-dir", dir, "--datapath", "none", "--log-level", "loud"}, "--log-level"},
+		{[]string{"--cluster-name", "c1", "--node-name", "n", "--clusters-dir", dir, "--datapath", "none", "--log-format", "xml"}, "--log-format"},
 		{[]string{"--cluster-name", "c1", "--node-name", "n", "--clusters-dir", dir, "--datapath", "none", "--status-addr", "", "--routes", "ospf"}, "must be none or static"},
 	} {
 		out, err := runCLI(t, tc.args...)

@@ -65,7 +65,7 @@ func TestHelpFlags(t *testing.T) {
 			defined["--"+name]++
 		}
 	}
-	for _, f := range []string{"--bgp", "--bgp-listen-port", "--bgp-route-table", "--bgp-short-timers", "--bgp-max-prefixes", "--bgp-hold-time", "--health", "--health-bind", "--bpf-cgroup"} {
+	for _, f := range []string{"--bgp", "--bgp-listen-port", "--bgp-route-table", "--bgp-short-timers", "--bgp-max-prefixes", "--bgp-hold-time", "--health", "--health-bind", "--bpf-cgroup", "--log-level", "--log-format"} {
 		if n := defined[f]; n != 1 {
 			t.Errorf("--help defines %q %d times, want once", f, n)
 		}

@@ -14,11 +14,12 @@ import (
 	"github.com/spf13/cobra"
 
 	apiserver "github.com/clustermesh/clustermesh/clustermesh-apiserver"
+	"github.com/clustermesh/clustermesh/internal/logging"
 )
 
 func main() {
 	cfg := apiserver.DefaultConfig()
-	var logLevel slog.Level
+	var logFlags logging.Flags
 	cmd := &cobra.Command{
 		Use:   "clustermesh-apiserver --cluster-name NAME --cluster-id ID [flags]",
 		Short: "Export this Kubernetes cluster's state into its clustermesh store",
@@ -38,7 +39,12 @@ the cluster and with the reflectors of the clusters in --clusters-dir.`,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
+			log, err := logFlags.Logger(os.Stderr)
+			if err != nil {
+				return err
+			}
+			// Dependencies logging through the global logger follow the
+			// flags too.
 			slog.SetDefault(log)
 			srv, err := apiserver.New(cfg, &apiserver.Options{Logger: log})
 			if err != nil {
@@ -50,7 +56,7 @@ the cluster and with the reflectors of the clusters in --clusters-dir.`,
 		},
 	}
 	cfg.Flags(cmd.Flags())
-	cmd.Flags().TextVar(&logLevel, "log-level", slog.LevelInfo, "Log level: debug, info, warn or error.")
+	logFlags.Register(cmd.Flags())
 	if err := cmd.ExecuteContext(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, "clustermesh-apiserver:", err)
 		os.Exit(1)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"net"
 	"net/http"
 	"os"
@@ -32,7 +33,7 @@ func TestBinary(t *testing.T) {
 	}
 	for _, flag := range []string{"--cluster-name", "--cluster-id", "--max-cluster-id", "--kubeconfig", "--cluster-pod-cidrs",
 		"--etcd-data-dir", "--etcd-listen-client-url", "--etcd-ca", "--etcd-cert", "--etcd-key", "--etcd-admin-cert",
-		"--etcd-admin-key", "--kvstore-config", "--health-addr", "--leader-elect", "--workers", "--lease-ttl", "--log-level",
+		"--etcd-admin-key", "--kvstore-config", "--health-addr", "--leader-elect", "--workers", "--lease-ttl", "--log-level", "--log-format",
 		"--bgp-reflector-address", "--bgp-asn", "--bgp-short-timers", "--clusters-dir", "--clusters-dir-poll"} {
 		if !strings.Contains(string(help), flag+" ") {
 			t.Errorf("--help does not explain %s", flag)
@@ -56,7 +57,7 @@ func TestBinary(t *testing.T) {
 		"--etcd-data-dir="+filepath.Join(dir, "etcd"), "--etcd-listen-client-url=https://0.0.0.0:0",
 		"--etcd-ca="+certs.CAFile, "--etcd-cert="+certs.ServerCert, "--etcd-key="+certs.ServerKey,
 		"--etcd-admin-cert="+adminCert, "--etcd-admin-key="+adminKey,
-		"--etcd-unsafe-no-fsync", "--health-addr="+health)
+		"--etcd-unsafe-no-fsync", "--health-addr="+health, "--log-format=json")
 	logf, err := os.Create(filepath.Join(dir, "apiserver.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -106,7 +107,15 @@ func TestBinary(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("still running 30s after SIGTERM\n%s", logs())
 	}
-	if !strings.Contains(logs(), "initial export complete") {
-		t.Errorf("log lacks the initial export:\n%s", logs())
+	// --log-format=json: the daemon's own lines are JSON objects.
+	exported := false
+	for _, line := range strings.Split(logs(), "\n") {
+		var rec struct{ Msg string }
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "initial export complete" {
+			exported = true
+		}
+	}
+	if !exported {
+		t.Errorf("log lacks the initial export as a JSON line:\n%s", logs())
 	}
 }
