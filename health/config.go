@@ -34,8 +34,15 @@ type Config struct {
 	Cluster  string
 	NodeName string
 	// ClusterID is this member's numeric cluster ID, gossiped in its
-	// metadata so every peer can name its backends (loadbalancer.NodeRef).
+	// metadata; every peer checks it against the ID it accepted this
+	// cluster with.
 	ClusterID uint32
+	// Nodes names the nodes of connected clusters with the cluster IDs they
+	// were accepted with (the agent implements it). A member whose metadata
+	// claims another ID is refused. Nil trusts the ID a peer member claims,
+	// except that only members of this cluster may claim ClusterID: meant
+	// for tests.
+	Nodes NodeResolver
 
 	// BindAddr is where memberlist listens (UDP and TCP). Port 0 is refused:
 	// peers find us at the registry's GossipAddress, so the port is fixed.

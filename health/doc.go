@@ -9,6 +9,14 @@
 // NodeUpserted and NodeDeleted, and the pool joins nodes that appear and
 // forgets nodes that disappear.
 //
+// Every cluster holds the mesh key, so members are bound to the registry: a
+// member is admitted only at its registered gossip address and with the
+// cluster ID its cluster was accepted with (Config.Nodes), and it is named
+// from the registry, never from what it says; a death memberlist reports is
+// acted on only once this member's own ping of the node goes unanswered.
+// Refusals are counted (clustermesh_gossip_refused_total) and listed in
+// Status.Refused.
+//
 // When memberlist declares a member dead, the pool calls
 // HealthSink.SetNodeHealth(node, false) once the safety rules allow it (this
 // node must not itself look cut off: its Lifeguard health score must be low

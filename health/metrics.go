@@ -16,6 +16,7 @@ type metrics struct {
 	transitions *prometheus.CounterVec
 	sinkErrors  prometheus.Counter
 	joins       *prometheus.CounterVec
+	refused     *prometheus.CounterVec
 }
 
 // newMetrics creates the clustermesh_health_* metrics and registers them on
@@ -59,11 +60,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "clustermesh_health_join_attempts_total",
 			Help: "Attempts to join registry nodes that were not live members, by result.",
 		}, []string{"result"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clustermesh_gossip_refused_total",
+			Help: "Gossip messages refused because they disagree with the node registry, by the registry cluster they concern (unknown when none) and reason.",
+		}, []string{"cluster", "reason"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.members, m.unhealthy, m.held, m.isolated, m.score, m.detection, m.transitions, m.sinkErrors, m.joins} {
+	for _, c := range []prometheus.Collector{m.members, m.unhealthy, m.held, m.isolated, m.score, m.detection, m.transitions, m.sinkErrors, m.joins, m.refused} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register health metrics: %w", err)
 		}

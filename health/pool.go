@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sort"
 	"sync"
@@ -42,6 +43,8 @@ type Pool struct {
 	metrics *metrics
 	running atomic.Bool
 	leaving atomic.Bool
+	// pings are the death confirmations in flight.
+	pings sync.WaitGroup
 
 	// wake and joinWake carry "something changed" to the decision loop and
 	// the joiner; both are 1-buffered and never closed.
@@ -50,10 +53,19 @@ type Pool struct {
 
 	mu sync.Mutex
 	ml *memberlist.Memberlist
+	// self is the address this member advertises, once Run knows it.
+	self netip.AddrPort
 	// registry is the node registry by member name; regSet tells whether
-	// the agent has fed it yet (until then every member is admitted).
+	// the agent has fed it yet (until then no member is admitted).
 	registry map[string]api.Node
 	regSet   bool
+	// admitted are the members NotifyAlive let in, with the NodeRef and
+	// address the registry gave them; refused the refusals for Status.
+	admitted map[string]admission
+	refused  map[refusalKey]*Refusal
+	// deaths are the members memberlist declared dead whose death this
+	// member has not confirmed with its own ping yet.
+	deaths map[string]*deathCheck
 	// forgotten are names removed from the registry since the last step.
 	forgotten []string
 	// events is the latest memberlist event per member name.
@@ -67,7 +79,6 @@ type Pool struct {
 
 type event struct {
 	state MemberState
-	ref   loadbalancer.NodeRef
 	at    time.Time
 }
 
@@ -104,6 +115,9 @@ func New(cfg Config, sink HealthSink, reg prometheus.Registerer) (*Pool, error) 
 		joinWake: make(chan struct{}, 1),
 		registry: make(map[string]api.Node),
 		events:   make(map[string]event),
+		admitted: make(map[string]admission),
+		refused:  make(map[refusalKey]*Refusal),
+		deaths:   make(map[string]*deathCheck),
 		acks:     make(map[string]time.Time),
 		suspects: make(map[string]time.Time),
 		status:   Status{Self: name},
@@ -221,6 +235,9 @@ func (p *Pool) Run(ctx context.Context) error {
 	if p.cfg.Key == nil {
 		p.log.Warn("Gossip is not encrypted: any host that reaches the gossip port can join and report deaths; set --health-key-file")
 	}
+	p.mu.Lock()
+	p.self = unmapPort(adv)
+	p.mu.Unlock()
 	ml, err := memberlist.Create(p.memberlistConfig(adv))
 	if err != nil {
 		return fmt.Errorf("member %s: start memberlist on %s: %w", p.name, p.cfg.BindAddr, err)
@@ -238,6 +255,7 @@ func (p *Pool) Run(ctx context.Context) error {
 		p.joinLoop(ctx, ml)
 	}()
 	p.decisionLoop(ctx, ml)
+	p.pings.Wait()
 
 	if p.cfg.LeaveTimeout > 0 {
 		// Peers that see the leaving flag before the leave treat it as a
@@ -315,6 +333,14 @@ func (p *Pool) memberlistConfig(adv netip.AddrPort) *memberlist.Config {
 	return c
 }
 
+// membership is what the decision loop uses of memberlist
+// (*memberlist.Memberlist); tests fake it to hold a live node dead.
+type membership interface {
+	Members() []*memberlist.Node
+	GetHealthScore() int
+	Ping(node string, addr net.Addr) (time.Duration, error)
+}
+
 // idleEvaluations is how many EvaluateIntervals the decision loop sleeps
 // when nothing is pending; memberlist events wake it at once regardless.
 const idleEvaluations = 10
@@ -323,7 +349,7 @@ const idleEvaluations = 10
 // It ticks every EvaluateInterval while something is pending (a held death,
 // a hold-down running, a suspicion, a degraded health score, a failed sink
 // call) and idleEvaluations times slower otherwise.
-func (p *Pool) decisionLoop(ctx context.Context, ml *memberlist.Memberlist) {
+func (p *Pool) decisionLoop(ctx context.Context, ml membership) {
 	tr := newTracker(p.cfg.safety())
 	reported := make(map[loadbalancer.NodeRef]bool)
 	timer := time.NewTimer(p.cfg.EvaluateInterval)
@@ -350,7 +376,7 @@ func (p *Pool) decisionLoop(ctx context.Context, ml *memberlist.Memberlist) {
 // decisions to the sink and publishes status. reported holds what the sink
 // was last successfully told per node (true: healthy). It returns whether
 // anything is pending that needs the next evaluation soon.
-func (p *Pool) step(ctx context.Context, ml *memberlist.Memberlist, tr *tracker, reported map[loadbalancer.NodeRef]bool, now time.Time) bool {
+func (p *Pool) step(ctx context.Context, ml membership, tr *tracker, reported map[loadbalancer.NodeRef]bool, now time.Time) bool {
 	p.mu.Lock()
 	events := p.events
 	p.events = make(map[string]event)
@@ -359,8 +385,10 @@ func (p *Pool) step(ctx context.Context, ml *memberlist.Memberlist, tr *tracker,
 	for _, name := range forgotten {
 		delete(p.acks, name)
 		delete(p.suspects, name)
+		delete(p.deaths, name)
 	}
 	admitted := p.admittedLocked()
+	deaths, toPing := p.deathChecksLocked(admitted, now)
 	acks := make(map[string]time.Time, len(p.acks))
 	for n, t := range p.acks {
 		acks[n] = t
@@ -386,16 +414,27 @@ func (p *Pool) step(ctx context.Context, ml *memberlist.Memberlist, tr *tracker,
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		if admitted(name) {
-			ev := events[name]
-			tr.observe(name, ev.ref, ev.state, ev.at)
+		ref, ok := admitted[name]
+		if ev := events[name]; ok && ev.state != StateDead {
+			// Deaths are acted on only once confirmed, below.
+			tr.observe(name, ref, ev.state, ev.at)
 		}
 	}
+	for _, d := range deaths {
+		tr.observe(d.name, d.ref, StateDead, d.at)
+	}
+	for _, t := range toPing {
+		p.pings.Add(1)
+		go func() {
+			defer p.pings.Done()
+			p.confirmDeath(ml, t.name, t.addr)
+		}()
+	}
 	for _, m := range members {
-		if m.Name == p.name || !admitted(m.Name) {
+		ref, ok := admitted[m.Name]
+		if m.Name == p.name || !ok {
 			continue
 		}
-		ref, _ := parseMeta(m.Name, m.Meta)
 		st := StateAlive
 		if s, ok := suspects[m.Name]; ok && s.After(acks[m.Name]) {
 			st = StateSuspect
@@ -446,7 +485,7 @@ func (p *Pool) step(ctx context.Context, ml *memberlist.Memberlist, tr *tracker,
 	}
 	p.publish(tr, iso, health, changes, now)
 
-	pending := health > 0 || iso.isolated
+	pending := health > 0 || iso.isolated || p.unconfirmedDeaths() > 0
 	for _, pe := range tr.peers {
 		if pe.held || pe.state == StateSuspect || (!pe.healthy && pe.state != StateDead) {
 			pending = true
@@ -472,20 +511,21 @@ func (p *Pool) callSink(ctx context.Context, ref loadbalancer.NodeRef, healthy b
 	return true
 }
 
-// admittedLocked returns the registry filter; p.mu must be held to call it,
-// the returned func works on a copy.
-func (p *Pool) admittedLocked() func(string) bool {
-	if !p.regSet {
-		return func(string) bool { return true }
+// admittedLocked returns the members admitted by NotifyAlive that the
+// registry still lists at the address they were admitted at, with the
+// NodeRef the registry gives them now. p.mu must be held.
+func (p *Pool) admittedLocked() map[string]loadbalancer.NodeRef {
+	out := make(map[string]loadbalancer.NodeRef, len(p.admitted))
+	for name, a := range p.admitted {
+		n, ok := p.registry[name]
+		if !ok || unmapPort(p.gossipAddr(n)) != a.addr {
+			continue
+		}
+		if ref, ok := p.expectedRef(n.Cluster, n.Name, a.ref.ClusterID); ok && ref == a.ref {
+			out[name] = ref
+		}
 	}
-	set := make(map[string]struct{}, len(p.registry))
-	for n := range p.registry {
-		set[n] = struct{}{}
-	}
-	return func(name string) bool {
-		_, ok := set[name]
-		return ok
-	}
+	return out
 }
 
 // joinLoop joins registry nodes that are not live members, with a backoff
@@ -620,20 +660,32 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (d *delegate) LocalState(join bool) []byte                { return nil }
 func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
 
-// NotifyAlive admits a member only if it carries valid metadata and, once
-// the registry is known, is listed in it.
+// NotifyAlive admits a member only if it is the registry node it claims to
+// be: its name is listed at the address it speaks from, and its metadata
+// carries the ID its cluster was accepted with. Memberlist calls it for
+// every alive message, gossiped or merged, before it changes any state, so
+// a refused member never becomes one; the refusal is counted and recorded.
 func (d *delegate) NotifyAlive(n *memberlist.Node) error {
-	if n.Name == d.p.name {
-		return nil
-	}
-	if ref, _ := parseMeta(n.Name, n.Meta); ref.ClusterID == 0 || ref.Name == "" {
-		return fmt.Errorf("member %s: no clustermesh metadata", n.Name)
-	}
+	addr := memberAddr(n.Addr, n.Port)
 	d.p.mu.Lock()
 	defer d.p.mu.Unlock()
-	if _, ok := d.p.registry[n.Name]; d.p.regSet && !ok {
-		return fmt.Errorf("member %s: not in the node registry", n.Name)
+	if n.Name == d.p.name {
+		if addr == d.p.self {
+			return nil
+		}
+		// Another member using our name: refused here too, so that our
+		// memberlist does not even refute it.
+		cluster, node := splitName(n.Name)
+		r := &Refusal{Cluster: cluster, Node: node, Addr: addr, Field: "address", Reason: ReasonAddressMismatch}
+		d.p.refuseLocked(r, time.Now())
+		return fmt.Errorf("member %s at %s: %s (%s)", n.Name, addr, r.Reason, r.Field)
 	}
+	ref, r := d.p.admitLocked(n.Name, addr, n.Meta)
+	if r != nil {
+		d.p.refuseLocked(r, time.Now())
+		return fmt.Errorf("member %s at %s: %s (%s)", n.Name, addr, r.Reason, r.Field)
+	}
+	d.p.admitted[n.Name] = admission{ref: ref, addr: addr}
 	return nil
 }
 
@@ -641,16 +693,24 @@ func (d *delegate) record(n *memberlist.Node, st MemberState) {
 	if n.Name == d.p.name {
 		return
 	}
-	ref, leaving := parseMeta(n.Name, n.Meta)
+	_, leaving := parseMeta(n.Name, n.Meta)
 	if st == StateDead && leaving {
 		st = StateLeft
 	}
 	now := time.Now()
 	d.p.mu.Lock()
-	d.p.events[n.Name] = event{state: st, ref: ref, at: now}
-	if st == StateAlive {
+	d.p.events[n.Name] = event{state: st, at: now}
+	switch st {
+	case StateAlive:
 		delete(d.p.suspects, n.Name)
+		delete(d.p.deaths, n.Name)
 		d.p.acks[n.Name] = now
+	case StateDead:
+		if d.p.deaths[n.Name] == nil {
+			d.p.deaths[n.Name] = &deathCheck{at: now}
+		}
+	default:
+		delete(d.p.deaths, n.Name)
 	}
 	d.p.mu.Unlock()
 	signal(d.p.wake)

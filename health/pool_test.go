@@ -131,7 +131,23 @@ func testNode(cluster, name string, addr netip.AddrPort) api.Node {
 
 var clusterIDs = map[string]uint32{"c1": 1, "c2": 2}
 
+// idResolver names nodes with the cluster IDs of clusterIDs, like the
+// agent does with the IDs clusters were accepted with.
+type idResolver map[string]uint32
+
+func (r idResolver) NodeRef(cluster, node string) (loadbalancer.NodeRef, bool) {
+	id, ok := r[cluster]
+	return loadbalancer.NodeRef{ClusterID: id, Name: node}, ok
+}
+
 func startLoopMember(t *testing.T, node api.Node, key []byte, leave time.Duration, registry []api.Node) *loopMember {
+	t.Helper()
+	return startLoopMemberWith(t, node, key, leave, registry, nil)
+}
+
+// startLoopMemberWith is startLoopMember with a hook that may change the
+// member's config (a hostile member claiming another identity).
+func startLoopMemberWith(t *testing.T, node api.Node, key []byte, leave time.Duration, registry []api.Node, tweak func(*Config)) *loopMember {
 	t.Helper()
 	cfg := DefaultTestConfig()
 	robustTimings(&cfg)
@@ -139,8 +155,12 @@ func startLoopMember(t *testing.T, node api.Node, key []byte, leave time.Duratio
 	cfg.BindAddr = node.GossipAddress
 	cfg.Key = key
 	cfg.LeaveTimeout = leave
+	cfg.Nodes = idResolver(clusterIDs)
 	logs := &lockedBuffer{}
 	cfg.Logger = testLogger(logs)
+	if tweak != nil {
+		tweak(&cfg)
+	}
 	m := &loopMember{node: node, sink: newRecSink(), reg: prometheus.NewRegistry(), done: make(chan error, 1)}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -500,7 +520,7 @@ func TestPoolFollowsRegistry(t *testing.T) {
 	})
 	bref := loadbalancer.NodeRef{ClusterID: 2, Name: "b"}
 	if got := ma.pool.Status().Members[0].Ref; got != bref {
-		t.Errorf("a names b %v, want 2/b from b's metadata", got)
+		t.Errorf("a names b %v, want 2/b from the registry", got)
 	}
 	// A peer seen alive is told healthy once, so that a verdict an earlier
 	// agent process left in the datapath does not outlive it.

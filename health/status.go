@@ -30,6 +30,10 @@ type Status struct {
 	// recently marked node to its marking, an upper bound of the detection
 	// latency (see docs/health.md); MaxDetection the largest seen.
 	LastDetection, MaxDetection time.Duration
+	// Refused are the kinds of gossip messages refused because they
+	// disagree with the node registry (at most 64 kinds are kept; the
+	// clustermesh_gossip_refused_total counter counts them all).
+	Refused []Refusal
 	// Updated is when the snapshot was taken.
 	Updated time.Time
 }
@@ -73,6 +77,7 @@ func (p *Pool) publish(tr *tracker, iso isolation, health int, changes []change,
 		LastDetection:   prev.LastDetection,
 		MaxDetection:    prev.MaxDetection,
 		Updated:         now,
+		Refused:         p.refusalsLocked(),
 	}
 	for _, c := range changes {
 		if !c.healthy {

@@ -103,6 +103,25 @@ type Health struct {
 	// MemberList lists every peer. The status published into the store
 	// leaves it out (see Compact).
 	MemberList []HealthMember `json:"memberList,omitempty"`
+	// Refused are the gossip messages refused because they disagree with
+	// the node registry (see docs/health.md, "Members are bound to the
+	// registry").
+	Refused []HealthRefusal `json:"refused,omitempty"`
+}
+
+// HealthRefusal is one kind of gossip message the pool refused: what it
+// claimed (cluster, node, address), the field that disagreed with the
+// registry and why, and how often.
+type HealthRefusal struct {
+	Cluster string         `json:"cluster"`
+	Node    string         `json:"node"`
+	Address netip.AddrPort `json:"address,omitzero"`
+	// Owner is the registry node that has the address, if any.
+	Owner  string    `json:"owner,omitempty"`
+	Field  string    `json:"field"`
+	Reason string    `json:"reason"`
+	Count  uint64    `json:"count"`
+	Last   time.Time `json:"last,omitzero"`
 }
 
 // HealthMember is one peer of the gossip pool.
@@ -121,6 +140,9 @@ func (a Agent) Compact() Agent {
 	if a.Health != nil {
 		h := *a.Health
 		h.MemberList = nil
+		if len(h.Refused) > maxPublishedRefusals {
+			h.Refused = h.Refused[:maxPublishedRefusals]
+		}
 		a.Health = &h
 	}
 	if a.BGP != nil {
@@ -191,6 +213,13 @@ func printHealth(w io.Writer, h *Health) error {
 	}
 	if h.Isolated && h.IsolationReason != "" {
 		fmt.Fprintf(w, "  isolated: %s (deaths are not acted on)\n", h.IsolationReason)
+	}
+	for _, r := range h.Refused {
+		fmt.Fprintf(w, "  refused %s/%s at %s: %s %s", r.Cluster, r.Node, r.Address, r.Field, r.Reason)
+		if r.Owner != "" {
+			fmt.Fprintf(w, " (address of %s)", r.Owner)
+		}
+		fmt.Fprintf(w, " x%d\n", r.Count)
 	}
 	list := h.MemberList
 	if len(list) > maxPrintedMembers {

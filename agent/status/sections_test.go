@@ -24,7 +24,9 @@ func sectionsDoc(members int) *Agent {
 			Refused: []BGPRefusal{{Prefix: netip.MustParsePrefix("10.1.1.0/25"), Peer: "10.0.0.250", Reason: "overlaps-local-pod-cidr", Conflict: netip.MustParsePrefix("10.1.1.0/24")}},
 		},
 		Health: &Health{State: SectionRunning, Self: "c1/n1", Members: members, Alive: members - 1, Dead: 1, Unhealthy: 1,
-			LastDetectionSeconds: 0.4123, MaxDetectionSeconds: 0.9},
+			LastDetectionSeconds: 0.4123, MaxDetectionSeconds: 0.9,
+			Refused: []HealthRefusal{{Cluster: "c1", Node: "n2", Address: netip.MustParseAddrPort("10.9.0.1:7946"),
+				Field: "address", Reason: "address_mismatch", Count: 3}}},
 	}
 	for i := range members {
 		m := HealthMember{Name: fmt.Sprintf("c2/n%03d", i), State: "alive", Healthy: true, Since: since}
@@ -52,6 +54,7 @@ func TestPrintSections(t *testing.T) {
 				"refused 10.1.1.0/25 from 10.0.0.250: overlaps-local-pod-cidr (10.1.1.0/24)",
 				"Health  state=running  self=c1/n1  members=3  alive=2  suspect=0  dead=1  unhealthy=1  isolated=false  last-detection=412ms  max-detection=900ms",
 				"c2/n000", "c2/n002",
+				"refused c1/n2 at 10.9.0.1:7946: address address_mismatch x3",
 			},
 		},
 		{

@@ -267,6 +267,9 @@ func runHealth(ctx context.Context, a *agent.Agent, o options, reg prometheus.Re
 	}
 	cfg := o.healthCfg
 	cfg.Cluster, cfg.NodeName, cfg.ClusterID = o.clusterName, o.nodeName, local.ID
+	// Members are named with the cluster IDs the agent accepted, never
+	// with the IDs they gossip.
+	cfg.Nodes = a
 	cfg.Logger = log
 	pool, err := health.New(cfg, a, reg)
 	if err != nil {

@@ -111,6 +111,12 @@ func healthStatus(hs health.Status) status.Health {
 		Isolated: hs.Isolated, IsolationReason: hs.IsolationReason,
 		LastDetectionSeconds: hs.LastDetection.Seconds(), MaxDetectionSeconds: hs.MaxDetection.Seconds(),
 	}
+	for _, r := range hs.Refused {
+		sec.Refused = append(sec.Refused, status.HealthRefusal{
+			Cluster: r.Cluster, Node: r.Node, Address: r.Addr, Owner: r.Owner,
+			Field: r.Field, Reason: r.Reason, Count: r.Count, Last: r.Last,
+		})
+	}
 	for _, m := range hs.Members {
 		sec.MemberList = append(sec.MemberList, status.HealthMember{
 			Name: m.Name, State: m.State.String(), Healthy: m.Healthy, Held: m.Held, Since: m.Since,
