@@ -3,6 +3,7 @@ package commands
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -14,6 +15,7 @@ func newConnect(g *globals) *cobra.Command {
 		dstContexts  []string
 		dstEndpoints []string
 		skipDial     bool
+		waitFor      time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "connect --context CONTEXT --destination-context CONTEXT...",
@@ -23,7 +25,8 @@ shared CA, pod CIDRs that do not overlap, stores reachable with the
 certificates agents will use) and then writes each cluster's connection into
 the other's clustermesh-clusters Secret, which agents mount as their
 configuration. When a check fails nothing is changed and every problem is
-listed with its fix.`,
+listed with its fix. A store that does not answer yet (a cluster enabled a
+moment ago) is retried, with progress, for --wait-duration.`,
 		Example: `  clustermesh connect --context c1 --destination-context c2
   clustermesh connect --context c1 --destination-context c2 --destination-context c3
   clustermesh connect --context c1 --destination-context c2 --destination-endpoint https://203.0.113.7:2379`,
@@ -49,7 +52,7 @@ listed with its fix.`,
 				}
 				dsts = append(dsts, c)
 			}
-			if err := mesh.Connect(ctx, src, dsts, mesh.ConnectOptions{DestinationEndpoints: eps, SkipReachability: skipDial, Log: g.logger(cmd)}); err != nil {
+			if err := mesh.Connect(ctx, src, dsts, mesh.ConnectOptions{DestinationEndpoints: eps, SkipReachability: skipDial, WaitFor: waitFor, Log: g.logger(cmd)}); err != nil {
 				return err
 			}
 			reach := "stores reachable with the agents' certificates"
@@ -66,6 +69,7 @@ listed with its fix.`,
 	f.StringArrayVar(&dstContexts, "destination-context", nil, "kubeconfig context of a cluster to connect with (repeatable)")
 	f.StringArrayVar(&dstEndpoints, "destination-endpoint", nil, "override a destination's store endpoint: https://HOST:PORT with one destination, else CONTEXT=https://HOST:PORT (repeatable)")
 	f.BoolVar(&skipDial, "skip-reachability-check", false, "do not dial the stores from here (when this machine cannot reach them)")
+	f.DurationVar(&waitFor, "wait-duration", mesh.DefaultConnectWait, "how long to keep retrying while a store does not answer yet (a cluster just enabled); other problems fail at once; a negative value fails at once")
 	_ = cmd.RegisterFlagCompletionFunc("destination-context", g.completeContexts)
 	return cmd
 }

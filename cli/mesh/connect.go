@@ -9,11 +9,13 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/internal/backoff"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/pki"
 )
@@ -26,8 +28,15 @@ type ConnectOptions struct {
 	// SkipReachability skips the TLS dial of every endpoint (for operators
 	// whose laptop cannot reach the stores; the agents will report).
 	SkipReachability bool
-	Log              *slog.Logger
+	// WaitFor is how long connect keeps retrying while the only problems
+	// are stores that do not answer yet (a peer whose apiserver is still
+	// starting); zero means DefaultConnectWait, negative fails at once.
+	WaitFor time.Duration
+	Log     *slog.Logger
 }
+
+// DefaultConnectWait is how long connect waits for a starting store.
+const DefaultConnectWait = 2 * time.Minute
 
 // member is everything connect needs from one side.
 type member struct {
@@ -257,22 +266,27 @@ func Connect(ctx context.Context, src *Cluster, dsts []*Cluster, opts ConnectOpt
 		}
 		bs = append(bs, b)
 	}
-	var ps []Problem
-	for i, b := range bs {
-		ps = append(ps, checkPair(ctx, a, b, opts.SkipReachability)...)
-		// Destinations do not talk to each other, but they will share a's
-		// view: names and IDs must still be unique among them.
-		for _, b2 := range bs[i+1:] {
-			if b.info.Name == b2.info.Name {
-				ps = append(ps, problem(ErrNameCollision, "clusters must have unique names", "destinations %s and %s are both named %q", b.c.Context, b2.c.Context, b.info.Name))
-			}
-			if b.info.ID == b2.info.ID {
-				ps = append(ps, problem(ErrIDCollision, "clusters must have unique cluster IDs; re-enable one of them with another --cluster-id", "destinations %s and %s both have cluster ID %d", b.info.Name, b2.info.Name, b.info.ID))
-			}
-		}
+	wait := opts.WaitFor
+	if wait == 0 {
+		wait = DefaultConnectWait
 	}
-	if len(ps) > 0 {
-		return &CheckError{Op: "connect", Problems: ps}
+	deadline := time.Now().Add(wait)
+	retry := backoff.New(500*time.Millisecond, 5*time.Second)
+	for {
+		ps := checkAll(ctx, a, bs, opts.SkipReachability)
+		if len(ps) == 0 {
+			break
+		}
+		if !onlyUnreachable(ps) || time.Now().After(deadline) {
+			if onlyUnreachable(ps) && wait > 0 {
+				return &CheckError{Op: fmt.Sprintf("connect (waited %s for the stores)", wait.Round(time.Second)), Problems: ps}
+			}
+			return &CheckError{Op: "connect", Problems: ps}
+		}
+		log.Info("waiting for a store to answer", "problem", ps[0].Reason, "waited", time.Since(deadline.Add(-wait)).Round(time.Second), "wait_for", wait)
+		if err := retry.Wait(ctx); err != nil {
+			return err
+		}
 	}
 	for _, b := range bs {
 		for _, pair := range [][2]*member{{a, b}, {b, a}} {
@@ -296,6 +310,36 @@ func Connect(ctx context.Context, src *Cluster, dsts []*Cluster, opts ConnectOpt
 		}
 	}
 	return nil
+}
+
+// onlyUnreachable reports whether every problem is a store that does not
+// answer: the one problem that time may fix.
+func onlyUnreachable(ps []Problem) bool {
+	for _, p := range ps {
+		if !errors.Is(p.Err, ErrUnreachable) {
+			return false
+		}
+	}
+	return true
+}
+
+// checkAll runs every check of connecting a with each of bs.
+func checkAll(ctx context.Context, a *member, bs []*member, skipDial bool) []Problem {
+	var ps []Problem
+	for i, b := range bs {
+		ps = append(ps, checkPair(ctx, a, b, skipDial)...)
+		// Destinations do not talk to each other, but they will share a's
+		// view: names and IDs must still be unique among them.
+		for _, b2 := range bs[i+1:] {
+			if b.info.Name == b2.info.Name {
+				ps = append(ps, problem(ErrNameCollision, "clusters must have unique names", "destinations %s and %s are both named %q", b.c.Context, b2.c.Context, b.info.Name))
+			}
+			if b.info.ID == b2.info.ID {
+				ps = append(ps, problem(ErrIDCollision, "clusters must have unique cluster IDs; re-enable one of them with another --cluster-id", "destinations %s and %s both have cluster ID %d", b.info.Name, b2.info.Name, b.info.ID))
+			}
+		}
+	}
+	return ps
 }
 
 // DisconnectOptions configure disconnect.

@@ -1,15 +1,18 @@
 package mesh_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -123,8 +126,11 @@ func TestTwoClusters(t *testing.T) {
 
 	t.Run("connect refuses unreachable stores", func(t *testing.T) {
 		before := secretData(t, c1)
-		err := mesh.Connect(ctx, c1, []*mesh.Cluster{c2}, mesh.ConnectOptions{})
+		err := mesh.Connect(ctx, c1, []*mesh.Cluster{c2}, mesh.ConnectOptions{WaitFor: time.Second})
 		wantProblem(t, err, mesh.ErrUnreachable, "c2")
+		if !strings.Contains(err.Error(), "waited 1s") {
+			t.Errorf("err = %v, want it to say how long it waited", err)
+		}
 		if len(secretData(t, c1)) != len(before) {
 			t.Fatal("refused connect changed the clusters Secret")
 		}
@@ -214,7 +220,33 @@ func TestTwoClusters(t *testing.T) {
 	})
 
 	env.RunProcesses(t, "c1")
-	env.RunProcesses(t, "c2")
+	outer := t
+	t.Run("connect right after enable waits for the starting store", func(t *testing.T) {
+		var logs syncBuffer
+		done := make(chan error, 1)
+		go func() {
+			done <- mesh.Connect(ctx, c1, []*mesh.Cluster{c2}, mesh.ConnectOptions{
+				WaitFor: 90 * time.Second, Log: slog.New(slog.NewTextHandler(&logs, nil)),
+			})
+		}()
+		// c2's store starts only once connect has found it down and says
+		// it waits.
+		deadline := time.Now().Add(60 * time.Second)
+		for !strings.Contains(logs.String(), "waiting for a store to answer") {
+			if time.Now().After(deadline) {
+				t.Fatalf("connect did not report waiting; log:\n%s", logs.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		env.RunProcesses(outer, "c2")
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		// Back to unconnected for the checks below.
+		if err := mesh.Disconnect(ctx, c1, []*mesh.Cluster{c2}, mesh.DisconnectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	})
 
 	waitReady := func(t *testing.T, c *mesh.Cluster) *mesh.Status {
 		t.Helper()
@@ -663,4 +695,23 @@ func waitAgentClusters(t *testing.T, c *mesh.Cluster, n int) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger writing from another
+// goroutine.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
