@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"sync"
@@ -9,15 +10,11 @@ import (
 
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/internal/logging"
+	"github.com/clustermesh/clustermesh/route"
 )
 
 // Route is a remote pod CIDR reached through a node's IP.
-type Route struct {
-	Prefix  netip.Prefix
-	NextHop netip.Addr
-	// Cluster and Node name the node owning Prefix, for logs.
-	Cluster, Node string
-}
+type Route = route.Route
 
 // RouteWriter installs and removes routes in the kernel (or elsewhere).
 // Implementations must be idempotent: Upsert of an existing route replaces
@@ -173,6 +170,9 @@ func (s *StaticRoutes) reconcile(ctx context.Context) {
 	}
 	for _, r := range up {
 		if err := s.w.Upsert(ctx, r); err != nil {
+			if errors.Is(err, route.ErrConflict) {
+				continue // reported by the writer, once; retried
+			}
 			s.log.Warn("cannot install route", "prefix", r.Prefix, "via", r.NextHop, "cluster", r.Cluster, "node", r.Node, "error", err)
 			continue
 		}

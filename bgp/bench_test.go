@@ -11,6 +11,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/clustermesh/clustermesh/route"
 )
 
 // rtprotBird is the rtnetlink protocol bird2 installs routes with.
@@ -94,7 +96,7 @@ func (l *lab) watchRoutes(tb testing.TB, ns string, proto netlink.RouteProtocol)
 			if u.Protocol != proto || u.Dst == nil {
 				continue
 			}
-			p, ok := prefixFromIPNet(u.Dst)
+			p, ok := route.PrefixOf(u.Dst)
 			if !ok {
 				continue
 			}

@@ -11,12 +11,14 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/clustermesh/clustermesh/internal/logging"
+	"github.com/clustermesh/clustermesh/route"
 )
 
 // RouteProtocol is the rtnetlink protocol number of every route the speaker
 // installs (0xc3; unassigned in /etc/iproute2/rt_protos). Routes of any other
-// protocol are never touched.
-const RouteProtocol = 0xc3
+// protocol are never touched: a prefix another owner routes is refused (see
+// package route).
+const RouteProtocol = route.ProtocolBGP
 
 // DefaultPort is the BGP port.
 const DefaultPort = 179

@@ -16,9 +16,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clustermesh/clustermesh/internal/netlab"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/clustermesh/clustermesh/internal/netlab"
+	"github.com/clustermesh/clustermesh/route"
 )
 
 // lab is a netlab.Lab with the BGP tests' helpers on top: netlink handles,
@@ -58,7 +60,7 @@ func (l *lab) routes(ns string, proto netlink.RouteProtocol) map[netip.Prefix]ne
 	}
 	out := map[netip.Prefix]netip.Addr{}
 	for _, r := range rs {
-		if p, ok := prefixFromIPNet(r.Dst); ok && r.Dst != nil {
+		if p, ok := route.PrefixOf(r.Dst); ok && r.Dst != nil {
 			gw, _ := netip.AddrFromSlice(r.Gw)
 			out[p] = gw.Unmap()
 		}

@@ -8,8 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clustermesh/clustermesh/api"
 	"github.com/vishvananda/netlink"
+
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/route"
 )
 
 type meshNode struct {
@@ -210,7 +212,7 @@ protocol bgp n1 {
 	}
 	// The dead node's own routes stay in its kernel (nobody is there to
 	// remove them); add a stale one a previous run could have left.
-	stale := &netlink.Route{Dst: prefixToIPNet(netip.MustParsePrefix("10.77.0.0/24")), Gw: a("192.0.2.99").AsSlice(), Protocol: RouteProtocol}
+	stale := &netlink.Route{Dst: route.IPNet(netip.MustParsePrefix("10.77.0.0/24")), Gw: a("192.0.2.99").AsSlice(), Protocol: RouteProtocol}
 	h := l.handle(victim.ns)
 	if err := h.RouteAdd(stale); err != nil {
 		t.Fatal(err)
@@ -256,7 +258,7 @@ func (l *lab) watchDeletes(t *testing.T, ns string) func() []netip.Prefix {
 		defer close(finished)
 		for u := range ch {
 			if u.Type == 25 /* RTM_DELROUTE */ && u.Protocol == RouteProtocol && u.Dst != nil {
-				if p, ok := prefixFromIPNet(u.Dst); ok {
+				if p, ok := route.PrefixOf(u.Dst); ok {
 					out = append(out, p)
 				}
 			}

@@ -4,15 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"sort"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/clustermesh/clustermesh/route"
 )
 
 // failedRetryInterval paces retries of routes the kernel refused.
@@ -46,8 +46,9 @@ type Speaker struct {
 	failed       map[netip.Prefix]candidate // accepted, kernel refused; retried
 	lastRetry    time.Time
 	firstSession bool
-	// nl is one netlink socket reused for every route change.
-	nl *netlink.Handle
+	// routes programs the kernel (one netlink socket for every change);
+	// nil unless Config.InstallRoutes.
+	routes *route.Writer
 }
 
 // NewSpeaker checks cfg and returns a speaker that is not yet started.
@@ -91,13 +92,13 @@ func (s *Speaker) Start(ctx context.Context) error {
 	}
 	s.table = newRouteTable(s.cfg.PodCIDRs, subnets, s.cfg.NodeIPs)
 	if s.cfg.InstallRoutes {
-		nl, err := netlink.NewHandle()
+		w, err := route.New(route.Config{Protocol: RouteProtocol, Table: s.cfg.Table, Owner: "bgp", Registerer: s.cfg.Registerer, Logger: s.cfg.Logger})
 		if err != nil {
-			return fmt.Errorf("%s: open netlink: %w", s.cfg.Name, err)
+			return fmt.Errorf("%s: %w", s.cfg.Name, err)
 		}
-		s.nl = nl
-		if err := s.adopt(); err != nil {
-			nl.Close()
+		s.routes = w
+		if err := s.adopt(ctx); err != nil {
+			w.Close()
 			return err
 		}
 	}
@@ -141,8 +142,8 @@ func (s *Speaker) Stop(ctx context.Context) error {
 }
 
 func (s *Speaker) closeNetlink() {
-	if s.nl != nil {
-		s.nl.Close()
+	if s.routes != nil {
+		s.routes.Close()
 	}
 }
 
@@ -210,24 +211,14 @@ func (s *Speaker) Status(ctx context.Context) (Status, error) {
 }
 
 // adopt reads the routes of RouteProtocol a previous run left behind.
-func (s *Speaker) adopt() error {
-	routes, err := s.nl.RouteListFiltered(netlink.FAMILY_ALL,
-		&netlink.Route{Protocol: RouteProtocol, Table: s.cfg.Table},
-		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+func (s *Speaker) adopt(ctx context.Context) error {
+	routes, err := s.routes.List(ctx)
 	if err != nil {
-		return fmt.Errorf("%s: list routes of protocol %d: %w", s.cfg.Name, RouteProtocol, err)
+		return fmt.Errorf("%s: %w", s.cfg.Name, err)
 	}
 	for _, r := range routes {
-		if r.Dst == nil {
-			continue
-		}
-		p, ok := prefixFromIPNet(r.Dst)
-		if !ok {
-			continue
-		}
-		gw, _ := netip.AddrFromSlice(r.Gw)
-		s.installed[p] = gw.Unmap()
-		s.stale[p] = true
+		s.installed[r.Prefix] = r.NextHop
+		s.stale[r.Prefix] = true
 	}
 	return nil
 }
@@ -331,14 +322,12 @@ func (s *Speaker) install(c candidate) {
 	if !s.cfg.InstallRoutes {
 		return
 	}
-	err := s.nl.RouteReplace(&netlink.Route{
-		Dst:      prefixToIPNet(c.prefix),
-		Gw:       c.nextHop.AsSlice(),
-		Protocol: RouteProtocol,
-		Table:    s.cfg.Table,
-	})
+	err := s.routes.Upsert(context.Background(), route.Route{Prefix: c.prefix, NextHop: c.nextHop})
 	if err != nil {
-		if _, retry := s.failed[c.prefix]; !retry {
+		// A prefix another owner routes is refused by the writer, which
+		// reports it; it is retried like any failure, so the route goes in
+		// once the other owner's route is gone.
+		if _, retry := s.failed[c.prefix]; !retry && !errors.Is(err, route.ErrConflict) {
 			s.installErrs++
 			s.metrics.installErrs.Inc()
 			s.cfg.Logger.Error("bgp route install failed; retrying", "node", s.cfg.Name, "prefix", c.prefix, "next_hop", c.nextHop, "peer", c.peer, "error", err)
@@ -362,8 +351,7 @@ func (s *Speaker) remove(p netip.Prefix) {
 	if !s.cfg.InstallRoutes {
 		return
 	}
-	err := s.nl.RouteDel(&netlink.Route{Dst: prefixToIPNet(p), Protocol: RouteProtocol, Table: s.cfg.Table})
-	if err != nil && !errors.Is(err, syscall.ESRCH) {
+	if err := s.routes.Delete(context.Background(), route.Route{Prefix: p}); err != nil {
 		s.installErrs++
 		s.metrics.installErrs.Inc()
 		s.cfg.Logger.Error("bgp route removal failed", "node", s.cfg.Name, "prefix", p, "error", err)
@@ -434,48 +422,15 @@ func nodeSubnets(ips []netip.Addr) ([]netip.Prefix, error) {
 	return out, nil
 }
 
-func prefixToIPNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
-func prefixFromIPNet(n *net.IPNet) (netip.Prefix, bool) {
-	ip, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(ip.Unmap(), ones).Masked(), true
-}
-
 // FlushRoutes deletes every route of RouteProtocol from table (0 = main) in
 // the calling thread's network namespace, for a node where BGP is turned
 // off for good. A running Speaker re-installs what it learns; this is not
 // for use next to one. It returns how many routes it removed.
 func FlushRoutes(table int) (int, error) {
-	if table == 0 {
-		table = unix.RT_TABLE_MAIN
-	}
-	h, err := netlink.NewHandle()
+	w, err := route.New(route.Config{Protocol: RouteProtocol, Table: table, Owner: "bgp"})
 	if err != nil {
-		return 0, fmt.Errorf("flush routes: open netlink: %w", err)
+		return 0, fmt.Errorf("flush routes: %w", err)
 	}
-	defer h.Close()
-	routes, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: RouteProtocol, Table: table},
-		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return 0, fmt.Errorf("flush routes: list protocol %d table %d: %w", RouteProtocol, table, err)
-	}
-	n := 0
-	var errs []error
-	for _, r := range routes {
-		if err := h.RouteDel(&r); err != nil && !errors.Is(err, syscall.ESRCH) {
-			errs = append(errs, fmt.Errorf("route %s: %w", r.Dst, err))
-			continue
-		}
-		n++
-	}
-	if len(errs) > 0 {
-		return n, fmt.Errorf("flush routes: %w", errors.Join(errs...))
-	}
-	return n, nil
+	defer w.Close()
+	return w.Flush()
 }

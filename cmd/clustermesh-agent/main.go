@@ -30,7 +30,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/clustermesh/clustermesh/agent"
-	"github.com/clustermesh/clustermesh/agent/netroute"
 	"github.com/clustermesh/clustermesh/agent/remote"
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
@@ -39,6 +38,7 @@ import (
 	"github.com/clustermesh/clustermesh/health"
 	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/loadbalancer"
+	"github.com/clustermesh/clustermesh/route"
 )
 
 // The eBPF datapath keeps its frontends across restarts (pinned maps); the
@@ -212,7 +212,7 @@ func run(ctx context.Context, o options) error {
 	switch o.routes {
 	case "none":
 	case "static":
-		w, err := netroute.New(nil, 0)
+		w, err := route.New(route.Config{Protocol: route.ProtocolStatic, Owner: "static", Registerer: reg, Logger: log})
 		if err != nil {
 			return fmt.Errorf("--routes=static: %w", err)
 		}

@@ -1,0 +1,17 @@
+// Package route programs the kernel routes of the agent: the static routes
+// to remote pod CIDRs (agent.StaticRoutes) and the routes the BGP speaker
+// learns (bgp.Speaker) both go through a Writer.
+//
+// Every route is installed under its owner's routing protocol number
+// (ProtocolStatic, ProtocolBGP), which tells it apart from the routes of
+// the CNI, the administrator and the other owner, and finds it again after
+// a restart (List). A Writer never replaces a route it does not own: it adds
+// with NLM_F_EXCL, replaces only a route of its own protocol, and refuses a
+// prefix held by a route of another protocol with a *ConflictError
+// (ErrConflict), logged and counted in clustermesh_route_conflicts_total
+// once per conflict. Deletes name the protocol, so the kernel never removes a
+// foreign route either.
+//
+// A Writer is safe for concurrent use; it holds a netlink handle (of the
+// current network namespace unless given one) until Close.
+package route
