@@ -54,6 +54,15 @@ type Config struct {
 	// CertFile and KeyFile are the client certificate and key; the
 	// certificate's common name is the etcd user the client acts as.
 	CertFile, KeyFile string
+	// ClusterID, when set, pins the ID the store's cluster config must
+	// carry (ClusterConfig refuses another): a peer accepted with one ID is
+	// never re-accepted under another.
+	ClusterID uint32
+	// ServerName, when set, is the common name the store's server
+	// certificate must carry ("<cluster>.clustermesh"): every cluster's
+	// server certificate comes from the mesh CA, so trust in the CA alone
+	// would accept another cluster's store at this endpoint.
+	ServerName string
 	// CA, Cert and Key are the same as PEM, for callers that hold the
 	// credentials in memory (the CLI reads them from Kubernetes Secrets).
 	// They are used when CAFile is empty.
@@ -71,14 +80,19 @@ type Config struct {
 	MaxRecvBytes int
 }
 
-// configFile is the YAML form of Config.
-type configFile struct {
-	Endpoints      []string `json:"endpoints"`
-	TrustedCAFile  string   `json:"trusted-ca-file"`
-	CertFile       string   `json:"cert-file"`
-	KeyFile        string   `json:"key-file"`
-	DialTimeout    string   `json:"dial-timeout,omitempty"`
-	RequestTimeout string   `json:"request-timeout,omitempty"`
+// ConnectionFile is the YAML form of Config, as `clustermesh connect`
+// writes it and agents read it (LoadConfig).
+type ConnectionFile struct {
+	Endpoints     []string `json:"endpoints"`
+	TrustedCAFile string   `json:"trusted-ca-file"`
+	CertFile      string   `json:"cert-file"`
+	KeyFile       string   `json:"key-file"`
+	// ClusterID and ServerName pin the peer: see Config.
+	ClusterID  uint32 `json:"cluster-id,omitempty"`
+	ServerName string `json:"server-name,omitempty"`
+	// Optional timeouts (Go durations).
+	DialTimeout    string `json:"dial-timeout,omitempty"`
+	RequestTimeout string `json:"request-timeout,omitempty"`
 }
 
 // LoadConfig reads a connection file. Relative file paths in it resolve
@@ -88,7 +102,7 @@ func LoadConfig(path string) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	var f configFile
+	var f ConnectionFile
 	if err := yaml.UnmarshalStrict(data, &f); err != nil {
 		return Config{}, fmt.Errorf("%w: %s: %w", ErrConfig, path, err)
 	}
@@ -104,6 +118,7 @@ func LoadConfig(path string) (Config, error) {
 		CAFile:    resolve(f.TrustedCAFile),
 		CertFile:  resolve(f.CertFile),
 		KeyFile:   resolve(f.KeyFile),
+		ClusterID: f.ClusterID, ServerName: f.ServerName,
 	}
 	for _, d := range []struct {
 		field string
@@ -277,7 +292,7 @@ func clientTLS(cfg Config) (*tls.Config, error) {
 		if !pool.AppendCertsFromPEM(cfg.CA) {
 			return nil, fmt.Errorf("%w: trusted CA: no certificate in PEM", ErrConfig)
 		}
-		return &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+		return pinServer(cfg, &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, MinVersion: tls.VersionTLS12}), nil
 	}
 	info := transport.TLSInfo{
 		CertFile:      cfg.CertFile,
@@ -288,7 +303,7 @@ func clientTLS(cfg Config) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: TLS from %s, %s, %s: %w", ErrConfig, cfg.CAFile, cfg.CertFile, cfg.KeyFile, err)
 	}
-	return tlsCfg, nil
+	return pinServer(cfg, tlsCfg), nil
 }
 
 // ServerCertificate does a TLS handshake with endpoint (an https:// URL)
@@ -334,4 +349,24 @@ func (c *Client) Close() error {
 // withTimeout derives a request context bounded by the request timeout.
 func (c *Client) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, c.cfg.requestTimeout())
+}
+
+// pinServer makes tlsCfg refuse a server certificate whose common name is
+// not cfg.ServerName, when one is set. The chain is verified as usual
+// before.
+func pinServer(cfg Config, tlsCfg *tls.Config) *tls.Config {
+	if cfg.ServerName == "" {
+		return tlsCfg
+	}
+	want := cfg.ServerName
+	tlsCfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return fmt.Errorf("%w: no server certificate", ErrServerMismatch)
+		}
+		if got := cs.PeerCertificates[0].Subject.CommonName; got != want {
+			return fmt.Errorf("%w: the server presents the certificate of %q, the connection pins %q", ErrServerMismatch, got, want)
+		}
+		return nil
+	}
+	return tlsCfg
 }

@@ -15,6 +15,9 @@ var (
 	ErrInvalidKind = errors.New("invalid kind for this operation")
 	// ErrClosed is returned by a Writer after Close.
 	ErrClosed = errors.New("closed")
+	// ErrServerMismatch is wrapped when a store's server certificate is not
+	// the one its connection pins (Config.ServerName).
+	ErrServerMismatch = errors.New("server certificate mismatch")
 	// ErrQuota is wrapped by the EventErrors of keys a Reader refused
 	// because a MaxKeys or MaxBytes bound was reached.
 	ErrQuota = errors.New("store quota exceeded")

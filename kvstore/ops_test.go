@@ -225,3 +225,50 @@ func TestInMemoryCredentials(t *testing.T) {
 		t.Errorf("config without key: %v, want ErrConfig", err)
 	}
 }
+
+// TestPins checks the two pins of a connection: a store presenting another
+// server certificate is refused at the handshake, and a cluster config with
+// another ID than the pinned one is refused as a mismatch.
+func TestPins(t *testing.T) {
+	p := newTestPKI(t)
+	srv := startServer(t, p.serverConfig(t.TempDir(), "")) // server CN "c1"
+	admin := newClient(t, p.clientConfig(srv.Endpoint(), UserAdmin))
+	ctx := context.Background()
+	v, err := (&api.Cluster{Name: "c1", ID: 1}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.Put(ctx, api.ClusterKey("c1"), v); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name       string
+		serverName string
+		clusterID  uint32
+		wantDial   error
+		wantConfig error
+	}{
+		{"no pins", "", 0, nil, nil},
+		{"matching pins", "c1", 1, nil, nil},
+		{"another server", "c2.clustermesh", 0, ErrServerMismatch, nil},
+		{"another ID", "c1", 7, nil, ErrClusterMismatch},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := p.clientConfig(srv.Endpoint(), UserRemote)
+			cfg.ServerName, cfg.ClusterID = tt.serverName, tt.clusterID
+			cfg.DialTimeout = 2 * time.Second
+			c, err := New(ctx, cfg)
+			if !errors.Is(err, tt.wantDial) {
+				t.Fatalf("New: %v, want %v", err, tt.wantDial)
+			}
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			if _, _, err := c.ClusterConfig(ctx, "c1"); !errors.Is(err, tt.wantConfig) {
+				t.Errorf("ClusterConfig: %v, want %v", err, tt.wantConfig)
+			}
+		})
+	}
+}

@@ -41,5 +41,8 @@ func (c *Client) ClusterConfig(ctx context.Context, name string) (cfg *api.Clust
 	if cfg.Name != name {
 		return nil, kv.Value, fmt.Errorf("cluster %s: %w: store's config names cluster %q", name, ErrClusterMismatch, cfg.Name)
 	}
+	if pin := c.cfg.ClusterID; pin != 0 && cfg.ID != pin {
+		return nil, kv.Value, fmt.Errorf("cluster %s: %w: store's config says cluster ID %d, the connection pins %d", name, ErrClusterMismatch, cfg.ID, pin)
+	}
 	return cfg, kv.Value, nil
 }

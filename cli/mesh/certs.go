@@ -17,6 +17,10 @@ import (
 	"github.com/clustermesh/clustermesh/pki"
 )
 
+// ServerNameSuffix follows the cluster name in the common name of its
+// store's server certificate ("c1.clustermesh"); connection files pin it.
+const ServerNameSuffix = ".clustermesh"
+
 // Keys of the certificate Secrets. The CA Secret holds ca.crt and ca.key;
 // every leaf Secret holds ca.crt, tls.crt and tls.key so that a mount of it
 // is a complete TLS configuration.
@@ -55,7 +59,7 @@ func clientLeaves() []leafSpec {
 func serverLeaf(ns string, clusterName string, sanHosts []string) leafSpec {
 	svc := ServiceName
 	opts := pki.IssueOptions{
-		CommonName: clusterName + ".clustermesh",
+		CommonName: clusterName + ServerNameSuffix,
 		Server:     true,
 		// The apiserver's own writer dials its etcd on localhost with the
 		// admin certificate; the server certificate must name it too.

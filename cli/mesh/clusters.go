@@ -15,19 +15,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/yaml"
+
+	"github.com/clustermesh/clustermesh/kvstore"
 )
 
 // Connection is the YAML connection file of one cluster, the format the
 // kvstore package reads. Paths are relative to the file's directory.
-type Connection struct {
-	Endpoints     []string `json:"endpoints"`
-	TrustedCAFile string   `json:"trusted-ca-file"`
-	CertFile      string   `json:"cert-file"`
-	KeyFile       string   `json:"key-file"`
-	// Optional timeouts (Go durations) the kvstore client honours.
-	DialTimeout    string `json:"dial-timeout,omitempty"`
-	RequestTimeout string `json:"request-timeout,omitempty"`
-}
+type Connection = kvstore.ConnectionFile
 
 // Suffixes of the certificate keys of a cluster's entry in the clusters
 // Secret.
@@ -58,6 +52,11 @@ func (e Entry) put(s *corev1.Secret) error {
 		TrustedCAFile: e.Name + SuffixCA,
 		CertFile:      e.Name + SuffixCert,
 		KeyFile:       e.Name + SuffixKey,
+		// The peer is pinned: its store must present its own server
+		// certificate and its config must keep the ID it was connected
+		// with.
+		ClusterID:  e.ID,
+		ServerName: e.Name + ServerNameSuffix,
 	}
 	y, err := yaml.Marshal(conn)
 	if err != nil {

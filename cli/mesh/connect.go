@@ -190,10 +190,10 @@ func checkPair(ctx context.Context, a, b *member, skipDial bool) []Problem {
 				"cluster %s cannot reach the store of %s at %s: %v", from.info.Name, to.info.Name, to.info.Endpoint, err))
 			continue
 		}
-		if want := to.info.Name + ".clustermesh"; cn != want {
+		if want := to.info.Name + ServerNameSuffix; cn != want {
 			ps = append(ps, problem(ErrWrongCluster,
 				fmt.Sprintf("point %s's endpoint at its own clustermesh-apiserver (clustermesh enable ... --endpoint, or --destination-endpoint)", to.info.Name),
-				"endpoint %s of cluster %s presents the certificate of %q", to.info.Endpoint, to.info.Name, strings.TrimSuffix(cn, ".clustermesh")))
+				"endpoint %s of cluster %s presents the certificate of %q", to.info.Endpoint, to.info.Name, strings.TrimSuffix(cn, ServerNameSuffix)))
 			continue
 		}
 		if p, ok := checkStore(ctx, from, to, creds); !ok {
