@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -33,6 +34,15 @@ var ErrConfig = errors.New("invalid agent configuration")
 type NodeObserver interface {
 	NodeUpserted(n *api.Node)
 	NodeDeleted(cluster, name string)
+}
+
+// ClusterObserver is a NodeObserver that also learns every accepted cluster
+// config, again whenever it changes (the BGP speaker follows its cluster's
+// route reflector this way). AddNodeObserver detects it; calls share the
+// node calls' rules.
+type ClusterObserver interface {
+	NodeObserver
+	ClusterAccepted(c *api.Cluster)
 }
 
 // Config configures an Agent.
@@ -101,8 +111,6 @@ type Agent struct {
 	clusters     map[string]*clusterRun
 	clusterIDs   map[string]uint32
 	nodes        map[string]map[string]*api.Node
-	identities   map[string]map[uint32]*api.Identity
-	ipcache      map[string]map[netip.Addr]*api.IPCacheEntry
 	localClient  *kvstore.Client
 	started      time.Time
 	initialDone  bool
@@ -175,8 +183,6 @@ func New(cfg Config) (*Agent, error) {
 		clusters:   map[string]*clusterRun{},
 		clusterIDs: map[string]uint32{},
 		nodes:      map[string]map[string]*api.Node{},
-		identities: map[string]map[uint32]*api.Identity{},
-		ipcache:    map[string]map[netip.Addr]*api.IPCacheEntry{},
 		synced:     make(chan struct{}),
 	}
 	if cfg.Registerer != nil {
@@ -194,11 +200,22 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
-// AddNodeObserver registers an observer of every cluster's nodes. It may be
-// called at any time: the nodes already known are replayed to it first.
+// AddNodeObserver registers an observer of every cluster's nodes (and
+// configs, for a ClusterObserver). It may be called at any time: the
+// clusters and nodes already known are replayed to it first.
 func (a *Agent) AddNodeObserver(o NodeObserver) {
 	a.obsMu.Lock()
 	defer a.obsMu.Unlock()
+	if co, ok := o.(ClusterObserver); ok {
+		a.mu.Lock()
+		names := slices.Sorted(maps.Keys(a.clusterIDs))
+		a.mu.Unlock()
+		for _, name := range names {
+			if c, ok := a.registry.Lookup(name); ok {
+				co.ClusterAccepted(c)
+			}
+		}
+	}
 	for _, n := range a.Nodes() {
 		o.NodeUpserted(n)
 	}
@@ -500,6 +517,11 @@ func (d delegate) ClusterAccepted(cfg *api.Cluster) {
 	a.mu.Unlock()
 	a.merger.SetCluster(cfg.Name, cfg.ID)
 	a.markPending()
+	a.notifyNodes(func(o NodeObserver) {
+		if co, ok := o.(ClusterObserver); ok {
+			co.ClusterAccepted(cfg)
+		}
+	})
 }
 
 func (d delegate) Upsert(cluster string, obj api.Object) {
@@ -519,20 +541,6 @@ func (d delegate) Upsert(cluster string, obj api.Object) {
 		a.nodes[cluster][o.Name] = o
 		a.mu.Unlock()
 		a.notifyNodes(func(obs NodeObserver) { obs.NodeUpserted(o) })
-	case *api.Identity:
-		a.mu.Lock()
-		if a.identities[cluster] == nil {
-			a.identities[cluster] = map[uint32]*api.Identity{}
-		}
-		a.identities[cluster][o.ID] = o
-		a.mu.Unlock()
-	case *api.IPCacheEntry:
-		a.mu.Lock()
-		if a.ipcache[cluster] == nil {
-			a.ipcache[cluster] = map[netip.Addr]*api.IPCacheEntry{}
-		}
-		a.ipcache[cluster][o.IP] = o
-		a.mu.Unlock()
 	}
 }
 
@@ -559,19 +567,6 @@ func (d delegate) Delete(cluster string, key api.ParsedKey) {
 		if ok {
 			a.notifyNodes(func(obs NodeObserver) { obs.NodeDeleted(cluster, key.Rest) })
 		}
-	case api.KindIdentity:
-		var id uint32
-		if _, err := fmt.Sscan(key.Rest, &id); err == nil {
-			a.mu.Lock()
-			delete(a.identities[cluster], id)
-			a.mu.Unlock()
-		}
-	case api.KindIPCache:
-		if ip, err := netip.ParseAddr(key.Rest); err == nil {
-			a.mu.Lock()
-			delete(a.ipcache[cluster], ip)
-			a.mu.Unlock()
-		}
 	}
 }
 
@@ -582,8 +577,6 @@ func (d delegate) Drain(cluster string) {
 	delete(a.clusterIDs, cluster)
 	nodes := a.nodes[cluster]
 	delete(a.nodes, cluster)
-	delete(a.identities, cluster)
-	delete(a.ipcache, cluster)
 	a.mu.Unlock()
 	names := make([]string, 0, len(nodes))
 	for n := range nodes {

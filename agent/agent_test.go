@@ -68,6 +68,14 @@ func (l *nodeLog) NodeDeleted(cluster, name string) {
 	l.events = append(l.events, "-"+cluster+"/"+name)
 }
 
+// ClusterAccepted makes nodeLog a ClusterObserver: "=c2/2" is cluster c2's
+// config with ID 2.
+func (l *nodeLog) ClusterAccepted(c *api.Cluster) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.events = append(l.events, fmt.Sprintf("=%s/%d", c.Name, c.ID))
+}
+
 func (l *nodeLog) has(e string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -247,10 +255,18 @@ func TestMergeAcrossClusters(t *testing.T) {
 			t.Errorf("non-global frontend programmed: %s", got)
 		}
 	})
-	t.Run("nodes of every cluster reach the observers", func(t *testing.T) {
-		for _, c := range []string{"c1", "c2", "c3"} {
-			if !a1.nodes.has("+" + c + "/node-a") {
-				t.Errorf("observer never told about %s/node-a", c)
+	t.Run("nodes and configs of every cluster reach the observers", func(t *testing.T) {
+		// An observer added late is replayed what the agent knows.
+		late := &nodeLog{}
+		a1.AddNodeObserver(late)
+		for i, c := range []string{"c1", "c2", "c3"} {
+			for _, obs := range []*nodeLog{a1.nodes, late} {
+				if !obs.has("+" + c + "/node-a") {
+					t.Errorf("observer never told about %s/node-a", c)
+				}
+				if e := fmt.Sprintf("=%s/%d", c, i+1); !obs.has(e) {
+					t.Errorf("cluster observer never told about %s's config (%s)", c, e)
+				}
 			}
 		}
 	})

@@ -16,6 +16,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/internal/backoff"
+	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/pki"
 )
@@ -244,10 +245,7 @@ func peerEntry(from, to *member) Entry {
 // destinations are not connected with each other). It checks every pair
 // first and changes nothing when any check fails, returning a *CheckError.
 func Connect(ctx context.Context, src *Cluster, dsts []*Cluster, opts ConnectOptions) error {
-	log := opts.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := logging.OrDiscard(opts.Log)
 	if len(dsts) == 0 {
 		return fmt.Errorf("%w: connect needs at least one destination context", ErrInvalidArgument)
 	}
@@ -354,10 +352,7 @@ type DisconnectOptions struct {
 // other's clusters Secrets. Agents stop following the peer when their mount
 // updates. Disconnecting clusters that are not connected is a no-op.
 func Disconnect(ctx context.Context, src *Cluster, dsts []*Cluster, opts DisconnectOptions) error {
-	log := opts.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := logging.OrDiscard(opts.Log)
 	si, err := src.ReadInfo(ctx)
 	if err != nil {
 		return err

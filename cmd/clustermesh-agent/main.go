@@ -11,25 +11,19 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/clustermesh/clustermesh/agent"
+	"github.com/clustermesh/clustermesh/agent/daemon"
 	"github.com/clustermesh/clustermesh/agent/remote"
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
@@ -37,13 +31,7 @@ import (
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/health"
 	"github.com/clustermesh/clustermesh/internal/logging"
-	"github.com/clustermesh/clustermesh/loadbalancer"
-	"github.com/clustermesh/clustermesh/route"
 )
-
-// The eBPF datapath keeps its frontends across restarts (pinned maps); the
-// agent prunes the adopted ones nobody wants through this seam.
-var _ agent.FrontendLister = (*bpf.Datapath)(nil)
 
 // shortTimers returns bgp.DefaultKindConfig with the --bgp-* flags the user
 // gave on fs applied over it, so --bgp-short-timers changes only the
@@ -62,36 +50,24 @@ func shortTimers(fs *pflag.FlagSet) bgp.Config {
 	return c
 }
 
-// DefaultStatusAddr is where the agent serves /status and /metrics.
-const DefaultStatusAddr = "127.0.0.1:9877"
-
 func main() {
 	if err := newRootCommand().Execute(); err != nil {
 		os.Exit(1)
 	}
 }
 
+// options are the flags that do not map one to one onto daemon.Config.
 type options struct {
-	clusterName, nodeName, clustersDir string
-	protected                          []net.IPNet
-	peerMaxBackendSlices               int
-	peerMaxBytes                       int64
-	statusAddr                         string
-	datapath                           string
-	log                                logging.Flags
-	bpf                                bpf.Config
-	health                             bool
-	routes                             string
-	bgp                                bool
-	bgpShortTimers                     bool
-	bgpCfg                             bgp.Config
-	healthCfg                          health.Config
-	dirPoll                            time.Duration
-	initialSyncTimeout                 time.Duration
+	protected            []net.IPNet
+	peerMaxBackendSlices int
+	peerMaxBytes         int64
+	log                  logging.Flags
+	bgpShortTimers       bool
 }
 
 func newRootCommand() *cobra.Command {
-	o := options{bpf: bpf.DefaultConfig(), healthCfg: health.DefaultConfig(), bgpCfg: bgp.DefaultConfig()}
+	var o options
+	c := daemon.Config{BPF: bpf.DefaultConfig(), HealthConfig: health.DefaultConfig(), BGPConfig: bgp.DefaultConfig()}
 	cmd := &cobra.Command{
 		Use:           "clustermesh-agent",
 		Short:         "Follow every cluster's store and program global services into the datapath",
@@ -102,182 +78,46 @@ func newRootCommand() *cobra.Command {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			if o.bgpShortTimers {
-				o.bgpCfg = shortTimers(cmd.Flags())
+				c.BGPConfig = shortTimers(cmd.Flags())
 			}
-			return run(ctx, o)
+			log, err := o.log.Logger(os.Stderr)
+			if err != nil {
+				return err
+			}
+			c.Logger = log
+			c.ProtectedCIDRs = prefixes(o.protected)
+			c.PeerLimits = remote.Limits{Objects: map[api.Kind]int{api.KindEndpoints: o.peerMaxBackendSlices}, Bytes: o.peerMaxBytes}
+			return daemon.Run(ctx, c)
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&o.clusterName, "cluster-name", "", "name of this node's cluster (its connection file must be in --clusters-dir)")
+	fs.StringVar(&c.ClusterName, "cluster-name", "", "name of this node's cluster (its connection file must be in --clusters-dir)")
 	fs.IPNetSliceVar(&o.protected, "protected-cidrs", nil, "local ranges no peer cluster may claim an address or prefix in (comma-separated: the service range, the node network); the cluster's own pod CIDRs are always protected. Peer objects reaching into them are refused and reported")
 	fs.IntVar(&o.peerMaxBackendSlices, "peer-max-endpoint-slices", 0, "most endpoint slices held per peer cluster (0: the default, 200000); beyond it new slices of that peer are refused and reported in status")
 	fs.Int64Var(&o.peerMaxBytes, "peer-max-bytes", 0, "most bytes of store values held per peer cluster (0: the default, 256 MiB); beyond it new values of that peer are refused and reported in status")
-	fs.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "name of this node (default $NODE_NAME)")
-	fs.StringVar(&o.clustersDir, "clusters-dir", "/etc/clustermesh/clusters", "directory with one connection file per cluster, named for the cluster; names containing '.' are certificates and keys")
-	fs.StringVar(&o.statusAddr, "status-addr", DefaultStatusAddr, "loopback address of the status endpoint (/status, /metrics, /healthz); empty disables it")
-	fs.StringVar(&o.datapath, "datapath", "bpf", "datapath: bpf (cgroup socket load balancing) or none (control plane only)")
+	fs.StringVar(&c.NodeName, "node-name", os.Getenv("NODE_NAME"), "name of this node (default $NODE_NAME)")
+	fs.StringVar(&c.ClustersDir, "clusters-dir", "/etc/clustermesh/clusters", "directory with one connection file per cluster, named for the cluster; names containing '.' are certificates and keys")
+	fs.StringVar(&c.StatusAddr, "status-addr", daemon.DefaultStatusAddr, "loopback address of the status endpoint (/status, /metrics, /healthz); empty disables it")
+	fs.StringVar(&c.Datapath, "datapath", "bpf", "datapath: bpf (cgroup socket load balancing) or none (control plane only)")
 	o.log.Register(fs)
-	fs.DurationVar(&o.dirPoll, "clusters-dir-poll", time.Second, "how often --clusters-dir is scanned for added, changed and removed files")
-	fs.DurationVar(&o.initialSyncTimeout, "initial-sync-timeout", 30*time.Second, "longest wait for every cluster's initial sync before the datapath is first programmed")
-	fs.StringVar(&o.routes, "routes", "none", "none (BGP or the CNI routes pod CIDRs) or static (install a kernel route to every remote node's pod CIDRs via its first address)")
-	fs.BoolVar(&o.bgp, "bgp", false, "run the node's BGP speaker: announce this node's pod CIDRs to the cluster's route reflector (from the store) and install learned routes")
+	fs.DurationVar(&c.DirPoll, "clusters-dir-poll", time.Second, "how often --clusters-dir is scanned for added, changed and removed files")
+	fs.DurationVar(&c.InitialSyncTimeout, "initial-sync-timeout", 30*time.Second, "longest wait for every cluster's initial sync before the datapath is first programmed")
+	fs.StringVar(&c.Routes, "routes", "none", "none (BGP or the CNI routes pod CIDRs) or static (install a kernel route to every remote node's pod CIDRs via its first address)")
+	fs.BoolVar(&c.BGP, "bgp", false, "run the node's BGP speaker: announce this node's pod CIDRs to the cluster's route reflector (from the store) and install learned routes")
 	fs.BoolVar(&o.bgpShortTimers, "bgp-short-timers", false, "start from short BGP timers and grace periods (test clusters on one machine); --bgp-* flags given explicitly still apply")
 	// The speaker's own tunables (--bgp-listen-port, --bgp-route-table,
 	// timers, graces, prefix limit) are the bgp package's flags.
-	o.bgpCfg.Flags(fs)
+	c.BGPConfig.Flags(fs)
 	// --bgp-table was this command's name for --bgp-route-table.
-	fs.IntVar(&o.bgpCfg.Table, "bgp-table", o.bgpCfg.Table, "kernel routing table for learned routes")
+	fs.IntVar(&c.BGPConfig.Table, "bgp-table", c.BGPConfig.Table, "kernel routing table for learned routes")
 	_ = fs.MarkDeprecated("bgp-table", "use --bgp-route-table")
-	fs.BoolVar(&o.health, "health", false, "gossip node health with the agents of every connected cluster (memberlist) and fail over in the kernel when a node dies")
-	o.bpf.Flags(fs)
-	o.healthCfg.Flags(fs)
+	fs.BoolVar(&c.Health, "health", false, "gossip node health with the agents of every connected cluster (memberlist) and fail over in the kernel when a node dies")
+	c.BPF.Flags(fs)
+	c.HealthConfig.Flags(fs)
 	_ = cmd.MarkFlagRequired("cluster-name")
 
 	cmd.AddCommand(newStatusCommand(), bpf.NewDebugCommand())
 	return cmd
-}
-
-func run(ctx context.Context, o options) error {
-	log, err := o.log.Logger(os.Stderr)
-	if err != nil {
-		return err
-	}
-	if o.bgp && o.routes == "static" {
-		return errors.New("--bgp and --routes=static both route pod CIDRs: choose one")
-	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-
-	var dp loadbalancer.Datapath
-	switch o.datapath {
-	case "none":
-		dp = agent.NoopDatapath{}
-	case "bpf":
-		if o.bpf.CgroupPath == "" {
-			return errors.New("--datapath=bpf needs --bpf-cgroup (the cgroup v2 directory whose sockets are balanced); use --datapath=none for control plane only")
-		}
-		o.bpf.Logger, o.bpf.Registerer = log, reg
-		d, err := bpf.Open(ctx, o.bpf)
-		if err != nil {
-			return fmt.Errorf("open eBPF datapath: %w", err)
-		}
-		// Close keeps the pins: connections stay balanced while the agent
-		// is away, and the next run adopts them.
-		defer d.Close()
-		dp = d
-	default:
-		return fmt.Errorf("--datapath %q: must be bpf or none", o.datapath)
-	}
-
-	a, err := agent.New(agent.Config{
-		ClusterName: o.clusterName, NodeName: o.nodeName, ClustersDir: o.clustersDir,
-		ProtectedCIDRs: prefixes(o.protected),
-		PeerLimits:     remote.Limits{Objects: map[api.Kind]int{api.KindEndpoints: o.peerMaxBackendSlices}, Bytes: o.peerMaxBytes},
-		Datapath:       dp, DatapathName: o.datapath,
-		Registerer: reg, Logger: log,
-		DirPollInterval: o.dirPoll, InitialSyncTimeout: o.initialSyncTimeout,
-	})
-	if err != nil {
-		return err
-	}
-
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-
-	if o.statusAddr != "" {
-		ln, err := net.Listen("tcp", o.statusAddr)
-		if err != nil {
-			return fmt.Errorf("status endpoint: %w", err)
-		}
-		srv := &http.Server{Handler: a.Handler(reg), ReadHeaderTimeout: 5 * time.Second}
-		wg.Add(2)
-		go func() {
-			defer wg.Done()
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("status endpoint failed", "addr", o.statusAddr, "error", err)
-			}
-		}()
-		go func() {
-			defer wg.Done()
-			<-ctx.Done()
-			sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
-			defer c()
-			_ = srv.Shutdown(sctx)
-		}()
-		log.Info("status endpoint listening", "addr", ln.Addr().String())
-	}
-
-	switch o.routes {
-	case "none":
-	case "static":
-		w, err := route.New(route.Config{Protocol: route.ProtocolStatic, Owner: "static", Registerer: reg, Logger: log})
-		if err != nil {
-			return fmt.Errorf("--routes=static: %w", err)
-		}
-		defer w.Close()
-		sr := agent.NewStaticRoutes(o.clusterName, w, log)
-		sr.AdoptAfter(a.InitialSync())
-		a.AddNodeObserver(sr)
-		wg.Add(1)
-		go func() { defer wg.Done(); sr.Run(ctx) }()
-	default:
-		return fmt.Errorf("--routes %q: must be none or static", o.routes)
-	}
-
-	if o.bgp {
-		sec := &bgpSection{}
-		a.AddStatusReporter(sec.report)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := runBGP(ctx, a, o, reg, log, sec); err != nil && ctx.Err() == nil {
-				sec.set(nil, err)
-				log.Error("bgp speaker stopped", "error", err)
-			}
-		}()
-	}
-
-	if o.health {
-		sec := &healthSection{}
-		a.AddStatusReporter(sec.report)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := runHealth(ctx, a, o, reg, log, sec); err != nil && ctx.Err() == nil {
-				sec.set(nil, err)
-				log.Error("node health gossip stopped", "error", err)
-			}
-		}()
-	}
-
-	log.Info("clustermesh-agent starting", "cluster", o.clusterName, "node", o.nodeName, "clusters_dir", o.clustersDir, "datapath", o.datapath)
-	return a.Run(ctx)
-}
-
-// runHealth starts the memberlist pool once the local cluster's ID is known
-// (it is gossiped with every member) and feeds it the nodes of every
-// cluster; its verdicts go to the agent, which passes them to the datapath
-// and recomputes affinity thresholds.
-func runHealth(ctx context.Context, a *agent.Agent, o options, reg prometheus.Registerer, log *slog.Logger, sec *healthSection) error {
-	local, err := a.LocalCluster(ctx)
-	if err != nil {
-		return err
-	}
-	cfg := o.healthCfg
-	cfg.Cluster, cfg.NodeName, cfg.ClusterID = o.clusterName, o.nodeName, local.ID
-	// Members are named with the cluster IDs the agent accepted, never
-	// with the IDs they gossip.
-	cfg.Nodes = a
-	cfg.Logger = log
-	pool, err := health.New(cfg, a, reg)
-	if err != nil {
-		return fmt.Errorf("health: %w", err)
-	}
-	a.AddNodeObserver(pool)
-	sec.set(pool, nil)
-	return pool.Run(ctx)
 }
 
 func newStatusCommand() *cobra.Command {
@@ -307,7 +147,7 @@ func newStatusCommand() *cobra.Command {
 			return fmt.Errorf("-o %q: must be text or json", output)
 		},
 	}
-	cmd.Flags().StringVar(&addr, "status-addr", DefaultStatusAddr, "the agent's status endpoint")
+	cmd.Flags().StringVar(&addr, "status-addr", daemon.DefaultStatusAddr, "the agent's status endpoint")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
 	return cmd
 }

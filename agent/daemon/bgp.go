@@ -1,0 +1,155 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/clustermesh/clustermesh/agent"
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/bgp"
+)
+
+// bgpRetryInterval paces retries of a peer set or announcement the speaker
+// refused.
+const bgpRetryInterval = 2 * time.Second
+
+// bgpFeed follows the agent's own node and own cluster config for the
+// speaker through the agent's observer seam (like static routes and
+// health), so a new pod CIDR or route reflector reaches BGP at once.
+type bgpFeed struct {
+	cluster, node string
+	kick          chan struct{}
+
+	mu    sync.Mutex
+	own   *api.Node
+	local *api.Cluster
+}
+
+var _ agent.ClusterObserver = (*bgpFeed)(nil)
+
+func newBGPFeed(cluster, node string) *bgpFeed {
+	return &bgpFeed{cluster: cluster, node: node, kick: make(chan struct{}, 1)}
+}
+
+func (f *bgpFeed) NodeUpserted(n *api.Node) {
+	if n.Cluster != f.cluster || n.Name != f.node {
+		return
+	}
+	f.mu.Lock()
+	f.own = n
+	f.mu.Unlock()
+	f.signal()
+}
+
+// NodeDeleted keeps the last announcement: the node's pod CIDRs are still
+// its own while its exporter is away.
+func (f *bgpFeed) NodeDeleted(string, string) {}
+
+func (f *bgpFeed) ClusterAccepted(c *api.Cluster) {
+	if c.Name != f.cluster {
+		return
+	}
+	f.mu.Lock()
+	f.local = c
+	f.mu.Unlock()
+	f.signal()
+}
+
+func (f *bgpFeed) signal() {
+	select {
+	case f.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (f *bgpFeed) get() (*api.Node, *api.Cluster) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.own, f.local
+}
+
+// runBGP runs the node's BGP speaker: it announces the node's pod CIDRs (as
+// the store lists them) to its cluster's route reflector (as the cluster
+// config names it) and installs the routes it learns. Both follow the
+// store through the feed; the speaker keeps its sessions when nothing
+// changed.
+func runBGP(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.Registerer, log *slog.Logger, sec *bgpSection) error {
+	feed := newBGPFeed(cfg.ClusterName, cfg.NodeName)
+	a.AddNodeObserver(feed)
+	node, local := feed.get()
+	for node == nil || local == nil {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("node %s/%s: waiting for the node and its cluster config in the store: %w", cfg.ClusterName, cfg.NodeName, ctx.Err())
+		case <-feed.kick:
+		}
+		node, local = feed.get()
+	}
+	base := cfg.BGPConfig
+	base.Logger, base.Registerer = log, reg
+	bc, err := bgp.NodeConfig(base, *node, *local)
+	if err != nil {
+		return fmt.Errorf("bgp: %w", err)
+	}
+	sp, err := bgp.NewSpeaker(bc)
+	if err != nil {
+		return fmt.Errorf("bgp: %w", err)
+	}
+	if err := sp.Start(ctx); err != nil {
+		return fmt.Errorf("bgp: %w", err)
+	}
+	sec.set(sp, nil)
+	defer func() {
+		sec.set(nil, nil)
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = sp.Stop(sctx)
+	}()
+
+	var peers []bgp.Peer
+	var announced []string
+	for {
+		failed := false
+		node, local := feed.get()
+		want, perr := bgp.NodePeers(*local)
+		if perr != nil && peers == nil {
+			log.Warn("bgp: no route reflector to peer with yet", "error", perr)
+		}
+		if perr == nil && !slices.Equal(want, peers) {
+			if err := sp.SetPeers(ctx, want); err != nil {
+				log.Error("bgp: set peers", "peers", want, "error", err)
+				failed = true
+			} else {
+				peers = want
+			}
+		}
+		var cidrs []string
+		for _, p := range node.PodCIDRs {
+			cidrs = append(cidrs, p.String())
+		}
+		if !slices.Equal(cidrs, announced) {
+			if err := sp.Announce(ctx, node.PodCIDRs); err != nil {
+				log.Error("bgp: announce", "pod_cidrs", node.PodCIDRs, "error", err)
+				failed = true
+			} else {
+				announced = cidrs
+			}
+		}
+		var again <-chan time.Time
+		if failed {
+			again = time.After(bgpRetryInterval)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-feed.kick:
+		case <-again:
+		}
+	}
+}

@@ -1,0 +1,209 @@
+// Package daemon wires the clustermesh-agent process together: the
+// datapath, the agent (package agent), its status endpoint, and the
+// optional subsystems that follow the agent's nodes through its observer
+// seam: static routes (package route), the BGP speaker (package bgp) and
+// node health gossip (package health). cmd/clustermesh-agent only parses
+// flags into a Config and calls Run.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/clustermesh/clustermesh/agent"
+	"github.com/clustermesh/clustermesh/agent/remote"
+	"github.com/clustermesh/clustermesh/bgp"
+	"github.com/clustermesh/clustermesh/bpf"
+	"github.com/clustermesh/clustermesh/health"
+	"github.com/clustermesh/clustermesh/internal/logging"
+	"github.com/clustermesh/clustermesh/loadbalancer"
+	"github.com/clustermesh/clustermesh/route"
+)
+
+// The eBPF datapath keeps its frontends across restarts (pinned maps); the
+// agent prunes the adopted ones nobody wants through this seam.
+var _ agent.FrontendLister = (*bpf.Datapath)(nil)
+
+// DefaultStatusAddr is where the agent serves /status and /metrics.
+const DefaultStatusAddr = "127.0.0.1:9877"
+
+// Config is the agent process's configuration; its fields are the
+// clustermesh-agent flags (docs/agent.md).
+type Config struct {
+	ClusterName, NodeName, ClustersDir string
+	// ProtectedCIDRs: see agent.Config.
+	ProtectedCIDRs []netip.Prefix
+	PeerLimits     remote.Limits
+	// StatusAddr serves /status, /metrics and /healthz; empty: none.
+	StatusAddr string
+	// Datapath is "bpf" (configured by BPF) or "none".
+	Datapath string
+	BPF      bpf.Config
+	// Routes is "none" or "static" (exclusive with BGP).
+	Routes string
+	// BGP runs the node's speaker, configured by BGPConfig.
+	BGP       bool
+	BGPConfig bgp.Config
+	// Health runs the gossip pool, configured by HealthConfig.
+	Health       bool
+	HealthConfig health.Config
+	// DirPoll and InitialSyncTimeout: see agent.Config.
+	DirPoll, InitialSyncTimeout time.Duration
+	// Logger; nil discards logs.
+	Logger *slog.Logger
+}
+
+// Run runs the agent process until ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	log := logging.OrDiscard(cfg.Logger)
+	if cfg.BGP && cfg.Routes == "static" {
+		return errors.New("--bgp and --routes=static both route pod CIDRs: choose one")
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	var dp loadbalancer.Datapath
+	switch cfg.Datapath {
+	case "none":
+		dp = agent.NoopDatapath{}
+	case "bpf":
+		if cfg.BPF.CgroupPath == "" {
+			return errors.New("--datapath=bpf needs --bpf-cgroup (the cgroup v2 directory whose sockets are balanced); use --datapath=none for control plane only")
+		}
+		cfg.BPF.Logger, cfg.BPF.Registerer = log, reg
+		d, err := bpf.Open(ctx, cfg.BPF)
+		if err != nil {
+			return fmt.Errorf("open eBPF datapath: %w", err)
+		}
+		// Close keeps the pins: connections stay balanced while the agent
+		// is away, and the next run adopts them.
+		defer d.Close()
+		dp = d
+	default:
+		return fmt.Errorf("--datapath %q: must be bpf or none", cfg.Datapath)
+	}
+
+	a, err := agent.New(agent.Config{
+		ClusterName: cfg.ClusterName, NodeName: cfg.NodeName, ClustersDir: cfg.ClustersDir,
+		ProtectedCIDRs: cfg.ProtectedCIDRs, PeerLimits: cfg.PeerLimits,
+		Datapath: dp, DatapathName: cfg.Datapath,
+		Registerer: reg, Logger: log,
+		DirPollInterval: cfg.DirPoll, InitialSyncTimeout: cfg.InitialSyncTimeout,
+	})
+	if err != nil {
+		return err
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	if cfg.StatusAddr != "" {
+		if err := serveStatus(ctx, &wg, cfg.StatusAddr, a.Handler(reg), log); err != nil {
+			return err
+		}
+	}
+
+	switch cfg.Routes {
+	case "none":
+	case "static":
+		w, err := route.New(route.Config{Protocol: route.ProtocolStatic, Owner: "static", Registerer: reg, Logger: log})
+		if err != nil {
+			return fmt.Errorf("--routes=static: %w", err)
+		}
+		defer w.Close()
+		sr := agent.NewStaticRoutes(cfg.ClusterName, w, log)
+		sr.AdoptAfter(a.InitialSync())
+		a.AddNodeObserver(sr)
+		wg.Add(1)
+		go func() { defer wg.Done(); sr.Run(ctx) }()
+	default:
+		return fmt.Errorf("--routes %q: must be none or static", cfg.Routes)
+	}
+
+	if cfg.BGP {
+		sec := &bgpSection{}
+		a.AddStatusReporter(sec.report)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := runBGP(ctx, a, cfg, reg, log, sec); err != nil && ctx.Err() == nil {
+				sec.set(nil, err)
+				log.Error("bgp speaker stopped", "error", err)
+			}
+		}()
+	}
+
+	if cfg.Health {
+		sec := &healthSection{}
+		a.AddStatusReporter(sec.report)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := runHealth(ctx, a, cfg, reg, log, sec); err != nil && ctx.Err() == nil {
+				sec.set(nil, err)
+				log.Error("node health gossip stopped", "error", err)
+			}
+		}()
+	}
+
+	log.Info("clustermesh-agent starting", "cluster", cfg.ClusterName, "node", cfg.NodeName, "clusters_dir", cfg.ClustersDir, "datapath", cfg.Datapath)
+	return a.Run(ctx)
+}
+
+// serveStatus serves h on addr until ctx ends.
+func serveStatus(ctx context.Context, wg *sync.WaitGroup, addr string, h http.Handler, log *slog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("status endpoint: %w", err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("status endpoint failed", "addr", addr, "error", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		<-ctx.Done()
+		sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
+		defer c()
+		_ = srv.Shutdown(sctx)
+	}()
+	log.Info("status endpoint listening", "addr", ln.Addr().String())
+	return nil
+}
+
+// runHealth starts the memberlist pool once the local cluster's ID is known
+// (it is gossiped with every member) and feeds it the nodes of every
+// cluster; its verdicts go to the agent, which passes them to the datapath
+// and recomputes affinity thresholds.
+func runHealth(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.Registerer, log *slog.Logger, sec *healthSection) error {
+	local, err := a.LocalCluster(ctx)
+	if err != nil {
+		return err
+	}
+	hc := cfg.HealthConfig
+	hc.Cluster, hc.NodeName, hc.ClusterID = cfg.ClusterName, cfg.NodeName, local.ID
+	hc.Logger = log
+	pool, err := health.New(hc, a, reg)
+	if err != nil {
+		return fmt.Errorf("health: %w", err)
+	}
+	a.AddNodeObserver(pool)
+	sec.set(pool, nil)
+	return pool.Run(ctx)
+}
