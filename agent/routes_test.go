@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/internal/poll"
 )
 
 type routeLog struct {
@@ -82,13 +84,10 @@ func TestStaticRoutesAdopt(t *testing.T) {
 
 func waitRoutes(t *testing.T, w *routeLog, want []string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !slices.Equal(w.list(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("routes %q, want %q", w.list(), want)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	poll.Eventually(t, 10*time.Second, fmt.Sprintf("routes %q", want), func() (bool, string) {
+		got := w.list()
+		return slices.Equal(got, want), fmt.Sprintf("routes %q", got)
+	})
 }
 
 func node(cluster, name, addr string, cidrs ...string) *api.Node {

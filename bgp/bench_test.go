@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/route"
 )
 
@@ -178,7 +179,7 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 	for b.Loop() {
 		t0 := time.Now()
 		proc := l.startChild("origin", originNS, "speaker", ocfg, peerOfOrigin)
-		waitFor(b, 2*time.Minute, "origin sessions", func() (bool, string) {
+		poll.Eventually(b, 2*time.Minute, "origin sessions", func() (bool, string) {
 			st := proc.status()
 			for _, p := range st.Peers {
 				if !p.Established {
@@ -254,7 +255,7 @@ protocol bgp r1 {
 	for i := 0; b.Loop(); i++ {
 		t0 := time.Now()
 		origin := l.startBird(fmt.Sprintf("origin%d", i), originNS, originConf)
-		waitFor(b, 2*time.Minute, "bird session", func() (bool, string) {
+		poll.Eventually(b, 2*time.Minute, "bird session", func() (bool, string) {
 			out, err := origin.birdc("show", "protocols", "r1")
 			return err == nil && strings.Contains(out, "Established"), out
 		})

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/clustermesh/clustermesh/internal/poll"
 )
 
 // birdProc is a bird2 daemon in a namespace with its own config and control
@@ -53,7 +55,7 @@ func (l *lab) startBird(name, ns, conf string) *birdProc {
 			l.TB.Logf("---- log of bird %s ----\n%s", name, tail(string(out), 30))
 		}
 	})
-	waitFor(l.TB, 10*time.Second, "bird control socket", func() (bool, string) {
+	poll.Eventually(l.TB, 10*time.Second, "bird control socket", func() (bool, string) {
 		_, err := b.birdc("show status")
 		return err == nil, fmt.Sprint(err)
 	})
@@ -173,7 +175,7 @@ func TestBirdTopOfRack(t *testing.T) {
 		n.proc = l.startChild(cfg.Name, ns, "speaker", cfg, nil)
 	}
 
-	waitFor(t, 60*time.Second, "bird to learn every pod CIDR", func() (bool, string) {
+	poll.Eventually(t, 60*time.Second, "bird to learn every pod CIDR", func() (bool, string) {
 		got, err := bird.routes()
 		if err != nil {
 			return false, err.Error()
@@ -187,7 +189,7 @@ func TestBirdTopOfRack(t *testing.T) {
 	})
 	for i, n := range nodes {
 		ns := l.NS(fmt.Sprintf("n%d", i+1))
-		waitFor(t, 60*time.Second, "bird's prefix on "+ns, func() (bool, string) {
+		poll.Eventually(t, 60*time.Second, "bird's prefix on "+ns, func() (bool, string) {
 			got := l.routes(ns, RouteProtocol)
 			return got[netip.MustParsePrefix("10.99.0.0/24")] == netip.MustParseAddr("192.0.2.254"), fmt.Sprintf("routes %v", got)
 		})
@@ -230,14 +232,14 @@ func TestBirdTopOfRack(t *testing.T) {
 	limited.MaxPrefixes = 3
 	cfg.StaticPeers = []Peer{limited}
 	n3 := l.startChild(cfg.Name, ns3, "speaker", cfg, nil)
-	waitFor(t, 60*time.Second, "prefix-limit cut-off on n3", func() (bool, string) {
+	poll.Eventually(t, 60*time.Second, "prefix-limit cut-off on n3", func() (bool, string) {
 		st := n3.status()
 		return len(st.Peers) == 1 && st.Peers[0].CutOff != "" && !st.Peers[0].Established, fmt.Sprintf("%+v", st.Peers)
 	})
 	if m := n3.call(childReq{Op: "metrics"}).Metrics; !strings.Contains(m, `clustermesh_bgp_prefix_limit_cutoffs_total{peer="192.0.2.254",role="speaker"} 1`) {
 		t.Errorf("n3: no prefix-limit cut-off metric:\n%s", m)
 	}
-	waitFor(t, 30*time.Second, "n3 to hold no route from bird", func() (bool, string) {
+	poll.Eventually(t, 30*time.Second, "n3 to hold no route from bird", func() (bool, string) {
 		got := l.routes(ns3, RouteProtocol)
 		return len(got) == 0, fmt.Sprintf("routes %v", got)
 	})

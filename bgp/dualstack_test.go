@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/internal/poll"
 )
 
 // TestDualStack routes IPv4 and IPv6 pod CIDRs over IPv4 sessions through a
@@ -59,7 +60,7 @@ func TestDualStack(t *testing.T) {
 		procs = append(procs, l.startChild(cfg.Name, l.NS(fmt.Sprintf("n%d", i+1)), "speaker", cfg, nodePeers))
 	}
 	n1 := l.NS("n1")
-	waitFor(t, 60*time.Second, "n1 to report the unreachable IPv6 next hop", func() (bool, string) {
+	poll.Eventually(t, 60*time.Second, "n1 to report the unreachable IPv6 next hop", func() (bool, string) {
 		st := procs[0].status()
 		return len(st.Failed) == 1 && st.Failed[0].Prefix == nodes[1].PodCIDRs[1] && st.InstallErrors > 0, fmt.Sprintf("%+v", st)
 	})
@@ -70,7 +71,7 @@ func TestDualStack(t *testing.T) {
 	for i := range nodes {
 		other := nodes[1-i]
 		ns := l.NS(fmt.Sprintf("n%d", i+1))
-		waitFor(t, 60*time.Second, "dual-stack routes on "+ns, func() (bool, string) {
+		poll.Eventually(t, 60*time.Second, "dual-stack routes on "+ns, func() (bool, string) {
 			got := l.routes(ns, RouteProtocol)
 			return got[other.PodCIDRs[0]] == other.Addresses[0] && got[other.PodCIDRs[1]] == other.Addresses[1], fmt.Sprintf("%v", got)
 		})

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/internal/poll"
 )
 
 // TestReflectorRestartGrace kills and restarts the route reflector: routes
@@ -52,13 +53,13 @@ func TestReflectorRestartGrace(t *testing.T) {
 			return got[p] == via, fmt.Sprintf("routes %v", got)
 		}
 	}
-	waitFor(t, 60*time.Second, "n1 learns n2", has(long, short.cidr, short.ip))
-	waitFor(t, 60*time.Second, "n2 learns n1", has(short, long.cidr, long.ip))
+	poll.Eventually(t, 60*time.Second, "n1 learns n2", has(long, short.cidr, short.ip))
+	poll.Eventually(t, 60*time.Second, "n2 learns n1", has(short, long.cidr, long.ip))
 
 	deleted := l.watchDeletes(t, long.ns)
 	rr.kill()
 	// The short grace expires: n2 drops n1's CIDR.
-	waitFor(t, 60*time.Second, "n2 to drop n1's CIDR after its grace", func() (bool, string) {
+	poll.Eventually(t, 60*time.Second, "n2 to drop n1's CIDR after its grace", func() (bool, string) {
 		_, ok := l.routes(short.ns, RouteProtocol)[long.cidr]
 		return !ok, "still installed"
 	})
@@ -72,8 +73,8 @@ func TestReflectorRestartGrace(t *testing.T) {
 	}
 
 	startRR()
-	waitFor(t, 60*time.Second, "n2 re-learns n1", has(short, long.cidr, long.ip))
-	waitFor(t, 60*time.Second, "n1 re-learns n2 and clears the pending removal", func() (bool, string) {
+	poll.Eventually(t, 60*time.Second, "n2 re-learns n1", has(short, long.cidr, long.ip))
+	poll.Eventually(t, 60*time.Second, "n1 re-learns n2 and clears the pending removal", func() (bool, string) {
 		st := long.proc.status()
 		return st.PendingRemoval == 0 && len(st.Installed) == 1, fmt.Sprintf("%+v", st)
 	})

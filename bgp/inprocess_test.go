@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/clustermesh/clustermesh/internal/poll"
 )
 
 func freePort(t *testing.T) uint16 {
@@ -83,11 +85,11 @@ func TestInProcessSession(t *testing.T) {
 			return true, ""
 		}
 	}
-	waitFor(t, 30*time.Second, "a to learn b's prefixes", installed("10.2.0.0/24", "10.2.1.0/24"))
+	poll.Eventually(t, 30*time.Second, "a to learn b's prefixes", installed("10.2.0.0/24", "10.2.1.0/24"))
 	if err := sb.Announce(ctx, b.PodCIDRs[1:]); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "a to see the withdrawal", installed("10.2.1.0/24"))
+	poll.Eventually(t, 30*time.Second, "a to see the withdrawal", installed("10.2.1.0/24"))
 	if err := sb.Announce(ctx, []netip.Prefix{netip.MustParsePrefix("fd00::/64")}); err == nil {
 		t.Error("announcing an IPv6 prefix without an IPv6 node IP succeeded")
 	}

@@ -191,22 +191,6 @@ func (c *child) kill() {
 	_ = c.cmd.Wait()
 }
 
-// waitFor polls cond until it holds; timeout only bounds a broken run.
-func waitFor(tb testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out waiting for %s: %s", what, detail)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // tunnelLinks lists tunnel devices in ns.
 func (l *lab) tunnelLinks(ns string) []string {
 	h := l.handle(ns)

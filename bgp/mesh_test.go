@@ -11,6 +11,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/route"
 )
 
@@ -110,7 +111,7 @@ func TestTwoClustersNativeRouting(t *testing.T) {
 		}
 	}
 	for _, n := range nodes {
-		waitFor(t, 60*time.Second, "routes on "+n.cfg.Name, converged(n, n.others))
+		poll.Eventually(t, 60*time.Second, "routes on "+n.cfg.Name, converged(n, n.others))
 	}
 
 	// Pod to pod over TCP, cluster 1 to cluster 2 and back.
@@ -175,7 +176,7 @@ protocol bgp n1 {
 `)
 	before := nodes[0].proc.status().Peers[0].Since
 	nodes[0].proc.call(childReq{Op: "peers", Peers: append(slices.Clone(nodes[0].peers), Peer{Name: "tor", Address: a("192.0.2.254"), ASN: 65100})})
-	waitFor(t, 60*time.Second, "c1/n1 to install the router's prefix", func() (bool, string) {
+	poll.Eventually(t, 60*time.Second, "c1/n1 to install the router's prefix", func() (bool, string) {
 		got := l.routes(nodes[0].ns, RouteProtocol)
 		return got[netip.MustParsePrefix("10.99.0.0/24")] == a("192.0.2.254"), fmt.Sprintf("%v", got)
 	})
@@ -208,7 +209,7 @@ protocol bgp n1 {
 			continue
 		}
 		want := slices.DeleteFunc(slices.Clone(n.others), func(p netip.Prefix) bool { return p == gone })
-		waitFor(t, 60*time.Second, "withdrawal on "+n.cfg.Name, converged(n, want))
+		poll.Eventually(t, 60*time.Second, "withdrawal on "+n.cfg.Name, converged(n, want))
 	}
 	// The dead node's own routes stay in its kernel (nobody is there to
 	// remove them); add a stale one a previous run could have left.
@@ -223,9 +224,9 @@ protocol bgp n1 {
 	deleted := l.watchDeletes(t, victim.ns)
 	victim.proc = l.startChild(victim.cfg.Name+"-restarted", victim.ns, "speaker", victim.cfg, victim.peers)
 	for _, n := range nodes {
-		waitFor(t, 60*time.Second, "routes restored on "+n.cfg.Name, converged(n, n.others))
+		poll.Eventually(t, 60*time.Second, "routes restored on "+n.cfg.Name, converged(n, n.others))
 	}
-	waitFor(t, 60*time.Second, "stale route removed on "+victim.cfg.Name, func() (bool, string) {
+	poll.Eventually(t, 60*time.Second, "stale route removed on "+victim.cfg.Name, func() (bool, string) {
 		_, ok := l.routes(victim.ns, RouteProtocol)[netip.MustParsePrefix("10.77.0.0/24")]
 		return !ok, "10.77.0.0/24 still installed"
 	})

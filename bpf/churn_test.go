@@ -2,11 +2,13 @@ package bpf
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/loadbalancer"
 )
 
@@ -74,16 +76,11 @@ func TestChurnUnderTraffic(t *testing.T) {
 		}
 	}
 	// The background loop frees the replaced sets on its own.
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	poll.Eventually(t, 30*time.Second, "replaced slot sets to be freed", func() (bool, string) {
 		dp.mu.Lock()
 		n := len(dp.retired)
 		dp.mu.Unlock()
-		if n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d replaced slot sets still not freed", n)
-		}
-	}
+		return n == 0, fmt.Sprintf("%d not freed", n)
+	})
 	checkMaps(t, dp)
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/internal/kubetest"
+	"github.com/clustermesh/clustermesh/internal/poll"
 )
 
 // TestRestartUnderChurn restarts the apiserver twice while pods come and go
@@ -72,7 +73,7 @@ func TestRestartUnderChurn(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	t.Logf("%d pods created during two restarts", changes.Load())
-	eventually(t, "store matches Kubernetes after restarts under churn", func(ctx context.Context) error {
+	poll.Eventually(t, waitTimeout, "store matches Kubernetes after restarts under churn", func(ctx context.Context) error {
 		return expectStore(ctx, e)
 	})
 }

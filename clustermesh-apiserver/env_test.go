@@ -2,6 +2,7 @@ package apiserver_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -23,6 +24,7 @@ import (
 	"github.com/clustermesh/clustermesh/api"
 	apiserver "github.com/clustermesh/clustermesh/clustermesh-apiserver"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
+	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/pki/pkitest"
 )
@@ -81,18 +83,18 @@ type running struct {
 func (e *env) start() *running {
 	e.t.Helper()
 	r := e.startNoWait()
-	deadline := time.Now().Add(2 * time.Minute)
-	for !r.srv.Ready() {
+	poll.Eventually(e.t, 2*time.Minute, "apiserver ready", func(context.Context) error {
 		select {
 		case err := <-r.done:
 			r.done <- err
 			e.t.Fatalf("apiserver exited before ready: %v", err)
-		case <-time.After(20 * time.Millisecond):
+		default:
 		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("apiserver not ready after 2m")
+		if !r.srv.Ready() {
+			return errors.New("not ready")
 		}
-	}
+		return nil
+	})
 	return r
 }
 
@@ -184,24 +186,9 @@ func (e *env) dump(ctx context.Context) (map[string]api.Object, error) {
 	return out, nil
 }
 
-// eventually retries check until it returns nil, failing the test with the
-// last error after a minute.
-func eventually(t testing.TB, what string, check func(ctx context.Context) error) {
-	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err := check(ctx)
-		cancel()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+// waitTimeout bounds a wait for the apiserver's exports to converge; a
+// liveness bound of a broken run, not a performance assertion.
+const waitTimeout = 90 * time.Second
 
 type testWriter struct{ t testing.TB }
 

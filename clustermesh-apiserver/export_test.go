@@ -19,6 +19,7 @@ import (
 	"github.com/clustermesh/clustermesh/api"
 	apiserver "github.com/clustermesh/clustermesh/clustermesh-apiserver"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
+	"github.com/clustermesh/clustermesh/internal/poll"
 )
 
 // expectStore checks that the store holds exactly what the cluster's current
@@ -161,7 +162,7 @@ func TestExport(t *testing.T) {
 	mkPod(t, e, ns, "other-0", "other", "node-a", "10.244.1.20")
 
 	r := e.start()
-	eventually(t, "initial export", func(ctx context.Context) error {
+	poll.Eventually(t, waitTimeout, "initial export", func(ctx context.Context) error {
 		if err := expectStore(ctx, e); err != nil {
 			return err
 		}
@@ -247,7 +248,7 @@ func TestExport(t *testing.T) {
 			Ports:      []api.ServicePort{{Name: "http", Port: 80, Protocol: api.ProtocolTCP}},
 			Global:     true, Shared: true, Affinity: api.AffinityLocal, MinLocalBackends: 2,
 			Labels: map[string]string{"tier": "web"}}
-		eventually(t, "global service exported", func(ctx context.Context) error {
+		poll.Eventually(t, waitTimeout, "global service exported", func(ctx context.Context) error {
 			got, err := e.dump(ctx)
 			if err != nil {
 				return err
@@ -278,7 +279,7 @@ func TestExport(t *testing.T) {
 	t.Run("scale to zero and back", func(t *testing.T) {
 		rmPod(t, e, ns, "echo-0")
 		rmPod(t, e, ns, "echo-1")
-		eventually(t, "scaled to zero", func(ctx context.Context) error {
+		poll.Eventually(t, waitTimeout, "scaled to zero", func(ctx context.Context) error {
 			got, err := e.dump(ctx)
 			if err != nil {
 				return err
@@ -290,7 +291,7 @@ func TestExport(t *testing.T) {
 		})
 		mkPod(t, e, ns, "echo-2", "echo", "node-a", "10.244.1.12")
 		mkPod(t, e, ns, "echo-3", "echo", "node-a", "10.244.1.13")
-		eventually(t, "scaled back", func(ctx context.Context) error {
+		poll.Eventually(t, waitTimeout, "scaled back", func(ctx context.Context) error {
 			got, err := e.dump(ctx)
 			if err != nil {
 				return err
@@ -305,7 +306,7 @@ func TestExport(t *testing.T) {
 	t.Run("bad annotation", func(t *testing.T) {
 		mkPod(t, e, ns, "bad-0", "bad", "node-a", "10.244.1.30")
 		mkService(t, e, ns, "bad", map[string]string{apiserver.AnnotationGlobal: "true", apiserver.AnnotationAffinity: "nearest"})
-		eventually(t, "bad service exported as non-global, with an Event", func(ctx context.Context) error {
+		poll.Eventually(t, waitTimeout, "bad service exported as non-global, with an Event", func(ctx context.Context) error {
 			got, err := e.dump(ctx)
 			if err != nil {
 				return err
@@ -336,7 +337,7 @@ func TestExport(t *testing.T) {
 		if _, err := e.kube.Kubectl(ctx, "annotate", "--overwrite", "service", "-n", ns, "bad", apiserver.AnnotationAffinity+"=remote"); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, "fixed service global", func(ctx context.Context) error {
+		poll.Eventually(t, waitTimeout, "fixed service global", func(ctx context.Context) error {
 			got, err := e.dump(ctx)
 			if err != nil {
 				return err
@@ -363,7 +364,7 @@ func TestExport(t *testing.T) {
 		mkNode(t, e, "node-b", "192.168.1.11", "10.244.2.0/24", "zone-b")
 		r = e.start()
 		mkPod(t, e, ns, "late-1", "late", "node-b", "10.244.2.41")
-		eventually(t, "store matches Kubernetes after restart", func(ctx context.Context) error {
+		poll.Eventually(t, waitTimeout, "store matches Kubernetes after restart", func(ctx context.Context) error {
 			got, err := e.dump(ctx)
 			if err != nil {
 				return err
@@ -392,7 +393,7 @@ func TestExport(t *testing.T) {
 		if _, err := e.kube.Kubectl(ctx, "label", "namespace", ns, "env=prod"); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, "identities follow the namespace's labels", func(ctx context.Context) error {
+		poll.Eventually(t, waitTimeout, "identities follow the namespace's labels", func(ctx context.Context) error {
 			got, err := e.dump(ctx)
 			if err != nil {
 				return err
@@ -412,7 +413,7 @@ func TestExport(t *testing.T) {
 		}
 		// Without a kubelet, pods bound to a node wait for it on graceful
 		// deletion; play kubelet and remove them at once.
-		eventually(t, "pods of the namespace gone", func(ctx context.Context) error {
+		poll.Eventually(t, waitTimeout, "pods of the namespace gone", func(ctx context.Context) error {
 			pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 			if err != nil {
 				return err
@@ -428,7 +429,7 @@ func TestExport(t *testing.T) {
 			}
 			return nil
 		})
-		eventually(t, "nothing of the namespace left in the store", func(ctx context.Context) error {
+		poll.Eventually(t, waitTimeout, "nothing of the namespace left in the store", func(ctx context.Context) error {
 			got, err := e.dump(ctx)
 			if err != nil {
 				return err

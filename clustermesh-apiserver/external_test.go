@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/kvstore"
 )
 
@@ -43,7 +44,7 @@ func TestExternalStore(t *testing.T) {
 	if got := r.srv.StoreURL(); got != srv.Endpoint() {
 		t.Errorf("StoreURL = %s, want the external %s", got, srv.Endpoint())
 	}
-	eventually(t, "node exported to the external store", func(ctx context.Context) error {
+	poll.Eventually(t, waitTimeout, "node exported to the external store", func(ctx context.Context) error {
 		got, err := e.dump(ctx)
 		if err != nil {
 			return err

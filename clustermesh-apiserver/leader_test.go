@@ -12,6 +12,7 @@ import (
 	"github.com/clustermesh/clustermesh/api"
 	apiserver "github.com/clustermesh/clustermesh/clustermesh-apiserver"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
+	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/kvstore"
 )
 
@@ -46,13 +47,13 @@ func TestLeaderElection(t *testing.T) {
 
 	leader := e.start()
 	standby := e.startNoWait()
-	eventually(t, "second replica stands by", func(context.Context) error {
+	poll.Eventually(t, waitTimeout, "second replica stands by", func(context.Context) error {
 		if !standby.srv.Standby() {
 			return fmt.Errorf("second replica is not standing by")
 		}
 		return nil
 	})
-	eventually(t, "two candidates in the election, one leader", func(ctx context.Context) error {
+	poll.Eventually(t, waitTimeout, "two candidates in the election, one leader", func(ctx context.Context) error {
 		n, err := e.store.Count(ctx, apiserver.LeaderPrefix+"ha/")
 		if err != nil {
 			return err
@@ -70,7 +71,7 @@ func TestLeaderElection(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || standby.srv.Ready() {
 		t.Errorf("standby: /readyz %s, Ready() %v; want 200 (must not block rollouts) and not Ready", resp.Status, standby.srv.Ready())
 	}
-	eventually(t, "leader exports", func(ctx context.Context) error { return expectStore(ctx, e) })
+	poll.Eventually(t, waitTimeout, "leader exports", func(ctx context.Context) error { return expectStore(ctx, e) })
 	if !standby.srv.Standby() || !leader.srv.Ready() {
 		t.Fatalf("standby %v, leader ready %v: want one exporter and one standby", standby.srv.Standby(), leader.srv.Ready())
 	}
@@ -78,14 +79,8 @@ func TestLeaderElection(t *testing.T) {
 	leader.stop()
 	mkPod(t, e, ns, "web-1", "web", "node-a", "10.244.1.2")
 	rmPod(t, e, ns, "web-0")
-	deadline := time.Now().Add(time.Minute)
-	for !standby.srv.Ready() {
-		if time.Now().After(deadline) {
-			t.Fatal("standby did not take over within a minute of the leader resigning")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	eventually(t, "new leader exports", func(ctx context.Context) error {
+	poll.Eventually(t, time.Minute, "standby to take over after the leader resigned", standby.srv.Ready)
+	poll.Eventually(t, waitTimeout, "new leader exports", func(ctx context.Context) error {
 		got, err := e.dump(ctx)
 		if err != nil {
 			return err

@@ -29,6 +29,7 @@ import (
 	apiserver "github.com/clustermesh/clustermesh/clustermesh-apiserver"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
 	"github.com/clustermesh/clustermesh/internal/netlab"
+	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/pki"
 )
@@ -345,7 +346,7 @@ func TestReflectorsFromStore(t *testing.T) {
 	for i, c := range clusters {
 		other := clusters[1-i]
 		want := map[netip.Prefix]netip.Addr{netip.MustParsePrefix(other.podCIDR): netip.MustParseAddr(other.nodeIP)}
-		waitUntil(t, 2*time.Minute, fmt.Sprintf("%s has %s via %s", c.node, other.podCIDR, other.nodeIP), func() (bool, string) {
+		poll.Eventually(t, 2*time.Minute, fmt.Sprintf("%s has %s via %s", c.node, other.podCIDR, other.nodeIP), func() (bool, string) {
 			got := l.routes(c.node)
 			return fmt.Sprint(got) == fmt.Sprint(want), fmt.Sprintf("routes of protocol %d on %s: %v", bgp.RouteProtocol, c.node, got)
 		})
@@ -363,7 +364,7 @@ func TestReflectorsFromStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, c := range clusters {
-		waitUntil(t, 2*time.Minute, c.node+" loses the other cluster's CIDR", func() (bool, string) {
+		poll.Eventually(t, 2*time.Minute, c.node+" loses the other cluster's CIDR", func() (bool, string) {
 			got := l.routes(c.node)
 			return len(got) == 0, fmt.Sprintf("routes on %s: %v", c.node, got)
 		})
@@ -371,7 +372,7 @@ func TestReflectorsFromStore(t *testing.T) {
 	write(filepath.Join("c1", "clusters", "c2"), saved)
 	for i, c := range clusters {
 		other := clusters[1-i]
-		waitUntil(t, 2*time.Minute, fmt.Sprintf("%s has %s again", c.node, other.podCIDR), func() (bool, string) {
+		poll.Eventually(t, 2*time.Minute, fmt.Sprintf("%s has %s again", c.node, other.podCIDR), func() (bool, string) {
 			got := l.routes(c.node)
 			return got[netip.MustParsePrefix(other.podCIDR)] == netip.MustParseAddr(other.nodeIP), fmt.Sprintf("routes on %s: %v", c.node, got)
 		})
@@ -544,20 +545,4 @@ func (c *labChild) status(t *testing.T) childStatus {
 		t.Fatalf("%s: %v", c.name, err)
 	}
 	return resp
-}
-
-// waitUntil polls cond until it holds; the timeout only bounds a broken run.
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after %s: %s", what, timeout, state)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }

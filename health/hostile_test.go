@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/loadbalancer"
 )
 
@@ -82,7 +83,7 @@ func TestPoolHostileMembers(t *testing.T) {
 			if m.node.Cluster == h.node.Cluster && m.node.Name == h.node.Name {
 				continue // the impersonator never gossips to the node it impersonates
 			}
-			waitFor(ctx, t, m.pool.LocalName()+" to refuse "+MemberName(h.node.Cluster, h.node.Name)+": "+h.why, func() bool {
+			poll.Eventually(t, waitTimeout, m.pool.LocalName()+" to refuse "+MemberName(h.node.Cluster, h.node.Name)+": "+h.why, func() bool {
 				return refusedCount(t, m.reg, h.cluster, h.why) >= 1
 			})
 		}
@@ -111,7 +112,7 @@ func TestPoolHostileMembers(t *testing.T) {
 	}
 	r.stop()
 	for _, s := range []*loopMember{a, b} {
-		waitFor(ctx, t, s.pool.LocalName()+" to mark the real peer unhealthy", func() bool {
+		poll.Eventually(t, waitTimeout, s.pool.LocalName()+" to mark the real peer unhealthy", func() bool {
 			for _, c := range s.sink.snapshot() {
 				if c.ref == r.ref() && !c.healthy {
 					return true

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/loadbalancer"
 )
 
@@ -48,19 +49,9 @@ func (s *recSink) snapshot() []sinkCall {
 	return append([]sinkCall(nil), s.calls...)
 }
 
-// waitFor polls cond until it holds or the deadline of ctx passes.
-func waitFor(ctx context.Context, t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out waiting for %s", what)
-		case <-tick.C:
-		}
-	}
-}
+// waitTimeout bounds a wait for the pool to converge; a liveness bound of a
+// broken run, not a performance assertion.
+const waitTimeout = 60 * time.Second
 
 // testLogger logs into buf, shown when the test fails, or to stderr with
 // HEALTH_TEST_LOG set.
@@ -232,7 +223,7 @@ func startLoopPool(ctx context.Context, t *testing.T, names []string, leave time
 	for _, n := range nodes {
 		ms = append(ms, startLoopMember(t, n, testKey(), leave, nodes))
 	}
-	waitFor(ctx, t, "every member to see every other alive", func() bool {
+	poll.Eventually(t, waitTimeout, "every member to see every other alive", func() bool {
 		for _, m := range ms {
 			if m.pool.Status().Alive != len(ms)-1 {
 				return false
@@ -255,7 +246,7 @@ func TestPoolCrashDetectedAndRestored(t *testing.T) {
 
 	victim.stop()
 	for _, s := range survivors {
-		waitFor(ctx, t, s.pool.LocalName()+" to mark the victim unhealthy", func() bool {
+		poll.Eventually(t, waitTimeout, s.pool.LocalName()+" to mark the victim unhealthy", func() bool {
 			for _, c := range s.sink.snapshot() {
 				if c.ref == victim.ref() && !c.healthy {
 					return true
@@ -292,7 +283,7 @@ func TestPoolCrashDetectedAndRestored(t *testing.T) {
 	}
 	back := startLoopMember(t, victim.node, testKey(), 0, registry)
 	for _, s := range survivors {
-		waitFor(ctx, t, s.pool.LocalName()+" to restore the victim", func() bool {
+		poll.Eventually(t, waitTimeout, s.pool.LocalName()+" to restore the victim", func() bool {
 			calls := s.sink.snapshot()
 			last := calls[len(calls)-1]
 			return last.ref == victim.ref() && last.healthy
@@ -305,9 +296,9 @@ func TestPoolCrashDetectedAndRestored(t *testing.T) {
 	// A dead node deleted from the registry is forgotten and reset.
 	back.stop()
 	s := survivors[0]
-	waitFor(ctx, t, "the victim to be marked again", func() bool { return s.pool.Status().Unhealthy == 1 })
+	poll.Eventually(t, waitTimeout, "the victim to be marked again", func() bool { return s.pool.Status().Unhealthy == 1 })
 	s.pool.NodeDeleted(victim.node.Cluster, victim.node.Name)
-	waitFor(ctx, t, "the deleted node to be reset healthy", func() bool {
+	poll.Eventually(t, waitTimeout, "the deleted node to be reset healthy", func() bool {
 		calls := s.sink.snapshot()
 		last := calls[len(calls)-1]
 		return last.ref == victim.ref() && last.healthy && len(s.pool.Status().Members) == 2
@@ -322,7 +313,7 @@ func TestPoolGracefulLeave(t *testing.T) {
 	leaver := ms[1]
 	leaver.stop()
 	for _, s := range []*loopMember{ms[0], ms[2]} {
-		waitFor(ctx, t, s.pool.LocalName()+" to see the leave", func() bool { return s.sees("c1/b", StateLeft) })
+		poll.Eventually(t, waitTimeout, s.pool.LocalName()+" to see the leave", func() bool { return s.sees("c1/b", StateLeft) })
 		for _, c := range s.sink.snapshot() {
 			if !c.healthy {
 				t.Errorf("%s: node marked unhealthy on a graceful leave: %+v", s.pool.LocalName(), c)
@@ -345,10 +336,10 @@ func TestPoolAdmission(t *testing.T) {
 	}
 	wrongKey := startLoopMember(t, intruder, []byte("fedcba9876543210"), 0, append(registry, intruder))
 	unknown := startLoopMember(t, testNode("c2", "unlisted", freeLoopbackAddr(t)), testKey(), 0, registry)
-	waitFor(ctx, t, "the intruder's join attempts to fail", func() bool {
+	poll.Eventually(t, waitTimeout, "the intruder's join attempts to fail", func() bool {
 		return metricValue(t, wrongKey.reg, "clustermesh_health_join_attempts_total", "result", "error") >= 2
 	})
-	waitFor(ctx, t, "the unlisted member to contact the pool", func() bool {
+	poll.Eventually(t, waitTimeout, "the unlisted member to contact the pool", func() bool {
 		return metricValue(t, unknown.reg, "clustermesh_health_join_attempts_total", "result", "ok") >= 1
 	})
 	// Let a few gossip rounds pass after the contact.
@@ -497,8 +488,6 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name, label, value stri
 // TestPoolFollowsRegistry: two members that start knowing only themselves
 // join when the registry tells each about the other.
 func TestPoolFollowsRegistry(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	a := testNode("c1", "a", freeLoopbackAddr(t))
 	b := testNode("c2", "b", freeLoopbackAddr(t))
 	ma := startLoopMember(t, a, testKey(), 0, []api.Node{a})
@@ -515,7 +504,7 @@ func TestPoolFollowsRegistry(t *testing.T) {
 		t.Errorf("gossip address of a node without one: %v", got)
 	}
 	mb.pool.NodeUpserted(&a)
-	waitFor(ctx, t, "a and b to see each other", func() bool {
+	poll.Eventually(t, waitTimeout, "a and b to see each other", func() bool {
 		return ma.sees("c2/b", StateAlive) && mb.sees("c1/a", StateAlive)
 	})
 	bref := loadbalancer.NodeRef{ClusterID: 2, Name: "b"}
@@ -524,7 +513,7 @@ func TestPoolFollowsRegistry(t *testing.T) {
 	}
 	// A peer seen alive is told healthy once, so that a verdict an earlier
 	// agent process left in the datapath does not outlive it.
-	waitFor(ctx, t, "a to tell its sink b is healthy", func() bool {
+	poll.Eventually(t, waitTimeout, "a to tell its sink b is healthy", func() bool {
 		calls := ma.sink.snapshot()
 		return len(calls) > 0 && calls[0].ref == bref && calls[0].healthy
 	})
@@ -554,8 +543,6 @@ func TestConfigFlags(t *testing.T) {
 // TestPoolAdvertiseFromRegistry: a member bound to 0.0.0.0 without an
 // advertise address advertises its own registry entry's address.
 func TestPoolAdvertiseFromRegistry(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	a := testNode("c1", "a", freeLoopbackAddr(t))
 	b := testNode("c1", "b", freeLoopbackAddr(t))
 	// a's registry entry has only its node address; the port is the bind
@@ -565,7 +552,7 @@ func TestPoolAdvertiseFromRegistry(t *testing.T) {
 	anyA.GossipAddress = netip.AddrPortFrom(netip.IPv4Unspecified(), a.GossipAddress.Port())
 	ma := startLoopMember(t, anyA, testKey(), 0, []api.Node{aEntry, b})
 	mb := startLoopMember(t, b, testKey(), 0, []api.Node{a, b})
-	waitFor(ctx, t, "a and b to see each other", func() bool {
+	poll.Eventually(t, waitTimeout, "a and b to see each other", func() bool {
 		return ma.sees("c1/b", StateAlive) && mb.sees("c1/a", StateAlive)
 	})
 	ma.pool.mu.Lock()

@@ -3,6 +3,7 @@ package kvstore
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,21 +15,17 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/internal/poll"
 )
 
 // waitTimeout bounds how long a test waits for the store to converge. It is
 // a liveness bound, not a performance assertion.
 const waitTimeout = 60 * time.Second
 
+// eventually is poll.Eventually with the store's waitTimeout.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.Eventually(t, waitTimeout, what, cond)
 }
 
 func testNode(name string, n int) *api.Node {
@@ -177,13 +174,12 @@ func (v *view) diff(tr truth) string {
 
 func waitConverged(t *testing.T, v *view, tr truth) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !v.equals(tr) {
-		if time.Now().After(deadline) {
-			t.Fatalf("reader did not converge on the writer's truth: %s", v.diff(tr))
+	poll.Eventually(t, waitTimeout, "reader to converge on the writer's truth", func(context.Context) error {
+		if !v.equals(tr) {
+			return errors.New(v.diff(tr))
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // proxy is a TCP relay between readers and etcd that a test can cut, to

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/loadbalancer"
 )
 
@@ -16,11 +17,10 @@ import (
 // memory and counts calls per frontend, so tests can check both the result
 // and that nothing else was touched. Safe for concurrent use.
 type Recorder struct {
-	mu      sync.Mutex
-	state   map[loadbalancer.Frontend]loadbalancer.Service
-	calls   map[loadbalancer.Frontend]int
-	health  map[loadbalancer.NodeRef]bool
-	changed chan struct{}
+	mu     sync.Mutex
+	state  map[loadbalancer.Frontend]loadbalancer.Service
+	calls  map[loadbalancer.Frontend]int
+	health map[loadbalancer.NodeRef]bool
 	// OnUpsert, if set, is called after every upsert (benchmarks time
 	// propagation with it). Set before use.
 	OnUpsert func(loadbalancer.Service)
@@ -32,21 +32,13 @@ type Recorder struct {
 // NewRecorder returns an empty recorder.
 func NewRecorder() *Recorder {
 	return &Recorder{
-		state:   map[loadbalancer.Frontend]loadbalancer.Service{},
-		calls:   map[loadbalancer.Frontend]int{},
-		health:  map[loadbalancer.NodeRef]bool{},
-		changed: make(chan struct{}, 1),
+		state:  map[loadbalancer.Frontend]loadbalancer.Service{},
+		calls:  map[loadbalancer.Frontend]int{},
+		health: map[loadbalancer.NodeRef]bool{},
 	}
 }
 
 var _ loadbalancer.Datapath = (*Recorder)(nil)
-
-func (r *Recorder) signal() {
-	select {
-	case r.changed <- struct{}{}:
-	default:
-	}
-}
 
 // UpsertService implements loadbalancer.Datapath.
 func (r *Recorder) UpsertService(ctx context.Context, svc loadbalancer.Service) error {
@@ -63,7 +55,6 @@ func (r *Recorder) UpsertService(ctx context.Context, svc loadbalancer.Service) 
 	if f != nil {
 		f(svc)
 	}
-	r.signal()
 	return nil
 }
 
@@ -78,7 +69,6 @@ func (r *Recorder) DeleteService(ctx context.Context, fe loadbalancer.Frontend) 
 	delete(r.state, fe)
 	r.calls[fe]++
 	r.mu.Unlock()
-	r.signal()
 	return nil
 }
 
@@ -92,7 +82,6 @@ func (r *Recorder) SetNodeHealth(ctx context.Context, node loadbalancer.NodeRef,
 	r.mu.Lock()
 	r.health[node] = healthy
 	r.mu.Unlock()
-	r.signal()
 	return nil
 }
 
@@ -156,25 +145,10 @@ func (r *Recorder) WaitView(t testing.TB, fe loadbalancer.Frontend, want string,
 	})
 }
 
-// Wait polls cond (also on every datapath change) until it holds, failing
-// the test with cond's description after timeout. Timeouts here bound a
-// hang, they are not performance assertions.
+// Wait polls cond until it holds, failing the test with cond's description
+// after timeout. Timeouts here bound a hang, they are not performance
+// assertions.
 func (r *Recorder) Wait(t testing.TB, timeout time.Duration, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		ok, desc := cond()
-		if ok {
-			return
-		}
-		select {
-		case <-deadline.C:
-			t.Fatalf("timed out after %s: %s", timeout, desc)
-		case <-r.changed:
-		case <-tick.C:
-		}
-	}
+	poll.Eventually(t, timeout, "datapath state", cond)
 }
