@@ -32,6 +32,7 @@ import (
 	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/pki"
+	"github.com/clustermesh/clustermesh/pki/pkitest"
 )
 
 // childEnv selects the role of a re-executed test binary ("apiserver" or
@@ -259,34 +260,15 @@ func TestReflectorsFromStore(t *testing.T) {
 	l.Host("n1", n1)
 	l.Host("n2", n2)
 
-	ca, err := pki.NewCA("test-mesh", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	write := func(name string, b []byte) string {
-		t.Helper()
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	caFile := write("ca.crt", ca.CertPEM())
+	certs := pkitest.New(t, "store")
+	dir, write, caFile := certs.Dir, certs.Write, certs.CAFile
 	issue := func(prefix, cn string, ips ...string) (string, string) {
 		t.Helper()
 		o := pki.IssueOptions{CommonName: cn, Client: len(ips) == 0, Server: len(ips) > 0}
 		for _, ip := range ips {
 			o.IPs = append(o.IPs, net.ParseIP(ip))
 		}
-		c, k, err := ca.Issue(o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return write(prefix+".crt", c), write(prefix+".key", k)
+		return certs.Issue(prefix, o)
 	}
 	// connection writes a connection file for cluster's store at ip, as user.
 	connection := func(path, ip, user string) string {

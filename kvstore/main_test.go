@@ -3,14 +3,14 @@ package kvstore
 import (
 	"context"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/clustermesh/clustermesh/pki"
 	"go.uber.org/goleak"
+
+	"github.com/clustermesh/clustermesh/pki/pkitest"
 )
 
 func TestMain(m *testing.M) {
@@ -22,50 +22,20 @@ func TestMain(m *testing.M) {
 }
 
 // testPKI is a mesh CA with a server certificate for 127.0.0.1 and a client
-// certificate per etcd user, as files in a temporary directory.
+// certificate per etcd user, as files; untrusted holds a client certificate
+// for UserAdmin from a CA the server does not trust.
 type testPKI struct {
-	dir        string
-	caFile     string
-	serverCert string
-	serverKey  string
+	*pkitest.Files
+	untrusted *pkitest.Files
 }
 
 func newTestPKI(t testing.TB) *testPKI {
 	t.Helper()
-	dir := t.TempDir()
-	ca, err := pki.NewCA("mesh-ca", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &testPKI{dir: dir, caFile: filepath.Join(dir, "ca.crt")}
-	write(t, p.caFile, ca.CertPEM())
-	cert, key, err := ca.Issue(pki.IssueOptions{CommonName: "c1", DNSNames: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.serverCert, p.serverKey = filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")
-	write(t, p.serverCert, cert)
-	write(t, p.serverKey, key)
+	p := &testPKI{Files: pkitest.New(t, "c1"), untrusted: pkitest.New(t, "other")}
 	for _, user := range []string{UserAdmin, UserRemote, UserAgent} {
-		cert, key, err := ca.Issue(pki.IssueOptions{CommonName: user, Client: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		write(t, filepath.Join(dir, user+".crt"), cert)
-		write(t, filepath.Join(dir, user+".key"), key)
+		p.Client(user)
 	}
-	// A client certificate from a CA the server does not trust, for a user
-	// name that exists.
-	other, err := pki.NewCA("other-ca", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, key, err = other.Issue(pki.IssueOptions{CommonName: UserAdmin, Client: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	write(t, filepath.Join(dir, "untrusted.crt"), cert)
-	write(t, filepath.Join(dir, "untrusted.key"), key)
+	p.untrusted.Client(UserAdmin)
 	return p
 }
 
@@ -79,11 +49,15 @@ func write(t testing.TB, path string, data []byte) {
 // clientConfig is the connection config of a client acting as user
 // ("untrusted" for the certificate of the other CA).
 func (p *testPKI) clientConfig(endpoint, user string) Config {
+	dir := p.Dir
+	if user == "untrusted" {
+		dir, user = p.untrusted.Dir, UserAdmin
+	}
 	return Config{
 		Endpoints:      []string{endpoint},
-		CAFile:         p.caFile,
-		CertFile:       filepath.Join(p.dir, user+".crt"),
-		KeyFile:        filepath.Join(p.dir, user+".key"),
+		CAFile:         p.CAFile,
+		CertFile:       filepath.Join(dir, user+".crt"),
+		KeyFile:        filepath.Join(dir, user+".key"),
 		DialTimeout:    5 * time.Second,
 		RequestTimeout: 5 * time.Second,
 	}
@@ -94,9 +68,9 @@ func (p *testPKI) serverConfig(dataDir, listen string) ServerConfig {
 		Cluster:         "c1",
 		DataDir:         dataDir,
 		ListenClientURL: listen,
-		CAFile:          p.caFile,
-		CertFile:        p.serverCert,
-		KeyFile:         p.serverKey,
+		CAFile:          p.CAFile,
+		CertFile:        p.ServerCert,
+		KeyFile:         p.ServerKey,
 		UnsafeNoFsync:   true,
 	}
 }

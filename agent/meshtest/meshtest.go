@@ -16,49 +16,24 @@ import (
 
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/kvstore"
-	"github.com/clustermesh/clustermesh/pki"
+	"github.com/clustermesh/clustermesh/pki/pkitest"
 )
 
 // Mesh is a set of clusters sharing one CA.
 type Mesh struct {
-	t      testing.TB
-	dir    string
-	caFile string
-	ca     *pki.CA
+	t     testing.TB
+	certs *pkitest.Files
 }
 
-// New creates the mesh CA in a temporary directory.
+// New creates the mesh CA, a store server certificate and a client
+// certificate per etcd user in a temporary directory.
 func New(t testing.TB) *Mesh {
 	t.Helper()
-	ca, err := pki.NewCA("meshtest-ca", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := &Mesh{t: t, dir: t.TempDir(), ca: ca}
-	m.caFile = filepath.Join(m.dir, "ca.crt")
-	m.write(m.caFile, ca.CertPEM())
+	m := &Mesh{t: t, certs: pkitest.New(t, "server")}
 	for _, user := range []string{kvstore.UserAdmin, kvstore.UserRemote, kvstore.UserAgent} {
-		cert, key, err := ca.Issue(pki.IssueOptions{CommonName: user, Client: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		m.write(filepath.Join(m.dir, user+".crt"), cert)
-		m.write(filepath.Join(m.dir, user+".key"), key)
+		m.certs.Client(user)
 	}
-	cert, key, err := ca.Issue(pki.IssueOptions{CommonName: "server", DNSNames: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.write(filepath.Join(m.dir, "server.crt"), cert)
-	m.write(filepath.Join(m.dir, "server.key"), key)
 	return m
-}
-
-func (m *Mesh) write(path string, b []byte) {
-	m.t.Helper()
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		m.t.Fatal(err)
-	}
 }
 
 // Cluster is one cluster's store, writer and relay.
@@ -82,7 +57,7 @@ type Cluster struct {
 // AddCluster starts a cluster's store and writer and writes its config.
 func (m *Mesh) AddCluster(name string, id uint32, podCIDRs ...string) *Cluster {
 	m.t.Helper()
-	c := &Cluster{m: m, Name: name, dataDir: filepath.Join(m.dir, name+"-etcd")}
+	c := &Cluster{m: m, Name: name, dataDir: filepath.Join(m.certs.Dir, name+"-etcd")}
 	c.Config = api.Cluster{Name: name, ID: id, MaxClusterID: api.DefaultMaxClusterID}
 	for _, p := range podCIDRs {
 		c.Config.PodCIDRs = append(c.Config.PodCIDRs, netip.MustParsePrefix(p))
@@ -117,7 +92,7 @@ func (c *Cluster) startServer() {
 	defer cancel()
 	srv, err := kvstore.StartServer(ctx, kvstore.ServerConfig{
 		Cluster: c.Name, DataDir: c.dataDir, ListenClientURL: c.listen,
-		CAFile: c.m.caFile, CertFile: filepath.Join(c.m.dir, "server.crt"), KeyFile: filepath.Join(c.m.dir, "server.key"),
+		CAFile: c.m.certs.CAFile, CertFile: c.m.certs.ServerCert, KeyFile: c.m.certs.ServerKey,
 		UnsafeNoFsync: true,
 	})
 	if err != nil {
@@ -270,9 +245,9 @@ func (c *Cluster) PutRaw(key string, value []byte) {
 func (c *Cluster) clientConfig(endpoint, user string) kvstore.Config {
 	return kvstore.Config{
 		Endpoints: []string{endpoint},
-		CAFile:    c.m.caFile,
-		CertFile:  filepath.Join(c.m.dir, user+".crt"),
-		KeyFile:   filepath.Join(c.m.dir, user+".key"),
+		CAFile:    c.m.certs.CAFile,
+		CertFile:  filepath.Join(c.m.certs.Dir, user+".crt"),
+		KeyFile:   filepath.Join(c.m.certs.Dir, user+".key"),
 		// Short timeouts: tests cut stores off on purpose.
 		DialTimeout:    2 * time.Second,
 		RequestTimeout: 2 * time.Second,
@@ -301,7 +276,9 @@ func (c *Cluster) WriteConnFile(dir, fileName, user string) {
 	cfg := c.clientConfig("https://"+c.relay.addr(), user)
 	body := fmt.Sprintf("endpoints: [%q]\ntrusted-ca-file: %s\ncert-file: %s\nkey-file: %s\ndial-timeout: 2s\nrequest-timeout: 2s\n",
 		cfg.Endpoints[0], cfg.CAFile, cfg.CertFile, cfg.KeyFile)
-	c.m.write(filepath.Join(dir, fileName), []byte(body))
+	if err := os.WriteFile(filepath.Join(dir, fileName), []byte(body), 0o600); err != nil {
+		c.m.t.Fatal(err)
+	}
 }
 
 // relay is a TCP relay that can refuse and cut connections.

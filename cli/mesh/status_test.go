@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/pki"
+	"github.com/clustermesh/clustermesh/pki/pkitest"
 )
 
 func TestAgentProblems(t *testing.T) {
@@ -51,12 +52,9 @@ func TestAgentProblems(t *testing.T) {
 
 func TestEntryProblems(t *testing.T) {
 	c := &Cluster{Context: "ctx1"}
-	ca, other := mustCA(t), mustCA(t)
+	ca, other := pkitest.CA(t, "test-ca"), pkitest.CA(t, "other-ca")
 	issue := func(ca *pki.CA, lifetime time.Duration) []byte {
-		cert, _, err := ca.Issue(pki.IssueOptions{CommonName: UserRemote, Client: true, Lifetime: lifetime})
-		if err != nil {
-			t.Fatal(err)
-		}
+		cert, _ := pkitest.Issue(t, ca, pki.IssueOptions{CommonName: UserRemote, Client: true, Lifetime: lifetime})
 		return cert
 	}
 	now := time.Now()

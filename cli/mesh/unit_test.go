@@ -16,25 +16,14 @@ import (
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/pki"
+	"github.com/clustermesh/clustermesh/pki/pkitest"
 )
-
-func mustCA(t *testing.T) *pki.CA {
-	t.Helper()
-	ca, err := pki.NewCA("test-ca", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ca
-}
 
 // The clusters Secret, written out as the kubelet mounts it, is loadable by
 // the kvstore package exactly as the agent loads it.
 func TestClustersSecretIsAgentConfigDir(t *testing.T) {
-	ca := mustCA(t)
-	cert, key, err := ca.Issue(pki.IssueOptions{CommonName: UserRemote, Client: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := pkitest.CA(t, "test-ca")
+	cert, key := pkitest.ClientPEM(t, ca, UserRemote)
 	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: SecretClusters, Namespace: "ns"}}
 	for _, e := range []Entry{
 		{Name: "c1", ID: 1, Endpoint: "https://127.0.0.11:32379", CA: ca.CertPEM(), Cert: cert, Key: key},
@@ -115,13 +104,10 @@ func TestClustersSecretIsAgentConfigDir(t *testing.T) {
 }
 
 func TestLeafValid(t *testing.T) {
-	ca, other := mustCA(t), mustCA(t)
+	ca, other := pkitest.CA(t, "test-ca"), pkitest.CA(t, "other-ca")
 	spec := serverLeaf("clustermesh-system", "c1", []string{"10.96.0.10", "mesh.example.com"})
 	issue := func(ca *pki.CA, opts pki.IssueOptions) map[string][]byte {
-		c, k, err := ca.Issue(opts)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c, k := pkitest.Issue(t, ca, opts)
 		return map[string][]byte{KeyCACert: ca.CertPEM(), KeyCert: c, KeyKey: k}
 	}
 	now := time.Now()
@@ -149,7 +135,7 @@ func TestLeafValid(t *testing.T) {
 }
 
 func TestCheckPair(t *testing.T) {
-	ca, other := mustCA(t), mustCA(t)
+	ca, other := pkitest.CA(t, "test-ca"), pkitest.CA(t, "other-ca")
 	mk := func(ctxName, name string, id uint32, ca *pki.CA, cidrs ...string) *member {
 		m := &member{c: &Cluster{Context: ctxName, Namespace: "clustermesh-system"}, info: Info{Name: name, ID: id, MaxClusterID: 255}, ca: trustAnchor{ca.Certificate(), ca.CertPEM()}}
 		for _, s := range cidrs {
