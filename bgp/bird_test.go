@@ -190,7 +190,7 @@ func TestBirdTopOfRack(t *testing.T) {
 	for i, n := range nodes {
 		ns := l.NS(fmt.Sprintf("n%d", i+1))
 		poll.Eventually(t, 60*time.Second, "bird's prefix on "+ns, func() (bool, string) {
-			got := l.routes(ns, RouteProtocol)
+			got := l.Routes(ns, RouteProtocol)
 			return got[netip.MustParsePrefix("10.99.0.0/24")] == netip.MustParseAddr("192.0.2.254"), fmt.Sprintf("routes %v", got)
 		})
 		st := n.proc.status()
@@ -214,7 +214,7 @@ func TestBirdTopOfRack(t *testing.T) {
 				t.Errorf("%s: metrics lack %s:\n%s", ns, want, m)
 			}
 		}
-		got := l.routes(ns, RouteProtocol)
+		got := l.Routes(ns, RouteProtocol)
 		for p := range reasons {
 			if _, ok := got[netip.MustParsePrefix(p)]; ok {
 				t.Errorf("%s: refused %s is installed", ns, p)
@@ -240,7 +240,7 @@ func TestBirdTopOfRack(t *testing.T) {
 		t.Errorf("n3: no prefix-limit cut-off metric:\n%s", m)
 	}
 	poll.Eventually(t, 30*time.Second, "n3 to hold no route from bird", func() (bool, string) {
-		got := l.routes(ns3, RouteProtocol)
+		got := l.Routes(ns3, RouteProtocol)
 		return len(got) == 0, fmt.Sprintf("routes %v", got)
 	})
 }

@@ -64,7 +64,7 @@ func TestDualStack(t *testing.T) {
 		st := procs[0].status()
 		return len(st.Failed) == 1 && st.Failed[0].Prefix == nodes[1].PodCIDRs[1] && st.InstallErrors > 0, fmt.Sprintf("%+v", st)
 	})
-	if _, ok := l.routes(n1, RouteProtocol)[nodes[1].PodCIDRs[1]]; ok {
+	if _, ok := l.Routes(n1, RouteProtocol)[nodes[1].PodCIDRs[1]]; ok {
 		t.Fatalf("n1 installed %s without a route to its next hop", nodes[1].PodCIDRs[1])
 	}
 	l.Run("ip", "-n", n1, "addr", "add", nodes[0].Addresses[1].String()+"/64", "dev", "eth0", "nodad")
@@ -72,7 +72,7 @@ func TestDualStack(t *testing.T) {
 		other := nodes[1-i]
 		ns := l.NS(fmt.Sprintf("n%d", i+1))
 		poll.Eventually(t, 60*time.Second, "dual-stack routes on "+ns, func() (bool, string) {
-			got := l.routes(ns, RouteProtocol)
+			got := l.Routes(ns, RouteProtocol)
 			return got[other.PodCIDRs[0]] == other.Addresses[0] && got[other.PodCIDRs[1]] == other.Addresses[1], fmt.Sprintf("%v", got)
 		})
 	}

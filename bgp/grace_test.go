@@ -49,7 +49,7 @@ func TestReflectorRestartGrace(t *testing.T) {
 	long, short := nodes[0], nodes[1]
 	has := func(n *node, p netip.Prefix, via netip.Addr) func() (bool, string) {
 		return func() (bool, string) {
-			got := l.routes(n.ns, RouteProtocol)
+			got := l.Routes(n.ns, RouteProtocol)
 			return got[p] == via, fmt.Sprintf("routes %v", got)
 		}
 	}
@@ -60,7 +60,7 @@ func TestReflectorRestartGrace(t *testing.T) {
 	rr.kill()
 	// The short grace expires: n2 drops n1's CIDR.
 	poll.Eventually(t, 60*time.Second, "n2 to drop n1's CIDR after its grace", func() (bool, string) {
-		_, ok := l.routes(short.ns, RouteProtocol)[long.cidr]
+		_, ok := l.Routes(short.ns, RouteProtocol)[long.cidr]
 		return !ok, "still installed"
 	})
 	// n1's grace (1 min) has not: its route is pending removal, still there.

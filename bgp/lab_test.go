@@ -6,11 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,7 +18,6 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/clustermesh/clustermesh/internal/netlab"
-	"github.com/clustermesh/clustermesh/route"
 )
 
 // lab is a netlab.Lab with the BGP tests' helpers on top: netlink handles,
@@ -34,60 +31,14 @@ func newLab(tb testing.TB) *lab {
 	return &lab{Lab: netlab.New(tb)}
 }
 
-// handle opens a netlink handle in ns.
+// handle opens a netlink handle in ns; the caller closes it.
 func (l *lab) handle(ns string) *netlink.Handle {
 	l.TB.Helper()
-	h, err := netns.GetFromPath("/run/netns/" + ns)
+	h, err := netlab.Handle(ns)
 	if err != nil {
-		l.TB.Fatalf("netns %s: %v", ns, err)
+		l.TB.Fatal(err)
 	}
-	defer h.Close()
-	nh, err := netlink.NewHandleAt(h)
-	if err != nil {
-		l.TB.Fatalf("netlink in %s: %v", ns, err)
-	}
-	return nh
-}
-
-// routes lists the routes of protocol proto in ns's main table.
-func (l *lab) routes(ns string, proto netlink.RouteProtocol) map[netip.Prefix]netip.Addr {
-	l.TB.Helper()
-	h := l.handle(ns)
-	defer h.Close()
-	rs, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: proto}, netlink.RT_FILTER_PROTOCOL)
-	if err != nil {
-		l.TB.Fatalf("list routes in %s: %v", ns, err)
-	}
-	out := map[netip.Prefix]netip.Addr{}
-	for _, r := range rs {
-		if p, ok := route.PrefixOf(r.Dst); ok && r.Dst != nil {
-			gw, _ := netip.AddrFromSlice(r.Gw)
-			out[p] = gw.Unmap()
-		}
-	}
-	return out
-}
-
-// inNS runs fn on a locked OS thread switched into ns: sockets it creates
-// belong to ns.
-func inNS(ns string, fn func() error) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return err
-	}
-	defer orig.Close()
-	target, err := netns.GetFromPath("/run/netns/" + ns)
-	if err != nil {
-		return err
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		return err
-	}
-	defer func() { _ = netns.Set(orig) }()
-	return fn()
+	return h
 }
 
 // child is a speaker or reflector in its own process in a namespace.
@@ -213,7 +164,7 @@ func (l *lab) tunnelLinks(ns string) []string {
 func (l *lab) tcpEcho(ns, addr string) {
 	l.TB.Helper()
 	var ln net.Listener
-	if err := inNS(ns, func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
+	if err := netlab.InNetns(ns, func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
 		l.TB.Fatalf("listen in %s: %v", ns, err)
 	}
 	done := make(chan struct{})
@@ -235,7 +186,7 @@ func (l *lab) tcpEcho(ns, addr string) {
 // tcpRoundTrip dials addr from ns and returns the echoed line.
 func tcpRoundTrip(ns, addr, msg string) (string, error) {
 	var conn net.Conn
-	err := inNS(ns, func() (err error) {
+	err := netlab.InNetns(ns, func() (err error) {
 		conn, err = net.DialTimeout("tcp", addr, 2*time.Second)
 		return err
 	})

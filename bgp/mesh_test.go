@@ -95,7 +95,7 @@ func TestTwoClustersNativeRouting(t *testing.T) {
 
 	converged := func(n *meshNode, want []netip.Prefix) func() (bool, string) {
 		return func() (bool, string) {
-			got := l.routes(n.ns, RouteProtocol)
+			got := l.Routes(n.ns, RouteProtocol)
 			for _, o := range nodes {
 				for _, p := range o.node.PodCIDRs {
 					gw, ok := got[p]
@@ -177,7 +177,7 @@ protocol bgp n1 {
 	before := nodes[0].proc.status().Peers[0].Since
 	nodes[0].proc.call(childReq{Op: "peers", Peers: append(slices.Clone(nodes[0].peers), Peer{Name: "tor", Address: a("192.0.2.254"), ASN: 65100})})
 	poll.Eventually(t, 60*time.Second, "c1/n1 to install the router's prefix", func() (bool, string) {
-		got := l.routes(nodes[0].ns, RouteProtocol)
+		got := l.Routes(nodes[0].ns, RouteProtocol)
 		return got[netip.MustParsePrefix("10.99.0.0/24")] == a("192.0.2.254"), fmt.Sprintf("%v", got)
 	})
 	st = nodes[0].proc.status()
@@ -227,7 +227,7 @@ protocol bgp n1 {
 		poll.Eventually(t, 60*time.Second, "routes restored on "+n.cfg.Name, converged(n, n.others))
 	}
 	poll.Eventually(t, 60*time.Second, "stale route removed on "+victim.cfg.Name, func() (bool, string) {
-		_, ok := l.routes(victim.ns, RouteProtocol)[netip.MustParsePrefix("10.77.0.0/24")]
+		_, ok := l.Routes(victim.ns, RouteProtocol)[netip.MustParsePrefix("10.77.0.0/24")]
 		return !ok, "10.77.0.0/24 still installed"
 	})
 	for _, p := range deleted() {

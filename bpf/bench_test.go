@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/clustermesh/clustermesh/internal/netlab"
 	"github.com/clustermesh/clustermesh/loadbalancer"
 )
 
@@ -30,7 +31,6 @@ import (
 // Run: go test -run '^$' -bench BenchmarkConnect -benchtime 1x ./bpf/
 // (BENCH_SIZES=1000,10000 to skip the 100k round).
 func BenchmarkConnect(b *testing.B) {
-	requireRoot(b)
 	sizes := []int{1000, 10000, 100000}
 	if s := os.Getenv("BENCH_SIZES"); s != "" {
 		sizes = nil
@@ -45,13 +45,11 @@ func BenchmarkConnect(b *testing.B) {
 		rounds  = 10
 	)
 
-	prefix := runPrefix(b)
-	pin := bpffs(b)
-	cg := cgroup(b, prefix)
-	tp := newTopo(b, prefix, 4)
+	l, pin, cg := newLab(b)
+	tp := newTopo(l, 4)
 	tp.serveEcho(b)
-	legacyNS := addClientNS(b, tp, "l", 1)
-	nftNS := addClientNS(b, tp, "n", 2)
+	legacyNS := addClientNS(tp, "l", 1)
+	nftNS := addClientNS(tp, "n", 2)
 	backends := []netip.AddrPort{tp.v4["be1"], tp.v4["be2"], tp.v4["be3"], tp.v4["be4"]}
 
 	cfg := testConfig(cg, pin)
@@ -235,18 +233,14 @@ func benchVIP(i int) netip.AddrPort {
 
 // addClientNS adds one more client netns wired to the server netns of tp on
 // subnet 10.77.<subnet>.0/24, with a default route towards the servers.
-func addClientNS(t testing.TB, tp *topo, suffix string, subnet int) string {
-	ns := tp.prefix + suffix
-	run(t, "ip", "netns", "add", ns)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-	inner, outer := tp.prefix+suffix, tp.prefix+strings.ToUpper(suffix)
-	run(t, "ip", "-n", ns, "link", "set", "lo", "up")
-	run(t, "ip", "link", "add", inner, "netns", ns, "type", "veth", "peer", "name", outer, "netns", tp.serverNS)
-	run(t, "ip", "-n", ns, "addr", "add", fmt.Sprintf("10.77.%d.1/24", subnet), "dev", inner)
-	run(t, "ip", "-n", ns, "link", "set", inner, "up")
-	run(t, "ip", "-n", tp.serverNS, "addr", "add", fmt.Sprintf("10.77.%d.2/24", subnet), "dev", outer)
-	run(t, "ip", "-n", tp.serverNS, "link", "set", outer, "up")
-	run(t, "ip", "-n", ns, "route", "add", "default", "via", fmt.Sprintf("10.77.%d.2", subnet))
+func addClientNS(tp *topo, suffix string, subnet int) string {
+	l := tp.lab
+	ns := l.Netns(suffix)
+	inner, outer := suffix, strings.ToUpper(suffix)
+	l.Veth(ns, inner, tp.serverNS, outer)
+	l.Addr(ns, inner, fmt.Sprintf("10.77.%d.1/24", subnet))
+	l.Addr(tp.serverNS, outer, fmt.Sprintf("10.77.%d.2/24", subnet))
+	l.Run("ip", "-n", ns, "route", "add", "default", "via", fmt.Sprintf("10.77.%d.2", subnet))
 	return ns
 }
 
@@ -266,7 +260,7 @@ func measureConnects(ns, cg string, inCgroup bool, n int, target func() netip.Ad
 		defer joinCgroup(orig)
 	}
 	out := make([]time.Duration, 0, n)
-	err := inNetns(ns, func() error {
+	err := netlab.InNetns(ns, func() error {
 		linger := &unix.Linger{Onoff: 1, Linger: 0} // RST on close: no TIME_WAIT pile-up
 		for i := 0; i < n; i++ {
 			ap := target()

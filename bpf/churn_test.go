@@ -20,11 +20,8 @@ import (
 // Before slot sets were freed after a grace period, about 1 in 4,000
 // attempts here failed with EPERM (a reader racing the deletion).
 func TestChurnUnderTraffic(t *testing.T) {
-	requireRoot(t)
-	prefix := runPrefix(t)
-	pin := bpffs(t)
-	cg := cgroup(t, prefix)
-	tp := newTopo(t, prefix, 4)
+	l, pin, cg := newLab(t)
+	tp := newTopo(l, 4)
 	tp.serveEcho(t)
 	dp := openTest(t, testConfig(cg, pin))
 	ctx := context.Background()

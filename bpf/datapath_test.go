@@ -66,11 +66,8 @@ func keysOf(m map[string]int) []string {
 // the programs: TCP, unconnected and connected UDP, IPv4 and IPv6; affinity;
 // node health, including for backends programmed after the node went down.
 func TestTraffic(t *testing.T) {
-	requireRoot(t)
-	prefix := runPrefix(t)
-	pin := bpffs(t)
-	cg := cgroup(t, prefix)
-	tp := newTopo(t, prefix, 4)
+	l, pin, cg := newLab(t)
+	tp := newTopo(l, 4)
 	tp.serveEcho(t)
 	dp := openTest(t, testConfig(cg, pin))
 	ctx := context.Background()
@@ -295,10 +292,7 @@ func checkMaps(t *testing.T, dp *Datapath) map[string]int {
 // TestAdoptAndFull programs, closes, reopens (adopting the pins), checks the
 // bookkeeping survived, and fills each map to its limit.
 func TestAdoptAndFull(t *testing.T) {
-	requireRoot(t)
-	prefix := runPrefix(t)
-	pin := bpffs(t)
-	cg := cgroup(t, prefix)
+	_, pin, cg := newLab(t)
 	cfg := testConfig(cg, pin)
 	cfg.MaxServices = 4
 	cfg.MaxBackends = 6

@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,8 +11,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
+	"github.com/clustermesh/clustermesh/internal/netlab"
 	"github.com/clustermesh/clustermesh/loadbalancer"
 )
 
@@ -48,69 +45,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces, cgroups, bpffs and eBPF programs")
-	}
-}
-
-func runPrefix(t testing.TB) string {
-	var b [2]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatal(err)
-	}
-	return "cm" + hex.EncodeToString(b[:])
-}
-
-func run(t testing.TB, args ...string) {
-	t.Helper()
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-}
-
-// bpffs mounts a private bpffs, unmounted (with everything pinned in it) at
-// cleanup.
-func bpffs(t testing.TB) string {
-	dir := t.TempDir()
-	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
-		t.Fatalf("mount bpffs on %s: %v", dir, err)
-	}
-	t.Cleanup(func() {
-		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
-			t.Errorf("unmount bpffs %s: %v", dir, err)
-		}
-	})
-	return filepath.Join(dir, "cm")
-}
-
-// cgroup creates a cgroup v2 directory, removed at cleanup after its
-// processes are gone.
-func cgroup(t testing.TB, prefix string) string {
-	dir := filepath.Join("/sys/fs/cgroup/unified", prefix)
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatalf("create cgroup: %v", err)
-	}
-	t.Cleanup(func() {
-		var err error
-		for i := 0; i < 50; i++ {
-			if err = os.Remove(dir); err == nil {
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		t.Errorf("remove cgroup %s: %v", dir, err)
-	})
-	return dir
-}
-
-// topo is a client netns and a backend netns joined by a veth. The backend
-// side carries one address per backend, each with TCP and UDP echo servers
-// that answer with their name.
+// topo is a client netns and a backend netns of a lab joined by a veth.
+// The backend side carries one address per backend, each with TCP and UDP
+// echo servers that answer with their name.
 type topo struct {
-	prefix   string
+	lab      *netlab.Lab
 	clientNS string
 	serverNS string
 	// backend name -> address (IPv4 and IPv6 listen on the same port)
@@ -120,76 +59,34 @@ type topo struct {
 
 const echoPort = 8080
 
-func newTopo(t testing.TB, prefix string, backends int) *topo {
-	tp := &topo{prefix: prefix, clientNS: prefix + "c", serverNS: prefix + "s",
+// newLab returns a lab (skipping without root) with a private bpffs and a
+// cgroup for the datapath: the pin directory and the cgroup's path.
+func newLab(t testing.TB) (l *netlab.Lab, pin, cg string) {
+	t.Helper()
+	l = netlab.New(t)
+	return l, l.BPFFS(), l.Cgroup("cg")
+}
+
+func newTopo(l *netlab.Lab, backends int) *topo {
+	l.TB.Helper()
+	tp := &topo{lab: l, clientNS: l.Netns("c"), serverNS: l.Netns("s"),
 		v4: map[string]netip.AddrPort{}, v6: map[string]netip.AddrPort{}}
-	for _, ns := range []string{tp.clientNS, tp.serverNS} {
-		run(t, "ip", "netns", "add", ns)
-		t.Cleanup(func() {
-			if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
-				t.Errorf("delete netns %s: %v: %s", ns, err, out)
-			}
-		})
-		run(t, "ip", "-n", ns, "link", "set", "lo", "up")
-	}
-	run(t, "ip", "link", "add", prefix+"c", "netns", tp.clientNS, "type", "veth", "peer", "name", prefix+"s", "netns", tp.serverNS)
-	run(t, "ip", "-n", tp.clientNS, "addr", "add", "10.77.0.1/24", "dev", prefix+"c")
-	run(t, "ip", "-n", tp.clientNS, "addr", "add", "fd00:77::1/64", "dev", prefix+"c", "nodad")
-	run(t, "ip", "-n", tp.clientNS, "link", "set", prefix+"c", "up")
-	run(t, "ip", "-n", tp.serverNS, "link", "set", prefix+"s", "up")
-	run(t, "ip", "-n", tp.serverNS, "addr", "add", "10.77.0.2/24", "dev", prefix+"s")
+	l.Veth(tp.clientNS, "c", tp.serverNS, "s")
+	l.Addr(tp.clientNS, "c", "10.77.0.1/24", "fd00:77::1/64")
+	l.Addr(tp.serverNS, "s", "10.77.0.2/24", "fd00:77::2/64")
 	// Default routes: service VIPs are routed nowhere but must be routable
 	// for the unbalanced paths (direct connects, iptables DNAT).
-	run(t, "ip", "-n", tp.clientNS, "route", "add", "default", "via", "10.77.0.2")
-	run(t, "ip", "-n", tp.clientNS, "-6", "route", "add", "default", "via", "fd00:77::2", "dev", prefix+"c")
-	run(t, "ip", "-n", tp.serverNS, "addr", "add", "fd00:77::2/64", "dev", prefix+"s", "nodad")
+	l.Run("ip", "-n", tp.clientNS, "route", "add", "default", "via", "10.77.0.2")
+	l.Run("ip", "-n", tp.clientNS, "-6", "route", "add", "default", "via", "fd00:77::2", "dev", "c")
 	for i := 1; i <= backends; i++ {
 		name := fmt.Sprintf("be%d", i)
 		a4 := netip.AddrFrom4([4]byte{10, 77, 0, byte(10 + i)})
 		a6 := netip.MustParseAddr(fmt.Sprintf("fd00:77::%x", 0x10+i))
-		run(t, "ip", "-n", tp.serverNS, "addr", "add", a4.String()+"/32", "dev", prefix+"s")
-		run(t, "ip", "-n", tp.serverNS, "addr", "add", a6.String()+"/128", "dev", prefix+"s", "nodad")
+		l.Addr(tp.serverNS, "s", a4.String()+"/32", a6.String()+"/128")
 		tp.v4[name] = netip.AddrPortFrom(a4, echoPort)
 		tp.v6[name] = netip.AddrPortFrom(a6, echoPort)
 	}
 	return tp
-}
-
-// inNetns runs fn on a thread switched into netns ns. Sockets created by fn
-// stay in ns after it returns.
-func inNetns(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		self, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			errc <- err
-			runtime.UnlockOSThread()
-			return
-		}
-		defer self.Close()
-		target, err := os.Open("/run/netns/" + ns)
-		if err != nil {
-			errc <- err
-			runtime.UnlockOSThread()
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", ns, err)
-			runtime.UnlockOSThread()
-			return
-		}
-		err = fn()
-		if rerr := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); rerr != nil {
-			// The thread stays locked and dies with the goroutine.
-			errc <- fmt.Errorf("restore netns: %w", rerr)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	return <-errc
 }
 
 // serveEcho starts a TCP and a UDP echo server per backend in the server
@@ -203,7 +100,7 @@ func (tp *topo) serveEcho(t testing.TB) {
 		}
 		wg.Wait()
 	})
-	err := inNetns(tp.serverNS, func() error {
+	err := netlab.InNetns(tp.serverNS, func() error {
 		for _, set := range []map[string]netip.AddrPort{tp.v4, tp.v6} {
 			for name, ap := range set {
 				ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(ap))
@@ -291,7 +188,7 @@ func startClient(t testing.TB, ns, cg string, spec clientSpec) (*exec.Cmd, *byte
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("nsenter", "--net=/run/netns/"+ns, "--", self)
+	cmd := exec.Command("nsenter", "--net="+netlab.NetnsPath(ns), "--", self)
 	cmd.Env = append(os.Environ(), roleEnv+"=client", "CM_CLIENT_SPEC="+string(js))
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cgf.Fd()), Pdeathsig: syscall.SIGKILL}
 	var out bytes.Buffer

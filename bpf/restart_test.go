@@ -69,11 +69,8 @@ func startLoader(t *testing.T, pin, cg string, svcs []loadbalancer.Service) *exe
 // again several times: pinned maps and links carry the balancing across, and
 // the new process adopts them and swaps its programs in without a gap.
 func TestLoaderRestart(t *testing.T) {
-	requireRoot(t)
-	prefix := runPrefix(t)
-	pin := bpffs(t)
-	cg := cgroup(t, prefix)
-	tp := newTopo(t, prefix, 3)
+	l, pin, cg := newLab(t)
+	tp := newTopo(l, 3)
 	tp.serveEcho(t)
 	t.Cleanup(func() {
 		// Adopt what the last loader left and remove it: detach and unpin.

@@ -19,8 +19,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -391,34 +389,10 @@ type lab struct {
 
 func newLab(t *testing.T) *lab { return &lab{Lab: netlab.New(t)} }
 
-// routes lists the routes the speaker installed in short's main table.
+// routes lists the routes the speakers installed on node short.
 func (l *lab) routes(short string) map[netip.Prefix]netip.Addr {
 	l.TB.Helper()
-	h, err := netns.GetFromPath("/run/netns/" + l.NS(short))
-	if err != nil {
-		l.TB.Fatalf("netns %s: %v", short, err)
-	}
-	defer h.Close()
-	nh, err := netlink.NewHandleAt(h)
-	if err != nil {
-		l.TB.Fatalf("netlink in %s: %v", short, err)
-	}
-	defer nh.Close()
-	rs, err := nh.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: bgp.RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
-	if err != nil {
-		l.TB.Fatalf("list routes in %s: %v", short, err)
-	}
-	out := map[netip.Prefix]netip.Addr{}
-	for _, r := range rs {
-		if r.Dst == nil {
-			continue
-		}
-		a, _ := netip.AddrFromSlice(r.Dst.IP)
-		ones, _ := r.Dst.Mask.Size()
-		gw, _ := netip.AddrFromSlice(r.Gw)
-		out[netip.PrefixFrom(a.Unmap(), ones)] = gw.Unmap()
-	}
-	return out
+	return l.Routes(l.NS(short), bgp.RouteProtocol)
 }
 
 // labChild is a re-executed test binary in a namespace.
