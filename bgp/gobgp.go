@@ -93,6 +93,14 @@ type core struct {
 	cutOff    map[netip.Addr]time.Time
 	up        map[netip.Addr]bool // last session state seen per neighbor
 	announced map[netip.Prefix]bool
+	// imports are the import rules (policy.go); importSet tells whether a
+	// policy is enforced at all (static setups without a registry have
+	// none). importGen numbers the GoBGP policy generations, importObjs
+	// holds the current one's objects.
+	imports    []ImportRule
+	importSet  bool
+	importGen  int
+	importObjs []importObjects
 }
 
 func newCore(cfg Config, watchPaths bool) *core {
@@ -130,6 +138,18 @@ func (c *core) start(ctx context.Context) error {
 	if err := c.addNextHopPolicy(ctx); err != nil {
 		c.srv.Stop()
 		return fmt.Errorf("%s: add next-hop-unchanged policy: %w", c.cfg.Name, err)
+	}
+	// The import policy goes in before any neighbor, so no route is
+	// accepted unchecked.
+	c.mu.Lock()
+	var perr error
+	if c.importSet {
+		perr = c.applyImportPolicyLocked(ctx)
+	}
+	c.mu.Unlock()
+	if perr != nil {
+		c.srv.Stop()
+		return perr
 	}
 	wctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel

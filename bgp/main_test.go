@@ -38,6 +38,7 @@ type childReq struct {
 	Config   *Config        `json:"config,omitempty"`
 	Peers    []Peer         `json:"peers,omitempty"`
 	Prefixes []netip.Prefix `json:"prefixes,omitempty"`
+	Rules    []ImportRule   `json:"rules,omitempty"`
 }
 
 type childResp struct {
@@ -93,6 +94,12 @@ func runChild(role string) int {
 					err = rr.SetPeers(ctx, req.Peers)
 				} else {
 					err = sp.SetPeers(ctx, req.Peers)
+				}
+			case "imports":
+				if rr != nil {
+					err = rr.SetImportPolicy(ctx, req.Rules)
+				} else {
+					err = sp.SetImportPolicy(ctx, req.Rules)
 				}
 			case "announce":
 				err = sp.Announce(ctx, req.Prefixes)

@@ -89,6 +89,15 @@ func (r *Reflector) SetPeers(ctx context.Context, peers []Peer) error {
 	return nil
 }
 
+// SetImportPolicy makes the reflector accept, and so relay, only the routes
+// rules allow (see Speaker.SetImportPolicy). It may be called before Run.
+func (r *Reflector) SetImportPolicy(ctx context.Context, rules []ImportRule) error {
+	if err := r.core.setImportPolicy(ctx, rules); err != nil {
+		return fmt.Errorf("reflector: %w", err)
+	}
+	return nil
+}
+
 // Status reports the reflector's sessions and prefix counters.
 func (r *Reflector) Status(ctx context.Context) (Status, error) {
 	r.mu.Lock()

@@ -49,6 +49,10 @@ type Speaker struct {
 	// routes programs the kernel (one netlink socket for every change);
 	// nil unless Config.InstallRoutes.
 	routes *route.Writer
+
+	// importRefused are the import-policy refusals already counted.
+	importMu      sync.Mutex
+	importRefused map[Refusal]bool
 }
 
 // NewSpeaker checks cfg and returns a speaker that is not yet started.
@@ -153,6 +157,15 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []Peer) error {
 	return s.core.setPeers(ctx, peers)
 }
 
+// SetImportPolicy makes the speaker accept only the routes rules allow (see
+// ImportRule and ImportRules) and refuse, count and report the others; the
+// routes already received are judged again at once. Call it again whenever
+// the registry changes; before Start it takes effect when the speaker
+// starts. Without a call every route is accepted (static setups).
+func (s *Speaker) SetImportPolicy(ctx context.Context, rules []ImportRule) error {
+	return s.core.setImportPolicy(ctx, rules)
+}
+
 // Announce makes the announced prefixes exactly prefixes, each with the
 // node IP of its family as next hop.
 func (s *Speaker) Announce(ctx context.Context, prefixes []netip.Prefix) error {
@@ -178,6 +191,11 @@ func (s *Speaker) Status(ctx context.Context) (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
+	imports, err := s.core.importRefusals(ctx)
+	if err != nil {
+		return Status{}, err
+	}
+	s.noteImportRefusals(imports)
 	st := Status{Role: "speaker", Name: s.cfg.Name, ASN: s.cfg.ASN, RouterID: s.cfg.RouterID, Peers: peers}
 	s.core.mu.Lock()
 	for p := range s.core.announced {
@@ -197,7 +215,7 @@ func (s *Speaker) Status(ctx context.Context) (Status, error) {
 		st.Installed = append(st.Installed, r)
 		perPeer[c.peer]++
 	}
-	st.Refused = s.table.refusals()
+	st.Refused = append(s.table.refusals(), imports...)
 	st.PendingRemoval = len(s.pending)
 	st.StaleRoutes = len(s.stale)
 	st.InstallErrors = s.installErrs
@@ -227,6 +245,8 @@ func (s *Speaker) loop(ctx context.Context) {
 	defer close(s.done)
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
+	audit := time.NewTicker(importAuditInterval)
+	defer audit.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -235,8 +255,37 @@ func (s *Speaker) loop(ctx context.Context) {
 			s.process(ctx, s.core.events.drain())
 		case now := <-tick.C:
 			s.sweep(now)
+		case <-audit.C:
+			if refs, err := s.core.importRefusals(ctx); err == nil {
+				s.noteImportRefusals(refs)
+			} else {
+				s.cfg.Logger.Warn("bgp: list routes refused by the import policy", "node", s.cfg.Name, "error", err)
+			}
 		}
 	}
+}
+
+// importAuditInterval is how often the speaker looks for received routes
+// its import policy refuses, to log and count them (GoBGP reports policy
+// rejections nowhere).
+const importAuditInterval = 2 * time.Second
+
+// noteImportRefusals logs and counts the import-policy refusals not seen in
+// the previous look, and forgets those gone (withdrawn, or now accepted).
+func (s *Speaker) noteImportRefusals(refs []Refusal) {
+	s.importMu.Lock()
+	defer s.importMu.Unlock()
+	next := make(map[Refusal]bool, len(refs))
+	for _, r := range refs {
+		next[r] = true
+		if s.importRefused[r] {
+			continue
+		}
+		s.metrics.refused.WithLabelValues(string(r.Reason)).Inc()
+		s.cfg.Logger.Warn("bgp route refused by the import policy", "node", s.cfg.Name, "prefix", r.Prefix,
+			"next_hop", r.NextHop, "peer", r.Peer, "reason", r.Reason)
+	}
+	s.importRefused = next
 }
 
 func (s *Speaker) process(ctx context.Context, evs []event) {
