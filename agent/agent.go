@@ -244,6 +244,11 @@ func (a *Agent) LocalCluster(ctx context.Context) (*api.Cluster, error) {
 	}
 }
 
+// Clusters returns the configs the connected clusters (this one included)
+// were accepted with, sorted by name: what filters of peer input, such as
+// the BGP import policy, check against.
+func (a *Agent) Clusters() []api.Cluster { return a.registry.Accepted() }
+
 // Run follows the clusters of the config directory and keeps the datapath
 // programmed until ctx is cancelled. The datapath keeps its last state when
 // Run returns.

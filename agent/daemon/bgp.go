@@ -21,7 +21,9 @@ const bgpRetryInterval = 2 * time.Second
 
 // bgpFeed follows the agent's own node and own cluster config for the
 // speaker through the agent's observer seam (like static routes and
-// health), so a new pod CIDR or route reflector reaches BGP at once.
+// health), so a new pod CIDR or route reflector reaches BGP at once. Every
+// other node and cluster change kicks it too: the import policy follows the
+// whole registry.
 type bgpFeed struct {
 	cluster, node string
 	kick          chan struct{}
@@ -38,27 +40,36 @@ func newBGPFeed(cluster, node string) *bgpFeed {
 }
 
 func (f *bgpFeed) NodeUpserted(n *api.Node) {
-	if n.Cluster != f.cluster || n.Name != f.node {
-		return
+	if n.Cluster == f.cluster && n.Name == f.node {
+		f.mu.Lock()
+		f.own = n
+		f.mu.Unlock()
 	}
-	f.mu.Lock()
-	f.own = n
-	f.mu.Unlock()
 	f.signal()
 }
 
 // NodeDeleted keeps the last announcement: the node's pod CIDRs are still
-// its own while its exporter is away.
-func (f *bgpFeed) NodeDeleted(string, string) {}
+// its own while its exporter is away. The import policy loses the node.
+func (f *bgpFeed) NodeDeleted(string, string) { f.signal() }
 
 func (f *bgpFeed) ClusterAccepted(c *api.Cluster) {
-	if c.Name != f.cluster {
-		return
+	if c.Name == f.cluster {
+		f.mu.Lock()
+		f.local = c
+		f.mu.Unlock()
 	}
-	f.mu.Lock()
-	f.local = c
-	f.mu.Unlock()
 	f.signal()
+}
+
+// importRules derives the BGP import policy from the agent's registry: the
+// configs the clusters were accepted with and their admitted nodes.
+func importRules(a *agent.Agent) []bgp.ImportRule {
+	nodes := a.Nodes()
+	vals := make([]api.Node, 0, len(nodes))
+	for _, n := range nodes {
+		vals = append(vals, *n)
+	}
+	return bgp.ImportRules(a.Clusters(), vals)
 }
 
 func (f *bgpFeed) signal() {
@@ -101,6 +112,11 @@ func runBGP(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.Regi
 	if err != nil {
 		return fmt.Errorf("bgp: %w", err)
 	}
+	// The import policy is in place before the first session: a cluster's
+	// nodes may announce only that cluster's accepted pod CIDRs.
+	if err := sp.SetImportPolicy(ctx, importRules(a)); err != nil {
+		return fmt.Errorf("bgp: %w", err)
+	}
 	if err := sp.Start(ctx); err != nil {
 		return fmt.Errorf("bgp: %w", err)
 	}
@@ -116,6 +132,10 @@ func runBGP(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.Regi
 	var announced []string
 	for {
 		failed := false
+		if err := sp.SetImportPolicy(ctx, importRules(a)); err != nil {
+			log.Error("bgp: update import policy", "error", err)
+			failed = true
+		}
 		node, local := feed.get()
 		want, perr := bgp.NodePeers(*local)
 		if perr != nil && peers == nil {

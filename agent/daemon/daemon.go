@@ -198,6 +198,9 @@ func runHealth(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.R
 	}
 	hc := cfg.HealthConfig
 	hc.Cluster, hc.NodeName, hc.ClusterID = cfg.ClusterName, cfg.NodeName, local.ID
+	// Members are named with the cluster IDs the agent accepted, never
+	// with the IDs they gossip.
+	hc.Nodes = a
 	hc.Logger = log
 	pool, err := health.New(hc, a, reg)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sort"
 	"sync"
 
 	"github.com/clustermesh/clustermesh/api"
@@ -114,6 +115,18 @@ func (r *Registry) Lookup(name string) (*api.Cluster, bool) {
 	defer r.mu.Unlock()
 	c, ok := r.accepted[name]
 	return c.cfg, ok
+}
+
+// Accepted returns the accepted clusters' configs, sorted by name.
+func (r *Registry) Accepted() []api.Cluster {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]api.Cluster, 0, len(r.accepted))
+	for _, c := range r.accepted {
+		out = append(out, *c.cfg)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
 }
 
 // LocalPodCIDRs are the pod CIDRs of the accepted local cluster, if any.
