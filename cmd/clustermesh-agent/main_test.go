@@ -248,8 +248,20 @@ func TestAgentCommandBPF(t *testing.T) {
 	t.Cleanup(func() { _ = unix.Unmount(bpffs, unix.MNT_DETACH) })
 	pins := filepath.Join(bpffs, "clustermesh")
 
-	// The backend: a TCP server on loopback, exported by cluster c2.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// The backend: a TCP server on an address of c2's pod CIDR (on a veth
+	// of this run; peers may not export loopback backends), exported by
+	// cluster c2.
+	const backendIP = "10.2.77.7"
+	if out, err := exec.Command("ip", "link", "add", prefix, "type", "veth", "peer", "name", prefix+"p").CombinedOutput(); err != nil {
+		t.Fatalf("veth: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", prefix).Run() })
+	for _, args := range [][]string{{"addr", "add", backendIP + "/32", "dev", prefix}, {"link", "set", prefix + "p", "up"}, {"link", "set", prefix, "up"}} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	ln, err := net.Listen("tcp", backendIP+":0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +281,7 @@ func TestAgentCommandBPF(t *testing.T) {
 	c1, c2, dir := twoClusters(t)
 	const vip, oldVIP = "10.96.77.1", "10.96.77.2"
 	c1.Upsert(c1.Service("ns", "web", vip))
-	es := c2.Slice("ns", "web", "a", "127.0.0.1")
+	es := c2.Slice("ns", "web", "a", backendIP)
 	es.Ports[0].Port = port
 	c2.Upsert(c2.Service("ns", "web", "10.96.88.1"), es)
 	// A service the store drops while the agent is away.
@@ -318,7 +330,7 @@ func TestAgentCommandBPF(t *testing.T) {
 	if err != nil {
 		t.Fatalf("bpf services: %v\n%s", err, out)
 	}
-	backend := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String()
+	backend := netip.AddrPortFrom(netip.MustParseAddr(backendIP), port).String()
 	if !strings.Contains(out, vip+":80") || !strings.Contains(out, backend) {
 		t.Errorf("bpf services lacks %s:80 -> %s:\n%s", vip, backend, out)
 	}
