@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/internal/poll"
 )
 
 // TestLearnedRouteNeverReplacesForeignRoute: a node where another owner
@@ -43,24 +44,24 @@ func TestLearnedRouteNeverReplacesForeignRoute(t *testing.T) {
 		cfg.NodeIPs, cfg.PodCIDRs = []netip.Addr{ip}, []netip.Prefix{cidrs[i]}
 		speakers = append(speakers, l.startChild(cfg.Name, ns[i], "speaker", cfg, []Peer{{Name: "rr", Address: rrAddr, ASN: 65001}}))
 	}
-	waitFor(t, 60*time.Second, "n2 learns n1", func() (bool, string) {
-		got := l.routes(ns[1], RouteProtocol)
+	poll.Eventually(t, 60*time.Second, "n2 learns n1", func() (bool, string) {
+		got := l.Routes(ns[1], RouteProtocol)
 		return got[cidrs[0]] == ips[0], fmt.Sprintf("routes %v", got)
 	})
-	waitFor(t, 60*time.Second, "n1 refuses n2's prefix", func() (bool, string) {
+	poll.Eventually(t, 60*time.Second, "n1 refuses n2's prefix", func() (bool, string) {
 		st := speakers[0].status()
 		return slices.ContainsFunc(st.Failed, func(r InstalledRoute) bool { return r.Prefix == cidrs[1] }), fmt.Sprintf("failed %v", st.Failed)
 	})
 	if out := l.Run("ip", "-n", ns[0], "route", "show", cidrs[1].String()); !strings.Contains(out, "via 192.0.2.99") || !strings.Contains(out, "proto static") || strings.Contains(out, ips[1].String()) {
 		t.Errorf("the administrator's route was touched: %q", out)
 	}
-	if _, ok := l.routes(ns[0], RouteProtocol)[cidrs[1]]; ok {
+	if _, ok := l.Routes(ns[0], RouteProtocol)[cidrs[1]]; ok {
 		t.Errorf("a BGP route for %s beside the administrator's", cidrs[1])
 	}
 
 	l.Run("ip", "-n", ns[0], "route", "del", cidrs[1].String(), "proto", "static")
-	waitFor(t, 30*time.Second, "n1 installs n2's prefix once it is free", func() (bool, string) {
-		got := l.routes(ns[0], RouteProtocol)
+	poll.Eventually(t, 30*time.Second, "n1 installs n2's prefix once it is free", func() (bool, string) {
+		got := l.Routes(ns[0], RouteProtocol)
 		return got[cidrs[1]] == ips[1], fmt.Sprintf("routes %v", got)
 	})
 }
