@@ -32,7 +32,8 @@ type Status struct {
 	LastDetection, MaxDetection time.Duration
 	// Refused are the kinds of gossip messages refused because they
 	// disagree with the node registry (at most 64 kinds are kept; the
-	// clustermesh_gossip_refused_total counter counts them all).
+	// clustermesh_gossip_refused_total counter counts them all), as of the
+	// Status call.
 	Refused []Refusal
 	// Updated is when the snapshot was taken.
 	Updated time.Time
@@ -61,6 +62,9 @@ func (p *Pool) Status() Status {
 	defer p.mu.Unlock()
 	s := p.status
 	s.Members = append([]MemberStatus(nil), s.Members...)
+	// Refusals happen in memberlist's callbacks, between evaluations: they
+	// are read live.
+	s.Refused = p.refusalsLocked()
 	return s
 }
 
@@ -77,7 +81,6 @@ func (p *Pool) publish(tr *tracker, iso isolation, health int, changes []change,
 		LastDetection:   prev.LastDetection,
 		MaxDetection:    prev.MaxDetection,
 		Updated:         now,
-		Refused:         p.refusalsLocked(),
 	}
 	for _, c := range changes {
 		if !c.healthy {
