@@ -24,6 +24,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/clustermesh/clustermesh/internal/poll"
+	"github.com/clustermesh/clustermesh/internal/proc"
 	"github.com/clustermesh/clustermesh/pki"
 )
 
@@ -69,7 +71,7 @@ type Cluster struct {
 	kubectl     string
 
 	mu    sync.Mutex
-	procs []*process
+	procs []*proc.Process
 }
 
 const adminToken = "clustermesh-kubetest-admin"
@@ -138,7 +140,7 @@ func (c *Cluster) start(ctx context.Context, bins map[string]string, o Options) 
 	// etcd. Ports are picked free just before the process binds them; a
 	// rare collision with another process shows up as an early exit and
 	// is retried with fresh ports.
-	var etcd *process
+	var etcd *proc.Process
 	for attempt := 0; ; attempt++ {
 		ports, err := freePorts(c.bindAddress, 2)
 		if err != nil {
@@ -162,13 +164,13 @@ func (c *Cluster) start(ctx context.Context, bins map[string]string, o Options) 
 			return err
 		}
 		c.EtcdURL = client
-		if err = waitTCP(ctx, etcd, netip.MustParseAddrPort(net.JoinHostPort(c.bindAddress, strconv.Itoa(ports[0])))); err == nil {
+		if err = etcd.WaitTCP(ctx, net.JoinHostPort(c.bindAddress, strconv.Itoa(ports[0]))); err == nil {
 			break
 		}
 		if attempt == 2 || ctx.Err() != nil {
 			return fmt.Errorf("kubetest: etcd: %w", err)
 		}
-		etcd.stop()
+		_ = etcd.Stop(ctx)
 	}
 
 	for attempt := 0; ; attempt++ {
@@ -212,10 +214,10 @@ func (c *Cluster) start(ctx context.Context, bins map[string]string, o Options) 
 		if err == nil {
 			break
 		}
-		if attempt == 2 || ctx.Err() != nil || !api.exited() {
+		if attempt == 2 || ctx.Err() != nil || !api.Exited() {
 			return fmt.Errorf("kubetest: kube-apiserver: %w", err)
 		}
-		api.stop()
+		_ = api.Stop(ctx)
 	}
 
 	if o.ControllerManager {
@@ -235,8 +237,8 @@ func (c *Cluster) start(ctx context.Context, bins map[string]string, o Options) 
 		// The controller manager has no readiness endpoint here (its
 		// port is off); an early crash is what we can detect.
 		select {
-		case <-kcm.done:
-			return fmt.Errorf("kubetest: kube-controller-manager exited at start: %s", kcm.tail())
+		case <-kcm.Done():
+			return fmt.Errorf("kubetest: kube-controller-manager exited at start: %s", kcm.Tail(tailBytes))
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -310,27 +312,41 @@ func (c *Cluster) writeKubeconfig(o Options) error {
 	return nil
 }
 
-func (c *Cluster) waitReady(ctx context.Context, api *process) error {
-	var last error
-	for {
+func (c *Cluster) waitReady(ctx context.Context, api *proc.Process) error {
+	err := poll.Until(ctx, func(ctx context.Context) error {
+		if api.Exited() {
+			return poll.Final(fmt.Errorf("exited before ready: %w: %s", api.Err(), api.Tail(tailBytes)))
+		}
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
 		body, err := c.Client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(rctx)
-		cancel()
-		if err == nil {
-			return nil
+		if err != nil {
+			return fmt.Errorf("readyz: %w: %s", err, bytes.TrimSpace(body))
 		}
-		last = fmt.Errorf("readyz: %w: %s", err, bytes.TrimSpace(body))
-		select {
-		case <-api.done:
-			return fmt.Errorf("exited before ready (%v): %s", last, api.tail())
-		case <-ctx.Done():
-			return fmt.Errorf("not ready: %w (last: %v); log %s", ctx.Err(), last, api.logPath)
-		case <-time.After(100 * time.Millisecond):
-		}
+		return nil
+	})
+	if err != nil && !api.Exited() {
+		return fmt.Errorf("not ready: %w; log %s", err, api.LogPath)
 	}
+	return err
 }
 
-// Stop terminates every process (SIGTERM, then SIGKILL after 10 s) in the
+// tailBytes is how much of a process's log goes into an error or report.
+const tailBytes = 4096
+
+// spawn starts a child writing its output to <dir>/<name>.log.
+func (c *Cluster) spawn(name, bin string, args ...string) (*proc.Process, error) {
+	p, err := proc.Start(proc.Spec{Name: name, Path: bin, Args: args, LogDir: c.Dir})
+	if err != nil {
+		return nil, fmt.Errorf("kubetest: %w", err)
+	}
+	c.mu.Lock()
+	c.procs = append(c.procs, p)
+	c.mu.Unlock()
+	return p, nil
+}
+
+// Stop terminates every process (SIGTERM, then SIGKILL after proc.StopGrace) in the
 // reverse order of their start. The directory is left for the caller.
 func (c *Cluster) Stop() {
 	c.mu.Lock()
@@ -338,7 +354,7 @@ func (c *Cluster) Stop() {
 	c.procs = nil
 	c.mu.Unlock()
 	for i := len(procs) - 1; i >= 0; i-- {
-		procs[i].stop()
+		_ = procs[i].Stop(context.Background())
 	}
 }
 
@@ -363,7 +379,7 @@ func (c *Cluster) Logs() string {
 	defer c.mu.Unlock()
 	var b bytes.Buffer
 	for _, p := range c.procs {
-		fmt.Fprintf(&b, "==> %s (%s)\n%s\n", p.name, p.logPath, p.tail())
+		fmt.Fprintf(&b, "==> %s (%s)\n%s\n", p.Spec.Name, p.LogPath, p.Tail(tailBytes))
 	}
 	return b.String()
 }
@@ -389,24 +405,6 @@ func freePorts(addr string, n int) ([]int, error) {
 	return ports, nil
 }
 
-func waitTCP(ctx context.Context, p *process, ap netip.AddrPort) error {
-	var d net.Dialer
-	for {
-		conn, err := d.DialContext(ctx, "tcp", ap.String())
-		if err == nil {
-			conn.Close()
-			return nil
-		}
-		select {
-		case <-p.done:
-			return fmt.Errorf("exited at start: %s", p.tail())
-		case <-ctx.Done():
-			return fmt.Errorf("%s not listening: %w; log %s", ap, ctx.Err(), p.logPath)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
 // RandomSuffix returns n random hex characters, for names unique per run.
 func RandomSuffix(n int) string {
 	b := make([]byte, (n+1)/2)
@@ -423,8 +421,8 @@ func (c *Cluster) Pids() []int {
 	defer c.mu.Unlock()
 	var out []int
 	for _, p := range c.procs {
-		if !p.exited() {
-			out = append(out, p.cmd.Process.Pid)
+		if !p.Exited() {
+			out = append(out, p.Pid())
 		}
 	}
 	return out

@@ -44,7 +44,7 @@ func RemoveCgroupTree(ctx context.Context, dir string) error {
 		return fmt.Errorf("cgroup %s: kill: %w", dir, err)
 	}
 	err := poll.Until(ctx, func(context.Context) error {
-		if cgroupPopulated(dir) {
+		if CgroupPopulated(dir) {
 			return fmt.Errorf("processes %v still running", CgroupPids(dir))
 		}
 		return nil
@@ -98,8 +98,8 @@ func CgroupPids(dir string) []string {
 	return pids
 }
 
-// cgroupPopulated reports whether a process is left in dir or below it.
-func cgroupPopulated(dir string) bool {
+// CgroupPopulated reports whether a process is left in dir or below it.
+func CgroupPopulated(dir string) bool {
 	b, err := os.ReadFile(filepath.Join(dir, "cgroup.events"))
 	if err != nil {
 		return false

@@ -27,7 +27,9 @@ const (
 )
 
 // Until calls cond until it returns nil or ctx is done. It returns nil, or
-// ctx's error together with cond's last error.
+// ctx's error together with cond's last error. A condition that can never
+// hold any more (the process it waits for exited) returns Final(err): Until
+// then returns err at once.
 func Until(ctx context.Context, cond func(ctx context.Context) error) error {
 	b := backoff.New(minInterval, maxInterval)
 	for {
@@ -35,11 +37,23 @@ func Until(ctx context.Context, cond func(ctx context.Context) error) error {
 		if err == nil {
 			return nil
 		}
+		var f *finalError
+		if errors.As(err, &f) {
+			return f.err
+		}
 		if werr := b.Wait(ctx); werr != nil {
 			return fmt.Errorf("%w; last: %w", werr, err)
 		}
 	}
 }
+
+// Final marks err as the end of a wait: the condition will never hold.
+func Final(err error) error { return &finalError{err} }
+
+type finalError struct{ err error }
+
+func (f *finalError) Error() string { return f.err.Error() }
+func (f *finalError) Unwrap() error { return f.err }
 
 // Cond is a condition Eventually accepts, in the three shapes tests write:
 // an error saying why it does not hold yet (given a context ending at the

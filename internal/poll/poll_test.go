@@ -20,6 +20,7 @@ func TestUntil(t *testing.T) {
 		{"at once", 1, false},
 		{"after retries", 4, false},
 		{"never", 0, true},
+		{"final", -1, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -28,6 +29,9 @@ func TestUntil(t *testing.T) {
 			calls := 0
 			err := poll.Until(ctx, func(context.Context) error {
 				calls++
+				if tt.holdsAt < 0 {
+					return poll.Final(errExitedTest)
+				}
 				if tt.holdsAt > 0 && calls >= tt.holdsAt {
 					return nil
 				}
@@ -39,6 +43,12 @@ func TestUntil(t *testing.T) {
 			if !tt.wantErr && calls != tt.holdsAt {
 				t.Errorf("cond called %d times, want %d", calls, tt.holdsAt)
 			}
+			if tt.holdsAt < 0 {
+				if !errors.Is(err, errExitedTest) || calls != 1 {
+					t.Errorf("err = %v after %d calls, want the final error after one", err, calls)
+				}
+				return
+			}
 			if tt.wantErr {
 				if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "not yet") {
 					t.Errorf("err = %v, want the deadline and the condition's last error", err)
@@ -47,6 +57,8 @@ func TestUntil(t *testing.T) {
 		})
 	}
 }
+
+var errExitedTest = errors.New("gone for good")
 
 // recorder is a testing.TB that records a Fatalf instead of stopping.
 type recorder struct {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/kind-tests/emulator"
 )
 
@@ -74,7 +75,9 @@ func (e *Env) from(clusters ...*emulator.Cluster) func(emulator.Attempt) bool {
 func (e *Env) waitSeen(ctx context.Context, tr *emulator.Traffic, since time.Time, want ...*emulator.Cluster) (time.Time, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.wait())
 	defer cancel()
-	for {
+	var last time.Time
+	var missing []string
+	err := poll.Until(ctx, func(context.Context) error {
 		first := map[string]time.Time{}
 		for _, a := range tr.Attempts(since) {
 			if !a.OK {
@@ -86,8 +89,7 @@ func (e *Env) waitSeen(ctx context.Context, tr *emulator.Traffic, since time.Tim
 				}
 			}
 		}
-		var last time.Time
-		missing := []string{}
+		last, missing = time.Time{}, nil
 		for _, c := range want {
 			t, ok := first[c.Name]
 			if !ok {
@@ -97,16 +99,16 @@ func (e *Env) waitSeen(ctx context.Context, tr *emulator.Traffic, since time.Tim
 				last = t
 			}
 		}
-		if len(missing) == 0 {
-			return last, nil
+		if len(missing) > 0 {
+			return fmt.Errorf("no answer from cluster(s) %v", missing)
 		}
-		select {
-		case <-ctx.Done():
-			s := emulator.Summarize(tr.Attempts(since))
-			return time.Time{}, fmt.Errorf("%w: traffic from %s: no answer from cluster(s) %v (answers: %v, failures: %v)", ErrDrill, tr.Node.Name, missing, s.PerBackend, s.Errors)
-		case <-time.After(100 * time.Millisecond):
-		}
+		return nil
+	})
+	if err != nil {
+		s := emulator.Summarize(tr.Attempts(since))
+		return time.Time{}, fmt.Errorf("%w: traffic from %s: no answer from cluster(s) %v (answers: %v, failures: %v)", ErrDrill, tr.Node.Name, missing, s.PerBackend, s.Errors)
 	}
+	return last, nil
 }
 
 // waitOnly waits for n consecutive successful attempts answered by pods of

@@ -8,6 +8,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/kind-tests/emulator"
 )
 
@@ -66,17 +67,20 @@ func waitReadyPods(ctx context.Context, c *emulator.Cluster, service string, n i
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	name := emulator.EchoDeploymentName(service, c)
-	for {
+	err := poll.Until(ctx, func(ctx context.Context) error {
 		dep, err := c.ControlPlane().Client.AppsV1().Deployments("default").Get(ctx, name, metav1.GetOptions{})
-		if err == nil && int(dep.Status.ReadyReplicas) == n && int(dep.Status.Replicas) == n {
-			return nil
+		if err != nil {
+			return err
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("cluster %s: deployment %s: want %d ready pods: %w", c.Name, name, n, ctx.Err())
-		case <-time.After(100 * time.Millisecond):
+		if int(dep.Status.ReadyReplicas) != n || int(dep.Status.Replicas) != n {
+			return fmt.Errorf("%d of %d replicas ready", dep.Status.ReadyReplicas, dep.Status.Replicas)
 		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cluster %s: deployment %s: want %d ready pods: %w", c.Name, name, n, err)
 	}
+	return nil
 }
 
 // GlobalService: traffic to the service's ClusterIP from a node of either

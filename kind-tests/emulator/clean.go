@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/clustermesh/clustermesh/internal/netlab"
 )
 
 // Clean removes what runs left behind: every process in a run's cgroup or
@@ -58,7 +60,7 @@ func Clean(ctx context.Context, prefix string) ([]string, error) {
 		}
 		namespaces = append(namespaces, e.Name())
 		var st syscall.Stat_t
-		if err := syscall.Stat(netnsPath(e.Name()), &st); err == nil {
+		if err := syscall.Stat(netlab.NetnsPath(e.Name()), &st); err == nil {
 			nsInodes[st.Ino] = e.Name()
 		}
 	}
@@ -77,7 +79,7 @@ func Clean(ctx context.Context, prefix string) ([]string, error) {
 			note(fmt.Sprintf("killed process %d in netns %s", pid, ns), syscall.Kill(pid, syscall.SIGKILL))
 		}
 	}
-	cgRoot, err := CgroupRoot()
+	cgRoot, err := netlab.CgroupRoot()
 	if err != nil {
 		return nil, err
 	}
@@ -87,13 +89,13 @@ func Clean(ctx context.Context, prefix string) ([]string, error) {
 			continue
 		}
 		dir := filepath.Join(cgRoot, e.Name())
-		n := len(cgroupPids(dir))
+		n := len(netlab.CgroupPids(dir))
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		note(fmt.Sprintf("removed cgroup %s (killed %d processes)", dir, n), removeCgroupTree(cctx, dir))
+		note(fmt.Sprintf("removed cgroup %s (killed %d processes)", dir, n), netlab.RemoveCgroupTree(cctx, dir))
 		cancel()
 	}
 	for _, ns := range namespaces {
-		note("removed netns "+ns, deleteNetns(ctx, ns))
+		note("removed netns "+ns, netlab.DelNetns(ctx, ns))
 	}
 	links, err := netlink.LinkList()
 	if err != nil {
@@ -102,10 +104,10 @@ func Clean(ctx context.Context, prefix string) ([]string, error) {
 	for _, l := range links {
 		name := l.Attrs().Name
 		if _, ok := match(name); ok {
-			note("removed link "+name, deleteLink(ctx, name))
+			note("removed link "+name, netlab.DelLink(ctx, name))
 		}
 	}
-	for _, root := range []string{BPFRoot, os.TempDir()} {
+	for _, root := range []string{netlab.BPFRoot, os.TempDir()} {
 		entries, _ := os.ReadDir(root)
 		for _, e := range entries {
 			if _, ok := match(e.Name()); ok && e.IsDir() {

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/clustermesh/clustermesh/internal/netlab"
 )
 
 var bins *Binaries
@@ -73,7 +75,7 @@ func newRun(t *testing.T) *Run {
 func dialFrom(t *testing.T, netns string, proto string, addr netip.AddrPort) string {
 	t.Helper()
 	var c net.Conn
-	err := inNetns(netns, func() error {
+	err := netlab.InNetns(netns, func() error {
 		var err error
 		c, err = net.DialTimeout(proto, addr.String(), 2*time.Second)
 		return err
@@ -138,7 +140,7 @@ func TestPodsReachEachOtherAcrossNodes(t *testing.T) {
 	// Routes go over the fabric without encapsulation: the next hop of a
 	// remote pod CIDR is the remote node's fabric address.
 	a, b := pods[0].Node, pods[3].Node
-	h, err := netlinkHandle(a.Netns)
+	h, err := netlab.Handle(a.Netns)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +194,7 @@ func TestTrafficAndPodRemoval(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cgRoot, err := CgroupRoot()
+	cgRoot, err := netlab.CgroupRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,8 +253,8 @@ func TestCleanRemovesLeftovers(t *testing.T) {
 	}
 	leftovers := func() []string {
 		var out []string
-		cgRoot, _ := CgroupRoot()
-		for _, dir := range []string{"/run/netns", cgRoot, BPFRoot, os.TempDir()} {
+		cgRoot, _ := netlab.CgroupRoot()
+		for _, dir := range []string{"/run/netns", cgRoot, netlab.BPFRoot, os.TempDir()} {
 			es, _ := os.ReadDir(dir)
 			for _, e := range es {
 				if strings.HasPrefix(e.Name(), r.Prefix) {

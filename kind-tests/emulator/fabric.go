@@ -8,6 +8,8 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/clustermesh/clustermesh/internal/netlab"
 )
 
 // Fabric is the run's shared L2 segment: a Linux bridge in the root network
@@ -31,14 +33,14 @@ func newFabric(ctx context.Context, r *Run) (*Fabric, error) {
 	}
 	f := &Fabric{Bridge: r.Prefix + "br", Subnet: subnet, Gateway: subnet.Addr().Next()}
 	f.next = f.Gateway.Next()
-	if err := ip(ctx, "", "link", "add", f.Bridge, "type", "bridge"); err != nil {
+	if err := netlab.IP(ctx, "", "link", "add", f.Bridge, "type", "bridge"); err != nil {
 		return nil, fmt.Errorf("run %s: fabric bridge: %w", r.Prefix, err)
 	}
-	r.onClose("fabric bridge "+f.Bridge, func(ctx context.Context) error { return deleteLink(ctx, f.Bridge) })
-	if err := ip(ctx, "", "addr", "add", netip.PrefixFrom(f.Gateway, subnet.Bits()).String(), "dev", f.Bridge); err != nil {
+	r.onClose("fabric bridge "+f.Bridge, func(ctx context.Context) error { return netlab.DelLink(ctx, f.Bridge) })
+	if err := netlab.IP(ctx, "", "addr", "add", netip.PrefixFrom(f.Gateway, subnet.Bits()).String(), "dev", f.Bridge); err != nil {
 		return nil, fmt.Errorf("run %s: fabric address: %w", r.Prefix, err)
 	}
-	if err := ip(ctx, "", "link", "set", f.Bridge, "up"); err != nil {
+	if err := netlab.IP(ctx, "", "link", "set", f.Bridge, "up"); err != nil {
 		return nil, fmt.Errorf("run %s: fabric up: %w", r.Prefix, err)
 	}
 	return f, nil
@@ -110,7 +112,7 @@ func (f *Fabric) attach(ctx context.Context, netns, hostName string) (netip.Addr
 		{"link", "set", hostName, "up"},
 	}
 	for _, s := range steps {
-		if err := ip(ctx, "", s...); err != nil {
+		if err := netlab.IP(ctx, "", s...); err != nil {
 			return netip.Addr{}, fmt.Errorf("fabric: attach %s: %w", netns, err)
 		}
 	}
@@ -119,18 +121,9 @@ func (f *Fabric) attach(ctx context.Context, netns, hostName string) (netip.Addr
 		{"addr", "add", netip.PrefixFrom(addr, f.Subnet.Bits()).String(), "dev", "eth0"},
 		{"link", "set", "eth0", "up"},
 	} {
-		if err := ip(ctx, netns, s...); err != nil {
+		if err := netlab.IP(ctx, netns, s...); err != nil {
 			return netip.Addr{}, fmt.Errorf("fabric: attach %s: %w", netns, err)
 		}
 	}
 	return addr, nil
-}
-
-// deleteLink removes a link of the root namespace; a link already gone (its
-// peer's namespace was deleted) is not an error.
-func deleteLink(ctx context.Context, name string) error {
-	if _, err := netlink.LinkByName(name); err != nil {
-		return nil
-	}
-	return ip(ctx, "", "link", "del", name)
 }

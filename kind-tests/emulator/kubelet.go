@@ -21,6 +21,8 @@ import (
 	"k8s.io/client-go/informers"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/clustermesh/clustermesh/internal/netlab"
 )
 
 // Pod roles the kubelet runs as processes; every other pod is an echo pod.
@@ -356,7 +358,7 @@ func (k *kubelet) start(ctx context.Context, p *corev1.Pod, role string, node *N
 			continue
 		}
 		switch {
-		case vol.HostPath != nil && vol.HostPath.Path == BPFRoot && node != nil:
+		case vol.HostPath != nil && vol.HostPath.Path == netlab.BPFRoot && node != nil:
 			mounts[m.MountPath] = node.BPFDir
 		case vol.HostPath != nil && vol.HostPath.Path == "/sys/fs/cgroup" && node != nil:
 			// The node's cgroup is its "host" cgroup root: a process

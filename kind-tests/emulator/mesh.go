@@ -10,6 +10,9 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/clustermesh/clustermesh/internal/netlab"
+	"github.com/clustermesh/clustermesh/internal/poll"
 )
 
 // meshArgs are the flags the harness adds to a mesh pod's own (from its
@@ -119,19 +122,19 @@ func (n *Node) Kill(ctx context.Context) error {
 	// marked dead (a kubelet restart in flight) must not survive.
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	for {
+	err := poll.Until(ctx, func(context.Context) error {
 		if err := os.WriteFile(filepath.Join(n.Cgroup, "cgroup.kill"), []byte("1"), 0); err != nil {
-			return fmt.Errorf("node %s: kill processes: %w", n.Name, err)
+			return poll.Final(fmt.Errorf("kill processes: %w", err))
 		}
-		if cgroupEmpty(n.Cgroup) {
-			return nil
+		if netlab.CgroupPopulated(n.Cgroup) {
+			return fmt.Errorf("processes %v survive kill", netlab.CgroupPids(n.Cgroup))
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("node %s: processes survive kill: %w", n.Name, ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
 	}
+	return nil
 }
 
 // Agent returns the running agent process of node n, or ErrNoProcess.
@@ -183,16 +186,15 @@ func (cp *ControlPlane) StartStore() {
 
 // WaitStore waits until the clustermesh-apiserver process runs.
 func (cp *ControlPlane) WaitStore(ctx context.Context) (*Process, error) {
-	for {
-		if p, err := cp.Store(); err == nil {
-			return p, nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("cluster %s: clustermesh-apiserver not running: %w", cp.Cluster.Name, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
+	var p *Process
+	err := poll.Until(ctx, func(context.Context) (err error) {
+		p, err = cp.Store()
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: clustermesh-apiserver not running: %w", cp.Cluster.Name, err)
 	}
+	return p, nil
 }
 
 func (r *Run) routingMode() string {

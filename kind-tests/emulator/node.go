@@ -2,12 +2,13 @@ package emulator
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/clustermesh/clustermesh/internal/netlab"
 )
 
 // Cluster is one emulated Kubernetes cluster: its nodes and, when the parts
@@ -128,13 +129,13 @@ func (c *Cluster) AddNode(ctx context.Context) (*Node, error) {
 	if err := createNetns(ctx, r, n.Netns); err != nil {
 		return nil, fmt.Errorf("node %s: %w", name, err)
 	}
-	r.onClose("fabric port "+n.Link, func(ctx context.Context) error { return deleteLink(ctx, n.Link) })
+	r.onClose("fabric port "+n.Link, func(ctx context.Context) error { return netlab.DelLink(ctx, n.Link) })
 	addr, err := r.Fabric.attach(ctx, n.Netns, n.Link)
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", name, err)
 	}
 	n.FabricIP = addr
-	if err := sysctl(ctx, n.Netns,
+	if err := netlab.Sysctl(ctx, n.Netns,
 		"net.ipv4.ip_forward=1",
 		"net.ipv4.conf.all.rp_filter=0",
 		"net.ipv4.conf.default.rp_filter=0",
@@ -143,7 +144,7 @@ func (c *Cluster) AddNode(ctx context.Context) (*Node, error) {
 	}
 	// The node's own pod CIDR is local: unknown addresses in it are dropped
 	// here, not sent back to the fabric.
-	if err := ip(ctx, n.Netns, "route", "add", "unreachable", cidr.String()); err != nil {
+	if err := netlab.IP(ctx, n.Netns, "route", "add", "unreachable", cidr.String()); err != nil {
 		return nil, fmt.Errorf("node %s: %w", name, err)
 	}
 	if err := os.MkdirAll(n.Cgroup, 0o755); err != nil {
@@ -189,7 +190,7 @@ func (n *Node) Pods() []*Pod {
 // Cut takes the node off the fabric (its bridge port goes down): to the rest
 // of the mesh it is gone, as after a power loss, while its processes live on.
 func (n *Node) Cut(ctx context.Context) error {
-	if err := ip(ctx, "", "link", "set", n.Link, "down"); err != nil {
+	if err := netlab.IP(ctx, "", "link", "set", n.Link, "down"); err != nil {
 		return fmt.Errorf("node %s: cut: %w", n.Name, err)
 	}
 	return nil
@@ -197,7 +198,7 @@ func (n *Node) Cut(ctx context.Context) error {
 
 // Reconnect undoes Cut.
 func (n *Node) Reconnect(ctx context.Context) error {
-	if err := ip(ctx, "", "link", "set", n.Link, "up"); err != nil {
+	if err := netlab.IP(ctx, "", "link", "set", n.Link, "up"); err != nil {
 		return fmt.Errorf("node %s: reconnect: %w", n.Name, err)
 	}
 	return nil
@@ -217,19 +218,12 @@ func (n *Node) allocateIP() (netip.Addr, error) {
 // createNetns adds a named network namespace with loopback up and registers
 // its deletion on the run.
 func createNetns(ctx context.Context, r *Run, name string) error {
-	if err := ip(ctx, "", "netns", "add", name); err != nil {
+	if err := netlab.IP(ctx, "", "netns", "add", name); err != nil {
 		return fmt.Errorf("netns %s: %w", name, err)
 	}
-	r.onClose("netns "+name, func(ctx context.Context) error { return deleteNetns(ctx, name) })
-	if err := ip(ctx, name, "link", "set", "lo", "up"); err != nil {
+	r.onClose("netns "+name, func(ctx context.Context) error { return netlab.DelNetns(ctx, name) })
+	if err := netlab.IP(ctx, name, "link", "set", "lo", "up"); err != nil {
 		return fmt.Errorf("netns %s: %w", name, err)
 	}
 	return nil
-}
-
-func deleteNetns(ctx context.Context, name string) error {
-	if _, err := os.Stat(netnsPath(name)); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	return ip(ctx, "", "netns", "del", name)
 }

@@ -2,16 +2,13 @@ package emulator
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"strconv"
 	"sync"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+	"github.com/clustermesh/clustermesh/internal/netlab"
 )
 
 // EchoPort is the TCP and UDP port every pod's echo server listens on.
@@ -61,7 +58,7 @@ func (n *Node) AddPod(ctx context.Context, namespace, name string) (*Pod, error)
 	if err := createNetns(ctx, r, p.Netns); err != nil {
 		return fail(err)
 	}
-	if err := ip(ctx, n.Netns, "link", "add", p.HostLink, "type", "veth", "peer", "name", "eth0", "netns", p.Netns); err != nil {
+	if err := netlab.IP(ctx, n.Netns, "link", "add", p.HostLink, "type", "veth", "peer", "name", "eth0", "netns", p.Netns); err != nil {
 		return fail(err)
 	}
 	for _, s := range [][]string{
@@ -70,7 +67,7 @@ func (n *Node) AddPod(ctx context.Context, namespace, name string) (*Pod, error)
 		{"route", "add", podGateway, "dev", "eth0", "scope", "link"},
 		{"route", "add", "default", "via", podGateway, "dev", "eth0"},
 	} {
-		if err := ip(ctx, p.Netns, s...); err != nil {
+		if err := netlab.IP(ctx, p.Netns, s...); err != nil {
 			return fail(err)
 		}
 	}
@@ -79,7 +76,7 @@ func (n *Node) AddPod(ctx context.Context, namespace, name string) (*Pod, error)
 		{"link", "set", p.HostLink, "up"},
 		{"route", "add", addr.String() + "/32", "dev", p.HostLink, "src", n.FabricIP.String()},
 	} {
-		if err := ip(ctx, n.Netns, s...); err != nil {
+		if err := netlab.IP(ctx, n.Netns, s...); err != nil {
 			return fail(err)
 		}
 	}
@@ -124,38 +121,9 @@ func (p *Pod) teardown(ctx context.Context) error {
 		p.StopEcho()
 		// Deleting the namespace deletes both ends of the veth; the /32
 		// route on the node goes with its device.
-		err = deleteNetns(ctx, p.Netns)
+		err = netlab.DelNetns(ctx, p.Netns)
 	})
 	return err
-}
-
-// inNetns runs fn on an OS thread switched to the named network namespace.
-// Sockets fn creates stay in that namespace for their whole life. If the
-// thread cannot be switched back it is left locked, so the runtime retires it.
-func inNetns(name string, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("netns: current: %w", err)
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(name)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("netns %s: open: %w", name, err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("netns %s: enter: %w", name, err)
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		return errors.Join(ferr, fmt.Errorf("netns %s: leave: %w", name, err))
-	}
-	runtime.UnlockOSThread()
-	return ferr
 }
 
 // echoServer answers with its name on TCP and UDP. Its goroutines end when
@@ -171,7 +139,7 @@ type echoServer struct {
 func startEcho(ns, name string, port int) (*echoServer, error) {
 	e := &echoServer{name: name}
 	addr := ":" + strconv.Itoa(port)
-	err := inNetns(ns, func() error {
+	err := netlab.InNetns(ns, func() error {
 		var err error
 		if e.tcp, err = net.Listen("tcp4", addr); err != nil {
 			return err
@@ -223,18 +191,4 @@ func (e *echoServer) close() {
 		e.udp.Close()
 		e.wg.Wait()
 	})
-}
-
-// netlinkHandle opens a netlink handle in the named namespace.
-func netlinkHandle(name string) (*netlink.Handle, error) {
-	ns, err := netns.GetFromName(name)
-	if err != nil {
-		return nil, fmt.Errorf("netns %s: %w", name, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return nil, fmt.Errorf("netns %s: netlink: %w", name, err)
-	}
-	return h, nil
 }

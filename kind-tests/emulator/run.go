@@ -11,28 +11,9 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/clustermesh/clustermesh/internal/netlab"
+	"github.com/clustermesh/clustermesh/internal/proc"
 )
-
-// cgroupMounts are where cgroup v2 may be mounted: the hybrid layout of the
-// build machines (v1 controllers plus v2 at unified/) and the pure v2 layout
-// of current distributions.
-var cgroupMounts = []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"}
-
-// CgroupRoot returns the cgroup v2 mount point, or an error when there is
-// none.
-func CgroupRoot() (string, error) {
-	for _, dir := range cgroupMounts {
-		var st unix.Statfs_t
-		if err := unix.Statfs(dir, &st); err == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
-			return dir, nil
-		}
-	}
-	return "", fmt.Errorf("no cgroup v2 mount at %v", cgroupMounts)
-}
-
-// BPFRoot is the bpffs mount under which each node gets a pin directory.
-const BPFRoot = "/sys/fs/bpf"
 
 // Options configures New. The zero value is usable.
 type Options struct {
@@ -59,8 +40,8 @@ type Run struct {
 	// manifest's and the per-node flags); set before agents start.
 	AgentArgs []string
 
-	cgroup string // CgroupRoot()/<prefix>
-	bpf    string // BPFRoot/<prefix>
+	cgroup string // netlab.CgroupRoot()/<prefix>
+	bpf    string // netlab.BPFRoot/<prefix>
 
 	mu       sync.Mutex
 	teardown []step
@@ -97,7 +78,7 @@ func New(ctx context.Context, opts Options) (_ *Run, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	cgRoot, err := CgroupRoot()
+	cgRoot, err := netlab.CgroupRoot()
 	if err != nil {
 		return nil, fmt.Errorf("run %s: %w", prefix, err)
 	}
@@ -110,7 +91,7 @@ func New(ctx context.Context, opts Options) (_ *Run, err error) {
 		Dir:     dir,
 		Log:     log.With("run", prefix),
 		cgroup:  filepath.Join(cgRoot, prefix),
-		bpf:     filepath.Join(BPFRoot, prefix),
+		bpf:     filepath.Join(netlab.BPFRoot, prefix),
 		keepDir: opts.KeepDir,
 	}
 	defer func() {
@@ -135,8 +116,8 @@ func New(ctx context.Context, opts Options) (_ *Run, err error) {
 	if err := os.MkdirAll(filepath.Join(r.cgroup, "misc"), 0o755); err != nil {
 		return nil, fmt.Errorf("run %s: cgroup: %w", prefix, err)
 	}
-	r.onClose("cgroup "+r.cgroup, func(ctx context.Context) error { return removeCgroupTree(ctx, r.cgroup) })
-	if err := ensureBPFFS(); err != nil {
+	r.onClose("cgroup "+r.cgroup, func(ctx context.Context) error { return netlab.RemoveCgroupTree(ctx, r.cgroup) })
+	if err := netlab.EnsureBPFFS(netlab.BPFRoot); err != nil {
 		return nil, fmt.Errorf("run %s: %w", prefix, err)
 	}
 	if err := os.MkdirAll(r.bpf, 0o755); err != nil {
@@ -212,7 +193,12 @@ func (r *Run) Close() error {
 // Start starts a process owned by the run: it is stopped by Close (SIGTERM,
 // then SIGKILL) if still running.
 func (r *Run) Start(spec ProcessSpec) (*Process, error) {
-	p, err := startProcess(spec, filepath.Join(r.Dir, "logs"), filepath.Join(r.cgroup, "misc"))
+	spec.LogDir = filepath.Join(r.Dir, "logs")
+	if spec.Cgroup == "" {
+		// Every process is in a cgroup of the run, so Clean finds it.
+		spec.Cgroup = filepath.Join(r.cgroup, "misc")
+	}
+	p, err := proc.Start(spec)
 	if err != nil {
 		return nil, err
 	}
@@ -258,7 +244,7 @@ func (r *Run) installRoutes(ctx context.Context, sameCluster bool) error {
 			if o == n || (sameCluster && o.Cluster != n.Cluster) {
 				continue
 			}
-			if err := ip(ctx, n.Netns, "route", "replace", o.PodCIDR.String(), "via", o.FabricIP.String()); err != nil {
+			if err := netlab.IP(ctx, n.Netns, "route", "replace", o.PodCIDR.String(), "via", o.FabricIP.String()); err != nil {
 				return fmt.Errorf("node %s: route to %s: %w", n.Name, o.Name, err)
 			}
 		}
@@ -282,20 +268,4 @@ func podCIDRFor(ci int) netip.Prefix {
 // (10.96.0.0/16 for the first cluster, as kubeadm's default).
 func serviceCIDRFor(ci int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(95 + ci), 0, 0}), 16)
-}
-
-// ensureBPFFS mounts the bpf filesystem at BPFRoot when nothing is mounted
-// there, as systemd does at boot on most distributions.
-func ensureBPFFS() error {
-	var st unix.Statfs_t
-	if err := unix.Statfs(BPFRoot, &st); err != nil {
-		return fmt.Errorf("bpffs %s: %w", BPFRoot, err)
-	}
-	if st.Type == unix.BPF_FS_MAGIC {
-		return nil
-	}
-	if err := unix.Mount("bpf", BPFRoot, "bpf", 0, "mode=0700"); err != nil {
-		return fmt.Errorf("bpffs: mount at %s: %w", BPFRoot, err)
-	}
-	return nil
 }

@@ -8,9 +8,10 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/clustermesh/clustermesh/internal/poll"
 )
 
 // MeshOptions shape NewMesh. Zero values take the defaults.
@@ -222,15 +223,12 @@ func (m *Mesh) WaitMeshProcesses(ctx context.Context) error {
 			if n.isDead() {
 				continue
 			}
-			for {
-				if _, err := cp.Agent(n); err == nil {
-					break
-				}
-				select {
-				case <-ctx.Done():
-					return fmt.Errorf("node %s: agent not running: %w", n.Name, ctx.Err())
-				case <-time.After(50 * time.Millisecond):
-				}
+			err := poll.Until(ctx, func(context.Context) error {
+				_, err := cp.Agent(n)
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("node %s: agent not running: %w", n.Name, err)
 			}
 		}
 	}
