@@ -2,13 +2,10 @@ package agent_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -17,12 +14,12 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"golang.org/x/sys/unix"
 
 	"github.com/clustermesh/clustermesh/agent/meshtest"
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/bpf"
+	"github.com/clustermesh/clustermesh/internal/netlab"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/kvstoretest"
 	"github.com/clustermesh/clustermesh/loadbalancer"
@@ -56,24 +53,10 @@ func benchSlice(c *meshtest.Cluster, k, svc, backends int) *api.EndpointSlice {
 // openBenchBPF opens the real eBPF datapath on a private cgroup and bpffs,
 // sized for the benchmark, removed at cleanup.
 func openBenchBPF(b *testing.B, backends, services int) loadbalancer.Datapath {
-	if os.Geteuid() != 0 {
-		b.Skip("CM_BENCH_DATAPATH=bpf needs root")
-	}
-	var rnd [2]byte
-	_, _ = rand.Read(rnd[:])
-	prefix := "cm" + hex.EncodeToString(rnd[:])
-	cg := filepath.Join("/sys/fs/cgroup/unified", prefix)
-	if err := os.Mkdir(cg, 0o755); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = os.Remove(cg) })
-	fs := b.TempDir()
-	if err := unix.Mount("bpf", fs, "bpf", 0, "mode=0700"); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = unix.Unmount(fs, unix.MNT_DETACH) })
+	l := netlab.New(b)
+	cg, pins := l.Cgroup("cg"), l.BPFFS()
 	cfg := bpf.DefaultConfig()
-	cfg.CgroupPath, cfg.PinDir = cg, filepath.Join(fs, "pins")
+	cfg.CgroupPath, cfg.PinDir = cg, pins
 	cfg.MaxBackends = backends + 1024
 	cfg.MaxSlots = 2*backends + 1024
 	cfg.MaxServices = services + 1024

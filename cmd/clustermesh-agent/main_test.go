@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,19 +11,20 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/clustermesh/clustermesh/agent/meshtest"
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/bgp"
+	"github.com/clustermesh/clustermesh/internal/netlab"
+	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/kvstore"
-	"go.uber.org/goleak"
-	"golang.org/x/sys/unix"
 )
 
 func TestMain(m *testing.M) {
@@ -91,24 +90,18 @@ func runCLI(t *testing.T, args ...string) (string, error) {
 // waitStatus polls `clustermesh-agent status -o json` until cond holds.
 func waitStatus(t *testing.T, addr string, cond func(*status.Agent) bool) *status.Agent {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	var last string
-	for time.Now().Before(deadline) {
+	var st *status.Agent
+	poll.Eventually(t, 30*time.Second, "status to satisfy the condition", func() (bool, string) {
 		out, err := runCLI(t, "status", "--status-addr", addr, "-o", "json")
-		if err == nil {
-			st, err := status.Decode([]byte(out))
-			if err != nil {
-				t.Fatalf("status -o json is not a status document: %v\n%s", err, out)
-			}
-			if cond(st) {
-				return st
-			}
+		if err != nil {
+			return false, fmt.Sprintf("%v: %s", err, out)
 		}
-		last = out
-		time.Sleep(200 * time.Millisecond)
-	}
-	t.Fatalf("status never satisfied the condition; last output:\n%s", last)
-	return nil
+		if st, err = status.Decode([]byte(out)); err != nil {
+			t.Fatalf("status -o json is not a status document: %v\n%s", err, out)
+		}
+		return cond(st), "last output:\n" + out
+	})
+	return st
 }
 
 func twoClusters(t *testing.T) (c1, c2 *meshtest.Cluster, dir string) {
@@ -150,21 +143,15 @@ func TestAgentCommandControlPlaneOnly(t *testing.T) {
 		return ok && c.Synced && st.Frontends == 1
 	})
 	// The health pool started with the cluster's ID and follows the nodes.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	poll.Eventually(t, 30*time.Second, "clustermesh_health_* metrics (the health pool started)", func() bool {
 		resp, err := http.Get("http://" + addr + "/metrics")
-		if err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if strings.Contains(string(b), "clustermesh_health_members") {
-				break
-			}
+		if err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no clustermesh_health_* metrics: the health pool did not start")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(b), "clustermesh_health_members")
+	})
 	if st.Datapath != "none" || st.Cluster != "c1" || st.Node != "n1" {
 		t.Errorf("status header: %+v", st)
 	}
@@ -216,51 +203,20 @@ func TestAgentCommandRejectsBadFlags(t *testing.T) {
 	}
 }
 
-func runPrefix(t *testing.T) string {
-	var b [2]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatal(err)
-	}
-	return "cm" + hex.EncodeToString(b[:])
-}
-
 // TestAgentCommandBPF runs the agent with the real eBPF datapath on a
 // private cgroup and bpffs: a global service whose backend is exported by
 // the peer cluster is programmed into the kernel, and a process in the
 // cgroup connecting to the service's VIP reaches the backend.
 func TestAgentCommandBPF(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: cgroup, bpffs and eBPF programs")
-	}
-	if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.procs"); err != nil {
-		t.Skip("needs cgroup v2 mounted at /sys/fs/cgroup/unified")
-	}
-	prefix := runPrefix(t)
-	cgroup := filepath.Join("/sys/fs/cgroup/unified", prefix)
-	if err := os.Mkdir(cgroup, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.Remove(cgroup) })
-	bpffs := t.TempDir()
-	if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
-		t.Fatalf("mount bpffs: %v", err)
-	}
-	t.Cleanup(func() { _ = unix.Unmount(bpffs, unix.MNT_DETACH) })
-	pins := filepath.Join(bpffs, "clustermesh")
+	l := netlab.New(t)
+	cgroup, pins := l.Cgroup("cg"), l.BPFFS()
 
 	// The backend: a TCP server on an address of c2's pod CIDR (on a veth
 	// of this run; peers may not export loopback backends), exported by
 	// cluster c2.
 	const backendIP = "10.2.77.7"
-	if out, err := exec.Command("ip", "link", "add", prefix, "type", "veth", "peer", "name", prefix+"p").CombinedOutput(); err != nil {
-		t.Fatalf("veth: %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", prefix).Run() })
-	for _, args := range [][]string{{"addr", "add", backendIP + "/32", "dev", prefix}, {"link", "set", prefix + "p", "up"}, {"link", "set", prefix, "up"}} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %v: %v: %s", args, err, out)
-		}
-	}
+	l.Veth("", l.NS("be"), "", l.NS("bp"))
+	l.Addr("", l.NS("be"), backendIP+"/32")
 	ln, err := net.Listen("tcp", backendIP+":0")
 	if err != nil {
 		t.Fatal(err)
@@ -315,17 +271,10 @@ func TestAgentCommandBPF(t *testing.T) {
 		c, ok := st.ClusterByName("c2")
 		return ok && c.Synced && st.Frontends == 1
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	poll.Eventually(t, 30*time.Second, "stale frontend "+oldVIP+":80 adopted from the previous run to be removed", func() (bool, string) {
 		out, err = runCLI(t, "bpf", "services", "--bpffs", pins)
-		if err == nil && !strings.Contains(out, oldVIP+":80") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("stale frontend %s:80 adopted from the previous run still programmed:\n%s", oldVIP, out)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return err == nil && !strings.Contains(out, oldVIP+":80"), out
+	})
 
 	if err != nil {
 		t.Fatalf("bpf services: %v\n%s", err, out)
@@ -346,17 +295,10 @@ func TestAgentCommandBPF(t *testing.T) {
 
 	// The peer withdraws its backend: the kernel forgets it.
 	c2.Delete(api.EndpointSliceKey("c2", "ns", "web", "a"))
-	deadline = time.Now().Add(30 * time.Second)
-	for {
+	poll.Eventually(t, 30*time.Second, "backend "+backend+" to be removed", func() (bool, string) {
 		out, err = runCLI(t, "bpf", "services", "--bpffs", pins, "-o", "json")
-		if err == nil && !strings.Contains(out, backend) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("backend %s still programmed:\n%s", backend, out)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return err == nil && !strings.Contains(out, backend), out
+	})
 	if !json.Valid([]byte(out)) {
 		t.Errorf("bpf services -o json is not JSON:\n%s", out)
 	}
@@ -388,17 +330,9 @@ func TestAgentCommandBGP(t *testing.T) {
 	rdone := make(chan error, 1)
 	go func() { rdone <- rr.Run(rctx) }()
 	t.Cleanup(func() { rcancel(); <-rdone })
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		err := rr.SetPeers(context.Background(), []bgp.Peer{{Name: "c1/n1", Address: netip.MustParseAddr("127.0.0.1"), ASN: 65001, Passive: true, RouteReflectorClient: true}})
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("reflector peers: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	poll.Eventually(t, 20*time.Second, "reflector peers", func(ctx context.Context) error {
+		return rr.SetPeers(ctx, []bgp.Peer{{Name: "c1/n1", Address: netip.MustParseAddr("127.0.0.1"), ASN: 65001, Passive: true, RouteReflectorClient: true}})
+	})
 
 	c1, _, dir := twoClusters(t)
 	c1.Config.ASN = 65001
@@ -434,17 +368,16 @@ func TestAgentCommandBGP(t *testing.T) {
 	// GoBGP's StartBgp writes package-level route selection options that
 	// every BgpServer of the process reads: the reflector is polled only
 	// once the agent's speaker has started (its status above says so).
-	deadline = time.Now().Add(60 * time.Second)
-	for {
-		st, err := rr.Status(context.Background())
-		if err == nil && len(st.Peers) == 1 && st.Peers[0].Established && st.Peers[0].PrefixesReceived == 1 {
-			break
+	poll.Eventually(t, 60*time.Second, "reflector to receive the node's pod CIDR", func(ctx context.Context) error {
+		st, err := rr.Status(ctx)
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("reflector never received the node's pod CIDR: %+v %v", st, err)
+		if len(st.Peers) != 1 || !st.Peers[0].Established || st.Peers[0].PrefixesReceived != 1 {
+			return fmt.Errorf("peers %+v", st.Peers)
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
 	out, err := runCLI(t, "status", "--status-addr", addr)
 	if err != nil {
 		t.Fatal(err)

@@ -4,14 +4,12 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,6 +20,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/health"
+	"github.com/clustermesh/clustermesh/internal/netlab"
 	"github.com/clustermesh/clustermesh/loadbalancer"
 )
 
@@ -186,7 +185,7 @@ func startClient(tb testing.TB, ns, cgroup, vip string) *client {
 		tb.Fatal(err)
 	}
 	c := &client{done: make(chan struct{})}
-	c.cmd = exec.Command("nsenter", "--net=/run/netns/"+ns, exe, "-test.run=^$")
+	c.cmd = exec.Command("nsenter", "--net="+netlab.NetnsPath(ns), exe, "-test.run=^$")
 	c.cmd.Env = append(os.Environ(), childEnv+"=1", childRole+"=client", childVIP+"="+vip)
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
 	c.cmd.Stderr = os.Stderr
@@ -227,31 +226,6 @@ func startClient(tb testing.TB, ns, cgroup, vip string) *client {
 	return c
 }
 
-// bpfEnv prepares a private bpffs and a cgroup, removed at cleanup.
-func bpfEnv(tb testing.TB, prefix string) (pins, cgroup string) {
-	tb.Helper()
-	dir := tb.TempDir()
-	if err := syscall.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
-		tb.Skipf("cannot mount a bpffs: %v", err)
-	}
-	tb.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
-	cgroup = filepath.Join("/sys/fs/cgroup/unified", prefix+"cg")
-	if err := os.Mkdir(cgroup, 0o755); err != nil {
-		tb.Skipf("cannot create a cgroup v2 directory: %v", err)
-	}
-	tb.Cleanup(func() {
-		// The client must be gone; retry while the kernel lets go of it.
-		for range 50 {
-			if err := os.Remove(cgroup); err == nil || errors.Is(err, os.ErrNotExist) {
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		tb.Errorf("cgroup %s left behind", cgroup)
-	})
-	return filepath.Join(dir, "cm"), cgroup
-}
-
 // failoverMesh is a five-member mesh whose member 0 runs the eBPF datapath
 // for a client in its namespace; members 1, 2 (cluster c1) are the preferred
 // backends and 3, 4 (cluster c2) the fallback ones.
@@ -263,10 +237,9 @@ type failoverMesh struct {
 
 func newFailoverMesh(ctx context.Context, tb testing.TB, profile string) *failoverMesh {
 	tb.Helper()
-	requireRoot(tb)
 	const n = 5
-	prefix := newPrefix()
-	pins, cgroup := bpfEnv(tb, prefix)
+	l := netlab.New(tb)
+	pins, cgroup := l.BPFFS(), l.Cgroup("cg")
 	vip := netip.MustParseAddrPort("10.96.0.10:80")
 	svc := loadbalancer.Service{
 		Frontend: loadbalancer.Frontend{Addr: vip, Protocol: loadbalancer.TCP},
@@ -286,7 +259,7 @@ func newFailoverMesh(ctx context.Context, tb testing.TB, profile string) *failov
 	if err != nil {
 		tb.Fatal(err)
 	}
-	m := newMeshWith(tb, prefix, n, 0, profile, func(i int) []string {
+	m := newMeshWith(l, n, 0, profile, func(i int) []string {
 		if i == 0 {
 			return []string{childBPFCgroup + "=" + cgroup, childBPFPins + "=" + pins, childService + "=" + string(js)}
 		}

@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -26,6 +24,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/health"
+	"github.com/clustermesh/clustermesh/internal/netlab"
 	"github.com/clustermesh/clustermesh/loadbalancer"
 )
 
@@ -180,11 +179,10 @@ func (s printSink) SetNodeHealth(_ context.Context, ref loadbalancer.NodeRef, he
 	return nil
 }
 
-// fabric is a bridge with one network namespace per member, named with a
-// per-run prefix and removed in Cleanup.
+// fabric is one network namespace per member of a lab, on a bridge of the
+// root namespace (or two bridges joined by a trunk); the lab removes it all.
 type fabric struct {
 	tb      testing.TB
-	prefix  string
 	bridges []string
 	trunk   string
 	ns      []string // namespace names
@@ -192,56 +190,28 @@ type fabric struct {
 	addrs   []netip.AddrPort
 }
 
-func requireRoot(tb testing.TB) {
-	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("needs root: creates network namespaces, a bridge and veths")
-	}
-	for _, tool := range []string{"ip", "nsenter"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			tb.Skipf("needs %s: %v", tool, err)
-		}
-	}
-}
-
-func run(tb testing.TB, args ...string) {
-	tb.Helper()
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		tb.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-	}
-}
-
-// newPrefix returns a per-run name prefix: "cm" and 4 random hex digits.
-func newPrefix() string {
-	var rnd [2]byte
-	_, _ = rand.Read(rnd[:])
-	return "cm" + hex.EncodeToString(rnd[:])
-}
-
 // newFabric creates n member namespaces. With split > 0, members below split
 // are on one bridge and the others on a second one, the two bridges joined
 // by a veth "trunk" (setTrunk cuts it); otherwise all share one bridge.
-func newFabric(tb testing.TB, prefix string, n, split int) *fabric {
-	tb.Helper()
-	f := &fabric{tb: tb, prefix: prefix, bridges: []string{prefix + "br"}}
-	tb.Cleanup(f.close)
+func newFabric(l *netlab.Lab, n, split int) *fabric {
+	l.TB.Helper()
+	f := &fabric{tb: l.TB, bridges: []string{l.NS("br")}}
 	if split > 0 {
-		f.bridges = append(f.bridges, prefix+"br2")
-		f.trunk = prefix + "ta"
+		f.bridges = append(f.bridges, l.NS("br2"))
+		f.trunk = l.NS("ta")
 	}
 	for _, br := range f.bridges {
-		run(tb, "ip", "link", "add", br, "type", "bridge")
-		run(tb, "ip", "link", "set", br, "up")
+		l.Run("ip", "link", "add", br, "type", "bridge")
+		l.Up("", br)
 	}
 	if f.trunk != "" {
-		run(tb, "ip", "link", "add", f.trunk, "type", "veth", "peer", "name", prefix+"tb")
-		run(tb, "ip", "link", "set", f.trunk, "master", f.bridges[0], "up")
-		run(tb, "ip", "link", "set", prefix+"tb", "master", f.bridges[1], "up")
+		l.Veth("", f.trunk, "", l.NS("tb"))
+		l.Run("ip", "link", "set", f.trunk, "master", f.bridges[0])
+		l.Run("ip", "link", "set", l.NS("tb"), "master", f.bridges[1])
 	}
 	for i := range n {
-		ns := fmt.Sprintf("%sn%d", f.prefix, i)
-		host := fmt.Sprintf("%sh%d", f.prefix, i)
-		peer := fmt.Sprintf("%sp%d", f.prefix, i)
+		ns := l.Netns(fmt.Sprintf("n%d", i))
+		host := l.NS(fmt.Sprintf("h%d", i))
 		addr := netip.AddrFrom4([4]byte{10, 99, 0, byte(i + 1)})
 		br := f.bridges[0]
 		if split > 0 && i >= split {
@@ -250,30 +220,11 @@ func newFabric(tb testing.TB, prefix string, n, split int) *fabric {
 		f.ns = append(f.ns, ns)
 		f.veth = append(f.veth, host)
 		f.addrs = append(f.addrs, netip.AddrPortFrom(addr, gossipPort))
-		run(tb, "ip", "netns", "add", ns)
-		run(tb, "ip", "link", "add", host, "type", "veth", "peer", "name", peer)
-		run(tb, "ip", "link", "set", host, "master", br, "up")
-		run(tb, "ip", "link", "set", peer, "netns", ns)
-		run(tb, "ip", "-n", ns, "link", "set", peer, "name", "eth0")
-		run(tb, "ip", "-n", ns, "addr", "add", addr.String()+"/24", "dev", "eth0")
-		run(tb, "ip", "-n", ns, "link", "set", "eth0", "up")
-		run(tb, "ip", "-n", ns, "link", "set", "lo", "up")
+		l.Veth("", host, ns, "eth0")
+		l.Run("ip", "link", "set", host, "master", br)
+		l.Addr(ns, "eth0", addr.String()+"/24")
 	}
 	return f
-}
-
-// close removes everything, ignoring what is already gone.
-func (f *fabric) close() {
-	for i, ns := range f.ns {
-		_ = exec.Command("ip", "link", "del", f.veth[i]).Run()
-		_ = exec.Command("ip", "netns", "del", ns).Run()
-	}
-	if f.trunk != "" {
-		_ = exec.Command("ip", "link", "del", f.trunk).Run()
-	}
-	for _, br := range f.bridges {
-		_ = exec.Command("ip", "link", "del", br).Run()
-	}
 }
 
 // setTrunk cuts (up=false) or restores the link between the two bridges.
@@ -342,12 +293,13 @@ type sinkLine struct {
 // members are cluster c1 (ID 1), the rest c2 (ID 2).
 func newMesh(tb testing.TB, n int, profile string) *mesh {
 	tb.Helper()
-	return newMeshWith(tb, newPrefix(), n, 0, profile, nil)
+	return newMeshWith(netlab.New(tb), n, 0, profile, nil)
 }
 
-func newMeshWith(tb testing.TB, prefix string, n, split int, profile string, memberEnv func(int) []string) *mesh {
+func newMeshWith(l *netlab.Lab, n, split int, profile string, memberEnv func(int) []string) *mesh {
+	tb := l.TB
 	tb.Helper()
-	f := newFabric(tb, prefix, n, split)
+	f := newFabric(l, n, split)
 	keyFile := filepath.Join(tb.TempDir(), "mesh.key")
 	if err := os.WriteFile(keyFile, []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"), 0o600); err != nil {
 		tb.Fatal(err)
@@ -380,7 +332,7 @@ func (m *mesh) start(i int) {
 		m.tb.Fatal(err)
 	}
 	c := &child{name: m.names[i], done: make(chan struct{})}
-	c.cmd = exec.Command("nsenter", "--net=/run/netns/"+m.f.ns[i], exe, "-test.run=^$")
+	c.cmd = exec.Command("nsenter", "--net="+netlab.NetnsPath(m.f.ns[i]), exe, "-test.run=^$")
 	c.cmd.Env = append(slices.Clone(m.env), childSelf+"="+m.names[i])
 	if m.memberEnv != nil {
 		c.cmd.Env = append(c.cmd.Env, m.memberEnv(i)...)
@@ -597,7 +549,6 @@ func (m *mesh) revive(ctx context.Context, killed ...int) {
 // namespace; one is SIGKILLed and its cable cut. Every survivor reports it
 // dead, nobody reports a live node, and after a restart it is restored.
 func TestNetnsHardKill(t *testing.T) {
-	requireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	m := newMesh(t, 5, "robust")
@@ -629,7 +580,6 @@ func TestNetnsHardKill(t *testing.T) {
 // does not mark the majority of its peers unhealthy. When the cable is back
 // everyone converges again.
 func TestNetnsIsolatedMember(t *testing.T) {
-	requireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	const n, cut = 5, 4
@@ -683,7 +633,6 @@ func TestNetnsIsolatedMember(t *testing.T) {
 // networks, "memberlist-lan" memberlist's stock LAN failure detector for
 // comparison. Run with e.g. -benchtime=30x.
 func BenchmarkNetnsDetection(b *testing.B) {
-	requireRoot(b)
 	for _, profile := range []string{"default", "probe-150ms", "memberlist-lan"} {
 		b.Run(profile, func(b *testing.B) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
@@ -730,11 +679,10 @@ func reportPercentiles(b *testing.B, prefix string, d []time.Duration) {
 // verdicts back: at most half of its peers are ever marked. Everything
 // converges when the link is back.
 func TestNetnsClusterSplit(t *testing.T) {
-	requireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	const n, split = 5, 3
-	m := newMeshWith(t, newPrefix(), n, split, "robust", nil)
+	m := newMeshWith(netlab.New(t), n, split, "robust", nil)
 	m.waitConverged(ctx)
 	majority, minority := []int{0, 1, 2}, []int{3, 4}
 
