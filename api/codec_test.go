@@ -42,6 +42,7 @@ func sampleObjects() []codecObject {
 		sampleSlice(3),
 		&Identity{Cluster: "c1", ID: 7<<16 | 1, Namespace: "default", Labels: map[string]string{"app": "echo"}},
 		&IPCacheEntry{Cluster: "c1", IP: netip.MustParseAddr("10.1.1.5"), Identity: 7<<16 | 1, Node: "n1", HostIP: netip.MustParseAddr("192.168.0.10"), Namespace: "default", Pod: "echo-0"},
+		sampleAgentStatus(),
 	}
 }
 

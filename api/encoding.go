@@ -3,8 +3,10 @@ package api
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
+	"time"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -117,6 +119,39 @@ func (e *encoder) message(num protowire.Number, fill func(*encoder)) {
 	protowire.AppendVarint(e.b[:start], uint64(n))
 }
 
+// time writes a timestamp as nanoseconds since the Unix epoch (int64); the
+// zero time is not written.
+func (e *encoder) time(num protowire.Number, t time.Time) {
+	if !t.IsZero() {
+		e.uint(num, uint64(t.UnixNano()))
+	}
+}
+
+// double writes a float64 as a protobuf double (fixed64).
+func (e *encoder) double(num protowire.Number, v float64) {
+	if math.Float64bits(v) == 0 {
+		return
+	}
+	e.b = protowire.AppendTag(e.b, num, protowire.Fixed64Type)
+	e.b = protowire.AppendFixed64(e.b, math.Float64bits(v))
+}
+
+// countMap writes a map of counts as repeated (key=1, value=2) entries in
+// key order.
+func (e *encoder) countMap(num protowire.Number, m map[string]int) {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		e.message(num, func(e *encoder) {
+			e.string(1, k)
+			e.uint(2, uint64(m[k]))
+		})
+	}
+}
+
 func (e *encoder) stringMap(num protowire.Number, m map[string]string) {
 	keys := make([]string, 0, len(m))
 	for k := range m {
@@ -169,6 +204,66 @@ func (f field) uint() (uint64, error) {
 		return 0, fmt.Errorf("field %d: wire type %d, want varint", f.num, f.typ)
 	}
 	return f.n, nil
+}
+
+// int reads a count held in a Go int.
+func (f field) int() (int, error) {
+	n, err := f.uint()
+	if err == nil && n > math.MaxInt {
+		err = fmt.Errorf("field %d: %d out of range", f.num, n)
+	}
+	return int(n), err
+}
+
+// time reads a timestamp written by encoder.time, in UTC.
+func (f field) time() (time.Time, error) {
+	n, err := f.uint()
+	if err != nil || n == 0 {
+		return time.Time{}, err
+	}
+	return time.Unix(0, int64(n)).UTC(), nil
+}
+
+func (f field) double() (float64, error) {
+	if f.typ != protowire.Fixed64Type {
+		return 0, fmt.Errorf("field %d: wire type %d, want fixed64", f.num, f.typ)
+	}
+	return math.Float64frombits(f.n), nil
+}
+
+// message decodes a nested message field by field; what names it in errors.
+func (f field) message(what string, fn func(field) error) error {
+	v, err := f.bytes()
+	if err == nil {
+		err = decode(v, fn)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
+// countMap decodes one (key=1, value=2) entry of a map of counts into m.
+func (f field) countMap(m *map[string]int) error {
+	var k string
+	var n int
+	err := f.message("count", func(f field) (err error) {
+		switch f.num {
+		case 1:
+			k, err = f.string()
+		case 2:
+			n, err = f.int()
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if *m == nil {
+		*m = make(map[string]int)
+	}
+	(*m)[k] = n
+	return nil
 }
 
 func (f field) bool() (bool, error) {
@@ -304,6 +399,8 @@ func decode(b []byte, fn func(field) error) error {
 			f.n, vl = protowire.ConsumeVarint(b)
 		case protowire.BytesType:
 			f.v, vl = protowire.ConsumeBytes(b)
+		case protowire.Fixed64Type:
+			f.n, vl = protowire.ConsumeFixed64(b)
 		default:
 			vl = protowire.ConsumeFieldValue(num, typ, b)
 		}
@@ -321,6 +418,12 @@ func decode(b []byte, fn func(field) error) error {
 // top decodes a top-level message: it checks the schema version and hands
 // every other field to fn.
 func top(b []byte, fn func(field) error) error {
+	_, err := topVersion(b, fn)
+	return err
+}
+
+// topVersion is top that also returns the schema version read.
+func topVersion(b []byte, fn func(field) error) (uint64, error) {
 	var version uint64
 	err := decode(b, func(f field) (err error) {
 		if f.num == fieldVersion {
@@ -330,15 +433,15 @@ func top(b []byte, fn func(field) error) error {
 		return fn(f)
 	})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if version == 0 {
-		return fmt.Errorf("%w: missing schema version", ErrSchemaVersion)
+		return 0, fmt.Errorf("%w: missing schema version", ErrSchemaVersion)
 	}
 	if version > SchemaVersion {
-		return fmt.Errorf("%w: %d, this build reads up to %d", ErrSchemaVersion, version, SchemaVersion)
+		return 0, fmt.Errorf("%w: %d, this build reads up to %d", ErrSchemaVersion, version, SchemaVersion)
 	}
-	return nil
+	return version, nil
 }
 
 // Decode decodes and validates the value stored at key, choosing the type
@@ -366,6 +469,8 @@ func Decode(key string, value []byte) (Object, error) {
 		obj = new(Identity)
 	case KindIPCache:
 		obj = new(IPCacheEntry)
+	case KindAgents:
+		obj = new(AgentStatus)
 	default:
 		return nil, fmt.Errorf("key %q: kind %s holds no api object", key, pk.Kind)
 	}

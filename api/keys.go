@@ -1,8 +1,10 @@
 package api
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -85,8 +87,11 @@ type ParsedKey struct {
 	Kind    Kind
 	Cluster string
 	// Rest is what follows the cluster segment, e.g. "ns/name" for a service;
-	// empty for the cluster config.
+	// empty for the cluster config. Split it with the typed parser of Kind
+	// (ParseServiceKey...), never by hand.
 	Rest string
+	// Key is the whole key, for the typed parsers.
+	Key string
 }
 
 // ParseKey splits a key written by KeyFor-style helpers. It refuses keys
@@ -106,5 +111,174 @@ func ParseKey(key string) (ParsedKey, error) {
 	if cluster == "" {
 		return ParsedKey{}, fmt.Errorf("key %q: missing cluster segment", key)
 	}
-	return ParsedKey{Kind: Kind(kind), Cluster: cluster, Rest: rest}, nil
+	return ParsedKey{Kind: Kind(kind), Cluster: cluster, Rest: rest, Key: key}, nil
+}
+
+// ErrInvalidKey is wrapped by every error of the typed key parsers.
+var ErrInvalidKey = errors.New("invalid key")
+
+// The typed parsers below invert the key constructors above: for every x
+// they accept, Parse...(x.Key()) == x, and they refuse any key no
+// constructor writes (wrong kind, missing or extra segments, names that fail
+// validation, numbers and addresses not in their canonical form), so a key
+// read from a peer's store can be trusted as much as one built locally.
+
+// ClusterRef names a cluster config key (ClusterKey).
+type ClusterRef struct{ Cluster string }
+
+// NodeRef names a node key (NodeKey).
+type NodeRef struct{ Cluster, Name string }
+
+// ServiceRef names a service key (ServiceKey).
+type ServiceRef struct{ Cluster, Namespace, Name string }
+
+// EndpointSliceRef names an endpoint slice key (EndpointSliceKey).
+type EndpointSliceRef struct{ Cluster, Namespace, Service, Name string }
+
+// IdentityRef names an identity key (IdentityKey).
+type IdentityRef struct {
+	Cluster string
+	ID      uint32
+}
+
+// IPCacheRef names an ipcache key (IPCacheKey).
+type IPCacheRef struct {
+	Cluster string
+	IP      netip.Addr
+}
+
+// SyncedRef names a synced canary (SyncedKey).
+type SyncedRef struct {
+	Cluster string
+	Kind    Kind
+}
+
+// Key returns the key r names.
+func (r ClusterRef) Key() string { return ClusterKey(r.Cluster) }
+
+// Key returns the key r names.
+func (r NodeRef) Key() string { return NodeKey(r.Cluster, r.Name) }
+
+// Key returns the key r names.
+func (r ServiceRef) Key() string { return ServiceKey(r.Cluster, r.Namespace, r.Name) }
+
+// Key returns the key r names.
+func (r EndpointSliceRef) Key() string {
+	return EndpointSliceKey(r.Cluster, r.Namespace, r.Service, r.Name)
+}
+
+// Key returns the key r names.
+func (r IdentityRef) Key() string { return IdentityKey(r.Cluster, r.ID) }
+
+// Key returns the key r names.
+func (r IPCacheRef) Key() string { return IPCacheKey(r.Cluster, r.IP) }
+
+// Key returns the key r names.
+func (r SyncedRef) Key() string { return SyncedKey(r.Cluster, r.Kind) }
+
+func keyError(key, format string, args ...any) error {
+	return fmt.Errorf("%w %q: %s", ErrInvalidKey, key, fmt.Sprintf(format, args...))
+}
+
+// splitKey checks that key is of kind and has exactly len(names) segments
+// after the kind, the first the cluster name and the others object names
+// (described by names, for errors), and returns them.
+func splitKey(key string, kind Kind, names ...string) ([]string, error) {
+	rest, ok := strings.CutPrefix(key, KeyPrefix+string(kind)+"/")
+	if !ok {
+		return nil, keyError(key, "not under %q", KeyPrefix+string(kind)+"/")
+	}
+	segs := strings.Split(rest, "/")
+	if len(segs) != len(names) {
+		return nil, keyError(key, "%d segments after %q, want %d (%s)", len(segs), KeyPrefix+string(kind)+"/", len(names), strings.Join(names, "/"))
+	}
+	if err := ValidateClusterName(segs[0]); err != nil {
+		return nil, keyError(key, "%v", err)
+	}
+	for i, name := range names[1:] {
+		if err := validateName(name, segs[i+1]); err != nil {
+			return nil, keyError(key, "%v", err)
+		}
+	}
+	return segs, nil
+}
+
+// ParseClusterKey inverts ClusterKey.
+func ParseClusterKey(key string) (ClusterRef, error) {
+	s, err := splitKey(key, KindCluster, "cluster")
+	if err != nil {
+		return ClusterRef{}, err
+	}
+	return ClusterRef{Cluster: s[0]}, nil
+}
+
+// ParseNodeKey inverts NodeKey.
+func ParseNodeKey(key string) (NodeRef, error) {
+	s, err := splitKey(key, KindNode, "cluster", "node name")
+	if err != nil {
+		return NodeRef{}, err
+	}
+	return NodeRef{Cluster: s[0], Name: s[1]}, nil
+}
+
+// ParseServiceKey inverts ServiceKey.
+func ParseServiceKey(key string) (ServiceRef, error) {
+	s, err := splitKey(key, KindService, "cluster", "service namespace", "service name")
+	if err != nil {
+		return ServiceRef{}, err
+	}
+	return ServiceRef{Cluster: s[0], Namespace: s[1], Name: s[2]}, nil
+}
+
+// ParseEndpointSliceKey inverts EndpointSliceKey.
+func ParseEndpointSliceKey(key string) (EndpointSliceRef, error) {
+	s, err := splitKey(key, KindEndpoints, "cluster", "endpoint slice namespace", "endpoint slice service", "endpoint slice name")
+	if err != nil {
+		return EndpointSliceRef{}, err
+	}
+	return EndpointSliceRef{Cluster: s[0], Namespace: s[1], Service: s[2], Name: s[3]}, nil
+}
+
+// ParseIdentityKey inverts IdentityKey. Identity 0 is reserved and refused.
+func ParseIdentityKey(key string) (IdentityRef, error) {
+	s, err := splitKey(key, KindIdentity, "cluster", "identity")
+	if err != nil {
+		return IdentityRef{}, err
+	}
+	id, err := strconv.ParseUint(s[1], 10, 32)
+	if err != nil {
+		return IdentityRef{}, keyError(key, "identity %q is not a 32-bit decimal number", s[1])
+	}
+	if id == 0 || strconv.FormatUint(id, 10) != s[1] {
+		return IdentityRef{}, keyError(key, "identity %q: not a canonical non-zero number", s[1])
+	}
+	return IdentityRef{Cluster: s[0], ID: uint32(id)}, nil
+}
+
+// ParseIPCacheKey inverts IPCacheKey.
+func ParseIPCacheKey(key string) (IPCacheRef, error) {
+	s, err := splitKey(key, KindIPCache, "cluster", "IP")
+	if err != nil {
+		return IPCacheRef{}, err
+	}
+	ip, err := netip.ParseAddr(s[1])
+	if err != nil {
+		return IPCacheRef{}, keyError(key, "%v", err)
+	}
+	if ip.Zone() != "" || ip.String() != s[1] {
+		return IPCacheRef{}, keyError(key, "IP %q is not in canonical form (%s) or has a zone", s[1], ip)
+	}
+	return IPCacheRef{Cluster: s[0], IP: ip}, nil
+}
+
+// ParseSyncedKey inverts SyncedKey; the kind must be one of SyncedKinds.
+func ParseSyncedKey(key string) (SyncedRef, error) {
+	s, err := splitKey(key, KindSynced, "cluster", "kind")
+	if err != nil {
+		return SyncedRef{}, err
+	}
+	if !slices.Contains(SyncedKinds, Kind(s[1])) {
+		return SyncedRef{}, keyError(key, "kind %q has no synced canary", s[1])
+	}
+	return SyncedRef{Cluster: s[0], Kind: Kind(s[1])}, nil
 }

@@ -63,6 +63,33 @@ var schemaMessages = []schemaMessage{
 	{"IPCacheEntry", reflect.TypeFor[IPCacheEntry](), map[protoreflect.Name]string{
 		"cluster": "Cluster", "ip": "IP", "identity": "Identity", "node": "Node", "host_ip": "HostIP",
 		"namespace": "Namespace", "pod": "Pod"}},
+	{"StringCount", nil, map[protoreflect.Name]string{"key": "", "value": ""}},
+	{"AgentStatus", reflect.TypeFor[AgentStatus](), map[protoreflect.Name]string{
+		"schema_version": "SchemaVersion", "cluster": "Cluster", "node": "Node", "datapath": "Datapath",
+		"frontends": "Frontends", "updated_unix_nano": "Updated", "clusters": "Clusters", "bgp": "BGP", "health": "Health"}},
+	{"AgentCluster", reflect.TypeFor[AgentCluster](), map[protoreflect.Name]string{
+		"name": "Name", "id": "ID", "local": "Local", "state": "State", "connected": "Connected", "synced": "Synced",
+		"synced_kinds": "SyncedKinds", "last_error": "LastError", "last_error_unix_nano": "LastErrorTime",
+		"objects": "Objects", "invalid_objects": "InvalidObjects", "refused_objects": "RefusedObjects",
+		"last_refusal": "LastRefusal", "events": "Events", "since_unix_nano": "Since"}},
+	{"AgentBGP", reflect.TypeFor[AgentBGP](), map[protoreflect.Name]string{
+		"state": "State", "error": "Error", "asn": "ASN", "router_id": "RouterID", "announced": "Announced",
+		"sessions": "Sessions", "installed": "Installed", "failed": "Failed", "refused": "Refused",
+		"pending_removal": "PendingRemoval", "stale_routes": "StaleRoutes", "install_errors": "InstallErrors"}},
+	{"AgentBGPSession", reflect.TypeFor[AgentBGPSession](), map[protoreflect.Name]string{
+		"peer": "Peer", "address": "Address", "asn": "ASN", "state": "State", "established": "Established",
+		"since_unix_nano": "Since", "cut_off": "CutOff", "received": "Received", "accepted": "Accepted",
+		"installed": "Installed", "refused": "Refused", "advertised": "Advertised"}},
+	{"AgentBGPRefusal", reflect.TypeFor[AgentBGPRefusal](), map[protoreflect.Name]string{
+		"prefix": "Prefix", "next_hop": "NextHop", "peer": "Peer", "reason": "Reason", "conflict": "Conflict"}},
+	{"AgentHealth", reflect.TypeFor[AgentHealth](), map[protoreflect.Name]string{
+		"state": "State", "error": "Error", "self": "Self", "members": "Members", "alive": "Alive",
+		"suspect": "Suspect", "dead": "Dead", "left": "Left", "unhealthy": "Unhealthy", "held": "Held",
+		"health_score": "HealthScore", "isolated": "Isolated", "isolation_reason": "IsolationReason",
+		"last_detection_seconds": "LastDetectionSeconds", "max_detection_seconds": "MaxDetectionSeconds",
+		"member_list": "MemberList"}},
+	{"AgentHealthMember", reflect.TypeFor[AgentHealthMember](), map[protoreflect.Name]string{
+		"name": "Name", "state": "State", "healthy": "Healthy", "held": "Held", "since_unix_nano": "Since"}},
 }
 
 func messageFor(t reflect.Type) (schemaMessage, bool) {
@@ -168,8 +195,40 @@ func schemaSamples() []codecObject {
 			Endpoints: []Endpoint{{Addresses: []netip.Addr{netip.MustParseAddr("fd00::5"), netip.MustParseAddr("10.0.0.5")}, Terminating: true, Serving: true}}},
 		&Identity{Cluster: "c1", ID: math.MaxUint32, Namespace: "ns"},
 		&IPCacheEntry{Cluster: "c1", IP: netip.MustParseAddr("fd00::5"), Identity: math.MaxUint32, HostIP: netip.MustParseAddr("fd00::1")},
+		sampleAgentStatus(),
+		// Sections present but empty, a cluster with nothing but its name,
+		// times before the epoch and at the end of the wire's range.
+		&AgentStatus{SchemaVersion: SchemaVersion, Cluster: "c1", Node: "n2",
+			Updated:  time.Date(1960, 1, 1, 0, 0, 0, 1, time.UTC),
+			Clusters: []AgentCluster{{Name: "c3"}, {Name: "c4", Since: time.Unix(0, math.MaxInt64).UTC(), Objects: map[string]int{"nodes": 0}}},
+			BGP:      &AgentBGP{}, Health: &AgentHealth{MemberList: []AgentHealthMember{{}}}},
 	)
 	return objs
+}
+
+// sampleAgentStatus sets every field of an agent status.
+func sampleAgentStatus() *AgentStatus {
+	t0 := time.Date(2026, 12, 3, 6, 30, 0, 123456789, time.UTC)
+	return &AgentStatus{SchemaVersion: SchemaVersion, Cluster: "c1", Node: "n1", Datapath: "bpf", Frontends: 1 << 40, Updated: t0,
+		Clusters: []AgentCluster{
+			{Name: "c1", ID: 1, Local: true, State: AgentStateConnected, Connected: true, Synced: true,
+				SyncedKinds: []string{"nodes", "services"}, Objects: map[string]int{"nodes": 3, "services": 12}, Events: math.MaxUint64, Since: t0},
+			{Name: "c2", ID: 511, State: AgentStateRefused, LastError: "cluster ID 2 is already used by cluster c3", LastErrorTime: &t0,
+				InvalidObjects: 4, RefusedObjects: 5, LastRefusal: "c2 clustermesh/v1/nodes/c2/n1 pod_cidrs: outside the cluster's pod CIDRs", Since: t0},
+		},
+		BGP: &AgentBGP{State: SectionRunning, Error: "dial: refused", ASN: 65001, RouterID: netip.MustParseAddr("10.0.0.1"),
+			Announced: []netip.Prefix{netip.MustParsePrefix("10.1.1.0/24"), netip.MustParsePrefix("fd00:1::/64")},
+			Sessions: []AgentBGPSession{{Peer: "c1/reflector", Address: netip.MustParseAddr("fd00::250"), ASN: math.MaxUint32, State: "established",
+				Established: true, Since: t0, CutOff: "max prefixes", Received: 4, Accepted: 3, Installed: 2, Refused: 1, Advertised: 1}},
+			Installed: 2, Failed: 1,
+			Refused: []AgentBGPRefusal{{Prefix: netip.MustParsePrefix("10.1.1.0/25"), NextHop: netip.MustParseAddr("10.0.0.250"), Peer: "10.0.0.250",
+				Reason: "overlaps-local-pod-cidr", Conflict: netip.MustParsePrefix("10.1.1.0/24")}},
+			PendingRemoval: 6, StaleRoutes: 7, InstallErrors: 8},
+		Health: &AgentHealth{State: SectionFailed, Error: "bind: address in use", Self: "c1/n1", Members: 10, Alive: 6, Suspect: 1, Dead: 2, Left: 1,
+			Unhealthy: 2, Held: 1, HealthScore: 3, Isolated: true, IsolationReason: "every peer suspect",
+			LastDetectionSeconds: 0.4123, MaxDetectionSeconds: 1e-9,
+			MemberList: []AgentHealthMember{{Name: "c2/n1", State: "dead", Healthy: false, Held: true, Since: t0}, {Name: "c2/n2", State: "alive", Healthy: true}}},
+	}
 }
 
 // TestSchemaRoundTrip round-trips every sample both ways: hand-encoded bytes
@@ -488,6 +547,11 @@ func scalarToDynamic(t *testing.T, v reflect.Value, fd protoreflect.FieldDescrip
 		switch v.Kind() {
 		case reflect.Uint8, reflect.Uint16, reflect.Uint32:
 			return protoreflect.ValueOfUint32(uint32(v.Uint()))
+		case reflect.Int:
+			if v.Int() < 0 || v.Int() > math.MaxUint32 {
+				t.Fatalf("field %s: %d out of range", fd.FullName(), v.Int())
+			}
+			return protoreflect.ValueOfUint32(uint32(v.Int()))
 		}
 	case protoreflect.Uint64Kind:
 		switch v.Kind() {

@@ -182,4 +182,5 @@ var (
 	_ Object = (*EndpointSlice)(nil)
 	_ Object = (*Identity)(nil)
 	_ Object = (*IPCacheEntry)(nil)
+	_ Object = (*AgentStatus)(nil)
 )

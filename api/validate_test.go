@@ -120,10 +120,10 @@ func TestParseKey(t *testing.T) {
 		want ParsedKey
 		err  string
 	}{
-		{ServiceKey("c1", "ns", "svc"), ParsedKey{KindService, "c1", "ns/svc"}, ""},
-		{EndpointSliceKey("c1", "ns", "svc", "sl"), ParsedKey{KindEndpoints, "c1", "ns/svc/sl"}, ""},
-		{ClusterKey("c2"), ParsedKey{KindCluster, "c2", ""}, ""},
-		{SyncedKey("c2", KindNode), ParsedKey{KindSynced, "c2", "nodes"}, ""},
+		{ServiceKey("c1", "ns", "svc"), ParsedKey{KindService, "c1", "ns/svc", ServiceKey("c1", "ns", "svc")}, ""},
+		{EndpointSliceKey("c1", "ns", "svc", "sl"), ParsedKey{KindEndpoints, "c1", "ns/svc/sl", EndpointSliceKey("c1", "ns", "svc", "sl")}, ""},
+		{ClusterKey("c2"), ParsedKey{KindCluster, "c2", "", ClusterKey("c2")}, ""},
+		{SyncedKey("c2", KindNode), ParsedKey{KindSynced, "c2", "nodes", SyncedKey("c2", KindNode)}, ""},
 		{"clustermesh/v1/pods/c1/n", ParsedKey{}, "unknown kind"},
 		{"clustermesh/v2/nodes/c1/n", ParsedKey{}, "not under"},
 		{"clustermesh/v1/nodes/", ParsedKey{}, "missing cluster"},
