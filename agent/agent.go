@@ -551,26 +551,30 @@ func (d delegate) Upsert(cluster string, obj api.Object) {
 
 func (d delegate) Delete(cluster string, key api.ParsedKey) {
 	a := d.a
+	// Keys that no constructor writes are ignored: nothing was stored under
+	// them (Upsert only takes decoded objects, whose key is checked).
 	switch key.Kind {
 	case api.KindService:
-		ns, name, ok := strings.Cut(key.Rest, "/")
-		if ok {
-			a.merger.DeleteService(cluster, ns, name)
+		if r, err := api.ParseServiceKey(key.Key); err == nil {
+			a.merger.DeleteService(cluster, r.Namespace, r.Name)
 			a.markPending()
 		}
 	case api.KindEndpoints:
-		parts := strings.SplitN(key.Rest, "/", 3)
-		if len(parts) == 3 {
-			a.merger.DeleteEndpointSlice(cluster, parts[0], parts[1], parts[2])
+		if r, err := api.ParseEndpointSliceKey(key.Key); err == nil {
+			a.merger.DeleteEndpointSlice(cluster, r.Namespace, r.Service, r.Name)
 			a.markPending()
 		}
 	case api.KindNode:
+		r, err := api.ParseNodeKey(key.Key)
+		if err != nil {
+			return
+		}
 		a.mu.Lock()
-		_, ok := a.nodes[cluster][key.Rest]
-		delete(a.nodes[cluster], key.Rest)
+		_, ok := a.nodes[cluster][r.Name]
+		delete(a.nodes[cluster], r.Name)
 		a.mu.Unlock()
 		if ok {
-			a.notifyNodes(func(obs NodeObserver) { obs.NodeDeleted(cluster, key.Rest) })
+			a.notifyNodes(func(obs NodeObserver) { obs.NodeDeleted(cluster, r.Name) })
 		}
 	}
 }

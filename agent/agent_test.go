@@ -623,11 +623,11 @@ func TestConfigDirLive(t *testing.T) {
 	})
 	t.Run("status published into the local store", func(t *testing.T) {
 		a.dp.Wait(t, wait, func() (bool, string) {
-			kv, found, err := c1.Admin().Get(context.Background(), status.Key("c1", "n1"))
+			kv, found, err := c1.Admin().Get(context.Background(), api.AgentStatusKey("c1", "n1"))
 			if err != nil || !found {
-				return false, fmt.Sprintf("no status at %s (%v)", status.Key("c1", "n1"), err)
+				return false, fmt.Sprintf("no status at %s (%v)", api.AgentStatusKey("c1", "n1"), err)
 			}
-			st, err := status.Decode(kv.Value)
+			st, err := status.DecodeStored(kv.Key, kv.Value)
 			if err != nil {
 				return false, err.Error()
 			}
@@ -651,12 +651,12 @@ func TestConfigDirLive(t *testing.T) {
 	})
 	t.Run("stopped agent withdraws its published status", func(t *testing.T) {
 		a.stop()
-		_, found, err := c1.Admin().Get(context.Background(), status.Key("c1", "n1"))
+		_, found, err := c1.Admin().Get(context.Background(), api.AgentStatusKey("c1", "n1"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		if found {
-			t.Errorf("status of a stopped agent still at %s", status.Key("c1", "n1"))
+			t.Errorf("status of a stopped agent still at %s", api.AgentStatusKey("c1", "n1"))
 		}
 	})
 }

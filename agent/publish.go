@@ -6,11 +6,12 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/agent/status"
+	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/kvstore"
 )
 
 // publishLoop keeps the agent's status in its own cluster's store, at
-// status.Key, attached to a lease of three StatusIntervals. It publishes
+// api.AgentStatusKey, attached to a lease of three StatusIntervals. It publishes
 // every StatusInterval and within a second of a change of any cluster's
 // state or sync. The lease is revoked when ctx ends, so a stopped agent
 // disappears at once and a crashed one within the TTL.
@@ -21,7 +22,7 @@ func (a *Agent) publishLoop(ctx context.Context) {
 		last     time.Time
 		lastSumm string
 	)
-	key := status.Key(a.cfg.ClusterName, a.cfg.NodeName)
+	key := api.AgentStatusKey(a.cfg.ClusterName, a.cfg.NodeName)
 	ttl := 3 * a.cfg.StatusInterval
 	if ttl < 5*time.Second {
 		ttl = 5 * time.Second
@@ -54,6 +55,8 @@ func (a *Agent) publishLoop(ctx context.Context) {
 			cli, pub = cur, cur.NewLeasedKey(key, ttl)
 		}
 		err := func() error {
+			// The schema's encoding (api.AgentStatus); Compact keeps it
+			// within the bounds Marshal validates.
 			b, err := st.Marshal()
 			if err != nil {
 				return err

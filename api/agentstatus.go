@@ -185,6 +185,25 @@ type AgentHealth struct {
 	// MemberList lists every peer. The published status leaves it out
 	// (see Compact).
 	MemberList []AgentHealthMember `json:"memberList,omitempty"`
+	// Refused are the gossip messages refused because they disagree with
+	// the node registry (see docs/health.md, "Members are bound to the
+	// registry").
+	Refused []AgentHealthRefusal `json:"refused,omitempty"`
+}
+
+// AgentHealthRefusal is one kind of gossip message the pool refused: what
+// it claimed (cluster, node, address), the field that disagreed with the
+// registry and why, and how often.
+type AgentHealthRefusal struct {
+	Cluster string         `json:"cluster"`
+	Node    string         `json:"node"`
+	Address netip.AddrPort `json:"address,omitzero"`
+	// Owner is the registry node that has the address, if any.
+	Owner  string    `json:"owner,omitempty"`
+	Field  string    `json:"field"`
+	Reason string    `json:"reason"`
+	Count  uint64    `json:"count"`
+	Last   time.Time `json:"last,omitzero"`
 }
 
 // AgentHealthMember is one peer of the gossip pool.
@@ -212,9 +231,11 @@ const (
 	MaxAgentKinds = 16
 	// MaxAgentBGPSessions bounds the BGP sessions of one speaker.
 	MaxAgentBGPSessions = 256
-	// MaxAgentBGPRefusals bounds the refused routes listed; Compact keeps
-	// the first ones.
-	MaxAgentBGPRefusals = 16
+	// MaxAgentBGPRefusals bounds the refused routes listed, and
+	// MaxAgentHealthRefusals the refused gossip messages; Compact keeps the
+	// first ones.
+	MaxAgentBGPRefusals    = 16
+	MaxAgentHealthRefusals = 16
 	// MaxAgentHealthMembers bounds the health members listed. The published
 	// status lists none (Compact drops them); the bound caps what a reader
 	// allocates for a value written by someone else.
@@ -243,7 +264,7 @@ func ParseAgentStatusKey(key string) (AgentStatusRef, error) {
 func (a *AgentStatus) Key() string { return AgentStatusKey(a.Cluster, a.Node) }
 
 // ClusterByName returns the status of one cluster, if present.
-func (a *AgentStatus) ClusterByName(name string) (AgentCluster, bool) {
+func (a AgentStatus) ClusterByName(name string) (AgentCluster, bool) {
 	for _, c := range a.Clusters {
 		if c.Name == name {
 			return c, true
@@ -269,6 +290,15 @@ func (a AgentStatus) Compact() AgentStatus {
 		h.MemberList = nil
 		h.Error = cutText(h.Error, MaxAgentError)
 		h.IsolationReason = cutText(h.IsolationReason, MaxAgentError)
+		if len(h.Refused) > MaxAgentHealthRefusals {
+			h.Refused = h.Refused[:MaxAgentHealthRefusals]
+		}
+		h.Refused = slices.Clone(h.Refused)
+		for i := range h.Refused {
+			r := &h.Refused[i]
+			r.Cluster, r.Node, r.Owner = cutText(r.Cluster, MaxAgentText), cutText(r.Node, MaxAgentText), cutText(r.Owner, MaxAgentText)
+			r.Field, r.Reason = cutText(r.Field, MaxAgentText), cutText(r.Reason, MaxAgentText)
+		}
 		a.Health = &h
 	}
 	if a.BGP != nil {
@@ -448,6 +478,16 @@ func (v *agentValidator) health(h *AgentHealth) {
 		v.text(fmt.Sprintf("health: member #%d: state", i), m.State, MaxAgentText)
 		v.time(fmt.Sprintf("health: member #%d: since", i), m.Since)
 	}
+	v.bound("health: refused", len(h.Refused), MaxAgentHealthRefusals)
+	for i, r := range h.Refused {
+		f := func(name string) string { return fmt.Sprintf("health: refused #%d: %s", i, name) }
+		v.text(f("cluster"), r.Cluster, MaxAgentText)
+		v.text(f("node"), r.Node, MaxAgentText)
+		v.text(f("owner"), r.Owner, MaxAgentText)
+		v.text(f("field"), r.Field, MaxAgentText)
+		v.text(f("reason"), r.Reason, MaxAgentText)
+		v.time(f("last"), r.Last)
+	}
 }
 
 // Marshal validates and encodes the agent status.
@@ -557,6 +597,19 @@ func (a *AgentStatus) Marshal() ([]byte, error) {
 					e.bool(3, m.Healthy)
 					e.bool(4, m.Held)
 					e.time(5, m.Since)
+				})
+			}
+			for i := range h.Refused {
+				r := &h.Refused[i]
+				e.message(17, func(e *encoder) {
+					e.string(1, r.Cluster)
+					e.string(2, r.Node)
+					e.addrPort(3, r.Address)
+					e.string(4, r.Owner)
+					e.string(5, r.Field)
+					e.string(6, r.Reason)
+					e.uint(7, r.Count)
+					e.time(8, r.Last)
 				})
 			}
 		})
@@ -763,6 +816,32 @@ func (h *AgentHealth) decodeField(f field) (err error) {
 		var m AgentHealthMember
 		err = f.message("health member", func(f field) error { return m.decodeField(f) })
 		h.MemberList = append(h.MemberList, m)
+	case 17:
+		var r AgentHealthRefusal
+		err = f.message("health refusal", func(f field) error { return r.decodeField(f) })
+		h.Refused = append(h.Refused, r)
+	}
+	return err
+}
+
+func (r *AgentHealthRefusal) decodeField(f field) (err error) {
+	switch f.num {
+	case 1:
+		r.Cluster, err = f.string()
+	case 2:
+		r.Node, err = f.string()
+	case 3:
+		r.Address, err = f.addrPort()
+	case 4:
+		r.Owner, err = f.string()
+	case 5:
+		r.Field, err = f.string()
+	case 6:
+		r.Reason, err = f.string()
+	case 7:
+		r.Count, err = f.uint()
+	case 8:
+		r.Last, err = f.time()
 	}
 	return err
 }

@@ -87,7 +87,10 @@ var schemaMessages = []schemaMessage{
 		"suspect": "Suspect", "dead": "Dead", "left": "Left", "unhealthy": "Unhealthy", "held": "Held",
 		"health_score": "HealthScore", "isolated": "Isolated", "isolation_reason": "IsolationReason",
 		"last_detection_seconds": "LastDetectionSeconds", "max_detection_seconds": "MaxDetectionSeconds",
-		"member_list": "MemberList"}},
+		"member_list": "MemberList", "refused": "Refused"}},
+	{"AgentHealthRefusal", reflect.TypeFor[AgentHealthRefusal](), map[protoreflect.Name]string{
+		"cluster": "Cluster", "node": "Node", "address": "Address", "owner": "Owner", "field": "Field",
+		"reason": "Reason", "count": "Count", "last_unix_nano": "Last"}},
 	{"AgentHealthMember", reflect.TypeFor[AgentHealthMember](), map[protoreflect.Name]string{
 		"name": "Name", "state": "State", "healthy": "Healthy", "held": "Held", "since_unix_nano": "Since"}},
 }
@@ -227,7 +230,9 @@ func sampleAgentStatus() *AgentStatus {
 		Health: &AgentHealth{State: SectionFailed, Error: "bind: address in use", Self: "c1/n1", Members: 10, Alive: 6, Suspect: 1, Dead: 2, Left: 1,
 			Unhealthy: 2, Held: 1, HealthScore: 3, Isolated: true, IsolationReason: "every peer suspect",
 			LastDetectionSeconds: 0.4123, MaxDetectionSeconds: 1e-9,
-			MemberList: []AgentHealthMember{{Name: "c2/n1", State: "dead", Healthy: false, Held: true, Since: t0}, {Name: "c2/n2", State: "alive", Healthy: true}}},
+			MemberList: []AgentHealthMember{{Name: "c2/n1", State: "dead", Healthy: false, Held: true, Since: t0}, {Name: "c2/n2", State: "alive", Healthy: true}},
+			Refused: []AgentHealthRefusal{{Cluster: "c1", Node: "n2", Address: netip.MustParseAddrPort("[fd00::9]:7946"), Owner: "c1/n3",
+				Field: "address", Reason: "address_mismatch", Count: math.MaxUint64, Last: t0}}},
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -203,5 +204,27 @@ func TestAllocatorChurnOneLabelSet(t *testing.T) {
 	}
 	if n := len(a.locks); n != 0 {
 		t.Errorf("%d label-set locks left after every release", n)
+	}
+}
+
+func TestParseIDKey(t *testing.T) {
+	a := newAllocator(nil, nil, "c1", 1, 255)
+	for _, local := range []uint32{1, 42, 0xffffffff} {
+		got, err := a.parseIDKey(a.idKey(local))
+		if err != nil || got != local {
+			t.Errorf("parseIDKey(idKey(%d)) = %d, %v", local, got, err)
+		}
+	}
+	for _, key := range []string{
+		ReservationPrefix + "c2/ids/7",
+		ReservationPrefix + "c1/labels/7",
+		ReservationPrefix + "c1/ids/007",
+		ReservationPrefix + "c1/ids/7/x",
+		ReservationPrefix + "c1/ids/4294967296",
+		ReservationPrefix + "c1/ids/",
+	} {
+		if n, err := a.parseIDKey(key); err == nil || !strings.Contains(err.Error(), key) {
+			t.Errorf("parseIDKey(%q) = %d, %v; want an error naming the key", key, n, err)
+		}
 	}
 }

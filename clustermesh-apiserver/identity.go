@@ -95,6 +95,21 @@ func (a *allocator) idKey(local uint32) string {
 	return a.prefix() + "ids/" + strconv.FormatUint(uint64(local), 10)
 }
 
+// parseIDKey inverts idKey: it returns the local identity number of a
+// reservation key of this allocator's cluster, refusing any key idKey does
+// not write.
+func (a *allocator) parseIDKey(key string) (uint32, error) {
+	s, ok := strings.CutPrefix(key, a.prefix()+"ids/")
+	if !ok {
+		return 0, fmt.Errorf("identity reservation key %q: not under %q", key, a.prefix()+"ids/")
+	}
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil || strconv.FormatUint(n, 10) != s {
+		return 0, fmt.Errorf("identity reservation key %q: %q is not a canonical 32-bit number", key, s)
+	}
+	return uint32(n), nil
+}
+
 // load reads the reservations already in the store, so that numbers are
 // reused for the same label sets after a restart and never handed out twice.
 func (a *allocator) load(ctx context.Context) error {
@@ -105,9 +120,8 @@ func (a *allocator) load(ctx context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, kv := range kvs {
-		n, err := strconv.ParseUint(strings.TrimPrefix(kv.Key, a.prefix()+"ids/"), 10, 32)
-		if err == nil {
-			a.taken[uint32(n)] = true
+		if n, err := a.parseIDKey(kv.Key); err == nil {
+			a.taken[n] = true
 		}
 	}
 	return nil
@@ -322,9 +336,9 @@ func (a *allocator) Collect(ctx context.Context) (int, error) {
 		if err != nil {
 			return n, fmt.Errorf("cluster %s: collect identity reservation %s: %w", a.cluster, kv.Key, err)
 		}
-		if local, err := strconv.ParseUint(strings.TrimPrefix(kv.Key, a.prefix()+"ids/"), 10, 32); err == nil {
+		if local, err := a.parseIDKey(kv.Key); err == nil {
 			a.mu.Lock()
-			delete(a.taken, uint32(local))
+			delete(a.taken, local)
 			a.mu.Unlock()
 		}
 		n++

@@ -36,9 +36,9 @@ func checkPermissions(t *testing.T, p *testPKI, endpoint string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	serviceKey := api.ServiceKey("c1", "default", "web")
-	agentKey := api.KeyPrefix + string(api.KindAgents) + "/c1/node-1"
+	agentKey := api.AgentStatusKey("c1", "node-1")
 	// Agents of this store's cluster (c1) publish under agents/c1/ only.
-	otherAgentKey := api.KeyPrefix + string(api.KindAgents) + "/c2/node-1"
+	otherAgentKey := api.AgentStatusKey("c2", "node-1")
 	outsideKey := "other/key"
 	tests := []struct {
 		user       string

@@ -8,14 +8,14 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/clustermesh/clustermesh/api"
-	"github.com/clustermesh/clustermesh/internal/logging"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/internal/logging"
 )
 
 // Writer defaults.
@@ -277,7 +277,8 @@ func (w *Writer) reserveSlot(ctx context.Context, canary bool) (*leaseSlot, erro
 
 // isCanary tells the synced canaries from objects.
 func isCanary(key string) bool {
-	return strings.HasPrefix(key, api.KeyPrefix+string(api.KindSynced)+"/")
+	pk, err := api.ParseKey(key)
+	return err == nil && pk.Kind == api.KindSynced
 }
 
 func (w *Writer) grant(ctx context.Context, ttl time.Duration) (clientv3.LeaseID, error) {

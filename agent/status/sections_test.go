@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/clustermesh/clustermesh/api"
 )
 
 func sectionsDoc(members int) *Agent {
@@ -99,7 +101,7 @@ func TestPrintSections(t *testing.T) {
 func TestSectionsJSON(t *testing.T) {
 	// Off subsystems leave no key: documents read by older CLIs are
 	// unchanged.
-	b, err := (&Agent{SchemaVersion: SchemaVersion, Cluster: "c1", Node: "n1"}).Marshal()
+	b, err := Encode(&Agent{SchemaVersion: SchemaVersion, Cluster: "c1", Node: "n1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +110,7 @@ func TestSectionsJSON(t *testing.T) {
 	}
 
 	doc := sectionsDoc(3)
-	b, err = doc.Marshal()
+	b, err = Encode(doc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +146,7 @@ func TestCompact(t *testing.T) {
 	if c.Health.MemberList != nil || c.Health.Members != 100 || c.Health.Dead != 1 {
 		t.Errorf("compact health: %+v", c.Health)
 	}
-	if len(c.BGP.Refused) != maxPublishedRefusals || len(c.BGP.Sessions) != 1 {
+	if len(c.BGP.Refused) != api.MaxAgentBGPRefusals || len(c.BGP.Sessions) != 1 {
 		t.Errorf("compact BGP: %d refusals, %d sessions", len(c.BGP.Refused), len(c.BGP.Sessions))
 	}
 	// The original is untouched.

@@ -15,96 +15,45 @@ import (
 	"github.com/clustermesh/clustermesh/api"
 )
 
-// SchemaVersion is the version of the Agent JSON document. Readers refuse a
-// newer major version.
-const SchemaVersion = 1
+// SchemaVersion is the schema of the status document: the store's
+// (api.SchemaVersion), for the JSON document of the status endpoint too.
+const SchemaVersion = api.SchemaVersion
 
 // ErrSchema is returned by Decode for a document of an unknown schema.
 var ErrSchema = errors.New("unsupported agent status schema")
 
-// State is the state of one cluster connection.
-type State string
-
-const (
-	// StateConnecting: no answer from the cluster's store yet.
-	StateConnecting State = "connecting"
-	// StateConnected: the cluster config was validated and its kinds are
-	// followed (see Cluster.Synced for the initial sync).
-	StateConnected State = "connected"
-	// StateUnreachable: the store stopped answering; the last known state
-	// of the cluster is kept and used.
-	StateUnreachable State = "unreachable"
-	// StateRefused: the cluster config failed validation (name mismatch,
-	// colliding ID, overlapping pod CIDRs); nothing of it is used.
-	StateRefused State = "refused"
-	// StateInvalidConfig: the connection file could not be loaded.
-	StateInvalidConfig State = "invalid-config"
+// The status types are the store schema's (api.AgentStatus and its parts):
+// the status endpoint serves them as JSON, the store holds them in the
+// schema's encoding.
+type (
+	Agent         = api.AgentStatus
+	Cluster       = api.AgentCluster
+	State         = api.AgentState
+	SectionState  = api.SectionState
+	BGP           = api.AgentBGP
+	BGPSession    = api.AgentBGPSession
+	BGPRefusal    = api.AgentBGPRefusal
+	Health        = api.AgentHealth
+	HealthMember  = api.AgentHealthMember
+	HealthRefusal = api.AgentHealthRefusal
 )
 
-// Cluster is the status of the agent's connection to one cluster (its own
-// included).
-type Cluster struct {
-	Name  string `json:"name"`
-	ID    uint32 `json:"id,omitempty"`
-	Local bool   `json:"local,omitempty"`
-	State State  `json:"state"`
-	// Connected is true while the cluster's store answers and its config
-	// is accepted.
-	Connected bool `json:"connected"`
-	// Synced is true once every followed kind has been fully listed and its
-	// synced canary seen; it stays true across later disconnections.
-	Synced bool `json:"synced"`
-	// SyncedKinds lists the kinds whose initial sync is complete.
-	SyncedKinds []string `json:"syncedKinds,omitempty"`
-	// LastError is the latest error of this connection: refusal reason,
-	// connection failure, or a malformed object that was skipped.
-	LastError     string     `json:"lastError,omitempty"`
-	LastErrorTime *time.Time `json:"lastErrorTime,omitempty"`
-	// Objects counts the objects currently held, by kind.
-	Objects map[string]int `json:"objects,omitempty"`
-	// InvalidObjects counts values skipped because they failed to decode or
-	// validate.
-	InvalidObjects uint64 `json:"invalidObjects,omitempty"`
-	// RefusedObjects counts objects and fields of a peer refused because
-	// they reach outside what the peer owns, or exceed its quota.
-	RefusedObjects uint64 `json:"refusedObjects,omitempty"`
-	// LastRefusal names the latest refusal: cluster, key, field, reason.
-	LastRefusal string `json:"lastRefusal,omitempty"`
-	// Events counts store events applied.
-	Events uint64 `json:"events"`
-	// Since is when State last changed.
-	Since time.Time `json:"since"`
-}
+const (
+	StateConnecting    = api.AgentStateConnecting
+	StateConnected     = api.AgentStateConnected
+	StateUnreachable   = api.AgentStateUnreachable
+	StateRefused       = api.AgentStateRefused
+	StateInvalidConfig = api.AgentStateInvalidConfig
 
-// Agent is the whole status of one agent.
-type Agent struct {
-	SchemaVersion int    `json:"schemaVersion"`
-	Cluster       string `json:"cluster"`
-	Node          string `json:"node"`
-	// Datapath names the datapath in use ("bpf" or "none").
-	Datapath string `json:"datapath"`
-	// Frontends is the number of service frontends programmed.
-	Frontends int       `json:"frontends"`
-	Updated   time.Time `json:"updated"`
-	Clusters  []Cluster `json:"clusters"`
-	// BGP is the node's BGP speaker; absent when the agent runs without
-	// --bgp (and from agents older than this field).
-	BGP *BGP `json:"bgp,omitempty"`
-	// Health is the node health gossip pool; absent without --health.
-	Health *Health `json:"health,omitempty"`
-}
+	SectionStarting = api.SectionStarting
+	SectionRunning  = api.SectionRunning
+	SectionFailed   = api.SectionFailed
+)
 
-// Key is where the agent of node in cluster publishes its status, in its own
-// cluster's store.
-func Key(cluster, node string) string { return api.ClusterPrefix(api.KindAgents, cluster) + node }
+// Encode encodes the status as the JSON document of the status endpoint.
+func Encode(a *Agent) ([]byte, error) { return json.MarshalIndent(a, "", "  ") }
 
-// Prefix is where every agent of cluster publishes its status.
-func Prefix(cluster string) string { return api.ClusterPrefix(api.KindAgents, cluster) }
-
-// Marshal encodes the status as JSON.
-func (a *Agent) Marshal() ([]byte, error) { return json.Marshal(a) }
-
-// Decode parses a status document, refusing unknown schema versions.
+// Decode parses a JSON status document, refusing unknown schema versions.
 func Decode(b []byte) (*Agent, error) {
 	var a Agent
 	if err := json.Unmarshal(b, &a); err != nil {
@@ -116,14 +65,18 @@ func Decode(b []byte) (*Agent, error) {
 	return &a, nil
 }
 
-// ClusterByName returns the status of one cluster, if present.
-func (a Agent) ClusterByName(name string) (Cluster, bool) {
-	for _, c := range a.Clusters {
-		if c.Name == name {
-			return c, true
-		}
+// DecodeStored decodes and validates a status read from the store at key
+// (api.AgentStatusKey).
+func DecodeStored(key string, value []byte) (*Agent, error) {
+	obj, err := api.Decode(key, value)
+	if err != nil {
+		return nil, fmt.Errorf("agent status: %w", err)
 	}
-	return Cluster{}, false
+	a, ok := obj.(*Agent)
+	if !ok {
+		return nil, fmt.Errorf("agent status: key %q holds a %T", key, obj)
+	}
+	return a, nil
 }
 
 // Fetch reads an agent's status from its status endpoint (host:port of the

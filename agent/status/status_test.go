@@ -5,14 +5,17 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/clustermesh/clustermesh/api"
 )
 
 func TestDecode(t *testing.T) {
 	good := &Agent{SchemaVersion: SchemaVersion, Cluster: "c1", Node: "n1", Clusters: []Cluster{{Name: "c2", State: StateConnected, Connected: true, Synced: true}}}
-	b, err := good.Marshal()
+	b, err := Encode(good)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,12 +51,32 @@ func TestDecode(t *testing.T) {
 	}
 }
 
-func TestKey(t *testing.T) {
-	if got, want := Key("c1", "node-1"), "clustermesh/v1/agents/c1/node-1"; got != want {
-		t.Errorf("Key = %q, want %q", got, want)
+// TestDecodeStored checks the store form: the schema's encoding, read back
+// whole, and refused at a key it does not describe or when malformed.
+func TestDecodeStored(t *testing.T) {
+	doc := sectionsDoc(3).Compact()
+	b, err := doc.Marshal()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !strings.HasPrefix(Key("c1", "n"), Prefix("c1")) {
-		t.Errorf("Key not under Prefix")
+	got, err := DecodeStored(api.AgentStatusKey("c1", "n1"), b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(*got, doc) {
+		t.Errorf("stored status:\n got %+v\nwant %+v", got, doc)
+	}
+	for name, tt := range map[string]struct {
+		key   string
+		value []byte
+	}{
+		"other node":    {api.AgentStatusKey("c1", "n2"), b},
+		"not an agent":  {api.NodeKey("c1", "n1"), b},
+		"json document": {api.AgentStatusKey("c1", "n1"), []byte(`{"schemaVersion":1,"cluster":"c1","node":"n1"}`)},
+	} {
+		if _, err := DecodeStored(tt.key, tt.value); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
 	}
 }
 
@@ -69,7 +92,7 @@ func TestFetchAndPrint(t *testing.T) {
 			http.Error(w, "no such page", http.StatusNotFound)
 			return
 		}
-		b, _ := doc.Marshal()
+		b, _ := Encode(doc)
 		_, _ = w.Write(b)
 	}))
 	defer srv.Close()

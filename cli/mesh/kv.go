@@ -6,7 +6,6 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/kvstore"
 )
@@ -24,8 +23,8 @@ type KV struct {
 	LeaseID int64  `json:"lease,omitempty"`
 }
 
-// decodeKV decodes a store value for humans: store objects through
-// api.Decode, agent statuses through agent/status, anything else raw.
+// decodeKV decodes a store value for humans: store objects and agent
+// statuses through api.Decode, anything else raw.
 func decodeKV(key string, value []byte) KV {
 	kv := KV{Key: key}
 	raw := func() any {
@@ -42,13 +41,6 @@ func decodeKV(key string, value []byte) KV {
 	switch pk.Kind {
 	case api.KindSynced:
 		kv.Kind, kv.Value = "SyncedCanary", raw()
-	case api.KindAgents:
-		a, err := status.Decode(value)
-		if err != nil {
-			kv.Kind, kv.Value, kv.Error = "raw", raw(), err.Error()
-		} else {
-			kv.Kind, kv.Value = "AgentStatus", a
-		}
 	default:
 		obj, err := api.Decode(key, value)
 		if err != nil {

@@ -233,9 +233,8 @@ func (st *Status) readStore(ctx context.Context, cli *kvstore.Client, cluster st
 	}
 	st.APIServer.SyncedKinds = []string{}
 	for _, kv := range synced {
-		pk, err := api.ParseKey(kv.Key)
-		if err == nil {
-			st.APIServer.SyncedKinds = append(st.APIServer.SyncedKinds, pk.Rest)
+		if r, err := api.ParseSyncedKey(kv.Key); err == nil {
+			st.APIServer.SyncedKinds = append(st.APIServer.SyncedKinds, string(r.Kind))
 		}
 	}
 	st.APIServer.Synced = true
@@ -244,12 +243,12 @@ func (st *Status) readStore(ctx context.Context, cli *kvstore.Client, cluster st
 			st.APIServer.Synced = false
 		}
 	}
-	agents, err := cli.List(ctx, status.Prefix(cluster), kvstore.ListOptions{})
+	agents, err := cli.List(ctx, api.ClusterPrefix(api.KindAgents, cluster), kvstore.ListOptions{})
 	if err != nil {
 		return err
 	}
 	for _, kv := range agents {
-		a, err := status.Decode(kv.Value)
+		a, err := status.DecodeStored(kv.Key, kv.Value)
 		if err != nil {
 			// An agent of a newer schema still counts as reporting.
 			st.AgentsReporting++

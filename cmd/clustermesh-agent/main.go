@@ -135,7 +135,7 @@ func newStatusCommand() *cobra.Command {
 			}
 			switch strings.ToLower(output) {
 			case "json":
-				b, err := st.Marshal()
+				b, err := status.Encode(st)
 				if err != nil {
 					return err
 				}
