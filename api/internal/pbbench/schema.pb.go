@@ -906,7 +906,8 @@ func (x *StringCount) GetValue() uint64 {
 // Written by each agent into its own cluster's store, attached to a lease.
 // Counts are uint64 on the wire; a reader refuses one that does not fit its
 // integers. Bounds (api/agentstatus.go): 512 clusters, texts of 253 bytes,
-// errors of 512, 16 kinds, 256 BGP sessions, 16 refusals, 256 members.
+// errors of 512, 16 kinds, 256 BGP sessions, 16 refusals of each kind,
+// 256 members.
 type AgentStatus struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	SchemaVersion   uint32                 `protobuf:"varint,1,opt,name=schema_version,json=schemaVersion,proto3" json:"schema_version,omitempty"`
@@ -1529,6 +1530,7 @@ type AgentHealth struct {
 	LastDetectionSeconds float64                `protobuf:"fixed64,14,opt,name=last_detection_seconds,json=lastDetectionSeconds,proto3" json:"last_detection_seconds,omitempty"`
 	MaxDetectionSeconds  float64                `protobuf:"fixed64,15,opt,name=max_detection_seconds,json=maxDetectionSeconds,proto3" json:"max_detection_seconds,omitempty"`
 	MemberList           []*AgentHealthMember   `protobuf:"bytes,16,rep,name=member_list,json=memberList,proto3" json:"member_list,omitempty"` // left out when published
+	Refused              []*AgentHealthRefusal  `protobuf:"bytes,17,rep,name=refused,proto3" json:"refused,omitempty"`
 	unknownFields        protoimpl.UnknownFields
 	sizeCache            protoimpl.SizeCache
 }
@@ -1675,6 +1677,13 @@ func (x *AgentHealth) GetMemberList() []*AgentHealthMember {
 	return nil
 }
 
+func (x *AgentHealth) GetRefused() []*AgentHealthRefusal {
+	if x != nil {
+		return x.Refused
+	}
+	return nil
+}
+
 type AgentHealthMember struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1747,6 +1756,106 @@ func (x *AgentHealthMember) GetHeld() bool {
 func (x *AgentHealthMember) GetSinceUnixNano() int64 {
 	if x != nil {
 		return x.SinceUnixNano
+	}
+	return 0
+}
+
+type AgentHealthRefusal struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	Address       []byte                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"` // address-port
+	Owner         string                 `protobuf:"bytes,4,opt,name=owner,proto3" json:"owner,omitempty"`
+	Field         string                 `protobuf:"bytes,5,opt,name=field,proto3" json:"field,omitempty"`
+	Reason        string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	Count         uint64                 `protobuf:"varint,7,opt,name=count,proto3" json:"count,omitempty"`
+	LastUnixNano  int64                  `protobuf:"varint,8,opt,name=last_unix_nano,json=lastUnixNano,proto3" json:"last_unix_nano,omitempty"` // timestamp
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentHealthRefusal) Reset() {
+	*x = AgentHealthRefusal{}
+	mi := &file_schema_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentHealthRefusal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentHealthRefusal) ProtoMessage() {}
+
+func (x *AgentHealthRefusal) ProtoReflect() protoreflect.Message {
+	mi := &file_schema_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentHealthRefusal.ProtoReflect.Descriptor instead.
+func (*AgentHealthRefusal) Descriptor() ([]byte, []int) {
+	return file_schema_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *AgentHealthRefusal) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *AgentHealthRefusal) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *AgentHealthRefusal) GetAddress() []byte {
+	if x != nil {
+		return x.Address
+	}
+	return nil
+}
+
+func (x *AgentHealthRefusal) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *AgentHealthRefusal) GetField() string {
+	if x != nil {
+		return x.Field
+	}
+	return ""
+}
+
+func (x *AgentHealthRefusal) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *AgentHealthRefusal) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *AgentHealthRefusal) GetLastUnixNano() int64 {
+	if x != nil {
+		return x.LastUnixNano
 	}
 	return 0
 }
@@ -1896,7 +2005,7 @@ const file_schema_proto_rawDesc = "" +
 	"\bnext_hop\x18\x02 \x01(\fR\anextHop\x12\x12\n" +
 	"\x04peer\x18\x03 \x01(\tR\x04peer\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1a\n" +
-	"\bconflict\x18\x05 \x01(\fR\bconflict\"\x89\x04\n" +
+	"\bconflict\x18\x05 \x01(\fR\bconflict\"\xc7\x04\n" +
 	"\vAgentHealth\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x12\n" +
@@ -1915,13 +2024,23 @@ const file_schema_proto_rawDesc = "" +
 	"\x16last_detection_seconds\x18\x0e \x01(\x01R\x14lastDetectionSeconds\x122\n" +
 	"\x15max_detection_seconds\x18\x0f \x01(\x01R\x13maxDetectionSeconds\x12B\n" +
 	"\vmember_list\x18\x10 \x03(\v2!.clustermesh.v1.AgentHealthMemberR\n" +
-	"memberList\"\x93\x01\n" +
+	"memberList\x12<\n" +
+	"\arefused\x18\x11 \x03(\v2\".clustermesh.v1.AgentHealthRefusalR\arefused\"\x93\x01\n" +
 	"\x11AgentHealthMember\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
 	"\ahealthy\x18\x03 \x01(\bR\ahealthy\x12\x12\n" +
 	"\x04held\x18\x04 \x01(\bR\x04held\x12&\n" +
-	"\x0fsince_unix_nano\x18\x05 \x01(\x03R\rsinceUnixNanob\x06proto3"
+	"\x0fsince_unix_nano\x18\x05 \x01(\x03R\rsinceUnixNano\"\xdc\x01\n" +
+	"\x12AgentHealthRefusal\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\fR\aaddress\x12\x14\n" +
+	"\x05owner\x18\x04 \x01(\tR\x05owner\x12\x14\n" +
+	"\x05field\x18\x05 \x01(\tR\x05field\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x14\n" +
+	"\x05count\x18\a \x01(\x04R\x05count\x12$\n" +
+	"\x0elast_unix_nano\x18\b \x01(\x03R\flastUnixNanob\x06proto3"
 
 var (
 	file_schema_proto_rawDescOnce sync.Once
@@ -1935,25 +2054,26 @@ func file_schema_proto_rawDescGZIP() []byte {
 	return file_schema_proto_rawDescData
 }
 
-var file_schema_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_schema_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_schema_proto_goTypes = []any{
-	(*StringPair)(nil),        // 0: clustermesh.v1.StringPair
-	(*Cluster)(nil),           // 1: clustermesh.v1.Cluster
-	(*Node)(nil),              // 2: clustermesh.v1.Node
-	(*Port)(nil),              // 3: clustermesh.v1.Port
-	(*Service)(nil),           // 4: clustermesh.v1.Service
-	(*Endpoint)(nil),          // 5: clustermesh.v1.Endpoint
-	(*EndpointSlice)(nil),     // 6: clustermesh.v1.EndpointSlice
-	(*Identity)(nil),          // 7: clustermesh.v1.Identity
-	(*IPCacheEntry)(nil),      // 8: clustermesh.v1.IPCacheEntry
-	(*StringCount)(nil),       // 9: clustermesh.v1.StringCount
-	(*AgentStatus)(nil),       // 10: clustermesh.v1.AgentStatus
-	(*AgentCluster)(nil),      // 11: clustermesh.v1.AgentCluster
-	(*AgentBGP)(nil),          // 12: clustermesh.v1.AgentBGP
-	(*AgentBGPSession)(nil),   // 13: clustermesh.v1.AgentBGPSession
-	(*AgentBGPRefusal)(nil),   // 14: clustermesh.v1.AgentBGPRefusal
-	(*AgentHealth)(nil),       // 15: clustermesh.v1.AgentHealth
-	(*AgentHealthMember)(nil), // 16: clustermesh.v1.AgentHealthMember
+	(*StringPair)(nil),         // 0: clustermesh.v1.StringPair
+	(*Cluster)(nil),            // 1: clustermesh.v1.Cluster
+	(*Node)(nil),               // 2: clustermesh.v1.Node
+	(*Port)(nil),               // 3: clustermesh.v1.Port
+	(*Service)(nil),            // 4: clustermesh.v1.Service
+	(*Endpoint)(nil),           // 5: clustermesh.v1.Endpoint
+	(*EndpointSlice)(nil),      // 6: clustermesh.v1.EndpointSlice
+	(*Identity)(nil),           // 7: clustermesh.v1.Identity
+	(*IPCacheEntry)(nil),       // 8: clustermesh.v1.IPCacheEntry
+	(*StringCount)(nil),        // 9: clustermesh.v1.StringCount
+	(*AgentStatus)(nil),        // 10: clustermesh.v1.AgentStatus
+	(*AgentCluster)(nil),       // 11: clustermesh.v1.AgentCluster
+	(*AgentBGP)(nil),           // 12: clustermesh.v1.AgentBGP
+	(*AgentBGPSession)(nil),    // 13: clustermesh.v1.AgentBGPSession
+	(*AgentBGPRefusal)(nil),    // 14: clustermesh.v1.AgentBGPRefusal
+	(*AgentHealth)(nil),        // 15: clustermesh.v1.AgentHealth
+	(*AgentHealthMember)(nil),  // 16: clustermesh.v1.AgentHealthMember
+	(*AgentHealthRefusal)(nil), // 17: clustermesh.v1.AgentHealthRefusal
 }
 var file_schema_proto_depIdxs = []int32{
 	3,  // 0: clustermesh.v1.Service.ports:type_name -> clustermesh.v1.Port
@@ -1968,11 +2088,12 @@ var file_schema_proto_depIdxs = []int32{
 	13, // 9: clustermesh.v1.AgentBGP.sessions:type_name -> clustermesh.v1.AgentBGPSession
 	14, // 10: clustermesh.v1.AgentBGP.refused:type_name -> clustermesh.v1.AgentBGPRefusal
 	16, // 11: clustermesh.v1.AgentHealth.member_list:type_name -> clustermesh.v1.AgentHealthMember
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	17, // 12: clustermesh.v1.AgentHealth.refused:type_name -> clustermesh.v1.AgentHealthRefusal
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_schema_proto_init() }
@@ -1986,7 +2107,7 @@ func file_schema_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_schema_proto_rawDesc), len(file_schema_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
