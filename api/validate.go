@@ -274,8 +274,10 @@ func (e *EndpointSlice) Validate() error {
 		if len(ep.Addresses) == 0 {
 			return invalidf("%s: endpoint #%d has no address", what, i)
 		}
-		if err := validateCount(fmt.Sprintf("%s: endpoint #%d: addresses", what, i), len(ep.Addresses), MaxAddressesPerEndpoint); err != nil {
-			return err
+		// Checked inline: the description is formatted only on failure, as
+		// this runs for every endpoint of every slice read.
+		if len(ep.Addresses) > MaxAddressesPerEndpoint {
+			return invalidf("%s: endpoint #%d: addresses: %d, at most %d", what, i, len(ep.Addresses), MaxAddressesPerEndpoint)
 		}
 		for j, a := range ep.Addresses {
 			if err := validateAddr(a, func() string { return fmt.Sprintf("%s: endpoint #%d address #%d", what, i, j) }); err != nil {
