@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/url"
 	"os"
@@ -25,6 +26,7 @@ import (
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/cli/internal/clitest"
 	"github.com/clustermesh/clustermesh/cli/mesh"
+	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/pki"
 )
@@ -231,13 +233,10 @@ func TestTwoClusters(t *testing.T) {
 		}()
 		// c2's store starts only once connect has found it down and says
 		// it waits.
-		deadline := time.Now().Add(60 * time.Second)
-		for !strings.Contains(logs.String(), "waiting for a store to answer") {
-			if time.Now().After(deadline) {
-				t.Fatalf("connect did not report waiting; log:\n%s", logs.String())
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		poll.Eventually(t, 60*time.Second, "connect to report waiting for c2's store", func() (bool, string) {
+			l := logs.String()
+			return strings.Contains(l, "waiting for a store to answer"), "log:\n" + l
+		})
 		env.RunProcesses(outer, "c2")
 		if err := <-done; err != nil {
 			t.Fatal(err)
@@ -366,28 +365,23 @@ func TestTwoClusters(t *testing.T) {
 		if _, err := c1.Kube.CoreV1().Secrets(c1.Namespace).Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			st, err := mesh.GetStatus(ctx, c1, mesh.StatusOptions{})
-			if err != nil {
-				t.Fatal(err)
+		var st *mesh.Status
+		var found *mesh.Problem
+		poll.Eventually(t, 60*time.Second, "status to report c9 unreachable with the agents' reason", func(ctx context.Context) error {
+			var err error
+			if st, err = mesh.GetStatus(ctx, c1, mesh.StatusOptions{}); err != nil {
+				return err
 			}
-			var found *mesh.Problem
 			for i, p := range st.Problems {
 				if errors.Is(p.Err, mesh.ErrUnreachable) && strings.Contains(p.Reason, "cluster c9") && strings.Contains(p.Reason, "agents say") {
 					found = &st.Problems[i]
+					return nil
 				}
 			}
-			if found != nil {
-				if st.Ready || !strings.Contains(found.Fix, "https://127.0.0.99:9") {
-					t.Fatalf("problem %+v (ready=%v): want the endpoint in the fix and not ready", found, st.Ready)
-				}
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("status never reported c9 as unreachable with the agents' reason: %v", st.Problems)
-			}
-			time.Sleep(300 * time.Millisecond)
+			return fmt.Errorf("problems %v", st.Problems)
+		})
+		if st.Ready || !strings.Contains(found.Fix, "https://127.0.0.99:9") {
+			t.Fatalf("problem %+v (ready=%v): want the endpoint in the fix and not ready", found, st.Ready)
 		}
 		if err := mesh.Disconnect(ctx, c1, nil, mesh.DisconnectOptions{Clusters: []string{"c9"}}); err != nil {
 			t.Fatal(err)
@@ -421,20 +415,15 @@ func TestTwoClusters(t *testing.T) {
 		}
 		// The apiservers export it; list reads both stores.
 		var res *mesh.ServiceListResult
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			res, err = mesh.ListGlobalServices(ctx, c1, mesh.StoreOptions{})
-			if err != nil {
-				t.Fatal(err)
+		poll.Eventually(t, 60*time.Second, "demo/echo listed with 2+3 ready backends in c1 and c2", func(ctx context.Context) error {
+			if res, err = mesh.ListGlobalServices(ctx, c1, mesh.StoreOptions{}); err != nil {
+				return err
 			}
 			if len(res.Services) == 1 && len(res.Services[0].Clusters) == 2 && res.Services[0].Backends == 5 {
-				break
+				return nil
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("service list = %+v, want demo/echo with 2+3 ready backends in c1 and c2", res)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
+			return fmt.Errorf("service list %+v", res)
+		})
 		if res.Services[0].Clusters[1].Affinity != "local" {
 			t.Errorf("c2's instance: %+v, want affinity local", res.Services[0].Clusters[1])
 		}
@@ -464,20 +453,15 @@ func TestTwoClusters(t *testing.T) {
 		if a := svc.Annotations; a[mesh.AnnotationGlobal] != "false" || a[mesh.AnnotationAffinity] != "" || a["service.cilium.io/global"] != "true" {
 			t.Fatalf("annotations after remove: %v; want clustermesh.io/global=false over Cilium's, the rest removed", a)
 		}
-		deadline = time.Now().Add(60 * time.Second)
-		for {
-			res, err = mesh.ListGlobalServices(ctx, c1, mesh.StoreOptions{})
-			if err != nil {
-				t.Fatal(err)
+		poll.Eventually(t, 60*time.Second, "only c2's 3 backends listed after remove in c1", func(ctx context.Context) error {
+			if res, err = mesh.ListGlobalServices(ctx, c1, mesh.StoreOptions{}); err != nil {
+				return err
 			}
 			if len(res.Services) == 1 && len(res.Services[0].Clusters) == 1 && res.Services[0].Clusters[0].Cluster == "c2" && res.Services[0].Backends == 3 {
-				break
+				return nil
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("service list after remove in c1 = %+v, want only c2's 3 backends", res)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
+			return fmt.Errorf("service list %+v", res)
+		})
 	})
 
 	t.Run("certs rotate without connection loss", func(t *testing.T) {
@@ -521,20 +505,16 @@ func TestTwoClusters(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		deadline := time.Now().Add(30 * time.Second)
-		for {
+		poll.Eventually(t, 30*time.Second, "the store to serve the new server certificate", func(ctx context.Context) error {
 			got, err := servedCert(ctx, newEntries[0])
 			if err != nil {
-				t.Fatal(err)
+				return err
 			}
-			if got.SerialNumber.Cmp(want.SerialNumber) == 0 {
-				break
+			if got.SerialNumber.Cmp(want.SerialNumber) != 0 {
+				return fmt.Errorf("serves serial %v, want %v", got.SerialNumber, want.SerialNumber)
 			}
-			if time.Now().After(deadline) {
-				t.Fatal("the store still serves the old server certificate")
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
+			return nil
+		})
 		// Agents pick up the new files and stay connected.
 		st := waitReady(t, c1)
 		for _, cs := range st.Clusters {
@@ -676,25 +656,21 @@ func dialEntry(ctx context.Context, t *testing.T, e mesh.Entry) error {
 // n clusters.
 func waitAgentClusters(t *testing.T, c *mesh.Cluster, n int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		kvs, err := mesh.KVList(context.Background(), c, "agents/", mesh.KVOptions{})
+	poll.Eventually(t, 30*time.Second, fmt.Sprintf("every agent to report %d clusters", n), func(ctx context.Context) error {
+		kvs, err := mesh.KVList(ctx, c, "agents/", mesh.KVOptions{})
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
 		ok := len(kvs) > 0
 		for _, kv := range kvs {
 			a, isAgent := kv.Value.(*status.Agent)
 			ok = ok && isAgent && len(a.Clusters) == n
 		}
-		if ok {
-			return
+		if !ok {
+			return fmt.Errorf("agents report %+v", kvs)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agents still report other than %d clusters: %+v", n, kvs)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // syncBuffer is a bytes.Buffer safe for a logger writing from another
