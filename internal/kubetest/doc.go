@@ -16,7 +16,7 @@
 //
 // Every process listens on 127.0.0.1 (or Options.BindAddress) on ports
 // picked free at start, writes its log to <dir>/<name>.log, and is killed if
-// the process that started it dies (Linux parent-death signal), so a crashed
+// the process that started it dies (internal/proc), so a crashed
 // test leaves nothing running. A Cluster's methods are safe for concurrent use;
 // Stop is idempotent.
 package kubetest

@@ -11,7 +11,7 @@
 //     harness itself can reach every control plane;
 //   - per node: a network namespace, a cgroup <prefix>/<cluster>/<node> under
 //     the cgroup v2 mount (/sys/fs/cgroup/unified on hybrid hosts,
-//     /sys/fs/cgroup on pure v2 ones, see CgroupRoot), a bpffs directory
+//     /sys/fs/cgroup on pure v2 ones, see netlab.CgroupRoot), a bpffs directory
 //     /sys/fs/bpf/<prefix>/<cluster>/<node>, and (when built) the
 //     clustermesh-agent process started in the node's namespace with nsenter
 //     and in the node's cgroup from the first instruction (clone3 with a
@@ -27,6 +27,10 @@
 //     as processes with their Secret volumes written to disk and kept
 //     current, every other pod as an echo pod), reports their status,
 //     restarts exited processes and finishes deletions.
+//
+// The kernel objects are built with internal/netlab and the processes run
+// through internal/proc, the same packages the root unit tests use; what is
+// the emulator's own is the layout above, the run prefix and the teardown.
 //
 // Mesh drives such clusters as an operator would: the real clustermesh CLI
 // (enable, connect, service global, disconnect) and the hack-built kubectl
