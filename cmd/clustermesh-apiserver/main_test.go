@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/internal/kubetest"
+	"github.com/clustermesh/clustermesh/internal/poll"
+	"github.com/clustermesh/clustermesh/internal/proc"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/pki/pkitest"
 )
@@ -52,60 +55,35 @@ func TestBinary(t *testing.T) {
 	}
 	health := l.Addr().String()
 	l.Close()
-	cmd := exec.Command(bin,
-		"--cluster-name=c1", "--cluster-id=1", "--kubeconfig="+kube.Kubeconfig,
-		"--etcd-data-dir="+filepath.Join(dir, "etcd"), "--etcd-listen-client-url=https://0.0.0.0:0",
-		"--etcd-ca="+certs.CAFile, "--etcd-cert="+certs.ServerCert, "--etcd-key="+certs.ServerKey,
-		"--etcd-admin-cert="+adminCert, "--etcd-admin-key="+adminKey,
-		"--etcd-unsafe-no-fsync", "--health-addr="+health, "--log-format=json")
-	logf, err := os.Create(filepath.Join(dir, "apiserver.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	}()
-	logs := func() string { b, _ := os.ReadFile(logf.Name()); return string(b) }
+	p := proc.StartT(t, proc.Spec{Name: "clustermesh-apiserver", Path: bin, LogDir: dir, Args: []string{
+		"--cluster-name=c1", "--cluster-id=1", "--kubeconfig=" + kube.Kubeconfig,
+		"--etcd-data-dir=" + filepath.Join(dir, "etcd"), "--etcd-listen-client-url=https://0.0.0.0:0",
+		"--etcd-ca=" + certs.CAFile, "--etcd-cert=" + certs.ServerCert, "--etcd-key=" + certs.ServerKey,
+		"--etcd-admin-cert=" + adminCert, "--etcd-admin-key=" + adminKey,
+		"--etcd-unsafe-no-fsync", "--health-addr=" + health, "--log-format=json"}})
+	logs := func() string { b, _ := os.ReadFile(p.LogPath); return string(b) }
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	for {
+	poll.Eventually(t, 2*time.Minute, "/readyz", func(ctx context.Context) error {
+		if p.Exited() {
+			t.Fatalf("exited before ready: %v\n%s", p.Err(), logs())
+		}
 		resp, err := http.Get("http://" + health + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
+		if err != nil {
+			return err
 		}
-		select {
-		case err := <-exited:
-			exited <- err
-			t.Fatalf("exited before ready: %v\n%s", err, logs())
-		case <-ctx.Done():
-			t.Fatalf("not ready: %v\n%s", ctx.Err(), logs())
-		case <-time.After(50 * time.Millisecond):
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %s", resp.Status)
 		}
-	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return nil
+	})
+	if err := p.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-exited:
-		exited <- err
-		if err != nil {
-			t.Fatalf("exit after SIGTERM: %v\n%s", err, logs())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("still running 30s after SIGTERM\n%s", logs())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.Wait(ctx); err != nil {
+		t.Fatalf("after SIGTERM: %v\n%s", err, logs())
 	}
 	// --log-format=json: the daemon's own lines are JSON objects.
 	exported := false

@@ -68,8 +68,9 @@ type Process struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 
-	mu  sync.Mutex
-	err error
+	mu      sync.Mutex
+	err     error
+	waitErr error
 }
 
 // Start starts spec. The caller must stop the process (Stop or Kill) or
@@ -111,13 +112,15 @@ func Start(spec Spec) (*Process, error) {
 	}
 	p := &Process{Spec: spec, LogPath: logPath, cmd: cmd, done: make(chan struct{})}
 	go func() {
-		err := cmd.Wait()
+		werr := cmd.Wait()
 		logf.Close()
+		err := werr
 		if err == nil {
 			err = errors.New("exited")
 		}
 		p.mu.Lock()
 		p.err = fmt.Errorf("process %s: %w", spec.Name, err)
+		p.waitErr = werr
 		p.mu.Unlock()
 		close(p.done)
 	}()
@@ -154,6 +157,22 @@ func (p *Process) Err() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.err
+}
+
+// Wait waits for the process to exit and returns nil if it exited with
+// status 0, or ctx's error if ctx ends first.
+func (p *Process) Wait(ctx context.Context) error {
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		return fmt.Errorf("process %s: still running: %w", p.Spec.Name, ctx.Err())
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.waitErr != nil {
+		return fmt.Errorf("process %s: %w", p.Spec.Name, p.waitErr)
+	}
+	return nil
 }
 
 // Exited reports whether the process has exited.

@@ -89,3 +89,19 @@ func TestStartTKillsAtEnd(t *testing.T) {
 		t.Error("process outlived its test")
 	}
 }
+
+func TestWaitReportsExitStatus(t *testing.T) {
+	for _, tt := range []struct {
+		script  string
+		wantErr bool
+	}{{"exit 0", false}, {"exit 3", true}} {
+		p := proc.StartT(t, proc.Spec{Name: "sh", Path: "/bin/sh", Args: []string{"-c", tt.script}, LogDir: t.TempDir()})
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := p.Wait(ctx)
+		timedOut := ctx.Err() != nil
+		cancel()
+		if (err != nil) != tt.wantErr || timedOut {
+			t.Errorf("%s: Wait = %v, want error %t", tt.script, err, tt.wantErr)
+		}
+	}
+}

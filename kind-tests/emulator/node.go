@@ -218,12 +218,9 @@ func (n *Node) allocateIP() (netip.Addr, error) {
 // createNetns adds a named network namespace with loopback up and registers
 // its deletion on the run.
 func createNetns(ctx context.Context, r *Run, name string) error {
-	if err := netlab.IP(ctx, "", "netns", "add", name); err != nil {
-		return fmt.Errorf("netns %s: %w", name, err)
-	}
+	err := netlab.AddNetns(ctx, name)
+	// Registered even on error: a namespace added before a later step
+	// failed must go too, and one never added is no error to delete.
 	r.onClose("netns "+name, func(ctx context.Context) error { return netlab.DelNetns(ctx, name) })
-	if err := netlab.IP(ctx, name, "link", "set", "lo", "up"); err != nil {
-		return fmt.Errorf("netns %s: %w", name, err)
-	}
-	return nil
+	return err
 }
