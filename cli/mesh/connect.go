@@ -3,6 +3,7 @@ package mesh
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -33,7 +34,11 @@ type ConnectOptions struct {
 	// are stores that do not answer yet (a peer whose apiserver is still
 	// starting); zero means DefaultConnectWait, negative fails at once.
 	WaitFor time.Duration
-	Log     *slog.Logger
+	// CAs are the CAs of clusters whose CA key is kept offline, keyed by
+	// kubeconfig context: connect issues each side's peer certificate from
+	// the other side's CA.
+	CAs map[string]*pki.CA
+	Log *slog.Logger
 }
 
 // DefaultConnectWait is how long connect waits for a starting store.
@@ -44,7 +49,7 @@ type member struct {
 	c        *Cluster
 	info     Info
 	ca       trustAnchor
-	remote   Credentials // the client certificate this cluster's agents present to peers
+	remote   Credentials // this cluster's own read-only certificate, which connect's checks dial its store with
 	podCIDRs []netip.Prefix
 	existing []Entry // current entries of its clusters Secret
 	gossip   []byte  // memberlist key
@@ -149,13 +154,8 @@ func checkPair(ctx context.Context, a, b *member, skipDial bool) []Problem {
 			}
 		}
 	}
-	if !a.ca.cert.Equal(b.ca.cert) {
-		ps = append(ps, problem(ErrUntrusted,
-			fmt.Sprintf("make %s trust the same CA: clustermesh enable %s --cluster-name %s --cluster-id %d --inherit-ca-from %s --replace-ca (re-issues %s's certificates)",
-				bn, b.c.ctxFlag(), bn, b.info.ID, a.c.Context, bn),
-			"clusters %s and %s have different CAs (%s's CA serial %s, %s's CA serial %s)",
-			an, bn, an, a.ca.cert.SerialNumber.Text(16)[:8], bn, b.ca.cert.SerialNumber.Text(16)[:8]))
-	}
+	// Clusters need not share a CA: connect issues each side's peer
+	// certificate from the other side's CA (see peerCredentials).
 	if !bytes.Equal(a.gossip, b.gossip) {
 		ps = append(ps, problem(ErrUntrusted,
 			fmt.Sprintf("share %s's gossip key: clustermesh enable %s --cluster-name %s --cluster-id %d --inherit-ca-from %s", an, b.c.ctxFlag(), bn, b.info.ID, a.c.Context),
@@ -173,7 +173,10 @@ func checkPair(ctx context.Context, a, b *member, skipDial bool) []Problem {
 	if skipDial || len(ps) > 0 {
 		return ps
 	}
-	// Each side's agents dial the other with their remote certificate.
+	// Each side's agents will dial the other with a certificate of the
+	// other's CA. The check, run before anything changes, dials with the
+	// destination's own read-only certificate: it proves the endpoint, the
+	// server identity and a read under the store's rules.
 	for _, pair := range [][2]*member{{a, b}, {b, a}} {
 		from, to := pair[0], pair[1]
 		if to.info.Endpoint == "" {
@@ -181,9 +184,19 @@ func checkPair(ctx context.Context, a, b *member, skipDial bool) []Problem {
 				"cluster %s records no endpoint", to.info.Name))
 			continue
 		}
-		creds := from.remote
+		creds := to.remote
 		creds.CA = to.ca.pem
 		cn, err := checkTLS(ctx, to.info.Endpoint, creds)
+		var verr *tls.CertificateVerificationError
+		if errors.As(err, &verr) && len(verr.UnverifiedCertificates) > 0 {
+			// The connection pins to's CA: a server of another CA is
+			// another cluster's store (or an impostor).
+			ps = append(ps, problem(ErrWrongCluster,
+				fmt.Sprintf("point %s's endpoint at its own clustermesh-apiserver (clustermesh enable ... --endpoint, or --destination-endpoint)", to.info.Name),
+				"endpoint %s of cluster %s presents the certificate of %q, not issued by %s's CA", to.info.Endpoint, to.info.Name,
+				strings.TrimSuffix(verr.UnverifiedCertificates[0].Subject.CommonName, ".clustermesh"), to.info.Name))
+			continue
+		}
 		if err != nil {
 			ps = append(ps, problem(ErrUnreachable,
 				fmt.Sprintf("check that the clustermesh-apiserver of %s runs (clustermesh status %s) and that %s is reachable from %s's nodes; or pass --destination-endpoint",
@@ -236,9 +249,63 @@ func checkStore(ctx context.Context, from, to *member, creds Credentials) (Probl
 	return Problem{}, true
 }
 
-// peerEntry is the entry `to` is known by in `from`'s clusters Secret.
-func peerEntry(from, to *member) Entry {
-	return Entry{Name: to.info.Name, ID: to.info.ID, Endpoint: to.info.Endpoint, CA: to.ca.pem, Cert: from.remote.Cert, Key: from.remote.Key}
+// grantPeer gives `from`'s agents their own read-only user on `to`'s store
+// and returns the entry `to` is known by in `from`'s clusters Secret: it
+// pins to's name, cluster ID and CA (the server must present a certificate
+// of that CA naming <to>.clustermesh), and carries a client certificate
+// issued by to's CA whose common name is from's peer user on to's store
+// (kvstore.PeerUser). A certificate of from's own CA, or any other cluster's,
+// therefore grants nothing on to's store: from's admin and agent
+// certificates are refused there, and from's peer certificate reads only
+// what to exports.
+func grantPeer(ctx context.Context, from, to *member, offline map[string]*pki.CA) (Entry, error) {
+	e := Entry{Name: to.info.Name, ID: to.info.ID, Endpoint: to.info.Endpoint, CA: to.ca.pem}
+	if old, ok := peerCertValid(from, to, time.Now()); ok {
+		// A second connect keeps the certificate agents already hold.
+		e.Cert, e.Key = old.Cert, old.Key
+	} else {
+		ca := offline[to.c.Context]
+		if ca == nil {
+			var err error
+			if ca, err = to.c.LoadCA(ctx); err != nil {
+				return Entry{}, fmt.Errorf("cluster %s: issue the peer certificate of %s: %w (connect issues it from %s's CA)", to.info.Name, from.info.Name, err, to.info.Name)
+			}
+		}
+		if !ca.Certificate().Equal(to.ca.cert) {
+			return Entry{}, fmt.Errorf("context %s: %w: the given CA %q is not the cluster's", to.c.Context, ErrCAMismatch, ca.Certificate().Subject.CommonName)
+		}
+		cert, key, err := ca.Issue(pki.IssueOptions{CommonName: kvstore.PeerUser(from.info.Name), Client: true})
+		if err != nil {
+			return Entry{}, fmt.Errorf("cluster %s: issue the peer certificate of %s: %w", to.info.Name, from.info.Name, err)
+		}
+		e.Cert, e.Key = cert, key
+	}
+	cli, _, err := to.c.OpenStore(ctx, StoreOptions{Endpoint: to.info.Endpoint})
+	if err != nil {
+		return Entry{}, err
+	}
+	defer cli.Close()
+	if err := cli.GrantPeer(ctx, to.info.Name, from.info.Name); err != nil {
+		return Entry{}, fmt.Errorf("cluster %s: %w", to.info.Name, err)
+	}
+	return e, nil
+}
+
+// peerCertValid returns from's existing entry for `to` when it still pins
+// to's CA and holds a certificate of that CA for from's peer user that is
+// not about to expire.
+func peerCertValid(from, to *member, now time.Time) (Entry, bool) {
+	for _, e := range from.existing {
+		if e.Name != to.info.Name || e.ID != to.info.ID || !bytes.Equal(e.CA, to.ca.pem) || len(e.Key) == 0 {
+			continue
+		}
+		cert, err := pki.ParseCertificate(e.Cert)
+		if err != nil || cert.Subject.CommonName != kvstore.PeerUser(from.info.Name) || cert.CheckSignatureFrom(to.ca.cert) != nil || now.Add(RenewBefore).After(cert.NotAfter) {
+			continue
+		}
+		return e, true
+	}
+	return Entry{}, false
 }
 
 // Connect connects src with every destination (and nothing else: the
@@ -286,10 +353,28 @@ func Connect(ctx context.Context, src *Cluster, dsts []*Cluster, opts ConnectOpt
 			return err
 		}
 	}
+	// Every peer certificate is issued and every peer user granted before
+	// any clusters Secret changes, so a missing CA key changes no Secret.
+	type write struct {
+		from *member
+		e    Entry
+	}
+	var writes [][]write
 	for _, b := range bs {
+		var w []write
 		for _, pair := range [][2]*member{{a, b}, {b, a}} {
 			from, to := pair[0], pair[1]
-			e := peerEntry(from, to)
+			e, err := grantPeer(ctx, from, to, opts.CAs)
+			if err != nil {
+				return err
+			}
+			w = append(w, write{from, e})
+		}
+		writes = append(writes, w)
+	}
+	for i, b := range bs {
+		for _, w := range writes[i] {
+			from, e := w.from, w.e
 			if err := from.c.updateClusters(ctx, func(s *corev1.Secret) error { return e.put(s) }); err != nil {
 				return err
 			}
@@ -348,16 +433,26 @@ type DisconnectOptions struct {
 	Log      *slog.Logger
 }
 
-// Disconnect removes the entries of src and each destination from each
-// other's clusters Secrets. Agents stop following the peer when their mount
-// updates. Disconnecting clusters that are not connected is a no-op.
+// Disconnect revokes the access of src and each destination to each
+// other's stores and removes their entries from each other's clusters
+// Secrets. Revocation is at once: the peer's etcd user and role are deleted
+// (kvstore.RevokePeer), so its certificate is refused from its next request
+// on, also on connections it holds; agents stop following the peer when
+// their mount updates. A store that cannot be reached keeps the peer's user:
+// the entries are still removed and the error names the store, so the
+// command can be re-run. Disconnecting clusters that are not connected is a
+// no-op.
 func Disconnect(ctx context.Context, src *Cluster, dsts []*Cluster, opts DisconnectOptions) error {
 	log := logging.OrDiscard(opts.Log)
 	si, err := src.ReadInfo(ctx)
 	if err != nil {
 		return err
 	}
+	var revokeErrs []error
 	drop := func(c *Cluster, name string) error {
+		if err := c.revokePeer(ctx, name); err != nil {
+			revokeErrs = append(revokeErrs, err)
+		}
 		return c.updateClusters(ctx, func(s *corev1.Secret) error {
 			removeEntry(s, name)
 			return nil
@@ -390,6 +485,22 @@ func Disconnect(ctx context.Context, src *Cluster, dsts []*Cluster, opts Disconn
 			return err
 		}
 		log.Info("disconnected", "cluster", si.Name, "peer", name)
+	}
+	if len(revokeErrs) > 0 {
+		return fmt.Errorf("disconnected, but the peer user was not removed from every store (re-run disconnect when the store answers): %w", errors.Join(revokeErrs...))
+	}
+	return nil
+}
+
+// revokePeer deletes peer's etcd user and role on the cluster's store.
+func (c *Cluster) revokePeer(ctx context.Context, peer string) error {
+	cli, info, err := c.OpenStore(ctx, StoreOptions{})
+	if err != nil {
+		return fmt.Errorf("revoke %s: %w", peer, err)
+	}
+	defer cli.Close()
+	if err := cli.RevokePeer(ctx, peer); err != nil {
+		return fmt.Errorf("context %s: cluster %s: %w", c.Context, info.Name, err)
 	}
 	return nil
 }

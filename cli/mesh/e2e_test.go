@@ -80,7 +80,13 @@ func TestTwoClusters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := mesh.Enable(ctx, c2, mesh.EnableOptions{ClusterName: "c2", ClusterID: 2, InheritFrom: c1}); err != nil {
+	// c2 has its own CA (per-cluster credentials) and shares c1's gossip
+	// key only.
+	gossipKey, err := c1.GossipKey(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mesh.Enable(ctx, c2, mesh.EnableOptions{ClusterName: "c2", ClusterID: 2, GossipKey: gossipKey}); err != nil {
 		t.Fatal(err)
 	}
 	// c3 collides with c1 in every way: its ID, its CA, its pod CIDR.
@@ -94,7 +100,7 @@ func TestTwoClusters(t *testing.T) {
 			opts mesh.EnableOptions
 		}{
 			{c1, mesh.EnableOptions{ClusterName: "c1", ClusterID: 1}},
-			{c2, mesh.EnableOptions{ClusterName: "c2", ClusterID: 2, InheritFrom: c1}},
+			{c2, mesh.EnableOptions{ClusterName: "c2", ClusterID: 2, GossipKey: gossipKey}},
 		} {
 			before := clitest.ResourceVersions(t, tc.c)
 			res, err := mesh.Enable(ctx, tc.c, tc.opts)
@@ -142,10 +148,9 @@ func TestTwoClusters(t *testing.T) {
 		before := clitest.ResourceVersions(t, c1)
 		err := mesh.Connect(ctx, c1, []*mesh.Cluster{c3}, mesh.ConnectOptions{})
 		wantProblem(t, err, mesh.ErrIDCollision, "cluster ID 1")
-		wantProblem(t, err, mesh.ErrUntrusted, "different CAs")
-		if !strings.Contains(err.Error(), "different gossip keys") {
-			t.Errorf("err = %v, want the gossip key mismatch named", err)
-		}
+		// Different CAs are fine (connect issues each side's peer
+		// certificate from the other's CA); different gossip keys are not.
+		wantProblem(t, err, mesh.ErrUntrusted, "different gossip keys")
 		wantProblem(t, err, mesh.ErrCIDROverlap, "10.1.0.0/25")
 		if after := clitest.ResourceVersions(t, c1); after["secret/"+mesh.SecretClusters] != before["secret/"+mesh.SecretClusters] {
 			t.Fatal("refused connect changed the clusters Secret")
@@ -246,6 +251,8 @@ func TestTwoClusters(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+
+	t.Run("peer credentials are scoped and revoked by disconnect", testPeerCredentials(ctx, c1, c2))
 
 	waitReady := func(t *testing.T, c *mesh.Cluster) *mesh.Status {
 		t.Helper()
@@ -479,8 +486,12 @@ func TestTwoClusters(t *testing.T) {
 		}
 		newEntries, _ := mesh.Entries(after)
 		for i := range newEntries {
-			if string(newEntries[i].Cert) == string(oldEntries[i].Cert) {
-				t.Errorf("entry %s kept its old certificate", newEntries[i].Name)
+			// The own entry gets the new agent certificate; a peer's entry
+			// holds the certificate the peer's CA issued for c1's user on
+			// the peer's store, which c1 neither can nor needs to re-issue.
+			own := newEntries[i].Name == "c1"
+			if same := string(newEntries[i].Cert) == string(oldEntries[i].Cert); same == own {
+				t.Errorf("entry %s: certificate kept = %v, want %v", newEntries[i].Name, same, !own)
 			}
 			if string(newEntries[i].CA) != string(oldEntries[i].CA) {
 				t.Errorf("entry %s changed CA", newEntries[i].Name)
@@ -575,8 +586,12 @@ func TestTwoClusters(t *testing.T) {
 		if _, err := mesh.Enable(ctx, c1, mesh.EnableOptions{ClusterName: "c1", ClusterID: 1}); !errors.Is(err, mesh.ErrCAMismatch) {
 			t.Fatalf("enable without the CA Secret: %v, want ErrCAMismatch", err)
 		}
-		// connect and status need only the CA certificate.
-		if err := mesh.Connect(ctx, c1, []*mesh.Cluster{c2}, mesh.ConnectOptions{}); err != nil {
+		// connect issues c2's peer certificate from c1's CA: it needs the
+		// key, given from outside; status needs only the CA certificate.
+		if err := mesh.Connect(ctx, c1, []*mesh.Cluster{c2}, mesh.ConnectOptions{}); !errors.Is(err, mesh.ErrNotEnabled) {
+			t.Fatalf("connect without c1's CA: %v, want ErrNotEnabled", err)
+		}
+		if err := mesh.Connect(ctx, c1, []*mesh.Cluster{c2}, mesh.ConnectOptions{CAs: map[string]*pki.CA{c1.Context: ca1}}); err != nil {
 			t.Fatal(err)
 		}
 		waitReady(t, c1)
@@ -690,4 +705,76 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// testPeerCredentials connects c1 and c2 (which have different CAs) and
+// checks, with the certificate c2's agents use for c1's store, the rows of
+// the credentials table in docs/security.md: it reads c1's exports, cannot
+// write them nor read c1's agent status; c2's admin certificate grants
+// nothing on c1's store; after disconnect the peer certificate is refused,
+// by a client opened before and by a new one.
+func testPeerCredentials(ctx context.Context, c1, c2 *mesh.Cluster) func(*testing.T) {
+	return func(t *testing.T) {
+		if err := mesh.Connect(ctx, c1, []*mesh.Cluster{c2}, mesh.ConnectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		s, err := c2.ClustersSecret(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		entries, err := mesh.Entries(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := slices.IndexFunc(entries, func(e mesh.Entry) bool { return e.Name == "c1" })
+		if i < 0 {
+			t.Fatalf("c2's Secret has no entry for c1: %v", entries)
+		}
+		e := entries[i]
+		cert, err := pki.ParseCertificate(e.Cert)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ca1, err := c1.LoadCA(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cert.Subject.CommonName != kvstore.PeerUser("c2") || cert.CheckSignatureFrom(ca1.Certificate()) != nil {
+			t.Fatalf("c2's certificate for c1 is CN %q (issuer %q), want %q issued by c1's CA", cert.Subject.CommonName, cert.Issuer.CommonName, kvstore.PeerUser("c2"))
+		}
+		peer, err := mesh.OpenStoreAs(ctx, e.Endpoint, mesh.Credentials{CA: e.CA, Cert: e.Cert, Key: e.Key})
+		if err != nil {
+			t.Fatalf("c2's peer certificate cannot open c1's store: %v", err)
+		}
+		defer peer.Close()
+		if _, _, err := peer.Get(ctx, api.ClusterKey("c1")); err != nil {
+			t.Errorf("peer reads c1's cluster config: %v", err)
+		}
+		if err := peer.Put(ctx, api.ClusterPrefix(api.KindNode, "c1")+"rogue", []byte("{}")); err == nil {
+			t.Error("peer wrote into c1's exports")
+		}
+		if _, _, err := peer.Get(ctx, api.ClusterPrefix(api.KindAgents, "c1")+"node"); err == nil {
+			t.Error("peer read c1's agent status prefix")
+		}
+		admin2, err := c2.CredentialsOf(ctx, mesh.SecretAdmin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		admin2.CA = e.CA
+		if cli, err := mesh.OpenStoreAs(ctx, e.Endpoint, admin2); err == nil {
+			cli.Close()
+			t.Error("c2's admin certificate opens c1's store")
+		}
+
+		if err := mesh.Disconnect(ctx, c1, []*mesh.Cluster{c2}, mesh.DisconnectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := peer.Get(ctx, api.ClusterKey("c1")); err == nil {
+			t.Error("after disconnect, the open peer client still reads c1's store")
+		}
+		if cli, err := mesh.OpenStoreAs(ctx, e.Endpoint, mesh.Credentials{CA: e.CA, Cert: e.Cert, Key: e.Key}); err == nil {
+			cli.Close()
+			t.Error("after disconnect, c2's peer certificate opens c1's store")
+		}
+	}
 }

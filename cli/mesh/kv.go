@@ -98,8 +98,14 @@ func KVList(ctx context.Context, c *Cluster, prefix string, opts KVOptions) ([]K
 	}
 	defer cli.Close()
 	full := absKey(prefix)
+	if opts.Peer != "" {
+		full = peerScope(full, opts.Peer)
+	}
 	items, err := cli.List(ctx, full, kvstore.ListOptions{KeysOnly: opts.KeysOnly})
 	if err != nil {
+		if opts.Peer != "" {
+			return nil, fmt.Errorf("context %s: list %s of peer %s (a peer reads only what it exports: %s...): %w", c.Context, full, opts.Peer, api.ClusterPrefix("<kind>", opts.Peer), err)
+		}
 		return nil, fmt.Errorf("context %s: list %s: %w", c.Context, full, err)
 	}
 	out := make([]KV, 0, len(items))
@@ -134,6 +140,18 @@ func KVGet(ctx context.Context, c *Cluster, key string, opts KVOptions) (*KV, er
 	kv := decodeKV(full, item.Value)
 	kv.ModRev, kv.LeaseID = item.ModRevision, item.Lease
 	return &kv, nil
+}
+
+// peerScope narrows a whole-kind prefix ("clustermesh/v1/services/") to the
+// peer's own objects of that kind: the peer's store lets this cluster's
+// user read only what the peer exports (kvstore.ExportedKeys).
+func peerScope(full, peer string) string {
+	rest, _ := strings.CutPrefix(full, api.KeyPrefix)
+	kind, after, _ := strings.Cut(rest, "/")
+	if kind != "" && after == "" && api.Kind(kind) != api.KindCluster {
+		return api.ClusterPrefix(api.Kind(kind), peer)
+	}
+	return full
 }
 
 func absKey(k string) string {

@@ -21,15 +21,16 @@ type RotateOptions struct {
 }
 
 // RotateCerts re-issues every leaf certificate of the cluster (server, admin,
-// remote, agent) from the same CA and rewrites the cluster's clusters Secret
-// to carry the new client certificates.
+// remote, agent) from the same CA and rewrites the cluster's own entry in
+// its clusters Secret to carry the new agent certificate.
 //
 // Nothing loses its connection: the CA does not change, so old and new
 // certificates are valid side by side until the old ones expire. Established
 // TLS sessions keep going; the apiserver's etcd and the agents present or
 // accept the new files once the kubelet refreshes the Secret mounts, and
 // every new handshake uses them. Peers need no change: their entries hold
-// the CA (unchanged) and their own client certificates.
+// the CA (unchanged) and the peer certificates connect issued them from it,
+// which stay valid.
 func RotateCerts(ctx context.Context, c *Cluster, opts RotateOptions) error {
 	log := logging.OrDiscard(opts.Log)
 	info, err := c.ReadInfo(ctx)
@@ -54,24 +55,21 @@ func RotateCerts(ctx context.Context, c *Cluster, opts RotateOptions) error {
 		return err
 	}
 	log.Info("re-issued certificates", "context", c.Context, "cluster", info.Name)
-	remote, err := c.credentials(ctx, SecretRemote)
-	if err != nil {
-		return err
-	}
 	agent, err := c.credentials(ctx, SecretAgent)
 	if err != nil {
 		return err
 	}
 	return c.updateClusters(ctx, func(s *corev1.Secret) error {
-		// Bad entries are left as they are (status names them); the
-		// others get the new certificates.
+		// Bad entries are left as they are (status names them). Peer
+		// entries hold certificates issued by the peer's CA for this
+		// cluster's user on the peer's store: this cluster cannot issue
+		// them; connect (re-run) does.
 		entries, _ := Entries(s)
 		for _, e := range entries {
-			if e.Name == info.Name {
-				e.Cert, e.Key = agent.Cert, agent.Key
-			} else {
-				e.Cert, e.Key = remote.Cert, remote.Key
+			if e.Name != info.Name {
+				continue
 			}
+			e.Cert, e.Key = agent.Cert, agent.Key
 			if err := e.put(s); err != nil {
 				return err
 			}

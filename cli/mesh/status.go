@@ -180,7 +180,7 @@ func GetStatus(ctx context.Context, c *Cluster, opts StatusOptions) (*Status, er
 		}
 	}
 	if ca, err := c.LoadCA(ctx); err == nil {
-		for _, p := range entryProblems(c, entries, ca.Certificate(), now) {
+		for _, p := range entryProblems(c, info.Name, entries, ca.Certificate(), now) {
 			if errors.Is(p.Err, ErrExpiring) {
 				warn(p)
 			} else {
@@ -192,25 +192,32 @@ func GetStatus(ctx context.Context, c *Cluster, opts StatusOptions) (*Status, er
 	return st, nil
 }
 
-// entryProblems checks the credentials in the clusters Secret: every entry
-// must trust this cluster's CA (the mesh shares one) and carry a client
-// certificate issued by it that is not about to expire.
-func entryProblems(c *Cluster, entries []Entry, ca *x509.Certificate, now time.Time) []Problem {
+// entryProblems checks the credentials in the clusters Secret: the own
+// entry must trust this cluster's CA and carry a certificate it issued; a
+// peer's entry pins the peer's CA and carries a certificate that CA issued
+// (connect issues it from the peer's CA for this cluster's user on the
+// peer's store). No certificate may be about to expire.
+func entryProblems(c *Cluster, self string, entries []Entry, ca *x509.Certificate, now time.Time) []Problem {
 	var ps []Problem
 	reconnect := func(e Entry) string {
 		return fmt.Sprintf("connect again to rewrite it: clustermesh connect %s --destination-context <context of %s>", c.ctxFlag(), e.Name)
 	}
 	for _, e := range entries {
+		own := e.Name == self
 		trusted, err := pki.ParseCertificate(e.CA)
-		if err != nil || !trusted.Equal(ca) {
+		if err != nil || (own && !trusted.Equal(ca)) {
 			ps = append(ps, problem(ErrUntrusted, reconnect(e),
-				"the entry for cluster %s in secret %s trusts another CA than this cluster's (the mesh must share one; was a CA replaced?)", e.Name, SecretClusters))
+				"the entry for cluster %s in secret %s trusts another CA than this cluster's (was the CA replaced?)", e.Name, SecretClusters))
 			continue
 		}
 		cert, err := pki.ParseCertificate(e.Cert)
-		if err != nil || cert.CheckSignatureFrom(ca) != nil {
-			ps = append(ps, problem(ErrUntrusted, "clustermesh certs rotate "+c.ctxFlag(),
-				"the client certificate of the entry for cluster %s in secret %s is not issued by this cluster's CA", e.Name, SecretClusters))
+		if err != nil || cert.CheckSignatureFrom(trusted) != nil {
+			fix, whose := reconnect(e), "the peer's CA it pins"
+			if own {
+				fix, whose = "clustermesh certs rotate "+c.ctxFlag(), "this cluster's CA"
+			}
+			ps = append(ps, problem(ErrUntrusted, fix,
+				"the client certificate of the entry for cluster %s in secret %s is not issued by %s", e.Name, SecretClusters, whose))
 			continue
 		}
 		if now.Add(RenewBefore).After(cert.NotAfter) {

@@ -65,19 +65,21 @@ func TestEntryProblems(t *testing.T) {
 		mention string
 	}{
 		{"good", Entry{Name: "c2", CA: ca.CertPEM(), Cert: issue(ca, 0)}, nil, ""},
-		{"other CA trusted", Entry{Name: "c2", CA: other.CertPEM(), Cert: issue(other, 0)}, ErrUntrusted, "trusts another CA"},
-		{"foreign client cert", Entry{Name: "c2", CA: ca.CertPEM(), Cert: issue(other, 0)}, ErrUntrusted, "not issued by this cluster's CA"},
+		{"peer with its own CA", Entry{Name: "c2", CA: other.CertPEM(), Cert: issue(other, 0)}, nil, ""},
+		{"own entry trusts another CA", Entry{Name: "c1", CA: other.CertPEM(), Cert: issue(other, 0)}, ErrUntrusted, "trusts another CA"},
+		{"own entry with a foreign cert", Entry{Name: "c1", CA: ca.CertPEM(), Cert: issue(other, 0)}, ErrUntrusted, "not issued by this cluster's CA"},
+		{"peer cert not from the pinned CA", Entry{Name: "c2", CA: other.CertPEM(), Cert: issue(ca, 0)}, ErrUntrusted, "not issued by the peer's CA"},
 		{"expiring client cert", Entry{Name: "c2", CA: ca.CertPEM(), Cert: issue(ca, 10*24*time.Hour)}, ErrExpiring, "expires"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ps := entryProblems(c, []Entry{tc.e}, ca.Certificate(), now)
+			ps := entryProblems(c, "c1", []Entry{tc.e}, ca.Certificate(), now)
 			if tc.want == nil {
 				if len(ps) != 0 {
 					t.Fatalf("problems = %v", ps)
 				}
 				return
 			}
-			if len(ps) != 1 || !errors.Is(ps[0].Err, tc.want) || !strings.Contains(ps[0].Reason, tc.mention) || !strings.Contains(ps[0].Reason, "c2") {
+			if len(ps) != 1 || !errors.Is(ps[0].Err, tc.want) || !strings.Contains(ps[0].Reason, tc.mention) || !strings.Contains(ps[0].Reason, tc.e.Name) {
 				t.Fatalf("problems = %v, want one %v mentioning %q", ps, tc.want, tc.mention)
 			}
 		})

@@ -152,9 +152,11 @@ func TestCheckPair(t *testing.T) {
 		{"compatible", mk("ctx2", "c2", 2, ca, "10.2.0.0/24"), nil},
 		{"same ID", mk("ctx2", "c2", 1, ca, "10.2.0.0/24"), []error{ErrIDCollision}},
 		{"same name", mk("ctx2", "c1", 2, ca, "10.2.0.0/24"), []error{ErrNameCollision}},
-		{"other CA", mk("ctx2", "c2", 2, other, "10.2.0.0/24"), []error{ErrUntrusted}},
+		// Clusters need not share a CA: each side's peer certificate is
+		// issued by the other's.
+		{"other CA", mk("ctx2", "c2", 2, other, "10.2.0.0/24"), nil},
 		{"overlapping CIDR", mk("ctx2", "c2", 2, ca, "10.1.0.128/25"), []error{ErrCIDROverlap}},
-		{"all at once", mk("ctx2", "c2", 1, other, "10.1.1.128/25"), []error{ErrIDCollision, ErrUntrusted, ErrCIDROverlap}},
+		{"all at once", mk("ctx2", "c2", 1, other, "10.1.1.128/25"), []error{ErrIDCollision, ErrCIDROverlap}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ps := checkPair(context.Background(), c1, tc.b, true)
