@@ -21,10 +21,12 @@ func newConnect(g *globals) *cobra.Command {
 		Use:   "connect --context CONTEXT --destination-context CONTEXT...",
 		Short: "Connect a cluster with one or more clusters",
 		Long: `connect checks that the clusters can form a mesh (unique names and IDs,
-shared CA, pod CIDRs that do not overlap, stores reachable with the
-certificates agents will use) and then writes each cluster's connection into
-the other's clustermesh-clusters Secret, which agents mount as their
-configuration. When a check fails nothing is changed and every problem is
+shared gossip key, pod CIDRs that do not overlap, stores reachable and
+presenting their own cluster's certificate), gives each cluster's agents their
+own read-only user (remote-<cluster>) on the other's store with a certificate
+of the other's CA, and then writes each cluster's connection into the other's
+clustermesh-clusters Secret, which agents mount as their configuration. It
+needs both clusters' CA keys and must reach both stores. When a check fails nothing is changed and every problem is
 listed with its fix. A store that does not answer yet (a cluster enabled a
 moment ago) is retried, with progress, for --wait-duration.`,
 		Example: `  clustermesh connect --context c1 --destination-context c2
@@ -59,7 +61,7 @@ moment ago) is retried, with progress, for --wait-duration.`,
 			if skipDial {
 				reach = "reachability not checked (--skip-reachability-check)"
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "✓ checks passed: unique names and IDs, shared CA and gossip key, disjoint pod CIDRs, %s\n", reach)
+			fmt.Fprintf(cmd.OutOrStdout(), "✓ checks passed: unique names and IDs, shared gossip key, disjoint pod CIDRs, peer users granted, %s\n", reach)
 			fmt.Fprintf(cmd.OutOrStdout(), "✓ connected %s with %s; agents follow within a minute (see clustermesh status --context %s --wait)\n",
 				src.Context, strings.Join(dstContexts, ", "), src.Context)
 			return nil

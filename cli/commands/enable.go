@@ -31,9 +31,10 @@ certificates into namespace clustermesh-system, with server-side apply. Running
 it again with the same flags changes nothing; certificates are kept while they
 are valid for more than 30 days.
 
-Clusters that will be connected must share a CA: pass --inherit-ca-from with
-the context of a cluster already enabled (it also shares the mesh's gossip
-key), or --ca-cert/--ca-key with --gossip-key.`,
+Clusters that will be connected must share the mesh's gossip key: pass
+--gossip-key, or --inherit-ca-from with the context of a cluster already
+enabled (which also shares its CA). Each cluster may keep its own CA: connect
+issues every peer certificate from the CA of the store it is for.`,
 		Example: `  clustermesh enable --context c1 --cluster-name c1 --cluster-id 1
   clustermesh enable --context c2 --cluster-name c2 --cluster-id 2 --inherit-ca-from c1`,
 		Args: cobra.NoArgs,
