@@ -13,6 +13,7 @@ import (
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -576,7 +577,9 @@ func TestChurn(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := e.admin.cli.Compact(ctx, resp.Header.Revision); err != nil {
+			// Nothing written since the last compaction compacts the
+			// same revision again, which etcd refuses as compacted.
+			if _, err := e.admin.cli.Compact(ctx, resp.Header.Revision); err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
 				t.Fatal(err)
 			}
 		case 2:
