@@ -16,8 +16,14 @@ BENCHTIME ?= 1x
 
 all: build
 
+# VERSION names the build (`--version` of every binary); the default is
+# derived from git.
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT    := $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS   := -X github.com/clustermesh/clustermesh/internal/version.Version=$(VERSION) -X github.com/clustermesh/clustermesh/internal/version.Commit=$(COMMIT)
+
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
 # test runs everything CI runs: static checks, then every test with the race
 # detector. Root-only tests (netns, eBPF, BGP) skip with a message when not

@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/clustermesh/clustermesh/cli/mesh"
+	"github.com/clustermesh/clustermesh/internal/version"
 )
 
 // globals are the flags every command shares.
@@ -56,6 +57,7 @@ Clusters are named by kubeconfig contexts, as with kubectl.`,
 	_ = root.RegisterFlagCompletionFunc("context", g.completeContexts)
 
 	root.AddCommand(newEnable(g), newConnect(g), newDisconnect(g), newStatus(g), newService(g), newKV(g), newCerts(g))
+	version.AddTo(root)
 	return root
 }
 

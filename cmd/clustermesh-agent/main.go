@@ -31,6 +31,7 @@ import (
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/health"
 	"github.com/clustermesh/clustermesh/internal/logging"
+	"github.com/clustermesh/clustermesh/internal/version"
 )
 
 // shortTimers returns bgp.DefaultKindConfig with the --bgp-* flags the user
@@ -117,6 +118,7 @@ func newRootCommand() *cobra.Command {
 	_ = cmd.MarkFlagRequired("cluster-name")
 
 	cmd.AddCommand(newStatusCommand(), bpf.NewDebugCommand())
+	version.AddTo(cmd)
 	return cmd
 }
 

@@ -15,6 +15,7 @@ import (
 
 	apiserver "github.com/clustermesh/clustermesh/clustermesh-apiserver"
 	"github.com/clustermesh/clustermesh/internal/logging"
+	"github.com/clustermesh/clustermesh/internal/version"
 )
 
 func main() {
@@ -57,6 +58,7 @@ the cluster and with the reflectors of the clusters in --clusters-dir.`,
 	}
 	cfg.Flags(cmd.Flags())
 	logFlags.Register(cmd.Flags())
+	version.AddTo(cmd)
 	if err := cmd.ExecuteContext(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, "clustermesh-apiserver:", err)
 		os.Exit(1)
