@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
@@ -54,7 +55,7 @@ func TestHostilePeer(t *testing.T) {
 		cidr := []string{cidr1, cidr2, cidr3}[i]
 		c.Upsert(c.Service("ns", "web", vip(n, 1)), c.Slice("ns", "web", "a", meshtest.IP(cidr, 1)),
 			c.Service("ns", "db", vip(n, 2)), c.Slice("ns", "db", "a", meshtest.IP(cidr, 2)),
-			c.Node("node-a", "192.168.50."+string(rune('0'+n)), strings.Replace(cidr, "/16", "/24", 1)))
+			c.Node("node-a", fmt.Sprintf("192.168.50.%d", n), strings.Replace(cidr, "/16", "/24", 1)))
 		c.MarkSynced()
 	}
 	routes := &nodeRoutes{cidrs: map[string][]netip.Prefix{}}

@@ -3,6 +3,7 @@ package api
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net/netip"
 	"slices"
@@ -139,29 +140,20 @@ func (e *encoder) double(num protowire.Number, v float64) {
 // countMap writes a map of counts as repeated (key=1, value=2) entries in
 // key order.
 func (e *encoder) countMap(num protowire.Number, m map[string]int) {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		e.message(num, func(e *encoder) {
-			e.string(1, k)
-			e.uint(2, uint64(m[k]))
-		})
-	}
+	encodeMap(e, num, m, func(e *encoder, n int) { e.uint(2, uint64(n)) })
 }
 
 func (e *encoder) stringMap(num protowire.Number, m map[string]string) {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
+	encodeMap(e, num, m, func(e *encoder, v string) { e.string(2, v) })
+}
+
+// encodeMap writes m as repeated (key=1, value=2) entries in key order, so
+// that equal maps encode to equal bytes; val writes field 2.
+func encodeMap[V any](e *encoder, num protowire.Number, m map[string]V, val func(*encoder, V)) {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		e.message(num, func(e *encoder) {
 			e.string(1, k)
-			e.string(2, m[k])
+			val(e, m[k])
 		})
 	}
 }
@@ -245,24 +237,9 @@ func (f field) message(what string, fn func(field) error) error {
 
 // countMap decodes one (key=1, value=2) entry of a map of counts into m.
 func (f field) countMap(m *map[string]int) error {
-	var k string
-	var n int
-	err := f.message("count", func(f field) (err error) {
-		switch f.num {
-		case 1:
-			k, err = f.string()
-		case 2:
-			n, err = f.int()
-		}
-		return err
-	})
-	if err != nil {
-		return err
+	if err := decodeMapEntry(f, m, field.int); err != nil {
+		return fmt.Errorf("count: %w", err)
 	}
-	if *m == nil {
-		*m = make(map[string]int)
-	}
-	(*m)[k] = n
 	return nil
 }
 
@@ -344,17 +321,24 @@ func (f field) protocol() (Protocol, error) {
 
 // stringMap decodes one (key=1, value=2) entry into m.
 func (f field) stringMap(m *map[string]string) error {
+	return decodeMapEntry(f, m, field.string)
+}
+
+// decodeMapEntry decodes one (key=1, value=2) map entry into m, the value
+// with val.
+func decodeMapEntry[V any](f field, m *map[string]V, val func(field) (V, error)) error {
 	v, err := f.bytes()
 	if err != nil {
 		return err
 	}
-	var k, val string
+	var k string
+	var value V
 	err = decode(v, func(f field) (err error) {
 		switch f.num {
 		case 1:
 			k, err = f.string()
 		case 2:
-			val, err = f.string()
+			value, err = val(f)
 		}
 		return err
 	})
@@ -362,9 +346,9 @@ func (f field) stringMap(m *map[string]string) error {
 		return err
 	}
 	if *m == nil {
-		*m = make(map[string]string)
+		*m = make(map[string]V)
 	}
-	(*m)[k] = val
+	(*m)[k] = value
 	return nil
 }
 

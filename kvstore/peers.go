@@ -33,19 +33,13 @@ func ExportedKeys(local string) []KeyRange {
 	out := []KeyRange{{Key: api.KeyPrefix}, {Key: api.ClusterKey(local)}}
 	for _, k := range append([]api.Kind{api.KindSynced}, api.SyncedKinds...) {
 		p := api.ClusterPrefix(k, local)
-		out = append(out, KeyRange{Key: p, End: prefixEnd(p)})
+		out = append(out, KeyRange{Key: p, End: clientv3.GetPrefixRangeEnd(p)})
 	}
 	return out
 }
 
 // KeyRange is a key (End empty) or the half-open range [Key, End).
 type KeyRange struct{ Key, End string }
-
-func prefixEnd(p string) string {
-	end := []byte(p)
-	end[len(end)-1]++
-	return string(end)
-}
 
 // GrantPeer creates (or resets) the user and role of peer on the store of
 // cluster local: the role reads ExportedKeys(local) and nothing else, and

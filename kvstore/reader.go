@@ -464,7 +464,11 @@ func (w *kindWatch) update(ctx context.Context, key string, value []byte) bool {
 	if err := w.quota(key, known, int64(len(value))-old.size); err != nil {
 		return w.send(ctx, Event{Type: EventError, Key: key, Err: err})
 	}
-	w.quotaHit = false
+	if !known {
+		// A new key got in: there is room again, so the next refusal is
+		// news worth a log line.
+		w.quotaHit = false
+	}
 	delete(w.bad, key)
 	w.emitted[key] = held{sum: sum, size: int64(len(value))}
 	w.r.bytes.Add(int64(len(value)) - old.size)

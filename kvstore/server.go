@@ -14,6 +14,7 @@ import (
 	"go.etcd.io/etcd/api/v3/authpb"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/auth"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -237,11 +238,6 @@ func (s *Server) setupAuth(ctx context.Context) error {
 			return err
 		}
 	}
-	prefixEnd := func(p string) []byte {
-		end := []byte(p)
-		end[len(end)-1]++
-		return end
-	}
 	// Agents write only their own cluster's status documents; a store
 	// configured without a cluster name grants the whole agents prefix.
 	agentPrefix := api.KeyPrefix + string(api.KindAgents) + "/"
@@ -260,7 +256,7 @@ func (s *Server) setupAuth(ctx context.Context) error {
 	for _, g := range grants {
 		_, err := es.RoleGrantPermission(ctx, &pb.AuthRoleGrantPermissionRequest{
 			Name: g.role,
-			Perm: &authpb.Permission{PermType: g.typ, Key: []byte(g.prefix), RangeEnd: prefixEnd(g.prefix)},
+			Perm: &authpb.Permission{PermType: g.typ, Key: []byte(g.prefix), RangeEnd: []byte(clientv3.GetPrefixRangeEnd(g.prefix))},
 		})
 		if err != nil {
 			return fmt.Errorf("etcd auth setup: grant %s on %s to role %s: %w", g.typ, g.prefix, g.role, err)

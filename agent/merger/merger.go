@@ -288,6 +288,10 @@ func (m *Merger) Sync(ctx context.Context) (SyncResult, error) {
 				// from the datapath: program the local backends alone
 				// until the merged set goes in (the service stays dirty).
 				if local, ok := m.localOnly(w.name, svc); ok {
+					if old, ok := w.old[fe]; ok && equalService(old, local) {
+						done[fe] = old // local alone is already programmed
+						continue
+					}
 					if lerr := m.dp.UpsertService(ctx, local); lerr == nil {
 						m.log.Warn("programmed local backends only: the merged set was refused", "service", w.name, "frontend", fe, "error", err)
 						res.Upserts++

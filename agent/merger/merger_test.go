@@ -603,6 +603,7 @@ func TestRemoteBackendsNeverBlockLocal(t *testing.T) {
 		want    string
 	}{
 		{"merged set refused: local alone", func() {}, true, "10.96.0.1:80/TCP: P[10.1.0.1:8080] F[]"},
+		{"refused again: the local set is not rewritten", func() { dp.takeCalls() }, true, "10.96.0.1:80/TCP: P[10.1.0.1:8080] F[]"},
 		{"local change still flows", func() { m.UpsertEndpointSlice(httpSlice("c1", ep("10.1.0.1"), ep("10.1.0.2"))) }, true, "10.96.0.1:80/TCP: P[10.1.0.1:8080 10.1.0.2:8080] F[]"},
 		{"merged set accepted again", func() { dp.refuseRemote = false }, false, "10.96.0.1:80/TCP: P[10.1.0.1:8080 10.1.0.2:8080 10.2.0.1:8080] F[]"},
 	}
@@ -615,6 +616,11 @@ func TestRemoteBackendsNeverBlockLocal(t *testing.T) {
 			}
 			if got := dp.view(); len(got) != 1 || got[0] != st.want {
 				t.Errorf("view %v, want %s", got, st.want)
+			}
+			if strings.HasPrefix(st.name, "refused again") {
+				if calls := dp.takeCalls(); len(calls) != 1 {
+					t.Errorf("datapath calls %v, want only the refused merged upsert", calls)
+				}
 			}
 		})
 	}

@@ -335,7 +335,8 @@ func Connect(ctx context.Context, src *Cluster, dsts []*Cluster, opts ConnectOpt
 	if wait == 0 {
 		wait = DefaultConnectWait
 	}
-	deadline := time.Now().Add(wait)
+	start := time.Now()
+	deadline := start.Add(wait)
 	retry := backoff.New(500*time.Millisecond, 5*time.Second)
 	for {
 		ps := checkAll(ctx, a, bs, opts.SkipReachability)
@@ -348,7 +349,7 @@ func Connect(ctx context.Context, src *Cluster, dsts []*Cluster, opts ConnectOpt
 			}
 			return &CheckError{Op: "connect", Problems: ps}
 		}
-		log.Info("waiting for a store to answer", "problem", ps[0].Reason, "waited", time.Since(deadline.Add(-wait)).Round(time.Second), "wait_for", wait)
+		log.Info("waiting for a store to answer", "problem", ps[0].Reason, "waited", time.Since(start).Round(time.Second), "wait_for", wait)
 		if err := retry.Wait(ctx); err != nil {
 			return err
 		}
