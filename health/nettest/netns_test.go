@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/vishvananda/netlink"
 
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/health"
@@ -180,13 +179,17 @@ func (s printSink) SetNodeHealth(_ context.Context, ref loadbalancer.NodeRef, he
 }
 
 // fabric is one network namespace per member of a lab, on a bridge of the
-// root namespace (or two bridges joined by a trunk); the lab removes it all.
+// lab's fabric namespace (or two bridges joined by a trunk); the lab removes
+// it all. The bridges forward inside that namespace, so the host's firewall
+// (FORWARD policy DROP with bridge netfilter, as dockerd leaves it) does not
+// apply.
 type fabric struct {
 	tb      testing.TB
+	netns   string // the lab's fabric namespace, holding bridges, trunk and ports
 	bridges []string
 	trunk   string
 	ns      []string // namespace names
-	veth    []string // host-side veth names
+	veth    []string // fabric-side veth names
 	addrs   []netip.AddrPort
 }
 
@@ -195,68 +198,51 @@ type fabric struct {
 // by a veth "trunk" (setTrunk cuts it); otherwise all share one bridge.
 func newFabric(l *netlab.Lab, n, split int) *fabric {
 	l.TB.Helper()
-	f := &fabric{tb: l.TB, bridges: []string{l.NS("br")}}
+	fab := l.FabricNetns()
+	f := &fabric{tb: l.TB, netns: fab, bridges: []string{"br0"}}
 	if split > 0 {
-		f.bridges = append(f.bridges, l.NS("br2"))
-		f.trunk = l.NS("ta")
-	}
-	for _, br := range f.bridges {
-		l.Run("ip", "link", "add", br, "type", "bridge")
-		l.Up("", br)
-	}
-	if f.trunk != "" {
-		l.Veth("", f.trunk, "", l.NS("tb"))
-		l.Run("ip", "link", "set", f.trunk, "master", f.bridges[0])
-		l.Run("ip", "link", "set", l.NS("tb"), "master", f.bridges[1])
+		f.bridges = append(f.bridges, "br2")
+		f.trunk = "ta"
+		l.Run("ip", "-n", fab, "link", "add", "br2", "type", "bridge")
+		l.Up(fab, "br2")
+		l.Veth(fab, f.trunk, fab, "tb")
+		l.Run("ip", "-n", fab, "link", "set", f.trunk, "master", f.bridges[0])
+		l.Run("ip", "-n", fab, "link", "set", "tb", "master", f.bridges[1])
 	}
 	for i := range n {
 		ns := l.Netns(fmt.Sprintf("n%d", i))
-		host := l.NS(fmt.Sprintf("h%d", i))
+		port := fmt.Sprintf("h%d", i)
 		addr := netip.AddrFrom4([4]byte{10, 99, 0, byte(i + 1)})
 		br := f.bridges[0]
 		if split > 0 && i >= split {
 			br = f.bridges[1]
 		}
 		f.ns = append(f.ns, ns)
-		f.veth = append(f.veth, host)
+		f.veth = append(f.veth, port)
 		f.addrs = append(f.addrs, netip.AddrPortFrom(addr, gossipPort))
-		l.Veth("", host, ns, "eth0")
-		l.Run("ip", "link", "set", host, "master", br)
+		l.Veth(fab, port, ns, "eth0")
+		l.Run("ip", "-n", fab, "link", "set", port, "master", br)
 		l.Addr(ns, "eth0", addr.String()+"/24")
 	}
 	return f
 }
 
-// setTrunk cuts (up=false) or restores the link between the two bridges.
-func (f *fabric) setTrunk(up bool) {
-	l, err := netlink.LinkByName(f.trunk)
-	if err == nil {
-		if up {
-			err = netlink.LinkSetUp(l)
-		} else {
-			err = netlink.LinkSetDown(l)
-		}
+// setPort sets a port of the fabric namespace up or down.
+func (f *fabric) setPort(port string, up bool) {
+	state := "down"
+	if up {
+		state = "up"
 	}
-	if err != nil {
-		f.tb.Fatalf("trunk %s: set up=%t: %v", f.trunk, up, err)
+	if err := netlab.IP(context.Background(), f.netns, "link", "set", port, state); err != nil {
+		f.tb.Fatal(err)
 	}
 }
 
+// setTrunk cuts (up=false) or restores the link between the two bridges.
+func (f *fabric) setTrunk(up bool) { f.setPort(f.trunk, up) }
+
 // setLink cuts (up=false) or restores member i's cable.
-func (f *fabric) setLink(i int, up bool) {
-	l, err := netlink.LinkByName(f.veth[i])
-	if err != nil {
-		f.tb.Fatalf("veth %s: %v", f.veth[i], err)
-	}
-	if up {
-		err = netlink.LinkSetUp(l)
-	} else {
-		err = netlink.LinkSetDown(l)
-	}
-	if err != nil {
-		f.tb.Fatalf("veth %s: set up=%t: %v", f.veth[i], up, err)
-	}
-}
+func (f *fabric) setLink(i int, up bool) { f.setPort(f.veth[i], up) }
 
 // mesh is the set of member processes on a fabric.
 type mesh struct {

@@ -27,7 +27,7 @@ type Lab struct {
 	// what cleanup removes.
 	Prefix string
 	// Fabric is the namespace holding the bridge br0 hosts hang off; it is
-	// created by the first Host.
+	// created by the first Host or FabricNetns.
 	Fabric string
 	// Dir is a temporary directory for the lab's files.
 	Dir string
@@ -196,18 +196,30 @@ func (l *Lab) Routes(ns string, proto netlink.RouteProtocol) map[netip.Prefix]ne
 	return out
 }
 
+// FabricNetns returns the lab's fabric namespace, creating it on first use:
+// it holds the bridge br0 that hosts (and tests' own bridges) hang off.
+// Frames cross it there, not in the root namespace, so the host's FORWARD
+// policy and bridge netfilter do not matter (see AddBridgeNetns).
+func (l *Lab) FabricNetns() string {
+	l.TB.Helper()
+	if l.Fabric == "" {
+		ns := l.NS("fab")
+		if err := AddBridgeNetns(context.Background(), ns, "br0"); err != nil {
+			l.TB.Fatal(err)
+		}
+		l.Fabric = ns
+	}
+	return l.Fabric
+}
+
 // Host adds a namespace with eth0 on the fabric at ip/24 and lo up, and
 // returns its name.
 func (l *Lab) Host(short, ip string) string {
 	l.TB.Helper()
-	if l.Fabric == "" {
-		l.Fabric = l.Netns("fab")
-		l.Run("ip", "-n", l.Fabric, "link", "add", "br0", "type", "bridge")
-		l.Up(l.Fabric, "br0")
-	}
+	fab := l.FabricNetns()
 	ns := l.Netns(short)
-	l.Veth(l.Fabric, "v"+short, ns, "eth0")
-	l.Run("ip", "-n", l.Fabric, "link", "set", "v"+short, "master", "br0")
+	l.Veth(fab, "v"+short, ns, "eth0")
+	l.Run("ip", "-n", fab, "link", "set", "v"+short, "master", "br0")
 	l.Addr(ns, "eth0", ip+"/24")
 	return ns
 }

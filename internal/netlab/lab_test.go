@@ -101,4 +101,19 @@ func TestHostsOnFabric(t *testing.T) {
 	if err != nil {
 		t.Errorf("a to b: %v", err)
 	}
+	// Bridge netfilter is off where the bridge is, whatever the host's.
+	err = netlab.InNetns(l.Fabric, func() error {
+		b, err := os.ReadFile("/proc/sys/net/bridge/bridge-nf-call-iptables")
+		if errors.Is(err, os.ErrNotExist) {
+			t.Log("no bridge netfilter in this kernel or namespace")
+			return nil
+		}
+		if err == nil && string(b) != "0\n" {
+			t.Errorf("bridge-nf-call-iptables in the fabric namespace: %q, want 0", b)
+		}
+		return err
+	})
+	if err != nil {
+		t.Error(err)
+	}
 }

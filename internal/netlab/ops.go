@@ -117,3 +117,48 @@ func InNetns(name string, fn func() error) error {
 	runtime.UnlockOSThread()
 	return ferr
 }
+
+// AddBridgeNetns adds a named network namespace holding bridge, up: the
+// place where a lab's L2 segment forwards. Frames cross the bridge inside
+// that namespace, whose netfilter tables are its own and empty, so the
+// caller's FORWARD policy (DROP on every host where dockerd ever ran) and
+// bridge netfilter settings (net.bridge.bridge-nf-call-iptables=1, also left
+// by dockerd) do not apply to them, without changing either for anything
+// else. Bridge netfilter, per namespace since Linux 5.3, is also turned off
+// inside, so frames skip netfilter altogether.
+func AddBridgeNetns(ctx context.Context, name, bridge string) error {
+	if err := AddNetns(ctx, name); err != nil {
+		return err
+	}
+	if err := InNetns(name, disableBridgeNetfilter); err != nil {
+		return fmt.Errorf("netns %s: %w", name, err)
+	}
+	if err := IP(ctx, name, "link", "add", bridge, "type", "bridge"); err != nil {
+		return fmt.Errorf("netns %s: %w", name, err)
+	}
+	if err := IP(ctx, name, "link", "set", bridge, "up"); err != nil {
+		return fmt.Errorf("netns %s: %w", name, err)
+	}
+	return nil
+}
+
+// bridgeNetfilterKeys are the bridge netfilter switches, under /proc/sys.
+var bridgeNetfilterKeys = []string{
+	"net/bridge/bridge-nf-call-iptables",
+	"net/bridge/bridge-nf-call-ip6tables",
+	"net/bridge/bridge-nf-call-arptables",
+}
+
+// disableBridgeNetfilter turns bridge netfilter off in the calling thread's
+// network namespace. Files missing (br_netfilter not loaded, or a kernel
+// where the switches are global) are skipped: the namespace's empty tables
+// accept everything then.
+func disableBridgeNetfilter() error {
+	for _, k := range bridgeNetfilterKeys {
+		err := os.WriteFile("/proc/sys/"+k, []byte("0"), 0)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("sysctl %s=0: %w", strings.ReplaceAll(k, "/", "."), err)
+		}
+	}
+	return nil
+}

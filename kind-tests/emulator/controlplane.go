@@ -15,7 +15,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/clustermesh/clustermesh/internal/kubetest"
-	"github.com/clustermesh/clustermesh/internal/netlab"
 )
 
 // kcmControllers are the controllers the emulated clusters run: workloads
@@ -59,7 +58,6 @@ func (c *Cluster) StartControlPlane(ctx context.Context, bins *Binaries) (*Contr
 		return nil, fmt.Errorf("cluster %s: control plane: %w", c.Name, err)
 	}
 	link := fmt.Sprintf("%s-%d-cp", r.Prefix, c.Index)
-	r.onClose("fabric port "+link, func(ctx context.Context) error { return netlab.DelLink(ctx, link) })
 	addr, err := r.Fabric.attach(ctx, cp.Netns, link)
 	if err != nil {
 		return nil, fmt.Errorf("cluster %s: control plane: %w", c.Name, err)

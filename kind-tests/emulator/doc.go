@@ -5,10 +5,13 @@
 // A Run owns everything of one emulation and names it with a per-run prefix
 // ("cmk" + 4 hex digits, see NewPrefix):
 //
-//   - a fabric bridge in the root network namespace (no tunnel): every node and
-//     every cluster's control plane has a veth on it and an address on the
-//     fabric subnet; the root namespace holds the fabric's first address so the
-//     harness itself can reach every control plane;
+//   - a fabric bridge in a namespace of its own, <prefix>-fabric (no tunnel):
+//     every node and every cluster's control plane has a veth on it and an
+//     address on the fabric subnet; the root namespace holds the fabric's
+//     first address, on a veth into it, so the harness itself can reach every
+//     control plane. Nothing forwards in the root namespace, so the host's
+//     firewall (FORWARD policy DROP and bridge netfilter, as dockerd leaves
+//     them) does not matter, and the run does not touch it;
 //   - per node: a network namespace, a cgroup <prefix>/<cluster>/<node> under
 //     the cgroup v2 mount (/sys/fs/cgroup/unified on hybrid hosts,
 //     /sys/fs/cgroup on pure v2 ones, see netlab.CgroupRoot), a bpffs directory

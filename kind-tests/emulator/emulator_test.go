@@ -74,27 +74,37 @@ func newRun(t *testing.T) *Run {
 // dialFrom connects from inside netns to addr and returns the echo reply.
 func dialFrom(t *testing.T, netns string, proto string, addr netip.AddrPort) string {
 	t.Helper()
+	line, err := dial(netns, proto, addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return line
+}
+
+// dial connects from inside netns to addr and returns the first line the
+// server sends (for UDP, after sending it a byte).
+func dial(netns string, proto string, addr netip.AddrPort, timeout time.Duration) (string, error) {
 	var c net.Conn
 	err := netlab.InNetns(netns, func() error {
 		var err error
-		c, err = net.DialTimeout(proto, addr.String(), 2*time.Second)
+		c, err = net.DialTimeout(proto, addr.String(), timeout)
 		return err
 	})
 	if err != nil {
-		t.Fatalf("%s from %s to %s: %v", proto, netns, addr, err)
+		return "", fmt.Errorf("%s from %s to %s: %w", proto, netns, addr, err)
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(timeout))
 	if proto == "udp" {
 		if _, err := c.Write([]byte("x")); err != nil {
-			t.Fatal(err)
+			return "", fmt.Errorf("%s from %s to %s: %w", proto, netns, addr, err)
 		}
 	}
 	line, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil {
-		t.Fatalf("%s from %s to %s: read: %v", proto, netns, addr, err)
+		return "", fmt.Errorf("%s from %s to %s: read: %w", proto, netns, addr, err)
 	}
-	return strings.TrimSpace(line)
+	return strings.TrimSpace(line), nil
 }
 
 // TestPodsReachEachOtherAcrossNodes builds 2 clusters x 2 nodes with a pod

@@ -12,15 +12,27 @@ import (
 	"github.com/clustermesh/clustermesh/internal/netlab"
 )
 
-// Fabric is the run's shared L2 segment: a Linux bridge in the root network
-// namespace. It stands for the data-centre network between nodes; pod traffic
+// Fabric is the run's shared L2 segment: a Linux bridge in a namespace of
+// its own. It stands for the data-centre network between nodes; pod traffic
 // crosses it unencapsulated, routed by each node's kernel.
+//
+// Nothing of the run forwards in the root namespace: frames are bridged
+// inside the fabric namespace and routed inside node namespaces, whose
+// netfilter tables are their own. The host's firewall (FORWARD policy DROP
+// and bridge netfilter on, as dockerd leaves them) therefore does not apply
+// to the run, and the run changes nothing in it.
 type Fabric struct {
+	// Netns holds the bridge and every port of it.
+	Netns string
+	// Bridge is the bridge's name inside Netns.
 	Bridge string
 	Subnet netip.Prefix
 	// Gateway is the root namespace's address on the fabric, through which
-	// the harness reaches control planes.
+	// the harness reaches control planes: traffic to and from it is the
+	// root namespace's own (input and output), never forwarded there.
 	Gateway netip.Addr
+	// GatewayLink is the root namespace's veth into the fabric.
+	GatewayLink string
 
 	mu   sync.Mutex
 	next netip.Addr
@@ -31,17 +43,34 @@ func newFabric(ctx context.Context, r *Run) (*Fabric, error) {
 	if err != nil {
 		return nil, fmt.Errorf("run %s: fabric: %w", r.Prefix, err)
 	}
-	f := &Fabric{Bridge: r.Prefix + "br", Subnet: subnet, Gateway: subnet.Addr().Next()}
+	f := &Fabric{
+		Netns:       r.Prefix + "-fabric",
+		Bridge:      "br0",
+		Subnet:      subnet,
+		Gateway:     subnet.Addr().Next(),
+		GatewayLink: r.Prefix + "gw",
+	}
 	f.next = f.Gateway.Next()
-	if err := netlab.IP(ctx, "", "link", "add", f.Bridge, "type", "bridge"); err != nil {
-		return nil, fmt.Errorf("run %s: fabric bridge: %w", r.Prefix, err)
+	// Deleting the namespace deletes the bridge, its ports and their peers
+	// (the gateway link too).
+	r.onClose("fabric netns "+f.Netns, func(ctx context.Context) error { return netlab.DelNetns(ctx, f.Netns) })
+	if err := netlab.AddBridgeNetns(ctx, f.Netns, f.Bridge); err != nil {
+		return nil, fmt.Errorf("run %s: fabric: %w", r.Prefix, err)
 	}
-	r.onClose("fabric bridge "+f.Bridge, func(ctx context.Context) error { return netlab.DelLink(ctx, f.Bridge) })
-	if err := netlab.IP(ctx, "", "addr", "add", netip.PrefixFrom(f.Gateway, subnet.Bits()).String(), "dev", f.Bridge); err != nil {
-		return nil, fmt.Errorf("run %s: fabric address: %w", r.Prefix, err)
+	steps := []struct {
+		netns string
+		args  []string
+	}{
+		{"", []string{"link", "add", f.GatewayLink, "type", "veth", "peer", "name", "gw", "netns", f.Netns}},
+		{f.Netns, []string{"link", "set", "gw", "master", f.Bridge}},
+		{f.Netns, []string{"link", "set", "gw", "up"}},
+		{"", []string{"addr", "add", netip.PrefixFrom(f.Gateway, subnet.Bits()).String(), "dev", f.GatewayLink}},
+		{"", []string{"link", "set", f.GatewayLink, "up"}},
 	}
-	if err := netlab.IP(ctx, "", "link", "set", f.Bridge, "up"); err != nil {
-		return nil, fmt.Errorf("run %s: fabric up: %w", r.Prefix, err)
+	for _, s := range steps {
+		if err := netlab.IP(ctx, s.netns, s.args...); err != nil {
+			return nil, fmt.Errorf("run %s: fabric gateway: %w", r.Prefix, err)
+		}
 	}
 	return f, nil
 }
@@ -96,34 +125,37 @@ func (f *Fabric) allocate() (netip.Addr, error) {
 	return a, nil
 }
 
-// attach connects netns to the fabric: a veth whose root end (hostName) is a
+// attach connects netns to the fabric: a veth whose fabric end (port) is a
 // bridge port and whose other end becomes eth0 in netns with a fresh fabric
 // address.
-func (f *Fabric) attach(ctx context.Context, netns, hostName string) (netip.Addr, error) {
+func (f *Fabric) attach(ctx context.Context, netns, port string) (netip.Addr, error) {
 	addr, err := f.allocate()
 	if err != nil {
 		return netip.Addr{}, err
 	}
-	peer := hostName + "x"
-	steps := [][]string{
-		{"link", "add", hostName, "type", "veth", "peer", "name", peer},
-		{"link", "set", peer, "netns", netns},
-		{"link", "set", hostName, "master", f.Bridge},
-		{"link", "set", hostName, "up"},
+	steps := []struct {
+		netns string
+		args  []string
+	}{
+		{f.Netns, []string{"link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", netns}},
+		{f.Netns, []string{"link", "set", port, "master", f.Bridge}},
+		{f.Netns, []string{"link", "set", port, "up"}},
+		{netns, []string{"addr", "add", netip.PrefixFrom(addr, f.Subnet.Bits()).String(), "dev", "eth0"}},
+		{netns, []string{"link", "set", "eth0", "up"}},
 	}
 	for _, s := range steps {
-		if err := netlab.IP(ctx, "", s...); err != nil {
-			return netip.Addr{}, fmt.Errorf("fabric: attach %s: %w", netns, err)
-		}
-	}
-	for _, s := range [][]string{
-		{"link", "set", peer, "name", "eth0"},
-		{"addr", "add", netip.PrefixFrom(addr, f.Subnet.Bits()).String(), "dev", "eth0"},
-		{"link", "set", "eth0", "up"},
-	} {
-		if err := netlab.IP(ctx, netns, s...); err != nil {
+		if err := netlab.IP(ctx, s.netns, s.args...); err != nil {
 			return netip.Addr{}, fmt.Errorf("fabric: attach %s: %w", netns, err)
 		}
 	}
 	return addr, nil
+}
+
+// setPort sets a fabric port up or down.
+func (f *Fabric) setPort(ctx context.Context, port string, up bool) error {
+	state := "down"
+	if up {
+		state = "up"
+	}
+	return netlab.IP(ctx, f.Netns, "link", "set", port, state)
 }

@@ -91,7 +91,8 @@ type Node struct {
 	Cgroup string
 	// BPFDir is the node's bpffs pin directory.
 	BPFDir string
-	// Link is the node's veth port on the fabric bridge (root namespace).
+	// Link is the node's veth port on the fabric bridge (in the fabric's
+	// namespace).
 	Link string
 
 	mu     sync.Mutex
@@ -129,7 +130,6 @@ func (c *Cluster) AddNode(ctx context.Context) (*Node, error) {
 	if err := createNetns(ctx, r, n.Netns); err != nil {
 		return nil, fmt.Errorf("node %s: %w", name, err)
 	}
-	r.onClose("fabric port "+n.Link, func(ctx context.Context) error { return netlab.DelLink(ctx, n.Link) })
 	addr, err := r.Fabric.attach(ctx, n.Netns, n.Link)
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", name, err)
@@ -190,7 +190,7 @@ func (n *Node) Pods() []*Pod {
 // Cut takes the node off the fabric (its bridge port goes down): to the rest
 // of the mesh it is gone, as after a power loss, while its processes live on.
 func (n *Node) Cut(ctx context.Context) error {
-	if err := netlab.IP(ctx, "", "link", "set", n.Link, "down"); err != nil {
+	if err := n.Cluster.Run.Fabric.setPort(ctx, n.Link, false); err != nil {
 		return fmt.Errorf("node %s: cut: %w", n.Name, err)
 	}
 	return nil
@@ -198,7 +198,7 @@ func (n *Node) Cut(ctx context.Context) error {
 
 // Reconnect undoes Cut.
 func (n *Node) Reconnect(ctx context.Context) error {
-	if err := netlab.IP(ctx, "", "link", "set", n.Link, "up"); err != nil {
+	if err := n.Cluster.Run.Fabric.setPort(ctx, n.Link, true); err != nil {
 		return fmt.Errorf("node %s: reconnect: %w", n.Name, err)
 	}
 	return nil

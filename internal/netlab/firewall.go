@@ -1,0 +1,110 @@
+package netlab
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// iptablesVariants are the iptables front ends whose FORWARD policy a host
+// may have at DROP: dockerd uses whichever `iptables` is, and a host may have
+// rules in both the nf_tables and the legacy back end.
+var iptablesVariants = []string{"iptables-nft", "iptables-legacy", "ip6tables-nft", "ip6tables-legacy"}
+
+// bridgeCallKeys are the root namespace switches that send bridged frames
+// through iptables, as dockerd leaves them.
+var bridgeCallKeys = []string{"net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables"}
+
+// HostFirewallDrop makes the host (root network namespace) firewall look
+// like one where dockerd has run: the FORWARD policy of every iptables
+// variant present at DROP, and bridge netfilter on (when the kernel has it).
+// It returns a function that restores what it changed, which is also
+// registered with tb.Cleanup so that a failing test restores too; calling it
+// more than once is harmless. bridged reports whether bridge netfilter is on
+// during the window, i.e. whether frames crossing a bridge of the root
+// namespace are dropped.
+//
+// The change is global: every process of the machine forwarding through the
+// root namespace is cut off until restore, so tests keep the window to the
+// few checks that need it.
+func HostFirewallDrop(tb testing.TB) (restore func(), bridged bool) {
+	tb.Helper()
+	var undo []func() error
+	for _, bin := range iptablesVariants {
+		path, err := exec.LookPath(bin)
+		if err != nil {
+			continue
+		}
+		out, err := exec.Command(path, "-w", "-S", "FORWARD").CombinedOutput()
+		if err != nil {
+			tb.Logf("host firewall: %s unusable, skipped: %v: %s", bin, err, bytes.TrimSpace(out))
+			continue
+		}
+		old, ok := forwardPolicy(out)
+		if !ok {
+			tb.Logf("host firewall: %s: no FORWARD policy in %q, skipped", bin, out)
+			continue
+		}
+		if err := setPolicy(path, "DROP"); err != nil {
+			tb.Errorf("host firewall: %v", err)
+			continue
+		}
+		undo = append(undo, func() error { return setPolicy(path, old) })
+	}
+	if _, err := os.Stat("/proc/sys/" + bridgeCallKeys[0]); errors.Is(err, os.ErrNotExist) {
+		// Dockerd loads it the same way; no modprobe is no bridge netfilter.
+		if out, err := exec.Command("modprobe", "br_netfilter").CombinedOutput(); err != nil {
+			tb.Logf("host firewall: br_netfilter not loaded and not loadable (%v: %s): only the FORWARD policy applies", err, bytes.TrimSpace(out))
+		}
+	}
+	for _, k := range bridgeCallKeys {
+		p := "/proc/sys/" + k
+		old, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		if err := os.WriteFile(p, []byte("1"), 0); err != nil {
+			tb.Errorf("host firewall: sysctl %s=1: %v", k, err)
+			continue
+		}
+		bridged = bridged || k == bridgeCallKeys[0]
+		undo = append(undo, func() error { return os.WriteFile(p, old, 0) })
+	}
+	var once sync.Once
+	restore = func() {
+		once.Do(func() {
+			var errs []error
+			for i := len(undo) - 1; i >= 0; i-- {
+				errs = append(errs, undo[i]())
+			}
+			if err := errors.Join(errs...); err != nil {
+				tb.Errorf("host firewall: restore: %v", err)
+			}
+		})
+	}
+	tb.Cleanup(restore)
+	return restore, bridged
+}
+
+// forwardPolicy finds the FORWARD chain's policy in `iptables -S FORWARD`
+// output.
+func forwardPolicy(out []byte) (string, bool) {
+	for _, line := range strings.Split(string(out), "\n") {
+		if p, ok := strings.CutPrefix(strings.TrimSpace(line), "-P FORWARD "); ok {
+			return p, true
+		}
+	}
+	return "", false
+}
+
+func setPolicy(path, policy string) error {
+	if out, err := exec.Command(path, "-w", "-P", "FORWARD", policy).CombinedOutput(); err != nil {
+		return fmt.Errorf("%s -P FORWARD %s: %w: %s", path, policy, err, bytes.TrimSpace(out))
+	}
+	return nil
+}
