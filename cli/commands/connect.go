@@ -54,7 +54,7 @@ moment ago) is retried, with progress, for --wait-duration.`,
 				}
 				dsts = append(dsts, c)
 			}
-			if err := mesh.Connect(ctx, src, dsts, mesh.ConnectOptions{DestinationEndpoints: eps, SkipReachability: skipDial, WaitFor: waitFor, Log: g.logger(cmd)}); err != nil {
+			if err := mesh.Connect(ctx, src, dsts, mesh.ConnectOptions{DestinationEndpoints: eps, SkipReachability: skipDial, WaitFor: waitFor, Progress: progressTo(cmd), Log: g.logger(cmd)}); err != nil {
 				return err
 			}
 			reach := "stores reachable with the agents' certificates"
@@ -71,7 +71,7 @@ moment ago) is retried, with progress, for --wait-duration.`,
 	f.StringArrayVar(&dstContexts, "destination-context", nil, "kubeconfig context of a cluster to connect with (repeatable)")
 	f.StringArrayVar(&dstEndpoints, "destination-endpoint", nil, "override a destination's store endpoint: https://HOST:PORT with one destination, else CONTEXT=https://HOST:PORT (repeatable)")
 	f.BoolVar(&skipDial, "skip-reachability-check", false, "do not dial the stores from here (when this machine cannot reach them)")
-	f.DurationVar(&waitFor, "wait-duration", mesh.DefaultConnectWait, "how long to keep retrying while a store does not answer yet (a cluster just enabled); other problems fail at once; a negative value fails at once")
+	f.DurationVar(&waitFor, "wait-duration", mesh.DefaultStoreWait, "how long to keep retrying while a store does not answer yet (a cluster just enabled); other problems fail at once; a negative value fails at once")
 	_ = cmd.RegisterFlagCompletionFunc("destination-context", g.completeContexts)
 	return cmd
 }

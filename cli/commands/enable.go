@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -22,6 +23,7 @@ func newEnable(g *globals) *cobra.Command {
 		inheritFrom   string
 		gossipKey     string
 		dryRun        bool
+		waitFor       time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "enable --context CONTEXT --cluster-name NAME --cluster-id ID",
@@ -30,6 +32,11 @@ func newEnable(g *globals) *cobra.Command {
 certificates into namespace clustermesh-system, with server-side apply. Running
 it again with the same flags changes nothing; certificates are kept while they
 are valid for more than 30 days.
+
+enable then waits, printing progress, until the cluster's store serves (the
+clustermesh-apiserver pulled, started and answering with the admin
+certificate), so that connect can run right after it; --wait-duration bounds
+the wait.
 
 Clusters that will be connected must share the mesh's gossip key: pass
 --gossip-key, or --inherit-ca-from with the context of a cluster already
@@ -107,6 +114,16 @@ issues every peer certificate from the CA of the store it is for.`,
 			if res.CreatedCA {
 				fmt.Fprintf(w, "  created a new CA: enable the other clusters with --inherit-ca-from %s so they trust each other\n", c.Context)
 			}
+			if waitFor == 0 {
+				fmt.Fprintf(w, "  not waiting for the store (--wait-duration 0): clustermesh status --context %s --wait tells when it serves\n", c.Context)
+				return nil
+			}
+			start := time.Now()
+			err = mesh.WaitStore(ctx, c, mesh.StoreOptions{}, mesh.StoreWait{For: waitFor, Progress: progressTo(cmd), Log: opts.Log})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(w, "✓ store of %s serves at %s (waited %s)\n", res.ClusterName, res.Endpoint, time.Since(start).Round(100*time.Millisecond))
 			return nil
 		},
 	}
@@ -123,6 +140,7 @@ issues every peer certificate from the CA of the store it is for.`,
 	f.StringVar(&inheritFrom, "inherit-ca-from", "", "kubeconfig context of an enabled cluster whose CA to share")
 	f.StringVar(&gossipKey, "gossip-key", "", "file holding the mesh's node-health gossip key (base64 of 16, 24 or 32 bytes); default: inherited with --inherit-ca-from, else generated")
 	f.BoolVar(&dryRun, "dry-run", false, "print the manifests enable would apply (without the certificate Secrets) and change nothing")
+	f.DurationVar(&waitFor, "wait-duration", mesh.DefaultStoreWait, "how long to wait, with progress, until the cluster's store serves (its apiserver started), so that connect can follow at once; 0 does not wait, a negative value checks once")
 	f.BoolVar(&opts.ReplaceCA, "replace-ca", false, "replace a different CA the cluster already has (re-issues every certificate)")
 	_ = cmd.MarkFlagRequired("cluster-name")
 	_ = cmd.MarkFlagRequired("cluster-id")

@@ -50,9 +50,9 @@ var replicasRE = regexp.MustCompile(`--context (\S+) .*create deployment .*--rep
 // TestGettingStarted runs every command of docs/getting-started.md, in
 // order, against two real kube-apiservers. The test plays the parts of a
 // cluster that a kube-apiserver alone lacks: the kubelet running the
-// clustermesh-apiserver and agent once enable installed them, and the
-// scheduler, kubelet and EndpointSlice controller turning the demo
-// Deployment into ready backends.
+// clustermesh-apiserver and agent as soon as enable installed them (while
+// enable waits for its store), and the scheduler, kubelet and EndpointSlice
+// controller turning the demo Deployment into ready backends.
 func TestGettingStarted(t *testing.T) {
 	cmds := docCommands(t, "../../docs/getting-started.md")
 	if len(cmds) < 15 {
@@ -66,8 +66,9 @@ func TestGettingStarted(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 
+	env.Kubelet(t, "c1", "c2")
+
 	replicas := map[string]int{}
-	enabled := 0
 	seen := map[string]bool{}
 	for _, line := range cmds {
 		t.Logf("$ %s", line)
@@ -108,14 +109,6 @@ func TestGettingStarted(t *testing.T) {
 
 		// The parts of a cluster kube-apiserver alone does not play.
 		switch {
-		case args[0] == "clustermesh" && args[1] == "enable" && !strings.Contains(out.String(), "nothing changed"):
-			if enabled++; enabled == len(env.Clusters) {
-				// The kubelet starts the Deployment and DaemonSet enable
-				// installed.
-				for name := range env.Clusters {
-					env.RunProcesses(t, name)
-				}
-			}
 		case replicasRE.MatchString(line):
 			m := replicasRE.FindStringSubmatch(line)
 			replicas[m[1]], _ = strconv.Atoi(m[2])
@@ -134,6 +127,11 @@ func checkOutput(t *testing.T, args []string, out []byte) {
 	case strings.HasPrefix(cmd, "clustermesh completion bash"):
 		if !bytes.Contains(out, []byte("__start_clustermesh")) {
 			t.Errorf("completion script lacks its entry point")
+		}
+	case strings.HasPrefix(cmd, "clustermesh enable"):
+		// enable returns once its store serves, so connect may follow.
+		if !regexp.MustCompile(`✓ store of c\d serves at https://`).Match(out) {
+			t.Errorf("enable output lacks the store it waited for:\n%s", out)
 		}
 	case strings.HasPrefix(cmd, "clustermesh connect"):
 		if !bytes.Contains(out, []byte("✓ checks passed")) || !bytes.Contains(out, []byte("✓ connected c1 with c2")) {

@@ -82,6 +82,12 @@ ready or --wait-duration passes (exit status 1 then).`,
 	return cmd
 }
 
+// progressTo prints progress lines of a wait on the command's stderr, as
+// status --wait does, so that stdout stays the result.
+func progressTo(cmd *cobra.Command) func(string) {
+	return func(line string) { fmt.Fprintln(cmd.ErrOrStderr(), line) }
+}
+
 func progressLine(s *mesh.Status) string {
 	if s.Ready {
 		return fmt.Sprintf("%s: ready", s.Cluster)

@@ -16,7 +16,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/clustermesh/clustermesh/api"
-	"github.com/clustermesh/clustermesh/internal/backoff"
 	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/pki"
@@ -32,17 +31,16 @@ type ConnectOptions struct {
 	SkipReachability bool
 	// WaitFor is how long connect keeps retrying while the only problems
 	// are stores that do not answer yet (a peer whose apiserver is still
-	// starting); zero means DefaultConnectWait, negative fails at once.
+	// starting); zero means DefaultStoreWait, negative fails at once.
 	WaitFor time.Duration
+	// Progress, if set, gets a line each time the reason to wait changes.
+	Progress func(line string)
 	// CAs are the CAs of clusters whose CA key is kept offline, keyed by
 	// kubeconfig context: connect issues each side's peer certificate from
 	// the other side's CA.
 	CAs map[string]*pki.CA
 	Log *slog.Logger
 }
-
-// DefaultConnectWait is how long connect waits for a starting store.
-const DefaultConnectWait = 2 * time.Minute
 
 // member is everything connect needs from one side.
 type member struct {
@@ -331,28 +329,9 @@ func Connect(ctx context.Context, src *Cluster, dsts []*Cluster, opts ConnectOpt
 		}
 		bs = append(bs, b)
 	}
-	wait := opts.WaitFor
-	if wait == 0 {
-		wait = DefaultConnectWait
-	}
-	start := time.Now()
-	deadline := start.Add(wait)
-	retry := backoff.New(500*time.Millisecond, 5*time.Second)
-	for {
-		ps := checkAll(ctx, a, bs, opts.SkipReachability)
-		if len(ps) == 0 {
-			break
-		}
-		if !onlyUnreachable(ps) || time.Now().After(deadline) {
-			if onlyUnreachable(ps) && wait > 0 {
-				return &CheckError{Op: fmt.Sprintf("connect (waited %s for the stores)", wait.Round(time.Second)), Problems: ps}
-			}
-			return &CheckError{Op: "connect", Problems: ps}
-		}
-		log.Info("waiting for a store to answer", "problem", ps[0].Reason, "waited", time.Since(start).Round(time.Second), "wait_for", wait)
-		if err := retry.Wait(ctx); err != nil {
-			return err
-		}
+	w := StoreWait{For: opts.WaitFor, Progress: opts.Progress, Log: log}
+	if err := w.until(ctx, "connect", func(ctx context.Context) []Problem { return checkAll(ctx, a, bs, opts.SkipReachability) }); err != nil {
+		return err
 	}
 	// Every peer certificate is issued and every peer user granted before
 	// any clusters Secret changes, so a missing CA key changes no Secret.
@@ -394,17 +373,6 @@ func Connect(ctx context.Context, src *Cluster, dsts []*Cluster, opts ConnectOpt
 		}
 	}
 	return nil
-}
-
-// onlyUnreachable reports whether every problem is a store that does not
-// answer: the one problem that time may fix.
-func onlyUnreachable(ps []Problem) bool {
-	for _, p := range ps {
-		if !errors.Is(p.Err, ErrUnreachable) {
-			return false
-		}
-	}
-	return true
 }
 
 // checkAll runs every check of connecting a with each of bs.

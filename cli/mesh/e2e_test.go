@@ -226,8 +226,29 @@ func TestTwoClusters(t *testing.T) {
 		}
 	})
 
-	env.RunProcesses(t, "c1")
 	outer := t
+	t.Run("the wait for a starting store reports progress until it serves", func(t *testing.T) {
+		// As enable waits for its own store: refused at once when told not
+		// to wait, else waiting until the kubelet starts the apiserver.
+		err := mesh.WaitStore(ctx, c1, mesh.StoreOptions{}, mesh.StoreWait{For: -1})
+		wantProblem(t, err, mesh.ErrUnreachable, "c1")
+		var progress syncBuffer
+		done := make(chan error, 1)
+		go func() {
+			done <- mesh.WaitStore(ctx, c1, mesh.StoreOptions{}, mesh.StoreWait{
+				For: 90 * time.Second, Progress: func(l string) { fmt.Fprintln(&progress, l) },
+			})
+		}()
+		poll.Eventually(t, 60*time.Second, "the wait to report the store down", func() (bool, string) {
+			l := progress.String()
+			return strings.Contains(l, "the store of cluster c1") && strings.Contains(l, "does not answer"), "progress:\n" + l
+		})
+		env.RunProcesses(outer, "c1")
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("progress:\n%s", progress.String())
+	})
 	t.Run("connect right after enable waits for the starting store", func(t *testing.T) {
 		var logs syncBuffer
 		done := make(chan error, 1)
@@ -284,7 +305,9 @@ func TestTwoClusters(t *testing.T) {
 		}
 		err = mesh.Connect(ctx, c1, []*mesh.Cluster{c2}, mesh.ConnectOptions{DestinationEndpoints: map[string]string{"c2": info1.Endpoint}})
 		wantProblem(t, err, mesh.ErrWrongCluster, `certificate of "c1"`)
-		err = mesh.Connect(ctx, c1, []*mesh.Cluster{c2}, mesh.ConnectOptions{DestinationEndpoints: map[string]string{"c2": "https://127.0.0.99:9"}})
+		// A dead endpoint is what connect waits for: a short wait keeps the
+		// test from spending the default two minutes.
+		err = mesh.Connect(ctx, c1, []*mesh.Cluster{c2}, mesh.ConnectOptions{DestinationEndpoints: map[string]string{"c2": "https://127.0.0.99:9"}, WaitFor: time.Second})
 		wantProblem(t, err, mesh.ErrUnreachable, "https://127.0.0.99:9")
 
 		// The store disagrees with what enable recorded (the ConfigMap was

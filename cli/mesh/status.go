@@ -96,7 +96,7 @@ func GetStatus(ctx context.Context, c *Cluster, opts StatusOptions) (*Status, er
 	}
 	add := func(p Problem) { st.Problems = append(st.Problems, p) }
 	warn := func(p Problem) { st.Warnings = append(st.Warnings, p) }
-	logsCmd := fmt.Sprintf("kubectl %s -n %s logs deploy/%s", c.ctxFlag(), c.Namespace, DeploymentName)
+	logsCmd := c.logsCmd()
 
 	// Kubernetes side: the Deployment and DaemonSet, when they exist.
 	st.APIServer.Deployment = "absent"
@@ -318,6 +318,11 @@ func (st *Status) agentProblems(c *Cluster, add func(Problem)) {
 				"%d of %d agents have not finished syncing %s", cs.Agents-cs.Synced, cs.Agents, what))
 		}
 	}
+}
+
+// logsCmd is the command that shows the clustermesh-apiserver's log.
+func (c *Cluster) logsCmd() string {
+	return fmt.Sprintf("kubectl %s -n %s logs deploy/%s", c.ctxFlag(), c.Namespace, DeploymentName)
 }
 
 // WaitStatus polls GetStatus every interval until the cluster is ready or

@@ -21,6 +21,7 @@ import (
 	"github.com/clustermesh/clustermesh/cli/mesh"
 	apiserver "github.com/clustermesh/clustermesh/clustermesh-apiserver"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
+	"github.com/clustermesh/clustermesh/internal/poll"
 )
 
 // Spec describes a cluster of an Env: its name (also its context's), the
@@ -108,6 +109,48 @@ func logger(t testing.TB) *slog.Logger {
 // refreshes Secret mounts. They stop at the test's cleanup.
 func (e *Env) RunProcesses(t testing.TB, name string) {
 	t.Helper()
+	if err := e.runProcesses(t, name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Kubelet plays the kubelet of the named clusters from now on: as soon as
+// enable has installed a cluster's workloads (with their configuration, the
+// clustermesh-config ConfigMap, whatever kind the workloads are), it runs the
+// cluster's processes (RunProcesses), as a kubelet starts pods once they are
+// scheduled. enable, which waits until its store serves, can thus
+// run as against a real cluster: the processes start while it waits.
+// Failures are reported with t.Errorf; the watch stops at the test's
+// cleanup.
+func (e *Env) Kubelet(t testing.TB, names ...string) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	for _, name := range names {
+		tc := e.Clusters[name]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := poll.Until(ctx, func(ctx context.Context) error {
+				_, err := tc.C.ReadInfo(ctx)
+				return err
+			})
+			if err != nil {
+				if ctx.Err() == nil {
+					t.Errorf("kubelet of %s: %v", name, err)
+				}
+				return
+			}
+			if err := e.runProcesses(t, name); err != nil {
+				t.Errorf("kubelet of %s: %v", name, err)
+			}
+		}()
+	}
+}
+
+// runProcesses is RunProcesses returning its error, so that it may run off
+// the test's goroutine.
+func (e *Env) runProcesses(t testing.TB, name string) error {
 	tc := e.Clusters[name]
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -124,7 +167,7 @@ func (e *Env) RunProcesses(t testing.TB, name string) {
 
 	info, err := tc.C.ReadInfo(ctx)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	dir := t.TempDir()
 	clusters := filepath.Join(dir, "clusters")
@@ -139,7 +182,7 @@ func (e *Env) RunProcesses(t testing.TB, name string) {
 		return tc.C.WriteClustersDir(ctx, clusters)
 	}
 	if err := mounts(ctx); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	cfg := apiserver.DefaultConfig()
 	cfg.ClusterName, cfg.ClusterID, cfg.MaxClusterID = info.Name, info.ID, info.MaxClusterID
@@ -162,7 +205,7 @@ func (e *Env) RunProcesses(t testing.TB, name string) {
 	}
 	srv, err := apiserver.New(cfg, &apiserver.Options{RESTConfig: rc, Logger: logger(t)})
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	run("apiserver "+name, srv.Run)
 
@@ -188,9 +231,10 @@ func (e *Env) RunProcesses(t testing.TB, name string) {
 		MaxRetryInterval: time.Second, StatusInterval: 300 * time.Millisecond,
 	})
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	run("agent "+name, a.Run)
+	return nil
 }
 
 // CreateBackends plays the EndpointSlice controller (and the kubelet

@@ -1,0 +1,50 @@
+package commands_test
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/cli/commands"
+	"github.com/clustermesh/clustermesh/cli/internal/clitest"
+)
+
+// TestEnableThenConnectAtOnce scripts what users and the drills' setup do:
+// enable two clusters and connect them right away, with nothing in between.
+// The test's kubelet starts each cluster's apiserver only once enable has
+// installed it, as a real one would, so the store is down when enable has
+// applied its objects. enable returns only once its store serves: connect,
+// told not to wait (--wait-duration -1s checks once), finds both stores up.
+func TestEnableThenConnectAtOnce(t *testing.T) {
+	env := clitest.Start(t,
+		clitest.Spec{Name: "c1", NodeIP: "127.0.0.31", PodCIDR: "10.1.0.0/24"},
+		clitest.Spec{Name: "c2", NodeIP: "127.0.0.32", PodCIDR: "10.2.0.0/24"},
+	)
+	env.Kubelet(t, "c1", "c2")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	run := func(args ...string) string {
+		t.Helper()
+		var out, stderr bytes.Buffer
+		err := commands.Execute(ctx, append(args, "--kubeconfig", env.Kubeconfig), &out, &stderr)
+		t.Logf("$ clustermesh %s\n%s%s", strings.Join(args, " "), out.String(), stderr.String())
+		if err != nil {
+			t.Fatalf("clustermesh %s: %v", strings.Join(args, " "), err)
+		}
+		return out.String()
+	}
+	for _, args := range [][]string{
+		{"enable", "--context", "c1", "--cluster-name", "c1", "--cluster-id", "1"},
+		{"enable", "--context", "c2", "--cluster-name", "c2", "--cluster-id", "2", "--inherit-ca-from", "c1"},
+	} {
+		if out := run(args...); !strings.Contains(out, "✓ store of "+args[2]+" serves at https://") {
+			t.Errorf("enable %s: output does not say its store serves:\n%s", args[2], out)
+		}
+	}
+	out := run("connect", "--context", "c1", "--destination-context", "c2", "--wait-duration", "-1s")
+	if !strings.Contains(out, "✓ connected c1 with c2") {
+		t.Errorf("connect output:\n%s", out)
+	}
+}
