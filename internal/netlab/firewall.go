@@ -2,6 +2,7 @@ package netlab
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -13,8 +14,11 @@ import (
 
 // iptablesVariants are the iptables front ends whose FORWARD policy a host
 // may have at DROP: dockerd uses whichever `iptables` is, and a host may have
-// rules in both the nf_tables and the legacy back end.
-var iptablesVariants = []string{"iptables-nft", "iptables-legacy", "ip6tables-nft", "ip6tables-legacy"}
+// rules in both the nf_tables and the legacy back end. nftFamily is the
+// nf_tables family the front end writes its "filter" table in, if any.
+var iptablesVariants = []struct{ bin, nftFamily string }{
+	{"iptables-nft", "ip"}, {"iptables-legacy", ""}, {"ip6tables-nft", "ip6"}, {"ip6tables-legacy", ""},
+}
 
 // bridgeCallKeys are the root namespace switches that send bridged frames
 // through iptables, as dockerd leaves them.
@@ -35,11 +39,15 @@ var bridgeCallKeys = []string{"net/bridge/bridge-nf-call-iptables", "net/bridge/
 func HostFirewallDrop(tb testing.TB) (restore func(), bridged bool) {
 	tb.Helper()
 	var undo []func() error
-	for _, bin := range iptablesVariants {
+	for _, v := range iptablesVariants {
+		bin := v.bin
 		path, err := exec.LookPath(bin)
 		if err != nil {
 			continue
 		}
+		// Setting a policy creates the nf_tables table and chain when the
+		// host had none: restore removes them again if still empty.
+		created := v.nftFamily != "" && !nftTableExists(v.nftFamily)
 		out, err := exec.Command(path, "-w", "-S", "FORWARD").CombinedOutput()
 		if err != nil {
 			tb.Logf("host firewall: %s unusable, skipped: %v: %s", bin, err, bytes.TrimSpace(out))
@@ -54,7 +62,15 @@ func HostFirewallDrop(tb testing.TB) (restore func(), bridged bool) {
 			tb.Errorf("host firewall: %v", err)
 			continue
 		}
-		undo = append(undo, func() error { return setPolicy(path, old) })
+		undo = append(undo, func() error {
+			if err := setPolicy(path, old); err != nil {
+				return err
+			}
+			if created {
+				return dropEmptyNftTable(v.nftFamily)
+			}
+			return nil
+		})
 	}
 	if _, err := os.Stat("/proc/sys/" + bridgeCallKeys[0]); errors.Is(err, os.ErrNotExist) {
 		// Dockerd loads it the same way; no modprobe is no bridge netfilter.
@@ -105,6 +121,52 @@ func forwardPolicy(out []byte) (string, bool) {
 func setPolicy(path, policy string) error {
 	if out, err := exec.Command(path, "-w", "-P", "FORWARD", policy).CombinedOutput(); err != nil {
 		return fmt.Errorf("%s -P FORWARD %s: %w: %s", path, policy, err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// nftTableExists reports whether the nf_tables table "filter" of family
+// exists; without the nft tool it says yes, so that nothing is removed.
+func nftTableExists(family string) bool {
+	if _, err := exec.LookPath("nft"); err != nil {
+		return true
+	}
+	return exec.Command("nft", "list", "table", family, "filter").Run() == nil
+}
+
+// dropEmptyNftTable deletes the nf_tables table "filter" of family when it
+// holds no rule and no chain with a DROP policy: what is left of setting
+// and restoring a policy on a host that had no table. A table that got rules
+// meanwhile (a dockerd started) is kept.
+func dropEmptyNftTable(family string) error {
+	out, err := exec.Command("nft", "-j", "list", "table", family, "filter").Output()
+	if err != nil {
+		return nil // gone already
+	}
+	var doc struct {
+		Nftables []map[string]json.RawMessage `json:"nftables"`
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		return fmt.Errorf("nft table %s filter: %w", family, err)
+	}
+	for _, obj := range doc.Nftables {
+		if _, ok := obj["rule"]; ok {
+			return nil
+		}
+		if c, ok := obj["chain"]; ok {
+			var chain struct{ Policy string }
+			if json.Unmarshal(c, &chain) != nil || chain.Policy != "accept" {
+				return nil
+			}
+		}
+		for _, kind := range []string{"set", "map", "flowtable", "counter", "quota", "limit", "ct helper"} {
+			if _, ok := obj[kind]; ok {
+				return nil
+			}
+		}
+	}
+	if out, err := exec.Command("nft", "delete", "table", family, "filter").CombinedOutput(); err != nil {
+		return fmt.Errorf("nft delete table %s filter: %w: %s", family, err, bytes.TrimSpace(out))
 	}
 	return nil
 }
