@@ -65,12 +65,19 @@ func DelNetns(ctx context.Context, name string) error {
 }
 
 // DelLink removes a link of the caller's namespace; a link already gone (its
-// peer's namespace was deleted) is not an error.
+// peer's namespace was deleted) is not an error, nor is one that goes while
+// this runs: the kernel removes the peers of a deleted namespace's veths
+// asynchronously.
 func DelLink(ctx context.Context, name string) error {
 	if _, err := netlink.LinkByName(name); err != nil {
 		return nil
 	}
-	return IP(ctx, "", "link", "del", name)
+	err := IP(ctx, "", "link", "del", name)
+	var gone netlink.LinkNotFoundError
+	if _, lerr := netlink.LinkByName(name); err != nil && errors.As(lerr, &gone) {
+		return nil
+	}
+	return err
 }
 
 // Handle opens a netlink handle in the named network namespace; the caller
