@@ -330,7 +330,7 @@ func Connect(ctx context.Context, src *Cluster, dsts []*Cluster, opts ConnectOpt
 		bs = append(bs, b)
 	}
 	w := StoreWait{For: opts.WaitFor, Progress: opts.Progress, Log: log}
-	if err := w.until(ctx, "connect", func(ctx context.Context) []Problem { return checkAll(ctx, a, bs, opts.SkipReachability) }); err != nil {
+	if err := w.until(ctx, "connect", "", func(ctx context.Context) []Problem { return checkAll(ctx, a, bs, opts.SkipReachability) }); err != nil {
 		return err
 	}
 	// Every peer certificate is issued and every peer user granted before

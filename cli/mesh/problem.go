@@ -33,15 +33,23 @@ func problem(err error, fix, format string, args ...any) Problem {
 	return p
 }
 
-// CheckError is returned when checks found problems; nothing was changed.
+// CheckError is returned when checks found problems; nothing was changed
+// (or, for a wait, nothing more happened).
 type CheckError struct {
-	Op       string
+	Op string
+	// Outcome is what became of Op: "refused" when empty; a wait that ran
+	// out says "gave up".
+	Outcome  string
 	Problems []Problem
 }
 
 func (e *CheckError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s refused: %d problem(s):", e.Op, len(e.Problems))
+	outcome := e.Outcome
+	if outcome == "" {
+		outcome = "refused"
+	}
+	fmt.Fprintf(&b, "%s %s: %d problem(s):", e.Op, outcome, len(e.Problems))
 	for _, p := range e.Problems {
 		b.WriteString("\n  - ")
 		b.WriteString(p.String())

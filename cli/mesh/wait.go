@@ -31,9 +31,9 @@ type StoreWait struct {
 // until runs check until it finds no problem, finds one that time will not
 // fix (anything but a store that does not answer), or w.For has passed. It
 // returns nil when check found nothing, ctx's error when ctx ended, and
-// otherwise a *CheckError of op with the last problems, saying how long it
-// waited when the stores were all that was wrong.
-func (w StoreWait) until(ctx context.Context, op string, check func(context.Context) []Problem) error {
+// otherwise a *CheckError of op (with outcome) and the last problems,
+// saying how long it waited when the stores were all that was wrong.
+func (w StoreWait) until(ctx context.Context, op, outcome string, check func(context.Context) []Problem) error {
 	wait := w.For
 	if wait == 0 {
 		wait = DefaultStoreWait
@@ -50,14 +50,11 @@ func (w StoreWait) until(ctx context.Context, op string, check func(context.Cont
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if !onlyUnreachable(ps) {
-			return &CheckError{Op: op, Problems: ps}
-		}
-		if wait < 0 {
-			return &CheckError{Op: op, Problems: ps}
+		if !onlyUnreachable(ps) || wait < 0 {
+			return &CheckError{Op: op, Outcome: outcome, Problems: ps}
 		}
 		if time.Since(start) >= wait {
-			return &CheckError{Op: fmt.Sprintf("%s (waited %s for the stores)", op, wait.Round(time.Second)), Problems: ps}
+			return &CheckError{Op: fmt.Sprintf("%s (waited %s for the stores)", op, wait.Round(time.Second)), Outcome: outcome, Problems: ps}
 		}
 		if w.Progress != nil && ps[0].Reason != last {
 			w.Progress(fmt.Sprintf("waiting up to %s: %s", wait.Round(time.Second), ps[0].Reason))
@@ -100,7 +97,8 @@ func WaitStore(ctx context.Context, c *Cluster, opts StoreOptions, w StoreWait) 
 	if opts.Endpoint != "" {
 		ep = opts.Endpoint
 	}
-	return w.until(ctx, "wait for the store", func(ctx context.Context) []Problem {
+	op := fmt.Sprintf("context %s: the wait for the store of cluster %s", c.Context, info.Name)
+	return w.until(ctx, op, "gave up", func(ctx context.Context) []Problem {
 		cli, err := openStore(ctx, ep, creds)
 		if err != nil {
 			return []Problem{problem(ErrUnreachable,
