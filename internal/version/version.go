@@ -77,3 +77,22 @@ func AddTo(root *cobra.Command) {
 		},
 	})
 }
+
+// Requested says whether args (os.Args[1:]) ask a command built on the
+// standard flag package for its version: a first argument "version", or
+// -version / --version anywhere before "--". Such commands (the drills'
+// echo and probe) then print Get and exit, as cobra commands do with AddTo.
+func Requested(args []string) bool {
+	if len(args) > 0 && args[0] == "version" {
+		return true
+	}
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "-version", "--version":
+			return true
+		}
+	}
+	return false
+}

@@ -38,3 +38,22 @@ func TestStringShortensCommit(t *testing.T) {
 		t.Errorf("String() = %q", got)
 	}
 }
+
+func TestRequested(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, false},
+		{[]string{"version"}, true},
+		{[]string{"--version"}, true},
+		{[]string{"-listen", ":80", "-version"}, true},
+		{[]string{"-target", "version"}, false},
+		{[]string{"--", "--version"}, false},
+		{[]string{"-listen", ":80"}, false},
+	} {
+		if got := Requested(tc.args); got != tc.want {
+			t.Errorf("Requested(%q) = %v, want %v", tc.args, got, tc.want)
+		}
+	}
+}

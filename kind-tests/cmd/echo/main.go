@@ -10,9 +10,15 @@ import (
 	"fmt"
 	"net"
 	"os"
+
+	"github.com/clustermesh/clustermesh/internal/version"
 )
 
 func main() {
+	if version.Requested(os.Args[1:]) {
+		fmt.Println("echo", version.Get())
+		return
+	}
 	addr := flag.String("listen", ":8080", "TCP and UDP address to listen on")
 	flag.Parse()
 	name := os.Getenv("POD_NAME")

@@ -21,9 +21,15 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/clustermesh/clustermesh/internal/version"
 )
 
 func main() {
+	if version.Requested(os.Args[1:]) {
+		fmt.Println("probe", version.Get())
+		return
+	}
 	target := flag.String("target", "", "address:port to connect to")
 	proto := flag.String("proto", "tcp", "tcp or udp")
 	interval := flag.Duration("interval", 10*time.Millisecond, "pause between attempts")
