@@ -12,7 +12,7 @@ PKGS      := ./...
 BENCH     ?= .
 BENCHTIME ?= 1x
 
-.PHONY: all build test deps lint generate generate-check bench tools demo clean-drills clean
+.PHONY: all build images test deps lint generate generate-check bench tools demo clean-drills clean
 
 all: build
 
@@ -24,6 +24,19 @@ LDFLAGS   := -X github.com/clustermesh/clustermesh/internal/version.Version=$(VE
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+
+# images writes one docker archive per image into bin/images
+# (clustermesh-apiserver, clustermesh-agent and the drills' echo and probe,
+# tagged $(VERSION), e.g. clustermesh/clustermesh-agent:$(VERSION)), from
+# static binaries on an empty base. No Docker and no registry needed; load
+# them with `kind load image-archive bin/images/FILE --name CLUSTER` or
+# `docker load -i bin/images/FILE`. Same commit, same image digests.
+IMAGES_DIR := $(BIN)/images
+STATIC_DIR := $(BIN)/static
+images:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(STATIC_DIR)/ \
+		./cmd/clustermesh-apiserver ./cmd/clustermesh-agent ./kind-tests/cmd/echo ./kind-tests/cmd/probe
+	$(GO) run ./internal/image/cmd/images -tag '$(VERSION)' -arch $$($(GO) env GOARCH) -bin $(STATIC_DIR) -out $(IMAGES_DIR)
 
 # test runs everything CI runs: static checks, then every test with the race
 # detector. Root-only tests (netns, eBPF, BGP) skip with a message when not
