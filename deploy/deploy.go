@@ -50,15 +50,16 @@ type Values struct {
 	AgentImage     string
 }
 
-// DefaultValues returns values with every optional field set.
+// DefaultValues returns values with every optional field set; the images
+// are this build's (APIServerImage, AgentImage).
 func DefaultValues() Values {
 	return Values{
 		Namespace:      Namespace,
 		MaxClusterID:   255,
 		ServiceType:    "NodePort",
 		EtcdPort:       2379,
-		APIServerImage: "ghcr.io/clustermesh/clustermesh-apiserver:latest",
-		AgentImage:     "ghcr.io/clustermesh/clustermesh-agent:latest",
+		APIServerImage: APIServerImage(),
+		AgentImage:     AgentImage(),
 	}
 }
 

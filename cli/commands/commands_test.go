@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -12,6 +14,8 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/clustermesh/clustermesh/cli/mesh"
+	"github.com/clustermesh/clustermesh/deploy"
+	"github.com/clustermesh/clustermesh/internal/version"
 )
 
 // Bad input is refused before any cluster is contacted, with a message
@@ -93,6 +97,41 @@ func TestEnableDryRun(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("dry-run output lacks %q", want)
 		}
+	}
+}
+
+// enable installs this build's images unless told otherwise.
+func TestEnableImages(t *testing.T) {
+	base := []string{"enable", "--dry-run", "--cluster-name", "c7", "--cluster-id", "7", "--kubeconfig", "/nonexistent"}
+	for _, tc := range []struct {
+		name      string
+		flags     []string
+		apiserver string
+		agent     string
+	}{
+		{"default", nil, deploy.APIServerImage(), deploy.AgentImage()},
+		{"agent overridden", []string{"--agent-image", "example.com/agent:v9"}, deploy.APIServerImage(), "example.com/agent:v9"},
+		{"both overridden", []string{"--apiserver-image", "example.com/apiserver:v9", "--agent-image", "example.com/agent:v9"}, "example.com/apiserver:v9", "example.com/agent:v9"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			if err := Execute(context.Background(), append(slices.Clone(base), tc.flags...), &out, &out); err != nil {
+				t.Fatal(err)
+			}
+			images := map[string]bool{}
+			for _, line := range strings.Split(out.String(), "\n") {
+				if img, ok := strings.CutPrefix(strings.TrimSpace(line), "image: "); ok {
+					images[img] = true
+				}
+			}
+			want := map[string]bool{tc.apiserver: true, tc.agent: true}
+			if !maps.Equal(images, want) {
+				t.Errorf("images %v, want %v", images, want)
+			}
+		})
+	}
+	if !strings.HasSuffix(deploy.AgentImage(), ":"+version.Version) || strings.HasSuffix(deploy.AgentImage(), ":latest") {
+		t.Errorf("default agent image %s is not tagged with this build's version %s", deploy.AgentImage(), version.Version)
 	}
 }
 

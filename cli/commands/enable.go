@@ -133,8 +133,10 @@ issues every peer certificate from the CA of the store it is for.`,
 	f.Uint32Var(&maxClusterID, "max-cluster-id", api.DefaultMaxClusterID, "mesh-wide cluster ID limit: 255 or 511 (same on every cluster)")
 	f.StringVar(&opts.Endpoint, "endpoint", "", "https://HOST:PORT where peers reach this cluster's store (default: from the Service)")
 	f.StringVar(&opts.ServiceType, "service-type", "NodePort", "type of the apiserver Service: NodePort, LoadBalancer or ClusterIP")
-	f.StringVar(&opts.APIServerImage, "apiserver-image", "", "image of the clustermesh-apiserver")
-	f.StringVar(&opts.AgentImage, "agent-image", "", "image of the clustermesh-agent")
+	// The default images are this build's: `make images` builds them and
+	// the nodes must have them (kind load image-archive, or a registry).
+	f.StringVar(&opts.APIServerImage, "apiserver-image", deploy.APIServerImage(), "image of the clustermesh-apiserver; the default, this build's, comes from make images")
+	f.StringVar(&opts.AgentImage, "agent-image", deploy.AgentImage(), "image of the clustermesh-agent; the default, this build's, comes from make images")
 	f.StringVar(&caCert, "ca-cert", "", "PEM file of a CA certificate to use (with --ca-key)")
 	f.StringVar(&caKey, "ca-key", "", "PEM file of the CA's private key")
 	f.StringVar(&inheritFrom, "inherit-ca-from", "", "kubeconfig context of an enabled cluster whose CA to share")
