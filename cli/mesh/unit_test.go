@@ -234,3 +234,61 @@ func TestDecodeKV(t *testing.T) {
 		}
 	}
 }
+
+// TestStoreWaitUntil drives the one wait of enable and connect with a
+// scripted check: it retries only while every problem is a store that does
+// not answer, reports progress once per reason, and gives up as told.
+func TestStoreWaitUntil(t *testing.T) {
+	down := problem(ErrUnreachable, "start it", "store of c1 does not answer")
+	down2 := problem(ErrUnreachable, "start it", "store of c1 refuses the admin")
+	clash := problem(ErrIDCollision, "renumber", "both have ID 1")
+	for _, tc := range []struct {
+		name     string
+		For      time.Duration
+		script   [][]Problem // one per check; the last repeats
+		checks   int
+		progress []string
+		err      error // sentinel, or nil for success
+		outcome  string
+	}{
+		{name: "serves at once", script: [][]Problem{nil}, checks: 1},
+		{name: "serves after two reasons", script: [][]Problem{{down}, {down}, {down2}, nil}, checks: 4,
+			progress: []string{down.Reason, down2.Reason}},
+		{name: "check once", For: -1, script: [][]Problem{{down}}, checks: 1, err: ErrUnreachable, outcome: "gave up"},
+		{name: "time will not fix it", script: [][]Problem{{down, clash}}, checks: 1, err: ErrIDCollision, outcome: "gave up"},
+		{name: "runs out", For: time.Nanosecond, script: [][]Problem{{down}}, checks: 1,
+			err: ErrUnreachable, outcome: "(waited 0s for the stores) gave up"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var progress []string
+			checks := 0
+			w := StoreWait{For: tc.For, Progress: func(l string) { progress = append(progress, l) }}
+			err := w.until(context.Background(), "op", "gave up", func(context.Context) []Problem {
+				ps := tc.script[min(checks, len(tc.script)-1)]
+				checks++
+				return ps
+			})
+			if checks != tc.checks {
+				t.Errorf("%d checks, want %d", checks, tc.checks)
+			}
+			if len(progress) != len(tc.progress) {
+				t.Fatalf("progress %q, want one line for each of %q", progress, tc.progress)
+			}
+			for i, want := range tc.progress {
+				if !strings.HasPrefix(progress[i], "waiting (") || !strings.HasSuffix(progress[i], want) {
+					t.Errorf("progress line %q, want waiting (…): %s", progress[i], want)
+				}
+			}
+			if tc.err == nil {
+				if err != nil {
+					t.Fatalf("err = %v, want nil", err)
+				}
+				return
+			}
+			var ce *CheckError
+			if !errors.As(err, &ce) || !errors.Is(err, tc.err) || !strings.Contains(err.Error(), "op "+tc.outcome) {
+				t.Errorf("err = %v, want a CheckError with %v saying %q", err, tc.err, "op "+tc.outcome)
+			}
+		})
+	}
+}

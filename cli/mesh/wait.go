@@ -57,7 +57,7 @@ func (w StoreWait) until(ctx context.Context, op, outcome string, check func(con
 			return &CheckError{Op: fmt.Sprintf("%s (waited %s for the stores)", op, wait.Round(time.Second)), Outcome: outcome, Problems: ps}
 		}
 		if w.Progress != nil && ps[0].Reason != last {
-			w.Progress(fmt.Sprintf("waiting up to %s: %s", wait.Round(time.Second), ps[0].Reason))
+			w.Progress(fmt.Sprintf("waiting (%s of %s): %s", time.Since(start).Round(time.Second), wait.Round(time.Second), ps[0].Reason))
 			last = ps[0].Reason
 		}
 		log.Info("waiting for a store to answer", "problem", ps[0].Reason, "waited", time.Since(start).Round(time.Second), "wait_for", wait)
