@@ -38,10 +38,6 @@ type Config struct {
 	EtcdCA              string
 	EtcdCert            string
 	EtcdKey             string
-	// EtcdAdminCert and EtcdAdminKey are the client certificate (CN
-	// "admin") the apiserver writes its own embedded store with.
-	EtcdAdminCert string
-	EtcdAdminKey  string
 	// KVStoreConfig is a kvstore connection file; when set, no etcd is
 	// embedded and the store is the external etcd it describes.
 	KVStoreConfig string
@@ -88,12 +84,10 @@ func DefaultConfig() Config {
 		EtcdQuotaBytes:      kvstore.DefaultQuotaBytes,
 		EtcdListenClientURL: "https://0.0.0.0:2379",
 		// Where deploy/ mounts the clustermesh-admin-cert Secret.
-		EtcdAdminCert: "/var/lib/clustermesh/admin/tls.crt",
-		EtcdAdminKey:  "/var/lib/clustermesh/admin/tls.key",
-		LeaderElect:   true,
-		HealthAddr:    ":9880",
-		Workers:       4,
-		LeaseTTL:      5 * time.Minute,
+		LeaderElect: true,
+		HealthAddr:  ":9880",
+		Workers:     4,
+		LeaseTTL:    5 * time.Minute,
 
 		ClustersDirPoll: 2 * time.Second,
 	}
@@ -122,10 +116,13 @@ func (c *Config) Flags(fs *pflag.FlagSet) {
 		"PEM file of the embedded etcd's server certificate.")
 	fs.StringVar(&c.EtcdKey, "etcd-key", c.EtcdKey,
 		"PEM file of the embedded etcd's server key.")
-	fs.StringVar(&c.EtcdAdminCert, "etcd-admin-cert", c.EtcdAdminCert,
-		"PEM file of the client certificate (common name \"admin\") the apiserver writes its embedded etcd with.")
-	fs.StringVar(&c.EtcdAdminKey, "etcd-admin-key", c.EtcdAdminKey,
-		"PEM file of the key of --etcd-admin-cert.")
+	// The apiserver now talks to its embedded etcd with an in-memory
+	// credential (kvstore.Server.OwnerClient); the admin certificate flags
+	// are accepted so that older manifests keep working.
+	for _, name := range []string{"etcd-admin-cert", "etcd-admin-key"} {
+		fs.String(name, "", "Ignored (deprecated): the apiserver writes its embedded etcd with an in-memory credential.")
+		_ = fs.MarkDeprecated(name, "the apiserver writes its embedded etcd with an in-memory credential; the flag is ignored")
+	}
 	fs.StringVar(&c.KVStoreConfig, "kvstore-config", c.KVStoreConfig,
 		"Connection file of an external etcd (endpoints, trusted-ca-file, cert-file, key-file; see docs/kvstore.md). When set, no etcd is embedded and the --etcd-* flags are ignored.")
 	fs.BoolVar(&c.LeaderElect, "leader-elect", c.LeaderElect,
@@ -177,7 +174,7 @@ func (c *Config) Validate() error {
 	}
 	for _, f := range []struct{ flag, v string }{
 		{"--etcd-data-dir", c.EtcdDataDir}, {"--etcd-ca", c.EtcdCA}, {"--etcd-cert", c.EtcdCert},
-		{"--etcd-key", c.EtcdKey}, {"--etcd-admin-cert", c.EtcdAdminCert}, {"--etcd-admin-key", c.EtcdAdminKey},
+		{"--etcd-key", c.EtcdKey},
 	} {
 		if f.v == "" {
 			return fmt.Errorf("%w: %s is required with the embedded etcd (or give --kvstore-config)", ErrConfig, f.flag)

@@ -61,11 +61,10 @@ func newEnv(t testing.TB, cluster string, id uint32) *env {
 	cfg.EtcdDataDir = filepath.Join(certs.Dir, "etcd")
 	cfg.EtcdListenClientURL = "https://127.0.0.1:" + strconv.Itoa(port)
 	cfg.EtcdCA, cfg.EtcdCert, cfg.EtcdKey = certs.CAFile, certs.ServerCert, certs.ServerKey
-	cfg.EtcdAdminCert, cfg.EtcdAdminKey = admCert, admKey
 	cfg.HealthAddr = "127.0.0.1:0"
 	cfg.UnsafeNoFsync = true
 	cfg.LeaseTTL = time.Minute
-	return &env{t: t, kube: kube, cfg: cfg, storeCA: cfg.EtcdCA, admin: [2]string{cfg.EtcdAdminCert, cfg.EtcdAdminKey}}
+	return &env{t: t, kube: kube, cfg: cfg, storeCA: cfg.EtcdCA, admin: [2]string{admCert, admKey}}
 }
 
 // running is one apiserver started by a test.

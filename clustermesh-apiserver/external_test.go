@@ -31,7 +31,7 @@ func TestExternalStore(t *testing.T) {
 	t.Cleanup(func() { srv.Close() })
 	conf := filepath.Join(dir, "ext.yaml")
 	yaml := fmt.Sprintf("endpoints: [%q]\ntrusted-ca-file: %s\ncert-file: %s\nkey-file: %s\n",
-		srv.Endpoint(), e.cfg.EtcdCA, e.cfg.EtcdAdminCert, e.cfg.EtcdAdminKey)
+		srv.Endpoint(), e.cfg.EtcdCA, e.admin[0], e.admin[1])
 	if err := os.WriteFile(conf, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}

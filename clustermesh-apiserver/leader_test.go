@@ -34,7 +34,7 @@ func TestLeaderElection(t *testing.T) {
 	t.Cleanup(func() { srv.Close() })
 	conf := filepath.Join(dir, "ha.yaml")
 	yaml := fmt.Sprintf("endpoints: [%q]\ntrusted-ca-file: %s\ncert-file: %s\nkey-file: %s\n",
-		srv.Endpoint(), e.cfg.EtcdCA, e.cfg.EtcdAdminCert, e.cfg.EtcdAdminKey)
+		srv.Endpoint(), e.cfg.EtcdCA, e.admin[0], e.admin[1])
 	if err := os.WriteFile(conf, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}

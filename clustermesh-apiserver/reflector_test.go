@@ -290,7 +290,6 @@ func TestReflectorsFromStore(t *testing.T) {
 		cfg.EtcdListenClientURL = "https://" + c.rr + ":2379"
 		cfg.EtcdCA = caFile
 		cfg.EtcdCert, cfg.EtcdKey = issue(c.name+"-server", c.name, c.rr, "127.0.0.1")
-		cfg.EtcdAdminCert, cfg.EtcdAdminKey = issue(c.name+"-admin", kvstore.UserAdmin)
 		cfg.HealthAddr = "127.0.0.1:0"
 		cfg.UnsafeNoFsync = true
 		cfg.LeaseTTL = time.Minute

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -320,21 +319,10 @@ func (s *Server) openStore(ctx context.Context, m *kvstore.Metrics) (*kvstore.Cl
 	if err != nil {
 		return nil, nil, fmt.Errorf("cluster %s: embedded etcd: %w", s.cfg.ClusterName, err)
 	}
-	endpoint := srv.Endpoint()
-	s.setStoreURL(endpoint)
-	// Dial the served port on loopback when listening on every address.
-	if u, err := url.Parse(endpoint); err == nil {
-		if ip := net.ParseIP(u.Hostname()); ip != nil && ip.IsUnspecified() {
-			u.Host = net.JoinHostPort("127.0.0.1", u.Port())
-			endpoint = u.String()
-		}
-	}
-	client, err := kvstore.New(ctx, kvstore.Config{
-		Endpoints: []string{endpoint},
-		CAFile:    s.cfg.EtcdCA,
-		CertFile:  s.cfg.EtcdAdminCert,
-		KeyFile:   s.cfg.EtcdAdminKey,
-	})
+	s.setStoreURL(srv.Endpoint())
+	// The apiserver writes its store with an in-memory credential that a
+	// rotation of the cluster's CA cannot revoke under it.
+	client, err := srv.OwnerClient(ctx)
 	if err != nil {
 		srv.Close()
 		return nil, nil, fmt.Errorf("cluster %s: connect to embedded etcd: %w", s.cfg.ClusterName, err)

@@ -104,6 +104,7 @@ type Server struct {
 	stop      context.CancelFunc
 	done      chan struct{}
 	closeOnce sync.Once
+	owner     *ownerCredential
 }
 
 // StartServer starts an embedded etcd that requires client certificates
@@ -145,10 +146,14 @@ func StartServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	ec.ListenPeerUrls = []url.URL{*peerURL}
 	ec.AdvertisePeerUrls = []url.URL{*peerURL}
 	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
+	owner, err := newOwnerCredential(cfg)
+	if err != nil {
+		return nil, err
+	}
 	ec.ClientTLSInfo = transport.TLSInfo{
 		CertFile:       cfg.CertFile,
 		KeyFile:        cfg.KeyFile,
-		TrustedCAFile:  cfg.CAFile,
+		TrustedCAFile:  owner.trustedCAFile,
 		ClientCertAuth: true,
 	}
 	ec.ClientAutoTLS = false
@@ -172,29 +177,43 @@ func StartServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 		ec.MaxRequestBytes = cfg.MaxRequestBytes
 	}
 	ec.MaxConcurrentStreams = DefaultMaxStreams
-	ec.GRPCAdditionalServerOptions = []grpc.ServerOption{grpc.ChainUnaryInterceptor(restrictLeaseGrant(cfg.Cluster, log))}
+	trust, err := newTrustFile(cfg.CAFile, cfg.Cluster, log)
+	if err != nil {
+		owner.remove()
+		return nil, err
+	}
+	trust.always = owner.ca.Certificate().RawSubjectPublicKeyInfo
+	ec.GRPCAdditionalServerOptions = []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(trust.unary(), restrictLeaseGrant(cfg.Cluster, log)),
+		grpc.ChainStreamInterceptor(trust.stream()),
+	}
 
 	e, err := embed.StartEtcd(ec)
 	if err != nil {
+		owner.remove()
 		return nil, fmt.Errorf("cluster %s: start etcd: %w", cfg.Cluster, err)
 	}
 	select {
 	case <-e.Server.ReadyNotify():
 	case err := <-e.Err():
 		e.Close()
+		owner.remove()
 		return nil, fmt.Errorf("cluster %s: etcd: %w", cfg.Cluster, err)
 	case <-ctx.Done():
 		e.Close()
+		owner.remove()
 		return nil, fmt.Errorf("cluster %s: etcd not ready: %w", cfg.Cluster, ctx.Err())
 	}
-	s := &Server{cfg: cfg, etcd: e, log: log, metrics: cfg.Metrics}
+	s := &Server{cfg: cfg, etcd: e, log: log, metrics: cfg.Metrics, owner: owner}
 	if len(e.Clients) == 0 {
 		e.Close()
+		owner.remove()
 		return nil, fmt.Errorf("cluster %s: etcd has no client listener", cfg.Cluster)
 	}
 	s.endpoint = localEndpoint(*clientURL, e.Clients[0].Addr())
 	if err := s.setupAuth(ctx); err != nil {
 		e.Close()
+		owner.remove()
 		return nil, fmt.Errorf("cluster %s: %w", cfg.Cluster, err)
 	}
 	every := cfg.AlarmCheckInterval
@@ -205,7 +224,10 @@ func StartServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	s.stop, s.done = stop, make(chan struct{})
 	go func() {
 		defer close(s.done)
+		var wg sync.WaitGroup
+		wg.Go(func() { trust.run(actx) })
 		s.watchAlarms(actx, every)
+		wg.Wait()
 	}()
 	return s, nil
 }
@@ -302,6 +324,7 @@ func (s *Server) Close() error {
 		s.stop()
 		<-s.done
 		s.etcd.Close()
+		s.owner.remove()
 	})
 	return nil
 }

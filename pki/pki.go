@@ -35,6 +35,11 @@ type CA struct {
 	key     *ecdsa.PrivateKey
 	certPEM []byte
 	keyPEM  []byte
+	// chain is appended to every certificate the CA issues: during and after
+	// a CA rotation, the new CA's certificate cross-signed by the previous
+	// one, so that whoever still trusts only the previous CA accepts the
+	// new certificates.
+	chain []byte
 }
 
 // NewCA creates a self-signed CA. A zero lifetime means DefaultCALifetime.
@@ -103,6 +108,52 @@ func (ca *CA) KeyPEM() []byte { return ca.keyPEM }
 // Certificate is the parsed CA certificate.
 func (ca *CA) Certificate() *x509.Certificate { return ca.cert }
 
+// Chain is what the CA appends to every certificate it issues (PEM; empty
+// unless set by WithChain).
+func (ca *CA) Chain() []byte { return ca.chain }
+
+// WithChain returns a copy of the CA that appends chainPEM (intermediate or
+// cross-signed certificates, leaf side first) to every certificate it
+// issues. TLS peers send the whole file, so a verifier that trusts the
+// chain's last issuer accepts the leaf.
+func (ca *CA) WithChain(chainPEM []byte) *CA {
+	c := *ca
+	c.chain = chainPEM
+	return &c
+}
+
+// CrossSign certifies next's subject and public key under ca: a CA
+// certificate for next's key, issued by ca. A leaf issued by next and sent
+// with this certificate verifies against ca as well as against next, which
+// is how a CA is replaced without any verifier losing trust: first hand out
+// leaves of next with the cross certificate, then move every verifier to
+// next, then stop trusting ca. The cross certificate ends when ca does.
+func (ca *CA) CrossSign(next *CA) ([]byte, error) {
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
+	n := next.cert
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               n.Subject,
+		SubjectKeyId:          n.SubjectKeyId,
+		NotBefore:             n.NotBefore,
+		NotAfter:              n.NotAfter,
+		KeyUsage:              n.KeyUsage,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	if tmpl.NotAfter.After(ca.cert.NotAfter) {
+		tmpl.NotAfter = ca.cert.NotAfter
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, n.PublicKey, ca.key)
+	if err != nil {
+		return nil, fmt.Errorf("cross-sign CA %s with %s: %w", n.Subject.CommonName, ca.cert.Subject.CommonName, err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
+}
+
 // IssueOptions describe a leaf certificate.
 type IssueOptions struct {
 	// CommonName is the subject CN; for etcd client certificates it is the
@@ -166,7 +217,32 @@ func (ca *CA) Issue(opts IssueOptions) (certPEM, keyPEM []byte, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
+	certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	return append(certPEM, ca.chain...), keyPEM, nil
+}
+
+// ParseCertificates parses every certificate of a PEM bundle.
+func ParseCertificates(bundle []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for rest := bundle; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d of bundle: %w", len(out)+1, err)
+		}
+		out = append(out, cert)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no PEM certificate block")
+	}
+	return out, nil
 }
 
 // ParseCertificate parses the first certificate of a PEM bundle.

@@ -111,3 +111,66 @@ func TestIssueRefusesBadOptions(t *testing.T) {
 		t.Fatal("no usage accepted")
 	}
 }
+
+// TestCrossSignedRotation checks the property a CA rotation rests on: a leaf
+// of the new CA, sent with the new CA's certificate cross-signed by the old
+// one, verifies for verifiers that trust the old CA, the new one, or both,
+// and for nobody else.
+func TestCrossSignedRotation(t *testing.T) {
+	old, err := NewCA("old", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := NewCA("next", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := NewCA("other", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cross, err := old.CrossSign(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafPEM, _, err := next.WithChain(cross).Issue(IssueOptions{CommonName: "agent", Client: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := ParseCertificates(leafPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(chain) != 2 || chain[1].Issuer.CommonName != "old" || chain[1].Subject.CommonName != "next" {
+		t.Fatalf("issued file holds %d certificates; want the leaf and next cross-signed by old", len(chain))
+	}
+	if got := next.WithChain(cross).Chain(); string(got) != string(cross) || next.Chain() != nil {
+		t.Fatal("WithChain must return a copy carrying the chain and leave the CA unchanged")
+	}
+	inter := x509.NewCertPool()
+	inter.AddCert(chain[1])
+	for _, tc := range []struct {
+		name  string
+		roots []*CA
+		ok    bool
+	}{
+		{"old only", []*CA{old}, true},
+		{"next only", []*CA{next}, true},
+		{"both", []*CA{old, next}, true},
+		{"another CA", []*CA{other}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			roots := x509.NewCertPool()
+			for _, ca := range tc.roots {
+				roots.AddCert(ca.Certificate())
+			}
+			_, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+			if (err == nil) != tc.ok {
+				t.Fatalf("verify: %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+	if _, err := ParseCertificates([]byte("garbage")); err == nil {
+		t.Fatal("ParseCertificates accepted a bundle without certificates")
+	}
+}

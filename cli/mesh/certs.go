@@ -27,8 +27,20 @@ const ServerNameSuffix = ".clustermesh"
 const (
 	KeyCACert = "ca.crt"
 	KeyCAKey  = "ca.key"
-	KeyCert   = corev1.TLSCertKey
-	KeyKey    = corev1.TLSPrivateKeyKey
+	// KeyCAChain (CA Secret) is appended to every certificate the CA
+	// issues: after a CA rotation, the CA's certificate cross-signed by the
+	// previous CA, so that verifiers still trusting only the previous CA
+	// accept the new certificates (see RotateCA).
+	KeyCAChain = "ca-chain.crt"
+	// KeyCAPrevious (CA Secret) is the previous CA while a rotation is under
+	// way: every trust bundle holds it beside ca.crt until the rotation
+	// finishes.
+	KeyCAPrevious = "ca-previous.crt"
+	// KeyCARotationStarted (CA Secret) is when the rotation under way
+	// started (RFC 3339).
+	KeyCARotationStarted = "rotation-started"
+	KeyCert              = corev1.TLSCertKey
+	KeyKey               = corev1.TLSPrivateKeyKey
 )
 
 // RenewBefore is how long before expiry a certificate counts as expiring:
@@ -82,10 +94,10 @@ func serverLeaf(ns string, clusterName string, sanHosts []string) leafSpec {
 }
 
 // leafValid tells whether the leaf Secret data holds a certificate issued by
-// ca, not expiring within RenewBefore, for the same name and (for servers)
-// covering every wanted address.
-func leafValid(data map[string][]byte, ca *pki.CA, spec leafSpec, now time.Time) bool {
-	if !bytes.Equal(data[KeyCACert], ca.CertPEM()) || len(data[KeyKey]) == 0 {
+// ca with the given trust bundle, not expiring within RenewBefore, for the
+// same name and (for servers) covering every wanted address.
+func leafValid(data map[string][]byte, ca *pki.CA, bundle []byte, spec leafSpec, now time.Time) bool {
+	if !bytes.Equal(data[KeyCACert], bundle) || len(data[KeyKey]) == 0 {
 		return false
 	}
 	cert, err := pki.ParseCertificate(data[KeyCert])
@@ -136,31 +148,67 @@ func (c *Cluster) applySecret(ctx context.Context, name string, typ corev1.Secre
 	return nil
 }
 
-// LoadCA reads the cluster's CA from its CA Secret. It returns ErrNotEnabled
-// when the Secret does not exist.
+// LoadCA reads the cluster's CA from its CA Secret, with the chain it
+// appends to what it issues. It returns ErrNotEnabled when the Secret does
+// not exist.
 func (c *Cluster) LoadCA(ctx context.Context) (*pki.CA, error) {
+	ca, _, err := c.loadCAState(ctx)
+	return ca, err
+}
+
+// loadCAState reads the CA Secret: the CA and, while a rotation is under
+// way, the previous CA's certificate (PEM).
+func (c *Cluster) loadCAState(ctx context.Context) (*pki.CA, []byte, error) {
+	s, err := c.getSecret(ctx, SecretCA)
+	if err != nil {
+		return nil, nil, err
+	}
+	if s == nil {
+		return nil, nil, fmt.Errorf("context %s: %w: secret %s/%s not found", c.Context, ErrNotEnabled, c.Namespace, SecretCA)
+	}
+	ca, err := pki.LoadCA(s.Data[KeyCACert], s.Data[KeyCAKey])
+	if err != nil {
+		return nil, nil, fmt.Errorf("context %s: secret %s/%s: %w", c.Context, c.Namespace, SecretCA, err)
+	}
+	if chain := s.Data[KeyCAChain]; len(chain) > 0 {
+		ca = ca.WithChain(chain)
+	}
+	return ca, s.Data[KeyCAPrevious], nil
+}
+
+// trustBundle is what the cluster's verifiers trust while it signs with
+// ca: ca itself and, during a CA rotation, the previous CA.
+func (c *Cluster) trustBundle(ctx context.Context, ca *pki.CA) ([]byte, error) {
 	s, err := c.getSecret(ctx, SecretCA)
 	if err != nil {
 		return nil, err
 	}
-	if s == nil {
-		return nil, fmt.Errorf("context %s: %w: secret %s/%s not found", c.Context, ErrNotEnabled, c.Namespace, SecretCA)
+	if s != nil && bytes.Equal(s.Data[KeyCACert], ca.CertPEM()) && len(s.Data[KeyCAPrevious]) > 0 {
+		return bundleOf(ca.CertPEM(), s.Data[KeyCAPrevious]), nil
 	}
-	ca, err := pki.LoadCA(s.Data[KeyCACert], s.Data[KeyCAKey])
-	if err != nil {
-		return nil, fmt.Errorf("context %s: secret %s/%s: %w", c.Context, c.Namespace, SecretCA, err)
+	return ca.CertPEM(), nil
+}
+
+// bundleOf concatenates PEM certificates, current CA first.
+func bundleOf(pems ...[]byte) []byte {
+	var out []byte
+	for _, p := range pems {
+		out = append(out, p...)
+		if len(out) > 0 && out[len(out)-1] != '\n' {
+			out = append(out, '\n')
+		}
 	}
-	return ca, nil
+	return out
 }
 
 // ensureLeaf keeps the existing certificate if it is still good, otherwise
 // issues a new one (always when force is set). It returns the Secret data.
-func (c *Cluster) ensureLeaf(ctx context.Context, ca *pki.CA, spec leafSpec, force bool) (map[string][]byte, error) {
+func (c *Cluster) ensureLeaf(ctx context.Context, ca *pki.CA, bundle []byte, spec leafSpec, force bool) (map[string][]byte, error) {
 	s, err := c.getSecret(ctx, spec.secret)
 	if err != nil {
 		return nil, err
 	}
-	if !force && s != nil && leafValid(s.Data, ca, spec, time.Now()) {
+	if !force && s != nil && leafValid(s.Data, ca, bundle, spec, time.Now()) {
 		// Re-apply the same bytes so the field manager owns them; a no-op
 		// for the API server.
 		data := map[string][]byte{KeyCACert: s.Data[KeyCACert], KeyCert: s.Data[KeyCert], KeyKey: s.Data[KeyKey]}
@@ -170,7 +218,7 @@ func (c *Cluster) ensureLeaf(ctx context.Context, ca *pki.CA, spec leafSpec, for
 	if err != nil {
 		return nil, fmt.Errorf("context %s: secret %s: %w", c.Context, spec.secret, err)
 	}
-	data := map[string][]byte{KeyCACert: ca.CertPEM(), KeyCert: certPEM, KeyKey: keyPEM}
+	data := map[string][]byte{KeyCACert: bundle, KeyCert: certPEM, KeyKey: keyPEM}
 	return data, c.applySecret(ctx, spec.secret, corev1.SecretTypeTLS, data)
 }
 

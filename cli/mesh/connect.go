@@ -493,15 +493,18 @@ func unusedID(a, b *member) uint32 {
 // trustAnchor is a cluster's CA certificate, without its key.
 type trustAnchor struct {
 	cert *x509.Certificate
-	pem  []byte
+	// pem is the trust bundle peers are given: the CA, and the previous CA
+	// while a rotation is under way.
+	pem []byte
 }
 
 // trustAnchor reads the cluster's CA certificate from its CA Secret or,
 // when the CA key is kept offline (Secret deleted), from the server
 // certificate Secret's ca.crt.
 func (c *Cluster) trustAnchor(ctx context.Context) (trustAnchor, error) {
-	if ca, err := c.LoadCA(ctx); err == nil {
-		return trustAnchor{ca.Certificate(), ca.CertPEM()}, nil
+	if ca, previous, err := c.loadCAState(ctx); err == nil {
+		// During a CA rotation peers trust both CAs.
+		return trustAnchor{ca.Certificate(), bundleOf(ca.CertPEM(), previous)}, nil
 	} else if !errors.Is(err, ErrNotEnabled) {
 		return trustAnchor{}, err
 	}

@@ -559,6 +559,104 @@ func TestTwoClusters(t *testing.T) {
 
 	})
 
+	t.Run("rotate-ca keeps every connection, then refuses the old CA", func(t *testing.T) {
+		oldCA, err := c1.LoadCA(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		oldPeer, oldOwn := entryOf(t, c2, "c1"), entryOf(t, c1, "c1")
+		view := watchPeerView(t, c2, "c1")
+
+		if err := mesh.RotateCA(ctx, c1, mesh.RotateCAOptions{Phase: mesh.PhaseStart}); !errors.Is(err, mesh.ErrRotation) || !strings.Contains(err.Error(), "c2") {
+			t.Fatalf("rotate-ca without the connected peer: %v, want ErrRotation naming c2", err)
+		}
+		if err := mesh.RotateCA(ctx, c1, mesh.RotateCAOptions{Phase: mesh.PhaseStart, Peers: []*mesh.Cluster{c2}}); err != nil {
+			t.Fatal(err)
+		}
+		newCA, err := c1.LoadCA(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if newCA.Certificate().Equal(oldCA.Certificate()) {
+			t.Fatal("start kept the CA")
+		}
+		// The peer's entry trusts both CAs and holds a certificate of the
+		// new one; old and new credentials both work.
+		midPeer := entryOf(t, c2, "c1")
+		if bundle, err := pki.ParseCertificates(midPeer.CA); err != nil || len(bundle) != 2 {
+			t.Fatalf("peer's trust bundle during rotation: %d certificates, %v; want both CAs", len(bundle), err)
+		}
+		if cert, err := pki.ParseCertificate(midPeer.Cert); err != nil || cert.CheckSignatureFrom(newCA.Certificate()) != nil {
+			t.Fatalf("peer certificate not re-issued by the new CA: %v", err)
+		}
+		for name, e := range map[string]mesh.Entry{"old peer": oldPeer, "old own": oldOwn, "new peer": midPeer, "new own": entryOf(t, c1, "c1")} {
+			if err := dialEntry(ctx, t, e); err != nil {
+				t.Errorf("%s credentials during rotation: %v", name, err)
+			}
+		}
+		poll.Eventually(t, 30*time.Second, "the store to serve a certificate of the new CA", func(ctx context.Context) error {
+			got, err := servedCert(ctx, midPeer)
+			if err != nil {
+				return err
+			}
+			if got.CheckSignatureFrom(newCA.Certificate()) != nil {
+				return fmt.Errorf("serves a certificate of %q", got.Issuer.CommonName)
+			}
+			return nil
+		})
+
+		err = mesh.RotateCA(ctx, c1, mesh.RotateCAOptions{Phase: mesh.PhaseFinish, Peers: []*mesh.Cluster{c2}, Settle: time.Hour})
+		if !errors.Is(err, mesh.ErrRotation) || !strings.Contains(err.Error(), "wait") {
+			t.Fatalf("finish right after start: %v, want a refusal saying how long to wait", err)
+		}
+		// Every process holds the new files (mounts refresh every 200 ms).
+		waitReady(t, c1)
+		waitReady(t, c2)
+		if err := mesh.RotateCA(ctx, c1, mesh.RotateCAOptions{Phase: mesh.PhaseFinish, Peers: []*mesh.Cluster{c2}, Settle: time.Nanosecond}); err != nil {
+			t.Fatal(err)
+		}
+		newPeer := entryOf(t, c2, "c1")
+		if !bytes.Equal(newPeer.CA, newCA.CertPEM()) {
+			t.Fatal("after finish, the peer's entry still trusts the previous CA")
+		}
+		poll.Eventually(t, 30*time.Second, "the old credentials refused", func(ctx context.Context) error {
+			for name, e := range map[string]mesh.Entry{"old peer": oldPeer, "old own": oldOwn} {
+				err := dialEntry(ctx, t, e)
+				if err == nil {
+					return fmt.Errorf("%s credentials still accepted", name)
+				}
+				if !strings.Contains(err.Error(), "no longer trusts") {
+					return fmt.Errorf("%s credentials refused with %v, want the rotation named", name, err)
+				}
+			}
+			return nil
+		})
+		for name, e := range map[string]mesh.Entry{"new peer": newPeer, "new own": entryOf(t, c1, "c1")} {
+			if err := dialEntry(ctx, t, e); err != nil {
+				t.Errorf("%s credentials after rotation: %v", name, err)
+			}
+		}
+		// The peer's agent still reads: a change in c1 after the rotation
+		// reaches it.
+		before := view.objects()
+		if err := mesh.SetGlobal(ctx, c1, "demo", "echo", mesh.GlobalOptions{Global: true}); err != nil {
+			t.Fatal(err)
+		}
+		poll.Eventually(t, 30*time.Second, "c2's agent to receive c1's change", func(context.Context) error {
+			if got := view.objects(); got <= before {
+				return fmt.Errorf("c2's agent holds %d objects of c1, had %d before the change", got, before)
+			}
+			return nil
+		})
+		if err := mesh.SetGlobal(ctx, c1, "demo", "echo", mesh.GlobalOptions{Global: false}); err != nil {
+			t.Fatal(err)
+		}
+		if bad := view.stop(); bad != "" {
+			t.Fatalf("c2's agent lost c1's data during the rotation: %s", bad)
+		}
+		ca1 = newCA
+	})
+
 	t.Run("status warns before expiry", func(t *testing.T) {
 		st, err := mesh.GetStatus(ctx, c1, mesh.StatusOptions{Now: time.Now().Add(350 * 24 * time.Hour)})
 		if err != nil {
@@ -674,6 +772,111 @@ func servedCert(ctx context.Context, e mesh.Entry) (*x509.Certificate, error) {
 	}
 	defer conn.Close()
 	return conn.(*tls.Conn).ConnectionState().PeerCertificates[0], nil
+}
+
+// entryOf returns the entry named name in c's clusters Secret.
+func entryOf(t *testing.T, c *mesh.Cluster, name string) mesh.Entry {
+	t.Helper()
+	s, err := c.ClustersSecret(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, err := mesh.Entries(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Name == name {
+			return e
+		}
+	}
+	t.Fatalf("context %s: no entry %s", c.Context, name)
+	return mesh.Entry{}
+}
+
+// peerView samples, every 100 ms, what c's agents hold of cluster peer, and
+// records the first sample where an agent no longer has it synced or holds
+// fewer objects than at the start.
+type peerView struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	mu     sync.Mutex
+	last   int
+	bad    string
+}
+
+func watchPeerView(t *testing.T, c *mesh.Cluster, peer string) *peerView {
+	t.Helper()
+	sample := func(ctx context.Context) (int, string, error) {
+		kvs, err := mesh.KVList(ctx, c, "agents/", mesh.KVOptions{})
+		if err != nil {
+			return 0, "", err
+		}
+		total := 0
+		for _, kv := range kvs {
+			a, ok := kv.Value.(*status.Agent)
+			if !ok {
+				continue
+			}
+			for _, cl := range a.Clusters {
+				if cl.Name != peer {
+					continue
+				}
+				if !cl.Synced {
+					return 0, fmt.Sprintf("agent %s: %s not synced (state %s, last error %q)", a.Node, peer, cl.State, cl.LastError), nil
+				}
+				for _, n := range cl.Objects {
+					total += n
+				}
+			}
+		}
+		return total, "", nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	first, bad, err := sample(ctx)
+	if err != nil || bad != "" || first == 0 {
+		t.Fatalf("peer view of %s at the start: %d objects, %s, %v", peer, first, bad, err)
+	}
+	v := &peerView{cancel: cancel, done: make(chan struct{}), last: first}
+	go func() {
+		defer close(v.done)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			n, bad, err := sample(ctx)
+			if err != nil {
+				continue // the local store is not what is measured
+			}
+			v.mu.Lock()
+			if bad == "" && n < first {
+				bad = fmt.Sprintf("%d objects of %s, %d at the start", n, peer, first)
+			}
+			if bad != "" && v.bad == "" {
+				v.bad = bad
+			}
+			v.last = n
+			v.mu.Unlock()
+		}
+	}()
+	return v
+}
+
+func (v *peerView) objects() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.last
+}
+
+// stop ends the sampling and returns the first bad sample ("" if none).
+func (v *peerView) stop() string {
+	v.cancel()
+	<-v.done
+	return v.bad
 }
 
 func dialEntry(ctx context.Context, t *testing.T, e mesh.Entry) error {

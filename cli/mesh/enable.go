@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -273,9 +274,13 @@ func (c *Cluster) issueLeaves(ctx context.Context, ca *pki.CA, name, endpoint st
 	for _, ing := range svc.Status.LoadBalancer.Ingress {
 		hosts = append(hosts, ing.IP, ing.Hostname)
 	}
+	bundle, err := c.trustBundle(ctx, ca)
+	if err != nil {
+		return err
+	}
 	specs := append([]leafSpec{serverLeaf(c.Namespace, name, hosts)}, clientLeaves()...)
 	for _, spec := range specs {
-		if _, err := c.ensureLeaf(ctx, ca, spec, force); err != nil {
+		if _, err := c.ensureLeaf(ctx, ca, bundle, spec, force); err != nil {
 			return err
 		}
 	}
@@ -335,8 +340,25 @@ func (c *Cluster) ensureCA(ctx context.Context, given *pki.CA, replace bool) (*p
 	return ca, true, c.storeCA(ctx, ca)
 }
 
+// storeCA writes the CA Secret. For the CA it already holds, the rotation
+// state (the cross-signed chain, the previous CA) is kept.
 func (c *Cluster) storeCA(ctx context.Context, ca *pki.CA) error {
-	return c.applySecret(ctx, SecretCA, corev1.SecretTypeOpaque, map[string][]byte{KeyCACert: ca.CertPEM(), KeyCAKey: ca.KeyPEM()})
+	data := map[string][]byte{KeyCACert: ca.CertPEM(), KeyCAKey: ca.KeyPEM()}
+	if len(ca.Chain()) > 0 {
+		data[KeyCAChain] = ca.Chain()
+	}
+	s, err := c.getSecret(ctx, SecretCA)
+	if err != nil {
+		return err
+	}
+	if s != nil && bytes.Equal(s.Data[KeyCACert], ca.CertPEM()) {
+		for _, k := range []string{KeyCAChain, KeyCAPrevious, KeyCARotationStarted} {
+			if v := s.Data[k]; len(v) > 0 && len(data[k]) == 0 {
+				data[k] = v
+			}
+		}
+	}
+	return c.applySecret(ctx, SecretCA, corev1.SecretTypeOpaque, data)
 }
 
 // deriveEndpoint picks the address peers dial when none was given.

@@ -127,7 +127,7 @@ func TestLeafValid(t *testing.T) {
 		{"empty", map[string][]byte{}, now, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := leafValid(tc.data, ca, spec, tc.now); got != tc.want {
+			if got := leafValid(tc.data, ca, ca.CertPEM(), spec, tc.now); got != tc.want {
 				t.Fatalf("leafValid = %v, want %v", got, tc.want)
 			}
 		})

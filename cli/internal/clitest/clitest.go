@@ -174,7 +174,7 @@ func (e *Env) runProcesses(t testing.TB, name string) error {
 	// The kubelet writes the Secret volumes before starting the pods and
 	// refreshes them while they run.
 	mounts := func(ctx context.Context) error {
-		for secret, sub := range map[string]string{mesh.SecretServer: "server", mesh.SecretAdmin: "admin"} {
+		for secret, sub := range map[string]string{mesh.SecretServer: "server"} {
 			if err := tc.C.WriteSecretDir(ctx, secret, filepath.Join(dir, sub)); err != nil {
 				return err
 			}
@@ -191,8 +191,6 @@ func (e *Env) runProcesses(t testing.TB, name string) error {
 	cfg.EtcdCA = filepath.Join(dir, "server", mesh.KeyCACert)
 	cfg.EtcdCert = filepath.Join(dir, "server", mesh.KeyCert)
 	cfg.EtcdKey = filepath.Join(dir, "server", mesh.KeyKey)
-	cfg.EtcdAdminCert = filepath.Join(dir, "admin", mesh.KeyCert)
-	cfg.EtcdAdminKey = filepath.Join(dir, "admin", mesh.KeyKey)
 	cfg.HealthAddr = "127.0.0.1:0"
 	cfg.UnsafeNoFsync = true
 	cfg.LeaseTTL = 10 * time.Second
