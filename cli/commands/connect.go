@@ -54,6 +54,9 @@ moment ago) is retried, with progress, for --wait-duration.`,
 				}
 				dsts = append(dsts, c)
 			}
+			if waitFor == 0 {
+				waitFor = -1 // zero is the library's default; on the command line it means no wait
+			}
 			if err := mesh.Connect(ctx, src, dsts, mesh.ConnectOptions{DestinationEndpoints: eps, SkipReachability: skipDial, WaitFor: waitFor, Progress: progressTo(cmd), Log: g.logger(cmd)}); err != nil {
 				return err
 			}
@@ -71,7 +74,7 @@ moment ago) is retried, with progress, for --wait-duration.`,
 	f.StringArrayVar(&dstContexts, "destination-context", nil, "kubeconfig context of a cluster to connect with (repeatable)")
 	f.StringArrayVar(&dstEndpoints, "destination-endpoint", nil, "override a destination's store endpoint: https://HOST:PORT with one destination, else CONTEXT=https://HOST:PORT (repeatable)")
 	f.BoolVar(&skipDial, "skip-reachability-check", false, "do not dial the stores from here (when this machine cannot reach them)")
-	f.DurationVar(&waitFor, "wait-duration", mesh.DefaultStoreWait, "how long to keep retrying while a store does not answer yet (a cluster just enabled); other problems fail at once; a negative value fails at once")
+	f.DurationVar(&waitFor, "wait-duration", mesh.DefaultStoreWait, "how long to keep retrying while a store does not answer yet (a cluster just enabled); other problems fail at once; 0 or a negative value checks once")
 	_ = cmd.RegisterFlagCompletionFunc("destination-context", g.completeContexts)
 	return cmd
 }

@@ -19,7 +19,8 @@ import (
 // installed it, as a real one would, so the store is down when enable has
 // applied its objects. enable returns only once its store serves: connect,
 // told not to wait (--wait-duration -1s checks once), finds both stores up.
-// Before the kubelet runs, an enable whose wait runs out says so.
+// Before the kubelet runs, an enable whose wait runs out says so; after, a
+// zero wait is none.
 func TestEnableThenConnectAtOnce(t *testing.T) {
 	env := clitest.Start(t,
 		clitest.Spec{Name: "c1", NodeIP: "127.0.0.31", PodCIDR: "10.1.0.0/24"},
@@ -67,5 +68,16 @@ func TestEnableThenConnectAtOnce(t *testing.T) {
 	out = run("connect", "--context", "c1", "--destination-context", "c2", "--wait-duration", "-1s")
 	if !strings.Contains(out, "✓ connected c1 with c2") {
 		t.Errorf("connect output:\n%s", out)
+	}
+
+	// On the command line a zero wait means none: enable returns after
+	// applying, connect checks once (a dead endpoint is refused at once,
+	// not after the default two minutes).
+	if out := run("enable", "--context", "c1", "--cluster-name", "c1", "--cluster-id", "1", "--wait-duration", "0"); !strings.Contains(out, "not waiting for the store") {
+		t.Errorf("enable --wait-duration 0: output:\n%s", out)
+	}
+	_, err = try("connect", "--context", "c1", "--destination-context", "c2", "--destination-endpoint", "https://127.0.0.99:9", "--wait-duration", "0")
+	if !errors.Is(err, mesh.ErrUnreachable) || strings.Contains(err.Error(), "waited") {
+		t.Errorf("connect --wait-duration 0 to a dead endpoint: err = %v, want unreachable, checked once", err)
 	}
 }
