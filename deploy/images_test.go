@@ -49,3 +49,21 @@ func TestDefaultImages(t *testing.T) {
 		}
 	}
 }
+
+func TestImageRefs(t *testing.T) {
+	for _, tc := range []struct {
+		ref, repo, tag, file string
+		own                  bool
+	}{
+		{"clustermesh/clustermesh-agent:v0.4.0", "clustermesh/clustermesh-agent", "v0.4.0", "clustermesh-agent-v0.4.0.tar", true},
+		{"docker.io/clustermesh/clustermesh-apiserver:79f74c9-dirty", "docker.io/clustermesh/clustermesh-apiserver", "79f74c9-dirty", "clustermesh-apiserver-79f74c9-dirty.tar", true},
+		{"localhost:5000/clustermesh/clustermesh-agent:v1@sha256:abc", "localhost:5000/clustermesh/clustermesh-agent", "v1", "clustermesh-agent-v1.tar", false},
+		{"localhost:5000/agent", "localhost:5000/agent", "", "", false},
+		{"ghcr.io/clustermesh/clustermesh-agent:latest", "ghcr.io/clustermesh/clustermesh-agent", "latest", "clustermesh-agent-latest.tar", false},
+	} {
+		repo, tag := SplitImage(tc.ref)
+		if repo != tc.repo || tag != tc.tag || ArchiveFile(tc.ref) != tc.file || OwnImage(tc.ref) != tc.own {
+			t.Errorf("%s: repo %q tag %q file %q own %v; want %q %q %q %v", tc.ref, repo, tag, ArchiveFile(tc.ref), OwnImage(tc.ref), tc.repo, tc.tag, tc.file, tc.own)
+		}
+	}
+}

@@ -51,6 +51,7 @@ var (
 	ErrInvalidArgument = errors.New("invalid argument")
 	ErrKeyNotFound     = errors.New("key not found")
 	ErrBadEntry        = errors.New("bad entry in the clusters Secret")
+	ErrImage           = errors.New("image not available")
 )
 
 // Cluster is a handle on one cluster reached through a kubeconfig context.

@@ -40,9 +40,12 @@ type Status struct {
 	AgentsExpected  int `json:"agentsExpected"`
 	// Clusters are the clusters agents follow: the cluster itself first,
 	// then every connected peer.
-	Clusters     []ClusterStatus `json:"clusters"`
-	Certificates []CertStatus    `json:"certificates"`
-	Problems     []Problem       `json:"problems,omitempty"`
+	Clusters []ClusterStatus `json:"clusters"`
+	// Images lists the mesh's containers that cannot start because of
+	// their image (not pulled, not loaded into the nodes).
+	Images       []ImageWait  `json:"images,omitempty"`
+	Certificates []CertStatus `json:"certificates"`
+	Problems     []Problem    `json:"problems,omitempty"`
 	// Warnings need action soon but do not make the cluster unready, e.g.
 	// a certificate expiring within RenewBefore.
 	Warnings []Problem `json:"warnings,omitempty"`
@@ -113,6 +116,17 @@ func GetStatus(ctx context.Context, c *Cluster, opts StatusOptions) (*Status, er
 		st.AgentsExpected = int(ds.Status.DesiredNumberScheduled)
 	} else if !apierrors.IsNotFound(err) {
 		return nil, fmt.Errorf("context %s: get daemonset %s/%s: %w", c.Context, c.Namespace, DaemonSetName, err)
+	}
+
+	// Pods that cannot start for their image come first: the store and the
+	// agents' problems below follow from them.
+	if waits, err := c.ImageWaits(ctx); err == nil {
+		st.Images = waits
+		for _, p := range c.imageProblems(waits) {
+			add(p)
+		}
+	} else if !apierrors.IsForbidden(err) {
+		return nil, err
 	}
 
 	secret, err := c.ClustersSecret(ctx)

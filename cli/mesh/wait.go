@@ -101,9 +101,15 @@ func WaitStore(ctx context.Context, c *Cluster, opts StoreOptions, w StoreWait) 
 	return w.until(ctx, op, "gave up", func(ctx context.Context) []Problem {
 		cli, err := openStore(ctx, ep, creds)
 		if err != nil {
-			return []Problem{problem(ErrUnreachable,
+			ps := []Problem{problem(ErrUnreachable,
 				fmt.Sprintf("check the apiserver (clustermesh status %s; %s); if %s is not reachable from here, pass --endpoint (e.g. a port-forward)", c.ctxFlag(), c.logsCmd(), ep),
 				"the store of cluster %s at %s does not answer: %v", info.Name, ep, err)}
+			// A pod whose image is missing will not start by waiting
+			// (kind has no registry to pull ours from): say so at once.
+			if waits, err := c.ImageWaits(ctx); err == nil {
+				ps = append(c.imageProblems(waits), ps...)
+			}
+			return ps
 		}
 		cli.Close()
 		return nil

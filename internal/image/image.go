@@ -24,6 +24,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/clustermesh/clustermesh/deploy"
 )
 
 // BinDir is where the binary lives inside the image.
@@ -65,7 +67,7 @@ func (s Spec) Ref() string { return s.Repository + ":" + s.Tag }
 
 // ArchiveName is the file name Write gives the image's archive:
 // "clustermesh-agent-v0.4.0.tar" for "clustermesh/clustermesh-agent".
-func (s Spec) ArchiveName() string { return path.Base(s.Repository) + "-" + s.Tag + ".tar" }
+func (s Spec) ArchiveName() string { return deploy.ArchiveFile(s.Ref()) }
 
 func (s Spec) validate() (name.Tag, error) {
 	switch {
