@@ -35,7 +35,10 @@ fi
 
 cache=${CLUSTERMESH_CACHE:-/var/cache/clustermesh}
 key=$(cat hack/go.mod hack/go.sum hack/Makefile hack/cmd/*/*.go | sha256sum | cut -c1-16)
-if [ ! -x hack/bin/kube-apiserver ] && [ -x "$cache/tools-$key/kube-apiserver" ]; then
+# Restore when the binaries are missing or older than hack/'s inputs (a pull
+# that changed hack/): the cache entry for these inputs is what make would
+# build.
+if ! make -s -q -C hack 2>/dev/null && [ -x "$cache/tools-$key/kube-apiserver" ]; then
 	step "kubernetes control plane: restored from $cache/tools-$key"
 	mkdir -p hack/bin && cp -p "$cache/tools-$key"/* hack/bin/ && touch hack/bin/*
 fi
