@@ -12,7 +12,7 @@ PKGS      := ./...
 BENCH     ?= .
 BENCHTIME ?= 1x
 
-.PHONY: all build images test deps lint generate generate-check bench tools demo clean-drills clean
+.PHONY: all build images test deps lint generate generate-check bench tools demo clean-drills clean kind-image kind-up kind-down
 
 all: build
 
@@ -77,8 +77,27 @@ demo:
 
 # clean-drills removes what a killed drill or demo run left behind (network
 # namespaces, links, cgroups, bpffs pins, processes with the run prefix).
+# It also deletes leftover kind clusters (cm-*), node image build containers,
+# the kind Docker network and a /lib/modules Docker created.
 clean-drills:
 	$(GO) run ./kind-tests/cmd/cleanup
+	bash hack/kind/clusters.sh clean
+
+# Real kind clusters (docs/kind.md; root). kind-image builds the kind node
+# image on this machine, no registry needed (about 25 minutes cold on 2
+# cores), or restores it from /var/cache/clustermesh in seconds; it starts a
+# Docker engine if none runs (hack/kind/docker.sh). kind-up creates cm-c1
+# (control plane + worker, pods 10.1.0.0/16) and cm-c2 (one node, pods
+# 10.2.0.0/16), kubeconfigs in $(CLUSTERMESH_KIND_DIR) (default bin/kind);
+# kind-down deletes them.
+kind-image:
+	bash hack/kind/build-node-image.sh
+
+kind-up:
+	bash hack/kind/clusters.sh up
+
+kind-down:
+	bash hack/kind/clusters.sh down
 
 clean:
 	rm -rf $(BIN)
