@@ -30,12 +30,17 @@ type RouteLister interface {
 	List(ctx context.Context) ([]Route, error)
 }
 
-// StaticRoutes turns the nodes of remote clusters into routes to their pod
-// CIDRs via their first address, for meshes without BGP. It is a
+// StaticRoutes turns the nodes of remote clusters (and, with OwnCluster,
+// the other nodes of the agent's own cluster) into routes to their pod CIDRs
+// via their first address, for meshes without BGP. It is a
 // NodeObserver; a goroutine (Run) applies changes so observer calls never
 // block, and retries failed writes every second.
 type StaticRoutes struct {
 	local string
+	// self and own: with own set (OwnCluster), nodes of the local cluster
+	// other than self are routed too.
+	self string
+	own  bool
 	w     RouteWriter
 	log   *slog.Logger
 
@@ -64,6 +69,13 @@ func NewStaticRoutes(local string, w RouteWriter, log *slog.Logger) *StaticRoute
 	}
 }
 
+// OwnCluster makes the reconciler route the other nodes of the agent's own
+// cluster too (self is this node), for clusters whose CNI does not route
+// between nodes (kind without kindnet, a bare ptp configuration). A route
+// another owner (the CNI) installed first is never replaced: the route
+// package reports the conflict instead. Call before Run.
+func (s *StaticRoutes) OwnCluster(self string) { s.self, s.own = self, true }
+
 // AdoptAfter sets when routes adopted from a previous run (RouteLister) may
 // be pruned: once ch is closed, typically (*Agent).InitialSync(). Until then
 // only additions and changes are applied. Without it, adopted routes are
@@ -72,7 +84,7 @@ func (s *StaticRoutes) AdoptAfter(ch <-chan struct{}) { s.gate = ch }
 
 // NodeUpserted implements NodeObserver.
 func (s *StaticRoutes) NodeUpserted(n *api.Node) {
-	if n.Cluster == s.local || len(n.Addresses) == 0 {
+	if (n.Cluster == s.local && (!s.own || n.Name == s.self)) || len(n.Addresses) == 0 {
 		return
 	}
 	s.mu.Lock()

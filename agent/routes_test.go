@@ -130,3 +130,29 @@ func TestStaticRoutes(t *testing.T) {
 		}
 	}
 }
+
+// TestStaticRoutesOwnCluster checks static-all: the own cluster's other
+// nodes are routed, this node never, remote clusters as before.
+func TestStaticRoutesOwnCluster(t *testing.T) {
+	ctx := context.Background()
+	w := &routeLog{routes: map[netip.Prefix]netip.Addr{}}
+	s := NewStaticRoutes("c1", w, nil)
+	s.OwnCluster("a")
+	for _, n := range []*api.Node{
+		node("c1", "a", "192.168.1.1", "10.1.0.0/24"),
+		node("c1", "b", "192.168.1.2", "10.1.1.0/24"),
+		node("c2", "a", "192.168.2.1", "10.2.0.0/24"),
+	} {
+		s.NodeUpserted(n)
+	}
+	s.reconcile(ctx)
+	want := []string{"10.1.1.0/24 via 192.168.1.2", "10.2.0.0/24 via 192.168.2.1"}
+	if got := w.list(); !slices.Equal(got, want) {
+		t.Fatalf("routes %q, want %q (no route to this node's own pod CIDR)", got, want)
+	}
+	s.NodeDeleted("c1", "b")
+	s.reconcile(ctx)
+	if got := w.list(); !slices.Equal(got, want[1:]) {
+		t.Fatalf("after the local node left: routes %q, want %q", got, want[1:])
+	}
+}

@@ -48,6 +48,11 @@ type Values struct {
 	EtcdPort       uint16
 	APIServerImage string
 	AgentImage     string
+	// Routes is the agents' --routes mode: static (remote clusters' pod
+	// CIDRs; the CNI routes inside the cluster), static-all (the own
+	// cluster's other nodes too: a CNI that does not route between nodes,
+	// like kind without kindnet) or none (BGP or a fabric routes them).
+	Routes string
 }
 
 // DefaultValues returns values with every optional field set; the images
@@ -58,6 +63,7 @@ func DefaultValues() Values {
 		MaxClusterID:   255,
 		ServiceType:    "NodePort",
 		EtcdPort:       2379,
+		Routes:         "static",
 		APIServerImage: APIServerImage(),
 		AgentImage:     AgentImage(),
 	}
@@ -73,6 +79,11 @@ func (v Values) validate() error {
 		return fmt.Errorf("%w: cluster %s: cluster ID 0", ErrInvalidValues, v.ClusterName)
 	case v.EtcdPort == 0:
 		return fmt.Errorf("%w: cluster %s: etcd port 0", ErrInvalidValues, v.ClusterName)
+	}
+	switch v.Routes {
+	case "none", "static", "static-all":
+	default:
+		return fmt.Errorf("%w: cluster %s: routes %q: must be none, static or static-all", ErrInvalidValues, v.ClusterName, v.Routes)
 	}
 	switch v.ServiceType {
 	case "ClusterIP", "NodePort", "LoadBalancer":

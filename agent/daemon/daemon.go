@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -49,7 +50,8 @@ type Config struct {
 	// Datapath is "bpf" (configured by BPF) or "none".
 	Datapath string
 	BPF      bpf.Config
-	// Routes is "none" or "static" (exclusive with BGP).
+	// Routes is "none", "static" (remote clusters' nodes) or "static-all"
+	// (also the own cluster's other nodes); static modes exclude BGP.
 	Routes string
 	// BGP runs the node's speaker, configured by BGPConfig.
 	BGP       bool
@@ -66,7 +68,7 @@ type Config struct {
 // Run runs the agent process until ctx ends.
 func Run(ctx context.Context, cfg Config) error {
 	log := logging.OrDiscard(cfg.Logger)
-	if cfg.BGP && cfg.Routes == "static" {
+	if cfg.BGP && strings.HasPrefix(cfg.Routes, "static") {
 		return errors.New("--bgp and --routes=static both route pod CIDRs: choose one")
 	}
 	reg := prometheus.NewRegistry()
@@ -117,19 +119,22 @@ func Run(ctx context.Context, cfg Config) error {
 
 	switch cfg.Routes {
 	case "none":
-	case "static":
+	case "static", "static-all":
 		w, err := route.New(route.Config{Protocol: route.ProtocolStatic, Owner: "static", Registerer: reg, Logger: log})
 		if err != nil {
-			return fmt.Errorf("--routes=static: %w", err)
+			return fmt.Errorf("--routes=%s: %w", cfg.Routes, err)
 		}
 		defer w.Close()
 		sr := agent.NewStaticRoutes(cfg.ClusterName, w, log)
+		if cfg.Routes == "static-all" {
+			sr.OwnCluster(cfg.NodeName)
+		}
 		sr.AdoptAfter(a.InitialSync())
 		a.AddNodeObserver(sr)
 		wg.Add(1)
 		go func() { defer wg.Done(); sr.Run(ctx) }()
 	default:
-		return fmt.Errorf("--routes %q: must be none or static", cfg.Routes)
+		return fmt.Errorf("--routes %q: must be none, static or static-all", cfg.Routes)
 	}
 
 	if cfg.BGP {

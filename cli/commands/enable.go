@@ -133,6 +133,7 @@ issues every peer certificate from the CA of the store it is for.`,
 	f.Uint32Var(&maxClusterID, "max-cluster-id", api.DefaultMaxClusterID, "mesh-wide cluster ID limit: 255 or 511 (same on every cluster)")
 	f.StringVar(&opts.Endpoint, "endpoint", "", "https://HOST:PORT where peers reach this cluster's store (default: from the Service)")
 	f.StringVar(&opts.ServiceType, "service-type", "NodePort", "type of the apiserver Service: NodePort, LoadBalancer or ClusterIP")
+	f.StringVar(&opts.Routes, "routes", "static", "how agents route pod CIDRs natively: static (every connected cluster's nodes; the CNI routes inside the cluster), static-all (also this cluster's other nodes, for a CNI that does not route between nodes, e.g. kind without kindnet) or none (BGP or the fabric does)")
 	// The default images are this build's: `make images` builds them and
 	// the nodes must have them (kind load image-archive, or a registry).
 	f.StringVar(&opts.APIServerImage, "apiserver-image", deploy.APIServerImage(), "image of the clustermesh-apiserver; the default, this build's, comes from make images")

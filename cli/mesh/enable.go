@@ -39,7 +39,10 @@ type EnableOptions struct {
 	// NodePort on the first node's InternalIP, or the ClusterIP).
 	Endpoint string
 	// ServiceType of the apiserver Service; empty means NodePort.
-	ServiceType    string
+	ServiceType string
+	// Routes is the agents' --routes mode (none, static, static-all);
+	// empty means static.
+	Routes         string
 	APIServerImage string
 	AgentImage     string
 	// CA, if set, is the CA to use (given files or another cluster's CA, so
@@ -197,18 +200,7 @@ func Enable(ctx context.Context, c *Cluster, opts EnableOptions) (*EnableResult,
 		return nil, err
 	}
 
-	v := deploy.DefaultValues()
-	v.Namespace = c.Namespace
-	v.ClusterName, v.ClusterID, v.MaxClusterID = opts.ClusterName, opts.ClusterID, opts.MaxClusterID
-	if opts.ServiceType != "" {
-		v.ServiceType = opts.ServiceType
-	}
-	if opts.APIServerImage != "" {
-		v.APIServerImage = opts.APIServerImage
-	}
-	if opts.AgentImage != "" {
-		v.AgentImage = opts.AgentImage
-	}
+	v := opts.values(c.Namespace)
 
 	objs, err := renderFiles(v, deploy.FileNamespace, deploy.FileRBAC, deploy.FileService)
 	if err != nil {
@@ -299,6 +291,26 @@ func (c *Cluster) writeOwnEntry(ctx context.Context, info Info) error {
 	}
 	e := Entry{Name: info.Name, ID: info.ID, Endpoint: info.Endpoint, CA: agent.Data[KeyCACert], Cert: agent.Data[KeyCert], Key: agent.Data[KeyKey]}
 	return c.updateClusters(ctx, func(s *corev1.Secret) error { return e.put(s) })
+}
+
+// values are the manifests' values for these options, defaults filled in.
+func (opts EnableOptions) values(namespace string) deploy.Values {
+	v := deploy.DefaultValues()
+	v.Namespace = namespace
+	v.ClusterName, v.ClusterID, v.MaxClusterID = opts.ClusterName, opts.ClusterID, opts.MaxClusterID
+	if opts.ServiceType != "" {
+		v.ServiceType = opts.ServiceType
+	}
+	if opts.APIServerImage != "" {
+		v.APIServerImage = opts.APIServerImage
+	}
+	if opts.AgentImage != "" {
+		v.AgentImage = opts.AgentImage
+	}
+	if opts.Routes != "" {
+		v.Routes = opts.Routes
+	}
+	return v
 }
 
 func isNotEnabled(err error) bool {
@@ -476,21 +488,10 @@ func RenderManifests(namespace string, opts EnableOptions) ([]byte, error) {
 	if err := api.ValidateClusterID(opts.ClusterID, opts.MaxClusterID); err != nil {
 		return nil, err
 	}
-	v := deploy.DefaultValues()
-	v.Namespace = namespace
-	v.ClusterName, v.ClusterID, v.MaxClusterID = opts.ClusterName, opts.ClusterID, opts.MaxClusterID
+	v := opts.values(namespace)
 	v.Endpoint = opts.Endpoint
 	if v.Endpoint == "" {
 		v.Endpoint = "<derived from Service " + ServiceName + " at enable>"
-	}
-	if opts.ServiceType != "" {
-		v.ServiceType = opts.ServiceType
-	}
-	if opts.APIServerImage != "" {
-		v.APIServerImage = opts.APIServerImage
-	}
-	if opts.AgentImage != "" {
-		v.AgentImage = opts.AgentImage
 	}
 	objs, err := deploy.RenderAll(v)
 	if err != nil {

@@ -49,12 +49,12 @@ func nodeDeathOnce(b *testing.B, health bool) (lastFailMs, failedPct float64) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	env := &Env{Mesh: m, Service: "echo", Replicas: 2, Report: &emulator.Report{}}
+	env := &Env{Mesh: Emulated{M: m}, Service: "echo", Replicas: 2, Report: &emulator.Report{}}
 	if err := Setup(ctx, env); err != nil {
 		b.Fatal(err)
 	}
-	c1, c2 := m.Clusters[0], m.Clusters[1]
-	tr, err := env.Traffic(ctx, c1.Nodes()[0], "tcp")
+	c1, c2 := env.c(0), env.c(1)
+	tr, err := env.traffic(ctx, c1, "tcp")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -62,10 +62,10 @@ func nodeDeathOnce(b *testing.B, health bool) (lastFailMs, failedPct float64) {
 	if _, err := env.waitSeen(ctx, tr, time.Now(), c1, c2); err != nil {
 		b.Fatal(err)
 	}
-	victim := c2.Nodes()[1]
+	victim := env.Mesh.Nodes(c2)[1]
 	b.StartTimer()
 	killed := time.Now()
-	if err := victim.Kill(ctx); err != nil {
+	if err := env.Mesh.KillNode(ctx, victim); err != nil {
 		b.Fatal(err)
 	}
 	if err := settle(ctx, 10*time.Second); err != nil {

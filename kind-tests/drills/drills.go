@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/clustermesh/clustermesh/internal/poll"
+	"github.com/clustermesh/clustermesh/kind-tests/attempts"
 	"github.com/clustermesh/clustermesh/kind-tests/emulator"
 )
 
@@ -18,7 +19,7 @@ var ErrDrill = errors.New("drill failed")
 
 // Env is what drills run against.
 type Env struct {
-	Mesh *emulator.Mesh
+	Mesh Mesh
 	// Service is the global echo service deployed in every cluster.
 	Service string
 	// Replicas is how many echo pods each cluster runs normally.
@@ -43,36 +44,28 @@ func (e *Env) logf(format string, args ...any) {
 	}
 }
 
-// Traffic starts a probe on node n aimed at the service's ClusterIP in n's
-// cluster. The caller stops it.
-func (e *Env) Traffic(ctx context.Context, n *emulator.Node, proto string) (*emulator.Traffic, error) {
-	vip, err := e.Mesh.ServiceIP(ctx, n.Cluster, e.Service)
-	if err != nil {
-		return nil, err
-	}
-	return n.StartTraffic(e.Mesh.Bins, fmt.Sprintf("probe-%s-%d", proto, time.Now().UnixNano()%100000), netip.AddrPortFrom(vip, 80), &emulator.TrafficOptions{Proto: proto})
+// c returns the name of the i-th cluster.
+func (e *Env) c(i int) string { return e.Mesh.Clusters()[i] }
+
+// firstNode is where a cluster's traffic comes from.
+func (e *Env) firstNode(cluster string) string { return e.Mesh.Nodes(cluster)[0] }
+
+// traffic starts a probe on the first node of cluster.
+func (e *Env) traffic(ctx context.Context, cluster, proto string) (Traffic, error) {
+	return e.Mesh.StartTraffic(ctx, e.firstNode(cluster), e.Service, proto)
 }
 
 // from returns a predicate: a successful attempt answered by a pod of one of
 // the clusters.
-func (e *Env) from(clusters ...*emulator.Cluster) func(emulator.Attempt) bool {
-	return func(a emulator.Attempt) bool {
-		if !a.OK {
-			return false
-		}
-		got := e.Mesh.ClusterOf(e.Service, a.Backend)
-		for _, c := range clusters {
-			if c.Name == got {
-				return true
-			}
-		}
-		return false
+func (e *Env) from(clusters ...string) func(attempts.Attempt) bool {
+	return func(a attempts.Attempt) bool {
+		return a.OK && slices.Contains(clusters, e.Mesh.ClusterOf(e.Service, a.Backend))
 	}
 }
 
 // waitSeen waits until tr has had answers from every cluster of want since
 // since, and returns when the last of them first answered.
-func (e *Env) waitSeen(ctx context.Context, tr *emulator.Traffic, since time.Time, want ...*emulator.Cluster) (time.Time, error) {
+func (e *Env) waitSeen(ctx context.Context, tr Traffic, since time.Time, want ...string) (time.Time, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.wait())
 	defer cancel()
 	var last time.Time
@@ -91,9 +84,9 @@ func (e *Env) waitSeen(ctx context.Context, tr *emulator.Traffic, since time.Tim
 		}
 		last, missing = time.Time{}, nil
 		for _, c := range want {
-			t, ok := first[c.Name]
+			t, ok := first[c]
 			if !ok {
-				missing = append(missing, c.Name)
+				missing = append(missing, c)
 			}
 			if t.After(last) {
 				last = t
@@ -105,31 +98,27 @@ func (e *Env) waitSeen(ctx context.Context, tr *emulator.Traffic, since time.Tim
 		return nil
 	})
 	if err != nil {
-		s := emulator.Summarize(tr.Attempts(since))
-		return time.Time{}, fmt.Errorf("%w: traffic from %s: no answer from cluster(s) %v (answers: %v, failures: %v)", ErrDrill, tr.Node.Name, missing, s.PerBackend, s.Errors)
+		s := attempts.Summarize(tr.Attempts(since))
+		return time.Time{}, fmt.Errorf("%w: traffic from %s: no answer from cluster(s) %v (answers: %v, failures: %v)", ErrDrill, tr.From(), missing, s.PerBackend, s.Errors)
 	}
 	return last, nil
 }
 
 // waitOnly waits for n consecutive successful attempts answered by pods of
 // the given clusters and returns the first of them.
-func (e *Env) waitOnly(ctx context.Context, tr *emulator.Traffic, since time.Time, n int, clusters ...*emulator.Cluster) (emulator.Attempt, error) {
+func (e *Env) waitOnly(ctx context.Context, tr Traffic, since time.Time, n int, clusters ...string) (attempts.Attempt, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.wait())
 	defer cancel()
 	a, err := tr.WaitFor(ctx, since, n, e.from(clusters...))
 	if err != nil {
-		names := make([]string, len(clusters))
-		for i, c := range clusters {
-			names[i] = c.Name
-		}
-		s := emulator.Summarize(tr.Attempts(since))
-		return a, fmt.Errorf("%w: traffic from %s: want %d answers in a row from %v: %v (answers: %v, failures: %v)", ErrDrill, tr.Node.Name, n, names, err, s.PerBackend, s.Errors)
+		s := attempts.Summarize(tr.Attempts(since))
+		return a, fmt.Errorf("%w: traffic from %s: want %d answers in a row from %v: %v (answers: %v, failures: %v)", ErrDrill, tr.From(), n, clusters, err, s.PerBackend, s.Errors)
 	}
 	return a, nil
 }
 
 // split formats how many answers each cluster gave.
-func (e *Env) split(as []emulator.Attempt) string {
+func (e *Env) split(as []attempts.Attempt) string {
 	per := map[string]int{}
 	fail := 0
 	for _, a := range as {
@@ -152,7 +141,7 @@ func (e *Env) split(as []emulator.Attempt) string {
 	return strings.Join(parts, " ")
 }
 
-func failures(as []emulator.Attempt) int {
+func failures(as []attempts.Attempt) int {
 	n := 0
 	for _, a := range as {
 		if !a.OK {
@@ -161,8 +150,6 @@ func failures(as []emulator.Attempt) int {
 	}
 	return n
 }
-
-func (e *Env) c(i int) *emulator.Cluster { return e.Mesh.Clusters[i] }
 
 // settle lets traffic run for d.
 func settle(ctx context.Context, d time.Duration) error {
@@ -174,7 +161,7 @@ func settle(ctx context.Context, d time.Duration) error {
 	}
 }
 
-func stop(tr *emulator.Traffic) {
+func stop(tr Traffic) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	_ = tr.Stop(ctx)

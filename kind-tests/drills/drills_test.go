@@ -106,7 +106,7 @@ func TestDrills(t *testing.T) {
 		t.Fatal(err)
 	}
 	report := &emulator.Report{}
-	env := &Env{Mesh: m, Service: "echo", Replicas: 2, Report: report, Logf: t.Logf}
+	env := &Env{Mesh: Emulated{M: m}, Service: "echo", Replicas: 2, Report: report, Logf: t.Logf}
 	t.Logf("routing: %s", m.Routing)
 	t.Cleanup(func() {
 		t.Logf("drill figures (run %s):\n%s", r.Prefix, report)

@@ -6,9 +6,9 @@ import (
 	"slices"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/clustermesh/clustermesh/internal/poll"
+	"github.com/clustermesh/clustermesh/kind-tests/attempts"
 	"github.com/clustermesh/clustermesh/kind-tests/emulator"
 )
 
@@ -49,13 +49,13 @@ func Setup(ctx context.Context, e *Env) error {
 		return err
 	}
 	e.Report.Add("setup", "clustermesh connect", emulator.Ms(time.Since(t1)), "pass")
-	for _, c := range m.Clusters {
+	for _, c := range m.Clusters() {
 		if err := m.DeployEcho(ctx, c, e.Service, e.Replicas); err != nil {
 			return err
 		}
 	}
-	for _, c := range m.Clusters {
-		if err := waitReadyPods(ctx, c, e.Service, e.Replicas, e.wait()); err != nil {
+	for _, c := range m.Clusters() {
+		if err := e.waitReadyPods(ctx, c, e.Replicas); err != nil {
 			return err
 		}
 	}
@@ -63,22 +63,21 @@ func Setup(ctx context.Context, e *Env) error {
 }
 
 // waitReadyPods waits until cluster c's echo Deployment has n ready pods.
-func waitReadyPods(ctx context.Context, c *emulator.Cluster, service string, n int, d time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, d)
+func (e *Env) waitReadyPods(ctx context.Context, c string, n int) error {
+	ctx, cancel := context.WithTimeout(ctx, e.wait())
 	defer cancel()
-	name := emulator.EchoDeploymentName(service, c)
 	err := poll.Until(ctx, func(ctx context.Context) error {
-		dep, err := c.ControlPlane().Client.AppsV1().Deployments("default").Get(ctx, name, metav1.GetOptions{})
+		ready, total, err := e.Mesh.EchoReady(ctx, c, e.Service)
 		if err != nil {
 			return err
 		}
-		if int(dep.Status.ReadyReplicas) != n || int(dep.Status.Replicas) != n {
-			return fmt.Errorf("%d of %d replicas ready", dep.Status.ReadyReplicas, dep.Status.Replicas)
+		if ready != n || total != n {
+			return fmt.Errorf("%d of %d replicas ready", ready, total)
 		}
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("cluster %s: deployment %s: want %d ready pods: %w", c.Name, name, n, err)
+		return fmt.Errorf("cluster %s: echo %s: want %d ready pods: %w", c, e.Service, n, err)
 	}
 	return nil
 }
@@ -87,15 +86,15 @@ func waitReadyPods(ctx context.Context, c *emulator.Cluster, service string, n i
 // cluster reaches backends in both clusters, over TCP and UDP. Figure: time
 // from the probes' start to answers from both clusters, and the split.
 func GlobalService(ctx context.Context, e *Env) error {
-	for _, c := range e.Mesh.Clusters {
+	for _, c := range e.Mesh.Clusters() {
 		for _, proto := range []string{"tcp", "udp"} {
 			start := time.Now()
-			tr, err := e.Traffic(ctx, c.Nodes()[0], proto)
+			tr, err := e.traffic(ctx, c, proto)
 			if err != nil {
 				return err
 			}
 			defer stop(tr)
-			seen, err := e.waitSeen(ctx, tr, start, e.Mesh.Clusters...)
+			seen, err := e.waitSeen(ctx, tr, start, e.Mesh.Clusters()...)
 			if err != nil {
 				return fmt.Errorf("%s: %w", proto, err)
 			}
@@ -104,9 +103,9 @@ func GlobalService(ctx context.Context, e *Env) error {
 				return err
 			}
 			as := tr.Attempts(mark)
-			e.Report.Add("global service", fmt.Sprintf("%s from %s: answers from every cluster after", proto, c.Name), emulator.Ms(seen.Sub(start)), "pass")
-			e.Report.Add("global service", fmt.Sprintf("%s from %s: split over 2 s", proto, c.Name), e.split(as), "pass")
-			e.logf("%s from %s reaches every cluster (%s)", proto, c.Name, e.split(as))
+			e.Report.Add("global service", fmt.Sprintf("%s from %s: answers from every cluster after", proto, c), emulator.Ms(seen.Sub(start)), "pass")
+			e.Report.Add("global service", fmt.Sprintf("%s from %s: split over 2 s", proto, c), e.split(as), "pass")
+			e.logf("%s from %s reaches every cluster (%s)", proto, c, e.split(as))
 		}
 	}
 	return nil
@@ -122,7 +121,7 @@ func AffinityLocal(ctx context.Context, e *Env) error {
 		return err
 	}
 	defer func() { _ = m.MarkGlobal(context.WithoutCancel(ctx), e.Service, "none") }()
-	tr, err := e.Traffic(ctx, c1.Nodes()[0], "tcp")
+	tr, err := e.traffic(ctx, c1, "tcp")
 	if err != nil {
 		return err
 	}
@@ -135,7 +134,7 @@ func AffinityLocal(ctx context.Context, e *Env) error {
 	if err := settle(ctx, time.Second); err != nil {
 		return err
 	}
-	if as := tr.Attempts(mark); slices.ContainsFunc(as, func(a emulator.Attempt) bool { return !e.from(c1)(a) }) {
+	if as := tr.Attempts(mark); slices.ContainsFunc(as, func(a attempts.Attempt) bool { return !e.from(c1)(a) }) {
 		return fmt.Errorf("%w: affinity local with local backends ready: %s", ErrDrill, e.split(as))
 	}
 	e.Report.Add("affinity local", "all local while local pods ready", e.split(tr.Attempts(mark)), "pass")
@@ -151,7 +150,7 @@ func AffinityLocal(ctx context.Context, e *Env) error {
 	during := tr.Attempts(scaled)
 	e.Report.Add("affinity local", "scale c1 to 0 → traffic on c2 after", emulator.Ms(first.At.Sub(scaled)), "pass")
 	e.Report.Add("affinity local", "failed attempts during failover", fmt.Sprint(failures(during)), "pass")
-	e.logf("failover to %s after %v (%d failed attempts)", c2.Name, first.At.Sub(scaled), failures(during))
+	e.logf("failover to %s after %v (%d failed attempts)", c2, first.At.Sub(scaled), failures(during))
 
 	back := time.Now()
 	if err := m.ScaleEcho(ctx, c1, e.Service, e.Replicas); err != nil {
@@ -163,7 +162,7 @@ func AffinityLocal(ctx context.Context, e *Env) error {
 	}
 	e.Report.Add("affinity local", "scale c1 back → traffic local again after", emulator.Ms(ret.At.Sub(back)), "pass")
 	e.Report.Add("affinity local", "failed attempts during return", fmt.Sprint(failures(tr.Attempts(back))), "pass")
-	return waitReadyPods(ctx, c1, e.Service, e.Replicas, e.wait())
+	return e.waitReadyPods(ctx, c1, e.Replicas)
 }
 
 // AgentRestart: SIGKILL the agent of the node a client runs on while the
@@ -171,40 +170,25 @@ func AffinityLocal(ctx context.Context, e *Env) error {
 // keep balancing meanwhile: zero failed connections.
 func AgentRestart(ctx context.Context, e *Env) error {
 	c1 := e.c(0)
-	n := c1.Nodes()[0]
-	tr, err := e.Traffic(ctx, n, "tcp")
+	n := e.firstNode(c1)
+	tr, err := e.traffic(ctx, c1, "tcp")
 	if err != nil {
 		return err
 	}
 	defer stop(tr)
 	start := time.Now()
-	if _, err := tr.WaitFor(ctx, start, 20, func(a emulator.Attempt) bool { return a.OK }); err != nil {
+	if _, err := tr.WaitFor(ctx, start, 20, func(a attempts.Attempt) bool { return a.OK }); err != nil {
 		return fmt.Errorf("%w: before restart: %v", ErrDrill, err)
 	}
-	cp := c1.ControlPlane()
-	old, err := cp.Agent(n)
+	killed := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, e.wait())
+	err = e.Mesh.RestartAgent(rctx, n)
+	cancel()
 	if err != nil {
 		return err
 	}
-	killed := time.Now()
-	if err := old.Kill(); err != nil {
-		return err
-	}
-	// Wait for the kubelet to start a new agent, then let it settle
-	// (adopt the pins, resync) under load.
-	var restarted time.Time
-	for {
-		if p, err := cp.Agent(n); err == nil && p != old {
-			restarted = time.Now()
-			break
-		}
-		if err := settle(ctx, 20*time.Millisecond); err != nil {
-			return err
-		}
-		if time.Since(killed) > e.wait() {
-			return fmt.Errorf("%w: agent of %s not restarted", ErrDrill, n.Name)
-		}
-	}
+	restarted := time.Now()
+	// Let the new agent settle (adopt the pins, resync) under load.
 	if err := settle(ctx, 5*time.Second); err != nil {
 		return err
 	}
@@ -216,7 +200,7 @@ func AgentRestart(ctx context.Context, e *Env) error {
 		result = "FAIL"
 	}
 	e.Report.Add("agent restart", "failed connections", fmt.Sprint(f), result)
-	e.logf("agent restart on %s: down %v, %d attempts, %d failed", n.Name, restarted.Sub(killed), len(as), f)
+	e.logf("agent restart on %s: down %v, %d attempts, %d failed", n, restarted.Sub(killed), len(as), f)
 	if f > 0 {
 		return fmt.Errorf("%w: %d failed connections during agent restart: %s", ErrDrill, f, e.split(as))
 	}
@@ -231,7 +215,7 @@ func AgentRestart(ctx context.Context, e *Env) error {
 // down, convergence time after restart.
 func StoreDown(ctx context.Context, e *Env) error {
 	m, c1, c2 := e.Mesh, e.c(0), e.c(1)
-	tr, err := e.Traffic(ctx, c1.Nodes()[0], "tcp")
+	tr, err := e.traffic(ctx, c1, "tcp")
 	if err != nil {
 		return err
 	}
@@ -240,15 +224,16 @@ func StoreDown(ctx context.Context, e *Env) error {
 	if _, err := e.waitSeen(ctx, tr, start, c1, c2); err != nil {
 		return fmt.Errorf("before: %w", err)
 	}
-	cp2 := c2.ControlPlane()
 	down := time.Now()
-	if err := cp2.StopStore(ctx); err != nil {
+	if err := m.StopStore(ctx, c2); err != nil {
 		return err
 	}
 	restarted := false
 	defer func() {
 		if !restarted {
-			cp2.StartStore()
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.wait())
+			defer cancel()
+			_ = m.StartStore(sctx, c2)
 		}
 	}()
 	if err := settle(ctx, 5*time.Second); err != nil {
@@ -258,7 +243,7 @@ func StoreDown(ctx context.Context, e *Env) error {
 	if err := m.ScaleEcho(ctx, c2, e.Service, e.Replicas+1); err != nil {
 		return err
 	}
-	if err := waitReadyPods(ctx, c2, e.Service, e.Replicas+1, e.wait()); err != nil {
+	if err := e.waitReadyPods(ctx, c2, e.Replicas+1); err != nil {
 		return err
 	}
 	if err := settle(ctx, 3*time.Second); err != nil {
@@ -276,51 +261,34 @@ func StoreDown(ctx context.Context, e *Env) error {
 	if f > 0 || c2Answers == 0 {
 		res = "FAIL"
 	}
-	e.Report.Add("store down", fmt.Sprintf("%s's store down %v: answers (by cluster)", c2.Name, time.Since(down).Round(time.Second)), e.split(as), res)
+	e.Report.Add("store down", fmt.Sprintf("%s's store down %v: answers (by cluster)", c2, time.Since(down).Round(time.Second)), e.split(as), res)
 	if res != "pass" {
-		return fmt.Errorf("%w: while %s's store was down: %s (want answers from %s and no failures)", ErrDrill, c2.Name, e.split(as), c2.Name)
+		return fmt.Errorf("%w: while %s's store was down: %s (want answers from %s and no failures)", ErrDrill, c2, e.split(as), c2)
 	}
-	newPod, err := newestPod(ctx, c2, e.Service)
+	newPod, err := m.NewestEchoPod(ctx, c2, e.Service)
 	if err != nil {
 		return err
 	}
 	up := time.Now()
-	cp2.StartStore()
 	restarted = true
-	if _, err := cp2.WaitStore(ctx); err != nil {
+	sctx, cancel := context.WithTimeout(ctx, e.wait())
+	err = m.StartStore(sctx, c2)
+	cancel()
+	if err != nil {
 		return err
 	}
 	ctxW, cancel := context.WithTimeout(ctx, e.wait())
 	defer cancel()
-	seen, err := tr.WaitFor(ctxW, up, 1, func(a emulator.Attempt) bool { return a.OK && a.Backend == newPod })
+	seen, err := tr.WaitFor(ctxW, up, 1, func(a attempts.Attempt) bool { return a.OK && a.Backend == newPod })
 	if err != nil {
-		return fmt.Errorf("%w: after %s's store restarted, pod %s added meanwhile never answered: %v", ErrDrill, c2.Name, newPod, err)
+		return fmt.Errorf("%w: after %s's store restarted, pod %s added meanwhile never answered: %v", ErrDrill, c2, newPod, err)
 	}
 	e.Report.Add("store down", "store restarted → pod added while down answers after", emulator.Ms(seen.At.Sub(up)), "pass")
-	e.logf("%s converged %v after its store restarted", c2.Name, seen.At.Sub(up))
+	e.logf("%s converged %v after its store restarted", c2, seen.At.Sub(up))
 	if err := m.ScaleEcho(ctx, c2, e.Service, e.Replicas); err != nil {
 		return err
 	}
-	return waitReadyPods(ctx, c2, e.Service, e.Replicas, e.wait())
-}
-
-// newestPod returns the name of the most recently created echo pod of c.
-func newestPod(ctx context.Context, c *emulator.Cluster, service string) (string, error) {
-	pods, err := c.ControlPlane().Client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=" + service})
-	if err != nil {
-		return "", err
-	}
-	var name string
-	var at time.Time
-	for _, p := range pods.Items {
-		if p.DeletionTimestamp == nil && !p.CreationTimestamp.Time.Before(at) {
-			name, at = p.Name, p.CreationTimestamp.Time
-		}
-	}
-	if name == "" {
-		return "", fmt.Errorf("cluster %s: no %s pod", c.Name, service)
-	}
-	return name, nil
+	return e.waitReadyPods(ctx, c2, e.Replicas)
 }
 
 // NodeDeath: a node of the second cluster hosting echo pods dies hard (off
@@ -329,17 +297,22 @@ func newestPod(ctx context.Context, c *emulator.Cluster, service string) (string
 // backends. Figures: time from the death to the last failed attempt, and
 // the failed attempts.
 func NodeDeath(ctx context.Context, e *Env) error {
-	c1, c2 := e.c(0), e.c(1)
-	var victim *emulator.Node
-	for _, n := range c2.Nodes() {
-		if len(n.Pods()) > 0 && n != c2.Nodes()[0] {
-			victim = n
+	m, c1, c2 := e.Mesh, e.c(0), e.c(1)
+	var victim string
+	var dead []string
+	for _, n := range m.Nodes(c2)[1:] {
+		pods, err := m.EchoPodsOn(ctx, n, e.Service)
+		if err != nil {
+			return err
+		}
+		if len(pods) > 0 {
+			victim, dead = n, pods
 		}
 	}
-	if victim == nil {
-		return fmt.Errorf("%w: no node of %s other than the first hosts an echo pod", ErrDrill, c2.Name)
+	if victim == "" {
+		return fmt.Errorf("%w: no node of %s other than the first hosts an echo pod", ErrDrill, c2)
 	}
-	tr, err := e.Traffic(ctx, c1.Nodes()[0], "tcp")
+	tr, err := e.traffic(ctx, c1, "tcp")
 	if err != nil {
 		return err
 	}
@@ -348,21 +321,16 @@ func NodeDeath(ctx context.Context, e *Env) error {
 	if _, err := e.waitSeen(ctx, tr, start, c1, c2); err != nil {
 		return fmt.Errorf("before: %w", err)
 	}
-	dead := map[string]bool{}
-	for _, p := range victim.Pods() {
-		dead[p.Name] = true
-	}
 	killed := time.Now()
-	if err := victim.Kill(ctx); err != nil {
+	if err := m.KillNode(ctx, victim); err != nil {
 		return err
 	}
-	// An attempt that started while Kill was in progress may still have
-	// been answered; from here on the node is gone for sure.
+	// An attempt that started while KillNode was in progress may still
+	// have been answered; from here on the node is gone for sure.
 	gone := time.Now()
 	// Healthy again: 100 attempts in a row succeed, none from the dead node.
-	ok, err := e.waitOnly(ctx, tr, killed, 100, c1, c2)
-	if err != nil {
-		return fmt.Errorf("after killing %s: %w", victim.Name, err)
+	if _, err := e.waitOnly(ctx, tr, killed, 100, c1, c2); err != nil {
+		return fmt.Errorf("after killing %s: %w", victim, err)
 	}
 	as := tr.Attempts(killed)
 	var lastFail time.Time
@@ -370,18 +338,17 @@ func NodeDeath(ctx context.Context, e *Env) error {
 		if !a.OK {
 			lastFail = a.At.Add(a.Latency)
 		}
-		if a.OK && dead[a.Backend] && a.At.After(gone) {
-			return fmt.Errorf("%w: pod %s of dead node %s answered %v after the node was gone", ErrDrill, a.Backend, victim.Name, a.At.Sub(gone))
+		if a.OK && slices.Contains(dead, a.Backend) && a.At.After(gone) {
+			return fmt.Errorf("%w: pod %s of dead node %s answered %v after the node was gone", ErrDrill, a.Backend, victim, a.At.Sub(gone))
 		}
 	}
 	took := time.Duration(0)
 	if !lastFail.IsZero() {
 		took = lastFail.Sub(killed)
 	}
-	_ = ok
-	e.Report.Add("node death", fmt.Sprintf("kill %s → last failed attempt after", victim.Name), emulator.Ms(took), "pass")
+	e.Report.Add("node death", fmt.Sprintf("kill %s → last failed attempt after", victim), emulator.Ms(took), "pass")
 	e.Report.Add("node death", "failed attempts", fmt.Sprintf("%d of %d", failures(as), len(as)), "pass")
-	e.logf("node %s dead: backends left load balancing within %v (%d failed attempts)", victim.Name, took, failures(as))
+	e.logf("node %s dead: backends left load balancing within %v (%d failed attempts)", victim, took, failures(as))
 	return nil
 }
 
@@ -389,9 +356,9 @@ func NodeDeath(ctx context.Context, e *Env) error {
 // cluster's traffic drains to its own backends only. Figure: time to drain.
 func Disconnect(ctx context.Context, e *Env) error {
 	m, c1, c2 := e.Mesh, e.c(0), e.c(1)
-	var trs []*emulator.Traffic
-	for _, c := range []*emulator.Cluster{c1, c2} {
-		tr, err := e.Traffic(ctx, c.Nodes()[0], "tcp")
+	var trs []Traffic
+	for _, c := range []string{c1, c2} {
+		tr, err := e.traffic(ctx, c, "tcp")
 		if err != nil {
 			return err
 		}
@@ -408,13 +375,13 @@ func Disconnect(ctx context.Context, e *Env) error {
 	if err := m.Disconnect(ctx, c1, c2); err != nil {
 		return err
 	}
-	for i, c := range []*emulator.Cluster{c1, c2} {
+	for i, c := range []string{c1, c2} {
 		a, err := e.waitOnly(ctx, trs[i], disc, 100, c)
 		if err != nil {
 			return fmt.Errorf("after disconnect: %w", err)
 		}
-		e.Report.Add("disconnect", fmt.Sprintf("%s's traffic only local after", c.Name), emulator.Ms(a.At.Sub(disc)), "pass")
-		e.Report.Add("disconnect", fmt.Sprintf("%s's failed attempts while draining", c.Name), fmt.Sprint(failures(trs[i].Attempts(disc))), "")
+		e.Report.Add("disconnect", fmt.Sprintf("%s's traffic only local after", c), emulator.Ms(a.At.Sub(disc)), "pass")
+		e.Report.Add("disconnect", fmt.Sprintf("%s's failed attempts while draining", c), fmt.Sprint(failures(trs[i].Attempts(disc))), "")
 	}
 	return nil
 }

@@ -148,7 +148,7 @@ health), installed and joined with the clustermesh CLI and kubectl.`)
 	m.OnCommand = func(cmdline string) { fmt.Printf("    $ %s\n", cmdline) }
 
 	report := &emulator.Report{}
-	env := &drills.Env{Mesh: m, Service: "echo", Replicas: 2, Report: report, Logf: func(string, ...any) {}}
+	env := &drills.Env{Mesh: drills.Emulated{M: m}, Service: "echo", Replicas: 2, Report: report, Logf: func(string, ...any) {}}
 
 	o.step("Installing the mesh in both clusters, connecting them, deploying an echo service")
 	if err := drills.Setup(ctx, env); err != nil {

@@ -1,0 +1,229 @@
+package drills
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/clustermesh/clustermesh/kind-tests/emulator"
+)
+
+// Emulated runs drills on the emulator: clusters of network namespaces whose
+// kubelet is the harness (package emulator).
+type Emulated struct {
+	M *emulator.Mesh
+}
+
+var _ Mesh = Emulated{}
+
+// Environment implements Mesh.
+func (Emulated) Environment() string { return "emulator" }
+
+// Clusters implements Mesh.
+func (e Emulated) Clusters() []string {
+	out := make([]string, len(e.M.Clusters))
+	for i, c := range e.M.Clusters {
+		out[i] = c.Name
+	}
+	return out
+}
+
+// Nodes implements Mesh.
+func (e Emulated) Nodes(cluster string) []string {
+	c := e.M.Cluster(cluster)
+	if c == nil {
+		return nil
+	}
+	var out []string
+	for _, n := range c.Nodes() {
+		out = append(out, n.Name)
+	}
+	return out
+}
+
+func (e Emulated) cluster(name string) (*emulator.Cluster, error) {
+	if c := e.M.Cluster(name); c != nil {
+		return c, nil
+	}
+	return nil, fmt.Errorf("no cluster %s", name)
+}
+
+func (e Emulated) node(name string) (*emulator.Node, error) {
+	for _, c := range e.M.Clusters {
+		for _, n := range c.Nodes() {
+			if n.Name == name {
+				return n, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("no node %s", name)
+}
+
+// Enable implements Mesh.
+func (e Emulated) Enable(ctx context.Context) error { return e.M.Enable(ctx) }
+
+// Connect implements Mesh.
+func (e Emulated) Connect(ctx context.Context) error { return e.M.Connect(ctx) }
+
+// Disconnect implements Mesh.
+func (e Emulated) Disconnect(ctx context.Context, a, b string) error {
+	ca, err := e.cluster(a)
+	if err != nil {
+		return err
+	}
+	cb, err := e.cluster(b)
+	if err != nil {
+		return err
+	}
+	return e.M.Disconnect(ctx, ca, cb)
+}
+
+// MarkGlobal implements Mesh.
+func (e Emulated) MarkGlobal(ctx context.Context, service, affinity string) error {
+	return e.M.MarkGlobal(ctx, service, affinity)
+}
+
+// DeployEcho implements Mesh.
+func (e Emulated) DeployEcho(ctx context.Context, cluster, service string, replicas int) error {
+	c, err := e.cluster(cluster)
+	if err != nil {
+		return err
+	}
+	return e.M.DeployEcho(ctx, c, service, replicas)
+}
+
+// ScaleEcho implements Mesh.
+func (e Emulated) ScaleEcho(ctx context.Context, cluster, service string, replicas int) error {
+	c, err := e.cluster(cluster)
+	if err != nil {
+		return err
+	}
+	return e.M.ScaleEcho(ctx, c, service, replicas)
+}
+
+// EchoReady implements Mesh.
+func (e Emulated) EchoReady(ctx context.Context, cluster, service string) (int, int, error) {
+	c, err := e.cluster(cluster)
+	if err != nil {
+		return 0, 0, err
+	}
+	dep, err := c.ControlPlane().Client.AppsV1().Deployments("default").Get(ctx, emulator.EchoDeploymentName(service, c), metav1.GetOptions{})
+	if err != nil {
+		return 0, 0, err
+	}
+	return int(dep.Status.ReadyReplicas), int(dep.Status.Replicas), nil
+}
+
+// NewestEchoPod implements Mesh.
+func (e Emulated) NewestEchoPod(ctx context.Context, cluster, service string) (string, error) {
+	c, err := e.cluster(cluster)
+	if err != nil {
+		return "", err
+	}
+	pods, err := c.ControlPlane().Client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=" + service})
+	if err != nil {
+		return "", err
+	}
+	var name string
+	var at time.Time
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil && !p.CreationTimestamp.Time.Before(at) {
+			name, at = p.Name, p.CreationTimestamp.Time
+		}
+	}
+	if name == "" {
+		return "", fmt.Errorf("cluster %s: no %s pod", cluster, service)
+	}
+	return name, nil
+}
+
+// EchoPodsOn implements Mesh.
+func (e Emulated) EchoPodsOn(_ context.Context, node, service string) ([]string, error) {
+	n, err := e.node(node)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, p := range n.Pods() {
+		if e.M.ClusterOf(service, p.Name) != "" {
+			out = append(out, p.Name)
+		}
+	}
+	return out, nil
+}
+
+// ClusterOf implements Mesh.
+func (e Emulated) ClusterOf(service, reply string) string { return e.M.ClusterOf(service, reply) }
+
+// StartTraffic implements Mesh: a probe process in the node's namespace and
+// cgroup, so the node's socket load balancer applies to it.
+func (e Emulated) StartTraffic(ctx context.Context, node, service, proto string) (Traffic, error) {
+	n, err := e.node(node)
+	if err != nil {
+		return nil, err
+	}
+	vip, err := e.M.ServiceIP(ctx, n.Cluster, service)
+	if err != nil {
+		return nil, err
+	}
+	return n.StartTraffic(e.M.Bins, fmt.Sprintf("probe-%s-%d", proto, time.Now().UnixNano()%100000), netip.AddrPortFrom(vip, 80), &emulator.TrafficOptions{Proto: proto})
+}
+
+// RestartAgent implements Mesh: the harness's kubelet restarts the agent.
+func (e Emulated) RestartAgent(ctx context.Context, node string) error {
+	n, err := e.node(node)
+	if err != nil {
+		return err
+	}
+	cp := n.Cluster.ControlPlane()
+	old, err := cp.Agent(n)
+	if err != nil {
+		return err
+	}
+	if err := old.Kill(); err != nil {
+		return err
+	}
+	for {
+		if p, err := cp.Agent(n); err == nil && p != old {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: agent of %s not restarted: %w", ErrDrill, node, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// StopStore implements Mesh.
+func (e Emulated) StopStore(ctx context.Context, cluster string) error {
+	c, err := e.cluster(cluster)
+	if err != nil {
+		return err
+	}
+	return c.ControlPlane().StopStore(ctx)
+}
+
+// StartStore implements Mesh.
+func (e Emulated) StartStore(ctx context.Context, cluster string) error {
+	c, err := e.cluster(cluster)
+	if err != nil {
+		return err
+	}
+	c.ControlPlane().StartStore()
+	_, err = c.ControlPlane().WaitStore(ctx)
+	return err
+}
+
+// KillNode implements Mesh: the node goes off the fabric, its processes are
+// killed and its kubelet falls silent.
+func (e Emulated) KillNode(ctx context.Context, node string) error {
+	n, err := e.node(node)
+	if err != nil {
+		return err
+	}
+	return n.Kill(ctx)
+}

@@ -1,0 +1,81 @@
+package drills
+
+import (
+	"context"
+	"time"
+
+	"github.com/clustermesh/clustermesh/kind-tests/attempts"
+)
+
+// Mesh is what drills run against: a few clusters joined (or to be joined)
+// by the clustermesh CLI, each with nodes, an echo Deployment and Service
+// per cluster, and the failures drills inject. The emulator (Emulated) and
+// real kind clusters (package kindenv) implement it, so that each drill is
+// written once and measures the same figure on both.
+//
+// Clusters and nodes are named; the first node of a cluster is where its
+// traffic comes from. Echo pods' names start with the echo Deployment's
+// name, which differs per cluster: ClusterOf tells from a reply which
+// cluster answered.
+type Mesh interface {
+	// Environment names the environment in the figures ("emulator",
+	// "kind").
+	Environment() string
+	// Clusters returns the cluster names, in order.
+	Clusters() []string
+	// Nodes returns the node names of a cluster, in order.
+	Nodes(cluster string) []string
+
+	// Enable runs `clustermesh enable` on every cluster and returns when
+	// the mesh's processes run; Connect connects every pair.
+	Enable(ctx context.Context) error
+	Connect(ctx context.Context) error
+	// Disconnect runs `clustermesh disconnect` between clusters a and b.
+	Disconnect(ctx context.Context, a, b string) error
+	// MarkGlobal runs `clustermesh service global` for the echo service
+	// in every cluster (affinity "none", "local" or "remote").
+	MarkGlobal(ctx context.Context, service, affinity string) error
+
+	// DeployEcho creates the echo Service and Deployment in a cluster;
+	// ScaleEcho scales the Deployment.
+	DeployEcho(ctx context.Context, cluster, service string, replicas int) error
+	ScaleEcho(ctx context.Context, cluster, service string, replicas int) error
+	// EchoReady returns how many echo pods of a cluster are ready, and how
+	// many the Deployment has.
+	EchoReady(ctx context.Context, cluster, service string) (ready, total int, err error)
+	// NewestEchoPod names the echo pod of a cluster created last.
+	NewestEchoPod(ctx context.Context, cluster, service string) (string, error)
+	// EchoPodsOn names the echo pods running on a node.
+	EchoPodsOn(ctx context.Context, node, service string) ([]string, error)
+	// ClusterOf names the cluster whose echo pod sent reply ("" if none).
+	ClusterOf(service, reply string) string
+
+	// StartTraffic starts a probe on node, connecting to the service's
+	// ClusterIP in the node's cluster over and over with proto ("tcp",
+	// "udp"). The caller stops it.
+	StartTraffic(ctx context.Context, node, service, proto string) (Traffic, error)
+
+	// RestartAgent kills the agent of a node hard (SIGKILL) and returns
+	// once its replacement runs.
+	RestartAgent(ctx context.Context, node string) error
+	// StopStore stops a cluster's clustermesh-apiserver and its store;
+	// StartStore starts it again and returns once the store serves.
+	StopStore(ctx context.Context, cluster string) error
+	StartStore(ctx context.Context, cluster string) error
+	// KillNode kills a node hard: its processes and pods die at once and
+	// its kubelet falls silent, so Kubernetes keeps its pods ready.
+	KillNode(ctx context.Context, node string) error
+}
+
+// Traffic is a running probe.
+type Traffic interface {
+	// From names the node the probe runs on.
+	From() string
+	// Attempts returns the attempts made at or after since.
+	Attempts(since time.Time) []attempts.Attempt
+	// WaitFor waits until the last n attempts since since satisfy ok and
+	// returns the first of them.
+	WaitFor(ctx context.Context, since time.Time, n int, ok func(attempts.Attempt) bool) (attempts.Attempt, error)
+	// Stop ends the probe.
+	Stop(ctx context.Context) error
+}
