@@ -330,7 +330,17 @@ func Connect(ctx context.Context, src *Cluster, dsts []*Cluster, opts ConnectOpt
 		bs = append(bs, b)
 	}
 	w := StoreWait{For: opts.WaitFor, Progress: opts.Progress, Log: log}
-	if err := w.until(ctx, "connect", "", func(ctx context.Context) []Problem { return checkAll(ctx, a, bs, opts.SkipReachability) }); err != nil {
+	if err := w.until(ctx, "connect", "", func(ctx context.Context) []Problem {
+		ps := checkAll(ctx, a, bs, opts.SkipReachability)
+		if len(ps) > 0 && onlyUnreachable(ps) {
+			// A store whose apiserver waits for its image does not start
+			// by waiting (kind has no registry to pull ours from).
+			for _, m := range append([]*member{a}, bs...) {
+				ps = append(m.c.apiserverImageProblems(ctx, m.info.Name), ps...)
+			}
+		}
+		return ps
+	}); err != nil {
 		return err
 	}
 	// Every peer certificate is issued and every peer user granted before

@@ -102,6 +102,22 @@ func (c *Cluster) imageProblems(ws []ImageWait) []Problem {
 	return ps
 }
 
+// apiserverImageProblems are the image problems of the cluster's
+// clustermesh-apiserver pods, the ones that keep its store from answering,
+// each naming the cluster; none when the pods cannot be listed.
+func (c *Cluster) apiserverImageProblems(ctx context.Context, cluster string) []Problem {
+	waits, err := c.ImageWaits(ctx)
+	if err != nil {
+		return nil
+	}
+	waits = slices.DeleteFunc(waits, func(w ImageWait) bool { return w.Agent })
+	ps := c.imageProblems(waits)
+	for i := range ps {
+		ps[i].Reason = fmt.Sprintf("cluster %s (context %s): %s", cluster, c.Context, ps[i].Reason)
+	}
+	return ps
+}
+
 func (c *Cluster) imageFix(w ImageWait) string {
 	flag := "--apiserver-image"
 	if w.Agent {

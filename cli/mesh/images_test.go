@@ -50,9 +50,13 @@ func waiting(reason, msg string) corev1.ContainerState {
 // whose images the nodes cannot get make the store wait of enable fail at
 // once, and status name each pod, container, image and reason, with the
 // commands that build and load the images; once the containers run, the
-// problem is gone.
+// problem is gone. A connect to it stops at once too, naming only the
+// apiserver's pod (the agents' do not keep its store down).
 func TestImageNotAvailable(t *testing.T) {
-	env := clitest.Start(t, clitest.Spec{Name: "c1", NodeIP: "127.0.0.21", PodCIDR: "10.21.0.0/24"})
+	env := clitest.Start(t,
+		clitest.Spec{Name: "c1", NodeIP: "127.0.0.21", PodCIDR: "10.21.0.0/24"},
+		clitest.Spec{Name: "c2", NodeIP: "127.0.0.22", PodCIDR: "10.22.0.0/24"},
+	)
 	ctx := context.Background()
 	c := env.Clusters["c1"].C
 	if _, err := mesh.Enable(ctx, c, mesh.EnableOptions{ClusterName: "c1", ClusterID: 1}); err != nil {
@@ -117,6 +121,29 @@ func TestImageNotAvailable(t *testing.T) {
 		}
 		if !strings.Contains(st.Problems[0].Reason, "cannot start: image") {
 			t.Errorf("first problem %q; want the image problems before their consequences", st.Problems[0].Reason)
+		}
+	})
+
+	t.Run("connect to it stops at once", func(t *testing.T) {
+		// c2's store may be down as long as it likes; c1's apiserver pod
+		// waits for its image, which connect says without waiting.
+		c2 := env.Clusters["c2"].C
+		key, err := c.GossipKey(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := mesh.Enable(ctx, c2, mesh.EnableOptions{ClusterName: "c2", ClusterID: 2, GossipKey: key}); err != nil {
+			t.Fatal(err)
+		}
+		err = mesh.Connect(ctx, c2, []*mesh.Cluster{c}, mesh.ConnectOptions{WaitFor: 10 * time.Minute})
+		var ce *mesh.CheckError
+		if !errors.As(err, &ce) || !errors.Is(err, mesh.ErrImage) || strings.Contains(ce.Op, "waited") {
+			t.Fatalf("err = %v; want a CheckError with %v, before the wait ran out", err, mesh.ErrImage)
+		}
+		for _, p := range ce.Problems {
+			if errors.Is(p.Err, mesh.ErrImage) && (!strings.Contains(p.Reason, "cluster c1 (context c1): pod clustermesh-apiserver-0") || strings.Contains(p.Reason, "agent")) {
+				t.Errorf("problem %q; want c1's apiserver pod only", p.Reason)
+			}
 		}
 	})
 
