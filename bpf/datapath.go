@@ -215,6 +215,14 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 		return nil, fmt.Errorf("bpf: %s: %w", cfg.PinDir, ErrNotBPFFS)
 	}
 
+	cg, err := Cgroup2(cfg.CgroupPath)
+	if err != nil {
+		return nil, err
+	}
+	if cg != cfg.CgroupPath {
+		log.Info("using the cgroup v2 mount beneath the given cgroup path", "cgroup_v2", cg)
+		cfg.CgroupPath = cg
+	}
 	if err := probeKernel(); err != nil {
 		return nil, err
 	}

@@ -15,6 +15,9 @@ var (
 	ErrInvalidService = errors.New("invalid service")
 	// ErrNotBPFFS is returned when the pin directory is not on a bpffs.
 	ErrNotBPFFS = errors.New("pin directory is not on a bpf filesystem")
+	// ErrNotCgroup2 means the cgroup path is not on a cgroup v2 filesystem
+	// and has no cgroup v2 mount beneath it.
+	ErrNotCgroup2 = errors.New("not a cgroup v2 directory")
 	// ErrIncompatiblePin is returned when a pinned map differs from what
 	// this build expects (another layout or size); remove the pins to start
 	// from empty.

@@ -2,7 +2,7 @@ package drills
 
 import (
 	"context"
-	"errors"
+	"slices"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -116,41 +116,10 @@ func TestDrills(t *testing.T) {
 			t.Logf("logs of every process are kept in %s/logs", r.Dir)
 		}
 	})
-	if err := Setup(ctx, env); err != nil {
-		t.Fatalf("setup: %v (logs in %s/logs)", err, r.Dir)
-	}
-	for _, d := range Sequence {
-		t.Run(d.Name, func(t *testing.T) {
-			if contains(d.Needs, NeedHealth) && !agentHas("gossip") {
-				report.Add(d.Name, "needs the agent's health gossip (health/ wired into cmd/clustermesh-agent)", "-", "skip")
-				t.Skip("the agent has no health gossip flags yet (health/ not wired into cmd/clustermesh-agent)")
-			}
-			dctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-			defer cancel()
-			if err := d.Run(dctx, env); err != nil {
-				report.Add(d.Name, "error", oneLine(err), "FAIL")
-				if errors.Is(err, ErrDrill) {
-					t.Fatal(err)
-				}
-				t.Fatalf("drill could not run: %v", err)
-			}
-		})
-	}
-}
-
-func contains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
+	RunSequence(ctx, t, env, func(d Drill) string {
+		if slices.Contains(d.Needs, NeedHealth) && !agentHas("gossip") {
+			return "the agent has no health gossip flags yet"
 		}
-	}
-	return false
-}
-
-func oneLine(err error) string {
-	s := err.Error()
-	if len(s) > 160 {
-		s = s[:160] + "…"
-	}
-	return strings.ReplaceAll(s, "\n", " ")
+		return ""
+	})
 }
