@@ -12,7 +12,7 @@ PKGS      := ./...
 BENCH     ?= .
 BENCHTIME ?= 1x
 
-.PHONY: all build images test deps lint generate generate-check bench tools demo clean-drills clean kind-image kind-up kind-down
+.PHONY: all build images test deps lint generate generate-check bench tools demo clean-drills clean kind-image kind-up kind-down kind-drills
 
 all: build
 
@@ -98,6 +98,12 @@ kind-up:
 
 kind-down:
 	bash hack/kind/clusters.sh down
+
+# kind-drills runs the failover drills on two real kind clusters (root;
+# kind-tests/kind/run.sh): the same drill definitions as the emulator's,
+# through the real CLI, images and agents. KEEP=1 keeps the clusters.
+kind-drills:
+	bash kind-tests/kind/run.sh
 
 clean:
 	rm -rf $(BIN)

@@ -2,7 +2,7 @@
 # Creates and deletes the two kind clusters the mesh runs on, from the node
 # image built here (build-node-image.sh).
 #
-#   bash hack/kind/clusters.sh up     # PREFIX-c1 (control plane + worker), PREFIX-c2 (one node)
+#   bash hack/kind/clusters.sh up     # PREFIX-c1 (control plane + worker), PREFIX-c2 (control plane + worker)
 #   bash hack/kind/clusters.sh down   # delete them
 #   bash hack/kind/clusters.sh clean  # delete every leftover: clusters named cm-*
 #                                     # or PREFIX-*, build containers, the kind
@@ -80,7 +80,7 @@ up() {
 	trap 'delete "$c1" "$c2"' EXIT
 	trap 'exit 130' INT TERM
 	create "$c1" 10.1.0.0/16 10.101.0.0/16 1
-	create "$c2" 10.2.0.0/16 10.102.0.0/16 0
+	create "$c2" 10.2.0.0/16 10.102.0.0/16 1
 	trap - EXIT
 	step "clusters up; kubeconfigs:"
 	echo "  $CLUSTERMESH_KIND_DIR/$c1.kubeconfig"
