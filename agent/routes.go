@@ -41,8 +41,8 @@ type StaticRoutes struct {
 	// other than self are routed too.
 	self string
 	own  bool
-	w     RouteWriter
-	log   *slog.Logger
+	w    RouteWriter
+	log  *slog.Logger
 
 	mu      sync.Mutex
 	desired map[netip.Prefix]Route

@@ -2,10 +2,10 @@ package drills
 
 import (
 	"context"
-	"slices"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"

@@ -6,7 +6,6 @@ import (
 	"slices"
 	"time"
 
-
 	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/kind-tests/attempts"
 	"github.com/clustermesh/clustermesh/kind-tests/emulator"
