@@ -194,7 +194,7 @@ base_image() {
 	rm -f "$root/etc/systemd/system/containerd-fuse-overlayfs.service"
 	cp hack/kind/node/containerd.toml "$root/etc/containerd/config.toml"
 	cp hack/kind/node/cni-config.sh "$root/kind/bin/"
-	cp hack/kind/node/clustermesh-cni.service "$root/etc/systemd/system/"
+	cp hack/kind/node/clustermesh-cni.service hack/kind/node/sys-fs-bpf.mount "$root/etc/systemd/system/"
 	(cd hack && CGO_ENABLED=0 go build -trimpath -o "$root/usr/local/sbin/clustermesh-runc" ./kind/runc-wrapper)
 	chmod -R u+w,go+rX "$root" # the module cache's files are read-only
 	cp hack/kind/node/Dockerfile "$ctx/"
