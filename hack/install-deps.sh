@@ -47,5 +47,5 @@ if ! make -s -q -C hack 2>/dev/null; then
 	make -C hack
 fi
 if [ ! -d "$cache/tools-$key" ] && mkdir -p "$cache" 2>/dev/null; then
-	mkdir -p "$cache/tools-$key.tmp" && cp -p hack/bin/* "$cache/tools-$key.tmp/" && mv "$cache/tools-$key.tmp" "$cache/tools-$key"
+	mkdir -p "$cache/tools-$key.tmp" && cp -p hack/bin/{kube-apiserver,kube-controller-manager,kubectl,etcd} "$cache/tools-$key.tmp/" && mv "$cache/tools-$key.tmp" "$cache/tools-$key"
 fi

@@ -194,7 +194,7 @@ base_image() {
 	rm -f "$root/etc/systemd/system/containerd-fuse-overlayfs.service"
 	cp hack/kind/node/containerd.toml "$root/etc/containerd/config.toml"
 	cp hack/kind/node/cni-config.sh "$root/kind/bin/"
-	cp hack/kind/node/clustermesh-cni.service hack/kind/node/sys-fs-bpf.mount "$root/etc/systemd/system/"
+	cp hack/kind/node/clustermesh-cni.service hack/kind/node/clustermesh-bpffs.service "$root/etc/systemd/system/"
 	(cd hack && CGO_ENABLED=0 go build -trimpath -o "$root/usr/local/sbin/clustermesh-runc" ./kind/runc-wrapper)
 	chmod -R u+w,go+rX "$root" # the module cache's files are read-only
 	cp hack/kind/node/Dockerfile "$ctx/"
@@ -237,4 +237,10 @@ timed save docker save -o "$out/node.tar.tmp" "$NODE_IMAGE"
 mv "$out/node.tar.tmp" "$out/node.tar"
 # The intermediate tags; their layers stay as long as the node image uses them.
 docker rmi "clustermesh/kind-base:$KEY_NODE" >/dev/null 2>&1 || true
+# Older node images (1.1 GB each) go: from Docker unless a container uses
+# them, from the cache but for the two newest (another checkout may still use
+# the previous one).
+docker images --format '{{.Repository}}:{{.Tag}}' clustermesh/kind-node | grep -vx "$NODE_IMAGE" |
+	xargs -r docker rmi >/dev/null 2>&1 || true
+ls -dt "$CACHE"/kind-[0-9a-f]*/ 2>/dev/null | grep -E '/kind-[0-9a-f]{16}/$' | tail -n +3 | xargs -r rm -rf
 report
