@@ -97,6 +97,10 @@ create() {
 	config "$@" >"$cfg"
 	kind create cluster --image "$NODE_IMAGE" --config "$cfg" --kubeconfig "$kc" --wait 5m
 	kubectl --kubeconfig "$kc" wait --for=condition=Ready nodes --all --timeout=5m >/dev/null
+	# The system pods too (CoreDNS needs the CNI configuration; kube-proxy
+	# fails when the host's inotify limits are too low).
+	kubectl --kubeconfig "$kc" -n kube-system wait --for=condition=Ready pods --all --timeout=3m >/dev/null ||
+		{ kubectl --kubeconfig "$kc" get pods -A >&2; die "$1: system pods not Ready"; }
 	kubectl --kubeconfig "$kc" get nodes -o custom-columns='NODE:.metadata.name,STATUS:.status.conditions[?(@.type=="Ready")].status,POD_CIDR:.spec.podCIDR'
 	step "cluster $1 created in $(($(date +%s) - s))s"
 }

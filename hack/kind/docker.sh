@@ -18,7 +18,8 @@
 #  4. starts dockerd with that wrapper as its default runtime (PID 1 is not
 #     systemd here), logging to $CLUSTERMESH_DOCKER_LOG, its PID in
 #     $CLUSTERMESH_DOCKER_PIDFILE.
-# An engine that already runs without the wrapper is accepted only when the
+# Every run (root) also raises the host's inotify limits, which kind nodes
+# exhaust. An engine that already runs without the wrapper is accepted only when the
 # bounding set has the capability.
 #
 # Note: once dockerd has run, the host's FORWARD policy stays at DROP and
@@ -55,6 +56,23 @@ has_sys_resource() {
 }
 
 engine_ok() { docker info >/dev/null 2>&1; }
+
+# raise_inotify: every kind node runs kubelet, containerd, kube-proxy... each
+# with inotify instances counted against the host's per-user limit (root's,
+# shared by all nodes); the default 128 is used up by about five nodes and
+# kube-proxy then fails with "too many open files". kind's known-issues
+# page's values; only raised, never lowered.
+raise_inotify() {
+	local key want cur
+	for kv in fs.inotify.max_user_instances=1024 fs.inotify.max_user_watches=524288; do
+		key=${kv%=*} want=${kv#*=}
+		cur=$(sysctl -n "$key" 2>/dev/null || echo 0)
+		if [ "$cur" -lt "$want" ]; then
+			sysctl -qw "$key=$want" 2>/dev/null || say "cannot raise $key to $want (now $cur): clusters of several nodes may fail with 'too many open files'"
+		fi
+	done
+}
+[ "$(id -u)" -ne 0 ] || raise_inotify
 
 if engine_ok; then
 	rt=$(docker info --format '{{.DefaultRuntime}}' 2>/dev/null || true)
