@@ -19,8 +19,8 @@
 #     systemd here), logging to $CLUSTERMESH_DOCKER_LOG, its PID in
 #     $CLUSTERMESH_DOCKER_PIDFILE.
 # Every run (root) also raises the host's inotify limits, which kind nodes
-# exhaust. An engine that already runs without the wrapper is accepted only when the
-# bounding set has the capability.
+# exhaust. An engine that already runs without the wrapper is accepted only
+# when the bounding set has the capability.
 #
 # Note: once dockerd has run, the host's FORWARD policy stays at DROP and
 # bridge netfilter on; the emulator does not depend on either (see
