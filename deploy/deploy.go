@@ -69,6 +69,17 @@ func DefaultValues() Values {
 	}
 }
 
+// HostNetworkEtcdPort is the store's port when it runs on the host network
+// (HostNetworkStore): 2379 is taken there by the Kubernetes control plane's
+// own etcd on control-plane nodes.
+const HostNetworkEtcdPort = 12379
+
+// HostNetworkStore tells whether the apiserver runs on the host network:
+// with Routes static-all the agents are the cluster's pod router and learn
+// its routes from this store, so the store must be reachable without pod
+// routing (a NodePort on any node forwards to the store's node address).
+func (v Values) HostNetworkStore() bool { return v.Routes == "static-all" }
+
 func (v Values) validate() error {
 	switch {
 	case v.Namespace == "":

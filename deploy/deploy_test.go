@@ -2,6 +2,8 @@ package deploy
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -52,6 +54,41 @@ func TestRenderRejects(t *testing.T) {
 			tc.mod(&v)
 			if _, err := RenderAll(v); !errors.Is(err, ErrInvalidValues) {
 				t.Fatalf("err = %v, want ErrInvalidValues", err)
+			}
+		})
+	}
+}
+
+// TestHostNetworkStore checks that static-all puts the apiserver on the host
+// network on its own port, and that the other modes keep it on the pod
+// network.
+func TestHostNetworkStore(t *testing.T) {
+	for _, tc := range []struct {
+		routes   string
+		hostNet  bool
+		wantPort string
+	}{
+		{"static", false, "2379"},
+		{"none", false, "2379"},
+		{"static-all", true, "12379"},
+	} {
+		t.Run(tc.routes, func(t *testing.T) {
+			v := DefaultValues()
+			v.ClusterName, v.ClusterID, v.Routes = "c1", 1, tc.routes
+			if v.HostNetworkStore() {
+				v.EtcdPort = HostNetworkEtcdPort
+			}
+			objs, err := Render(FileDeployment, v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			spec := objs[0].Object["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
+			if got, _ := spec["hostNetwork"].(bool); got != tc.hostNet {
+				t.Errorf("hostNetwork = %v, want %v", got, tc.hostNet)
+			}
+			args := fmt.Sprint(spec["containers"].([]any)[0].(map[string]any)["args"])
+			if !strings.Contains(args, "https://0.0.0.0:"+tc.wantPort) {
+				t.Errorf("args %s: want the store on port %s", args, tc.wantPort)
 			}
 		})
 	}

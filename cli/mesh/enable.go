@@ -310,6 +310,9 @@ func (opts EnableOptions) values(namespace string) deploy.Values {
 	if opts.Routes != "" {
 		v.Routes = opts.Routes
 	}
+	if v.HostNetworkStore() {
+		v.EtcdPort = deploy.HostNetworkEtcdPort
+	}
 	return v
 }
 
