@@ -77,7 +77,7 @@ demo:
 
 # clean-drills removes what a killed drill or demo run left behind (network
 # namespaces, links, cgroups, bpffs pins, processes with the run prefix).
-# It also deletes leftover kind clusters (cm-*), node image build containers,
+# It also deletes leftover kind clusters (cm*-cN), node image build containers,
 # the kind Docker network and a /lib/modules Docker created.
 clean-drills:
 	$(GO) run ./kind-tests/cmd/cleanup
@@ -85,11 +85,11 @@ clean-drills:
 
 # Real kind clusters (docs/kind.md; root). kind-image builds the kind node
 # image on this machine, no registry needed (about 25 minutes cold on 2
-# cores), or restores it from /var/cache/clustermesh in seconds; it starts a
-# Docker engine if none runs (hack/kind/docker.sh). kind-up creates cm-c1
-# (control plane + worker, pods 10.1.0.0/16) and cm-c2 (one node, pods
-# 10.2.0.0/16), kubeconfigs in $(CLUSTERMESH_KIND_DIR) (default bin/kind);
-# kind-down deletes them.
+# loaded cores), or restores it from /var/cache/clustermesh in seconds; it
+# starts a Docker engine if none runs (hack/kind/docker.sh). kind-up creates
+# cm-c1 and cm-c2 (two nodes each, pods 10.1.0.0/16 and 10.2.0.0/16),
+# kubeconfigs in $(CLUSTERMESH_KIND_DIR) (default bin/kind); kind-down deletes
+# them.
 kind-image:
 	bash hack/kind/build-node-image.sh
 

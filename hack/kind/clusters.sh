@@ -4,8 +4,8 @@
 #
 #   bash hack/kind/clusters.sh up     # PREFIX-c1 (control plane + worker), PREFIX-c2 (control plane + worker)
 #   bash hack/kind/clusters.sh down   # delete them
-#   bash hack/kind/clusters.sh clean  # delete every leftover: clusters named cm-*
-#                                     # or PREFIX-*, build containers, the kind
+#   bash hack/kind/clusters.sh clean  # delete every leftover: clusters named cm*-cN
+#                                     # or PREFIX-cN, build containers, the kind
 #                                     # network, a /lib/modules Docker created
 #
 # PREFIX is $CLUSTERMESH_KIND_PREFIX (default cm): a run that must not collide
@@ -111,7 +111,9 @@ down) delete "$c1" "$c2" ;;
 clean)
 	command -v docker >/dev/null && docker info >/dev/null 2>&1 || exit 0
 	ensure_kind
-	delete $(kind get clusters 2>/dev/null | grep -E "^(cm|$prefix)-" || true)
+	# The project's clusters: PREFIX-cN, PREFIX starting with "cm" (cm for
+	# kind-up, cmdrill for kind-drills, or a run's own).
+	delete $(kind get clusters 2>/dev/null | grep -E "^(cm[a-z0-9]*|$prefix)-c[0-9]+$" || true)
 	docker ps -aq --filter name=clustermesh-kind-build- | xargs -r docker rm -f >/dev/null
 	rm -rf /tmp/clustermesh-kind-build-*
 	;;
