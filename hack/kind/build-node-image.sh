@@ -14,7 +14,8 @@
 #  2. Kubernetes: the control plane from hack/ (install-deps.sh) and the node
 #     binaries (make -C hack node)              -> kind-nodebin-KEY/
 #  3. CoreDNS with kubeadm's plugins only          -> kind-coredns-KEY/
-#  4. Debian root filesystems (rootfs.sh)          -> kind-rootfs-KEY/
+#  4. Debian root filesystems (rootfs.sh; built in the background from the
+#     start, beside the Go builds)                 -> kind-rootfs-KEY/
 #  5. the images kubeadm wants: one binary on an empty base each, kube-proxy
 #     on a Debian one with iptables, pause compiled statically from
 #     Kubernetes' source                           -> kind-KEY/images/
@@ -65,6 +66,7 @@ fi
 run=clustermesh-kind-build-$$
 work=$(mktemp -d "/tmp/$run.XXXXXX")
 cleanup() {
+	[ -z "${rootfs_pid:-}" ] || kill -- "-$rootfs_pid" 2>/dev/null || true
 	docker rm -f "$run" >/dev/null 2>&1 || true
 	rm -rf "$work"
 }
@@ -111,23 +113,38 @@ coredns() {
 }
 
 # 4. Root filesystems, imported as images.
+# rootfs_start starts building the root filesystems in the background when
+# they are not cached: mmdebstrap mostly downloads and unpacks, so it runs
+# beside the Go builds. In a process group of its own, so that cleanup stops
+# all of it.
+rootfs_dir=$CACHE/kind-rootfs-$KEY_ROOTFS
+rootfs_pid=
+rootfs_start() {
+	[ ! -f "$rootfs_dir/node.tar" ] || return 0
+	step "Debian root filesystems with mmdebstrap, in the background (log $work/rootfs-*.log)"
+	command -v mmdebstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null
+	mkdir -p "$rootfs_dir.tmp"
+	setsid nice -n 10 bash -c '
+		bash hack/kind/rootfs.sh proxy "$1/proxy.tar" >"$2/rootfs-proxy.log" 2>&1 & proxy=$!
+		bash hack/kind/rootfs.sh node "$1/node.tar" >"$2/rootfs-node.log" 2>&1 || exit 1
+		wait "$proxy"' rootfs "$rootfs_dir.tmp" "$work" &
+	rootfs_pid=$!
+}
+
+# rootfs waits for the root filesystems and imports them as images.
 rootfs() {
-	local dir=$CACHE/kind-rootfs-$KEY_ROOTFS
-	if [ ! -f "$dir/node.tar" ]; then
-		step "Debian root filesystems with mmdebstrap (a few minutes)"
-		command -v mmdebstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null
-		mkdir -p "$dir.tmp"
-		nice -n 10 bash hack/kind/rootfs.sh proxy "$dir.tmp/proxy.tar" >"$work/rootfs-proxy.log" 2>&1 &
-		local proxy=$!
-		nice -n 10 bash hack/kind/rootfs.sh node "$dir.tmp/node.tar" >"$work/rootfs-node.log" 2>&1 ||
-			{ tail -20 "$work/rootfs-node.log" >&2; die "rootfs.sh node failed"; }
-		wait "$proxy" || { tail -20 "$work/rootfs-proxy.log" >&2; die "rootfs.sh proxy failed"; }
-		save_dir "$dir"
+	if [ -n "$rootfs_pid" ]; then
+		if ! wait "$rootfs_pid"; then
+			tail -n 20 "$work"/rootfs-*.log >&2
+			die "rootfs.sh failed"
+		fi
+		rootfs_pid=
+		save_dir "$rootfs_dir"
 	fi
 	docker image inspect "clustermesh/kind-rootfs:$KEY_ROOTFS" >/dev/null 2>&1 ||
-		docker import "$dir/node.tar" "clustermesh/kind-rootfs:$KEY_ROOTFS" >/dev/null
+		docker import "$rootfs_dir/node.tar" "clustermesh/kind-rootfs:$KEY_ROOTFS" >/dev/null
 	docker image inspect "clustermesh/kind-proxy-rootfs:$KEY_ROOTFS" >/dev/null 2>&1 ||
-		docker import "$dir/proxy.tar" "clustermesh/kind-proxy-rootfs:$KEY_ROOTFS" >/dev/null
+		docker import "$rootfs_dir/proxy.tar" "clustermesh/kind-proxy-rootfs:$KEY_ROOTFS" >/dev/null
 }
 
 # image NAME FROM BINARY [ENTRYPOINT] [USER]: builds NAME from FROM with
@@ -223,9 +240,10 @@ node_image() {
 	docker rm -f "$run" >/dev/null
 }
 
+rootfs_start
 timed kube-binaries kube_binaries
 timed coredns coredns
-timed rootfs rootfs
+timed rootfs-wait rootfs
 mkdir -p "$out"
 timed images images
 step "base image"
