@@ -144,7 +144,7 @@ func (c *Config) Flags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.BGPShortTimers, "bgp-short-timers", c.BGPShortTimers,
 		"Short BGP timers (hold time 9s), for test clusters on one machine.")
 	fs.StringVar(&c.ClustersDir, "clusters-dir", c.ClustersDir,
-		"Directory with one kvstore connection file per cluster, named for the cluster (names containing '.' are certificates and keys), as mounted for the agents. The route reflector peers with the reflector each connected cluster publishes in its store; files are followed live.")
+		"Directory with one kvstore connection file per cluster, named for the cluster (names containing '.' are certificates and keys), as mounted for the agents. Every connected peer gets its read-only store user back if the store lost it (grants only; disconnect revokes), and the route reflector peers with the reflector each connected cluster publishes in its store; files are followed live.")
 	fs.DurationVar(&c.ClustersDirPoll, "clusters-dir-poll", c.ClustersDirPoll,
 		"How often --clusters-dir is scanned for added, changed and removed files.")
 }

@@ -208,6 +208,13 @@ func (s *Server) Run(ctx context.Context) error {
 		s.reflector = rh
 		s.mu.Unlock()
 	}
+	if s.cfg.ClustersDir != "" {
+		pg := &peerGrants{dir: s.cfg.ClustersDir, cluster: s.cfg.ClusterName, client: client, every: s.cfg.ClustersDirPoll, log: s.log}
+		pctx, pcancel := context.WithCancel(ctx)
+		defer pcancel()
+		wg.Add(1)
+		go func() { defer wg.Done(); pg.run(pctx) }()
+	}
 	s.log.Info("exporting", "cluster-id", s.cfg.ClusterID, "store", client.Config().Endpoints, "health", s.HealthAddr())
 	if err := ctrl.run(ctx); err != nil {
 		return err

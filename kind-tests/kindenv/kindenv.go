@@ -172,13 +172,22 @@ func (m *Mesh) waitAgents(ctx context.Context, cluster string) error {
 	})
 }
 
-// Connect implements drills.Mesh.
+// Connect implements drills.Mesh: `clustermesh connect` for every pair,
+// then `status --wait` on every cluster, as docs/getting-started.md says:
+// agents follow a connection once the kubelet has refreshed their Secret
+// mount (up to a minute and more), and the drills measure failovers, not
+// that refresh.
 func (m *Mesh) Connect(ctx context.Context) error {
 	for i, a := range m.opts.Clusters {
 		for _, b := range m.opts.Clusters[i+1:] {
 			if _, err := m.CLI(ctx, "connect", "--context", kubeContext(a), "--destination-context", kubeContext(b)); err != nil {
 				return err
 			}
+		}
+	}
+	for _, c := range m.opts.Clusters {
+		if _, err := m.CLI(ctx, "status", "--context", kubeContext(c), "--wait", "--wait-duration", "5m"); err != nil {
+			return err
 		}
 	}
 	return nil
