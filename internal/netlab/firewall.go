@@ -170,3 +170,27 @@ func dropEmptyNftTable(family string) error {
 	}
 	return nil
 }
+
+// HostDropsForwarded reports whether the host already drops forwarded
+// bridge frames as a host where dockerd ran does: bridge netfilter on and
+// an IPv4 FORWARD policy of DROP in some iptables back end.
+func HostDropsForwarded() bool {
+	b, err := os.ReadFile("/proc/sys/" + bridgeCallKeys[0])
+	if err != nil || strings.TrimSpace(string(b)) != "1" {
+		return false
+	}
+	for _, bin := range []string{"iptables-nft", "iptables-legacy"} {
+		path, err := exec.LookPath(bin)
+		if err != nil {
+			continue
+		}
+		out, err := exec.Command(path, "-w", "-S", "FORWARD").CombinedOutput()
+		if err != nil {
+			continue
+		}
+		if p, ok := forwardPolicy(out); ok && p == "DROP" {
+			return true
+		}
+	}
+	return false
+}

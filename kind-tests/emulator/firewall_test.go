@@ -68,7 +68,12 @@ func TestFabricIgnoresHostFirewall(t *testing.T) {
 	}
 	ctlAddr := serveName(t, ctl[1], netip.AddrPortFrom(ctlIP[1], 0), "control")
 	if got, err := dial(ctl[0], "tcp", ctlAddr, 2*time.Second); err != nil || got != "control" {
-		t.Fatalf("control before the firewall change: reply %q, %v", got, err)
+		// On a host where dockerd ran (CI, once Docker is installed for
+		// kind) the root namespace's bridges drop already.
+		if !netlab.HostDropsForwarded() {
+			t.Fatalf("control before the firewall change: reply %q, %v", got, err)
+		}
+		t.Logf("the host already drops forwarded bridge frames (as after dockerd): control fails before the change too (%v)", err)
 	}
 
 	type path struct {
