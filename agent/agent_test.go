@@ -587,6 +587,19 @@ func TestConfigDirLive(t *testing.T) {
 	t.Run("status endpoint and metrics", func(t *testing.T) {
 		srv := httptest.NewServer(a.Handler(a.reg))
 		defer srv.Close()
+		// The metrics listener serves the probes and metrics, not /status.
+		msrv := httptest.NewServer(a.MetricsHandler(a.reg))
+		defer msrv.Close()
+		for path, want := range map[string]int{"/readyz": 200, "/healthz": 200, "/metrics": 200, "/status": 404} {
+			resp, err := http.Get(msrv.URL + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != want {
+				t.Errorf("metrics listener %s: %d, want %d", path, resp.StatusCode, want)
+			}
+		}
 		st, err := status.Fetch(context.Background(), srv.URL)
 		if err != nil {
 			t.Fatal(err)
@@ -724,5 +737,26 @@ func TestRestartWithUnreachablePeer(t *testing.T) {
 	case <-a.InitialSync():
 	case <-time.After(wait):
 		t.Fatalf("InitialSync not closed after every cluster synced")
+	}
+}
+
+// TestReadyzBeforeSync checks that an agent that has not synced yet is not
+// ready, while it is alive.
+func TestReadyzBeforeSync(t *testing.T) {
+	a, err := agent.New(agent.Config{ClusterName: "c1", NodeName: "n1", ClustersDir: t.TempDir(), Datapath: agent.NoopDatapath{}, DatapathName: "none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(a.MetricsHandler(nil))
+	defer srv.Close()
+	for path, want := range map[string]int{"/readyz": http.StatusServiceUnavailable, "/healthz": http.StatusOK, "/metrics": http.StatusNotFound} {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("%s before the initial sync: %d, want %d", path, resp.StatusCode, want)
+		}
 	}
 }

@@ -45,8 +45,12 @@ type Config struct {
 	// ProtectedCIDRs: see agent.Config.
 	ProtectedCIDRs []netip.Prefix
 	PeerLimits     remote.Limits
-	// StatusAddr serves /status, /metrics and /healthz; empty: none.
+	// StatusAddr serves /status, /metrics, /healthz and /readyz; empty:
+	// none. Keep it on loopback.
 	StatusAddr string
+	// MetricsAddr serves /metrics, /healthz and /readyz only, for scrapers
+	// and the kubelet's probes; empty: none.
+	MetricsAddr string
 	// Datapath is "bpf" (configured by BPF) or "none".
 	Datapath string
 	BPF      bpf.Config
@@ -114,6 +118,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.StatusAddr != "" {
 		if err := serveStatus(ctx, &wg, cfg.StatusAddr, a.Handler(reg), log); err != nil {
 			return err
+		}
+	}
+	if cfg.MetricsAddr != "" {
+		if err := serveStatus(ctx, &wg, cfg.MetricsAddr, a.MetricsHandler(reg), log); err != nil {
+			return fmt.Errorf("metrics endpoint: %w", err)
 		}
 	}
 
