@@ -93,3 +93,48 @@ func TestHostNetworkStore(t *testing.T) {
 		})
 	}
 }
+
+// TestAPIServerRestricted checks the apiserver's pod against the Pod
+// Security "restricted" profile's rules (with the pod network; static-all
+// puts it on the host network, which only "privileged" admits).
+func TestAPIServerRestricted(t *testing.T) {
+	v := DefaultValues()
+	v.ClusterName, v.ClusterID = "c1", 1
+	objs, err := Render(FileDeployment, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := objs[0].Object["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
+	pod, _ := spec["securityContext"].(map[string]any)
+	ctr := spec["containers"].([]any)[0].(map[string]any)
+	csc, _ := ctr["securityContext"].(map[string]any)
+	get := func(m map[string]any, path ...string) any {
+		var v any = m
+		for _, p := range path {
+			mm, ok := v.(map[string]any)
+			if !ok {
+				return nil
+			}
+			v = mm[p]
+		}
+		return v
+	}
+	for _, tc := range []struct {
+		rule string
+		ok   bool
+	}{
+		{"no host network, PID or IPC", spec["hostNetwork"] == nil && spec["hostPID"] == nil && spec["hostIPC"] == nil},
+		{"runAsNonRoot", get(pod, "runAsNonRoot") == true || get(csc, "runAsNonRoot") == true},
+		{"runAsUser not 0", fmt.Sprint(get(pod, "runAsUser")) != "0" && fmt.Sprint(get(csc, "runAsUser")) != "0"},
+		{"seccomp RuntimeDefault", get(pod, "seccompProfile", "type") == "RuntimeDefault" || get(csc, "seccompProfile", "type") == "RuntimeDefault"},
+		{"allowPrivilegeEscalation false", get(csc, "allowPrivilegeEscalation") == false},
+		{"capabilities drop ALL, add none", fmt.Sprint(get(csc, "capabilities", "drop")) == "[ALL]" && get(csc, "capabilities", "add") == nil},
+		{"not privileged", get(csc, "privileged") != true},
+		{"no hostPath volume", !strings.Contains(fmt.Sprint(spec["volumes"]), "hostPath")},
+		{"no hostPort", !strings.Contains(fmt.Sprint(ctr["ports"]), "hostPort")},
+	} {
+		if !tc.ok {
+			t.Errorf("restricted profile: %s violated", tc.rule)
+		}
+	}
+}
