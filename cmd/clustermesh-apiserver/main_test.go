@@ -35,8 +35,7 @@ func TestBinary(t *testing.T) {
 		t.Fatalf("--help: %v\n%s", err, help)
 	}
 	for _, flag := range []string{"--cluster-name", "--cluster-id", "--max-cluster-id", "--kubeconfig", "--cluster-pod-cidrs",
-		"--etcd-data-dir", "--etcd-listen-client-url", "--etcd-ca", "--etcd-cert", "--etcd-key", "--etcd-admin-cert",
-		"--etcd-admin-key", "--kvstore-config", "--health-addr", "--leader-elect", "--workers", "--lease-ttl", "--log-level", "--log-format",
+		"--etcd-data-dir", "--etcd-listen-client-url", "--etcd-ca", "--etcd-cert", "--etcd-key", "--kvstore-config", "--health-addr", "--leader-elect", "--workers", "--lease-ttl", "--log-level", "--log-format",
 		"--bgp-reflector-address", "--bgp-asn", "--bgp-short-timers", "--clusters-dir", "--clusters-dir-poll"} {
 		if !strings.Contains(string(help), flag+" ") {
 			t.Errorf("--help does not explain %s", flag)
