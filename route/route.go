@@ -285,3 +285,77 @@ func (w *Writer) Flush() (int, error) {
 	}
 	return n, nil
 }
+
+// Protocols returns the protocol of every kind of route the project
+// installs: what a node that leaves the mesh must be rid of.
+func Protocols() []netlink.RouteProtocol {
+	return []netlink.RouteProtocol{ProtocolBGP, ProtocolStatic}
+}
+
+// Owned returns the routes of protocols in every routing table of h's
+// network namespace (nil h: the calling thread's); the BGP speaker may have
+// used a table other than main (--bgp-route-table).
+func Owned(h *netlink.Handle, protos ...netlink.RouteProtocol) ([]netlink.Route, error) {
+	if h == nil {
+		var err error
+		if h, err = netlink.NewHandle(); err != nil {
+			return nil, fmt.Errorf("netlink handle: %w", err)
+		}
+		defer h.Close()
+	}
+	var out []netlink.Route
+	for _, p := range protos {
+		// Table RT_TABLE_UNSPEC with RT_FILTER_TABLE: every table.
+		rs, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: p, Table: unix.RT_TABLE_UNSPEC},
+			netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return nil, fmt.Errorf("list routes of protocol %d: %w", p, err)
+		}
+		out = append(out, rs...)
+	}
+	return out, nil
+}
+
+// FlushOwned deletes every route of protocols in every table of h's network
+// namespace (nil h: the calling thread's), for a node that leaves the mesh,
+// and returns the routes it deleted. Routes of other protocols are never
+// touched. A route already gone is not an error.
+func FlushOwned(h *netlink.Handle, protos ...netlink.RouteProtocol) ([]netlink.Route, error) {
+	if h == nil {
+		var err error
+		if h, err = netlink.NewHandle(); err != nil {
+			return nil, fmt.Errorf("netlink handle: %w", err)
+		}
+		defer h.Close()
+	}
+	routes, err := Owned(h, protos...)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		deleted []netlink.Route
+		errs    []error
+	)
+	for _, r := range routes {
+		if err := h.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("delete route %s: %w", Describe(r), err))
+			continue
+		}
+		deleted = append(deleted, r)
+	}
+	return deleted, errors.Join(errs...)
+}
+
+// Describe renders a route as `ip route` would name it: destination, next
+// hop, protocol and table.
+func Describe(r netlink.Route) string {
+	dst := "default"
+	if p, ok := PrefixOf(r.Dst); ok {
+		dst = p.String()
+	}
+	s := dst
+	if r.Gw != nil {
+		s += " via " + r.Gw.String()
+	}
+	return fmt.Sprintf("%s proto %d table %d", s, r.Protocol, r.Table)
+}

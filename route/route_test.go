@@ -181,3 +181,57 @@ func TestForeignRouteIsNeverReplaced(t *testing.T) {
 	}
 	w2.Close()
 }
+
+// TestFlushOwned removes the project's routes of both protocols from every
+// table, in both families, and nothing else; a second flush finds nothing.
+func TestFlushOwned(t *testing.T) {
+	w, l, ns := labWriter(t, ProtocolStatic, nil)
+	ctx := context.Background()
+	if err := w.Upsert(ctx, Route{Prefix: netip.MustParsePrefix("10.2.0.0/24"), NextHop: netip.MustParseAddr("192.168.50.2")}); err != nil {
+		t.Fatal(err)
+	}
+	// BGP routes, one in a table of its own (--bgp-route-table).
+	l.Run("ip", "-n", ns, "route", "add", "10.3.0.0/24", "via", "192.168.50.3", "proto", "195")
+	l.Run("ip", "-n", ns, "route", "add", "10.3.1.0/24", "via", "192.168.50.3", "proto", "195", "table", "4242")
+	l.Run("ip", "-6", "-n", ns, "route", "add", "fd10:3::/64", "via", "fd00:50::3", "proto", "196")
+	// Others' routes: the administrator's, the CNI's, in main and another table.
+	l.Run("ip", "-n", ns, "route", "add", "10.4.0.0/24", "via", "192.168.50.4")
+	l.Run("ip", "-n", ns, "route", "add", "10.4.1.0/24", "via", "192.168.50.4", "proto", "boot", "table", "4242")
+
+	owned, err := Owned(w.h, Protocols()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(owned) != 4 {
+		t.Fatalf("owned before flush: %d routes, want 4: %v", len(owned), owned)
+	}
+	deleted, err := FlushOwned(w.h, Protocols()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range deleted {
+		got = append(got, Describe(r))
+	}
+	slices.Sort(got)
+	want := []string{
+		"10.2.0.0/24 via 192.168.50.2 proto 196 table 254",
+		"10.3.0.0/24 via 192.168.50.3 proto 195 table 254",
+		"10.3.1.0/24 via 192.168.50.3 proto 195 table 4242",
+		"fd10:3::/64 via fd00:50::3 proto 196 table 254",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("deleted %q, want %q", got, want)
+	}
+	if owned, err := Owned(w.h, Protocols()...); err != nil || len(owned) != 0 {
+		t.Errorf("owned after flush: %v, %v; want none", owned, err)
+	}
+	for _, args := range [][]string{{"10.4.0.0/24"}, {"10.4.1.0/24", "table", "4242"}} {
+		if out := l.Run(append([]string{"ip", "-n", ns, "route", "show"}, args...)...); !strings.Contains(out, "via 192.168.50.4") {
+			t.Errorf("flush touched a foreign route %v: %q", args, out)
+		}
+	}
+	if again, err := FlushOwned(w.h, Protocols()...); err != nil || len(again) != 0 {
+		t.Errorf("second flush: deleted %v, %v; want nothing", again, err)
+	}
+}

@@ -5,6 +5,7 @@
 //	clustermesh-agent --cluster-name c1 --node-name n1 --clusters-dir /etc/clustermesh/clusters
 //	clustermesh-agent status [-o json]
 //	clustermesh-agent bpf services
+//	clustermesh-agent cleanup [--check] [--hold]
 //
 // See docs/agent.md.
 package main
@@ -118,7 +119,7 @@ func newRootCommand() *cobra.Command {
 	c.HealthConfig.Flags(fs)
 	_ = cmd.MarkFlagRequired("cluster-name")
 
-	cmd.AddCommand(newStatusCommand(), bpf.NewDebugCommand())
+	cmd.AddCommand(newStatusCommand(), newCleanupCommand(), bpf.NewDebugCommand())
 	version.AddTo(cmd)
 	return cmd
 }
@@ -152,6 +153,69 @@ func newStatusCommand() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&addr, "status-addr", daemon.DefaultStatusAddr, "the agent's status endpoint")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	return cmd
+}
+
+func newCleanupCommand() *cobra.Command {
+	var (
+		cfg         daemon.CleanupConfig
+		check, hold bool
+	)
+	cmd := &cobra.Command{
+		Use:   "cleanup",
+		Short: "Remove everything the agent leaves on this node: eBPF programs, pinned links and maps, routes",
+		Long: `cleanup removes what the agent leaves on a node once it has stopped: it
+detaches the agent's eBPF programs from the cgroup (through the links pinned
+under --bpf-pin-dir, and any program of the agent still attached to the cgroup
+by a link or directly), removes the pinned links and maps and the emptied pin
+directory, and deletes every route of the agent's protocols (196 for
+--routes=static, 195 for BGP) from every routing table. Other programs, pins
+and routes are left alone. It prints a line per object removed, then checks
+the node and exits 0 only when nothing of the agent is left. Running it again
+removes nothing.
+
+Run it only where no agent runs any more: a running agent re-attaches and
+re-routes. clustermesh disable runs it on every node (DaemonSet
+clustermesh-cleanup, with --hold) after deleting the agents.`,
+		Example: `  clustermesh-agent cleanup
+  clustermesh-agent cleanup --check   # exit 1 and list what is left, remove nothing`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			w := cmd.OutOrStdout()
+			if !check {
+				removed, err := daemon.Cleanup(cfg)
+				for _, line := range removed {
+					fmt.Fprintln(w, line)
+				}
+				if err != nil {
+					return err
+				}
+			}
+			left, err := daemon.Remaining(cfg)
+			if err != nil {
+				return err
+			}
+			if len(left) > 0 {
+				for _, line := range left {
+					fmt.Fprintln(w, "left: "+line)
+				}
+				return fmt.Errorf("%d object(s) of clustermesh left on this node", len(left))
+			}
+			fmt.Fprintf(w, "clean: no clustermesh program attached to %s, no pin in %s, no clustermesh route\n", cfg.CgroupPath, cfg.PinDir)
+			if hold {
+				// A DaemonSet pod must keep running: it stays until deleted.
+				ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+				defer stop()
+				<-ctx.Done()
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.CgroupPath, "bpf-cgroup", "/sys/fs/cgroup", "the agent's --bpf-cgroup: the cgroup v2 directory its programs are attached to")
+	f.StringVar(&cfg.PinDir, "bpf-pin-dir", bpf.DefaultConfig().PinDir, "the agent's --bpf-pin-dir: where its links and maps are pinned")
+	f.BoolVar(&check, "check", false, "remove nothing: list what is left and exit 1 if anything is (a readiness probe)")
+	f.BoolVar(&hold, "hold", false, "once the node is clean, keep running until SIGTERM (a DaemonSet's pod); a failure still exits 1, so the kubelet retries")
 	return cmd
 }
 
