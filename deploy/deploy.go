@@ -26,6 +26,10 @@ const (
 	FileConfig     = "config.yaml"
 	FileDeployment = "apiserver-deployment.yaml"
 	FileDaemonSet  = "agent-daemonset.yaml"
+	// FileCleanup is the node cleanup DaemonSet `clustermesh disable` runs
+	// once the agents are gone; it is not in Files (enable never applies
+	// it) and uses only Namespace and AgentImage of the values.
+	FileCleanup = "cleanup-daemonset.yaml"
 )
 
 // Files lists every manifest in apply order.

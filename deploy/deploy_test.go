@@ -3,8 +3,12 @@ package deploy
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 )
 
 func TestRenderAll(t *testing.T) {
@@ -136,5 +140,56 @@ func TestAPIServerRestricted(t *testing.T) {
 		if !tc.ok {
 			t.Errorf("restricted profile: %s violated", tc.rule)
 		}
+	}
+}
+
+// TestRenderCleanup: the node cleanup DaemonSet is not applied by enable,
+// runs the cleanup with the agent's image, mounts and capabilities (never
+// SYS_RESOURCE), is Ready only by its check, and every object is labelled
+// for disable to find and delete.
+func TestRenderCleanup(t *testing.T) {
+	if slices.Contains(Files, FileCleanup) {
+		t.Fatalf("%s is among the files enable applies", FileCleanup)
+	}
+	v := DefaultValues()
+	v.ClusterName, v.ClusterID, v.AgentImage = "c1", 1, "example/agent:v9"
+	objs, err := Render(FileCleanup, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, o := range objs {
+		kinds = append(kinds, o.GetKind())
+		if o.GetLabels()["app.kubernetes.io/part-of"] != "clustermesh" || o.GetNamespace() != Namespace {
+			t.Errorf("%s %s: labels %v namespace %q", o.GetKind(), o.GetName(), o.GetLabels(), o.GetNamespace())
+		}
+	}
+	if !slices.Equal(kinds, []string{"ServiceAccount", "DaemonSet"}) {
+		t.Fatalf("kinds %v", kinds)
+	}
+	var ds appsv1.DaemonSet
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(objs[1].Object, &ds); err != nil {
+		t.Fatal(err)
+	}
+	spec := ds.Spec.Template.Spec
+	c := spec.Containers[0]
+	if c.Image != v.AgentImage || !slices.Equal(c.Args[:1], []string{"cleanup"}) || !slices.Contains(c.Args, "--hold") || !spec.HostNetwork {
+		t.Errorf("container %s %v, host network %v", c.Image, c.Args, spec.HostNetwork)
+	}
+	if p := c.ReadinessProbe; p == nil || p.Exec == nil || !slices.Contains(p.Exec.Command, "--check") {
+		t.Errorf("readiness probe %+v: want cleanup --check", p)
+	}
+	caps := c.SecurityContext.Capabilities.Add
+	if !slices.Contains(caps, "SYS_ADMIN") || !slices.Contains(caps, "NET_ADMIN") || slices.Contains(caps, "SYS_RESOURCE") {
+		t.Errorf("capabilities %v", caps)
+	}
+	mounts := map[string]bool{}
+	for _, vol := range spec.Volumes {
+		if vol.HostPath != nil {
+			mounts[vol.HostPath.Path] = true
+		}
+	}
+	if !mounts["/sys/fs/bpf"] || !mounts["/sys/fs/cgroup"] {
+		t.Errorf("host paths %v, want the bpffs and the cgroup", mounts)
 	}
 }

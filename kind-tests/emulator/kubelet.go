@@ -23,13 +23,18 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/clustermesh/clustermesh/internal/netlab"
+	"github.com/clustermesh/clustermesh/internal/proc"
 )
 
 // Pod roles the kubelet runs as processes; every other pod is an echo pod.
 const (
 	RoleAgent     = "clustermesh-agent"
 	RoleAPIServer = "clustermesh-apiserver"
-	roleEcho      = ""
+	// RoleCleanup is the node cleanup of `clustermesh disable`: the agent
+	// binary running `cleanup`, Ready when its exec readiness probe
+	// (`cleanup --check`) passes.
+	RoleCleanup = "clustermesh-cleanup"
+	roleEcho    = ""
 	roleLabel     = "app.kubernetes.io/name"
 )
 
@@ -74,6 +79,11 @@ type podRuntime struct {
 	exitedAt     time.Time
 	restarts     int
 	reported     bool
+	// probe, if set, is the pod's exec readiness probe as a process of the
+	// pod's node; ready is its last verdict, probedAt when it was run.
+	probe    *ProcessSpec
+	ready    bool
+	probedAt time.Time
 }
 
 func newKubelet(cp *ControlPlane, bins *Binaries) *kubelet {
@@ -155,7 +165,7 @@ func (k *kubelet) syncAll(ctx context.Context) {
 
 func roleOf(p *corev1.Pod) string {
 	switch r := p.Labels[roleLabel]; r {
-	case RoleAgent, RoleAPIServer:
+	case RoleAgent, RoleAPIServer, RoleCleanup:
 		return r
 	}
 	return roleEcho
@@ -236,13 +246,46 @@ func (k *kubelet) syncPod(ctx context.Context, p *corev1.Pod) error {
 			}
 		}
 	}
-	if !rt.reported {
-		if err := k.report(ctx, p, rt, c); err != nil {
+	ready := true
+	if rt.probe != nil {
+		ready = k.runProbe(ctx, rt)
+	}
+	if !rt.reported || ready != rt.ready {
+		if err := k.report(ctx, p, rt, c, ready); err != nil {
 			return err
 		}
-		rt.reported = true
+		rt.reported, rt.ready = true, ready
 	}
 	return nil
+}
+
+// runProbe runs the pod's exec readiness probe when it is due (every second
+// until it passes, then every five) and returns its verdict: ready when the
+// command exited 0.
+func (k *kubelet) runProbe(ctx context.Context, rt *podRuntime) bool {
+	every := time.Second
+	if rt.ready {
+		every = 5 * time.Second
+	}
+	if time.Since(rt.probedAt) < every || (rt.node != nil && rt.node.isDead()) {
+		return rt.ready
+	}
+	rt.probedAt = time.Now()
+	spec := *rt.probe
+	spec.LogDir = filepath.Join(k.cp.Cluster.Run.Dir, "logs")
+	p, err := proc.Start(spec)
+	if err != nil {
+		k.log.Warn("readiness probe", "process", spec.Name, "error", err)
+		return false
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	err = p.Wait(pctx)
+	if err != nil {
+		_ = p.Kill()
+		<-p.Done()
+	}
+	return err == nil
 }
 
 // schedule picks the node of an unscheduled pod, or "" to wait.
@@ -336,6 +379,9 @@ func (k *kubelet) start(ctx context.Context, p *corev1.Pod, role string, node *N
 		return rt, nil
 	}
 	part := role
+	if role == RoleCleanup {
+		part = PartAgent
+	}
 	if err := k.bins.Require(part); err != nil {
 		return nil, fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err)
 	}
@@ -419,6 +465,16 @@ func (k *kubelet) start(ctx context.Context, p *corev1.Pod, role string, node *N
 		return nil, fmt.Errorf("pod %s/%s: cgroup: %w", p.Namespace, p.Name, err)
 	}
 	rt.spec = ProcessSpec{Name: name, Path: k.bins.Path(part), Args: args, Env: env, Netns: netns, Cgroup: cg}
+	if pr := ctr.ReadinessProbe; pr != nil && pr.Exec != nil && len(pr.Exec.Command) > 0 {
+		// The probe's command is the image's binary: the part's, with the
+		// pod's paths and the node's flags, as for the container.
+		pargs := slices.Clone(pr.Exec.Command[1:])
+		for i, a := range pargs {
+			pargs[i] = remapPath(a, mounts)
+		}
+		pargs = append(pargs, k.cp.Cluster.Run.meshArgs(role, k.cp, node, rt.dir, mounts, pargs)...)
+		rt.probe = &ProcessSpec{Name: name + "-probe", Path: k.bins.Path(part), Args: pargs, Env: env, Netns: netns, Cgroup: cg}
+	}
 	return rt, nil
 }
 
@@ -527,7 +583,7 @@ func (k *kubelet) restart(rt *podRuntime) error {
 	return nil
 }
 
-func (k *kubelet) report(ctx context.Context, p *corev1.Pod, rt *podRuntime, c *Cluster) error {
+func (k *kubelet) report(ctx context.Context, p *corev1.Pod, rt *podRuntime, c *Cluster, ready bool) error {
 	ip := k.cp.IP.String()
 	hostIP := ip
 	if rt.node != nil {
@@ -546,12 +602,16 @@ func (k *kubelet) report(ctx context.Context, p *corev1.Pod, rt *podRuntime, c *
 	q.Status.StartTime = &now
 	q.Status.Conditions = nil
 	for _, t := range []corev1.PodConditionType{corev1.PodScheduled, corev1.PodInitialized, corev1.ContainersReady, corev1.PodReady} {
-		q.Status.Conditions = append(q.Status.Conditions, corev1.PodCondition{Type: t, Status: corev1.ConditionTrue, LastTransitionTime: now})
+		st := corev1.ConditionTrue
+		if !ready && (t == corev1.ContainersReady || t == corev1.PodReady) {
+			st = corev1.ConditionFalse
+		}
+		q.Status.Conditions = append(q.Status.Conditions, corev1.PodCondition{Type: t, Status: st, LastTransitionTime: now})
 	}
 	q.Status.ContainerStatuses = nil
 	for _, ctr := range p.Spec.Containers {
 		q.Status.ContainerStatuses = append(q.Status.ContainerStatuses, corev1.ContainerStatus{
-			Name: ctr.Name, Image: ctr.Image, Ready: true, Started: ptrTo(true),
+			Name: ctr.Name, Image: ctr.Image, Ready: ready, Started: ptrTo(true),
 			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}},
 		})
 	}

@@ -45,6 +45,13 @@ func (r *Run) meshArgs(role string, cp *ControlPlane, n *Node, podDir string, mo
 		r.mu.Lock()
 		out = append(out, r.AgentArgs...)
 		r.mu.Unlock()
+	case RoleCleanup:
+		// Where this node's agent attached and pinned (agentFlags).
+		if n == nil {
+			return nil
+		}
+		add("--bpf-cgroup", n.Cgroup)
+		add("--bpf-pin-dir", n.BPFDir)
 	case RoleAPIServer:
 		if r.routingMode() == RoutingBGP {
 			add("--bgp-reflector-address", netip.AddrPortFrom(cp.IP, 179).String())
