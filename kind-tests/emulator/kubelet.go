@@ -35,7 +35,7 @@ const (
 	// (`cleanup --check`) passes.
 	RoleCleanup = "clustermesh-cleanup"
 	roleEcho    = ""
-	roleLabel     = "app.kubernetes.io/name"
+	roleLabel   = "app.kubernetes.io/name"
 )
 
 // kubelet plays scheduler and kubelet for one cluster: it binds unscheduled
