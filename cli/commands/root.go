@@ -44,7 +44,8 @@ func NewRoot() *cobra.Command {
 		Use:   "clustermesh",
 		Short: "Join Kubernetes clusters into one network",
 		Long: `clustermesh installs the mesh into clusters (enable), joins them (connect),
-shows what works and what does not (status), and marks services global.
+shows what works and what does not (status), marks services global, and
+removes the mesh again (disconnect, then disable).
 
 Clusters are named by kubeconfig contexts, as with kubectl.`,
 		SilenceUsage:  true,

@@ -120,10 +120,11 @@ func Disable(ctx context.Context, c *Cluster, opts DisableOptions) (*DisableResu
 	}
 	progress := func(format string, args ...any) {
 		line := fmt.Sprintf(format, args...)
-		log.Info(line, "context", c.Context)
-		if opts.Progress != nil {
-			opts.Progress(line)
+		if opts.Progress == nil {
+			log.Info(line, "context", c.Context)
+			return
 		}
+		opts.Progress(line)
 	}
 	res := &DisableResult{}
 
