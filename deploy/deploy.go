@@ -23,9 +23,11 @@ const (
 	FileNamespace  = "namespace.yaml"
 	FileRBAC       = "rbac.yaml"
 	FileService    = "apiserver-service.yaml"
-	FileConfig     = "config.yaml"
-	FileDeployment = "apiserver-deployment.yaml"
-	FileDaemonSet  = "agent-daemonset.yaml"
+	FileConfig      = "config.yaml"
+	FileSettings    = "settings.yaml"
+	FileStoreVolume = "apiserver-volume.yaml"
+	FileStatefulSet = "apiserver-statefulset.yaml"
+	FileDaemonSet   = "agent-daemonset.yaml"
 	// FileCleanup is the node cleanup DaemonSet `clustermesh disable` runs
 	// once the agents are gone; it is not in Files (enable never applies
 	// it) and uses only Namespace and AgentImage of the values.
@@ -33,7 +35,26 @@ const (
 )
 
 // Files lists every manifest in apply order.
-var Files = []string{FileNamespace, FileRBAC, FileService, FileConfig, FileDeployment, FileDaemonSet}
+var Files = []string{FileNamespace, FileRBAC, FileService, FileConfig, FileSettings, FileStoreVolume, FileStatefulSet, FileDaemonSet}
+
+// Storage modes of the apiserver's store (Values.Storage).
+const (
+	// StorageClaim: a PersistentVolumeClaim of StorageClass (empty: the
+	// cluster's default class), provisioned by the cluster.
+	StorageClaim = "claim"
+	// StorageNodeLocal: a "local" PersistentVolume on StoreNode's disk at
+	// StoreHostPath, for clusters without a provisioner.
+	StorageNodeLocal = "node-local"
+	// StorageEphemeral: an emptyDir; the store starts empty whenever its pod
+	// is replaced (tests, throw-away clusters).
+	StorageEphemeral = "ephemeral"
+)
+
+// Settings ConfigMaps: one key per daemon flag, read through --config-dir.
+const (
+	AgentSettings     = "clustermesh-agent-config"
+	APIServerSettings = "clustermesh-apiserver-config"
+)
 
 //go:embed *.yaml
 var manifests embed.FS
@@ -56,8 +77,30 @@ type Values struct {
 	// CIDRs; the CNI routes inside the cluster), static-all (the own
 	// cluster's other nodes too: a CNI that does not route between nodes,
 	// like kind without kindnet) or none (BGP or a fabric routes them).
+	// It is written to the agents' settings ConfigMap.
 	Routes string
+
+	// Storage is the store's volume: StorageClaim, StorageNodeLocal or
+	// StorageEphemeral. StorageClass and StorageSize shape the claim;
+	// StoreNode is the node of a node-local volume.
+	Storage      string
+	StorageClass string
+	StorageSize  string
+	StoreNode    string
+
+	// AgentConfigHash and APIServerConfigHash are hashes of the settings
+	// ConfigMaps' data, put on the pod templates so that a settings change
+	// rolls the pods.
+	AgentConfigHash     string
+	APIServerConfigHash string
 }
+
+// StoreVolumeName is the node-local PersistentVolume's name (cluster-scoped,
+// so named for the namespace).
+func (v Values) StoreVolumeName() string { return v.Namespace + "-store" }
+
+// StoreHostPath is the node-local volume's directory on its node.
+func (v Values) StoreHostPath() string { return "/var/lib/clustermesh/" + v.Namespace + "/store" }
 
 // DefaultValues returns values with every optional field set; the images
 // are this build's (APIServerImage, AgentImage).
@@ -68,6 +111,8 @@ func DefaultValues() Values {
 		ServiceType:    "NodePort",
 		EtcdPort:       2379,
 		Routes:         "static",
+		Storage:        StorageClaim,
+		StorageSize:    "4Gi",
 		APIServerImage: APIServerImage(),
 		AgentImage:     AgentImage(),
 	}
@@ -99,6 +144,18 @@ func (v Values) validate() error {
 	case "none", "static", "static-all":
 	default:
 		return fmt.Errorf("%w: cluster %s: routes %q: must be none, static or static-all", ErrInvalidValues, v.ClusterName, v.Routes)
+	}
+	switch v.Storage {
+	case StorageClaim, StorageEphemeral:
+	case StorageNodeLocal:
+		if v.StoreNode == "" {
+			return fmt.Errorf("%w: cluster %s: store storage node-local without a node", ErrInvalidValues, v.ClusterName)
+		}
+	default:
+		return fmt.Errorf("%w: cluster %s: store storage %q: must be claim, node-local or ephemeral", ErrInvalidValues, v.ClusterName, v.Storage)
+	}
+	if v.Storage != StorageEphemeral && v.StorageSize == "" {
+		return fmt.Errorf("%w: cluster %s: empty store size", ErrInvalidValues, v.ClusterName)
 	}
 	switch v.ServiceType {
 	case "ClusterIP", "NodePort", "LoadBalancer":

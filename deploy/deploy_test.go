@@ -27,13 +27,13 @@ func TestRenderAll(t *testing.T) {
 			t.Errorf("%s %s: namespace %q, want %q", o.GetKind(), o.GetName(), ns, Namespace)
 		}
 	}
-	for kind, n := range map[string]int{"Namespace": 1, "ServiceAccount": 2, "ClusterRole": 1, "ClusterRoleBinding": 1, "Service": 1, "ConfigMap": 1, "Deployment": 1, "DaemonSet": 1} {
+	for kind, n := range map[string]int{"Namespace": 1, "ServiceAccount": 2, "ClusterRole": 1, "ClusterRoleBinding": 1, "Service": 1, "ConfigMap": 3, "StatefulSet": 1, "DaemonSet": 1, "PersistentVolume": 0} {
 		if kinds[kind] != n {
 			t.Errorf("%d %s objects, want %d", kinds[kind], kind, n)
 		}
 	}
 	for _, o := range objs {
-		if o.GetKind() != "ConfigMap" {
+		if o.GetKind() != "ConfigMap" || o.GetName() != "clustermesh-config" {
 			continue
 		}
 		data := o.Object["data"].(map[string]any)
@@ -82,7 +82,7 @@ func TestHostNetworkStore(t *testing.T) {
 			if v.HostNetworkStore() {
 				v.EtcdPort = HostNetworkEtcdPort
 			}
-			objs, err := Render(FileDeployment, v)
+			objs, err := Render(FileStatefulSet, v)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -102,9 +102,18 @@ func TestHostNetworkStore(t *testing.T) {
 // Security "restricted" profile's rules (with the pod network; static-all
 // puts it on the host network, which only "privileged" admits).
 func TestAPIServerRestricted(t *testing.T) {
-	v := DefaultValues()
-	v.ClusterName, v.ClusterID = "c1", 1
-	objs, err := Render(FileDeployment, v)
+	for _, storage := range []string{StorageClaim, StorageNodeLocal, StorageEphemeral} {
+		t.Run(storage, func(t *testing.T) {
+			v := DefaultValues()
+			v.ClusterName, v.ClusterID, v.Storage, v.StoreNode = "c1", 1, storage, "n1"
+			checkRestricted(t, v)
+		})
+	}
+}
+
+func checkRestricted(t *testing.T, v Values) {
+	t.Helper()
+	objs, err := Render(FileStatefulSet, v)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,6 +148,129 @@ func TestAPIServerRestricted(t *testing.T) {
 	} {
 		if !tc.ok {
 			t.Errorf("restricted profile: %s violated", tc.rule)
+		}
+	}
+}
+
+// podSpec returns the pod template's spec of a rendered workload.
+func podSpec(o map[string]any) map[string]any {
+	return o["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
+}
+
+// TestStorage checks each store storage mode: what the StatefulSet claims,
+// the node-local PersistentVolume bound to that claim and pinned to its node,
+// and the agent mount that creates the volume's directory.
+func TestStorage(t *testing.T) {
+	for _, tc := range []struct {
+		storage, class, node string
+		wantClaim            bool
+		wantClass            any // the claim's storageClassName; nil: unset
+		wantPV               bool
+		wantErr              bool
+	}{
+		{storage: StorageClaim, wantClaim: true},
+		{storage: StorageClaim, class: "fast", wantClaim: true, wantClass: "fast"},
+		{storage: StorageNodeLocal, node: "n1", wantClaim: true, wantClass: "", wantPV: true},
+		{storage: StorageNodeLocal, wantErr: true},
+		{storage: StorageEphemeral},
+		{storage: "tmpfs", wantErr: true},
+	} {
+		t.Run(tc.storage+"/"+tc.class+tc.node, func(t *testing.T) {
+			v := DefaultValues()
+			v.ClusterName, v.ClusterID = "c1", 1
+			v.Storage, v.StorageClass, v.StoreNode = tc.storage, tc.class, tc.node
+			objs, err := RenderAll(v)
+			if tc.wantErr {
+				if !errors.Is(err, ErrInvalidValues) {
+					t.Fatalf("err = %v, want ErrInvalidValues", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			byKind := map[string]map[string]any{}
+			for _, o := range objs {
+				byKind[o.GetKind()] = o.Object
+			}
+			sts := byKind["StatefulSet"]
+			templates, _ := sts["spec"].(map[string]any)["volumeClaimTemplates"].([]any)
+			if got := len(templates) == 1; got != tc.wantClaim {
+				t.Fatalf("claim templates %v, want a claim: %v", templates, tc.wantClaim)
+			}
+			vols := fmt.Sprint(podSpec(sts)["volumes"])
+			if tc.wantClaim == strings.Contains(vols, "emptyDir") {
+				t.Errorf("volumes %s: emptyDir present = %v with a claim = %v", vols, !tc.wantClaim, tc.wantClaim)
+			}
+			if tc.wantClaim {
+				spec := templates[0].(map[string]any)["spec"].(map[string]any)
+				if class, ok := spec["storageClassName"]; fmt.Sprint(class) != fmt.Sprint(tc.wantClass) || ok != (tc.wantClass != nil) {
+					t.Errorf("claim storageClassName %v (set %v), want %v", class, ok, tc.wantClass)
+				}
+			}
+			pv, ds := byKind["PersistentVolume"], fmt.Sprint(podSpec(byKind["DaemonSet"])["volumes"])
+			if (pv != nil) != tc.wantPV || strings.Contains(ds, v.StoreHostPath()) != tc.wantPV {
+				t.Fatalf("PersistentVolume %v, agent volumes %s: want node-local volume: %v", pv, ds, tc.wantPV)
+			}
+			if !tc.wantPV {
+				return
+			}
+			spec := pv["spec"].(map[string]any)
+			if got := fmt.Sprint(spec["nodeAffinity"]); !strings.Contains(got, "[n1]") {
+				t.Errorf("PV node affinity %s, want node n1", got)
+			}
+			ref := spec["claimRef"].(map[string]any)
+			if ref["name"] != "data-clustermesh-apiserver-0" || ref["namespace"] != Namespace {
+				t.Errorf("PV claimRef %v: not the StatefulSet's claim", ref)
+			}
+			if got := templates[0].(map[string]any)["spec"].(map[string]any)["volumeName"]; got != v.StoreVolumeName() || pv["metadata"].(map[string]any)["name"] != got {
+				t.Errorf("claim volumeName %v, PV %v", got, pv["metadata"])
+			}
+			if fmt.Sprint(spec["local"]) != "map[path:"+v.StoreHostPath()+"]" {
+				t.Errorf("PV local %v, want path %s", spec["local"], v.StoreHostPath())
+			}
+		})
+	}
+}
+
+// TestSettings checks that operator settings reach the daemons through
+// their ConfigMaps (not hard-coded arguments a re-run of enable would
+// revert), and that the pod templates carry the settings' hashes.
+func TestSettings(t *testing.T) {
+	v := DefaultValues()
+	v.ClusterName, v.ClusterID, v.Routes = "c1", 1, "static-all"
+	v.AgentConfigHash, v.APIServerConfigHash = "a1b2", "c3d4"
+	objs, err := RenderAll(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]map[string]any{}
+	for _, o := range objs {
+		byName[o.GetKind()+"/"+o.GetName()] = o.Object
+	}
+	agentCM := byName["ConfigMap/"+AgentSettings]
+	if agentCM == nil || byName["ConfigMap/"+APIServerSettings] == nil {
+		t.Fatalf("settings ConfigMaps missing: %v", byName)
+	}
+	if got := agentCM["data"].(map[string]any)["routes"]; got != "static-all" {
+		t.Errorf("agent settings routes = %v, want static-all", got)
+	}
+	for _, tc := range []struct{ obj, cm, hash string }{
+		{"DaemonSet/clustermesh-agent", AgentSettings, "a1b2"},
+		{"StatefulSet/clustermesh-apiserver", APIServerSettings, "c3d4"},
+	} {
+		o := byName[tc.obj]
+		meta := o["spec"].(map[string]any)["template"].(map[string]any)["metadata"].(map[string]any)
+		if got := meta["annotations"].(map[string]any)["clustermesh.io/config-hash"]; got != tc.hash {
+			t.Errorf("%s: config hash %v, want %s", tc.obj, got, tc.hash)
+		}
+		spec := podSpec(o)
+		args := fmt.Sprint(spec["containers"].([]any)[0].(map[string]any)["args"])
+		if !strings.Contains(args, "--config-dir=/etc/clustermesh/config") || strings.Contains(args, "--routes") {
+			t.Errorf("%s: args %s: want --config-dir and no --routes", tc.obj, args)
+		}
+		if !strings.Contains(fmt.Sprint(spec["volumes"]), "name:"+tc.cm) {
+			t.Errorf("%s: no volume of ConfigMap %s", tc.obj, tc.cm)
 		}
 	}
 }

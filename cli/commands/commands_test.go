@@ -163,7 +163,7 @@ func TestCompleteContexts(t *testing.T) {
 func TestPrintStatus(t *testing.T) {
 	st := &mesh.Status{
 		Context: "c1", Cluster: "c1", ID: 1, Endpoint: "https://10.0.0.1:2379",
-		APIServer:       mesh.APIServerStatus{Deployment: "1/1", StoreReachable: true, Synced: true},
+		APIServer:       mesh.APIServerStatus{Workload: "1/1", StoreReachable: true, Synced: true},
 		AgentsReporting: 2, AgentsExpected: 3,
 		Clusters: []mesh.ClusterStatus{
 			{Name: "c1", ID: 1, Local: true, Agents: 2, Connected: 2, Synced: 2},

@@ -38,6 +38,20 @@ clustermesh-apiserver pulled, started and answering with the admin
 certificate), so that connect can run right after it; --wait-duration bounds
 the wait.
 
+Settings an operator may change live in ConfigMaps that enable owns:
+clustermesh-agent-config and clustermesh-apiserver-config, one key per flag of
+the daemon (see clustermesh-agent --help). enable writes the keys it manages
+(routes, health) and keeps their values on a re-run unless given again here;
+keys you add with kubectl edit are left alone, and a re-run of enable after an
+edit restarts the pods with the new flags.
+
+The store persists in a StatefulSet's volume (--store-storage): a claim of the
+cluster's default StorageClass (or --store-class), or, on clusters without a
+provisioner, a node-local PersistentVolume on one node (--store-node, default
+the first control-plane node). auto picks a claim when the cluster has a
+default StorageClass. The choice is recorded and kept; changing it needs
+clustermesh disable first, as the store would start empty.
+
 Clusters that will be connected must share the mesh's gossip key: pass
 --gossip-key, or --inherit-ca-from with the context of a cluster already
 enabled (which also shares its CA). Each cluster may keep its own CA: connect
@@ -133,7 +147,11 @@ issues every peer certificate from the CA of the store it is for.`,
 	f.Uint32Var(&maxClusterID, "max-cluster-id", api.DefaultMaxClusterID, "mesh-wide cluster ID limit: 255 or 511 (same on every cluster)")
 	f.StringVar(&opts.Endpoint, "endpoint", "", "https://HOST:PORT where peers reach this cluster's store (default: from the Service)")
 	f.StringVar(&opts.ServiceType, "service-type", "NodePort", "type of the apiserver Service: NodePort, LoadBalancer or ClusterIP")
-	f.StringVar(&opts.Routes, "routes", "static", "how agents route pod CIDRs natively: static (every connected cluster's nodes; the CNI routes inside the cluster), static-all (also this cluster's other nodes, for a CNI that does not route between nodes, e.g. kind without kindnet) or none (BGP or the fabric does)")
+	f.StringVar(&opts.Routes, "routes", "", "how agents route pod CIDRs natively: static (every connected cluster's nodes; the CNI routes inside the cluster), static-all (also this cluster's other nodes, for a CNI that does not route between nodes, e.g. kind without kindnet) or none (BGP or the fabric does); default: the cluster's current setting, else static")
+	f.StringVar(&opts.Storage, "store-storage", mesh.StorageAuto, "where the store keeps its data: auto, claim (a PersistentVolumeClaim), node-local (a local PersistentVolume on --store-node, for clusters without a provisioner) or ephemeral (lost when the pod is replaced); an installed cluster keeps its choice")
+	f.StringVar(&opts.StorageClass, "store-class", "", "StorageClass of the store's claim (default: the cluster's default class)")
+	f.StringVar(&opts.StorageSize, "store-size", "", "size of the store's volume (default 4Gi; the store's own quota is 2 GiB)")
+	f.StringVar(&opts.StoreNode, "store-node", "", "node of a node-local store (default: the first control-plane node by name)")
 	// The default images are this build's: `make images` builds them and
 	// the nodes must have them (kind load image-archive, or a registry).
 	f.StringVar(&opts.APIServerImage, "apiserver-image", deploy.APIServerImage(), "image of the clustermesh-apiserver; the default, this build's, comes from make images")

@@ -110,7 +110,7 @@ func printStatus(w io.Writer, s *mesh.Status) {
 	if !s.APIServer.Synced {
 		synced = fmt.Sprintf("exported %v", s.APIServer.SyncedKinds)
 	}
-	fmt.Fprintf(w, "APIServer: deployment %s, store %s, %s\n", s.APIServer.Deployment, store, synced)
+	fmt.Fprintf(w, "APIServer: statefulset %s, store %s, %s\n", s.APIServer.Workload, store, synced)
 	expected := ""
 	if s.AgentsExpected > 0 {
 		expected = fmt.Sprintf(" of %d scheduled", s.AgentsExpected)

@@ -29,7 +29,6 @@ const (
 	// the same in every cluster of a mesh.
 	SecretGossipKey = "clustermesh-gossip-key"
 	ServiceName     = "clustermesh-apiserver"
-	DeploymentName  = "clustermesh-apiserver"
 	DaemonSetName   = "clustermesh-agent"
 )
 

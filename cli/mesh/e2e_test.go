@@ -73,7 +73,7 @@ func TestTwoClusters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !res1.CreatedCA || !strings.HasPrefix(res1.Endpoint, "https://127.0.0.11:") || !slices.Contains(res1.Changes, "created Deployment/clustermesh-apiserver") {
+	if !res1.CreatedCA || !strings.HasPrefix(res1.Endpoint, "https://127.0.0.11:") || !slices.Contains(res1.Changes, "created StatefulSet/clustermesh-apiserver") {
 		t.Fatalf("enable c1: %+v; want a new CA and the NodePort endpoint on the node's InternalIP", res1)
 	}
 	ca1, err := c1.LoadCA(ctx)

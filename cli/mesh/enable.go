@@ -42,7 +42,17 @@ type EnableOptions struct {
 	ServiceType string
 	// Routes is the agents' --routes mode (none, static, static-all);
 	// empty means static.
-	Routes         string
+	Routes string
+	// Storage is the store's volume: deploy.StorageClaim,
+	// deploy.StorageNodeLocal, deploy.StorageEphemeral, or StorageAuto /
+	// empty (a claim when the cluster has a default StorageClass, else
+	// node-local). An installed cluster keeps its mode; StorageClass and
+	// StoreNode refine it (StoreNode: the node-local volume's node, default
+	// the first control-plane node). StorageSize defaults to 4Gi.
+	Storage        string
+	StorageClass   string
+	StorageSize    string
+	StoreNode      string
 	APIServerImage string
 	AgentImage     string
 	// CA, if set, is the CA to use (given files or another cluster's CA, so
@@ -70,7 +80,7 @@ type EnableResult struct {
 	// CreatedCA is set when enable created a new CA.
 	CreatedCA bool
 	// Changes lists the objects created or updated ("created Secret/x",
-	// "updated Deployment/y"); empty when enable changed nothing.
+	// "updated StatefulSet/y"); empty when enable changed nothing.
 	Changes []string
 }
 
@@ -112,7 +122,8 @@ var gvrByKind = map[string]schema.GroupVersionResource{
 	"Secret":             {Version: "v1", Resource: "secrets"},
 	"ClusterRole":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
 	"ClusterRoleBinding": {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
-	"Deployment":         {Group: "apps", Version: "v1", Resource: "deployments"},
+	"PersistentVolume":   {Version: "v1", Resource: "persistentvolumes"},
+	"StatefulSet":        {Group: "apps", Version: "v1", Resource: "statefulsets"},
 	"DaemonSet":          {Group: "apps", Version: "v1", Resource: "daemonsets"},
 }
 
@@ -194,6 +205,9 @@ func Enable(ctx context.Context, c *Cluster, opts EnableOptions) (*EnableResult,
 	case !isNotEnabled(err):
 		return nil, err
 	}
+	if err := c.resolveSettings(ctx, &opts); err != nil {
+		return nil, err
+	}
 
 	before, err := c.snapshot(ctx)
 	if err != nil {
@@ -237,13 +251,34 @@ func Enable(ctx context.Context, c *Cluster, opts EnableOptions) (*EnableResult,
 		return nil, err
 	}
 
-	objs, err = renderFiles(v, deploy.FileConfig, deploy.FileDeployment, deploy.FileDaemonSet)
+	// Settings first: the pod templates carry their hashes, so that a
+	// change made by the operator since the last run rolls the pods.
+	objs, err = renderFiles(v, deploy.FileConfig, deploy.FileSettings)
 	if err != nil {
 		return nil, err
 	}
 	if err := c.apply(ctx, objs); err != nil {
 		return nil, err
 	}
+	if v.AgentConfigHash, err = c.settingsHash(ctx, deploy.AgentSettings); err != nil {
+		return nil, err
+	}
+	if v.APIServerConfigHash, err = c.settingsHash(ctx, deploy.APIServerSettings); err != nil {
+		return nil, err
+	}
+	objs, err = renderFiles(v, deploy.FileStoreVolume, deploy.FileStatefulSet, deploy.FileDaemonSet)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.apply(ctx, objs); err != nil {
+		return nil, err
+	}
+	if deleted, err := c.deleteLegacyDeployment(ctx); err != nil {
+		return nil, err
+	} else if deleted {
+		log.Info("replaced the apiserver Deployment with a StatefulSet", "context", c.Context, "cluster", opts.ClusterName)
+	}
+	log.Info("store storage", "context", c.Context, "cluster", opts.ClusterName, "storage", v.Storage, "node", v.StoreNode, "class", v.StorageClass)
 	if err := c.writeOwnEntry(ctx, Info{Name: opts.ClusterName, ID: opts.ClusterID, Endpoint: opts.Endpoint}); err != nil {
 		return nil, err
 	}
@@ -310,6 +345,13 @@ func (opts EnableOptions) values(namespace string) deploy.Values {
 	if opts.Routes != "" {
 		v.Routes = opts.Routes
 	}
+	if opts.Storage != "" && opts.Storage != StorageAuto {
+		v.Storage = opts.Storage
+	}
+	if opts.StorageSize != "" {
+		v.StorageSize = opts.StorageSize
+	}
+	v.StorageClass, v.StoreNode = opts.StorageClass, opts.StoreNode
 	if v.HostNetworkStore() {
 		v.EtcdPort = deploy.HostNetworkEtcdPort
 	}
@@ -493,6 +535,9 @@ func RenderManifests(namespace string, opts EnableOptions) ([]byte, error) {
 	}
 	v := opts.values(namespace)
 	v.Endpoint = opts.Endpoint
+	if v.Storage == deploy.StorageNodeLocal && v.StoreNode == "" {
+		v.StoreNode = "<chosen at enable: the first control-plane node>"
+	}
 	if v.Endpoint == "" {
 		v.Endpoint = "<derived from Service " + ServiceName + " at enable>"
 	}
@@ -536,6 +581,8 @@ func (c *Cluster) snapshot(ctx context.Context) (map[string]string, error) {
 		{"ConfigMap", func() (runtime.Object, error) { return k.CoreV1().ConfigMaps(ns).List(ctx, sel) }},
 		{"Secret", func() (runtime.Object, error) { return k.CoreV1().Secrets(ns).List(ctx, sel) }},
 		{"Deployment", func() (runtime.Object, error) { return k.AppsV1().Deployments(ns).List(ctx, sel) }},
+		{"StatefulSet", func() (runtime.Object, error) { return k.AppsV1().StatefulSets(ns).List(ctx, sel) }},
+		{"PersistentVolume", func() (runtime.Object, error) { return k.CoreV1().PersistentVolumes().List(ctx, sel) }},
 		{"DaemonSet", func() (runtime.Object, error) { return k.AppsV1().DaemonSets(ns).List(ctx, sel) }},
 	} {
 		list, err := l.list()

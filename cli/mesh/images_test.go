@@ -63,7 +63,7 @@ func TestImageNotAvailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	apiImage, agentImage := deploy.APIServerImage(), deploy.AgentImage()
-	imagePod(t, c, "clustermesh-apiserver-0", mesh.DeploymentName, apiImage,
+	imagePod(t, c, "clustermesh-apiserver-0", mesh.StatefulSetName, apiImage,
 		waiting("ErrImageNeverPull", `Container image "`+apiImage+`" is not present with pull policy of Never`))
 	imagePod(t, c, "clustermesh-agent-a", mesh.DaemonSetName, agentImage, waiting("ImagePullBackOff", "Back-off pulling image"))
 	imagePod(t, c, "clustermesh-agent-b", mesh.DaemonSetName, agentImage, waiting("ImagePullBackOff", "Back-off pulling image"))
@@ -149,7 +149,7 @@ func TestImageNotAvailable(t *testing.T) {
 
 	t.Run("running containers are no problem", func(t *testing.T) {
 		run := corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}}
-		imagePod(t, c, "clustermesh-apiserver-0", mesh.DeploymentName, apiImage, run)
+		imagePod(t, c, "clustermesh-apiserver-0", mesh.StatefulSetName, apiImage, run)
 		imagePod(t, c, "clustermesh-agent-a", mesh.DaemonSetName, agentImage, run)
 		imagePod(t, c, "clustermesh-agent-b", mesh.DaemonSetName, agentImage, waiting("CrashLoopBackOff", "back-off restarting"))
 		st, err := mesh.GetStatus(ctx, c, mesh.StatusOptions{})

@@ -54,8 +54,8 @@ type Status struct {
 
 // APIServerStatus is the state of the cluster's clustermesh-apiserver.
 type APIServerStatus struct {
-	// Deployment is "ready/desired" replicas, or "absent".
-	Deployment string `json:"deployment"`
+	// Workload is the StatefulSet's "ready/desired" replicas, or "absent".
+	Workload string `json:"workload"`
 	// StoreReachable is true when the CLI could read the store.
 	StoreReachable bool   `json:"storeReachable"`
 	StoreError     string `json:"storeError,omitempty"`
@@ -101,16 +101,16 @@ func GetStatus(ctx context.Context, c *Cluster, opts StatusOptions) (*Status, er
 	warn := func(p Problem) { st.Warnings = append(st.Warnings, p) }
 	logsCmd := c.logsCmd()
 
-	// Kubernetes side: the Deployment and DaemonSet, when they exist.
-	st.APIServer.Deployment = "absent"
-	if d, err := c.Kube.AppsV1().Deployments(c.Namespace).Get(ctx, DeploymentName, metav1.GetOptions{}); err == nil {
+	// Kubernetes side: the StatefulSet and DaemonSet, when they exist.
+	st.APIServer.Workload = "absent"
+	if d, err := c.Kube.AppsV1().StatefulSets(c.Namespace).Get(ctx, StatefulSetName, metav1.GetOptions{}); err == nil {
 		want := int32(1)
 		if d.Spec.Replicas != nil {
 			want = *d.Spec.Replicas
 		}
-		st.APIServer.Deployment = fmt.Sprintf("%d/%d", d.Status.ReadyReplicas, want)
+		st.APIServer.Workload = fmt.Sprintf("%d/%d", d.Status.ReadyReplicas, want)
 	} else if !apierrors.IsNotFound(err) {
-		return nil, fmt.Errorf("context %s: get deployment %s/%s: %w", c.Context, c.Namespace, DeploymentName, err)
+		return nil, fmt.Errorf("context %s: get StatefulSet %s/%s: %w", c.Context, c.Namespace, StatefulSetName, err)
 	}
 	if ds, err := c.Kube.AppsV1().DaemonSets(c.Namespace).Get(ctx, DaemonSetName, metav1.GetOptions{}); err == nil {
 		st.AgentsExpected = int(ds.Status.DesiredNumberScheduled)
@@ -336,7 +336,7 @@ func (st *Status) agentProblems(c *Cluster, add func(Problem)) {
 
 // logsCmd is the command that shows the clustermesh-apiserver's log.
 func (c *Cluster) logsCmd() string {
-	return fmt.Sprintf("kubectl %s -n %s logs deploy/%s", c.ctxFlag(), c.Namespace, DeploymentName)
+	return fmt.Sprintf("kubectl %s -n %s logs statefulset/%s", c.ctxFlag(), c.Namespace, StatefulSetName)
 }
 
 // WaitStatus polls GetStatus every interval until the cluster is ready or

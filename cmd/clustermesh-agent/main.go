@@ -31,6 +31,7 @@ import (
 	"github.com/clustermesh/clustermesh/bgp"
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/health"
+	"github.com/clustermesh/clustermesh/internal/flagdir"
 	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/internal/version"
 )
@@ -65,6 +66,7 @@ type options struct {
 	peerMaxBytes         int64
 	log                  logging.Flags
 	bgpShortTimers       bool
+	configDir            string
 }
 
 func newRootCommand() *cobra.Command {
@@ -79,6 +81,10 @@ func newRootCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			settings, err := flagdir.Apply(cmd.Flags(), o.configDir)
+			if err != nil {
+				return err
+			}
 			if o.bgpShortTimers {
 				c.BGPConfig = shortTimers(cmd.Flags())
 			}
@@ -87,12 +93,16 @@ func newRootCommand() *cobra.Command {
 				return err
 			}
 			c.Logger = log
+			if len(settings) > 0 {
+				log.Info("flags set from the config dir", "config_dir", o.configDir, "flags", settings)
+			}
 			c.ProtectedCIDRs = prefixes(o.protected)
 			c.PeerLimits = remote.Limits{Objects: map[api.Kind]int{api.KindEndpoints: o.peerMaxBackendSlices}, Bytes: o.peerMaxBytes}
 			return daemon.Run(ctx, c)
 		},
 	}
 	fs := cmd.Flags()
+	fs.StringVar(&o.configDir, "config-dir", "", "directory with one file per flag, named for the flag and holding its value (the clustermesh-agent-config ConfigMap that enable owns: routes, health, bgp...); flags given on the command line win")
 	fs.StringVar(&c.ClusterName, "cluster-name", "", "name of this node's cluster (its connection file must be in --clusters-dir)")
 	fs.IPNetSliceVar(&o.protected, "protected-cidrs", nil, "local ranges no peer cluster may claim an address or prefix in (comma-separated: the service range, the node network); the cluster's own pod CIDRs are always protected. Peer objects reaching into them are refused and reported")
 	fs.IntVar(&o.peerMaxBackendSlices, "peer-max-endpoint-slices", 0, "most endpoint slices held per peer cluster (0: the default, 200000); beyond it new slices of that peer are refused and reported in status")

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	apiserver "github.com/clustermesh/clustermesh/clustermesh-apiserver"
+	"github.com/clustermesh/clustermesh/internal/flagdir"
 	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/internal/version"
 )
@@ -21,6 +22,7 @@ import (
 func main() {
 	cfg := apiserver.DefaultConfig()
 	var logFlags logging.Flags
+	var configDir string
 	cmd := &cobra.Command{
 		Use:   "clustermesh-apiserver --cluster-name NAME --cluster-id ID [flags]",
 		Short: "Export this Kubernetes cluster's state into its clustermesh store",
@@ -40,6 +42,10 @@ the cluster and with the reflectors of the clusters in --clusters-dir.`,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			settings, err := flagdir.Apply(cmd.Flags(), configDir)
+			if err != nil {
+				return err
+			}
 			log, err := logFlags.Logger(os.Stderr)
 			if err != nil {
 				return err
@@ -47,6 +53,9 @@ the cluster and with the reflectors of the clusters in --clusters-dir.`,
 			// Dependencies logging through the global logger follow the
 			// flags too.
 			slog.SetDefault(log)
+			if len(settings) > 0 {
+				log.Info("flags set from the config dir", "config_dir", configDir, "flags", settings)
+			}
 			srv, err := apiserver.New(cfg, &apiserver.Options{Logger: log})
 			if err != nil {
 				return err
@@ -58,6 +67,7 @@ the cluster and with the reflectors of the clusters in --clusters-dir.`,
 	}
 	cfg.Flags(cmd.Flags())
 	logFlags.Register(cmd.Flags())
+	cmd.Flags().StringVar(&configDir, "config-dir", "", "directory with one file per flag, named for the flag and holding its value (the clustermesh-apiserver-config ConfigMap that enable owns); flags given on the command line win")
 	version.AddTo(cmd)
 	if err := cmd.ExecuteContext(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, "clustermesh-apiserver:", err)

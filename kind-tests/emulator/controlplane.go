@@ -18,10 +18,12 @@ import (
 )
 
 // kcmControllers are the controllers the emulated clusters run: workloads
-// (so `kubectl scale` and the CLI's Deployment and DaemonSet work),
-// EndpointSlices, namespaces and garbage collection. There is no scheduler:
-// the harness's kubelet binds pods itself.
-const kcmControllers = "deployment-controller,replicaset-controller,daemonset-controller," +
+// (so `kubectl scale` and the CLI's StatefulSet and DaemonSet work), volume
+// binding and the claim and volume protection finalizers (the store's
+// claim), EndpointSlices, namespaces and garbage collection. There is no
+// scheduler: the harness's kubelet binds pods itself.
+const kcmControllers = "deployment-controller,replicaset-controller,daemonset-controller,statefulset-controller," +
+	"persistentvolume-binder-controller,persistentvolumeclaim-protection-controller,persistentvolume-protection-controller," +
 	"endpointslice-controller,endpointslice-mirroring-controller,namespace-controller,garbage-collector-controller"
 
 // ControlPlane is a cluster's Kubernetes control plane: etcd and

@@ -50,8 +50,9 @@ type kubelet struct {
 	bins *Binaries
 	log  *slog.Logger
 
-	pods    corelisters.PodLister
-	secrets corelisters.SecretLister
+	pods       corelisters.PodLister
+	secrets    corelisters.SecretLister
+	configMaps corelisters.ConfigMapLister
 	poke    chan struct{}
 
 	mu        sync.Mutex
@@ -72,7 +73,7 @@ type podRuntime struct {
 	echo      *Pod
 	proc      *Process
 	spec      ProcessSpec
-	secrets   map[string]string // secret name -> resource version written
+	written   map[string]string // volume name -> resource version written
 	// extraVolumes are Secret volumes the harness adds to the pod's own
 	// (the clusters Secret for a reflector-hosting apiserver).
 	extraVolumes []corev1.Volume
@@ -108,6 +109,7 @@ func (k *kubelet) run(ctx context.Context) {
 	f := informers.NewSharedInformerFactory(k.cp.Client, 0)
 	pods := f.Core().V1().Pods()
 	secrets := f.Core().V1().Secrets()
+	configMaps := f.Core().V1().ConfigMaps()
 	h := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { k.wake() },
 		UpdateFunc: func(any, any) { k.wake() },
@@ -115,7 +117,8 @@ func (k *kubelet) run(ctx context.Context) {
 	}
 	_, _ = pods.Informer().AddEventHandler(h)
 	_, _ = secrets.Informer().AddEventHandler(h)
-	k.pods, k.secrets = pods.Lister(), secrets.Lister()
+	_, _ = configMaps.Informer().AddEventHandler(h)
+	k.pods, k.secrets, k.configMaps = pods.Lister(), secrets.Lister(), configMaps.Lister()
 	f.Start(ctx.Done())
 	defer f.Shutdown()
 	f.WaitForCacheSync(ctx.Done())
@@ -237,7 +240,7 @@ func (k *kubelet) syncPod(ctx context.Context, p *corev1.Pod) error {
 		k.mu.Unlock()
 	}
 	if rt.spec.Path != "" {
-		if err := k.writeSecrets(p, rt); err != nil {
+		if err := k.writeVolumes(p, rt); err != nil {
 			return err
 		}
 		if rt.proc == nil || rt.proc.Exited() {
@@ -364,7 +367,7 @@ func (k *kubelet) start(ctx context.Context, p *corev1.Pod, role string, node *N
 	rt := &podRuntime{
 		uid: p.UID, namespace: p.Namespace, name: p.Name, role: role, node: node,
 		dir:     filepath.Join(c.Run.Dir, c.Name, "pods", p.Namespace+"_"+p.Name),
-		secrets: map[string]string{},
+		written: map[string]string{},
 	}
 	if role == roleEcho {
 		if node == nil {
@@ -412,6 +415,14 @@ func (k *kubelet) start(ctx context.Context, p *corev1.Pod, role string, node *N
 			mounts[m.MountPath] = node.Cgroup
 		case vol.HostPath != nil:
 			mounts[m.MountPath] = vol.HostPath.Path
+		case vol.PersistentVolumeClaim != nil:
+			// A claim outlives its pod: its directory is the cluster's,
+			// named for the claim, so a replaced pod finds its data.
+			local := filepath.Join(c.Run.Dir, c.Name, "volumes", vol.PersistentVolumeClaim.ClaimName)
+			if err := os.MkdirAll(local, 0o700); err != nil {
+				return nil, fmt.Errorf("pod %s/%s: volume %s: %w", p.Namespace, p.Name, m.Name, err)
+			}
+			mounts[m.MountPath] = local
 		default:
 			local := filepath.Join(rt.dir, m.Name)
 			if err := os.MkdirAll(local, 0o700); err != nil {
@@ -495,23 +506,46 @@ func remapPath(s string, mounts map[string]string) string {
 	return s
 }
 
-// writeSecrets copies the pod's Secret volumes to their directories when the
-// Secret changed since last written, as the kubelet updates secret mounts:
-// each file is replaced atomically (write, then rename); keys that left the
-// Secret are removed.
-func (k *kubelet) writeSecrets(p *corev1.Pod, rt *podRuntime) error {
+// writeVolumes copies the pod's Secret and ConfigMap volumes to their
+// directories when the object changed since last written, as the kubelet
+// updates such mounts: each file is replaced atomically (write, then
+// rename); keys that left the object are removed.
+func (k *kubelet) writeVolumes(p *corev1.Pod, rt *podRuntime) error {
 	for _, v := range append(slices.Clone(p.Spec.Volumes), rt.extraVolumes...) {
-		if v.Secret == nil {
+		var (
+			kind, name, rv string
+			optional       *bool
+			items          []corev1.KeyToPath
+			data           map[string][]byte
+			err            error
+		)
+		switch {
+		case v.Secret != nil:
+			kind, name, optional, items = "secret", v.Secret.SecretName, v.Secret.Optional, v.Secret.Items
+			var s *corev1.Secret
+			if s, err = k.secrets.Secrets(p.Namespace).Get(name); err == nil {
+				rv, data = s.ResourceVersion, s.Data
+			}
+		case v.ConfigMap != nil:
+			kind, name, optional, items = "configmap", v.ConfigMap.Name, v.ConfigMap.Optional, v.ConfigMap.Items
+			var cm *corev1.ConfigMap
+			if cm, err = k.configMaps.ConfigMaps(p.Namespace).Get(name); err == nil {
+				rv, data = cm.ResourceVersion, map[string][]byte{}
+				for key, val := range cm.Data {
+					data[key] = []byte(val)
+				}
+				maps.Copy(data, cm.BinaryData)
+			}
+		default:
 			continue
 		}
-		s, err := k.secrets.Secrets(p.Namespace).Get(v.Secret.SecretName)
 		if err != nil {
-			if apierrors.IsNotFound(err) && v.Secret.Optional != nil && *v.Secret.Optional {
+			if apierrors.IsNotFound(err) && optional != nil && *optional {
 				continue
 			}
-			return fmt.Errorf("pod %s/%s: volume %s: secret %s: %w", p.Namespace, p.Name, v.Name, v.Secret.SecretName, err)
+			return fmt.Errorf("pod %s/%s: volume %s: %s %s: %w", p.Namespace, p.Name, v.Name, kind, name, err)
 		}
-		if rt.secrets[v.Name] == s.ResourceVersion {
+		if rt.written[v.Name] == rv {
 			continue
 		}
 		dir := filepath.Join(rt.dir, v.Name)
@@ -519,20 +553,20 @@ func (k *kubelet) writeSecrets(p *corev1.Pod, rt *podRuntime) error {
 			return err
 		}
 		files := map[string][]byte{}
-		if len(v.Secret.Items) > 0 {
-			for _, it := range v.Secret.Items {
-				files[it.Path] = s.Data[it.Key]
+		if len(items) > 0 {
+			for _, it := range items {
+				files[it.Path] = data[it.Key]
 			}
 		} else {
-			maps.Copy(files, s.Data)
+			maps.Copy(files, data)
 		}
-		for name, data := range files {
-			tmp := filepath.Join(dir, "."+name+".tmp")
-			if err := os.WriteFile(tmp, data, 0o600); err != nil {
-				return fmt.Errorf("secret %s: %w", s.Name, err)
+		for file, content := range files {
+			tmp := filepath.Join(dir, "."+file+".tmp")
+			if err := os.WriteFile(tmp, content, 0o600); err != nil {
+				return fmt.Errorf("%s %s: %w", kind, name, err)
 			}
-			if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-				return fmt.Errorf("secret %s: %w", s.Name, err)
+			if err := os.Rename(tmp, filepath.Join(dir, file)); err != nil {
+				return fmt.Errorf("%s %s: %w", kind, name, err)
 			}
 		}
 		entries, _ := os.ReadDir(dir)
@@ -541,8 +575,8 @@ func (k *kubelet) writeSecrets(p *corev1.Pod, rt *podRuntime) error {
 				_ = os.Remove(filepath.Join(dir, e.Name()))
 			}
 		}
-		rt.secrets[v.Name] = s.ResourceVersion
-		k.log.Info("secret volume written", "pod", p.Namespace+"/"+p.Name, "secret", s.Name, "keys", len(files))
+		rt.written[v.Name] = rv
+		k.log.Info("volume written", "pod", p.Namespace+"/"+p.Name, kind, name, "keys", len(files))
 	}
 	return nil
 }

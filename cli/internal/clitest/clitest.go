@@ -302,11 +302,11 @@ func ResourceVersions(t testing.TB, c *mesh.Cluster) map[string]string {
 	for _, x := range svcs.Items {
 		rv["service/"+x.Name] = x.ResourceVersion
 	}
-	d, err := k.AppsV1().Deployments(c.Namespace).Get(ctx, mesh.DeploymentName, metav1.GetOptions{})
+	d, err := k.AppsV1().StatefulSets(c.Namespace).Get(ctx, mesh.StatefulSetName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	rv["deployment"] = d.ResourceVersion
+	rv["statefulset"] = d.ResourceVersion
 	ds, err := k.AppsV1().DaemonSets(c.Namespace).Get(ctx, mesh.DaemonSetName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
