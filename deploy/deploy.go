@@ -20,9 +20,9 @@ const Namespace = "clustermesh-system"
 // before certificates are issued (the server certificate names the Service's
 // address); group two refers to the certificates.
 const (
-	FileNamespace  = "namespace.yaml"
-	FileRBAC       = "rbac.yaml"
-	FileService    = "apiserver-service.yaml"
+	FileNamespace   = "namespace.yaml"
+	FileRBAC        = "rbac.yaml"
+	FileService     = "apiserver-service.yaml"
 	FileConfig      = "config.yaml"
 	FileSettings    = "settings.yaml"
 	FileStoreVolume = "apiserver-volume.yaml"

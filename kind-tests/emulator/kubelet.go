@@ -53,7 +53,7 @@ type kubelet struct {
 	pods       corelisters.PodLister
 	secrets    corelisters.SecretLister
 	configMaps corelisters.ConfigMapLister
-	poke    chan struct{}
+	poke       chan struct{}
 
 	mu        sync.Mutex
 	running   map[types.UID]*podRuntime
