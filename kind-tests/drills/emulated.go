@@ -44,6 +44,14 @@ func (e Emulated) Nodes(cluster string) []string {
 	return out
 }
 
+// Kubeconfig implements Mesh.
+func (e Emulated) Kubeconfig(cluster string) string {
+	if c := e.M.Cluster(cluster); c != nil && c.ControlPlane() != nil {
+		return c.ControlPlane().Kubeconfig
+	}
+	return ""
+}
+
 func (e Emulated) cluster(name string) (*emulator.Cluster, error) {
 	if c := e.M.Cluster(name); c != nil {
 		return c, nil

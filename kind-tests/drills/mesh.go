@@ -25,6 +25,9 @@ type Mesh interface {
 	Clusters() []string
 	// Nodes returns the node names of a cluster, in order.
 	Nodes(cluster string) []string
+	// Kubeconfig returns an admin kubeconfig of a cluster whose current
+	// context is that cluster: drills read its store as the CLI does.
+	Kubeconfig(cluster string) string
 
 	// Enable runs `clustermesh enable` on every cluster and returns when
 	// the mesh's processes run; Connect connects every pair.

@@ -210,8 +210,9 @@ func AgentRestart(ctx context.Context, e *Env) error {
 // etcd) is stopped. Traffic from the first cluster keeps reaching the second
 // cluster's live backends (stale-while-unreachable). While it is down the
 // second cluster scales its echo Deployment up; after the store restarts,
-// the first cluster's traffic reaches the new pod. Figures: failures while
-// down, convergence time after restart.
+// the first cluster's traffic reaches the new pod, and a key written before
+// the outage is still in the store. Figures: failures while down, whether
+// the data was kept, convergence time after restart.
 func StoreDown(ctx context.Context, e *Env) error {
 	m, c1, c2 := e.Mesh, e.c(0), e.c(1)
 	tr, err := e.traffic(ctx, c1, "tcp")
@@ -222,6 +223,13 @@ func StoreDown(ctx context.Context, e *Env) error {
 	start := time.Now()
 	if _, err := e.waitSeen(ctx, tr, start, c1, c2); err != nil {
 		return fmt.Errorf("before: %w", err)
+	}
+	// A key written before the outage must be there after it: the store
+	// keeps identities and revisions across a restart (on kind its pod is
+	// replaced, and only its volume carries the data over).
+	mark, err := writeCanary(ctx, m, c2)
+	if err != nil {
+		return err
 	}
 	down := time.Now()
 	if err := m.StopStore(ctx, c2); err != nil {
@@ -276,6 +284,11 @@ func StoreDown(ctx context.Context, e *Env) error {
 	if err != nil {
 		return err
 	}
+	if err := checkCanary(ctx, m, c2, mark); err != nil {
+		e.Report.Add("store down", "store restarted → data written before kept", "lost", "FAIL")
+		return err
+	}
+	e.Report.Add("store down", "store restarted → data written before kept", fmt.Sprintf("yes (revision %d)", mark.rev), "pass")
 	ctxW, cancel := context.WithTimeout(ctx, e.wait())
 	defer cancel()
 	seen, err := tr.WaitFor(ctxW, up, 1, func(a attempts.Attempt) bool { return a.OK && a.Backend == newPod })

@@ -189,6 +189,12 @@ func (k *kubelet) syncPod(ctx context.Context, p *corev1.Pod) error {
 			delete(k.running, p.UID)
 			k.mu.Unlock()
 			k.stop(ctx, rt)
+			// A deleted pod's own volumes (emptyDir, Secret copies) go
+			// with it, as the kubelet removes its pod directory; claims
+			// live elsewhere and stay.
+			if err := os.RemoveAll(rt.dir); err != nil {
+				k.log.Warn("pod directory", "pod", p.Namespace+"/"+p.Name, "error", err)
+			}
 		}
 		if p.Spec.NodeName != "" && k.nodeFor(p.Spec.NodeName) == nil && p.Spec.NodeName != k.cp.NodeName {
 			return nil

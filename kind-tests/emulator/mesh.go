@@ -11,6 +11,10 @@ import (
 	"strings"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/clustermesh/clustermesh/deploy"
 	"github.com/clustermesh/clustermesh/internal/netlab"
 	"github.com/clustermesh/clustermesh/internal/poll"
 )
@@ -170,6 +174,8 @@ func (cp *ControlPlane) Store() (*Process, error) {
 // StopStore takes the cluster's mesh control plane down: the
 // clustermesh-apiserver (and the etcd it embeds) is stopped and not restarted
 // until StartStore. Peers lose the cluster's store; its nodes and pods live on.
+// Its pod is deleted too, so that the store comes back in a new pod, as after
+// a reschedule, with only what its volume kept.
 func (cp *ControlPlane) StopStore(ctx context.Context) error {
 	cp.kubelet.mu.Lock()
 	cp.kubelet.storeDown = true
@@ -177,6 +183,16 @@ func (cp *ControlPlane) StopStore(ctx context.Context) error {
 	for _, p := range cp.kubelet.processes(RoleAPIServer) {
 		if err := p.Kill(); err != nil {
 			return err
+		}
+	}
+	pods := cp.Client.CoreV1().Pods(deploy.Namespace)
+	list, err := pods.List(ctx, metav1.ListOptions{LabelSelector: roleLabel + "=" + RoleAPIServer})
+	if err != nil {
+		return fmt.Errorf("cluster %s: list apiserver pods: %w", cp.Cluster.Name, err)
+	}
+	for _, p := range list.Items {
+		if err := pods.Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("cluster %s: delete pod %s: %w", cp.Cluster.Name, p.Name, err)
 		}
 	}
 	return nil

@@ -117,6 +117,14 @@ func (m *Mesh) Clusters() []string { return slices.Clone(m.opts.Clusters) }
 // Nodes implements drills.Mesh.
 func (m *Mesh) Nodes(cluster string) []string { return slices.Clone(m.nodes[cluster]) }
 
+// Kubeconfig implements drills.Mesh.
+func (m *Mesh) Kubeconfig(cluster string) string {
+	if i := slices.Index(m.opts.Clusters, cluster); i >= 0 {
+		return m.opts.Kubeconfigs[i]
+	}
+	return ""
+}
+
 // Kube returns the client of a cluster.
 func (m *Mesh) Kube(cluster string) *kubernetes.Clientset { return m.kube[cluster] }
 
