@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sort"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -184,4 +185,66 @@ func (c *Cluster) deleteLegacyDeployment(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("context %s: delete the old apiserver Deployment %s/%s: %w", c.Context, c.Namespace, LegacyDeploymentName, err)
 	}
 	return true, nil
+}
+
+// claimStuckAfter is how long the store's claim may stay Pending without a
+// warning before status calls it stuck: a provisioner binds in seconds.
+const claimStuckAfter = 2 * time.Minute
+
+// storeClaimProblems reports the store's claims that keep its pod from
+// starting: Pending with a warning event (a provisioner that failed), or
+// Pending for longer than claimStuckAfter (no provisioner at all, as with
+// kind's default class where its image cannot be pulled). Each names the
+// claim, its class and the last event.
+func (c *Cluster) storeClaimProblems(ctx context.Context) ([]Problem, error) {
+	claims, err := c.Kube.CoreV1().PersistentVolumeClaims(c.Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=" + StatefulSetName})
+	if err != nil {
+		return nil, fmt.Errorf("context %s: list claims in %s: %w", c.Context, c.Namespace, err)
+	}
+	var ps []Problem
+	for _, pvc := range claims.Items {
+		if pvc.Status.Phase != corev1.ClaimPending {
+			continue
+		}
+		events, err := c.Kube.CoreV1().Events(c.Namespace).List(ctx, metav1.ListOptions{
+			FieldSelector: "involvedObject.kind=PersistentVolumeClaim,involvedObject.name=" + pvc.Name})
+		if err != nil {
+			return nil, fmt.Errorf("context %s: events of claim %s: %w", c.Context, pvc.Name, err)
+		}
+		var last *corev1.Event
+		warned := false
+		for i := range events.Items {
+			e := &events.Items[i]
+			warned = warned || e.Type == corev1.EventTypeWarning
+			if last == nil || eventTime(e).After(eventTime(last)) {
+				last = e
+			}
+		}
+		age := time.Since(pvc.CreationTimestamp.Time)
+		if !warned && age < claimStuckAfter {
+			continue
+		}
+		class := "(none)"
+		if pvc.Spec.StorageClassName != nil {
+			class = *pvc.Spec.StorageClassName
+		}
+		reason := fmt.Sprintf("the store's claim %s/%s (StorageClass %s) is Pending after %s, so the apiserver cannot start", c.Namespace, pvc.Name, class, age.Round(time.Second))
+		if last != nil {
+			reason += fmt.Sprintf(": %s: %s", last.Reason, last.Message)
+		}
+		ps = append(ps, problem(ErrNotReady,
+			fmt.Sprintf("make class %s provision (its provisioner runs?), or keep the store on a node's disk: clustermesh disable %s, then clustermesh enable %s ... --store-storage node-local", class, c.ctxFlag(), c.ctxFlag()),
+			"%s", reason))
+	}
+	return ps, nil
+}
+
+func eventTime(e *corev1.Event) time.Time {
+	switch {
+	case !e.LastTimestamp.IsZero():
+		return e.LastTimestamp.Time
+	case !e.EventTime.IsZero():
+		return e.EventTime.Time
+	}
+	return e.CreationTimestamp.Time
 }

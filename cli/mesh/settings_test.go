@@ -9,6 +9,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/clustermesh/clustermesh/cli/internal/clitest"
@@ -128,6 +129,64 @@ func TestEnableKeepsSettings(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("status names a claim no provisioner binds", func(t *testing.T) {
+		class := "fast"
+		labels := map[string]string{"app.kubernetes.io/name": mesh.StatefulSetName}
+		pvc, err := k.CoreV1().PersistentVolumeClaims(c.Namespace).Create(ctx, &corev1.PersistentVolumeClaim{
+			ObjectMeta: metav1.ObjectMeta{Name: "data-clustermesh-apiserver-1", Labels: labels},
+			Spec: corev1.PersistentVolumeClaimSpec{
+				AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+				StorageClassName: &class,
+				Resources:        corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}},
+			},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pvc.Status.Phase = corev1.ClaimPending
+		if _, err := k.CoreV1().PersistentVolumeClaims(c.Namespace).UpdateStatus(ctx, pvc, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		st, err := mesh.GetStatus(ctx, c, mesh.StatusOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range st.Problems {
+			if strings.Contains(p.Reason, pvc.Name) {
+				t.Fatalf("a claim Pending for seconds without a warning reported: %s", p.Reason)
+			}
+		}
+		now := metav1.Now()
+		if _, err := k.CoreV1().Events(c.Namespace).Create(ctx, &corev1.Event{
+			ObjectMeta:     metav1.ObjectMeta{Name: pvc.Name + ".1"},
+			InvolvedObject: corev1.ObjectReference{Kind: "PersistentVolumeClaim", Namespace: c.Namespace, Name: pvc.Name, UID: pvc.UID},
+			Type:           corev1.EventTypeWarning, Reason: "ProvisioningFailed",
+			Message:        `storageclass.storage.k8s.io "fast" not found`,
+			FirstTimestamp: now, LastTimestamp: now, Count: 1,
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		st, err = mesh.GetStatus(ctx, c, mesh.StatusOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, p := range st.Problems {
+			if strings.Contains(p.Reason, pvc.Name) {
+				found = true
+				if !strings.Contains(p.Reason, "StorageClass fast") || !strings.Contains(p.Reason, "ProvisioningFailed") || !strings.Contains(p.Fix, "node-local") {
+					t.Errorf("problem %q (fix %q): want the class, the event and the node-local way out", p.Reason, p.Fix)
+				}
+			}
+		}
+		if !found {
+			t.Fatalf("status problems %v: none names claim %s", st.Problems, pvc.Name)
+		}
+		if err := k.CoreV1().PersistentVolumeClaims(c.Namespace).Delete(ctx, pvc.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	})
 
 	t.Run("an old Deployment is replaced", func(t *testing.T) {
 		one := int32(1)

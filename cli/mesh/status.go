@@ -128,6 +128,13 @@ func GetStatus(ctx context.Context, c *Cluster, opts StatusOptions) (*Status, er
 	} else if !apierrors.IsForbidden(err) {
 		return nil, err
 	}
+	if claims, err := c.storeClaimProblems(ctx); err == nil {
+		for _, p := range claims {
+			add(p)
+		}
+	} else if !apierrors.IsForbidden(err) {
+		return nil, err
+	}
 
 	secret, err := c.ClustersSecret(ctx)
 	if err != nil {

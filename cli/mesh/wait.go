@@ -109,6 +109,10 @@ func WaitStore(ctx context.Context, c *Cluster, opts StoreOptions, w StoreWait) 
 			if waits, err := c.ImageWaits(ctx); err == nil {
 				ps = append(c.imageProblems(waits), ps...)
 			}
+			// Nor will a claim no provisioner binds.
+			if claims, err := c.storeClaimProblems(ctx); err == nil {
+				ps = append(claims, ps...)
+			}
 			return ps
 		}
 		cli.Close()

@@ -101,6 +101,11 @@ create() {
 	# fails when the host's inotify limits are too low).
 	kubectl --kubeconfig "$kc" -n kube-system wait --for=condition=Ready pods --all --timeout=3m >/dev/null ||
 		{ kubectl --kubeconfig "$kc" get pods -A >&2; die "$1: system pods not Ready"; }
+	# kind's default StorageClass "standard" needs a provisioner whose image
+	# no registry can supply here: claims of it would stay Pending. Without
+	# a default class, clustermesh enable keeps its store on a node-local
+	# volume (--store-storage auto).
+	kubectl --kubeconfig "$kc" delete storageclass standard --ignore-not-found >/dev/null
 	kubectl --kubeconfig "$kc" get nodes -o custom-columns='NODE:.metadata.name,STATUS:.status.conditions[?(@.type=="Ready")].status,POD_CIDR:.spec.podCIDR'
 	step "cluster $1 created in $(($(date +%s) - s))s"
 }
