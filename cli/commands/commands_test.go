@@ -93,7 +93,7 @@ func TestEnableDryRun(t *testing.T) {
 	if err := Execute(context.Background(), args, &out, &out); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"kind: DaemonSet", "kind: Deployment", "--cluster-name=c7", "cluster-id: \"7\"", "endpoint: https://10.0.0.7:2379"} {
+	for _, want := range []string{"kind: DaemonSet", "kind: StatefulSet", "--cluster-name=c7", "cluster-id: \"7\"", "endpoint: https://10.0.0.7:2379"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("dry-run output lacks %q", want)
 		}

@@ -221,7 +221,7 @@ func TestTwoClusters(t *testing.T) {
 			t.Fatalf("status = %+v, want not ready with the store unreachable", st)
 		}
 		p := st.Problems[0]
-		if !errors.Is(p.Err, mesh.ErrUnreachable) || !strings.Contains(p.Reason, st.Endpoint) || !strings.Contains(p.Fix, "logs deploy/clustermesh-apiserver") {
+		if !errors.Is(p.Err, mesh.ErrUnreachable) || !strings.Contains(p.Reason, st.Endpoint) || !strings.Contains(p.Fix, "logs statefulset/clustermesh-apiserver") {
 			t.Fatalf("problem = %+v, want the endpoint named and the apiserver logs as next step", p)
 		}
 	})
