@@ -12,6 +12,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/clustermesh/clustermesh/deploy"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
 	"github.com/clustermesh/clustermesh/pki/pkitest"
 )
@@ -90,7 +91,7 @@ func TestDisableRefusesAndForces(t *testing.T) {
 		t.Errorf("disable --force: %+v; want peer c2 and node-a failed", res)
 	}
 	for _, want := range []string{"Namespace/" + c.Namespace, "ClusterRole/clustermesh-apiserver", "ClusterRoleBinding/clustermesh-apiserver",
-		"DaemonSet/" + CleanupDaemonSetName, "Secret/" + SecretCA, "ConfigMap/" + ConfigMapName, "Deployment/" + DeploymentName} {
+		"DaemonSet/" + CleanupDaemonSetName, "Secret/" + SecretCA, "ConfigMap/" + ConfigMapName, "StatefulSet/" + StatefulSetName, "ConfigMap/" + deploy.AgentSettings, "PersistentVolume/" + c.Namespace + "-store"} {
 		if !slices.Contains(res.Deleted, want) {
 			t.Errorf("deleted %v, want %s among them", res.Deleted, want)
 		}

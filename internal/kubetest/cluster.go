@@ -227,7 +227,11 @@ func (c *Cluster) start(ctx context.Context, bins map[string]string, o Options) 
 			"--authorization-kubeconfig="+c.Kubeconfig,
 			"--leader-elect=false",
 			"--secure-port=0",
-			"--controllers=endpointslice-controller,endpointslice-mirroring-controller,namespace-controller,garbage-collector-controller",
+			// The protection controllers lift the finalizers the API
+			// server puts on claims and volumes, so that deleting
+			// them completes, as on a real cluster.
+			"--controllers=endpointslice-controller,endpointslice-mirroring-controller,namespace-controller,garbage-collector-controller,"+
+				"persistentvolume-protection-controller,persistentvolumeclaim-protection-controller",
 			"--concurrent-service-endpoint-syncs=10",
 			"--v=0",
 		)

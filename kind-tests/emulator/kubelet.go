@@ -399,7 +399,7 @@ func (k *kubelet) start(ctx context.Context, p *corev1.Pod, role string, node *N
 	}
 	ctr := p.Spec.Containers[0]
 	// Volumes: each mount becomes a directory of the pod; Secret volumes
-	// are filled by writeSecrets, host paths stay as they are except the
+	// are filled by writeVolumes, host paths stay as they are except the
 	// bpffs, which maps to the node's pin directory.
 	mounts := map[string]string{}
 	for _, m := range ctr.VolumeMounts {
