@@ -36,6 +36,15 @@ type NodeObserver interface {
 	NodeDeleted(cluster, name string)
 }
 
+// DrainObserver is a NodeObserver told when a whole cluster is drained
+// (disconnected, or its config refused), before the NodeDeleted calls for its
+// nodes: routes may then outlive the nodes for a while, since the peer may
+// still send traffic whose replies need them (AddNodeObserver detects it).
+type DrainObserver interface {
+	NodeObserver
+	ClusterDrained(cluster string)
+}
+
 // ClusterObserver is a NodeObserver that also learns every accepted cluster
 // config, again whenever it changes (the BGP speaker follows its cluster's
 // route reflector this way). AddNodeObserver detects it; calls share the
@@ -593,6 +602,9 @@ func (d delegate) Drain(cluster string) {
 	}
 	slices.Sort(names)
 	a.notifyNodes(func(obs NodeObserver) {
+		if d, ok := obs.(DrainObserver); ok {
+			d.ClusterDrained(cluster)
+		}
 		for _, n := range names {
 			obs.NodeDeleted(cluster, n)
 		}

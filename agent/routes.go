@@ -53,20 +53,55 @@ type StaticRoutes struct {
 	// desired; before, the desired state may still be incomplete.
 	gate   <-chan struct{}
 	gateOK bool
+
+	// drain is how long the routes of a drained cluster stay; draining
+	// holds, per drained cluster, when its routes may go.
+	drain    time.Duration
+	draining map[string]time.Time
+	now      func() time.Time
 }
 
-var _ NodeObserver = (*StaticRoutes)(nil)
+var _ DrainObserver = (*StaticRoutes)(nil)
 
 // NewStaticRoutes returns the route reconciler of the agent of cluster local.
 func NewStaticRoutes(local string, w RouteWriter, log *slog.Logger) *StaticRoutes {
 	log = logging.OrDiscard(log)
 	return &StaticRoutes{
 		local: local, w: w, log: log,
-		desired: map[netip.Prefix]Route{},
-		applied: map[netip.Prefix]Route{},
-		byNode:  map[[2]string][]netip.Prefix{},
-		kick:    make(chan struct{}, 1),
+		desired:  map[netip.Prefix]Route{},
+		applied:  map[netip.Prefix]Route{},
+		byNode:   map[[2]string][]netip.Prefix{},
+		kick:     make(chan struct{}, 1),
+		drain:    DefaultRouteDrain,
+		draining: map[string]time.Time{},
+		now:      time.Now,
 	}
+}
+
+// DefaultRouteDrain is how long a disconnected cluster's routes stay.
+// `clustermesh disconnect` edits both clusters' connection files, and each
+// side's agents see the change when their kubelet refreshes the Secret
+// mount, tens of seconds apart. Until the other side has dropped this
+// cluster too, its pods still connect to this cluster's backends, whose
+// replies need the routes back.
+const DefaultRouteDrain = 2 * time.Minute
+
+// Drain sets how long the routes of a drained cluster (disconnected, or its
+// config refused) stay after its services stopped being balanced to; 0
+// removes them at once. A node deleted by its own cluster loses its routes
+// at once either way. Call before Run.
+func (s *StaticRoutes) Drain(d time.Duration) { s.drain = d }
+
+// ClusterDrained implements DrainObserver: the cluster's routes stay until
+// the drain has passed, unless its nodes come back first.
+func (s *StaticRoutes) ClusterDrained(cluster string) {
+	if s.drain <= 0 {
+		return
+	}
+	s.mu.Lock()
+	s.draining[cluster] = s.now().Add(s.drain)
+	s.mu.Unlock()
+	s.log.Info("cluster drained: its routes stay while its traffic drains", "cluster", cluster, "drain", s.drain)
 }
 
 // OwnCluster makes the reconciler route the other nodes of the agent's own
@@ -88,6 +123,7 @@ func (s *StaticRoutes) NodeUpserted(n *api.Node) {
 		return
 	}
 	s.mu.Lock()
+	delete(s.draining, n.Cluster)
 	id := [2]string{n.Cluster, n.Name}
 	for _, p := range s.byNode[id] {
 		delete(s.desired, p)
@@ -159,6 +195,7 @@ func (s *StaticRoutes) reconcile(ctx context.Context) {
 		}
 	}
 	s.mu.Lock()
+	now := s.now()
 	var up, down []Route
 	for p, r := range s.desired {
 		if s.applied[p] != r {
@@ -166,8 +203,17 @@ func (s *StaticRoutes) reconcile(ctx context.Context) {
 		}
 	}
 	for p, r := range s.applied {
-		if _, ok := s.desired[p]; !ok && s.gateOK {
-			down = append(down, r)
+		if _, ok := s.desired[p]; ok || !s.gateOK {
+			continue
+		}
+		if until, ok := s.draining[r.Cluster]; ok && now.Before(until) {
+			continue // kept for the drain; the ticker comes back
+		}
+		down = append(down, r)
+	}
+	for c, until := range s.draining {
+		if !now.Before(until) {
+			delete(s.draining, c)
 		}
 	}
 	s.mu.Unlock()

@@ -156,3 +156,51 @@ func TestStaticRoutesOwnCluster(t *testing.T) {
 		t.Fatalf("after the local node left: routes %q, want %q", got, want[1:])
 	}
 }
+
+// TestStaticRoutesDrain checks that a drained (disconnected) cluster's routes
+// outlive its nodes for the drain, while a node its own cluster deletes loses
+// its routes at once, and a cluster that comes back keeps its routes.
+func TestStaticRoutesDrain(t *testing.T) {
+	ctx := context.Background()
+	w := &routeLog{routes: map[netip.Prefix]netip.Addr{}}
+	s := NewStaticRoutes("c1", w, nil)
+	now := time.Unix(1000, 0)
+	s.now = func() time.Time { return now }
+	s.Drain(time.Minute)
+	c2a, c2b, c3 := "10.2.0.0/24 via 192.168.2.1", "10.2.1.0/24 via 192.168.2.2", "10.3.0.0/24 via 192.168.3.1"
+	drain := func(cluster string, nodes ...string) func() {
+		return func() {
+			s.ClusterDrained(cluster)
+			for _, n := range nodes {
+				s.NodeDeleted(cluster, n)
+			}
+		}
+	}
+	for _, st := range []struct {
+		name string
+		do   func()
+		want []string
+	}{
+		{"two clusters routed", func() {
+			s.NodeUpserted(node("c2", "a", "192.168.2.1", "10.2.0.0/24"))
+			s.NodeUpserted(node("c2", "b", "192.168.2.2", "10.2.1.0/24"))
+			s.NodeUpserted(node("c3", "a", "192.168.3.1", "10.3.0.0/24"))
+		}, []string{c2a, c2b, c3}},
+		{"a node deleted by its cluster goes at once", func() { s.NodeDeleted("c2", "b") }, []string{c2a, c3}},
+		{"a drained cluster's routes stay", drain("c2", "a"), []string{c2a, c3}},
+		{"still within the drain", func() { now = now.Add(59 * time.Second) }, []string{c2a, c3}},
+		{"gone once the drain passed", func() { now = now.Add(time.Second) }, []string{c3}},
+		{"drained, then back before the drain passed", func() {
+			drain("c3", "a")()
+			now = now.Add(10 * time.Second)
+			s.NodeUpserted(node("c3", "a", "192.168.3.1", "10.3.0.0/24"))
+		}, []string{c3}},
+		{"back for good: a later node deletion is immediate", func() { s.NodeDeleted("c3", "a") }, nil},
+	} {
+		st.do()
+		s.reconcile(ctx)
+		if got := w.list(); !slices.Equal(got, st.want) {
+			t.Errorf("%s: routes %q, want %q", st.name, got, st.want)
+		}
+	}
+}

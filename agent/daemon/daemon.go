@@ -57,6 +57,9 @@ type Config struct {
 	// Routes is "none", "static" (remote clusters' nodes) or "static-all"
 	// (also the own cluster's other nodes); static modes exclude BGP.
 	Routes string
+	// RouteDrain is how long a drained (disconnected) cluster's static
+	// routes stay; see agent.StaticRoutes.Drain.
+	RouteDrain time.Duration
 	// BGP runs the node's speaker, configured by BGPConfig.
 	BGP       bool
 	BGPConfig bgp.Config
@@ -138,6 +141,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if cfg.Routes == "static-all" {
 			sr.OwnCluster(cfg.NodeName)
 		}
+		sr.Drain(cfg.RouteDrain)
 		sr.AdoptAfter(a.InitialSync())
 		a.AddNodeObserver(sr)
 		wg.Add(1)
