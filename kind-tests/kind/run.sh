@@ -13,6 +13,7 @@
 # echo service in both clusters marked global, and every drill of
 # kind-tests/drills.Sequence, the same definitions the emulator runs. The
 # figures table is printed and kept in $TMPDIR/clustermesh-kind-drills-report.txt.
+# Then clustermesh disable on the first cluster (TestKindDisable).
 # Teardown (on success, failure and Ctrl-C) deletes the clusters unless KEEP=1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -74,6 +75,16 @@ nodes="$(kind get nodes --name "$CLUSTERMESH_KIND_PREFIX-c1") $(kind get nodes -
 mem=$(docker stats --no-stream --format '{{.MemUsage}}' $nodes 2>/dev/null |
 	awk '{v=$1; if (v ~ /GiB$/) {sub(/GiB/,"",v); v*=1024} else {sub(/MiB/,"",v)} s+=v} END {printf "%.0f MiB", s}')
 echo "kind: node image ${image_s}s (build or cache), two clusters created in ${clusters_s}s, memory of the 4 nodes with the mesh ${mem}, total $(($(date +%s) - t0))s" >>"$report"
+
+# Last, as it removes the mesh from the first cluster: clustermesh disable,
+# checked on the nodes from the host (bpftool, nsenter).
+step "disable"
+set +e
+CLUSTERMESH_KIND=1 CLUSTERMESH_IMAGE_TAG="$version" CLUSTERMESH_CLI=$PWD/bin/clustermesh \
+	go test -count=1 -timeout 15m -v -run TestKindDisable ./kind-tests/kindenv/
+drc=$?
+set -e
+[ "$rc" -ne 0 ] || rc=$drc
 step "figures"
 cat "$report"
 exit $rc

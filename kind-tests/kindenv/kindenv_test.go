@@ -12,16 +12,10 @@ import (
 	"github.com/clustermesh/clustermesh/kind-tests/emulator"
 )
 
-// TestKindDrills runs every drill of drills.Sequence on two real kind
-// clusters: what `make kind-drills` runs, after creating the clusters
-// (hack/kind) and loading the images. It needs CLUSTERMESH_KIND=1 (and the
-// clusters); under CI=true a missing cluster is a failure, not a skip.
-//
-// Settings (the make target sets them): CLUSTERMESH_KIND_DIR (kubeconfigs,
-// default bin/kind), CLUSTERMESH_KIND_PREFIX (cluster names PREFIX-c1,
-// PREFIX-c2; default cm), CLUSTERMESH_CLI (default bin/clustermesh),
-// CLUSTERMESH_IMAGE_TAG (the images' tag, the CLI's version).
-func TestKindDrills(t *testing.T) {
+// kindMesh opens the kind clusters `make kind-drills` created, or skips
+// without CLUSTERMESH_KIND=1.
+func kindMesh(t *testing.T) (*Mesh, Options) {
+	t.Helper()
 	if os.Getenv("CLUSTERMESH_KIND") != "1" {
 		t.Skip("real kind clusters: run `make kind-drills` (sets CLUSTERMESH_KIND=1)")
 	}
@@ -46,12 +40,28 @@ func TestKindDrills(t *testing.T) {
 		opts.Clusters = append(opts.Clusters, name)
 		opts.Kubeconfigs = append(opts.Kubeconfigs, filepath.Join(dir, name+".kubeconfig"))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	m, err := New(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return m, opts
+}
+
+// TestKindDrills runs every drill of drills.Sequence on two real kind
+// clusters: what `make kind-drills` runs, after creating the clusters
+// (hack/kind) and loading the images. It needs CLUSTERMESH_KIND=1 (and the
+// clusters); under CI=true a missing cluster is a failure, not a skip.
+//
+// Settings (the make target sets them): CLUSTERMESH_KIND_DIR (kubeconfigs,
+// default bin/kind), CLUSTERMESH_KIND_PREFIX (cluster names PREFIX-c1,
+// PREFIX-c2; default cm), CLUSTERMESH_CLI (default bin/clustermesh),
+// CLUSTERMESH_IMAGE_TAG (the images' tag, the CLI's version).
+func TestKindDrills(t *testing.T) {
+	m, opts := kindMesh(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
 	report := &emulator.Report{}
 	e := &drills.Env{Mesh: m, Service: "echo", Replicas: 2, Report: report, Logf: t.Logf, Wait: 3 * time.Minute}
 	t.Cleanup(func() {
