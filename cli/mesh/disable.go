@@ -343,6 +343,9 @@ func (c *Cluster) cleanNodes(ctx context.Context, image string, info *Info, opts
 			p := byNode[n.Name]
 			if p == nil {
 				pending[n.Name] = "no cleanup pod on the node yet"
+				if !nodeReady(&n) {
+					pending[n.Name] += " (the node is not Ready)"
+				}
 				continue
 			}
 			if podReady(p) {
@@ -376,6 +379,15 @@ func (c *Cluster) cleanNodes(ctx context.Context, image string, info *Info, opts
 		return nil
 	}
 	return err
+}
+
+func nodeReady(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
 
 func podReady(p *corev1.Pod) bool {
