@@ -57,7 +57,10 @@ c2=$prefix-c2
 delete() {
 	local c
 	for c in "$@"; do
-		if kind get clusters 2>/dev/null | grep -qx "$c"; then
+		# grep reads the whole list: with -q it would exit at the first
+		# match and, under pipefail, kind's SIGPIPE would skip the delete
+		# when other clusters (another run's) are listed after it.
+		if kind get clusters 2>/dev/null | grep -x "$c" >/dev/null; then
 			step "deleting cluster $c"
 			kind delete cluster --name "$c" >/dev/null 2>&1 || true
 		fi
