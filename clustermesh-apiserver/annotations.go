@@ -26,6 +26,32 @@ const (
 	CiliumLegacyAnnotationGlobal = "io.cilium/global-service"
 )
 
+// Namespace annotations: whether a namespace's identities, ipcache entries,
+// services and endpoints leave the cluster ("true" or "false"; absent: the
+// apiserver's --default-global-namespace). Cilium's spelling is honoured.
+const (
+	AnnotationGlobalNamespace       = "clustermesh.io/global-namespace"
+	CiliumAnnotationGlobalNamespace = "clustermesh.cilium.io/global"
+)
+
+var globalNamespaceKeys = []string{AnnotationGlobalNamespace, CiliumAnnotationGlobalNamespace}
+
+// NamespaceGlobal tells whether a namespace with these annotations is
+// exported, given the default for namespaces without the annotation. A bad
+// value is an error naming the annotation; the namespace then keeps the
+// default.
+func NamespaceGlobal(ann map[string]string, def bool) (bool, error) {
+	key, v, ok := lookup(ann, globalNamespaceKeys)
+	if !ok {
+		return def, nil
+	}
+	b, err := strconv.ParseBool(strings.TrimSpace(v))
+	if err != nil {
+		return def, fmt.Errorf("%w: %s=%q: want true or false", ErrBadAnnotation, key, v)
+	}
+	return b, nil
+}
+
 // ErrBadAnnotation is wrapped by the error ParseServiceAnnotations returns
 // for an annotation with an unusable value.
 var ErrBadAnnotation = errors.New("bad service annotation")

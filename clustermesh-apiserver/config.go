@@ -74,6 +74,11 @@ type Config struct {
 	ClustersDir string
 	// ClustersDirPoll is how often ClustersDir is scanned for changes.
 	ClustersDirPoll time.Duration
+	// DefaultGlobalNamespace is whether a namespace without the
+	// AnnotationGlobalNamespace annotation is exported to peers: true
+	// exports every namespace but those annotated "false"; false only those
+	// annotated "true".
+	DefaultGlobalNamespace bool
 }
 
 // DefaultConfig returns the defaults of every flag.
@@ -90,6 +95,8 @@ func DefaultConfig() Config {
 		LeaseTTL:    5 * time.Minute,
 
 		ClustersDirPoll: 2 * time.Second,
+
+		DefaultGlobalNamespace: true,
 	}
 }
 
@@ -125,6 +132,8 @@ func (c *Config) Flags(fs *pflag.FlagSet) {
 	}
 	fs.StringVar(&c.KVStoreConfig, "kvstore-config", c.KVStoreConfig,
 		"Connection file of an external etcd (endpoints, trusted-ca-file, cert-file, key-file; see docs/kvstore.md). When set, no etcd is embedded and the --etcd-* flags are ignored.")
+	fs.BoolVar(&c.DefaultGlobalNamespace, "default-global-namespace", c.DefaultGlobalNamespace,
+		"Export namespaces without the "+AnnotationGlobalNamespace+" annotation (or Cilium's "+CiliumAnnotationGlobalNamespace+"): with false, only the identities, ipcache entries, services and endpoints of namespaces annotated \"true\" leave the cluster; global services still need their own annotation.")
 	fs.BoolVar(&c.LeaderElect, "leader-elect", c.LeaderElect,
 		"With --kvstore-config: elect one exporting replica among those sharing the store (an etcd lease-backed election); the others wait as standbys and take over within the lease TTL (15s) when it goes.")
 	fs.StringVar(&c.HealthAddr, "health-addr", c.HealthAddr,

@@ -80,13 +80,15 @@ type controller struct {
 	// the zero address means BGP is off.
 	reflector netip.AddrPort
 	bgpASN    uint32
-	workers   int
-	log       *slog.Logger
-	store     store
-	alloc     *allocator
-	metrics   *metrics
-	recorder  record.EventRecorder
-	started   time.Time
+	// defaultGlobalNS: see Config.DefaultGlobalNamespace.
+	defaultGlobalNS bool
+	workers         int
+	log             *slog.Logger
+	store           store
+	alloc           *allocator
+	metrics         *metrics
+	recorder        record.EventRecorder
+	started         time.Time
 
 	factory  informers.SharedInformerFactory
 	informer map[objKind]cache.SharedIndexInformer
@@ -135,30 +137,31 @@ func stripManagedFields(obj any) (any, error) {
 func newController(client kubernetes.Interface, st store, alloc *allocator, m *metrics, rec record.EventRecorder, log *slog.Logger, cfg *Config, podCIDRs []netip.Prefix) *controller {
 	reflector, _ := cfg.reflectorAddress() // validated by New
 	c := &controller{
-		cluster:       cfg.ClusterName,
-		clusterID:     cfg.ClusterID,
-		maxClusterID:  cfg.MaxClusterID,
-		podCIDRs:      podCIDRs,
-		reflector:     reflector,
-		bgpASN:        cfg.BGPASN,
-		workers:       cfg.Workers,
-		log:           log,
-		store:         st,
-		alloc:         alloc,
-		metrics:       m,
-		recorder:      rec,
-		started:       time.Now(),
-		seen:          map[qkey]time.Time{},
-		svcExported:   map[types.NamespacedName]bool{},
-		sliceExported: map[types.NamespacedName]string{},
-		nodeExported:  map[string]*api.Node{},
-		podExported:   map[types.NamespacedName]podExport{},
-		ipClaims:      map[netip.Addr]map[types.NamespacedName]bool{},
-		ipOwner:       map[netip.Addr]types.NamespacedName{},
-		badAnnotation: map[types.NamespacedName]string{},
-		marked:        map[api.Kind]bool{},
-		synced:        map[api.Kind]bool{},
-		markCh:        make(chan api.Kind, 2*len(api.SyncedKinds)),
+		cluster:         cfg.ClusterName,
+		clusterID:       cfg.ClusterID,
+		maxClusterID:    cfg.MaxClusterID,
+		podCIDRs:        podCIDRs,
+		reflector:       reflector,
+		bgpASN:          cfg.BGPASN,
+		defaultGlobalNS: cfg.DefaultGlobalNamespace,
+		workers:         cfg.Workers,
+		log:             log,
+		store:           st,
+		alloc:           alloc,
+		metrics:         m,
+		recorder:        rec,
+		started:         time.Now(),
+		seen:            map[qkey]time.Time{},
+		svcExported:     map[types.NamespacedName]bool{},
+		sliceExported:   map[types.NamespacedName]string{},
+		nodeExported:    map[string]*api.Node{},
+		podExported:     map[types.NamespacedName]podExport{},
+		ipClaims:        map[netip.Addr]map[types.NamespacedName]bool{},
+		ipOwner:         map[netip.Addr]types.NamespacedName{},
+		badAnnotation:   map[types.NamespacedName]string{},
+		marked:          map[api.Kind]bool{},
+		synced:          map[api.Kind]bool{},
+		markCh:          make(chan api.Kind, 2*len(api.SyncedKinds)),
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.DefaultTypedControllerRateLimiter[qkey](),
 			workqueue.TypedRateLimitingQueueConfig[qkey]{Name: "clustermesh-apiserver"}),
@@ -209,8 +212,9 @@ func (c *controller) handler(kind objKind) cache.ResourceEventHandler {
 	}
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
-			// Namespaces matter only when their labels change (they are
-			// part of identities); at start every pod is synced anyway.
+			// Namespaces matter only when their labels (part of
+			// identities) or their export annotation change; at start
+			// every pod, service and slice is synced anyway.
 			if kind != kindNamespace {
 				enqueue(obj)
 			}
@@ -222,7 +226,9 @@ func (c *controller) handler(kind objKind) cache.ResourceEventHandler {
 			}
 			if kind == kindNamespace {
 				on, nn := oldObj.(*corev1.Namespace), newObj.(*corev1.Namespace)
-				if labels.Equals(on.Labels, nn.Labels) {
+				_, oldExport, _ := lookup(on.Annotations, globalNamespaceKeys)
+				_, newExport, _ := lookup(nn.Annotations, globalNamespaceKeys)
+				if labels.Equals(on.Labels, nn.Labels) && oldExport == newExport {
 					return
 				}
 			}
@@ -480,6 +486,10 @@ func (c *controller) syncService(ctx context.Context, nn types.NamespacedName) e
 	if !ok || !settings.Annotated {
 		return c.unexportService(ctx, nn)
 	}
+	if !c.namespaceExported(nn.Namespace) {
+		c.log.Debug("service not exported: its namespace is not global", "service", nn)
+		return c.unexportService(ctx, nn)
+	}
 	obj := convertService(c.cluster, c.clusterID, svc, settings)
 	if err := c.store.Upsert(ctx, obj); err != nil {
 		if errors.Is(err, api.ErrInvalid) {
@@ -553,7 +563,7 @@ func (c *controller) syncSlice(ctx context.Context, nn types.NamespacedName) err
 	if es != nil {
 		if svc := sliceService(es); svc != "" {
 			s, _, perr, ok := c.serviceSettings(nn.Namespace, svc)
-			want = ok && perr == nil && s.Global
+			want = ok && perr == nil && s.Global && c.namespaceExported(nn.Namespace)
 		}
 	}
 	newKey := ""
@@ -685,16 +695,39 @@ func (c *controller) clusterConfig() *api.Cluster {
 // published in the cluster config.
 func Capabilities() []string { return []string{"endpointslices", "identities", "ipcache"} }
 
+// syncNamespace resyncs what a namespace's labels or export annotation
+// shape: its pods (identities, ipcache), services and endpoint slices.
 func (c *controller) syncNamespace(name string) error {
-	objs, err := c.informer[kindPod].GetIndexer().ByIndex(cache.NamespaceIndex, name)
-	if err != nil {
-		return err
-	}
-	for _, o := range objs {
-		p := o.(*corev1.Pod)
-		c.enqueue(qkey{kind: kindPod, nn: types.NamespacedName{Namespace: p.Namespace, Name: p.Name}})
+	for _, kind := range []objKind{kindPod, kindService, kindSlice} {
+		objs, err := c.informer[kind].GetIndexer().ByIndex(cache.NamespaceIndex, name)
+		if err != nil {
+			return err
+		}
+		for _, o := range objs {
+			m, ok := o.(metav1.Object)
+			if !ok {
+				continue
+			}
+			c.enqueue(qkey{kind: kind, nn: types.NamespacedName{Namespace: m.GetNamespace(), Name: m.GetName()}})
+		}
 	}
 	return nil
+}
+
+// namespaceExported tells whether a namespace's objects leave the cluster
+// (NamespaceGlobal with the configured default). A bad annotation value is
+// logged and the default applies; a namespace not in the cache yet gets the
+// default too, and its own event resyncs it.
+func (c *controller) namespaceExported(name string) bool {
+	ns, err := c.nss.Get(name)
+	if err != nil {
+		return c.defaultGlobalNS
+	}
+	global, err := NamespaceGlobal(ns.Annotations, c.defaultGlobalNS)
+	if err != nil {
+		c.log.Warn("bad namespace annotation: the default applies", "namespace", name, "default", c.defaultGlobalNS, "error", err)
+	}
+	return global
 }
 
 // syncPod exports a pod's identity and its IPs' ipcache entries, or removes
@@ -709,7 +742,7 @@ func (c *controller) syncPod(ctx context.Context, nn types.NamespacedName) error
 	c.mu.Unlock()
 
 	var ips []netip.Addr
-	if pod != nil {
+	if pod != nil && c.namespaceExported(nn.Namespace) {
 		ips = podIPs(pod)
 	}
 	if len(ips) == 0 {
