@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 
@@ -165,17 +166,17 @@ func Disable(ctx context.Context, c *Cluster, opts DisableOptions) (*DisableResu
 		return nil, err
 	}
 
-	image, err := c.stopAgents(ctx, opts, progress)
+	agents, err := c.stopAgents(ctx, opts, progress)
 	if err != nil {
 		return nil, err
 	}
-	if image == "" {
-		image = opts.AgentImage
+	if agents.image == "" {
+		agents.image = opts.AgentImage
 	}
-	if image == "" {
-		image = deploy.AgentImage()
+	if agents.image == "" {
+		agents.image = deploy.AgentImage()
 	}
-	if err := c.cleanNodes(ctx, image, info, opts, res, progress); err != nil {
+	if err := c.cleanNodes(ctx, agents, info, opts, res, progress); err != nil {
 		return nil, err
 	}
 
@@ -236,28 +237,88 @@ func (c *Cluster) peers(ctx context.Context, self string) ([]string, error) {
 	return out, nil
 }
 
+// agentRun is what the cleanup must know of how the agents ran.
+type agentRun struct {
+	// image is the agents' image ("" when the DaemonSet was gone).
+	image string
+	// flags are the agents' values of cleanupFlags, when set.
+	flags map[string]string
+}
+
+// cleanupFlags are the agent flags saying where its node state lives; the
+// cleanup takes them with the agent's values.
+var cleanupFlags = []string{"bpf-cgroup", "bpf-pin-dir"}
+
+// agentCleanupFlags returns the values of cleanupFlags the agent ran with:
+// its container's arguments win over its settings ConfigMap (which it reads
+// through --config-dir), as in the agent.
+func agentCleanupFlags(args []string, settings map[string]string) map[string]string {
+	out := map[string]string{}
+	for _, name := range cleanupFlags {
+		if v, ok := settings[name]; ok {
+			out[name] = strings.TrimSpace(v)
+		}
+		for i, a := range args {
+			if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
+				out[name] = v
+			} else if a == "--"+name && i+1 < len(args) {
+				out[name] = args[i+1]
+			}
+		}
+	}
+	return out
+}
+
+// withFlag returns args with --name=value in place of any value of name.
+func withFlag(args []any, name, value string) []any {
+	out := make([]any, 0, len(args)+1)
+	for i := 0; i < len(args); i++ {
+		a, _ := args[i].(string)
+		if strings.HasPrefix(a, "--"+name+"=") {
+			continue
+		}
+		if a == "--"+name {
+			i++ // and its value
+			continue
+		}
+		out = append(out, args[i])
+	}
+	return append(out, "--"+name+"="+value)
+}
+
 // stopAgents deletes the agent DaemonSet and waits until its pods are gone,
 // so that no agent re-attaches or re-routes behind the cleanup. It returns
-// the agents' image ("" when the DaemonSet was gone already).
-func (c *Cluster) stopAgents(ctx context.Context, opts DisableOptions, progress func(string, ...any)) (string, error) {
+// how the agents ran.
+func (c *Cluster) stopAgents(ctx context.Context, opts DisableOptions, progress func(string, ...any)) (agentRun, error) {
 	dsc := c.Kube.AppsV1().DaemonSets(c.Namespace)
-	var image string
+	var run agentRun
+	settings, err := c.Kube.CoreV1().ConfigMaps(c.Namespace).Get(ctx, deploy.AgentSettings, metav1.GetOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return run, fmt.Errorf("context %s: get ConfigMap %s/%s: %w", c.Context, c.Namespace, deploy.AgentSettings, err)
+	}
+	var args []string
 	ds, err := dsc.Get(ctx, DaemonSetName, metav1.GetOptions{})
 	switch {
 	case err == nil:
-		if len(ds.Spec.Template.Spec.Containers) > 0 {
-			image = ds.Spec.Template.Spec.Containers[0].Image
+		if ctrs := ds.Spec.Template.Spec.Containers; len(ctrs) > 0 {
+			run.image = ctrs[0].Image
+			args = append(slices.Clone(ctrs[0].Command), ctrs[0].Args...)
 		}
 		bg := metav1.DeletePropagationBackground
 		if err := dsc.Delete(ctx, DaemonSetName, metav1.DeleteOptions{PropagationPolicy: &bg}); err != nil && !apierrors.IsNotFound(err) {
-			return "", fmt.Errorf("context %s: delete DaemonSet %s/%s: %w", c.Context, c.Namespace, DaemonSetName, err)
+			return run, fmt.Errorf("context %s: delete DaemonSet %s/%s: %w", c.Context, c.Namespace, DaemonSetName, err)
 		}
 		progress("deleted DaemonSet %s; waiting up to %s for the agents to stop", DaemonSetName, opts.Wait)
 	case apierrors.IsNotFound(err):
 		progress("DaemonSet %s is gone already; waiting for any agent pod left to stop", DaemonSetName)
 	default:
-		return "", fmt.Errorf("context %s: get DaemonSet %s/%s: %w", c.Context, c.Namespace, DaemonSetName, err)
+		return run, fmt.Errorf("context %s: get DaemonSet %s/%s: %w", c.Context, c.Namespace, DaemonSetName, err)
 	}
+	var data map[string]string
+	if settings != nil {
+		data = settings.Data
+	}
+	run.flags = agentCleanupFlags(args, data)
 	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=" + DaemonSetName}
 	var left []string
 	err = c.waitFor(ctx, opts.Wait, func(ctx context.Context) (bool, error) {
@@ -273,22 +334,23 @@ func (c *Cluster) stopAgents(ctx context.Context, opts DisableOptions, progress 
 	})
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 		if !opts.Force {
-			return "", fmt.Errorf("context %s: %w: agent pods still running after %s: %s; their nodes may be down: bring them back or delete the pods, and disable again; or pass --force to go on (those nodes are not cleaned while their agent runs)",
+			return run, fmt.Errorf("context %s: %w: agent pods still running after %s: %s; their nodes may be down: bring them back or delete the pods, and disable again; or pass --force to go on (those nodes are not cleaned while their agent runs)",
 				c.Context, ErrCleanupFailed, opts.Wait, strings.Join(left, ", "))
 		}
 		progress("--force: agent pods still running after %s: %s; going on", opts.Wait, strings.Join(left, ", "))
-		return image, nil
+		return run, nil
 	}
 	if err != nil {
-		return "", err
+		return run, err
 	}
 	progress("agents stopped")
-	return image, nil
+	return run, nil
 }
 
 // cleanNodes runs the cleanup DaemonSet and waits until its pod on every
 // node is Ready: nothing of the agent is left there.
-func (c *Cluster) cleanNodes(ctx context.Context, image string, info *Info, opts DisableOptions, res *DisableResult, progress func(string, ...any)) error {
+func (c *Cluster) cleanNodes(ctx context.Context, agents agentRun, info *Info, opts DisableOptions, res *DisableResult, progress func(string, ...any)) error {
+	image := agents.image
 	v := deploy.DefaultValues()
 	v.Namespace, v.AgentImage = c.Namespace, image
 	// Render validates the values every manifest needs; the cleanup
@@ -303,6 +365,11 @@ func (c *Cluster) cleanNodes(ctx context.Context, image string, info *Info, opts
 		return err
 	}
 	for _, o := range objs {
+		if o.GetKind() == "DaemonSet" {
+			if err := cleanupWithFlags(o, agents.flags); err != nil {
+				return err
+			}
+		}
 		d := slices.IndexFunc(deletable, func(k meshKind) bool { return k.kind == o.GetKind() })
 		if d < 0 {
 			return fmt.Errorf("manifest %s: kind %s not supported", deploy.FileCleanup, o.GetKind())
@@ -379,6 +446,38 @@ func (c *Cluster) cleanNodes(ctx context.Context, image string, info *Info, opts
 		return nil
 	}
 	return err
+}
+
+// cleanupWithFlags gives the cleanup container, and its readiness check,
+// the agent's values of cleanupFlags.
+func cleanupWithFlags(ds *unstructured.Unstructured, flags map[string]string) error {
+	if len(flags) == 0 {
+		return nil
+	}
+	ctrs, _, err := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "containers")
+	if err != nil || len(ctrs) == 0 {
+		return fmt.Errorf("manifest %s: no container (%v)", deploy.FileCleanup, err)
+	}
+	ctr, ok := ctrs[0].(map[string]any)
+	if !ok {
+		return fmt.Errorf("manifest %s: bad container", deploy.FileCleanup)
+	}
+	for _, path := range [][]string{{"args"}, {"readinessProbe", "exec", "command"}} {
+		args, found, err := unstructured.NestedSlice(ctr, path...)
+		if err != nil || !found {
+			return fmt.Errorf("manifest %s: container %s: %v", deploy.FileCleanup, strings.Join(path, "."), err)
+		}
+		for _, name := range cleanupFlags {
+			if v, ok := flags[name]; ok {
+				args = withFlag(args, name, v)
+			}
+		}
+		if err := unstructured.SetNestedSlice(ctr, args, path...); err != nil {
+			return err
+		}
+	}
+	ctrs[0] = ctr
+	return unstructured.SetNestedSlice(ds.Object, ctrs, "spec", "template", "spec", "containers")
 }
 
 func nodeReady(n *corev1.Node) bool {

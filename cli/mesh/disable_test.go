@@ -3,6 +3,7 @@ package mesh
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -104,5 +105,60 @@ func TestDisableRefusesAndForces(t *testing.T) {
 	}
 	if res, err := Disable(ctx, c, DisableOptions{}); err != nil || !res.NotEnabled {
 		t.Errorf("disable after disable: %+v, %v; want NotEnabled", res, err)
+	}
+}
+
+// TestCleanupTakesAgentFlags: the cleanup looks where the agent attached
+// and pinned, from its arguments (which win) or its settings ConfigMap, in
+// its command and in its readiness check.
+func TestCleanupTakesAgentFlags(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		settings map[string]string
+		// want: arguments of the cleanup and its check, once each;
+		// wantNot: arguments (or, ending in "=", flags) they must lack.
+		want, wantNot []string
+	}{
+		{"manifest defaults", []string{"--cluster-name=c1", "--bpf-cgroup=/sys/fs/cgroup"}, nil,
+			[]string{"--bpf-cgroup=/sys/fs/cgroup"}, []string{"--bpf-pin-dir=", "--cluster-name="}},
+		{"arguments", []string{"--bpf-cgroup", "/sys/fs/cgroup/unified", "--bpf-pin-dir=/sys/fs/bpf/cm2"}, map[string]string{"bpf-pin-dir": "/sys/fs/bpf/ignored"},
+			[]string{"--bpf-cgroup=/sys/fs/cgroup/unified", "--bpf-pin-dir=/sys/fs/bpf/cm2"}, []string{"--bpf-cgroup=/sys/fs/cgroup", "--bpf-pin-dir=/sys/fs/bpf/ignored"}},
+		{"settings", []string{"--bpf-cgroup=/sys/fs/cgroup"}, map[string]string{"bpf-pin-dir": " /sys/fs/bpf/cm3\n", "routes": "static"},
+			[]string{"--bpf-pin-dir=/sys/fs/bpf/cm3", "--bpf-cgroup=/sys/fs/cgroup"}, []string{"--routes="}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := deploy.DefaultValues()
+			v.ClusterName, v.ClusterID = "c1", 1
+			objs, err := deploy.Render(deploy.FileCleanup, v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ds := objs[len(objs)-1]
+			if err := cleanupWithFlags(ds, agentCleanupFlags(tc.args, tc.settings)); err != nil {
+				t.Fatal(err)
+			}
+			ctr := ds.Object["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)[0].(map[string]any)
+			args := fmt.Sprint(ctr["args"])
+			check := fmt.Sprint(ctr["readinessProbe"].(map[string]any)["exec"].(map[string]any)["command"])
+			for _, got := range []string{args, check} {
+				tokens := strings.Fields(strings.Trim(got, "[]"))
+				for _, w := range tc.want {
+					if n := slices.Index(tokens, w); n < 0 || slices.Index(tokens[n+1:], w) >= 0 {
+						t.Errorf("%s: want %s once", got, w)
+					}
+				}
+				for _, w := range tc.wantNot {
+					if slices.ContainsFunc(tokens, func(tok string) bool {
+						return tok == w || strings.HasSuffix(w, "=") && strings.HasPrefix(tok, w)
+					}) {
+						t.Errorf("%s: want no %s", got, w)
+					}
+				}
+			}
+			if !strings.HasPrefix(args, "[cleanup ") || !strings.Contains(args, "--hold") || !strings.Contains(check, "--check") {
+				t.Errorf("args %s, check %s", args, check)
+			}
+		})
 	}
 }
