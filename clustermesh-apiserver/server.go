@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -181,6 +182,19 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("cluster %s: metrics: %w", s.cfg.ClusterName, err)
 	}
 	ctrl = newController(kube, writer, alloc, m, rec, s.log, &s.cfg, podCIDRs)
+
+	dyn, err := dynamic.NewForConfig(s.rest)
+	if err != nil {
+		return fmt.Errorf("cluster %s: kubernetes dynamic client: %w", s.cfg.ClusterName, err)
+	}
+	pc, err := newPolicyChecker(kube, dyn, rec, s.reg, s.log)
+	if err != nil {
+		return fmt.Errorf("cluster %s: metrics: %w", s.cfg.ClusterName, err)
+	}
+	pcctx, pccancel := context.WithCancel(ctx)
+	defer pccancel()
+	wg.Add(1)
+	go func() { defer wg.Done(); pc.run(pcctx) }()
 
 	// The cluster config goes first: peers validate it before trusting
 	// anything else the cluster exports.
