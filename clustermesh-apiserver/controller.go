@@ -82,6 +82,8 @@ type controller struct {
 	bgpASN    uint32
 	// defaultGlobalNS: see Config.DefaultGlobalNamespace.
 	defaultGlobalNS bool
+	// exports are the cluster's ServiceExports (nil: none followed).
+	exports *serviceExports
 	workers         int
 	log             *slog.Logger
 	store           store
@@ -466,6 +468,11 @@ func (c *controller) serviceSettings(ns, name string) (s ServiceSettings, svc *c
 		return ServiceSettings{}, nil, nil, false
 	}
 	s, perr = ParseServiceAnnotations(svc.Annotations)
+	if perr == nil && !s.Annotated && c.exports.has(types.NamespacedName{Namespace: ns, Name: name}) {
+		// A ServiceExport makes the service global and shared; mesh
+		// annotations, when present, say more precisely and win.
+		s = ServiceSettings{Annotated: true, Global: true, Shared: true}
+	}
 	return s, svc, perr, true
 }
 
@@ -483,17 +490,19 @@ func (c *controller) syncService(ctx context.Context, nn types.NamespacedName) e
 			c.enqueue(qkey{kind: kindSlice, nn: types.NamespacedName{Namespace: es.Namespace, Name: es.Name}})
 		}
 	}
-	if !ok || !settings.Annotated {
+	switch {
+	case !ok:
+		return c.unexportWithStatus(ctx, nn, "NoService", "no Service "+nn.String())
+	case !settings.Annotated:
 		return c.unexportService(ctx, nn)
-	}
-	if !c.namespaceExported(nn.Namespace) {
+	case !c.namespaceExported(nn.Namespace):
 		c.log.Debug("service not exported: its namespace is not global", "service", nn)
-		return c.unexportService(ctx, nn)
+		return c.unexportWithStatus(ctx, nn, "NamespaceNotGlobal", "namespace "+nn.Namespace+" is not exported ("+AnnotationGlobalNamespace+")")
 	}
 	obj := convertService(c.cluster, c.clusterID, svc, settings)
 	if err := c.store.Upsert(ctx, obj); err != nil {
 		if errors.Is(err, api.ErrInvalid) {
-			if uerr := c.unexportService(ctx, nn); uerr != nil {
+			if uerr := c.unexportWithStatus(ctx, nn, "Invalid", err.Error()); uerr != nil {
 				return uerr
 			}
 		}
@@ -502,6 +511,26 @@ func (c *controller) syncService(ctx context.Context, nn types.NamespacedName) e
 	c.mu.Lock()
 	c.svcExported[nn] = true
 	c.mu.Unlock()
+	valid, reason, msg := true, "Valid", "Service "+nn.String()+" exported"
+	if perr != nil {
+		// Exported as non-global, as any service with a bad annotation.
+		valid, reason, msg = false, "InvalidAnnotation", perr.Error()
+	}
+	if err := c.exports.setStatus(ctx, nn, valid, reason, msg, valid); err != nil {
+		return fmt.Errorf("service %s: ServiceExport status: %w", nn, err)
+	}
+	return nil
+}
+
+// unexportWithStatus withdraws a service and tells its ServiceExport, if
+// any, why (conditions Valid and Ready false with reason).
+func (c *controller) unexportWithStatus(ctx context.Context, nn types.NamespacedName, reason, msg string) error {
+	if err := c.unexportService(ctx, nn); err != nil {
+		return err
+	}
+	if err := c.exports.setStatus(ctx, nn, false, reason, msg, false); err != nil {
+		return fmt.Errorf("service %s: ServiceExport status: %w", nn, err)
+	}
 	return nil
 }
 

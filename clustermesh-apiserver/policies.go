@@ -95,7 +95,7 @@ func (pc *policyChecker) run(ctx context.Context) {
 	defer tick.Stop()
 	for {
 		for _, cp := range ciliumPolicies {
-			if watching[cp.kind] || !pc.served(cp.gvr) {
+			if watching[cp.kind] || !served(pc.disc, cp.gvr) {
 				continue
 			}
 			kind := cp.kind
@@ -116,8 +116,10 @@ func (pc *policyChecker) run(ctx context.Context) {
 	}
 }
 
-func (pc *policyChecker) served(gvr schema.GroupVersionResource) bool {
-	list, err := pc.disc.ServerResourcesForGroupVersion(gvr.GroupVersion().String())
+// served tells whether the API server serves a resource (a CRD may be
+// installed after the apiserver started).
+func served(disc discovery.DiscoveryInterface, gvr schema.GroupVersionResource) bool {
+	list, err := disc.ServerResourcesForGroupVersion(gvr.GroupVersion().String())
 	if err != nil {
 		return false
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -195,6 +196,11 @@ func (s *Server) Run(ctx context.Context) error {
 	defer pccancel()
 	wg.Add(1)
 	go func() { defer wg.Done(); pc.run(pcctx) }()
+	ctrl.exports = newServiceExports(dyn, kube.Discovery(), s.log, func(nn types.NamespacedName) {
+		ctrl.enqueue(qkey{kind: kindService, nn: nn})
+	})
+	wg.Add(1)
+	go func() { defer wg.Done(); ctrl.exports.run(pcctx) }()
 
 	// The cluster config goes first: peers validate it before trusting
 	// anything else the cluster exports.

@@ -32,6 +32,9 @@ const (
 	// once the agents are gone; it is not in Files (enable never applies
 	// it) and uses only Namespace and AgentImage of the values.
 	FileCleanup = "cleanup-daemonset.yaml"
+	// FileMCSCRD is the ServiceExport CRD, created by enable only where
+	// the cluster has none; not in Files. It takes no values.
+	FileMCSCRD = "mcs-crd.yaml"
 )
 
 // Files lists every manifest in apply order.

@@ -224,6 +224,9 @@ func Enable(ctx context.Context, c *Cluster, opts EnableOptions) (*EnableResult,
 		return nil, err
 	}
 	log.Info("applied namespace, RBAC and service", "context", c.Context, "cluster", opts.ClusterName)
+	if err := c.ensureCRDs(ctx, v, log); err != nil {
+		return nil, err
+	}
 
 	svc, err := c.Kube.CoreV1().Services(c.Namespace).Get(ctx, ServiceName, metav1.GetOptions{})
 	if err != nil {

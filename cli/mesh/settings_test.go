@@ -11,6 +11,7 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/clustermesh/clustermesh/cli/internal/clitest"
 	"github.com/clustermesh/clustermesh/cli/mesh"
@@ -32,6 +33,10 @@ func TestEnableKeepsSettings(t *testing.T) {
 	// No default StorageClass: auto keeps the store on a node's disk.
 	if _, err := mesh.Enable(ctx, c, mesh.EnableOptions{ClusterName: "c1", ClusterID: 1, Routes: "static-all"}); err != nil {
 		t.Fatal(err)
+	}
+	crdGVR := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+	if _, err := c.Dynamic.Resource(crdGVR).Get(ctx, "serviceexports.multicluster.x-k8s.io", metav1.GetOptions{}); err != nil {
+		t.Fatalf("enable did not install the ServiceExport CRD: %v", err)
 	}
 	cm, err := k.CoreV1().ConfigMaps(c.Namespace).Get(ctx, deploy.AgentSettings, metav1.GetOptions{})
 	if err != nil {
