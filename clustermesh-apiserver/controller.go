@@ -83,14 +83,14 @@ type controller struct {
 	// defaultGlobalNS: see Config.DefaultGlobalNamespace.
 	defaultGlobalNS bool
 	// exports are the cluster's ServiceExports (nil: none followed).
-	exports *serviceExports
-	workers         int
-	log             *slog.Logger
-	store           store
-	alloc           *allocator
-	metrics         *metrics
-	recorder        record.EventRecorder
-	started         time.Time
+	exports  *serviceExports
+	workers  int
+	log      *slog.Logger
+	store    store
+	alloc    *allocator
+	metrics  *metrics
+	recorder record.EventRecorder
+	started  time.Time
 
 	factory  informers.SharedInformerFactory
 	informer map[objKind]cache.SharedIndexInformer
