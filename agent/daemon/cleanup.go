@@ -3,6 +3,8 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 
 	"github.com/vishvananda/netlink"
 
@@ -19,6 +21,11 @@ type CleanupConfig struct {
 	// Handle is the netlink socket of the node's network namespace; nil
 	// opens one in the calling thread's.
 	Handle *netlink.Handle
+	// StoreDir, if set, is the directory of a node-local store
+	// (clustermesh-apiserver's data with enable --store-storage
+	// node-local): removed with its contents, and its parent when empty.
+	// Its apiserver must be gone.
+	StoreDir string
 }
 
 // Cleanup removes every trace the agent leaves on a node once it stopped:
@@ -47,6 +54,16 @@ func Cleanup(cfg CleanupConfig) ([]string, error) {
 	if err != nil {
 		errs = append(errs, err)
 	}
+	if cfg.StoreDir != "" {
+		if _, err := os.Stat(cfg.StoreDir); err == nil {
+			if err := os.RemoveAll(cfg.StoreDir); err != nil {
+				errs = append(errs, fmt.Errorf("store data %s: %w", cfg.StoreDir, err))
+			} else {
+				out = append(out, "removed store data "+cfg.StoreDir)
+				_ = os.Remove(filepath.Dir(cfg.StoreDir)) // only if empty
+			}
+		}
+	}
 	return out, errors.Join(errs...)
 }
 
@@ -67,6 +84,11 @@ func Remaining(cfg CleanupConfig) ([]string, error) {
 	}
 	for _, r := range routes {
 		out = append(out, "route "+route.Describe(r))
+	}
+	if cfg.StoreDir != "" {
+		if _, err := os.Stat(cfg.StoreDir); err == nil {
+			out = append(out, "store data "+cfg.StoreDir)
+		}
 	}
 	return out, nil
 }

@@ -176,6 +176,11 @@ func Disable(ctx context.Context, c *Cluster, opts DisableOptions) (*DisableResu
 	if agents.image == "" {
 		agents.image = deploy.AgentImage()
 	}
+	// The store goes before the nodes are cleaned: a node-local store's
+	// directory is removed by the cleanup and must not be in use.
+	if err := c.stopAPIServer(ctx, opts, res, progress); err != nil {
+		return nil, err
+	}
 	if err := c.cleanNodes(ctx, agents, info, opts, res, progress); err != nil {
 		return nil, err
 	}
@@ -184,7 +189,7 @@ func Disable(ctx context.Context, c *Cluster, opts DisableOptions) (*DisableResu
 	if err != nil {
 		return nil, err
 	}
-	res.Deleted = deleted
+	res.Deleted = append(res.Deleted, deleted...)
 	progress("deleted %d object(s) labelled %s", len(deleted), partOf)
 	if err := c.deleteNamespace(ctx, opts.Wait, progress); err != nil {
 		return nil, err
@@ -345,6 +350,52 @@ func (c *Cluster) stopAgents(ctx context.Context, opts DisableOptions, progress 
 	}
 	progress("agents stopped")
 	return run, nil
+}
+
+// stopAPIServer deletes the apiserver (its StatefulSet, or the Deployment of
+// older installs) and waits until its pods are gone; --force goes on after
+// the wait.
+func (c *Cluster) stopAPIServer(ctx context.Context, opts DisableOptions, res *DisableResult, progress func(string, ...any)) error {
+	bg := metav1.DeletePropagationBackground
+	del := metav1.DeleteOptions{PropagationPolicy: &bg}
+	switch err := c.Kube.AppsV1().StatefulSets(c.Namespace).Delete(ctx, StatefulSetName, del); {
+	case err == nil:
+		res.Deleted = append(res.Deleted, "StatefulSet/"+StatefulSetName)
+	case !apierrors.IsNotFound(err):
+		return fmt.Errorf("context %s: delete StatefulSet %s/%s: %w", c.Context, c.Namespace, StatefulSetName, err)
+	}
+	switch err := c.Kube.AppsV1().Deployments(c.Namespace).Delete(ctx, LegacyDeploymentName, del); {
+	case err == nil:
+		res.Deleted = append(res.Deleted, "Deployment/"+LegacyDeploymentName)
+	case !apierrors.IsNotFound(err):
+		return fmt.Errorf("context %s: delete Deployment %s/%s: %w", c.Context, c.Namespace, LegacyDeploymentName, err)
+	}
+	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=" + StatefulSetName}
+	var left []string
+	err := c.waitFor(ctx, opts.Wait, func(ctx context.Context) (bool, error) {
+		pods, err := c.Kube.CoreV1().Pods(c.Namespace).List(ctx, sel)
+		if err != nil {
+			return false, fmt.Errorf("context %s: list apiserver pods: %w", c.Context, err)
+		}
+		left = left[:0]
+		for _, p := range pods.Items {
+			left = append(left, fmt.Sprintf("%s on node %s", p.Name, p.Spec.NodeName))
+		}
+		return len(left) == 0, nil
+	})
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		if !opts.Force {
+			return fmt.Errorf("context %s: %w: apiserver pods still running after %s: %s; delete them and disable again, or pass --force to go on (a node-local store's data then stays on its node)",
+				c.Context, ErrCleanupFailed, opts.Wait, strings.Join(left, ", "))
+		}
+		progress("--force: apiserver pods still running after %s: %s; going on", opts.Wait, strings.Join(left, ", "))
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	progress("apiserver stopped")
+	return nil
 }
 
 // cleanNodes runs the cleanup DaemonSet and waits until its pod on every

@@ -78,6 +78,11 @@ func TestDisableRefusesAndForces(t *testing.T) {
 	if _, err := c.Kube.AppsV1().DaemonSets(c.Namespace).Get(ctx, DaemonSetName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("agent DaemonSet after the failed cleanup: %v, want deleted", err)
 	}
+	// The store stops before the nodes are cleaned (its node-local
+	// directory is among what the cleanup removes).
+	if _, err := c.Kube.AppsV1().StatefulSets(c.Namespace).Get(ctx, StatefulSetName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("apiserver StatefulSet after the failed cleanup: %v, want deleted", err)
+	}
 	if _, err := c.Kube.AppsV1().DaemonSets(c.Namespace).Get(ctx, CleanupDaemonSetName, metav1.GetOptions{}); err != nil {
 		t.Errorf("cleanup DaemonSet after the failed cleanup: %v, want left running", err)
 	}
@@ -92,7 +97,7 @@ func TestDisableRefusesAndForces(t *testing.T) {
 		t.Errorf("disable --force: %+v; want peer c2 and node-a failed", res)
 	}
 	for _, want := range []string{"Namespace/" + c.Namespace, "ClusterRole/clustermesh-apiserver", "ClusterRoleBinding/clustermesh-apiserver",
-		"DaemonSet/" + CleanupDaemonSetName, "Secret/" + SecretCA, "ConfigMap/" + ConfigMapName, "StatefulSet/" + StatefulSetName, "ConfigMap/" + deploy.AgentSettings, "PersistentVolume/" + c.Namespace + "-store"} {
+		"DaemonSet/" + CleanupDaemonSetName, "Secret/" + SecretCA, "ConfigMap/" + ConfigMapName, "ConfigMap/" + deploy.AgentSettings, "PersistentVolume/" + c.Namespace + "-store"} {
 		if !slices.Contains(res.Deleted, want) {
 			t.Errorf("deleted %v, want %s among them", res.Deleted, want)
 		}

@@ -226,6 +226,7 @@ clustermesh-cleanup, with --hold) after deleting the agents.`,
 	f := cmd.Flags()
 	f.StringVar(&cfg.CgroupPath, "bpf-cgroup", "/sys/fs/cgroup", "the agent's --bpf-cgroup: the cgroup v2 directory its programs are attached to")
 	f.StringVar(&cfg.PinDir, "bpf-pin-dir", bpf.DefaultConfig().PinDir, "the agent's --bpf-pin-dir: where its links and maps are pinned")
+	f.StringVar(&cfg.StoreDir, "store-dir", "", "also remove this node-local store directory (enable --store-storage node-local) with its contents; its apiserver must be gone")
 	f.BoolVar(&check, "check", false, "remove nothing: list what is left and exit 1 if anything is (a readiness probe)")
 	f.BoolVar(&hold, "hold", false, "once the node is clean, keep running until SIGTERM (a DaemonSet's pod); a failure still exits 1, so the kubelet retries")
 	return cmd

@@ -19,11 +19,15 @@ import (
 // container's cgroup (bpftool cgroup tree), entries of its
 // /sys/fs/bpf/clustermesh, and routes of protocols 195 and 196 in any table
 // of its network namespace.
-type nodeState struct{ programs, pins, routes []string }
+type nodeState struct{ programs, pins, routes, store []string }
 
 func (s nodeState) String() string {
-	return fmt.Sprintf("programs %v, pins %v, routes %v", s.programs, s.pins, s.routes)
+	return fmt.Sprintf("programs %v, pins %v, routes %v, store data %v", s.programs, s.pins, s.routes, s.store)
 }
+
+// storeDir is where a node-local store keeps its data on its node (enable
+// picks node-local on these clusters: they have no default StorageClass).
+const storeDir = "/var/lib/clustermesh/" + meshNamespace + "/store"
 
 func command(ctx context.Context, name string, args ...string) (string, error) {
 	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
@@ -63,6 +67,11 @@ func stateOf(ctx context.Context, node string) (nodeState, error) {
 	} else if !strings.Contains(out, "No such file") {
 		return s, err
 	}
+	if out, err := command(ctx, "docker", "exec", node, "ls", "-A", storeDir); err == nil {
+		s.store = strings.Fields(out)
+	} else if !strings.Contains(out, "No such file") {
+		return s, err
+	}
 	for _, proto := range []string{"195", "196"} {
 		out, err := command(ctx, "nsenter", "-t", strings.TrimSpace(pid), "-n", "ip", "route", "show", "table", "all", "proto", proto)
 		if err != nil {
@@ -81,7 +90,8 @@ func stateOf(ctx context.Context, node string) (nodeState, error) {
 // clusters, after the drills (make kind-drills) or on its own (it enables
 // fresh clusters): refused
 // while connected; after disconnect, every node of the cluster has no cm_*
-// program on its cgroup, no pin and no route of ours, the namespace is gone,
+// program on its cgroup, no pin, no route of ours and no store data (the
+// node-local store is removed too), the namespace is gone,
 // and the other cluster's nodes keep their datapath.
 func TestKindDisable(t *testing.T) {
 	m, opts := kindMesh(t)
@@ -103,6 +113,15 @@ func TestKindDisable(t *testing.T) {
 	}
 	// The checks see what the agents hold (they can fail): with
 	// static-all every node routes its cluster's other nodes.
+	storeNodes := 0
+	for _, n := range m.Nodes(c1) {
+		if s, err := stateOf(ctx, n); err == nil && len(s.store) > 0 {
+			storeNodes++
+		}
+	}
+	if storeNodes != 1 {
+		t.Fatalf("before disable: %d nodes of %s hold store data in %s, want the one of its node-local store", storeNodes, c1, storeDir)
+	}
 	for _, n := range m.Nodes(c1) {
 		wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 		err := poll.Until(wctx, func(ctx context.Context) error {
@@ -139,7 +158,7 @@ func TestKindDisable(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(s.programs)+len(s.pins)+len(s.routes) != 0 {
+		if len(s.programs)+len(s.pins)+len(s.routes)+len(s.store) != 0 {
 			t.Errorf("node %s after disable: %s; want none", n, s)
 		}
 	}
