@@ -324,19 +324,7 @@ func (c *Cluster) stopAgents(ctx context.Context, opts DisableOptions, progress 
 		data = settings.Data
 	}
 	run.flags = agentCleanupFlags(args, data)
-	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=" + DaemonSetName}
-	var left []string
-	err = c.waitFor(ctx, opts.Wait, func(ctx context.Context) (bool, error) {
-		pods, err := c.Kube.CoreV1().Pods(c.Namespace).List(ctx, sel)
-		if err != nil {
-			return false, fmt.Errorf("context %s: list agent pods: %w", c.Context, err)
-		}
-		left = left[:0]
-		for _, p := range pods.Items {
-			left = append(left, fmt.Sprintf("%s on node %s", p.Name, p.Spec.NodeName))
-		}
-		return len(left) == 0, nil
-	})
+	left, err := c.waitPodsGone(ctx, opts.Wait, DaemonSetName)
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 		if !opts.Force {
 			return run, fmt.Errorf("context %s: %w: agent pods still running after %s: %s; their nodes may be down: bring them back or delete the pods, and disable again; or pass --force to go on (those nodes are not cleaned while their agent runs)",
@@ -370,19 +358,7 @@ func (c *Cluster) stopAPIServer(ctx context.Context, opts DisableOptions, res *D
 	case !apierrors.IsNotFound(err):
 		return fmt.Errorf("context %s: delete Deployment %s/%s: %w", c.Context, c.Namespace, LegacyDeploymentName, err)
 	}
-	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=" + StatefulSetName}
-	var left []string
-	err := c.waitFor(ctx, opts.Wait, func(ctx context.Context) (bool, error) {
-		pods, err := c.Kube.CoreV1().Pods(c.Namespace).List(ctx, sel)
-		if err != nil {
-			return false, fmt.Errorf("context %s: list apiserver pods: %w", c.Context, err)
-		}
-		left = left[:0]
-		for _, p := range pods.Items {
-			left = append(left, fmt.Sprintf("%s on node %s", p.Name, p.Spec.NodeName))
-		}
-		return len(left) == 0, nil
-	})
+	left, err := c.waitPodsGone(ctx, opts.Wait, StatefulSetName)
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 		if !opts.Force {
 			return fmt.Errorf("context %s: %w: apiserver pods still running after %s: %s; delete them and disable again, or pass --force to go on (a node-local store's data then stays on its node)",
@@ -396,6 +372,26 @@ func (c *Cluster) stopAPIServer(ctx context.Context, opts DisableOptions, res *D
 	}
 	progress("apiserver stopped")
 	return nil
+}
+
+// waitPodsGone waits up to wait until no pod of the workload named name
+// (label app.kubernetes.io/name) is left, and names those left ("pod on node
+// n") when the wait ends first (context.DeadlineExceeded).
+func (c *Cluster) waitPodsGone(ctx context.Context, wait time.Duration, name string) ([]string, error) {
+	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=" + name}
+	var left []string
+	err := c.waitFor(ctx, wait, func(ctx context.Context) (bool, error) {
+		pods, err := c.Kube.CoreV1().Pods(c.Namespace).List(ctx, sel)
+		if err != nil {
+			return false, fmt.Errorf("context %s: list pods of %s: %w", c.Context, name, err)
+		}
+		left = left[:0]
+		for _, p := range pods.Items {
+			left = append(left, fmt.Sprintf("%s on node %s", p.Name, p.Spec.NodeName))
+		}
+		return len(left) == 0, nil
+	})
+	return left, err
 }
 
 // cleanNodes runs the cleanup DaemonSet and waits until its pod on every

@@ -1,7 +1,6 @@
 package drills
 
 import (
-	"context"
 	"errors"
 	"os"
 	"os/exec"
@@ -98,23 +97,7 @@ func ip(t *testing.T, args ...string) string {
 // kept), deletes the namespace and the cluster-scoped objects, and c2 still
 // serves its own service. A second disable says the mesh is not enabled.
 func TestDisable(t *testing.T) {
-	requireParts(t, emulator.PartAgent, emulator.PartAPIServer, emulator.PartCLI,
-		emulator.PartKubectl, emulator.PartKubeAPIServer, emulator.PartKCM, emulator.PartEtcd)
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	r, err := emulator.New(ctx, emulator.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			r.Fail()
-			t.Logf("logs of every process are kept in %s/logs", r.Dir)
-		}
-		if err := r.Close(); err != nil {
-			t.Error(err)
-		}
-	})
+	ctx, r := startRun(t)
 	m, err := emulator.NewMesh(ctx, r, bins, emulator.MeshOptions{Clusters: 2, Nodes: 2, Routing: emulator.RoutingAgent})
 	if err != nil {
 		t.Fatal(err)

@@ -78,15 +78,16 @@ func agentHas(flag string) bool {
 	return strings.Contains(out, flag)
 }
 
-// TestDrills runs every drill of Sequence, in order, on one mesh of two
-// clusters of two nodes, and prints the figures.
-func TestDrills(t *testing.T) {
+// startRun starts an emulator run for a mesh test with every part it needs,
+// bounded below go test's default 10 minute timeout so that a stuck test
+// fails with its report and logs rather than a goroutine dump. The run is
+// closed at the end of the test; after a failure its logs are kept.
+func startRun(t *testing.T) (context.Context, *emulator.Run) {
+	t.Helper()
 	requireParts(t, emulator.PartAgent, emulator.PartAPIServer, emulator.PartCLI,
 		emulator.PartKubectl, emulator.PartKubeAPIServer, emulator.PartKCM, emulator.PartEtcd)
-	// Below go test's default 10 minute timeout, so that a stuck drill
-	// fails with its report and logs rather than a goroutine dump.
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
+	t.Cleanup(cancel)
 	r, err := emulator.New(ctx, emulator.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -94,11 +95,19 @@ func TestDrills(t *testing.T) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			r.Fail()
+			t.Logf("logs of every process are kept in %s/logs", r.Dir)
 		}
 		if err := r.Close(); err != nil {
 			t.Error(err)
 		}
 	})
+	return ctx, r
+}
+
+// TestDrills runs every drill of Sequence, in order, on one mesh of two
+// clusters of two nodes, and prints the figures.
+func TestDrills(t *testing.T) {
+	ctx, r := startRun(t)
 	// CLUSTERMESH_DRILLS_ROUTING=bgp|agent|harness picks who routes pod
 	// CIDRs (see emulator.MeshOptions); empty is the default.
 	m, err := emulator.NewMesh(ctx, r, bins, emulator.MeshOptions{Clusters: 2, Nodes: 2, Routing: os.Getenv("CLUSTERMESH_DRILLS_ROUTING")})
@@ -112,9 +121,6 @@ func TestDrills(t *testing.T) {
 		t.Logf("drill figures (run %s):\n%s", r.Prefix, report)
 		path := filepath.Join(os.TempDir(), "clustermesh-drills-report.txt")
 		_ = os.WriteFile(path, []byte(report.String()), 0o644)
-		if t.Failed() {
-			t.Logf("logs of every process are kept in %s/logs", r.Dir)
-		}
 	})
 	RunSequence(ctx, t, env, func(d Drill) string {
 		if slices.Contains(d.Needs, NeedHealth) && !agentHas("gossip") {

@@ -64,10 +64,15 @@ for c in "$CLUSTERMESH_KIND_PREFIX-c1" "$CLUSTERMESH_KIND_PREFIX-c2"; do
 	done
 done
 
+# kindtest TEST TIMEOUT runs one test of kind-tests/kindenv on the clusters.
+kindtest() {
+	CLUSTERMESH_KIND=1 CLUSTERMESH_IMAGE_TAG="$version" CLUSTERMESH_CLI=$PWD/bin/clustermesh \
+		go test -count=1 -timeout "$2" -v -run "$1" ./kind-tests/kindenv/
+}
+
 step "drills"
 set +e
-CLUSTERMESH_KIND=1 CLUSTERMESH_IMAGE_TAG="$version" CLUSTERMESH_CLI=$PWD/bin/clustermesh \
-	go test -count=1 -timeout 30m -v -run TestKindDrills ./kind-tests/kindenv/
+kindtest TestKindDrills 30m
 rc=$?
 set -e
 nodes="$(kind get nodes --name "$CLUSTERMESH_KIND_PREFIX-c1") $(kind get nodes --name "$CLUSTERMESH_KIND_PREFIX-c2")"
@@ -80,8 +85,7 @@ echo "kind: node image ${image_s}s (build or cache), two clusters created in ${c
 # checked on the nodes from the host (bpftool, nsenter).
 step "disable"
 set +e
-CLUSTERMESH_KIND=1 CLUSTERMESH_IMAGE_TAG="$version" CLUSTERMESH_CLI=$PWD/bin/clustermesh \
-	go test -count=1 -timeout 15m -v -run TestKindDisable ./kind-tests/kindenv/
+kindtest TestKindDisable 15m
 drc=$?
 set -e
 [ "$rc" -ne 0 ] || rc=$drc
