@@ -51,6 +51,7 @@ var (
 	ErrKeyNotFound     = errors.New("key not found")
 	ErrBadEntry        = errors.New("bad entry in the clusters Secret")
 	ErrImage           = errors.New("image not available")
+	ErrPolicy          = errors.New("network policy not enforceable by the mesh")
 )
 
 // Cluster is a handle on one cluster reached through a kubeconfig context.

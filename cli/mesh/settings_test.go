@@ -8,10 +8,12 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/clustermesh/clustermesh/cli/internal/clitest"
 	"github.com/clustermesh/clustermesh/cli/mesh"
@@ -191,6 +193,32 @@ func TestEnableKeepsSettings(t *testing.T) {
 		if err := k.CoreV1().PersistentVolumeClaims(c.Namespace).Delete(ctx, pvc.Name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
+	})
+
+	t.Run("status warns of a policy the mesh cannot enforce", func(t *testing.T) {
+		named := intstr.FromString("http")
+		if _, err := k.NetworkingV1().NetworkPolicies("default").Create(ctx, &networkingv1.NetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Name: "named"},
+			Spec: networkingv1.NetworkPolicySpec{Ingress: []networkingv1.NetworkPolicyIngressRule{{
+				Ports: []networkingv1.NetworkPolicyPort{{Port: &named}}}}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		st, err := mesh.GetStatus(ctx, c, mesh.StatusOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range st.Problems {
+			if errors.Is(p.Err, mesh.ErrPolicy) {
+				t.Errorf("a policy problem among the problems (it is a warning): %s", p.Reason)
+			}
+		}
+		for _, w := range st.Warnings {
+			if errors.Is(w.Err, mesh.ErrPolicy) && strings.Contains(w.Reason, "NetworkPolicy default/named") && strings.Contains(w.Reason, `named port "http"`) {
+				return
+			}
+		}
+		t.Fatalf("warnings %v: none names NetworkPolicy default/named and its named port", st.Warnings)
 	})
 
 	t.Run("an old Deployment is replaced", func(t *testing.T) {

@@ -209,6 +209,15 @@ func GetStatus(ctx context.Context, c *Cluster, opts StatusOptions) (*Status, er
 			}
 		}
 	}
+	// Policies the mesh could not enforce as written: a warning, since
+	// nothing is enforced by the mesh yet and the cluster works.
+	if pps, err := c.policyProblems(ctx); err == nil {
+		for _, p := range pps {
+			warn(p)
+		}
+	} else if !apierrors.IsForbidden(err) {
+		return nil, err
+	}
 	st.Ready = len(st.Problems) == 0
 	return st, nil
 }
