@@ -49,7 +49,15 @@ func sampleObjects() []codecObject {
 		&Identity{Cluster: "c1", ID: 7<<16 | 1, Namespace: "default", Labels: map[string]string{"app": "echo"}},
 		&IPCacheEntry{Cluster: "c1", IP: netip.MustParseAddr("10.1.1.5"), Identity: 7<<16 | 1, Node: "n1", HostIP: netip.MustParseAddr("192.168.0.10"), Namespace: "default", Pod: "echo-0"},
 		sampleAgentStatus(),
+		samplePolicy(),
 	}
+}
+
+// samplePolicy is a NetworkPolicy as the apiserver exports it.
+func samplePolicy() *Policy {
+	return &Policy{Cluster: "c1", Kind: PolicyKindNetworkPolicy, Namespace: "shop", Name: "api-from-web",
+		Spec: []byte(`{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"api-from-web","namespace":"shop","labels":{"team":"shop"}},` +
+			`"spec":{"podSelector":{"matchLabels":{"app":"api"}},"ingress":[{"from":[{"podSelector":{"matchLabels":{"app":"web"}}}],"ports":[{"protocol":"TCP","port":8080}]}]}}`)}
 }
 
 func TestRoundTrip(t *testing.T) {

@@ -455,6 +455,8 @@ func Decode(key string, value []byte) (Object, error) {
 		obj = new(IPCacheEntry)
 	case KindAgents:
 		obj = new(AgentStatus)
+	case KindPolicy:
+		obj = new(Policy)
 	default:
 		return nil, fmt.Errorf("key %q: kind %s holds no api object", key, pk.Kind)
 	}

@@ -29,12 +29,30 @@ const (
 	// the CLI can tell how many agents are connected to each peer. It is the
 	// only prefix agents may write.
 	KindAgents Kind = "agents"
+	// KindPolicy holds the cluster's own network policies, exported by its
+	// apiserver for its own agents only (see LocalKinds).
+	KindPolicy Kind = "policies"
 )
 
 // SyncedKinds are the kinds a writer exports in its initial full sync, each
 // followed by a synced canary. Readers wait for the canary of a kind before
 // they prune anything of that kind.
+//
+// The list also decides what a peer may read (kvstore.ExportedKeys): a kind
+// a cluster must keep to itself belongs in LocalKinds instead.
 var SyncedKinds = []Kind{KindNode, KindService, KindEndpoints, KindIdentity, KindIPCache}
+
+// LocalKinds are the kinds a cluster's apiserver writes for its own agents
+// only: exported in an initial full sync followed by a synced canary, like
+// SyncedKinds, but under prefixes peers cannot read. Their canaries live
+// under the synced prefix, which peers may read: a canary carries nothing.
+var LocalKinds = []Kind{KindPolicy}
+
+// HasSyncedCanary tells whether kind is exported with a synced canary: one
+// of SyncedKinds or LocalKinds.
+func HasSyncedCanary(kind Kind) bool {
+	return slices.Contains(SyncedKinds, kind) || slices.Contains(LocalKinds, kind)
+}
 
 // ClusterPrefix is the prefix under which a cluster's objects of one kind live.
 // The cluster config itself is a single key, ClusterKey.
@@ -103,7 +121,7 @@ func ParseKey(key string) (ParsedKey, error) {
 	}
 	kind, rest, _ := strings.Cut(rest, "/")
 	switch Kind(kind) {
-	case KindCluster, KindNode, KindService, KindEndpoints, KindIdentity, KindIPCache, KindSynced, KindAgents:
+	case KindCluster, KindNode, KindService, KindEndpoints, KindIdentity, KindIPCache, KindSynced, KindAgents, KindPolicy:
 	default:
 		return ParsedKey{}, fmt.Errorf("key %q: unknown kind %q", key, kind)
 	}
@@ -271,13 +289,14 @@ func ParseIPCacheKey(key string) (IPCacheRef, error) {
 	return IPCacheRef{Cluster: s[0], IP: ip}, nil
 }
 
-// ParseSyncedKey inverts SyncedKey; the kind must be one of SyncedKinds.
+// ParseSyncedKey inverts SyncedKey; the kind must have a synced canary
+// (HasSyncedCanary).
 func ParseSyncedKey(key string) (SyncedRef, error) {
 	s, err := splitKey(key, KindSynced, "cluster", "kind")
 	if err != nil {
 		return SyncedRef{}, err
 	}
-	if !slices.Contains(SyncedKinds, Kind(s[1])) {
+	if !HasSyncedCanary(Kind(s[1])) {
 		return SyncedRef{}, keyError(key, "kind %q has no synced canary", s[1])
 	}
 	return SyncedRef{Cluster: s[0], Kind: Kind(s[1])}, nil

@@ -30,6 +30,8 @@ func parseRef(like keyRef, key string) (keyRef, error) {
 		return ParseSyncedKey(key)
 	case AgentStatusRef:
 		return ParseAgentStatusKey(key)
+	case PolicyRef:
+		return ParsePolicyKey(key)
 	}
 	panic("no parser for " + reflect.TypeOf(like).String())
 }
@@ -52,6 +54,10 @@ func TestParseKeysInvertConstructors(t *testing.T) {
 		SyncedRef{"c1", KindNode},
 		SyncedRef{"c1", KindIPCache},
 		AgentStatusRef{"c1", "node-1"},
+		SyncedRef{"c1", KindPolicy},
+		PolicyRef{"c1", PolicyKindNetworkPolicy, "shop", "api-from-web"},
+		PolicyRef{"c1", PolicyKindCNP, "kube-system", long},
+		PolicyRef{"c1", PolicyKindCCNP, "", "deny-world"},
 	}
 	for _, ref := range refs {
 		t.Run(ref.Key(), func(t *testing.T) {
@@ -107,6 +113,15 @@ func TestParseKeysRefuseMalformed(t *testing.T) {
 		{AgentStatusRef{}, "clustermesh/v1/agents/c1", "1 segments"},
 		{AgentStatusRef{}, "clustermesh/v1/agents/c1/n1/x", "3 segments"},
 		{AgentStatusRef{}, "clustermesh/v1/services/c1/n1", "not under"},
+		{PolicyRef{}, "clustermesh/v1/policies/c1/NetworkPolicy/ns", "3 segments"},
+		{PolicyRef{}, "clustermesh/v1/policies/c1/NetworkPolicy/ns/p/x", "5 segments"},
+		{PolicyRef{}, "clustermesh/v1/policies/c1/Ingress/ns/p", `policy kind "Ingress"`},
+		{PolicyRef{}, "clustermesh/v1/policies/c1/NetworkPolicy//p", "policy namespace is empty"},
+		{PolicyRef{}, "clustermesh/v1/policies/c1/NetworkPolicy/ns/", "policy name is empty"},
+		{PolicyRef{}, "clustermesh/v1/policies/c1/NetworkPolicy/_/p", "is namespaced"},
+		{PolicyRef{}, "clustermesh/v1/policies/c1/CiliumClusterwideNetworkPolicy/ns/p", "is cluster-wide"},
+		{PolicyRef{}, "clustermesh/v1/policies/C1/NetworkPolicy/ns/p", "lower-case DNS label"},
+		{SyncedRef{}, "clustermesh/v1/synced/c1/cluster", "no synced canary"},
 	}
 	for _, tt := range tests {
 		t.Run(reflect.TypeOf(tt.like).Name()+"/"+tt.key, func(t *testing.T) {

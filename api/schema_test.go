@@ -93,6 +93,8 @@ var schemaMessages = []schemaMessage{
 		"reason": "Reason", "count": "Count", "last_unix_nano": "Last"}},
 	{"AgentHealthMember", reflect.TypeFor[AgentHealthMember](), map[protoreflect.Name]string{
 		"name": "Name", "state": "State", "healthy": "Healthy", "held": "Held", "since_unix_nano": "Since"}},
+	{"Policy", reflect.TypeFor[Policy](), map[protoreflect.Name]string{
+		"cluster": "Cluster", "kind": "Kind", "namespace": "Namespace", "name": "Name", "spec": "Spec"}},
 }
 
 func messageFor(t reflect.Type) (schemaMessage, bool) {
@@ -205,6 +207,9 @@ func schemaSamples() []codecObject {
 			Updated:  time.Date(1960, 1, 1, 0, 0, 0, 1, time.UTC),
 			Clusters: []AgentCluster{{Name: "c3"}, {Name: "c4", Since: time.Unix(0, math.MaxInt64).UTC(), Objects: map[string]int{"nodes": 0}}},
 			BGP:      &AgentBGP{}, Health: &AgentHealth{MemberList: []AgentHealthMember{{}}}},
+		// A cluster-wide policy (no namespace) whose JSON is not ASCII.
+		&Policy{Cluster: "c1", Kind: PolicyKindCCNP, Name: "deny-world",
+			Spec: []byte(`{"apiVersion":"cilium.io/v2","kind":"CiliumClusterwideNetworkPolicy","metadata":{"name":"deny-world"},"spec":{"description":"wörld"}}`)},
 	)
 	return objs
 }
@@ -572,6 +577,10 @@ func scalarToDynamic(t *testing.T, v reflect.Value, fd protoreflect.FieldDescrip
 		if v.Kind() == reflect.Float64 {
 			return protoreflect.ValueOfFloat64(v.Float())
 		}
+	case protoreflect.BytesKind:
+		if v.Kind() == reflect.Slice && v.Type().Elem().Kind() == reflect.Uint8 {
+			return protoreflect.ValueOfBytes(v.Bytes())
+		}
 	}
 	return bad()
 }
@@ -675,6 +684,13 @@ func scalarFromDynamic(t *testing.T, pv protoreflect.Value, fd protoreflect.Fiel
 		v.SetInt(int64(pv.Uint()))
 	case reflect.Float64:
 		v.SetFloat(pv.Float())
+	case reflect.Slice:
+		if v.Type().Elem().Kind() != reflect.Uint8 {
+			t.Fatalf("field %s: cannot convert to Go %s", fd.FullName(), v.Type())
+		}
+		if b := pv.Bytes(); len(b) > 0 {
+			v.SetBytes(slices.Clone(b))
+		}
 	default:
 		t.Fatalf("field %s: cannot convert to Go %s", fd.FullName(), v.Type())
 	}

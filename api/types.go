@@ -183,4 +183,5 @@ var (
 	_ Object = (*Identity)(nil)
 	_ Object = (*IPCacheEntry)(nil)
 	_ Object = (*AgentStatus)(nil)
+	_ Object = (*Policy)(nil)
 )

@@ -220,9 +220,9 @@ func (r *Reader) setSynced(kind api.Kind) {
 // Watch streams the cluster's objects of kind: first an EventUpsert per
 // object present, then changes as they happen, with EventSynced once the
 // writer's initial export of kind is complete (for kinds in
-// api.SyncedKinds, when its canary is present; for others, after the first
-// listing). The channel closes when ctx is done; the consumer must keep
-// receiving until then.
+// api.SyncedKinds or api.LocalKinds, when its canary is present; for others,
+// after the first listing). The channel closes when ctx is done; the
+// consumer must keep receiving until then.
 func (r *Reader) Watch(ctx context.Context, kind api.Kind) <-chan Event {
 	out := make(chan Event, r.opts.Buffer)
 	w := &kindWatch{

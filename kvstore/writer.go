@@ -318,14 +318,10 @@ func (w *Writer) resetCanary(ctx context.Context, kind api.Kind) error {
 	return nil
 }
 
-func isSyncedKind(kind api.Kind) bool {
-	for _, k := range api.SyncedKinds {
-		if k == kind {
-			return true
-		}
-	}
-	return false
-}
+// isSyncedKind tells the kinds exported with a synced canary: those peers
+// read (api.SyncedKinds) and those kept for the cluster's own agents
+// (api.LocalKinds).
+func isSyncedKind(kind api.Kind) bool { return api.HasSyncedCanary(kind) }
 
 // Delete removes key from the store, whether or not this writer wrote it.
 func (w *Writer) Delete(ctx context.Context, key string) error {

@@ -1,11 +1,12 @@
 // The wire contract of the global state store, schema version 1.
 //
-// This file documents the bytes api/codec.go and api/agentstatus.go write;
-// the codec is hand-written, and api/schema_test.go compiles this file and
-// round-trips every message through it both ways, so the two cannot drift.
-// Any protobuf implementation can read a value with it. Rules:
-// field 1 of every top-level message is the schema version; never reuse or
-// renumber a field; add fields with new numbers (old readers skip them).
+// This file documents the bytes api/codec.go, api/agentstatus.go and
+// api/policy.go write; the codec is hand-written, and api/schema_test.go
+// compiles this file and round-trips every message through it both ways, so
+// the two cannot drift. Any protobuf implementation can read a value with
+// it. Rules: field 1 of every top-level message is the schema version; never
+// reuse or renumber a field; add fields with new numbers (old readers skip
+// them).
 //
 // Encoding of types protobuf lacks:
 //   address       bytes: 4 (IPv4) or 16 (IPv6) raw bytes
@@ -1860,6 +1861,95 @@ func (x *AgentHealthRefusal) GetLastUnixNano() int64 {
 	return 0
 }
 
+// clustermesh/v1/policies/<cluster>/<kind>/<namespace>/<name>
+//
+// Written by a cluster's apiserver for its own agents only: peers cannot
+// read the prefix. The namespace segment of the key is "_" for a
+// cluster-wide policy, whose namespace field is empty.
+type Policy struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SchemaVersion uint32                 `protobuf:"varint,1,opt,name=schema_version,json=schemaVersion,proto3" json:"schema_version,omitempty"`
+	Cluster       string                 `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Kind          string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`           // NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy
+	Namespace     string                 `protobuf:"bytes,4,opt,name=namespace,proto3" json:"namespace,omitempty"` // empty when cluster-wide
+	Name          string                 `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`
+	Spec          []byte                 `protobuf:"bytes,6,opt,name=spec,proto3" json:"spec,omitempty"` // the Kubernetes object as JSON, at most 1 MiB
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Policy) Reset() {
+	*x = Policy{}
+	mi := &file_schema_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Policy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Policy) ProtoMessage() {}
+
+func (x *Policy) ProtoReflect() protoreflect.Message {
+	mi := &file_schema_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Policy.ProtoReflect.Descriptor instead.
+func (*Policy) Descriptor() ([]byte, []int) {
+	return file_schema_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *Policy) GetSchemaVersion() uint32 {
+	if x != nil {
+		return x.SchemaVersion
+	}
+	return 0
+}
+
+func (x *Policy) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *Policy) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Policy) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Policy) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Policy) GetSpec() []byte {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
 var File_schema_proto protoreflect.FileDescriptor
 
 const file_schema_proto_rawDesc = "" +
@@ -2040,7 +2130,14 @@ const file_schema_proto_rawDesc = "" +
 	"\x05field\x18\x05 \x01(\tR\x05field\x12\x16\n" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x14\n" +
 	"\x05count\x18\a \x01(\x04R\x05count\x12$\n" +
-	"\x0elast_unix_nano\x18\b \x01(\x03R\flastUnixNanob\x06proto3"
+	"\x0elast_unix_nano\x18\b \x01(\x03R\flastUnixNano\"\xa3\x01\n" +
+	"\x06Policy\x12%\n" +
+	"\x0eschema_version\x18\x01 \x01(\rR\rschemaVersion\x12\x18\n" +
+	"\acluster\x18\x02 \x01(\tR\acluster\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x1c\n" +
+	"\tnamespace\x18\x04 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x05 \x01(\tR\x04name\x12\x12\n" +
+	"\x04spec\x18\x06 \x01(\fR\x04specb\x06proto3"
 
 var (
 	file_schema_proto_rawDescOnce sync.Once
@@ -2054,7 +2151,7 @@ func file_schema_proto_rawDescGZIP() []byte {
 	return file_schema_proto_rawDescData
 }
 
-var file_schema_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_schema_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_schema_proto_goTypes = []any{
 	(*StringPair)(nil),         // 0: clustermesh.v1.StringPair
 	(*Cluster)(nil),            // 1: clustermesh.v1.Cluster
@@ -2074,6 +2171,7 @@ var file_schema_proto_goTypes = []any{
 	(*AgentHealth)(nil),        // 15: clustermesh.v1.AgentHealth
 	(*AgentHealthMember)(nil),  // 16: clustermesh.v1.AgentHealthMember
 	(*AgentHealthRefusal)(nil), // 17: clustermesh.v1.AgentHealthRefusal
+	(*Policy)(nil),             // 18: clustermesh.v1.Policy
 }
 var file_schema_proto_depIdxs = []int32{
 	3,  // 0: clustermesh.v1.Service.ports:type_name -> clustermesh.v1.Port
@@ -2107,7 +2205,7 @@ func file_schema_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_schema_proto_rawDesc), len(file_schema_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
