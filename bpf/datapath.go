@@ -49,6 +49,18 @@ type Config struct {
 	// map is an LRU, so the oldest are evicted.
 	MaxRevNAT int
 
+	// Policy map sizes (see policy.h). MaxIPCache bounds addresses with a
+	// known identity (every cluster's pods and the node's own addresses);
+	// MaxPolicyEndpoints the local pods' network namespaces;
+	// MaxIdentityPolicies the local identities a policy selects;
+	// MaxPolicyEntries the entries over all of them (port ranges count one
+	// per port); MaxPolicyCT the remembered UDP exchanges (an LRU).
+	MaxIPCache          int
+	MaxPolicyEndpoints  int
+	MaxIdentityPolicies int
+	MaxPolicyEntries    int
+	MaxPolicyCT         int
+
 	// ReclaimInterval is how often slot sets replaced or deleted by updates
 	// are freed, each batch after one RCU grace period (so no program still
 	// reads them). Default 100ms.
@@ -70,6 +82,12 @@ func DefaultConfig() Config {
 		MaxSlots:    262144,
 		MaxNodes:    8192,
 		MaxRevNAT:   131072,
+
+		MaxIPCache:          131072,
+		MaxPolicyEndpoints:  4096,
+		MaxIdentityPolicies: 4096,
+		MaxPolicyEntries:    65536,
+		MaxPolicyCT:         65536,
 	}
 }
 
@@ -82,6 +100,11 @@ func (c *Config) Flags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.MaxSlots, "bpf-max-slots", c.MaxSlots, "size of the slot map (sum of backends per service, plus the largest service once more); fixed once pinned")
 	fs.IntVar(&c.MaxNodes, "bpf-max-nodes", c.MaxNodes, "size of the node map; fixed once pinned")
 	fs.IntVar(&c.MaxRevNAT, "bpf-max-revnat", c.MaxRevNAT, "size of the UDP reverse-translation LRU; fixed once pinned")
+	fs.IntVar(&c.MaxIPCache, "bpf-max-ipcache", c.MaxIPCache, "size of the address-to-identity map (pods of every cluster); fixed once pinned")
+	fs.IntVar(&c.MaxPolicyEndpoints, "bpf-max-policy-endpoints", c.MaxPolicyEndpoints, "size of the local pods' network namespace map; fixed once pinned")
+	fs.IntVar(&c.MaxIdentityPolicies, "bpf-max-identity-policies", c.MaxIdentityPolicies, "local identities a policy may select; fixed once pinned")
+	fs.IntVar(&c.MaxPolicyEntries, "bpf-max-policy-entries", c.MaxPolicyEntries, "policy entries over all local identities (a port range counts one per port); fixed once pinned")
+	fs.IntVar(&c.MaxPolicyCT, "bpf-max-policy-ct", c.MaxPolicyCT, "remembered UDP exchanges for policy replies (an LRU); fixed once pinned")
 }
 
 // attachments lists each program with its cgroup hook.
@@ -142,6 +165,9 @@ type Datapath struct {
 	stopOnce    sync.Once
 
 	metrics *metrics
+
+	// pol mirrors the policy maps and holds the pod interface links.
+	pol *policyState
 }
 
 // retiredSet is a slot set waiting for readers to be done with it. Its
@@ -193,7 +219,9 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 		return nil, errors.New("bpf: config needs CgroupPath and PinDir")
 	}
 	for name, v := range map[string]int{"MaxServices": cfg.MaxServices, "MaxBackends": cfg.MaxBackends,
-		"MaxSlots": cfg.MaxSlots, "MaxNodes": cfg.MaxNodes, "MaxRevNAT": cfg.MaxRevNAT} {
+		"MaxSlots": cfg.MaxSlots, "MaxNodes": cfg.MaxNodes, "MaxRevNAT": cfg.MaxRevNAT,
+		"MaxIPCache": cfg.MaxIPCache, "MaxPolicyEndpoints": cfg.MaxPolicyEndpoints, "MaxIdentityPolicies": cfg.MaxIdentityPolicies,
+		"MaxPolicyEntries": cfg.MaxPolicyEntries, "MaxPolicyCT": cfg.MaxPolicyCT} {
 		if v <= 0 || v > math.MaxInt32 {
 			return nil, fmt.Errorf("bpf: config %s=%d out of range", name, v)
 		}
@@ -231,7 +259,9 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 		return nil, fmt.Errorf("bpf: load embedded object: %w", err)
 	}
 	for name, size := range map[string]int{mapServices: cfg.MaxServices, mapSlots: cfg.MaxSlots,
-		mapBackends: cfg.MaxBackends, mapNodes: cfg.MaxNodes, mapRevNAT: cfg.MaxRevNAT} {
+		mapBackends: cfg.MaxBackends, mapNodes: cfg.MaxNodes, mapRevNAT: cfg.MaxRevNAT,
+		mapIPCache: cfg.MaxIPCache, mapPolNetns: cfg.MaxPolicyEndpoints, mapPolState: cfg.MaxIdentityPolicies,
+		mapPolicy: cfg.MaxPolicyEntries, mapPolCT: cfg.MaxPolicyCT} {
 		spec.Maps[name].MaxEntries = uint32(size)
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
@@ -273,6 +303,10 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 		d.closeLocked()
 		return nil, fmt.Errorf("bpf: adopt pinned maps in %s: %w", cfg.PinDir, err)
 	}
+	if err := d.adoptPolicy(); err != nil {
+		d.closeLocked()
+		return nil, fmt.Errorf("bpf: adopt pinned policy in %s: %w", cfg.PinDir, err)
+	}
 	if err := d.attach(); err != nil {
 		d.closeLocked()
 		return nil, err
@@ -291,7 +325,7 @@ func probeKernel() error {
 	if err := features.HaveProgramType(ebpf.CGroupSockAddr); err != nil {
 		return fmt.Errorf("bpf: cgroup sock_addr programs: %w", err)
 	}
-	for _, h := range []asm.BuiltinFunc{asm.FnLoop, asm.FnGetSocketCookie, asm.FnGetPrandomU32} {
+	for _, h := range []asm.BuiltinFunc{asm.FnLoop, asm.FnGetSocketCookie, asm.FnGetPrandomU32, asm.FnGetNetnsCookie} {
 		if err := features.HaveProgramHelper(ebpf.CGroupSockAddr, h); err != nil {
 			return fmt.Errorf("bpf: helper %s in cgroup sock_addr programs: %w", h, err)
 		}
@@ -382,6 +416,11 @@ func (d *Datapath) closeLocked() {
 		l.Close()
 	}
 	d.links = nil
+	if d.pol != nil {
+		for _, l := range d.pol.ingress {
+			l.Close()
+		}
+	}
 	d.coll.Close()
 	if d.syncOuter != nil {
 		d.syncOuter.Close()
@@ -403,6 +442,11 @@ func (d *Datapath) Remove() error {
 	for _, l := range d.links {
 		if err := l.Unpin(); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	for ifindex, l := range d.pol.ingress {
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("ingress link of interface %d: %w", ifindex, err))
 		}
 	}
 	for name, m := range d.coll.Maps {

@@ -86,6 +86,14 @@ func pinLeftovers(pinDir string) ([]Leftover, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Pod interface links (see AttachIngress) are pinned per interface.
+	tcx, err := filepath.Glob(filepath.Join(pinDir, tcxPinPrefix+"*"))
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range tcx {
+		links = append(links, filepath.Base(p))
+	}
 	var out []Leftover
 	for _, group := range []struct {
 		kind  string

@@ -24,6 +24,14 @@
  *   cm_revnat    (socket cookie, backend)     -> VIP, for recvmsg/getpeername
  *   cm_stats     per-CPU counters
  *
+ * Network policy (policy.h, included below):
+ *   cm_ipcache   address                      -> identity, every cluster's pods
+ *   cm_pol_netns netns cookie                 -> local endpoint (identity, IPs)
+ *   cm_pol_state identity                     -> enforced directions, revision
+ *   cm_pol       (identity, peer, dir, proto, port) -> allow or deny
+ *   cm_pol_ct    (endpoint IP, peer, port, proto)   -> UDP flow allowed before
+ *   cm_pol_stats per-CPU policy counters
+ *
  * Userspace writes a service's new slots under a fresh slot set, then switches
  * the entry (set and counts in one update), so a reader sees either the old or
  * the new backend set, never a mix. The old set and the backends only it uses
@@ -36,6 +44,7 @@
 
 #define AF_INET 2
 #define AF_INET6 10
+#define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
 
 #define NODE_F_DOWN 1
@@ -336,11 +345,23 @@ static __always_inline int revnat(struct bpf_sock_addr *ctx, int v6)
 	return 1;
 }
 
+#include "policy.h"
+
+/* A socket's connect or unconnected send is translated first, then checked
+ * against the egress policy of the endpoint that owns the socket, so a
+ * service is allowed or denied by the identity of the backend it reaches. */
+static __always_inline int xlate_and_check(struct bpf_sock_addr *ctx, int v6)
+{
+	if (!xlate(ctx, v6))
+		return 0;
+	return egress_allowed(ctx, v6);
+}
+
 SEC("cgroup/connect4")
-int cm_connect4(struct bpf_sock_addr *ctx) { return xlate(ctx, 0); }
+int cm_connect4(struct bpf_sock_addr *ctx) { return xlate_and_check(ctx, 0); }
 
 SEC("cgroup/sendmsg4")
-int cm_sendmsg4(struct bpf_sock_addr *ctx) { return xlate(ctx, 0); }
+int cm_sendmsg4(struct bpf_sock_addr *ctx) { return xlate_and_check(ctx, 0); }
 
 SEC("cgroup/recvmsg4")
 int cm_recvmsg4(struct bpf_sock_addr *ctx) { return revnat(ctx, 0); }
@@ -349,10 +370,10 @@ SEC("cgroup/getpeername4")
 int cm_getpeername4(struct bpf_sock_addr *ctx) { return revnat(ctx, 0); }
 
 SEC("cgroup/connect6")
-int cm_connect6(struct bpf_sock_addr *ctx) { return xlate(ctx, 1); }
+int cm_connect6(struct bpf_sock_addr *ctx) { return xlate_and_check(ctx, 1); }
 
 SEC("cgroup/sendmsg6")
-int cm_sendmsg6(struct bpf_sock_addr *ctx) { return xlate(ctx, 1); }
+int cm_sendmsg6(struct bpf_sock_addr *ctx) { return xlate_and_check(ctx, 1); }
 
 SEC("cgroup/recvmsg6")
 int cm_recvmsg6(struct bpf_sock_addr *ctx) { return revnat(ctx, 1); }

@@ -17,7 +17,13 @@ import (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	socklbMapCmBackends      = "cm_backends"
+	socklbMapCmIpcache       = "cm_ipcache"
 	socklbMapCmNodes         = "cm_nodes"
+	socklbMapCmPol           = "cm_pol"
+	socklbMapCmPolCt         = "cm_pol_ct"
+	socklbMapCmPolNetns      = "cm_pol_netns"
+	socklbMapCmPolState      = "cm_pol_state"
+	socklbMapCmPolStats      = "cm_pol_stats"
 	socklbMapCmRevnat        = "cm_revnat"
 	socklbMapCmServices      = "cm_services"
 	socklbMapCmSlots         = "cm_slots"
@@ -26,6 +32,7 @@ const (
 	socklbProgCmConnect6     = "cm_connect6"
 	socklbProgCmGetpeername4 = "cm_getpeername4"
 	socklbProgCmGetpeername6 = "cm_getpeername6"
+	socklbProgCmPodIngress   = "cm_pod_ingress"
 	socklbProgCmRecvmsg4     = "cm_recvmsg4"
 	socklbProgCmRecvmsg6     = "cm_recvmsg6"
 	socklbProgCmSendmsg4     = "cm_sendmsg4"
@@ -78,6 +85,7 @@ type socklbProgramSpecs struct {
 	CmConnect6     *ebpf.ProgramSpec `ebpf:"cm_connect6"`
 	CmGetpeername4 *ebpf.ProgramSpec `ebpf:"cm_getpeername4"`
 	CmGetpeername6 *ebpf.ProgramSpec `ebpf:"cm_getpeername6"`
+	CmPodIngress   *ebpf.ProgramSpec `ebpf:"cm_pod_ingress"`
 	CmRecvmsg4     *ebpf.ProgramSpec `ebpf:"cm_recvmsg4"`
 	CmRecvmsg6     *ebpf.ProgramSpec `ebpf:"cm_recvmsg6"`
 	CmSendmsg4     *ebpf.ProgramSpec `ebpf:"cm_sendmsg4"`
@@ -89,7 +97,13 @@ type socklbProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type socklbMapSpecs struct {
 	CmBackends *ebpf.MapSpec `ebpf:"cm_backends"`
+	CmIpcache  *ebpf.MapSpec `ebpf:"cm_ipcache"`
 	CmNodes    *ebpf.MapSpec `ebpf:"cm_nodes"`
+	CmPol      *ebpf.MapSpec `ebpf:"cm_pol"`
+	CmPolCt    *ebpf.MapSpec `ebpf:"cm_pol_ct"`
+	CmPolNetns *ebpf.MapSpec `ebpf:"cm_pol_netns"`
+	CmPolState *ebpf.MapSpec `ebpf:"cm_pol_state"`
+	CmPolStats *ebpf.MapSpec `ebpf:"cm_pol_stats"`
 	CmRevnat   *ebpf.MapSpec `ebpf:"cm_revnat"`
 	CmServices *ebpf.MapSpec `ebpf:"cm_services"`
 	CmSlots    *ebpf.MapSpec `ebpf:"cm_slots"`
@@ -123,7 +137,13 @@ func (o *socklbObjects) Close() error {
 // It can be passed to loadSocklbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type socklbMaps struct {
 	CmBackends *ebpf.Map `ebpf:"cm_backends"`
+	CmIpcache  *ebpf.Map `ebpf:"cm_ipcache"`
 	CmNodes    *ebpf.Map `ebpf:"cm_nodes"`
+	CmPol      *ebpf.Map `ebpf:"cm_pol"`
+	CmPolCt    *ebpf.Map `ebpf:"cm_pol_ct"`
+	CmPolNetns *ebpf.Map `ebpf:"cm_pol_netns"`
+	CmPolState *ebpf.Map `ebpf:"cm_pol_state"`
+	CmPolStats *ebpf.Map `ebpf:"cm_pol_stats"`
 	CmRevnat   *ebpf.Map `ebpf:"cm_revnat"`
 	CmServices *ebpf.Map `ebpf:"cm_services"`
 	CmSlots    *ebpf.Map `ebpf:"cm_slots"`
@@ -133,7 +153,13 @@ type socklbMaps struct {
 func (m *socklbMaps) Close() error {
 	return _SocklbClose(
 		m.CmBackends,
+		m.CmIpcache,
 		m.CmNodes,
+		m.CmPol,
+		m.CmPolCt,
+		m.CmPolNetns,
+		m.CmPolState,
+		m.CmPolStats,
 		m.CmRevnat,
 		m.CmServices,
 		m.CmSlots,
@@ -155,6 +181,7 @@ type socklbPrograms struct {
 	CmConnect6     *ebpf.Program `ebpf:"cm_connect6"`
 	CmGetpeername4 *ebpf.Program `ebpf:"cm_getpeername4"`
 	CmGetpeername6 *ebpf.Program `ebpf:"cm_getpeername6"`
+	CmPodIngress   *ebpf.Program `ebpf:"cm_pod_ingress"`
 	CmRecvmsg4     *ebpf.Program `ebpf:"cm_recvmsg4"`
 	CmRecvmsg6     *ebpf.Program `ebpf:"cm_recvmsg6"`
 	CmSendmsg4     *ebpf.Program `ebpf:"cm_sendmsg4"`
@@ -167,6 +194,7 @@ func (p *socklbPrograms) Close() error {
 		p.CmConnect6,
 		p.CmGetpeername4,
 		p.CmGetpeername6,
+		p.CmPodIngress,
 		p.CmRecvmsg4,
 		p.CmRecvmsg6,
 		p.CmSendmsg4,
