@@ -54,6 +54,23 @@ type ClusterObserver interface {
 	ClusterAccepted(c *api.Cluster)
 }
 
+// ObjectObserver learns what policy enforcement needs: the identities and
+// ipcache entries of every connected cluster (already checked against what
+// each peer was accepted with) and the local cluster's policies. Calls may
+// come from several clusters' goroutines at once and must not block.
+type ObjectObserver interface {
+	// ObjectUpserted delivers an *api.Identity, *api.IPCacheEntry or
+	// *api.Policy.
+	ObjectUpserted(cluster string, obj api.Object)
+	// ObjectDeleted reports that the object at key is gone.
+	ObjectDeleted(cluster string, key api.ParsedKey)
+	// ObjectsSynced reports that a cluster's objects of kind were all
+	// delivered.
+	ObjectsSynced(cluster string, kind api.Kind)
+	// ClusterDrained asks to forget everything of the cluster.
+	ClusterDrained(cluster string)
+}
+
 // Config configures an Agent.
 type Config struct {
 	// ClusterName is the agent's own cluster; its connection file must be in
@@ -127,6 +144,8 @@ type Agent struct {
 
 	obsMu     sync.Mutex
 	observers []NodeObserver
+	// objObservers are set before Run and read-only after.
+	objObservers []ObjectObserver
 
 	repMu     sync.Mutex
 	reporters []StatusReporter
@@ -229,6 +248,12 @@ func (a *Agent) AddNodeObserver(o NodeObserver) {
 		o.NodeUpserted(n)
 	}
 	a.observers = append(a.observers, o)
+}
+
+// AddObjectObserver registers an observer of identities, ipcache entries
+// and local policies. Call it before Run.
+func (a *Agent) AddObjectObserver(o ObjectObserver) {
+	a.objObservers = append(a.objObservers, o)
 }
 
 // InitialSync is closed once the own cluster and every cluster that is not
@@ -555,6 +580,16 @@ func (d delegate) Upsert(cluster string, obj api.Object) {
 		a.nodes[cluster][o.Name] = o
 		a.mu.Unlock()
 		a.notifyNodes(func(obs NodeObserver) { obs.NodeUpserted(o) })
+	case *api.Identity, *api.IPCacheEntry, *api.Policy:
+		for _, obs := range a.objObservers {
+			obs.ObjectUpserted(cluster, obj)
+		}
+	}
+}
+
+func (d delegate) Synced(cluster string, kind api.Kind) {
+	for _, obs := range d.a.objObservers {
+		obs.ObjectsSynced(cluster, kind)
 	}
 }
 
@@ -585,11 +620,18 @@ func (d delegate) Delete(cluster string, key api.ParsedKey) {
 		if ok {
 			a.notifyNodes(func(obs NodeObserver) { obs.NodeDeleted(cluster, r.Name) })
 		}
+	case api.KindIdentity, api.KindIPCache, api.KindPolicy:
+		for _, obs := range a.objObservers {
+			obs.ObjectDeleted(cluster, key)
+		}
 	}
 }
 
 func (d delegate) Drain(cluster string) {
 	a := d.a
+	for _, obs := range a.objObservers {
+		obs.ClusterDrained(cluster)
+	}
 	a.merger.DeleteCluster(cluster)
 	a.mu.Lock()
 	delete(a.clusterIDs, cluster)

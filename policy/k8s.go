@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 
@@ -152,4 +153,25 @@ func npPeerSelector(ns string, peer networkingv1.NetworkPolicyPeer) (labels.Sele
 		sel = sel.Add(*same)
 	}
 	return sel, named, nil
+}
+
+// Parse parses a policy object of any supported kind from its JSON (as the
+// API serves it, and as the apiserver exports it into the store): a
+// NetworkPolicy gives one Policy, a Cilium policy one per rule.
+func Parse(kind string, raw []byte) ([]*Policy, error) {
+	switch kind {
+	case "NetworkPolicy":
+		var np networkingv1.NetworkPolicy
+		if err := json.Unmarshal(raw, &np); err != nil {
+			return nil, fmt.Errorf("NetworkPolicy: %w: %w", ErrInvalid, err)
+		}
+		p, err := FromNetworkPolicy(&np)
+		if err != nil {
+			return nil, err
+		}
+		return []*Policy{p}, nil
+	case KindCNP, KindCCNP:
+		return FromCilium(raw)
+	}
+	return nil, fmt.Errorf("policy kind %q: %w", kind, ErrUnsupported)
 }

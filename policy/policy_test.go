@@ -326,3 +326,21 @@ specs:
 		t.Fatalf("policies %v", names)
 	}
 }
+
+func TestParse(t *testing.T) {
+	for _, tc := range []struct {
+		kind, doc string
+		rules     int
+		err       error
+	}{
+		{"NetworkPolicy", `{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"a","namespace":"shop"},"spec":{"podSelector":{}}}`, 1, nil},
+		{KindCNP, `{"apiVersion":"cilium.io/v2","kind":"CiliumNetworkPolicy","metadata":{"name":"a","namespace":"shop"},"specs":[{"endpointSelector":{}},{"endpointSelector":{}}]}`, 2, nil},
+		{"NetworkPolicy", `{"spec":`, 0, ErrInvalid},
+		{"Ingress", `{}`, 0, ErrUnsupported},
+	} {
+		ps, err := Parse(tc.kind, []byte(tc.doc))
+		if !errors.Is(err, tc.err) || len(ps) != tc.rules {
+			t.Errorf("Parse(%s, %s) = %d rules, %v; want %d, %v", tc.kind, tc.doc, len(ps), err, tc.rules, tc.err)
+		}
+	}
+}

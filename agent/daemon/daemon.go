@@ -20,8 +20,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/vishvananda/netlink"
 
 	"github.com/clustermesh/clustermesh/agent"
+	"github.com/clustermesh/clustermesh/agent/enforce"
 	"github.com/clustermesh/clustermesh/agent/remote"
 	"github.com/clustermesh/clustermesh/bgp"
 	"github.com/clustermesh/clustermesh/bpf"
@@ -66,6 +68,13 @@ type Config struct {
 	// Health runs the gossip pool, configured by HealthConfig.
 	Health       bool
 	HealthConfig health.Config
+	// Policy enforces the cluster's network policies in the eBPF datapath
+	// (needs Datapath "bpf"); PolicyAllClusters makes selectors that name
+	// no cluster select every cluster; PolicyNetnsDir is where pods'
+	// network namespaces are bind-mounted.
+	Policy            bool
+	PolicyAllClusters bool
+	PolicyNetnsDir    string
 	// DirPoll and InitialSyncTimeout: see agent.Config.
 	DirPoll, InitialSyncTimeout time.Duration
 	// Logger; nil discards logs.
@@ -81,7 +90,10 @@ func Run(ctx context.Context, cfg Config) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	var dp loadbalancer.Datapath
+	var (
+		dp  loadbalancer.Datapath
+		bdp *bpf.Datapath
+	)
 	switch cfg.Datapath {
 	case "none":
 		dp = agent.NoopDatapath{}
@@ -97,7 +109,7 @@ func Run(ctx context.Context, cfg Config) error {
 		// Close keeps the pins: connections stay balanced while the agent
 		// is away, and the next run adopts them.
 		defer d.Close()
-		dp = d
+		dp, bdp = d, d
 	default:
 		return fmt.Errorf("--datapath %q: must be bpf or none", cfg.Datapath)
 	}
@@ -118,8 +130,26 @@ func Run(ctx context.Context, cfg Config) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
+	statusHandler := a.Handler(reg)
+	if cfg.Policy && bdp != nil {
+		eng, err := enforce.New(enforce.Config{
+			Cluster: cfg.ClusterName, Node: cfg.NodeName, AllClusters: cfg.PolicyAllClusters,
+			NetnsDir: cfg.PolicyNetnsDir, HostAddrs: hostAddrs(log), Datapath: bdp,
+			Registerer: reg, Logger: log,
+		})
+		if err != nil {
+			return err
+		}
+		a.AddObjectObserver(eng)
+		mux := http.NewServeMux()
+		mux.Handle("GET /policy", eng.Handler())
+		mux.Handle("/", statusHandler)
+		statusHandler = mux
+		wg.Add(1)
+		go func() { defer wg.Done(); eng.Run(ctx) }()
+	}
 	if cfg.StatusAddr != "" {
-		if err := serveStatus(ctx, &wg, cfg.StatusAddr, a.Handler(reg), log); err != nil {
+		if err := serveStatus(ctx, &wg, cfg.StatusAddr, statusHandler, log); err != nil {
 			return err
 		}
 	}
@@ -178,6 +208,23 @@ func Run(ctx context.Context, cfg Config) error {
 
 	log.Info("clustermesh-agent starting", "cluster", cfg.ClusterName, "node", cfg.NodeName, "clusters_dir", cfg.ClustersDir, "datapath", cfg.Datapath)
 	return a.Run(ctx)
+}
+
+// hostAddrs are the node's own global unicast addresses (the agent runs in
+// the node's network namespace): traffic from them is IdentityHost.
+func hostAddrs(log *slog.Logger) []netip.Addr {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		log.Warn("policy: cannot list the node's addresses; they count as world", "error", err)
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap().IsGlobalUnicast() {
+			out = append(out, ip.Unmap())
+		}
+	}
+	return out
 }
 
 // serveStatus serves h on addr until ctx ends.

@@ -87,6 +87,8 @@ type Engine struct {
 	log     *slog.Logger
 	kick    chan struct{}
 	metrics *metrics
+	// scanner is used by Reconcile only, which is not run concurrently.
+	scanner *podnet.Scanner
 
 	mu         sync.Mutex
 	identities map[uint32]*api.Identity
@@ -130,6 +132,7 @@ func New(cfg Config) (*Engine, error) {
 		log:        logging.OrDiscard(cfg.Logger).With("node", cfg.Node),
 		kick:       make(chan struct{}, 1),
 		metrics:    m,
+		scanner:    podnet.NewScanner(cfg.NetnsDir),
 		identities: map[uint32]*api.Identity{},
 		ipcache:    map[netip.Addr]*api.IPCacheEntry{},
 		policies:   map[string]storedPolicy{},
@@ -313,7 +316,7 @@ func (e *Engine) snapshot() snapshot {
 }
 
 // Reconcile computes and programs everything once; Run calls it on every
-// change. Errors are logged, counted and reported in Status; the next
+// change, and it must not be called concurrently. Errors are logged, counted and reported in Status; the next
 // change or resync retries.
 func (e *Engine) Reconcile() {
 	start := time.Now()
@@ -367,7 +370,7 @@ func (e *Engine) programIPCache(s snapshot) []error {
 // local pod, and unmaps those of pods gone.
 func (e *Engine) programEndpoints(s snapshot) ([]EndpointStatus, []error) {
 	var errs []error
-	nss, err := podnet.Scan(e.cfg.NetnsDir)
+	nss, err := e.scanner.Scan(func(a netip.Addr) bool { _, ok := s.local[a]; return ok })
 	if err != nil {
 		errs = append(errs, err)
 	}

@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -35,27 +36,66 @@ type Netns struct {
 	Addrs []netip.Addr
 }
 
-// Scan reads every network namespace bind-mounted in dir. Entries that are
-// not namespaces (or vanish meanwhile) are skipped; a missing dir is no
-// error, only no namespaces.
-func Scan(dir string) ([]Netns, error) {
-	entries, err := os.ReadDir(dir)
+// Scanner reads the network namespaces bind-mounted in a directory, and
+// rereads only what may have changed: a namespace it has not seen (by path
+// and inode), and, when asked, the ones without a wanted address yet (a CNI
+// plugin adds the pod's address after creating its namespace). Not safe for
+// concurrent use.
+type Scanner struct {
+	dir   string
+	cache map[string]cached
+}
+
+type cached struct {
+	ino uint64
+	ns  Netns
+}
+
+// NewScanner returns a scanner of dir.
+func NewScanner(dir string) *Scanner { return &Scanner{dir: dir, cache: map[string]cached{}} }
+
+// Scan returns every namespace of the directory. want, if not nil, says
+// whether an address is one the caller looks for: namespaces holding none
+// are read again. Entries that are not namespaces (or vanish meanwhile) are
+// skipped; a missing directory is no error, only no namespaces.
+func (s *Scanner) Scan(want func(netip.Addr) bool) ([]Netns, error) {
+	entries, err := os.ReadDir(s.dir)
 	if errors.Is(err, os.ErrNotExist) {
+		clear(s.cache)
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("podnet: scan %s: %w", dir, err)
+		return nil, fmt.Errorf("podnet: scan %s: %w", s.dir, err)
 	}
+	seen := make(map[string]bool, len(entries))
 	var out []Netns
 	for _, e := range entries {
 		if e.IsDir() {
 			continue
 		}
-		ns, err := Read(filepath.Join(dir, e.Name()))
-		if err != nil {
+		path := filepath.Join(s.dir, e.Name())
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
 			continue
 		}
+		seen[path] = true
+		c, ok := s.cache[path]
+		if ok && c.ino == st.Ino && (want == nil || slices.ContainsFunc(c.ns.Addrs, want)) {
+			out = append(out, c.ns)
+			continue
+		}
+		ns, err := Read(path)
+		if err != nil {
+			delete(s.cache, path)
+			continue
+		}
+		s.cache[path] = cached{ino: st.Ino, ns: ns}
 		out = append(out, ns)
+	}
+	for p := range s.cache {
+		if !seen[p] {
+			delete(s.cache, p)
+		}
 	}
 	return out, nil
 }

@@ -31,6 +31,9 @@ type Delegate interface {
 	Upsert(cluster string, obj api.Object)
 	// Delete reports that the object at key is gone.
 	Delete(cluster string, key api.ParsedKey)
+	// Synced reports that every object of one kind has been delivered
+	// since the connection started (what was not is gone).
+	Synced(cluster string, kind api.Kind)
 	// Drain asks to forget every object of the cluster: it was removed, or
 	// its config stopped passing validation.
 	Drain(cluster string)
@@ -82,6 +85,9 @@ type Cluster struct {
 	name string
 	log  *slog.Logger
 
+	// kinds are the kinds followed: Kinds, and for the local cluster also
+	// api.LocalKinds (what its apiserver writes for its own agents only).
+	kinds []api.Kind
 	// Owned by the Run goroutine.
 	known map[api.Kind]map[string]struct{}
 
@@ -122,7 +128,11 @@ func New(opts Options) *Cluster {
 			Since: time.Now(), Objects: map[string]int{},
 		},
 	}
-	for _, k := range Kinds {
+	c.kinds = Kinds
+	if opts.Local {
+		c.kinds = append(slices.Clone(Kinds), api.LocalKinds...)
+	}
+	for _, k := range c.kinds {
 		c.known[k] = map[string]struct{}{}
 	}
 	return c
@@ -208,7 +218,7 @@ func (c *Cluster) Run(ctx context.Context) {
 func (c *Cluster) Drain() {
 	c.opts.Registry.Release(c.name)
 	c.opts.Delegate.Drain(c.name)
-	for _, k := range Kinds {
+	for _, k := range c.kinds {
 		clear(c.known[k])
 	}
 	clear(c.nodeAddrs)
@@ -239,7 +249,7 @@ func (c *Cluster) refuse(err error) {
 	if wasAccepted {
 		c.opts.Registry.Release(c.name)
 		c.opts.Delegate.Drain(c.name)
-		for _, k := range Kinds {
+		for _, k := range c.kinds {
 			clear(c.known[k])
 		}
 		clear(c.nodeAddrs)
@@ -331,7 +341,7 @@ func (c *Cluster) runOnce(ctx context.Context) (bool, error) {
 		ropts.MaxKeys, ropts.MaxBytes = c.opts.Limits.readerLimits()
 	}
 	reader := kvstore.NewReader(cli, c.name, ropts)
-	for _, kind := range Kinds {
+	for _, kind := range c.kinds {
 		ch := reader.Watch(cctx, kind)
 		wg.Add(1)
 		go func() {
@@ -356,7 +366,7 @@ func (c *Cluster) runOnce(ctx context.Context) (bool, error) {
 	// it is dropped at the kind's synced canary, after pruning the known
 	// keys that were not listed again.
 	seen := map[api.Kind]map[string]struct{}{}
-	for _, k := range Kinds {
+	for _, k := range c.kinds {
 		seen[k] = map[string]struct{}{}
 	}
 	c.mu.Lock()
@@ -493,9 +503,10 @@ func (c *Cluster) handle(ev kvstore.Event, seen map[api.Kind]map[string]struct{}
 			c.st.SyncedKinds = append(c.st.SyncedKinds, string(kind))
 			slices.Sort(c.st.SyncedKinds)
 		}
-		c.st.Synced = len(c.st.SyncedKinds) == len(Kinds)
+		c.st.Synced = len(c.st.SyncedKinds) == len(c.kinds)
 		synced := c.st.Synced
 		c.mu.Unlock()
+		c.opts.Delegate.Synced(c.name, kind)
 		if synced {
 			c.opts.Metrics.setSynced(c.name, true)
 			c.log.Info("cluster synced")

@@ -12,8 +12,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -26,6 +28,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/agent"
 	"github.com/clustermesh/clustermesh/agent/daemon"
+	"github.com/clustermesh/clustermesh/agent/enforce"
 	"github.com/clustermesh/clustermesh/agent/remote"
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
@@ -126,12 +129,15 @@ func newRootCommand() *cobra.Command {
 	// --bgp-table was this command's name for --bgp-route-table.
 	fs.IntVar(&c.BGPConfig.Table, "bgp-table", c.BGPConfig.Table, "kernel routing table for learned routes")
 	_ = fs.MarkDeprecated("bgp-table", "use --bgp-route-table")
+	fs.BoolVar(&c.Policy, "policy", true, "enforce the cluster's network policies (NetworkPolicy, CiliumNetworkPolicy L3/L4) in the eBPF datapath, with every connected cluster's identities (needs --datapath=bpf)")
+	fs.BoolVar(&c.PolicyAllClusters, "policy-all-clusters", false, "make policy selectors that name no cluster (io.cilium.k8s.policy.cluster) select pods of every connected cluster, not only the local one (Cilium before 1.19)")
+	fs.StringVar(&c.PolicyNetnsDir, "policy-netns-dir", "/var/run/netns", "where pods' network namespaces are bind-mounted (CNI plugins put them there); a pod whose namespace is not found has its ingress checked but not its egress")
 	fs.BoolVar(&c.Health, "health", false, "gossip node health with the agents of every connected cluster (memberlist) and fail over in the kernel when a node dies")
 	c.BPF.Flags(fs)
 	c.HealthConfig.Flags(fs)
 	_ = cmd.MarkFlagRequired("cluster-name")
 
-	cmd.AddCommand(newStatusCommand(), newCleanupCommand(), bpf.NewDebugCommand())
+	cmd.AddCommand(newStatusCommand(), newPolicyCommand(), newCleanupCommand(), bpf.NewDebugCommand())
 	version.AddTo(cmd)
 	return cmd
 }
@@ -159,6 +165,54 @@ func newStatusCommand() *cobra.Command {
 				return err
 			case "", "text":
 				return status.Print(cmd.OutOrStdout(), st)
+			}
+			return fmt.Errorf("-o %q: must be text or json", output)
+		},
+	}
+	cmd.Flags().StringVar(&addr, "status-addr", daemon.DefaultStatusAddr, "the agent's status endpoint")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	return cmd
+}
+
+func newPolicyCommand() *cobra.Command {
+	var addr, output string
+	cmd := &cobra.Command{
+		Use:   "policy",
+		Short: "Print the network policy enforced on this node: per local pod, its identity and labels, and the resolved rules with peer identities, clusters and ports",
+		Long: `policy asks the agent on this node (its --status-addr) for what it enforces:
+for every pod of the node, its identity, whether ingress and egress are
+default-deny, and each resolved rule: allow or deny, the peer (cluster and
+namespace of an identity, or any, host, world, a CIDR), the port and the
+policy rule it comes from. Policies the agent refused and errors of the last
+reconcile are listed last. A pod whose network namespace was not found has
+its egress unchecked; it says so.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/policy", nil)
+			if err != nil {
+				return err
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return fmt.Errorf("%w (is the agent running with --status-addr %s?)", err, addr)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("agent at %s: %s (is policy enforcement on? --policy)", addr, resp.Status)
+			}
+			var st enforce.Status
+			if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+				return fmt.Errorf("agent at %s: policy: %w", addr, err)
+			}
+			switch strings.ToLower(output) {
+			case "json":
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			case "", "text":
+				return st.WriteText(cmd.OutOrStdout())
 			}
 			return fmt.Errorf("-o %q: must be text or json", output)
 		},
