@@ -8,6 +8,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/kind-tests/emulator"
 )
 
@@ -178,6 +179,37 @@ func (e Emulated) StartTraffic(ctx context.Context, node, service, proto string)
 		return nil, err
 	}
 	return n.StartTraffic(e.M.Bins, fmt.Sprintf("probe-%s-%d", proto, time.Now().UnixNano()%100000), netip.AddrPortFrom(vip, 80), &emulator.TrafficOptions{Proto: proto})
+}
+
+// StartPodTraffic implements PodTrafficMesh: a probe process inside the
+// pod's network namespace, in its node's cgroup.
+func (e Emulated) StartPodTraffic(ctx context.Context, cluster, namespace, pod, service, proto string) (Traffic, error) {
+	c, err := e.cluster(cluster)
+	if err != nil {
+		return nil, err
+	}
+	vip, err := e.M.ServiceIP(ctx, c, service)
+	if err != nil {
+		return nil, err
+	}
+	var found *emulator.Pod
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	err = poll.Until(wctx, func(context.Context) error {
+		for _, n := range c.Nodes() {
+			for _, p := range n.Pods() {
+				if p.Namespace == namespace && p.Name == pod {
+					found = p
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("cluster %s: pod %s/%s not running", cluster, namespace, pod)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return found.StartTraffic(e.M.Bins, fmt.Sprintf("probe-%s-%s-%d", pod, proto, time.Now().UnixNano()%100000), netip.AddrPortFrom(vip, 80), &emulator.TrafficOptions{Proto: proto})
 }
 
 // RestartAgent implements Mesh: the harness's kubelet restarts the agent.

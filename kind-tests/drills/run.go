@@ -3,6 +3,7 @@ package drills
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,8 +20,15 @@ func RunSequence(ctx context.Context, t *testing.T, env *Env, skip func(Drill) s
 	}
 	for _, d := range Sequence {
 		t.Run(d.Name, func(t *testing.T) {
-			if skip != nil {
-				if why := skip(d); why != "" {
+			why := ""
+			if _, ok := env.Mesh.(PodTrafficMesh); !ok && slices.Contains(d.Needs, NeedPodTraffic) {
+				why = env.Mesh.Environment() + " runs probes on nodes, not in pods"
+			}
+			if why == "" && skip != nil {
+				why = skip(d)
+			}
+			{
+				if why != "" {
 					env.Report.Add(d.Name, why, "-", "skip")
 					t.Skip(why)
 				}

@@ -30,6 +30,7 @@ var Sequence = []Drill{
 	{Name: "AgentRestart", Run: AgentRestart},
 	{Name: "StoreDown", Run: StoreDown},
 	{Name: "NodeDeath", Needs: []string{NeedHealth}, Run: NodeDeath},
+	{Name: "Policy", Needs: []string{NeedPodTraffic}, Run: Policy},
 	{Name: "Disconnect", Run: Disconnect},
 }
 

@@ -166,11 +166,13 @@ func (c *Cluster) AddNode(ctx context.Context) (*Node, error) {
 	return n, nil
 }
 
-// StartProcess starts a process in the node's namespace and in a child cgroup
-// of the node named after the process (so programs attached to the node's
-// cgroup apply to it).
+// StartProcess starts a process in the node's namespace (or spec.Netns, a
+// pod's) and in a child cgroup of the node named after the process (so
+// programs attached to the node's cgroup apply to it).
 func (n *Node) StartProcess(spec ProcessSpec) (*Process, error) {
-	spec.Netns = n.Netns
+	if spec.Netns == "" {
+		spec.Netns = n.Netns
+	}
 	if spec.Cgroup == "" {
 		spec.Cgroup = filepath.Join(n.Cgroup, spec.Name)
 	}

@@ -40,6 +40,18 @@ type TrafficOptions struct {
 // StartTraffic starts a probe in the node's namespace and cgroup, so the
 // node's socket load balancer applies to it, aimed at target.
 func (n *Node) StartTraffic(bins *Binaries, name string, target netip.AddrPort, opts *TrafficOptions) (*Traffic, error) {
+	return n.startTraffic(bins, n.Netns, name, target, opts)
+}
+
+// StartTraffic starts a probe inside the pod's network namespace (and its
+// node's cgroup, where the node's socket hooks apply), as a client
+// container of the pod would: its connections carry the pod's address and
+// identity.
+func (p *Pod) StartTraffic(bins *Binaries, name string, target netip.AddrPort, opts *TrafficOptions) (*Traffic, error) {
+	return p.Node.startTraffic(bins, p.Netns, name, target, opts)
+}
+
+func (n *Node) startTraffic(bins *Binaries, netns, name string, target netip.AddrPort, opts *TrafficOptions) (*Traffic, error) {
 	if err := bins.Require(PartProbe); err != nil {
 		return nil, err
 	}
@@ -58,8 +70,9 @@ func (n *Node) StartTraffic(bins *Binaries, name string, target netip.AddrPort, 
 	pr, pw := io.Pipe()
 	t := &Traffic{Node: n, Target: target, Proto: o.Proto, Log: attempts.NewLog(fmt.Sprintf("on %s to %s", n.Name, target))}
 	proc, err := n.StartProcess(ProcessSpec{
-		Name: name,
-		Path: bins.Path(PartProbe),
+		Name:  name,
+		Netns: netns,
+		Path:  bins.Path(PartProbe),
 		Args: []string{
 			"-target", target.String(), "-proto", o.Proto,
 			"-interval", o.Interval.String(), "-timeout", o.Timeout.String(),
