@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs on a Debian 12 machine everything the tests need: Debian packages
 # (clang for the eBPF objects, bird2 and gobgpd for the BGP interop tests,
-# iptables for the datapath benchmark baseline), staticcheck, and the
+# iptables and ipset for the datapath benchmark baselines), staticcheck, and the
 # Kubernetes control plane built from source into hack/bin. Each step is
 # skipped when its result is already present, so `make test` runs it every
 # time at almost no cost.
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/local/go/bin:$HOME/go/bin
 step() { printf -- '--- %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
 
-pkgs=(clang llvm libbpf-dev bpftool bird2 gobgpd iptables nftables iproute2 util-linux make git ca-certificates)
+pkgs=(clang llvm libbpf-dev bpftool bird2 gobgpd iptables ipset nftables iproute2 util-linux make git ca-certificates)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

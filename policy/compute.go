@@ -27,8 +27,8 @@ type Entry struct {
 	CIDR     netip.Prefix
 	Except   []netip.Prefix
 	Port     Port
-	// Rule names the rule the entry comes from (the first one, when
-	// several give the same entry).
+	// Rule names the rule the entry comes from (the one whose name sorts
+	// first, when several give the same entry).
 	Rule string
 }
 
@@ -70,14 +70,40 @@ func selectionLabels(id *api.Identity) labels.Set {
 // under policies, with peer selectors resolved against identities (those of
 // every cluster). It is a pure function of its inputs: callers recompute
 // when a policy, an identity or the endpoint's labels change, and program
-// the difference.
+// the difference. To compute many endpoints against the same identities,
+// use a Computer.
 func Compute(endpoint *api.Identity, policies []*Policy, identities []*api.Identity, opts Options) EndpointPolicy {
-	var out EndpointPolicy
-	own := selectionLabels(endpoint)
-	peerSets := make([]labels.Set, len(identities))
+	return NewComputer(identities, opts).Compute(endpoint, policies)
+}
+
+// Computer computes endpoint policies against one set of identities. It
+// builds every identity's selection labels once and remembers which
+// identities each distinct peer selector matches, so that the cost of a
+// selector is paid once per Computer however many policies and endpoints
+// use it. Not safe for concurrent use; build a new one when identities
+// change.
+type Computer struct {
+	opts       Options
+	identities []*api.Identity
+	sets       []labels.Set
+	matches    map[string][]uint32
+}
+
+// NewComputer prepares identities (those of every cluster) for Compute.
+func NewComputer(identities []*api.Identity, opts Options) *Computer {
+	c := &Computer{opts: opts, identities: identities, sets: make([]labels.Set, len(identities)), matches: map[string][]uint32{}}
 	for i, id := range identities {
-		peerSets[i] = selectionLabels(id)
+		c.sets[i] = selectionLabels(id)
 	}
+	return c
+}
+
+// Compute returns the policy of endpoint under policies; see the function
+// Compute.
+func (c *Computer) Compute(endpoint *api.Identity, policies []*Policy) EndpointPolicy {
+	var out EndpointPolicy
+	var sets [2][2]entrySet // direction, deny
+	own := selectionLabels(endpoint)
 	for _, p := range policies {
 		if (p.Namespace != "" && p.Namespace != endpoint.Namespace) || !p.Subject.Matches(own) {
 			continue
@@ -88,67 +114,122 @@ func Compute(endpoint *api.Identity, policies []*Policy, identities []*api.Ident
 			}
 		}
 		for _, r := range p.Rules {
-			dp := out.Direction(r.Direction)
-			entries := expand(r, identities, peerSets, opts)
+			deny := 0
 			if r.Deny {
-				dp.Deny = append(dp.Deny, entries...)
-			} else {
-				dp.Allow = append(dp.Allow, entries...)
+				deny = 1
 			}
+			c.expand(r, &sets[r.Direction][deny])
 		}
 	}
-	for _, dp := range []*DirectionPolicy{&out.Ingress, &out.Egress} {
-		dp.Allow, dp.Deny = normalize(dp.Allow), normalize(dp.Deny)
+	for _, d := range []Direction{Ingress, Egress} {
+		dp := out.Direction(d)
+		dp.Allow, dp.Deny = sets[d][0].sorted(), sets[d][1].sorted()
 	}
 	return out
 }
 
-// expand lists the entries of one rule: each peer resolved, times each port.
-func expand(r Rule, identities []*api.Identity, sets []labels.Set, opts Options) []Entry {
-	var peers []Entry
-	if len(r.Peers) == 0 {
-		peers = append(peers, Entry{Identity: IdentityAny})
+// entryKey identifies an entry up to the rule it comes from.
+type entryKey struct {
+	identity uint32
+	cidr     netip.Prefix
+	except   string
+	port     Port
+}
+
+// entrySet gathers entries without repeats: the same peer and port from
+// several rules is one entry, named for the rule whose name sorts first
+// (so the result does not depend on the order policies were listed in).
+type entrySet struct {
+	index   map[entryKey]int
+	entries []Entry
+}
+
+func (s *entrySet) add(e Entry) {
+	k := entryKey{identity: e.Identity, cidr: e.CIDR, port: e.Port}
+	for _, x := range e.Except {
+		k.except += x.String() + ","
 	}
-	for _, p := range r.Peers {
-		switch {
-		case p.Selector != nil:
-			for i, id := range identities {
-				if !p.NamesCluster && !opts.AllClusters && id.Cluster != opts.LocalCluster {
-					continue
-				}
-				if p.Selector.Matches(sets[i]) {
-					peers = append(peers, Entry{Identity: id.ID})
-				}
-			}
-		case p.Entity == EntityAll:
-			peers = append(peers, Entry{Identity: IdentityAny})
-		case p.Entity == EntityWorld:
-			peers = append(peers, Entry{Identity: IdentityWorld})
-		case p.Entity == EntityHost:
-			peers = append(peers, Entry{Identity: IdentityHost})
-		case p.Entity == EntityCluster:
-			peers = append(peers, Entry{Identity: IdentityHost})
-			for _, id := range identities {
-				if id.Cluster == opts.LocalCluster {
-					peers = append(peers, Entry{Identity: id.ID})
-				}
-			}
-		case p.CIDR.IsValid():
-			peers = append(peers, Entry{CIDR: p.CIDR, Except: p.Except})
+	if s.index == nil {
+		s.index = map[entryKey]int{}
+	}
+	if i, ok := s.index[k]; ok {
+		if e.Rule < s.entries[i].Rule {
+			s.entries[i].Rule = e.Rule
+		}
+		return
+	}
+	s.index[k] = len(s.entries)
+	s.entries = append(s.entries, e)
+}
+
+func (s *entrySet) sorted() []Entry {
+	slices.SortFunc(s.entries, compareEntry)
+	return s.entries
+}
+
+// selected returns the identities a peer selector matches, from the memo
+// when the same selector was resolved before.
+func (c *Computer) selected(p Peer) []uint32 {
+	local := !p.NamesCluster && !c.opts.AllClusters
+	key := p.Selector.String()
+	if local {
+		key = "local|" + key
+	}
+	if ids, ok := c.matches[key]; ok {
+		return ids
+	}
+	var ids []uint32
+	for i, id := range c.identities {
+		if local && id.Cluster != c.opts.LocalCluster {
+			continue
+		}
+		if p.Selector.Matches(c.sets[i]) {
+			ids = append(ids, id.ID)
 		}
 	}
+	c.matches[key] = ids
+	return ids
+}
+
+// expand adds the entries of one rule to set: each peer resolved, times
+// each port.
+func (c *Computer) expand(r Rule, set *entrySet) {
 	ports := r.Ports
 	if len(ports) == 0 {
 		ports = []Port{{}}
 	}
-	out := make([]Entry, 0, len(peers)*len(ports))
-	for _, e := range peers {
+	add := func(e Entry) {
 		for _, port := range ports {
 			e.Port, e.Rule = port, r.Name
-			out = append(out, e)
+			set.add(e)
 		}
 	}
-	return out
+	if len(r.Peers) == 0 {
+		add(Entry{Identity: IdentityAny})
+	}
+	for _, p := range r.Peers {
+		switch {
+		case p.Selector != nil:
+			for _, id := range c.selected(p) {
+				add(Entry{Identity: id})
+			}
+		case p.Entity == EntityAll:
+			add(Entry{Identity: IdentityAny})
+		case p.Entity == EntityWorld:
+			add(Entry{Identity: IdentityWorld})
+		case p.Entity == EntityHost:
+			add(Entry{Identity: IdentityHost})
+		case p.Entity == EntityCluster:
+			add(Entry{Identity: IdentityHost})
+			for _, id := range c.identities {
+				if id.Cluster == c.opts.LocalCluster {
+					add(Entry{Identity: id.ID})
+				}
+			}
+		case p.CIDR.IsValid():
+			add(Entry{CIDR: p.CIDR, Except: p.Except})
+		}
+	}
 }
 
 func compareEntry(a, b Entry) int {
@@ -168,13 +249,4 @@ func compareEntry(a, b Entry) int {
 		return c
 	}
 	return cmp.Compare(a.Port.EndPort, b.Port.EndPort)
-}
-
-// normalize sorts entries and drops repeats of the same peer and port,
-// keeping the first rule's name.
-func normalize(es []Entry) []Entry {
-	slices.SortStableFunc(es, compareEntry)
-	return slices.CompactFunc(es, func(a, b Entry) bool {
-		return compareEntry(a, b) == 0 && slices.Equal(a.Except, b.Except)
-	})
 }

@@ -449,13 +449,14 @@ func (e *Engine) programPolicies(s snapshot, st *Status) ([]IdentityStatus, []er
 	}
 	var out []IdentityStatus
 	programmed := e.cfg.Datapath.IdentityPolicies()
+	comp := policy.NewComputer(s.identities, opts)
 	for id := range local {
 		ident, ok := s.byID[id]
 		if !ok {
 			errs = append(errs, fmt.Errorf("identity %d of a local pod: not in the store yet", id))
 			continue
 		}
-		ep := policy.Compute(ident, s.policies, s.identities, opts)
+		ep := comp.Compute(ident, s.policies)
 		compiled, warnings := Compile(ep, s.ipcache)
 		is := IdentityStatus{Identity: id, Namespace: ident.Namespace, Labels: ident.Labels, Warnings: warnings,
 			Ingress: describe(ep.Ingress, s.byID), Egress: describe(ep.Egress, s.byID),
