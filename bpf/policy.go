@@ -123,8 +123,29 @@ type polEndpoint struct {
 }
 
 type polState struct {
-	Flags uint32
-	Rev   uint32
+	Flags  uint32
+	Rev    uint32
+	Shapes uint32
+}
+
+// shapes returns the wildcard combinations p's entries use, per direction
+// (see pol_state in policy.h).
+func (p *IdentityPolicy) shapes() uint32 {
+	var s uint32
+	for k := range p.Entries {
+		i := 0
+		if k.Peer == 0 {
+			i |= 4
+		}
+		if k.Proto == 0 {
+			i |= 2
+		}
+		if k.Port == 0 {
+			i |= 1
+		}
+		s |= 1 << (uint(k.Dir)*8 + uint(i))
+	}
+	return s
 }
 
 type polKey struct {
@@ -362,9 +383,10 @@ func polKeyOf(identity uint32, k PolicyKey) polKey {
 
 // SetIdentityPolicy programs the policy of a local identity, as a
 // difference against what is programmed. The order keeps every moment
-// safe: new and changed entries first, then the enforced directions and a
-// new revision (which also voids the UDP exchanges remembered under the
-// old policy), then the entries that went away. A direction turned on is
+// safe: new and changed entries first, then the enforced directions, the
+// wildcard shapes the checks look up and a new revision (which also voids
+// the UDP exchanges remembered under the old policy), then the entries that
+// went away. Until the state switches, the old policy holds whole. A direction turned on is
 // thus never enforced before its allow entries exist, and a deny never
 // lapses before its replacement is in place. On error, what was written
 // stays and is reported; calling again with the same policy converges.
@@ -401,8 +423,8 @@ func (d *Datapath) SetIdentityPolicy(identity uint32, p IdentityPolicy) error {
 			stale = append(stale, k)
 		}
 	}
-	if !had || changed || len(stale) > 0 || st.Flags != p.flags() {
-		next := polState{Flags: p.flags(), Rev: st.Rev + 1}
+	if !had || changed || len(stale) > 0 || st.Flags != p.flags() || st.Shapes != p.shapes() {
+		next := polState{Flags: p.flags(), Rev: st.Rev + 1, Shapes: p.shapes()}
 		if err := d.coll.Maps[mapPolState].Update(identity, next, ebpf.UpdateAny); err != nil {
 			return d.mapErr(mapPolState, fmt.Sprintf("identity %d: state", identity), err)
 		}

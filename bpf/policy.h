@@ -27,9 +27,10 @@
  * entries stop counting, so a peer that lost its permission loses it at once.
  *
  * Lookups try the exact (peer, protocol, port) first and then each wildcard
- * (any peer, any protocol, any port): at most eight hash lookups, and only
- * for endpoints a policy selects in that direction. A deny entry anywhere
- * wins over allow entries (Cilium's ingressDeny / egressDeny).
+ * (any peer, any protocol, any port) the identity has entries of: one to
+ * eight hash lookups, and only for endpoints a policy selects in that
+ * direction. A deny entry anywhere wins over allow entries (Cilium's
+ * ingressDeny / egressDeny).
  */
 #ifndef __CLUSTERMESH_POLICY_H
 #define __CLUSTERMESH_POLICY_H
@@ -75,6 +76,10 @@ struct pol_endpoint {
 struct pol_state {
 	__u32 flags;
 	__u32 rev;
+	/* shapes has bit dir*8 + i set when the identity has entries of
+	 * wildcard combination i (4: any peer, 2: any protocol, 1: any port)
+	 * in direction dir: lookups of absent combinations are skipped. */
+	__u32 shapes;
 };
 
 struct pol_key {
@@ -164,15 +169,19 @@ static __always_inline __u32 peer_identity(const __u32 addr[4])
 /* pol_verdict returns POL_ALLOW if some entry allows the traffic and none
  * denies it, POL_DENY otherwise (no entry: the direction is enforced, so
  * what is not allowed is denied). */
-static __always_inline int pol_verdict(__u32 identity, __u32 peer, __u8 dir, __u8 proto, __be16 port)
+static __always_inline int pol_verdict(__u32 identity, const struct pol_state *st, __u32 peer, __u8 dir,
+				       __u8 proto, __be16 port)
 {
 	struct pol_key k = { .identity = identity, .dir = dir };
+	__u32 shapes = st->shapes >> (dir * 8);
 	int allowed = 0;
 	__u8 *v;
 	int i;
 
 #pragma unroll
 	for (i = 0; i < 8; i++) {
+		if (!(shapes & (1 << i)))
+			continue;
 		k.peer = (i & 4) ? 0 : peer;
 		k.proto = (i & 2) ? 0 : proto;
 		k.port = (i & 1) ? 0 : port;
@@ -236,7 +245,7 @@ static __always_inline int egress_allowed(struct bpf_sock_addr *ctx, int v6)
 	ck.proto = (__u8)ctx->protocol;
 	if (ck.proto == IPPROTO_UDP && ct_allowed(&ck, id, st))
 		return 1;
-	if (pol_verdict(id, peer_identity(ck.peer), POL_DIR_EGRESS, ck.proto, ck.port) != POL_ALLOW) {
+	if (pol_verdict(id, st, peer_identity(ck.peer), POL_DIR_EGRESS, ck.proto, ck.port) != POL_ALLOW) {
 		pol_stat_inc(POL_STAT_EGRESS_DENIED);
 		return 0;
 	}
@@ -312,7 +321,7 @@ int cm_pod_ingress(struct __sk_buff *skb)
 	ck.proto = proto;
 	if (proto == IPPROTO_UDP && ct_allowed(&ck, id, st))
 		return TCX_PASS;
-	if (pol_verdict(id, peer_identity(ck.peer), POL_DIR_INGRESS, proto, ports[1]) != POL_ALLOW) {
+	if (pol_verdict(id, st, peer_identity(ck.peer), POL_DIR_INGRESS, proto, ports[1]) != POL_ALLOW) {
 		pol_stat_inc(POL_STAT_INGRESS_DROPPED);
 		return TCX_DROP;
 	}
