@@ -126,6 +126,9 @@ func printStatus(w io.Writer, s *mesh.Status) {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%d/%d\t%d/%d\n", name, c.ID, c.Endpoint, c.Connected, s.AgentsReporting, c.Synced, s.AgentsReporting)
 	}
 	tw.Flush()
+	if s.Policies != nil {
+		fmt.Fprintf(w, "Network policies: %d enforced, %d refused\n", s.Policies.Enforced, s.Policies.Refused)
+	}
 	fmt.Fprintln(w, "Certificates:")
 	for _, c := range s.Certificates {
 		warn := ""

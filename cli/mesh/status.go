@@ -45,7 +45,10 @@ type Status struct {
 	// their image (not pulled, not loaded into the nodes).
 	Images       []ImageWait  `json:"images,omitempty"`
 	Certificates []CertStatus `json:"certificates"`
-	Problems     []Problem    `json:"problems,omitempty"`
+	// Policies counts the cluster's network policies the agents enforce
+	// and those refused (listed in Warnings); nil when not readable.
+	Policies *PolicyCount `json:"policies,omitempty"`
+	Problems []Problem    `json:"problems,omitempty"`
 	// Warnings need action soon but do not make the cluster unready, e.g.
 	// a certificate expiring within RenewBefore.
 	Warnings []Problem `json:"warnings,omitempty"`
@@ -209,9 +212,11 @@ func GetStatus(ctx context.Context, c *Cluster, opts StatusOptions) (*Status, er
 			}
 		}
 	}
-	// Policies the mesh could not enforce as written: a warning, since
-	// nothing is enforced by the mesh yet and the cluster works.
-	if pps, err := c.policyProblems(ctx); err == nil {
+	// Policies the mesh could not enforce as written: a warning, since the
+	// cluster works and the rest is enforced (a refused update leaves the
+	// previous version in force).
+	if count, pps, err := c.policyProblems(ctx); err == nil {
+		st.Policies = &count
 		for _, p := range pps {
 			warn(p)
 		}
