@@ -35,6 +35,9 @@ const (
 	// FileMCSCRD is the ServiceExport CRD, created by enable only where
 	// the cluster has none; not in Files. It takes no values.
 	FileMCSCRD = "mcs-crd.yaml"
+	// FileCiliumCRDs are Cilium's policy CRDs, created by enable only
+	// where absent; not in Files. They take no values.
+	FileCiliumCRDs = "cilium-policy-crds.yaml"
 )
 
 // Files lists every manifest in apply order.

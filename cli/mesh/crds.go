@@ -7,6 +7,7 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/clustermesh/clustermesh/deploy"
@@ -14,14 +15,18 @@ import (
 
 var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 
-// ensureCRDs creates the CRDs the mesh reads (ServiceExport) where the
-// cluster has none. An installed one (upstream's, or a newer version) is
+// ensureCRDs creates the CRDs the mesh reads (ServiceExport, Cilium's
+// policies) where the cluster has none. An installed one (upstream's, or a newer version) is
 // kept as it is: other controllers may own it. disable does not remove
 // them, since ServiceExports of the users' would go with them.
 func (c *Cluster) ensureCRDs(ctx context.Context, v deploy.Values, log *slog.Logger) error {
-	objs, err := deploy.Render(deploy.FileMCSCRD, v)
-	if err != nil {
-		return err
+	var objs []*unstructured.Unstructured
+	for _, f := range []string{deploy.FileMCSCRD, deploy.FileCiliumCRDs} {
+		o, err := deploy.Render(f, v)
+		if err != nil {
+			return err
+		}
+		objs = append(objs, o...)
 	}
 	for _, o := range objs {
 		_, err := c.Dynamic.Resource(crdGVR).Get(ctx, o.GetName(), metav1.GetOptions{})
