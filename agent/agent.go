@@ -89,6 +89,9 @@ type Config struct {
 	// cluster; names containing a '.' (certificates, keys) are not
 	// connection files.
 	ClustersDir string
+	// ObjectObservers receive identities, ipcache entries and the local
+	// cluster's policies (the policy engine).
+	ObjectObservers []ObjectObserver
 	// Datapath receives the merged services. Required.
 	Datapath loadbalancer.Datapath
 	// DatapathName is reported in status ("bpf", "none").
@@ -144,8 +147,6 @@ type Agent struct {
 
 	obsMu     sync.Mutex
 	observers []NodeObserver
-	// objObservers are set before Run and read-only after.
-	objObservers []ObjectObserver
 
 	repMu     sync.Mutex
 	reporters []StatusReporter
@@ -248,12 +249,6 @@ func (a *Agent) AddNodeObserver(o NodeObserver) {
 		o.NodeUpserted(n)
 	}
 	a.observers = append(a.observers, o)
-}
-
-// AddObjectObserver registers an observer of identities, ipcache entries
-// and local policies. Call it before Run.
-func (a *Agent) AddObjectObserver(o ObjectObserver) {
-	a.objObservers = append(a.objObservers, o)
 }
 
 // InitialSync is closed once the own cluster and every cluster that is not
@@ -581,14 +576,14 @@ func (d delegate) Upsert(cluster string, obj api.Object) {
 		a.mu.Unlock()
 		a.notifyNodes(func(obs NodeObserver) { obs.NodeUpserted(o) })
 	case *api.Identity, *api.IPCacheEntry, *api.Policy:
-		for _, obs := range a.objObservers {
+		for _, obs := range a.cfg.ObjectObservers {
 			obs.ObjectUpserted(cluster, obj)
 		}
 	}
 }
 
 func (d delegate) Synced(cluster string, kind api.Kind) {
-	for _, obs := range d.a.objObservers {
+	for _, obs := range d.a.cfg.ObjectObservers {
 		obs.ObjectsSynced(cluster, kind)
 	}
 }
@@ -621,7 +616,7 @@ func (d delegate) Delete(cluster string, key api.ParsedKey) {
 			a.notifyNodes(func(obs NodeObserver) { obs.NodeDeleted(cluster, r.Name) })
 		}
 	case api.KindIdentity, api.KindIPCache, api.KindPolicy:
-		for _, obs := range a.objObservers {
+		for _, obs := range a.cfg.ObjectObservers {
 			obs.ObjectDeleted(cluster, key)
 		}
 	}
@@ -629,7 +624,7 @@ func (d delegate) Delete(cluster string, key api.ParsedKey) {
 
 func (d delegate) Drain(cluster string) {
 	a := d.a
-	for _, obs := range a.objObservers {
+	for _, obs := range a.cfg.ObjectObservers {
 		obs.ClusterDrained(cluster)
 	}
 	a.merger.DeleteCluster(cluster)

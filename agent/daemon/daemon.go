@@ -114,10 +114,26 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("--datapath %q: must be bpf or none", cfg.Datapath)
 	}
 
+	var (
+		eng       *enforce.Engine
+		observers []agent.ObjectObserver
+	)
+	if cfg.Policy && bdp != nil {
+		var err error
+		eng, err = enforce.New(enforce.Config{
+			Cluster: cfg.ClusterName, Node: cfg.NodeName, AllClusters: cfg.PolicyAllClusters,
+			NetnsDir: cfg.PolicyNetnsDir, HostAddrs: hostAddrs(log), Datapath: bdp,
+			Registerer: reg, Logger: log,
+		})
+		if err != nil {
+			return err
+		}
+		observers = append(observers, eng)
+	}
 	a, err := agent.New(agent.Config{
 		ClusterName: cfg.ClusterName, NodeName: cfg.NodeName, ClustersDir: cfg.ClustersDir,
 		ProtectedCIDRs: cfg.ProtectedCIDRs, PeerLimits: cfg.PeerLimits,
-		Datapath: dp, DatapathName: cfg.Datapath,
+		Datapath: dp, DatapathName: cfg.Datapath, ObjectObservers: observers,
 		Registerer: reg, Logger: log,
 		DirPollInterval: cfg.DirPoll, InitialSyncTimeout: cfg.InitialSyncTimeout,
 	})
@@ -131,16 +147,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer cancel()
 
 	statusHandler := a.Handler(reg)
-	if cfg.Policy && bdp != nil {
-		eng, err := enforce.New(enforce.Config{
-			Cluster: cfg.ClusterName, Node: cfg.NodeName, AllClusters: cfg.PolicyAllClusters,
-			NetnsDir: cfg.PolicyNetnsDir, HostAddrs: hostAddrs(log), Datapath: bdp,
-			Registerer: reg, Logger: log,
-		})
-		if err != nil {
-			return err
-		}
-		a.AddObjectObserver(eng)
+	if eng != nil {
 		mux := http.NewServeMux()
 		mux.Handle("GET /policy", eng.Handler())
 		mux.Handle("/", statusHandler)

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -193,7 +194,7 @@ func (c *Cluster) MarkSyncedErr(ctx context.Context) error {
 	c.mu.Lock()
 	w := c.writer
 	c.mu.Unlock()
-	for _, k := range api.SyncedKinds {
+	for _, k := range append(slices.Clone(api.SyncedKinds), api.LocalKinds...) {
 		if err := w.MarkSynced(ctx, k); err != nil {
 			return fmt.Errorf("cluster %s: mark %s synced: %w", c.Name, k, err)
 		}
@@ -224,7 +225,7 @@ func (c *Cluster) MarkSynced() {
 	c.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	for _, k := range api.SyncedKinds {
+	for _, k := range append(slices.Clone(api.SyncedKinds), api.LocalKinds...) {
 		if err := w.MarkSynced(ctx, k); err != nil {
 			c.m.t.Fatalf("cluster %s: mark %s synced: %v", c.Name, k, err)
 		}

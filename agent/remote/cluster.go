@@ -503,7 +503,11 @@ func (c *Cluster) handle(ev kvstore.Event, seen map[api.Kind]map[string]struct{}
 			c.st.SyncedKinds = append(c.st.SyncedKinds, string(kind))
 			slices.Sort(c.st.SyncedKinds)
 		}
-		c.st.Synced = len(c.st.SyncedKinds) == len(c.kinds)
+		// Readiness waits for the kinds every cluster exports; a local
+		// kind (policies) is the concern of its observer alone, so that an
+		// apiserver that does not export it yet does not hold the agent
+		// unready.
+		c.st.Synced = !slices.ContainsFunc(Kinds, func(k api.Kind) bool { return !slices.Contains(c.st.SyncedKinds, string(k)) })
 		synced := c.st.Synced
 		c.mu.Unlock()
 		c.opts.Delegate.Synced(c.name, kind)
