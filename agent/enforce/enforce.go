@@ -259,12 +259,6 @@ func (e *Engine) Run(ctx context.Context) {
 	}
 }
 
-// localEndpoint is a pod of this node as the store exports it.
-type localEndpoint struct {
-	entry *api.IPCacheEntry
-	addrs []netip.Addr
-}
-
 // snapshot is what one reconcile computes from, copied under the lock.
 type snapshot struct {
 	identities []*api.Identity
