@@ -32,8 +32,10 @@ func (l *objectLog) ObjectUpserted(cluster string, obj api.Object) {
 func (l *objectLog) ObjectDeleted(cluster string, key api.ParsedKey) {
 	l.add("delete %s %s", cluster, key.Key)
 }
-func (l *objectLog) ObjectsSynced(cluster string, kind api.Kind) { l.add("synced %s %s", cluster, kind) }
-func (l *objectLog) ClusterDrained(cluster string)               { l.add("drained %s", cluster) }
+func (l *objectLog) ObjectsSynced(cluster string, kind api.Kind) {
+	l.add("synced %s %s", cluster, kind)
+}
+func (l *objectLog) ClusterDrained(cluster string) { l.add("drained %s", cluster) }
 
 func (l *objectLog) has(line string) bool {
 	l.mu.Lock()
