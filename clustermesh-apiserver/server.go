@@ -192,6 +192,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("cluster %s: metrics: %w", s.cfg.ClusterName, err)
 	}
+	pc.exportTo(s.cfg.ClusterName, writer, client)
 	pcctx, pccancel := context.WithCancel(ctx)
 	defer pccancel()
 	wg.Add(1)
