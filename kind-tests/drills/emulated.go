@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/clustermesh/clustermesh/internal/poll"
@@ -181,9 +183,10 @@ func (e Emulated) StartTraffic(ctx context.Context, node, service, proto string)
 	return n.StartTraffic(e.M.Bins, fmt.Sprintf("probe-%s-%d", proto, time.Now().UnixNano()%100000), netip.AddrPortFrom(vip, 80), &emulator.TrafficOptions{Proto: proto})
 }
 
-// StartPodTraffic implements PodTrafficMesh: a probe process inside the
-// pod's network namespace, in its node's cgroup.
-func (e Emulated) StartPodTraffic(ctx context.Context, cluster, namespace, pod, service, proto string) (Traffic, error) {
+// StartPodTraffic implements PodTrafficMesh: the pod is created (when
+// absent) and run by the emulated kubelet; the probe is a process inside
+// its network namespace, in its node's cgroup.
+func (e Emulated) StartPodTraffic(ctx context.Context, cluster, name string, labels map[string]string, service, proto string) (Traffic, error) {
 	c, err := e.cluster(cluster)
 	if err != nil {
 		return nil, err
@@ -192,24 +195,31 @@ func (e Emulated) StartPodTraffic(ctx context.Context, cluster, namespace, pod, 
 	if err != nil {
 		return nil, err
 	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Labels: labels},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "client", Image: "probe"}}},
+	}
+	if _, err := c.ControlPlane().Client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return nil, fmt.Errorf("cluster %s: create pod %s: %w", cluster, name, err)
+	}
 	var found *emulator.Pod
 	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	err = poll.Until(wctx, func(context.Context) error {
 		for _, n := range c.Nodes() {
 			for _, p := range n.Pods() {
-				if p.Namespace == namespace && p.Name == pod {
+				if p.Namespace == "default" && p.Name == name {
 					found = p
 					return nil
 				}
 			}
 		}
-		return fmt.Errorf("cluster %s: pod %s/%s not running", cluster, namespace, pod)
+		return fmt.Errorf("cluster %s: pod default/%s not running", cluster, name)
 	})
 	if err != nil {
 		return nil, err
 	}
-	return found.StartTraffic(e.M.Bins, fmt.Sprintf("probe-%s-%s-%d", pod, proto, time.Now().UnixNano()%100000), netip.AddrPortFrom(vip, 80), &emulator.TrafficOptions{Proto: proto})
+	return found.StartTraffic(e.M.Bins, fmt.Sprintf("probe-%s-%s-%d", name, proto, time.Now().UnixNano()%100000), netip.AddrPortFrom(vip, 80), &emulator.TrafficOptions{Proto: proto})
 }
 
 // RestartAgent implements Mesh: the harness's kubelet restarts the agent.

@@ -8,7 +8,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -23,12 +22,14 @@ import (
 // about which pod connects): the emulator can; kind clusters skip them.
 const NeedPodTraffic = "pod-traffic"
 
-// PodTrafficMesh is a Mesh that runs probes inside pods.
+// PodTrafficMesh is a Mesh that runs probes inside pods of a given name
+// and labels (policy is about which pod connects).
 type PodTrafficMesh interface {
 	Mesh
-	// StartPodTraffic starts a probe inside pod namespace/name of cluster
-	// (waiting for the pod to run), to the service's ClusterIP there.
-	StartPodTraffic(ctx context.Context, cluster, namespace, pod, service, proto string) (Traffic, error)
+	// StartPodTraffic starts a probe inside pod default/name of cluster,
+	// creating the pod with labels if it does not exist, to the service's
+	// ClusterIP there. The pod's labels may be changed while it runs.
+	StartPodTraffic(ctx context.Context, cluster, name string, labels map[string]string, service, proto string) (Traffic, error)
 }
 
 // policyName is the NetworkPolicy the Policy drill creates in c1.
@@ -67,27 +68,22 @@ func Policy(ctx context.Context, e *Env) error {
 	if err != nil {
 		return err
 	}
-	for _, name := range []string{"frontend", "intruder"} {
-		if err := createClientPod(ctx, kube2, "policy-"+name, name); err != nil {
-			return fmt.Errorf("cluster %s: %w", c2, err)
-		}
-	}
 	defer func() {
 		bg := context.WithoutCancel(ctx)
-		for _, name := range []string{"policy-frontend", "policy-intruder"} {
+		for _, name := range []string{"policy-frontend", "policy-intruder", "policy-frontend-udp"} {
 			_ = kube2.CoreV1().Pods("default").Delete(bg, name, metav1.DeleteOptions{})
 		}
 		_ = kube1.NetworkingV1().NetworkPolicies("default").Delete(bg, policyName, metav1.DeleteOptions{})
 	}()
-	probe := func(pod, proto string) (Traffic, error) {
-		return m.StartPodTraffic(ctx, c2, "default", pod, e.Service, proto)
+	probe := func(pod, app, proto string) (Traffic, error) {
+		return m.StartPodTraffic(ctx, c2, pod, map[string]string{"app": app}, e.Service, proto)
 	}
-	front, err := probe("policy-frontend", "tcp")
+	front, err := probe("policy-frontend", "frontend", "tcp")
 	if err != nil {
 		return err
 	}
 	defer stop(front)
-	intr, err := probe("policy-intruder", "tcp")
+	intr, err := probe("policy-intruder", "intruder", "tcp")
 	if err != nil {
 		return err
 	}
@@ -121,7 +117,7 @@ func Policy(ctx context.Context, e *Env) error {
 	e.Report.Add("policy", "frontend tcp (allowed) over 2 s", e.split(front.Attempts(mark)), "pass")
 	e.Report.Add("policy", "intruder tcp (denied in c1) over 2 s", e.split(intr.Attempts(mark)), "pass")
 
-	udp, err := probe("policy-frontend", "udp")
+	udp, err := probe("policy-frontend-udp", "frontend", "udp")
 	if err != nil {
 		return err
 	}
@@ -263,21 +259,6 @@ func frontendOnly(service, peer string) *networkingv1.NetworkPolicy {
 			}},
 		},
 	}
-}
-
-func createClientPod(ctx context.Context, kube kubernetes.Interface, name, app string) error {
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Labels: map[string]string{"app": app}},
-		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "client", Image: "probe"}}},
-	}
-	_, err := kube.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("create pod %s: %w", name, err)
-	}
-	return nil
 }
 
 func kubeClient(kubeconfig string) (kubernetes.Interface, error) {

@@ -70,7 +70,7 @@ type Mesh struct {
 	log     *slog.Logger
 }
 
-var _ drills.Mesh = (*Mesh)(nil)
+var _ drills.PodTrafficMesh = (*Mesh)(nil)
 
 // New connects to the clusters and lists their nodes (control plane
 // first: kind names sort that way).
@@ -398,15 +398,30 @@ func (t *traffic) Stop(ctx context.Context) error {
 // so the node's socket load balancer and its routes apply to it) aimed at
 // the service's ClusterIP, whose log is followed.
 func (m *Mesh) StartTraffic(ctx context.Context, node, service, proto string) (drills.Traffic, error) {
+	name := fmt.Sprintf("probe-%s-%d", proto, time.Now().UnixNano()%1000000)
+	return m.startProbe(ctx, node, name, map[string]string{"app.kubernetes.io/name": "drill-probe"}, service, proto)
+}
+
+// StartPodTraffic implements drills.PodTrafficMesh: the probe is itself
+// pod default/name, with the given labels, on the cluster's first node.
+func (m *Mesh) StartPodTraffic(ctx context.Context, cluster, name string, labels map[string]string, service, proto string) (drills.Traffic, error) {
+	nodes := m.nodes[cluster]
+	if len(nodes) == 0 {
+		return nil, fmt.Errorf("cluster %s: no nodes", cluster)
+	}
+	return m.startProbe(ctx, nodes[0], name, labels, service, proto)
+}
+
+// startProbe runs a probe pod on node aimed at the service's ClusterIP.
+func (m *Mesh) startProbe(ctx context.Context, node, name string, labels map[string]string, service, proto string) (drills.Traffic, error) {
 	cluster := m.cluster[node]
 	kc := m.kube[cluster]
 	svc, err := kc.CoreV1().Services("default").Get(ctx, service, metav1.GetOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("cluster %s: service %s: %w", cluster, service, err)
 	}
-	name := fmt.Sprintf("probe-%s-%d", proto, time.Now().UnixNano()%1000000)
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Labels: map[string]string{"app.kubernetes.io/name": "drill-probe"}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Labels: labels},
 		Spec: corev1.PodSpec{
 			NodeName:                      node,
 			Tolerations:                   tolerateAll,
