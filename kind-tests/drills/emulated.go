@@ -20,7 +20,7 @@ type Emulated struct {
 	M *emulator.Mesh
 }
 
-var _ Mesh = Emulated{}
+var _ PodTrafficMesh = Emulated{}
 
 // Environment implements Mesh.
 func (Emulated) Environment() string { return "emulator" }
