@@ -180,7 +180,7 @@ func (e Emulated) StartTraffic(ctx context.Context, node, service, proto string)
 	if err != nil {
 		return nil, err
 	}
-	return n.StartTraffic(e.M.Bins, fmt.Sprintf("probe-%s-%d", proto, time.Now().UnixNano()%100000), netip.AddrPortFrom(vip, 80), &emulator.TrafficOptions{Proto: proto})
+	return n.StartTraffic(e.M.Bins, fmt.Sprintf("probe-%s-%d", proto, time.Now().UnixNano()%100000), netip.AddrPortFrom(vip, 80), &emulator.TrafficOptions{Proto: proto, Timeout: PodProbeTimeout})
 }
 
 // StartPodTraffic implements PodTrafficMesh: the pod is created (when

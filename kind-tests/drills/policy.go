@@ -22,6 +22,10 @@ import (
 // about which pod connects): the emulator can; kind clusters skip them.
 const NeedPodTraffic = "pod-traffic"
 
+// PodProbeTimeout bounds each attempt of a pod's probe: a dropped SYN
+// fails after it, so it is the resolution of the Policy drill's figures.
+const PodProbeTimeout = 100 * time.Millisecond
+
 // PodTrafficMesh is a Mesh that runs probes inside pods of a given name
 // and labels (policy is about which pod connects).
 type PodTrafficMesh interface {

@@ -399,7 +399,7 @@ func (t *traffic) Stop(ctx context.Context) error {
 // the service's ClusterIP, whose log is followed.
 func (m *Mesh) StartTraffic(ctx context.Context, node, service, proto string) (drills.Traffic, error) {
 	name := fmt.Sprintf("probe-%s-%d", proto, time.Now().UnixNano()%1000000)
-	return m.startProbe(ctx, node, name, map[string]string{"app.kubernetes.io/name": "drill-probe"}, service, proto)
+	return m.startProbe(ctx, node, name, map[string]string{"app.kubernetes.io/name": "drill-probe"}, service, proto, 500*time.Millisecond)
 }
 
 // StartPodTraffic implements drills.PodTrafficMesh: the probe is itself
@@ -409,11 +409,11 @@ func (m *Mesh) StartPodTraffic(ctx context.Context, cluster, name string, labels
 	if len(nodes) == 0 {
 		return nil, fmt.Errorf("cluster %s: no nodes", cluster)
 	}
-	return m.startProbe(ctx, nodes[0], name, labels, service, proto)
+	return m.startProbe(ctx, nodes[0], name, labels, service, proto, drills.PodProbeTimeout)
 }
 
 // startProbe runs a probe pod on node aimed at the service's ClusterIP.
-func (m *Mesh) startProbe(ctx context.Context, node, name string, labels map[string]string, service, proto string) (drills.Traffic, error) {
+func (m *Mesh) startProbe(ctx context.Context, node, name string, labels map[string]string, service, proto string, timeout time.Duration) (drills.Traffic, error) {
 	cluster := m.cluster[node]
 	kc := m.kube[cluster]
 	svc, err := kc.CoreV1().Services("default").Get(ctx, service, metav1.GetOptions{})
@@ -431,7 +431,7 @@ func (m *Mesh) startProbe(ctx context.Context, node, name string, labels map[str
 				Name:            "probe",
 				Image:           m.opts.ProbeImage,
 				ImagePullPolicy: corev1.PullNever,
-				Args:            []string{"-target", fmt.Sprintf("%s:80", svc.Spec.ClusterIP), "-proto", proto, "-interval", "10ms", "-timeout", "500ms"},
+				Args:            []string{"-target", fmt.Sprintf("%s:80", svc.Spec.ClusterIP), "-proto", proto, "-interval", "10ms", "-timeout", timeout.String()},
 			}},
 		},
 	}
