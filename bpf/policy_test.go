@@ -1,7 +1,10 @@
 package bpf
 
 import (
+	"errors"
 	"net/netip"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -172,4 +175,77 @@ func TestPolicyEnforcement(t *testing.T) {
 	if stats["policy_egress_denied"] < 5 || stats["policy_ingress_dropped"] < 3 {
 		t.Errorf("policy counters %v: want at least 5 egress denials and 3 ingress drops", stats)
 	}
+}
+
+// TestPolicySurvivesRestart: enforcement stays while no agent runs (maps
+// and tcx links are pinned), and the next Open adopts it whole: the same
+// policies, addresses, endpoints and interfaces, still enforced.
+func TestPolicySurvivesRestart(t *testing.T) {
+	l, pin, cg := newLab(t)
+	tp := newTopo(l, 2)
+	tp.serveEcho(t)
+	cfg := testConfig(cg, pin)
+	dp, err := Open(t.Context(), cfg)
+	if errors.Is(err, ErrNotSupported) {
+		t.Skipf("kernel too old: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := netip.MustParseAddr("10.77.0.1")
+	be1, be2 := tp.v4["be1"], tp.v4["be2"]
+	ns, err := podnet.Read(netlab.NetnsPath(tp.clientNS))
+	if err != nil {
+		t.Fatal(err)
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(dp.SetPolicyEndpoint(PolicyEndpoint{NetnsCookie: ns.Cookie, Identity: 100, IPv4: client}))
+	for addr, id := range map[netip.Addr]uint32{client: 100, be1.Addr(): 200, be2.Addr(): 300} {
+		must(dp.SetIPCache(addr, id))
+	}
+	must(netlab.InNetns(tp.clientNS, func() error {
+		i, err := podnet.HostInterface(be1.Addr())
+		if err != nil {
+			return err
+		}
+		return dp.AttachIngress(i)
+	}))
+	egress := IdentityPolicy{Egress: true, Entries: map[PolicyKey]Verdict{{Dir: DirEgress, Peer: 200, Proto: 6}: Allow, {Dir: DirEgress, Peer: 300}: Allow}}
+	ingress := IdentityPolicy{Ingress: true, Entries: map[PolicyKey]Verdict{{Dir: DirIngress, Peer: 999}: Allow}}
+	must(dp.SetIdentityPolicy(100, egress))
+	must(dp.SetIdentityPolicy(300, ingress))
+	wantPolicies, wantIfaces := dp.IdentityPolicies(), dp.IngressInterfaces()
+
+	check := func(when string) {
+		t.Helper()
+		for _, p := range []struct {
+			mode   string
+			target netip.AddrPort
+			ok     bool
+		}{{"tcp", be1, true}, {"udp", be1, false}, {"tcp", be2, false}} {
+			res := runClient(t, tp.clientNS, cg, clientSpec{Mode: p.mode, VIP: p.target, Count: 1})
+			if got := res.NumErrors == 0; got != p.ok {
+				t.Errorf("%s: %s to %s: ok=%v, want %v (%v)", when, p.mode, p.target, got, p.ok, res.Errors)
+			}
+		}
+	}
+	check("agent running")
+	must(dp.Close())
+	check("no agent")
+	dp2 := openTest(t, cfg)
+	if got := dp2.IdentityPolicies(); !reflect.DeepEqual(got, wantPolicies) {
+		t.Errorf("adopted policies %+v, want %+v", got, wantPolicies)
+	}
+	if got := dp2.IngressInterfaces(); !slices.Equal(got, wantIfaces) {
+		t.Errorf("adopted ingress interfaces %v, want %v", got, wantIfaces)
+	}
+	if got := dp2.PolicyEndpoints(); len(got) != 1 || got[0].NetnsCookie != ns.Cookie || got[0].IPv4 != client {
+		t.Errorf("adopted endpoints %+v", got)
+	}
+	check("after restart")
 }
