@@ -152,8 +152,9 @@ type clientResult struct {
 	// Errors lists failed attempts (at most the first 20).
 	Errors    []string `json:"errors"`
 	NumErrors int      `json:"numErrors"`
-	// PeerNotVIP counts UDP replies whose source (recvfrom, or getpeername
-	// of a connected socket) was not the VIP.
+	// PeerNotVIP counts exchanges whose peer was not the VIP: a UDP
+	// reply's source (recvfrom), or getpeername of a connected TCP or UDP
+	// socket.
 	PeerNotVIP int `json:"peerNotVIP"`
 }
 
@@ -287,11 +288,15 @@ func clientOnce(spec clientSpec) (name string, peerIsVIP bool, err error) {
 		if err := unix.Connect(fd, &unix.SockaddrInet6{Port: int(spec.VIP.Port()), Addr: spec.VIP.Addr().As16()}); err != nil {
 			return "", false, fmt.Errorf("connect6 %s: %w", spec.VIP, err)
 		}
+		peer, perr := peerOf(fd)
+		if perr != nil {
+			return "", false, perr
+		}
 		b, err := io.ReadAll(f)
 		if err != nil {
 			return "", false, err
 		}
-		return strings.TrimSpace(string(b)), true, nil
+		return strings.TrimSpace(string(b)), isVIP(peer, spec.VIP), nil
 	case "tcp":
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", spec.VIP.String())
@@ -300,11 +305,21 @@ func clientOnce(spec clientSpec) (name string, peerIsVIP bool, err error) {
 		}
 		defer c.Close()
 		c.SetDeadline(deadline)
+		raw, err := c.(*net.TCPConn).SyscallConn()
+		if err != nil {
+			return "", false, err
+		}
+		var peer netip.AddrPort
+		var perr error
+		raw.Control(func(fd uintptr) { peer, perr = peerOf(int(fd)) })
+		if perr != nil {
+			return "", false, perr
+		}
 		b, err := io.ReadAll(c)
 		if err != nil {
 			return "", false, err
 		}
-		return strings.TrimSpace(string(b)), true, nil
+		return strings.TrimSpace(string(b)), isVIP(peer, spec.VIP), nil
 	case "udp":
 		pc, err := net.ListenUDP("udp", nil)
 		if err != nil {
@@ -335,16 +350,7 @@ func clientOnce(spec clientSpec) (name string, peerIsVIP bool, err error) {
 		}
 		var peer netip.AddrPort
 		var perr error
-		raw.Control(func(fd uintptr) {
-			var sa unix.Sockaddr
-			sa, perr = unix.Getpeername(int(fd))
-			switch sa := sa.(type) {
-			case *unix.SockaddrInet4:
-				peer = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-			case *unix.SockaddrInet6:
-				peer = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
-			}
-		})
+		raw.Control(func(fd uintptr) { peer, perr = peerOf(int(fd)) })
 		if perr != nil {
 			return "", false, perr
 		}
@@ -356,9 +362,29 @@ func clientOnce(spec clientSpec) (name string, peerIsVIP bool, err error) {
 		if err != nil {
 			return "", false, err
 		}
-		return string(buf[:n]), peer.Addr().Unmap() == spec.VIP.Addr().Unmap() && peer.Port() == spec.VIP.Port(), nil
+		return string(buf[:n]), isVIP(peer, spec.VIP), nil
 	}
 	return "", false, fmt.Errorf("unknown mode %q", spec.Mode)
+}
+
+// peerOf asks the kernel for a socket's peer (getpeername), not Go's
+// cached remote address.
+func peerOf(fd int) (netip.AddrPort, error) {
+	sa, err := unix.Getpeername(fd)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)), nil
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port)), nil
+	}
+	return netip.AddrPort{}, fmt.Errorf("getpeername: %T", sa)
+}
+
+func isVIP(peer, vip netip.AddrPort) bool {
+	return peer.Addr().Unmap() == vip.Addr().Unmap() && peer.Port() == vip.Port()
 }
 
 // loaderMain opens the datapath from the environment, programs the services

@@ -6,9 +6,9 @@
  *
  * cgroup sock_addr hooks rewrite a service VIP:port to a chosen backend when a
  * socket in the attached cgroup calls connect() (TCP and connected UDP) or
- * sendmsg() (unconnected UDP), before any packet exists. recvmsg() and
- * getpeername() translate the backend back to the VIP, so the application
- * only ever sees the address it asked for.
+ * sendmsg() (unconnected UDP), before any packet exists. recvmsg() (UDP)
+ * and getpeername() (TCP and UDP) translate the backend back to the VIP, so
+ * the application only ever sees the address it asked for.
  *
  * All addresses are 16 bytes in network byte order; IPv4 is stored
  * IPv4-mapped (::ffff:a.b.c.d), so one set of maps serves both families and a
@@ -301,12 +301,11 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, int v6)
 	ctx->user_port = (__u32)be->port;
 	stat_inc(STAT_TRANSLATED);
 
-	/* UDP: remember the VIP for this socket and backend so replies and
-	 * getpeername() show the VIP; skip the write when the entry is already
-	 * there (sendmsg runs per datagram). TCP needs no state: the kernel
-	 * never reports a TCP peer through recvmsg. */
-	if (key.proto != IPPROTO_UDP)
-		return 1;
+	/* Remember the VIP for this socket and backend so that getpeername()
+	 * (TCP and UDP) and UDP replies show the address the application
+	 * dialled; skip the write when the entry is already there (sendmsg
+	 * runs per datagram). Socket cookies are never reused, so an entry of
+	 * a closed socket is only evicted by the LRU, never misread. */
 	rk.cookie = bpf_get_socket_cookie(ctx);
 	__builtin_memcpy(rk.addr, be->addr, sizeof(rk.addr));
 	rk.port = be->port;
