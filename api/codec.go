@@ -136,6 +136,9 @@ func (s *Service) Marshal() ([]byte, error) {
 	e.string(10, string(s.Affinity))
 	e.uint(11, uint64(s.MinLocalBackends))
 	e.stringMap(12, s.Labels)
+	e.uint(13, uint64(s.SessionAffinityTimeout))
+	e.bool(14, s.InternalTrafficLocal)
+	e.bool(15, s.PreferClose)
 	return e.finish()
 }
 
@@ -173,6 +176,12 @@ func (s *Service) Unmarshal(b []byte) error {
 			s.MinLocalBackends, err = f.uint32()
 		case 12:
 			err = f.stringMap(&s.Labels)
+		case 13:
+			s.SessionAffinityTimeout, err = f.uint32()
+		case 14:
+			s.InternalTrafficLocal, err = f.bool()
+		case 15:
+			s.PreferClose, err = f.bool()
 		}
 		return err
 	})

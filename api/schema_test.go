@@ -51,7 +51,8 @@ var schemaMessages = []schemaMessage{
 	{"Service", reflect.TypeFor[Service](), map[protoreflect.Name]string{
 		"cluster": "Cluster", "cluster_id": "ClusterID", "namespace": "Namespace", "name": "Name",
 		"cluster_ips": "ClusterIPs", "ports": "Ports", "global": "Global", "shared": "Shared",
-		"affinity": "Affinity", "min_local_backends": "MinLocalBackends", "labels": "Labels"}},
+		"affinity": "Affinity", "min_local_backends": "MinLocalBackends", "labels": "Labels",
+		"session_affinity_timeout": "SessionAffinityTimeout", "internal_traffic_local": "InternalTrafficLocal", "prefer_close": "PreferClose"}},
 	{"Endpoint", reflect.TypeFor[Endpoint](), map[protoreflect.Name]string{
 		"addresses": "Addresses", "node_name": "NodeName", "zone": "Zone", "ready": "Ready",
 		"serving": "Serving", "terminating": "Terminating"}},
@@ -195,7 +196,8 @@ func schemaSamples() []codecObject {
 		&Service{Cluster: "c1", ClusterID: math.MaxUint32, Namespace: "kube-system", Name: "dns",
 			ClusterIPs: []netip.Addr{netip.MustParseAddr("fd00::a"), netip.MustParseAddr("10.96.0.1")},
 			Ports:      []ServicePort{{Port: 65535, Protocol: ProtocolUDP}, {Name: "x", Port: 1, Protocol: ProtocolTCP}},
-			Affinity:   AffinityRemote, MinLocalBackends: math.MaxUint32, Labels: map[string]string{"a/b": "", "k": "vä"}},
+			Affinity:   AffinityRemote, MinLocalBackends: math.MaxUint32, Labels: map[string]string{"a/b": "", "k": "vä"},
+			SessionAffinityTimeout: 86400, InternalTrafficLocal: true, PreferClose: true},
 		&EndpointSlice{Cluster: "c1", Namespace: "ns", Service: "svc", Name: "svc-1",
 			Endpoints: []Endpoint{{Addresses: []netip.Addr{netip.MustParseAddr("fd00::5"), netip.MustParseAddr("10.0.0.5")}, Terminating: true, Serving: true}}},
 		&Identity{Cluster: "c1", ID: math.MaxUint32, Namespace: "ns"},

@@ -96,6 +96,16 @@ type Service struct {
 	MinLocalBackends uint32
 	// Labels are the service's labels, kept for selection by the CLI.
 	Labels map[string]string
+	// SessionAffinityTimeout is, for sessionAffinity: ClientIP, how long
+	// (seconds) a client keeps its backend after its last connect; 0 means
+	// no session affinity.
+	SessionAffinityTimeout uint32
+	// InternalTrafficLocal is internalTrafficPolicy: Local: a client is
+	// only sent to backends on its own node.
+	InternalTrafficLocal bool
+	// PreferClose is trafficDistribution: PreferClose (or PreferSameZone):
+	// backends in the client's zone first, then its cluster, then others.
+	PreferClose bool
 }
 
 // EndpointPort is one port of an endpoint slice.

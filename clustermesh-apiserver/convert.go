@@ -43,6 +43,18 @@ func convertService(cluster string, clusterID uint32, svc *corev1.Service, s Ser
 	for _, p := range svc.Spec.Ports {
 		out.Ports = append(out.Ports, api.ServicePort{Name: p.Name, Port: uint16(p.Port), Protocol: protocol(p.Protocol)})
 	}
+	if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
+		out.SessionAffinityTimeout = uint32(corev1.DefaultClientIPServiceAffinitySeconds)
+		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil && *c.ClientIP.TimeoutSeconds > 0 {
+			out.SessionAffinityTimeout = uint32(*c.ClientIP.TimeoutSeconds)
+		}
+	}
+	if p := svc.Spec.InternalTrafficPolicy; p != nil && *p == corev1.ServiceInternalTrafficPolicyLocal {
+		out.InternalTrafficLocal = true
+	}
+	if d := svc.Spec.TrafficDistribution; d != nil && (*d == corev1.ServiceTrafficDistributionPreferClose || *d == "PreferSameZone") {
+		out.PreferClose = true
+	}
 	return out
 }
 

@@ -137,3 +137,32 @@ func TestWithBGP(t *testing.T) {
 		})
 	}
 }
+
+func TestConvertServiceSemantics(t *testing.T) {
+	local := corev1.ServiceInternalTrafficPolicyLocal
+	cluster := corev1.ServiceInternalTrafficPolicyCluster
+	for _, tc := range []struct {
+		name string
+		spec corev1.ServiceSpec
+		want api.Service
+	}{
+		{"defaults", corev1.ServiceSpec{}, api.Service{}},
+		{"client IP affinity, default timeout", corev1.ServiceSpec{SessionAffinity: corev1.ServiceAffinityClientIP},
+			api.Service{SessionAffinityTimeout: 10800}},
+		{"client IP affinity, 60 s", corev1.ServiceSpec{SessionAffinity: corev1.ServiceAffinityClientIP,
+			SessionAffinityConfig: &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: ptr[int32](60)}}},
+			api.Service{SessionAffinityTimeout: 60}},
+		{"internal traffic local", corev1.ServiceSpec{InternalTrafficPolicy: &local}, api.Service{InternalTrafficLocal: true}},
+		{"internal traffic cluster", corev1.ServiceSpec{InternalTrafficPolicy: &cluster}, api.Service{}},
+		{"prefer close", corev1.ServiceSpec{TrafficDistribution: ptr(corev1.ServiceTrafficDistributionPreferClose)}, api.Service{PreferClose: true}},
+		{"prefer same zone", corev1.ServiceSpec{TrafficDistribution: ptr("PreferSameZone")}, api.Service{PreferClose: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := convertService("c1", 1, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "s"}, Spec: tc.spec}, ServiceSettings{})
+			if got.SessionAffinityTimeout != tc.want.SessionAffinityTimeout || got.InternalTrafficLocal != tc.want.InternalTrafficLocal || got.PreferClose != tc.want.PreferClose {
+				t.Errorf("got affinity %d, local %v, close %v; want %d, %v, %v", got.SessionAffinityTimeout, got.InternalTrafficLocal, got.PreferClose,
+					tc.want.SessionAffinityTimeout, tc.want.InternalTrafficLocal, tc.want.PreferClose)
+			}
+		})
+	}
+}

@@ -364,21 +364,24 @@ func (x *Port) GetProtocol() uint32 {
 
 // clustermesh/v1/services/<cluster>/<namespace>/<name>
 type Service struct {
-	state            protoimpl.MessageState `protogen:"open.v1"`
-	SchemaVersion    uint32                 `protobuf:"varint,1,opt,name=schema_version,json=schemaVersion,proto3" json:"schema_version,omitempty"`
-	Cluster          string                 `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
-	ClusterId        uint32                 `protobuf:"varint,3,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
-	Namespace        string                 `protobuf:"bytes,4,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name             string                 `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`
-	ClusterIps       [][]byte               `protobuf:"bytes,6,rep,name=cluster_ips,json=clusterIps,proto3" json:"cluster_ips,omitempty"` // address
-	Ports            []*Port                `protobuf:"bytes,7,rep,name=ports,proto3" json:"ports,omitempty"`
-	Global           bool                   `protobuf:"varint,8,opt,name=global,proto3" json:"global,omitempty"`
-	Shared           bool                   `protobuf:"varint,9,opt,name=shared,proto3" json:"shared,omitempty"`
-	Affinity         string                 `protobuf:"bytes,10,opt,name=affinity,proto3" json:"affinity,omitempty"` // "", "none", "local", "remote"
-	MinLocalBackends uint32                 `protobuf:"varint,11,opt,name=min_local_backends,json=minLocalBackends,proto3" json:"min_local_backends,omitempty"`
-	Labels           []*StringPair          `protobuf:"bytes,12,rep,name=labels,proto3" json:"labels,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	state                  protoimpl.MessageState `protogen:"open.v1"`
+	SchemaVersion          uint32                 `protobuf:"varint,1,opt,name=schema_version,json=schemaVersion,proto3" json:"schema_version,omitempty"`
+	Cluster                string                 `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	ClusterId              uint32                 `protobuf:"varint,3,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	Namespace              string                 `protobuf:"bytes,4,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name                   string                 `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`
+	ClusterIps             [][]byte               `protobuf:"bytes,6,rep,name=cluster_ips,json=clusterIps,proto3" json:"cluster_ips,omitempty"` // address
+	Ports                  []*Port                `protobuf:"bytes,7,rep,name=ports,proto3" json:"ports,omitempty"`
+	Global                 bool                   `protobuf:"varint,8,opt,name=global,proto3" json:"global,omitempty"`
+	Shared                 bool                   `protobuf:"varint,9,opt,name=shared,proto3" json:"shared,omitempty"`
+	Affinity               string                 `protobuf:"bytes,10,opt,name=affinity,proto3" json:"affinity,omitempty"` // "", "none", "local", "remote"
+	MinLocalBackends       uint32                 `protobuf:"varint,11,opt,name=min_local_backends,json=minLocalBackends,proto3" json:"min_local_backends,omitempty"`
+	Labels                 []*StringPair          `protobuf:"bytes,12,rep,name=labels,proto3" json:"labels,omitempty"`
+	SessionAffinityTimeout uint32                 `protobuf:"varint,13,opt,name=session_affinity_timeout,json=sessionAffinityTimeout,proto3" json:"session_affinity_timeout,omitempty"` // seconds; 0: no session affinity
+	InternalTrafficLocal   bool                   `protobuf:"varint,14,opt,name=internal_traffic_local,json=internalTrafficLocal,proto3" json:"internal_traffic_local,omitempty"`
+	PreferClose            bool                   `protobuf:"varint,15,opt,name=prefer_close,json=preferClose,proto3" json:"prefer_close,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *Service) Reset() {
@@ -493,6 +496,27 @@ func (x *Service) GetLabels() []*StringPair {
 		return x.Labels
 	}
 	return nil
+}
+
+func (x *Service) GetSessionAffinityTimeout() uint32 {
+	if x != nil {
+		return x.SessionAffinityTimeout
+	}
+	return 0
+}
+
+func (x *Service) GetInternalTrafficLocal() bool {
+	if x != nil {
+		return x.InternalTrafficLocal
+	}
+	return false
+}
+
+func (x *Service) GetPreferClose() bool {
+	if x != nil {
+		return x.PreferClose
+	}
+	return false
 }
 
 type Endpoint struct {
@@ -1982,7 +2006,7 @@ const file_schema_proto_rawDesc = "" +
 	"\x04Port\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1a\n" +
-	"\bprotocol\x18\x03 \x01(\rR\bprotocol\"\x96\x03\n" +
+	"\bprotocol\x18\x03 \x01(\rR\bprotocol\"\xa9\x04\n" +
 	"\aService\x12%\n" +
 	"\x0eschema_version\x18\x01 \x01(\rR\rschemaVersion\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12\x1d\n" +
@@ -1998,7 +2022,10 @@ const file_schema_proto_rawDesc = "" +
 	"\baffinity\x18\n" +
 	" \x01(\tR\baffinity\x12,\n" +
 	"\x12min_local_backends\x18\v \x01(\rR\x10minLocalBackends\x122\n" +
-	"\x06labels\x18\f \x03(\v2\x1a.clustermesh.v1.StringPairR\x06labels\"\xab\x01\n" +
+	"\x06labels\x18\f \x03(\v2\x1a.clustermesh.v1.StringPairR\x06labels\x128\n" +
+	"\x18session_affinity_timeout\x18\r \x01(\rR\x16sessionAffinityTimeout\x124\n" +
+	"\x16internal_traffic_local\x18\x0e \x01(\bR\x14internalTrafficLocal\x12!\n" +
+	"\fprefer_close\x18\x0f \x01(\bR\vpreferClose\"\xab\x01\n" +
 	"\bEndpoint\x12\x1c\n" +
 	"\taddresses\x18\x01 \x03(\fR\taddresses\x12\x1b\n" +
 	"\tnode_name\x18\x02 \x01(\tR\bnodeName\x12\x12\n" +
