@@ -226,6 +226,9 @@ func New(cfg Config) (*Agent, error) {
 		}
 		a.rmetrics = rm
 	}
+	// Until the node's object arrives (with its zone), the node name alone
+	// serves internalTrafficPolicy Local.
+	a.merger.SetNode(cfg.NodeName, "")
 	return a, nil
 }
 
@@ -568,6 +571,11 @@ func (d delegate) Upsert(cluster string, obj api.Object) {
 		a.merger.UpsertEndpointSlice(o)
 		a.markPending()
 	case *api.Node:
+		if cluster == a.cfg.ClusterName && o.Name == a.cfg.NodeName {
+			// The node's zone decides trafficDistribution PreferClose.
+			a.merger.SetNode(o.Name, o.Zone)
+			a.markPending()
+		}
 		a.mu.Lock()
 		if a.nodes[cluster] == nil {
 			a.nodes[cluster] = map[string]*api.Node{}

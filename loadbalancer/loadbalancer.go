@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"time"
 )
 
 // Protocol is an L4 protocol number as the kernel knows it.
@@ -69,6 +70,11 @@ type Service struct {
 	Fallback  []Backend
 	// Name is "namespace/name", for debug output and logs only.
 	Name string
+	// AffinityTimeout, when not zero, is sessionAffinity ClientIP: a
+	// client (a pod, known by its network namespace) keeps the backend it
+	// was given for this long after its last connect, while that backend
+	// stays in the service and its node up.
+	AffinityTimeout time.Duration
 }
 
 // Datapath programs merged services. Implementations must be safe for

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/internal/logging"
@@ -36,7 +37,10 @@ type Merger struct {
 	// syncMu serialises Sync so datapath calls of one frontend never race.
 	syncMu sync.Mutex
 
-	mu         sync.Mutex
+	mu sync.Mutex
+	// node and zone are the agent's node and its zone, for services with
+	// internalTrafficPolicy Local and trafficDistribution PreferClose.
+	node, zone string
 	clusterIDs map[string]uint32
 	services   map[Name]map[string]*api.Service
 	// slices: service → cluster → slice name → slice.
@@ -64,6 +68,26 @@ func New(local string, dp loadbalancer.Datapath, log *slog.Logger) *Merger {
 		programmed: map[Name]map[loadbalancer.Frontend]loadbalancer.Service{},
 		byNode:     map[loadbalancer.NodeRef]map[Name]struct{}{},
 		dirty:      map[Name]struct{}{},
+	}
+}
+
+// SetNode tells the merger which node its datapath serves and the node's
+// zone: internalTrafficPolicy Local keeps to the node's backends,
+// trafficDistribution PreferClose prefers the zone's. Services that depend on
+// them are recomputed when they change.
+func (m *Merger) SetNode(name, zone string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.node == name && m.zone == zone {
+		return
+	}
+	m.node, m.zone = name, zone
+	for n, byCluster := range m.services {
+		for _, s := range byCluster {
+			if s.InternalTrafficLocal || s.PreferClose {
+				m.dirty[n] = struct{}{}
+			}
+		}
 	}
 }
 
@@ -375,6 +399,7 @@ type candidate struct {
 	local   bool
 	ready   bool
 	serving bool
+	zone    string
 }
 
 // computeLocked returns the desired merged service of every local frontend
@@ -459,6 +484,7 @@ func (m *Merger) candidatesLocked(n Name, clusters []string, sp api.ServicePort,
 					local:   local,
 					ready:   ep.Ready,
 					serving: ep.Serving || ep.Ready,
+					zone:    ep.Zone,
 				})
 			}
 		}
@@ -473,6 +499,17 @@ func (m *Merger) healthy(node loadbalancer.NodeRef) bool {
 
 // choose applies readiness and affinity to the candidates of one frontend.
 func (m *Merger) choose(svc *api.Service, fe loadbalancer.Frontend, cands []candidate) loadbalancer.Service {
+	if svc.InternalTrafficLocal {
+		// Only the node's own backends, as kube-proxy does: none means
+		// no backend, never another node's.
+		mine := cands[:0:0]
+		for _, c := range cands {
+			if c.local && m.node != "" && c.be.Node.Name == m.node {
+				mine = append(mine, c)
+			}
+		}
+		cands = mine
+	}
 	useReady := false
 	for _, c := range cands {
 		if c.ready && m.healthy(c.be.Node) {
@@ -526,6 +563,12 @@ func (m *Merger) choose(svc *api.Service, fe loadbalancer.Frontend, cands []cand
 		}
 	default:
 		out.Preferred = all()
+		if svc.PreferClose {
+			out.Preferred, out.Fallback = m.closest(cands, useReady)
+		}
+	}
+	if svc.SessionAffinityTimeout > 0 {
+		out.AffinityTimeout = time.Duration(svc.SessionAffinityTimeout) * time.Second
 	}
 	if len(out.Preferred) == 0 {
 		out.Preferred = nil
@@ -534,6 +577,53 @@ func (m *Merger) choose(svc *api.Service, fe loadbalancer.Frontend, cands []cand
 		out.Fallback = nil
 	}
 	return out
+}
+
+// closest splits usable candidates into tiers by distance from this node:
+// the node's zone in its cluster, the rest of its cluster, other clusters.
+// The first tier with a healthy backend is preferred and the next non-empty
+// one is the fallback the datapath turns to at once when a node dies; the
+// merger recomputes on every readiness or health change, so a tier that
+// empties hands over to the next.
+func (m *Merger) closest(cands []candidate, useReady bool) (preferred, fallback []loadbalancer.Backend) {
+	var tiers [3][]loadbalancer.Backend
+	var up [3]int
+	for _, c := range cands {
+		if useReady && !c.ready || !useReady && !c.serving {
+			continue
+		}
+		t := 2
+		if c.local {
+			t = 1
+			if m.zone != "" && c.zone == m.zone {
+				t = 0
+			}
+		}
+		tiers[t] = append(tiers[t], c.be)
+		if m.healthy(c.be.Node) {
+			up[t]++
+		}
+	}
+	first := -1
+	for t := range tiers {
+		sortBackends(tiers[t])
+		if first < 0 && up[t] > 0 {
+			first = t
+		}
+	}
+	if first < 0 {
+		// Nothing healthy: offer everything, the datapath skips what is
+		// down.
+		all := append(append(append([]loadbalancer.Backend(nil), tiers[0]...), tiers[1]...), tiers[2]...)
+		sortBackends(all)
+		return all, nil
+	}
+	for t := first + 1; t < len(tiers); t++ {
+		if len(tiers[t]) > 0 {
+			return tiers[first], tiers[t]
+		}
+	}
+	return tiers[first], nil
 }
 
 func portOf(es *api.EndpointSlice, sp api.ServicePort) (uint16, bool) {
@@ -584,7 +674,7 @@ func compareFrontend(a, b loadbalancer.Frontend) int {
 }
 
 func equalService(a, b loadbalancer.Service) bool {
-	return a.Frontend == b.Frontend && a.Name == b.Name &&
+	return a.Frontend == b.Frontend && a.Name == b.Name && a.AffinityTimeout == b.AffinityTimeout &&
 		slices.Equal(a.Preferred, b.Preferred) && slices.Equal(a.Fallback, b.Fallback)
 }
 

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/loadbalancer"
@@ -624,4 +625,88 @@ func TestRemoteBackendsNeverBlockLocal(t *testing.T) {
 			}
 		})
 	}
+}
+
+func inZone(z string) epOpt { return func(e *api.Endpoint) { e.Zone = z } }
+
+// TestServiceSemantics: internalTrafficPolicy Local, trafficDistribution
+// PreferClose and session affinity, as the merger turns them into preferred
+// and fallback sets for the agent of node n1 in zone z1 of c1.
+func TestServiceSemantics(t *testing.T) {
+	const fe = "10.96.0.1:80/TCP"
+	local := func(s *api.Service) { s.InternalTrafficLocal = true }
+	closeBy := func(s *api.Service) { s.PreferClose = true }
+	tests := []struct {
+		name      string
+		services  []*api.Service
+		slices    []*api.EndpointSlice
+		unhealthy []loadbalancer.NodeRef
+		want      string
+	}{
+		{"internal traffic local: the node's backends only",
+			[]*api.Service{svc("c1", local), svc("c2")},
+			[]*api.EndpointSlice{httpSlice("c1", ep("10.1.0.1", onNode("n1")), ep("10.1.0.2", onNode("n2"))), httpSlice("c2", ep("10.2.0.1", onNode("n1")))},
+			nil, fe + ": P[10.1.0.1:8080] F[]"},
+		{"internal traffic local, none on the node: no backend (connects fail at once)",
+			[]*api.Service{svc("c1", local), svc("c2")},
+			[]*api.EndpointSlice{httpSlice("c1", ep("10.1.0.2", onNode("n2"))), httpSlice("c2", ep("10.2.0.1"))},
+			nil, fe + ": P[] F[]"},
+		{"prefer close: zone, then the cluster as fallback",
+			[]*api.Service{svc("c1", closeBy), svc("c2")},
+			[]*api.EndpointSlice{httpSlice("c1", ep("10.1.0.1", inZone("z1")), ep("10.1.0.2", inZone("z2"))), httpSlice("c2", ep("10.2.0.1", inZone("z1")))},
+			nil, fe + ": P[10.1.0.1:8080] F[10.1.0.2:8080]"},
+		{"prefer close: no zone backend, the cluster then other clusters",
+			[]*api.Service{svc("c1", closeBy), svc("c2")},
+			[]*api.EndpointSlice{httpSlice("c1", ep("10.1.0.2", inZone("z2"))), httpSlice("c2", ep("10.2.0.1", inZone("z1")))},
+			nil, fe + ": P[10.1.0.2:8080] F[10.2.0.1:8080]"},
+		{"prefer close: zone backend's node down, the next tier leads",
+			[]*api.Service{svc("c1", closeBy), svc("c2")},
+			[]*api.EndpointSlice{httpSlice("c1", ep("10.1.0.1", inZone("z1"), onNode("n1"))), httpSlice("c2", ep("10.2.0.1"))},
+			[]loadbalancer.NodeRef{{ClusterID: 1, Name: "n1"}}, fe + ": P[10.2.0.1:8080] F[]"},
+		{"prefer close: only other clusters",
+			[]*api.Service{svc("c1", closeBy), svc("c2")},
+			[]*api.EndpointSlice{httpSlice("c2", ep("10.2.0.1", inZone("z1")))},
+			nil, fe + ": P[10.2.0.1:8080] F[]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			dp := newRecorder()
+			m := New("c1", dp, nil)
+			m.SetNode("n1", "z1")
+			for _, s := range tt.services {
+				m.UpsertService(s)
+			}
+			for _, s := range tt.slices {
+				m.UpsertEndpointSlice(s)
+			}
+			for _, n := range tt.unhealthy {
+				if err := m.SetNodeHealth(ctx, n, false); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := m.Sync(ctx); err != nil {
+				t.Fatal(err)
+			}
+			got := strings.Join(dp.view(), "\n")
+			if got != tt.want {
+				t.Errorf("datapath state:\n got  %q\n want %q", got, tt.want)
+			}
+		})
+	}
+
+	t.Run("session affinity timeout reaches the datapath", func(t *testing.T) {
+		dp := newRecorder()
+		m := New("c1", dp, nil)
+		m.UpsertService(svc("c1", func(s *api.Service) { s.SessionAffinityTimeout = 60 }))
+		m.UpsertEndpointSlice(httpSlice("c1", ep("10.1.0.1")))
+		if _, err := m.Sync(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range dp.state {
+			if s.AffinityTimeout != 60*time.Second {
+				t.Errorf("affinity timeout %v, want 60s", s.AffinityTimeout)
+			}
+		}
+	})
 }
