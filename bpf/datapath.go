@@ -60,6 +60,9 @@ type Config struct {
 	MaxIdentityPolicies int
 	MaxPolicyEntries    int
 	MaxPolicyCT         int
+	// MaxAffinity bounds remembered (service, client) backends of
+	// services with session affinity (an LRU).
+	MaxAffinity int
 
 	// ReclaimInterval is how often slot sets replaced or deleted by updates
 	// are freed, each batch after one RCU grace period (so no program still
@@ -88,6 +91,7 @@ func DefaultConfig() Config {
 		MaxIdentityPolicies: 4096,
 		MaxPolicyEntries:    65536,
 		MaxPolicyCT:         65536,
+		MaxAffinity:         65536,
 	}
 }
 
@@ -104,6 +108,7 @@ func (c *Config) Flags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.MaxPolicyEndpoints, "bpf-max-policy-endpoints", c.MaxPolicyEndpoints, "size of the local pods' network namespace map; fixed once pinned")
 	fs.IntVar(&c.MaxIdentityPolicies, "bpf-max-identity-policies", c.MaxIdentityPolicies, "local identities a policy may select; fixed once pinned")
 	fs.IntVar(&c.MaxPolicyEntries, "bpf-max-policy-entries", c.MaxPolicyEntries, "policy entries over all local identities (a port range counts one per port); fixed once pinned")
+	fs.IntVar(&c.MaxAffinity, "bpf-max-affinity", c.MaxAffinity, "remembered client backends of services with session affinity (an LRU); fixed once pinned")
 	fs.IntVar(&c.MaxPolicyCT, "bpf-max-policy-ct", c.MaxPolicyCT, "remembered UDP exchanges for policy replies (an LRU); fixed once pinned")
 }
 
@@ -168,6 +173,8 @@ type Datapath struct {
 
 	// pol mirrors the policy maps and holds the pod interface links.
 	pol *policyState
+	// affinity mirrors cm_svc_affinity: timeout (s) by service.
+	affinity map[svcKey]uint32
 }
 
 // retiredSet is a slot set waiting for readers to be done with it. Its
@@ -221,7 +228,7 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 	for name, v := range map[string]int{"MaxServices": cfg.MaxServices, "MaxBackends": cfg.MaxBackends,
 		"MaxSlots": cfg.MaxSlots, "MaxNodes": cfg.MaxNodes, "MaxRevNAT": cfg.MaxRevNAT,
 		"MaxIPCache": cfg.MaxIPCache, "MaxPolicyEndpoints": cfg.MaxPolicyEndpoints, "MaxIdentityPolicies": cfg.MaxIdentityPolicies,
-		"MaxPolicyEntries": cfg.MaxPolicyEntries, "MaxPolicyCT": cfg.MaxPolicyCT} {
+		"MaxPolicyEntries": cfg.MaxPolicyEntries, "MaxPolicyCT": cfg.MaxPolicyCT, "MaxAffinity": cfg.MaxAffinity} {
 		if v <= 0 || v > math.MaxInt32 {
 			return nil, fmt.Errorf("bpf: config %s=%d out of range", name, v)
 		}
@@ -261,7 +268,8 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 	for name, size := range map[string]int{mapServices: cfg.MaxServices, mapSlots: cfg.MaxSlots,
 		mapBackends: cfg.MaxBackends, mapNodes: cfg.MaxNodes, mapRevNAT: cfg.MaxRevNAT,
 		mapIPCache: cfg.MaxIPCache, mapPolNetns: cfg.MaxPolicyEndpoints, mapPolState: cfg.MaxIdentityPolicies,
-		mapPolicy: cfg.MaxPolicyEntries, mapPolCT: cfg.MaxPolicyCT} {
+		mapPolicy: cfg.MaxPolicyEntries, mapPolCT: cfg.MaxPolicyCT,
+		mapSvcAffinity: cfg.MaxServices, mapAffinity: cfg.MaxAffinity} {
 		spec.Maps[name].MaxEntries = uint32(size)
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
@@ -302,6 +310,10 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 	if err := d.adopt(); err != nil {
 		d.closeLocked()
 		return nil, fmt.Errorf("bpf: adopt pinned maps in %s: %w", cfg.PinDir, err)
+	}
+	if err := d.adoptAffinity(); err != nil {
+		d.closeLocked()
+		return nil, fmt.Errorf("bpf: adopt pinned affinity in %s: %w", cfg.PinDir, err)
 	}
 	if err := d.adoptPolicy(); err != nil {
 		d.closeLocked()
@@ -528,9 +540,14 @@ func (d *Datapath) UpsertService(ctx context.Context, svc loadbalancer.Service) 
 	all = append(all, svc.Preferred...)
 	all = append(all, svc.Fallback...)
 
+	affSecs := affinitySeconds(svc.AffinityTimeout)
+	var flags uint16
+	if affSecs > 0 {
+		flags |= svcFlagAffinity
+	}
 	// Re-upserting what is programmed (the agent's resync after a restart)
 	// writes nothing.
-	if old != nil && d.unchanged(old, svc, all) {
+	if old != nil && d.unchanged(old, svc, all) && old.value.Flags == flags && d.affinity[key] == affSecs {
 		return nil
 	}
 
@@ -589,10 +606,19 @@ func (d *Datapath) UpsertService(ctx context.Context, svc loadbalancer.Service) 
 	if old != nil {
 		rev = old.value.Rev + 1
 	}
-	val := svcValue{Set: set, Preferred: uint16(len(svc.Preferred)), Fallback: uint16(len(svc.Fallback)), Rev: rev}
+	val := svcValue{Set: set, Preferred: uint16(len(svc.Preferred)), Fallback: uint16(len(svc.Fallback)), Flags: flags, Rev: rev}
+	if err := d.setAffinity(key, affSecs); err != nil {
+		undoSlots(len(ids))
+		return err
+	}
 	if err := d.services.Update(key, val, ebpf.UpdateAny); err != nil {
 		undoSlots(len(ids))
 		return d.mapErr(mapServices, fmt.Sprintf("service %s: write entry", fe), err)
+	}
+	if affSecs == 0 {
+		if err := d.clearAffinity(key); err != nil {
+			d.log.Warn("stale affinity timeout left", "service", fe.String(), "error", err)
+		}
 	}
 	d.slotsUsed += len(ids)
 	d.svcs[key] = &svcState{value: val, slots: ids}
@@ -678,6 +704,9 @@ func (d *Datapath) DeleteService(ctx context.Context, fe loadbalancer.Frontend) 
 		return fmt.Errorf("service %s: delete entry: %w", fe, err)
 	}
 	delete(d.svcs, key)
+	if err := d.clearAffinity(key); err != nil {
+		d.log.Warn("stale affinity timeout left", "service", fe.String(), "error", err)
+	}
 	d.retire(old)
 	d.updateGauges()
 	return nil

@@ -23,6 +23,8 @@
  *   cm_nodes     node id                      -> flags (NODE_F_DOWN), name
  *   cm_revnat    (socket cookie, backend)     -> VIP, for recvmsg/getpeername
  *   cm_stats     per-CPU counters
+ *   cm_svc_affinity (addr, port, proto)       -> session affinity timeout (s)
+ *   cm_affinity  (service, netns cookie)      -> backend, slot set, last use
  *
  * Network policy (policy.h, included below):
  *   cm_ipcache   address                      -> identity, every cluster's pods
@@ -48,6 +50,8 @@
 #define IPPROTO_UDP 17
 
 #define NODE_F_DOWN 1
+/* svc_value.flags: the service has session affinity (cm_svc_affinity). */
+#define SVC_F_AFFINITY 1
 /* Rejection-sampling draws before falling back to an exact scan. */
 #define PICK_TRIES 3
 
@@ -157,6 +161,39 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cm_stats SEC(".maps");
 
+/* Session affinity (sessionAffinity: ClientIP). The client is the socket's
+ * network namespace, i.e. the pod: in the socket hooks the source address
+ * is not chosen yet, and a pod's sockets share one namespace. An entry
+ * counts while the service keeps the slot set it was made under (any change
+ * of the service's backends starts clients afresh), its backend's node is
+ * up, and it was used within the service's timeout. */
+struct aff_key {
+	struct svc_key svc;
+	__u64 cookie;
+};
+
+struct aff_value {
+	__u64 last;
+	__u32 backend;
+	__u32 set;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct svc_key);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_svc_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct aff_key);
+	__type(value, struct aff_value);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_affinity SEC(".maps");
+
 static __always_inline void stat_inc(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&cm_stats, &idx);
@@ -184,6 +221,30 @@ static __always_inline __u32 usable_id(__u32 set, __u32 idx)
 	if (node && (node->flags & NODE_F_DOWN))
 		return 0;
 	return *id;
+}
+
+/* backend_up tells whether a backend exists and its node is not down. */
+static __always_inline int backend_up(__u32 id)
+{
+	struct backend_value *be = bpf_map_lookup_elem(&cm_backends, &id);
+	struct node_value *node;
+
+	if (!be)
+		return 0;
+	node = bpf_map_lookup_elem(&cm_nodes, &be->node_id);
+	return !(node && (node->flags & NODE_F_DOWN));
+}
+
+/* affine returns the backend a client was given within the service's
+ * affinity timeout, if it still counts, else 0. */
+static __always_inline __u32 affine(const struct aff_key *ak, const struct svc_value *svc, __u64 now)
+{
+	struct aff_value *av = bpf_map_lookup_elem(&cm_affinity, ak);
+	__u32 *timeout = bpf_map_lookup_elem(&cm_svc_affinity, &ak->svc);
+
+	if (!av || !timeout || av->set != svc->set || now - av->last > (__u64)*timeout * 1000000000ULL)
+		return 0;
+	return backend_up(av->backend) ? av->backend : 0;
 }
 
 struct scan_ctx {
@@ -263,9 +324,11 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, int v6)
 	struct svc_key key = {};
 	struct revnat_key rk = {};
 	struct revnat_value rv = {}, *old;
+	struct aff_key ak = {};
 	struct backend_value *be;
 	struct svc_value *svc;
-	__u32 id;
+	__u64 now = 0;
+	__u32 id = 0;
 
 	key_from_ctx(ctx, v6, key.addr);
 	key.port = (__be16)ctx->user_port;
@@ -274,7 +337,14 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, int v6)
 	if (!svc)
 		return 1;
 
-	id = cm_pick(svc->set, 0, svc->preferred);
+	if (svc->flags & SVC_F_AFFINITY) {
+		ak.svc = key;
+		ak.cookie = bpf_get_netns_cookie(ctx);
+		now = bpf_ktime_get_ns();
+		id = affine(&ak, svc, now);
+	}
+	if (!id)
+		id = cm_pick(svc->set, 0, svc->preferred);
 	if (!id) {
 		id = cm_pick(svc->set, svc->preferred, svc->fallback);
 		if (id)
@@ -300,6 +370,11 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, int v6)
 	}
 	ctx->user_port = (__u32)be->port;
 	stat_inc(STAT_TRANSLATED);
+	if (svc->flags & SVC_F_AFFINITY) {
+		struct aff_value av = { .last = now, .backend = id, .set = svc->set };
+
+		bpf_map_update_elem(&cm_affinity, &ak, &av, BPF_ANY);
+	}
 
 	/* Remember the VIP for this socket and backend so that getpeername()
 	 * (TCP and UDP) and UDP replies show the address the application

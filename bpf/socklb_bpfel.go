@@ -16,6 +16,7 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	socklbMapCmAffinity      = "cm_affinity"
 	socklbMapCmBackends      = "cm_backends"
 	socklbMapCmIpcache       = "cm_ipcache"
 	socklbMapCmNodes         = "cm_nodes"
@@ -28,6 +29,7 @@ const (
 	socklbMapCmServices      = "cm_services"
 	socklbMapCmSlots         = "cm_slots"
 	socklbMapCmStats         = "cm_stats"
+	socklbMapCmSvcAffinity   = "cm_svc_affinity"
 	socklbProgCmConnect4     = "cm_connect4"
 	socklbProgCmConnect6     = "cm_connect6"
 	socklbProgCmGetpeername4 = "cm_getpeername4"
@@ -96,18 +98,20 @@ type socklbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type socklbMapSpecs struct {
-	CmBackends *ebpf.MapSpec `ebpf:"cm_backends"`
-	CmIpcache  *ebpf.MapSpec `ebpf:"cm_ipcache"`
-	CmNodes    *ebpf.MapSpec `ebpf:"cm_nodes"`
-	CmPol      *ebpf.MapSpec `ebpf:"cm_pol"`
-	CmPolCt    *ebpf.MapSpec `ebpf:"cm_pol_ct"`
-	CmPolNetns *ebpf.MapSpec `ebpf:"cm_pol_netns"`
-	CmPolState *ebpf.MapSpec `ebpf:"cm_pol_state"`
-	CmPolStats *ebpf.MapSpec `ebpf:"cm_pol_stats"`
-	CmRevnat   *ebpf.MapSpec `ebpf:"cm_revnat"`
-	CmServices *ebpf.MapSpec `ebpf:"cm_services"`
-	CmSlots    *ebpf.MapSpec `ebpf:"cm_slots"`
-	CmStats    *ebpf.MapSpec `ebpf:"cm_stats"`
+	CmAffinity    *ebpf.MapSpec `ebpf:"cm_affinity"`
+	CmBackends    *ebpf.MapSpec `ebpf:"cm_backends"`
+	CmIpcache     *ebpf.MapSpec `ebpf:"cm_ipcache"`
+	CmNodes       *ebpf.MapSpec `ebpf:"cm_nodes"`
+	CmPol         *ebpf.MapSpec `ebpf:"cm_pol"`
+	CmPolCt       *ebpf.MapSpec `ebpf:"cm_pol_ct"`
+	CmPolNetns    *ebpf.MapSpec `ebpf:"cm_pol_netns"`
+	CmPolState    *ebpf.MapSpec `ebpf:"cm_pol_state"`
+	CmPolStats    *ebpf.MapSpec `ebpf:"cm_pol_stats"`
+	CmRevnat      *ebpf.MapSpec `ebpf:"cm_revnat"`
+	CmServices    *ebpf.MapSpec `ebpf:"cm_services"`
+	CmSlots       *ebpf.MapSpec `ebpf:"cm_slots"`
+	CmStats       *ebpf.MapSpec `ebpf:"cm_stats"`
+	CmSvcAffinity *ebpf.MapSpec `ebpf:"cm_svc_affinity"`
 }
 
 // socklbVariableSpecs contains global variables before they are loaded into the kernel.
@@ -136,22 +140,25 @@ func (o *socklbObjects) Close() error {
 //
 // It can be passed to loadSocklbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type socklbMaps struct {
-	CmBackends *ebpf.Map `ebpf:"cm_backends"`
-	CmIpcache  *ebpf.Map `ebpf:"cm_ipcache"`
-	CmNodes    *ebpf.Map `ebpf:"cm_nodes"`
-	CmPol      *ebpf.Map `ebpf:"cm_pol"`
-	CmPolCt    *ebpf.Map `ebpf:"cm_pol_ct"`
-	CmPolNetns *ebpf.Map `ebpf:"cm_pol_netns"`
-	CmPolState *ebpf.Map `ebpf:"cm_pol_state"`
-	CmPolStats *ebpf.Map `ebpf:"cm_pol_stats"`
-	CmRevnat   *ebpf.Map `ebpf:"cm_revnat"`
-	CmServices *ebpf.Map `ebpf:"cm_services"`
-	CmSlots    *ebpf.Map `ebpf:"cm_slots"`
-	CmStats    *ebpf.Map `ebpf:"cm_stats"`
+	CmAffinity    *ebpf.Map `ebpf:"cm_affinity"`
+	CmBackends    *ebpf.Map `ebpf:"cm_backends"`
+	CmIpcache     *ebpf.Map `ebpf:"cm_ipcache"`
+	CmNodes       *ebpf.Map `ebpf:"cm_nodes"`
+	CmPol         *ebpf.Map `ebpf:"cm_pol"`
+	CmPolCt       *ebpf.Map `ebpf:"cm_pol_ct"`
+	CmPolNetns    *ebpf.Map `ebpf:"cm_pol_netns"`
+	CmPolState    *ebpf.Map `ebpf:"cm_pol_state"`
+	CmPolStats    *ebpf.Map `ebpf:"cm_pol_stats"`
+	CmRevnat      *ebpf.Map `ebpf:"cm_revnat"`
+	CmServices    *ebpf.Map `ebpf:"cm_services"`
+	CmSlots       *ebpf.Map `ebpf:"cm_slots"`
+	CmStats       *ebpf.Map `ebpf:"cm_stats"`
+	CmSvcAffinity *ebpf.Map `ebpf:"cm_svc_affinity"`
 }
 
 func (m *socklbMaps) Close() error {
 	return _SocklbClose(
+		m.CmAffinity,
 		m.CmBackends,
 		m.CmIpcache,
 		m.CmNodes,
@@ -164,6 +171,7 @@ func (m *socklbMaps) Close() error {
 		m.CmServices,
 		m.CmSlots,
 		m.CmStats,
+		m.CmSvcAffinity,
 	)
 }
 
