@@ -29,7 +29,7 @@ import (
 func expectStore(ctx context.Context, e *env) error {
 	cs, cl := e.kube.Client, e.cfg.ClusterName
 	want := map[string]bool{api.ClusterKey(cl): true}
-	for _, k := range api.SyncedKinds {
+	for _, k := range append(slices.Clone(api.SyncedKinds), api.LocalKinds...) {
 		want[api.SyncedKey(cl, k)] = true
 	}
 	nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
