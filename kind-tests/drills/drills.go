@@ -9,6 +9,10 @@ import (
 	"strings"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+
 	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/kind-tests/attempts"
 	"github.com/clustermesh/clustermesh/kind-tests/emulator"
@@ -165,4 +169,53 @@ func stop(tr Traffic) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	_ = tr.Stop(ctx)
+}
+
+// rollout restarts the Deployment of service's pods in the default
+// namespace (as `kubectl rollout restart` does) and waits until every pod is
+// new and ready and no old pod is left, terminating ones included.
+func rollout(ctx context.Context, kube kubernetes.Interface, service string, wait time.Duration) error {
+	deps, err := kube.AppsV1().Deployments("default").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	name := ""
+	for _, d := range deps.Items {
+		if d.Spec.Selector != nil && d.Spec.Selector.MatchLabels["app"] == service {
+			name = d.Name
+		}
+	}
+	if name == "" {
+		return fmt.Errorf("no Deployment of %s", service)
+	}
+	patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"clustermesh.io/restarted-at":%q}}}}}`, time.Now().Format(time.RFC3339Nano))
+	d, err := kube.AppsV1().Deployments("default").Patch(ctx, name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
+	if err != nil {
+		return fmt.Errorf("restart deployment %s: %w", name, err)
+	}
+	gen := d.Generation
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	return poll.Until(wctx, func(ctx context.Context) error {
+		d, err := kube.AppsV1().Deployments("default").Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		want := int32(1)
+		if d.Spec.Replicas != nil {
+			want = *d.Spec.Replicas
+		}
+		st := d.Status
+		if st.ObservedGeneration < gen || st.UpdatedReplicas != want || st.ReadyReplicas != want || st.Replicas != want {
+			return fmt.Errorf("deployment %s: %d updated, %d ready, %d in all of %d", name, st.UpdatedReplicas, st.ReadyReplicas, st.Replicas, want)
+		}
+		pods, err := kube.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=" + service})
+		if err != nil {
+			return err
+		}
+		if len(pods.Items) != int(want) {
+			return fmt.Errorf("deployment %s: %d pods, want %d (old ones still terminating)", name, len(pods.Items), want)
+		}
+		return nil
+	})
 }

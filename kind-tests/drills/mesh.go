@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/kind-tests/attempts"
+	"github.com/clustermesh/clustermesh/kind-tests/emulator"
 )
 
 // Mesh is what drills run against: a few clusters joined (or to be joined)
@@ -82,3 +83,8 @@ type Traffic interface {
 	// Stop ends the probe.
 	Stop(ctx context.Context) error
 }
+
+// EchoDrainSeconds is the echo Deployments' preStop sleep in every
+// environment: a deleted echo pod keeps serving that long while the mesh
+// moves new connections to ready backends.
+const EchoDrainSeconds = emulator.EchoDrainSeconds

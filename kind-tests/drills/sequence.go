@@ -27,6 +27,7 @@ const NeedHealth = "health"
 var Sequence = []Drill{
 	{Name: "GlobalService", Run: GlobalService},
 	{Name: "AffinityLocal", Run: AffinityLocal},
+	{Name: "RollingUpdate", Run: RollingUpdate},
 	{Name: "AgentRestart", Run: AgentRestart},
 	{Name: "StoreDown", Run: StoreDown},
 	{Name: "NodeDeath", Needs: []string{NeedHealth}, Run: NodeDeath},
@@ -395,6 +396,67 @@ func Disconnect(ctx context.Context, e *Env) error {
 		}
 		e.Report.Add("disconnect", fmt.Sprintf("%s's traffic only local after", c), emulator.Ms(a.At.Sub(disc)), "pass")
 		e.Report.Add("disconnect", fmt.Sprintf("%s's failed attempts while draining", c), fmt.Sprint(failures(trs[i].Attempts(disc))), "")
+	}
+	return nil
+}
+
+// RollingUpdate: c1's clients reach the service in c2 only (affinity
+// remote) while c2's echo Deployment is rolled (one extra pod at a time,
+// none unavailable, a preStop sleep). A new pod is ready before an old one
+// terminates, and a terminating pod keeps serving while the mesh moves new
+// connections to ready backends (serving-but-terminating backends are used
+// only when no ready one is left anywhere). Figure: failed attempts during
+// the rollout; the drill fails on any.
+func RollingUpdate(ctx context.Context, e *Env) error {
+	m, c1, c2 := e.Mesh, e.c(0), e.c(1)
+	if err := m.MarkGlobal(ctx, e.Service, "remote"); err != nil {
+		return err
+	}
+	defer func() { _ = m.MarkGlobal(context.WithoutCancel(ctx), e.Service, "none") }()
+	tr, err := e.traffic(ctx, c1, "tcp")
+	if err != nil {
+		return err
+	}
+	defer stop(tr)
+	if _, err := e.waitOnly(ctx, tr, time.Now(), 50, c2); err != nil {
+		return fmt.Errorf("before the rollout: %w", err)
+	}
+	kube, err := kubeClient(m.Kubeconfig(c2))
+	if err != nil {
+		return err
+	}
+	before := map[string]bool{}
+	for _, a := range tr.Attempts(time.Now().Add(-time.Second)) {
+		before[a.Backend] = true
+	}
+	rolled := time.Now()
+	if err := rollout(ctx, kube, e.Service, e.wait()); err != nil {
+		return fmt.Errorf("cluster %s: %w", c2, err)
+	}
+	done := time.Now()
+	if err := settle(ctx, time.Second); err != nil {
+		return err
+	}
+	as := tr.Attempts(rolled)
+	fails := failures(as)
+	newPods := 0
+	for _, a := range as {
+		if a.OK && !before[a.Backend] {
+			newPods++
+		}
+	}
+	e.Report.Add("rolling update", "c2's echo Deployment rolled, traffic from c1 (affinity remote)", emulator.Ms(done.Sub(rolled)), "pass")
+	verdict := "pass"
+	if fails > 0 || newPods == 0 {
+		verdict = "FAIL"
+	}
+	e.Report.Add("rolling update", "failed attempts during the rollout", fmt.Sprintf("%d (%s)", fails, e.split(as)), verdict)
+	e.logf("rolled %s's Deployment in %v: %d failed attempts, %d answers from new pods", c2, done.Sub(rolled), fails, newPods)
+	if fails > 0 {
+		return fmt.Errorf("%w: %d failed attempts during the rollout (%s)", ErrDrill, fails, e.split(as))
+	}
+	if newPods == 0 {
+		return fmt.Errorf("%w: no answer from a new pod after the rollout (%s)", ErrDrill, e.split(as))
 	}
 	return nil
 }

@@ -85,6 +85,9 @@ type podRuntime struct {
 	probe    *ProcessSpec
 	ready    bool
 	probedAt time.Time
+	// drainUntil is when a deleted pod with a preStop sleep stops: until
+	// then it keeps serving (its endpoint is terminating but serving).
+	drainUntil time.Time
 }
 
 func newKubelet(cp *ControlPlane, bins *Binaries) *kubelet {
@@ -166,6 +169,19 @@ func (k *kubelet) syncAll(ctx context.Context) {
 	}
 }
 
+// preStopSleep is the pod's first container's preStop sleep action, if
+// any.
+func preStopSleep(p *corev1.Pod) time.Duration {
+	if len(p.Spec.Containers) == 0 {
+		return 0
+	}
+	l := p.Spec.Containers[0].Lifecycle
+	if l == nil || l.PreStop == nil || l.PreStop.Sleep == nil {
+		return 0
+	}
+	return time.Duration(l.PreStop.Sleep.Seconds) * time.Second
+}
+
 func roleOf(p *corev1.Pod) string {
 	switch r := p.Labels[roleLabel]; r {
 	case RoleAgent, RoleAPIServer, RoleCleanup:
@@ -184,6 +200,17 @@ func (k *kubelet) syncPod(ctx context.Context, p *corev1.Pod) error {
 		if rt != nil {
 			if rt.node != nil && rt.node.isDead() {
 				return nil // a dead node's kubelet finishes nothing
+			}
+			// The preStop sleep: the pod runs on, its echo answering,
+			// before it is stopped (syncAll runs every second).
+			if d := preStopSleep(p); d > 0 {
+				if rt.drainUntil.IsZero() {
+					rt.drainUntil = time.Now().Add(d)
+					k.log.Info("pod terminating, draining", "pod", p.Namespace+"/"+p.Name, "for", d)
+				}
+				if time.Now().Before(rt.drainUntil) {
+					return nil
+				}
 			}
 			k.mu.Lock()
 			delete(k.running, p.UID)

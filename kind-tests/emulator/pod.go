@@ -14,6 +14,12 @@ import (
 // EchoPort is the TCP and UDP port every pod's echo server listens on.
 const EchoPort = 8080
 
+// EchoDrainSeconds is the echo Deployments' preStop sleep: a deleted echo
+// pod keeps serving that long (terminating but serving) while the mesh moves
+// new connections to ready backends, as a production Deployment does. The
+// emulated kubelet honours it like a real one.
+const EchoDrainSeconds = 2
+
 // podGateway is the node-side address of every pod veth: pods route
 // everything through it, as with Calico's or Cilium's link-local gateway.
 const podGateway = "169.254.1.1"

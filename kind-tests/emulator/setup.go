@@ -289,17 +289,24 @@ spec:
   selector:
     matchLabels:
       app: %[1]s
+  strategy:
+    type: RollingUpdate
+    rollingUpdate: {maxUnavailable: 0, maxSurge: 1}
   template:
     metadata:
       labels:
         app: %[1]s
     spec:
+      terminationGracePeriodSeconds: %[6]d
       containers:
       - name: echo
         image: echo
         ports:
         - containerPort: %[4]d
-`, service, EchoDeploymentName(service, c), replicas, EchoPort)
+        lifecycle:
+          preStop:
+            sleep: {seconds: %[5]d}
+`, service, EchoDeploymentName(service, c), replicas, EchoPort, EchoDrainSeconds, EchoDrainSeconds+3)
 	_, err := m.Kubectl(ctx, c, manifest, "apply", "-f", "-")
 	return err
 }

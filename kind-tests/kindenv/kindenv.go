@@ -249,6 +249,11 @@ func (m *Mesh) DeployEcho(ctx context.Context, cluster, service string, replicas
 		Spec: appsv1.DeploymentSpec{
 			Replicas: &n,
 			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			// A rolling update never lowers the ready count (RollingUpdate
+			// drill).
+			Strategy: appsv1.DeploymentStrategy{Type: appsv1.RollingUpdateDeploymentStrategyType, RollingUpdate: &appsv1.RollingUpdateDeployment{
+				MaxUnavailable: ptr(intstr.FromInt32(0)), MaxSurge: ptr(intstr.FromInt32(1)),
+			}},
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
 				Spec: corev1.PodSpec{
@@ -257,7 +262,7 @@ func (m *Mesh) DeployEcho(ctx context.Context, cluster, service string, replicas
 						MaxSkew: 1, TopologyKey: corev1.LabelHostname, WhenUnsatisfiable: corev1.DoNotSchedule,
 						LabelSelector: &metav1.LabelSelector{MatchLabels: labels},
 					}},
-					TerminationGracePeriodSeconds: ptr(int64(1)),
+					TerminationGracePeriodSeconds: ptr(int64(drills.EchoDrainSeconds + 3)),
 					Containers: []corev1.Container{{
 						Name:            "echo",
 						Image:           m.opts.EchoImage,
@@ -271,6 +276,11 @@ func (m *Mesh) DeployEcho(ctx context.Context, cluster, service string, replicas
 							ProbeHandler:  corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(echoPort)}},
 							PeriodSeconds: 1,
 						},
+						// A terminating pod keeps serving while the mesh
+						// moves new connections away (it is serving but
+						// terminating: used only when no ready backend is
+						// left anywhere).
+						Lifecycle: &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: drills.EchoDrainSeconds}}},
 					}},
 				},
 			},
