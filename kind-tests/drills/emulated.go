@@ -180,7 +180,7 @@ func (e Emulated) StartTraffic(ctx context.Context, node, service, proto string)
 	if err != nil {
 		return nil, err
 	}
-	return n.StartTraffic(e.M.Bins, fmt.Sprintf("probe-%s-%d", proto, time.Now().UnixNano()%100000), netip.AddrPortFrom(vip, 80), &emulator.TrafficOptions{Proto: proto, Timeout: PodProbeTimeout})
+	return n.StartTraffic(e.M.Bins, fmt.Sprintf("probe-%s-%d", proto, time.Now().UnixNano()%100000), netip.AddrPortFrom(vip, 80), &emulator.TrafficOptions{Proto: proto})
 }
 
 // StartPodTraffic implements PodTrafficMesh: the pod is created (when
@@ -219,7 +219,7 @@ func (e Emulated) StartPodTraffic(ctx context.Context, cluster, name string, lab
 	if err != nil {
 		return nil, err
 	}
-	return found.StartTraffic(e.M.Bins, fmt.Sprintf("probe-%s-%s-%d", name, proto, time.Now().UnixNano()%100000), netip.AddrPortFrom(vip, 80), &emulator.TrafficOptions{Proto: proto})
+	return found.StartTraffic(e.M.Bins, fmt.Sprintf("probe-%s-%s-%d", name, proto, time.Now().UnixNano()%100000), netip.AddrPortFrom(vip, 80), &emulator.TrafficOptions{Proto: proto, Timeout: PodProbeTimeout})
 }
 
 // RestartAgent implements Mesh: the harness's kubelet restarts the agent.
