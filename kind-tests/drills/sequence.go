@@ -28,6 +28,7 @@ var Sequence = []Drill{
 	{Name: "GlobalService", Run: GlobalService},
 	{Name: "AffinityLocal", Run: AffinityLocal},
 	{Name: "RollingUpdate", Run: RollingUpdate},
+	{Name: "ServiceSemantics", Run: ServiceSemantics},
 	{Name: "AgentRestart", Run: AgentRestart},
 	{Name: "StoreDown", Run: StoreDown},
 	{Name: "NodeDeath", Needs: []string{NeedHealth}, Run: NodeDeath},

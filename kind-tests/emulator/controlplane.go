@@ -154,7 +154,7 @@ func (cp *ControlPlane) registerNode(ctx context.Context, n *Node) error {
 			Labels: map[string]string{
 				"kubernetes.io/hostname":        n.Name,
 				"kubernetes.io/os":              "linux",
-				"topology.kubernetes.io/zone":   n.Cluster.Name + "-zone",
+				"topology.kubernetes.io/zone":   n.Name + "-zone", // one zone per node: PreferClose has a zone to prefer
 				"clustermesh.io/emulated-by":    "kind-tests",
 				"clustermesh.io/fabric-address": strings.ReplaceAll(n.FabricIP.String(), ".", "-"),
 			},
