@@ -221,7 +221,7 @@ static __always_inline int egress_allowed(struct bpf_sock_addr *ctx, int v6)
 	struct pol_endpoint *ep;
 	struct pol_state *st;
 	struct ct_key ck = {};
-	__u32 id;
+	__u32 id, peer;
 
 	ep = bpf_map_lookup_elem(&cm_pol_netns, &cookie);
 	if (!ep)
@@ -245,8 +245,18 @@ static __always_inline int egress_allowed(struct bpf_sock_addr *ctx, int v6)
 	ck.proto = (__u8)ctx->protocol;
 	if (ck.proto == IPPROTO_UDP && ct_allowed(&ck, id, st))
 		return 1;
-	if (pol_verdict(id, st, peer_identity(ck.peer), POL_DIR_EGRESS, ck.proto, ck.port) != POL_ALLOW) {
+	peer = peer_identity(ck.peer);
+	if (pol_verdict(id, st, peer, POL_DIR_EGRESS, ck.proto, ck.port) != POL_ALLOW) {
 		pol_stat_inc(POL_STAT_EGRESS_DENIED);
+		if (ev_admit(EV_POLICY_DENY)) {
+			struct flow_event ev = { .kind = EV_POLICY_DENY, .flags = EV_F_EGRESS, .proto = ck.proto,
+						 .peer_port = ck.port, .cookie = cookie, .identity = id,
+						 .peer_identity = peer };
+
+			__builtin_memcpy(ev.addr, ck.ep, sizeof(ev.addr));
+			__builtin_memcpy(ev.peer, ck.peer, sizeof(ev.peer));
+			ev_send(&ev);
+		}
 		return 0;
 	}
 	pol_stat_inc(POL_STAT_EGRESS_ALLOWED);
@@ -264,7 +274,7 @@ int cm_pod_ingress(struct __sk_buff *skb)
 {
 	struct ct_key ck = {};
 	struct pol_state *st;
-	__u32 *idp, id, l4off;
+	__u32 *idp, id, peer, l4off;
 	__be16 ethertype, ports[2];
 	__u8 proto, flags;
 
@@ -321,8 +331,17 @@ int cm_pod_ingress(struct __sk_buff *skb)
 	ck.proto = proto;
 	if (proto == IPPROTO_UDP && ct_allowed(&ck, id, st))
 		return TCX_PASS;
-	if (pol_verdict(id, st, peer_identity(ck.peer), POL_DIR_INGRESS, proto, ports[1]) != POL_ALLOW) {
+	peer = peer_identity(ck.peer);
+	if (pol_verdict(id, st, peer, POL_DIR_INGRESS, proto, ports[1]) != POL_ALLOW) {
 		pol_stat_inc(POL_STAT_INGRESS_DROPPED);
+		if (ev_admit(EV_POLICY_DENY)) {
+			struct flow_event ev = { .kind = EV_POLICY_DENY, .proto = proto, .port = ports[1],
+						 .peer_port = ports[0], .identity = id, .peer_identity = peer };
+
+			__builtin_memcpy(ev.addr, ck.ep, sizeof(ev.addr));
+			__builtin_memcpy(ev.peer, ck.peer, sizeof(ev.peer));
+			ev_send(&ev);
+		}
 		return TCX_DROP;
 	}
 	pol_stat_inc(POL_STAT_INGRESS_ALLOWED);

@@ -194,6 +194,8 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cm_affinity SEC(".maps");
 
+#include "events.h"
+
 static __always_inline void stat_inc(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&cm_stats, &idx);
@@ -329,6 +331,7 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, int v6)
 	struct svc_value *svc;
 	__u64 now = 0;
 	__u32 id = 0;
+	__u8 evflags = 0;
 
 	key_from_ctx(ctx, v6, key.addr);
 	key.port = (__be16)ctx->user_port;
@@ -342,18 +345,38 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, int v6)
 		ak.cookie = bpf_get_netns_cookie(ctx);
 		now = bpf_ktime_get_ns();
 		id = affine(&ak, svc, now);
+		if (id)
+			evflags |= EV_F_AFFINITY;
 	}
 	if (!id)
 		id = cm_pick(svc->set, 0, svc->preferred);
 	if (!id) {
 		id = cm_pick(svc->set, svc->preferred, svc->fallback);
-		if (id)
+		if (id) {
 			stat_inc(STAT_FALLBACK);
+			evflags |= EV_F_FALLBACK;
+		}
 	}
 	be = id ? bpf_map_lookup_elem(&cm_backends, &id) : 0;
 	if (!be) {
 		stat_inc(STAT_NO_BACKEND);
+		if (ev_admit(EV_NO_BACKEND)) {
+			struct flow_event ev = { .kind = EV_NO_BACKEND, .proto = key.proto, .port = key.port };
+
+			ev.cookie = bpf_get_netns_cookie(ctx);
+			__builtin_memcpy(ev.addr, key.addr, sizeof(ev.addr));
+			ev_send(&ev);
+		}
 		return 0;
+	}
+	if (ev_admit(EV_TRANSLATE)) {
+		struct flow_event ev = { .kind = EV_TRANSLATE, .proto = key.proto, .port = key.port,
+					 .peer_port = be->port, .flags = evflags, .backend = id };
+
+		ev.cookie = bpf_get_netns_cookie(ctx);
+		__builtin_memcpy(ev.addr, key.addr, sizeof(ev.addr));
+		__builtin_memcpy(ev.peer, be->addr, sizeof(ev.peer));
+		ev_send(&ev);
 	}
 
 	if (v6) {

@@ -18,6 +18,10 @@ import (
 const (
 	socklbMapCmAffinity      = "cm_affinity"
 	socklbMapCmBackends      = "cm_backends"
+	socklbMapCmEvBucket      = "cm_ev_bucket"
+	socklbMapCmEvCfg         = "cm_ev_cfg"
+	socklbMapCmEvStats       = "cm_ev_stats"
+	socklbMapCmEvents        = "cm_events"
 	socklbMapCmIpcache       = "cm_ipcache"
 	socklbMapCmNodes         = "cm_nodes"
 	socklbMapCmPol           = "cm_pol"
@@ -100,6 +104,10 @@ type socklbProgramSpecs struct {
 type socklbMapSpecs struct {
 	CmAffinity    *ebpf.MapSpec `ebpf:"cm_affinity"`
 	CmBackends    *ebpf.MapSpec `ebpf:"cm_backends"`
+	CmEvBucket    *ebpf.MapSpec `ebpf:"cm_ev_bucket"`
+	CmEvCfg       *ebpf.MapSpec `ebpf:"cm_ev_cfg"`
+	CmEvStats     *ebpf.MapSpec `ebpf:"cm_ev_stats"`
+	CmEvents      *ebpf.MapSpec `ebpf:"cm_events"`
 	CmIpcache     *ebpf.MapSpec `ebpf:"cm_ipcache"`
 	CmNodes       *ebpf.MapSpec `ebpf:"cm_nodes"`
 	CmPol         *ebpf.MapSpec `ebpf:"cm_pol"`
@@ -142,6 +150,10 @@ func (o *socklbObjects) Close() error {
 type socklbMaps struct {
 	CmAffinity    *ebpf.Map `ebpf:"cm_affinity"`
 	CmBackends    *ebpf.Map `ebpf:"cm_backends"`
+	CmEvBucket    *ebpf.Map `ebpf:"cm_ev_bucket"`
+	CmEvCfg       *ebpf.Map `ebpf:"cm_ev_cfg"`
+	CmEvStats     *ebpf.Map `ebpf:"cm_ev_stats"`
+	CmEvents      *ebpf.Map `ebpf:"cm_events"`
 	CmIpcache     *ebpf.Map `ebpf:"cm_ipcache"`
 	CmNodes       *ebpf.Map `ebpf:"cm_nodes"`
 	CmPol         *ebpf.Map `ebpf:"cm_pol"`
@@ -160,6 +172,10 @@ func (m *socklbMaps) Close() error {
 	return _SocklbClose(
 		m.CmAffinity,
 		m.CmBackends,
+		m.CmEvBucket,
+		m.CmEvCfg,
+		m.CmEvStats,
+		m.CmEvents,
 		m.CmIpcache,
 		m.CmNodes,
 		m.CmPol,
