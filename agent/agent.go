@@ -364,6 +364,25 @@ func (a *Agent) Nodes() []*api.Node {
 	return out
 }
 
+// ServiceOf names ("namespace/name") the global service of a frontend the
+// agent programmed.
+func (a *Agent) ServiceOf(fe loadbalancer.Frontend) (string, bool) {
+	n, ok := a.merger.ServiceOf(fe)
+	return n.String(), ok
+}
+
+// ClusterName names the cluster of a numeric cluster ID ("" if unknown).
+func (a *Agent) ClusterName(id uint32) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for name, cid := range a.clusterIDs {
+		if cid == id {
+			return name
+		}
+	}
+	return ""
+}
+
 // Programmed returns the merged services last pushed to the datapath.
 func (a *Agent) Programmed() []loadbalancer.Service { return a.merger.Programmed() }
 

@@ -24,7 +24,9 @@ import (
 
 	"github.com/clustermesh/clustermesh/agent"
 	"github.com/clustermesh/clustermesh/agent/enforce"
+	"github.com/clustermesh/clustermesh/agent/flows"
 	"github.com/clustermesh/clustermesh/agent/remote"
+	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/bgp"
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/health"
@@ -75,6 +77,12 @@ type Config struct {
 	Policy            bool
 	PolicyAllClusters bool
 	PolicyNetnsDir    string
+	// Flows reads the datapath's flow events into a ring served at
+	// /flows (needs Datapath "bpf"); FlowRates are the events per second
+	// and CPU by kind; FlowRing is the ring's size.
+	Flows     bool
+	FlowRates map[bpf.EventKind]uint32
+	FlowRing  int
 	// DirPoll and InitialSyncTimeout: see agent.Config.
 	DirPoll, InitialSyncTimeout time.Duration
 	// Logger; nil discards logs.
@@ -146,15 +154,32 @@ func Run(ctx context.Context, cfg Config) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	statusHandler := a.Handler(reg)
+	mux := http.NewServeMux()
+	mux.Handle("/", a.Handler(reg))
 	if eng != nil {
-		mux := http.NewServeMux()
 		mux.Handle("GET /policy", eng.Handler())
-		mux.Handle("/", statusHandler)
-		statusHandler = mux
 		wg.Add(1)
 		go func() { defer wg.Done(); eng.Run(ctx) }()
 	}
+	if cfg.Flows && bdp != nil {
+		if err := bdp.SetEventRates(cfg.FlowRates); err != nil {
+			return err
+		}
+		obs, err := flows.New(flows.Config{Cluster: cfg.ClusterName, Node: cfg.NodeName, Source: bdp,
+			Resolver: resolver{a: a, e: eng}, Capacity: cfg.FlowRing, Registerer: reg, Logger: log})
+		if err != nil {
+			return err
+		}
+		mux.Handle("GET /flows", obs.Handler())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := obs.Run(ctx); err != nil && ctx.Err() == nil {
+				log.Error("flow events stopped", "error", err)
+			}
+		}()
+	}
+	statusHandler := http.Handler(mux)
 	if cfg.StatusAddr != "" {
 		if err := serveStatus(ctx, &wg, cfg.StatusAddr, statusHandler, log); err != nil {
 			return err
@@ -215,6 +240,37 @@ func Run(ctx context.Context, cfg Config) error {
 
 	log.Info("clustermesh-agent starting", "cluster", cfg.ClusterName, "node", cfg.NodeName, "clusters_dir", cfg.ClustersDir, "datapath", cfg.Datapath)
 	return a.Run(ctx)
+}
+
+// resolver names flow events with the agent's services and clusters and
+// the policy engine's identities and pods (when policy is on).
+type resolver struct {
+	a *agent.Agent
+	e *enforce.Engine
+}
+
+func (r resolver) ServiceOf(fe loadbalancer.Frontend) (string, bool) { return r.a.ServiceOf(fe) }
+func (r resolver) ClusterName(id uint32) string                      { return r.a.ClusterName(id) }
+
+func (r resolver) PodOf(ip netip.Addr) (*api.IPCacheEntry, bool) {
+	if r.e == nil {
+		return nil, false
+	}
+	return r.e.PodOf(ip)
+}
+
+func (r resolver) PodOfNetns(cookie uint64) (*api.IPCacheEntry, bool) {
+	if r.e == nil {
+		return nil, false
+	}
+	return r.e.PodOfNetns(cookie)
+}
+
+func (r resolver) Identity(id uint32) (*api.Identity, bool) {
+	if r.e == nil {
+		return nil, false
+	}
+	return r.e.Identity(id)
 }
 
 // hostAddrs are the node's own global unicast addresses (the agent runs in

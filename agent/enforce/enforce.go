@@ -96,6 +96,9 @@ type Engine struct {
 	policies   map[string]storedPolicy
 	synced     bool
 	status     Status
+	// netnsPod maps the network namespace cookies found by the last
+	// reconcile to their pod's address.
+	netnsPod map[uint64]netip.Addr
 }
 
 // storedPolicy is one policy object of the local store, parsed (a Cilium
@@ -332,9 +335,46 @@ func (e *Engine) Reconcile() {
 		e.log.Warn("policy programming incomplete, retrying on the next change", "errors", len(errs), "error", errs[0])
 	}
 	e.metrics.observe(&st, time.Since(start))
+	pods := make(map[uint64]netip.Addr, len(endpoints))
+	for _, ep := range endpoints {
+		if ep.NetnsCookie != 0 {
+			pods[ep.NetnsCookie] = ep.IP
+		}
+	}
 	e.mu.Lock()
 	e.status = st
+	e.netnsPod = pods
 	e.mu.Unlock()
+}
+
+// Identity returns an identity of any cluster, as last received.
+func (e *Engine) Identity(id uint32) (*api.Identity, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	i, ok := e.identities[id]
+	return i, ok
+}
+
+// PodOf returns the ipcache entry (cluster, node, namespace, pod) of an
+// address of any cluster.
+func (e *Engine) PodOf(ip netip.Addr) (*api.IPCacheEntry, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	en, ok := e.ipcache[ip.Unmap()]
+	return en, ok
+}
+
+// PodOfNetns returns the local pod of a network namespace cookie, as the
+// last reconcile found it.
+func (e *Engine) PodOfNetns(cookie uint64) (*api.IPCacheEntry, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ip, ok := e.netnsPod[cookie]
+	if !ok {
+		return nil, false
+	}
+	en, ok := e.ipcache[ip]
+	return en, ok
 }
 
 // programIPCache makes the datapath's address map equal to every cluster's

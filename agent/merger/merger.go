@@ -50,7 +50,10 @@ type Merger struct {
 	// byNode indexes programmed services by the nodes of their backends, so
 	// a health change recomputes only the services it can affect.
 	byNode map[loadbalancer.NodeRef]map[Name]struct{}
-	dirty  map[Name]struct{}
+	// byFrontend names the service of each programmed frontend (flow
+	// events name services by frontend).
+	byFrontend map[loadbalancer.Frontend]Name
+	dirty      map[Name]struct{}
 }
 
 // New returns a merger for the cluster named local, programming dp. A nil log
@@ -67,6 +70,7 @@ func New(local string, dp loadbalancer.Datapath, log *slog.Logger) *Merger {
 		unhealthy:  map[loadbalancer.NodeRef]struct{}{},
 		programmed: map[Name]map[loadbalancer.Frontend]loadbalancer.Service{},
 		byNode:     map[loadbalancer.NodeRef]map[Name]struct{}{},
+		byFrontend: map[loadbalancer.Frontend]Name{},
 		dirty:      map[Name]struct{}{},
 	}
 }
@@ -254,6 +258,14 @@ func (m *Merger) Programmed() []loadbalancer.Service {
 	return out
 }
 
+// ServiceOf names the service of a programmed frontend.
+func (m *Merger) ServiceOf(fe loadbalancer.Frontend) (Name, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n, ok := m.byFrontend[fe]
+	return n, ok
+}
+
 // Frontends is the number of frontends last pushed to the datapath.
 func (m *Merger) Frontends() int {
 	m.mu.Lock()
@@ -354,6 +366,12 @@ func (m *Merger) Sync(ctx context.Context) (SyncResult, error) {
 }
 
 func (m *Merger) setProgrammedLocked(n Name, old, now map[loadbalancer.Frontend]loadbalancer.Service) {
+	for fe := range old {
+		delete(m.byFrontend, fe)
+	}
+	for fe := range now {
+		m.byFrontend[fe] = n
+	}
 	for _, s := range old {
 		for _, node := range nodesOf(s) {
 			if set := m.byNode[node]; set != nil {

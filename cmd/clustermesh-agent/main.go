@@ -14,6 +14,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -29,6 +30,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent"
 	"github.com/clustermesh/clustermesh/agent/daemon"
 	"github.com/clustermesh/clustermesh/agent/enforce"
+	"github.com/clustermesh/clustermesh/agent/flows"
 	"github.com/clustermesh/clustermesh/agent/remote"
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
@@ -66,6 +68,7 @@ func main() {
 // options are the flags that do not map one to one onto daemon.Config.
 type options struct {
 	protected            []net.IPNet
+	flowRates            [3]uint32
 	peerMaxBackendSlices int
 	peerMaxBytes         int64
 	log                  logging.Flags
@@ -101,6 +104,7 @@ func newRootCommand() *cobra.Command {
 				log.Info("flags set from the config dir", "config_dir", o.configDir, "flags", settings)
 			}
 			c.ProtectedCIDRs = prefixes(o.protected)
+			c.FlowRates = map[bpf.EventKind]uint32{bpf.EventTranslate: o.flowRates[0], bpf.EventNoBackend: o.flowRates[1], bpf.EventPolicyDeny: o.flowRates[2]}
 			c.PeerLimits = remote.Limits{Objects: map[api.Kind]int{api.KindEndpoints: o.peerMaxBackendSlices}, Bytes: o.peerMaxBytes}
 			return daemon.Run(ctx, c)
 		},
@@ -132,12 +136,17 @@ func newRootCommand() *cobra.Command {
 	fs.BoolVar(&c.Policy, "policy", true, "enforce the cluster's network policies (NetworkPolicy, CiliumNetworkPolicy L3/L4) in the eBPF datapath, with every connected cluster's identities (needs --datapath=bpf)")
 	fs.BoolVar(&c.PolicyAllClusters, "policy-all-clusters", false, "make policy selectors that name no cluster (io.cilium.k8s.policy.cluster) select pods of every connected cluster, not only the local one (Cilium before 1.19)")
 	fs.StringVar(&c.PolicyNetnsDir, "policy-netns-dir", "/var/run/netns", "where pods' network namespaces are bind-mounted (CNI plugins put them there); a pod whose namespace is not found has its ingress checked but not its egress")
+	fs.BoolVar(&c.Flows, "flows", true, "read the datapath's flow events (translations, refusals, policy denials) into a ring served at the status endpoint's /flows (clustermesh-agent observe) and counted in clustermesh_flow_* metrics (needs --datapath=bpf)")
+	fs.Uint32Var(&o.flowRates[0], "flow-rate-translate", 1000, "service translation events per second and CPU the kernel sends (a sample; 0 turns them off)")
+	fs.Uint32Var(&o.flowRates[1], "flow-rate-no-backend", 1000, "no-backend refusal events per second and CPU (0: off)")
+	fs.Uint32Var(&o.flowRates[2], "flow-rate-policy", 1000, "policy denial events per second and CPU (0: off)")
+	fs.IntVar(&c.FlowRing, "flow-ring", 16384, "flows kept in memory for replay (about 300 bytes each)")
 	fs.BoolVar(&c.Health, "health", false, "gossip node health with the agents of every connected cluster (memberlist) and fail over in the kernel when a node dies")
 	c.BPF.Flags(fs)
 	c.HealthConfig.Flags(fs)
 	_ = cmd.MarkFlagRequired("cluster-name")
 
-	cmd.AddCommand(newStatusCommand(), newPolicyCommand(), newCleanupCommand(), bpf.NewDebugCommand())
+	cmd.AddCommand(newStatusCommand(), newPolicyCommand(), newObserveCommand(), newCleanupCommand(), bpf.NewDebugCommand())
 	version.AddTo(cmd)
 	return cmd
 }
@@ -219,6 +228,94 @@ its egress unchecked; it says so.`,
 	}
 	cmd.Flags().StringVar(&addr, "status-addr", daemon.DefaultStatusAddr, "the agent's status endpoint")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	return cmd
+}
+
+func newObserveCommand() *cobra.Command {
+	var (
+		addr, output, since string
+		last                int
+		follow              bool
+		f                   flows.Filter
+	)
+	cmd := &cobra.Command{
+		Use:   "observe",
+		Short: "Print the flows this node's agent observed: service translations (to which backend, cluster and node), refusals for lack of a backend, policy denials",
+		Long: `observe asks the agent on this node (its --status-addr) for the flows in its
+ring, filtered, and with --follow keeps printing new ones as they happen.
+Flows are a sample of the datapath's decisions (per-CPU rates set by the
+agent's --flow-rate-* flags); clustermesh_flow_events_total counts every
+event, including those over the rate.`,
+		Example: `  clustermesh-agent observe --last 20
+  clustermesh-agent observe --follow --service default/echo
+  clustermesh-agent observe --verdict dropped --since 5m -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			if since != "" {
+				d, err := time.ParseDuration(since)
+				if err != nil {
+					return fmt.Errorf("--since %q: want a duration such as 5m", since)
+				}
+				f.Since = time.Now().Add(-d)
+			}
+			q := f.Query()
+			if last > 0 {
+				q.Set("last", fmt.Sprint(last))
+			}
+			if follow {
+				q.Set("follow", "true")
+			}
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/flows?"+q.Encode(), nil)
+			if err != nil {
+				return err
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("%w (is the agent running with --status-addr %s?)", err, addr)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+				return fmt.Errorf("agent at %s: %s: %s (are flows on? --flows)", addr, resp.Status, strings.TrimSpace(string(b)))
+			}
+			dec := json.NewDecoder(resp.Body)
+			w := cmd.OutOrStdout()
+			for {
+				var fl flows.Flow
+				if err := dec.Decode(&fl); err != nil {
+					if err == io.EOF || ctx.Err() != nil {
+						return nil
+					}
+					return fmt.Errorf("agent at %s: flows: %w", addr, err)
+				}
+				switch strings.ToLower(output) {
+				case "json":
+					b, _ := json.Marshal(&fl)
+					fmt.Fprintln(w, string(b))
+				default:
+					fmt.Fprintln(w, fl.Text())
+				}
+			}
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&addr, "status-addr", daemon.DefaultStatusAddr, "the agent's status endpoint")
+	fl.StringVarP(&output, "output", "o", "text", "text (one aligned line per flow) or json (one object per line)")
+	fl.BoolVarP(&follow, "follow", "f", false, "keep printing new flows until interrupted")
+	fl.IntVar(&last, "last", 0, "only the last N flows of the ring (0: all)")
+	fl.StringVar(&since, "since", "", "only flows newer than this duration ago (5m)")
+	fl.StringVar(&f.Kind, "kind", "", "translate, no-backend or policy-deny")
+	fl.StringVar(&f.Verdict, "verdict", "", "forwarded or dropped")
+	fl.StringVar(&f.Service, "service", "", "namespace/name of a service")
+	fl.StringVar(&f.FromCluster, "from-cluster", "", "the source's cluster")
+	fl.StringVar(&f.ToCluster, "to-cluster", "", "the destination's cluster")
+	fl.StringVar(&f.Namespace, "namespace", "", "a namespace of either side")
+	fl.StringVar(&f.Pod, "pod", "", "a pod name of either side")
 	return cmd
 }
 
