@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -197,9 +198,24 @@ func (d *Datapath) Events() (*EventReader, error) {
 // ErrEventsClosed is returned by Read once the reader is closed.
 var ErrEventsClosed = errors.New("event reader closed")
 
+// pollInterval is how often the reader looks at the ring: the programs do
+// not wake it per event (a wakeup per connect costs the connect a context
+// switch), only when a quarter of the ring is waiting.
+const pollInterval = 100 * time.Millisecond
+
 // Read returns the next event.
 func (er *EventReader) Read() (Event, error) {
-	rec, err := er.r.Read()
+	var (
+		rec ringbuf.Record
+		err error
+	)
+	for {
+		er.r.SetDeadline(time.Now().Add(pollInterval))
+		rec, err = er.r.Read()
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		}
+	}
 	if errors.Is(err, ringbuf.ErrClosed) {
 		return Event{}, ErrEventsClosed
 	}

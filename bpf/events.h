@@ -123,10 +123,22 @@ static __always_inline int ev_admit(__u32 kind)
 	return 1;
 }
 
+/* bpf_ringbuf_output flags and bpf_ringbuf_query's item (uapi bpf.h). */
+#define RB_NO_WAKEUP 1
+#define RB_FORCE_WAKEUP 2
+#define RB_AVAIL_DATA 0
+/* Wake the reader only once this much is waiting: it polls every 100 ms
+ * anyway, and a wakeup per event would cost each connect a context switch. */
+#define EV_WAKEUP_BYTES (1 << 18)
+
 static __always_inline void ev_send(struct flow_event *ev)
 {
+	__u64 flags = RB_NO_WAKEUP;
+
+	if (bpf_ringbuf_query(&cm_events, RB_AVAIL_DATA) > EV_WAKEUP_BYTES)
+		flags = RB_FORCE_WAKEUP;
 	ev->ts = bpf_ktime_get_ns();
-	if (bpf_ringbuf_output(&cm_events, ev, sizeof(*ev), 0))
+	if (bpf_ringbuf_output(&cm_events, ev, sizeof(*ev), flags))
 		ev_count(ev->kind, EV_STAT_LOST);
 	else
 		ev_count(ev->kind, EV_STAT_SENT);

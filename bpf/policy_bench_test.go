@@ -282,3 +282,89 @@ func progRunSYN(b *testing.B, dp *Datapath, src netip.Addr, dst netip.AddrPort) 
 	}
 	return float64(d.Nanoseconds())
 }
+
+// BenchmarkEventsConnect measures what flow events add to a connect through
+// a service: rounds alternate between translation events on (every connect
+// sends one; a reader drains them) and off, from the same client.
+//
+// Run: go test -run '^$' -bench EventsConnect -benchtime 1x ./bpf/
+func BenchmarkEventsConnect(b *testing.B) {
+	const (
+		services = 1000
+		samples  = 4000
+		rounds   = 10
+	)
+	l, pin, cg := newLab(b)
+	tp := newTopo(l, 4)
+	tp.serveEcho(b)
+	backends := []netip.AddrPort{tp.v4["be1"], tp.v4["be2"], tp.v4["be3"], tp.v4["be4"]}
+	cfg := testConfig(cg, pin)
+	cfg.MaxServices, cfg.MaxSlots = 2048, 8192
+	dp, err := Open(b.Context(), cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { dp.Remove() })
+	for i := 0; i < services; i++ {
+		if err := dp.UpsertService(b.Context(), loadbalancer.Service{
+			Frontend:  loadbalancer.Frontend{Addr: benchVIP(i), Protocol: loadbalancer.TCP},
+			Preferred: []loadbalancer.Backend{{Addr: backends[i%4], Node: nodeA}, {Addr: backends[(i+1)%4], Node: nodeA}},
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	er, err := dp.Events()
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan int)
+	go func() {
+		n := 0
+		for {
+			if _, err := er.Read(); err != nil {
+				done <- n
+				return
+			}
+			n++
+		}
+	}()
+	pick := rand.New(rand.NewPCG(3, 4))
+	vip := func() netip.AddrPort { return benchVIP(pick.IntN(services)) }
+	lat := map[string][]time.Duration{}
+	for i := 0; i < b.N; i++ {
+		for r := 0; r < rounds; r++ {
+			for _, mode := range []string{"events-off", "events-on"} {
+				rate := uint32(0)
+				if mode == "events-on" {
+					rate = 1 << 30
+				}
+				if err := dp.SetEventRates(map[EventKind]uint32{EventTranslate: rate}); err != nil {
+					b.Fatal(err)
+				}
+				d, err := measureConnects(tp.clientNS, cg, true, samples/rounds, vip)
+				if err != nil {
+					b.Fatal(err)
+				}
+				lat[mode] = append(lat[mode], d...)
+			}
+		}
+	}
+	er.Close()
+	read := <-done
+	counts, err := dp.EventCounts()
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := map[string][2]time.Duration{}
+	for _, m := range []string{"events-off", "events-on"} {
+		slices.Sort(lat[m])
+		p[m] = [2]time.Duration{pct(lat[m], 50), pct(lat[m], 99)}
+		b.ReportMetric(float64(p[m][0].Nanoseconds())/1e3, m+"-p50-µs")
+		b.ReportMetric(float64(p[m][1].Nanoseconds())/1e3, m+"-p99-µs")
+	}
+	b.ReportMetric(float64(p["events-on"][0])/float64(p["events-off"][0]), "p50-on/off")
+	c := counts[EventTranslate]
+	b.ReportMetric(float64(c.Sent), "events-sent")
+	b.ReportMetric(float64(c.Lost), "events-lost")
+	b.ReportMetric(float64(read), "events-read")
+}
