@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/clustermesh/clustermesh/agent/flows"
+	"github.com/clustermesh/clustermesh/internal/netlab"
 	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/kind-tests/emulator"
 )
@@ -220,6 +223,21 @@ func (e Emulated) StartPodTraffic(ctx context.Context, cluster, name string, lab
 		return nil, err
 	}
 	return found.StartTraffic(e.M.Bins, fmt.Sprintf("probe-%s-%s-%d", name, proto, time.Now().UnixNano()%100000), netip.AddrPortFrom(vip, 80), &emulator.TrafficOptions{Proto: proto, Timeout: PodProbeTimeout})
+}
+
+// Flows implements Mesh: the agent's CLI in the node's network namespace,
+// where the agent's status endpoint listens on loopback.
+func (e Emulated) Flows(ctx context.Context, node string, args ...string) ([]flows.Flow, error) {
+	n, err := e.node(node)
+	if err != nil {
+		return nil, err
+	}
+	argv := append([]string{"--net=" + netlab.NetnsPath(n.Netns), "--", e.M.Bins.Path(emulator.PartAgent), "observe", "-o", "json"}, args...)
+	out, err := exec.CommandContext(ctx, "nsenter", argv...).Output()
+	if err != nil {
+		return nil, fmt.Errorf("node %s: observe: %w", node, err)
+	}
+	return ParseFlows(out)
 }
 
 // RestartAgent implements Mesh: the harness's kubelet restarts the agent.

@@ -1,9 +1,13 @@
 package drills
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"time"
 
+	"github.com/clustermesh/clustermesh/agent/flows"
 	"github.com/clustermesh/clustermesh/kind-tests/attempts"
 	"github.com/clustermesh/clustermesh/kind-tests/emulator"
 )
@@ -69,6 +73,23 @@ type Mesh interface {
 	// KillNode kills a node hard: its processes and pods die at once and
 	// its kubelet falls silent, so Kubernetes keeps its pods ready.
 	KillNode(ctx context.Context, node string) error
+	// Flows runs `clustermesh-agent observe -o json args...` against the
+	// agent of node and returns the flows it printed.
+	Flows(ctx context.Context, node string, args ...string) ([]flows.Flow, error)
+}
+
+// ParseFlows reads the JSON lines of `clustermesh-agent observe -o json`.
+func ParseFlows(out []byte) ([]flows.Flow, error) {
+	var fs []flows.Flow
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for dec.More() {
+		var f flows.Flow
+		if err := dec.Decode(&f); err != nil {
+			return fs, fmt.Errorf("observe output: %w", err)
+		}
+		fs = append(fs, f)
+	}
+	return fs, nil
 }
 
 // Traffic is a running probe.

@@ -3,7 +3,9 @@ package drills
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/clustermesh/clustermesh/internal/poll"
@@ -164,7 +166,46 @@ func AffinityLocal(ctx context.Context, e *Env) error {
 	}
 	e.Report.Add("affinity local", "scale c1 back → traffic local again after", emulator.Ms(ret.At.Sub(back)), "pass")
 	e.Report.Add("affinity local", "failed attempts during return", fmt.Sprint(failures(tr.Attempts(back))), "pass")
+
+	// What the probe's agent observed: translations to c1 before the
+	// scale-down, to c2 between the failover and the scale-up.
+	fs, err := m.Flows(ctx, tr.From(), "--service", "default/"+e.Service, "--kind", "translate", "--since", (time.Since(start) + 2*time.Second).Round(time.Second).String())
+	if err != nil {
+		return err
+	}
+	const margin = 50 * time.Millisecond
+	var before, after []string
+	for _, f := range fs {
+		switch {
+		case f.Time.Before(scaled.Add(-margin)):
+			before = append(before, f.Destination.Cluster)
+		case f.Time.After(first.At.Add(margin)) && f.Time.Before(back.Add(-margin)):
+			after = append(after, f.Destination.Cluster)
+		}
+	}
+	verdict := "pass"
+	if len(before) == 0 || len(after) == 0 || slices.ContainsFunc(before, func(c string) bool { return c != c1 }) ||
+		slices.ContainsFunc(after, func(c string) bool { return c != c2 }) {
+		verdict = "FAIL"
+	}
+	e.Report.Add("affinity local", "observe: translations to c1 before / to c2 after the failover", fmt.Sprintf("%d / %d", len(before), len(after)), verdict)
+	if verdict != "pass" {
+		return fmt.Errorf("%w: observe on %s: destinations before the failover %v, after %v (want only %s, then only %s)", ErrDrill, tr.From(), compact(before), compact(after), c1, c2)
+	}
 	return e.waitReadyPods(ctx, c1, e.Replicas)
+}
+
+// compact counts repeated names: "c1×3 c2×1".
+func compact(names []string) string {
+	counts := map[string]int{}
+	for _, n := range names {
+		counts[n]++
+	}
+	var parts []string
+	for _, n := range slices.Sorted(maps.Keys(counts)) {
+		parts = append(parts, fmt.Sprintf("%s×%d", n, counts[n]))
+	}
+	return strings.Join(parts, " ")
 }
 
 // AgentRestart: SIGKILL the agent of the node a client runs on while the

@@ -12,6 +12,7 @@ package kindenv
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -30,6 +31,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/clustermesh/clustermesh/agent/flows"
 	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/kind-tests/attempts"
@@ -540,6 +542,27 @@ func (m *Mesh) RestartAgent(ctx context.Context, node string) error {
 		}
 		return nil
 	})
+}
+
+// Flows implements drills.Mesh: the agent's own binary (through its
+// process's root) run in the node, whose loopback the agent's status
+// endpoint listens on (host network).
+func (m *Mesh) Flows(ctx context.Context, node string, args ...string) ([]flows.Flow, error) {
+	quoted := make([]string, 0, len(args))
+	for _, a := range args {
+		quoted = append(quoted, "'"+strings.ReplaceAll(a, "'", `'\''`)+"'")
+	}
+	script := `for d in /proc/[0-9]*; do if [ "$(cat $d/comm 2>/dev/null)" = clustermesh-age ]; then exec $d/root/usr/local/bin/clustermesh-agent observe -o json ` +
+		strings.Join(quoted, " ") + `; fi; done; echo "no agent process" >&2; exit 1`
+	out, err := exec.CommandContext(ctx, "docker", "exec", node, "sh", "-c", script).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return nil, fmt.Errorf("node %s: observe: %w: %s", node, err, ee.Stderr)
+		}
+		return nil, fmt.Errorf("node %s: observe: %w", node, err)
+	}
+	return drills.ParseFlows(out)
 }
 
 // apiserverWorkload scales the clustermesh-apiserver, a StatefulSet or
