@@ -205,6 +205,24 @@ health), installed and joined with the clustermesh CLI and kubectl.`)
 	}
 	during := tr.Attempts(failAt)
 	o.info("traffic moved to c2 after %v; %d connection attempt(s) failed meanwhile", fo.At.Sub(failAt).Round(time.Millisecond), countFailed(during))
+	// What the client's node saw, from its agent's flows: the last
+	// translations before the failover, then the first ones after.
+	if fs, err := env.Mesh.Flows(ctx, c1.Nodes()[0].Name, "--service", "default/echo", "--kind", "translate", "--since", "10s"); err == nil {
+		var beforeF, afterF []string
+		for _, f := range fs {
+			if f.Time.Before(failAt) {
+				beforeF = append(beforeF, f.Text())
+			} else if f.Time.After(fo.At) && len(afterF) < 3 {
+				afterF = append(afterF, f.Text())
+			}
+		}
+		o.info("clustermesh-agent observe on %s (flows around the failover):", c1.Nodes()[0].Name)
+		for _, l := range append(beforeF[max(0, len(beforeF)-3):], afterF...) {
+			fmt.Printf("      %s\n", l)
+		}
+	} else {
+		o.info("observe: %v", err)
+	}
 	report.Add("failover", "c1 scaled to 0 → answers from c2 after", emulator.Ms(fo.At.Sub(failAt)), "pass")
 	report.Add("failover", "failed attempts during failover", fmt.Sprint(countFailed(during)), "")
 
