@@ -167,8 +167,9 @@ func AffinityLocal(ctx context.Context, e *Env) error {
 	e.Report.Add("affinity local", "scale c1 back → traffic local again after", emulator.Ms(ret.At.Sub(back)), "pass")
 	e.Report.Add("affinity local", "failed attempts during return", fmt.Sprint(failures(tr.Attempts(back))), "pass")
 
-	// What the probe's agent observed: translations to c1 before the
-	// scale-down, to c2 between the failover and the scale-up.
+	// What the probe's agent observed: translations to c1 once affinity
+	// local held and before the scale-down, to c2 between the failover and
+	// the scale-up.
 	fs, err := m.Flows(ctx, tr.From(), "--service", "default/"+e.Service, "--kind", "translate", "--since", (time.Since(start) + 2*time.Second).Round(time.Second).String())
 	if err != nil {
 		return err
@@ -177,7 +178,7 @@ func AffinityLocal(ctx context.Context, e *Env) error {
 	var before, after []string
 	for _, f := range fs {
 		switch {
-		case f.Time.Before(scaled.Add(-margin)):
+		case f.Time.After(mark) && f.Time.Before(scaled.Add(-margin)):
 			before = append(before, f.Destination.Cluster)
 		case f.Time.After(first.At.Add(margin)) && f.Time.Before(back.Add(-margin)):
 			after = append(after, f.Destination.Cluster)
