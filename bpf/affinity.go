@@ -55,7 +55,7 @@ func (d *Datapath) setAffinity(key svcKey, seconds uint32) error {
 	if seconds == 0 || d.affinity[key] == seconds {
 		return nil
 	}
-	if err := d.coll.Maps[mapSvcAffinity].Update(key, seconds, ebpf.UpdateAny); err != nil {
+	if err := d.writeAffinity(key, seconds); err != nil {
 		return d.mapErr(mapSvcAffinity, fmt.Sprintf("service %s: affinity timeout", key.frontend()), err)
 	}
 	d.affinity[key] = seconds

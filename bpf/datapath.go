@@ -175,6 +175,9 @@ type Datapath struct {
 	pol *policyState
 	// affinity mirrors cm_svc_affinity: timeout (s) by service.
 	affinity map[svcKey]uint32
+	// batch queues the map writes of a bulk load (UpsertServices); nil
+	// otherwise.
+	batch *pendingWrites
 }
 
 // retiredSet is a slot set waiting for readers to be done with it. Its
@@ -534,6 +537,12 @@ func (d *Datapath) UpsertService(ctx context.Context, svc loadbalancer.Service) 
 	if d.closed {
 		return ErrClosed
 	}
+	return d.upsertLocked(key, svc)
+}
+
+// upsertLocked programs one validated service; d.mu is held. In a bulk
+// load (d.batch set) its map writes are queued and written by flushBatch.
+func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 	fe := svc.Frontend
 	old := d.svcs[key]
 	all := make([]loadbalancer.Backend, 0, len(svc.Preferred)+len(svc.Fallback))
@@ -556,13 +565,21 @@ func (d *Datapath) UpsertService(ctx context.Context, svc loadbalancer.Service) 
 	// now (one grace period) before giving up.
 	mapName, err := d.room(old, all)
 	if err != nil && len(d.retired) > 0 {
+		// In a bulk load, entries queued so far may still point at sets
+		// retired meanwhile: write them before freeing anything.
+		if b := d.batch; b != nil {
+			if ferr := d.flushBatch(b); ferr != nil {
+				return fmt.Errorf("service %s: %w", fe, ferr)
+			}
+			*b = pendingWrites{}
+		}
 		if rerr := d.reclaimLocked(); rerr != nil {
 			return fmt.Errorf("service %s: %w", fe, rerr)
 		}
 		mapName, err = d.room(old, all)
 	}
 	if err != nil {
-		return d.full(mapName, fmt.Errorf("service %s: %w", fe, err))
+		return d.full(mapName, fmt.Errorf("service %s (%s): %w", fe, svc.Name, err))
 	}
 
 	// 1. Nodes and backends. Each slot takes a reference, released on error.
@@ -595,7 +612,7 @@ func (d *Datapath) UpsertService(ctx context.Context, svc loadbalancer.Service) 
 		undo()
 	}
 	for i, bid := range ids {
-		if err := d.slots.Update(slotKey{Set: set, Index: uint32(i)}, bid, ebpf.UpdateAny); err != nil {
+		if err := d.writeSlot(slotKey{Set: set, Index: uint32(i)}, bid); err != nil {
 			undoSlots(i)
 			return d.mapErr(mapSlots, fmt.Sprintf("service %s: write slot %d", fe, i), err)
 		}
@@ -611,7 +628,7 @@ func (d *Datapath) UpsertService(ctx context.Context, svc loadbalancer.Service) 
 		undoSlots(len(ids))
 		return err
 	}
-	if err := d.services.Update(key, val, ebpf.UpdateAny); err != nil {
+	if err := d.writeService(key, val); err != nil {
 		undoSlots(len(ids))
 		return d.mapErr(mapServices, fmt.Sprintf("service %s: write entry", fe), err)
 	}
@@ -760,7 +777,7 @@ func (d *Datapath) newNode(ref loadbalancer.NodeRef, down bool) (*nodeState, err
 	if !ok {
 		return nil, d.full(mapNodes, fmt.Errorf("node %s: %d of %d used", ref, len(d.nodesByID), d.cfg.MaxNodes))
 	}
-	if err := d.nodes.Update(id, v, ebpf.UpdateAny); err != nil {
+	if err := d.writeNode(id, v); err != nil {
 		d.nodeIDs.release(id)
 		return nil, d.mapErr(mapNodes, fmt.Sprintf("node %s: write", ref), err)
 	}
@@ -808,7 +825,7 @@ func (d *Datapath) refBackend(b loadbalancer.Backend) (*backendState, error) {
 	if b.Addr.Addr().Unmap().Is4() {
 		v.Family = afInet
 	}
-	if err := d.backends.Update(id, v, ebpf.UpdateAny); err != nil {
+	if err := d.writeBackend(id, v); err != nil {
 		d.backendIDs.release(id)
 		d.maybeFreeNode(n)
 		return nil, d.mapErr(mapBackends, fmt.Sprintf("backend %s: write", b.Addr), err)

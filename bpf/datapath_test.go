@@ -233,7 +233,7 @@ func TestTraffic(t *testing.T) {
 // checkMaps checks the invariants a reader relies on and returns the
 // number of entries per map: every active slot points at a programmed
 // backend, no slot outside an active set, no unreferenced backend.
-func checkMaps(t *testing.T, dp *Datapath) map[string]int {
+func checkMaps(t testing.TB, dp *Datapath) map[string]int {
 	t.Helper()
 	// Free retired sets first: the counts below are of active ones.
 	dp.mu.Lock()

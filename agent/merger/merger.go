@@ -284,6 +284,48 @@ type SyncResult struct {
 	Deletes  int
 }
 
+// work is one dirty service of a Sync: its desired and programmed
+// frontends.
+type work struct {
+	name    Name
+	desired map[loadbalancer.Frontend]loadbalancer.Service
+	old     map[loadbalancer.Frontend]loadbalancer.Service
+}
+
+// bulkThreshold is how many upserts make a Sync use the datapath's bulk
+// path (a start from empty maps, a full resync).
+const bulkThreshold = 64
+
+// bulkUpsert programs the changed frontends of todo in one call when the
+// datapath has a bulk path and there are many, and returns those it
+// programmed; the rest (refused, or all when not bulk) go one by one.
+func (m *Merger) bulkUpsert(ctx context.Context, todo []work) map[loadbalancer.Frontend]bool {
+	bdp, ok := m.dp.(loadbalancer.BulkDatapath)
+	if !ok {
+		return nil
+	}
+	var svcs []loadbalancer.Service
+	for _, w := range todo {
+		for fe, svc := range w.desired {
+			if old, ok := w.old[fe]; !ok || !equalService(old, svc) {
+				svcs = append(svcs, svc)
+			}
+		}
+	}
+	if len(svcs) < bulkThreshold {
+		return nil
+	}
+	errs := bdp.UpsertServices(ctx, svcs)
+	done := make(map[loadbalancer.Frontend]bool, len(svcs))
+	for _, s := range svcs {
+		if errs[s.Frontend] == nil {
+			done[s.Frontend] = true
+		}
+	}
+	m.log.Info("bulk programmed", "services", len(done), "refused", len(errs))
+	return done
+}
+
 // Sync recomputes every dirty service and pushes upserts and deletes of the
 // frontends whose merged value changed. Errors of individual frontends are
 // joined; those services stay dirty and are retried by the next Sync.
@@ -291,11 +333,6 @@ func (m *Merger) Sync(ctx context.Context) (SyncResult, error) {
 	m.syncMu.Lock()
 	defer m.syncMu.Unlock()
 
-	type work struct {
-		name    Name
-		desired map[loadbalancer.Frontend]loadbalancer.Service
-		old     map[loadbalancer.Frontend]loadbalancer.Service
-	}
 	m.mu.Lock()
 	todo := make([]work, 0, len(m.dirty))
 	for n := range m.dirty {
@@ -306,6 +343,7 @@ func (m *Merger) Sync(ctx context.Context) (SyncResult, error) {
 
 	var res SyncResult
 	var errs []error
+	bulkDone := m.bulkUpsert(ctx, todo)
 	for _, w := range todo {
 		res.Services++
 		done := map[loadbalancer.Frontend]loadbalancer.Service{}
@@ -315,6 +353,11 @@ func (m *Merger) Sync(ctx context.Context) (SyncResult, error) {
 		for fe, svc := range w.desired {
 			if old, ok := w.old[fe]; ok && equalService(old, svc) {
 				done[fe] = old
+				continue
+			}
+			if bulkDone[fe] {
+				res.Upserts++
+				done[fe] = svc
 				continue
 			}
 			if err := m.dp.UpsertService(ctx, svc); err != nil {

@@ -710,3 +710,74 @@ func TestServiceSemantics(t *testing.T) {
 		}
 	})
 }
+
+// bulkRecorder is a recorder with a bulk path; it refuses the frontends in
+// refuse.
+type bulkRecorder struct {
+	*recorder
+	bulkCalls int
+	refuse    map[loadbalancer.Frontend]bool
+}
+
+func (b *bulkRecorder) UpsertServices(ctx context.Context, svcs []loadbalancer.Service) map[loadbalancer.Frontend]error {
+	b.mu.Lock()
+	b.bulkCalls++
+	b.mu.Unlock()
+	errs := map[loadbalancer.Frontend]error{}
+	for _, s := range svcs {
+		if b.refuse[s.Frontend] {
+			errs[s.Frontend] = errors.New("refused in bulk")
+			continue
+		}
+		b.mu.Lock()
+		b.state[s.Frontend] = s
+		b.mu.Unlock()
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return errs
+}
+
+// TestSyncBulk: many changed frontends go to the datapath in one bulk
+// call; one the bulk refused is retried on its own (and fails there too,
+// reported); a few changes go one by one.
+func TestSyncBulk(t *testing.T) {
+	ctx := context.Background()
+	dp := &bulkRecorder{recorder: newRecorder(), refuse: map[loadbalancer.Frontend]bool{}}
+	m := New("c1", dp, nil)
+	for i := 0; i < 100; i++ {
+		s := svc("c1", vips(fmt.Sprintf("10.96.1.%d", i)))
+		s.Name = fmt.Sprintf("web%d", i)
+		m.UpsertService(s)
+		sl := httpSlice("c1", ep(fmt.Sprintf("10.1.1.%d", i)))
+		sl.Service = s.Name
+		m.UpsertEndpointSlice(sl)
+	}
+	bad := loadbalancer.Frontend{Addr: netip.MustParseAddrPort("10.96.1.7:80"), Protocol: loadbalancer.TCP}
+	dp.refuse[bad] = true
+	dp.failFor[bad] = true
+	if _, err := m.Sync(ctx); err == nil || !strings.Contains(err.Error(), "10.96.1.7") {
+		t.Fatalf("sync: %v, want the refused frontend reported", err)
+	}
+	if dp.bulkCalls != 1 || len(dp.state) != 99 {
+		t.Fatalf("%d bulk calls, %d frontends programmed; want 1 and 99", dp.bulkCalls, len(dp.state))
+	}
+	if calls := dp.takeCalls(); len(calls) != 1 || calls[0] != "upsert "+bad.String() {
+		t.Fatalf("single calls %v: want only the refused frontend retried", calls)
+	}
+	// A small change goes one by one.
+	m.UpsertEndpointSlice(func() *api.EndpointSlice {
+		sl := httpSlice("c1", ep("10.1.1.200"))
+		sl.Service = "web3"
+		return sl
+	}())
+	delete(dp.failFor, bad)
+	delete(dp.refuse, bad)
+	if _, err := m.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if dp.bulkCalls != 1 || len(dp.state) != 100 {
+		t.Fatalf("after a small change: %d bulk calls, %d frontends; want 1 and 100", dp.bulkCalls, len(dp.state))
+	}
+}

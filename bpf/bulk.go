@@ -1,0 +1,169 @@
+package bpf
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/clustermesh/clustermesh/loadbalancer"
+)
+
+var _ loadbalancer.BulkDatapath = (*Datapath)(nil)
+
+// pendingWrites are the map writes of a bulk load, in the order they must
+// reach the kernel: nodes, backends, slots, affinity timeouts, then the
+// service entries that make the rest reachable. Until the entries are
+// written nothing new is reachable, so the queue keeps the invariant of
+// single updates (no slot points at a missing backend, no entry at a missing
+// slot set) while costing a few batch system calls instead of one call per
+// entry.
+type pendingWrites struct {
+	nodeIDs    []uint32
+	nodeVals   []nodeValue
+	backendIDs []uint32
+	backendVal []backendValue
+	slotKeys   []slotKey
+	slotVals   []uint32
+	affKeys    []svcKey
+	affVals    []uint32
+	svcKeys    []svcKey
+	svcVals    []svcValue
+}
+
+func (d *Datapath) writeNode(id uint32, v nodeValue) error {
+	if b := d.batch; b != nil {
+		b.nodeIDs, b.nodeVals = append(b.nodeIDs, id), append(b.nodeVals, v)
+		return nil
+	}
+	return d.nodes.Update(id, v, ebpf.UpdateAny)
+}
+
+func (d *Datapath) writeBackend(id uint32, v backendValue) error {
+	if b := d.batch; b != nil {
+		b.backendIDs, b.backendVal = append(b.backendIDs, id), append(b.backendVal, v)
+		return nil
+	}
+	return d.backends.Update(id, v, ebpf.UpdateAny)
+}
+
+func (d *Datapath) writeSlot(k slotKey, id uint32) error {
+	if b := d.batch; b != nil {
+		b.slotKeys, b.slotVals = append(b.slotKeys, k), append(b.slotVals, id)
+		return nil
+	}
+	return d.slots.Update(k, id, ebpf.UpdateAny)
+}
+
+func (d *Datapath) writeAffinity(k svcKey, seconds uint32) error {
+	if b := d.batch; b != nil {
+		b.affKeys, b.affVals = append(b.affKeys, k), append(b.affVals, seconds)
+		return nil
+	}
+	return d.coll.Maps[mapSvcAffinity].Update(k, seconds, ebpf.UpdateAny)
+}
+
+func (d *Datapath) writeService(k svcKey, v svcValue) error {
+	if b := d.batch; b != nil {
+		b.svcKeys, b.svcVals = append(b.svcKeys, k), append(b.svcVals, v)
+		return nil
+	}
+	return d.services.Update(k, v, ebpf.UpdateAny)
+}
+
+// batchWrite writes keys and values with one BATCH_UPDATE where the kernel
+// has it, entry by entry from where a batch stopped otherwise.
+func batchWrite[K, V any](m *ebpf.Map, name string, keys []K, vals []V) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	n, err := m.BatchUpdate(keys, vals, &ebpf.BatchOptions{})
+	if err == nil {
+		return nil
+	}
+	for i := n; i < len(keys); i++ {
+		if err := m.Update(keys[i], vals[i], ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("map %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// flushBatch writes the queued writes in their order.
+func (d *Datapath) flushBatch(b *pendingWrites) error {
+	if err := batchWrite(d.nodes, mapNodes, b.nodeIDs, b.nodeVals); err != nil {
+		return err
+	}
+	if err := batchWrite(d.backends, mapBackends, b.backendIDs, b.backendVal); err != nil {
+		return err
+	}
+	if err := batchWrite(d.slots, mapSlots, b.slotKeys, b.slotVals); err != nil {
+		return err
+	}
+	if err := batchWrite(d.coll.Maps[mapSvcAffinity], mapSvcAffinity, b.affKeys, b.affVals); err != nil {
+		return err
+	}
+	return batchWrite(d.services, mapServices, b.svcKeys, b.svcVals)
+}
+
+// UpsertServices programs many services at once, as an agent does after a
+// restart or a resync: what UpsertService does for each, with the map
+// writes gathered into a few batch calls (see pendingWrites). A service
+// that cannot be programmed (invalid, no room) is refused alone, by name, in
+// the returned errors (nil when every service went in). If the kernel
+// refuses a write even entry by entry (it should not: room is checked
+// first), the services of the load are reported failed and the datapath
+// should be reopened, which rebuilds its bookkeeping from the maps.
+func (d *Datapath) UpsertServices(ctx context.Context, svcs []loadbalancer.Service) map[loadbalancer.Frontend]error {
+	errs := map[loadbalancer.Frontend]error{}
+	if err := ctx.Err(); err != nil {
+		for _, s := range svcs {
+			errs[s.Frontend] = err
+		}
+		return errs
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		for _, s := range svcs {
+			errs[s.Frontend] = ErrClosed
+		}
+		return errs
+	}
+	// Sized up front: growing these slices was most of a large load's
+	// time.
+	slots := 0
+	for _, s := range svcs {
+		slots += len(s.Preferred) + len(s.Fallback)
+	}
+	b := &pendingWrites{
+		slotKeys: make([]slotKey, 0, slots), slotVals: make([]uint32, 0, slots),
+		svcKeys: make([]svcKey, 0, len(svcs)), svcVals: make([]svcValue, 0, len(svcs)),
+	}
+	d.batch = b
+	var done []loadbalancer.Frontend
+	for _, s := range svcs {
+		key, err := validate(s)
+		if err == nil {
+			err = d.upsertLocked(key, s)
+		}
+		if err != nil {
+			errs[s.Frontend] = err
+			continue
+		}
+		done = append(done, s.Frontend)
+	}
+	d.batch = nil
+	if err := d.flushBatch(b); err != nil {
+		err = fmt.Errorf("bpf: bulk load: %w (reopen the datapath to adopt the maps)", err)
+		d.log.Error("bulk load failed", "services", len(svcs), "error", err)
+		for _, fe := range done {
+			errs[fe] = err
+		}
+		return errs
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return errs
+}

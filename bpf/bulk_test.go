@@ -1,0 +1,74 @@
+package bpf
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/clustermesh/clustermesh/loadbalancer"
+)
+
+// TestUpsertServicesBulk: a bulk load programs what single updates would
+// (the same maps, real traffic reaching the right backends), refuses alone
+// the services that cannot go in, by name, and is adopted after a restart.
+func TestUpsertServicesBulk(t *testing.T) {
+	l, pin, cg := newLab(t)
+	tp := newTopo(l, 2)
+	tp.serveEcho(t)
+	cfg := testConfig(cg, pin)
+	cfg.MaxServices = 40
+	dp, err := Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var svcs []loadbalancer.Service
+	for i := 0; i < 40; i++ {
+		name := []string{"be1", "be2"}[i%2]
+		svcs = append(svcs, loadbalancer.Service{Name: fmt.Sprintf("ns/s%d", i),
+			Frontend:  loadbalancer.Frontend{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 96, 3, byte(i)}), 80), Protocol: loadbalancer.TCP},
+			Preferred: backendsOf(tp.v4, nodeA, name)})
+	}
+	// One invalid service and one over capacity are refused alone.
+	bad := loadbalancer.Service{Name: "ns/bad", Frontend: loadbalancer.Frontend{Addr: netip.MustParseAddrPort("10.96.3.200:0"), Protocol: loadbalancer.TCP}}
+	over := loadbalancer.Service{Name: "ns/over", Frontend: loadbalancer.Frontend{Addr: netip.MustParseAddrPort("10.96.3.201:80"), Protocol: loadbalancer.TCP},
+		Preferred: backendsOf(tp.v4, nodeA, "be1")}
+	errs := dp.UpsertServices(t.Context(), append(slices.Clone(svcs), bad, over))
+	if len(errs) != 2 || errs[bad.Frontend] == nil || errs[over.Frontend] == nil {
+		t.Fatalf("bulk load errors %v: want the invalid and the over-capacity service refused", errs)
+	}
+	t.Logf("refusals: %v", slices.Collect(maps.Values(errs)))
+	check := func(when string, dp *Datapath) {
+		t.Helper()
+		for _, i := range []int{0, 1, 17, 39} {
+			res := runClient(t, tp.clientNS, cg, clientSpec{Mode: "tcp", VIP: svcs[i].Frontend.Addr, Count: 5})
+			want := []string{"be1", "be2"}[i%2]
+			if res.NumErrors != 0 || res.Backends[want] != 5 {
+				t.Errorf("%s: service %d reached %v (%v), want %s only", when, i, res.Backends, res.Errors, want)
+			}
+		}
+		if got := checkMaps(t, dp); got[mapServices] != 40 || got[mapBackends] != 2 || got[mapSlots] != 40 {
+			t.Errorf("%s: maps hold %v, want 40 services, 2 backends, 40 slots", when, got)
+		}
+	}
+	check("after the bulk load", dp)
+	// Replacing every service in bulk (each to the other backend) keeps
+	// the invariant and frees the old sets.
+	for i := range svcs {
+		svcs[i].Preferred = backendsOf(tp.v4, nodeA, []string{"be2", "be1"}[i%2])
+	}
+	if errs := dp.UpsertServices(t.Context(), svcs); errs != nil {
+		t.Fatalf("bulk replace: %v", errs)
+	}
+	for i := range svcs {
+		svcs[i].Preferred = backendsOf(tp.v4, nodeA, []string{"be1", "be2"}[i%2])
+	}
+	if errs := dp.UpsertServices(t.Context(), svcs); errs != nil {
+		t.Fatalf("bulk replace back: %v", errs)
+	}
+	dp.Close()
+	dp2 := openTest(t, cfg)
+	check("after a restart", dp2)
+}

@@ -1,0 +1,95 @@
+package bpf
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/loadbalancer"
+)
+
+// BenchmarkProgram measures programming N services of 3 backends each into
+// empty maps, one UpsertService per service against one UpsertServices
+// (batch map writes), and changing one service afterwards.
+//
+// Run: go test -run '^$' -bench BenchmarkProgram -benchtime 1x ./bpf/
+// (BENCH_SIZES=1000,10000 to skip the 100k round).
+func BenchmarkProgram(b *testing.B) {
+	sizes := []int{1000, 10000, 100000}
+	if s := os.Getenv("BENCH_SIZES"); s != "" {
+		sizes = nil
+		for _, f := range strings.Split(s, ",") {
+			var n int
+			fmt.Sscan(f, &n)
+			sizes = append(sizes, n)
+		}
+	}
+	_, pin, cg := newLab(b)
+	ctx := context.Background()
+	backends := make([]netip.AddrPort, 64)
+	for i := range backends {
+		backends[i] = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), 8080)
+	}
+	var table strings.Builder
+	table.WriteString("\n| services | per service | bulk | change one after bulk |\n|---|---|---|---|\n")
+	for _, n := range sizes {
+		svcs := make([]loadbalancer.Service, n)
+		for i := range svcs {
+			svcs[i] = loadbalancer.Service{Frontend: loadbalancer.Frontend{Addr: benchVIP(i), Protocol: loadbalancer.TCP},
+				Preferred: []loadbalancer.Backend{{Addr: backends[i%64], Node: nodeA}, {Addr: backends[(i+1)%64], Node: nodeA}, {Addr: backends[(i+2)%64], Node: nodeB}}}
+		}
+		cfg := testConfig(cg, pin)
+		cfg.MaxServices, cfg.MaxSlots, cfg.MaxBackends = 131072, 4*131072, 1024
+		var single, bulk, change time.Duration
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				dp, err := Open(ctx, cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				start := time.Now()
+				for _, s := range svcs {
+					if err := dp.UpsertService(ctx, s); err != nil {
+						b.Fatal(err)
+					}
+				}
+				single = time.Since(start)
+				if err := dp.Remove(); err != nil {
+					b.Fatal(err)
+				}
+
+				dp, err = Open(ctx, cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				start = time.Now()
+				if errs := dp.UpsertServices(ctx, svcs); errs != nil {
+					b.Fatal(errs)
+				}
+				bulk = time.Since(start)
+				changed := svcs[n/2]
+				changed.Preferred = changed.Preferred[:2]
+				start = time.Now()
+				if err := dp.UpsertService(ctx, changed); err != nil {
+					b.Fatal(err)
+				}
+				change = time.Since(start)
+				if got := checkMaps(b, dp); got[mapServices] != n {
+					b.Fatalf("bulk load left %d services, want %d", got[mapServices], n)
+				}
+				if err := dp.Remove(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(single.Seconds()*1e3, "per-service-ms")
+			b.ReportMetric(bulk.Seconds()*1e3, "bulk-ms")
+			b.ReportMetric(float64(change.Microseconds()), "change-one-µs")
+		})
+		fmt.Fprintf(&table, "| %d | %v | %v | %v |\n", n, single.Round(time.Millisecond), bulk.Round(time.Millisecond), change.Round(time.Microsecond))
+	}
+	b.Log(table.String())
+}
