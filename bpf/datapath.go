@@ -327,6 +327,9 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 		return nil, err
 	}
 	d.updateGauges()
+	d.metrics.setCapacity(map[string]int{mapServices: cfg.MaxServices, mapSlots: cfg.MaxSlots, mapBackends: cfg.MaxBackends,
+		mapNodes: cfg.MaxNodes, mapRevNAT: cfg.MaxRevNAT, mapIPCache: cfg.MaxIPCache, mapPolNetns: cfg.MaxPolicyEndpoints,
+		mapPolState: cfg.MaxIdentityPolicies, mapPolicy: cfg.MaxPolicyEntries, mapPolCT: cfg.MaxPolicyCT, mapAffinity: cfg.MaxAffinity})
 	ctx, cancel := context.WithCancel(context.Background())
 	d.stopReclaim, d.reclaimDone = cancel, make(chan struct{})
 	go d.reclaimLoop(ctx)

@@ -385,8 +385,18 @@ func TestAdoptAndFull(t *testing.T) {
 	for i := 2; i <= 4; i++ {
 		must(dp.UpsertService(ctx, loadbalancer.Service{Frontend: fe(i), Preferred: []loadbalancer.Backend{be(1, nodeA)}}))
 	}
-	if err := dp.UpsertService(ctx, loadbalancer.Service{Frontend: fe(5), Preferred: []loadbalancer.Backend{be(1, nodeA)}}); !errors.Is(err, ErrMapFull) {
-		t.Fatalf("fifth service: want ErrMapFull, got %v", err)
+	if err := dp.UpsertService(ctx, loadbalancer.Service{Name: "ns/fifth", Frontend: fe(5), Preferred: []loadbalancer.Backend{be(1, nodeA)}}); !errors.Is(err, ErrMapFull) ||
+		!strings.Contains(err.Error(), "ns/fifth") || !strings.Contains(err.Error(), "4 of 4") {
+		t.Fatalf("fifth service: want ErrMapFull naming the service and 4 of 4, got %v", err)
+	}
+	if got := gauge(t, reg, "clustermesh_bpf_map_capacity", mapServices); got != 4 {
+		t.Fatalf("clustermesh_bpf_map_capacity{map=cm_services} = %v, want 4", got)
+	}
+	// Room returns: the refused service goes in, the others stay.
+	must(dp.DeleteService(ctx, fe(4)))
+	must(dp.UpsertService(ctx, loadbalancer.Service{Name: "ns/fifth", Frontend: fe(5), Preferred: []loadbalancer.Backend{be(1, nodeA)}}))
+	if got := len(dp.Frontends()); got != 4 {
+		t.Fatalf("after room returned: %d frontends, want 4", got)
 	}
 
 	// Resizing pinned maps is refused clearly.

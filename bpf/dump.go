@@ -25,6 +25,9 @@ type Dump struct {
 	DownNodes []loadbalancer.NodeRef `json:"downNodes"`
 	// Stats are the kernel-side counters summed over CPUs.
 	Stats map[string]uint64 `json:"stats"`
+	// Capacity gives, per map, the entries it holds and its size (fixed
+	// when the maps were first created; see the --bpf-max-* flags).
+	Capacity map[string][2]int `json:"capacity"`
 }
 
 // DumpService is one frontend and its backends in slot order.
@@ -107,7 +110,12 @@ func ReadDump(pinDir string) (*Dump, error) {
 		return nil, fmt.Errorf("map %s: %w", mapSlots, err)
 	}
 
-	d := &Dump{Stats: map[string]uint64{}}
+	d := &Dump{Stats: map[string]uint64{}, Capacity: map[string][2]int{
+		mapServices: {0, int(maps[mapServices].MaxEntries())},
+		mapSlots:    {len(slots), int(maps[mapSlots].MaxEntries())},
+		mapBackends: {len(backends), int(maps[mapBackends].MaxEntries())},
+		mapNodes:    {len(nodes), int(maps[mapNodes].MaxEntries())},
+	}}
 	var (
 		key svcKey
 		val svcValue
@@ -157,6 +165,8 @@ func ReadDump(pinDir string) (*Dump, error) {
 		}
 		d.Stats[name] = sum
 	}
+	c := d.Capacity[mapServices]
+	d.Capacity[mapServices] = [2]int{len(d.Services), c[1]}
 	return d, nil
 }
 
@@ -225,6 +235,13 @@ func (d *Dump) WriteText(w io.Writer) error {
 	}
 	fmt.Fprintf(&sb, "\n%d services; kernel counters: translated=%d fallback=%d no_backend=%d udp_revnat=%d\n",
 		len(d.Services), d.Stats["translated"], d.Stats["fallback"], d.Stats["no_backend"], d.Stats["revnat"])
+	sb.WriteString("capacity (entries / size):")
+	for _, name := range []string{mapServices, mapBackends, mapSlots, mapNodes} {
+		if c, ok := d.Capacity[name]; ok {
+			fmt.Fprintf(&sb, " %s %d/%d", name, c[0], c[1])
+		}
+	}
+	sb.WriteString("\n")
 	_, err := io.WriteString(w, sb.String())
 	return err
 }

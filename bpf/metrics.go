@@ -10,6 +10,7 @@ type metrics struct {
 	nodes    prometheus.Gauge
 	slots    prometheus.Gauge
 	full     *prometheus.CounterVec
+	capacity *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -29,9 +30,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "clustermesh_bpf_map_full_total",
 			Help: "Updates refused because an eBPF map had no room left.",
 		}, []string{"map"}),
+		capacity: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "clustermesh_bpf_map_capacity",
+			Help: "Size of each eBPF map (entries), fixed when the maps were first created (--bpf-max-* flags).",
+		}, []string{"map"}),
 	}
 	var done []prometheus.Collector
-	for _, c := range []prometheus.Collector{m.services, m.backends, m.nodes, m.slots, m.full} {
+	for _, c := range []prometheus.Collector{m.services, m.backends, m.nodes, m.slots, m.full, m.capacity} {
 		if err := reg.Register(c); err != nil {
 			for _, d := range done {
 				reg.Unregister(d)
@@ -64,7 +69,17 @@ func (m *metrics) unregister() {
 	if m == nil {
 		return
 	}
-	for _, c := range []prometheus.Collector{m.services, m.backends, m.nodes, m.slots, m.full} {
+	for _, c := range []prometheus.Collector{m.services, m.backends, m.nodes, m.slots, m.full, m.capacity} {
 		m.reg.Unregister(c)
+	}
+}
+
+// setCapacity reports the size of each map.
+func (m *metrics) setCapacity(sizes map[string]int) {
+	if m == nil {
+		return
+	}
+	for name, n := range sizes {
+		m.capacity.WithLabelValues(name).Set(float64(n))
 	}
 }
