@@ -3,6 +3,7 @@ package bpf
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -19,6 +20,9 @@ import (
 	"github.com/clustermesh/clustermesh/internal/netlab"
 	"github.com/clustermesh/clustermesh/loadbalancer"
 )
+
+// errSkipped marks a baseline BENCH_NO_IPTABLES left out.
+var errSkipped = errors.New("skipped (BENCH_NO_IPTABLES)")
 
 // BenchmarkConnect measures connect() latency to a random one of N services,
 // side by side in one run: straight to a backend, through our eBPF maps, and
@@ -48,8 +52,8 @@ func BenchmarkConnect(b *testing.B) {
 	l, pin, cg := newLab(b)
 	tp := newTopo(l, 4)
 	tp.serveEcho(b)
-	legacyNS := addClientNS(tp, "l", 1)
-	nftNS := addClientNS(tp, "n", 2)
+	legacyNS := addClientNS(tp, "lg", 1)
+	nftNS := addClientNS(tp, "nf", 2)
 	backends := []netip.AddrPort{tp.v4["be1"], tp.v4["be2"], tp.v4["be3"], tp.v4["be4"]}
 
 	cfg := testConfig(cg, pin)
@@ -107,13 +111,18 @@ func BenchmarkConnect(b *testing.B) {
 		// iptables in their own netns.
 		rules := kubeProxyRules(svcs)
 		r.rules = strings.Count(rules, "\n-A ")
-		r.legacyLoad, r.legacyErr = iptablesRestore(legacyNS, "iptables-legacy-restore", rules, false)
-		if r.legacyErr == nil {
-			r.legacyChange, r.legacyErr = iptablesRestore(legacyNS, "iptables-legacy-restore", kubeProxyChange(svcs[n/2], backends[3]), true)
-		}
-		r.nftLoad, r.nftErr = iptablesRestore(nftNS, "iptables-nft-restore", rules, false)
-		if r.nftErr == nil {
-			r.nftChange, r.nftErr = iptablesRestore(nftNS, "iptables-nft-restore", kubeProxyChange(svcs[n/2], backends[3]), true)
+		if os.Getenv("BENCH_NO_IPTABLES") != "" {
+			// The eBPF paths alone (the iptables loads take minutes at 100k).
+			r.legacyErr, r.nftErr = errSkipped, errSkipped
+		} else {
+			r.legacyLoad, r.legacyErr = iptablesRestore(legacyNS, "iptables-legacy-restore", rules, false)
+			if r.legacyErr == nil {
+				r.legacyChange, r.legacyErr = iptablesRestore(legacyNS, "iptables-legacy-restore", kubeProxyChange(svcs[n/2], backends[3]), true)
+			}
+			r.nftLoad, r.nftErr = iptablesRestore(nftNS, "iptables-nft-restore", rules, false)
+			if r.nftErr == nil {
+				r.nftChange, r.nftErr = iptablesRestore(nftNS, "iptables-nft-restore", kubeProxyChange(svcs[n/2], backends[3]), true)
+			}
 		}
 
 		pick := rand.New(rand.NewPCG(uint64(n), 1))

@@ -21,7 +21,8 @@
  *                slots [0, preferred) are the preferred set, then fallback
  *   cm_backends  backend id                   -> addr, port, cluster, node id
  *   cm_nodes     node id                      -> flags (NODE_F_DOWN), name
- *   cm_revnat    (socket cookie, backend)     -> VIP, for recvmsg/getpeername
+ *   cm_revnat    (socket cookie, backend)     -> VIP, for UDP recvmsg/getpeername
+ *   cm_sk_vip    per TCP socket (socket storage) -> VIP and backend, for getpeername
  *   cm_stats     per-CPU counters
  *   cm_svc_affinity (addr, port, proto)       -> session affinity timeout (s)
  *   cm_affinity  (service, netns cookie)      -> backend, slot set, last use
@@ -160,6 +161,24 @@ struct {
 	__uint(max_entries, STAT_MAX);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cm_stats SEC(".maps");
+
+/* The VIP a TCP socket dialled, kept in the socket itself (socket local
+ * storage: freed with the socket, no global table to update or evict) for
+ * getpeername(). */
+struct sk_vip {
+	__u32 vip[4];
+	__u32 backend[4];
+	__be16 vip_port;
+	__be16 backend_port;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sk_vip);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_sk_vip SEC(".maps");
 
 /* Session affinity (sessionAffinity: ClientIP). The client is the socket's
  * network namespace, i.e. the pod: in the socket hooks the source address
@@ -399,11 +418,26 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, int v6)
 		bpf_map_update_elem(&cm_affinity, &ak, &av, BPF_ANY);
 	}
 
-	/* Remember the VIP for this socket and backend so that getpeername()
-	 * (TCP and UDP) and UDP replies show the address the application
-	 * dialled; skip the write when the entry is already there (sendmsg
-	 * runs per datagram). Socket cookies are never reused, so an entry of
-	 * a closed socket is only evicted by the LRU, never misread. */
+	/* Remember the VIP so that getpeername() (TCP and UDP) and UDP
+	 * replies show the address the application dialled. TCP: in the
+	 * socket's own storage. UDP: by socket and backend (an unconnected
+	 * socket talks to several), skipping the write when the entry is
+	 * already there (sendmsg runs per datagram); socket cookies are never
+	 * reused, so an entry of a closed socket is only evicted by the LRU,
+	 * never misread. */
+	if (key.proto != IPPROTO_UDP) {
+		struct sk_vip *sv = 0;
+
+		if (ctx->sk)
+			sv = bpf_sk_storage_get(&cm_sk_vip, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (sv) {
+			__builtin_memcpy(sv->vip, key.addr, sizeof(sv->vip));
+			__builtin_memcpy(sv->backend, be->addr, sizeof(sv->backend));
+			sv->vip_port = key.port;
+			sv->backend_port = be->port;
+		}
+		return 1;
+	}
 	rk.cookie = bpf_get_socket_cookie(ctx);
 	__builtin_memcpy(rk.addr, be->addr, sizeof(rk.addr));
 	rk.port = be->port;
@@ -425,6 +459,26 @@ static __always_inline int revnat(struct bpf_sock_addr *ctx, int v6)
 
 	key_from_ctx(ctx, v6, rk.addr);
 	rk.port = (__be16)ctx->user_port;
+	if (ctx->protocol != IPPROTO_UDP) {
+		struct sk_vip *sv = 0;
+
+		if (ctx->sk)
+			sv = bpf_sk_storage_get(&cm_sk_vip, ctx->sk, 0, 0);
+		if (!sv || sv->backend_port != rk.port || sv->backend[0] != rk.addr[0] || sv->backend[1] != rk.addr[1] ||
+		    sv->backend[2] != rk.addr[2] || sv->backend[3] != rk.addr[3])
+			return 1;
+		if (v6) {
+			ctx->user_ip6[0] = sv->vip[0];
+			ctx->user_ip6[1] = sv->vip[1];
+			ctx->user_ip6[2] = sv->vip[2];
+			ctx->user_ip6[3] = sv->vip[3];
+		} else {
+			ctx->user_ip4 = sv->vip[3];
+		}
+		ctx->user_port = (__u32)sv->vip_port;
+		stat_inc(STAT_REVNAT);
+		return 1;
+	}
 	rk.cookie = bpf_get_socket_cookie(ctx);
 	rv = bpf_map_lookup_elem(&cm_revnat, &rk);
 	if (!rv)

@@ -31,6 +31,7 @@ const (
 	socklbMapCmPolStats      = "cm_pol_stats"
 	socklbMapCmRevnat        = "cm_revnat"
 	socklbMapCmServices      = "cm_services"
+	socklbMapCmSkVip         = "cm_sk_vip"
 	socklbMapCmSlots         = "cm_slots"
 	socklbMapCmStats         = "cm_stats"
 	socklbMapCmSvcAffinity   = "cm_svc_affinity"
@@ -117,6 +118,7 @@ type socklbMapSpecs struct {
 	CmPolStats    *ebpf.MapSpec `ebpf:"cm_pol_stats"`
 	CmRevnat      *ebpf.MapSpec `ebpf:"cm_revnat"`
 	CmServices    *ebpf.MapSpec `ebpf:"cm_services"`
+	CmSkVip       *ebpf.MapSpec `ebpf:"cm_sk_vip"`
 	CmSlots       *ebpf.MapSpec `ebpf:"cm_slots"`
 	CmStats       *ebpf.MapSpec `ebpf:"cm_stats"`
 	CmSvcAffinity *ebpf.MapSpec `ebpf:"cm_svc_affinity"`
@@ -163,6 +165,7 @@ type socklbMaps struct {
 	CmPolStats    *ebpf.Map `ebpf:"cm_pol_stats"`
 	CmRevnat      *ebpf.Map `ebpf:"cm_revnat"`
 	CmServices    *ebpf.Map `ebpf:"cm_services"`
+	CmSkVip       *ebpf.Map `ebpf:"cm_sk_vip"`
 	CmSlots       *ebpf.Map `ebpf:"cm_slots"`
 	CmStats       *ebpf.Map `ebpf:"cm_stats"`
 	CmSvcAffinity *ebpf.Map `ebpf:"cm_svc_affinity"`
@@ -185,6 +188,7 @@ func (m *socklbMaps) Close() error {
 		m.CmPolStats,
 		m.CmRevnat,
 		m.CmServices,
+		m.CmSkVip,
 		m.CmSlots,
 		m.CmStats,
 		m.CmSvcAffinity,
