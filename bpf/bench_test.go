@@ -35,15 +35,7 @@ var errSkipped = errors.New("skipped (BENCH_NO_IPTABLES)")
 // Run: go test -run '^$' -bench BenchmarkConnect -benchtime 1x ./bpf/
 // (BENCH_SIZES=1000,10000 to skip the 100k round).
 func BenchmarkConnect(b *testing.B) {
-	sizes := []int{1000, 10000, 100000}
-	if s := os.Getenv("BENCH_SIZES"); s != "" {
-		sizes = nil
-		for _, f := range strings.Split(s, ",") {
-			var n int
-			fmt.Sscan(f, &n)
-			sizes = append(sizes, n)
-		}
-	}
+	sizes := benchSizes()
 	const (
 		samples = 4000
 		rounds  = 10
@@ -226,6 +218,42 @@ func BenchmarkConnect(b *testing.B) {
 		}
 	}
 	b.Log(sb.String())
+}
+
+// benchSizes are the service counts of the scaling benchmarks: 1k, 10k and
+// 100k, or those of $BENCH_SIZES (comma-separated).
+func benchSizes() []int {
+	s := os.Getenv("BENCH_SIZES")
+	if s == "" {
+		return []int{1000, 10000, 100000}
+	}
+	var sizes []int
+	for _, f := range strings.Split(s, ",") {
+		var n int
+		fmt.Sscan(f, &n)
+		sizes = append(sizes, n)
+	}
+	return sizes
+}
+
+// programBench opens a datapath with room for services and programs them,
+// each over two of backends (on nodeA), for the connect benchmarks.
+func programBench(b *testing.B, cfg Config, services int, backends []netip.AddrPort) *Datapath {
+	b.Helper()
+	dp, err := Open(b.Context(), cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { dp.Remove() })
+	for i := 0; i < services; i++ {
+		if err := dp.UpsertService(b.Context(), loadbalancer.Service{
+			Frontend:  loadbalancer.Frontend{Addr: benchVIP(i), Protocol: loadbalancer.TCP},
+			Preferred: []loadbalancer.Backend{{Addr: backends[i%len(backends)], Node: nodeA}, {Addr: backends[(i+1)%len(backends)], Node: nodeA}},
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return dp
 }
 
 func pct(sorted []time.Duration, p int) time.Duration {

@@ -12,7 +12,6 @@ import (
 
 	"github.com/clustermesh/clustermesh/agent/podnet"
 	"github.com/clustermesh/clustermesh/internal/netlab"
-	"github.com/clustermesh/clustermesh/loadbalancer"
 )
 
 // benchIdentityAddr spreads identity i's address over 10.200.0.0/14.
@@ -42,19 +41,7 @@ func BenchmarkPolicyConnect(b *testing.B) {
 	backends := []netip.AddrPort{tp.v4["be1"], tp.v4["be2"], tp.v4["be3"], tp.v4["be4"]}
 	cfg := testConfig(cg, pin)
 	cfg.MaxServices, cfg.MaxSlots, cfg.MaxIPCache, cfg.MaxPolicyEntries = 2048, 8192, 2*identities, 4*entries
-	dp, err := Open(b.Context(), cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { dp.Remove() })
-	for i := 0; i < services; i++ {
-		if err := dp.UpsertService(b.Context(), loadbalancer.Service{
-			Frontend:  loadbalancer.Frontend{Addr: benchVIP(i), Protocol: loadbalancer.TCP},
-			Preferred: []loadbalancer.Backend{{Addr: backends[i%4], Node: nodeA}, {Addr: backends[(i+1)%4], Node: nodeA}},
-		}); err != nil {
-			b.Fatal(err)
-		}
-	}
+	dp := programBench(b, cfg, services, backends)
 	for i := 0; i < identities; i++ {
 		if err := dp.SetIPCache(benchIdentityAddr(i), uint32(1000+i)); err != nil {
 			b.Fatal(err)
@@ -300,19 +287,7 @@ func BenchmarkEventsConnect(b *testing.B) {
 	backends := []netip.AddrPort{tp.v4["be1"], tp.v4["be2"], tp.v4["be3"], tp.v4["be4"]}
 	cfg := testConfig(cg, pin)
 	cfg.MaxServices, cfg.MaxSlots = 2048, 8192
-	dp, err := Open(b.Context(), cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { dp.Remove() })
-	for i := 0; i < services; i++ {
-		if err := dp.UpsertService(b.Context(), loadbalancer.Service{
-			Frontend:  loadbalancer.Frontend{Addr: benchVIP(i), Protocol: loadbalancer.TCP},
-			Preferred: []loadbalancer.Backend{{Addr: backends[i%4], Node: nodeA}, {Addr: backends[(i+1)%4], Node: nodeA}},
-		}); err != nil {
-			b.Fatal(err)
-		}
-	}
+	dp := programBench(b, cfg, services, backends)
 	er, err := dp.Events()
 	if err != nil {
 		b.Fatal(err)

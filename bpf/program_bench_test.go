@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -19,15 +18,7 @@ import (
 // Run: go test -run '^$' -bench BenchmarkProgram -benchtime 1x ./bpf/
 // (BENCH_SIZES=1000,10000 to skip the 100k round).
 func BenchmarkProgram(b *testing.B) {
-	sizes := []int{1000, 10000, 100000}
-	if s := os.Getenv("BENCH_SIZES"); s != "" {
-		sizes = nil
-		for _, f := range strings.Split(s, ",") {
-			var n int
-			fmt.Sscan(f, &n)
-			sizes = append(sizes, n)
-		}
-	}
+	sizes := benchSizes()
 	_, pin, cg := newLab(b)
 	ctx := context.Background()
 	backends := make([]netip.AddrPort, 64)

@@ -383,24 +383,7 @@ func TestMergeTable(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ctx := context.Background()
-			dp := newRecorder()
-			m := New("c1", dp, nil)
-			for _, s := range tt.services {
-				m.UpsertService(s)
-			}
-			for _, s := range tt.slices {
-				m.UpsertEndpointSlice(s)
-			}
-			for _, n := range tt.unhealthy {
-				if err := m.SetNodeHealth(ctx, n, false); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if _, err := m.Sync(ctx); err != nil {
-				t.Fatal(err)
-			}
-			got := dp.view()
+			got := mergeView(t, nil, tt.services, tt.slices, tt.unhealthy)
 			want := slices.Clone(tt.want)
 			slices.Sort(want)
 			if !slices.Equal(got, want) {
@@ -408,6 +391,34 @@ func TestMergeTable(t *testing.T) {
 			}
 		})
 	}
+}
+
+// mergeView merges services and slices in a fresh merger of c1 (set up
+// further by setup, if not nil), with the nodes unhealthy, and returns the
+// datapath's state (recorder.view).
+func mergeView(t *testing.T, setup func(*Merger), services []*api.Service, slices []*api.EndpointSlice, unhealthy []loadbalancer.NodeRef) []string {
+	t.Helper()
+	ctx := context.Background()
+	dp := newRecorder()
+	m := New("c1", dp, nil)
+	if setup != nil {
+		setup(m)
+	}
+	for _, s := range services {
+		m.UpsertService(s)
+	}
+	for _, s := range slices {
+		m.UpsertEndpointSlice(s)
+	}
+	for _, n := range unhealthy {
+		if err := m.SetNodeHealth(ctx, n, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := m.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return dp.view()
 }
 
 func TestBackendNodeRefs(t *testing.T) {
@@ -670,25 +681,7 @@ func TestServiceSemantics(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ctx := context.Background()
-			dp := newRecorder()
-			m := New("c1", dp, nil)
-			m.SetNode("n1", "z1")
-			for _, s := range tt.services {
-				m.UpsertService(s)
-			}
-			for _, s := range tt.slices {
-				m.UpsertEndpointSlice(s)
-			}
-			for _, n := range tt.unhealthy {
-				if err := m.SetNodeHealth(ctx, n, false); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if _, err := m.Sync(ctx); err != nil {
-				t.Fatal(err)
-			}
-			got := strings.Join(dp.view(), "\n")
+			got := strings.Join(mergeView(t, func(m *Merger) { m.SetNode("n1", "z1") }, tt.services, tt.slices, tt.unhealthy), "\n")
 			if got != tt.want {
 				t.Errorf("datapath state:\n got  %q\n want %q", got, tt.want)
 			}
