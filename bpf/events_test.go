@@ -113,3 +113,64 @@ func TestFlowEvents(t *testing.T) {
 	}
 	t.Logf("60 translations at 5/s per CPU: %d sent, %d rate-limited, %d lost", sent, limited, lost)
 }
+
+// BenchmarkEventRate drives the ingress program with a denied SYN a million
+// times in the kernel (BPF_PROG_TEST_RUN), every run sending a policy-deny
+// event, while a reader drains them as the agent does: the rate the reader
+// sustains, and what the ring buffer drops (counted, never waited for) when
+// the programs outpace it.
+//
+// Run: go test -run '^$' -bench EventRate -benchtime 1x ./bpf/
+func BenchmarkEventRate(b *testing.B) {
+	_, pin, cg := newLab(b)
+	dp, err := Open(b.Context(), testConfig(cg, pin))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { dp.Remove() })
+	src, dst := netip.MustParseAddr("10.2.0.9"), netip.MustParseAddrPort("10.1.0.5:8080")
+	for _, err := range []error{
+		dp.SetIPCache(dst.Addr(), 100),
+		dp.SetIdentityPolicy(100, IdentityPolicy{Ingress: true}),
+		dp.SetEventRates(map[EventKind]uint32{EventPolicyDeny: 1 << 30}),
+	} {
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	er, err := dp.Events()
+	if err != nil {
+		b.Fatal(err)
+	}
+	read := make(chan int)
+	go func() {
+		n := 0
+		for {
+			if _, err := er.Read(); err != nil {
+				read <- n
+				return
+			}
+			n++
+		}
+	}()
+	const runs = 1_000_000
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		progRunSYNBench(b, dp, src, dst, runs)
+	}
+	ran := time.Since(start)
+	// Let the reader finish what is in the ring (it polls every 100 ms).
+	time.Sleep(300 * time.Millisecond)
+	er.Close()
+	n := <-read
+	counts, err := dp.EventCounts()
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := counts[EventPolicyDeny]
+	b.ReportMetric(float64(c.Sent)/ran.Seconds(), "sent/s")
+	b.ReportMetric(float64(c.Lost)/float64(c.Sent+c.Lost), "lost-fraction")
+	b.ReportMetric(float64(n), "read")
+	b.ReportMetric(float64(c.Sent), "sent")
+	b.ReportMetric(float64(c.Lost), "lost")
+}

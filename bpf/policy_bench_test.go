@@ -247,6 +247,17 @@ func runStdin(in string, args ...string) ([]byte, error) {
 // million times in the kernel and returns the mean time per run.
 func progRunSYN(b *testing.B, dp *Datapath, src netip.Addr, dst netip.AddrPort) float64 {
 	b.Helper()
+	d, ret := progRunSYNBench(b, dp, src, dst, 1_000_000)
+	if ret != 0 {
+		b.Fatalf("prog run: verdict %d, want pass (0)", ret)
+	}
+	return d
+}
+
+// progRunSYNBench runs the ingress program on a SYN runs times and returns
+// the mean ns per run and the verdict.
+func progRunSYNBench(b *testing.B, dp *Datapath, src netip.Addr, dst netip.AddrPort, runs int) (float64, uint32) {
+	b.Helper()
 	pkt := make([]byte, 14+20+20)
 	pkt[12], pkt[13] = 0x08, 0x00
 	ip := pkt[14:]
@@ -260,14 +271,11 @@ func progRunSYN(b *testing.B, dp *Datapath, src netip.Addr, dst netip.AddrPort) 
 	tcp[2], tcp[3] = byte(dst.Port()>>8), byte(dst.Port())
 	tcp[12], tcp[13] = 0x50, 0x02
 	prog := dp.coll.Programs[progPodIngress]
-	ret, d, err := prog.Benchmark(pkt, 1_000_000, nil)
+	ret, d, err := prog.Benchmark(pkt, runs, nil)
 	if err != nil {
 		b.Fatalf("prog run: %v", err)
 	}
-	if ret != 0 {
-		b.Fatalf("prog run: verdict %d, want pass (0)", ret)
-	}
-	return float64(d.Nanoseconds())
+	return float64(d.Nanoseconds()), ret
 }
 
 // BenchmarkEventsConnect measures what flow events add to a connect through

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -148,4 +149,33 @@ func TestEnrichFilterServe(t *testing.T) {
 	if !sc.Scan() || !strings.Contains(sc.Text(), `"translate"`) || !strings.Contains(sc.Text(), `"fallback"`) {
 		t.Fatalf("follow: live line %q", sc.Text())
 	}
+}
+
+// BenchmarkRingMemory measures the heap a full ring holds per 10,000 flows
+// (realistic names), and the cost of adding one flow.
+//
+// Run: go test -run '^$' -bench RingMemory -benchmem ./agent/flows/
+func BenchmarkRingMemory(b *testing.B) {
+	const capacity = 10000
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	o, err := New(Config{Cluster: "c1", Node: "c1-node1", Source: fakeSource{}, Resolver: fakeNames{}, Capacity: capacity})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ev := bpf.Event{Time: time.Now(), Kind: bpf.EventTranslate, NetnsCookie: 42, Addr: netip.MustParseAddrPort("10.96.0.10:80"),
+		Peer: netip.MustParseAddrPort("10.2.0.7:8080"), Proto: 6, BackendID: 9}
+	for i := 0; i < capacity; i++ {
+		o.add(o.enrich(ev))
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	held := float64(after.HeapAlloc-min(after.HeapAlloc, before.HeapAlloc)) / (1 << 20)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		o.add(o.enrich(ev))
+	}
+	b.ReportMetric(held, "MiB/10k-flows")
+	runtime.KeepAlive(o)
 }
