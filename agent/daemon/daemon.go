@@ -8,6 +8,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,6 +33,7 @@ import (
 	"github.com/clustermesh/clustermesh/health"
 	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/loadbalancer"
+	"github.com/clustermesh/clustermesh/observe"
 	"github.com/clustermesh/clustermesh/route"
 )
 
@@ -83,6 +85,11 @@ type Config struct {
 	Flows     bool
 	FlowRates map[bpf.EventKind]uint32
 	FlowRing  int
+	// ObserveAddr serves the flows to observers off the node (clustermesh
+	// observe) over mutual TLS, with the server certificate of
+	// ObserveTLSDir and the allowed observers' CAs of ObserveClientsDir
+	// (see observe.ServerAccess); empty: not served off the node.
+	ObserveAddr, ObserveTLSDir, ObserveClientsDir string
 	// DirPoll and InitialSyncTimeout: see agent.Config.
 	DirPoll, InitialSyncTimeout time.Duration
 	// Logger; nil discards logs.
@@ -171,6 +178,15 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		mux.Handle("GET /flows", obs.Handler())
+		if cfg.ObserveAddr != "" {
+			access, err := observe.NewServerAccess(cfg.ObserveTLSDir, cfg.ObserveClientsDir)
+			if err != nil {
+				return fmt.Errorf("--observe-addr: %w", err)
+			}
+			if err := serve(ctx, &wg, "observe endpoint", cfg.ObserveAddr, obs.RemoteHandler(access, 0, log), access.TLSConfig(), log); err != nil {
+				return err
+			}
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -181,13 +197,13 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	statusHandler := http.Handler(mux)
 	if cfg.StatusAddr != "" {
-		if err := serveStatus(ctx, &wg, cfg.StatusAddr, statusHandler, log); err != nil {
+		if err := serve(ctx, &wg, "status endpoint", cfg.StatusAddr, statusHandler, nil, log); err != nil {
 			return err
 		}
 	}
 	if cfg.MetricsAddr != "" {
-		if err := serveStatus(ctx, &wg, cfg.MetricsAddr, a.MetricsHandler(reg), log); err != nil {
-			return fmt.Errorf("metrics endpoint: %w", err)
+		if err := serve(ctx, &wg, "metrics endpoint", cfg.MetricsAddr, a.MetricsHandler(reg), nil, log); err != nil {
+			return err
 		}
 	}
 
@@ -290,18 +306,24 @@ func hostAddrs(log *slog.Logger) []netip.Addr {
 	return out
 }
 
-// serveStatus serves h on addr until ctx ends.
-func serveStatus(ctx context.Context, wg *sync.WaitGroup, addr string, h http.Handler, log *slog.Logger) error {
+// serve serves h on addr (over TLS when tlsCfg is set) until ctx ends.
+func serve(ctx context.Context, wg *sync.WaitGroup, name, addr string, h http.Handler, tlsCfg *tls.Config, log *slog.Logger) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("status endpoint: %w", err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	if tlsCfg != nil {
+		ln = tls.NewListener(ln, tlsCfg)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second,
+		// Failed handshakes (an observer whose cluster is not allowed) are
+		// logged at debug level with the listener's name.
+		ErrorLog: slog.NewLogLogger(log.With("endpoint", name).Handler(), slog.LevelDebug)}
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("status endpoint failed", "addr", addr, "error", err)
+			log.Error(name+" failed", "addr", addr, "error", err)
 		}
 	}()
 	go func() {
@@ -311,7 +333,7 @@ func serveStatus(ctx context.Context, wg *sync.WaitGroup, addr string, h http.Ha
 		defer c()
 		_ = srv.Shutdown(sctx)
 	}()
-	log.Info("status endpoint listening", "addr", ln.Addr().String())
+	log.Info(name+" listening", "addr", ln.Addr().String(), "tls", tlsCfg != nil)
 	return nil
 }
 

@@ -17,9 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"strings"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -27,39 +25,8 @@ import (
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/loadbalancer"
+	"github.com/clustermesh/clustermesh/observe"
 )
-
-// Flow is one enriched flow event.
-type Flow struct {
-	Time time.Time `json:"time"`
-	// Cluster and Node are where the decision was taken (the agent's).
-	Cluster string `json:"cluster"`
-	Node    string `json:"node"`
-	// Kind is "translate", "no-backend" or "policy-deny"; Verdict is
-	// "forwarded" or "dropped".
-	Kind    string `json:"kind"`
-	Verdict string `json:"verdict"`
-	Proto   string `json:"proto"`
-	// Service ("namespace/name") for translations and refusals; Tier is
-	// how the backend was chosen: "preferred", "fallback" or "affinity".
-	Service string `json:"service,omitempty"`
-	Tier    string `json:"tier,omitempty"`
-	// Direction of a policy denial: "ingress" or "egress".
-	Direction   string   `json:"direction,omitempty"`
-	Source      Endpoint `json:"source"`
-	Destination Endpoint `json:"destination"`
-}
-
-// Endpoint is one side of a flow, named as far as the mesh knows it.
-type Endpoint struct {
-	IP        netip.Addr `json:"ip,omitzero"`
-	Port      uint16     `json:"port,omitempty"`
-	Cluster   string     `json:"cluster,omitempty"`
-	Node      string     `json:"node,omitempty"`
-	Namespace string     `json:"namespace,omitempty"`
-	Pod       string     `json:"pod,omitempty"`
-	Identity  uint32     `json:"identity,omitempty"`
-}
 
 // Source is the datapath the events come from; *bpf.Datapath implements it.
 type Source interface {
@@ -98,14 +65,14 @@ type Observer struct {
 	metrics *metrics
 
 	mu   sync.Mutex
-	ring []Flow
+	ring []observe.Flow
 	next int // where the next flow goes
 	full bool
 	subs map[*subscriber]struct{}
 }
 
 type subscriber struct {
-	ch      chan Flow
+	ch      chan observe.Flow
 	dropped int
 }
 
@@ -123,7 +90,7 @@ func New(cfg Config) (*Observer, error) {
 	}
 	return &Observer{
 		cfg: cfg, log: logging.OrDiscard(cfg.Logger).With("node", cfg.Node), metrics: m,
-		ring: make([]Flow, cfg.Capacity), subs: map[*subscriber]struct{}{},
+		ring: make([]observe.Flow, cfg.Capacity), subs: map[*subscriber]struct{}{},
 	}, nil
 }
 
@@ -152,7 +119,7 @@ func (o *Observer) Run(ctx context.Context) error {
 
 // add puts a flow into the ring and hands it to the followers; a follower
 // whose buffer is full loses it (counted), the reader never waits.
-func (o *Observer) add(f Flow) {
+func (o *Observer) add(f observe.Flow) {
 	o.metrics.flow(&f)
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -172,11 +139,11 @@ func (o *Observer) add(f Flow) {
 }
 
 // Recent returns the flows in the ring that match, oldest first.
-func (o *Observer) Recent(match func(*Flow) bool) []Flow {
+func (o *Observer) Recent(match func(*observe.Flow) bool) []observe.Flow {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	var out []Flow
-	add := func(fs []Flow) {
+	var out []observe.Flow
+	add := func(fs []observe.Flow) {
 		for i := range fs {
 			if match == nil || match(&fs[i]) {
 				out = append(out, fs[i])
@@ -192,8 +159,8 @@ func (o *Observer) Recent(match func(*Flow) bool) []Flow {
 
 // Follow returns a channel of the flows from now on, and a function that
 // ends the subscription (and closes the channel).
-func (o *Observer) Follow(buffer int) (<-chan Flow, func()) {
-	s := &subscriber{ch: make(chan Flow, buffer)}
+func (o *Observer) Follow(buffer int) (<-chan observe.Flow, func()) {
+	s := &subscriber{ch: make(chan observe.Flow, buffer)}
 	o.mu.Lock()
 	o.subs[s] = struct{}{}
 	o.mu.Unlock()
@@ -218,10 +185,10 @@ func protoName(p uint8) string {
 }
 
 // enrich names an event's parts.
-func (o *Observer) enrich(ev bpf.Event) Flow {
+func (o *Observer) enrich(ev bpf.Event) observe.Flow {
 	rs := o.cfg.Resolver
-	f := Flow{Time: ev.Time, Cluster: o.cfg.Cluster, Node: o.cfg.Node, Kind: ev.Kind.String(), Proto: protoName(ev.Proto)}
-	pod := func(e *Endpoint, en *api.IPCacheEntry) {
+	f := observe.Flow{Time: ev.Time, Cluster: o.cfg.Cluster, Node: o.cfg.Node, Kind: ev.Kind.String(), Proto: protoName(ev.Proto)}
+	pod := func(e *observe.Endpoint, en *api.IPCacheEntry) {
 		if en == nil {
 			return
 		}
@@ -230,7 +197,7 @@ func (o *Observer) enrich(ev bpf.Event) Flow {
 			e.IP = en.IP
 		}
 	}
-	byAddr := func(e *Endpoint, ap netip.AddrPort) {
+	byAddr := func(e *observe.Endpoint, ap netip.AddrPort) {
 		e.IP, e.Port = ap.Addr(), ap.Port()
 		if en, ok := rs.PodOf(ap.Addr()); ok {
 			pod(e, en)
@@ -290,46 +257,4 @@ func (o *Observer) enrich(ev bpf.Event) Flow {
 		}
 	}
 	return f
-}
-
-// Text renders a flow on one line for people:
-//
-//	15:04:05.000 c1/node1 translate  forwarded TCP shop/web-1 (c1) → svc shop/api → shop/api-7 10.2.0.7:8080 (c2/node3) fallback
-func (f *Flow) Text() string {
-	side := func(e Endpoint) string {
-		var parts []string
-		if e.Pod != "" {
-			parts = append(parts, e.Namespace+"/"+e.Pod)
-		}
-		switch {
-		case e.IP.IsValid() && e.Port != 0:
-			parts = append(parts, netip.AddrPortFrom(e.IP, e.Port).String())
-		case e.IP.IsValid():
-			parts = append(parts, e.IP.String())
-		}
-		loc := e.Cluster
-		if e.Node != "" {
-			loc += "/" + e.Node
-		}
-		if loc != "" {
-			parts = append(parts, "("+loc+")")
-		}
-		if e.Identity != 0 {
-			parts = append(parts, fmt.Sprintf("id %d", e.Identity))
-		}
-		if len(parts) == 0 {
-			return "?"
-		}
-		return strings.Join(parts, " ")
-	}
-	mid := " → "
-	if f.Service != "" {
-		mid = " → svc " + f.Service + " → "
-	}
-	extra := f.Tier
-	if f.Direction != "" {
-		extra = f.Direction
-	}
-	return fmt.Sprintf("%s %s/%s %-11s %-9s %-4s %s%s%s %s", f.Time.Format("15:04:05.000"), f.Cluster, f.Node,
-		f.Kind, f.Verdict, f.Proto, side(f.Source), mid, side(f.Destination), extra)
 }

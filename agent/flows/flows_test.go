@@ -15,6 +15,7 @@ import (
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/loadbalancer"
+	"github.com/clustermesh/clustermesh/observe"
 )
 
 // The kernel side (events from real traffic) is bpf.TestFlowEvents; these
@@ -91,17 +92,17 @@ func TestEnrichFilterServe(t *testing.T) {
 
 	srv := httptest.NewServer(o.Handler())
 	defer srv.Close()
-	get := func(query string) []Flow {
+	get := func(query string) []observe.Flow {
 		t.Helper()
 		resp, err := http.Get(srv.URL + "/flows?" + query)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
-		var out []Flow
+		var out []observe.Flow
 		sc := bufio.NewScanner(resp.Body)
 		for sc.Scan() {
-			var f Flow
+			var f observe.Flow
 			if err := json.Unmarshal(sc.Bytes(), &f); err != nil {
 				t.Fatal(err)
 			}

@@ -4,71 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/url"
 	"strconv"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/clustermesh/clustermesh/bpf"
+	"github.com/clustermesh/clustermesh/observe"
 )
-
-// Filter selects flows; empty fields match everything.
-type Filter struct {
-	Kind, Verdict, Service string
-	// FromCluster and ToCluster match the source's and the destination's
-	// cluster; Namespace and Pod match either side.
-	FromCluster, ToCluster string
-	Namespace, Pod         string
-	Since                  time.Time
-}
-
-// ParseFilter reads a filter from query parameters: kind, verdict,
-// service, from-cluster, to-cluster, namespace, pod, since (a duration
-// ago, or an RFC 3339 time).
-func ParseFilter(q url.Values) (Filter, error) {
-	f := Filter{Kind: q.Get("kind"), Verdict: q.Get("verdict"), Service: q.Get("service"),
-		FromCluster: q.Get("from-cluster"), ToCluster: q.Get("to-cluster"), Namespace: q.Get("namespace"), Pod: q.Get("pod")}
-	if s := q.Get("since"); s != "" {
-		if d, err := time.ParseDuration(s); err == nil {
-			f.Since = time.Now().Add(-d)
-		} else if t, err := time.Parse(time.RFC3339, s); err == nil {
-			f.Since = t
-		} else {
-			return f, fmt.Errorf("since %q: want a duration (5m) or an RFC 3339 time", s)
-		}
-	}
-	return f, nil
-}
-
-// Query renders the filter as query parameters (the inverse of
-// ParseFilter, Since as an RFC 3339 time).
-func (f Filter) Query() url.Values {
-	q := url.Values{}
-	for k, v := range map[string]string{"kind": f.Kind, "verdict": f.Verdict, "service": f.Service,
-		"from-cluster": f.FromCluster, "to-cluster": f.ToCluster, "namespace": f.Namespace, "pod": f.Pod} {
-		if v != "" {
-			q.Set(k, v)
-		}
-	}
-	if !f.Since.IsZero() {
-		q.Set("since", f.Since.Format(time.RFC3339Nano))
-	}
-	return q
-}
-
-// Match tells whether fl passes the filter.
-func (f Filter) Match(fl *Flow) bool {
-	either := func(want string, a, b string) bool { return want == "" || a == want || b == want }
-	return (f.Kind == "" || fl.Kind == f.Kind) &&
-		(f.Verdict == "" || fl.Verdict == f.Verdict) &&
-		(f.Service == "" || fl.Service == f.Service) &&
-		(f.FromCluster == "" || fl.Source.Cluster == f.FromCluster) &&
-		(f.ToCluster == "" || fl.Destination.Cluster == f.ToCluster) &&
-		either(f.Namespace, fl.Source.Namespace, fl.Destination.Namespace) &&
-		either(f.Pod, fl.Source.Pod, fl.Destination.Pod) &&
-		(f.Since.IsZero() || !fl.Time.Before(f.Since))
-}
 
 // Handler serves GET /flows: the matching flows of the ring as JSON lines
 // (the last N with last=N), then, with follow=true, every new matching flow
@@ -77,7 +19,7 @@ func (f Filter) Match(fl *Flow) bool {
 func (o *Observer) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
-		f, err := ParseFilter(q)
+		f, err := observe.ParseFilter(q)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
@@ -91,7 +33,7 @@ func (o *Observer) Handler() http.Handler {
 		}
 		follow := q.Get("follow") == "true"
 		var (
-			ch   <-chan Flow
+			ch   <-chan observe.Flow
 			stop func()
 		)
 		if follow {
@@ -145,6 +87,7 @@ type metrics struct {
 	noBackend    *prometheus.CounterVec
 	policyDrops  *prometheus.CounterVec
 	subDrops     prometheus.Counter
+	remoteReqs   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, src Source) (*metrics, error) {
@@ -163,11 +106,14 @@ func newMetrics(reg prometheus.Registerer, src Source) (*metrics, error) {
 			Help: "Observed policy denials by direction and source and destination cluster."}, []string{"direction", "from_cluster", "to_cluster"}),
 		subDrops: prometheus.NewCounter(prometheus.CounterOpts{Name: "clustermesh_flow_follower_drops_total",
 			Help: "Flows a slow follower (observe --follow) did not receive."}),
+		remoteReqs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "clustermesh_flow_observer_requests_total",
+			Help: "Requests for flows from observers off the node (clustermesh observe), by the observer's cluster and result: served, refused (not an allowed observer), busy (too many at once)."},
+			[]string{"client_cluster", "result"}),
 	}
 	events := &eventCollector{src: src, desc: prometheus.NewDesc("clustermesh_flow_events_total",
 		"Flow events of the kernel by kind and outcome: sent to the agent, rate_limited (over the kind's per-CPU rate), lost (ring buffer full). Exact.",
 		[]string{"kind", "outcome"}, nil)}
-	for _, c := range []prometheus.Collector{m.flows, m.translations, m.noBackend, m.policyDrops, m.subDrops, events} {
+	for _, c := range []prometheus.Collector{m.flows, m.translations, m.noBackend, m.policyDrops, m.subDrops, m.remoteReqs, events} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("flows: metrics: %w", err)
 		}
@@ -175,7 +121,7 @@ func newMetrics(reg prometheus.Registerer, src Source) (*metrics, error) {
 	return m, nil
 }
 
-func (m *metrics) flow(f *Flow) {
+func (m *metrics) flow(f *observe.Flow) {
 	if m == nil {
 		return
 	}
@@ -187,6 +133,12 @@ func (m *metrics) flow(f *Flow) {
 		m.noBackend.WithLabelValues(f.Service).Inc()
 	case "policy-deny":
 		m.policyDrops.WithLabelValues(f.Direction, f.Source.Cluster, f.Destination.Cluster).Inc()
+	}
+}
+
+func (m *metrics) remote(cluster, result string) {
+	if m != nil {
+		m.remoteReqs.WithLabelValues(cluster, result).Inc()
 	}
 }
 

@@ -57,7 +57,7 @@ Clusters are named by kubeconfig contexts, as with kubectl.`,
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log each step to stderr")
 	_ = root.RegisterFlagCompletionFunc("context", g.completeContexts)
 
-	root.AddCommand(newEnable(g), newConnect(g), newDisconnect(g), newDisable(g), newStatus(g), newService(g), newKV(g), newCerts(g))
+	root.AddCommand(newEnable(g), newConnect(g), newDisconnect(g), newDisable(g), newStatus(g), newService(g), newKV(g), newCerts(g), newObserve(g))
 	version.AddTo(root)
 	return root
 }

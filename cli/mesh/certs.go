@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 
+	"github.com/clustermesh/clustermesh/observe"
 	"github.com/clustermesh/clustermesh/pki"
 )
 
@@ -66,6 +67,12 @@ func clientLeaves() []leafSpec {
 		{SecretRemote, pki.IssueOptions{CommonName: UserRemote, Client: true}},
 		{SecretAgent, pki.IssueOptions{CommonName: UserAgent, Client: true}},
 	}
+}
+
+// observeServerLeaf is the agents' observe server certificate: agents are
+// reached by address, so observers pin its common name instead of a host.
+func observeServerLeaf(clusterName string) leafSpec {
+	return leafSpec{SecretObserveServer, pki.IssueOptions{CommonName: observe.ServerName(clusterName), Server: true}}
 }
 
 func serverLeaf(ns string, clusterName string, sanHosts []string) leafSpec {
@@ -232,7 +239,7 @@ type CertStatus struct {
 
 func (c *Cluster) certStatuses(ctx context.Context, now time.Time) ([]CertStatus, error) {
 	var out []CertStatus
-	for _, name := range []string{SecretCA, SecretServer, SecretAdmin, SecretRemote, SecretAgent} {
+	for _, name := range []string{SecretCA, SecretServer, SecretAdmin, SecretRemote, SecretAgent, SecretObserveServer, SecretObserveCA} {
 		s, err := c.getSecret(ctx, name)
 		if err != nil {
 			return nil, err
@@ -241,7 +248,7 @@ func (c *Cluster) certStatuses(ctx context.Context, now time.Time) ([]CertStatus
 			continue
 		}
 		key := KeyCert
-		if name == SecretCA {
+		if name == SecretCA || name == SecretObserveCA {
 			key = KeyCACert
 		}
 		cert, err := pki.ParseCertificate(s.Data[key])

@@ -119,6 +119,57 @@ func TestTwoClusters(t *testing.T) {
 		}
 	})
 
+	t.Run("observe access", func(t *testing.T) {
+		// Each cluster has its own observe CA, allowed by its own agents
+		// only until an operator allows a peer's.
+		ca1pem, err := c1.ObserveCA(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ca2pem, err := c2.ObserveCA(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Equal(ca1pem, ca2pem) {
+			t.Fatal("c1 and c2 share an observe CA")
+		}
+		allowed := func(c *mesh.Cluster, want ...string) {
+			t.Helper()
+			got, err := c.AllowedObservers(ctx)
+			if err != nil || !slices.Equal(got, want) {
+				t.Fatalf("context %s: allowed observers %v, %v; want %v", c.Context, got, err, want)
+			}
+		}
+		allowed(c2, "c2")
+		if err := c2.AllowObservers(ctx, "c1", ca1pem); err != nil {
+			t.Fatal(err)
+		}
+		allowed(c2, "c1", "c2")
+		// A re-run of enable keeps the grant and changes nothing.
+		res, err := mesh.Enable(ctx, c2, mesh.EnableOptions{ClusterName: "c2", ClusterID: 2, GossipKey: gossipKey})
+		if err != nil || len(res.Changes) != 0 {
+			t.Fatalf("enable after a grant: %v, changes %v", err, res.Changes)
+		}
+		allowed(c2, "c1", "c2")
+		for _, tc := range []struct {
+			name string
+			err  error
+		}{
+			{"revoke self", c2.RevokeObservers(ctx, "c2", "c2")},
+			{"a leaf is not a CA", c2.AllowObservers(ctx, "c3", secretData(t, c1)["c1"+mesh.SuffixCert])},
+			{"not PEM", c2.AllowObservers(ctx, "c3", []byte("nope"))},
+			{"bad name", c2.AllowObservers(ctx, "C_3", ca1pem)},
+		} {
+			if !errors.Is(tc.err, mesh.ErrInvalidArgument) {
+				t.Errorf("%s: err = %v, want ErrInvalidArgument", tc.name, tc.err)
+			}
+		}
+		if err := c2.RevokeObservers(ctx, "c2", "c1"); err != nil {
+			t.Fatal(err)
+		}
+		allowed(c2, "c2")
+	})
+
 	t.Run("enable refuses a rename and a foreign CA", func(t *testing.T) {
 		if _, err := mesh.Enable(ctx, c1, mesh.EnableOptions{ClusterName: "c1", ClusterID: 9}); !errors.Is(err, mesh.ErrAlreadyEnabled) {
 			t.Fatalf("re-enable with another ID: err = %v, want ErrAlreadyEnabled", err)

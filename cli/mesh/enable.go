@@ -253,6 +253,9 @@ func Enable(ctx context.Context, c *Cluster, opts EnableOptions) (*EnableResult,
 	if err := c.ensureGossipKey(ctx, opts.GossipKey); err != nil {
 		return nil, err
 	}
+	if err := c.ensureObserveAccess(ctx, opts.ClusterName); err != nil {
+		return nil, err
+	}
 
 	// Settings first: the pod templates carry their hashes, so that a
 	// change made by the operator since the last run rolls the pods.
@@ -308,7 +311,7 @@ func (c *Cluster) issueLeaves(ctx context.Context, ca *pki.CA, name, endpoint st
 	if err != nil {
 		return err
 	}
-	specs := append([]leafSpec{serverLeaf(c.Namespace, name, hosts)}, clientLeaves()...)
+	specs := append([]leafSpec{serverLeaf(c.Namespace, name, hosts), observeServerLeaf(name)}, clientLeaves()...)
 	for _, spec := range specs {
 		if _, err := c.ensureLeaf(ctx, ca, bundle, spec, force); err != nil {
 			return err

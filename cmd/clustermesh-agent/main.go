@@ -13,8 +13,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -30,7 +30,6 @@ import (
 	"github.com/clustermesh/clustermesh/agent"
 	"github.com/clustermesh/clustermesh/agent/daemon"
 	"github.com/clustermesh/clustermesh/agent/enforce"
-	"github.com/clustermesh/clustermesh/agent/flows"
 	"github.com/clustermesh/clustermesh/agent/remote"
 	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
@@ -40,6 +39,7 @@ import (
 	"github.com/clustermesh/clustermesh/internal/flagdir"
 	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/internal/version"
+	"github.com/clustermesh/clustermesh/observe"
 )
 
 // shortTimers returns bgp.DefaultKindConfig with the --bgp-* flags the user
@@ -141,6 +141,9 @@ func newRootCommand() *cobra.Command {
 	fs.Uint32Var(&o.flowRates[1], "flow-rate-no-backend", 1000, "no-backend refusal events per second and CPU (0: off)")
 	fs.Uint32Var(&o.flowRates[2], "flow-rate-policy", 1000, "policy denial events per second and CPU (0: off)")
 	fs.IntVar(&c.FlowRing, "flow-ring", 16384, "flows kept in memory for replay (about 300 bytes each)")
+	fs.StringVar(&c.ObserveAddr, "observe-addr", "", "serve the flows to observers off the node (clustermesh observe) on this address, over mutual TLS; empty: loopback status endpoint only")
+	fs.StringVar(&c.ObserveTLSDir, "observe-tls-dir", "/var/lib/clustermesh/observe/server", "the observe endpoint's server certificate: tls.crt and tls.key (the clustermesh-observe-server Secret)")
+	fs.StringVar(&c.ObserveClientsDir, "observe-clients-dir", "/var/lib/clustermesh/observe/clients", "client-ca.<cluster>.crt for each cluster whose observers are allowed (the clustermesh-observe-clients Secret); reread within a second of a change")
 	fs.BoolVar(&c.Health, "health", false, "gossip node health with the agents of every connected cluster (memberlist) and fail over in the kernel when a node dies")
 	c.BPF.Flags(fs)
 	c.HealthConfig.Flags(fs)
@@ -236,7 +239,7 @@ func newObserveCommand() *cobra.Command {
 		addr, output, since string
 		last                int
 		follow              bool
-		f                   flows.Filter
+		f                   observe.Filter
 	)
 	cmd := &cobra.Command{
 		Use:   "observe",
@@ -260,46 +263,24 @@ event, including those over the rate.`,
 				}
 				f.Since = time.Now().Add(-d)
 			}
-			q := f.Query()
-			if last > 0 {
-				q.Set("last", fmt.Sprint(last))
-			}
-			if follow {
-				q.Set("follow", "true")
-			}
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/flows?"+q.Encode(), nil)
-			if err != nil {
-				return err
-			}
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return fmt.Errorf("%w (is the agent running with --status-addr %s?)", err, addr)
-			}
-			defer resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-				return fmt.Errorf("agent at %s: %s: %s (are flows on? --flows)", addr, resp.Status, strings.TrimSpace(string(b)))
-			}
-			dec := json.NewDecoder(resp.Body)
+			req := observe.Request{Filter: f, Last: last, Follow: follow}
 			w := cmd.OutOrStdout()
-			for {
-				var fl flows.Flow
-				if err := dec.Decode(&fl); err != nil {
-					if err == io.EOF || ctx.Err() != nil {
-						return nil
-					}
-					return fmt.Errorf("agent at %s: flows: %w", addr, err)
-				}
-				switch strings.ToLower(output) {
-				case "json":
+			err := observe.Stream(ctx, http.DefaultClient, "http://"+addr, req, func(fl observe.Flow) error {
+				if strings.ToLower(output) == "json" {
 					b, _ := json.Marshal(&fl)
 					fmt.Fprintln(w, string(b))
-				default:
+				} else {
 					fmt.Fprintln(w, fl.Text())
 				}
+				return nil
+			})
+			switch {
+			case err == nil || ctx.Err() != nil:
+				return nil
+			case errors.Is(err, observe.ErrStatus):
+				return fmt.Errorf("agent at %s: %w (are flows on? --flows)", addr, err)
+			default:
+				return fmt.Errorf("agent at %s: %w (is the agent running with --status-addr %s?)", addr, err, addr)
 			}
 		},
 	}

@@ -51,6 +51,15 @@ func (e *Env) logf(format string, args ...any) {
 // c returns the name of the i-th cluster.
 func (e *Env) c(i int) string { return e.Mesh.Clusters()[i] }
 
+// nodeCount is the number of nodes of every cluster.
+func (e *Env) nodeCount() int {
+	n := 0
+	for _, c := range e.Mesh.Clusters() {
+		n += len(e.Mesh.Nodes(c))
+	}
+	return n
+}
+
 // firstNode is where a cluster's traffic comes from.
 func (e *Env) firstNode(cluster string) string { return e.Mesh.Nodes(cluster)[0] }
 

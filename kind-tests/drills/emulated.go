@@ -11,10 +11,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/clustermesh/clustermesh/agent/flows"
 	"github.com/clustermesh/clustermesh/internal/netlab"
 	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/kind-tests/emulator"
+	"github.com/clustermesh/clustermesh/observe"
 )
 
 // Emulated runs drills on the emulator: clusters of network namespaces whose
@@ -227,7 +227,7 @@ func (e Emulated) StartPodTraffic(ctx context.Context, cluster, name string, lab
 
 // Flows implements Mesh: the agent's CLI in the node's network namespace,
 // where the agent's status endpoint listens on loopback.
-func (e Emulated) Flows(ctx context.Context, node string, args ...string) ([]flows.Flow, error) {
+func (e Emulated) Flows(ctx context.Context, node string, args ...string) ([]observe.Flow, error) {
 	n, err := e.node(node)
 	if err != nil {
 		return nil, err
@@ -238,6 +238,28 @@ func (e Emulated) Flows(ctx context.Context, node string, args ...string) ([]flo
 		return nil, fmt.Errorf("node %s: observe: %w", node, err)
 	}
 	return ParseFlows(out)
+}
+
+// AllowObservers implements Mesh.
+func (e Emulated) AllowObservers(ctx context.Context) error {
+	for _, a := range e.M.Clusters {
+		for _, b := range e.M.Clusters {
+			if a == b {
+				continue
+			}
+			if _, err := e.M.CLI(ctx, "observe", "allow", "--context", b.Name, "--from-context", a.Name); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Observe implements Mesh: the CLI in the root namespace, which reaches
+// every node's agent over the fabric.
+func (e Emulated) Observe(ctx context.Context, cluster string, args ...string) ([]observe.Flow, string, error) {
+	argv := append([]string{"--kubeconfig", e.M.Run.Kubeconfig(), "observe", "--context", cluster, "-o", "json"}, args...)
+	return RunObserve(exec.CommandContext(ctx, e.M.Bins.Path(emulator.PartCLI), argv...))
 }
 
 // RestartAgent implements Mesh: the harness's kubelet restarts the agent.

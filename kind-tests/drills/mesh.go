@@ -5,11 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os/exec"
+	"regexp"
+	"strconv"
 	"time"
 
-	"github.com/clustermesh/clustermesh/agent/flows"
 	"github.com/clustermesh/clustermesh/kind-tests/attempts"
 	"github.com/clustermesh/clustermesh/kind-tests/emulator"
+	"github.com/clustermesh/clustermesh/observe"
 )
 
 // Mesh is what drills run against: a few clusters joined (or to be joined)
@@ -75,21 +78,58 @@ type Mesh interface {
 	KillNode(ctx context.Context, node string) error
 	// Flows runs `clustermesh-agent observe -o json args...` against the
 	// agent of node and returns the flows it printed.
-	Flows(ctx context.Context, node string, args ...string) ([]flows.Flow, error)
+	Flows(ctx context.Context, node string, args ...string) ([]observe.Flow, error)
+	// AllowObservers runs `clustermesh observe allow` for every ordered
+	// pair of clusters, so that each cluster's observers see every
+	// cluster's flows.
+	AllowObservers(ctx context.Context) error
+	// Observe runs `clustermesh observe --context <cluster> -o json
+	// args...` from the operator's machine (the mesh-wide view) and returns
+	// the flows and what it said on stderr (missing agents, the summary).
+	Observe(ctx context.Context, cluster string, args ...string) ([]observe.Flow, string, error)
+}
+
+// observeSummary matches the summary line `clustermesh observe` prints on
+// stderr.
+var observeSummary = regexp.MustCompile(`(\d+) flows from (\d+) of (\d+) agents`)
+
+// ObserveAnswered reads how many agents answered of how many were asked
+// from `clustermesh observe`'s stderr.
+func ObserveAnswered(stderr string) (answered, asked int, ok bool) {
+	m := observeSummary.FindStringSubmatch(stderr)
+	if m == nil {
+		return 0, 0, false
+	}
+	answered, _ = strconv.Atoi(m[2])
+	asked, _ = strconv.Atoi(m[3])
+	return answered, asked, true
 }
 
 // ParseFlows reads the JSON lines of `clustermesh-agent observe -o json`.
-func ParseFlows(out []byte) ([]flows.Flow, error) {
-	var fs []flows.Flow
+func ParseFlows(out []byte) ([]observe.Flow, error) {
+	var fs []observe.Flow
 	dec := json.NewDecoder(bytes.NewReader(out))
 	for dec.More() {
-		var f flows.Flow
+		var f observe.Flow
 		if err := dec.Decode(&f); err != nil {
 			return fs, fmt.Errorf("observe output: %w", err)
 		}
 		fs = append(fs, f)
 	}
 	return fs, nil
+}
+
+// RunObserve runs a prepared `clustermesh observe -o json` command and
+// returns its flows and stderr.
+func RunObserve(cmd *exec.Cmd) ([]observe.Flow, string, error) {
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, stderr.String(), fmt.Errorf("clustermesh observe: %w: %s", err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	fs, err := ParseFlows(out)
+	return fs, stderr.String(), err
 }
 
 // Traffic is a running probe.

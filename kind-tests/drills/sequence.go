@@ -11,6 +11,7 @@ import (
 	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/kind-tests/attempts"
 	"github.com/clustermesh/clustermesh/kind-tests/emulator"
+	"github.com/clustermesh/clustermesh/observe"
 )
 
 // Drill is one named drill.
@@ -53,6 +54,11 @@ func Setup(ctx context.Context, e *Env) error {
 		return err
 	}
 	e.Report.Add("setup", "clustermesh connect", emulator.Ms(time.Since(t1)), "pass")
+	// Each cluster's operator lets the other's observers read its flows
+	// (clustermesh observe across the mesh; nothing is shared by default).
+	if err := m.AllowObservers(ctx); err != nil {
+		return err
+	}
 	for _, c := range m.Clusters() {
 		if err := m.DeployEcho(ctx, c, e.Service, e.Replicas); err != nil {
 			return err
@@ -167,16 +173,42 @@ func AffinityLocal(ctx context.Context, e *Env) error {
 	e.Report.Add("affinity local", "scale c1 back → traffic local again after", emulator.Ms(ret.At.Sub(back)), "pass")
 	e.Report.Add("affinity local", "failed attempts during return", fmt.Sprint(failures(tr.Attempts(back))), "pass")
 
-	// What the probe's agent observed: translations to c1 once affinity
-	// local held and before the scale-down, to c2 between the failover and
-	// the scale-up.
-	fs, err := m.Flows(ctx, tr.From(), "--service", "default/"+e.Service, "--kind", "translate", "--since", (time.Since(start) + 2*time.Second).Round(time.Second).String())
+	// What `clustermesh observe` reports across the mesh: translations of
+	// the probe's node to c1 once affinity local held and before the
+	// scale-down, to c2 between the failover and the scale-up; every agent
+	// of both clusters answers (the grants of Setup reach the agents with
+	// the kubelet's next update of their mount, so this retries).
+	since := (time.Since(start) + 2*time.Second).Round(time.Second).String()
+	var (
+		fs     []observe.Flow
+		stderr string
+	)
+	octx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	err = poll.Until(octx, func(ctx context.Context) error {
+		var err error
+		fs, stderr, err = m.Observe(ctx, c1, "--service", "default/"+e.Service, "--kind", "translate", "--from-cluster", c1, "--since", since)
+		if err != nil {
+			return err
+		}
+		if answered, asked, ok := ObserveAnswered(stderr); !ok || answered != asked || asked != e.nodeCount() {
+			return fmt.Errorf("agents answered: %s", strings.TrimSpace(stderr))
+		}
+		return nil
+	})
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: clustermesh observe: %v", ErrDrill, err)
 	}
+	e.Report.Add("affinity local", "clustermesh observe: agents of every cluster answered", fmt.Sprintf("%d of %d", e.nodeCount(), e.nodeCount()), "pass")
 	const margin = 50 * time.Millisecond
 	var before, after []string
 	for _, f := range fs {
+		if f.Source.Cluster != c1 && f.Cluster != c1 {
+			return fmt.Errorf("%w: observe --from-cluster %s returned a flow of %s: %s", ErrDrill, c1, f.Cluster, f.Text())
+		}
+		if f.Node != tr.From() {
+			continue
+		}
 		switch {
 		case f.Time.After(mark) && f.Time.Before(scaled.Add(-margin)):
 			before = append(before, f.Destination.Cluster)
@@ -191,7 +223,30 @@ func AffinityLocal(ctx context.Context, e *Env) error {
 	}
 	e.Report.Add("affinity local", "observe: translations to c1 before / to c2 after the failover", fmt.Sprintf("%d / %d", len(before), len(after)), verdict)
 	if verdict != "pass" {
-		return fmt.Errorf("%w: observe on %s: destinations before the failover %v, after %v (want only %s, then only %s)", ErrDrill, tr.From(), compact(before), compact(after), c1, c2)
+		return fmt.Errorf("%w: observe from %s: destinations before the failover %v, after %v (want only %s, then only %s)", ErrDrill, tr.From(), compact(before), compact(after), c1, c2)
+	}
+
+	// --verdict dropped: the connects refused for lack of a backend, if
+	// any. Each is one failed attempt of a client, so there are never more
+	// of them than the probe's failures (there may be fewer: a failure can
+	// also be a timeout, and events are sampled).
+	drops, _, err := m.Observe(ctx, c1, "--service", "default/"+e.Service, "--verdict", "dropped", "--since", since)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrDrill, err)
+	}
+	failed := failures(tr.Attempts(start))
+	verdict = "pass"
+	for _, f := range drops {
+		if f.Verdict != "dropped" || f.Kind != "no-backend" {
+			verdict = "FAIL"
+		}
+	}
+	if len(drops) > failed {
+		verdict = "FAIL"
+	}
+	e.Report.Add("affinity local", "observe --verdict dropped: no-backend refusals / failed attempts", fmt.Sprintf("%d / %d", len(drops), failed), verdict)
+	if verdict != "pass" {
+		return fmt.Errorf("%w: observe --verdict dropped: %d flows (want ≤ %d failed attempts, all no-backend)", ErrDrill, len(drops), failed)
 	}
 	return e.waitReadyPods(ctx, c1, e.Replicas)
 }

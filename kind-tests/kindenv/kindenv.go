@@ -31,11 +31,11 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/clustermesh/clustermesh/agent/flows"
 	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/kind-tests/attempts"
 	"github.com/clustermesh/clustermesh/kind-tests/drills"
+	"github.com/clustermesh/clustermesh/observe"
 )
 
 // Namespace of the mesh's workloads (what `clustermesh enable` installs).
@@ -547,7 +547,7 @@ func (m *Mesh) RestartAgent(ctx context.Context, node string) error {
 // Flows implements drills.Mesh: the agent's own binary (through its
 // process's root) run in the node, whose loopback the agent's status
 // endpoint listens on (host network).
-func (m *Mesh) Flows(ctx context.Context, node string, args ...string) ([]flows.Flow, error) {
+func (m *Mesh) Flows(ctx context.Context, node string, args ...string) ([]observe.Flow, error) {
 	quoted := make([]string, 0, len(args))
 	for _, a := range args {
 		quoted = append(quoted, "'"+strings.ReplaceAll(a, "'", `'\''`)+"'")
@@ -563,6 +563,29 @@ func (m *Mesh) Flows(ctx context.Context, node string, args ...string) ([]flows.
 		return nil, fmt.Errorf("node %s: observe: %w", node, err)
 	}
 	return drills.ParseFlows(out)
+}
+
+// AllowObservers implements drills.Mesh.
+func (m *Mesh) AllowObservers(ctx context.Context) error {
+	for _, a := range m.opts.Clusters {
+		for _, b := range m.opts.Clusters {
+			if a == b {
+				continue
+			}
+			if _, err := m.CLI(ctx, "observe", "allow", "--context", kubeContext(b), "--from-context", kubeContext(a)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Observe implements drills.Mesh: the CLI on this machine, which reaches
+// the kind nodes' agents on the Docker network.
+func (m *Mesh) Observe(ctx context.Context, cluster string, args ...string) ([]observe.Flow, string, error) {
+	cmd := exec.CommandContext(ctx, m.opts.CLI, append([]string{"observe", "--context", kubeContext(cluster), "-o", "json"}, args...)...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+strings.Join(m.opts.Kubeconfigs, ":"))
+	return drills.RunObserve(cmd)
 }
 
 // apiserverWorkload scales the clustermesh-apiserver, a StatefulSet or

@@ -17,6 +17,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -29,11 +30,13 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/clustermesh/clustermesh/kind-tests/drills"
 	"github.com/clustermesh/clustermesh/kind-tests/emulator"
+	"github.com/clustermesh/clustermesh/observe"
 )
 
 func main() {
@@ -194,6 +197,8 @@ health), installed and joined with the clustermesh CLI and kubectl.`)
 	o.info("answers over 2 s: %s", split(m, tr.Attempts(mark)))
 	report.Add("affinity local", "answers by cluster while c1's pods are ready", split(m, tr.Attempts(mark)), "pass")
 
+	follow := startFollow(ctx, m, c1.Name, "--service", "default/echo", "--kind", "translate", "--from-cluster", c1.Name)
+	sleep(ctx, 1500*time.Millisecond)
 	o.step("Failing c1's backends: scale c1's echo Deployment to 0")
 	failAt := time.Now()
 	if err := m.ScaleEcho(ctx, c1, "echo", 0); err != nil {
@@ -205,23 +210,25 @@ health), installed and joined with the clustermesh CLI and kubectl.`)
 	}
 	during := tr.Attempts(failAt)
 	o.info("traffic moved to c2 after %v; %d connection attempt(s) failed meanwhile", fo.At.Sub(failAt).Round(time.Millisecond), countFailed(during))
-	// What the client's node saw, from its agent's flows: the last
-	// translations before the failover, then the first ones after.
-	if fs, err := env.Mesh.Flows(ctx, c1.Nodes()[0].Name, "--service", "default/echo", "--kind", "translate", "--since", "10s"); err == nil {
-		var beforeF, afterF []string
-		for _, f := range fs {
-			if f.Time.Before(failAt) {
-				beforeF = append(beforeF, f.Text())
-			} else if f.Time.After(fo.At) && len(afterF) < 3 {
-				afterF = append(afterF, f.Text())
-			}
+	// What `clustermesh observe --follow`, started before the failover,
+	// printed as it happened: the last translations before it, the first
+	// ones after.
+	sleep(ctx, 1500*time.Millisecond) // the follower's merge window
+	fs := follow.stop()
+	var beforeF, afterF []string
+	for _, f := range fs {
+		if f.Time.Before(failAt) {
+			beforeF = append(beforeF, f.Text())
+		} else if f.Time.After(fo.At) && len(afterF) < 3 {
+			afterF = append(afterF, f.Text())
 		}
-		o.info("clustermesh-agent observe on %s (flows around the failover):", c1.Nodes()[0].Name)
-		for _, l := range append(beforeF[max(0, len(beforeF)-3):], afterF...) {
-			fmt.Printf("      %s\n", l)
-		}
-	} else {
-		o.info("observe: %v", err)
+	}
+	o.info("clustermesh observe --follow --context %s --service default/echo (flows around the failover, %d seen):", c1.Name, len(fs))
+	for _, l := range append(beforeF[max(0, len(beforeF)-3):], afterF...) {
+		fmt.Printf("      %s\n", l)
+	}
+	if follow.err != nil {
+		o.info("observe: %v", follow.err)
 	}
 	report.Add("failover", "c1 scaled to 0 → answers from c2 after", emulator.Ms(fo.At.Sub(failAt)), "pass")
 	report.Add("failover", "failed attempts during failover", fmt.Sprint(countFailed(during)), "")
@@ -429,4 +436,55 @@ func countFailed(as []emulator.Attempt) int {
 		}
 	}
 	return n
+}
+
+// follower is a running `clustermesh observe --follow -o json`.
+type follower struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	mu     sync.Mutex
+	flows  []observe.Flow
+	err    error
+}
+
+// startFollow starts `clustermesh observe --follow` from cluster's context,
+// as an operator would in a second terminal.
+func startFollow(ctx context.Context, m *emulator.Mesh, cluster string, args ...string) *follower {
+	ctx, cancel := context.WithCancel(ctx)
+	f := &follower{cancel: cancel, done: make(chan struct{})}
+	argv := append([]string{"--kubeconfig", m.Run.Kubeconfig(), "observe", "--context", cluster, "--follow", "-o", "json"}, args...)
+	cmd := exec.CommandContext(ctx, m.Bins.Path(emulator.PartCLI), argv...)
+	out, err := cmd.StdoutPipe()
+	if err == nil {
+		err = cmd.Start()
+	}
+	if err != nil {
+		f.err = err
+		close(f.done)
+		return f
+	}
+	go func() {
+		defer close(f.done)
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 0, 4096), observe.MaxLine)
+		for sc.Scan() {
+			var fl observe.Flow
+			if json.Unmarshal(sc.Bytes(), &fl) == nil {
+				f.mu.Lock()
+				f.flows = append(f.flows, fl)
+				f.mu.Unlock()
+			}
+		}
+		_ = cmd.Wait()
+	}()
+	return f
+}
+
+// stop ends the follower and returns what it printed.
+func (f *follower) stop() []observe.Flow {
+	f.cancel()
+	<-f.done
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.flows
 }
