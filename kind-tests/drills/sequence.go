@@ -372,6 +372,19 @@ func StoreDown(ctx context.Context, e *Env) error {
 	if res != "pass" {
 		return fmt.Errorf("%w: while %s's store was down: %s (want answers from %s and no failures)", ErrDrill, c2, e.split(as), c2)
 	}
+	// clustermesh observe from c1 still prints c1's flows, and names c2
+	// (whose nodes only its store lists) as missing.
+	fs, stderr, err := m.Observe(ctx, c1, "--since", time.Since(down).Round(time.Second).String(), "--last", "20")
+	res = "pass"
+	if err != nil || len(fs) == 0 || !strings.Contains(stderr, "missing "+c2) {
+		res = "FAIL"
+	}
+	answered, asked, _ := ObserveAnswered(stderr)
+	e.Report.Add("store down", fmt.Sprintf("clustermesh observe from %s: flows, agents answered, %s named missing", c1, c2),
+		fmt.Sprintf("%d, %d of %d", len(fs), answered, asked), res)
+	if res != "pass" {
+		return fmt.Errorf("%w: observe from %s while %s's store is down: %d flows, %v, stderr %q (want %s's flows and %s named missing)", ErrDrill, c1, c2, len(fs), err, stderr, c1, c2)
+	}
 	newPod, err := m.NewestEchoPod(ctx, c2, e.Service)
 	if err != nil {
 		return err
