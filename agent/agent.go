@@ -89,6 +89,13 @@ type Config struct {
 	// cluster; names containing a '.' (certificates, keys) are not
 	// connection files.
 	ClustersDir string
+	// PeersViaLocalStore follows every peer through the local cluster's
+	// store, where the cluster's mesh cache (package meshcache) keeps a
+	// checked copy of each peer's exports: the local connection file's
+	// endpoint and credentials are used for every cluster, each peer's file
+	// still pins the cluster ID. Peers' stores then serve one client per
+	// cluster instead of one per node.
+	PeersViaLocalStore bool
 	// ObjectObservers receive identities, ipcache entries and the local
 	// cluster's policies (the policy engine).
 	ObjectObservers []ObjectObserver

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -76,7 +77,24 @@ func (a *Agent) scanDir(ctx context.Context) {
 		wanted[name] = want{cfg, err, digest}
 	}
 
-	_, haveLocal := wanted[a.cfg.ClusterName]
+	local, haveLocal := wanted[a.cfg.ClusterName]
+	if a.cfg.PeersViaLocalStore {
+		for name, w := range wanted {
+			if name == a.cfg.ClusterName {
+				continue
+			}
+			if !haveLocal {
+				w.err = fmt.Errorf("%w: cluster %s is followed through the local store (the mesh cache), and the local cluster %s has no connection file", ErrConfig, name, a.cfg.ClusterName)
+			} else {
+				// The peer's own file still pins its cluster ID.
+				id := w.cfg.ClusterID
+				w.cfg, w.err = local.cfg, errors.Join(w.err, local.err)
+				w.cfg.ClusterID = id
+			}
+			w.digest += local.digest
+			wanted[name] = w
+		}
+	}
 	if !haveLocal && !a.warnedNoLocal {
 		a.log.Warn("no connection file for the own cluster: nothing will be programmed until it appears",
 			"dir", a.cfg.ClustersDir, "file", a.cfg.ClusterName)

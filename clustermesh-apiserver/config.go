@@ -11,6 +11,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/meshcache"
 )
 
 // ErrConfig is wrapped by every configuration error.
@@ -74,6 +75,11 @@ type Config struct {
 	ClustersDir string
 	// ClustersDirPoll is how often ClustersDir is scanned for changes.
 	ClustersDirPoll time.Duration
+	// MeshCache copies every peer of ClustersDir into the cluster's own
+	// store (package meshcache), for agents run with --cached-peers;
+	// MeshCacheDrainGrace is how long a disconnected peer's copy stays.
+	MeshCache           bool
+	MeshCacheDrainGrace time.Duration
 	// DefaultGlobalNamespace is whether a namespace without the
 	// AnnotationGlobalNamespace annotation is exported to peers: true
 	// exports every namespace but those annotated "false"; false only those
@@ -94,7 +100,8 @@ func DefaultConfig() Config {
 		Workers:     4,
 		LeaseTTL:    5 * time.Minute,
 
-		ClustersDirPoll: 2 * time.Second,
+		ClustersDirPoll:     2 * time.Second,
+		MeshCacheDrainGrace: meshcache.DefaultDrainGrace,
 
 		DefaultGlobalNamespace: true,
 	}
@@ -156,6 +163,10 @@ func (c *Config) Flags(fs *pflag.FlagSet) {
 		"Directory with one kvstore connection file per cluster, named for the cluster (names containing '.' are certificates and keys), as mounted for the agents. Every connected peer gets its read-only store user back if the store lost it (grants only; disconnect revokes), and the route reflector peers with the reflector each connected cluster publishes in its store; files are followed live.")
 	fs.DurationVar(&c.ClustersDirPoll, "clusters-dir-poll", c.ClustersDirPoll,
 		"How often --clusters-dir is scanned for added, changed and removed files.")
+	fs.BoolVar(&c.MeshCache, "mesh-cache", c.MeshCache,
+		"Keep a checked copy of every connected peer's exports (--clusters-dir) in this cluster's store, for agents run with --cached-peers: each peer's store then serves one client per cluster instead of one per node, and the peer checks run once here. A peer that is unreachable keeps its last copy; a disconnected one is purged after --mesh-cache-drain-grace.")
+	fs.DurationVar(&c.MeshCacheDrainGrace, "mesh-cache-drain-grace", c.MeshCacheDrainGrace,
+		"How long a disconnected peer's copy stays in the store before it is purged.")
 }
 
 // Validate checks the configuration; errors name the flag.
@@ -174,6 +185,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ClustersDir != "" && c.ClustersDirPoll <= 0 {
 		return fmt.Errorf("%w: --clusters-dir-poll %s: must be positive", ErrConfig, c.ClustersDirPoll)
+	}
+	if c.MeshCache && c.ClustersDir == "" {
+		return fmt.Errorf("%w: --mesh-cache needs --clusters-dir (the peers to copy)", ErrConfig)
 	}
 	if c.Workers < 1 {
 		return fmt.Errorf("%w: --workers %d: must be at least 1", ErrConfig, c.Workers)

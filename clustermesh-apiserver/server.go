@@ -29,6 +29,7 @@ import (
 	"github.com/clustermesh/clustermesh/bgp"
 	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/meshcache"
 )
 
 // Options are the dependencies of a Server that are not flags.
@@ -235,6 +236,23 @@ func (s *Server) Run(ctx context.Context) error {
 		defer pcancel()
 		wg.Add(1)
 		go func() { defer wg.Done(); pg.run(pctx) }()
+	}
+	if s.cfg.MeshCache {
+		mc, err := meshcache.New(meshcache.Config{Cluster: s.cfg.ClusterName, Local: client, ClustersDir: s.cfg.ClustersDir,
+			DirPoll: s.cfg.ClustersDirPoll, DrainGrace: s.cfg.MeshCacheDrainGrace, LeaseTTL: s.cfg.LeaseTTL,
+			Registerer: s.reg, StoreMetrics: storeMetrics, Logger: s.log})
+		if err != nil {
+			return err
+		}
+		mctx, mcancel := context.WithCancel(ctx)
+		defer mcancel()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := mc.Run(mctx); err != nil && mctx.Err() == nil {
+				s.log.Error("mesh cache stopped", "error", err)
+			}
+		}()
 	}
 	s.log.Info("exporting", "cluster-id", s.cfg.ClusterID, "store", client.Config().Endpoints, "health", s.HealthAddr())
 	if err := ctrl.run(ctx); err != nil {

@@ -560,6 +560,39 @@ func (w *Writer) recoverLease(ctx context.Context, lost clientv3.LeaseID) error 
 	return nil
 }
 
+// Purge removes everything of the writer's cluster from the store and
+// closes the writer: the synced canaries first (so that no reader takes
+// what follows for a complete listing), then every kind's objects, the
+// cluster config last. It is how a cache forgets a peer that was
+// disconnected; an exporting apiserver never purges.
+func (w *Writer) Purge(ctx context.Context) error {
+	w.Close()
+	w.rw.Lock()
+	defer w.rw.Unlock()
+	prefixes := []string{api.ClusterPrefix(api.KindSynced, w.cluster)}
+	for _, k := range append(slices.Clone(api.SyncedKinds), api.LocalKinds...) {
+		prefixes = append(prefixes, api.ClusterPrefix(k, w.cluster))
+	}
+	for _, p := range prefixes {
+		rctx, cancel := w.c.withTimeout(ctx)
+		_, err := w.c.cli.Delete(rctx, p, clientv3.WithPrefix())
+		cancel()
+		if err != nil {
+			return fmt.Errorf("cluster %s: purge %s: %w", w.cluster, p, err)
+		}
+	}
+	rctx, cancel := w.c.withTimeout(ctx)
+	defer cancel()
+	if _, err := w.c.cli.Delete(rctx, api.ClusterKey(w.cluster)); err != nil {
+		return fmt.Errorf("cluster %s: purge config: %w", w.cluster, err)
+	}
+	w.mu.Lock()
+	w.keys = map[string]*ownedKey{}
+	w.mu.Unlock()
+	w.log.Info("purged every key of the cluster")
+	return nil
+}
+
 // Close stops Run and makes further writes fail with ErrClosed. It leaves
 // the writer's keys and leases in place: a restarting apiserver's new writer
 // takes them over, and until then peers keep seeing the cluster.

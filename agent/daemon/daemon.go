@@ -48,6 +48,8 @@ const DefaultStatusAddr = "127.0.0.1:9877"
 // clustermesh-agent flags (docs/agent.md).
 type Config struct {
 	ClusterName, NodeName, ClustersDir string
+	// CachedPeers: see agent.Config.PeersViaLocalStore.
+	CachedPeers bool
 	// ProtectedCIDRs: see agent.Config.
 	ProtectedCIDRs []netip.Prefix
 	PeerLimits     remote.Limits
@@ -146,7 +148,7 @@ func Run(ctx context.Context, cfg Config) error {
 		observers = append(observers, eng)
 	}
 	a, err := agent.New(agent.Config{
-		ClusterName: cfg.ClusterName, NodeName: cfg.NodeName, ClustersDir: cfg.ClustersDir,
+		ClusterName: cfg.ClusterName, NodeName: cfg.NodeName, ClustersDir: cfg.ClustersDir, PeersViaLocalStore: cfg.CachedPeers,
 		ProtectedCIDRs: cfg.ProtectedCIDRs, PeerLimits: cfg.PeerLimits,
 		Datapath: dp, DatapathName: cfg.Datapath, ObjectObservers: observers,
 		Registerer: reg, Logger: log,

@@ -141,6 +141,7 @@ func newRootCommand() *cobra.Command {
 	fs.Uint32Var(&o.flowRates[1], "flow-rate-no-backend", 1000, "no-backend refusal events per second and CPU (0: off)")
 	fs.Uint32Var(&o.flowRates[2], "flow-rate-policy", 1000, "policy denial events per second and CPU (0: off)")
 	fs.IntVar(&c.FlowRing, "flow-ring", 16384, "flows kept in memory for replay (about 300 bytes each)")
+	fs.BoolVar(&c.CachedPeers, "cached-peers", false, "follow every peer cluster through the local cluster's store, where its mesh cache (clustermesh-apiserver --mesh-cache) keeps a checked copy of each peer: peers' stores then serve one client per cluster, not one per node")
 	fs.StringVar(&c.ObserveAddr, "observe-addr", "", "serve the flows to observers off the node (clustermesh observe) on this address, over mutual TLS; empty: loopback status endpoint only")
 	fs.StringVar(&c.ObserveTLSDir, "observe-tls-dir", "/var/lib/clustermesh/observe/server", "the observe endpoint's server certificate: tls.crt and tls.key (the clustermesh-observe-server Secret)")
 	fs.StringVar(&c.ObserveClientsDir, "observe-clients-dir", "/var/lib/clustermesh/observe/clients", "client-ca.<cluster>.crt for each cluster whose observers are allowed (the clustermesh-observe-clients Secret); reread within a second of a change")

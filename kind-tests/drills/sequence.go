@@ -223,7 +223,12 @@ func AffinityLocal(ctx context.Context, e *Env) error {
 	}
 	e.Report.Add("affinity local", "observe: translations to c1 before / to c2 after the failover", fmt.Sprintf("%d / %d", len(before), len(after)), verdict)
 	if verdict != "pass" {
-		return fmt.Errorf("%w: observe from %s: destinations before the failover %v, after %v (want only %s, then only %s)", ErrDrill, tr.From(), compact(before), compact(after), c1, c2)
+		var sample []string
+		for _, f := range fs[:min(3, len(fs))] {
+			sample = append(sample, f.Text())
+		}
+		return fmt.Errorf("%w: observe from %s: destinations before the failover %v, after %v (want only %s, then only %s); %d flows, first: %s",
+			ErrDrill, tr.From(), compact(before), compact(after), c1, c2, len(fs), strings.Join(sample, " | "))
 	}
 
 	// --verdict dropped: the connects refused for lack of a backend, if

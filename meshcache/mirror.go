@@ -1,0 +1,118 @@
+package meshcache
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/internal/backoff"
+	"github.com/clustermesh/clustermesh/kvstore"
+)
+
+// mirror is the follower's delegate for one peer: it writes what the
+// follower accepted into the local store, in the order it was accepted.
+// A write that fails is retried (jittered backoff) until it succeeds or the
+// cache stops: the follower's stream waits meanwhile, so the copy never
+// skips an event and a canary is never written ahead of the objects it
+// vouches for.
+type mirror struct {
+	ctx   context.Context
+	cache *Cache
+	name  string
+	log   *slog.Logger
+
+	mu sync.Mutex
+	w  *kvstore.Writer
+	// stop ends the current writer's Run.
+	stop context.CancelFunc
+}
+
+func newMirror(ctx context.Context, c *Cache, name string) *mirror {
+	return &mirror{ctx: ctx, cache: c, name: name, log: c.log.With("cluster", name)}
+}
+
+// writer returns the peer's writer, creating (and running) it if needed.
+func (m *mirror) writer() (*kvstore.Writer, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.w != nil {
+		return m.w, nil
+	}
+	w, err := kvstore.NewWriter(m.cache.cfg.Local, m.name, &kvstore.WriterOptions{LeaseTTL: m.cache.cfg.LeaseTTL, Logger: m.log, Metrics: m.cache.smetrics})
+	if err != nil {
+		return nil, err
+	}
+	wctx, stop := context.WithCancel(m.ctx)
+	go func() { _ = w.Run(wctx) }()
+	m.w, m.stop = w, stop
+	return w, nil
+}
+
+// do runs one write until it succeeds or the cache stops.
+func (m *mirror) do(what string, key string, op func(context.Context, *kvstore.Writer) error) {
+	b := backoff.New(50*time.Millisecond, 5*time.Second)
+	for {
+		w, err := m.writer()
+		if err == nil {
+			if err = op(m.ctx, w); err == nil {
+				return
+			}
+		}
+		if m.ctx.Err() != nil {
+			return
+		}
+		m.log.Warn("copy to the local store failed; retrying", "op", what, "key", key, "error", err)
+		if b.Wait(m.ctx) != nil {
+			return
+		}
+	}
+}
+
+// ClusterAccepted copies the peer's config: agents validate it before
+// anything else of the peer.
+func (m *mirror) ClusterAccepted(cfg *api.Cluster) {
+	m.do("upsert", cfg.Key(), func(ctx context.Context, w *kvstore.Writer) error { return w.Upsert(ctx, cfg) })
+}
+
+func (m *mirror) Upsert(_ string, obj api.Object) {
+	m.do("upsert", obj.Key(), func(ctx context.Context, w *kvstore.Writer) error { return w.Upsert(ctx, obj) })
+}
+
+func (m *mirror) Delete(_ string, key api.ParsedKey) {
+	k := key.Key
+	m.do("delete", k, func(ctx context.Context, w *kvstore.Writer) error { return w.Delete(ctx, k) })
+}
+
+// Synced writes the kind's canary in the local store, after pruning what
+// an earlier copy held and the peer no longer lists.
+func (m *mirror) Synced(_ string, kind api.Kind) {
+	m.do("mark synced", string(kind), func(ctx context.Context, w *kvstore.Writer) error { return w.MarkSynced(ctx, kind) })
+}
+
+// Drain purges the copy: the peer was disconnected past the grace, or its
+// config stopped passing validation (a peer turned bad keeps nothing in
+// the cache). A later acceptance starts a fresh writer.
+func (m *mirror) Drain(string) {
+	m.do("purge", m.name, func(ctx context.Context, w *kvstore.Writer) error { return w.Purge(ctx) })
+	m.mu.Lock()
+	if m.stop != nil {
+		m.stop()
+	}
+	m.w, m.stop = nil, nil
+	m.mu.Unlock()
+	m.log.Info("peer's copy purged from the local store")
+}
+
+// close stops the writer, leaving the copy in place.
+func (m *mirror) close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.w != nil {
+		m.w.Close()
+	}
+	if m.stop != nil {
+		m.stop()
+	}
+}
