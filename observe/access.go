@@ -132,7 +132,9 @@ func (s *ServerAccess) reload(force bool) error {
 
 // caKey identifies a CA certificate by subject and public key: what a
 // chain's root is matched by.
-func caKey(c *x509.Certificate) string { return string(c.RawSubject) + "\x00" + string(c.RawSubjectPublicKeyInfo) }
+func caKey(c *x509.Certificate) string {
+	return string(c.RawSubject) + "\x00" + string(c.RawSubjectPublicKeyInfo)
+}
 
 // Problems names the client CA files that could not be read, if any.
 func (s *ServerAccess) Problems() string {
@@ -215,7 +217,6 @@ func ClientTLS(cert tls.Certificate, roots []byte, cluster string) (*tls.Config,
 		},
 	}, nil
 }
-
 
 // IsRefused tells whether err is an agent's TLS refusal of the observer's
 // certificate (its cluster is not allowed there). In TLS 1.3 the refusal

@@ -12,7 +12,9 @@ import (
 
 func TestMerger(t *testing.T) {
 	t0 := time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC)
-	at := func(ms int, node string) Flow { return Flow{Time: t0.Add(time.Duration(ms) * time.Millisecond), Node: node} }
+	at := func(ms int, node string) Flow {
+		return Flow{Time: t0.Add(time.Duration(ms) * time.Millisecond), Node: node}
+	}
 	m := NewMerger(time.Second)
 	// Two agents, interleaved and out of order on arrival.
 	for _, f := range []Flow{at(300, "b"), at(100, "a"), at(200, "b"), at(1500, "a")} {

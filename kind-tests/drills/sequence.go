@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/kind-tests/attempts"
 	"github.com/clustermesh/clustermesh/kind-tests/emulator"
@@ -69,7 +70,43 @@ func Setup(ctx context.Context, e *Env) error {
 			return err
 		}
 	}
-	return m.MarkGlobal(ctx, e.Service, "none")
+	if err := m.MarkGlobal(ctx, e.Service, "none"); err != nil {
+		return err
+	}
+	return e.checkMeshCache(ctx)
+}
+
+// checkMeshCache checks that every cluster's store holds a copy of every
+// other cluster's echo service (the mesh cache, on by default), and
+// records how long the copies took to appear.
+func (e *Env) checkMeshCache(ctx context.Context) error {
+	t0 := time.Now()
+	for _, c := range e.Mesh.Clusters() {
+		cli, err := openStore(ctx, e.Mesh, c)
+		if err != nil {
+			return err
+		}
+		defer cli.Close()
+		for _, peer := range e.Mesh.Clusters() {
+			if peer == c {
+				continue
+			}
+			key := api.ServiceKey(peer, "default", e.Service)
+			wctx, cancel := context.WithTimeout(ctx, e.wait())
+			err := poll.Until(wctx, func(ctx context.Context) error {
+				if _, ok, err := cli.Get(ctx, key); err != nil || !ok {
+					return fmt.Errorf("%s not in %s's store (%v)", key, c, err)
+				}
+				return nil
+			})
+			cancel()
+			if err != nil {
+				return fmt.Errorf("%w: mesh cache: %v", ErrDrill, err)
+			}
+		}
+	}
+	e.Report.Add("setup", "mesh cache: every peer's service copied into each cluster's store", emulator.Ms(time.Since(t0)), "pass")
+	return nil
 }
 
 // waitReadyPods waits until cluster c's echo Deployment has n ready pods.
@@ -178,7 +215,9 @@ func AffinityLocal(ctx context.Context, e *Env) error {
 	// scale-down, to c2 between the failover and the scale-up; every agent
 	// of both clusters answers (the grants of Setup reach the agents with
 	// the kubelet's next update of their mount, so this retries).
-	since := (time.Since(start) + 2*time.Second).Round(time.Second).String()
+	// --since is relative to each attempt: the window starts before the
+	// drill, however long the grants take.
+	since := func() string { return (time.Since(start) + 2*time.Second).Round(time.Second).String() }
 	var (
 		fs     []observe.Flow
 		stderr string
@@ -187,7 +226,7 @@ func AffinityLocal(ctx context.Context, e *Env) error {
 	defer cancel()
 	err = poll.Until(octx, func(ctx context.Context) error {
 		var err error
-		fs, stderr, err = m.Observe(ctx, c1, "--service", "default/"+e.Service, "--kind", "translate", "--from-cluster", c1, "--since", since)
+		fs, stderr, err = m.Observe(ctx, c1, "--service", "default/"+e.Service, "--kind", "translate", "--from-cluster", c1, "--since", since())
 		if err != nil {
 			return err
 		}
@@ -235,7 +274,7 @@ func AffinityLocal(ctx context.Context, e *Env) error {
 	// any. Each is one failed attempt of a client, so there are never more
 	// of them than the probe's failures (there may be fewer: a failure can
 	// also be a timeout, and events are sampled).
-	drops, _, err := m.Observe(ctx, c1, "--service", "default/"+e.Service, "--verdict", "dropped", "--since", since)
+	drops, _, err := m.Observe(ctx, c1, "--service", "default/"+e.Service, "--verdict", "dropped", "--since", since())
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrDrill, err)
 	}
