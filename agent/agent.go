@@ -133,6 +133,9 @@ type Agent struct {
 	log      *slog.Logger
 	merger   *merger.Merger
 	registry *remote.Registry
+	// shared connects clusters followed through one store (the local one,
+	// with PeersViaLocalStore) over one client.
+	shared   *kvstore.Shared
 	metrics  *metrics
 	rmetrics *remote.Metrics
 
@@ -215,6 +218,7 @@ func New(cfg Config) (*Agent, error) {
 		log:        log,
 		merger:     merger.New(cfg.ClusterName, cfg.Datapath, log),
 		registry:   remote.NewRegistry(),
+		shared:     kvstore.NewShared(),
 		kick:       make(chan struct{}, 1),
 		clusters:   map[string]*clusterRun{},
 		clusterIDs: map[string]uint32{},

@@ -133,6 +133,7 @@ func (a *Agent) scanDir(ctx context.Context) {
 				Config:           w.cfg,
 				ConfigErr:        w.err,
 				Registry:         a.registry,
+				Shared:           a.shared,
 				Delegate:         delegate{a},
 				Policy:           &admit.Policy{Protected: a.cfg.ProtectedCIDRs},
 				Limits:           a.cfg.PeerLimits,

@@ -25,6 +25,13 @@ var (
 // mismatch, for the caller's report), so that a later change can be noticed
 // by comparing bytes.
 func (c *Client) ClusterConfig(ctx context.Context, name string) (cfg *api.Cluster, raw []byte, err error) {
+	return c.ClusterConfigPinned(ctx, name, c.cfg.ClusterID)
+}
+
+// ClusterConfigPinned is ClusterConfig with the cluster ID pin given by
+// the caller (0: none), for users of a Shared client, whose own config
+// carries no pin.
+func (c *Client) ClusterConfigPinned(ctx context.Context, name string, pin uint32) (cfg *api.Cluster, raw []byte, err error) {
 	key := api.ClusterKey(name)
 	kv, ok, err := c.Get(ctx, key)
 	if err != nil {
@@ -41,7 +48,7 @@ func (c *Client) ClusterConfig(ctx context.Context, name string) (cfg *api.Clust
 	if cfg.Name != name {
 		return nil, kv.Value, fmt.Errorf("cluster %s: %w: store's config names cluster %q", name, ErrClusterMismatch, cfg.Name)
 	}
-	if pin := c.cfg.ClusterID; pin != 0 && cfg.ID != pin {
+	if pin != 0 && cfg.ID != pin {
 		return nil, kv.Value, fmt.Errorf("cluster %s: %w: store's config says cluster ID %d, the connection pins %d", name, ErrClusterMismatch, cfg.ID, pin)
 	}
 	return cfg, kv.Value, nil

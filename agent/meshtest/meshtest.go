@@ -282,6 +282,14 @@ func (c *Cluster) WriteConnFile(dir, fileName, user string) {
 	}
 }
 
+// RelayConns is the number of client connections open through the
+// cluster's relay: the clients of its store that take the agents' path.
+func (c *Cluster) RelayConns() int {
+	c.relay.mu.Lock()
+	defer c.relay.mu.Unlock()
+	return len(c.relay.conns) / 2
+}
+
 // relay is a TCP relay that can refuse and cut connections.
 type relay struct {
 	ln     net.Listener

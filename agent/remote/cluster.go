@@ -71,6 +71,10 @@ type Options struct {
 	// Limits bound what a peer's store can make the agent hold; the zero
 	// value means DefaultLimits. The local cluster is not bounded.
 	Limits Limits
+	// Shared, if set, provides the store client: clusters followed through
+	// the same store with the same credentials share one connection (see
+	// kvstore.Shared). Nil: a client of the cluster's own.
+	Shared *kvstore.Shared
 	// OnConnected, if set, is called with the client of each new
 	// connection once the cluster is accepted (the agent publishes its
 	// status with the local cluster's client). The client is closed when the
@@ -233,7 +237,7 @@ func (c *Cluster) Drain() {
 func (c *Cluster) fetchConfig(ctx context.Context, cli *kvstore.Client) (*api.Cluster, []byte, error) {
 	rctx, cancel := context.WithTimeout(ctx, c.opts.ProbeInterval+5*time.Second)
 	defer cancel()
-	return cli.ClusterConfig(rctx, c.name)
+	return cli.ClusterConfigPinned(rctx, c.name, c.opts.Config.ClusterID)
 }
 
 // refuse marks the cluster refused; if it had been accepted, everything it
@@ -302,13 +306,24 @@ func (c *Cluster) evict(reason error) {
 // runOnce is one connection: connect, validate, follow until an error or
 // ctx ends. It reports whether the cluster was accepted.
 func (c *Cluster) runOnce(ctx context.Context) (bool, error) {
-	cli, err := kvstore.New(ctx, c.opts.Config)
+	var (
+		cli *kvstore.Client
+		err error
+	)
+	if c.opts.Shared != nil {
+		var release func()
+		cli, release, err = c.opts.Shared.Get(ctx, c.opts.Config)
+		if err == nil {
+			defer release()
+		}
+	} else if cli, err = kvstore.New(ctx, c.opts.Config); err == nil {
+		defer cli.Close()
+	}
 	if err != nil {
 		err = fmt.Errorf("cluster %s: connect: %w", c.name, err)
 		c.markUnreachable(err)
 		return false, err
 	}
-	defer cli.Close()
 
 	cfg, raw, err := c.fetchConfig(ctx, cli)
 	if err != nil {

@@ -1,0 +1,273 @@
+package meshcache_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/agent/meshtest"
+	"github.com/clustermesh/clustermesh/agent/remote"
+	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/meshcache"
+)
+
+// BenchmarkScale runs one mesh of real stores (embedded etcd, one per
+// simulated cluster) with a synthetic export per cluster and many
+// lightweight agents per cluster (the agents' own follower, package remote,
+// with a delegate that holds every object as an agent's maps would, and no
+// datapath), in direct mode (each agent follows each peer's store) and
+// cached mode (each cluster's mesh cache follows the peers, agents follow
+// the local store), side by side, and reports per mode:
+//
+//   - conns/store: client connections each store serves through the agents'
+//     path (peer followers, local followers), mean over the stores;
+//   - sync-ms: time from the agents' start to every agent having every
+//     peer's every kind synced;
+//   - prop-p50-ms / prop-p99-ms: an endpoint slice written in cluster 0 →
+//     seen by an agent of cluster 1, 50 writes one after another;
+//   - B/remote-endpoint: heap held by the followers per remote endpoint
+//     held (all agents together, after a GC).
+//
+// Run: go test -run '^$' -bench BenchmarkScale -benchtime 1x -v ./meshcache/
+// (SCALE_CLUSTERS, SCALE_AGENTS per cluster, SCALE_ENDPOINTS per cluster;
+// defaults 4, 10, 2000).
+func BenchmarkScale(b *testing.B) {
+	clusters, agents, endpoints := envInt("SCALE_CLUSTERS", 4), envInt("SCALE_AGENTS", 10), envInt("SCALE_ENDPOINTS", 2000)
+	for _, mode := range []string{"direct", "cached"} {
+		b.Run(fmt.Sprintf("%s/clusters=%d/agents=%d/endpoints=%d", mode, clusters, agents, endpoints), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				runScale(b, mode == "cached", clusters, agents, endpoints)
+			}
+		})
+	}
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// holder is a lightweight agent's delegate for one peer: it keeps every
+// object (as the agent's maps do) and tells when kinds are synced and when
+// a watched key arrives.
+type holder struct {
+	mu      sync.Mutex
+	objs    map[string]api.Object
+	synced  map[api.Kind]bool
+	watch   string
+	arrived chan struct{}
+}
+
+func newHolder() *holder {
+	return &holder{objs: map[string]api.Object{}, synced: map[api.Kind]bool{}}
+}
+
+func (h *holder) ClusterAccepted(*api.Cluster) {}
+func (h *holder) Upsert(_ string, obj api.Object) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.objs[obj.Key()] = obj
+	if h.watch != "" && obj.Key() == h.watch {
+		h.watch = ""
+		close(h.arrived)
+	}
+}
+func (h *holder) Delete(_ string, key api.ParsedKey) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.objs, key.Key)
+}
+func (h *holder) Synced(_ string, kind api.Kind) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.synced[kind] = true
+}
+func (h *holder) Drain(string) {}
+
+func (h *holder) allSynced() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, k := range remote.Kinds {
+		if !h.synced[k] {
+			return false
+		}
+	}
+	return true
+}
+
+// expect arms the holder to signal when key arrives.
+func (h *holder) expect(key string) <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.watch, h.arrived = key, make(chan struct{})
+	return h.arrived
+}
+
+func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
+	b.Helper()
+	m := meshtest.New(b)
+	var cs []*meshtest.Cluster
+	for i := 0; i < nClusters; i++ {
+		c := m.AddCluster(fmt.Sprintf("c%d", i+1), uint32(i+1), fmt.Sprintf("10.%d.0.0/16", i+1))
+		// Synthetic export: nEndpoints pods in slices of 10, one service
+		// per slice, one node per 100 pods.
+		var objs []api.Object
+		cidr := fmt.Sprintf("10.%d.0.0/16", i+1)
+		for s := 0; s*10 < nEndpoints; s++ {
+			var ips []string
+			for e := 0; e < 10 && s*10+e < nEndpoints; e++ {
+				ips = append(ips, meshtest.IP(cidr, s*10+e))
+			}
+			name := fmt.Sprintf("svc-%d", s)
+			objs = append(objs, c.Service("ns", name, fmt.Sprintf("10.96.%d.%d", s/250, s%250+1)), c.Slice("ns", name, "s1", ips...))
+		}
+		for n := 0; n*100 < nEndpoints; n++ {
+			objs = append(objs, c.Node(fmt.Sprintf("node-%d", n), fmt.Sprintf("192.168.%d.%d", i+1, n+1), fmt.Sprintf("10.%d.%d.0/24", i+1, n)))
+		}
+		c.Upsert(objs...)
+		c.MarkSynced()
+		cs = append(cs, c)
+	}
+	dir := b.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+
+	conf := func(c *meshtest.Cluster, user string) kvstore.Config {
+		b.Helper()
+		name := c.Name + "-" + user
+		c.WriteConnFile(dir, name, user)
+		cfg, err := kvstore.LoadConfig(filepath.Join(dir, name))
+		if err != nil {
+			b.Fatal(err)
+		}
+		return cfg
+	}
+	if cached {
+		for _, c := range cs {
+			cdir := filepath.Join(dir, "cache-"+c.Name)
+			if err := os.MkdirAll(cdir, 0o700); err != nil {
+				b.Fatal(err)
+			}
+			for _, p := range cs {
+				if p != c {
+					p.WriteConnFile(cdir, p.Name, kvstore.UserRemote)
+				}
+			}
+			mc, err := meshcache.New(meshcache.Config{Cluster: c.Name, Local: c.Admin(), ClustersDir: cdir, DirPoll: 200 * time.Millisecond})
+			if err != nil {
+				b.Fatal(err)
+			}
+			wg.Add(1)
+			go func() { defer wg.Done(); _ = mc.Run(ctx) }()
+		}
+	}
+
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	start := time.Now()
+	// holders[c][a] are agent a of cluster c's delegates, one per peer.
+	holders := make([][]map[string]*holder, nClusters)
+	for ci, c := range cs {
+		local := conf(c, kvstore.UserAgent)
+		for a := 0; a < nAgents; a++ {
+			reg := remote.NewRegistry()
+			if err := reg.Claim(&c.Config, true, nil); err != nil {
+				b.Fatal(err)
+			}
+			hs := map[string]*holder{}
+			shared := kvstore.NewShared()
+			for _, p := range cs {
+				if p == c {
+					continue
+				}
+				cfg := local
+				if !cached {
+					cfg = conf(p, kvstore.UserRemote)
+				}
+				cfg.ClusterID = p.Config.ID
+				h := newHolder()
+				hs[p.Name] = h
+				f := remote.New(remote.Options{Name: p.Name, Config: cfg, Registry: reg, Delegate: h, Shared: shared, ProbeInterval: time.Second})
+				wg.Add(1)
+				go func() { defer wg.Done(); f.Run(ctx) }()
+			}
+			holders[ci] = append(holders[ci], hs)
+		}
+	}
+	for {
+		done := true
+		for _, per := range holders {
+			for _, hs := range per {
+				for _, h := range hs {
+					done = done && h.allSynced()
+				}
+			}
+		}
+		if done {
+			break
+		}
+		if time.Since(start) > 5*time.Minute {
+			b.Fatal("agents not synced after 5 minutes")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	syncTime := time.Since(start)
+
+	var after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	held := nAgents * nClusters * (nClusters - 1) * nEndpoints
+	perEndpoint := float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(held)
+
+	conns := 0
+	for _, c := range cs {
+		conns += c.RelayConns()
+	}
+
+	// Propagation: a slice written in c1, seen by agent 0 of c2.
+	h := holders[1][0][cs[0].Name]
+	var prop []time.Duration
+	cidr := "10.1.0.0/16"
+	for k := 0; k < 50; k++ {
+		sl := cs[0].Slice("ns", "svc-0", fmt.Sprintf("probe-%d", k), meshtest.IP(cidr, k))
+		arrived := h.expect(sl.Key())
+		t0 := time.Now()
+		cs[0].Upsert(sl)
+		select {
+		case <-arrived:
+			prop = append(prop, time.Since(t0))
+		case <-time.After(30 * time.Second):
+			b.Fatalf("write %d in c1 not seen in c2 after 30 s", k)
+		}
+	}
+	slices.Sort(prop)
+	p := func(q int) float64 { return float64(prop[(len(prop)*q+99)/100-1].Microseconds()) / 1000 }
+
+	b.ReportMetric(float64(conns)/float64(nClusters), "conns/store")
+	b.ReportMetric(float64(syncTime.Milliseconds()), "sync-ms")
+	b.ReportMetric(p(50), "prop-p50-ms")
+	b.ReportMetric(p(99), "prop-p99-ms")
+	b.ReportMetric(perEndpoint, "B/remote-endpoint")
+	b.ReportMetric(0, "ns/op")
+	mode := "direct"
+	if cached {
+		mode = "cached"
+	}
+	b.Logf("%s: %d clusters × %d agents × %d endpoints: %.1f conns/store, sync %v, propagation p50 %.2f ms p99 %.2f ms, %.0f B per remote endpoint held (%s)",
+		mode, nClusters, nAgents, nEndpoints, float64(conns)/float64(nClusters), syncTime.Round(time.Millisecond), p(50), p(99), perEndpoint, strings.TrimSpace(fmt.Sprint(held, " held")))
+}
