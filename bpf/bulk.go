@@ -3,6 +3,7 @@ package bpf
 import (
 	"context"
 	"fmt"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 
@@ -29,14 +30,41 @@ type pendingWrites struct {
 	affVals    []uint32
 	svcKeys    []svcKey
 	svcVals    []svcValue
+
+	// Slabs the bookkeeping of the load's services is carved from: one
+	// allocation each instead of two per service.
+	states []svcState
+	idSlab []uint32
 }
+
+// newState returns a svcState from the slab (a fresh one once it is used
+// up, as after a mid-load reclaim reset the queue).
+func (b *pendingWrites) newState() *svcState {
+	if len(b.states) == 0 {
+		return &svcState{}
+	}
+	st := &b.states[0]
+	b.states = b.states[1:]
+	return st
+}
+
+// update writes one entry. Keys and values go to the kernel as pointers to
+// the Go mirrors (checkLayout verified their sizes at Open): marshalling by
+// value goes through reflection, and a type's first marshal costs tens of
+// microseconds, which a single change would otherwise pay.
+func update[K, V any](m *ebpf.Map, k *K, v *V) error {
+	return m.Update(unsafe.Pointer(k), unsafe.Pointer(v), ebpf.UpdateAny)
+}
+
+// remove deletes one entry, the key passed as update does.
+func remove[K any](m *ebpf.Map, k *K) error { return m.Delete(unsafe.Pointer(k)) }
 
 func (d *Datapath) writeNode(id uint32, v nodeValue) error {
 	if b := d.batch; b != nil {
 		b.nodeIDs, b.nodeVals = append(b.nodeIDs, id), append(b.nodeVals, v)
 		return nil
 	}
-	return d.nodes.Update(id, v, ebpf.UpdateAny)
+	return update(d.nodes, &id, &v)
 }
 
 func (d *Datapath) writeBackend(id uint32, v backendValue) error {
@@ -44,7 +72,7 @@ func (d *Datapath) writeBackend(id uint32, v backendValue) error {
 		b.backendIDs, b.backendVal = append(b.backendIDs, id), append(b.backendVal, v)
 		return nil
 	}
-	return d.backends.Update(id, v, ebpf.UpdateAny)
+	return update(d.backends, &id, &v)
 }
 
 func (d *Datapath) writeSlot(k slotKey, id uint32) error {
@@ -52,7 +80,7 @@ func (d *Datapath) writeSlot(k slotKey, id uint32) error {
 		b.slotKeys, b.slotVals = append(b.slotKeys, k), append(b.slotVals, id)
 		return nil
 	}
-	return d.slots.Update(k, id, ebpf.UpdateAny)
+	return update(d.slots, &k, &id)
 }
 
 func (d *Datapath) writeAffinity(k svcKey, seconds uint32) error {
@@ -60,7 +88,7 @@ func (d *Datapath) writeAffinity(k svcKey, seconds uint32) error {
 		b.affKeys, b.affVals = append(b.affKeys, k), append(b.affVals, seconds)
 		return nil
 	}
-	return d.coll.Maps[mapSvcAffinity].Update(k, seconds, ebpf.UpdateAny)
+	return update(d.coll.Maps[mapSvcAffinity], &k, &seconds)
 }
 
 func (d *Datapath) writeService(k svcKey, v svcValue) error {
@@ -68,7 +96,7 @@ func (d *Datapath) writeService(k svcKey, v svcValue) error {
 		b.svcKeys, b.svcVals = append(b.svcKeys, k), append(b.svcVals, v)
 		return nil
 	}
-	return d.services.Update(k, v, ebpf.UpdateAny)
+	return update(d.services, &k, &v)
 }
 
 // batchWrite writes keys and values with one BATCH_UPDATE where the kernel
@@ -82,7 +110,7 @@ func batchWrite[K, V any](m *ebpf.Map, name string, keys []K, vals []V) error {
 		return nil
 	}
 	for i := n; i < len(keys); i++ {
-		if err := m.Update(keys[i], vals[i], ebpf.UpdateAny); err != nil {
+		if err := update(m, &keys[i], &vals[i]); err != nil {
 			return fmt.Errorf("map %s: %w", name, err)
 		}
 	}
@@ -139,9 +167,13 @@ func (d *Datapath) UpsertServices(ctx context.Context, svcs []loadbalancer.Servi
 	b := &pendingWrites{
 		slotKeys: make([]slotKey, 0, slots), slotVals: make([]uint32, 0, slots),
 		svcKeys: make([]svcKey, 0, len(svcs)), svcVals: make([]svcValue, 0, len(svcs)),
+		states: make([]svcState, len(svcs)), idSlab: make([]uint32, slots),
+	}
+	if len(d.svcs) == 0 {
+		// Sized once rather than grown (and rehashed) step by step.
+		d.svcs = make(map[svcKey]*svcState, len(svcs))
 	}
 	d.batch = b
-	var done []loadbalancer.Frontend
 	for _, s := range svcs {
 		key, err := validate(s)
 		if err == nil {
@@ -149,16 +181,17 @@ func (d *Datapath) UpsertServices(ctx context.Context, svcs []loadbalancer.Servi
 		}
 		if err != nil {
 			errs[s.Frontend] = err
-			continue
 		}
-		done = append(done, s.Frontend)
 	}
 	d.batch = nil
+	d.updateGauges()
 	if err := d.flushBatch(b); err != nil {
 		err = fmt.Errorf("bpf: bulk load: %w (reopen the datapath to adopt the maps)", err)
 		d.log.Error("bulk load failed", "services", len(svcs), "error", err)
-		for _, fe := range done {
-			errs[fe] = err
+		for _, s := range svcs {
+			if _, refused := errs[s.Frontend]; !refused {
+				errs[s.Frontend] = err
+			}
 		}
 		return errs
 	}

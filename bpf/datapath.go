@@ -178,6 +178,8 @@ type Datapath struct {
 	// batch queues the map writes of a bulk load (UpsertServices); nil
 	// otherwise.
 	batch *pendingWrites
+	// all is upsertLocked's scratch list of a service's backends.
+	all []loadbalancer.Backend
 }
 
 // retiredSet is a slot set waiting for readers to be done with it. Its
@@ -301,6 +303,10 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 		setIDs:        newIDAllocator(math.MaxInt32),
 		backendIDs:    newIDAllocator(uint32(cfg.MaxBackends)),
 		nodeIDs:       newIDAllocator(uint32(cfg.MaxNodes)),
+	}
+	if err := checkLayout(coll.Maps); err != nil {
+		coll.Close()
+		return nil, fmt.Errorf("bpf: %w", err)
 	}
 	if d.metrics, err = newMetrics(cfg.Registerer); err != nil {
 		coll.Close()
@@ -548,9 +554,9 @@ func (d *Datapath) UpsertService(ctx context.Context, svc loadbalancer.Service) 
 func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 	fe := svc.Frontend
 	old := d.svcs[key]
-	all := make([]loadbalancer.Backend, 0, len(svc.Preferred)+len(svc.Fallback))
-	all = append(all, svc.Preferred...)
-	all = append(all, svc.Fallback...)
+	// d.all is scratch space reused by every upsert (d.mu is held).
+	all := append(append(d.all[:0], svc.Preferred...), svc.Fallback...)
+	d.all = all
 
 	affSecs := affinitySeconds(svc.AffinityTimeout)
 	var flags uint16
@@ -586,7 +592,12 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 	}
 
 	// 1. Nodes and backends. Each slot takes a reference, released on error.
-	ids := make([]uint32, 0, len(all))
+	var ids []uint32
+	if b := d.batch; b != nil && len(b.idSlab) >= len(all) {
+		ids = b.idSlab[:0:len(all)]
+	} else {
+		ids = make([]uint32, 0, len(all))
+	}
 	undo := func() {
 		for _, id := range ids {
 			d.unrefBackend(id)
@@ -609,7 +620,7 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 	}
 	undoSlots := func(n int) {
 		for i := 0; i < n; i++ {
-			_ = d.slots.Delete(slotKey{Set: set, Index: uint32(i)})
+			_ = remove(d.slots, &slotKey{Set: set, Index: uint32(i)})
 		}
 		d.setIDs.release(set)
 		undo()
@@ -641,14 +652,26 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 		}
 	}
 	d.slotsUsed += len(ids)
-	d.svcs[key] = &svcState{value: val, slots: ids}
+	var st *svcState
+	if b := d.batch; b != nil {
+		st = b.newState()
+		if len(b.idSlab) >= len(ids) {
+			b.idSlab = b.idSlab[len(ids):]
+		}
+	} else {
+		st = &svcState{}
+	}
+	*st = svcState{value: val, slots: ids}
+	d.svcs[key] = st
 
 	// 4. The old set is unreachable for new readers; free it once the
 	// readers already running are done.
 	if old != nil {
 		d.retire(old)
 	}
-	d.updateGauges()
+	if d.batch == nil {
+		d.updateGauges()
+	}
 	return nil
 }
 
@@ -659,6 +682,11 @@ func (d *Datapath) room(old *svcState, all []loadbalancer.Backend) (string, erro
 	}
 	if d.slotsUsed+len(all) > d.cfg.MaxSlots {
 		return mapSlots, fmt.Errorf("%d slots needed, %d of %d used (%d sets waiting to be freed)", len(all), d.slotsUsed, d.cfg.MaxSlots, len(d.retired))
+	}
+	// Even if every backend and node were new there is room: no need to
+	// count them.
+	if len(all) <= d.nodeIDs.free() && len(all) <= d.backendIDs.free() {
+		return "", nil
 	}
 	newNodes := map[loadbalancer.NodeRef]bool{}
 	newBackends := map[backendKey]bool{}
@@ -720,7 +748,7 @@ func (d *Datapath) DeleteService(ctx context.Context, fe loadbalancer.Frontend) 
 	if !ok {
 		return nil
 	}
-	if err := d.services.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := remove(d.services, &key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("service %s: delete entry: %w", fe, err)
 	}
 	delete(d.svcs, key)
@@ -762,7 +790,7 @@ func (d *Datapath) SetNodeHealth(ctx context.Context, node loadbalancer.NodeRef,
 	if err != nil {
 		return err
 	}
-	if err := d.nodes.Update(n.id, v, ebpf.UpdateAny); err != nil {
+	if err := update(d.nodes, &n.id, &v); err != nil {
 		return d.mapErr(mapNodes, fmt.Sprintf("node %s: set health", node), err)
 	}
 	n.down = !healthy
@@ -795,7 +823,7 @@ func (d *Datapath) maybeFreeNode(n *nodeState) {
 	if n.refs > 0 || n.down {
 		return
 	}
-	if err := d.nodes.Delete(n.id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := remove(d.nodes, &n.id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		d.log.Warn("delete unused node", "node", n.ref.String(), "error", err)
 		return
 	}
@@ -851,7 +879,7 @@ func (d *Datapath) unrefBackend(id uint32) {
 	if be.refs > 0 {
 		return
 	}
-	if err := d.backends.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := remove(d.backends, &id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		d.log.Warn("delete unused backend", "backend_id", id, "error", err)
 		be.refs = 0
 		return

@@ -5,6 +5,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/clustermesh/clustermesh/loadbalancer"
 )
@@ -64,6 +67,31 @@ type nodeValue struct {
 	Flags     uint32
 	ClusterID uint32
 	Name      [nodeNameLen]byte
+}
+
+// checkLayout checks that the Go mirrors have the sizes of the maps' keys
+// and values: update and remove hand the kernel pointers to them, with no
+// length check of their own.
+func checkLayout(maps map[string]*ebpf.Map) error {
+	for _, c := range []struct {
+		name       string
+		key, value uintptr
+	}{
+		{mapServices, unsafe.Sizeof(svcKey{}), unsafe.Sizeof(svcValue{})},
+		{mapSlots, unsafe.Sizeof(slotKey{}), unsafe.Sizeof(uint32(0))},
+		{mapBackends, unsafe.Sizeof(uint32(0)), unsafe.Sizeof(backendValue{})},
+		{mapNodes, unsafe.Sizeof(uint32(0)), unsafe.Sizeof(nodeValue{})},
+		{mapSvcAffinity, unsafe.Sizeof(svcKey{}), unsafe.Sizeof(uint32(0))},
+	} {
+		m := maps[c.name]
+		if m == nil {
+			return fmt.Errorf("map %s missing from the object", c.name)
+		}
+		if uintptr(m.KeySize()) != c.key || uintptr(m.ValueSize()) != c.value {
+			return fmt.Errorf("map %s: key/value %d/%d bytes, Go mirror %d/%d", c.name, m.KeySize(), m.ValueSize(), c.key, c.value)
+		}
+	}
+	return nil
 }
 
 const (

@@ -72,7 +72,7 @@ func (d *Datapath) freeRetired(upTo uint64) {
 		}
 		n++
 		for i, bid := range r.slots {
-			if err := d.slots.Delete(slotKey{Set: r.set, Index: uint32(i)}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			if err := remove(d.slots, &slotKey{Set: r.set, Index: uint32(i)}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				d.log.Warn("delete retired slot", "set", r.set, "slot", i, "error", err)
 			}
 			if bid != 0 {
