@@ -31,7 +31,10 @@ import (
 //   - conns/store: client connections each store serves through the agents'
 //     path (peer followers, local followers), mean over the stores;
 //   - sync-ms: time from the agents' start to every agent having every
-//     peer's every kind synced;
+//     peer's every kind synced (all agents at once, as after a mesh-wide
+//     restart);
+//   - join-sync-ms: the same for one more agent once the mesh is up (a
+//     new node, a restarted agent);
 //   - prop-p50-ms / prop-p99-ms: an endpoint slice written in cluster 0 →
 //     seen by an agent of cluster 1, 50 writes one after another;
 //   - B/remote-endpoint: heap held by the followers per remote endpoint
@@ -239,6 +242,39 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 		conns += c.RelayConns()
 	}
 
+	// One more agent joins cluster 1 once the mesh is up: the time to its
+	// sync of every peer is what a new node (or a restarted agent) waits.
+	joinStart := time.Now()
+	var joined []*holder
+	{
+		c := cs[0]
+		reg := remote.NewRegistry()
+		if err := reg.Claim(&c.Config, true, nil); err != nil {
+			b.Fatal(err)
+		}
+		shared := kvstore.NewShared()
+		local := conf(c, kvstore.UserAgent)
+		for _, p := range cs[1:] {
+			cfg := local
+			if !cached {
+				cfg = conf(p, kvstore.UserRemote)
+			}
+			cfg.ClusterID = p.Config.ID
+			h := newHolder()
+			joined = append(joined, h)
+			f := remote.New(remote.Options{Name: p.Name, Config: cfg, Registry: reg, Delegate: h, Shared: shared, ProbeInterval: time.Second})
+			wg.Add(1)
+			go func() { defer wg.Done(); f.Run(ctx) }()
+		}
+	}
+	for slices.ContainsFunc(joined, func(h *holder) bool { return !h.allSynced() }) {
+		if time.Since(joinStart) > 5*time.Minute {
+			b.Fatal("joining agent not synced after 5 minutes")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	joinTime := time.Since(joinStart)
+
 	// Propagation: a slice written in c1, seen by agent 0 of c2.
 	h := holders[1][0][cs[0].Name]
 	var prop []time.Duration
@@ -260,6 +296,7 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 
 	b.ReportMetric(float64(conns)/float64(nClusters), "conns/store")
 	b.ReportMetric(float64(syncTime.Milliseconds()), "sync-ms")
+	b.ReportMetric(float64(joinTime.Milliseconds()), "join-sync-ms")
 	b.ReportMetric(p(50), "prop-p50-ms")
 	b.ReportMetric(p(99), "prop-p99-ms")
 	b.ReportMetric(perEndpoint, "B/remote-endpoint")
@@ -268,6 +305,6 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 	if cached {
 		mode = "cached"
 	}
-	b.Logf("%s: %d clusters × %d agents × %d endpoints: %.1f conns/store, sync %v, propagation p50 %.2f ms p99 %.2f ms, %.0f B per remote endpoint held (%s)",
-		mode, nClusters, nAgents, nEndpoints, float64(conns)/float64(nClusters), syncTime.Round(time.Millisecond), p(50), p(99), perEndpoint, strings.TrimSpace(fmt.Sprint(held, " held")))
+	b.Logf("%s: %d clusters × %d agents × %d endpoints: %.1f conns/store, sync %v, one more agent's sync %v, propagation p50 %.2f ms p99 %.2f ms, %.0f B per remote endpoint held (%s)",
+		mode, nClusters, nAgents, nEndpoints, float64(conns)/float64(nClusters), syncTime.Round(time.Millisecond), joinTime.Round(time.Millisecond), p(50), p(99), perEndpoint, strings.TrimSpace(fmt.Sprint(held, " held")))
 }
