@@ -2,6 +2,7 @@ package meshcache
 
 import (
 	"context"
+	"hash/maphash"
 	"log/slog"
 	"sync"
 	"time"
@@ -11,17 +12,29 @@ import (
 	"github.com/clustermesh/clustermesh/kvstore"
 )
 
+// lanes is how many writes of one peer's copy run at once. Writes of one
+// key always take the same lane, so they land in the order they came.
+const lanes = 16
+
 // mirror is the follower's delegate for one peer: it writes what the
-// follower accepted into the local store, in the order it was accepted.
-// A write that fails is retried (jittered backoff) until it succeeds or the
-// cache stops: the follower's stream waits meanwhile, so the copy never
-// skips an event and a canary is never written ahead of the objects it
-// vouches for.
+// follower accepted into the local store. Objects are written on lanes (a
+// key's writes in order, different keys in parallel, so that a large
+// initial listing is not copied one round trip at a time); the config, a
+// kind's synced canary and a purge first wait until every write before
+// them landed, so a canary is never written ahead of the objects it vouches
+// for. A write that fails is retried (jittered backoff) until it succeeds
+// or the cache stops; a full lane makes the follower wait, so the copy
+// never skips an event.
 type mirror struct {
 	ctx   context.Context
 	cache *Cache
 	name  string
 	log   *slog.Logger
+
+	lanesOnce sync.Once
+	lanes     [lanes]chan laneOp
+	seed      maphash.Seed // spreads keys over lanes
+	pending   sync.WaitGroup
 
 	mu sync.Mutex
 	w  *kvstore.Writer
@@ -29,8 +42,55 @@ type mirror struct {
 	stop context.CancelFunc
 }
 
+type laneOp struct {
+	what, key string
+	fn        func(context.Context, *kvstore.Writer) error
+}
+
+// enqueue hands a write of key to its lane.
+func (m *mirror) enqueue(what, key string, fn func(context.Context, *kvstore.Writer) error) {
+	m.lanesOnce.Do(func() {
+		for i := range m.lanes {
+			ch := make(chan laneOp, 256)
+			m.lanes[i] = ch
+			go m.runLane(ch)
+		}
+	})
+	m.pending.Add(1)
+	select {
+	case m.lanes[maphash.String(m.seed, key)%lanes] <- laneOp{what, key, fn}:
+	case <-m.ctx.Done():
+		m.pending.Done()
+	}
+}
+
+// runLane writes one lane's operations until the cache stops, then drops
+// what is left (the copy stays as it was: a restarted cache reconciles it).
+func (m *mirror) runLane(ch chan laneOp) {
+	for {
+		select {
+		case op := <-ch:
+			m.do(op.what, op.key, op.fn)
+			m.pending.Done()
+		case <-m.ctx.Done():
+			for {
+				select {
+				case <-ch:
+					m.pending.Done()
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// barrier waits until every write enqueued so far has landed (or the cache
+// stopped).
+func (m *mirror) barrier() { m.pending.Wait() }
+
 func newMirror(ctx context.Context, c *Cache, name string) *mirror {
-	return &mirror{ctx: ctx, cache: c, name: name, log: c.log.With("cluster", name)}
+	return &mirror{ctx: ctx, cache: c, name: name, log: c.log.With("cluster", name), seed: maphash.MakeSeed()}
 }
 
 // writer returns the peer's writer, creating (and running) it if needed.
@@ -73,21 +133,23 @@ func (m *mirror) do(what string, key string, op func(context.Context, *kvstore.W
 // ClusterAccepted copies the peer's config: agents validate it before
 // anything else of the peer.
 func (m *mirror) ClusterAccepted(cfg *api.Cluster) {
+	m.barrier()
 	m.do("upsert", cfg.Key(), func(ctx context.Context, w *kvstore.Writer) error { return w.Upsert(ctx, cfg) })
 }
 
 func (m *mirror) Upsert(_ string, obj api.Object) {
-	m.do("upsert", obj.Key(), func(ctx context.Context, w *kvstore.Writer) error { return w.Upsert(ctx, obj) })
+	m.enqueue("upsert", obj.Key(), func(ctx context.Context, w *kvstore.Writer) error { return w.Upsert(ctx, obj) })
 }
 
 func (m *mirror) Delete(_ string, key api.ParsedKey) {
 	k := key.Key
-	m.do("delete", k, func(ctx context.Context, w *kvstore.Writer) error { return w.Delete(ctx, k) })
+	m.enqueue("delete", k, func(ctx context.Context, w *kvstore.Writer) error { return w.Delete(ctx, k) })
 }
 
 // Synced writes the kind's canary in the local store, after pruning what
 // an earlier copy held and the peer no longer lists.
 func (m *mirror) Synced(_ string, kind api.Kind) {
+	m.barrier()
 	m.do("mark synced", string(kind), func(ctx context.Context, w *kvstore.Writer) error { return w.MarkSynced(ctx, kind) })
 }
 
@@ -95,6 +157,7 @@ func (m *mirror) Synced(_ string, kind api.Kind) {
 // config stopped passing validation (a peer turned bad keeps nothing in
 // the cache). A later acceptance starts a fresh writer.
 func (m *mirror) Drain(string) {
+	m.barrier()
 	m.do("purge", m.name, func(ctx context.Context, w *kvstore.Writer) error { return w.Purge(ctx) })
 	m.mu.Lock()
 	if m.stop != nil {
