@@ -126,7 +126,7 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 	for i := 0; i < nClusters; i++ {
 		c := m.AddCluster(fmt.Sprintf("c%d", i+1), uint32(i+1), fmt.Sprintf("10.%d.0.0/16", i+1))
 		// Synthetic export: nEndpoints pods in slices of 10, one service
-		// per slice, one node per 100 pods.
+		// per slice, one node per 200 pods (at most 250).
 		var objs []api.Object
 		cidr := fmt.Sprintf("10.%d.0.0/16", i+1)
 		for s := 0; s*10 < nEndpoints; s++ {
@@ -137,7 +137,7 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 			name := fmt.Sprintf("svc-%d", s)
 			objs = append(objs, c.Service("ns", name, fmt.Sprintf("10.96.%d.%d", s/250, s%250+1)), c.Slice("ns", name, "s1", ips...))
 		}
-		for n := 0; n*100 < nEndpoints; n++ {
+		for n := 0; n*200 < nEndpoints && n < 250; n++ {
 			objs = append(objs, c.Node(fmt.Sprintf("node-%d", n), fmt.Sprintf("192.168.%d.%d", i+1, n+1), fmt.Sprintf("10.%d.%d.0/24", i+1, n)))
 		}
 		c.Upsert(objs...)
