@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/clustermesh/clustermesh/internal/logging"
@@ -62,9 +63,13 @@ func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
 
 // Config configures a Writer.
 type Config struct {
-	// Handle is the netlink socket; nil opens one in the calling thread's
-	// network namespace.
+	// Handle is the netlink socket; nil opens one in Namespace.
 	Handle *netlink.Handle
+	// Namespace is the path of the network namespace to program
+	// (/run/netns/NAME); empty means the calling thread's. Apply batches
+	// through a socket of its own opened there, so a writer given a Handle
+	// of another namespace must name it here to batch.
+	Namespace string
 	// Protocol marks the writer's routes; required.
 	Protocol netlink.RouteProtocol
 	// Table is the routing table; 0 means main.
@@ -87,6 +92,11 @@ type Writer struct {
 	log       *slog.Logger
 	conflicts prometheus.Counter
 
+	// bmu serializes batches on batch, the writer's socket for Apply; nil
+	// when the writer cannot know the namespace of its Handle.
+	bmu   sync.Mutex
+	batch *batchSocket
+
 	mu sync.Mutex
 	// refused holds the conflicts already reported, so a route retried
 	// every second is logged and counted once.
@@ -98,11 +108,29 @@ func New(cfg Config) (*Writer, error) {
 	if cfg.Protocol == 0 {
 		return nil, errors.New("route writer: no protocol")
 	}
+	ns := netns.None()
+	if cfg.Namespace != "" {
+		var err error
+		if ns, err = netns.GetFromPath(cfg.Namespace); err != nil {
+			return nil, fmt.Errorf("route writer: network namespace %s: %w", cfg.Namespace, err)
+		}
+		defer ns.Close()
+	}
 	h := cfg.Handle
 	if h == nil {
 		var err error
-		if h, err = netlink.NewHandle(); err != nil {
+		if h, err = netlink.NewHandleAt(ns); err != nil {
 			return nil, fmt.Errorf("netlink handle: %w", err)
+		}
+	}
+	var batch *batchSocket
+	if cfg.Handle == nil || cfg.Namespace != "" {
+		var err error
+		if batch, err = openBatchSocket(ns); err != nil {
+			if cfg.Handle == nil {
+				h.Close()
+			}
+			return nil, fmt.Errorf("route writer: %w", err)
 		}
 	}
 	if cfg.Table == 0 {
@@ -116,6 +144,12 @@ func New(cfg Config) (*Writer, error) {
 		if err := cfg.Registerer.Register(cv); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {
+				if batch != nil {
+					batch.close()
+				}
+				if cfg.Handle == nil {
+					h.Close()
+				}
 				return nil, fmt.Errorf("register route metrics: %w", err)
 			}
 			// Another writer of the process (a restarted speaker) already
@@ -124,15 +158,20 @@ func New(cfg Config) (*Writer, error) {
 		}
 	}
 	return &Writer{
-		h: h, proto: cfg.Protocol, table: cfg.Table, owner: cfg.Owner,
+		h: h, batch: batch, proto: cfg.Protocol, table: cfg.Table, owner: cfg.Owner,
 		log:       logging.OrDiscard(cfg.Logger),
 		conflicts: cv.WithLabelValues(cfg.Owner),
 		refused:   map[netip.Prefix]netlink.RouteProtocol{},
 	}, nil
 }
 
-// Close releases the netlink handle; installed routes stay.
-func (w *Writer) Close() { w.h.Close() }
+// Close releases the netlink sockets; installed routes stay.
+func (w *Writer) Close() {
+	w.h.Close()
+	if w.batch != nil {
+		w.batch.close()
+	}
+}
 
 // IPNet converts p to the netlink form.
 func IPNet(p netip.Prefix) *net.IPNet {
