@@ -446,6 +446,14 @@ func (c *core) cutOffPeer(ctx context.Context, addr netip.Addr) bool {
 	return true
 }
 
+// announceWorkers is how many paths are added or deleted at once. GoBGP's
+// embedded API takes one path per call, each a round trip through its
+// management loop (the batching AddPathStream exists only over gRPC); with
+// calls in flight the loop finds the next one waiting instead of sleeping
+// until the caller wakes up, which on a loaded node is most of a call's
+// cost.
+const announceWorkers = 16
+
 // announce makes the set of locally originated prefixes equal to prefixes.
 func (c *core) announce(ctx context.Context, prefixes []netip.Prefix) error {
 	want := map[netip.Prefix]bool{}
@@ -461,25 +469,90 @@ func (c *core) announce(ctx context.Context, prefixes []netip.Prefix) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	var add, del []netip.Prefix
 	for p := range want {
-		if c.announced[p] {
-			continue
+		if !c.announced[p] {
+			add = append(add, p)
 		}
+	}
+	for p := range c.announced {
+		if !want[p] {
+			del = append(del, p)
+		}
+	}
+	done := concurrently(ctx, add, func(ctx context.Context, p netip.Prefix) error {
 		if _, err := c.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: c.localPath(p)}); err != nil {
 			return fmt.Errorf("%s: announce %s: %w", c.cfg.Name, p, err)
 		}
+		return nil
+	})
+	for _, p := range done.ok {
 		c.announced[p] = true
 	}
-	for p := range c.announced {
-		if want[p] {
-			continue
-		}
+	if done.err != nil {
+		return done.err
+	}
+	done = concurrently(ctx, del, func(ctx context.Context, p netip.Prefix) error {
 		if err := c.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: familyOf(p), Path: c.localPath(p)}); err != nil {
 			return fmt.Errorf("%s: withdraw %s: %w", c.cfg.Name, p, err)
 		}
+		return nil
+	})
+	for _, p := range done.ok {
 		delete(c.announced, p)
 	}
-	return nil
+	return done.err
+}
+
+// outcome is what concurrently did: the items that succeeded, and the
+// first error.
+type outcome struct {
+	ok  []netip.Prefix
+	err error
+}
+
+// concurrently calls fn for every item with announceWorkers calls in
+// flight; after an error it starts no more.
+func concurrently(ctx context.Context, items []netip.Prefix, fn func(context.Context, netip.Prefix) error) outcome {
+	var (
+		mu   sync.Mutex
+		out  outcome
+		next = make(chan netip.Prefix)
+		wg   sync.WaitGroup
+	)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for range min(announceWorkers, len(items)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range next {
+				err := fn(ctx, p)
+				mu.Lock()
+				if err == nil {
+					out.ok = append(out.ok, p)
+				} else if out.err == nil {
+					out.err = err
+					cancel()
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+feed:
+	for _, p := range items {
+		select {
+		case next <- p:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	if out.err == nil && ctx.Err() != nil && len(out.ok) < len(items) {
+		out.err = fmt.Errorf("announce: %w", context.Cause(ctx))
+	}
+	return out
 }
 
 func (c *core) localPath(p netip.Prefix) *api.Path {

@@ -254,7 +254,7 @@ func (s *Speaker) loop(ctx context.Context) {
 		case <-s.core.events.signal:
 			s.process(ctx, s.core.events.drain())
 		case now := <-tick.C:
-			s.sweep(now)
+			s.sweep(ctx, now)
 		case <-audit.C:
 			if refs, err := s.core.importRefusals(ctx); err == nil {
 				s.noteImportRefusals(refs)
@@ -290,18 +290,25 @@ func (s *Speaker) noteImportRefusals(refs []Refusal) {
 
 func (s *Speaker) process(ctx context.Context, evs []event) {
 	var up map[netip.Addr]bool
-	for _, ev := range evs {
-		if ev.kind == evWithdraw && up == nil {
-			// GoBGP withdraws a lost session's paths before it reports the
-			// peer down, but its session state is already updated.
-			var err error
-			if up, err = s.core.establishedPeers(ctx); err != nil {
-				up = map[netip.Addr]bool{}
+	if s.cfg.SessionLossGrace > 0 {
+		for _, ev := range evs {
+			if ev.kind == evWithdraw {
+				// GoBGP withdraws a lost session's paths before it reports
+				// the peer down, but its session state is already updated.
+				var err error
+				if up, err = s.core.establishedPeers(ctx); err != nil {
+					up = map[netip.Addr]bool{}
+				}
+				break
 			}
 		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// The kernel is programmed once per batch of events, in as few netlink
+	// messages as it takes, instead of once per route.
+	plan := kernelPlan{}
+	defer s.program(ctx, plan)
 	for _, ev := range evs {
 		switch ev.kind {
 		case evPeer:
@@ -321,7 +328,7 @@ func (s *Speaker) process(ctx context.Context, evs []event) {
 			if !ev.peer.IsValid() || !ev.nextHop.IsValid() {
 				continue // our own announcement
 			}
-			s.apply(s.table.upsert(ev.prefix, ev.nextHop, ev.peer.String()), false)
+			s.apply(plan, s.table.upsert(ev.prefix, ev.nextHop, ev.peer.String()), false)
 		case evWithdraw:
 			if !ev.peer.IsValid() {
 				continue
@@ -329,19 +336,28 @@ func (s *Speaker) process(ctx context.Context, evs []event) {
 			// Only a session that dropped gets the grace; a withdrawal on a
 			// live session, from a peer cut off for its prefix count or
 			// from a peer no longer configured takes effect at once.
-			s.core.mu.Lock()
-			_, configured := s.core.peers[ev.peer]
-			cut := !s.core.cutOff[ev.peer].IsZero()
-			s.core.mu.Unlock()
-			lost := !up[ev.peer] && configured && !cut && s.cfg.SessionLossGrace > 0
-			s.apply(s.table.withdraw(ev.prefix), lost)
+			lost := false
+			if s.cfg.SessionLossGrace > 0 {
+				s.core.mu.Lock()
+				_, configured := s.core.peers[ev.peer]
+				cut := !s.core.cutOff[ev.peer].IsZero()
+				s.core.mu.Unlock()
+				lost = !up[ev.peer] && configured && !cut
+			}
+			s.apply(plan, s.table.withdraw(ev.prefix), lost)
 		}
 	}
 }
 
-// apply programs a table change; removals of a lost session wait for the
+// kernelPlan is the kernel state a batch of changes wants, by prefix: the
+// route to install, or nil to remove the prefix's route. The last change
+// of a prefix wins, so a route withdrawn and learned again within a batch
+// never leaves the kernel.
+type kernelPlan map[netip.Prefix]*candidate
+
+// apply plans a table change; removals of a lost session wait for the
 // grace.
-func (s *Speaker) apply(ch tableChange, deferRemoval bool) {
+func (s *Speaker) apply(plan kernelPlan, ch tableChange, deferRemoval bool) {
 	for _, r := range ch.refused {
 		s.metrics.refused.WithLabelValues(string(r.Reason)).Inc()
 		s.cfg.Logger.Warn("bgp route refused", "node", s.cfg.Name, "prefix", r.Prefix, "next_hop", r.NextHop,
@@ -352,67 +368,100 @@ func (s *Speaker) apply(ch tableChange, deferRemoval bool) {
 			s.pending[c.prefix] = time.Now().Add(s.cfg.SessionLossGrace)
 			continue
 		}
-		s.remove(c.prefix)
+		s.remove(plan, c.prefix)
 	}
 	for _, c := range ch.install {
 		delete(s.pending, c.prefix)
 		delete(s.stale, c.prefix)
-		delete(s.failed, c.prefix)
-		if gw, ok := s.installed[c.prefix]; ok && gw == c.nextHop {
-			continue // adopted or kept through a grace: no flap
-		}
-		s.install(c)
+		s.install(plan, c)
 	}
 }
 
-// install writes one accepted route; a failure (say, a next hop not yet
-// reachable) is retried by sweep.
-func (s *Speaker) install(c candidate) {
-	if !s.cfg.InstallRoutes {
-		return
-	}
-	err := s.routes.Upsert(context.Background(), route.Route{Prefix: c.prefix, NextHop: c.nextHop})
-	if err != nil {
-		// A prefix another owner routes is refused by the writer, which
-		// reports it; it is retried like any failure, so the route goes in
-		// once the other owner's route is gone.
-		if _, retry := s.failed[c.prefix]; !retry && !errors.Is(err, route.ErrConflict) {
-			s.installErrs++
-			s.metrics.installErrs.Inc()
-			s.cfg.Logger.Error("bgp route install failed; retrying", "node", s.cfg.Name, "prefix", c.prefix, "next_hop", c.nextHop, "peer", c.peer, "error", err)
-		}
-		s.failed[c.prefix] = c
-		return
-	}
+// install plans one accepted route.
+func (s *Speaker) install(plan kernelPlan, c candidate) {
 	delete(s.failed, c.prefix)
-	s.metrics.installs.Inc()
-	s.installed[c.prefix] = c.nextHop
+	plan[c.prefix] = &c
 }
 
-func (s *Speaker) remove(p netip.Prefix) {
+// remove plans the removal of p's route.
+func (s *Speaker) remove(plan kernelPlan, p netip.Prefix) {
 	delete(s.pending, p)
 	delete(s.stale, p)
 	delete(s.failed, p)
-	if _, ok := s.installed[p]; !ok {
+	plan[p] = nil
+}
+
+// program makes the kernel what plan wants. A failed install (say, a next
+// hop not yet reachable, or a prefix another owner routes) is retried by
+// sweep. s.mu is held.
+func (s *Speaker) program(ctx context.Context, plan kernelPlan) {
+	changes := make([]route.Change, 0, len(plan))
+	cands := make([]*candidate, 0, len(plan))
+	for p, c := range plan {
+		gw, ok := s.installed[p]
+		if c == nil {
+			if !ok {
+				continue
+			}
+			delete(s.installed, p)
+			if s.cfg.InstallRoutes {
+				changes = append(changes, route.Change{Route: route.Route{Prefix: p}, Delete: true})
+				cands = append(cands, nil)
+			}
+			continue
+		}
+		if ok && gw == c.nextHop {
+			continue // adopted, kept through a grace or unchanged: no flap
+		}
+		if s.cfg.InstallRoutes {
+			changes = append(changes, route.Change{Route: route.Route{Prefix: p, NextHop: c.nextHop}})
+			cands = append(cands, c)
+		}
+	}
+	if len(changes) == 0 {
 		return
 	}
-	delete(s.installed, p)
-	if !s.cfg.InstallRoutes {
-		return
+	// Stopping must not leave a batch half applied.
+	errs := s.routes.Apply(context.WithoutCancel(ctx), changes)
+	for i, ch := range changes {
+		var err error
+		if errs != nil {
+			err = errs[i]
+		}
+		if ch.Delete {
+			if err != nil {
+				s.installErrs++
+				s.metrics.installErrs.Inc()
+				s.cfg.Logger.Error("bgp route removal failed", "node", s.cfg.Name, "prefix", ch.Route.Prefix, "error", err)
+				continue
+			}
+			s.metrics.removals.Inc()
+			continue
+		}
+		c := cands[i]
+		if err != nil {
+			// A prefix another owner routes is refused by the writer, which
+			// reports it; it is retried like any failure, so the route goes
+			// in once the other owner's route is gone.
+			if _, retry := s.failed[c.prefix]; !retry && !errors.Is(err, route.ErrConflict) {
+				s.installErrs++
+				s.metrics.installErrs.Inc()
+				s.cfg.Logger.Error("bgp route install failed; retrying", "node", s.cfg.Name, "prefix", c.prefix, "next_hop", c.nextHop, "peer", c.peer, "error", err)
+			}
+			s.failed[c.prefix] = *c
+			continue
+		}
+		delete(s.failed, c.prefix)
+		s.metrics.installs.Inc()
+		s.installed[c.prefix] = c.nextHop
 	}
-	if err := s.routes.Delete(context.Background(), route.Route{Prefix: p}); err != nil {
-		s.installErrs++
-		s.metrics.installErrs.Inc()
-		s.cfg.Logger.Error("bgp route removal failed", "node", s.cfg.Name, "prefix", p, "error", err)
-		return
-	}
-	s.metrics.removals.Inc()
 }
 
 // sweep removes routes whose grace expired without being re-learned.
-func (s *Speaker) sweep(now time.Time) {
+func (s *Speaker) sweep(ctx context.Context, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	plan := kernelPlan{}
 	for p, at := range s.pending {
 		if now.Before(at) {
 			continue
@@ -422,8 +471,9 @@ func (s *Speaker) sweep(now time.Time) {
 			continue
 		}
 		s.cfg.Logger.Info("bgp route removed after session-loss grace", "node", s.cfg.Name, "prefix", p)
-		s.remove(p)
+		s.remove(plan, p)
 	}
+	var retried []candidate
 	if len(s.failed) > 0 && now.Sub(s.lastRetry) >= failedRetryInterval {
 		s.lastRetry = now
 		for p, c := range s.failed {
@@ -431,10 +481,10 @@ func (s *Speaker) sweep(now time.Time) {
 				delete(s.failed, p)
 				continue
 			}
-			s.install(c)
-			if _, still := s.failed[p]; !still {
-				s.cfg.Logger.Info("bgp route installed after retry", "node", s.cfg.Name, "prefix", p, "next_hop", c.nextHop)
-			}
+			// Stays in failed until it goes in, so it is not reported
+			// again.
+			plan[p] = &c
+			retried = append(retried, c)
 		}
 	}
 	if len(s.stale) > 0 && !now.Before(s.staleAt) {
@@ -443,9 +493,18 @@ func (s *Speaker) sweep(now time.Time) {
 				continue
 			}
 			s.cfg.Logger.Info("bgp stale route of a previous run removed", "node", s.cfg.Name, "prefix", p)
-			s.remove(p)
+			s.remove(plan, p)
 		}
 		clear(s.stale)
+	}
+	if len(plan) == 0 {
+		return
+	}
+	s.program(ctx, plan)
+	for _, c := range retried {
+		if _, still := s.failed[c.prefix]; !still {
+			s.cfg.Logger.Info("bgp route installed after retry", "node", s.cfg.Name, "prefix", c.prefix, "next_hop", c.nextHop)
+		}
 	}
 }
 
