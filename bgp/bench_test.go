@@ -3,7 +3,9 @@ package bgp
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -36,13 +38,37 @@ func benchPrefixes(n int) []netip.Prefix {
 //	gobgp-reflector: origin speaker -> route reflector -> 2 receiver speakers (iBGP)
 //	bird-direct:     bird2 -> bird2 with its kernel protocol (the baseline)
 //
-// Run: go test -run '^$' -bench Convergence -benchtime 3x ./bgp/
+// The sizes are BENCH_BGP_SIZES (comma-separated), 100,1000,10000 unless
+// set. Run:
+//
+//	go test -run '^$' -bench Convergence -benchtime 3x ./bgp/
+//	BENCH_BGP_SIZES=1000 go test -run '^$' -bench Convergence -benchtime 10x ./bgp/
 func BenchmarkConvergence(b *testing.B) {
-	for _, n := range []int{100, 1000} {
+	sizes, err := benchSizes(os.Getenv("BENCH_BGP_SIZES"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, n := range sizes {
 		b.Run(fmt.Sprintf("gobgp-direct/prefixes=%d", n), func(b *testing.B) { benchGoBGP(b, n, false) })
 		b.Run(fmt.Sprintf("gobgp-reflector/prefixes=%d", n), func(b *testing.B) { benchGoBGP(b, n, true) })
 		b.Run(fmt.Sprintf("bird-direct/prefixes=%d", n), func(b *testing.B) { benchBird(b, n) })
 	}
+}
+
+// benchSizes parses BENCH_BGP_SIZES.
+func benchSizes(env string) ([]int, error) {
+	if env == "" {
+		return []int{100, 1000, 10000}, nil
+	}
+	var out []int
+	for _, f := range strings.Split(env, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 || n > 65536 {
+			return nil, fmt.Errorf("BENCH_BGP_SIZES: %q is not a prefix count in 1..65536", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 type convergence struct{ call, announce, withdraw, session []time.Duration }
@@ -194,6 +220,9 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 		c.call = append(c.call, time.Since(t0))
 		waitCount(b, receivers, n)
 		c.announce = append(c.announce, time.Since(t0))
+		if os.Getenv(cpuProfileEnv) != "" {
+			proc.call(childReq{Op: "stopprofile"})
+		}
 		t0 = time.Now()
 		proc.kill()
 		waitCount(b, receivers, 0)

@@ -87,6 +87,10 @@ func (l *lab) startChild(name, ns, role string, cfg Config, peers []Peer) *child
 			l.TB.Logf("---- log of %s ----\n%s", name, tail(string(b), 40))
 		}
 	})
+	if os.Getenv(cpuProfileEnv) != "" {
+		// Runs before the kill above (cleanups run last-in first-out).
+		l.TB.Cleanup(func() { _, _ = c.try(childReq{Op: "stopprofile"}) })
+	}
 	c.call(childReq{Op: "start", Config: &cfg})
 	if len(peers) > 0 {
 		c.call(childReq{Op: "peers", Peers: peers})

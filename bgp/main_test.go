@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +23,13 @@ import (
 // process's network namespace, so every speaker of a netns test runs in its
 // own process started with nsenter.
 const childEnv = "CLUSTERMESH_BGP_CHILD"
+
+// cpuProfileEnv names a directory where every child writes a CPU profile, to
+// see where the convergence benchmark's time goes:
+//
+//	CLUSTERMESH_BGP_CPUPROFILE=/tmp/prof go test -run '^$' -bench Convergence ./bgp/
+//	go tool pprof -top bgp.test /tmp/prof/speaker-*.pprof
+const cpuProfileEnv = "CLUSTERMESH_BGP_CPUPROFILE"
 
 func TestMain(m *testing.M) {
 	if role := os.Getenv(childEnv); role != "" {
@@ -49,6 +57,16 @@ type childResp struct {
 
 // runChild serves commands until stdin closes (the parent died or is done).
 func runChild(role string) int {
+	// With cpuProfileEnv set to a directory, the child profiles itself until
+	// the "stopprofile" op (children are killed, so it cannot wait for exit).
+	if dir := os.Getenv(cpuProfileEnv); dir != "" {
+		if f, err := os.CreateTemp(dir, role+"-*.pprof"); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				defer pprof.StopCPUProfile()
+			}
+			defer f.Close()
+		}
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -101,6 +119,8 @@ func runChild(role string) int {
 				} else {
 					err = sp.SetImportPolicy(ctx, req.Rules)
 				}
+			case "stopprofile":
+				pprof.StopCPUProfile()
 			case "announce":
 				err = sp.Announce(ctx, req.Prefixes)
 			case "status":
