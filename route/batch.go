@@ -44,6 +44,9 @@ func openBatchSocket(ns netns.NsHandle) (*batchSocket, error) {
 	// larger buffer (SO_RCVBUFFORCE needs CAP_NET_ADMIN, which a writer has).
 	_ = unix.SetsockoptInt(s.GetFd(), unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 1)
 	_ = s.SetReceiveBufferSize(1<<20, true)
+	// The kernel answers at once; a batch whose answer never comes is
+	// redone one request at a time rather than hanging its caller.
+	_ = s.SetReceiveTimeout(&unix.Timeval{Sec: 10})
 	return &batchSocket{s: s}, nil
 }
 
@@ -103,17 +106,24 @@ func (w *Writer) Apply(ctx context.Context, changes []Change) []error {
 // sendBatch sends changes[start:end] in one message and reads the answers;
 // it returns the indexes to redo one by one. w.bmu is held.
 func (w *Writer) sendBatch(changes []Change, start, end int, note func(int, error)) []int {
-	var buf []byte
-	sent := map[uint32]int{} // sequence number -> index
+	var (
+		buf    []byte
+		last   int                // offset of the last request
+		sent   = map[uint32]int{} // sequence number -> index
+		redo   = map[int]bool{}
+		failed = map[int]bool{}
+	)
 	for i := start; i < end; i++ {
-		msg, err := w.request(changes[i], i == end-1)
+		msg, err := w.request(changes[i])
 		if err != nil {
+			failed[i] = true
 			note(i, err)
 			continue
 		}
 		w.batch.seq++
 		binary.NativeEndian.PutUint32(msg[8:12], w.batch.seq) // nlmsg_seq
 		sent[w.batch.seq] = i
+		last = len(buf)
 		buf = append(buf, msg...)
 	}
 	if len(sent) == 0 {
@@ -121,9 +131,9 @@ func (w *Writer) sendBatch(changes []Change, start, end int, note func(int, erro
 	}
 	// Only the last request asks for an answer on success, so once its
 	// answer is in, every failure before it has been reported.
-	last := w.batch.seq
-	redo := map[int]bool{}
-	failed := map[int]bool{}
+	flags := binary.NativeEndian.Uint16(buf[last+6 : last+8]) // nlmsg_flags
+	binary.NativeEndian.PutUint16(buf[last+6:last+8], flags|unix.NLM_F_ACK)
+	lastSeq := w.batch.seq
 	unknown := func() []int {
 		// The state of the unanswered ones is unknown; Upsert and Delete
 		// are idempotent.
@@ -146,7 +156,7 @@ func (w *Writer) sendBatch(changes []Change, start, end int, note func(int, erro
 				continue
 			}
 			delete(sent, m.Header.Seq)
-			done = done || m.Header.Seq == last
+			done = done || m.Header.Seq == lastSeq
 			c := changes[i]
 			switch errno := syscall.Errno(-int32(binary.NativeEndian.Uint32(m.Data[0:4]))); {
 			case errno == 0, c.Delete && errno == unix.ESRCH:
@@ -173,14 +183,11 @@ func (w *Writer) sendBatch(changes []Change, start, end int, note func(int, erro
 	return slices.Sorted(maps.Keys(redo))
 }
 
-// request serializes c as one rtnetlink request; only the last of a batch
-// asks for an answer on success.
-func (w *Writer) request(c Change, ack bool) ([]byte, error) {
+// request serializes c as one rtnetlink request that asks for no answer
+// on success.
+func (w *Writer) request(c Change) ([]byte, error) {
 	r := c.Route
 	flags := unix.NLM_F_REQUEST
-	if ack {
-		flags |= unix.NLM_F_ACK
-	}
 	var msg *nl.RtMsg
 	var req *nl.NetlinkRequest
 	if c.Delete {

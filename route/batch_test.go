@@ -89,15 +89,17 @@ func TestApply(t *testing.T) {
 			}, {
 				name: "move, remove, refuse, invalid, missing",
 				changes: []Change{
-					{Route: Route{Prefix: v4(0), NextHop: gw2}},                                                            // moved (ours)
-					{Route: Route{Prefix: v4(1)}, Delete: true},                                                            // removed
-					{Route: Route{Prefix: netip.MustParsePrefix("10.99.0.0/24"), NextHop: gw}},                             // another owner's
-					{Route: Route{Prefix: netip.MustParsePrefix("10.98.0.0/24"), NextHop: netip.MustParseAddr("fd00::1")}}, // mixed families
-					{Route: Route{Prefix: netip.MustParsePrefix("10.97.0.0/24")}, Delete: true},                            // not there
+					{Route: Route{Prefix: v4(0), NextHop: gw2}},                                 // moved (ours)
+					{Route: Route{Prefix: v4(1)}, Delete: true},                                 // removed
+					{Route: Route{Prefix: netip.MustParsePrefix("10.99.0.0/24"), NextHop: gw}},  // another owner's
+					{Route: Route{Prefix: netip.MustParsePrefix("10.97.0.0/24")}, Delete: true}, // not there
 					{Route: Route{Prefix: netip.MustParsePrefix("fd00:77::/64")}, Delete: true},
 					{Route: Route{Prefix: v4(2), NextHop: gw}}, // already so
+					// Mixed families, last: the batch's answer comes from
+					// the request before.
+					{Route: Route{Prefix: netip.MustParsePrefix("10.98.0.0/24"), NextHop: netip.MustParseAddr("fd00::1")}},
 				},
-				errs: map[int]string{2: ErrConflict.Error(), 3: "invalid prefix or next hop"},
+				errs: map[int]string{2: ErrConflict.Error(), 6: "invalid prefix or next hop"},
 				want: append([]string{v4(0).String() + " via " + gw2.String()}, want(v4, 2, 300, gw)...),
 			}, {
 				name: "remove all",
