@@ -1,6 +1,7 @@
 package bgp
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"os"
@@ -71,10 +72,19 @@ func benchSizes(env string) ([]int, error) {
 	return out, nil
 }
 
-type convergence struct{ call, announce, withdraw, session []time.Duration }
+// convergence holds each iteration's times; announceCPU and withdrawCPU
+// are the CPU time every BGP process of the setup used meanwhile, which a
+// loaded machine (where wall times swing) changes much less.
+type convergence struct {
+	call, announce, withdraw, session []time.Duration
+	announceCPU, withdrawCPU          []time.Duration
+}
 
 func (c *convergence) report(b *testing.B) {
-	for name, ds := range map[string][]time.Duration{"announce-call": c.call, "announce": c.announce, "withdraw": c.withdraw, "restart-session": c.session} {
+	for name, ds := range map[string][]time.Duration{
+		"announce-call": c.call, "announce": c.announce, "withdraw": c.withdraw, "restart-session": c.session,
+		"announce-cpu": c.announceCPU, "withdraw-cpu": c.withdrawCPU,
+	} {
 		slices.Sort(ds)
 		if len(ds) == 0 {
 			continue
@@ -86,6 +96,28 @@ func (c *convergence) report(b *testing.B) {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// cpuTime is the user plus system time processes pids used so far (in
+// clock ticks of 10 ms); a process gone counts 0.
+func cpuTime(pids ...int) time.Duration {
+	var total time.Duration
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the command name, which may hold spaces: state is
+		// field 3, utime 14 and stime 15.
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		total += time.Duration(ut+st) * 10 * time.Millisecond
+	}
+	return total
+}
 
 // routeWatch counts a namespace's routes of one protocol from a netlink
 // subscription, so waiting for convergence burns no CPU polling.
@@ -173,6 +205,7 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 	origin := Peer{Name: "origin", Address: netip.MustParseAddr("192.0.2.10"), ASN: 65010}
 	peerOfOrigin := []Peer{}
 	var receivers []*routeWatch
+	var pids []int // of the reflector and receivers
 	cfg := DefaultKindConfig()
 	cfg.SessionLossGrace = 0 // measure BGP, not our grace
 	cfg.MaxPrefixes = 0
@@ -185,14 +218,18 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 		for i := 1; i <= 2; i++ {
 			rrPeers = append(rrPeers, Peer{Name: fmt.Sprintf("r%d", i), Address: netip.MustParseAddr(fmt.Sprintf("192.0.2.2%d", i)), ASN: 65001, Passive: true, RouteReflectorClient: true})
 		}
-		l.startChild("rr", rrNS, "reflector", rcfg, rrPeers)
+		pids = append(pids, l.startChild("rr", rrNS, "reflector", rcfg, rrPeers).cmd.Process.Pid)
 		rr := Peer{Name: "rr", Address: netip.MustParseAddr("192.0.2.1"), ASN: 65001}
 		for i := 1; i <= 2; i++ {
-			receivers = append(receivers, l.watchRoutes(b, l.startReceiver(b, i, cfg, 65001, rr), RouteProtocol))
+			ns, proc := l.startReceiver(b, i, cfg, 65001, rr)
+			receivers = append(receivers, l.watchRoutes(b, ns, RouteProtocol))
+			pids = append(pids, proc.cmd.Process.Pid)
 		}
 		peerOfOrigin = append(peerOfOrigin, rr)
 	} else {
-		receivers = append(receivers, l.watchRoutes(b, l.startReceiver(b, 1, cfg, 65001, Peer{Name: "origin", Address: origin.Address, ASN: origin.ASN, Passive: true}), RouteProtocol))
+		ns, proc := l.startReceiver(b, 1, cfg, 65001, Peer{Name: "origin", Address: origin.Address, ASN: origin.ASN, Passive: true})
+		receivers = append(receivers, l.watchRoutes(b, ns, RouteProtocol))
+		pids = append(pids, proc.cmd.Process.Pid)
 		peerOfOrigin = append(peerOfOrigin, Peer{Name: "r1", Address: netip.MustParseAddr("192.0.2.21"), ASN: 65001})
 	}
 	originNS := l.Host("origin", origin.Address.String())
@@ -215,37 +252,42 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 			return true, ""
 		})
 		c.session = append(c.session, time.Since(t0))
+		all := append([]int{proc.cmd.Process.Pid}, pids...)
+		cpu0 := cpuTime(all...)
 		t0 = time.Now()
 		proc.call(childReq{Op: "announce", Prefixes: prefixes})
 		c.call = append(c.call, time.Since(t0))
 		waitCount(b, receivers, n)
 		c.announce = append(c.announce, time.Since(t0))
+		c.announceCPU = append(c.announceCPU, cpuTime(all...)-cpu0)
 		if os.Getenv(cpuProfileEnv) != "" {
 			proc.call(childReq{Op: "stopprofile"})
 		}
+		cpu0 = cpuTime(pids...)
 		t0 = time.Now()
 		proc.kill()
 		waitCount(b, receivers, 0)
 		c.withdraw = append(c.withdraw, time.Since(t0))
+		c.withdrawCPU = append(c.withdrawCPU, cpuTime(pids...)-cpu0)
 	}
 	c.report(b)
 }
 
-// startReceiver starts speaker r<i> at 192.0.2.2<i> peering with peer.
-func (l *lab) startReceiver(b *testing.B, i int, cfg Config, asn uint32, peer Peer) string {
+// startReceiver starts speaker r<i> at 192.0.2.2<i> peering with peer, and
+// returns its namespace and process.
+func (l *lab) startReceiver(b *testing.B, i int, cfg Config, asn uint32, peer Peer) (string, *child) {
 	ip := netip.MustParseAddr(fmt.Sprintf("192.0.2.2%d", i))
 	ns := l.Host(fmt.Sprintf("r%d", i), ip.String())
 	cfg.Name, cfg.ASN = fmt.Sprintf("r%d", i), asn
 	cfg.NodeIPs = []netip.Addr{ip}
-	l.startChild(cfg.Name, ns, "speaker", cfg, []Peer{peer})
-	return ns
+	return ns, l.startChild(cfg.Name, ns, "speaker", cfg, []Peer{peer})
 }
 
 func benchBird(b *testing.B, n int) {
 	l := newLab(b)
 	originNS := l.Host("origin", "192.0.2.10")
 	recvNS := l.Host("r1", "192.0.2.21")
-	l.startBird("r1", recvNS, `
+	recvBird := l.startBird("r1", recvNS, `
 router id 192.0.2.21;
 protocol device { scan time 10; }
 protocol kernel { ipv4 { import none; export all; }; }
@@ -289,16 +331,21 @@ protocol bgp r1 {
 			return err == nil && strings.Contains(out, "Established"), out
 		})
 		c.session = append(c.session, time.Since(t0))
+		all := []int{origin.cmd.Process.Pid, recvBird.cmd.Process.Pid}
+		cpu0 := cpuTime(all...)
 		t0 = time.Now()
 		if _, err := origin.birdc("enable", "st"); err != nil {
 			b.Fatal(err)
 		}
 		waitCount(b, recv, n)
 		c.announce = append(c.announce, time.Since(t0))
+		c.announceCPU = append(c.announceCPU, cpuTime(all...)-cpu0)
+		cpu0 = cpuTime(all[1])
 		t0 = time.Now()
 		origin.kill()
 		waitCount(b, recv, 0)
 		c.withdraw = append(c.withdraw, time.Since(t0))
+		c.withdrawCPU = append(c.withdrawCPU, cpuTime(all[1])-cpu0)
 	}
 	c.report(b)
 }
