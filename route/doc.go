@@ -12,6 +12,12 @@
 // once per conflict. Deletes name the protocol, so the kernel never removes a
 // foreign route either.
 //
-// A Writer is safe for concurrent use; it holds a netlink handle (of the
-// current network namespace unless given one) until Close.
+// Apply takes many changes at once (the BGP speaker's batches of learned
+// and withdrawn routes) and sends them 128 to a netlink message, with the
+// same ownership rules: a prefix that already has a route goes through
+// Upsert's check.
+//
+// A Writer is safe for concurrent use; it holds a netlink handle and a
+// socket for batches (of the current network namespace unless given
+// Config.Namespace) until Close.
 package route
