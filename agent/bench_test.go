@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"sync"
@@ -81,6 +82,9 @@ func openBenchBPF(b *testing.B, backends, services int) loadbalancer.Datapath {
 //
 //	go test -run '^$' -bench BenchmarkPropagation -benchtime 300x ./agent/
 func BenchmarkPropagation(b *testing.B) {
+	if os.Getenv("CM_BENCH_HEAPPROFILE") != "" {
+		runtime.MemProfileRate = 64
+	}
 	nClusters := envInt("CM_BENCH_CLUSTERS", 10)
 	nServices := envInt("CM_BENCH_SERVICES", 1000)
 	nBackends := envInt("CM_BENCH_BACKENDS", 10)
@@ -154,6 +158,15 @@ func BenchmarkPropagation(b *testing.B) {
 	endpoints := nClusters * nServices * nBackends
 	remoteEndpoints := (nClusters - 1) * nServices * nBackends
 	heap := float64(after.HeapAlloc) - float64(before.HeapAlloc)
+	// CM_BENCH_HEAPPROFILE=file writes the heap profile of this moment
+	// (go tool pprof -sample_index=inuse_space): where the agent's bytes
+	// per endpoint go.
+	if path := os.Getenv("CM_BENCH_HEAPPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			_ = pprof.WriteHeapProfile(f)
+			f.Close()
+		}
+	}
 	b.Logf("initial sync of %d endpoints (%d remote) in %s; agent heap +%.1f MiB = %.0f B/endpoint",
 		endpoints, remoteEndpoints, syncTime.Round(time.Millisecond), heap/(1<<20), heap/float64(endpoints))
 
