@@ -64,14 +64,14 @@ func (d *Datapath) adopt() error {
 		return fmt.Errorf("map %s: %w", mapBackends, err)
 	}
 
-	slots := make(map[slotKey]uint32)
+	slots := make(map[slotKey]slotValue)
 	var (
-		sk  slotKey
-		sid uint32
+		sk slotKey
+		sv slotValue
 	)
 	it = d.slots.Iterate()
-	for it.Next(&sk, &sid) {
-		slots[sk] = sid
+	for it.Next(&sk, &sv) {
+		slots[sk] = sv
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("map %s: %w", mapSlots, err)
@@ -88,10 +88,8 @@ func (d *Datapath) adopt() error {
 		}
 		s := &svcState{value: val, slots: make([]uint32, int(val.Preferred)+int(val.Fallback))}
 		for i := range s.slots {
-			k := slotKey{Set: val.Set, Index: uint32(i)}
-			id, ok := slots[k]
-			delete(slots, k)
-			if !ok {
+			id := slots[slotKey{Set: val.Set, Group: uint32(i / slotGroup)}][i%slotGroup]
+			if id == 0 {
 				d.log.Warn("adopt: service slot missing", "service", key.frontend().String(), "slot", i)
 				continue
 			}
@@ -101,6 +99,9 @@ func (d *Datapath) adopt() error {
 			} else {
 				d.log.Warn("adopt: service slot points at a missing backend", "service", key.frontend().String(), "slot", i, "backend_id", id)
 			}
+		}
+		for g := 0; g < slotGroups(len(s.slots)); g++ {
+			delete(slots, slotKey{Set: val.Set, Group: uint32(g)})
 		}
 		d.svcs[key] = s
 		d.slotsUsed += len(s.slots)
@@ -116,8 +117,8 @@ func (d *Datapath) adopt() error {
 		}
 	}
 	for k := range slots {
-		if err := d.slots.Delete(k); err != nil {
-			return fmt.Errorf("map %s: delete stale slot %d/%d: %w", mapSlots, k.Set, k.Index, err)
+		if err := remove(d.slots, &k); err != nil {
+			return fmt.Errorf("map %s: delete stale slots %d/%d: %w", mapSlots, k.Set, k.Group*slotGroup, err)
 		}
 	}
 	for id, be := range d.backendsByID {
@@ -130,7 +131,7 @@ func (d *Datapath) adopt() error {
 		d.maybeFreeNode(n)
 	}
 	if len(slots) > 0 {
-		d.log.Info("adopt: freed slot sets the previous run had retired", "slots", len(slots))
+		d.log.Info("adopt: freed slot sets the previous run had retired", "slot_groups", len(slots))
 	}
 	return nil
 }

@@ -13,7 +13,7 @@ import (
 var _ loadbalancer.BulkDatapath = (*Datapath)(nil)
 
 // pendingWrites are the map writes of a bulk load, in the order they must
-// reach the kernel: nodes, backends, slots, affinity timeouts, then the
+// reach the kernel: nodes, backends, slot groups, affinity timeouts, then the
 // service entries that make the rest reachable. Until the entries are
 // written nothing new is reachable, so the queue keeps the invariant of
 // single updates (no slot points at a missing backend, no entry at a missing
@@ -25,7 +25,7 @@ type pendingWrites struct {
 	backendIDs []uint32
 	backendVal []backendValue
 	slotKeys   []slotKey
-	slotVals   []uint32
+	slotVals   []slotValue
 	affKeys    []svcKey
 	affVals    []uint32
 	svcKeys    []svcKey
@@ -35,10 +35,69 @@ type pendingWrites struct {
 	// allocation each instead of two per service.
 	states []svcState
 	idSlab []uint32
+
+	// sent is how far each queue has been handed to the flusher.
+	sent struct{ nodes, backends, slots, aff, svcs int }
+	// flusher writes handed-off chunks in order while the load goes on.
+	flusher chan *pendingWrites
+	flushed chan error
+	// err is the first write error of the load: once set, the load fails.
+	err error
+}
+
+// bulkChunk is how many service entries a bulk load queues before handing
+// them to the flusher: Go bookkeeping of the next chunk then overlaps the
+// kernel's batch writes of this one.
+const bulkChunk = 4096
+
+// startFlusher starts the goroutine writing handed-off chunks. Chunks are
+// written whole and in order, each map before the next (flushBatch), so a
+// chunk's entries reach the kernel after its slots, backends and nodes and
+// after every earlier chunk's: the invariant of pendingWrites holds. It
+// touches only the maps; d.mu stays held by the load.
+func (d *Datapath) startFlusher(b *pendingWrites) {
+	b.flusher, b.flushed = make(chan *pendingWrites, 4), make(chan error, 1)
+	go func(in <-chan *pendingWrites, out chan<- error) {
+		var err error
+		for w := range in {
+			if err == nil {
+				err = d.flushBatch(w)
+			}
+		}
+		out <- err
+	}(b.flusher, b.flushed)
+}
+
+// handOff passes what was queued since the last hand-off to the flusher.
+// The chunk is a view of the queues: the load only appends past it.
+func (b *pendingWrites) handOff() {
+	w := &pendingWrites{
+		nodeIDs: b.nodeIDs[b.sent.nodes:], nodeVals: b.nodeVals[b.sent.nodes:],
+		backendIDs: b.backendIDs[b.sent.backends:], backendVal: b.backendVal[b.sent.backends:],
+		slotKeys: b.slotKeys[b.sent.slots:], slotVals: b.slotVals[b.sent.slots:],
+		affKeys: b.affKeys[b.sent.aff:], affVals: b.affVals[b.sent.aff:],
+		svcKeys: b.svcKeys[b.sent.svcs:], svcVals: b.svcVals[b.sent.svcs:],
+	}
+	b.sent.nodes, b.sent.backends, b.sent.slots = len(b.nodeIDs), len(b.backendIDs), len(b.slotKeys)
+	b.sent.aff, b.sent.svcs = len(b.affKeys), len(b.svcKeys)
+	b.flusher <- w
+}
+
+// drain hands off the rest, waits until the flusher has written
+// everything, and returns the load's first write error. The flusher is
+// gone afterwards; startFlusher starts another.
+func (b *pendingWrites) drain() error {
+	b.handOff()
+	close(b.flusher)
+	if err := <-b.flushed; err != nil && b.err == nil {
+		b.err = err
+	}
+	b.flusher, b.flushed = nil, nil
+	return b.err
 }
 
 // newState returns a svcState from the slab (a fresh one once it is used
-// up, as after a mid-load reclaim reset the queue).
+// up).
 func (b *pendingWrites) newState() *svcState {
 	if len(b.states) == 0 {
 		return &svcState{}
@@ -75,12 +134,12 @@ func (d *Datapath) writeBackend(id uint32, v backendValue) error {
 	return update(d.backends, &id, &v)
 }
 
-func (d *Datapath) writeSlot(k slotKey, id uint32) error {
+func (d *Datapath) writeSlots(k slotKey, v *slotValue) error {
 	if b := d.batch; b != nil {
-		b.slotKeys, b.slotVals = append(b.slotKeys, k), append(b.slotVals, id)
+		b.slotKeys, b.slotVals = append(b.slotKeys, k), append(b.slotVals, *v)
 		return nil
 	}
-	return update(d.slots, &k, &id)
+	return update(d.slots, &k, v)
 }
 
 func (d *Datapath) writeAffinity(k svcKey, seconds uint32) error {
@@ -136,7 +195,9 @@ func (d *Datapath) flushBatch(b *pendingWrites) error {
 
 // UpsertServices programs many services at once, as an agent does after a
 // restart or a resync: what UpsertService does for each, with the map
-// writes gathered into a few batch calls (see pendingWrites). A service
+// writes gathered into batch calls (see pendingWrites), made by a flusher
+// goroutine chunk by chunk while the bookkeeping of the next chunk goes on
+// (see bulkChunk). A service
 // that cannot be programmed (invalid, no room) is refused alone, by name, in
 // the returned errors (nil when every service went in). If the kernel
 // refuses a write even entry by entry (it should not: room is checked
@@ -160,12 +221,14 @@ func (d *Datapath) UpsertServices(ctx context.Context, svcs []loadbalancer.Servi
 	}
 	// Sized up front: growing these slices was most of a large load's
 	// time.
-	slots := 0
+	slots, groups := 0, 0
 	for _, s := range svcs {
-		slots += len(s.Preferred) + len(s.Fallback)
+		n := len(s.Preferred) + len(s.Fallback)
+		slots += n
+		groups += slotGroups(n)
 	}
 	b := &pendingWrites{
-		slotKeys: make([]slotKey, 0, slots), slotVals: make([]uint32, 0, slots),
+		slotKeys: make([]slotKey, 0, groups), slotVals: make([]slotValue, 0, groups),
 		svcKeys: make([]svcKey, 0, len(svcs)), svcVals: make([]svcValue, 0, len(svcs)),
 		states: make([]svcState, len(svcs)), idSlab: make([]uint32, slots),
 	}
@@ -174,6 +237,7 @@ func (d *Datapath) UpsertServices(ctx context.Context, svcs []loadbalancer.Servi
 		d.svcs = make(map[svcKey]*svcState, len(svcs))
 	}
 	d.batch = b
+	d.startFlusher(b)
 	for _, s := range svcs {
 		key, err := validate(s)
 		if err == nil {
@@ -182,10 +246,13 @@ func (d *Datapath) UpsertServices(ctx context.Context, svcs []loadbalancer.Servi
 		if err != nil {
 			errs[s.Frontend] = err
 		}
+		if len(b.svcKeys)-b.sent.svcs >= bulkChunk {
+			b.handOff()
+		}
 	}
 	d.batch = nil
 	d.updateGauges()
-	if err := d.flushBatch(b); err != nil {
+	if err := b.drain(); err != nil {
 		err = fmt.Errorf("bpf: bulk load: %w (reopen the datapath to adopt the maps)", err)
 		d.log.Error("bulk load failed", "services", len(svcs), "error", err)
 		for _, s := range svcs {

@@ -72,3 +72,48 @@ func TestUpsertServicesBulk(t *testing.T) {
 	dp2 := openTest(t, cfg)
 	check("after a restart", dp2)
 }
+
+// TestUpsertServicesBulkChunks loads more services than one flusher chunk
+// holds, with 1 to 6 backends each (slot groups full, partial and two), then
+// replaces them all in bulk with too few slots for both generations, so the
+// load has to drain the flusher and free retired sets midway. The maps must
+// match the bookkeeping throughout and after a restart.
+func TestUpsertServicesBulkChunks(t *testing.T) {
+	_, pin, cg := newLab(t)
+	n := 3*bulkChunk + 5
+	svcs := make([]loadbalancer.Service, n)
+	slots := 0
+	for i := range svcs {
+		svcs[i] = loadbalancer.Service{Frontend: loadbalancer.Frontend{Addr: benchVIP(i), Protocol: loadbalancer.TCP}}
+		for j := 0; j <= i%6; j++ {
+			svcs[i].Preferred = append(svcs[i].Preferred, loadbalancer.Backend{
+				Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, 0, byte(1 + (i+j)%32)}), 8080), Node: []loadbalancer.NodeRef{nodeA, nodeB}[j%2]})
+		}
+		slots += len(svcs[i].Preferred)
+	}
+	cfg := testConfig(cg, pin)
+	cfg.MaxServices, cfg.MaxBackends, cfg.MaxSlots = n, 128, slots+slots/2
+	dp := openTest(t, cfg)
+	want := func(when string, dp *Datapath) {
+		t.Helper()
+		if got := checkMaps(t, dp); got[mapServices] != n || got[mapSlots] != slots {
+			t.Fatalf("%s: maps hold %v, want %d services and %d slots", when, got, n, slots)
+		}
+	}
+	if errs := dp.UpsertServices(t.Context(), svcs); errs != nil {
+		t.Fatalf("bulk load: %v", errs)
+	}
+	want("after the bulk load", dp)
+	for i := range svcs {
+		svcs[i].Preferred = slices.Clone(svcs[i].Preferred)
+		slices.Reverse(svcs[i].Preferred)
+	}
+	if errs := dp.UpsertServices(t.Context(), svcs); errs != nil {
+		t.Fatalf("bulk replace: %v", errs)
+	}
+	want("after the bulk replace", dp)
+	if err := dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	want("after a restart", openTest(t, cfg))
+}

@@ -180,6 +180,9 @@ type Datapath struct {
 	batch *pendingWrites
 	// all is upsertLocked's scratch list of a service's backends.
 	all []loadbalancer.Backend
+	// lastNode is the node refBackend found last: backends of a node come
+	// in runs, and comparing a NodeRef costs less than hashing its name.
+	lastNode *nodeState
 }
 
 // retiredSet is a slot set waiting for readers to be done with it. Its
@@ -276,6 +279,9 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 		mapPolicy: cfg.MaxPolicyEntries, mapPolCT: cfg.MaxPolicyCT,
 		mapSvcAffinity: cfg.MaxServices, mapAffinity: cfg.MaxAffinity} {
 		spec.Maps[name].MaxEntries = uint32(size)
+	}
+	if err := migrateSlots(cfg.PinDir, spec.Maps[mapSlots], log); err != nil {
+		return nil, fmt.Errorf("bpf: maps pinned in %s: %w", cfg.PinDir, err)
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
 		Maps: ebpf.MapOptions{PinPath: cfg.PinDir},
@@ -577,10 +583,11 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 		// In a bulk load, entries queued so far may still point at sets
 		// retired meanwhile: write them before freeing anything.
 		if b := d.batch; b != nil {
-			if ferr := d.flushBatch(b); ferr != nil {
+			ferr := b.drain()
+			d.startFlusher(b)
+			if ferr != nil {
 				return fmt.Errorf("service %s: %w", fe, ferr)
 			}
-			*b = pendingWrites{}
 		}
 		if rerr := d.reclaimLocked(); rerr != nil {
 			return fmt.Errorf("service %s: %w", fe, rerr)
@@ -618,17 +625,20 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 		undo()
 		return d.full(mapSlots, fmt.Errorf("service %s: no free slot set ID", fe))
 	}
-	undoSlots := func(n int) {
-		for i := 0; i < n; i++ {
-			_ = remove(d.slots, &slotKey{Set: set, Index: uint32(i)})
+	undoSlots := func(groups int) {
+		for g := 0; g < groups; g++ {
+			_ = remove(d.slots, &slotKey{Set: set, Group: uint32(g)})
 		}
 		d.setIDs.release(set)
 		undo()
 	}
-	for i, bid := range ids {
-		if err := d.writeSlot(slotKey{Set: set, Index: uint32(i)}, bid); err != nil {
-			undoSlots(i)
-			return d.mapErr(mapSlots, fmt.Sprintf("service %s: write slot %d", fe, i), err)
+	groups := slotGroups(len(ids))
+	for g := 0; g < groups; g++ {
+		var v slotValue
+		copy(v[:], ids[g*slotGroup:])
+		if err := d.writeSlots(slotKey{Set: set, Group: uint32(g)}, &v); err != nil {
+			undoSlots(g)
+			return d.mapErr(mapSlots, fmt.Sprintf("service %s: write slots from %d", fe, g*slotGroup), err)
 		}
 	}
 
@@ -639,11 +649,11 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 	}
 	val := svcValue{Set: set, Preferred: uint16(len(svc.Preferred)), Fallback: uint16(len(svc.Fallback)), Flags: flags, Rev: rev}
 	if err := d.setAffinity(key, affSecs); err != nil {
-		undoSlots(len(ids))
+		undoSlots(groups)
 		return err
 	}
 	if err := d.writeService(key, val); err != nil {
-		undoSlots(len(ids))
+		undoSlots(groups)
 		return d.mapErr(mapServices, fmt.Sprintf("service %s: write entry", fe), err)
 	}
 	if affSecs == 0 {
@@ -829,19 +839,28 @@ func (d *Datapath) maybeFreeNode(n *nodeState) {
 	}
 	delete(d.nodesByRef, n.ref)
 	delete(d.nodesByID, n.id)
+	if d.lastNode == n {
+		d.lastNode = nil
+	}
 	d.nodeIDs.release(n.id)
 }
 
 // refBackend returns the backend for b, writing it (and its node) to the maps
 // first if it is new, and takes one reference on it.
 func (d *Datapath) refBackend(b loadbalancer.Backend) (*backendState, error) {
-	n, ok := d.nodesByRef[b.Node]
+	n, ok := d.lastNode, false
+	if n != nil && n.ref == b.Node {
+		ok = true
+	} else {
+		n, ok = d.nodesByRef[b.Node]
+	}
 	if !ok {
 		var err error
 		if n, err = d.newNode(b.Node, false); err != nil {
 			return nil, err
 		}
 	}
+	d.lastNode = n
 	k := backendKey{addr: addrBytes(b.Addr.Addr()), port: portBytes(b.Addr.Port()), node: n.id}
 	if be, ok := d.backendsByKey[k]; ok {
 		be.refs++

@@ -270,12 +270,26 @@ func checkMaps(t testing.TB, dp *Datapath) map[string]int {
 	}
 	var (
 		sk slotKey
+		sv slotValue
 		u  uint32
 		bv backendValue
 		nv nodeValue
 	)
+	// Slots, not groups: every non-zero ID in cm_slots.
+	inMap := 0
+	it := dp.slots.Iterate()
+	for it.Next(&sk, &sv) {
+		for _, id := range sv {
+			if id != 0 {
+				inMap++
+			}
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
 	n := map[string]int{
-		mapSlots:    count(dp.slots, &sk, &u),
+		mapSlots:    inMap,
 		mapBackends: count(dp.backends, &u, &bv),
 		mapNodes:    count(dp.nodes, &u, &nv),
 		mapServices: len(d.Services),
@@ -507,7 +521,7 @@ func TestLayout(t *testing.T) {
 		key, value any
 	}{
 		{mapServices, svcKey{}, svcValue{}},
-		{mapSlots, slotKey{}, uint32(0)},
+		{mapSlots, slotKey{}, slotValue{}},
 		{mapBackends, uint32(0), backendValue{}},
 		{mapNodes, uint32(0), nodeValue{}},
 	} {

@@ -97,10 +97,10 @@ func ReadDump(pinDir string) (*Dump, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("map %s: %w", mapBackends, err)
 	}
-	slots := map[slotKey]uint32{}
+	slots := map[slotKey]slotValue{}
 	var (
 		sk slotKey
-		sv uint32
+		sv slotValue
 	)
 	it = maps[mapSlots].Iterate()
 	for it.Next(&sk, &sv) {
@@ -125,7 +125,7 @@ func ReadDump(pinDir string) (*Dump, error) {
 		s := DumpService{Frontend: key.frontend().String(), Set: val.Set, Rev: val.Rev}
 		for i := 0; i < int(val.Preferred)+int(val.Fallback); i++ {
 			b := DumpBackend{Missing: true}
-			if id, ok := slots[slotKey{Set: val.Set, Index: uint32(i)}]; ok {
+			if id := slots[slotKey{Set: val.Set, Group: uint32(i / slotGroup)}][i%slotGroup]; id != 0 {
 				b.ID = id
 				if be, ok := backends[id]; ok {
 					b.Missing = false

@@ -42,10 +42,20 @@ type svcValue struct {
 	Rev       uint32
 }
 
+// slotGroup is SLOT_GROUP in socklb.c: cm_slots holds the slots of a set
+// in groups of slotGroup, keyed by (set, slot index / slotGroup); a 0 ID marks
+// a slot past the set's end.
+const slotGroup = 4
+
 type slotKey struct {
 	Set   uint32
-	Index uint32
+	Group uint32
 }
+
+type slotValue [slotGroup]uint32
+
+// slotGroups is the number of cm_slots entries of a set of n slots.
+func slotGroups(n int) int { return (n + slotGroup - 1) / slotGroup }
 
 type backendValue struct {
 	Addr      [16]byte
@@ -78,7 +88,7 @@ func checkLayout(maps map[string]*ebpf.Map) error {
 		key, value uintptr
 	}{
 		{mapServices, unsafe.Sizeof(svcKey{}), unsafe.Sizeof(svcValue{})},
-		{mapSlots, unsafe.Sizeof(slotKey{}), unsafe.Sizeof(uint32(0))},
+		{mapSlots, unsafe.Sizeof(slotKey{}), unsafe.Sizeof(slotValue{})},
 		{mapBackends, unsafe.Sizeof(uint32(0)), unsafe.Sizeof(backendValue{})},
 		{mapNodes, unsafe.Sizeof(uint32(0)), unsafe.Sizeof(nodeValue{})},
 		{mapSvcAffinity, unsafe.Sizeof(svcKey{}), unsafe.Sizeof(uint32(0))},

@@ -71,10 +71,13 @@ func (d *Datapath) freeRetired(upTo uint64) {
 			break
 		}
 		n++
-		for i, bid := range r.slots {
-			if err := remove(d.slots, &slotKey{Set: r.set, Index: uint32(i)}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				d.log.Warn("delete retired slot", "set", r.set, "slot", i, "error", err)
+		// Every group of the set goes before any backend it names.
+		for g := 0; g < slotGroups(len(r.slots)); g++ {
+			if err := remove(d.slots, &slotKey{Set: r.set, Group: uint32(g)}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				d.log.Warn("delete retired slots", "set", r.set, "slot", g*slotGroup, "error", err)
 			}
+		}
+		for _, bid := range r.slots {
 			if bid != 0 {
 				d.unrefBackend(bid)
 			}

@@ -17,8 +17,9 @@
  * Map layout (mirrored by the Go types in maps.go; keep them in step):
  *   cm_services  (addr, port, proto)          -> slot set, preferred/fallback
  *                                                counts, flags, revision
- *   cm_slots     (slot set, index)            -> backend id
- *                slots [0, preferred) are the preferred set, then fallback
+ *   cm_slots     (slot set, slot / SLOT_GROUP) -> backend ids of SLOT_GROUP slots
+ *                slots [0, preferred) are the preferred set, then fallback;
+ *                0 marks a slot past the set's end
  *   cm_backends  backend id                   -> addr, port, cluster, node id
  *   cm_nodes     node id                      -> flags (NODE_F_DOWN), name
  *   cm_revnat    (socket cookie, backend)     -> VIP, for UDP recvmsg/getpeername
@@ -53,6 +54,11 @@
 #define NODE_F_DOWN 1
 /* svc_value.flags: the service has session affinity (cm_svc_affinity). */
 #define SVC_F_AFFINITY 1
+/* Slots per cm_slots entry. A power of two. Grouping slots makes a service
+ * of up to four backends one entry, not four: a bulk load writes a third of
+ * the entries for typical services, and each hash entry costs the same to
+ * write whatever its value's size. */
+#define SLOT_GROUP 4
 /* Rejection-sampling draws before falling back to an exact scan. */
 #define PICK_TRIES 3
 
@@ -82,7 +88,11 @@ struct svc_value {
 
 struct slot_key {
 	__u32 set;
-	__u32 index;
+	__u32 group; /* slot index / SLOT_GROUP */
+};
+
+struct slot_value {
+	__u32 ids[SLOT_GROUP]; /* backend ID of slot group*SLOT_GROUP + i */
 };
 
 struct backend_value {
@@ -125,7 +135,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct slot_key);
-	__type(value, __u32);
+	__type(value, struct slot_value);
 	__uint(max_entries, 1);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cm_slots SEC(".maps");
@@ -227,21 +237,25 @@ static __always_inline void stat_inc(__u32 idx)
  * backend exists and its node is not marked down, else 0. */
 static __always_inline __u32 usable_id(__u32 set, __u32 idx)
 {
-	struct slot_key sk = { .set = set, .index = idx };
+	struct slot_key sk = { .set = set, .group = idx / SLOT_GROUP };
 	struct backend_value *be;
 	struct node_value *node;
-	__u32 *id;
+	struct slot_value *sv;
+	__u32 id;
 
-	id = bpf_map_lookup_elem(&cm_slots, &sk);
+	sv = bpf_map_lookup_elem(&cm_slots, &sk);
+	if (!sv)
+		return 0;
+	id = sv->ids[idx & (SLOT_GROUP - 1)];
 	if (!id)
 		return 0;
-	be = bpf_map_lookup_elem(&cm_backends, id);
+	be = bpf_map_lookup_elem(&cm_backends, &id);
 	if (!be)
 		return 0;
 	node = bpf_map_lookup_elem(&cm_nodes, &be->node_id);
 	if (node && (node->flags & NODE_F_DOWN))
 		return 0;
-	return *id;
+	return id;
 }
 
 /* backend_up tells whether a backend exists and its node is not down. */
