@@ -14,14 +14,18 @@ import (
 
 // BenchmarkProgram measures programming N services of 3 backends each into
 // empty maps, one UpsertService per service against one UpsertServices
-// (batch map writes), and changing one service afterwards: the median of
+// (batch map writes; best and median of bulkRounds loads), and changing one
+// service afterwards: the median of
 // changeSamples services changed one after another, and the first of them
 // alone (it pays one-off costs: cold caches after the load).
 //
 // Run: go test -run '^$' -bench BenchmarkProgram -benchtime 1x ./bpf/
 // (BENCH_SIZES=1000,10000 to skip the 100k round).
 func BenchmarkProgram(b *testing.B) {
-	const changeSamples = 21
+	const (
+		changeSamples = 21
+		bulkRounds    = 5
+	)
 	sizes := benchSizes()
 	_, pin, cg := newLab(b)
 	ctx := context.Background()
@@ -30,7 +34,7 @@ func BenchmarkProgram(b *testing.B) {
 		backends[i] = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), 8080)
 	}
 	var table strings.Builder
-	table.WriteString("\n| services | per service | bulk | change one after bulk (median) | first change |\n|---|---|---|---|---|\n")
+	table.WriteString("\n| services | per service | bulk: best (median) | change one after bulk (median) | first change |\n|---|---|---|---|---|\n")
 	for _, n := range sizes {
 		svcs := make([]loadbalancer.Service, n)
 		for i := range svcs {
@@ -39,7 +43,7 @@ func BenchmarkProgram(b *testing.B) {
 		}
 		cfg := testConfig(cg, pin)
 		cfg.MaxServices, cfg.MaxSlots, cfg.MaxBackends = 131072, 4*131072, 1024
-		var single, bulk, change, first time.Duration
+		var single, bulk, bulkMedian, change, first time.Duration
 		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				dp, err := Open(ctx, cfg)
@@ -57,15 +61,27 @@ func BenchmarkProgram(b *testing.B) {
 					b.Fatal(err)
 				}
 
-				dp, err = Open(ctx, cfg)
-				if err != nil {
-					b.Fatal(err)
+				// The bulk load is repeated (fresh maps each time) and the
+				// best and median kept: one load is ~100 ms, where a shared
+				// machine's noise shows.
+				loads := make([]time.Duration, 0, bulkRounds)
+				for r := 0; r < bulkRounds; r++ {
+					if r > 0 {
+						if err := dp.Remove(); err != nil {
+							b.Fatal(err)
+						}
+					}
+					if dp, err = Open(ctx, cfg); err != nil {
+						b.Fatal(err)
+					}
+					start = time.Now()
+					if errs := dp.UpsertServices(ctx, svcs); errs != nil {
+						b.Fatal(errs)
+					}
+					loads = append(loads, time.Since(start))
 				}
-				start = time.Now()
-				if errs := dp.UpsertServices(ctx, svcs); errs != nil {
-					b.Fatal(errs)
-				}
-				bulk = time.Since(start)
+				slices.Sort(loads)
+				bulk, bulkMedian = loads[0], loads[len(loads)/2]
 				changes := make([]time.Duration, 0, changeSamples)
 				for j := 0; j < changeSamples; j++ {
 					changed := svcs[(n/2+j)%n]
@@ -88,10 +104,11 @@ func BenchmarkProgram(b *testing.B) {
 			}
 			b.ReportMetric(single.Seconds()*1e3, "per-service-ms")
 			b.ReportMetric(bulk.Seconds()*1e3, "bulk-ms")
+			b.ReportMetric(bulkMedian.Seconds()*1e3, "bulk-median-ms")
 			b.ReportMetric(float64(change.Microseconds()), "change-one-µs")
 			b.ReportMetric(float64(first.Microseconds()), "first-change-µs")
 		})
-		fmt.Fprintf(&table, "| %d | %v | %v | %v | %v |\n", n, single.Round(time.Millisecond), bulk.Round(time.Millisecond), change.Round(time.Microsecond), first.Round(time.Microsecond))
+		fmt.Fprintf(&table, "| %d | %v | %v (%v) | %v | %v |\n", n, single.Round(time.Millisecond), bulk.Round(time.Millisecond), bulkMedian.Round(time.Millisecond), change.Round(time.Microsecond), first.Round(time.Microsecond))
 	}
 	b.Log(table.String())
 }
