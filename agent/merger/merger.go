@@ -48,8 +48,11 @@ type Merger struct {
 	unhealthy  map[loadbalancer.NodeRef]struct{}
 	programmed map[Name]map[loadbalancer.Frontend]loadbalancer.Service
 	// byNode indexes programmed services by the nodes of their backends, so
-	// a health change recomputes only the services it can affect.
-	byNode map[loadbalancer.NodeRef]map[Name]struct{}
+	// a health change recomputes only the services it can affect. It holds
+	// one entry per (node, service) pair, i.e. about one per backend: the
+	// service is its interned number (ids), 4 bytes rather than a Name.
+	byNode map[loadbalancer.NodeRef]map[uint32]struct{}
+	ids    serviceIDs
 	// byFrontend names the service of each programmed frontend (flow
 	// events name services by frontend).
 	byFrontend map[loadbalancer.Frontend]Name
@@ -69,7 +72,8 @@ func New(local string, dp loadbalancer.Datapath, log *slog.Logger) *Merger {
 		slices:     map[Name]map[string]map[string]*api.EndpointSlice{},
 		unhealthy:  map[loadbalancer.NodeRef]struct{}{},
 		programmed: map[Name]map[loadbalancer.Frontend]loadbalancer.Service{},
-		byNode:     map[loadbalancer.NodeRef]map[Name]struct{}{},
+		byNode:     map[loadbalancer.NodeRef]map[uint32]struct{}{},
+		ids:        serviceIDs{byName: map[Name]uint32{}},
 		byFrontend: map[loadbalancer.Frontend]Name{},
 		dirty:      map[Name]struct{}{},
 	}
@@ -225,8 +229,8 @@ func (m *Merger) SetNodeHealth(ctx context.Context, node loadbalancer.NodeRef, h
 		m.unhealthy[node] = struct{}{}
 	}
 	if changed {
-		for n := range m.byNode[node] {
-			m.dirty[n] = struct{}{}
+		for id := range m.byNode[node] {
+			m.dirty[m.ids.names[id]] = struct{}{}
 		}
 	}
 	m.mu.Unlock()
@@ -415,31 +419,72 @@ func (m *Merger) setProgrammedLocked(n Name, old, now map[loadbalancer.Frontend]
 	for fe := range now {
 		m.byFrontend[fe] = n
 	}
-	for _, s := range old {
-		for _, node := range nodesOf(s) {
-			if set := m.byNode[node]; set != nil {
-				delete(set, n)
-				if len(set) == 0 {
-					delete(m.byNode, node)
+	id, known := m.ids.byName[n]
+	if known {
+		for _, s := range old {
+			for _, node := range nodesOf(s) {
+				if set := m.byNode[node]; set != nil {
+					delete(set, id)
+					if len(set) == 0 {
+						delete(m.byNode, node)
+					}
 				}
 			}
 		}
 	}
 	if len(now) == 0 {
 		delete(m.programmed, n)
+		if known {
+			m.ids.release(n)
+		}
 		return
 	}
 	m.programmed[n] = now
+	id = m.ids.get(n)
 	for _, s := range now {
 		for _, node := range nodesOf(s) {
 			set := m.byNode[node]
 			if set == nil {
-				set = map[Name]struct{}{}
+				set = map[uint32]struct{}{}
 				m.byNode[node] = set
 			}
-			set[n] = struct{}{}
+			set[id] = struct{}{}
 		}
 	}
+}
+
+// serviceIDs interns the names of programmed services as small numbers
+// for the byNode index; a number is reused once its service is gone.
+type serviceIDs struct {
+	byName map[Name]uint32
+	names  []Name
+	free   []uint32
+}
+
+func (s *serviceIDs) get(n Name) uint32 {
+	if id, ok := s.byName[n]; ok {
+		return id
+	}
+	var id uint32
+	if k := len(s.free); k > 0 {
+		id, s.free = s.free[k-1], s.free[:k-1]
+		s.names[id] = n
+	} else {
+		id = uint32(len(s.names))
+		s.names = append(s.names, n)
+	}
+	s.byName[n] = id
+	return id
+}
+
+func (s *serviceIDs) release(n Name) {
+	id, ok := s.byName[n]
+	if !ok {
+		return
+	}
+	delete(s.byName, n)
+	s.names[id] = Name{}
+	s.free = append(s.free, id)
 }
 
 func nodesOf(s loadbalancer.Service) []loadbalancer.NodeRef {
