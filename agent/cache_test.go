@@ -43,8 +43,9 @@ func TestCachedPeers(t *testing.T) {
 	cacheDir := t.TempDir()
 	c1.WriteConnFile(cacheDir, "c1", kvstore.UserAdmin)
 	c2.WriteConnFile(cacheDir, "c2", kvstore.UserRemote)
+	reg := prometheus.NewRegistry()
 	mc, err := meshcache.New(meshcache.Config{Cluster: "c1", Local: c1.Admin(), ClustersDir: cacheDir,
-		DirPoll: 100 * time.Millisecond, DrainGrace: time.Second, Registerer: prometheus.NewRegistry(), Logger: testLogger(t)})
+		DirPoll: 100 * time.Millisecond, DrainGrace: time.Second, Registerer: reg, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,6 +68,14 @@ func TestCachedPeers(t *testing.T) {
 		return has(api.ClusterKey("c2")) && has(api.ServiceKey("c2", "ns", "web")) &&
 			has(api.SyncedKey("c2", api.KindEndpoints)) && has(api.SyncedKey("c2", api.KindService))
 	})
+	// The cache reports each peer as the agents do, under its own names.
+	waitTrue(t, "clustermesh_meshcache_cluster_synced{cluster=c2} = 1", func() bool {
+		return gauge(t, reg, "clustermesh_meshcache_cluster_synced", "c2") == 1
+	})
+	if n := gauge(t, reg, "clustermesh_meshcache_peer_refused_total", "c2"); n < 1 {
+		t.Errorf("refusals of c2 counted: %v, want at least the stolen address", n)
+	}
+
 	// What the cache admitted is what it copied: the slice without the
 	// address c2 may not claim.
 	waitTrue(t, "c2's stolen slice copied reduced", func() bool {
@@ -134,4 +143,27 @@ func waitTrue(t *testing.T, what string, ok func() bool) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// gauge sums the samples of a metric family whose cluster label is cluster.
+func gauge(t *testing.T, g prometheus.Gatherer, name, cluster string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "cluster" && l.GetValue() == cluster {
+					sum += m.GetGauge().GetValue() + m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return sum
 }

@@ -240,11 +240,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.cfg.MeshCache {
 		mc, err := meshcache.New(meshcache.Config{Cluster: s.cfg.ClusterName, Local: client, ClustersDir: s.cfg.ClustersDir,
 			DirPoll: s.cfg.ClustersDirPoll, DrainGrace: s.cfg.MeshCacheDrainGrace, LeaseTTL: s.cfg.LeaseTTL,
-			// The followers' per-peer metrics share their names with the
-			// agents' (clustermesh_agent_*) and the store metrics with this
-			// process's own: the copies' writes count in storeMetrics,
-			// the followers log.
-			StoreMetrics: storeMetrics, Logger: s.log})
+			Registerer: s.reg, StoreMetrics: storeMetrics, Logger: s.log})
 		if err != nil {
 			return err
 		}

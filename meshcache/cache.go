@@ -65,8 +65,10 @@ type Config struct {
 	Limits remote.Limits
 	// LeaseTTL of the copied keys (0: kvstore.DefaultLeaseTTL).
 	LeaseTTL time.Duration
-	// Registerer receives the followers' clustermesh_remote_* metrics;
-	// StoreMetrics records the copies' writes. Either may be nil.
+	// Registerer receives the followers' per-peer metrics, named
+	// clustermesh_meshcache_* (the agents' clustermesh_agent_* set: state,
+	// synced, objects, events, refusals); StoreMetrics records the copies'
+	// writes and the followers' reads. Either may be nil.
 	Registerer   prometheus.Registerer
 	StoreMetrics *kvstore.Metrics
 	Logger       *slog.Logger
@@ -112,13 +114,13 @@ func New(cfg Config) (*Cache, error) {
 		cfg.DrainGrace = DefaultDrainGrace
 	}
 	c := &Cache{cfg: cfg, log: logging.OrDiscard(cfg.Logger).With("component", "meshcache"), registry: remote.NewRegistry(), peers: map[string]*peer{}}
+	c.smetrics = cfg.StoreMetrics
 	if cfg.Registerer != nil {
 		var err error
-		if c.rmetrics, err = remote.NewMetrics(cfg.Registerer); err != nil {
+		if c.rmetrics, err = remote.NewMetricsFor(cfg.Registerer, remote.PrefixMeshCache, cfg.StoreMetrics); err != nil {
 			return nil, fmt.Errorf("meshcache: %w", err)
 		}
 	}
-	c.smetrics = cfg.StoreMetrics
 	return c, nil
 }
 

@@ -24,35 +24,55 @@ type Metrics struct {
 
 var allStates = []status.State{status.StateConnecting, status.StateConnected, status.StateUnreachable, status.StateRefused, status.StateInvalidConfig}
 
-// NewMetrics creates the metrics and registers them on reg.
+// NewMetrics creates the agent's metrics (clustermesh_agent_*) and the
+// readers' store metrics, and registers them on reg.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	store, err := kvstore.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	return NewMetricsFor(reg, PrefixAgent, store)
+}
+
+// Name prefixes of the followers' metrics: the agent's, and the mesh
+// cache's (package meshcache), which follows peers the same way.
+const (
+	PrefixAgent     = "clustermesh_agent_"
+	PrefixMeshCache = "clustermesh_meshcache_"
+)
+
+// NewMetricsFor creates the same metrics named with prefix (PrefixAgent,
+// PrefixMeshCache), recording the readers' activity into store (nil: not
+// recorded), and registers them on reg.
+func NewMetricsFor(reg prometheus.Registerer, prefix string, store *kvstore.Metrics) (*Metrics, error) {
+	pre := prefix
 	m := &Metrics{
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "clustermesh_agent_events_total",
+			Name: pre + "events_total",
 			Help: "Store events processed, by cluster, kind and event type.",
 		}, []string{"cluster", "kind", "type"}),
 		invalids: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "clustermesh_agent_invalid_objects_total",
+			Name: pre + "invalid_objects_total",
 			Help: "Values skipped because they failed to decode or validate, by cluster and kind.",
 		}, []string{"cluster", "kind"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "clustermesh_agent_peer_refused_total",
+			Name: pre + "peer_refused_total",
 			Help: "Objects or fields of a peer cluster refused because they reach outside what the peer owns or exceed its quota, by cluster, kind and reason (see docs/security.md).",
 		}, []string{"cluster", "kind", "reason"}),
 		objectsG: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "clustermesh_agent_objects",
+			Name: pre + "objects",
 			Help: "Objects currently held, by cluster and kind.",
 		}, []string{"cluster", "kind"}),
 		synced: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "clustermesh_agent_cluster_synced",
+			Name: pre + "cluster_synced",
 			Help: "1 once every kind of the cluster has completed its initial sync.",
 		}, []string{"cluster"}),
 		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "clustermesh_agent_cluster_connected",
+			Name: pre + "cluster_connected",
 			Help: "1 while the cluster's store answers and its config is accepted.",
 		}, []string{"cluster"}),
 		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "clustermesh_agent_cluster_state",
+			Name: pre + "cluster_state",
 			Help: "1 for the current state of each cluster connection.",
 		}, []string{"cluster", "state"}),
 	}
@@ -60,10 +80,6 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
-	}
-	store, err := kvstore.NewMetrics(reg)
-	if err != nil {
-		return nil, err
 	}
 	m.store = store
 	return m, nil
