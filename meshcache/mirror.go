@@ -2,6 +2,8 @@ package meshcache
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"hash/maphash"
 	"log/slog"
 	"sync"
@@ -11,6 +13,9 @@ import (
 	"github.com/clustermesh/clustermesh/internal/backoff"
 	"github.com/clustermesh/clustermesh/kvstore"
 )
+
+// errInvalidObject marks an object that fails validation: never retried.
+var errInvalidObject = errors.New("invalid object")
 
 // lanes is how many writes of one peer's copy run at once. Writes of one
 // key always take the same lane, so they land in the order they came.
@@ -120,6 +125,12 @@ func (m *mirror) do(what string, key string, op func(context.Context, *kvstore.W
 				return
 			}
 		}
+		if errors.Is(err, kvstore.ErrNotOwned) || errors.Is(err, kvstore.ErrInvalidKind) || errors.Is(err, errInvalidObject) {
+			// Not the store's fault: retrying would hold the peer's
+			// stream forever. The object stays out of the copy.
+			m.log.Error("object not copied to the local store", "op", what, "key", key, "error", err)
+			return
+		}
 		if m.ctx.Err() != nil {
 			return
 		}
@@ -138,7 +149,14 @@ func (m *mirror) ClusterAccepted(cfg *api.Cluster) {
 }
 
 func (m *mirror) Upsert(_ string, obj api.Object) {
-	m.enqueue("upsert", obj.Key(), func(ctx context.Context, w *kvstore.Writer) error { return w.Upsert(ctx, obj) })
+	m.enqueue("upsert", obj.Key(), func(ctx context.Context, w *kvstore.Writer) error {
+		// An admitted object reduced to nothing valid (say, a node whose
+		// every address was refused) cannot be written; it is skipped.
+		if err := obj.Validate(); err != nil {
+			return fmt.Errorf("%w: %w", errInvalidObject, err)
+		}
+		return w.Upsert(ctx, obj)
+	})
 }
 
 func (m *mirror) Delete(_ string, key api.ParsedKey) {

@@ -185,6 +185,9 @@ func Run(ctx context.Context, cfg Config) error {
 			if err != nil {
 				return fmt.Errorf("--observe-addr: %w", err)
 			}
+			if p := access.Problems(); p != "" {
+				log.Warn("observe: client CA files skipped", "dir", cfg.ObserveClientsDir, "problems", p)
+			}
 			if err := serve(ctx, &wg, "observe endpoint", cfg.ObserveAddr, obs.RemoteHandler(access, 0, log), access.TLSConfig(), log); err != nil {
 				return err
 			}
