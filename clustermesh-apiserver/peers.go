@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"os"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/clustermesh/clustermesh/kvstore"
@@ -26,8 +25,8 @@ type peerGrants struct {
 	log     *slog.Logger
 }
 
-// peers lists the peers named by the directory's connection files (files
-// whose names contain a '.' are certificates and keys).
+// peers lists the peers named by the directory's connection files (only
+// the names: nothing of the files is read).
 func (p *peerGrants) peers() ([]string, error) {
 	entries, err := os.ReadDir(p.dir)
 	if err != nil {
@@ -36,7 +35,7 @@ func (p *peerGrants) peers() ([]string, error) {
 	var out []string
 	for _, e := range entries {
 		name := e.Name()
-		if name == "" || strings.HasPrefix(name, "..") || strings.Contains(name, ".") || name == p.cluster {
+		if !kvstore.IsConnectionFile(name) || name == p.cluster {
 			continue
 		}
 		out = append(out, name)

@@ -2,16 +2,11 @@ package apiserver
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -169,41 +164,27 @@ func (h *reflectorHost) remoteClusters() []api.Cluster {
 // connection files in the directory. A directory that cannot be read keeps
 // the current clusters (a Secret volume being swapped).
 func (h *reflectorHost) scanDir(ctx context.Context) {
-	entries, err := os.ReadDir(h.dir)
+	conns, err := kvstore.ReadConnectionDir(h.dir)
 	if err != nil {
 		h.log.Error("bgp: cannot read clusters directory", "dir", h.dir, "error", err)
 		return
 	}
-	type want struct {
-		cfg    kvstore.Config
-		digest string
-	}
-	wanted := map[string]want{}
-	for _, e := range entries {
-		name := e.Name()
-		if name == "" || strings.Contains(name, ".") || name == h.cluster {
+	wanted := map[string]kvstore.Connection{}
+	for name, c := range conns {
+		if name == h.cluster {
 			continue
 		}
-		path := filepath.Join(h.dir, name)
-		if fi, err := os.Stat(path); err != nil || !fi.Mode().IsRegular() {
+		if c.Err != nil {
+			h.log.Warn("bgp: connection file skipped", "cluster", name, "error", c.Err)
 			continue
 		}
-		if err := api.ValidateClusterName(name); err != nil {
-			h.log.Warn("bgp: connection file skipped: the file name must be the cluster name", "file", path, "error", err)
-			continue
-		}
-		cfg, digest, err := loadConnection(path)
-		if err != nil {
-			h.log.Warn("bgp: connection file skipped", "cluster", name, "file", path, "error", err)
-			continue
-		}
-		wanted[name] = want{cfg, digest}
+		wanted[name] = c
 	}
 
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for name, r := range h.remotes {
-		if w, ok := wanted[name]; ok && w.digest == r.digest {
+		if w, ok := wanted[name]; ok && w.Digest == r.digest {
 			continue
 		}
 		r.cancel()
@@ -217,35 +198,14 @@ func (h *reflectorHost) scanDir(ctx context.Context) {
 			continue
 		}
 		rctx, cancel := context.WithCancel(ctx)
-		r := &remoteCluster{digest: w.digest, cancel: cancel, done: make(chan struct{})}
+		r := &remoteCluster{digest: w.Digest, cancel: cancel, done: make(chan struct{})}
 		h.remotes[name] = r
-		h.log.Info("bgp: following cluster", "cluster", name, "store", w.cfg.Endpoints)
+		h.log.Info("bgp: following cluster", "cluster", name, "store", w.Config.Endpoints)
 		go func() {
 			defer close(r.done)
-			h.follow(rctx, name, w.cfg, r)
+			h.follow(rctx, name, w.Config, r)
 		}()
 	}
-}
-
-// loadConnection reads a connection file; the digest covers the file and
-// the certificates it names, so a rotated certificate reconnects.
-func loadConnection(path string) (kvstore.Config, string, error) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return kvstore.Config{}, "", err
-	}
-	cfg, err := kvstore.LoadConfig(path)
-	if err != nil {
-		return kvstore.Config{}, "", err
-	}
-	sum := sha256.New()
-	sum.Write(raw)
-	for _, f := range []string{cfg.CAFile, cfg.CertFile, cfg.KeyFile} {
-		if b, err := os.ReadFile(f); err == nil {
-			sum.Write(b)
-		}
-	}
-	return cfg, hex.EncodeToString(sum.Sum(nil)), nil
 }
 
 func (h *reflectorHost) signal() {

@@ -24,26 +24,20 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
-	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/clustermesh/clustermesh/agent/admit"
 	"github.com/clustermesh/clustermesh/agent/remote"
-	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/internal/backoff"
 	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/kvstore"
 )
 
-// DefaultDrainGrace is how long a disconnected or refused peer's copy is
-// kept before it is purged.
+// DefaultDrainGrace is how long a disconnected peer's copy is kept before
+// it is purged (a refused peer's is purged at once).
 const DefaultDrainGrace = 30 * time.Second
 
 // Config configures a Cache.
@@ -59,10 +53,6 @@ type Config struct {
 	DirPoll time.Duration
 	// DrainGrace: see DefaultDrainGrace (0: the default).
 	DrainGrace time.Duration
-	// Protected are address ranges no peer may claim (as the agents').
-	Protected []netip.Prefix
-	// Limits bound what a peer's store can make the cache hold.
-	Limits remote.Limits
 	// LeaseTTL of the copied keys (0: kvstore.DefaultLeaseTTL).
 	LeaseTTL time.Duration
 	// Registerer receives the followers' per-peer metrics, named
@@ -158,45 +148,21 @@ func (c *Cache) claimLocal(ctx context.Context) error {
 			return nil
 		}
 		c.log.Info("waiting for the local cluster config", "cluster", c.cfg.Cluster, "error", err)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(b.Next()):
+		if err := b.Wait(ctx); err != nil {
+			return err
 		}
 	}
 }
 
-// Status reports each followed peer's connection, as the agents do.
-func (c *Cache) Status() []status.Cluster {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var out []status.Cluster
-	for _, p := range c.peers {
-		out = append(out, p.c.Status())
-	}
-	return out
-}
-
 // scan starts, restarts and stops followers to match the directory.
 func (c *Cache) scan(ctx context.Context) {
-	entries, err := os.ReadDir(c.cfg.ClustersDir)
+	wanted, err := kvstore.ReadConnectionDir(c.cfg.ClustersDir)
 	if err != nil {
 		// A Secret volume being swapped: keep what runs.
 		c.log.Error("cannot read clusters directory", "dir", c.cfg.ClustersDir, "error", err)
 		return
 	}
-	wanted := map[string]string{}
-	for _, e := range entries {
-		name := e.Name()
-		if name == "" || strings.Contains(name, ".") || name == c.cfg.Cluster {
-			continue
-		}
-		raw, err := os.ReadFile(filepath.Join(c.cfg.ClustersDir, name))
-		if err != nil {
-			continue
-		}
-		wanted[name] = string(raw)
-	}
+	delete(wanted, c.cfg.Cluster)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for name, p := range c.peers {
@@ -208,10 +174,8 @@ func (c *Cache) scan(ctx context.Context) {
 			p.drainAt = time.Now().Add(c.cfg.DrainGrace)
 		}
 	}
-	for name, raw := range wanted {
+	for name, w := range wanted {
 		p := c.peers[name]
-		path := filepath.Join(c.cfg.ClustersDir, name)
-		cfg, cfgErr := kvstore.LoadConfig(path)
 		switch {
 		case p == nil:
 			if err := api.ValidateClusterName(name); err != nil {
@@ -220,29 +184,28 @@ func (c *Cache) scan(ctx context.Context) {
 			}
 			p = &peer{name: name, m: newMirror(ctx, c, name)}
 			p.c = remote.New(remote.Options{
-				Name: name, Config: cfg, ConfigErr: cfgErr, Registry: c.registry, Delegate: p.m,
-				Policy: &admit.Policy{Protected: c.cfg.Protected}, Limits: c.cfg.Limits,
+				Name: name, Config: w.Config, ConfigErr: w.Err, Registry: c.registry, Delegate: p.m,
+				// The default admission (the local pod CIDRs protected)
+				// and limits: the agents add their own protected ranges.
 				Metrics: c.rmetrics, Logger: c.cfg.Logger,
 			})
 			c.peers[name] = p
 			c.log.Info("following peer into the local store", "cluster", name)
-			c.start(ctx, p)
-			p.digest = raw
 		case p.done == nil:
 			// Back within the grace: the copy is kept and reconciled.
 			c.log.Info("peer reconnected within the drain grace", "cluster", name)
 			p.drainAt = time.Time{}
-			p.c.SetConfig(cfg, cfgErr)
-			c.start(ctx, p)
-			p.digest = raw
-		case p.digest != raw:
+			p.c.SetConfig(w.Config, w.Err)
+		case p.digest != w.Digest:
 			c.log.Info("connection file changed: reconnecting peer", "cluster", name)
 			p.cancel()
 			<-p.done
-			p.c.SetConfig(cfg, cfgErr)
-			c.start(ctx, p)
-			p.digest = raw
+			p.c.SetConfig(w.Config, w.Err)
+		default:
+			continue
 		}
+		p.digest = w.Digest
+		c.start(ctx, p)
 	}
 }
 

@@ -31,10 +31,12 @@ const lanes = 16
 // or the cache stops; a full lane makes the follower wait, so the copy
 // never skips an event.
 type mirror struct {
-	ctx   context.Context
-	cache *Cache
-	name  string
-	log   *slog.Logger
+	// ctx ends with the cache or with close: the lanes and the writer stop.
+	ctx    context.Context
+	cancel context.CancelFunc
+	cache  *Cache
+	name   string
+	log    *slog.Logger
 
 	lanesOnce sync.Once
 	lanes     [lanes]chan laneOp
@@ -95,7 +97,8 @@ func (m *mirror) runLane(ch chan laneOp) {
 func (m *mirror) barrier() { m.pending.Wait() }
 
 func newMirror(ctx context.Context, c *Cache, name string) *mirror {
-	return &mirror{ctx: ctx, cache: c, name: name, log: c.log.With("cluster", name), seed: maphash.MakeSeed()}
+	ctx, cancel := context.WithCancel(ctx)
+	return &mirror{ctx: ctx, cancel: cancel, cache: c, name: name, log: c.log.With("cluster", name), seed: maphash.MakeSeed()}
 }
 
 // writer returns the peer's writer, creating (and running) it if needed.
@@ -186,14 +189,12 @@ func (m *mirror) Drain(string) {
 	m.log.Info("peer's copy purged from the local store")
 }
 
-// close stops the writer, leaving the copy in place.
+// close stops the lanes and the writer, leaving the copy in place.
 func (m *mirror) close() {
+	m.cancel()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.w != nil {
 		m.w.Close()
-	}
-	if m.stop != nil {
-		m.stop()
 	}
 }

@@ -151,14 +151,19 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 	defer wg.Wait()
 	defer cancel()
 
+	confs := map[string]kvstore.Config{}
 	conf := func(c *meshtest.Cluster, user string) kvstore.Config {
 		b.Helper()
 		name := c.Name + "-" + user
+		if cfg, ok := confs[name]; ok {
+			return cfg
+		}
 		c.WriteConnFile(dir, name, user)
 		cfg, err := kvstore.LoadConfig(filepath.Join(dir, name))
 		if err != nil {
 			b.Fatal(err)
 		}
+		confs[name] = cfg
 		return cfg
 	}
 	if cached {

@@ -311,12 +311,15 @@ func Observe(ctx context.Context, c *Cluster, opts ObserveOptions, emit func(obs
 		tick   = time.NewTicker(opts.Window / 4)
 	)
 	defer tick.Stop()
-	flushReplay := func() {
-		observe.SortByTime(replay)
-		for _, f := range observe.LastN(replay, opts.Request.Last) {
+	out := func(fs []observe.Flow) {
+		for _, f := range fs {
 			sum.Flows++
 			emit(f)
 		}
+	}
+	flushReplay := func() {
+		observe.SortByTime(replay)
+		out(observe.LastN(replay, opts.Request.Last))
 		replay = nil
 	}
 	live := false
@@ -327,10 +330,7 @@ func Observe(ctx context.Context, c *Cluster, opts ObserveOptions, emit func(obs
 				if !live {
 					flushReplay()
 				}
-				for _, f := range merger.Flush() {
-					sum.Flows++
-					emit(f)
-				}
+				out(merger.Flush())
 				sum.Late = merger.Late
 				if sum.Answered == 0 {
 					return sum, fmt.Errorf("context %s: %w: %d agents asked", c.Context, ErrNoAgent, sum.Asked)
@@ -361,10 +361,7 @@ func Observe(ctx context.Context, c *Cluster, opts ObserveOptions, emit func(obs
 				live = true
 				flushReplay()
 			}
-			for _, f := range merger.Ready(now) {
-				sum.Flows++
-				emit(f)
-			}
+			out(merger.Ready(now))
 		}
 	}
 }
