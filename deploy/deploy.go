@@ -32,7 +32,7 @@ const (
 	// once the agents are gone; it is not in Files (enable never applies
 	// it) and uses only Namespace and AgentImage of the values.
 	FileCleanup = "cleanup-daemonset.yaml"
-	// FileMCSCRD is the ServiceExport CRD, created by enable only where
+	// FileMCSCRD holds the ServiceExport and ServiceImport CRDs, created by enable only where
 	// the cluster has none; not in Files. It takes no values.
 	FileMCSCRD = "mcs-crd.yaml"
 	// FileCiliumCRDs are Cilium's policy CRDs, created by enable only
