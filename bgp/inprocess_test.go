@@ -26,7 +26,10 @@ func freePort(t *testing.T) uint16 {
 // TestInProcessSession runs two speakers in this process over loopback,
 // without kernel routes (no root needed): the listener learns the dialer's
 // announcement, a withdrawal is seen, and Stop leaves no goroutine behind
-// except GoBGP's unstoppable Serve loop.
+// except GoBGP's unstoppable Serve loop. The dialer's import policy does not
+// know its own cluster yet (an agent whose registry lags its node): its own
+// announcement still goes out, since import rules judge only what peers
+// send.
 func TestInProcessSession(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent(),
 		goleak.IgnoreAnyFunction("github.com/osrg/gobgp/v3/pkg/server.(*BgpServer).Serve"))
@@ -61,6 +64,10 @@ func TestInProcessSession(t *testing.T) {
 	defer sa.Stop(ctx)
 	sb, err := NewSpeaker(b)
 	if err != nil {
+		t.Fatal(err)
+	}
+	onlyA := []ImportRule{{Cluster: "a", PodCIDRs: []ImportPrefix{{Prefix: netip.MustParsePrefix("10.1.0.0/16"), MaxLen: 24}}, NextHops: a.NodeIPs}}
+	if err := sb.SetImportPolicy(ctx, onlyA); err != nil {
 		t.Fatal(err)
 	}
 	if err := sb.Start(ctx); err != nil {

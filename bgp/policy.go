@@ -119,7 +119,16 @@ func ruleEqual(a, b ImportRule) bool {
 func (c *core) applyImportPolicyLocked(ctx context.Context) error {
 	c.importGen++
 	name := fmt.Sprintf("%s-%d", importPolicyName, c.importGen)
-	pol := &api.Policy{Name: name}
+	// GoBGP runs locally originated paths (Announce) through the global
+	// import policy too, and a path refused there is withdrawn and never
+	// judged again: a node whose own pod CIDR was not yet in the registry
+	// when it announced would stay silent. What a node announces is its own
+	// business (Announce); the rules are for what peers send.
+	pol := &api.Policy{Name: name, Statements: []*api.Statement{{
+		Name:       name + "-local",
+		Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
+		Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT},
+	}}}
 	var sets []*api.DefinedSet
 	for _, r := range c.imports {
 		for _, v4 := range []bool{true, false} {
