@@ -207,7 +207,10 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 	var receivers []*routeWatch
 	var pids []int // of the reflector and receivers
 	cfg := DefaultKindConfig()
-	cfg.SessionLossGrace = 0 // measure BGP, not our grace
+	// Measure BGP withdrawal, not our grace nor graceful restart (which
+	// keeps a killed origin's routes on purpose).
+	cfg.SessionLossGrace = 0
+	cfg.GracefulRestartTime = 0
 	cfg.MaxPrefixes = 0
 	if reflector {
 		origin.ASN = 65001

@@ -113,8 +113,34 @@ type Config struct {
 	MaxPrefixes uint32
 	// Table is the kernel routing table learned routes go into; 0 = main.
 	Table int
-	// SessionLossGrace keeps routes learned from a peer whose session
-	// dropped for this long before removing them (0 removes at once).
+	// GracefulRestartTime is the RFC 4724 restart time advertised on every
+	// session, for IPv4 and IPv6 unicast: when this speaker's session drops
+	// (its process died, its host is unreachable, a hold timer expired), its
+	// peers keep the routes it sent them as stale for this long, waiting for
+	// it to come back and refresh them (End-of-RIB ends the wait; routes not
+	// refreshed by then go). The same holds the other way for every peer
+	// that advertises graceful restart. At most 4095 s (a 12-bit field);
+	// 0 turns graceful restart, and with it LLGR, off.
+	GracefulRestartTime time.Duration
+	// LLGRStaleTime is the RFC 9494 long-lived stale time advertised for
+	// IPv4 and IPv6 unicast: once GracefulRestartTime has run out, peers
+	// keep this speaker's routes for this much longer, marked LLGR_STALE
+	// (least preferred, still used when there is no other path). It is what
+	// keeps pod routes installed through a long control-plane outage (the
+	// route reflector lives in clustermesh-apiserver); only a node the
+	// health view reports dead (Speaker.SetDeadNextHops) or the registry
+	// removes (SetImportPolicy) loses its routes before it expires. At most
+	// 2^24-1 s; 0 turns LLGR off.
+	LLGRStaleTime time.Duration
+	// SessionLossGrace is the fallback for a peer that does not negotiate
+	// graceful restart: routes learned from it are kept this long after its
+	// session drops (0 removes them at once). With graceful restart GoBGP
+	// keeps them itself (GracefulRestartTime, LLGRStaleTime). It also
+	// covers the end of a graceful restart: a restarted route reflector
+	// sends End-of-RIB once it has re-learned from the peers connected so
+	// far, so a route GoBGP drops as stale at that moment (its origin had
+	// not yet reconnected to the reflector) stays in the kernel this long,
+	// kept without a flap when it is re-learned meanwhile.
 	SessionLossGrace time.Duration
 	// StaleRouteGrace is how long after the first session is established
 	// routes of RouteProtocol left by a previous run are kept waiting to be
@@ -133,26 +159,34 @@ type Config struct {
 	Registerer prometheus.Registerer `json:"-"`
 }
 
-// DefaultConfig returns production timers: a 30 s session-loss grace (a
-// reflector restart does not blackhole traffic), 90 s hold time.
+// DefaultConfig returns production timers: graceful restart with a 120 s
+// restart time and 6 h of long-lived stale time (a control-plane outage
+// shorter than that withdraws no route), a 30 s session-loss grace for
+// peers without graceful restart, 90 s hold time.
 func DefaultConfig() Config {
 	return Config{
-		ListenPort:        DefaultPort,
-		SessionLossGrace:  30 * time.Second,
-		StaleRouteGrace:   10 * time.Second,
-		StaleRouteTimeout: 5 * time.Minute,
-		HoldTime:          90 * time.Second,
-		KeepaliveInterval: 30 * time.Second,
-		ConnectRetry:      5 * time.Second,
-		MaxPrefixes:       10000,
-		InstallRoutes:     true,
+		ListenPort:          DefaultPort,
+		GracefulRestartTime: 120 * time.Second,
+		LLGRStaleTime:       6 * time.Hour,
+		SessionLossGrace:    30 * time.Second,
+		StaleRouteGrace:     10 * time.Second,
+		StaleRouteTimeout:   5 * time.Minute,
+		HoldTime:            90 * time.Second,
+		KeepaliveInterval:   30 * time.Second,
+		ConnectRetry:        5 * time.Second,
+		MaxPrefixes:         10000,
+		InstallRoutes:       true,
 	}
 }
 
 // DefaultKindConfig returns short timers for test clusters on one machine.
+// The long-lived stale time stays long (10 min): the drills take the control
+// plane down for 10–30 s and routes must survive that.
 func DefaultKindConfig() Config {
 	c := DefaultConfig()
-	c.SessionLossGrace = 2 * time.Second
+	c.GracefulRestartTime = 15 * time.Second
+	c.LLGRStaleTime = 10 * time.Minute
+	c.SessionLossGrace = 5 * time.Second
 	c.StaleRouteGrace = 2 * time.Second
 	c.StaleRouteTimeout = 30 * time.Second
 	c.HoldTime = 9 * time.Second
@@ -189,6 +223,12 @@ func (c *Config) validate() error {
 			return fmt.Errorf("%s: static peers: %w", c.Name, err)
 		}
 	}
+	if c.GracefulRestartTime < 0 || c.GracefulRestartTime > maxGracefulRestartTime {
+		return fmt.Errorf("%w: %s: graceful restart time %s out of range [0, %s]", ErrInvalidConfig, c.Name, c.GracefulRestartTime, maxGracefulRestartTime)
+	}
+	if c.LLGRStaleTime < 0 || c.LLGRStaleTime > maxLLGRStaleTime {
+		return fmt.Errorf("%w: %s: LLGR stale time %s out of range [0, %s]", ErrInvalidConfig, c.Name, c.LLGRStaleTime, maxLLGRStaleTime)
+	}
 	c.Logger = logging.OrDiscard(c.Logger)
 	if c.HoldTime == 0 {
 		c.HoldTime = 90 * time.Second
@@ -201,6 +241,19 @@ func (c *Config) validate() error {
 	}
 	return nil
 }
+
+// The widths of the restart time fields: 12 bits in the graceful restart
+// capability (RFC 4724), 24 bits in the long-lived one (RFC 9494).
+const (
+	maxGracefulRestartTime = 4095 * time.Second
+	maxLLGRStaleTime       = (1<<24 - 1) * time.Second
+)
+
+// gracefulRestart reports whether sessions negotiate graceful restart.
+func (c *Config) gracefulRestart() bool { return c.GracefulRestartTime >= time.Second }
+
+// llgr reports whether sessions negotiate long-lived graceful restart.
+func (c *Config) llgr() bool { return c.gracefulRestart() && c.LLGRStaleTime >= time.Second }
 
 func (c *Config) nextHopFor(p netip.Prefix) netip.Addr {
 	for _, a := range c.NodeIPs {
@@ -218,7 +271,9 @@ func (c *Config) Flags(fs *pflag.FlagSet) {
 	fs.Int32Var(&c.ListenPort, "bgp-listen-port", c.ListenPort, "port the BGP speaker accepts sessions on; negative: dial only")
 	fs.Uint32Var(&c.MaxPrefixes, "bgp-max-prefixes", c.MaxPrefixes, "cut a BGP session off when the peer announces more prefixes than this per address family (0: no limit)")
 	fs.IntVar(&c.Table, "bgp-route-table", c.Table, "kernel routing table for learned routes (0: main)")
-	fs.DurationVar(&c.SessionLossGrace, "bgp-session-loss-grace", c.SessionLossGrace, "keep routes of a peer whose BGP session dropped this long before removing them")
+	fs.DurationVar(&c.GracefulRestartTime, "bgp-graceful-restart-time", c.GracefulRestartTime, "BGP graceful restart time (RFC 4724) advertised to peers: how long they keep this speaker's routes after its session drops, waiting for it to return (0: graceful restart and LLGR off; at most 4095s)")
+	fs.DurationVar(&c.LLGRStaleTime, "bgp-llgr-stale-time", c.LLGRStaleTime, "BGP long-lived graceful restart stale time (RFC 9494): how much longer, after the restart time, peers keep this speaker's routes marked stale (0: LLGR off)")
+	fs.DurationVar(&c.SessionLossGrace, "bgp-session-loss-grace", c.SessionLossGrace, "keep routes of a peer without graceful restart this long after its BGP session dropped, and routes dropped as stale at the end of a graceful restart this long in case they are re-learned")
 	fs.DurationVar(&c.StaleRouteGrace, "bgp-stale-route-grace", c.StaleRouteGrace, "after the first BGP session is up, remove routes of a previous run not re-learned within this time")
 	fs.DurationVar(&c.StaleRouteTimeout, "bgp-stale-route-timeout", c.StaleRouteTimeout, "remove routes of a previous run after this time even if no BGP session comes up")
 	fs.DurationVar(&c.HoldTime, "bgp-hold-time", c.HoldTime, "BGP hold time")

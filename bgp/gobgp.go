@@ -116,7 +116,10 @@ func newCore(cfg Config, watchPaths bool) *core {
 	}
 }
 
-func (c *core) start(ctx context.Context) error {
+// start runs GoBGP and announces prefixes before any neighbor exists: a
+// peer that kept this speaker's routes through a graceful restart drops
+// those missing from the first update and End-of-RIB it receives.
+func (c *core) start(ctx context.Context, prefixes []netip.Prefix) error {
 	srv := server.NewBgpServer(server.LoggerOption(&logAdapter{log: c.log, events: c.events}))
 	// GoBGP's Serve loop has no way to stop; after StopBgp it idles until the
 	// process exits. Everything else it starts is stopped by StopBgp.
@@ -164,6 +167,10 @@ func (c *core) start(ctx context.Context) error {
 		cancel()
 		c.srv.Stop()
 		return fmt.Errorf("%s: watch bgp events: %w", c.cfg.Name, err)
+	}
+	if err := c.announce(ctx, prefixes); err != nil {
+		c.stop()
+		return err
 	}
 	return c.applyPeers(ctx)
 }
@@ -329,10 +336,30 @@ func (c *core) addPeer(ctx context.Context, p Peer) error {
 	if p.Multihop {
 		ap.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: 255}
 	}
+	if c.cfg.gracefulRestart() {
+		// Notification (RFC 8538): a NOTIFICATION other than a Hard Reset,
+		// a hold timer expiry included, keeps the routes too. GoBGP sends a
+		// Hard Reset for an administrative shutdown, a deconfigured peer or
+		// a prefix limit, so those still withdraw at once.
+		ap.GracefulRestart = &api.GracefulRestart{
+			Enabled:             true,
+			RestartTime:         uint32(c.cfg.GracefulRestartTime / time.Second),
+			NotificationEnabled: true,
+			LonglivedEnabled:    c.cfg.llgr(),
+		}
+	}
 	for _, f := range []*api.Family{familyV4, familyV6} {
 		as := &api.AfiSafi{Config: &api.AfiSafiConfig{Family: f, Enabled: true}}
 		if maxPrefixes > 0 {
 			as.PrefixLimits = &api.PrefixLimit{Family: f, MaxPrefixes: maxPrefixes}
+		}
+		if c.cfg.gracefulRestart() {
+			as.MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
+		}
+		if c.cfg.llgr() {
+			as.LongLivedGracefulRestart = &api.LongLivedGracefulRestart{Config: &api.LongLivedGracefulRestartConfig{
+				Enabled: true, RestartTime: uint32(c.cfg.LLGRStaleTime / time.Second),
+			}}
 		}
 		ap.AfiSafis = append(ap.AfiSafis, as)
 	}
@@ -395,7 +422,8 @@ func (c *core) addNextHopPolicy(ctx context.Context) error {
 }
 
 // peerState tracks session state and re-creates a neighbor whose
-// established session just dropped. GoBGP holds a dropped neighbor idle for
+// established session just dropped, unless graceful restart keeps its
+// routes. GoBGP holds a dropped neighbor idle for
 // 5 s, refusing its connections, before it dials or accepts again; a new
 // neighbor has no idle hold, so a restarted peer is back within one connect
 // retry instead of the 7–9 s GoBGP needs on its own. Connect-retry still
@@ -410,6 +438,11 @@ func (c *core) peerState(ctx context.Context, addr netip.Addr, up bool) {
 	}
 	p, ok := c.peers[addr]
 	if !ok || !c.cutOff[addr].IsZero() {
+		return
+	}
+	if gr, err := c.graceful(ctx, addr); err != nil || gr {
+		// Deleting the neighbor would drop the routes GoBGP keeps for it
+		// as stale: a graceful restart waits out the idle hold (5 s).
 		return
 	}
 	if err := c.deletePeer(ctx, p); err != nil {
@@ -600,10 +633,16 @@ func (c *core) peerStatus(ctx context.Context) ([]PeerStatus, error) {
 		if up := p.GetTimers().GetState().GetUptime(); up != nil && ps.Established {
 			ps.Since = up.AsTime()
 		}
+		// GoBGP counts the End-of-RIB marker it would send a graceful
+		// restart peer among the advertised paths, one per family.
+		eor := 0
+		if peerGraceful(p) {
+			eor = 1
+		}
 		for _, as := range p.AfiSafis {
 			ps.PrefixesReceived += int(as.GetState().GetReceived())
 			ps.PrefixesAccepted += int(as.GetState().GetAccepted())
-			ps.PrefixesAdvertised += int(as.GetState().GetAdvertised())
+			ps.PrefixesAdvertised += max(int(as.GetState().GetAdvertised())-eor, 0)
 		}
 		out = append(out, ps)
 	})
@@ -613,17 +652,40 @@ func (c *core) peerStatus(ctx context.Context) ([]PeerStatus, error) {
 	return out, nil
 }
 
-// establishedPeers returns the neighbors whose session is up.
-func (c *core) establishedPeers(ctx context.Context) (map[netip.Addr]bool, error) {
-	up := map[netip.Addr]bool{}
-	err := c.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
-		if p.GetState().GetSessionState() == api.PeerState_ESTABLISHED {
-			if a, err := netip.ParseAddr(p.GetConf().GetNeighborAddress()); err == nil {
-				up[a] = true
-			}
+// sessions returns the neighbors whose session is up, and those whose last
+// session negotiated graceful restart.
+func (c *core) sessions(ctx context.Context) (up, graceful map[netip.Addr]bool, err error) {
+	up, graceful = map[netip.Addr]bool{}, map[netip.Addr]bool{}
+	err = c.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+		a, err := netip.ParseAddr(p.GetConf().GetNeighborAddress())
+		if err != nil {
+			return
 		}
+		up[a] = p.GetState().GetSessionState() == api.PeerState_ESTABLISHED
+		graceful[a] = peerGraceful(p)
 	})
-	return up, err
+	return up, graceful, err
+}
+
+// graceful reports whether the last session with addr negotiated graceful
+// restart for some address family: then GoBGP keeps the peer's routes as
+// stale while it is down and applies the restart and LLGR timers itself.
+// c.mu may be held (GoBGP's management loop does not call back into us).
+func (c *core) graceful(ctx context.Context, addr netip.Addr) (bool, error) {
+	gr := false
+	err := c.srv.ListPeer(ctx, &api.ListPeerRequest{Address: addr.String()}, func(p *api.Peer) {
+		gr = gr || peerGraceful(p)
+	})
+	return gr, err
+}
+
+func peerGraceful(p *api.Peer) bool {
+	for _, as := range p.GetAfiSafis() {
+		if as.GetMpGracefulRestart().GetState().GetReceived() {
+			return true
+		}
+	}
+	return false
 }
 
 func sessionState(s api.PeerState_SessionState) string {

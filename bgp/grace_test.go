@@ -3,6 +3,9 @@ package bgp
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,78 +13,174 @@ import (
 	"github.com/clustermesh/clustermesh/internal/poll"
 )
 
-// TestReflectorRestartGrace kills and restarts the route reflector: routes
-// of the lost session stay for SessionLossGrace and are kept without a flap
-// when re-learned in time; with a short grace they are removed.
+// logged reports whether the child's log holds msg.
+func (c *child) logged(msg string) (bool, string) {
+	b, err := os.ReadFile(c.log)
+	if err != nil {
+		return false, err.Error()
+	}
+	return strings.Contains(string(b), msg), "not in " + c.log
+}
+
+// TestReflectorRestartGrace kills the route reflector while three nodes are
+// up. Graceful restart keeps every route; once the reflector's restart time
+// (2 s here) runs out, long-lived graceful restart keeps them, marked
+// LLGR_STALE. The LLGR stale time (30 s here, LLGRStaleTime: 6 h by
+// default, 10 min in DefaultKindConfig) is the timer that stands in for the
+// issue's 10-minute control-plane outage. Meanwhile only a node that is
+// really gone loses its routes: n1 is told n3 is dead (SetDeadNextHops)
+// and n2's registry loses n3 (SetImportPolicy), each drops n3's route
+// while the reflector is still down. The reflector returns and the routes
+// are refreshed with no deletion in between (netlink route subscription);
+// n3 alive again is restored on n1. Finally the reflector comes back with a
+// 4 s stale time, dies again, and the routes go once that runs out.
 func TestReflectorRestartGrace(t *testing.T) {
 	l := newLab(t)
 	rrAddr := netip.MustParseAddr("192.0.2.1")
 	rrNS := l.Host("rr", rrAddr.String())
-	rcfg, err := ReflectorConfig(DefaultKindConfig(), api.Cluster{Name: "c1", ASN: 65001, RouteReflector: netip.AddrPortFrom(rrAddr, 179)})
+	cluster := api.Cluster{Name: "c1", ID: 1, ASN: 65001, RouteReflector: netip.AddrPortFrom(rrAddr, 179), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}}
+	base := DefaultKindConfig()
+	base.GracefulRestartTime = 2 * time.Second
+	base.LLGRStaleTime = 30 * time.Second
+	rcfg, err := ReflectorConfig(base, cluster)
 	if err != nil {
 		t.Fatal(err)
 	}
 	type node struct {
-		ns    string
-		cidr  netip.Prefix
-		ip    netip.Addr
-		grace time.Duration
-		proc  *child
+		api.Node
+		ns   string
+		ip   netip.Addr
+		cidr netip.Prefix
+		proc *child
 	}
-	nodes := []*node{
-		{ip: netip.MustParseAddr("192.0.2.11"), cidr: netip.MustParsePrefix("10.1.1.0/24"), grace: time.Minute},
-		{ip: netip.MustParseAddr("192.0.2.12"), cidr: netip.MustParsePrefix("10.1.2.0/24"), grace: time.Second},
+	var nodes []*node
+	for i := 1; i <= 3; i++ {
+		ip := netip.MustParseAddr(fmt.Sprintf("192.0.2.1%d", i))
+		cidr := netip.MustParsePrefix(fmt.Sprintf("10.1.%d.0/24", i))
+		nodes = append(nodes, &node{
+			Node: api.Node{Cluster: "c1", Name: fmt.Sprintf("n%d", i), Addresses: []netip.Addr{ip}, BGPAddress: ip, PodCIDRs: []netip.Prefix{cidr}},
+			ip:   ip, cidr: cidr,
+		})
 	}
-	var rrPeers []Peer
-	for i, n := range nodes {
-		rrPeers = append(rrPeers, Peer{Name: fmt.Sprintf("c1/n%d", i+1), Address: n.ip, ASN: 65001, Passive: true, RouteReflectorClient: true})
+	var members []api.Node
+	for _, n := range nodes {
+		members = append(members, n.Node)
 	}
-	startRR := func() *child { return l.startChild("rr", rrNS, "reflector", rcfg, rrPeers) }
-	rr := startRR()
-	for i, n := range nodes {
-		n.ns = l.Host(fmt.Sprintf("n%d", i+1), n.ip.String())
-		cfg := DefaultKindConfig()
-		cfg.Name, cfg.ASN = fmt.Sprintf("c1/n%d", i+1), 65001
-		cfg.NodeIPs, cfg.PodCIDRs = []netip.Addr{n.ip}, []netip.Prefix{n.cidr}
-		cfg.SessionLossGrace = n.grace
-		n.proc = l.startChild(cfg.Name, n.ns, "speaker", cfg, []Peer{{Name: "rr", Address: rrAddr, ASN: 65001}})
+	rrPeers, err := ReflectorPeers(cluster, members, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	long, short := nodes[0], nodes[1]
-	has := func(n *node, p netip.Prefix, via netip.Addr) func() (bool, string) {
+	startRR := func(cfg Config) *child { return l.startChild("rr", rrNS, "reflector", cfg, rrPeers) }
+	rr := startRR(rcfg)
+	nodePeers, err := NodePeers(cluster)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		n.ns = l.Host(n.Name, n.ip.String())
+		cfg, err := NodeConfig(base, n.Node, cluster)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.proc = l.startChild(cfg.Name, n.ns, "speaker", cfg, nil)
+		n.proc.call(childReq{Op: "imports", Rules: ImportRules([]api.Cluster{cluster}, members)})
+		n.proc.call(childReq{Op: "peers", Peers: nodePeers})
+	}
+	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
+	has := func(n *node, want map[netip.Prefix]netip.Addr) func() (bool, string) {
 		return func() (bool, string) {
 			got := l.Routes(n.ns, RouteProtocol)
-			return got[p] == via, fmt.Sprintf("routes %v", got)
+			for p, via := range want {
+				if got[p] != via {
+					return false, fmt.Sprintf("routes %v, want %v", got, want)
+				}
+			}
+			return true, ""
 		}
 	}
-	poll.Eventually(t, 60*time.Second, "n1 learns n2", has(long, short.cidr, short.ip))
-	poll.Eventually(t, 60*time.Second, "n2 learns n1", has(short, long.cidr, long.ip))
+	lacks := func(n *node, p netip.Prefix) func() (bool, string) {
+		return func() (bool, string) {
+			got := l.Routes(n.ns, RouteProtocol)
+			_, ok := got[p]
+			return !ok, fmt.Sprintf("routes %v still hold %s", got, p)
+		}
+	}
+	others := func(n *node) map[netip.Prefix]netip.Addr {
+		m := map[netip.Prefix]netip.Addr{}
+		for _, o := range nodes {
+			if o != n {
+				m[o.cidr] = o.ip
+			}
+		}
+		return m
+	}
+	for _, n := range nodes {
+		poll.Eventually(t, 60*time.Second, n.Name+" learns the others", has(n, others(n)))
+	}
 
-	deleted := l.watchDeletes(t, long.ns)
+	deleted1 := l.watchDeletes(t, n1.ns)
+	deleted2 := l.watchDeletes(t, n2.ns)
 	rr.kill()
-	// The short grace expires: n2 drops n1's CIDR.
-	poll.Eventually(t, 60*time.Second, "n2 to drop n1's CIDR after its grace", func() (bool, string) {
-		_, ok := l.Routes(short.ns, RouteProtocol)[long.cidr]
-		return !ok, "still installed"
-	})
-	// n1's grace (1 min) has not: its route is pending removal, still there.
-	st := long.proc.status()
-	if st.PendingRemoval != 1 || st.Peers[0].Established {
-		t.Errorf("n1 status after reflector death: %+v", st)
+	// The reflector's restart time runs out and LLGR takes over.
+	for _, n := range []*node{n1, n2} {
+		poll.Eventually(t, 60*time.Second, n.Name+": LLGR after the restart time", func() (bool, string) {
+			return n.proc.logged("LLGR restart timer started")
+		})
 	}
-	if ok, detail := has(long, short.cidr, short.ip)(); !ok {
-		t.Fatalf("n1 dropped n2's CIDR within its grace: %s", detail)
+	for _, n := range []*node{n1, n2} {
+		if ok, detail := has(n, others(n))(); !ok {
+			t.Fatalf("%s lost routes after the graceful restart time: %s", n.Name, detail)
+		}
+		if st := n.proc.status(); len(st.Installed) != 2 || st.PendingRemoval != 0 || st.Peers[0].Established {
+			t.Errorf("%s status with the reflector down: %+v", n.Name, st)
+		}
 	}
 
-	startRR()
-	poll.Eventually(t, 60*time.Second, "n2 re-learns n1", has(short, long.cidr, long.ip))
-	poll.Eventually(t, 60*time.Second, "n1 re-learns n2 and clears the pending removal", func() (bool, string) {
-		st := long.proc.status()
-		return st.PendingRemoval == 0 && len(st.Installed) == 1, fmt.Sprintf("%+v", st)
-	})
-	if d := deleted(); len(d) > 0 {
-		t.Errorf("n1 deleted routes it kept through the grace: %v", d)
+	// Only a node that is gone loses its routes, reflector or not: n1's
+	// health view says n3 is dead, n2's registry no longer has n3.
+	n1.proc.call(childReq{Op: "dead", Addrs: []netip.Addr{n3.ip}})
+	poll.Eventually(t, 30*time.Second, "n1 to withhold n3's route", lacks(n1, n3.cidr))
+	if st := n1.proc.status(); len(st.Withheld) != 1 || st.Withheld[0].Prefix != n3.cidr || len(st.Installed) != 1 {
+		t.Errorf("n1 status with n3 dead: %+v", st)
 	}
-	if ok, detail := has(long, short.cidr, short.ip)(); !ok {
-		t.Errorf("n1 after reflector restart: %s", detail)
+	n2.proc.call(childReq{Op: "imports", Rules: ImportRules([]api.Cluster{cluster}, []api.Node{n1.Node, n2.Node})})
+	poll.Eventually(t, 30*time.Second, "n2 to drop n3's stale route once the registry loses n3", lacks(n2, n3.cidr))
+	if ok, detail := has(n2, map[netip.Prefix]netip.Addr{n1.cidr: n1.ip})(); !ok {
+		t.Errorf("n2 lost n1's route with the registry change: %s", detail)
+	}
+
+	// Back: refreshed without a deletion.
+	rr = startRR(rcfg)
+	for _, n := range []*node{n1, n2, n3} {
+		poll.Eventually(t, 60*time.Second, n.Name+" back in session", func() (bool, string) {
+			st := n.proc.status()
+			return len(st.Peers) == 1 && st.Peers[0].Established && st.PendingRemoval == 0, fmt.Sprintf("%+v", st)
+		})
+	}
+	poll.Eventually(t, 30*time.Second, "n3 learns n1 and n2 again", has(n3, others(n3)))
+	n1.proc.call(childReq{Op: "dead"})
+	poll.Eventually(t, 30*time.Second, "n1 to restore n3's route, n3 alive", has(n1, others(n1)))
+	if d := deleted1(); !slices.Equal(d, []netip.Prefix{n3.cidr}) {
+		t.Errorf("n1 deleted %v through the reflector's restart; want only dead n3's %s", d, n3.cidr)
+	}
+	if d := deleted2(); !slices.Equal(d, []netip.Prefix{n3.cidr}) {
+		t.Errorf("n2 deleted %v through the reflector's restart; want only removed n3's %s", d, n3.cidr)
+	}
+
+	// LLGR expiry: the reflector returns advertising a 4 s stale time,
+	// dies again, and the routes go once restart and stale time are over.
+	rr.kill()
+	short := rcfg
+	short.LLGRStaleTime = 4 * time.Second
+	rr = startRR(short)
+	poll.Eventually(t, 60*time.Second, "n1 back in session with the short stale time", func() (bool, string) {
+		st := n1.proc.status()
+		return len(st.Peers) == 1 && st.Peers[0].Established, fmt.Sprintf("%+v", st.Peers)
+	})
+	poll.Eventually(t, 30*time.Second, "n1 learns n2 again", has(n1, map[netip.Prefix]netip.Addr{n2.cidr: n2.ip}))
+	rr.kill()
+	poll.Eventually(t, 60*time.Second, "n1 to drop n2's route once LLGR expired", lacks(n1, n2.cidr))
+	if ok, _ := n1.proc.logged("LLGR restart timer expired"); !ok {
+		t.Errorf("n1 dropped n2's route but its log has no LLGR expiry")
 	}
 }

@@ -42,11 +42,12 @@ func TestMain(m *testing.M) {
 
 // childReq is one command on the child's stdin (one JSON value per line).
 type childReq struct {
-	Op       string         `json:"op"` // start, peers, announce, status
+	Op       string         `json:"op"` // start, peers, imports, dead, announce, status, metrics
 	Config   *Config        `json:"config,omitempty"`
 	Peers    []Peer         `json:"peers,omitempty"`
 	Prefixes []netip.Prefix `json:"prefixes,omitempty"`
 	Rules    []ImportRule   `json:"rules,omitempty"`
+	Addrs    []netip.Addr   `json:"addrs,omitempty"`
 }
 
 type childResp struct {
@@ -119,6 +120,8 @@ func runChild(role string) int {
 				} else {
 					err = sp.SetImportPolicy(ctx, req.Rules)
 				}
+			case "dead":
+				err = sp.SetDeadNextHops(ctx, req.Addrs)
 			case "stopprofile":
 				pprof.StopCPUProfile()
 			case "announce":

@@ -200,17 +200,32 @@ protocol bgp n1 {
 	}
 	nodes[0].proc.call(childReq{Op: "peers", Peers: nodes[0].peers})
 
-	// Kill c1/n2's speaker: every other node drops its pod CIDR.
+	// Kill c1/n2's speaker: graceful restart keeps its pod CIDR on every
+	// other node, in both clusters (a restarting agent is not a dead node),
+	// until a node's health view says it is dead: then that node drops it.
 	victim := nodes[1]
+	watched := nodes[3] // c2/n2: kept through both reflectors
+	keptDeletes := l.watchDeletes(t, watched.ns)
 	victim.proc.kill()
 	gone := victim.node.PodCIDRs[0]
-	for _, n := range nodes {
-		if n == victim {
-			continue
+	poll.Eventually(t, 60*time.Second, "reflector c1 to see c1/n2 gone", func() (bool, string) {
+		for _, p := range reflectors[0].status().Peers {
+			if p.Address == victim.node.BGPAddress {
+				return !p.Established, fmt.Sprintf("%+v", p)
+			}
 		}
-		want := slices.DeleteFunc(slices.Clone(n.others), func(p netip.Prefix) bool { return p == gone })
-		poll.Eventually(t, 60*time.Second, "withdrawal on "+n.cfg.Name, converged(n, want))
+		return false, "no peer"
+	})
+	for _, n := range nodes {
+		if n != victim {
+			if ok, detail := converged(n, n.others)(); !ok {
+				t.Errorf("%s lost a route when c1/n2's speaker died: %s", n.cfg.Name, detail)
+			}
+		}
 	}
+	nodes[2].proc.call(childReq{Op: "dead", Addrs: victim.node.Addresses})
+	poll.Eventually(t, 60*time.Second, "c2/n1 to drop dead c1/n2's CIDR", converged(nodes[2],
+		slices.DeleteFunc(slices.Clone(nodes[2].others), func(p netip.Prefix) bool { return p == gone })))
 	// The dead node's own routes stay in its kernel (nobody is there to
 	// remove them); add a stale one a previous run could have left.
 	stale := &netlink.Route{Dst: route.IPNet(netip.MustParsePrefix("10.77.0.0/24")), Gw: a("192.0.2.99").AsSlice(), Protocol: RouteProtocol}
@@ -223,8 +238,15 @@ protocol bgp n1 {
 	// Watch the restarted node's table: live routes must not be deleted.
 	deleted := l.watchDeletes(t, victim.ns)
 	victim.proc = l.startChild(victim.cfg.Name+"-restarted", victim.ns, "speaker", victim.cfg, victim.peers)
+	nodes[2].proc.call(childReq{Op: "dead"})
 	for _, n := range nodes {
 		poll.Eventually(t, 60*time.Second, "routes restored on "+n.cfg.Name, converged(n, n.others))
+	}
+	for _, p := range keptDeletes() {
+		// The router's prefix goes with the router peer removed above.
+		if slices.Contains(watched.others, p) {
+			t.Errorf("%s deleted %s while c1/n2's speaker restarted", watched.cfg.Name, p)
+		}
 	}
 	poll.Eventually(t, 60*time.Second, "stale route removed on "+victim.cfg.Name, func() (bool, string) {
 		_, ok := l.Routes(victim.ns, RouteProtocol)[netip.MustParsePrefix("10.77.0.0/24")]

@@ -47,7 +47,7 @@ func (r *Reflector) Run(ctx context.Context) error {
 	}
 	r.ran = true
 	r.mu.Unlock()
-	if err := r.core.start(ctx); err != nil {
+	if err := r.core.start(ctx, nil); err != nil {
 		return fmt.Errorf("reflector: %w", err)
 	}
 	r.mu.Lock()

@@ -46,6 +46,14 @@ type Speaker struct {
 	failed       map[netip.Prefix]candidate // accepted, kernel refused; retried
 	lastRetry    time.Time
 	firstSession bool
+	// dead are next hops of nodes the health view reports dead: routes via
+	// them are withheld from the kernel (SetDeadNextHops).
+	dead map[netip.Addr]bool
+	// refreshing holds, per peer whose session came back after a graceful
+	// restart, the prefixes it had not re-announced yet and until when a
+	// withdrawal of one of them (GoBGP dropping it as stale at End-of-RIB)
+	// waits SessionLossGrace.
+	refreshing map[netip.Addr]*refresh
 	// routes programs the kernel (one netlink socket for every change);
 	// nil unless Config.InstallRoutes.
 	routes *route.Writer
@@ -64,12 +72,14 @@ func NewSpeaker(cfg Config) (*Speaker, error) {
 		cfg.Table = unix.RT_TABLE_MAIN
 	}
 	s := &Speaker{
-		cfg:       cfg,
-		core:      newCore(cfg, true),
-		installed: map[netip.Prefix]netip.Addr{},
-		pending:   map[netip.Prefix]time.Time{},
-		stale:     map[netip.Prefix]bool{},
-		failed:    map[netip.Prefix]candidate{},
+		cfg:        cfg,
+		core:       newCore(cfg, true),
+		installed:  map[netip.Prefix]netip.Addr{},
+		pending:    map[netip.Prefix]time.Time{},
+		stale:      map[netip.Prefix]bool{},
+		failed:     map[netip.Prefix]candidate{},
+		dead:       map[netip.Addr]bool{},
+		refreshing: map[netip.Addr]*refresh{},
 	}
 	m, err := newMetrics("speaker", cfg.Registerer, s.Status)
 	if err != nil {
@@ -107,12 +117,7 @@ func (s *Speaker) Start(ctx context.Context) error {
 		}
 	}
 	s.staleAt = time.Now().Add(s.cfg.StaleRouteTimeout)
-	if err := s.core.start(ctx); err != nil {
-		s.closeNetlink()
-		return err
-	}
-	if err := s.core.announce(ctx, s.cfg.PodCIDRs); err != nil {
-		s.core.stop()
+	if err := s.core.start(ctx, s.cfg.PodCIDRs); err != nil {
 		s.closeNetlink()
 		return err
 	}
@@ -155,6 +160,60 @@ func (s *Speaker) closeNetlink() {
 // are kept. Peers whose settings did not change keep their session.
 func (s *Speaker) SetPeers(ctx context.Context, peers []Peer) error {
 	return s.core.setPeers(ctx, peers)
+}
+
+// SetDeadNextHops names the next hops (node addresses) of the nodes the
+// health view reports dead; it replaces the previous set. A learned route
+// via one of them leaves the kernel at once, whatever BGP says: with
+// graceful restart a node that died keeps its routes on its peers until
+// its restart and LLGR timers run out, and a route reflector that is down
+// cannot withdraw anything. BGP still holds such routes; once their next
+// hop is no longer named here they go back into the kernel if BGP still
+// has them. Routes are listed in Status.Withheld meanwhile. It may be
+// called before Start.
+func (s *Speaker) SetDeadNextHops(ctx context.Context, nextHops []netip.Addr) error {
+	dead := make(map[netip.Addr]bool, len(nextHops))
+	for _, a := range nextHops {
+		if !a.IsValid() {
+			return fmt.Errorf("%s: set dead next hops: %w: invalid address", s.cfg.Name, ErrInvalidConfig)
+		}
+		dead[a.Unmap()] = true
+	}
+	running := s.isRunning()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	was := s.dead
+	s.dead = dead
+	if s.table == nil || !running {
+		return nil // Start applies them; after Stop nothing is programmed
+	}
+	plan := kernelPlan{}
+	for p, c := range s.table.accepted {
+		if dead[c.nextHop] != was[c.nextHop] {
+			plan[p] = c // program withholds or restores it
+		}
+	}
+	// Routes kept through a grace or adopted from a previous run are not
+	// in the table: their kernel next hop decides.
+	for p, gw := range s.installed {
+		if _, ok := s.table.accepted[p]; !ok && dead[gw] {
+			s.remove(plan, p)
+		}
+	}
+	for a := range dead {
+		if !was[a] {
+			s.cfg.Logger.Info("bgp routes via a dead node withheld", "node", s.cfg.Name, "next_hop", a)
+		}
+	}
+	for a := range was {
+		if !dead[a] {
+			s.cfg.Logger.Info("bgp routes via a node alive again restored", "node", s.cfg.Name, "next_hop", a)
+		}
+	}
+	if len(plan) > 0 {
+		s.program(ctx, plan)
+	}
+	return nil
 }
 
 // SetImportPolicy makes the speaker accept only the routes rules allow (see
@@ -208,6 +267,10 @@ func (s *Speaker) Status(ctx context.Context) (Status, error) {
 	perPeer := map[string]int{}
 	for p, c := range s.table.accepted {
 		r := InstalledRoute{Prefix: p, NextHop: c.nextHop, Peer: c.peer}
+		if s.dead[c.nextHop] {
+			st.Withheld = append(st.Withheld, r)
+			continue
+		}
 		if gw, ok := s.installed[p]; s.cfg.InstallRoutes && (!ok || gw != c.nextHop) {
 			st.Failed = append(st.Failed, r)
 			continue
@@ -222,6 +285,7 @@ func (s *Speaker) Status(ctx context.Context) (Status, error) {
 	s.mu.Unlock()
 	sort.Slice(st.Installed, func(i, j int) bool { return st.Installed[i].Prefix.String() < st.Installed[j].Prefix.String() })
 	sort.Slice(st.Failed, func(i, j int) bool { return st.Failed[i].Prefix.String() < st.Failed[j].Prefix.String() })
+	sort.Slice(st.Withheld, func(i, j int) bool { return st.Withheld[i].Prefix.String() < st.Withheld[j].Prefix.String() })
 	for i := range st.Peers {
 		st.Peers[i].PrefixesInstalled = perPeer[st.Peers[i].Address.String()]
 	}
@@ -288,19 +352,23 @@ func (s *Speaker) noteImportRefusals(refs []Refusal) {
 	s.importRefused = next
 }
 
+// refresh is a peer's graceful-restart refresh in progress.
+type refresh struct {
+	until    time.Time
+	prefixes map[netip.Prefix]bool
+}
+
 func (s *Speaker) process(ctx context.Context, evs []event) {
-	var up map[netip.Addr]bool
-	if s.cfg.SessionLossGrace > 0 {
-		for _, ev := range evs {
-			if ev.kind == evWithdraw {
-				// GoBGP withdraws a lost session's paths before it reports
-				// the peer down, but its session state is already updated.
-				var err error
-				if up, err = s.core.establishedPeers(ctx); err != nil {
-					up = map[netip.Addr]bool{}
-				}
-				break
+	var up, graceful map[netip.Addr]bool
+	for _, ev := range evs {
+		if s.cfg.SessionLossGrace > 0 && ev.kind == evWithdraw && ev.peer.IsValid() {
+			// GoBGP withdraws a lost session's paths before it reports
+			// the peer down, but its session state is already updated.
+			var err error
+			if up, graceful, err = s.core.sessions(ctx); err != nil {
+				up, graceful = map[netip.Addr]bool{}, map[netip.Addr]bool{}
 			}
+			break
 		}
 	}
 	s.mu.Lock()
@@ -309,14 +377,16 @@ func (s *Speaker) process(ctx context.Context, evs []event) {
 	// messages as it takes, instead of once per route.
 	plan := kernelPlan{}
 	defer s.program(ctx, plan)
+	now := time.Now()
 	for _, ev := range evs {
 		switch ev.kind {
 		case evPeer:
 			s.cfg.Logger.Info("bgp session state", "node", s.cfg.Name, "peer", ev.peer, "established", ev.up)
 			s.core.peerState(ctx, ev.peer, ev.up)
+			s.noteRefresh(ev.peer, ev.up, now)
 			if ev.up && !s.firstSession {
 				s.firstSession = true
-				if at := time.Now().Add(s.cfg.StaleRouteGrace); at.Before(s.staleAt) {
+				if at := now.Add(s.cfg.StaleRouteGrace); at.Before(s.staleAt) {
 					s.staleAt = at
 				}
 			}
@@ -328,25 +398,69 @@ func (s *Speaker) process(ctx context.Context, evs []event) {
 			if !ev.peer.IsValid() || !ev.nextHop.IsValid() {
 				continue // our own announcement
 			}
+			if r := s.refreshing[ev.peer]; r != nil {
+				delete(r.prefixes, ev.prefix)
+			}
 			s.apply(plan, s.table.upsert(ev.prefix, ev.nextHop, ev.peer.String()), false)
 		case evWithdraw:
 			if !ev.peer.IsValid() {
 				continue
 			}
-			// Only a session that dropped gets the grace; a withdrawal on a
-			// live session, from a peer cut off for its prefix count or
-			// from a peer no longer configured takes effect at once.
-			lost := false
-			if s.cfg.SessionLossGrace > 0 {
-				s.core.mu.Lock()
-				_, configured := s.core.peers[ev.peer]
-				cut := !s.core.cutOff[ev.peer].IsZero()
-				s.core.mu.Unlock()
-				lost = !up[ev.peer] && configured && !cut
-			}
-			s.apply(plan, s.table.withdraw(ev.prefix), lost)
+			s.apply(plan, s.table.withdraw(ev.prefix), s.deferWithdrawal(ev, up, graceful, now))
 		}
 	}
+}
+
+// noteRefresh starts, on a session coming up, the refresh of the prefixes
+// still held from the peer's previous session (GoBGP kept them as stale:
+// with graceful restart nothing was withdrawn), and forgets it on a
+// session going down. s.mu is held.
+func (s *Speaker) noteRefresh(peer netip.Addr, up bool, now time.Time) {
+	delete(s.refreshing, peer)
+	if !up || s.cfg.SessionLossGrace <= 0 {
+		return
+	}
+	r := &refresh{until: now.Add(max(s.cfg.GracefulRestartTime, s.cfg.SessionLossGrace)), prefixes: map[netip.Prefix]bool{}}
+	name := peer.String()
+	for p, c := range s.table.cands {
+		if c.peer == name {
+			r.prefixes[p] = true
+		}
+	}
+	if len(r.prefixes) > 0 {
+		s.refreshing[peer] = r
+	}
+}
+
+// deferWithdrawal says whether a withdrawal waits SessionLossGrace before
+// the kernel route goes: only when it may be undone in a moment. That is a
+// session that dropped without graceful restart, or the stale routes GoBGP
+// drops at the End-of-RIB of a peer back from a graceful restart (a
+// restarted reflector has not necessarily re-learned every route yet).
+// Everything else takes effect at once: a withdrawal on a live session, a
+// route of a peer cut off for its prefix count or no longer configured, a
+// stale route the import policy now refuses, and the end of the restart or
+// LLGR timers (GoBGP already waited). s.mu is held.
+func (s *Speaker) deferWithdrawal(ev event, up, graceful map[netip.Addr]bool, now time.Time) bool {
+	if s.cfg.SessionLossGrace <= 0 {
+		return false
+	}
+	s.core.mu.Lock()
+	_, configured := s.core.peers[ev.peer]
+	cut := !s.core.cutOff[ev.peer].IsZero()
+	s.core.mu.Unlock()
+	if !configured || cut {
+		return false
+	}
+	if !up[ev.peer] {
+		return !graceful[ev.peer]
+	}
+	r := s.refreshing[ev.peer]
+	if r == nil || !r.prefixes[ev.prefix] {
+		return false
+	}
+	delete(r.prefixes, ev.prefix)
+	return now.Before(r.until)
 }
 
 // kernelPlan is the kernel state a batch of changes wants, by prefix: the
@@ -399,6 +513,9 @@ func (s *Speaker) program(ctx context.Context, plan kernelPlan) {
 	cands := make([]*candidate, 0, len(plan))
 	for p, c := range plan {
 		gw, ok := s.installed[p]
+		if c != nil && s.dead[c.nextHop] {
+			c = nil // withheld: its node is dead (SetDeadNextHops)
+		}
 		if c == nil {
 			if !ok {
 				continue

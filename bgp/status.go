@@ -19,6 +19,10 @@ type Status struct {
 	// Failed are accepted routes the kernel refused (say, a next hop not
 	// reachable yet); they are retried every second.
 	Failed []InstalledRoute `json:"failed,omitempty"`
+	// Withheld are accepted routes kept out of the kernel because their
+	// next hop is a node the health view reports dead
+	// (Speaker.SetDeadNextHops); they go back in when it is alive again.
+	Withheld []InstalledRoute `json:"withheld,omitempty"`
 	// Refused are learned routes not installed, with the reason.
 	Refused []Refusal `json:"refused,omitempty"`
 	// PendingRemoval counts routes of lost sessions kept for the grace.

@@ -104,11 +104,48 @@ func TestConfigFlags(t *testing.T) {
 	cfg := DefaultConfig()
 	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
 	cfg.Flags(fs)
-	if err := fs.Parse([]string{"--bgp-session-loss-grace=5s", "--bgp-max-prefixes=7", "--bgp-listen-port=-1"}); err != nil {
+	if err := fs.Parse([]string{"--bgp-session-loss-grace=5s", "--bgp-max-prefixes=7", "--bgp-listen-port=-1",
+		"--bgp-graceful-restart-time=30s", "--bgp-llgr-stale-time=1h"}); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.SessionLossGrace != 5*time.Second || cfg.MaxPrefixes != 7 || cfg.ListenPort != -1 || cfg.HoldTime != DefaultConfig().HoldTime {
+	if cfg.SessionLossGrace != 5*time.Second || cfg.MaxPrefixes != 7 || cfg.ListenPort != -1 || cfg.HoldTime != DefaultConfig().HoldTime ||
+		cfg.GracefulRestartTime != 30*time.Second || cfg.LLGRStaleTime != time.Hour {
 		t.Errorf("config after flags: %+v", cfg)
+	}
+}
+
+func TestGracefulRestartConfig(t *testing.T) {
+	tests := []struct {
+		name      string
+		restart   time.Duration
+		stale     time.Duration
+		valid     bool
+		graceful  bool
+		longLived bool
+	}{
+		{name: "defaults", restart: DefaultConfig().GracefulRestartTime, stale: DefaultConfig().LLGRStaleTime, valid: true, graceful: true, longLived: true},
+		{name: "kind keeps LLGR long", restart: DefaultKindConfig().GracefulRestartTime, stale: DefaultKindConfig().LLGRStaleTime, valid: true, graceful: true, longLived: true},
+		{name: "off", valid: true},
+		{name: "LLGR needs graceful restart", stale: time.Hour, valid: true},
+		{name: "graceful restart without LLGR", restart: time.Minute, valid: true, graceful: true},
+		{name: "restart time beyond 12 bits", restart: 4096 * time.Second},
+		{name: "stale time beyond 24 bits", restart: time.Minute, stale: 1 << 24 * time.Second},
+		{name: "negative", restart: -time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := Config{Name: "n", ASN: 65001, RouterID: netip.MustParseAddr("192.0.2.1"), GracefulRestartTime: tt.restart, LLGRStaleTime: tt.stale}
+			err := c.validate()
+			if (err == nil) != tt.valid {
+				t.Fatalf("validate: %v, want valid %v", err, tt.valid)
+			}
+			if err == nil && (c.gracefulRestart() != tt.graceful || c.llgr() != tt.longLived) {
+				t.Errorf("graceful %v llgr %v, want %v %v", c.gracefulRestart(), c.llgr(), tt.graceful, tt.longLived)
+			}
+		})
+	}
+	if k := DefaultKindConfig(); k.LLGRStaleTime < 5*time.Minute {
+		t.Errorf("DefaultKindConfig's LLGR stale time %s cannot carry routes through a drill's control-plane outage", k.LLGRStaleTime)
 	}
 }
 
