@@ -139,6 +139,12 @@ func (s *Service) Marshal() ([]byte, error) {
 	e.uint(13, uint64(s.SessionAffinityTimeout))
 	e.bool(14, s.InternalTrafficLocal)
 	e.bool(15, s.PreferClose)
+	e.bool(16, s.ServiceExport)
+	e.time(17, s.ExportCreated)
+	e.bool(18, s.Headless)
+	for _, a := range s.ClusterSetIPs {
+		e.addr(19, a)
+	}
 	return e.finish()
 }
 
@@ -182,6 +188,17 @@ func (s *Service) Unmarshal(b []byte) error {
 			s.InternalTrafficLocal, err = f.bool()
 		case 15:
 			s.PreferClose, err = f.bool()
+		case 16:
+			s.ServiceExport, err = f.bool()
+		case 17:
+			s.ExportCreated, err = f.time()
+		case 18:
+			s.Headless, err = f.bool()
+		case 19:
+			var a netip.Addr
+			if a, err = f.addr(); err == nil {
+				s.ClusterSetIPs = append(s.ClusterSetIPs, a)
+			}
 		}
 		return err
 	})

@@ -52,7 +52,8 @@ var schemaMessages = []schemaMessage{
 		"cluster": "Cluster", "cluster_id": "ClusterID", "namespace": "Namespace", "name": "Name",
 		"cluster_ips": "ClusterIPs", "ports": "Ports", "global": "Global", "shared": "Shared",
 		"affinity": "Affinity", "min_local_backends": "MinLocalBackends", "labels": "Labels",
-		"session_affinity_timeout": "SessionAffinityTimeout", "internal_traffic_local": "InternalTrafficLocal", "prefer_close": "PreferClose"}},
+		"session_affinity_timeout": "SessionAffinityTimeout", "internal_traffic_local": "InternalTrafficLocal", "prefer_close": "PreferClose",
+		"service_export": "ServiceExport", "export_created_unix_nano": "ExportCreated", "headless": "Headless", "clusterset_ips": "ClusterSetIPs"}},
 	{"Endpoint", reflect.TypeFor[Endpoint](), map[protoreflect.Name]string{
 		"addresses": "Addresses", "node_name": "NodeName", "zone": "Zone", "ready": "Ready",
 		"serving": "Serving", "terminating": "Terminating"}},
@@ -198,6 +199,8 @@ func schemaSamples() []codecObject {
 			Ports:      []ServicePort{{Port: 65535, Protocol: ProtocolUDP}, {Name: "x", Port: 1, Protocol: ProtocolTCP}},
 			Affinity:   AffinityRemote, MinLocalBackends: math.MaxUint32, Labels: map[string]string{"a/b": "", "k": "vä"},
 			SessionAffinityTimeout: 86400, InternalTrafficLocal: true, PreferClose: true},
+		&Service{Cluster: "c2", Namespace: "shop", Name: "db", Headless: true, ServiceExport: true,
+			ExportCreated: time.Unix(1767225600, 5).UTC(), ClusterSetIPs: []netip.Addr{netip.MustParseAddr("fd00::c"), netip.MustParseAddr("10.96.0.2")}},
 		&EndpointSlice{Cluster: "c1", Namespace: "ns", Service: "svc", Name: "svc-1",
 			Endpoints: []Endpoint{{Addresses: []netip.Addr{netip.MustParseAddr("fd00::5"), netip.MustParseAddr("10.0.0.5")}, Terminating: true, Serving: true}}},
 		&Identity{Cluster: "c1", ID: math.MaxUint32, Namespace: "ns"},

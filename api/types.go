@@ -1,6 +1,9 @@
 package api
 
-import "net/netip"
+import (
+	"net/netip"
+	"time"
+)
 
 // SchemaVersion is carried in every encoded value. A reader refuses values
 // with a newer major schema than it understands; fields added within a
@@ -106,6 +109,22 @@ type Service struct {
 	// PreferClose is trafficDistribution: PreferClose (or PreferSameZone):
 	// backends in the client's zone first, then its cluster, then others.
 	PreferClose bool
+	// ServiceExport marks a service exported through a ServiceExport of the
+	// Multi-Cluster Services API (KEP-1645): every connected cluster whose
+	// namespace exists imports it (a ServiceImport and a derived Service,
+	// docs/mcs.md). Annotated services leave it false.
+	ServiceExport bool
+	// ExportCreated is the ServiceExport's creation time: when exporters
+	// disagree, the KEP's conflict resolution gives the oldest export's
+	// properties precedence. Zero unless ServiceExport.
+	ExportCreated time.Time
+	// Headless is a service without a cluster IP (clusterIP: None): an
+	// import of it is Headless and has no clusterset IP.
+	Headless bool
+	// ClusterSetIPs are the clusterset IPs of the service imported into
+	// this cluster (the derived Service's cluster IPs): agents balance
+	// them, as the ClusterIPs, over every exporting cluster's backends.
+	ClusterSetIPs []netip.Addr
 }
 
 // EndpointPort is one port of an endpoint slice.

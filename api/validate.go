@@ -246,6 +246,20 @@ func (s *Service) Validate() error {
 			return err
 		}
 	}
+	if err := validateCount(what+": clusterset IPs", len(s.ClusterSetIPs), MaxAddresses); err != nil {
+		return err
+	}
+	for i, a := range s.ClusterSetIPs {
+		if err := validateAddr(a, func() string { return fmt.Sprintf("%s: clusterset IP #%d", what, i) }); err != nil {
+			return err
+		}
+	}
+	if s.Headless && len(s.ClusterIPs) > 0 {
+		return invalidf("%s: headless with %d cluster IPs", what, len(s.ClusterIPs))
+	}
+	if !s.ServiceExport && !s.ExportCreated.IsZero() {
+		return invalidf("%s: export creation time without a ServiceExport", what)
+	}
 	return validatePorts(what, s.Ports)
 }
 

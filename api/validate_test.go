@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestValidateClusterName(t *testing.T) {
@@ -65,6 +66,11 @@ func TestValidateObjects(t *testing.T) {
 		{"node unspecified address", &Node{Cluster: "c1", Name: "n1", Addresses: []netip.Addr{ip("0.0.0.0")}}, "node c1/n1: address #0"},
 		{"service bad affinity", &Service{Cluster: "c1", Namespace: "ns", Name: "s", Affinity: "near"}, `service c1/ns/s: invalid: affinity "near"`},
 		{"service port 0", &Service{Cluster: "c1", Namespace: "ns", Name: "s", Ports: []ServicePort{{Name: "http", Protocol: ProtocolTCP}}}, `port #0 ("http"): port 0`},
+		{"service export ok", &Service{Cluster: "c1", Namespace: "ns", Name: "s", ServiceExport: true, Headless: true,
+			ExportCreated: time.Unix(1, 0), ClusterSetIPs: []netip.Addr{ip("10.96.0.9")}}, ""},
+		{"service headless with cluster IP", &Service{Cluster: "c1", Namespace: "ns", Name: "s", Headless: true, ClusterIPs: []netip.Addr{ip("10.96.0.1")}}, "headless with 1 cluster IPs"},
+		{"service export time without export", &Service{Cluster: "c1", Namespace: "ns", Name: "s", ExportCreated: time.Unix(1, 0)}, "export creation time without a ServiceExport"},
+		{"service unspecified clusterset IP", &Service{Cluster: "c1", Namespace: "ns", Name: "s", ClusterSetIPs: []netip.Addr{ip("0.0.0.0")}}, "clusterset IP #0"},
 		{"service bad protocol", &Service{Cluster: "c1", Namespace: "ns", Name: "s", Ports: []ServicePort{{Name: "x", Port: 1, Protocol: "ICMP"}}}, `protocol "ICMP"`},
 		{"slice ok", sampleSlice(2), ""},
 		{"slice missing address", &EndpointSlice{Cluster: "c1", Namespace: "ns", Service: "s", Name: "x", Endpoints: []Endpoint{{}}}, "endpoint #0 has no address"},

@@ -528,10 +528,26 @@ func (m *Merger) computeLocked(n Name) map[loadbalancer.Frontend]loadbalancer.Se
 			m.log.Debug("skipping unsupported protocol", "service", n, "port", sp.Name, "protocol", sp.Protocol)
 			continue
 		}
-		for _, vip := range localSvc.ClusterIPs {
+		for _, vip := range frontendIPs(localSvc) {
 			fe := loadbalancer.Frontend{Addr: netip.AddrPortFrom(vip, sp.Port), Protocol: proto}
 			cands := m.candidatesLocked(n, clusters, sp, vip.Is4())
 			out[fe] = m.choose(localSvc, fe, cands)
+		}
+	}
+	return out
+}
+
+// frontendIPs are a local service's virtual IPs: its cluster IPs and, for
+// a service imported through the Multi-Cluster Services API, the clusterset
+// IPs of its derived Service, balanced over the same backends.
+func frontendIPs(s *api.Service) []netip.Addr {
+	if len(s.ClusterSetIPs) == 0 {
+		return s.ClusterIPs
+	}
+	out := slices.Clone(s.ClusterIPs)
+	for _, a := range s.ClusterSetIPs {
+		if !slices.Contains(out, a) {
+			out = append(out, a)
 		}
 	}
 	return out

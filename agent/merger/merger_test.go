@@ -115,6 +115,19 @@ func vips(ips ...string) svcOpt {
 }
 func ports(p ...api.ServicePort) svcOpt { return func(s *api.Service) { s.Ports = p } }
 
+// imported is the local entry the apiserver writes for a service imported
+// through the Multi-Cluster Services API: the derived Service's clusterset
+// IPs, global, lending no backend.
+func imported(ips ...string) svcOpt {
+	return func(s *api.Service) {
+		s.ClusterIPs, s.Shared = nil, false
+		for _, ip := range ips {
+			s.ClusterSetIPs = append(s.ClusterSetIPs, netip.MustParseAddr(ip))
+		}
+	}
+}
+func exported(s *api.Service) { s.ServiceExport = true }
+
 var clusterIDs = map[string]uint32{"c1": 1, "c2": 2, "c3": 3}
 
 func svc(cluster string, opts ...svcOpt) *api.Service {
@@ -208,6 +221,21 @@ func TestMergeTable(t *testing.T) {
 			name:     "local service without backends anywhere is programmed empty",
 			services: []*api.Service{svc("c1")},
 			want:     []string{fe + ": P[] F[]"},
+		},
+		{
+			name:     "MCS import: the clusterset IP balances the exporter's backends",
+			services: []*api.Service{svc("c1", imported("10.96.9.1")), svc("c2", exported)},
+			slices:   []*api.EndpointSlice{httpSlice("c2", ep("10.2.0.1"), ep("10.2.0.2"))},
+			want:     []string{"10.96.9.1:80/TCP: P[10.2.0.1:8080 10.2.0.2:8080] F[]"},
+		},
+		{
+			name:     "MCS import into an exporting cluster: cluster IP and clusterset IP share every exporter's backends",
+			services: []*api.Service{svc("c1", exported, func(s *api.Service) { s.ClusterSetIPs = []netip.Addr{netip.MustParseAddr("10.96.9.1")} }), svc("c2", exported), svc("c3", notGlobal)},
+			slices:   []*api.EndpointSlice{httpSlice("c1", ep("10.1.0.1")), httpSlice("c2", ep("10.2.0.1")), httpSlice("c3", ep("10.3.0.1"))},
+			want: []string{
+				fe + ": P[10.1.0.1:8080 10.2.0.1:8080] F[]",
+				"10.96.9.1:80/TCP: P[10.1.0.1:8080 10.2.0.1:8080] F[]",
+			},
 		},
 		{
 			name:     "affinity local prefers local, remote as fallback",

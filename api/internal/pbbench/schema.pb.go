@@ -380,6 +380,10 @@ type Service struct {
 	SessionAffinityTimeout uint32                 `protobuf:"varint,13,opt,name=session_affinity_timeout,json=sessionAffinityTimeout,proto3" json:"session_affinity_timeout,omitempty"` // seconds; 0: no session affinity
 	InternalTrafficLocal   bool                   `protobuf:"varint,14,opt,name=internal_traffic_local,json=internalTrafficLocal,proto3" json:"internal_traffic_local,omitempty"`
 	PreferClose            bool                   `protobuf:"varint,15,opt,name=prefer_close,json=preferClose,proto3" json:"prefer_close,omitempty"`
+	ServiceExport          bool                   `protobuf:"varint,16,opt,name=service_export,json=serviceExport,proto3" json:"service_export,omitempty"`                             // exported through a ServiceExport (KEP-1645)
+	ExportCreatedUnixNano  int64                  `protobuf:"varint,17,opt,name=export_created_unix_nano,json=exportCreatedUnixNano,proto3" json:"export_created_unix_nano,omitempty"` // the ServiceExport's creation time; 0: none
+	Headless               bool                   `protobuf:"varint,18,opt,name=headless,proto3" json:"headless,omitempty"`                                                            // clusterIP None
+	ClustersetIps          [][]byte               `protobuf:"bytes,19,rep,name=clusterset_ips,json=clustersetIps,proto3" json:"clusterset_ips,omitempty"`                              // address; the imported service's clusterset IPs
 	unknownFields          protoimpl.UnknownFields
 	sizeCache              protoimpl.SizeCache
 }
@@ -517,6 +521,34 @@ func (x *Service) GetPreferClose() bool {
 		return x.PreferClose
 	}
 	return false
+}
+
+func (x *Service) GetServiceExport() bool {
+	if x != nil {
+		return x.ServiceExport
+	}
+	return false
+}
+
+func (x *Service) GetExportCreatedUnixNano() int64 {
+	if x != nil {
+		return x.ExportCreatedUnixNano
+	}
+	return 0
+}
+
+func (x *Service) GetHeadless() bool {
+	if x != nil {
+		return x.Headless
+	}
+	return false
+}
+
+func (x *Service) GetClustersetIps() [][]byte {
+	if x != nil {
+		return x.ClustersetIps
+	}
+	return nil
 }
 
 type Endpoint struct {
@@ -2006,7 +2038,7 @@ const file_schema_proto_rawDesc = "" +
 	"\x04Port\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1a\n" +
-	"\bprotocol\x18\x03 \x01(\rR\bprotocol\"\xa9\x04\n" +
+	"\bprotocol\x18\x03 \x01(\rR\bprotocol\"\xcc\x05\n" +
 	"\aService\x12%\n" +
 	"\x0eschema_version\x18\x01 \x01(\rR\rschemaVersion\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12\x1d\n" +
@@ -2025,7 +2057,11 @@ const file_schema_proto_rawDesc = "" +
 	"\x06labels\x18\f \x03(\v2\x1a.clustermesh.v1.StringPairR\x06labels\x128\n" +
 	"\x18session_affinity_timeout\x18\r \x01(\rR\x16sessionAffinityTimeout\x124\n" +
 	"\x16internal_traffic_local\x18\x0e \x01(\bR\x14internalTrafficLocal\x12!\n" +
-	"\fprefer_close\x18\x0f \x01(\bR\vpreferClose\"\xab\x01\n" +
+	"\fprefer_close\x18\x0f \x01(\bR\vpreferClose\x12%\n" +
+	"\x0eservice_export\x18\x10 \x01(\bR\rserviceExport\x127\n" +
+	"\x18export_created_unix_nano\x18\x11 \x01(\x03R\x15exportCreatedUnixNano\x12\x1a\n" +
+	"\bheadless\x18\x12 \x01(\bR\bheadless\x12%\n" +
+	"\x0eclusterset_ips\x18\x13 \x03(\fR\rclustersetIps\"\xab\x01\n" +
 	"\bEndpoint\x12\x1c\n" +
 	"\taddresses\x18\x01 \x03(\fR\taddresses\x12\x1b\n" +
 	"\tnode_name\x18\x02 \x01(\tR\bnodeName\x12\x12\n" +
