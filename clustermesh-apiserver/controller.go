@@ -116,6 +116,9 @@ type controller struct {
 	// badAnnotation is the last reported annotation error per service, so
 	// a bad value is reported once, not on every resync.
 	badAnnotation map[types.NamespacedName]string
+	// refused is the last reported refusal per ServiceExport (an
+	// ExternalName Service), reported once.
+	refused map[types.NamespacedName]string
 	// pending are the keys of the initial listing not yet synced, per kind;
 	// nil before the caches synced.
 	pending map[objKind]map[qkey]bool
@@ -161,6 +164,7 @@ func newController(client kubernetes.Interface, st store, alloc *allocator, m *m
 		ipClaims:        map[netip.Addr]map[types.NamespacedName]bool{},
 		ipOwner:         map[netip.Addr]types.NamespacedName{},
 		badAnnotation:   map[types.NamespacedName]string{},
+		refused:         map[types.NamespacedName]string{},
 		marked:          map[api.Kind]bool{},
 		synced:          map[api.Kind]bool{},
 		markCh:          make(chan api.Kind, 2*len(api.SyncedKinds)),
@@ -211,6 +215,13 @@ func (c *controller) handler(kind objKind) cache.ResourceEventHandler {
 			return
 		}
 		c.enqueue(qkey{kind: kind, nn: types.NamespacedName{Namespace: o.GetNamespace(), Name: o.GetName()}})
+		if m, ok := obj.(metav1.Object); ok && kind == kindService {
+			// A derived Service's clusterset IPs are part of the local
+			// entry of the service it was derived for.
+			if name := importedName(m); name != "" {
+				c.enqueue(qkey{kind: kindService, nn: types.NamespacedName{Namespace: m.GetNamespace(), Name: name}})
+			}
+		}
 	}
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
@@ -490,16 +501,32 @@ func (c *controller) syncService(ctx context.Context, nn types.NamespacedName) e
 			c.enqueue(qkey{kind: kindSlice, nn: types.NamespacedName{Namespace: es.Namespace, Name: es.Name}})
 		}
 	}
+	set := c.clusterSet(nn)
+	exportCreated, viaExport := c.exports.created(nn)
+	refused := ""
+	if ok && viaExport && svc.Spec.Type == corev1.ServiceTypeExternalName {
+		refused = fmt.Sprintf("cluster %s: Service %s: field spec.type: type ExternalName cannot be exported (KEP-1645)", c.cluster, nn)
+	}
+	c.reportRefused(nn, svc, refused)
 	switch {
 	case !ok:
-		return c.unexportWithStatus(ctx, nn, "NoService", "no Service "+nn.String())
+		return c.withdraw(ctx, nn, set, "NoService", "no Service "+nn.String())
+	case refused != "":
+		return c.withdraw(ctx, nn, set, ReasonInvalidServiceType, refused)
 	case !settings.Annotated:
-		return c.unexportService(ctx, nn)
+		return c.withdraw(ctx, nn, set, "", "")
 	case !c.namespaceExported(nn.Namespace):
 		c.log.Debug("service not exported: its namespace is not global", "service", nn)
-		return c.unexportWithStatus(ctx, nn, "NamespaceNotGlobal", "namespace "+nn.Namespace+" is not exported ("+AnnotationGlobalNamespace+")")
+		return c.withdraw(ctx, nn, set, "NamespaceNotGlobal", "namespace "+nn.Namespace+" is not exported ("+AnnotationGlobalNamespace+")")
 	}
 	obj := convertService(c.cluster, c.clusterID, svc, settings)
+	obj.Headless = svc.Spec.ClusterIP == corev1.ClusterIPNone
+	if viaExport {
+		obj.ServiceExport, obj.ExportCreated = true, exportCreated
+	}
+	if set != nil {
+		obj.ClusterSetIPs = set.ClusterSetIPs
+	}
 	if err := c.store.Upsert(ctx, obj); err != nil {
 		if errors.Is(err, api.ErrInvalid) {
 			if uerr := c.unexportWithStatus(ctx, nn, "Invalid", err.Error()); uerr != nil {
@@ -520,6 +547,54 @@ func (c *controller) syncService(ctx context.Context, nn types.NamespacedName) e
 		return fmt.Errorf("service %s: ServiceExport status: %w", nn, err)
 	}
 	return nil
+}
+
+// withdraw stops exporting the local service nn and tells its
+// ServiceExport, if any, why (reason empty: nothing to tell). When the
+// service is imported (set: the local entry of its clusterset IPs, from
+// the derived Service), that entry takes the key's place, so this
+// cluster's agents keep balancing the clusterset IPs over the exporters.
+func (c *controller) withdraw(ctx context.Context, nn types.NamespacedName, set *api.Service, reason, msg string) error {
+	if set == nil {
+		if reason == "" {
+			return c.unexportService(ctx, nn)
+		}
+		return c.unexportWithStatus(ctx, nn, reason, msg)
+	}
+	if err := c.store.Upsert(ctx, set); err != nil {
+		return fmt.Errorf("service %s: imported clusterset IPs: %w", nn, err)
+	}
+	c.mu.Lock()
+	c.svcExported[nn] = true
+	c.mu.Unlock()
+	if reason == "" {
+		return nil
+	}
+	if err := c.exports.setStatus(ctx, nn, false, reason, msg, false); err != nil {
+		return fmt.Errorf("service %s: ServiceExport status: %w", nn, err)
+	}
+	return nil
+}
+
+// reportRefused reports a newly refused ServiceExport once: a log line and
+// a Warning Event on the Service naming cluster, namespace and field.
+// msg empty clears it.
+func (c *controller) reportRefused(nn types.NamespacedName, svc *corev1.Service, msg string) {
+	c.mu.Lock()
+	prev := c.refused[nn]
+	if msg == "" {
+		delete(c.refused, nn)
+	} else {
+		c.refused[nn] = msg
+	}
+	c.mu.Unlock()
+	if msg == "" || prev == msg {
+		return
+	}
+	c.log.Warn("ServiceExport refused", "service", nn, "reason", msg)
+	if c.recorder != nil && svc != nil {
+		c.recorder.Event(svc, corev1.EventTypeWarning, ReasonInvalidServiceType, "clustermesh: "+msg)
+	}
 }
 
 // unexportWithStatus withdraws a service and tells its ServiceExport, if

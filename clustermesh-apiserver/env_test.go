@@ -39,6 +39,9 @@ type env struct {
 	storeCA string
 	admin   [2]string // cert, key
 	store   *kvstore.Client
+	// certs issued the store's certificates: tests issue peers' client
+	// certificates with it.
+	certs *pkitest.Files
 }
 
 func newEnv(t testing.TB, cluster string, id uint32) *env {
@@ -64,7 +67,7 @@ func newEnv(t testing.TB, cluster string, id uint32) *env {
 	cfg.HealthAddr = "127.0.0.1:0"
 	cfg.UnsafeNoFsync = true
 	cfg.LeaseTTL = time.Minute
-	return &env{t: t, kube: kube, cfg: cfg, storeCA: cfg.EtcdCA, admin: [2]string{admCert, admKey}}
+	return &env{t: t, kube: kube, cfg: cfg, storeCA: cfg.EtcdCA, admin: [2]string{admCert, admKey}, certs: certs}
 }
 
 // running is one apiserver started by a test.

@@ -203,6 +203,15 @@ func (s *Server) Run(ctx context.Context) error {
 	})
 	wg.Add(1)
 	go func() { defer wg.Done(); ctrl.exports.run(pcctx) }()
+	// Peers' exports are read from the mesh cache's copies in the local
+	// store: without the cache only the cluster's own exports are imported.
+	peersDir := ""
+	if s.cfg.MeshCache {
+		peersDir = s.cfg.ClustersDir
+	}
+	im := newImporter(ctrl, client, peersDir, s.cfg.ClustersDirPoll, kube, dyn, rec, s.log)
+	wg.Add(1)
+	go func() { defer wg.Done(); im.run(pcctx) }()
 
 	// The cluster config goes first: peers validate it before trusting
 	// anything else the cluster exports.

@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -25,8 +26,9 @@ var serviceExportVersions = []schema.GroupVersionResource{
 
 // Conditions the apiserver sets on a ServiceExport (KEP-1645).
 const (
-	ConditionValid = "Valid"
-	ConditionReady = "Ready"
+	ConditionValid    = "Valid"
+	ConditionReady    = "Ready"
+	ConditionConflict = "Conflict"
 )
 
 // serviceExports follows the cluster's ServiceExports (once their CRD is
@@ -39,23 +41,33 @@ type serviceExports struct {
 	log     *slog.Logger
 	changed func(types.NamespacedName)
 
-	mu      sync.Mutex
-	gvr     schema.GroupVersionResource
-	exports map[types.NamespacedName]bool
+	mu  sync.Mutex
+	gvr schema.GroupVersionResource
+	// exports are the ServiceExports by name, with their creation times
+	// (the KEP's conflict resolution: the oldest export wins).
+	exports map[types.NamespacedName]time.Time
 }
 
 func newServiceExports(dyn dynamic.Interface, disc discovery.DiscoveryInterface, log *slog.Logger, changed func(types.NamespacedName)) *serviceExports {
-	return &serviceExports{dyn: dyn, disc: disc, log: log, changed: changed, exports: map[types.NamespacedName]bool{}}
+	return &serviceExports{dyn: dyn, disc: disc, log: log, changed: changed, exports: map[types.NamespacedName]time.Time{}}
 }
 
 // has tells whether a ServiceExport names the service.
 func (se *serviceExports) has(nn types.NamespacedName) bool {
+	_, ok := se.created(nn)
+	return ok
+}
+
+// created returns the creation time of the service's ServiceExport; ok is
+// false when it has none.
+func (se *serviceExports) created(nn types.NamespacedName) (time.Time, bool) {
 	if se == nil {
-		return false
+		return time.Time{}, false
 	}
 	se.mu.Lock()
 	defer se.mu.Unlock()
-	return se.exports[nn]
+	t, ok := se.exports[nn]
+	return t, ok
 }
 
 // run watches ServiceExports until ctx ends, looking for their CRD every
@@ -102,9 +114,9 @@ func (se *serviceExports) set(obj any, present bool) {
 	}
 	nn := types.NamespacedName{Namespace: u.GetNamespace(), Name: u.GetName()}
 	se.mu.Lock()
-	was := se.exports[nn]
+	_, was := se.exports[nn]
 	if present {
-		se.exports[nn] = true
+		se.exports[nn] = u.GetCreationTimestamp().UTC()
 	} else {
 		delete(se.exports, nn)
 	}
@@ -117,6 +129,27 @@ func (se *serviceExports) set(obj any, present bool) {
 // setStatus writes the Valid and Ready conditions of a service's
 // ServiceExport, if it has one, when they differ from what is there.
 func (se *serviceExports) setStatus(ctx context.Context, nn types.NamespacedName, valid bool, validReason, validMsg string, ready bool) error {
+	readyReason, readyMsg := "Exported", "exported to the mesh's peers"
+	if !ready {
+		readyReason, readyMsg = "NotExported", "not exported: "+validMsg
+	}
+	return se.setConditions(ctx, nn,
+		condition{ConditionValid, valid, validReason, validMsg},
+		condition{ConditionReady, ready, readyReason, readyMsg})
+}
+
+// condition is one status condition to write.
+type condition struct {
+	typ     string
+	status  bool
+	reason  string
+	message string
+}
+
+// setConditions writes the given conditions of a service's ServiceExport,
+// if it has one, leaving its other conditions as they are; nothing is
+// written when they already say the same.
+func (se *serviceExports) setConditions(ctx context.Context, nn types.NamespacedName, want ...condition) error {
 	if se == nil || !se.has(nn) {
 		return nil
 	}
@@ -128,28 +161,38 @@ func (se *serviceExports) setStatus(ctx context.Context, nn types.NamespacedName
 	if err != nil {
 		return err
 	}
+	have, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+	out, changed := mergeConditions(have, want)
+	if !changed {
+		return nil
+	}
+	if err := unstructured.SetNestedSlice(u.Object, out, "status", "conditions"); err != nil {
+		return err
+	}
+	_, err = ri.UpdateStatus(ctx, u, metav1.UpdateOptions{})
+	return err
+}
+
+// mergeConditions returns have with want's conditions set (a condition
+// keeps its lastTransitionTime while its status holds) and whether
+// anything changed.
+func mergeConditions(have []any, want []condition) ([]any, bool) {
 	status := func(b bool) string {
 		if b {
 			return string(metav1.ConditionTrue)
 		}
 		return string(metav1.ConditionFalse)
 	}
-	readyReason, readyMsg := "Exported", "exported to the mesh's peers"
-	if !ready {
-		readyReason, readyMsg = "NotExported", "not exported: "+validMsg
-	}
-	want := []map[string]any{
-		{"type": ConditionValid, "status": status(valid), "reason": validReason, "message": validMsg},
-		{"type": ConditionReady, "status": status(ready), "reason": readyReason, "message": readyMsg},
-	}
-	have, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
 	changed := false
 	now := metav1.Now().UTC().Format(time.RFC3339)
 	var out []any
-	for _, w := range want {
+	set := map[string]bool{}
+	for _, c := range want {
+		set[c.typ] = true
+		w := map[string]any{"type": c.typ, "status": status(c.status), "reason": c.reason, "message": c.message}
 		var old map[string]any
 		for _, h := range have {
-			if hm, ok := h.(map[string]any); ok && hm["type"] == w["type"] {
+			if hm, ok := h.(map[string]any); ok && hm["type"] == c.typ {
 				old = hm
 			}
 		}
@@ -165,16 +208,9 @@ func (se *serviceExports) setStatus(ctx context.Context, nn types.NamespacedName
 		out = append(out, w)
 	}
 	for _, h := range have {
-		if hm, ok := h.(map[string]any); ok && hm["type"] != ConditionValid && hm["type"] != ConditionReady {
+		if hm, ok := h.(map[string]any); ok && !set[fmt.Sprint(hm["type"])] {
 			out = append(out, hm)
 		}
 	}
-	if !changed {
-		return nil
-	}
-	if err := unstructured.SetNestedSlice(u.Object, out, "status", "conditions"); err != nil {
-		return err
-	}
-	_, err = ri.UpdateStatus(ctx, u, metav1.UpdateOptions{})
-	return err
+	return out, changed
 }

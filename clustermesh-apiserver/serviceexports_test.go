@@ -17,9 +17,44 @@ import (
 
 var serviceExportGVR = schema.GroupVersionResource{Group: "multicluster.x-k8s.io", Version: "v1beta1", Resource: "serviceexports"}
 
-// conditions returns a ServiceExport's conditions as type → "status/reason".
-func conditions(ctx context.Context, dyn dynamic.Interface, ns, name string) (map[string]string, error) {
-	u, err := dyn.Resource(serviceExportGVR).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+var serviceImportGVR = schema.GroupVersionResource{Group: "multicluster.x-k8s.io", Version: "v1beta1", Resource: "serviceimports"}
+
+// installMCS creates the ServiceExport and ServiceImport CRDs enable
+// installs, waits until they are served and returns a dynamic client.
+func installMCS(t testing.TB, e *env) dynamic.Interface {
+	t.Helper()
+	ctx := context.Background()
+	dyn, err := dynamic.NewForConfig(e.kube.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := deploy.DefaultValues()
+	v.ClusterName, v.ClusterID = e.cfg.ClusterName, e.cfg.ClusterID
+	crds, err := deploy.Render(deploy.FileMCSCRD, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crdGVR := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+	for _, crd := range crds {
+		if _, err := dyn.Resource(crdGVR).Create(ctx, crd, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	poll.Eventually(t, waitTimeout, "CRDs served", func(ctx context.Context) error {
+		for _, gvr := range []schema.GroupVersionResource{serviceExportGVR, serviceImportGVR} {
+			if _, err := dyn.Resource(gvr).Namespace("default").List(ctx, metav1.ListOptions{}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return dyn
+}
+
+// conditions returns a ServiceExport's (or another resource's) conditions
+// as type → "status/reason".
+func conditions(ctx context.Context, dyn dynamic.Interface, gvr schema.GroupVersionResource, ns, name string) (map[string]string, error) {
+	u, err := dyn.Resource(gvr).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return nil, err
 	}
@@ -41,26 +76,7 @@ func conditions(ctx context.Context, dyn dynamic.Interface, ns, name string) (ma
 func TestServiceExport(t *testing.T) {
 	e := newEnv(t, "c1", 5)
 	ctx := context.Background()
-	dyn, err := dynamic.NewForConfig(e.kube.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := deploy.DefaultValues()
-	v.ClusterName, v.ClusterID = "c1", 5
-	crds, err := deploy.Render(deploy.FileMCSCRD, v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	crdGVR := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
-	for _, crd := range crds {
-		if _, err := dyn.Resource(crdGVR).Create(ctx, crd, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	poll.Eventually(t, waitTimeout, "CRD served", func(ctx context.Context) error {
-		_, err := dyn.Resource(serviceExportGVR).Namespace("default").List(ctx, metav1.ListOptions{})
-		return err
-	})
+	dyn := installMCS(t, e)
 	mkNode(t, e, "node-a", "192.168.1.10", "10.244.1.0/24", "zone-a")
 	mkNamespace(t, e, "shop", nil)
 	mkService(t, e, "shop", "web", nil)
@@ -105,7 +121,7 @@ func TestServiceExport(t *testing.T) {
 			"web":   {"Valid": "True/Valid", "Ready": "True/Exported"},
 			"ghost": {"Valid": "False/NoService", "Ready": "False/NotExported"},
 		} {
-			got, err := conditions(ctx, dyn, "shop", name)
+			got, err := conditions(ctx, dyn, serviceExportGVR, "shop", name)
 			if err != nil {
 				return err
 			}
