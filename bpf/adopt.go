@@ -10,7 +10,8 @@ import (
 
 // adopt rebuilds the userspace mirror from maps an earlier run left pinned,
 // then sweeps what the earlier run had not freed yet (retired sets, or a set
-// half written when it crashed): slots of sets no service entry points at,
+// half written when it crashed): slots of sets no service entry points at
+// (and group 0 entries, which a build before slot heads wrote),
 // backends no slot uses, nodes neither used nor down. The sweep waits for a
 // grace period first and deletes in the same order as the reclaimer (slots,
 // then backends, then nodes), so the invariant holds while it runs.
@@ -88,7 +89,7 @@ func (d *Datapath) adopt() error {
 		}
 		s := &svcState{value: val, slots: make([]uint32, int(val.Preferred)+int(val.Fallback))}
 		for i := range s.slots {
-			id := slots[slotKey{Set: val.Set, Group: uint32(i / slotGroup)}][i%slotGroup]
+			id := slotID(&val, slots, i)
 			if id == 0 {
 				d.log.Warn("adopt: service slot missing", "service", key.frontend().String(), "slot", i)
 				continue
@@ -100,7 +101,7 @@ func (d *Datapath) adopt() error {
 				d.log.Warn("adopt: service slot points at a missing backend", "service", key.frontend().String(), "slot", i, "backend_id", id)
 			}
 		}
-		for g := 0; g < slotGroups(len(s.slots)); g++ {
+		for g := 1; g < slotGroups(len(s.slots)); g++ {
 			delete(slots, slotKey{Set: val.Set, Group: uint32(g)})
 		}
 		d.svcs[key] = s

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/clustermesh/clustermesh/internal/netlab"
@@ -41,6 +42,15 @@ func BenchmarkConnect(b *testing.B) {
 		rounds  = 10
 	)
 
+	if os.Getenv("BENCH_BPF_STATS") != "" {
+		// The kernel's per-program run time (kernel.bpf_stats_enabled);
+		// it adds two clock reads per run, so it is off by default.
+		st, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+		if err != nil {
+			b.Fatalf("enable bpf stats: %v", err)
+		}
+		defer st.Close()
+	}
 	l, pin, cg := newLab(b)
 	tp := newTopo(l, 4)
 	tp.serveEcho(b)
@@ -61,11 +71,12 @@ func BenchmarkConnect(b *testing.B) {
 		nftLoad, nftChange       time.Duration
 		legacyErr, nftErr        error
 		rules                    int
+		progNs                   map[string]float64 // cm_connect4 run time per run, with BENCH_BPF_STATS
 	}
 	var rows []row
 
 	for _, n := range sizes {
-		r := row{size: n, p50: map[string]time.Duration{}, p99: map[string]time.Duration{}}
+		r := row{size: n, p50: map[string]time.Duration{}, p99: map[string]time.Duration{}, progNs: map[string]float64{}}
 		svcs := make([]loadbalancer.Service, n)
 		for i := range svcs {
 			svcs[i] = loadbalancer.Service{
@@ -140,6 +151,7 @@ func BenchmarkConnect(b *testing.B) {
 		// the machine falls on all of them alike.
 		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
 			lat := map[string][]time.Duration{}
+			progRun := map[string]*progRunTime{}
 			for i := 0; i < b.N; i++ {
 				for _, m := range modes { // warm-up, not counted
 					if _, err := measureConnects(m.ns, cg, m.inCgroup, 100, m.target); err != nil {
@@ -148,11 +160,18 @@ func BenchmarkConnect(b *testing.B) {
 				}
 				for round := 0; round < rounds; round++ {
 					for _, m := range modes {
+						before := connectStats(b, dp)
 						l, err := measureConnects(m.ns, cg, m.inCgroup, samples/rounds, m.target)
 						if err != nil {
 							b.Fatalf("%s: %v", m.name, err)
 						}
 						lat[m.name] = append(lat[m.name], l...)
+						if before != nil {
+							if progRun[m.name] == nil {
+								progRun[m.name] = &progRunTime{}
+							}
+							progRun[m.name].add(before, connectStats(b, dp))
+						}
 					}
 				}
 			}
@@ -166,6 +185,12 @@ func BenchmarkConnect(b *testing.B) {
 				b.ReportMetric(float64(r.p99[m.name].Nanoseconds())/1e3, m.name+"-p99-µs")
 				if m.name != "direct" {
 					b.ReportMetric(float64(r.p50[m.name])/float64(r.p50["direct"]), m.name+"-p50-x-direct")
+				}
+			}
+			for _, name := range []string{"ebpf", "ebpf-miss"} {
+				if pr := progRun[name]; pr != nil && pr.count > 0 {
+					r.progNs[name] = float64(pr.runtime.Nanoseconds()) / float64(pr.count)
+					b.ReportMetric(r.progNs[name], name+"-connect4-run-ns")
 				}
 			}
 			b.ReportMetric(r.bpfLoad.Seconds(), "ebpf-program-all-s")
@@ -218,6 +243,30 @@ func BenchmarkConnect(b *testing.B) {
 		}
 	}
 	b.Log(sb.String())
+}
+
+// progRunTime sums a program's run time and runs over measured rounds.
+type progRunTime struct {
+	runtime time.Duration
+	count   uint64
+}
+
+func (p *progRunTime) add(before, after *ebpf.ProgramStats) {
+	p.runtime += after.Runtime - before.Runtime
+	p.count += after.RunCount - before.RunCount
+}
+
+// connectStats reads cm_connect4's run statistics, nil when the kernel does
+// not collect them (BENCH_BPF_STATS unset).
+func connectStats(b *testing.B, dp *Datapath) *ebpf.ProgramStats {
+	if os.Getenv("BENCH_BPF_STATS") == "" {
+		return nil
+	}
+	st, err := dp.coll.Programs["cm_connect4"].Stats()
+	if err != nil {
+		b.Fatalf("cm_connect4 stats: %v", err)
+	}
+	return st
 }
 
 // benchSizes are the service counts of the scaling benchmarks: 1k, 10k and

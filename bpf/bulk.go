@@ -225,7 +225,7 @@ func (d *Datapath) UpsertServices(ctx context.Context, svcs []loadbalancer.Servi
 	for _, s := range svcs {
 		n := len(s.Preferred) + len(s.Fallback)
 		slots += n
-		groups += slotGroups(n)
+		groups += max(slotGroups(n)-1, 0)
 	}
 	b := &pendingWrites{
 		slotKeys: make([]slotKey, 0, groups), slotVals: make([]slotValue, 0, groups),

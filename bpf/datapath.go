@@ -283,6 +283,9 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 	if err := migrateSlots(cfg.PinDir, spec.Maps[mapSlots], log); err != nil {
 		return nil, fmt.Errorf("bpf: maps pinned in %s: %w", cfg.PinDir, err)
 	}
+	if err := migrateServices(cfg.PinDir, spec.Maps[mapServices], log); err != nil {
+		return nil, fmt.Errorf("bpf: maps pinned in %s: %w", cfg.PinDir, err)
+	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
 		Maps: ebpf.MapOptions{PinPath: cfg.PinDir},
 	})
@@ -535,8 +538,8 @@ func validate(svc loadbalancer.Service) (svcKey, error) {
 }
 
 // UpsertService programs svc. Order of writes: nodes and backends, then the
-// slots of a fresh slot set, then the service entry (set and counts in one
-// update); the old set is retired and freed, with the backends only it used,
+// slots of a fresh slot set past its head, then the service entry (set,
+// head and counts in one update); the old set is retired and freed, with the backends only it used,
 // after a grace period (see reclaim.go). A reader therefore sees the old set
 // or the new one, each complete.
 func (d *Datapath) UpsertService(ctx context.Context, svc loadbalancer.Service) error {
@@ -626,14 +629,14 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 		return d.full(mapSlots, fmt.Errorf("service %s: no free slot set ID", fe))
 	}
 	undoSlots := func(groups int) {
-		for g := 0; g < groups; g++ {
+		for g := 1; g < groups; g++ {
 			_ = remove(d.slots, &slotKey{Set: set, Group: uint32(g)})
 		}
 		d.setIDs.release(set)
 		undo()
 	}
 	groups := slotGroups(len(ids))
-	for g := 0; g < groups; g++ {
+	for g := 1; g < groups; g++ {
 		var v slotValue
 		copy(v[:], ids[g*slotGroup:])
 		if err := d.writeSlots(slotKey{Set: set, Group: uint32(g)}, &v); err != nil {
@@ -647,7 +650,8 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 	if old != nil {
 		rev = old.value.Rev + 1
 	}
-	val := svcValue{Set: set, Preferred: uint16(len(svc.Preferred)), Fallback: uint16(len(svc.Fallback)), Flags: flags, Rev: rev}
+	val := svcValue{svcEntry: svcEntry{Set: set, Preferred: uint16(len(svc.Preferred)), Fallback: uint16(len(svc.Fallback)), Flags: flags, Rev: rev}}
+	copy(val.Head[:], ids)
 	if err := d.setAffinity(key, affSecs); err != nil {
 		undoSlots(groups)
 		return err

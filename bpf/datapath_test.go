@@ -275,11 +275,30 @@ func checkMaps(t testing.TB, dp *Datapath) map[string]int {
 		bv backendValue
 		nv nodeValue
 	)
-	// Slots, not groups: every non-zero ID in cm_slots.
+	// Slots, not groups: every non-zero ID in cm_slots and in the heads
+	// of the service entries.
 	inMap := 0
 	it := dp.slots.Iterate()
 	for it.Next(&sk, &sv) {
+		if sk.Group == 0 {
+			t.Fatalf("cm_slots holds group 0 of set %d: it belongs in the service entry", sk.Set)
+		}
 		for _, id := range sv {
+			if id != 0 {
+				inMap++
+			}
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		svk svcKey
+		svv svcValue
+	)
+	it = dp.services.Iterate()
+	for it.Next(&svk, &svv) {
+		for _, id := range svv.Head {
 			if id != 0 {
 				inMap++
 			}

@@ -125,7 +125,7 @@ func ReadDump(pinDir string) (*Dump, error) {
 		s := DumpService{Frontend: key.frontend().String(), Set: val.Set, Rev: val.Rev}
 		for i := 0; i < int(val.Preferred)+int(val.Fallback); i++ {
 			b := DumpBackend{Missing: true}
-			if id := slots[slotKey{Set: val.Set, Group: uint32(i / slotGroup)}][i%slotGroup]; id != 0 {
+			if id := slotID(&val, slots, i); id != 0 {
 				b.ID = id
 				if be, ok := backends[id]; ok {
 					b.Missing = false

@@ -34,6 +34,16 @@ type svcKey struct {
 }
 
 type svcValue struct {
+	svcEntry
+	// Head holds the backend IDs of the set's first slotGroup slots: a
+	// connect to a service of up to slotGroup backends reads no cm_slots
+	// entry.
+	Head slotValue
+}
+
+// svcEntry is a service entry without its head: the whole value in builds
+// before slot heads (see migrateServices).
+type svcEntry struct {
 	Set       uint32
 	Preferred uint16
 	Fallback  uint16
@@ -42,9 +52,12 @@ type svcValue struct {
 	Rev       uint32
 }
 
-// slotGroup is SLOT_GROUP in socklb.c: cm_slots holds the slots of a set
-// in groups of slotGroup, keyed by (set, slot index / slotGroup); a 0 ID marks
-// a slot past the set's end.
+const svcEntrySize = unsafe.Sizeof(svcEntry{})
+
+// slotGroup is SLOT_GROUP in socklb.c: the first slotGroup slots of a set
+// are the head of its service entry, the rest are in cm_slots in groups of
+// slotGroup, keyed by (set, slot index / slotGroup), from group 1; a 0 ID
+// marks a slot past the set's end.
 const slotGroup = 4
 
 type slotKey struct {
@@ -54,8 +67,18 @@ type slotKey struct {
 
 type slotValue [slotGroup]uint32
 
-// slotGroups is the number of cm_slots entries of a set of n slots.
+// slotGroups is the number of slot groups of a set of n slots, the head
+// included: cm_slots holds groups 1 to slotGroups(n)-1.
 func slotGroups(n int) int { return (n + slotGroup - 1) / slotGroup }
+
+// slotID returns the backend ID of slot i of a service entry's set, from
+// its head or from the groups in cm_slots, 0 if absent.
+func slotID(v *svcValue, groups map[slotKey]slotValue, i int) uint32 {
+	if i < slotGroup {
+		return v.Head[i]
+	}
+	return groups[slotKey{Set: v.Set, Group: uint32(i / slotGroup)}][i%slotGroup]
+}
 
 type backendValue struct {
 	Addr      [16]byte

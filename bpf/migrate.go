@@ -10,30 +10,65 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// migrateSlots converts a cm_slots pinned by a build before slot groups
-// (one entry per slot: (set, index) -> backend ID) into the grouped layout
-// (see slotGroup), so an upgrade adopts the pins instead of failing with
-// ErrIncompatiblePin.
-//
-// The grouped copy is written in full before it replaces the old pin, and
-// the old map stays alive, unchanged, for the old programs until attach
-// swaps the new ones into the links: a reader sees one or the other, each
-// complete. A crash between unpinning the old map and pinning the new one
-// leaves no cm_slots: the next Open creates it empty, and adopt reports the
-// services' slots missing until the agent re-upserts them.
-func migrateSlots(pinDir string, spec *ebpf.MapSpec, log *slog.Logger) error {
-	pin := filepath.Join(pinDir, mapSlots)
-	old, err := ebpf.LoadPinnedMap(pin, nil)
+// Migrations convert maps pinned by earlier builds into the current layout,
+// so an upgrade adopts the pins instead of failing with ErrIncompatiblePin.
+// Each copy is written in full before it replaces the old pin, and the old
+// map stays alive, unchanged, for the old programs until attach swaps the
+// new ones into the links: a reader sees one or the other, each complete. A
+// crash between unpinning the old map and pinning the new one leaves the map
+// unpinned: the next Open creates it empty, and adopt reports the services'
+// slots missing until the agent re-upserts them.
+
+// loadOldPin returns the map pinned under name if it is in an old layout
+// (old tells from the pinned map), nil if there is none or it is current.
+func loadOldPin(pinDir, name string, old func(*ebpf.Map) bool) (*ebpf.Map, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), nil)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return nil, nil
 	}
 	if err != nil {
-		return fmt.Errorf("map %s: load pin: %w", mapSlots, err)
+		return nil, fmt.Errorf("map %s: load pin: %w", name, err)
+	}
+	if !old(m) {
+		m.Close()
+		return nil, nil // current layout, or one NewCollection will refuse
+	}
+	return m, nil
+}
+
+// replacePin writes keys and vals into a new map of spec and pins it in
+// place of old, named name; layout names the new layout in errors.
+func replacePin[K, V any](pinDir, name string, old *ebpf.Map, spec *ebpf.MapSpec, keys []K, vals []V, layout string) error {
+	s := spec.Copy()
+	s.Pinning = ebpf.PinNone
+	m, err := ebpf.NewMap(s)
+	if err != nil {
+		return fmt.Errorf("map %s: create %s layout: %w", name, layout, err)
+	}
+	defer m.Close()
+	if err := batchWrite(m, name, keys, vals); err != nil {
+		return fmt.Errorf("migrate to %s: %w", layout, err)
+	}
+	if err := old.Unpin(); err != nil {
+		return fmt.Errorf("map %s: unpin old layout: %w", name, err)
+	}
+	if err := m.Pin(filepath.Join(pinDir, name)); err != nil {
+		return fmt.Errorf("map %s: pin %s layout: %w", name, layout, err)
+	}
+	return nil
+}
+
+// migrateSlots converts a cm_slots pinned by a build before slot groups
+// (one entry per slot: (set, index) -> backend ID) into groups (see
+// slotGroup), group 0 included: migrateServices moves it into the heads.
+func migrateSlots(pinDir string, spec *ebpf.MapSpec, log *slog.Logger) error {
+	old, err := loadOldPin(pinDir, mapSlots, func(m *ebpf.Map) bool {
+		return m.Type() == ebpf.Hash && m.KeySize() == spec.KeySize && m.ValueSize() == 4
+	})
+	if old == nil || err != nil {
+		return err
 	}
 	defer old.Close()
-	if old.Type() != ebpf.Hash || old.KeySize() != spec.KeySize || old.ValueSize() != 4 {
-		return nil // current layout, or one NewCollection will refuse
-	}
 
 	groups := map[slotKey]slotValue{}
 	var (
@@ -50,28 +85,57 @@ func migrateSlots(pinDir string, spec *ebpf.MapSpec, log *slog.Logger) error {
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("map %s: read old layout: %w", mapSlots, err)
 	}
-
-	s := spec.Copy()
-	s.Pinning = ebpf.PinNone
-	m, err := ebpf.NewMap(s)
-	if err != nil {
-		return fmt.Errorf("map %s: create grouped layout: %w", mapSlots, err)
-	}
-	defer m.Close()
 	keys := make([]slotKey, 0, len(groups))
 	vals := make([]slotValue, 0, len(groups))
 	for k, v := range groups {
 		keys, vals = append(keys, k), append(vals, v)
 	}
-	if err := batchWrite(m, mapSlots, keys, vals); err != nil {
-		return fmt.Errorf("migrate to slot groups: %w", err)
-	}
-	if err := old.Unpin(); err != nil {
-		return fmt.Errorf("map %s: unpin old layout: %w", mapSlots, err)
-	}
-	if err := m.Pin(pin); err != nil {
-		return fmt.Errorf("map %s: pin grouped layout: %w", mapSlots, err)
+	if err := replacePin(pinDir, mapSlots, old, spec, keys, vals, "grouped"); err != nil {
+		return err
 	}
 	log.Info("migrated the slot map to slot groups", "map", mapSlots, "slot_groups", len(groups))
+	return nil
+}
+
+// migrateServices converts a cm_services pinned by a build before slot
+// heads (svcEntry values) into the current layout, each entry's head copied
+// from group 0 of its set in the pinned cm_slots (run migrateSlots first).
+// Group 0 entries stay in cm_slots, for the old programs, until adopt
+// sweeps them as belonging to no set.
+func migrateServices(pinDir string, spec *ebpf.MapSpec, log *slog.Logger) error {
+	old, err := loadOldPin(pinDir, mapServices, func(m *ebpf.Map) bool {
+		return m.Type() == ebpf.Hash && m.KeySize() == spec.KeySize && m.ValueSize() == uint32(svcEntrySize)
+	})
+	if old == nil || err != nil {
+		return err
+	}
+	defer old.Close()
+	slots, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, mapSlots), nil)
+	if err != nil {
+		return fmt.Errorf("map %s: load pin to migrate %s: %w", mapSlots, mapServices, err)
+	}
+	defer slots.Close()
+
+	var (
+		keys []svcKey
+		vals []svcValue
+		k    svcKey
+		v    svcEntry
+	)
+	it := old.Iterate()
+	for it.Next(&k, &v) {
+		nv := svcValue{svcEntry: v}
+		if err := slots.Lookup(slotKey{Set: v.Set}, &nv.Head); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("map %s: service %s: read slot group 0: %w", mapSlots, k.frontend(), err)
+		}
+		keys, vals = append(keys, k), append(vals, nv)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("map %s: read old layout: %w", mapServices, err)
+	}
+	if err := replacePin(pinDir, mapServices, old, spec, keys, vals, "slot head"); err != nil {
+		return err
+	}
+	log.Info("migrated the service map to slot heads", "map", mapServices, "services", len(keys))
 	return nil
 }

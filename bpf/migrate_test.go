@@ -12,74 +12,141 @@ import (
 	"github.com/clustermesh/clustermesh/loadbalancer"
 )
 
-// TestMigrateSlots pins cm_slots in the layout of builds before slot
-// groups (one entry per slot) under services of 1 to 9 backends, and checks
-// that Open converts it and adopts every slot.
-func TestMigrateSlots(t *testing.T) {
-	_, pin, cg := newLab(t)
-	cfg := testConfig(cg, pin)
-	ctx := context.Background()
-	dp := openTest(t, cfg)
-	var want int
-	for i := 1; i <= 9; i++ {
-		svc := loadbalancer.Service{Frontend: loadbalancer.Frontend{Addr: netip.MustParseAddrPort(fmt.Sprintf("10.96.0.%d:80", i)), Protocol: loadbalancer.TCP}}
-		for j := 0; j < i; j++ {
-			svc.Preferred = append(svc.Preferred, loadbalancer.Backend{Addr: netip.MustParseAddrPort(fmt.Sprintf("10.1.0.%d:8080", j+1)), Node: nodeA})
-		}
-		if err := dp.UpsertService(ctx, svc); err != nil {
-			t.Fatal(err)
-		}
-		want += i
+// TestMigrate pins cm_services and cm_slots in the layouts of earlier
+// builds under services of 1 to 9 backends, and checks that Open converts
+// them and adopts every slot: before slot groups (one cm_slots entry per
+// slot) and before slot heads (groups from 0 in cm_slots, service entries
+// without a head).
+func TestMigrate(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		grouped bool // cm_slots in groups (else one entry per slot)
+	}{
+		{"before slot groups", false},
+		{"before slot heads", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, pin, cg := newLab(t)
+			cfg := testConfig(cg, pin)
+			ctx := context.Background()
+			dp := openTest(t, cfg)
+			var want int
+			for i := 1; i <= 9; i++ {
+				svc := loadbalancer.Service{Frontend: loadbalancer.Frontend{Addr: netip.MustParseAddrPort(fmt.Sprintf("10.96.0.%d:80", i)), Protocol: loadbalancer.TCP}}
+				for j := 0; j < i; j++ {
+					svc.Preferred = append(svc.Preferred, loadbalancer.Backend{Addr: netip.MustParseAddrPort(fmt.Sprintf("10.1.0.%d:8080", j+1)), Node: nodeA})
+				}
+				if err := dp.UpsertService(ctx, svc); err != nil {
+					t.Fatal(err)
+				}
+				want += i
+			}
+			if err := dp.Close(); err != nil {
+				t.Fatal(err)
+			}
+			pinOldLayout(t, pin, cfg, tc.grouped)
+
+			dp = openTest(t, cfg)
+			if got := dp.slots.ValueSize(); got != slotGroup*4 {
+				t.Fatalf("cm_slots values are %d bytes after Open, want %d", got, slotGroup*4)
+			}
+			if got := dp.services.ValueSize(); got != 32 {
+				t.Fatalf("cm_services values are %d bytes after Open, want 32", got)
+			}
+			got := checkMaps(t, dp)
+			if got[mapServices] != 9 || got[mapSlots] != want || got[mapBackends] != 9 {
+				t.Fatalf("after migration: %v, want 9 services, %d slots, 9 backends", got, want)
+			}
+			if dp.slotsUsed != want {
+				t.Fatalf("bookkeeping counts %d slots, want %d", dp.slotsUsed, want)
+			}
+		})
 	}
-	if err := dp.Close(); err != nil {
+}
+
+// pinOldLayout replaces the pinned cm_services and cm_slots by copies in an
+// earlier build's layout: service entries without a head, and slots in
+// groups from 0 (grouped) or one entry per slot.
+func pinOldLayout(t *testing.T, pin string, cfg Config, grouped bool) {
+	t.Helper()
+	svcPath, slotPath := filepath.Join(pin, mapServices), filepath.Join(pin, mapSlots)
+	cur, err := ebpf.LoadPinnedMap(svcPath, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cur.Close()
+	curSlots, err := ebpf.LoadPinnedMap(slotPath, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer curSlots.Close()
+	groups := map[slotKey]slotValue{}
+	var (
+		sk slotKey
+		sv slotValue
+	)
+	it := curSlots.Iterate()
+	for it.Next(&sk, &sv) {
+		groups[sk] = sv
+	}
+	if err := it.Err(); err != nil {
 		t.Fatal(err)
 	}
 
-	// Rewrite the pinned groups as one entry per slot.
-	path := filepath.Join(pin, mapSlots)
-	grouped, err := ebpf.LoadPinnedMap(path, nil)
+	oldSvcs, err := ebpf.NewMap(&ebpf.MapSpec{Name: mapServices, Type: ebpf.Hash, KeySize: 20, ValueSize: 16, MaxEntries: uint32(cfg.MaxServices)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: mapSlots, Type: ebpf.Hash, KeySize: 8, ValueSize: 4, MaxEntries: uint32(cfg.MaxSlots)})
+	defer oldSvcs.Close()
+	oldSlots := &ebpf.MapSpec{Name: mapSlots, Type: ebpf.Hash, KeySize: 8, ValueSize: 4, MaxEntries: uint32(cfg.MaxSlots)}
+	if grouped {
+		oldSlots.ValueSize = slotGroup * 4
+	}
+	old, err := ebpf.NewMap(oldSlots)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer old.Close()
 	var (
-		k slotKey
-		v slotValue
+		k svcKey
+		v svcValue
 	)
-	it := grouped.Iterate()
+	it = cur.Iterate()
 	for it.Next(&k, &v) {
-		for i, id := range v {
-			if id != 0 {
-				if err := old.Update(slotKey{Set: k.Set, Group: k.Group*slotGroup + uint32(i)}, id, ebpf.UpdateAny); err != nil {
+		if err := oldSvcs.Update(k, v.svcEntry, ebpf.UpdateAny); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < int(v.Preferred)+int(v.Fallback); i++ {
+			id := slotID(&v, groups, i)
+			if !grouped {
+				if err := old.Update(slotKey{Set: v.Set, Group: uint32(i)}, id, ebpf.UpdateAny); err != nil {
 					t.Fatal(err)
 				}
+				continue
+			}
+			g := slotKey{Set: v.Set, Group: uint32(i / slotGroup)}
+			var gv slotValue
+			if err := old.Lookup(g, &gv); err != nil && i%slotGroup != 0 {
+				t.Fatal(err)
+			}
+			gv[i%slotGroup] = id
+			if err := old.Update(g, gv, ebpf.UpdateAny); err != nil {
+				t.Fatal(err)
 			}
 		}
 	}
 	if err := it.Err(); err != nil {
 		t.Fatal(err)
 	}
-	if err := grouped.Unpin(); err != nil {
-		t.Fatal(err)
-	}
-	grouped.Close()
-	if err := old.Pin(path); err != nil {
-		t.Fatal(err)
-	}
-	old.Close()
-
-	dp = openTest(t, cfg)
-	if got := dp.slots.ValueSize(); got != slotGroup*4 {
-		t.Fatalf("cm_slots values are %d bytes after Open, want %d", got, slotGroup*4)
-	}
-	got := checkMaps(t, dp)
-	if got[mapServices] != 9 || got[mapSlots] != want || got[mapBackends] != 9 {
-		t.Fatalf("after migration: %v, want 9 services, %d slots, 9 backends", got, want)
-	}
-	if dp.slotsUsed != want {
-		t.Fatalf("bookkeeping counts %d slots, want %d", dp.slotsUsed, want)
+	for _, m := range []struct {
+		cur, old *ebpf.Map
+		path     string
+	}{{cur, oldSvcs, svcPath}, {curSlots, old, slotPath}} {
+		if err := m.cur.Unpin(); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.old.Pin(m.path); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

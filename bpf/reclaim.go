@@ -72,7 +72,7 @@ func (d *Datapath) freeRetired(upTo uint64) {
 		}
 		n++
 		// Every group of the set goes before any backend it names.
-		for g := 0; g < slotGroups(len(r.slots)); g++ {
+		for g := 1; g < slotGroups(len(r.slots)); g++ {
 			if err := remove(d.slots, &slotKey{Set: r.set, Group: uint32(g)}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				d.log.Warn("delete retired slots", "set", r.set, "slot", g*slotGroup, "error", err)
 			}
