@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -242,5 +243,176 @@ func TestBirdTopOfRack(t *testing.T) {
 	poll.Eventually(t, 30*time.Second, "n3 to hold no route from bird", func() (bool, string) {
 		got := l.Routes(ns3, RouteProtocol)
 		return len(got) == 0, fmt.Sprintf("routes %v", got)
+	})
+}
+
+// torGRConf is torConf's router with graceful restart and long-lived
+// graceful restart on its sessions to the nodes.
+const torGRConf = `
+log stderr all;
+router id 192.0.2.254;
+protocol device { scan time 10; }
+protocol static st {
+	ipv4;
+	route 10.99.0.0/24 blackhole;
+}
+template bgp nodes {
+	local 192.0.2.254 as 65100;
+	passive on;
+	hold time 9;
+	keepalive time 3;
+	connect retry time 1;
+	graceful restart on;
+	graceful restart time 120;
+	long lived graceful restart on;
+	long lived stale time 600;
+	ipv4 { import all; export all; };
+}
+protocol bgp n1 from nodes { neighbor 192.0.2.11 as 65001; }
+protocol bgp n2 from nodes { neighbor 192.0.2.12 as 65001; }
+`
+
+// established reports whether bird's protocol name is in state
+// Established.
+func (b *birdProc) established(name string) (bool, string) {
+	out, err := b.birdc("show", "protocols", name)
+	if err != nil {
+		return false, err.Error()
+	}
+	return strings.Contains(out, "Established"), out
+}
+
+// TestBirdGracefulRestart: a top-of-rack bird2 and the node speakers
+// negotiate graceful restart (and LLGR) both ways. Killing bird and starting
+// it again removes none of its routes from the nodes (netlink route
+// subscription); a node speaker restarting (StopForRestart, then the
+// process exits and starts again) keeps its pod CIDR in bird meanwhile;
+// a speaker stopped with Stop (a Hard Reset) has it withdrawn at once.
+// The nodes run without a session-loss grace, so only graceful restart can
+// keep anything.
+func TestBirdGracefulRestart(t *testing.T) {
+	l := newLab(t)
+	torNS := l.Host("tor", "192.0.2.254")
+	bird := l.startBird("tor", torNS, torGRConf)
+	tor := Peer{Name: "tor", Address: netip.MustParseAddr("192.0.2.254"), ASN: 65100}
+	torPrefix := netip.MustParsePrefix("10.99.0.0/24")
+
+	type node struct {
+		ns   string
+		ip   netip.Addr
+		cidr netip.Prefix
+		cfg  Config
+		proc *child
+	}
+	var nodes []*node
+	for i := 1; i <= 2; i++ {
+		n := &node{ip: netip.MustParseAddr(fmt.Sprintf("192.0.2.1%d", i)), cidr: netip.MustParsePrefix(fmt.Sprintf("10.1.%d.0/24", i))}
+		n.ns = l.Host(fmt.Sprintf("n%d", i), n.ip.String())
+		n.cfg = DefaultKindConfig()
+		n.cfg.Name, n.cfg.ASN = fmt.Sprintf("c1/n%d", i), 65001
+		n.cfg.NodeIPs, n.cfg.PodCIDRs = []netip.Addr{n.ip}, []netip.Prefix{n.cidr}
+		n.cfg.StaticPeers = []Peer{tor}
+		n.cfg.SessionLossGrace = 0
+		n.proc = l.startChild(n.cfg.Name, n.ns, "speaker", n.cfg, nil)
+		nodes = append(nodes, n)
+	}
+	n1, n2 := nodes[0], nodes[1]
+	birdHas := func(b *birdProc, n *node) func() (bool, string) {
+		return func() (bool, string) {
+			got, err := b.routes()
+			if err != nil {
+				return false, err.Error()
+			}
+			return got[n.cidr] == n.ip, fmt.Sprintf("bird routes %v", got)
+		}
+	}
+	nodeHas := func(n *node) func() (bool, string) {
+		return func() (bool, string) {
+			got := l.Routes(n.ns, RouteProtocol)
+			return got[torPrefix] == tor.Address, fmt.Sprintf("routes %v", got)
+		}
+	}
+	for _, n := range nodes {
+		poll.Eventually(t, 60*time.Second, "bird learns "+n.cfg.Name, birdHas(bird, n))
+		poll.Eventually(t, 60*time.Second, n.cfg.Name+" installs bird's prefix", nodeHas(n))
+		poll.Eventually(t, 30*time.Second, n.cfg.Name+": graceful restart negotiated", func() (bool, string) {
+			return bird.established("n" + n.cfg.Name[len(n.cfg.Name)-1:])
+		})
+	}
+	if out, err := bird.birdc("show", "protocols", "all", "n1"); err != nil || strings.Count(out, "Graceful restart") != 2 || strings.Count(out, "Long-lived graceful restart") != 2 {
+		t.Errorf("bird's session to n1 lacks graceful restart or LLGR capabilities (%v):\n%s", err, out)
+	}
+
+	// bird restarts: the nodes keep its routes.
+	deleted := l.watchDeletes(t, n1.ns)
+	bird.kill()
+	poll.Eventually(t, 60*time.Second, "n1 to see bird gone", func() (bool, string) {
+		st := n1.proc.status()
+		return len(st.Peers) == 1 && !st.Peers[0].Established, fmt.Sprintf("%+v", st.Peers)
+	})
+	for _, n := range nodes {
+		if ok, detail := nodeHas(n)(); !ok {
+			t.Errorf("%s dropped bird's prefix when bird died: %s", n.cfg.Name, detail)
+		}
+	}
+	bird = l.startBird("tor-restarted", torNS, torGRConf)
+	for _, n := range nodes {
+		poll.Eventually(t, 60*time.Second, "restarted bird learns "+n.cfg.Name, birdHas(bird, n))
+	}
+	poll.Eventually(t, 60*time.Second, "n1 back in session with bird", func() (bool, string) {
+		st := n1.proc.status()
+		return len(st.Peers) == 1 && st.Peers[0].Established && len(st.Installed) == 1, fmt.Sprintf("%+v", st)
+	})
+	if d := deleted(); slices.Contains(d, torPrefix) {
+		t.Errorf("n1 deleted bird's prefix while bird restarted: %v", d)
+	}
+
+	// A node speaker restarts: bird keeps its pod CIDR as stale, also when
+	// the session comes back (birdc sampled all along).
+	stopSampling := make(chan struct{})
+	sampled := make(chan []string, 1)
+	go func() {
+		var missing []string
+		for {
+			select {
+			case <-stopSampling:
+				sampled <- missing
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if ok, detail := birdHas(bird, n1)(); !ok {
+				missing = append(missing, time.Now().Format("15:04:05.000")+" "+detail)
+			}
+		}
+	}()
+	n1.proc.call(childReq{Op: "exitforrestart"})
+	_ = n1.proc.cmd.Wait()
+	poll.Eventually(t, 60*time.Second, "bird to see n1 gone", func() (bool, string) {
+		ok, out := bird.established("n1")
+		return !ok, out
+	})
+	if ok, detail := birdHas(bird, n1)(); !ok {
+		t.Errorf("bird dropped n1's pod CIDR while n1 restarted: %s", detail)
+	}
+	n1.proc = l.startChild(n1.cfg.Name+"-restarted", n1.ns, "speaker", n1.cfg, nil)
+	poll.Eventually(t, 60*time.Second, "bird and n1 in session again", func() (bool, string) { return bird.established("n1") })
+	poll.Eventually(t, 60*time.Second, "restarted n1 installs bird's prefix", nodeHas(n1))
+	close(stopSampling)
+	if missing := <-sampled; len(missing) > 0 {
+		t.Errorf("bird lacked n1's pod CIDR while n1 restarted: %d samples, first %s", len(missing), missing[0])
+	}
+	if ok, detail := birdHas(bird, n1)(); !ok {
+		t.Errorf("bird lacks n1's pod CIDR after n1's restart: %s", detail)
+	}
+
+	// Stop is a Hard Reset: bird withdraws n2's pod CIDR at once.
+	n2.proc.call(childReq{Op: "stop"})
+	poll.Eventually(t, 30*time.Second, "bird to drop stopped n2's pod CIDR", func() (bool, string) {
+		got, err := bird.routes()
+		if err != nil {
+			return false, err.Error()
+		}
+		_, ok := got[n2.cidr]
+		return !ok, fmt.Sprintf("bird routes %v", got)
 	})
 }

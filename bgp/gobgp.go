@@ -86,6 +86,9 @@ type core struct {
 	cancel context.CancelFunc
 	// watchPaths asks GoBGP for best-path events (speakers only).
 	watchPaths bool
+	// restarting makes every session start as a graceful restart of this
+	// side (speakers only; see addPeer).
+	restarting bool
 
 	mu        sync.Mutex
 	peers     map[netip.Addr]Peer // configured in GoBGP
@@ -103,10 +106,11 @@ type core struct {
 	importObjs []importObjects
 }
 
-func newCore(cfg Config, watchPaths bool) *core {
+func newCore(cfg Config, speaker bool) *core {
 	return &core{
 		cfg:        cfg,
-		watchPaths: watchPaths,
+		watchPaths: speaker,
+		restarting: speaker,
 		log:        cfg.Logger,
 		events:     newEventQueue(),
 		peers:      map[netip.Addr]Peer{},
@@ -176,11 +180,16 @@ func (c *core) start(ctx context.Context, prefixes []netip.Prefix) error {
 }
 
 func (c *core) stop() {
-	if c.cancel != nil {
-		c.cancel()
-	}
+	c.stopWatch()
 	if c.srv != nil {
 		c.srv.Stop()
+	}
+}
+
+// stopWatch ends the event watch and leaves GoBGP's sessions alone.
+func (c *core) stopWatch() {
+	if c.cancel != nil {
+		c.cancel()
 	}
 }
 
@@ -346,6 +355,18 @@ func (c *core) addPeer(ctx context.Context, p Peer) error {
 			RestartTime:         uint32(c.cfg.GracefulRestartTime / time.Second),
 			NotificationEnabled: true,
 			LonglivedEnabled:    c.cfg.llgr(),
+			// A node speaker opens every session as the restarting side
+			// (Restart State and Forwarding State bits set): its kernel
+			// routes outlive the process (Stop leaves them, Start adopts
+			// them). Without the Forwarding State bit a peer may flush the
+			// routes it kept for the node as soon as the session is back,
+			// before the node re-sends them (bird does). GoBGP then sends
+			// its routes once the peers' End-of-RIB is in, or after the
+			// deferral time. A reflector does not: being restarted, it
+			// would wait for End-of-RIB from peers it counts as done
+			// before they connect.
+			LocalRestarting: c.restarting,
+			DeferralTime:    uint32(max(c.cfg.GracefulRestartTime/time.Second, 1)),
 		}
 	}
 	for _, f := range []*api.Family{familyV4, familyV6} {

@@ -173,11 +173,22 @@ func TestReflectorRestartGrace(t *testing.T) {
 	short := rcfg
 	short.LLGRStaleTime = 4 * time.Second
 	rr = startRR(short)
-	poll.Eventually(t, 60*time.Second, "n1 back in session with the short stale time", func() (bool, string) {
-		st := n1.proc.status()
-		return len(st.Peers) == 1 && st.Peers[0].Established, fmt.Sprintf("%+v", st.Peers)
+	// Every node back in session (the reflector knows n2's route again)
+	// and nothing pending on n1: n2's route is a fresh one.
+	poll.Eventually(t, 60*time.Second, "the reflector back with every node", func() (bool, string) {
+		st := rr.status()
+		for _, p := range st.Peers {
+			if !p.Established || p.PrefixesReceived != 1 {
+				return false, fmt.Sprintf("%+v", st.Peers)
+			}
+		}
+		return len(st.Peers) == 3, fmt.Sprintf("%+v", st.Peers)
 	})
-	poll.Eventually(t, 30*time.Second, "n1 learns n2 again", has(n1, map[netip.Prefix]netip.Addr{n2.cidr: n2.ip}))
+	poll.Eventually(t, 30*time.Second, "n1 holds n2's route, nothing pending", func() (bool, string) {
+		st := n1.proc.status()
+		ok, detail := has(n1, map[netip.Prefix]netip.Addr{n2.cidr: n2.ip})()
+		return ok && st.PendingRemoval == 0 && len(st.Peers) == 1 && st.Peers[0].Established, fmt.Sprintf("%s; %+v", detail, st)
+	})
 	rr.kill()
 	poll.Eventually(t, 60*time.Second, "n1 to drop n2's route once LLGR expired", lacks(n1, n2.cidr))
 	if ok, _ := n1.proc.logged("LLGR restart timer expired"); !ok {

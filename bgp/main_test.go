@@ -42,7 +42,7 @@ func TestMain(m *testing.M) {
 
 // childReq is one command on the child's stdin (one JSON value per line).
 type childReq struct {
-	Op       string         `json:"op"` // start, peers, imports, dead, announce, status, metrics
+	Op       string         `json:"op"` // start, peers, imports, dead, announce, status, metrics, stop, exitforrestart
 	Config   *Config        `json:"config,omitempty"`
 	Peers    []Peer         `json:"peers,omitempty"`
 	Prefixes []netip.Prefix `json:"prefixes,omitempty"`
@@ -122,6 +122,14 @@ func runChild(role string) int {
 				}
 			case "dead":
 				err = sp.SetDeadNextHops(ctx, req.Addrs)
+			case "stop":
+				err = sp.Stop(ctx)
+			case "exitforrestart":
+				// An agent restarting: the sessions end with the process.
+				if err = sp.StopForRestart(ctx); err == nil {
+					_ = out.Encode(resp)
+					os.Exit(0)
+				}
 			case "stopprofile":
 				pprof.StopCPUProfile()
 			case "announce":
