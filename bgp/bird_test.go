@@ -246,31 +246,14 @@ func TestBirdTopOfRack(t *testing.T) {
 	})
 }
 
-// torGRConf is torConf's router with graceful restart and long-lived
-// graceful restart on its sessions to the nodes.
-const torGRConf = `
-log stderr all;
-router id 192.0.2.254;
-protocol device { scan time 10; }
-protocol static st {
-	ipv4;
-	route 10.99.0.0/24 blackhole;
-}
-template bgp nodes {
-	local 192.0.2.254 as 65100;
-	passive on;
-	hold time 9;
-	keepalive time 3;
-	connect retry time 1;
-	graceful restart on;
-	graceful restart time 120;
-	long lived graceful restart on;
-	long lived stale time 600;
-	ipv4 { import all; export all; };
-}
-protocol bgp n1 from nodes { neighbor 192.0.2.11 as 65001; }
-protocol bgp n2 from nodes { neighbor 192.0.2.12 as 65001; }
-`
+// torGRConf is torConf's router, announcing only 10.99.0.0/24, with
+// graceful restart and long-lived graceful restart on its sessions to the
+// nodes.
+var torGRConf = strings.NewReplacer(
+	"\troute 10.1.1.128/25 blackhole;\n\troute 192.0.2.128/25 blackhole;\n", "",
+	"\tconnect retry time 1;\n", "\tconnect retry time 1;\n\tgraceful restart on;\n\tgraceful restart time 120;\n"+
+		"\tlong lived graceful restart on;\n\tlong lived stale time 600;\n",
+).Replace(torConf)
 
 // established reports whether bird's protocol name is in state
 // Established.

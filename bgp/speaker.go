@@ -132,7 +132,19 @@ func (s *Speaker) Start(ctx context.Context) error {
 }
 
 // Stop closes every session and stops the loop. Installed routes stay.
-func (s *Speaker) Stop(ctx context.Context) error {
+func (s *Speaker) Stop(ctx context.Context) error { return s.stop(ctx, true) }
+
+// StopForRestart is Stop for a process about to exit and start again (an
+// agent restart or upgrade): it stops the speaker's own work but leaves
+// GoBGP's sessions to end with the process, so peers see the connections
+// close without a NOTIFICATION and keep the node's routes through graceful
+// restart, as after a crash. Stop ends every session with a Cease (a Hard
+// Reset), after which peers withdraw the node's routes at once; GoBGP has
+// no way to stop otherwise. Until the process exits, the sessions stay up
+// and the node's routes stay announced.
+func (s *Speaker) StopForRestart(ctx context.Context) error { return s.stop(ctx, false) }
+
+func (s *Speaker) stop(ctx context.Context, closeSessions bool) error {
 	s.lifeMu.Lock()
 	defer s.lifeMu.Unlock()
 	if !s.started || s.stopped {
@@ -145,33 +157,11 @@ func (s *Speaker) Stop(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("%s: stop: %w", s.cfg.Name, ctx.Err())
 	}
-	s.core.stop()
-	s.closeNetlink()
-	return nil
-}
-
-// StopForRestart is Stop for a process about to exit and start again (an
-// agent restart or upgrade): it stops the speaker's own work but leaves
-// GoBGP's sessions to end with the process, so peers see the connections
-// close without a NOTIFICATION and keep the node's routes through graceful
-// restart, as after a crash. Stop ends every session with a Cease (a Hard
-// Reset), after which peers withdraw the node's routes at once; GoBGP has
-// no way to stop otherwise. Until the process exits, the sessions stay up
-// and the node's routes stay announced.
-func (s *Speaker) StopForRestart(ctx context.Context) error {
-	s.lifeMu.Lock()
-	defer s.lifeMu.Unlock()
-	if !s.started || s.stopped {
-		return nil
+	if closeSessions {
+		s.core.stop()
+	} else {
+		s.core.stopWatch()
 	}
-	s.stopped = true
-	s.cancel()
-	select {
-	case <-s.done:
-	case <-ctx.Done():
-		return fmt.Errorf("%s: stop for restart: %w", s.cfg.Name, ctx.Err())
-	}
-	s.core.stopWatch()
 	s.closeNetlink()
 	return nil
 }
