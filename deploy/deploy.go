@@ -79,12 +79,22 @@ type Values struct {
 	EtcdPort       uint16
 	APIServerImage string
 	AgentImage     string
-	// Routes is the agents' --routes mode: static (remote clusters' pod
-	// CIDRs; the CNI routes inside the cluster), static-all (the own
-	// cluster's other nodes too: a CNI that does not route between nodes,
-	// like kind without kindnet) or none (BGP or a fabric routes them).
-	// It is written to the agents' settings ConfigMap.
+	// Routes is the agents' --routes mode: bgp (the default: every
+	// agent's BGP speaker announces its node's pod CIDRs to the cluster's
+	// route reflector, hosted by the clustermesh-apiserver, and installs
+	// every other node's, of this cluster and of connected ones), static
+	// (remote clusters' pod CIDRs from the stores; the CNI routes inside
+	// the cluster), static-all (the own cluster's other nodes too: a CNI
+	// that does not route between nodes, like kind without kindnet) or
+	// none (a fabric routes them). It is written to the agents' settings
+	// ConfigMap.
 	Routes string
+	// BGPASN is the cluster's autonomous system number with Routes bgp;
+	// 0 takes BGPDefaultASNBase + ClusterID (ASN). BGPReflectorPort is
+	// the route reflector's port on the apiserver's node address (not
+	// 179: the node's own speaker listens there).
+	BGPASN           uint32
+	BGPReflectorPort uint16
 
 	// Storage is the store's volume: StorageClaim, StorageNodeLocal or
 	// StorageEphemeral. StorageClass and StorageSize shape the claim;
@@ -112,15 +122,16 @@ func (v Values) StoreHostPath() string { return "/var/lib/clustermesh/" + v.Name
 // are this build's (APIServerImage, AgentImage).
 func DefaultValues() Values {
 	return Values{
-		Namespace:      Namespace,
-		MaxClusterID:   255,
-		ServiceType:    "NodePort",
-		EtcdPort:       2379,
-		Routes:         "static",
-		Storage:        StorageClaim,
-		StorageSize:    "4Gi",
-		APIServerImage: APIServerImage(),
-		AgentImage:     AgentImage(),
+		Namespace:        Namespace,
+		MaxClusterID:     255,
+		ServiceType:      "NodePort",
+		EtcdPort:         2379,
+		Routes:           RoutesBGP,
+		BGPReflectorPort: DefaultBGPReflectorPort,
+		Storage:          StorageClaim,
+		StorageSize:      "4Gi",
+		APIServerImage:   APIServerImage(),
+		AgentImage:       AgentImage(),
 	}
 }
 
@@ -129,11 +140,38 @@ func DefaultValues() Values {
 // own etcd on control-plane nodes.
 const HostNetworkEtcdPort = 12379
 
+// Routing modes of Values.Routes (the agents' --routes).
+const (
+	RoutesBGP       = "bgp"
+	RoutesStatic    = "static"
+	RoutesStaticAll = "static-all"
+	RoutesNone      = "none"
+)
+
+// BGPDefaultASNBase + the cluster ID is a cluster's ASN unless given: the
+// 16-bit private range (RFC 6996, 64512–65534) holds cluster IDs up to 1022.
+const BGPDefaultASNBase = 64512
+
+// DefaultBGPReflectorPort is the route reflector's port on its node.
+const DefaultBGPReflectorPort = 1790
+
+// ASN is the cluster's BGP autonomous system number (Routes bgp).
+func (v Values) ASN() uint32 {
+	if v.BGPASN != 0 {
+		return v.BGPASN
+	}
+	return BGPDefaultASNBase + v.ClusterID
+}
+
 // HostNetworkStore tells whether the apiserver runs on the host network:
-// with Routes static-all the agents are the cluster's pod router and learn
-// its routes from this store, so the store must be reachable without pod
-// routing (a NodePort on any node forwards to the store's node address).
-func (v Values) HostNetworkStore() bool { return v.Routes == "static-all" }
+// with Routes static-all or bgp the agents are the cluster's pod router and
+// learn its routes from this store (static-all) or from the route reflector
+// the apiserver hosts (bgp), so both must be reachable without pod routing
+// (a NodePort on any node forwards to the store's node address; nodes and
+// peer reflectors dial the reflector on its node address).
+func (v Values) HostNetworkStore() bool {
+	return v.Routes == RoutesStaticAll || v.Routes == RoutesBGP
+}
 
 func (v Values) validate() error {
 	switch {
@@ -147,9 +185,16 @@ func (v Values) validate() error {
 		return fmt.Errorf("%w: cluster %s: etcd port 0", ErrInvalidValues, v.ClusterName)
 	}
 	switch v.Routes {
-	case "none", "static", "static-all":
+	case RoutesNone, RoutesStatic, RoutesStaticAll:
+	case RoutesBGP:
+		if v.BGPReflectorPort == 0 || v.BGPReflectorPort == 179 {
+			return fmt.Errorf("%w: cluster %s: route reflector port %d: the node's speaker listens on 179; take another", ErrInvalidValues, v.ClusterName, v.BGPReflectorPort)
+		}
+		if asn := v.ASN(); asn == 0 || asn == 23456 || asn == 65535 || asn == 4294967295 {
+			return fmt.Errorf("%w: cluster %s: BGP ASN %d is reserved", ErrInvalidValues, v.ClusterName, asn)
+		}
 	default:
-		return fmt.Errorf("%w: cluster %s: routes %q: must be none, static or static-all", ErrInvalidValues, v.ClusterName, v.Routes)
+		return fmt.Errorf("%w: cluster %s: routes %q: must be bgp, none, static or static-all", ErrInvalidValues, v.ClusterName, v.Routes)
 	}
 	switch v.Storage {
 	case StorageClaim, StorageEphemeral:

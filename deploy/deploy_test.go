@@ -51,6 +51,9 @@ func TestRenderRejects(t *testing.T) {
 		{"no name", func(v *Values) { v.ClusterName = "" }},
 		{"no id", func(v *Values) { v.ClusterID = 0 }},
 		{"bad service type", func(v *Values) { v.ServiceType = "External" }},
+		{"unknown routes", func(v *Values) { v.Routes = "ospf" }},
+		{"reflector on the speaker's port", func(v *Values) { v.Routes, v.BGPReflectorPort = RoutesBGP, 179 }},
+		{"reserved ASN", func(v *Values) { v.Routes, v.BGPASN = RoutesBGP, 23456 }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v := DefaultValues()
@@ -63,9 +66,9 @@ func TestRenderRejects(t *testing.T) {
 	}
 }
 
-// TestHostNetworkStore checks that static-all puts the apiserver on the host
-// network on its own port, and that the other modes keep it on the pod
-// network.
+// TestHostNetworkStore checks that static-all and bgp put the apiserver on
+// the host network on its own port (bgp with the route reflector on the
+// node's address), and that the other modes keep it on the pod network.
 func TestHostNetworkStore(t *testing.T) {
 	for _, tc := range []struct {
 		routes   string
@@ -75,6 +78,7 @@ func TestHostNetworkStore(t *testing.T) {
 		{"static", false, "2379"},
 		{"none", false, "2379"},
 		{"static-all", true, "12379"},
+		{"bgp", true, "12379"},
 	} {
 		t.Run(tc.routes, func(t *testing.T) {
 			v := DefaultValues()
@@ -94,18 +98,23 @@ func TestHostNetworkStore(t *testing.T) {
 			if !strings.Contains(args, "https://0.0.0.0:"+tc.wantPort) {
 				t.Errorf("args %s: want the store on port %s", args, tc.wantPort)
 			}
+			wantRR := tc.routes == "bgp"
+			if got := strings.Contains(args, "--bgp-reflector-address=$(HOST_IP):1790") && strings.Contains(args, "--bgp-asn=64513"); got != wantRR {
+				t.Errorf("args %s: route reflector flags present = %v, want %v", args, got, wantRR)
+			}
 		})
 	}
 }
 
 // TestAPIServerRestricted checks the apiserver's pod against the Pod
-// Security "restricted" profile's rules (with the pod network; static-all
-// puts it on the host network, which only "privileged" admits).
+// Security "restricted" profile's rules (with the pod network, routes
+// static; static-all and bgp put it on the host network, which only
+// "privileged" admits).
 func TestAPIServerRestricted(t *testing.T) {
 	for _, storage := range []string{StorageClaim, StorageNodeLocal, StorageEphemeral} {
 		t.Run(storage, func(t *testing.T) {
 			v := DefaultValues()
-			v.ClusterName, v.ClusterID, v.Storage, v.StoreNode = "c1", 1, storage, "n1"
+			v.ClusterName, v.ClusterID, v.Storage, v.StoreNode, v.Routes = "c1", 1, storage, "n1", RoutesStatic
 			checkRestricted(t, v)
 		})
 	}

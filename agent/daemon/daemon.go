@@ -62,8 +62,9 @@ type Config struct {
 	// Datapath is "bpf" (configured by BPF) or "none".
 	Datapath string
 	BPF      bpf.Config
-	// Routes is "none", "static" (remote clusters' nodes) or "static-all"
-	// (also the own cluster's other nodes); static modes exclude BGP.
+	// Routes is "bgp" (the node's BGP speaker, as BGP), "none",
+	// "static" (remote clusters' nodes) or "static-all" (also the own
+	// cluster's other nodes); static modes exclude BGP.
 	Routes string
 	// RouteDrain is how long a drained (disconnected) cluster's static
 	// routes stay; see agent.StaticRoutes.Drain.
@@ -103,6 +104,9 @@ func Run(ctx context.Context, cfg Config) error {
 	log := logging.OrDiscard(cfg.Logger)
 	if cfg.BGP && strings.HasPrefix(cfg.Routes, "static") {
 		return errors.New("--bgp and --routes=static both route pod CIDRs: choose one")
+	}
+	if cfg.Routes == "bgp" {
+		cfg.BGP = true
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -212,8 +216,11 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
+	if err := flushOtherOwner(cfg, log); err != nil {
+		log.Warn("routes of the routing mode not in use left in place", "error", err)
+	}
 	switch cfg.Routes {
-	case "none":
+	case "none", "bgp":
 	case "static", "static-all":
 		w, err := route.New(route.Config{Protocol: route.ProtocolStatic, Owner: "static", Registerer: reg, Logger: log})
 		if err != nil {
@@ -230,7 +237,7 @@ func Run(ctx context.Context, cfg Config) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); sr.Run(ctx) }()
 	default:
-		return fmt.Errorf("--routes %q: must be none, static or static-all", cfg.Routes)
+		return fmt.Errorf("--routes %q: must be bgp, none, static or static-all", cfg.Routes)
 	}
 
 	if cfg.BGP {
@@ -364,4 +371,26 @@ func runHealth(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.R
 	a.AddNodeObserver(pool)
 	sec.set(pool, nil)
 	return pool.Run(ctx)
+}
+
+// flushOtherOwner removes the routes the other of the agent's two routing
+// owners (BGP, static) left on this node from an earlier run in the other
+// mode: route ownership never lets one owner replace the other's route for
+// the same prefix, so a node moved from static to BGP routing (or back)
+// would otherwise keep the old mode's routes and refuse the new ones.
+func flushOtherOwner(cfg Config, log *slog.Logger) error {
+	var other netlink.RouteProtocol
+	switch {
+	case cfg.BGP:
+		other = route.ProtocolStatic
+	case strings.HasPrefix(cfg.Routes, "static"):
+		other = route.ProtocolBGP
+	default:
+		return nil
+	}
+	removed, err := route.FlushOwned(nil, other)
+	for _, r := range removed {
+		log.Info("removed a route of the routing mode not in use", "route", route.Describe(r), "mode", cfg.Routes)
+	}
+	return err
 }

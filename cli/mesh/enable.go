@@ -40,9 +40,13 @@ type EnableOptions struct {
 	Endpoint string
 	// ServiceType of the apiserver Service; empty means NodePort.
 	ServiceType string
-	// Routes is the agents' --routes mode (none, static, static-all);
-	// empty means static.
+	// Routes is the agents' --routes mode (bgp, static, static-all,
+	// none); empty keeps the cluster's, else bgp.
 	Routes string
+	// BGPASN is the cluster's BGP autonomous system number with routes
+	// bgp; 0 keeps the recorded one, else deploy.BGPDefaultASNBase + the
+	// cluster ID.
+	BGPASN uint32
 	// Storage is the store's volume: deploy.StorageClaim,
 	// deploy.StorageNodeLocal, deploy.StorageEphemeral, or StorageAuto /
 	// empty (a claim when the cluster has a default StorageClass, else
@@ -351,6 +355,7 @@ func (opts EnableOptions) values(namespace string) deploy.Values {
 	if opts.Routes != "" {
 		v.Routes = opts.Routes
 	}
+	v.BGPASN = opts.BGPASN
 	if opts.Storage != "" && opts.Storage != StorageAuto {
 		v.Storage = opts.Storage
 	}

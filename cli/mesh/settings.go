@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sort"
+	"strconv"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -30,6 +31,7 @@ const (
 	keyStoreNode    = "store-node"
 	keyStoreClass   = "store-class"
 	keyStoreSize    = "store-size"
+	keyBGPASN       = "bgp-asn"
 )
 
 // defaultStorageClassAnnotation marks a cluster's default StorageClass.
@@ -57,6 +59,13 @@ func (c *Cluster) resolveSettings(ctx context.Context, opts *EnableOptions) erro
 	cfg, err := c.configMap(ctx, ConfigMapName)
 	if err != nil {
 		return err
+	}
+	if opts.BGPASN == 0 && cfg != nil && cfg.Data[keyBGPASN] != "" {
+		asn, err := strconv.ParseUint(cfg.Data[keyBGPASN], 10, 32)
+		if err != nil {
+			return fmt.Errorf("context %s: ConfigMap %s/%s: %s %q: %w", c.Context, c.Namespace, ConfigMapName, keyBGPASN, cfg.Data[keyBGPASN], err)
+		}
+		opts.BGPASN = uint32(asn)
 	}
 	var had string
 	if cfg != nil {

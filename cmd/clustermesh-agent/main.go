@@ -123,7 +123,7 @@ func newRootCommand() *cobra.Command {
 	o.log.Register(fs)
 	fs.DurationVar(&c.DirPoll, "clusters-dir-poll", time.Second, "how often --clusters-dir is scanned for added, changed and removed files")
 	fs.DurationVar(&c.InitialSyncTimeout, "initial-sync-timeout", 30*time.Second, "longest wait for every cluster's initial sync before the datapath is first programmed")
-	fs.StringVar(&c.Routes, "routes", "none", "none (BGP or the CNI routes pod CIDRs), static (install a kernel route to every remote node's pod CIDRs via its first address) or static-all (static, and the own cluster's other nodes too, for a CNI that does not route between nodes)")
+	fs.StringVar(&c.Routes, "routes", "none", "bgp (run the node's BGP speaker, as --bgp: announce this node's pod CIDRs, install every node's learned through the cluster's route reflectors), none (--bgp, the CNI or the fabric routes pod CIDRs), static (install a kernel route to every remote node's pod CIDRs via its first address) or static-all (static, and the own cluster's other nodes too, for a CNI that does not route between nodes)")
 	fs.DurationVar(&c.RouteDrain, "route-drain", agent.DefaultRouteDrain, "with static routes, how long a disconnected cluster's routes stay after its services stopped being balanced to: the other side may still be sending traffic whose replies need them until its own agents see the disconnect; 0 removes them at once")
 	fs.BoolVar(&c.BGP, "bgp", false, "run the node's BGP speaker: announce this node's pod CIDRs to the cluster's route reflector (from the store) and install learned routes")
 	fs.BoolVar(&o.bgpShortTimers, "bgp-short-timers", false, "start from short BGP timers and grace periods (test clusters on one machine); --bgp-* flags given explicitly still apply")

@@ -194,7 +194,7 @@ func TestAgentCommandRejectsBadFlags(t *testing.T) {
 		{[]string{"--cluster-name", "c1", "--node-name", "n", "--clusters-dir", dir, "--status-addr", ""}, "--bpf-cgroup"},
 		{[]string{"--cluster-name", "c1", "--node-name", "n", "--clusters-dir", dir, "--datapath", "none", "--log-level", "loud"}, "--log-level"},
 		{[]string{"--cluster-name", "c1", "--node-name", "n", "--clusters-dir", dir, "--datapath", "none", "--log-format", "xml"}, "--log-format"},
-		{[]string{"--cluster-name", "c1", "--node-name", "n", "--clusters-dir", dir, "--datapath", "none", "--status-addr", "", "--routes", "ospf"}, "must be none, static or static-all"},
+		{[]string{"--cluster-name", "c1", "--node-name", "n", "--clusters-dir", dir, "--datapath", "none", "--status-addr", "", "--routes", "ospf"}, "must be bgp, none, static or static-all"},
 	} {
 		out, err := runCLI(t, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

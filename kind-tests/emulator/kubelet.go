@@ -468,14 +468,6 @@ func (k *kubelet) start(ctx context.Context, p *corev1.Pod, role string, node *N
 	for i, a := range args {
 		args[i] = remapPath(a, mounts)
 	}
-	if role == RoleAPIServer && k.cp.Cluster.Run.routingMode() == RoutingBGP {
-		optional := true
-		rt.extraVolumes = append(rt.extraVolumes, corev1.Volume{Name: "harness-clusters", VolumeSource: corev1.VolumeSource{
-			Secret: &corev1.SecretVolumeSource{SecretName: "clustermesh-clusters", Optional: &optional}}})
-		if err := os.MkdirAll(filepath.Join(rt.dir, "harness-clusters"), 0o700); err != nil {
-			return nil, err
-		}
-	}
 	args = append(args, k.cp.Cluster.Run.meshArgs(role, k.cp, node, rt.dir, mounts, args)...)
 	podIP := k.cp.IP.String()
 	if node != nil {
@@ -498,6 +490,7 @@ func (k *kubelet) start(ctx context.Context, p *corev1.Pod, role string, node *N
 		}
 		env = append(env, e.Name+"="+remapPath(v, mounts))
 	}
+	args = expandEnv(args, env)
 	env = append(env, "KUBECONFIG="+k.cp.Kubeconfig)
 	name := c.Name + "-" + role
 	netns, cg := k.cp.Netns, filepath.Join(c.Cgroup, "control-plane", role)
@@ -524,6 +517,46 @@ func (k *kubelet) start(ctx context.Context, p *corev1.Pod, role string, node *N
 
 // remapPath rewrites a path (or a flag value holding one) under a mount
 // point to the directory backing that mount.
+// expandEnv replaces $(NAME) in args with the container's environment
+// variable NAME, as the kubelet does; $$ stands for a literal $, and a
+// reference to an undefined variable is left as it is.
+func expandEnv(args, env []string) []string {
+	vars := map[string]string{}
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			vars[k] = v
+		}
+	}
+	out := make([]string, len(args))
+	for i, a := range args {
+		var b strings.Builder
+		for j := 0; j < len(a); j++ {
+			if a[j] != '$' || j+1 == len(a) {
+				b.WriteByte(a[j])
+				continue
+			}
+			switch a[j+1] {
+			case '$':
+				b.WriteByte('$')
+				j++
+				continue
+			case '(':
+				if end := strings.IndexByte(a[j+2:], ')'); end >= 0 {
+					name := a[j+2 : j+2+end]
+					if v, ok := vars[name]; ok {
+						b.WriteString(v)
+						j += 2 + end
+						continue
+					}
+				}
+			}
+			b.WriteByte(a[j])
+		}
+		out[i] = b.String()
+	}
+	return out
+}
+
 func remapPath(s string, mounts map[string]string) string {
 	keys := slices.Collect(maps.Keys(mounts))
 	// Longest mount point first, as the kernel resolves nested mounts.

@@ -24,3 +24,20 @@ func TestRemapPath(t *testing.T) {
 		}
 	}
 }
+
+func TestExpandEnv(t *testing.T) {
+	env := []string{"HOST_IP=192.0.2.1", "EMPTY="}
+	for _, tc := range []struct{ in, want string }{
+		{"--bgp-reflector-address=$(HOST_IP):1790", "--bgp-reflector-address=192.0.2.1:1790"},
+		{"$(EMPTY)x", "x"},
+		{"$(UNDEFINED)", "$(UNDEFINED)"},
+		{"$$(HOST_IP)", "$(HOST_IP)"},
+		{"a$", "a$"},
+		{"$(HOST_IP", "$(HOST_IP"},
+		{"plain", "plain"},
+	} {
+		if got := expandEnv([]string{tc.in}, env)[0]; got != tc.want {
+			t.Errorf("expandEnv(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

@@ -43,7 +43,8 @@ func (r *Run) meshArgs(role string, cp *ControlPlane, n *Node, podDir string, mo
 			add(f[0], f[1])
 		}
 		if r.routingMode() == RoutingBGP {
-			add("--bgp", "true")
+			// Timers for clusters on one machine; the manifests'
+			// settings (routes bgp) turn BGP on.
 			add("--bgp-short-timers", "true")
 		}
 		r.mu.Lock()
@@ -58,10 +59,8 @@ func (r *Run) meshArgs(role string, cp *ControlPlane, n *Node, podDir string, mo
 		add("--bpf-pin-dir", n.BPFDir)
 	case RoleAPIServer:
 		if r.routingMode() == RoutingBGP {
-			add("--bgp-reflector-address", netip.AddrPortFrom(cp.IP, 179).String())
-			add("--bgp-asn", fmt.Sprint(65000+cp.Cluster.Index))
+			// The reflector's address and ASN come from the manifest.
 			add("--bgp-short-timers", "true")
-			add("--clusters-dir", filepath.Join(podDir, "harness-clusters"))
 		}
 		add("--kubeconfig", cp.Kubeconfig)
 		add("--etcd-data-dir", filepath.Join(podDir, "etcd-data"))

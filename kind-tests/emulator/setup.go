@@ -11,6 +11,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/clustermesh/clustermesh/deploy"
 	"github.com/clustermesh/clustermesh/internal/poll"
 )
 
@@ -20,12 +21,14 @@ type MeshOptions struct {
 	Clusters int
 	// Nodes is the number of nodes per cluster; default 2.
 	Nodes int
-	// Routing says who routes pod CIDRs between nodes and clusters:
-	// RoutingAgent (default when the agent supports it: the harness routes
-	// inside each cluster, as its CNI would, and each agent installs routes
-	// to the nodes of every connected cluster, learned from their stores,
-	// with --routes=static) or RoutingHarness (the harness installs
-	// static routes between all nodes before anything runs).
+	// Routing says who routes pod CIDRs between nodes and clusters, as
+	// enable's --routes: RoutingBGP (default: every agent's BGP speaker,
+	// through its cluster's route reflector in the clustermesh-apiserver),
+	// RoutingAgent (the harness routes inside each cluster, as its CNI
+	// would, and each agent installs routes to the nodes of every
+	// connected cluster, learned from their stores, --routes=static) or
+	// RoutingHarness (the harness installs static routes between all
+	// nodes before anything runs, --routes=none).
 	Routing string
 }
 
@@ -33,10 +36,10 @@ type MeshOptions struct {
 const (
 	RoutingAgent   = "agent"
 	RoutingHarness = "harness"
-	// RoutingBGP: every agent runs its BGP speaker (--bgp) against its
-	// cluster's route reflector, hosted by the clustermesh-apiserver
-	// (--bgp-reflector-address on the control-plane address); reflectors
-	// of connected clusters peer with each other. No static routes at all.
+	// RoutingBGP: every agent runs its BGP speaker against its cluster's
+	// route reflector, hosted by the clustermesh-apiserver on the
+	// control-plane address (enable --routes bgp); reflectors of connected
+	// clusters peer with each other. No static routes at all.
 	RoutingBGP = "bgp"
 )
 
@@ -91,38 +94,21 @@ func NewMesh(ctx context.Context, r *Run, bins *Binaries, o MeshOptions) (*Mesh,
 		m.Clusters = append(m.Clusters, c)
 	}
 	if o.Routing == "" {
-		o.Routing = RoutingHarness
-		if p := bins.Path(PartAgent); p != "" {
-			if help, _ := CommandOutput(p, "--help"); strings.Contains(help, "--routes") {
-				o.Routing = RoutingAgent
-			}
-		}
+		o.Routing = RoutingBGP
 	}
 	switch o.Routing {
 	case RoutingHarness:
 		if err := r.InstallStaticRoutes(ctx); err != nil {
 			return nil, err
 		}
-		// The manifest's agents route between clusters; here the harness
-		// does, so they must not.
-		r.mu.Lock()
-		r.AgentArgs = append(r.AgentArgs, "--routes=none")
-		r.mu.Unlock()
 	case RoutingAgent:
 		// Inside a cluster its CNI routes pod CIDRs; the harness plays
 		// the CNI. Between clusters the agents route.
 		if err := r.InstallClusterRoutes(ctx); err != nil {
 			return nil, err
 		}
-		r.mu.Lock()
-		r.AgentArgs = append(r.AgentArgs, "--routes=static")
-		r.mu.Unlock()
 	case RoutingBGP:
-		// BGP installs every route between clusters; the manifest's static
-		// routes would compete with it.
-		r.mu.Lock()
-		r.AgentArgs = append(r.AgentArgs, "--routes=none")
-		r.mu.Unlock()
+		// BGP installs every route, inside clusters and between them.
 	default:
 		return nil, fmt.Errorf("mesh: routing %q: must be %q, %q or %q", o.Routing, RoutingAgent, RoutingHarness, RoutingBGP)
 	}
@@ -186,10 +172,29 @@ func run(ctx context.Context, path string, args ...string) (string, error) {
 const StoreEtcdPort = 2379
 
 // StoreEndpoint is where peers reach cluster c's store: its control-plane
-// namespace's fabric address (the emulation's stand-in for a LoadBalancer).
+// namespace's fabric address (the emulation's stand-in for a LoadBalancer),
+// on the port of a host-network store with BGP routing (the manifests put
+// the apiserver on its node's network then).
 func (c *Cluster) StoreEndpoint() string {
 	cp := c.ControlPlane()
-	return "https://" + netip.AddrPortFrom(cp.IP, StoreEtcdPort).String()
+	port := uint16(StoreEtcdPort)
+	if c.Run.routingMode() == RoutingBGP {
+		port = deploy.HostNetworkEtcdPort
+	}
+	return "https://" + netip.AddrPortFrom(cp.IP, port).String()
+}
+
+// enableRoutes is enable's --routes for the mesh's routing mode.
+func enableRoutes(routing string) string {
+	switch routing {
+	case RoutingBGP:
+		return deploy.RoutesBGP
+	case RoutingAgent:
+		return deploy.RoutesStatic
+	default:
+		// The harness routes everything.
+		return deploy.RoutesNone
+	}
 }
 
 // Enable runs `clustermesh enable` on every cluster (the first creates the
@@ -198,7 +203,7 @@ func (c *Cluster) StoreEndpoint() string {
 func (m *Mesh) Enable(ctx context.Context) error {
 	for i, c := range m.Clusters {
 		args := []string{"enable", "--context", c.Name, "--cluster-name", c.Name,
-			"--cluster-id", strconv.Itoa(c.Index), "--endpoint", c.StoreEndpoint()}
+			"--cluster-id", strconv.Itoa(c.Index), "--endpoint", c.StoreEndpoint(), "--routes", enableRoutes(m.Routing)}
 		if i > 0 {
 			args = append(args, "--inherit-ca-from", m.Clusters[0].Name)
 		}
