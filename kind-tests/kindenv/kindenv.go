@@ -31,6 +31,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/clustermesh/clustermesh/deploy"
 	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/kind-tests/attempts"
@@ -57,8 +58,9 @@ type Options struct {
 	// EchoImage and ProbeImage are the drills' programs' images, loaded
 	// into every cluster.
 	EchoImage, ProbeImage string
-	// Routes is enable's --routes; default static-all (kind has no
-	// kindnet to route between a cluster's nodes).
+	// Routes is enable's --routes; default bgp (the product's default:
+	// kind has no kindnet, so BGP routes between a cluster's own nodes
+	// too); static-all routes from the stores instead.
 	Routes string
 	Log    *slog.Logger
 }
@@ -81,7 +83,7 @@ func New(ctx context.Context, opts Options) (*Mesh, error) {
 		return nil, fmt.Errorf("kindenv: want at least two clusters, each with a kubeconfig (got %d clusters, %d kubeconfigs)", len(opts.Clusters), len(opts.Kubeconfigs))
 	}
 	if opts.Routes == "" {
-		opts.Routes = "static-all"
+		opts.Routes = deploy.RoutesBGP
 	}
 	m := &Mesh{opts: opts, kube: map[string]*kubernetes.Clientset{}, nodes: map[string][]string{}, cluster: map[string]string{}, log: logging.OrDiscard(opts.Log)}
 	for i, c := range opts.Clusters {

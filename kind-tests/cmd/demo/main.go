@@ -143,9 +143,12 @@ health), installed and joined with the clustermesh CLI and kubectl.`)
 		o.info("%s: kube-apiserver %s; nodes %s", c.Name, c.ControlPlane().Kube.URL, strings.Join(nodes, ", "))
 	}
 	o.info("kubeconfig with contexts c1 and c2: %s", r.Kubeconfig())
-	if m.Routing == emulator.RoutingAgent {
+	switch m.Routing {
+	case emulator.RoutingBGP:
+		o.info("pod CIDRs: routed over BGP (no tunnel): every agent's speaker announces its node's pod CIDRs to its cluster's route reflector in the clustermesh-apiserver; the reflectors of connected clusters peer")
+	case emulator.RoutingAgent:
 		o.info("pod CIDRs: routed inside each cluster by the demo (as a CNI would), between clusters by the agents")
-	} else {
+	default:
 		o.info("pod CIDRs: routed between all nodes by static routes the demo installs")
 	}
 	m.OnCommand = func(cmdline string) { fmt.Printf("    $ %s\n", cmdline) }
