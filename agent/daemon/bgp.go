@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -13,6 +15,8 @@ import (
 	"github.com/clustermesh/clustermesh/agent"
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/bgp"
+	"github.com/clustermesh/clustermesh/health"
+	"github.com/clustermesh/clustermesh/loadbalancer"
 )
 
 // bgpRetryInterval paces retries of a peer set or announcement the speaker
@@ -90,7 +94,7 @@ func (f *bgpFeed) get() (*api.Node, *api.Cluster) {
 // config names it) and installs the routes it learns. Both follow the
 // store through the feed; the speaker keeps its sessions when nothing
 // changed.
-func runBGP(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.Registerer, log *slog.Logger, sec *bgpSection) error {
+func runBGP(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.Registerer, log *slog.Logger, sec *bgpSection, verdicts *healthVerdicts) error {
 	feed := newBGPFeed(cfg.ClusterName, cfg.NodeName)
 	a.AddNodeObserver(feed)
 	node, local := feed.get()
@@ -130,8 +134,20 @@ func runBGP(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.Regi
 
 	var peers []bgp.Peer
 	var announced []string
+	var dead []netip.Addr
 	for {
 		failed := false
+		if hops := verdicts.deadNextHops(); !slices.Equal(hops, dead) {
+			if err := sp.SetDeadNextHops(ctx, hops); err != nil {
+				log.Error("bgp: withhold routes via dead nodes", "next_hops", hops, "error", err)
+				failed = true
+			} else {
+				if len(hops) > 0 || len(dead) > 0 {
+					log.Info("bgp: routes via dead nodes withheld", "next_hops", hops)
+				}
+				dead = hops
+			}
+		}
 		if err := sp.SetImportPolicy(ctx, importRules(a)); err != nil {
 			log.Error("bgp: update import policy", "error", err)
 			failed = true
@@ -169,7 +185,78 @@ func runBGP(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.Regi
 		case <-ctx.Done():
 			return nil
 		case <-feed.kick:
+		case <-verdicts.kick:
 		case <-again:
 		}
 	}
+}
+
+// healthVerdicts is the gossip pool's health sink: it passes every verdict
+// to the agent (the datapath stops balancing to a dead node's backends) and
+// keeps the set of dead nodes for the BGP speaker. BGP alone would keep a
+// dead node's routes for the graceful-restart timers (minutes to hours, so
+// that a control-plane outage withdraws nothing); health gossip is what
+// says a node is really gone.
+type healthVerdicts struct {
+	a nodeRegistry
+	// kick has room for one signal: a verdict changed.
+	kick chan struct{}
+
+	mu   sync.Mutex
+	dead map[loadbalancer.NodeRef]bool
+}
+
+// nodeRegistry is what healthVerdicts needs of the agent.
+type nodeRegistry interface {
+	health.HealthSink
+	Nodes() []*api.Node
+	NodeRef(cluster, node string) (loadbalancer.NodeRef, bool)
+}
+
+func newHealthVerdicts(a nodeRegistry) *healthVerdicts {
+	return &healthVerdicts{a: a, kick: make(chan struct{}, 1), dead: map[loadbalancer.NodeRef]bool{}}
+}
+
+// SetNodeHealth implements health.HealthSink.
+func (h *healthVerdicts) SetNodeHealth(ctx context.Context, node loadbalancer.NodeRef, healthy bool) error {
+	h.mu.Lock()
+	changed := h.dead[node] == healthy
+	if healthy {
+		delete(h.dead, node)
+	} else {
+		h.dead[node] = true
+	}
+	h.mu.Unlock()
+	if changed {
+		select {
+		case h.kick <- struct{}{}:
+		default:
+		}
+	}
+	return h.a.SetNodeHealth(ctx, node, healthy)
+}
+
+// deadNextHops returns the addresses of the dead nodes the registry knows,
+// sorted: their BGP address and every internal address (a pod CIDR's next
+// hop is the node's address of its family).
+func (h *healthVerdicts) deadNextHops() []netip.Addr {
+	h.mu.Lock()
+	dead := maps.Clone(h.dead)
+	h.mu.Unlock()
+	if len(dead) == 0 {
+		return nil
+	}
+	var out []netip.Addr
+	for _, n := range h.a.Nodes() {
+		ref, ok := h.a.NodeRef(n.Cluster, n.Name)
+		if !ok || !dead[ref] {
+			continue
+		}
+		if n.BGPAddress.IsValid() {
+			out = append(out, n.BGPAddress)
+		}
+		out = append(out, n.Addresses...)
+	}
+	slices.SortFunc(out, func(x, y netip.Addr) int { return x.Compare(y) })
+	return slices.Compact(out)
 }

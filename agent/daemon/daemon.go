@@ -240,13 +240,17 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("--routes %q: must be bgp, none, static or static-all", cfg.Routes)
 	}
 
+	// The gossip pool's verdicts reach the datapath through the agent and
+	// the BGP speaker through verdicts (routes via a dead node leave the
+	// kernel at once, whatever BGP's graceful restart still holds).
+	verdicts := newHealthVerdicts(a)
 	if cfg.BGP {
 		sec := &bgpSection{}
 		a.AddStatusReporter(sec.report)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := runBGP(ctx, a, cfg, reg, log, sec); err != nil && ctx.Err() == nil {
+			if err := runBGP(ctx, a, cfg, reg, log, sec, verdicts); err != nil && ctx.Err() == nil {
 				sec.set(nil, err)
 				log.Error("bgp speaker stopped", "error", err)
 			}
@@ -259,7 +263,7 @@ func Run(ctx context.Context, cfg Config) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := runHealth(ctx, a, cfg, reg, log, sec); err != nil && ctx.Err() == nil {
+			if err := runHealth(ctx, a, cfg, reg, log, sec, verdicts); err != nil && ctx.Err() == nil {
 				sec.set(nil, err)
 				log.Error("node health gossip stopped", "error", err)
 			}
@@ -353,7 +357,7 @@ func serve(ctx context.Context, wg *sync.WaitGroup, name, addr string, h http.Ha
 // (it is gossiped with every member) and feeds it the nodes of every
 // cluster; its verdicts go to the agent, which passes them to the datapath
 // and recomputes affinity thresholds.
-func runHealth(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.Registerer, log *slog.Logger, sec *healthSection) error {
+func runHealth(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.Registerer, log *slog.Logger, sec *healthSection, sink health.HealthSink) error {
 	local, err := a.LocalCluster(ctx)
 	if err != nil {
 		return err
@@ -364,7 +368,7 @@ func runHealth(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.R
 	// with the IDs they gossip.
 	hc.Nodes = a
 	hc.Logger = log
-	pool, err := health.New(hc, a, reg)
+	pool, err := health.New(hc, sink, reg)
 	if err != nil {
 		return fmt.Errorf("health: %w", err)
 	}
