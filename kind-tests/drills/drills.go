@@ -33,6 +33,11 @@ type Env struct {
 	Logf func(format string, args ...any)
 	// Wait bounds each wait for a condition; default 90s.
 	Wait time.Duration
+	// StoreOutage is the least time StoreDown keeps the store (and the
+	// route reflector the clustermesh-apiserver hosts) down. With BGP
+	// routing, past the graceful restart time, it shows that routes outlive
+	// the control plane by long-lived graceful restart, not by GR alone.
+	StoreOutage time.Duration
 }
 
 func (e *Env) wait() time.Duration {

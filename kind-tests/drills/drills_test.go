@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustermesh/clustermesh/bgp"
 	"github.com/clustermesh/clustermesh/kind-tests/emulator"
 )
 
@@ -116,6 +117,11 @@ func TestDrills(t *testing.T) {
 	}
 	report := &emulator.Report{}
 	env := &Env{Mesh: Emulated{M: m}, Service: "echo", Replicas: 2, Report: report, Logf: t.Logf}
+	if m.Routing == emulator.RoutingBGP {
+		// The agents and reflectors run bgp.DefaultKindConfig: graceful
+		// restart time 15 s, then LLGR (10 min) keeps the routes.
+		env.StoreOutage = bgp.DefaultKindConfig().GracefulRestartTime + 5*time.Second
+	}
 	t.Logf("routing: %s", m.Routing)
 	t.Cleanup(func() {
 		t.Logf("drill figures (run %s):\n%s", r.Prefix, report)

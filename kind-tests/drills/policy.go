@@ -240,7 +240,7 @@ func (e *Env) expectSplit(as []attempts.Attempt, all bool, wantFail int, cluster
 		return fmt.Errorf("%w: answers from %v, want every one of %v (%s)", ErrDrill, seen, clusters, e.split(as))
 	}
 	if (wantFail >= 0 && fails != wantFail) || (wantFail < 0 && fails == 0) {
-		return fmt.Errorf("%w: %d failed attempts, want %d (-1: some) (%s)", ErrDrill, fails, wantFail, e.split(as))
+		return fmt.Errorf("%w: %d failed attempts, want %d (-1: some) (%s; failures: %v)", ErrDrill, fails, wantFail, e.split(as), attempts.Summarize(as).Errors)
 	}
 	return nil
 }

@@ -400,6 +400,11 @@ func StoreDown(ctx context.Context, e *Env) error {
 	if err := settle(ctx, 3*time.Second); err != nil {
 		return err
 	}
+	if rest := e.StoreOutage - time.Since(down); rest > 0 {
+		if err := settle(ctx, rest); err != nil {
+			return err
+		}
+	}
 	as := tr.Attempts(down)
 	c2Answers := 0
 	for _, a := range as {
