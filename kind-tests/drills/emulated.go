@@ -317,3 +317,36 @@ func (e Emulated) KillNode(ctx context.Context, node string) error {
 	}
 	return n.Kill(ctx)
 }
+
+var _ RouteMesh = Emulated{}
+
+// RoutingBGP implements RouteMesh.
+func (e Emulated) RoutingBGP() bool { return e.M.Routing == emulator.RoutingBGP }
+
+// MeshRoutes implements RouteMesh: `ip` in the node's namespace.
+func (e Emulated) MeshRoutes(ctx context.Context, node string) (map[netip.Prefix]netip.Addr, error) {
+	n, err := e.node(node)
+	if err != nil {
+		return nil, err
+	}
+	routes := map[netip.Prefix]netip.Addr{}
+	for _, args := range MeshRouteCommands() {
+		out, err := exec.CommandContext(ctx, "ip", append([]string{"-n", n.Netns}, args...)...).Output()
+		if err != nil {
+			return nil, fmt.Errorf("node %s: ip %v: %w", node, args, err)
+		}
+		if err := ParseMeshRoutes(out, routes); err != nil {
+			return nil, fmt.Errorf("node %s: %w", node, err)
+		}
+	}
+	return routes, nil
+}
+
+// NodeIP implements RouteMesh.
+func (e Emulated) NodeIP(_ context.Context, node string) (netip.Addr, error) {
+	n, err := e.node(node)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	return n.FabricIP, nil
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -149,3 +150,66 @@ type Traffic interface {
 // environment: a deleted echo pod keeps serving that long while the mesh
 // moves new connections to ready backends.
 const EchoDrainSeconds = emulator.EchoDrainSeconds
+
+// RouteMesh is a Mesh whose nodes' pod routes the drills can read. With BGP
+// routing, NodeDeath checks that the dead node's pod CIDR leaves the other
+// clusters' nodes as soon as health gossip declares it dead, not after a
+// BGP hold time or graceful-restart timer.
+type RouteMesh interface {
+	// RoutingBGP tells whether the mesh routes pod CIDRs over BGP (a
+	// dead node's routes are withdrawn; static routes stay with the
+	// node's store entry).
+	RoutingBGP() bool
+	// MeshRoutes lists the routes the mesh installed on node (protocols
+	// 195 and 196): destination → next hop.
+	MeshRoutes(ctx context.Context, node string) (map[netip.Prefix]netip.Addr, error)
+	// NodeIP is the node's address, the next hop of its pod CIDRs.
+	NodeIP(ctx context.Context, node string) (netip.Addr, error)
+}
+
+// ParseMeshRoutes reads the JSON of `ip -j route show proto N` (IPv4 or
+// IPv6): destination → gateway. Routes without a gateway are skipped.
+func ParseMeshRoutes(out []byte, into map[netip.Prefix]netip.Addr) error {
+	var routes []struct {
+		Dst     string `json:"dst"`
+		Gateway string `json:"gateway"`
+	}
+	if len(bytes.TrimSpace(out)) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(out, &routes); err != nil {
+		return fmt.Errorf("routes %q: %w", out, err)
+	}
+	for _, r := range routes {
+		if r.Gateway == "" {
+			continue
+		}
+		dst, err := netip.ParsePrefix(r.Dst)
+		if err != nil {
+			// ip prints a host route without its length.
+			a, aerr := netip.ParseAddr(r.Dst)
+			if aerr != nil {
+				return fmt.Errorf("route to %q: %w", r.Dst, err)
+			}
+			dst = netip.PrefixFrom(a, a.BitLen())
+		}
+		gw, err := netip.ParseAddr(r.Gateway)
+		if err != nil {
+			return fmt.Errorf("route to %s: gateway %q: %w", r.Dst, r.Gateway, err)
+		}
+		into[dst] = gw
+	}
+	return nil
+}
+
+// MeshRouteCommands are the `ip` argument lists that show the mesh's routes
+// (BGP's protocol 195 and static's 196, both families), for ParseMeshRoutes.
+func MeshRouteCommands() [][]string {
+	var out [][]string
+	for _, fam := range []string{"-4", "-6"} {
+		for _, proto := range []string{"195", "196"} {
+			out = append(out, []string{"-j", fam, "route", "show", "table", "all", "proto", proto})
+		}
+	}
+	return out
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -495,9 +496,34 @@ func NodeDeath(ctx context.Context, e *Env) error {
 	if _, err := e.waitSeen(ctx, tr, start, c1, c2); err != nil {
 		return fmt.Errorf("before: %w", err)
 	}
+	// With BGP, the victim's pod CIDR must leave the other cluster's
+	// nodes when health gossip declares it dead: BGP itself would keep it
+	// for the graceful-restart timers.
+	rm, _ := m.(RouteMesh)
+	var withdrawn chan routeWithdrawal
+	if rm != nil && rm.RoutingBGP() {
+		withdrawn = make(chan routeWithdrawal, 1)
+	}
+	watcher := e.firstNode(c1)
+	var victimIP netip.Addr
+	if withdrawn != nil {
+		if victimIP, err = rm.NodeIP(ctx, victim); err != nil {
+			return err
+		}
+		routes, err := rm.MeshRoutes(ctx, watcher)
+		if err != nil {
+			return err
+		}
+		if len(viaHop(routes, victimIP)) == 0 {
+			return fmt.Errorf("%w: before the death: %s has no route via %s (%s): %v", ErrDrill, watcher, victim, victimIP, routes)
+		}
+	}
 	killed := time.Now()
 	if err := m.KillNode(ctx, victim); err != nil {
 		return err
+	}
+	if withdrawn != nil {
+		go func() { withdrawn <- waitWithdrawn(ctx, rm, watcher, victimIP, killed, e.wait()) }()
 	}
 	// An attempt that started while KillNode was in progress may still
 	// have been answered; from here on the node is gone for sure.
@@ -522,8 +548,60 @@ func NodeDeath(ctx context.Context, e *Env) error {
 	}
 	e.Report.Add("node death", fmt.Sprintf("kill %s → last failed attempt after", victim), emulator.Ms(took), "pass")
 	e.Report.Add("node death", "failed attempts", fmt.Sprintf("%d of %d", failures(as), len(as)), "pass")
+	if withdrawn != nil {
+		w := <-withdrawn
+		res := "pass"
+		if w.err != nil {
+			res = "FAIL"
+		}
+		e.Report.Add("node death", fmt.Sprintf("kill %s → its pod CIDR %v withdrawn on %s (BGP) after", victim, w.prefixes, watcher), emulator.Ms(w.after), res)
+		if w.err != nil {
+			return fmt.Errorf("%w: %s's routes on %s: %v", ErrDrill, victim, watcher, w.err)
+		}
+	}
 	e.logf("node %s dead: backends left load balancing within %v (%d failed attempts)", victim, took, failures(as))
 	return nil
+}
+
+// routeWithdrawal is when a dead node's routes left a watching node.
+type routeWithdrawal struct {
+	prefixes []netip.Prefix
+	after    time.Duration
+	err      error
+}
+
+// viaHop returns the destinations routed via hop.
+func viaHop(routes map[netip.Prefix]netip.Addr, hop netip.Addr) []netip.Prefix {
+	var out []netip.Prefix
+	for p, h := range routes {
+		if h == hop {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	return out
+}
+
+// waitWithdrawn polls node's mesh routes until none goes via hop.
+func waitWithdrawn(ctx context.Context, rm RouteMesh, node string, hop netip.Addr, since time.Time, limit time.Duration) routeWithdrawal {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	var last []netip.Prefix
+	for {
+		routes, err := rm.MeshRoutes(ctx, node)
+		if err == nil {
+			via := viaHop(routes, hop)
+			if len(via) == 0 {
+				return routeWithdrawal{prefixes: last, after: time.Since(since)}
+			}
+			last = via
+		}
+		select {
+		case <-ctx.Done():
+			return routeWithdrawal{prefixes: last, after: time.Since(since), err: fmt.Errorf("still routed via %s after %v: %v", hop, limit, last)}
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // Disconnect: `clustermesh disconnect` between the first two clusters; each

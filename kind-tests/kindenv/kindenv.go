@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
@@ -687,4 +688,38 @@ func (m *Mesh) Logs(ctx context.Context, w io.Writer) {
 			w.Write(b)
 		}
 	}
+}
+
+var _ drills.RouteMesh = (*Mesh)(nil)
+
+// RoutingBGP implements drills.RouteMesh.
+func (m *Mesh) RoutingBGP() bool { return m.opts.Routes == deploy.RoutesBGP }
+
+// MeshRoutes implements drills.RouteMesh: `ip` inside the node's container.
+func (m *Mesh) MeshRoutes(ctx context.Context, node string) (map[netip.Prefix]netip.Addr, error) {
+	routes := map[netip.Prefix]netip.Addr{}
+	for _, args := range drills.MeshRouteCommands() {
+		out, err := exec.CommandContext(ctx, "docker", append([]string{"exec", node, "ip"}, args...)...).Output()
+		if err != nil {
+			return nil, fmt.Errorf("node %s: ip %v: %w", node, args, err)
+		}
+		if err := drills.ParseMeshRoutes(out, routes); err != nil {
+			return nil, fmt.Errorf("node %s: %w", node, err)
+		}
+	}
+	return routes, nil
+}
+
+// NodeIP implements drills.RouteMesh: the Node's first InternalIP.
+func (m *Mesh) NodeIP(ctx context.Context, node string) (netip.Addr, error) {
+	n, err := m.kube[m.cluster[node]].CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("node %s: %w", node, err)
+	}
+	for _, a := range n.Status.Addresses {
+		if a.Type == corev1.NodeInternalIP {
+			return netip.ParseAddr(a.Address)
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("node %s: no InternalIP", node)
 }
