@@ -129,7 +129,11 @@ func runBGP(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.Regi
 		sec.set(nil, nil)
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = sp.Stop(sctx)
+		// The process is exiting (SIGTERM: a restart, an upgrade, a node
+		// drain): peers keep this node's routes by graceful restart until
+		// it is back; `clustermesh disable` removes them for good, and a
+		// node that does not come back is withdrawn by health gossip.
+		_ = sp.StopForRestart(sctx)
 	}()
 
 	var peers []bgp.Peer
