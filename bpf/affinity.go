@@ -68,7 +68,8 @@ func (d *Datapath) clearAffinity(key svcKey) error {
 	if _, ok := d.affinity[key]; !ok {
 		return nil
 	}
-	if err := remove(d.coll.Maps[mapSvcAffinity], &key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	k := key // escapes: allocated only here, not on every call
+	if err := remove(d.coll.Maps[mapSvcAffinity], &k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("service %s: delete affinity timeout: map %s: %w", key.frontend(), mapSvcAffinity, err)
 	}
 	delete(d.affinity, key)

@@ -139,7 +139,8 @@ func (d *Datapath) writeSlots(k slotKey, v *slotValue) error {
 		b.slotKeys, b.slotVals = append(b.slotKeys, k), append(b.slotVals, *v)
 		return nil
 	}
-	return update(d.slots, &k, v)
+	key := k // escapes, as in writeService
+	return update(d.slots, &key, v)
 }
 
 func (d *Datapath) writeAffinity(k svcKey, seconds uint32) error {
@@ -155,7 +156,10 @@ func (d *Datapath) writeService(k svcKey, v svcValue) error {
 		b.svcKeys, b.svcVals = append(b.svcKeys, k), append(b.svcVals, v)
 		return nil
 	}
-	return update(d.services, &k, &v)
+	// Copies: what update takes escapes to the heap, and a bulk load,
+	// which only appends, would pay that allocation per service too.
+	key, val := k, v
+	return update(d.services, &key, &val)
 }
 
 // batchWrite writes keys and values with one BATCH_UPDATE where the kernel

@@ -650,7 +650,7 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 	if old != nil {
 		rev = old.value.Rev + 1
 	}
-	val := svcValue{svcEntry: svcEntry{Set: set, Preferred: uint16(len(svc.Preferred)), Fallback: uint16(len(svc.Fallback)), Flags: flags, Rev: rev}}
+	val := svcValue{Set: set, Preferred: uint16(len(svc.Preferred)), Fallback: uint16(len(svc.Fallback)), Flags: flags, Rev: rev}
 	copy(val.Head[:], ids)
 	if err := d.setAffinity(key, affSecs); err != nil {
 		undoSlots(groups)

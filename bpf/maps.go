@@ -34,25 +34,22 @@ type svcKey struct {
 }
 
 type svcValue struct {
-	svcEntry
-	// Head holds the backend IDs of the set's first slotGroup slots: a
-	// connect to a service of up to slotGroup backends reads no cm_slots
-	// entry.
-	Head slotValue
-}
-
-// svcEntry is a service entry without its head: the whole value in builds
-// before slot heads (see migrateServices).
-type svcEntry struct {
 	Set       uint32
 	Preferred uint16
 	Fallback  uint16
 	Flags     uint16
 	Pad       uint16
 	Rev       uint32
+	// Head holds the backend IDs of the set's first slotGroup slots: a
+	// connect to a service of up to slotGroup backends reads no cm_slots
+	// entry. It comes last: builds before slot heads had the fields above
+	// alone (see migrateServices).
+	Head slotValue
 }
 
-const svcEntrySize = unsafe.Sizeof(svcEntry{})
+// svcEntrySize is the size of a service entry without its head, the whole
+// value in builds before slot heads.
+const svcEntrySize = unsafe.Offsetof(svcValue{}.Head)
 
 // slotGroup is SLOT_GROUP in socklb.c: the first slotGroup slots of a set
 // are the head of its service entry, the rest are in cm_slots in groups of

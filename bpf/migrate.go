@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 )
@@ -98,7 +99,7 @@ func migrateSlots(pinDir string, spec *ebpf.MapSpec, log *slog.Logger) error {
 }
 
 // migrateServices converts a cm_services pinned by a build before slot
-// heads (svcEntry values) into the current layout, each entry's head copied
+// heads (values of svcEntrySize bytes: svcValue without Head) into the current layout, each entry's head copied
 // from group 0 of its set in the pinned cm_slots (run migrateSlots first).
 // Group 0 entries stay in cm_slots, for the old programs, until adopt
 // sweeps them as belonging to no set.
@@ -120,12 +121,13 @@ func migrateServices(pinDir string, spec *ebpf.MapSpec, log *slog.Logger) error 
 		keys []svcKey
 		vals []svcValue
 		k    svcKey
-		v    svcEntry
+		v    [svcEntrySize]byte
 	)
 	it := old.Iterate()
 	for it.Next(&k, &v) {
-		nv := svcValue{svcEntry: v}
-		if err := slots.Lookup(slotKey{Set: v.Set}, &nv.Head); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		var nv svcValue
+		*(*[svcEntrySize]byte)(unsafe.Pointer(&nv)) = v
+		if err := slots.Lookup(slotKey{Set: nv.Set}, &nv.Head); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("map %s: service %s: read slot group 0: %w", mapSlots, k.frontend(), err)
 		}
 		keys, vals = append(keys, k), append(vals, nv)

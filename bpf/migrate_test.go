@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"testing"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 
@@ -113,7 +114,7 @@ func pinOldLayout(t *testing.T, pin string, cfg Config, grouped bool) {
 	)
 	it = cur.Iterate()
 	for it.Next(&k, &v) {
-		if err := oldSvcs.Update(k, v.svcEntry, ebpf.UpdateAny); err != nil {
+		if err := oldSvcs.Update(k, (*[svcEntrySize]byte)(unsafe.Pointer(&v))[:], ebpf.UpdateAny); err != nil {
 			t.Fatal(err)
 		}
 		for i := 0; i < int(v.Preferred)+int(v.Fallback); i++ {
