@@ -140,7 +140,10 @@ type Config struct {
 	// sends End-of-RIB once it has re-learned from the peers connected so
 	// far, so a route GoBGP drops as stale at that moment (its origin had
 	// not yet reconnected to the reflector) stays in the kernel this long,
-	// kept without a flap when it is re-learned meanwhile.
+	// kept without a flap when it is re-learned meanwhile. A starting
+	// Reflector waits at most half of it for its nodes before it peers
+	// with other clusters' reflectors; speakers and reflectors should run
+	// the same value.
 	SessionLossGrace time.Duration
 	// StaleRouteGrace is how long after the first session is established
 	// routes of RouteProtocol left by a previous run are kept waiting to be
@@ -181,12 +184,13 @@ func DefaultConfig() Config {
 
 // DefaultKindConfig returns short timers for test clusters on one machine.
 // The long-lived stale time stays long (10 min): the drills take the control
-// plane down for 10–30 s and routes must survive that.
+// plane down for 10–30 s and routes must survive that. SessionLossGrace
+// stays 30 s: it carries the other clusters' routes while a restarted
+// reflector waits for its nodes and re-peers (see Reflector).
 func DefaultKindConfig() Config {
 	c := DefaultConfig()
 	c.GracefulRestartTime = 15 * time.Second
 	c.LLGRStaleTime = 10 * time.Minute
-	c.SessionLossGrace = 5 * time.Second
 	c.StaleRouteGrace = 2 * time.Second
 	c.StaleRouteTimeout = 30 * time.Second
 	c.HoldTime = 9 * time.Second

@@ -8,9 +8,14 @@
 //     the kernel with netlink under RouteProtocol, so they can be told apart
 //     from every other route on the node. Learned routes that overlap a local
 //     pod CIDR, the node's own subnet, or a prefix already installed from
-//     another next hop are refused and reported. Routes learned from a peer
-//     whose session dropped are kept for Config.SessionLossGrace before they
-//     are removed; routes left in the kernel by a previous run are adopted and
+//     another next hop are refused and reported. Every session negotiates
+//     graceful restart and long-lived graceful restart, so the routes of a
+//     peer whose session dropped (a reflector outage, a restarting agent)
+//     stay for Config.GracefulRestartTime plus Config.LLGRStaleTime; those
+//     via a node the health view reports dead go at once
+//     (Speaker.SetDeadNextHops), those of a peer without graceful restart
+//     after Config.SessionLossGrace. Routes left in the kernel by a previous
+//     run are adopted and
 //     removed only if BGP has not re-learned them within Config.StaleRouteGrace
 //     of the first established session, so a restart neither leaks nor flaps
 //     routes.

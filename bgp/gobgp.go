@@ -89,6 +89,10 @@ type core struct {
 	// restarting makes every session start as a graceful restart of this
 	// side (speakers only; see addPeer).
 	restarting bool
+	// holdRemote keeps the peers that are not route-reflector clients
+	// (other clusters' reflectors) out of GoBGP until the clients are
+	// back (reflectors with graceful restart; see Reflector.Run).
+	holdRemote bool
 
 	mu        sync.Mutex
 	peers     map[netip.Addr]Peer // configured in GoBGP
@@ -111,6 +115,7 @@ func newCore(cfg Config, speaker bool) *core {
 		cfg:        cfg,
 		watchPaths: speaker,
 		restarting: speaker,
+		holdRemote: !speaker && cfg.gracefulRestart(),
 		log:        cfg.Logger,
 		events:     newEventQueue(),
 		peers:      map[netip.Addr]Peer{},
@@ -289,6 +294,13 @@ func (c *core) applyPeers(ctx context.Context) error {
 	}
 	for _, p := range c.cfg.StaticPeers {
 		want[p.Address] = p
+	}
+	if c.holdRemote {
+		for a, p := range want {
+			if !p.RouteReflectorClient {
+				delete(want, a)
+			}
+		}
 	}
 	var errs []string
 	for addr, old := range c.peers {
@@ -686,6 +698,53 @@ func (c *core) sessions(ctx context.Context) (up, graceful map[netip.Addr]bool, 
 		graceful[a] = peerGraceful(p)
 	})
 	return up, graceful, err
+}
+
+// clientsSynced reports whether every route-reflector client peer is in
+// session and has sent End-of-RIB for each family it negotiated graceful
+// restart for (established is enough for one without), and there is at
+// least one client.
+func (c *core) clientsSynced(ctx context.Context) (bool, error) {
+	c.mu.Lock()
+	clients := map[string]bool{}
+	for a, p := range c.peers {
+		if p.RouteReflectorClient {
+			clients[a.String()] = false
+		}
+	}
+	c.mu.Unlock()
+	if len(clients) == 0 {
+		return false, nil
+	}
+	err := c.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+		a := p.GetConf().GetNeighborAddress()
+		if _, ok := clients[a]; !ok || p.GetState().GetSessionState() != api.PeerState_ESTABLISHED {
+			return
+		}
+		for _, as := range p.GetAfiSafis() {
+			if st := as.GetMpGracefulRestart().GetState(); st.GetReceived() && !st.GetEndOfRibReceived() {
+				return
+			}
+		}
+		clients[a] = true
+	})
+	if err != nil {
+		return false, err
+	}
+	for _, done := range clients {
+		if !done {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// releaseRemote adds the peers holdRemote kept out.
+func (c *core) releaseRemote(ctx context.Context) error {
+	c.mu.Lock()
+	c.holdRemote = false
+	c.mu.Unlock()
+	return c.applyPeers(ctx)
 }
 
 // graceful reports whether the last session with addr negotiated graceful

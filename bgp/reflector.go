@@ -4,12 +4,16 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 )
 
 // Reflector is a cluster's BGP route reflector, hosted by
 // clustermesh-apiserver. Node speakers are its iBGP clients; the reflectors
 // of connected clusters are its eBGP peers, sent routes with next hops
-// unchanged. It originates nothing and programs no kernel routes.
+// unchanged. It originates nothing and programs no kernel routes. Every
+// session negotiates graceful restart and LLGR, so a reflector outage
+// withdraws no route; a starting reflector peers with other clusters'
+// reflectors only once its own nodes are back (see remoteHold).
 type Reflector struct {
 	cfg     Config
 	core    *core
@@ -60,10 +64,33 @@ func (r *Reflector) Run(ctx context.Context) error {
 		r.mu.Unlock()
 		r.core.stop()
 	}()
+	// Other clusters' reflectors wait until this one's nodes are back (see
+	// remoteHold).
+	holding := r.core.holdRemote
+	started := time.Now()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-tick.C:
+			if !holding {
+				continue
+			}
+			synced, err := r.core.clientsSynced(ctx)
+			if err != nil {
+				r.cfg.Logger.Warn("bgp: reflector: read client sessions", "cluster", r.cfg.Name, "error", err)
+			}
+			if !synced && time.Since(started) < r.remoteHold() {
+				continue
+			}
+			holding = false
+			r.cfg.Logger.Info("bgp reflector peers with other clusters' reflectors", "cluster", r.cfg.Name,
+				"nodes_back", synced, "waited", time.Since(started).Round(time.Millisecond))
+			if err := r.core.releaseRemote(ctx); err != nil {
+				r.cfg.Logger.Error("bgp: reflector: add other clusters' reflectors", "cluster", r.cfg.Name, "error", err)
+			}
 		case <-r.core.events.signal:
 			for _, ev := range r.core.events.drain() {
 				switch ev.kind {
@@ -79,6 +106,19 @@ func (r *Reflector) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// remoteHold bounds how long a starting reflector keeps other clusters'
+// reflectors waiting for its own nodes. A restarted reflector hands a peer
+// its table and End-of-RIB as soon as the session is up, and the peer then
+// drops as stale every route not in it: towards another cluster's
+// reflector, before this cluster's nodes are back, that would withdraw
+// their routes from the whole other cluster. So those sessions come up once
+// every node is back in session and has sent End-of-RIB, or after this
+// bound (a node that is down). Meanwhile this cluster's nodes keep the other
+// clusters' routes through the speakers' SessionLossGrace (they got this
+// reflector's End-of-RIB without them), hence half of it: the other half
+// is for the reflectors' session to come up and deliver.
+func (r *Reflector) remoteHold() time.Duration { return r.cfg.SessionLossGrace / 2 }
 
 // SetPeers replaces the reflector's dynamic peers (see ReflectorPeers). It
 // may be called before Run; peers are applied when Run starts.
