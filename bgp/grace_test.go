@@ -30,10 +30,12 @@ func (c *child) logged(msg string) (bool, string) {
 // issue's 10-minute control-plane outage. Meanwhile only a node that is
 // really gone loses its routes: n1 is told n3 is dead (SetDeadNextHops)
 // and n2's registry loses n3 (SetImportPolicy), each drops n3's route
-// while the reflector is still down. The reflector returns and the routes
-// are refreshed with no deletion in between (netlink route subscription);
-// n3 alive again is restored on n1. Finally the reflector comes back with a
-// 4 s stale time, dies again, and the routes go once that runs out.
+// while the reflector is still down; n4 dies unannounced. The reflector
+// returns and the routes are refreshed with no deletion in between (netlink
+// route subscription) but n4's, which nobody refreshed: it goes after the
+// reflector's End-of-RIB and SessionLossGrace (5 s here). n3 alive again is
+// restored on n1. Finally the reflector comes back with a 4 s stale time,
+// dies again, and the routes go once that runs out.
 func TestReflectorRestartGrace(t *testing.T) {
 	l := newLab(t)
 	rrAddr := netip.MustParseAddr("192.0.2.1")
@@ -42,6 +44,7 @@ func TestReflectorRestartGrace(t *testing.T) {
 	base := DefaultKindConfig()
 	base.GracefulRestartTime = 2 * time.Second
 	base.LLGRStaleTime = 30 * time.Second
+	base.SessionLossGrace = 5 * time.Second
 	rcfg, err := ReflectorConfig(base, cluster)
 	if err != nil {
 		t.Fatal(err)
@@ -54,7 +57,7 @@ func TestReflectorRestartGrace(t *testing.T) {
 		proc *child
 	}
 	var nodes []*node
-	for i := 1; i <= 3; i++ {
+	for i := 1; i <= 4; i++ {
 		ip := netip.MustParseAddr(fmt.Sprintf("192.0.2.1%d", i))
 		cidr := netip.MustParsePrefix(fmt.Sprintf("10.1.%d.0/24", i))
 		nodes = append(nodes, &node{
@@ -86,7 +89,7 @@ func TestReflectorRestartGrace(t *testing.T) {
 		n.proc.call(childReq{Op: "imports", Rules: ImportRules([]api.Cluster{cluster}, members)})
 		n.proc.call(childReq{Op: "peers", Peers: nodePeers})
 	}
-	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
+	n1, n2, n3, n4 := nodes[0], nodes[1], nodes[2], nodes[3]
 	has := func(n *node, want map[netip.Prefix]netip.Addr) func() (bool, string) {
 		return func() (bool, string) {
 			got := l.Routes(n.ns, RouteProtocol)
@@ -105,10 +108,12 @@ func TestReflectorRestartGrace(t *testing.T) {
 			return !ok, fmt.Sprintf("routes %v still hold %s", got, p)
 		}
 	}
-	others := func(n *node) map[netip.Prefix]netip.Addr {
+	// others are the routes n should hold: every other node's but those of
+	// gone.
+	others := func(n *node, gone ...*node) map[netip.Prefix]netip.Addr {
 		m := map[netip.Prefix]netip.Addr{}
 		for _, o := range nodes {
-			if o != n {
+			if o != n && !slices.Contains(gone, o) {
 				m[o.cidr] = o.ip
 			}
 		}
@@ -131,7 +136,7 @@ func TestReflectorRestartGrace(t *testing.T) {
 		if ok, detail := has(n, others(n))(); !ok {
 			t.Fatalf("%s lost routes after the graceful restart time: %s", n.Name, detail)
 		}
-		if st := n.proc.status(); len(st.Installed) != 2 || st.PendingRemoval != 0 || st.Peers[0].Established {
+		if st := n.proc.status(); len(st.Installed) != 3 || st.PendingRemoval != 0 || st.Peers[0].Established {
 			t.Errorf("%s status with the reflector down: %+v", n.Name, st)
 		}
 	}
@@ -140,16 +145,19 @@ func TestReflectorRestartGrace(t *testing.T) {
 	// health view says n3 is dead, n2's registry no longer has n3.
 	n1.proc.call(childReq{Op: "dead", Addrs: []netip.Addr{n3.ip}})
 	poll.Eventually(t, 30*time.Second, "n1 to withhold n3's route", lacks(n1, n3.cidr))
-	if st := n1.proc.status(); len(st.Withheld) != 1 || st.Withheld[0].Prefix != n3.cidr || len(st.Installed) != 1 {
+	if st := n1.proc.status(); len(st.Withheld) != 1 || st.Withheld[0].Prefix != n3.cidr || len(st.Installed) != 2 {
 		t.Errorf("n1 status with n3 dead: %+v", st)
 	}
-	n2.proc.call(childReq{Op: "imports", Rules: ImportRules([]api.Cluster{cluster}, []api.Node{n1.Node, n2.Node})})
+	n2.proc.call(childReq{Op: "imports", Rules: ImportRules([]api.Cluster{cluster}, []api.Node{n1.Node, n2.Node, n4.Node})})
 	poll.Eventually(t, 30*time.Second, "n2 to drop n3's stale route once the registry loses n3", lacks(n2, n3.cidr))
 	if ok, detail := has(n2, map[netip.Prefix]netip.Addr{n1.cidr: n1.ip})(); !ok {
 		t.Errorf("n2 lost n1's route with the registry change: %s", detail)
 	}
 
-	// Back: refreshed without a deletion.
+	n4.proc.kill()
+
+	// Back: refreshed without a deletion, but for n4's route once the
+	// reflector's End-of-RIB says nobody has it.
 	rr = startRR(rcfg)
 	for _, n := range []*node{n1, n2, n3} {
 		poll.Eventually(t, 60*time.Second, n.Name+" back in session", func() (bool, string) {
@@ -157,14 +165,21 @@ func TestReflectorRestartGrace(t *testing.T) {
 			return len(st.Peers) == 1 && st.Peers[0].Established && st.PendingRemoval == 0, fmt.Sprintf("%+v", st)
 		})
 	}
-	poll.Eventually(t, 30*time.Second, "n3 learns n1 and n2 again", has(n3, others(n3)))
-	n1.proc.call(childReq{Op: "dead"})
-	poll.Eventually(t, 30*time.Second, "n1 to restore n3's route, n3 alive", has(n1, others(n1)))
-	if d := deleted1(); !slices.Equal(d, []netip.Prefix{n3.cidr}) {
-		t.Errorf("n1 deleted %v through the reflector's restart; want only dead n3's %s", d, n3.cidr)
+	for _, n := range []*node{n1, n2, n3} {
+		poll.Eventually(t, 30*time.Second, n.Name+" to drop unrefreshed n4's route", lacks(n, n4.cidr))
 	}
-	if d := deleted2(); !slices.Equal(d, []netip.Prefix{n3.cidr}) {
-		t.Errorf("n2 deleted %v through the reflector's restart; want only removed n3's %s", d, n3.cidr)
+	poll.Eventually(t, 30*time.Second, "n3 learns n1 and n2 again", has(n3, others(n3, n4)))
+	n1.proc.call(childReq{Op: "dead"})
+	poll.Eventually(t, 30*time.Second, "n1 to restore n3's route, n3 alive", has(n1, others(n1, n4)))
+	byAddr := func(ps []netip.Prefix) []netip.Prefix {
+		slices.SortFunc(ps, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+		return ps
+	}
+	if d := byAddr(deleted1()); !slices.Equal(d, []netip.Prefix{n3.cidr, n4.cidr}) {
+		t.Errorf("n1 deleted %v through the reflector's restart; want only dead n3's %s and gone n4's %s", d, n3.cidr, n4.cidr)
+	}
+	if d := byAddr(deleted2()); !slices.Equal(d, []netip.Prefix{n3.cidr, n4.cidr}) {
+		t.Errorf("n2 deleted %v through the reflector's restart; want only removed n3's %s and gone n4's %s", d, n3.cidr, n4.cidr)
 	}
 
 	// LLGR expiry: the reflector returns advertising a 4 s stale time,
@@ -175,14 +190,14 @@ func TestReflectorRestartGrace(t *testing.T) {
 	rr = startRR(short)
 	// Every node back in session (the reflector knows n2's route again)
 	// and nothing pending on n1: n2's route is a fresh one.
-	poll.Eventually(t, 60*time.Second, "the reflector back with every node", func() (bool, string) {
+	poll.Eventually(t, 60*time.Second, "the reflector back with every live node", func() (bool, string) {
 		st := rr.status()
 		for _, p := range st.Peers {
-			if !p.Established || p.PrefixesReceived != 1 {
+			if p.Address != n4.ip && (!p.Established || p.PrefixesReceived != 1) {
 				return false, fmt.Sprintf("%+v", st.Peers)
 			}
 		}
-		return len(st.Peers) == 3, fmt.Sprintf("%+v", st.Peers)
+		return len(st.Peers) == 4, fmt.Sprintf("%+v", st.Peers)
 	})
 	poll.Eventually(t, 30*time.Second, "n1 holds n2's route, nothing pending", func() (bool, string) {
 		st := n1.proc.status()
