@@ -30,11 +30,12 @@ hash() { cat "$@" | sha256sum | cut -c1-16; }
 # the hash of exactly what it is built from.
 #  - node binaries: hack/'s inputs (the key install-deps.sh uses for the
 #    control plane, which the images reuse from hack/bin);
-#  - CoreDNS: its module;
+#  - CoreDNS: its module and the multicluster plugin's module and sources
+#    (coredns/e2e's test computes the same key to share the build);
 #  - root filesystems: rootfs.sh (package lists);
 #  - images and node image: all of the above and the node's files.
 KEY_BIN=$(hash hack/go.mod hack/go.sum hack/Makefile hack/cmd/*/*.go)
-KEY_COREDNS=$(hash hack/kind/coredns/go.mod hack/kind/coredns/go.sum hack/kind/coredns/main.go)
+KEY_COREDNS=$(hash hack/kind/coredns/go.mod hack/kind/coredns/go.sum hack/kind/coredns/main.go coredns/multicluster/go.mod coredns/multicluster/go.sum $(find coredns/multicluster -maxdepth 1 -name '*.go' ! -name '*_test.go' | LC_ALL=C sort))
 KEY_ROOTFS=$(hash hack/kind/rootfs.sh)
 KEY_NODE=$( { echo "$KIND_VERSION $KUBE_VERSION $ETCD_TAG $COREDNS_TAG ${PAUSE_TAGS[*]}"; echo "$KEY_BIN $KEY_COREDNS $KEY_ROOTFS";
 	cat hack/kind/lib.sh hack/kind/build-node-image.sh hack/kind/runc-wrapper/main.go hack/kind/node/*; } | sha256sum | cut -c1-16)

@@ -5,7 +5,10 @@ module github.com/clustermesh/clustermesh/hack/kind/coredns
 
 go 1.26.0
 
-require github.com/coredns/coredns v1.14.2
+require (
+	github.com/clustermesh/clustermesh/coredns/multicluster v0.0.0
+	github.com/coredns/coredns v1.14.2
+)
 
 require (
 	github.com/apparentlymart/go-cidr v1.1.0 // indirect
@@ -77,3 +80,6 @@ require (
 	sigs.k8s.io/structured-merge-diff/v6 v6.3.0 // indirect
 	sigs.k8s.io/yaml v1.6.0 // indirect
 )
+
+// The plugin is in this repository (not on the module proxy).
+replace github.com/clustermesh/clustermesh/coredns/multicluster => ../../../coredns/multicluster
