@@ -8,6 +8,9 @@ GO        ?= go
 BIN       := bin
 HACK_BIN  := hack/bin
 PKGS      := ./...
+# The CoreDNS plugin is a module of its own (outside ./...); test and lint
+# cover it too. coredns/e2e (in ./...) runs it inside CoreDNS.
+COREDNS_PLUGIN := coredns/multicluster
 # Benchmarks are long and noisy on shared machines; count=1 by default.
 BENCH     ?= .
 BENCHTIME ?= 1x
@@ -43,6 +46,7 @@ images:
 # root; CI is root.
 test: deps lint
 	$(GO) test -race -count=1 -timeout 40m $(PKGS)
+	cd $(COREDNS_PLUGIN) && $(GO) test -race -count=1 ./...
 
 # deps installs what the tests need when it is missing (apt packages,
 # staticcheck, the Kubernetes control plane in hack/bin); a no-op otherwise.
@@ -53,6 +57,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	staticcheck $(PKGS)
+	cd $(COREDNS_PLUGIN) && $(GO) vet ./... && staticcheck ./...
 
 generate:
 	$(GO) generate ./bpf/...

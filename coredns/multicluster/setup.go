@@ -3,6 +3,9 @@ package multicluster
 import (
 	"context"
 	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
 
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
@@ -13,6 +16,9 @@ import (
 )
 
 func init() { plugin.Register(pluginName, setup) }
+
+// readyGrace bounds how long the plugin holds CoreDNS's readiness back.
+const readyGrace = 30 * time.Second
 
 // config is a parsed multicluster block.
 type config struct {
@@ -33,15 +39,37 @@ func setup(c *caddy.Controller) error {
 	if err != nil {
 		return plugin.Error(pluginName, err)
 	}
-	w, err := newWatcher(rc, cfg.noEndpoints, clog.NewWithPlugin(pluginName))
+	log := clog.NewWithPlugin(pluginName)
+	w, err := newWatcher(rc, cfg.noEndpoints, log)
 	if err != nil {
 		return plugin.Error(pluginName, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	c.OnStartup(func() error { w.run(ctx); return nil })
+	var started atomic.Int64 // Unix nanoseconds; read by the ready plugin's goroutine
+	c.OnStartup(func() error {
+		started.Store(time.Now().UnixNano())
+		w.run(ctx)
+		// clustermesh enable looks for this line to confirm that the
+		// CoreDNS it configured has the plugin.
+		log.Infof("serving %s from ServiceImports", strings.Join(cfg.zones, " "))
+		return nil
+	})
 	c.OnShutdown(func() error { cancel(); return nil })
 
-	m := &MultiCluster{Zones: cfg.zones, src: w, serial: w.serial, isReady: w.hasSynced}
+	// Ready once the caches are filled, or after readyGrace if they cannot
+	// be (no ServiceImport CRD, no RBAC yet): CoreDNS must not stay unready,
+	// taking the cluster's DNS down, for the sake of clusterset.local.
+	ready := func() bool {
+		if w.hasSynced() {
+			return true
+		}
+		if t := started.Load(); t != 0 && time.Since(time.Unix(0, t)) > readyGrace {
+			log.Warningf("ServiceImports not listed within %s (is the CRD installed and may CoreDNS's service account list them?): ready anyway, clusterset.local names answer NXDOMAIN until they are", readyGrace)
+			return true
+		}
+		return false
+	}
+	m := &MultiCluster{Zones: cfg.zones, src: w, serial: w.serial, isReady: ready}
 	if cfg.fallSet {
 		m.Fall.SetZonesFromArgs(cfg.fall)
 	}
