@@ -38,6 +38,10 @@ const (
 	// FileCiliumCRDs are Cilium's policy CRDs, created by enable only
 	// where absent; not in Files. They take no values.
 	FileCiliumCRDs = "cilium-policy-crds.yaml"
+	// FileCoreDNSRBAC lets CoreDNS's multicluster plugin read
+	// ServiceImports; applied by enable only when it configures CoreDNS;
+	// not in Files. It takes no values.
+	FileCoreDNSRBAC = "coredns-rbac.yaml"
 )
 
 // Files lists every manifest in apply order.

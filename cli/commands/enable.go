@@ -55,13 +55,24 @@ clustermesh disable first, as the store would start empty.
 Clusters that will be connected must share the mesh's gossip key: pass
 --gossip-key, or --inherit-ca-from with the context of a cluster already
 enabled (which also shares its CA). Each cluster may keep its own CA: connect
-issues every peer certificate from the CA of the store it is for.`,
+issues every peer certificate from the CA of the store it is for.
+
+Multi-Cluster Services' names (<service>.<namespace>.svc.clusterset.local)
+are served by CoreDNS's multicluster plugin (--coredns): enable adds it to the
+Corefile in ConfigMap kube-system/coredns and lets CoreDNS read ServiceImports;
+in auto mode it then waits for CoreDNS to reload and rolls the Corefile back,
+saying what to do, when that CoreDNS lacks the plugin. disable removes both.`,
 		Example: `  clustermesh enable --context c1 --cluster-name c1 --cluster-id 1
   clustermesh enable --context c2 --cluster-name c2 --cluster-id 2 --inherit-ca-from c1`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			opts.ClusterID, opts.MaxClusterID = clusterID, maxClusterID
+			switch opts.CoreDNS {
+			case mesh.CoreDNSAuto, mesh.CoreDNSConfigure, mesh.CoreDNSSkip:
+			default:
+				return fmt.Errorf("%w: --coredns %q: must be auto, configure or skip", mesh.ErrInvalidArgument, opts.CoreDNS)
+			}
 			if dryRun {
 				b, err := mesh.RenderManifests(deploy.Namespace, opts)
 				if err != nil {
@@ -128,6 +139,13 @@ issues every peer certificate from the CA of the store it is for.`,
 			if res.CreatedCA {
 				fmt.Fprintf(w, "  created a new CA: enable the other clusters with --inherit-ca-from %s so they trust each other\n", c.Context)
 			}
+			if res.CoreDNS != nil {
+				mark := "✓"
+				if !res.CoreDNS.Configured {
+					mark = "!"
+				}
+				fmt.Fprintf(w, "%s DNS: %s\n", mark, res.CoreDNS.Message)
+			}
 			if waitFor == 0 {
 				fmt.Fprintf(w, "  not waiting for the store (--wait-duration 0): clustermesh status --context %s --wait tells when it serves\n", c.Context)
 				return nil
@@ -163,6 +181,8 @@ issues every peer certificate from the CA of the store it is for.`,
 	f.StringVar(&gossipKey, "gossip-key", "", "file holding the mesh's node-health gossip key (base64 of 16, 24 or 32 bytes); default: inherited with --inherit-ca-from, else generated")
 	f.BoolVar(&dryRun, "dry-run", false, "print the manifests enable would apply (without the certificate Secrets) and change nothing")
 	f.DurationVar(&waitFor, "wait-duration", mesh.DefaultStoreWait, "how long to wait, with progress, until the cluster's store serves (its apiserver started), so that connect can follow at once; 0 does not wait, a negative value checks once")
+	f.StringVar(&opts.CoreDNS, "coredns", mesh.CoreDNSAuto, "make <service>.<namespace>.svc.clusterset.local resolve (Multi-Cluster Services): auto (add the multicluster plugin to CoreDNS's Corefile, check that CoreDNS loads it, roll back if not), configure (add it without checking) or skip")
+	f.DurationVar(&opts.CoreDNSWait, "coredns-wait", mesh.DefaultCoreDNSWait, "how long --coredns auto waits for CoreDNS to reload its Corefile")
 	f.BoolVar(&opts.ReplaceCA, "replace-ca", false, "replace a different CA the cluster already has (re-issues every certificate)")
 	_ = cmd.MarkFlagRequired("cluster-name")
 	_ = cmd.MarkFlagRequired("cluster-id")

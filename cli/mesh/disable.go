@@ -185,6 +185,12 @@ func Disable(ctx context.Context, c *Cluster, opts DisableOptions) (*DisableResu
 		return nil, err
 	}
 
+	// The Corefile's multicluster line before its RBAC (coredns.go).
+	if removed, err := c.unconfigureCoreDNS(ctx); err != nil {
+		return nil, err
+	} else if removed {
+		progress("removed the multicluster plugin from ConfigMap %s/%s", corednsNamespace, corednsName)
+	}
 	deleted, err := c.deleteLabelled(ctx)
 	if err != nil {
 		return nil, err

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"sort"
 	"strconv"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -73,6 +74,13 @@ type EnableOptions struct {
 	// InheritFrom, if set, is an enabled cluster whose CA and gossip key
 	// this cluster shares (it overrides CA and GossipKey).
 	InheritFrom *Cluster
+	// CoreDNS is how enable configures the cluster's CoreDNS for
+	// clusterset.local names: CoreDNSAuto, CoreDNSConfigure or CoreDNSSkip
+	// (coredns.go); empty skips, as for callers that predate it.
+	// CoreDNSWait bounds auto's wait for CoreDNS (default
+	// DefaultCoreDNSWait).
+	CoreDNS     string
+	CoreDNSWait time.Duration
 	Log         *slog.Logger
 }
 
@@ -86,6 +94,9 @@ type EnableResult struct {
 	// Changes lists the objects created or updated ("created Secret/x",
 	// "updated StatefulSet/y"); empty when enable changed nothing.
 	Changes []string
+	// CoreDNS says whether clusterset.local names resolve, and what to do
+	// if not; nil when CoreDNS was skipped.
+	CoreDNS *CoreDNSResult
 }
 
 // Info is what the CLI reads back about an enabled cluster.
@@ -292,13 +303,25 @@ func Enable(ctx context.Context, c *Cluster, opts EnableOptions) (*EnableResult,
 	if err := c.writeOwnEntry(ctx, Info{Name: opts.ClusterName, ID: opts.ClusterID, Endpoint: opts.Endpoint}); err != nil {
 		return nil, err
 	}
+	// CoreDNS last: the ServiceImport CRD its plugin reads exists by now,
+	// and auto's wait for CoreDNS does not hold the rest back.
+	var dnsRes *CoreDNSResult
+	if opts.CoreDNS != "" && opts.CoreDNS != CoreDNSSkip {
+		wait := opts.CoreDNSWait
+		if wait <= 0 {
+			wait = DefaultCoreDNSWait
+		}
+		if dnsRes, err = c.configureCoreDNS(ctx, v, opts.CoreDNS, wait, log); err != nil {
+			return nil, err
+		}
+	}
 	after, err := c.snapshot(ctx)
 	if err != nil {
 		return nil, err
 	}
 	changes := diffSnapshots(before, after)
 	log.Info("enabled", "context", c.Context, "cluster", opts.ClusterName, "id", opts.ClusterID, "endpoint", opts.Endpoint, "changes", len(changes))
-	return &EnableResult{ClusterName: opts.ClusterName, ClusterID: opts.ClusterID, Endpoint: opts.Endpoint, CreatedCA: created, Changes: changes}, nil
+	return &EnableResult{ClusterName: opts.ClusterName, ClusterID: opts.ClusterID, Endpoint: opts.Endpoint, CreatedCA: created, Changes: changes, CoreDNS: dnsRes}, nil
 }
 
 // issueLeaves makes sure every leaf certificate Secret holds a good

@@ -200,6 +200,12 @@ func startCoreDNS(t *testing.T, bin, kubeconfig string) string {
 		}
 		return nil
 	})
+	// The line clustermesh enable looks for to confirm the plugin
+	// (cli/mesh/coredns.go, corednsPluginStarted).
+	poll.Eventually(t, waitTimeout, "the plugin's startup line in CoreDNS's log", func() (bool, string) {
+		b, err := os.ReadFile(p.LogPath)
+		return err == nil && strings.Contains(string(b), "plugin/multicluster: serving"), p.Tail(2048)
+	})
 	return fmt.Sprintf("127.0.0.1:%d", dnsPort)
 }
 
