@@ -51,9 +51,13 @@ type watcher struct {
 	lastModified atomic.Int64 // Unix seconds: the SOA serial.
 
 	mu       sync.RWMutex
-	services map[string]*service   // namespace/name
-	slices   map[string]sliceEntry // namespace/slice name
-	nsCount  map[string]int        // ServiceImports per namespace
+	services map[string]*service // namespace/name
+	// slices holds each EndpointSlice's ready endpoints under its service
+	// (namespace/service name, then namespace/slice name), so that a query
+	// reads only its service's slices.
+	slices  map[string]map[string][]endpoint
+	sliceOf map[string]string // namespace/slice name -> its service key
+	nsCount map[string]int    // ServiceImports per namespace
 }
 
 // sliceEntry is one EndpointSlice's ready endpoints, for service key.
@@ -62,15 +66,21 @@ type sliceEntry struct {
 	endpoints []endpoint
 }
 
-// newWatcher sets up the informers; run starts them.
-func newWatcher(cfg *rest.Config, noEndpoints bool, log logger) (*watcher, error) {
-	w := &watcher{
+// newCache is a watcher without informers: its event handlers fill it.
+func newCache(log logger, noEndpoints bool) *watcher {
+	return &watcher{
 		log:         log,
 		noEndpoints: noEndpoints,
 		services:    map[string]*service{},
-		slices:      map[string]sliceEntry{},
+		slices:      map[string]map[string][]endpoint{},
+		sliceOf:     map[string]string{},
 		nsCount:     map[string]int{},
 	}
+}
+
+// newWatcher sets up the informers; run starts them.
+func newWatcher(cfg *rest.Config, noEndpoints bool, log logger) (*watcher, error) {
+	w := newCache(log, noEndpoints)
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client for ServiceImports: %w", err)
@@ -191,8 +201,25 @@ func (w *watcher) sliceChanged(obj any) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.slices[key] = entry
+	w.removeSliceLocked(key) // its service label may have changed
+	if w.slices[entry.key] == nil {
+		w.slices[entry.key] = map[string][]endpoint{}
+	}
+	w.slices[entry.key][key] = entry.endpoints
+	w.sliceOf[key] = entry.key
 	w.touch()
+}
+
+func (w *watcher) removeSliceLocked(key string) {
+	svc, ok := w.sliceOf[key]
+	if !ok {
+		return
+	}
+	delete(w.sliceOf, key)
+	delete(w.slices[svc], key)
+	if len(w.slices[svc]) == 0 {
+		delete(w.slices, svc)
+	}
 }
 
 func (w *watcher) sliceDeleted(obj any) {
@@ -205,7 +232,7 @@ func (w *watcher) sliceDeleted(obj any) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	delete(w.slices, es.Namespace+"/"+es.Name)
+	w.removeSliceLocked(es.Namespace + "/" + es.Name)
 	w.touch()
 }
 
@@ -221,10 +248,8 @@ func (w *watcher) endpoints(namespace, name string) []endpoint {
 	w.mu.RLock()
 	defer w.mu.RUnlock()
 	var out []endpoint
-	for _, e := range w.slices {
-		if e.key == key {
-			out = append(out, e.endpoints...)
-		}
+	for _, eps := range w.slices[key] {
+		out = append(out, eps...)
 	}
 	return out
 }
