@@ -51,8 +51,8 @@ func ReflectorConfig(base Config, cluster api.Cluster) (Config, error) {
 	c.Name = cluster.Name
 	c.ASN = cluster.ASN
 	c.ListenPort = int32(cluster.RouteReflector.Port())
-	if !c.RouterID.IsValid() && cluster.RouteReflector.Addr().Is4() {
-		c.RouterID = cluster.RouteReflector.Addr()
+	if !c.RouterID.IsValid() {
+		c.RouterID = ReflectorRouterID(cluster.ASN)
 	}
 	c.InstallRoutes = false
 	c.PodCIDRs = nil
@@ -60,6 +60,18 @@ func ReflectorConfig(base Config, cluster api.Cluster) (Config, error) {
 		return Config{}, fmt.Errorf("reflector of cluster %s: %w", cluster.Name, err)
 	}
 	return c, nil
+}
+
+// ReflectorRouterID is the BGP identifier of a cluster's route reflector:
+// its ASN written as an IPv4 address. Not its own address: a reflector
+// hosted on a node's network (enable --routes bgp puts it on its node's
+// address) would share the node speaker's identifier, and a BGP session
+// between two speakers of one identifier is refused ("bad BGP identifier").
+// An ASN is unique per cluster, so reflectors of connected clusters differ
+// too; a 16-bit ASN gives an address in 0.0.0.0/8 and a 32-bit private one
+// (RFC 6996) one in 240.0.0.0/4, neither of which is ever a node's.
+func ReflectorRouterID(asn uint32) netip.Addr {
+	return netip.AddrFrom4([4]byte{byte(asn >> 24), byte(asn >> 16), byte(asn >> 8), byte(asn)})
 }
 
 // NodePeers returns the peers of a node speaker: its cluster's route

@@ -155,14 +155,20 @@ func TestReflectorConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.ASN != 65001 || cfg.ListenPort != 1790 || cfg.RouterID != netip.MustParseAddr("192.0.2.1") || cfg.InstallRoutes {
+	// Not the reflector's address: a node speaker on the same host has it.
+	if cfg.ASN != 65001 || cfg.ListenPort != 1790 || cfg.RouterID != netip.MustParseAddr("0.0.253.233") || cfg.InstallRoutes {
 		t.Errorf("config %+v", cfg)
 	}
 	if _, err := ReflectorConfig(DefaultConfig(), api.Cluster{Name: "off"}); !errors.Is(err, ErrTopology) {
 		t.Errorf("cluster without reflector: %v", err)
 	}
 	v6 := api.Cluster{Name: "c6", ASN: 65006, RouteReflector: netip.MustParseAddrPort("[fd00::1]:179")}
-	if _, err := ReflectorConfig(DefaultConfig(), v6); !errors.Is(err, ErrInvalidConfig) {
-		t.Errorf("IPv6 reflector without router ID: %v", err)
+	if cfg, err := ReflectorConfig(DefaultConfig(), v6); err != nil || cfg.RouterID != netip.MustParseAddr("0.0.253.238") {
+		t.Errorf("IPv6 reflector: %v, router ID %v", err, cfg.RouterID)
+	}
+	for asn, want := range map[uint32]string{64513: "0.0.252.1", 4200000001: "250.86.234.1"} {
+		if got := ReflectorRouterID(asn).String(); got != want {
+			t.Errorf("ReflectorRouterID(%d) = %s, want %s", asn, got, want)
+		}
 	}
 }
