@@ -255,6 +255,7 @@ func (e *EndpointSlice) Marshal() ([]byte, error) {
 			enc.bool(4, ep.Ready)
 			enc.bool(5, ep.Serving)
 			enc.bool(6, ep.Terminating)
+			enc.string(7, ep.Hostname)
 		})
 	}
 	return enc.finish()
@@ -309,6 +310,8 @@ func decodeEndpoint(f field) (Endpoint, error) {
 			ep.Serving, err = f.bool()
 		case 6:
 			ep.Terminating, err = f.bool()
+		case 7:
+			ep.Hostname, err = f.string()
 		}
 		return err
 	})

@@ -56,7 +56,7 @@ var schemaMessages = []schemaMessage{
 		"service_export": "ServiceExport", "export_created_unix_nano": "ExportCreated", "headless": "Headless", "clusterset_ips": "ClusterSetIPs"}},
 	{"Endpoint", reflect.TypeFor[Endpoint](), map[protoreflect.Name]string{
 		"addresses": "Addresses", "node_name": "NodeName", "zone": "Zone", "ready": "Ready",
-		"serving": "Serving", "terminating": "Terminating"}},
+		"serving": "Serving", "terminating": "Terminating", "hostname": "Hostname"}},
 	{"EndpointSlice", reflect.TypeFor[EndpointSlice](), map[protoreflect.Name]string{
 		"cluster": "Cluster", "namespace": "Namespace", "service": "Service", "name": "Name",
 		"ports": "Ports", "endpoints": "Endpoints"}},
@@ -202,7 +202,7 @@ func schemaSamples() []codecObject {
 		&Service{Cluster: "c2", Namespace: "shop", Name: "db", Headless: true, ServiceExport: true,
 			ExportCreated: time.Unix(1767225600, 5).UTC(), ClusterSetIPs: []netip.Addr{netip.MustParseAddr("fd00::c"), netip.MustParseAddr("10.96.0.2")}},
 		&EndpointSlice{Cluster: "c1", Namespace: "ns", Service: "svc", Name: "svc-1",
-			Endpoints: []Endpoint{{Addresses: []netip.Addr{netip.MustParseAddr("fd00::5"), netip.MustParseAddr("10.0.0.5")}, Terminating: true, Serving: true}}},
+			Endpoints: []Endpoint{{Addresses: []netip.Addr{netip.MustParseAddr("fd00::5"), netip.MustParseAddr("10.0.0.5")}, Terminating: true, Serving: true, Hostname: "web-0"}}},
 		&Identity{Cluster: "c1", ID: math.MaxUint32, Namespace: "ns"},
 		&IPCacheEntry{Cluster: "c1", IP: netip.MustParseAddr("fd00::5"), Identity: math.MaxUint32, HostIP: netip.MustParseAddr("fd00::1")},
 		sampleAgentStatus(),

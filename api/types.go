@@ -143,6 +143,10 @@ type Endpoint struct {
 	Ready       bool
 	Serving     bool
 	Terminating bool
+	// Hostname is the endpoint's hostname (a pod's spec.hostname): a
+	// headless service's per-pod DNS name, also across clusters
+	// (<hostname>.<cluster>.<service>.<namespace>.svc.clusterset.local).
+	Hostname string
 }
 
 // EndpointSlice is one EndpointSlice's worth of backends of a service.

@@ -293,6 +293,9 @@ func (e *EndpointSlice) Validate() error {
 		if len(ep.Addresses) > MaxAddressesPerEndpoint {
 			return invalidf("%s: endpoint #%d: addresses: %d, at most %d", what, i, len(ep.Addresses), MaxAddressesPerEndpoint)
 		}
+		if ep.Hostname != "" && (len(ep.Hostname) > 63 || !isDNSLabel(ep.Hostname)) {
+			return invalidf("%s: endpoint #%d: hostname %q: not a DNS label", what, i, ep.Hostname)
+		}
 		for j, a := range ep.Addresses {
 			if err := validateAddr(a, func() string { return fmt.Sprintf("%s: endpoint #%d address #%d", what, i, j) }); err != nil {
 				return err

@@ -71,6 +71,8 @@ func TestValidateObjects(t *testing.T) {
 		{"service headless with cluster IP", &Service{Cluster: "c1", Namespace: "ns", Name: "s", Headless: true, ClusterIPs: []netip.Addr{ip("10.96.0.1")}}, "headless with 1 cluster IPs"},
 		{"service export time without export", &Service{Cluster: "c1", Namespace: "ns", Name: "s", ExportCreated: time.Unix(1, 0)}, "export creation time without a ServiceExport"},
 		{"service unspecified clusterset IP", &Service{Cluster: "c1", Namespace: "ns", Name: "s", ClusterSetIPs: []netip.Addr{ip("0.0.0.0")}}, "clusterset IP #0"},
+		{"endpoint bad hostname", &EndpointSlice{Cluster: "c1", Namespace: "ns", Service: "s", Name: "s-1",
+			Endpoints: []Endpoint{{Addresses: []netip.Addr{ip("10.0.0.1")}, Hostname: "Web_0"}}}, `hostname "Web_0": not a DNS label`},
 		{"service bad protocol", &Service{Cluster: "c1", Namespace: "ns", Name: "s", Ports: []ServicePort{{Name: "x", Port: 1, Protocol: "ICMP"}}}, `protocol "ICMP"`},
 		{"slice ok", sampleSlice(2), ""},
 		{"slice missing address", &EndpointSlice{Cluster: "c1", Namespace: "ns", Service: "s", Name: "x", Endpoints: []Endpoint{{}}}, "endpoint #0 has no address"},

@@ -127,6 +127,9 @@ func convertEndpointSlice(cluster string, es *discoveryv1.EndpointSlice) (*api.E
 		if e.Zone != nil {
 			ae.Zone = *e.Zone
 		}
+		if e.Hostname != nil {
+			ae.Hostname = *e.Hostname
+		}
 		out.Endpoints = append(out.Endpoints, ae)
 	}
 	// Kubernetes does not order endpoints; sorting makes equal content encode

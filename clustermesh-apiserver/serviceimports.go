@@ -79,6 +79,9 @@ type importer struct {
 	readers map[string]context.CancelFunc
 	synced  map[string]bool
 	swept   bool
+	// headless are the imports last reconciled as headless: their
+	// exporters' slices are copied (headless.go).
+	headless map[types.NamespacedName]bool
 	// reported is the last problem reported per service, reported once.
 	reported map[types.NamespacedName]string
 }
@@ -97,6 +100,7 @@ func newImporter(c *controller, local *kvstore.Client, peersDir string, every ti
 		exporters: map[types.NamespacedName]map[string]*api.Service{},
 		readers:   map[string]context.CancelFunc{},
 		synced:    map[string]bool{},
+		headless:  map[types.NamespacedName]bool{},
 		reported:  map[types.NamespacedName]string{},
 	}
 	// A namespace created later gets the imports waiting for it.
@@ -208,6 +212,16 @@ func (im *importer) follow(ctx context.Context, wg *sync.WaitGroup, cluster stri
 	im.mu.Unlock()
 	r := kvstore.NewReader(im.local, cluster, &kvstore.ReaderOptions{Logger: im.log})
 	ch := r.Watch(rctx, api.KindService)
+	eps := r.Watch(rctx, api.KindEndpoints)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for ev := range eps {
+			if ev.Type == kvstore.EventUpsert || ev.Type == kvstore.EventDelete {
+				im.endpointsChanged(cluster, ev.Key)
+			}
+		}
+	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -431,6 +445,14 @@ func (im *importer) reconcile(ctx context.Context, nn types.NamespacedName) erro
 	if err != nil || d == nil {
 		return err
 	}
+	im.mu.Lock()
+	wasHeadless := im.headless[nn]
+	im.mu.Unlock()
+	if res.headless || wasHeadless {
+		if err := im.syncHeadless(ctx, nn, exps, res.headless, d.OwnerReferences); err != nil {
+			return err
+		}
+	}
 	var ips []string
 	if !res.headless {
 		ips = d.Spec.ClusterIPs
@@ -551,6 +573,17 @@ func (im *importer) remove(ctx context.Context, nn types.NamespacedName) error {
 	im.clearReport(nn)
 	im.mu.Lock()
 	gvr := im.gvr
+	wasHeadless := im.headless[nn]
+	im.mu.Unlock()
+	if wasHeadless {
+		// Owned by the ServiceImport, they would go with it; at once is
+		// better than at the garbage collector's pace.
+		if err := im.syncHeadless(ctx, nn, nil, false, nil); err != nil {
+			return err
+		}
+	}
+	im.mu.Lock()
+	delete(im.headless, nn)
 	im.mu.Unlock()
 	svcs := im.kube.CoreV1().Services(nn.Namespace)
 	d, err := svcs.Get(ctx, derivedName(nn), metav1.GetOptions{})

@@ -242,6 +242,53 @@ func TestServiceImport(t *testing.T) {
 		})
 	})
 
+	t.Run("headless: the exporter's endpoints and hostnames in labelled EndpointSlices", func(t *testing.T) {
+		svc := &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "shop"},
+			Spec:       corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Selector: map[string]string{"app": "db"}, Ports: []corev1.ServicePort{tcp("sql", 5432)}},
+		}
+		if _, err := c2.kube.Client.CoreV1().Services("shop").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "db-0", Namespace: "shop", Labels: map[string]string{"app": "db"}},
+			Spec: corev1.PodSpec{NodeName: "node-c2", Hostname: "db-0", Subdomain: "db",
+				Containers: []corev1.Container{{Name: "c", Image: "db", Ports: []corev1.ContainerPort{{ContainerPort: 8080}}}}},
+		}
+		pod, err := c2.kube.Client.CoreV1().Pods("shop").Create(ctx, pod, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.2.1.20", PodIPs: []corev1.PodIP{{IP: "10.2.1.20"}},
+			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}
+		if _, err := c2.kube.Client.CoreV1().Pods("shop").UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		c2.export(t, "shop", "db")
+		poll.Eventually(t, waitTimeout, "c1 imports shop/db headless with c2's endpoint", func(ctx context.Context) error {
+			got, err := c1.imported(ctx, "shop", "db")
+			if err != nil {
+				return err
+			}
+			if want := `Headless ports=[sql:5432/TCP] clusters=[c2] ready=True/Imported conflict=False/NoConflicts`; got != want {
+				return fmt.Errorf("import %s, want %s", got, want)
+			}
+			sl, err := c1.kube.Client.DiscoveryV1().EndpointSlices("shop").List(ctx, metav1.ListOptions{
+				LabelSelector: apiserver.LabelServiceName + "=db," + apiserver.LabelSourceCluster + "=c2"})
+			if err != nil {
+				return err
+			}
+			for _, es := range sl.Items {
+				for _, ep := range es.Endpoints {
+					if ep.Hostname != nil && *ep.Hostname == "db-0" && slices.Equal(ep.Addresses, []string{"10.2.1.20"}) && len(es.Ports) == 1 && *es.Ports[0].Port == 8080 {
+						return nil
+					}
+				}
+			}
+			return fmt.Errorf("no EndpointSlice of shop/db from c2 with db-0 at 10.2.1.20:8080 in c1 (%d slices)", len(sl.Items))
+		})
+	})
+
 	t.Run("missing namespace is reported, then imported once created", func(t *testing.T) {
 		poll.Eventually(t, waitTimeout, "NamespaceMissing Event in c1", func(ctx context.Context) error {
 			return c1.event(ctx, "default", "NamespaceMissing", "cluster c1", "metadata.namespace", "late/api", "c2")

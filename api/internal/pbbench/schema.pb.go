@@ -559,6 +559,7 @@ type Endpoint struct {
 	Ready         bool                   `protobuf:"varint,4,opt,name=ready,proto3" json:"ready,omitempty"`
 	Serving       bool                   `protobuf:"varint,5,opt,name=serving,proto3" json:"serving,omitempty"`
 	Terminating   bool                   `protobuf:"varint,6,opt,name=terminating,proto3" json:"terminating,omitempty"`
+	Hostname      string                 `protobuf:"bytes,7,opt,name=hostname,proto3" json:"hostname,omitempty"` // a DNS label
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -633,6 +634,13 @@ func (x *Endpoint) GetTerminating() bool {
 		return x.Terminating
 	}
 	return false
+}
+
+func (x *Endpoint) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
 }
 
 // clustermesh/v1/endpoints/<cluster>/<namespace>/<service>/<slice>
@@ -2061,14 +2069,15 @@ const file_schema_proto_rawDesc = "" +
 	"\x0eservice_export\x18\x10 \x01(\bR\rserviceExport\x127\n" +
 	"\x18export_created_unix_nano\x18\x11 \x01(\x03R\x15exportCreatedUnixNano\x12\x1a\n" +
 	"\bheadless\x18\x12 \x01(\bR\bheadless\x12%\n" +
-	"\x0eclusterset_ips\x18\x13 \x03(\fR\rclustersetIps\"\xab\x01\n" +
+	"\x0eclusterset_ips\x18\x13 \x03(\fR\rclustersetIps\"\xc7\x01\n" +
 	"\bEndpoint\x12\x1c\n" +
 	"\taddresses\x18\x01 \x03(\fR\taddresses\x12\x1b\n" +
 	"\tnode_name\x18\x02 \x01(\tR\bnodeName\x12\x12\n" +
 	"\x04zone\x18\x03 \x01(\tR\x04zone\x12\x14\n" +
 	"\x05ready\x18\x04 \x01(\bR\x05ready\x12\x18\n" +
 	"\aserving\x18\x05 \x01(\bR\aserving\x12 \n" +
-	"\vterminating\x18\x06 \x01(\bR\vterminating\"\x80\x02\n" +
+	"\vterminating\x18\x06 \x01(\bR\vterminating\x12\x1a\n" +
+	"\bhostname\x18\a \x01(\tR\bhostname\"\x80\x02\n" +
 	"\rEndpointSlice\x12%\n" +
 	"\x0eschema_version\x18\x01 \x01(\rR\rschemaVersion\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12\x1c\n" +
