@@ -38,6 +38,7 @@ var Sequence = []Drill{
 	{Name: "StoreDown", Run: StoreDown},
 	{Name: "NodeDeath", Needs: []string{NeedHealth}, Run: NodeDeath},
 	{Name: "Policy", Needs: []string{NeedPodTraffic}, Run: Policy},
+	{Name: "MCS", Run: MCS},
 	{Name: "Disconnect", Run: Disconnect},
 }
 
