@@ -97,7 +97,7 @@ func newServiceList(g *globals) *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "list",
-		Short: "List global services with their backends per cluster, read from the stores",
+		Short: "List global services with their backends per cluster, read from the stores, and the cluster's ServiceExports and ServiceImports",
 		Example: `  clustermesh service list --context c1
   clustermesh service list --context c1 -o yaml`,
 		Args: cobra.NoArgs,
@@ -126,11 +126,18 @@ func newServiceList(g *globals) *cobra.Command {
 						if in.Affinity != "" && in.Affinity != api.AffinityNone {
 							p += " affinity=" + string(in.Affinity)
 						}
+						if in.Via != "" && in.Via != "annotation" {
+							p += " via " + in.Via
+						}
+						if len(in.ClusterSetIPs) > 0 {
+							p += " clusterset IP " + strings.Join(in.ClusterSetIPs, ",")
+						}
 						parts = append(parts, p)
 					}
 					fmt.Fprintf(tw, "%s/%s\t%s\t%s\n", s.Namespace, s.Name, strconv.Itoa(s.Backends), strings.Join(parts, ", "))
 				}
 				tw.Flush()
+				printMCS(w, res.MCS)
 				for name, why := range res.Unreadable {
 					fmt.Fprintf(w, "✗ cluster %s not read: %s\n", name, why)
 				}
@@ -140,4 +147,51 @@ func newServiceList(g *globals) *cobra.Command {
 	out.register(cmd)
 	cmd.Flags().StringVar(&opts.Endpoint, "endpoint", "", "reach the cluster's own store here instead of the recorded endpoint")
 	return cmd
+}
+
+// printMCS prints a cluster's ServiceExports and ServiceImports with their
+// conditions (type=status, and the reason when not the happy one).
+func printMCS(w io.Writer, v *mesh.MCSView) {
+	if v == nil || len(v.Exports)+len(v.Imports) == 0 {
+		return
+	}
+	cond := func(o mesh.MCSObject, types ...string) string {
+		var parts []string
+		for _, t := range types {
+			c := o.Condition(t)
+			if c.Status == "" {
+				continue
+			}
+			p := t + "=" + c.Status
+			if (t == "Conflict") == (c.Status == "True") && c.Reason != "" {
+				p += " (" + c.Reason + ")"
+			}
+			parts = append(parts, p)
+		}
+		return strings.Join(parts, " ")
+	}
+	fmt.Fprintf(w, "\nMulti-Cluster Services in cluster %s:\n", v.Cluster)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "KIND\tSERVICE\tTYPE\tIPS\tCLUSTERS\tCONDITIONS")
+	for _, o := range v.Exports {
+		fmt.Fprintf(tw, "export\t%s/%s\t-\t-\t%s\t%s\n", o.Namespace, o.Name, v.Cluster, cond(o, "Valid", "Ready", "Conflict"))
+	}
+	for _, o := range v.Imports {
+		fmt.Fprintf(tw, "import\t%s/%s\t%s\t%s\t%s\t%s\n", o.Namespace, o.Name, o.Type, orDash(strings.Join(o.IPs, ",")), strings.Join(o.Clusters, ","), cond(o, "Ready", "Conflict"))
+	}
+	tw.Flush()
+	for _, o := range append(append([]mesh.MCSObject(nil), v.Exports...), v.Imports...) {
+		for _, t := range []string{"Valid", "Conflict"} {
+			if c := o.Condition(t); (t == "Valid" && c.Status == "False") || (t == "Conflict" && c.Status == "True") {
+				fmt.Fprintf(w, "✗ %s %s/%s: %s\n", o.Kind, o.Namespace, o.Name, c.Message)
+			}
+		}
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -130,6 +130,14 @@ type ServiceInstance struct {
 	// Backends counts endpoints; Ready those ready.
 	Backends int `json:"backends"`
 	Ready    int `json:"ready"`
+	// Via says how the cluster takes part: "annotation" (global by its
+	// annotations), "ServiceExport" (exported through the Multi-Cluster
+	// Services API) or "import" (imported only: the clusterset IPs of its
+	// derived Service, no backend of its own).
+	Via string `json:"via"`
+	// ClusterSetIPs are the clusterset IPs the cluster's agents balance
+	// for the service, when it is imported there.
+	ClusterSetIPs []string `json:"clustersetIPs,omitempty"`
 }
 
 // ServiceListResult lists global services and the clusters that could not be
@@ -138,6 +146,9 @@ type ServiceListResult struct {
 	Services []GlobalService `json:"services"`
 	// Unreadable names clusters whose store could not be read, with why.
 	Unreadable map[string]string `json:"unreadable,omitempty"`
+	// MCS is the context's cluster's ServiceExports and ServiceImports
+	// with their conditions (nil without the Multi-Cluster Services CRDs).
+	MCS *MCSView `json:"mcs,omitempty"`
 }
 
 // ListGlobalServices reads the global services of the cluster's own store
@@ -201,6 +212,14 @@ func ListGlobalServices(ctx context.Context, c *Cluster, opts StoreOptions) (*Se
 			res.Unreadable[e.Name] = err.Error()
 		}
 	}
+	mcs, err := ReadMCS(ctx, c, info.Name)
+	if err != nil {
+		if res.Unreadable == nil {
+			res.Unreadable = map[string]string{}
+		}
+		res.Unreadable["(ServiceExports, ServiceImports)"] = err.Error()
+	}
+	res.MCS = mcs
 	for _, g := range byKey {
 		sort.Slice(g.Clusters, func(i, j int) bool { return g.Clusters[i].Cluster < g.Clusters[j].Cluster })
 		res.Services = append(res.Services, *g)
@@ -232,7 +251,16 @@ func readServices(ctx context.Context, kv *kvstore.Client, cluster string) ([]ex
 		if !s.Global {
 			continue
 		}
-		es := exportedService{Namespace: s.Namespace, Name: s.Name, inst: ServiceInstance{Cluster: cluster, Shared: s.Shared, Affinity: s.Affinity}}
+		es := exportedService{Namespace: s.Namespace, Name: s.Name, inst: ServiceInstance{Cluster: cluster, Shared: s.Shared, Affinity: s.Affinity, Via: "annotation"}}
+		switch {
+		case s.ServiceExport:
+			es.inst.Via = "ServiceExport"
+		case !s.Shared && len(s.ClusterIPs) == 0 && len(s.ClusterSetIPs) > 0:
+			es.inst.Via = "import"
+		}
+		for _, a := range s.ClusterSetIPs {
+			es.inst.ClusterSetIPs = append(es.inst.ClusterSetIPs, a.String())
+		}
 		eps, err := kv.List(ctx, api.ServiceEndpointsPrefix(cluster, s.Namespace, s.Name), kvstore.ListOptions{})
 		if err != nil {
 			return nil, fmt.Errorf("service %s/%s: list endpoints: %w", s.Namespace, s.Name, err)

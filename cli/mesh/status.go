@@ -223,6 +223,15 @@ func GetStatus(ctx context.Context, c *Cluster, opts StatusOptions) (*Status, er
 	} else if !apierrors.IsForbidden(err) {
 		return nil, err
 	}
+	// Multi-Cluster Services: refused exports and conflicts are warnings
+	// (the oldest export applies meanwhile; other services are unaffected).
+	if v, err := ReadMCS(ctx, c, info.Name); err == nil {
+		for _, p := range v.Problems(c) {
+			warn(p)
+		}
+	} else if !apierrors.IsForbidden(err) {
+		return nil, err
+	}
 	st.Ready = len(st.Problems) == 0
 	return st, nil
 }
