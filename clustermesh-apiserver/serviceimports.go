@@ -549,8 +549,9 @@ func (im *importer) setImportStatus(ctx context.Context, ri dynamic.ResourceInte
 }
 
 // setLocalConflict sets the Conflict condition of this cluster's own
-// ServiceExport of nn, if it has one: true when its export lost the
-// conflict resolution on some field.
+// ServiceExport of nn, if it has one: true when its export takes part in a
+// conflict, lost or won (the KEP raises it on every ServiceExport of the
+// conflicted service; the message says whose value applies).
 func (im *importer) setLocalConflict(ctx context.Context, nn types.NamespacedName, res resolution) error {
 	if !im.exports.has(nn) || !slices.Contains(res.clusters, im.cluster) {
 		return nil
@@ -558,7 +559,7 @@ func (im *importer) setLocalConflict(ctx context.Context, nn types.NamespacedNam
 	c := condition{ConditionConflict, false, ReasonNoConflicts, "the exporting clusters agree"}
 	if msg := res.conflictMessage(nn, im.cluster); msg != "" {
 		for _, cf := range res.conflicts {
-			if slices.Contains(cf.losers, im.cluster) {
+			if cf.winner == im.cluster || slices.Contains(cf.losers, im.cluster) {
 				c = condition{ConditionConflict, true, cf.reason, msg}
 				break
 			}
@@ -696,12 +697,12 @@ func resolve(exps []*api.Service) resolution {
 	return res
 }
 
-// conflictMessage describes the conflicts (only those cluster lost, when
-// cluster is not empty): the clusters, the field and the winner.
+// conflictMessage describes the conflicts (only those cluster takes part
+// in, when cluster is not empty): the clusters, the field and the winner.
 func (r resolution) conflictMessage(nn types.NamespacedName, cluster string) string {
 	var parts []string
 	for _, c := range r.conflicts {
-		if cluster != "" && !slices.Contains(c.losers, cluster) {
+		if cluster != "" && cluster != c.winner && !slices.Contains(c.losers, cluster) {
 			continue
 		}
 		parts = append(parts, fmt.Sprintf("field %s: cluster(s) %s disagree with cluster %s, whose export is the oldest and applies",

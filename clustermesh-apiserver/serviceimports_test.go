@@ -15,6 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/dynamic"
 
@@ -34,7 +35,7 @@ type mcsCluster struct {
 // newMCSPair starts clusters c1 and c2, connected both ways (each one's
 // clusters directory names the other's store, read as user remote), with
 // the mesh cache on, as `clustermesh enable` and `connect` leave them.
-func newMCSPair(t *testing.T) (c1, c2 *mcsCluster) {
+func newMCSPair(t testing.TB) (c1, c2 *mcsCluster) {
 	t.Helper()
 	envs := []*env{newEnv(t, "c1", 1), newEnv(t, "c2", 2)}
 	var out []*mcsCluster
@@ -56,7 +57,7 @@ func newMCSPair(t *testing.T) (c1, c2 *mcsCluster) {
 	return out[0], out[1]
 }
 
-func (c *mcsCluster) export(t *testing.T, ns, name string) {
+func (c *mcsCluster) export(t testing.TB, ns, name string) {
 	t.Helper()
 	u := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceExport",
@@ -99,6 +100,10 @@ func (c *mcsCluster) imported(ctx context.Context, ns, name string) (string, err
 		return "", err
 	}
 	typ, _, _ := unstructured.NestedString(si.Object, "spec", "type")
+	aff, _, _ := unstructured.NestedString(si.Object, "spec", "sessionAffinity")
+	if t, ok, _ := unstructured.NestedInt64(si.Object, "spec", "sessionAffinityConfig", "clientIP", "timeoutSeconds"); ok {
+		aff += fmt.Sprintf("/%ds", t)
+	}
 	ips, _, _ := unstructured.NestedStringSlice(si.Object, "spec", "ips")
 	ports, _, _ := unstructured.NestedSlice(si.Object, "spec", "ports")
 	var ps []string
@@ -129,7 +134,10 @@ func (c *mcsCluster) imported(ctx context.Context, ns, name string) (string, err
 	if typ == "ClusterSetIP" && !slices.Equal(ips, d.Spec.ClusterIPs) {
 		return "", fmt.Errorf("ServiceImport ips %v, derived Service %s cluster IPs %v", ips, d.Name, d.Spec.ClusterIPs)
 	}
-	return fmt.Sprintf("%s ports=%v clusters=%v ready=%s conflict=%s", typ, ps, clusters, conds["Ready"], conds["Conflict"]), nil
+	if d.Spec.SessionAffinity != corev1.ServiceAffinity(strings.Split(aff, "/")[0]) {
+		return "", fmt.Errorf("ServiceImport session affinity %s, derived Service %s", aff, d.Spec.SessionAffinity)
+	}
+	return fmt.Sprintf("%s ports=%v affinity=%s clusters=%v ready=%s conflict=%s", typ, ps, aff, clusters, conds["Ready"], conds["Conflict"]), nil
 }
 
 // storeEntry returns c's own store entry of ns/name ("" when absent).
@@ -182,6 +190,11 @@ func TestServiceImport(t *testing.T) {
 	mkNamespace(t, c2.env, "shop", nil)
 	mkNamespace(t, c2.env, "late", nil)
 	c2.service(t, "shop", "web", tcp("http", 80), tcp("admin", 9090))
+	// Session affinity is part of the import (KEP: it follows the exports).
+	if _, err := c2.kube.Client.CoreV1().Services("shop").Patch(ctx, "web", types.MergePatchType,
+		[]byte(`{"spec":{"sessionAffinity":"ClientIP","sessionAffinityConfig":{"clientIP":{"timeoutSeconds":300}}}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	mkPod(t, c2.env, "shop", "web-0", "web", "node-c2", "10.2.1.10")
 	c2.export(t, "shop", "web")
 	c2.service(t, "late", "api", tcp("grpc", 50051))
@@ -195,7 +208,7 @@ func TestServiceImport(t *testing.T) {
 	c2.export(t, "shop", "ext")
 
 	t.Run("export in c2 only is imported into c1", func(t *testing.T) {
-		want := `ClusterSetIP ports=[http:80/TCP admin:9090/TCP] clusters=[c2] ready=True/Imported conflict=False/NoConflicts`
+		want := `ClusterSetIP ports=[http:80/TCP admin:9090/TCP] affinity=ClientIP/300s clusters=[c2] ready=True/Imported conflict=False/NoConflicts`
 		poll.Eventually(t, waitTimeout, "c1 imports shop/web", func(ctx context.Context) error {
 			got, err := c1.imported(ctx, "shop", "web")
 			if err == nil && got != want {
@@ -270,7 +283,7 @@ func TestServiceImport(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if want := `Headless ports=[sql:5432/TCP] clusters=[c2] ready=True/Imported conflict=False/NoConflicts`; got != want {
+			if want := `Headless ports=[sql:5432/TCP] affinity=None clusters=[c2] ready=True/Imported conflict=False/NoConflicts`; got != want {
 				return fmt.Errorf("import %s, want %s", got, want)
 			}
 			sl, err := c1.kube.Client.DiscoveryV1().EndpointSlices("shop").List(ctx, metav1.ListOptions{
@@ -325,7 +338,7 @@ func TestServiceImport(t *testing.T) {
 		time.Sleep(1100 * time.Millisecond)
 		c1.service(t, "shop", "web", tcp("http", 8080))
 		c1.export(t, "shop", "web")
-		want := `ClusterSetIP ports=[http:80/TCP admin:9090/TCP] clusters=[c1 c2] ready=True/Imported conflict=True/PortConflict`
+		want := `ClusterSetIP ports=[http:80/TCP admin:9090/TCP] affinity=ClientIP/300s clusters=[c1 c2] ready=True/Imported conflict=True/PortConflict`
 		for _, c := range []*mcsCluster{c1, c2} {
 			poll.Eventually(t, waitTimeout, c.cfg.ClusterName+"'s import in conflict", func(ctx context.Context) error {
 				got, err := c.imported(ctx, "shop", "web")
@@ -338,7 +351,7 @@ func TestServiceImport(t *testing.T) {
 		for _, c := range []struct {
 			c    *mcsCluster
 			want string
-		}{{c1, "True/PortConflict"}, {c2, "False/NoConflicts"}} {
+		}{{c1, "True/PortConflict"}, {c2, "True/PortConflict"}} {
 			poll.Eventually(t, waitTimeout, c.c.cfg.ClusterName+"'s ServiceExport conflict condition", func(ctx context.Context) error {
 				got, err := conditions(ctx, c.c.dyn, serviceExportGVR, "shop", "web")
 				if err == nil && got["Conflict"] != c.want {
