@@ -181,7 +181,8 @@ func (c *mcsCluster) event(ctx context.Context, ns, reason string, parts ...stri
 // clusterset IP in c1's store entry beside c2's endpoints for the agents);
 // a namespace missing in c1 is reported and the import follows when it is
 // created; an ExternalName Service is refused; a later export in c1 whose
-// port disagrees loses to c2's older export and both sides say so; removing
+// port disagrees loses to c2's older export and both sides say so, as does
+// a ClusterIP export against an older headless one; removing
 // the exports removes the import. Each bad input leaves the others alone.
 func TestServiceImport(t *testing.T) {
 	c1, c2 := newMCSPair(t)
@@ -362,6 +363,23 @@ func TestServiceImport(t *testing.T) {
 		}
 		poll.Eventually(t, waitTimeout, "ExportConflict Event in c1", func(ctx context.Context) error {
 			return c1.event(ctx, "shop", "ExportConflict", "shop/web", `spec.ports["http"]`, "c1", "c2")
+		})
+		// Headlessness: c2's older headless export of shop/db wins over
+		// c1's ClusterIP one.
+		c1.service(t, "shop", "db", tcp("sql", 5432))
+		c1.export(t, "shop", "db")
+		poll.Eventually(t, waitTimeout, "type conflict on shop/db", func(ctx context.Context) error {
+			got, err := c1.imported(ctx, "shop", "db")
+			if want := `Headless ports=[sql:5432/TCP] affinity=None clusters=[c1 c2] ready=True/Imported conflict=True/TypeConflict`; err == nil && got != want {
+				return fmt.Errorf("import %s, want %s", got, want)
+			}
+			if err == nil {
+				var conds map[string]string
+				if conds, err = conditions(ctx, c1.dyn, serviceExportGVR, "shop", "db"); err == nil && conds["Conflict"] != "True/TypeConflict" {
+					err = fmt.Errorf("c1's ServiceExport shop/db conditions %v", conds)
+				}
+			}
+			return err
 		})
 		// The other import is unaffected.
 		if _, err := c1.imported(ctx, "late", "api"); err != nil {
