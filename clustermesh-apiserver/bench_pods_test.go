@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -111,15 +110,6 @@ func BenchmarkExportPods(b *testing.B) {
 		store, kube = append(store, ts.Sub(start)), append(kube, tk.Sub(start))
 	}
 	b.StopTimer()
-	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	b.ReportMetric(initial.Seconds(), "initial_export_s")
-	for _, m := range []struct {
-		name string
-		d    []time.Duration
-	}{{"ipcache", store}, {"watch", kube}} {
-		slices.Sort(m.d)
-		b.ReportMetric(ms(m.d[len(m.d)/2]), m.name+"_p50_ms")
-		b.ReportMetric(ms(m.d[len(m.d)*99/100]), m.name+"_p99_ms")
-	}
-	b.ReportMetric(0, "ns/op")
+	reportPercentiles(b, latencies{"ipcache", store}, latencies{"watch", kube})
 }
