@@ -182,7 +182,8 @@ func (c *mcsCluster) event(ctx context.Context, ns, reason string, parts ...stri
 // a namespace missing in c1 is reported and the import follows when it is
 // created; an ExternalName Service is refused; a later export in c1 whose
 // port disagrees loses to c2's older export and both sides say so, as does
-// a ClusterIP export against an older headless one; removing
+// a ClusterIP export against an older headless one; a ServiceImport the
+// mesh did not write is never taken over; removing
 // the exports removes the import. Each bad input leaves the others alone.
 func TestServiceImport(t *testing.T) {
 	c1, c2 := newMCSPair(t)
@@ -331,6 +332,32 @@ func TestServiceImport(t *testing.T) {
 		})
 		if _, err := c1.dyn.Resource(serviceImportGVR).Namespace("shop").Get(ctx, "ext", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 			t.Fatalf("ServiceImport shop/ext in c1: %v", err)
+		}
+	})
+
+	t.Run("an object the mesh did not write is left alone", func(t *testing.T) {
+		// Another MCS controller's (or a user's) ServiceImport in c1: c2's
+		// export of the same name must not take it over.
+		mine := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceImport",
+			"metadata": map[string]any{"name": "mine", "namespace": "shop"},
+			"spec":     map[string]any{"type": "ClusterSetIP", "ports": []any{map[string]any{"port": int64(1), "protocol": "TCP"}}},
+		}}
+		mine, err := c1.dyn.Resource(serviceImportGVR).Namespace("shop").Create(ctx, mine, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c2.service(t, "shop", "mine", tcp("http", 80))
+		c2.export(t, "shop", "mine")
+		poll.Eventually(t, waitTimeout, "ImportNotOwned Event in c1", func(ctx context.Context) error {
+			return c1.event(ctx, "shop", "ImportNotOwned", "cluster c1", "shop/mine")
+		})
+		got, err := c1.dyn.Resource(serviceImportGVR).Namespace("shop").Get(ctx, "mine", metav1.GetOptions{})
+		if err != nil || got.GetResourceVersion() != mine.GetResourceVersion() {
+			t.Fatalf("ServiceImport shop/mine written by the mesh (%v)", err)
+		}
+		if d, err := c1.kube.Client.CoreV1().Services("shop").List(ctx, metav1.ListOptions{LabelSelector: apiserver.LabelServiceName + "=mine"}); err != nil || len(d.Items) > 0 {
+			t.Fatalf("derived Service for a ServiceImport the mesh does not own (%v)", err)
 		}
 	})
 
