@@ -230,7 +230,7 @@ func GetStatus(ctx context.Context, c *Cluster, opts StatusOptions) (*Status, er
 			warn(p)
 		}
 	} else if !apierrors.IsForbidden(err) {
-		return nil, err
+		warn(problem(ErrMCS, "", "cluster %s: %v", info.Name, err))
 	}
 	st.Ready = len(st.Problems) == 0
 	return st, nil
