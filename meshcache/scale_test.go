@@ -40,7 +40,19 @@ import (
 //   - prop-p50-ms / prop-p99-ms: an endpoint slice written in cluster 0 →
 //     seen by an agent of cluster 1, 50 writes one after another;
 //   - B/remote-endpoint: heap held by the followers per remote endpoint
-//     held (all agents together, after a GC).
+//     held (all agents together, after a GC);
+//   - cache-sync-store-cpu-ms, sync-store-cpu-ms: the CPU all stores spent
+//     on the caches' copy and on the agents' sync (profiled: see
+//     storeCPU), sync-process-cpu-ms the whole process's;
+//   - per write in cluster 0 (churnWrites slices, until every agent of
+//     every other cluster holds them): store-writes/write (keys put or
+//     deleted in every store), store-put-B/write (their keys' and values'
+//     bytes), watch-events/write (events every store sent), store-sent-B/
+//     write (bytes every store sent its clients), store-cpu-us/write and
+//     process-cpu-us/write. Direct mode writes once and sends one event
+//     per agent of the other clusters; cached mode writes 1 + (C−1) times
+//     (each cache's copy) and sends C−1 events to the caches plus one per
+//     agent: the write amplification the cache pays for the fan-in.
 //
 // Run: go test -run '^$' -bench BenchmarkScale -benchtime 1x -v ./meshcache/
 // (SCALE_CLUSTERS, SCALE_AGENTS per cluster, SCALE_ENDPOINTS per cluster;
@@ -55,6 +67,12 @@ func BenchmarkScale(b *testing.B) {
 		})
 	}
 }
+
+// churnWrites is how many writes in c1 the store cost per write is
+// averaged over.
+const churnWrites = 200
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func envInt(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
@@ -105,6 +123,18 @@ func (h *holder) allSynced() bool {
 	defer h.mu.Unlock()
 	for _, k := range remote.Kinds {
 		if !h.synced[k] {
+			return false
+		}
+	}
+	return true
+}
+
+// holdsAll tells whether every key is held.
+func (h *holder) holdsAll(keys []string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, k := range keys {
+		if _, ok := h.objs[k]; !ok {
 			return false
 		}
 	}
@@ -166,6 +196,8 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 		confs[name] = cfg
 		return cfg
 	}
+	var cacheCost phaseCost
+	cachePhase := startPhase()
 	if cached {
 		for _, c := range cs {
 			cdir := filepath.Join(dir, "cache-"+c.Name)
@@ -212,11 +244,13 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 		}
 		cacheSync = time.Since(t0)
 	}
+	cacheCost = cachePhase.stop()
 
 	var before runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 	start := time.Now()
+	syncPhase := startPhase()
 	// holders[c][a] are agent a of cluster c's delegates, one per peer.
 	holders := make([][]map[string]*holder, nClusters)
 	for ci, c := range cs {
@@ -264,6 +298,7 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	syncTime := time.Since(start)
+	syncCost := syncPhase.stop()
 
 	var after runtime.MemStats
 	runtime.GC()
@@ -326,6 +361,30 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 		}
 	}
 	slices.Sort(prop)
+
+	// Churn: churnWrites more slices written in c1, one after another,
+	// until every agent of every other cluster holds them all: what the
+	// stores wrote, sent and spent for them, mesh-wide, per write in c1.
+	churnPhase := startPhase()
+	var churnKeys []string
+	for k := 0; k < churnWrites; k++ {
+		sl := cs[0].Slice("ns", fmt.Sprintf("svc-%d", k%((nEndpoints+9)/10)), fmt.Sprintf("churn-%d", k), meshtest.IP(cidr, k))
+		churnKeys = append(churnKeys, sl.Key())
+		cs[0].Upsert(sl)
+	}
+	t0 := time.Now()
+	for _, per := range holders[1:] {
+		for _, hs := range per {
+			for !hs[cs[0].Name].holdsAll(churnKeys) {
+				if time.Since(t0) > time.Minute {
+					b.Fatal("churn in c1 not seen by every agent after a minute")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+	}
+	churn := churnPhase.stop()
+	perWrite := func(v float64) float64 { return v / churnWrites }
 	p := func(q int) float64 { return float64(prop[(len(prop)*q+99)/100-1].Microseconds()) / 1000 }
 
 	b.ReportMetric(float64(conns)/float64(nClusters), "conns/store")
@@ -335,6 +394,15 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 	b.ReportMetric(p(50), "prop-p50-ms")
 	b.ReportMetric(p(99), "prop-p99-ms")
 	b.ReportMetric(perEndpoint, "B/remote-endpoint")
+	b.ReportMetric(ms(cacheCost.StoreCPU), "cache-sync-store-cpu-ms")
+	b.ReportMetric(ms(syncCost.StoreCPU), "sync-store-cpu-ms")
+	b.ReportMetric(ms(syncCost.ProcessCPU), "sync-process-cpu-ms")
+	b.ReportMetric(perWrite(churn.Puts+churn.Deletes), "store-writes/write")
+	b.ReportMetric(perWrite(churn.PutBytes), "store-put-B/write")
+	b.ReportMetric(perWrite(churn.Events), "watch-events/write")
+	b.ReportMetric(perWrite(churn.SentBytes), "store-sent-B/write")
+	b.ReportMetric(perWrite(float64(churn.StoreCPU.Microseconds())), "store-cpu-us/write")
+	b.ReportMetric(perWrite(float64(churn.ProcessCPU.Microseconds())), "process-cpu-us/write")
 	b.ReportMetric(0, "ns/op")
 	mode := "direct"
 	if cached {
@@ -342,4 +410,10 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 	}
 	b.Logf("%s: %d clusters × %d agents × %d endpoints: %.1f conns/store, caches' copy %v, agents' sync %v, one more agent's sync %v, propagation p50 %.2f ms p99 %.2f ms, %.0f B per remote endpoint held (%s)",
 		mode, nClusters, nAgents, nEndpoints, float64(conns)/float64(nClusters), cacheSync.Round(time.Millisecond), syncTime.Round(time.Millisecond), joinTime.Round(time.Millisecond), p(50), p(99), perEndpoint, strings.TrimSpace(fmt.Sprint(held, " held")))
+	b.Logf("%s: stores' CPU: caches' copy %v (process %v), agents' sync %v (process %v); per write in c1 (%d writes): %.1f store writes, %.0f B put, %.1f watch events, %.0f B sent, %.0f µs store CPU, %.0f µs process CPU",
+		mode, cacheCost.StoreCPU.Round(time.Millisecond), cacheCost.ProcessCPU.Round(time.Millisecond), syncCost.StoreCPU.Round(time.Millisecond), syncCost.ProcessCPU.Round(time.Millisecond), churnWrites,
+		perWrite(churn.Puts+churn.Deletes), perWrite(churn.PutBytes), perWrite(churn.Events), perWrite(churn.SentBytes), perWrite(float64(churn.StoreCPU.Microseconds())), perWrite(float64(churn.ProcessCPU.Microseconds())))
+	if churn.ProfileErr != nil {
+		b.Log(churn.ProfileErr)
+	}
 }
