@@ -370,7 +370,18 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 	for k := 0; k < churnWrites; k++ {
 		sl := cs[0].Slice("ns", fmt.Sprintf("svc-%d", k%((nEndpoints+9)/10)), fmt.Sprintf("churn-%d", k), meshtest.IP(cidr, k))
 		churnKeys = append(churnKeys, sl.Key())
-		cs[0].Upsert(sl)
+		// On a loaded machine a put can time out while the caches copy:
+		// it is retried (the same value: at worst one more store write).
+		for try := 0; ; try++ {
+			err := cs[0].UpsertErr(ctx, sl)
+			if err == nil {
+				break
+			}
+			if try == 5 {
+				b.Fatal(err)
+			}
+			b.Logf("churn write %d: %v; retrying", k, err)
+		}
 	}
 	t0 := time.Now()
 	for _, per := range holders[1:] {
