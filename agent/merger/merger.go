@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -43,15 +44,17 @@ type Merger struct {
 	node, zone string
 	clusterIDs map[string]uint32
 	services   map[Name]map[string]*api.Service
-	// slices: service → cluster → slice name → slice.
-	slices     map[Name]map[string]map[string]*api.EndpointSlice
+	// slices: service → cluster → its slices, sorted by name.
+	slices     map[Name]map[string]sliceSet
 	unhealthy  map[loadbalancer.NodeRef]struct{}
 	programmed map[Name]map[loadbalancer.Frontend]loadbalancer.Service
 	// byNode indexes programmed services by the nodes of their backends, so
 	// a health change recomputes only the services it can affect. It holds
 	// one entry per (node, service) pair, i.e. about one per backend: the
-	// service is its interned number (ids), 4 bytes rather than a Name.
-	byNode map[loadbalancer.NodeRef]map[uint32]struct{}
+	// service is its interned number (ids), 4 bytes rather than a Name, in
+	// a sorted slice per node (a map costs several times that per entry,
+	// and a few hundred bytes for a node with one service).
+	byNode map[loadbalancer.NodeRef][]uint32
 	ids    serviceIDs
 	// byFrontend names the service of each programmed frontend (flow
 	// events name services by frontend).
@@ -69,10 +72,10 @@ func New(local string, dp loadbalancer.Datapath, log *slog.Logger) *Merger {
 		log:        log.With("local_cluster", local),
 		clusterIDs: map[string]uint32{},
 		services:   map[Name]map[string]*api.Service{},
-		slices:     map[Name]map[string]map[string]*api.EndpointSlice{},
+		slices:     map[Name]map[string]sliceSet{},
 		unhealthy:  map[loadbalancer.NodeRef]struct{}{},
 		programmed: map[Name]map[loadbalancer.Frontend]loadbalancer.Service{},
-		byNode:     map[loadbalancer.NodeRef]map[uint32]struct{}{},
+		byNode:     map[loadbalancer.NodeRef][]uint32{},
 		ids:        serviceIDs{byName: map[Name]uint32{}},
 		byFrontend: map[loadbalancer.Frontend]Name{},
 		dirty:      map[Name]struct{}{},
@@ -184,16 +187,41 @@ func (m *Merger) UpsertEndpointSlice(es *api.EndpointSlice) {
 	defer m.mu.Unlock()
 	byCluster := m.slices[n]
 	if byCluster == nil {
-		byCluster = map[string]map[string]*api.EndpointSlice{}
+		byCluster = map[string]sliceSet{}
 		m.slices[n] = byCluster
 	}
-	bySlice := byCluster[es.Cluster]
-	if bySlice == nil {
-		bySlice = map[string]*api.EndpointSlice{}
-		byCluster[es.Cluster] = bySlice
-	}
-	bySlice[es.Name] = es
+	byCluster[es.Cluster] = byCluster[es.Cluster].upsert(es)
 	m.dirty[n] = struct{}{}
+}
+
+// sliceSet is a cluster's slices of one service, sorted by name. A service
+// has one slice per 100 endpoints or so in each cluster: a sorted slice of
+// pointers costs 8 bytes each where a map costs a few hundred bytes even
+// for one entry (one per service and cluster: tens of bytes per endpoint).
+type sliceSet []*api.EndpointSlice
+
+func (s sliceSet) find(name string) (int, bool) {
+	return slices.BinarySearchFunc(s, name, func(es *api.EndpointSlice, name string) int { return strings.Compare(es.Name, name) })
+}
+
+// upsert returns the set with es in place of its namesake, or added.
+func (s sliceSet) upsert(es *api.EndpointSlice) sliceSet {
+	i, ok := s.find(es.Name)
+	if ok {
+		s[i] = es
+		return s
+	}
+	return slices.Insert(s, i, es)
+}
+
+// delete returns the set without the slice named name, and whether it was
+// there.
+func (s sliceSet) delete(name string) (sliceSet, bool) {
+	i, ok := s.find(name)
+	if !ok {
+		return s, false
+	}
+	return slices.Delete(s, i, i+1), true
 }
 
 // DeleteEndpointSlice forgets one slice of a cluster's service.
@@ -201,11 +229,11 @@ func (m *Merger) DeleteEndpointSlice(cluster, namespace, service, slice string) 
 	n := Name{namespace, service}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	bySlice := m.slices[n][cluster]
-	if _, ok := bySlice[slice]; !ok {
+	bySlice, ok := m.slices[n][cluster].delete(slice)
+	if !ok {
 		return
 	}
-	delete(bySlice, slice)
+	m.slices[n][cluster] = bySlice
 	if len(bySlice) == 0 {
 		delete(m.slices[n], cluster)
 		if len(m.slices[n]) == 0 {
@@ -229,7 +257,7 @@ func (m *Merger) SetNodeHealth(ctx context.Context, node loadbalancer.NodeRef, h
 		m.unhealthy[node] = struct{}{}
 	}
 	if changed {
-		for id := range m.byNode[node] {
+		for _, id := range m.byNode[node] {
 			m.dirty[m.ids.names[id]] = struct{}{}
 		}
 	}
@@ -423,10 +451,12 @@ func (m *Merger) setProgrammedLocked(n Name, old, now map[loadbalancer.Frontend]
 	if known {
 		for _, s := range old {
 			for _, node := range nodesOf(s) {
-				if set := m.byNode[node]; set != nil {
-					delete(set, id)
-					if len(set) == 0 {
+				set := m.byNode[node]
+				if i, ok := slices.BinarySearch(set, id); ok {
+					if set = slices.Delete(set, i, i+1); len(set) == 0 {
 						delete(m.byNode, node)
+					} else {
+						m.byNode[node] = set
 					}
 				}
 			}
@@ -444,11 +474,9 @@ func (m *Merger) setProgrammedLocked(n Name, old, now map[loadbalancer.Frontend]
 	for _, s := range now {
 		for _, node := range nodesOf(s) {
 			set := m.byNode[node]
-			if set == nil {
-				set = map[uint32]struct{}{}
-				m.byNode[node] = set
+			if i, ok := slices.BinarySearch(set, id); !ok {
+				m.byNode[node] = slices.Insert(set, i, id)
 			}
-			set[id] = struct{}{}
 		}
 	}
 }
@@ -577,13 +605,7 @@ func (m *Merger) candidatesLocked(n Name, clusters []string, sp api.ServicePort,
 		if id == 0 {
 			id = svc.ClusterID
 		}
-		sliceNames := make([]string, 0, len(m.slices[n][c]))
-		for s := range m.slices[n][c] {
-			sliceNames = append(sliceNames, s)
-		}
-		slices.Sort(sliceNames)
-		for _, sn := range sliceNames {
-			es := m.slices[n][c][sn]
+		for _, es := range m.slices[n][c] {
 			port, ok := portOf(es, sp)
 			if !ok {
 				continue
@@ -661,7 +683,8 @@ func (m *Merger) choose(svc *api.Service, fe loadbalancer.Frontend, cands []cand
 	sortBackends(local)
 	sortBackends(remote)
 	all := func() []loadbalancer.Backend {
-		a := append(append([]loadbalancer.Backend(nil), local...), remote...)
+		a := make([]loadbalancer.Backend, 0, len(local)+len(remote))
+		a = append(append(a, local...), remote...)
 		sortBackends(a)
 		return a
 	}

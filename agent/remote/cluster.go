@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unique"
 
 	"github.com/clustermesh/clustermesh/agent/admit"
 	"github.com/clustermesh/clustermesh/agent/status"
@@ -499,6 +500,9 @@ func (c *Cluster) handle(ev kvstore.Event, seen map[api.Kind]map[string]struct{}
 		if n, ok := obj.(*api.Node); ok {
 			c.trackNode(ev.Key, n)
 		}
+		if es, ok := obj.(*api.EndpointSlice); ok {
+			internNames(es)
+		}
 		c.opts.Delegate.Upsert(c.name, obj)
 		c.count(kind, len(known))
 	case kvstore.EventDelete:
@@ -645,4 +649,22 @@ func (c *Cluster) refused(kind api.Kind, r admit.Refusal) {
 		return // the reader logs the first refusal of a quota
 	}
 	c.log.Warn("refused peer object", "kind", kind, "key", r.Key, "field", r.Field, "reason", r.Reason, "detail", r.Detail)
+}
+
+// internNames makes the node and zone names of a slice's endpoints share
+// one copy per distinct name, process-wide: decoding gives every endpoint
+// its own copy, and an agent holds every remote endpoint for as long as it
+// exists, while a mesh has far fewer nodes than endpoints. The slice is the
+// event's own (the reader keeps no reference; admission returns a copy), so
+// it is changed in place.
+func internNames(es *api.EndpointSlice) {
+	for i := range es.Endpoints {
+		ep := &es.Endpoints[i]
+		if ep.NodeName != "" {
+			ep.NodeName = unique.Make(ep.NodeName).Value()
+		}
+		if ep.Zone != "" {
+			ep.Zone = unique.Make(ep.Zone).Value()
+		}
+	}
 }
