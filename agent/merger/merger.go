@@ -47,7 +47,7 @@ type Merger struct {
 	// slices: service → cluster → its slices, sorted by name.
 	slices     map[Name]map[string]sliceSet
 	unhealthy  map[loadbalancer.NodeRef]struct{}
-	programmed map[Name]map[loadbalancer.Frontend]loadbalancer.Service
+	programmed map[Name]programmedSet
 	// byNode indexes programmed services by the nodes of their backends, so
 	// a health change recomputes only the services it can affect. It holds
 	// one entry per (node, service) pair, i.e. about one per backend: the
@@ -74,7 +74,7 @@ func New(local string, dp loadbalancer.Datapath, log *slog.Logger) *Merger {
 		services:   map[Name]map[string]*api.Service{},
 		slices:     map[Name]map[string]sliceSet{},
 		unhealthy:  map[loadbalancer.NodeRef]struct{}{},
-		programmed: map[Name]map[loadbalancer.Frontend]loadbalancer.Service{},
+		programmed: map[Name]programmedSet{},
 		byNode:     map[loadbalancer.NodeRef][]uint32{},
 		ids:        serviceIDs{byName: map[Name]uint32{}},
 		byFrontend: map[loadbalancer.Frontend]Name{},
@@ -321,7 +321,34 @@ type SyncResult struct {
 type work struct {
 	name    Name
 	desired map[loadbalancer.Frontend]loadbalancer.Service
-	old     map[loadbalancer.Frontend]loadbalancer.Service
+	old     programmedSet
+}
+
+// programmedSet is what was pushed for one service's frontends, sorted by
+// frontend. A service has a handful of frontends (ports × virtual IPs): a
+// slice holds them in their own size where a map would take a group of 8
+// entries (over a kilobyte) for each service.
+type programmedSet []loadbalancer.Service
+
+func (p programmedSet) get(fe loadbalancer.Frontend) (loadbalancer.Service, bool) {
+	for _, s := range p {
+		if s.Frontend == fe {
+			return s, true
+		}
+	}
+	return loadbalancer.Service{}, false
+}
+
+func newProgrammedSet(m map[loadbalancer.Frontend]loadbalancer.Service) programmedSet {
+	if len(m) == 0 {
+		return nil
+	}
+	p := make(programmedSet, 0, len(m))
+	for _, s := range m {
+		p = append(p, s)
+	}
+	slices.SortFunc(p, func(a, b loadbalancer.Service) int { return compareFrontend(a.Frontend, b.Frontend) })
+	return p
 }
 
 // bulkThreshold is how many upserts make a Sync use the datapath's bulk
@@ -339,7 +366,7 @@ func (m *Merger) bulkUpsert(ctx context.Context, todo []work) map[loadbalancer.F
 	var svcs []loadbalancer.Service
 	for _, w := range todo {
 		for fe, svc := range w.desired {
-			if old, ok := w.old[fe]; !ok || !equalService(old, svc) {
+			if old, ok := w.old.get(fe); !ok || !equalService(old, svc) {
 				svcs = append(svcs, svc)
 			}
 		}
@@ -383,7 +410,7 @@ func (m *Merger) Sync(ctx context.Context) (SyncResult, error) {
 		// Upserts first, then deletes: a frontend never disappears before
 		// its replacement exists.
 		for fe, svc := range w.desired {
-			if old, ok := w.old[fe]; ok && equalService(old, svc) {
+			if old, ok := w.old.get(fe); ok && equalService(old, svc) {
 				done[fe] = old
 				continue
 			}
@@ -399,7 +426,7 @@ func (m *Merger) Sync(ctx context.Context) (SyncResult, error) {
 				// from the datapath: program the local backends alone
 				// until the merged set goes in (the service stays dirty).
 				if local, ok := m.localOnly(w.name, svc); ok {
-					if old, ok := w.old[fe]; ok && equalService(old, local) {
+					if old, ok := w.old.get(fe); ok && equalService(old, local) {
 						done[fe] = old // local alone is already programmed
 						continue
 					}
@@ -410,7 +437,7 @@ func (m *Merger) Sync(ctx context.Context) (SyncResult, error) {
 						continue
 					}
 				}
-				if old, ok := w.old[fe]; ok {
+				if old, ok := w.old.get(fe); ok {
 					done[fe] = old
 				}
 				continue
@@ -418,7 +445,8 @@ func (m *Merger) Sync(ctx context.Context) (SyncResult, error) {
 			res.Upserts++
 			done[fe] = svc
 		}
-		for fe, old := range w.old {
+		for _, old := range w.old {
+			fe := old.Frontend
 			if _, ok := w.desired[fe]; ok {
 				continue
 			}
@@ -431,7 +459,7 @@ func (m *Merger) Sync(ctx context.Context) (SyncResult, error) {
 			res.Deletes++
 		}
 		m.mu.Lock()
-		m.setProgrammedLocked(w.name, w.old, done)
+		m.setProgrammedLocked(w.name, w.old, newProgrammedSet(done))
 		if failed {
 			m.dirty[w.name] = struct{}{}
 		}
@@ -440,12 +468,12 @@ func (m *Merger) Sync(ctx context.Context) (SyncResult, error) {
 	return res, errors.Join(errs...)
 }
 
-func (m *Merger) setProgrammedLocked(n Name, old, now map[loadbalancer.Frontend]loadbalancer.Service) {
-	for fe := range old {
-		delete(m.byFrontend, fe)
+func (m *Merger) setProgrammedLocked(n Name, old, now programmedSet) {
+	for _, s := range old {
+		delete(m.byFrontend, s.Frontend)
 	}
-	for fe := range now {
-		m.byFrontend[fe] = n
+	for _, s := range now {
+		m.byFrontend[s.Frontend] = n
 	}
 	id, known := m.ids.byName[n]
 	if known {
