@@ -13,10 +13,13 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/clustermesh/clustermesh/agent/meshtest"
 	"github.com/clustermesh/clustermesh/agent/remote"
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/kvstore/kvstoretest"
 	"github.com/clustermesh/clustermesh/meshcache"
 )
 
@@ -127,6 +130,43 @@ func (h *holder) allSynced() bool {
 		}
 	}
 	return true
+}
+
+// watchArrivals watches prefix on a store and returns a lookup of when
+// each key was first seen (waiting up to timeout for it).
+func watchArrivals(ctx context.Context, b *testing.B, cli *clientv3.Client, prefix string) func(key string, timeout time.Duration) (time.Time, bool) {
+	b.Helper()
+	var mu sync.Mutex
+	at := map[string]time.Time{}
+	wch := cli.Watch(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+	if resp, ok := <-wch; !ok || !resp.Created {
+		b.Fatalf("watch %s: not created", prefix)
+	}
+	go func() {
+		for resp := range wch {
+			now := time.Now()
+			mu.Lock()
+			for _, ev := range resp.Events {
+				if _, ok := at[string(ev.Kv.Key)]; !ok {
+					at[string(ev.Kv.Key)] = now
+				}
+			}
+			mu.Unlock()
+		}
+	}()
+	return func(key string, timeout time.Duration) (time.Time, bool) {
+		deadline := time.Now().Add(timeout)
+		for time.Now().Before(deadline) {
+			mu.Lock()
+			t, ok := at[key]
+			mu.Unlock()
+			if ok {
+				return t, true
+			}
+			time.Sleep(time.Millisecond)
+		}
+		return time.Time{}, false
+	}
 }
 
 // holdsAll tells whether every key is held.
@@ -345,9 +385,18 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 	joinTime := time.Since(joinStart)
 
 	// Propagation: a slice written in c1, seen by agent 0 of c2.
+	// A bare etcd watch splits the path: on c1's own store in direct mode
+	// (the floor any reader pays), on c2's store in cached mode (the
+	// cache's hop: c1's store → the cache → c2's store), the rest being
+	// the agent's own watch of the store the watch is on.
 	h := holders[1][0][cs[0].Name]
-	var prop []time.Duration
+	var prop, hop []time.Duration
 	cidr := "10.1.0.0/16"
+	watched := cs[0]
+	if cached {
+		watched = cs[1]
+	}
+	seen := watchArrivals(ctx, b, kvstoretest.RawClient(b, conf(watched, kvstore.UserAdmin)), api.ClusterPrefix(api.KindEndpoints, cs[0].Name)+"ns/svc-0/probe-")
 	for k := 0; k < 50; k++ {
 		sl := cs[0].Slice("ns", "svc-0", fmt.Sprintf("probe-%d", k), meshtest.IP(cidr, k))
 		arrived := h.expect(sl.Key())
@@ -359,8 +408,14 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 		case <-time.After(30 * time.Second):
 			b.Fatalf("write %d in c1 not seen in c2 after 30 s", k)
 		}
+		if at, ok := seen(sl.Key(), 30*time.Second); ok {
+			hop = append(hop, at.Sub(t0))
+		} else {
+			b.Fatalf("write %d in c1 not seen by the bare watch of %s after 30 s", k, watched.Name)
+		}
 	}
 	slices.Sort(prop)
+	slices.Sort(hop)
 
 	// Churn: churnWrites more slices written in c1, one after another,
 	// until every agent of every other cluster holds them all: what the
@@ -396,7 +451,8 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 	}
 	churn := churnPhase.stop()
 	perWrite := func(v float64) float64 { return v / churnWrites }
-	p := func(q int) float64 { return float64(prop[(len(prop)*q+99)/100-1].Microseconds()) / 1000 }
+	pctl := func(d []time.Duration, q int) float64 { return float64(d[(len(d)*q+99)/100-1].Microseconds()) / 1000 }
+	p := func(q int) float64 { return pctl(prop, q) }
 
 	b.ReportMetric(float64(conns)/float64(nClusters), "conns/store")
 	b.ReportMetric(float64(syncTime.Milliseconds()), "sync-ms")
@@ -404,6 +460,8 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 	b.ReportMetric(float64(cacheSync.Milliseconds()), "cache-sync-ms")
 	b.ReportMetric(p(50), "prop-p50-ms")
 	b.ReportMetric(p(99), "prop-p99-ms")
+	b.ReportMetric(pctl(hop, 50), "store-watch-p50-ms")
+	b.ReportMetric(pctl(hop, 99), "store-watch-p99-ms")
 	b.ReportMetric(perEndpoint, "B/remote-endpoint")
 	b.ReportMetric(ms(cacheCost.StoreCPU), "cache-sync-store-cpu-ms")
 	b.ReportMetric(ms(syncCost.StoreCPU), "sync-store-cpu-ms")
@@ -424,6 +482,7 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 	b.Logf("%s: stores' CPU: caches' copy %v (process %v), agents' sync %v (process %v); per write in c1 (%d writes): %.1f store writes, %.0f B put, %.1f watch events, %.0f B sent, %.0f µs store CPU, %.0f µs process CPU",
 		mode, cacheCost.StoreCPU.Round(time.Millisecond), cacheCost.ProcessCPU.Round(time.Millisecond), syncCost.StoreCPU.Round(time.Millisecond), syncCost.ProcessCPU.Round(time.Millisecond), churnWrites,
 		perWrite(churn.Puts+churn.Deletes), perWrite(churn.PutBytes), perWrite(churn.Events), perWrite(churn.SentBytes), perWrite(float64(churn.StoreCPU.Microseconds())), perWrite(float64(churn.ProcessCPU.Microseconds())))
+	b.Logf("%s: write in c1 → bare watch of %s's store p50 %.2f ms p99 %.2f ms", mode, watched.Name, pctl(hop, 50), pctl(hop, 99))
 	if churn.ProfileErr != nil {
 		b.Log(churn.ProfileErr)
 	}
