@@ -34,6 +34,15 @@ func benchPrefixes(n int) []netip.Prefix {
 // BenchmarkConvergence measures, per iteration, the time from announcing N
 // node prefixes at an origin to all of them installed in the kernel of every
 // receiver, and from killing the origin to all of them removed everywhere.
+// Via the reflector it also measures the withdrawal the mesh does for a
+// node its health gossip declares dead: from SetDeadNextHops(origin) on
+// every receiver to the N routes gone from their kernels ("dead-withdraw";
+// the routes are restored before the origin is killed). "origin-updates"
+// and "rr-updates" count the UPDATE messages the origin sent and the
+// reflector relayed (to both receivers) for one announcement of N
+// prefixes: GoBGP (v3.37) sends one UPDATE per route change, each prefix's
+// own; it packs many per UPDATE only in the table it sends when a session
+// comes up.
 //
 //	gobgp-direct:    origin speaker -> 1 receiver speaker (eBGP)
 //	gobgp-reflector: origin speaker -> route reflector -> 2 receiver speakers (iBGP)
@@ -78,12 +87,14 @@ func benchSizes(env string) ([]int, error) {
 type convergence struct {
 	call, announce, withdraw, session []time.Duration
 	announceCPU, withdrawCPU          []time.Duration
+	deadWithdraw                      []time.Duration
+	originUpdates, rrUpdates          []uint64
 }
 
 func (c *convergence) report(b *testing.B) {
 	for name, ds := range map[string][]time.Duration{
 		"announce-call": c.call, "announce": c.announce, "withdraw": c.withdraw, "restart-session": c.session,
-		"announce-cpu": c.announceCPU, "withdraw-cpu": c.withdrawCPU,
+		"announce-cpu": c.announceCPU, "withdraw-cpu": c.withdrawCPU, "dead-withdraw": c.deadWithdraw,
 	} {
 		slices.Sort(ds)
 		if len(ds) == 0 {
@@ -91,6 +102,12 @@ func (c *convergence) report(b *testing.B) {
 		}
 		b.ReportMetric(ms(ds[len(ds)/2]), name+"-p50-ms")
 		b.ReportMetric(ms(ds[(len(ds)*99+99)/100-1]), name+"-p99-ms")
+	}
+	for name, ns := range map[string][]uint64{"origin-updates": c.originUpdates, "rr-updates": c.rrUpdates} {
+		if len(ns) > 0 {
+			slices.Sort(ns)
+			b.ReportMetric(float64(ns[len(ns)/2]), name)
+		}
 	}
 	b.ReportMetric(0, "ns/op")
 }
@@ -205,6 +222,8 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 	origin := Peer{Name: "origin", Address: netip.MustParseAddr("192.0.2.10"), ASN: 65010}
 	peerOfOrigin := []Peer{}
 	var receivers []*routeWatch
+	var recvProcs []*child
+	var rrProc *child
 	var pids []int // of the reflector and receivers
 	cfg := DefaultKindConfig()
 	// Measure BGP withdrawal, not our grace nor graceful restart (which
@@ -221,11 +240,13 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 		for i := 1; i <= 2; i++ {
 			rrPeers = append(rrPeers, Peer{Name: fmt.Sprintf("r%d", i), Address: netip.MustParseAddr(fmt.Sprintf("192.0.2.2%d", i)), ASN: 65001, Passive: true, RouteReflectorClient: true})
 		}
-		pids = append(pids, l.startChild("rr", rrNS, "reflector", rcfg, rrPeers).cmd.Process.Pid)
+		rrProc = l.startChild("rr", rrNS, "reflector", rcfg, rrPeers)
+		pids = append(pids, rrProc.cmd.Process.Pid)
 		rr := Peer{Name: "rr", Address: netip.MustParseAddr("192.0.2.1"), ASN: 65001}
 		for i := 1; i <= 2; i++ {
 			ns, proc := l.startReceiver(b, i, cfg, 65001, rr)
 			receivers = append(receivers, l.watchRoutes(b, ns, RouteProtocol))
+			recvProcs = append(recvProcs, proc)
 			pids = append(pids, proc.cmd.Process.Pid)
 		}
 		peerOfOrigin = append(peerOfOrigin, rr)
@@ -256,6 +277,7 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 		})
 		c.session = append(c.session, time.Since(t0))
 		all := append([]int{proc.cmd.Process.Pid}, pids...)
+		rrSent0 := updatesSent(rrProc)
 		cpu0 := cpuTime(all...)
 		t0 = time.Now()
 		proc.call(childReq{Op: "announce", Prefixes: prefixes})
@@ -266,6 +288,11 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 		if os.Getenv(cpuProfileEnv) != "" {
 			proc.call(childReq{Op: "stopprofile"})
 		}
+		c.originUpdates = append(c.originUpdates, updatesSent(proc))
+		if rrProc != nil {
+			c.rrUpdates = append(c.rrUpdates, updatesSent(rrProc)-rrSent0)
+			c.deadWithdraw = append(c.deadWithdraw, deadWithdraw(b, recvProcs, receivers, origin.Address, n))
+		}
 		cpu0 = cpuTime(pids...)
 		t0 = time.Now()
 		proc.kill()
@@ -274,6 +301,48 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 		c.withdrawCPU = append(c.withdrawCPU, cpuTime(pids...)-cpu0)
 	}
 	c.report(b)
+}
+
+// updatesSent is the UPDATE messages p sent to its peers so far; 0 for
+// nil (no reflector).
+func updatesSent(p *child) uint64 {
+	if p == nil {
+		return 0
+	}
+	var n uint64
+	for _, ps := range p.status().Peers {
+		n += ps.UpdatesSent
+	}
+	return n
+}
+
+// deadWithdraw declares dead on every receiver at once, as health gossip
+// does on every node, and returns the time until their kernels hold none of
+// the n routes; then it declares it alive again and waits for the routes
+// to be back.
+func deadWithdraw(b *testing.B, procs []*child, watches []*routeWatch, dead netip.Addr, n int) time.Duration {
+	b.Helper()
+	set := func(addrs []netip.Addr) {
+		errs := make(chan error, len(procs))
+		for _, p := range procs {
+			go func() {
+				_, err := p.try(childReq{Op: "dead", Addrs: addrs})
+				errs <- err
+			}()
+		}
+		for range procs {
+			if err := <-errs; err != nil {
+				b.Fatalf("set dead next hops: %v", err)
+			}
+		}
+	}
+	t0 := time.Now()
+	set([]netip.Addr{dead})
+	waitCount(b, watches, 0)
+	d := time.Since(t0)
+	set(nil)
+	waitCount(b, watches, n)
+	return d
 }
 
 // startReceiver starts speaker r<i> at 192.0.2.2<i> peering with peer, and

@@ -660,6 +660,8 @@ func (c *core) peerStatus(ctx context.Context) ([]PeerStatus, error) {
 			State:   sessionState(p.GetState().GetSessionState()),
 		}
 		ps.Established = p.GetState().GetSessionState() == api.PeerState_ESTABLISHED
+		ps.UpdatesSent = p.GetState().GetMessages().GetSent().GetUpdate()
+		ps.UpdatesReceived = p.GetState().GetMessages().GetReceived().GetUpdate()
 		if t := cut[addr]; !t.IsZero() {
 			ps.CutOff = "max prefixes exceeded at " + t.UTC().Format(time.RFC3339)
 		}

@@ -46,6 +46,12 @@ type PeerStatus struct {
 	PrefixesAccepted   int    `json:"prefixesAccepted"`
 	PrefixesAdvertised int    `json:"prefixesAdvertised"`
 	PrefixesInstalled  int    `json:"prefixesInstalled"`
+	// UpdatesSent and UpdatesReceived count the neighbor's UPDATE messages
+	// (GoBGP's counters, since the neighbor was configured). GoBGP sends
+	// one UPDATE per route change; only the table it sends when a session
+	// comes up is packed, many prefixes per UPDATE.
+	UpdatesSent     uint64 `json:"updatesSent"`
+	UpdatesReceived uint64 `json:"updatesReceived"`
 }
 
 // InstalledRoute is one learned route programmed in the kernel.
