@@ -22,6 +22,8 @@ type Reflector struct {
 	mu      sync.Mutex
 	running bool
 	ran     bool
+	// leaveSessions: see StopForRestart.
+	leaveSessions bool
 }
 
 // NewReflector checks cfg and returns a reflector that is not yet running.
@@ -42,7 +44,9 @@ func NewReflector(cfg Config) (*Reflector, error) {
 	return r, nil
 }
 
-// Run serves BGP until ctx is cancelled. It may be called once.
+// Run serves BGP until ctx is cancelled. It may be called once. When it
+// ends, it closes every session with a Cease (peers withdraw what it
+// relayed at once), unless the reflector was told StopForRestart.
 func (r *Reflector) Run(ctx context.Context) error {
 	r.mu.Lock()
 	if r.ran {
@@ -61,8 +65,13 @@ func (r *Reflector) Run(ctx context.Context) error {
 	defer func() {
 		r.mu.Lock()
 		r.running = false
+		leave := r.leaveSessions
 		r.mu.Unlock()
-		r.core.stop()
+		if leave {
+			r.core.stopWatch()
+		} else {
+			r.core.stop()
+		}
 	}()
 	// Other clusters' reflectors wait until this one's nodes are back (see
 	// remoteHold).
@@ -105,6 +114,19 @@ func (r *Reflector) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// StopForRestart makes Run, when its context ends, leave GoBGP's sessions to
+// end with the process instead of closing them with a Cease: for a process
+// that exits right after (clustermesh-apiserver on SIGTERM: a rolling
+// update, a drain, the store-down drill scaling it to zero). Peers then see
+// the connections close as after a crash and keep the routes by graceful
+// restart and LLGR; a Cease (a Hard Reset) would make every node withdraw
+// every route relayed through this reflector at once.
+func (r *Reflector) StopForRestart() {
+	r.mu.Lock()
+	r.leaveSessions = true
+	r.mu.Unlock()
 }
 
 // remoteHold bounds how long a starting reflector keeps other clusters'

@@ -68,6 +68,9 @@ func newReflectorHost(cfg *Config, log, bgpLog *slog.Logger, reg prometheus.Regi
 	if err != nil {
 		return nil, fmt.Errorf("cluster %s: %w", cfg.ClusterName, err)
 	}
+	// The reflector stops when the process does (SIGTERM, lost
+	// leadership): its peers keep the routes by graceful restart.
+	rr.StopForRestart()
 	return &reflectorHost{
 		log: log, cluster: cfg.ClusterName, dir: cfg.ClustersDir, poll: cfg.ClustersDirPoll,
 		rr: rr, local: local, nodes: nodes,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -15,8 +14,6 @@ import (
 	"github.com/clustermesh/clustermesh/agent"
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/bgp"
-	"github.com/clustermesh/clustermesh/health"
-	"github.com/clustermesh/clustermesh/loadbalancer"
 )
 
 // bgpRetryInterval paces retries of a peer set or announcement the speaker
@@ -193,74 +190,4 @@ func runBGP(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.Regi
 		case <-again:
 		}
 	}
-}
-
-// healthVerdicts is the gossip pool's health sink: it passes every verdict
-// to the agent (the datapath stops balancing to a dead node's backends) and
-// keeps the set of dead nodes for the BGP speaker. BGP alone would keep a
-// dead node's routes for the graceful-restart timers (minutes to hours, so
-// that a control-plane outage withdraws nothing); health gossip is what
-// says a node is really gone.
-type healthVerdicts struct {
-	a nodeRegistry
-	// kick has room for one signal: a verdict changed.
-	kick chan struct{}
-
-	mu   sync.Mutex
-	dead map[loadbalancer.NodeRef]bool
-}
-
-// nodeRegistry is what healthVerdicts needs of the agent.
-type nodeRegistry interface {
-	health.HealthSink
-	Nodes() []*api.Node
-	NodeRef(cluster, node string) (loadbalancer.NodeRef, bool)
-}
-
-func newHealthVerdicts(a nodeRegistry) *healthVerdicts {
-	return &healthVerdicts{a: a, kick: make(chan struct{}, 1), dead: map[loadbalancer.NodeRef]bool{}}
-}
-
-// SetNodeHealth implements health.HealthSink.
-func (h *healthVerdicts) SetNodeHealth(ctx context.Context, node loadbalancer.NodeRef, healthy bool) error {
-	h.mu.Lock()
-	changed := h.dead[node] == healthy
-	if healthy {
-		delete(h.dead, node)
-	} else {
-		h.dead[node] = true
-	}
-	h.mu.Unlock()
-	if changed {
-		select {
-		case h.kick <- struct{}{}:
-		default:
-		}
-	}
-	return h.a.SetNodeHealth(ctx, node, healthy)
-}
-
-// deadNextHops returns the addresses of the dead nodes the registry knows,
-// sorted: their BGP address and every internal address (a pod CIDR's next
-// hop is the node's address of its family).
-func (h *healthVerdicts) deadNextHops() []netip.Addr {
-	h.mu.Lock()
-	dead := maps.Clone(h.dead)
-	h.mu.Unlock()
-	if len(dead) == 0 {
-		return nil
-	}
-	var out []netip.Addr
-	for _, n := range h.a.Nodes() {
-		ref, ok := h.a.NodeRef(n.Cluster, n.Name)
-		if !ok || !dead[ref] {
-			continue
-		}
-		if n.BGPAddress.IsValid() {
-			out = append(out, n.BGPAddress)
-		}
-		out = append(out, n.Addresses...)
-	}
-	slices.SortFunc(out, func(x, y netip.Addr) int { return x.Compare(y) })
-	return slices.Compact(out)
 }

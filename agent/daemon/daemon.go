@@ -241,9 +241,14 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	// The gossip pool's verdicts reach the datapath through the agent and
-	// the BGP speaker through verdicts (routes via a dead node leave the
-	// kernel at once, whatever BGP's graceful restart still holds).
+	// the BGP speaker through verdicts (routes via a node whose host is
+	// gone leave the kernel at once, whatever BGP's graceful restart still
+	// holds).
 	verdicts := newHealthVerdicts(a)
+	if cfg.BGP && cfg.Health {
+		wg.Add(1)
+		go func() { defer wg.Done(); verdicts.run(ctx) }()
+	}
 	if cfg.BGP {
 		sec := &bgpSection{}
 		a.AddStatusReporter(sec.report)

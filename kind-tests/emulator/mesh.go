@@ -174,13 +174,16 @@ func (cp *ControlPlane) Store() (*Process, error) {
 // clustermesh-apiserver (and the etcd it embeds) is stopped and not restarted
 // until StartStore. Peers lose the cluster's store; its nodes and pods live on.
 // Its pod is deleted too, so that the store comes back in a new pod, as after
-// a reschedule, with only what its volume kept.
+// a reschedule, with only what its volume kept. The process is stopped as
+// the kubelet stops a deleted pod's container: SIGTERM, then SIGKILL after
+// a grace period, so that what it does on a graceful stop (the route
+// reflector's sessions) is what the drill sees.
 func (cp *ControlPlane) StopStore(ctx context.Context) error {
 	cp.kubelet.mu.Lock()
 	cp.kubelet.storeDown = true
 	cp.kubelet.mu.Unlock()
 	for _, p := range cp.kubelet.processes(RoleAPIServer) {
-		if err := p.Kill(); err != nil {
+		if err := p.Stop(ctx); err != nil {
 			return err
 		}
 	}
