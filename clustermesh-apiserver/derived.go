@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/deploy"
 )
 
 // Labels of the objects the import writes (KEP-1645 names the first two;
@@ -23,10 +24,11 @@ const (
 	// of a headless import.
 	LabelSourceCluster = "multicluster.kubernetes.io/source-cluster"
 	// LabelManagedBy marks what the mesh writes, so that it never takes
-	// over or deletes an object someone else owns.
-	LabelManagedBy = "app.kubernetes.io/managed-by"
+	// over or deletes an object someone else owns (and disable deletes
+	// them).
+	LabelManagedBy = deploy.LabelManagedBy
 	// ManagedBy is LabelManagedBy's value.
-	ManagedBy = "clustermesh"
+	ManagedBy = deploy.ManagedBy
 )
 
 // Condition reasons of the Multi-Cluster Services API (sigs.k8s.io/mcs-api

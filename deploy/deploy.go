@@ -69,6 +69,16 @@ const (
 //go:embed *.yaml
 var manifests embed.FS
 
+// LabelManagedBy = ManagedBy marks the objects the clustermesh-apiserver
+// writes in a cluster's namespaces for Multi-Cluster Services
+// (ServiceImports, derived Services and their EndpointSlices): the
+// apiserver never takes over or deletes an object without it, and disable
+// deletes those with it.
+const (
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	ManagedBy      = "clustermesh"
+)
+
 // ErrInvalidValues is returned when Values lack something a manifest needs.
 var ErrInvalidValues = errors.New("invalid manifest values")
 

@@ -184,6 +184,17 @@ func Disable(ctx context.Context, c *Cluster, opts DisableOptions) (*DisableResu
 	if err := c.cleanNodes(ctx, agents, info, opts, res, progress); err != nil {
 		return nil, err
 	}
+	// Multi-Cluster Services imports the apiserver wrote (it is stopped:
+	// nothing recreates them); their derived Services and EndpointSlices
+	// are owned by them and go with them.
+	imports, err := c.deleteImports(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(imports) > 0 {
+		res.Deleted = append(res.Deleted, imports...)
+		progress("deleted %d ServiceImport(s) and their derived Services", len(imports))
+	}
 
 	// The Corefile's multicluster line before its RBAC (coredns.go).
 	if removed, err := c.unconfigureCoreDNS(ctx); err != nil {
@@ -617,6 +628,39 @@ func (c *Cluster) deleteLabelled(ctx context.Context) ([]string, error) {
 				return deleted, fmt.Errorf("context %s: delete %s %s: %w", c.Context, d.kind, o.GetName(), err)
 			}
 			deleted = append(deleted, d.kind+"/"+o.GetName())
+		}
+	}
+	return deleted, nil
+}
+
+// deleteImports deletes, in every namespace, the ServiceImports the mesh
+// wrote (labelled deploy.LabelManagedBy=deploy.ManagedBy) and the Services
+// derived from them; ServiceImports of another controller are left alone.
+// Derived EndpointSlices are owned by their ServiceImport and go with it.
+func (c *Cluster) deleteImports(ctx context.Context) ([]string, error) {
+	sel := metav1.ListOptions{LabelSelector: deploy.LabelManagedBy + "=" + deploy.ManagedBy}
+	bg := metav1.DeletePropagationBackground
+	var deleted []string
+	for _, r := range []struct {
+		kind string
+		gvr  schema.GroupVersionResource
+	}{
+		{"ServiceImport", serviceImportGVR},
+		{"Service", schema.GroupVersionResource{Version: "v1", Resource: "services"}},
+	} {
+		l, err := c.Dynamic.Resource(r.gvr).Namespace(metav1.NamespaceAll).List(ctx, sel)
+		if apierrors.IsNotFound(err) {
+			continue // no ServiceImport CRD
+		}
+		if err != nil {
+			return deleted, fmt.Errorf("context %s: list %s: %w", c.Context, r.gvr.Resource, err)
+		}
+		for _, o := range l.Items {
+			err := c.Dynamic.Resource(r.gvr).Namespace(o.GetNamespace()).Delete(ctx, o.GetName(), metav1.DeleteOptions{PropagationPolicy: &bg})
+			if err != nil && !apierrors.IsNotFound(err) {
+				return deleted, fmt.Errorf("context %s: delete %s %s/%s: %w", c.Context, r.kind, o.GetNamespace(), o.GetName(), err)
+			}
+			deleted = append(deleted, r.kind+"/"+o.GetNamespace()+"/"+o.GetName())
 		}
 	}
 	return deleted, nil

@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/clustermesh/clustermesh/deploy"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
@@ -47,6 +48,30 @@ func TestDisableRefusesAndForces(t *testing.T) {
 	if _, err := Enable(ctx, c, EnableOptions{ClusterName: "c1", ClusterID: 1, Endpoint: "https://127.0.0.1:2379"}); err != nil {
 		t.Fatal(err)
 	}
+	// What the apiserver's import wrote (labelled as the mesh's) goes with
+	// disable; a ServiceImport of another controller stays.
+	imp := func(name string, ours bool) *unstructured.Unstructured {
+		u := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceImport",
+			"metadata": map[string]any{"name": name, "namespace": "default"},
+			"spec":     map[string]any{"type": "ClusterSetIP", "ports": []any{map[string]any{"port": int64(80), "protocol": "TCP"}}},
+		}}
+		if ours {
+			u.SetLabels(map[string]string{deploy.LabelManagedBy: deploy.ManagedBy})
+		}
+		return u
+	}
+	for _, u := range []*unstructured.Unstructured{imp("web", true), imp("theirs", false)} {
+		if _, err := c.Dynamic.Resource(serviceImportGVR).Namespace("default").Create(ctx, u, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	derived := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "derived-web", Namespace: "default", Labels: map[string]string{deploy.LabelManagedBy: deploy.ManagedBy}},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 80}}}}
+	if _, err := c.Kube.CoreV1().Services("default").Create(ctx, derived, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
 	ca := pkitest.CA(t, "peer-ca")
 	cert, key := pkitest.ClientPEM(t, ca, "remote-c1")
 	peer := Entry{Name: "c2", ID: 2, Endpoint: "https://127.0.0.2:2379", CA: ca.CertPEM(), Cert: cert, Key: key}
@@ -107,6 +132,14 @@ func TestDisableRefusesAndForces(t *testing.T) {
 	}
 	if _, err := c.Kube.CoreV1().Namespaces().Get(ctx, c.Namespace, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("namespace after disable: %v, want not found", err)
+	}
+	for _, want := range []string{"ServiceImport/default/web", "Service/default/derived-web"} {
+		if !slices.Contains(res.Deleted, want) {
+			t.Errorf("deleted %v, want %s among them", res.Deleted, want)
+		}
+	}
+	if _, err := c.Dynamic.Resource(serviceImportGVR).Namespace("default").Get(ctx, "theirs", metav1.GetOptions{}); err != nil {
+		t.Errorf("another controller's ServiceImport after disable: %v, want kept", err)
 	}
 	if res, err := Disable(ctx, c, DisableOptions{}); err != nil || !res.NotEnabled {
 		t.Errorf("disable after disable: %+v, %v; want NotEnabled", res, err)
