@@ -224,6 +224,10 @@ func (c *Config) validate() error {
 	return nil
 }
 
+// GossipPort is the port this member advertises, which the agents of a mesh
+// normally share.
+func (c *Config) GossipPort() uint16 { return c.advertise().Port() }
+
 func (c *Config) advertise() netip.AddrPort {
 	if c.AdvertiseAddr.IsValid() {
 		return c.AdvertiseAddr

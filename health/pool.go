@@ -197,15 +197,21 @@ func (p *Pool) NodeDeleted(cluster, node string) {
 	signal(p.wake)
 }
 
-// gossipAddr is where node n's agent listens: its GossipAddress, or else its
-// first address on this member's own gossip port (every agent of a mesh
-// normally uses the same port). Invalid when neither is known.
+// gossipAddr is where node n's agent listens (GossipAddr on this member's
+// own gossip port).
 func (p *Pool) gossipAddr(n api.Node) netip.AddrPort {
+	return GossipAddr(n, p.cfg.GossipPort())
+}
+
+// GossipAddr is where node n's agent listens: its GossipAddress, or else its
+// first address on port, the asking member's own gossip port (every agent
+// of a mesh normally uses the same port). Invalid when neither is known.
+func GossipAddr(n api.Node, port uint16) netip.AddrPort {
 	if n.GossipAddress.IsValid() {
 		return n.GossipAddress
 	}
 	if len(n.Addresses) > 0 && n.Addresses[0].IsValid() && !n.Addresses[0].IsUnspecified() {
-		return netip.AddrPortFrom(n.Addresses[0], p.cfg.advertise().Port())
+		return netip.AddrPortFrom(n.Addresses[0], port)
 	}
 	return netip.AddrPort{}
 }

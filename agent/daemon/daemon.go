@@ -244,7 +244,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// the BGP speaker through verdicts (routes via a node whose host is
 	// gone leave the kernel at once, whatever BGP's graceful restart still
 	// holds).
-	verdicts := newHealthVerdicts(a)
+	verdicts := newHealthVerdicts(a, cfg.HealthConfig.GossipPort())
 	if cfg.BGP && cfg.Health {
 		wg.Add(1)
 		go func() { defer wg.Done(); verdicts.run(ctx) }()

@@ -40,6 +40,9 @@ const (
 // dead, so a host that dies after its agent is caught as well.
 type healthVerdicts struct {
 	a nodeRegistry
+	// port is the gossip port of a node whose store entry names none
+	// (health.GossipAddr).
+	port uint16
 	// hostUp reports whether a node's host answers at addr; replaced in
 	// tests.
 	hostUp func(ctx context.Context, addr netip.AddrPort) bool
@@ -60,9 +63,9 @@ type nodeRegistry interface {
 	NodeRef(cluster, node string) (loadbalancer.NodeRef, bool)
 }
 
-func newHealthVerdicts(a nodeRegistry) *healthVerdicts {
+func newHealthVerdicts(a nodeRegistry, port uint16) *healthVerdicts {
 	return &healthVerdicts{
-		a: a, hostUp: hostAnswers,
+		a: a, port: port, hostUp: hostAnswers,
 		kick: make(chan struct{}, 1), checkNow: make(chan struct{}, 1),
 		dead: map[loadbalancer.NodeRef]bool{}, gone: map[loadbalancer.NodeRef]bool{},
 	}
@@ -118,7 +121,7 @@ func (h *healthVerdicts) check(ctx context.Context) {
 	addrs := map[loadbalancer.NodeRef]netip.AddrPort{}
 	for _, n := range h.a.Nodes() {
 		if ref, ok := h.a.NodeRef(n.Cluster, n.Name); ok && dead[ref] {
-			addrs[ref] = n.GossipAddress
+			addrs[ref] = health.GossipAddr(*n, h.port)
 		}
 	}
 	var mu sync.Mutex
@@ -126,7 +129,7 @@ func (h *healthVerdicts) check(ctx context.Context) {
 	var wg sync.WaitGroup
 	for ref, addr := range addrs {
 		if !addr.IsValid() {
-			// Nothing to ask: the pool's verdict stands.
+			// No address to ask: the pool's verdict stands.
 			continue
 		}
 		wg.Add(1)

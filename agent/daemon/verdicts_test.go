@@ -42,11 +42,13 @@ func TestHealthVerdicts(t *testing.T) {
 		verdict: map[loadbalancer.NodeRef]bool{},
 		nodes: []*api.Node{
 			{Cluster: "c1", Name: "n1", Addresses: []netip.Addr{a("192.0.2.11")}, GossipAddress: netip.MustParseAddrPort("192.0.2.11:7946")},
-			{Cluster: "c2", Name: "n1", Addresses: []netip.Addr{a("192.0.2.21"), a("fd00::21")}, BGPAddress: a("192.0.2.21"), GossipAddress: netip.MustParseAddrPort("192.0.2.21:7946")},
+			// No GossipAddress in the store (the apiserver exports none):
+			// its first address on the mesh's gossip port is asked.
+			{Cluster: "c2", Name: "n1", Addresses: []netip.Addr{a("192.0.2.21"), a("fd00::21")}, BGPAddress: a("192.0.2.21")},
 			{Cluster: "c2", Name: "n2", Addresses: []netip.Addr{a("192.0.2.22")}},
 		},
 	}
-	h := newHealthVerdicts(r)
+	h := newHealthVerdicts(r, 7946)
 	hostUp := map[netip.AddrPort]bool{}
 	var asked []netip.AddrPort
 	h.hostUp = func(_ context.Context, addr netip.AddrPort) bool {
