@@ -28,7 +28,10 @@ type Drill struct {
 // NeedHealth marks drills that need the agents' node-health gossip.
 const NeedHealth = "health"
 
-// Sequence is the order drills run in on one mesh.
+// Sequence is the order drills run in on one mesh. Drills that deploy
+// pods spread over the nodes run before NodeDeath: on kind the killed
+// worker stays dead, and a pod scheduled there before Kubernetes notices
+// never becomes ready.
 var Sequence = []Drill{
 	{Name: "GlobalService", Run: GlobalService},
 	{Name: "AffinityLocal", Run: AffinityLocal},
@@ -36,9 +39,9 @@ var Sequence = []Drill{
 	{Name: "ServiceSemantics", Run: ServiceSemantics},
 	{Name: "AgentRestart", Run: AgentRestart},
 	{Name: "StoreDown", Run: StoreDown},
+	{Name: "MCS", Run: MCS},
 	{Name: "NodeDeath", Needs: []string{NeedHealth}, Run: NodeDeath},
 	{Name: "Policy", Needs: []string{NeedPodTraffic}, Run: Policy},
-	{Name: "MCS", Run: MCS},
 	{Name: "Disconnect", Run: Disconnect},
 }
 
