@@ -69,6 +69,11 @@ type Config struct {
 	// BGPShortTimers uses bgp.DefaultKindConfig (test clusters on one
 	// machine) instead of bgp.DefaultConfig.
 	BGPShortTimers bool
+	// BGPPeerDrain is how long a disconnected cluster's reflector stays a
+	// peer of this one after its connection file is gone, so that its
+	// routes outlive the agents' switch-over (as the agents' --route-drain
+	// does for static routes).
+	BGPPeerDrain time.Duration
 	// ClustersDir holds one kvstore connection file per cluster (named for
 	// the cluster), as for the agent; the reflector peers with the reflectors
 	// the connected clusters publish in their stores.
@@ -101,6 +106,7 @@ func DefaultConfig() Config {
 		LeaseTTL:    5 * time.Minute,
 
 		ClustersDirPoll:     2 * time.Second,
+		BGPPeerDrain:        DefaultBGPPeerDrain,
 		MeshCacheDrainGrace: meshcache.DefaultDrainGrace,
 
 		DefaultGlobalNamespace: true,
@@ -159,6 +165,8 @@ func (c *Config) Flags(fs *pflag.FlagSet) {
 		"The cluster's BGP autonomous system number (required with --bgp-reflector-address); must differ from every connected cluster's.")
 	fs.BoolVar(&c.BGPShortTimers, "bgp-short-timers", c.BGPShortTimers,
 		"Short BGP timers (hold time 9s), for test clusters on one machine.")
+	fs.DurationVar(&c.BGPPeerDrain, "bgp-peer-drain", c.BGPPeerDrain,
+		"How long a disconnected cluster's route reflector stays a BGP peer after its connection file is removed: its pod CIDRs stay routed while this cluster's agents still balance to its backends (disconnect reaches each pod's mounted files at its own pace); 0 drops it at once.")
 	fs.StringVar(&c.ClustersDir, "clusters-dir", c.ClustersDir,
 		"Directory with one kvstore connection file per cluster, named for the cluster (names containing '.' are certificates and keys), as mounted for the agents. Every connected peer gets its read-only store user back if the store lost it (grants only; disconnect revokes), and the route reflector peers with the reflector each connected cluster publishes in its store; files are followed live.")
 	fs.DurationVar(&c.ClustersDirPoll, "clusters-dir-poll", c.ClustersDirPoll,
@@ -221,6 +229,10 @@ func (c *Config) podCIDRs() ([]netip.Prefix, error) {
 	}
 	return out, nil
 }
+
+// DefaultBGPPeerDrain is Config.BGPPeerDrain's default, the agents'
+// --route-drain default.
+const DefaultBGPPeerDrain = 2 * time.Minute
 
 // reflectorAddress parses --bgp-reflector-address; the zero value means BGP
 // is off.

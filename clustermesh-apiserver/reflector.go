@@ -36,8 +36,23 @@ type reflectorHost struct {
 	nodes     func() []api.Node
 	refreshed chan struct{} // a remote cluster's config changed
 
+	// drain keeps a disconnected cluster's reflector a peer this long
+	// (Config.BGPPeerDrain); now is the clock.
+	drain time.Duration
+	now   func() time.Time
+
 	mu      sync.Mutex
 	remotes map[string]*remoteCluster
+	// draining holds the last config of clusters no longer followed, until
+	// their drain ends.
+	draining map[string]drainingCluster
+}
+
+// drainingCluster is a disconnected cluster's last config and when its
+// reflector stops being a peer.
+type drainingCluster struct {
+	cluster api.Cluster
+	until   time.Time
 }
 
 // remoteCluster follows one connected cluster's config in its store.
@@ -74,8 +89,10 @@ func newReflectorHost(cfg *Config, log, bgpLog *slog.Logger, reg prometheus.Regi
 	return &reflectorHost{
 		log: log, cluster: cfg.ClusterName, dir: cfg.ClustersDir, poll: cfg.ClustersDirPoll,
 		rr: rr, local: local, nodes: nodes,
+		drain: cfg.BGPPeerDrain, now: time.Now,
 		refreshed: make(chan struct{}, 1),
 		remotes:   map[string]*remoteCluster{},
+		draining:  map[string]drainingCluster{},
 	}, nil
 }
 
@@ -147,17 +164,32 @@ func peerNames(ps []bgp.Peer) []string {
 }
 
 // remoteClusters returns the configs read from the connected clusters'
-// stores, sorted by name.
+// stores, and the last ones of clusters still draining (unless followed
+// again and read), sorted by name.
 func (h *reflectorHost) remoteClusters() []api.Cluster {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var out []api.Cluster
-	for _, r := range h.remotes {
+	live := map[string]bool{}
+	for name, r := range h.remotes {
 		r.mu.Lock()
 		if r.cluster != nil {
 			out = append(out, *r.cluster)
+			live[name] = true
 		}
 		r.mu.Unlock()
+	}
+	now := h.now()
+	for name, d := range h.draining {
+		switch {
+		case live[name] || !now.Before(d.until):
+			delete(h.draining, name)
+			if !live[name] {
+				h.log.Info("bgp: drain of a disconnected cluster ended: its reflector is no longer a peer", "remote", name)
+			}
+		default:
+			out = append(out, d.cluster)
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -193,7 +225,18 @@ func (h *reflectorHost) scanDir(ctx context.Context) {
 		r.cancel()
 		<-r.done
 		delete(h.remotes, name)
-		h.log.Info("bgp: stopped following cluster", "cluster", name)
+		// Its reflector stays a peer for the drain (a changed file, such
+		// as a rotated certificate, is followed again at once and its
+		// config read back, which ends the drain).
+		r.mu.Lock()
+		last := r.cluster
+		r.mu.Unlock()
+		if last != nil && h.drain > 0 {
+			h.draining[name] = drainingCluster{cluster: *last, until: h.now().Add(h.drain)}
+			h.log.Info("bgp: stopped following cluster; its reflector stays a peer while it drains", "remote", name, "drain", h.drain)
+		} else {
+			h.log.Info("bgp: stopped following cluster", "remote", name)
+		}
 		h.signal()
 	}
 	for name, w := range wanted {

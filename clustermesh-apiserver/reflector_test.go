@@ -302,6 +302,7 @@ func TestReflectorsFromStore(t *testing.T) {
 		connection(filepath.Join(c.name, "clusters", c.name), c.rr, kvstore.UserRemote)
 		connection(filepath.Join(c.name, "clusters", c.peer), c.peerRR, kvstore.UserRemote)
 		cfg.ClustersDirPoll = 500 * time.Millisecond
+		cfg.BGPPeerDrain = 5 * time.Second
 		servers[c.name] = l.start("apiserver-"+c.name, "rr"+c.name[1:], "apiserver", childSpec{
 			Config: cfg, Dir: filepath.Join(dir, c.name),
 			Nodes: []childNode{{Name: c.node, IP: c.nodeIP, PodCIDR: c.podCIDR}},
@@ -332,8 +333,9 @@ func TestReflectorsFromStore(t *testing.T) {
 	}
 
 	// The connection files are followed live: without c1's file for c2, c1's
-	// reflector drops c2's (c1 is the side that dials) and each node loses
-	// the other cluster's CIDR; with the file back, the routes return.
+	// reflector drops c2's (c1 is the side that dials) once the drain is
+	// over, and each node loses the other cluster's CIDR; with the file
+	// back, the routes return.
 	peerFile := filepath.Join(dir, "c1", "clusters", "c2")
 	saved, err := os.ReadFile(peerFile)
 	if err != nil {
@@ -341,6 +343,14 @@ func TestReflectorsFromStore(t *testing.T) {
 	}
 	if err := os.Remove(peerFile); err != nil {
 		t.Fatal(err)
+	}
+	// First the drain (BGPPeerDrain, 5 s here): the peer's reflector stays
+	// and so do its routes, while agents may still balance to its pods.
+	time.Sleep(time.Second)
+	for _, c := range clusters {
+		if got := l.routes(c.node); len(got) == 0 {
+			t.Errorf("%s lost the other cluster's CIDR within 1 s of the disconnect, before the 5 s drain", c.node)
+		}
 	}
 	for _, c := range clusters {
 		poll.Eventually(t, 2*time.Minute, c.node+" loses the other cluster's CIDR", func() (bool, string) {
@@ -501,3 +511,4 @@ func (c *labChild) status(t *testing.T) childStatus {
 	}
 	return resp
 }
+
