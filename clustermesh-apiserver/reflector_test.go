@@ -511,4 +511,3 @@ func (c *labChild) status(t *testing.T) childStatus {
 	}
 	return resp
 }
-
