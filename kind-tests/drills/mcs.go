@@ -151,6 +151,25 @@ func MCS(ctx context.Context, e *Env) error {
 	e.Report.Add("mcs", fmt.Sprintf("ServiceExport in %s → %s's probe of the clusterset IP answered by %s", c2, c1, c2), emulator.Ms(first.At.Sub(exported)), "pass")
 	e.logf("clusterset IP of default/%s (Service %s) in %s answered by %s", mcsService, derived, c1, c2)
 
+	// By name, where the cluster has DNS (kind: CoreDNS with the
+	// multicluster plugin `enable` configured): the probe resolves
+	// <service>.default.svc.clusterset.local at every attempt.
+	var byName Traffic
+	name := ClustersetName("default", mcsService)
+	if nm, ok := m.(NameTrafficMesh); ok {
+		started := time.Now()
+		byName, err = nm.StartNameTraffic(ctx, e.firstNode(c1), name, derived, "tcp")
+		if err != nil {
+			return err
+		}
+		defer stop(byName)
+		a, err := mcs.waitOnly(ctx, byName, started, 20, c2)
+		if err != nil {
+			return fmt.Errorf("%s from %s (the cluster's DNS): %w", name, c1, err)
+		}
+		e.Report.Add("mcs", fmt.Sprintf("%s's probe of %s (resolved by CoreDNS) answered by %s, after the probe started", c1, name, c2), emulator.Ms(a.At.Sub(started)), "pass")
+	}
+
 	// c1 exports the service too: its pods join the clusterset IP.
 	if err := m.DeployEcho(ctx, c1, mcsService, mcs.Replicas); err != nil {
 		return err
@@ -176,6 +195,16 @@ func MCS(ctx context.Context, e *Env) error {
 	moved, err := mcs.waitOnly(ctx, tr, failed, 50, c1)
 	if err != nil {
 		return fmt.Errorf("failover: %w", err)
+	}
+	if byName != nil {
+		// The name follows the failover too. Its attempts also depend on
+		// DNS answering in time, so they are reported, not held to zero
+		// failures as the clusterset IP's are.
+		a, err := mcs.waitOnly(ctx, byName, failed, 50, c1)
+		if err != nil {
+			return fmt.Errorf("failover by %s: %w", name, err)
+		}
+		e.Report.Add("mcs", fmt.Sprintf("by name: only %s after (failed attempts)", c1), fmt.Sprintf("%s (%d)", emulator.Ms(a.At.Sub(failed)), failures(byName.Attempts(failed))), "pass")
 	}
 	if err := settle(ctx, time.Second); err != nil {
 		return err

@@ -213,3 +213,19 @@ func MeshRouteCommands() [][]string {
 	}
 	return out
 }
+
+// NameTrafficMesh is a Mesh whose probes can dial a DNS name, resolved by
+// the cluster's own DNS at every attempt (kind's CoreDNS, which `enable`
+// gave the multicluster plugin); the emulation has no cluster DNS.
+type NameTrafficMesh interface {
+	// StartNameTraffic starts a probe on node that connects to host:80
+	// with proto over and over, host resolved by the cluster's DNS each
+	// time; service names the replies' service for ClusterOf.
+	StartNameTraffic(ctx context.Context, node, host, service, proto string) (Traffic, error)
+}
+
+// ClustersetName is the KEP-1645 DNS name of an imported service:
+// <service>.<namespace>.svc.clusterset.local, absolute (no search domains).
+func ClustersetName(namespace, service string) string {
+	return service + "." + namespace + ".svc.clusterset.local."
+}

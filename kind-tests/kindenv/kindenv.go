@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -414,7 +415,31 @@ func (t *traffic) Stop(ctx context.Context) error {
 // the service's ClusterIP, whose log is followed.
 func (m *Mesh) StartTraffic(ctx context.Context, node, service, proto string) (drills.Traffic, error) {
 	name := fmt.Sprintf("probe-%s-%d", proto, time.Now().UnixNano()%1000000)
-	return m.startProbe(ctx, node, name, map[string]string{"app.kubernetes.io/name": "drill-probe"}, service, proto, 500*time.Millisecond)
+	target, err := m.clusterIP(ctx, node, service)
+	if err != nil {
+		return nil, err
+	}
+	return m.startProbe(ctx, node, name, map[string]string{"app.kubernetes.io/name": "drill-probe"}, target, service, proto, 500*time.Millisecond)
+}
+
+var _ drills.NameTrafficMesh = (*Mesh)(nil)
+
+// StartNameTraffic implements drills.NameTrafficMesh: a probe pod on node
+// (default dnsPolicy: the cluster's CoreDNS) dialing host:80, resolved at
+// every attempt.
+func (m *Mesh) StartNameTraffic(ctx context.Context, node, host, service, proto string) (drills.Traffic, error) {
+	name := fmt.Sprintf("probe-dns-%s-%d", proto, time.Now().UnixNano()%1000000)
+	return m.startProbe(ctx, node, name, map[string]string{"app.kubernetes.io/name": "drill-probe"}, net.JoinHostPort(host, "80"), service, proto, 500*time.Millisecond)
+}
+
+// clusterIP is service's ClusterIP:80 in node's cluster.
+func (m *Mesh) clusterIP(ctx context.Context, node, service string) (string, error) {
+	cluster := m.cluster[node]
+	svc, err := m.kube[cluster].CoreV1().Services("default").Get(ctx, service, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("cluster %s: service %s: %w", cluster, service, err)
+	}
+	return net.JoinHostPort(svc.Spec.ClusterIP, "80"), nil
 }
 
 // StartPodTraffic implements drills.PodTrafficMesh: the probe is itself
@@ -424,17 +449,18 @@ func (m *Mesh) StartPodTraffic(ctx context.Context, cluster, name string, labels
 	if len(nodes) == 0 {
 		return nil, fmt.Errorf("cluster %s: no nodes", cluster)
 	}
-	return m.startProbe(ctx, nodes[0], name, labels, service, proto, drills.PodProbeTimeout)
+	target, err := m.clusterIP(ctx, nodes[0], service)
+	if err != nil {
+		return nil, err
+	}
+	return m.startProbe(ctx, nodes[0], name, labels, target, service, proto, drills.PodProbeTimeout)
 }
 
-// startProbe runs a probe pod on node aimed at the service's ClusterIP.
-func (m *Mesh) startProbe(ctx context.Context, node, name string, labels map[string]string, service, proto string, timeout time.Duration) (drills.Traffic, error) {
+// startProbe runs a probe pod on node aimed at target (host:port) of
+// service.
+func (m *Mesh) startProbe(ctx context.Context, node, name string, labels map[string]string, target, service, proto string, timeout time.Duration) (drills.Traffic, error) {
 	cluster := m.cluster[node]
 	kc := m.kube[cluster]
-	svc, err := kc.CoreV1().Services("default").Get(ctx, service, metav1.GetOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("cluster %s: service %s: %w", cluster, service, err)
-	}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Labels: labels},
 		Spec: corev1.PodSpec{
@@ -446,14 +472,14 @@ func (m *Mesh) startProbe(ctx context.Context, node, name string, labels map[str
 				Name:            "probe",
 				Image:           m.opts.ProbeImage,
 				ImagePullPolicy: corev1.PullNever,
-				Args:            []string{"-target", fmt.Sprintf("%s:80", svc.Spec.ClusterIP), "-proto", proto, "-interval", "10ms", "-timeout", timeout.String()},
+				Args:            []string{"-target", target, "-proto", proto, "-interval", "10ms", "-timeout", timeout.String()},
 			}},
 		},
 	}
 	if _, err := kc.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		return nil, fmt.Errorf("cluster %s: probe pod on %s: %w", cluster, node, err)
 	}
-	err = poll.Until(ctx, func(ctx context.Context) error {
+	err := poll.Until(ctx, func(ctx context.Context) error {
 		p, err := kc.CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return err
