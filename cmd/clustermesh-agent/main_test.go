@@ -38,6 +38,15 @@ func TestMain(m *testing.M) {
 		// GoBGP's BgpServer.Serve never returns, even after StopBgp; one is
 		// left per speaker or reflector the BGP test starts.
 		goleak.IgnoreAnyFunction("github.com/osrg/gobgp/v3/pkg/server.(*BgpServer).Serve"),
+		// A stopping agent leaves its BGP sessions to end with the process
+		// (bgp.Speaker.StopForRestart: peers keep its routes by graceful
+		// restart), so their goroutines outlive the agent in a test.
+		goleak.IgnoreAnyFunction("github.com/osrg/gobgp/v3/pkg/server.(*fsmHandler).loop"),
+		goleak.IgnoreAnyFunction("github.com/osrg/gobgp/v3/pkg/server.(*fsmHandler).connectLoop"),
+		goleak.IgnoreAnyFunction("github.com/osrg/gobgp/v3/pkg/server.(*fsmHandler).recvMessage"),
+		goleak.IgnoreAnyFunction("github.com/osrg/gobgp/v3/pkg/server.(*fsmHandler).recvMessageloop"),
+		goleak.IgnoreAnyFunction("github.com/osrg/gobgp/v3/pkg/server.(*fsmHandler).sendMessageloop"),
+		goleak.IgnoreAnyFunction("github.com/eapache/channels.(*InfiniteChannel).infiniteBuffer"),
 	)
 }
 
