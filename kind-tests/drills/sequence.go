@@ -510,6 +510,7 @@ func NodeDeath(ctx context.Context, e *Env) error {
 	}
 	watcher := e.firstNode(c1)
 	var victimIP netip.Addr
+	var victimRoutes []netip.Prefix
 	if withdrawn != nil {
 		if victimIP, err = rm.NodeIP(ctx, victim); err != nil {
 			return err
@@ -518,7 +519,7 @@ func NodeDeath(ctx context.Context, e *Env) error {
 		if err != nil {
 			return err
 		}
-		if len(viaHop(routes, victimIP)) == 0 {
+		if victimRoutes = viaHop(routes, victimIP); len(victimRoutes) == 0 {
 			return fmt.Errorf("%w: before the death: %s has no route via %s (%s): %v", ErrDrill, watcher, victim, victimIP, routes)
 		}
 	}
@@ -527,7 +528,7 @@ func NodeDeath(ctx context.Context, e *Env) error {
 		return err
 	}
 	if withdrawn != nil {
-		go func() { withdrawn <- waitWithdrawn(ctx, rm, watcher, victimIP, killed, e.wait()) }()
+		go func() { withdrawn <- waitWithdrawn(ctx, rm, watcher, victimIP, victimRoutes, killed, e.wait()) }()
 	}
 	// An attempt that started while KillNode was in progress may still
 	// have been answered; from here on the node is gone for sure.
@@ -586,11 +587,13 @@ func viaHop(routes map[netip.Prefix]netip.Addr, hop netip.Addr) []netip.Prefix {
 	return out
 }
 
-// waitWithdrawn polls node's mesh routes until none goes via hop.
-func waitWithdrawn(ctx context.Context, rm RouteMesh, node string, hop netip.Addr, since time.Time, limit time.Duration) routeWithdrawal {
+// waitWithdrawn polls node's mesh routes until none goes via hop; before
+// are the routes via hop seen before the death, named in the result even
+// when the first poll already finds them gone.
+func waitWithdrawn(ctx context.Context, rm RouteMesh, node string, hop netip.Addr, before []netip.Prefix, since time.Time, limit time.Duration) routeWithdrawal {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	var last []netip.Prefix
+	last := before
 	for {
 		routes, err := rm.MeshRoutes(ctx, node)
 		if err == nil {
