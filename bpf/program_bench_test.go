@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,18 +31,10 @@ func BenchmarkProgram(b *testing.B) {
 	sizes := benchSizes()
 	_, pin, cg := newLab(b)
 	ctx := context.Background()
-	backends := make([]netip.AddrPort, 64)
-	for i := range backends {
-		backends[i] = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), 8080)
-	}
 	var table strings.Builder
 	table.WriteString("\n| services | per service | bulk: best (median) | change one after bulk (median) | first change |\n|---|---|---|---|---|\n")
 	for _, n := range sizes {
-		svcs := make([]loadbalancer.Service, n)
-		for i := range svcs {
-			svcs[i] = loadbalancer.Service{Frontend: loadbalancer.Frontend{Addr: benchVIP(i), Protocol: loadbalancer.TCP},
-				Preferred: []loadbalancer.Backend{{Addr: backends[i%64], Node: nodeA}, {Addr: backends[(i+1)%64], Node: nodeA}, {Addr: backends[(i+2)%64], Node: nodeB}}}
-		}
+		svcs := programBenchServices(n)
 		cfg := testConfig(cg, pin)
 		cfg.MaxServices, cfg.MaxSlots, cfg.MaxBackends = 131072, 4*131072, 1024
 		var single, bulk, bulkMedian, change, first time.Duration
@@ -111,4 +105,78 @@ func BenchmarkProgram(b *testing.B) {
 		fmt.Fprintf(&table, "| %d | %v | %v (%v) | %v | %v |\n", n, single.Round(time.Millisecond), bulk.Round(time.Millisecond), bulkMedian.Round(time.Millisecond), change.Round(time.Microsecond), first.Round(time.Microsecond))
 	}
 	b.Log(table.String())
+}
+
+// BenchmarkUpsertServices is the bulk load of BenchmarkProgram alone, b.N
+// times into fresh maps (Open and Remove outside the timer), for profiles:
+// go test -run '^$' -bench BenchmarkUpsertServices -benchmem -cpuprofile
+// cpu.prof ./bpf/ (BENCH_SIZES picks the sizes, 100,000 by default).
+func BenchmarkUpsertServices(b *testing.B) {
+	sizes := []int{100000}
+	if os.Getenv("BENCH_SIZES") != "" {
+		sizes = benchSizes()
+	}
+	_, pin, cg := newLab(b)
+	ctx := context.Background()
+	for _, n := range sizes {
+		svcs := programBenchServices(n)
+		cfg := testConfig(cg, pin)
+		cfg.MaxServices, cfg.MaxSlots, cfg.MaxBackends = 131072, 4*131072, 1024
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			var cpu time.Duration
+			walls := make([]time.Duration, 0, b.N)
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				dp, err := Open(ctx, cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				cpu0, start := processCPU(b), time.Now()
+				b.StartTimer()
+				if errs := dp.UpsertServices(ctx, svcs); errs != nil {
+					b.Fatal(errs)
+				}
+				b.StopTimer()
+				walls = append(walls, time.Since(start))
+				cpu += processCPU(b) - cpu0
+				if err := dp.Remove(); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+			slices.Sort(walls)
+			b.ReportMetric(walls[0].Seconds()*1e3, "min-ms")
+			b.ReportMetric(walls[len(walls)/2].Seconds()*1e3, "median-ms")
+			b.ReportMetric(walls[len(walls)*9/10].Seconds()*1e3, "p90-ms")
+			// CPU time of the whole process (bookkeeping, flusher, kernel
+			// writes, GC) per load: what the load costs whatever share of
+			// the machine other jobs leave it.
+			b.ReportMetric(cpu.Seconds()*1e3/float64(b.N), "cpu-ms/op")
+		})
+	}
+}
+
+// processCPU is the user and system time the process has used so far.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// programBenchServices returns n services of 3 backends each (of 64
+// distinct backends on two nodes).
+func programBenchServices(n int) []loadbalancer.Service {
+	backends := make([]netip.AddrPort, 64)
+	for i := range backends {
+		backends[i] = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), 8080)
+	}
+	svcs := make([]loadbalancer.Service, n)
+	for i := range svcs {
+		svcs[i] = loadbalancer.Service{Frontend: loadbalancer.Frontend{Addr: benchVIP(i), Protocol: loadbalancer.TCP},
+			Preferred: []loadbalancer.Backend{{Addr: backends[i%64], Node: nodeA}, {Addr: backends[(i+1)%64], Node: nodeA}, {Addr: backends[(i+2)%64], Node: nodeB}}}
+	}
+	return svcs
 }
