@@ -20,6 +20,28 @@ var _ loadbalancer.BulkDatapath = (*Datapath)(nil)
 // slot set) while costing a few batch system calls instead of one call per
 // entry.
 type pendingWrites struct {
+	// cur is the chunk being filled; handOff passes it to the flusher.
+	cur *writeChunk
+
+	// Slabs the bookkeeping of the load's services is carved from: one
+	// allocation each instead of two per service.
+	states []svcState
+	idSlab []uint32
+
+	// flusher writes handed-off chunks in order while the load goes on,
+	// and gives each back on free once written, so a load of any size
+	// fills a few chunks over and over instead of queueing every write:
+	// the queues were a third of a 100,000-service load's allocations.
+	flusher chan *writeChunk
+	free    chan *writeChunk
+	flushed chan error
+	// err is the first write error of the load: once set, the load fails.
+	err error
+}
+
+// writeChunk is one hand-off of queued writes (see pendingWrites for their
+// order).
+type writeChunk struct {
 	nodeIDs    []uint32
 	nodeVals   []nodeValue
 	backendIDs []uint32
@@ -30,19 +52,22 @@ type pendingWrites struct {
 	affVals    []uint32
 	svcKeys    []svcKey
 	svcVals    []svcValue
+}
 
-	// Slabs the bookkeeping of the load's services is carved from: one
-	// allocation each instead of two per service.
-	states []svcState
-	idSlab []uint32
+// newWriteChunk returns an empty chunk with room for svcs service entries.
+func newWriteChunk(svcs int) *writeChunk {
+	return &writeChunk{svcKeys: make([]svcKey, 0, svcs), svcVals: make([]svcValue, 0, svcs)}
+}
 
-	// sent is how far each queue has been handed to the flusher.
-	sent struct{ nodes, backends, slots, aff, svcs int }
-	// flusher writes handed-off chunks in order while the load goes on.
-	flusher chan *pendingWrites
-	flushed chan error
-	// err is the first write error of the load: once set, the load fails.
-	err error
+// reset empties the chunk, keeping its room.
+func (w *writeChunk) reset() {
+	*w = writeChunk{
+		nodeIDs: w.nodeIDs[:0], nodeVals: w.nodeVals[:0],
+		backendIDs: w.backendIDs[:0], backendVal: w.backendVal[:0],
+		slotKeys: w.slotKeys[:0], slotVals: w.slotVals[:0],
+		affKeys: w.affKeys[:0], affVals: w.affVals[:0],
+		svcKeys: w.svcKeys[:0], svcVals: w.svcVals[:0],
+	}
 }
 
 // bulkChunk is how many service entries a bulk load queues before handing
@@ -50,37 +75,50 @@ type pendingWrites struct {
 // kernel's batch writes of this one.
 const bulkChunk = 4096
 
+// newPendingWrites returns the queue of a load of svcs services, with its
+// flusher started.
+func (d *Datapath) newPendingWrites(svcs int) *pendingWrites {
+	b := &pendingWrites{
+		cur:    newWriteChunk(min(svcs, bulkChunk)),
+		states: make([]svcState, svcs),
+		free:   make(chan *writeChunk, 8),
+	}
+	d.startFlusher(b)
+	return b
+}
+
 // startFlusher starts the goroutine writing handed-off chunks. Chunks are
 // written whole and in order, each map before the next (flushBatch), so a
 // chunk's entries reach the kernel after its slots, backends and nodes and
 // after every earlier chunk's: the invariant of pendingWrites holds. It
 // touches only the maps; d.mu stays held by the load.
 func (d *Datapath) startFlusher(b *pendingWrites) {
-	b.flusher, b.flushed = make(chan *pendingWrites, 4), make(chan error, 1)
-	go func(in <-chan *pendingWrites, out chan<- error) {
+	b.flusher, b.flushed = make(chan *writeChunk, 4), make(chan error, 1)
+	go func(in <-chan *writeChunk, free chan<- *writeChunk, out chan<- error) {
 		var err error
 		for w := range in {
 			if err == nil {
 				err = d.flushBatch(w)
 			}
+			w.reset()
+			select {
+			case free <- w:
+			default:
+			}
 		}
 		out <- err
-	}(b.flusher, b.flushed)
+	}(b.flusher, b.free, b.flushed)
 }
 
-// handOff passes what was queued since the last hand-off to the flusher.
-// The chunk is a view of the queues: the load only appends past it.
+// handOff passes the chunk filled since the last hand-off to the flusher
+// and continues in a written one (a new one if none is back yet).
 func (b *pendingWrites) handOff() {
-	w := &pendingWrites{
-		nodeIDs: b.nodeIDs[b.sent.nodes:], nodeVals: b.nodeVals[b.sent.nodes:],
-		backendIDs: b.backendIDs[b.sent.backends:], backendVal: b.backendVal[b.sent.backends:],
-		slotKeys: b.slotKeys[b.sent.slots:], slotVals: b.slotVals[b.sent.slots:],
-		affKeys: b.affKeys[b.sent.aff:], affVals: b.affVals[b.sent.aff:],
-		svcKeys: b.svcKeys[b.sent.svcs:], svcVals: b.svcVals[b.sent.svcs:],
+	b.flusher <- b.cur
+	select {
+	case b.cur = <-b.free:
+	default:
+		b.cur = newWriteChunk(bulkChunk)
 	}
-	b.sent.nodes, b.sent.backends, b.sent.slots = len(b.nodeIDs), len(b.backendIDs), len(b.slotKeys)
-	b.sent.aff, b.sent.svcs = len(b.affKeys), len(b.svcKeys)
-	b.flusher <- w
 }
 
 // drain hands off the rest, waits until the flusher has written
@@ -107,6 +145,19 @@ func (b *pendingWrites) newState() *svcState {
 	return st
 }
 
+// idSlabSize is how many slot IDs one allocation of a load's slab holds.
+const idSlabSize = 16384
+
+// slab returns room for n slot IDs, carved from the load's slab.
+func (b *pendingWrites) slab(n int) []uint32 {
+	if len(b.idSlab) < n {
+		b.idSlab = make([]uint32, max(n, idSlabSize))
+	}
+	s := b.idSlab[:n:n]
+	b.idSlab = b.idSlab[n:]
+	return s
+}
+
 // update writes one entry. Keys and values go to the kernel as pointers to
 // the Go mirrors (checkLayout verified their sizes at Open): marshalling by
 // value goes through reflection, and a type's first marshal costs tens of
@@ -120,7 +171,8 @@ func remove[K any](m *ebpf.Map, k *K) error { return m.Delete(unsafe.Pointer(k))
 
 func (d *Datapath) writeNode(id uint32, v nodeValue) error {
 	if b := d.batch; b != nil {
-		b.nodeIDs, b.nodeVals = append(b.nodeIDs, id), append(b.nodeVals, v)
+		w := b.cur
+		w.nodeIDs, w.nodeVals = append(w.nodeIDs, id), append(w.nodeVals, v)
 		return nil
 	}
 	return update(d.nodes, &id, &v)
@@ -128,7 +180,8 @@ func (d *Datapath) writeNode(id uint32, v nodeValue) error {
 
 func (d *Datapath) writeBackend(id uint32, v backendValue) error {
 	if b := d.batch; b != nil {
-		b.backendIDs, b.backendVal = append(b.backendIDs, id), append(b.backendVal, v)
+		w := b.cur
+		w.backendIDs, w.backendVal = append(w.backendIDs, id), append(w.backendVal, v)
 		return nil
 	}
 	return update(d.backends, &id, &v)
@@ -136,7 +189,8 @@ func (d *Datapath) writeBackend(id uint32, v backendValue) error {
 
 func (d *Datapath) writeSlots(k slotKey, v *slotValue) error {
 	if b := d.batch; b != nil {
-		b.slotKeys, b.slotVals = append(b.slotKeys, k), append(b.slotVals, *v)
+		w := b.cur
+		w.slotKeys, w.slotVals = append(w.slotKeys, k), append(w.slotVals, *v)
 		return nil
 	}
 	key := k // escapes, as in writeService
@@ -145,7 +199,8 @@ func (d *Datapath) writeSlots(k slotKey, v *slotValue) error {
 
 func (d *Datapath) writeAffinity(k svcKey, seconds uint32) error {
 	if b := d.batch; b != nil {
-		b.affKeys, b.affVals = append(b.affKeys, k), append(b.affVals, seconds)
+		w := b.cur
+		w.affKeys, w.affVals = append(w.affKeys, k), append(w.affVals, seconds)
 		return nil
 	}
 	return update(d.coll.Maps[mapSvcAffinity], &k, &seconds)
@@ -153,7 +208,8 @@ func (d *Datapath) writeAffinity(k svcKey, seconds uint32) error {
 
 func (d *Datapath) writeService(k svcKey, v svcValue) error {
 	if b := d.batch; b != nil {
-		b.svcKeys, b.svcVals = append(b.svcKeys, k), append(b.svcVals, v)
+		w := b.cur
+		w.svcKeys, w.svcVals = append(w.svcKeys, k), append(w.svcVals, v)
 		return nil
 	}
 	// Copies: what update takes escapes to the heap, and a bulk load,
@@ -181,7 +237,7 @@ func batchWrite[K, V any](m *ebpf.Map, name string, keys []K, vals []V) error {
 }
 
 // flushBatch writes the queued writes in their order.
-func (d *Datapath) flushBatch(b *pendingWrites) error {
+func (d *Datapath) flushBatch(b *writeChunk) error {
 	if err := batchWrite(d.nodes, mapNodes, b.nodeIDs, b.nodeVals); err != nil {
 		return err
 	}
@@ -223,25 +279,14 @@ func (d *Datapath) UpsertServices(ctx context.Context, svcs []loadbalancer.Servi
 		}
 		return errs
 	}
-	// Sized up front: growing these slices was most of a large load's
-	// time.
-	slots, groups := 0, 0
-	for _, s := range svcs {
-		n := len(s.Preferred) + len(s.Fallback)
-		slots += n
-		groups += max(slotGroups(n)-1, 0)
-	}
-	b := &pendingWrites{
-		slotKeys: make([]slotKey, 0, groups), slotVals: make([]slotValue, 0, groups),
-		svcKeys: make([]svcKey, 0, len(svcs)), svcVals: make([]svcValue, 0, len(svcs)),
-		states: make([]svcState, len(svcs)), idSlab: make([]uint32, slots),
-	}
+	// The service state slab is sized once; so is the service map when
+	// the load starts from empty maps (after a restart): growing and
+	// rehashing it step by step cost more than filling it.
+	b := d.newPendingWrites(len(svcs))
 	if len(d.svcs) == 0 {
-		// Sized once rather than grown (and rehashed) step by step.
 		d.svcs = make(map[svcKey]*svcState, len(svcs))
 	}
 	d.batch = b
-	d.startFlusher(b)
 	for _, s := range svcs {
 		key, err := validate(s)
 		if err == nil {
@@ -250,7 +295,7 @@ func (d *Datapath) UpsertServices(ctx context.Context, svcs []loadbalancer.Servi
 		if err != nil {
 			errs[s.Frontend] = err
 		}
-		if len(b.svcKeys)-b.sent.svcs >= bulkChunk {
+		if len(b.cur.svcKeys) >= bulkChunk {
 			b.handOff()
 		}
 	}

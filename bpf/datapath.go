@@ -178,8 +178,10 @@ type Datapath struct {
 	// batch queues the map writes of a bulk load (UpsertServices); nil
 	// otherwise.
 	batch *pendingWrites
-	// all is upsertLocked's scratch list of a service's backends.
+	// all is upsertLocked's scratch list of a service's backends, ids
+	// that of their backend IDs.
 	all []loadbalancer.Backend
+	ids []uint32
 	// lastNode is the node refBackend found last: backends of a node come
 	// in runs, and comparing a NodeRef costs less than hashing its name.
 	lastNode *nodeState
@@ -198,7 +200,8 @@ var _ loadbalancer.Datapath = (*Datapath)(nil)
 type svcState struct {
 	value svcValue
 	// slots holds the backend ID of every slot of the active set,
-	// preferred first; 0 where adoption found a slot missing.
+	// preferred first; 0 where adoption found a slot missing. It may point
+	// into value.Head (see keepSlots): value is never changed in place.
 	slots []uint32
 }
 
@@ -602,12 +605,8 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 	}
 
 	// 1. Nodes and backends. Each slot takes a reference, released on error.
-	var ids []uint32
-	if b := d.batch; b != nil && len(b.idSlab) >= len(all) {
-		ids = b.idSlab[:0:len(all)]
-	} else {
-		ids = make([]uint32, 0, len(all))
-	}
+	// ids is scratch space too: the state keeps a copy (see keepSlots).
+	ids := d.ids[:0]
 	undo := func() {
 		for _, id := range ids {
 			d.unrefBackend(id)
@@ -621,6 +620,7 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 		}
 		ids = append(ids, be.id)
 	}
+	d.ids = ids
 
 	// 2. A fresh slot set, invisible until the entry points at it.
 	set, ok := d.setIDs.alloc()
@@ -669,13 +669,11 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 	var st *svcState
 	if b := d.batch; b != nil {
 		st = b.newState()
-		if len(b.idSlab) >= len(ids) {
-			b.idSlab = b.idSlab[len(ids):]
-		}
 	} else {
 		st = &svcState{}
 	}
-	*st = svcState{value: val, slots: ids}
+	*st = svcState{value: val}
+	d.keepSlots(st, ids)
 	d.svcs[key] = st
 
 	// 4. The old set is unreachable for new readers; free it once the
@@ -687,6 +685,25 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 		d.updateGauges()
 	}
 	return nil
+}
+
+// keepSlots records ids as the slots of st, whose value is set. A set of up
+// to slotGroup slots is the head of the value already: the state points
+// there instead of holding a copy. A larger one is copied, in a bulk load
+// into the load's slab.
+func (d *Datapath) keepSlots(st *svcState, ids []uint32) {
+	if len(ids) <= slotGroup {
+		st.slots = st.value.Head[:len(ids):len(ids)]
+		return
+	}
+	var dst []uint32
+	if b := d.batch; b != nil {
+		dst = b.slab(len(ids))
+	} else {
+		dst = make([]uint32, len(ids))
+	}
+	copy(dst, ids)
+	st.slots = dst
 }
 
 // room checks that the maps can take svc; it returns the map that is short.
