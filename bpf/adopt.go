@@ -1,7 +1,9 @@
 package bpf
 
 import (
+	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/cilium/ebpf"
 
@@ -16,12 +18,12 @@ import (
 // grace period first and deletes in the same order as the reclaimer (slots,
 // then backends, then nodes), so the invariant holds while it runs.
 func (d *Datapath) adopt() error {
-	var (
-		nid uint32
-		nv  nodeValue
-	)
-	it := d.nodes.Iterate()
-	for it.Next(&nid, &nv) {
+	nids, nvals, err := readAll[uint32, nodeValue](d.nodes)
+	if err != nil {
+		return fmt.Errorf("map %s: %w", mapNodes, err)
+	}
+	for i, nid := range nids {
+		nv := &nvals[i]
 		n := &nodeState{id: nid, ref: nv.ref(), down: nv.Flags&nodeFlagDown != 0}
 		if !d.nodeIDs.mark(nid) {
 			return fmt.Errorf("map %s: node ID %d beyond MaxNodes", mapNodes, nid)
@@ -29,16 +31,13 @@ func (d *Datapath) adopt() error {
 		d.nodesByRef[n.ref] = n
 		d.nodesByID[nid] = n
 	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("map %s: %w", mapNodes, err)
-	}
 
-	var (
-		bid uint32
-		bv  backendValue
-	)
-	it = d.backends.Iterate()
-	for it.Next(&bid, &bv) {
+	bids, bvals, err := readAll[uint32, backendValue](d.backends)
+	if err != nil {
+		return fmt.Errorf("map %s: %w", mapBackends, err)
+	}
+	for i, bid := range bids {
+		bv := bvals[i]
 		n, ok := d.nodesByID[bv.NodeID]
 		if !ok {
 			// Cannot happen with our write order; keep the backend usable
@@ -61,54 +60,53 @@ func (d *Datapath) adopt() error {
 		d.backendsByID[bid] = be
 		n.refs++
 	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("map %s: %w", mapBackends, err)
-	}
 
-	slots := make(map[slotKey]slotValue)
-	var (
-		sk slotKey
-		sv slotValue
-	)
-	it = d.slots.Iterate()
-	for it.Next(&sk, &sv) {
-		slots[sk] = sv
-	}
-	if err := it.Err(); err != nil {
+	sks, svs, err := readAll[slotKey, slotValue](d.slots)
+	if err != nil {
 		return fmt.Errorf("map %s: %w", mapSlots, err)
 	}
+	slots := make(map[slotKey]slotValue, len(sks))
+	for i, sk := range sks {
+		slots[sk] = svs[i]
+	}
 
-	var (
-		key svcKey
-		val svcValue
-	)
-	it = d.services.Iterate()
-	for it.Next(&key, &val) {
+	keys, vals, err := readAll[svcKey, svcValue](d.services)
+	if err != nil {
+		return fmt.Errorf("map %s: %w", mapServices, err)
+	}
+	// One state slab and a map sized once, as in a bulk load.
+	states := make([]svcState, len(keys))
+	d.svcs = make(map[svcKey]*svcState, len(keys))
+	for i, key := range keys {
+		val := &vals[i]
 		if !d.setIDs.mark(val.Set) {
 			return fmt.Errorf("map %s: service %s: slot set %d out of range", mapServices, key.frontend(), val.Set)
 		}
-		s := &svcState{value: val, slots: make([]uint32, int(val.Preferred)+int(val.Fallback))}
-		for i := range s.slots {
-			id := slotID(&val, slots, i)
+		ids := d.ids[:0]
+		for j := range int(val.Preferred) + int(val.Fallback) {
+			id := slotID(val, slots, j)
 			if id == 0 {
-				d.log.Warn("adopt: service slot missing", "service", key.frontend().String(), "slot", i)
-				continue
-			}
-			if be, ok := d.backendsByID[id]; ok {
+				d.log.Warn("adopt: service slot missing", "service", key.frontend().String(), "slot", j)
+			} else if be, ok := d.backendsByID[id]; ok {
 				be.refs++
-				s.slots[i] = id
 			} else {
-				d.log.Warn("adopt: service slot points at a missing backend", "service", key.frontend().String(), "slot", i, "backend_id", id)
+				d.log.Warn("adopt: service slot points at a missing backend", "service", key.frontend().String(), "slot", j, "backend_id", id)
+				id = 0
 			}
+			ids = append(ids, id)
 		}
-		for g := 1; g < slotGroups(len(s.slots)); g++ {
+		d.ids = ids
+		for g := 1; g < slotGroups(len(ids)); g++ {
 			delete(slots, slotKey{Set: val.Set, Group: uint32(g)})
 		}
+		s := &states[i]
+		s.value = *val
+		// The state's head must match its slots (see keepSlots): a slot
+		// found missing reads 0 in both.
+		copy(s.value.Head[:], ids)
+		d.keepSlots(s, ids)
 		d.svcs[key] = s
-		d.slotsUsed += len(s.slots)
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("map %s: %w", mapServices, err)
+		d.slotsUsed += len(ids)
 	}
 
 	// What is left in slots belongs to no service entry.
@@ -135,4 +133,50 @@ func (d *Datapath) adopt() error {
 		d.log.Info("adopt: freed slot sets the previous run had retired", "slot_groups", len(slots))
 	}
 	return nil
+}
+
+// readBatch is how many entries readAll asks the kernel for per call.
+const readBatch = 4096
+
+// readAll returns every entry of m, read with BPF_MAP_LOOKUP_BATCH (a few
+// system calls for the whole map, the keys and values copied as memory),
+// or entry by entry where the kernel has no batch lookup. Reading 100,000
+// services entry by entry took two system calls and two reflective decodes
+// each, most of an agent restart's time.
+func readAll[K, V any](m *ebpf.Map) ([]K, []V, error) {
+	keys, vals := make([]K, readBatch), make([]V, readBatch)
+	var (
+		cursor ebpf.MapBatchCursor
+		n      int
+	)
+	for {
+		got, err := m.BatchLookup(&cursor, keys[n:n+readBatch], vals[n:n+readBatch], nil)
+		n += got
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return keys[:n], vals[:n], nil
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) && n == 0 {
+			return iterateAll[K, V](m)
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		keys, vals = slices.Grow(keys, readBatch), slices.Grow(vals, readBatch)
+		keys, vals = keys[:n+readBatch], vals[:n+readBatch]
+	}
+}
+
+// iterateAll is readAll entry by entry.
+func iterateAll[K, V any](m *ebpf.Map) ([]K, []V, error) {
+	var (
+		keys []K
+		vals []V
+		k    K
+		v    V
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		keys, vals = append(keys, k), append(vals, v)
+	}
+	return keys, vals, it.Err()
 }

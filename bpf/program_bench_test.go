@@ -145,14 +145,7 @@ func BenchmarkUpsertServices(b *testing.B) {
 				}
 				b.StartTimer()
 			}
-			slices.Sort(walls)
-			b.ReportMetric(walls[0].Seconds()*1e3, "min-ms")
-			b.ReportMetric(walls[len(walls)/2].Seconds()*1e3, "median-ms")
-			b.ReportMetric(walls[len(walls)*9/10].Seconds()*1e3, "p90-ms")
-			// CPU time of the whole process (bookkeeping, flusher, kernel
-			// writes, GC) per load: what the load costs whatever share of
-			// the machine other jobs leave it.
-			b.ReportMetric(cpu.Seconds()*1e3/float64(b.N), "cpu-ms/op")
+			reportWalls(b, walls, cpu)
 		})
 	}
 }
@@ -179,4 +172,73 @@ func programBenchServices(n int) []loadbalancer.Service {
 			Preferred: []loadbalancer.Backend{{Addr: backends[i%64], Node: nodeA}, {Addr: backends[(i+1)%64], Node: nodeA}, {Addr: backends[(i+2)%64], Node: nodeB}}}
 	}
 	return svcs
+}
+
+// BenchmarkRestart is an agent restart over maps holding N services of 3
+// backends: Open adopts the pinned maps (rebuilding its bookkeeping from
+// them), then the agent re-upserts everything it wants in bulk, which
+// finds it programmed already. Wall time of each restart, min / median /
+// p90, and CPU time per restart.
+func BenchmarkRestart(b *testing.B) {
+	sizes := []int{100000}
+	if os.Getenv("BENCH_SIZES") != "" {
+		sizes = benchSizes()
+	}
+	_, pin, cg := newLab(b)
+	ctx := context.Background()
+	for _, n := range sizes {
+		svcs := programBenchServices(n)
+		cfg := testConfig(cg, pin)
+		cfg.MaxServices, cfg.MaxSlots, cfg.MaxBackends = 131072, 4*131072, 1024
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			dp, err := Open(ctx, cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if errs := dp.UpsertServices(ctx, svcs); errs != nil {
+				b.Fatal(errs)
+			}
+			var cpu time.Duration
+			walls := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				if err := dp.Close(); err != nil {
+					b.Fatal(err)
+				}
+				cpu0, start := processCPU(b), time.Now()
+				b.StartTimer()
+				if dp, err = Open(ctx, cfg); err != nil {
+					b.Fatal(err)
+				}
+				if errs := dp.UpsertServices(ctx, svcs); errs != nil {
+					b.Fatal(errs)
+				}
+				b.StopTimer()
+				walls = append(walls, time.Since(start))
+				cpu += processCPU(b) - cpu0
+				b.StartTimer()
+			}
+			b.StopTimer()
+			if got := checkMaps(b, dp); got[mapServices] != n {
+				b.Fatalf("restart left %d services, want %d", got[mapServices], n)
+			}
+			if err := dp.Remove(); err != nil {
+				b.Fatal(err)
+			}
+			reportWalls(b, walls, cpu)
+		})
+	}
+}
+
+// reportWalls reports min, median and p90 of walls and cpu per operation.
+func reportWalls(b *testing.B, walls []time.Duration, cpu time.Duration) {
+	slices.Sort(walls)
+	b.ReportMetric(walls[0].Seconds()*1e3, "min-ms")
+	b.ReportMetric(walls[len(walls)/2].Seconds()*1e3, "median-ms")
+	b.ReportMetric(walls[len(walls)*9/10].Seconds()*1e3, "p90-ms")
+	// CPU time of the whole process (bookkeeping, flusher, kernel writes,
+	// GC) per operation: what it costs whatever share of the machine
+	// other jobs leave it.
+	b.ReportMetric(cpu.Seconds()*1e3/float64(len(walls)), "cpu-ms/op")
 }
