@@ -112,42 +112,32 @@ func BenchmarkProgram(b *testing.B) {
 // go test -run '^$' -bench BenchmarkUpsertServices -benchmem -cpuprofile
 // cpu.prof ./bpf/ (BENCH_SIZES picks the sizes, 100,000 by default).
 func BenchmarkUpsertServices(b *testing.B) {
-	sizes := []int{100000}
-	if os.Getenv("BENCH_SIZES") != "" {
-		sizes = benchSizes()
-	}
-	_, pin, cg := newLab(b)
 	ctx := context.Background()
-	for _, n := range sizes {
-		svcs := programBenchServices(n)
-		cfg := testConfig(cg, pin)
-		cfg.MaxServices, cfg.MaxSlots, cfg.MaxBackends = 131072, 4*131072, 1024
-		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
-			b.ReportAllocs()
-			var cpu time.Duration
-			walls := make([]time.Duration, 0, b.N)
-			for i := 0; i < b.N; i++ {
-				b.StopTimer()
-				dp, err := Open(ctx, cfg)
-				if err != nil {
-					b.Fatal(err)
-				}
-				cpu0, start := processCPU(b), time.Now()
-				b.StartTimer()
-				if errs := dp.UpsertServices(ctx, svcs); errs != nil {
-					b.Fatal(errs)
-				}
-				b.StopTimer()
-				walls = append(walls, time.Since(start))
-				cpu += processCPU(b) - cpu0
-				if err := dp.Remove(); err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
+	bulkBench(b, func(b *testing.B, cfg Config, svcs []loadbalancer.Service) {
+		b.ReportAllocs()
+		var cpu time.Duration
+		walls := make([]time.Duration, 0, b.N)
+		for i := 0; i < b.N; i++ {
+			b.StopTimer()
+			dp, err := Open(ctx, cfg)
+			if err != nil {
+				b.Fatal(err)
 			}
-			reportWalls(b, walls, cpu)
-		})
-	}
+			cpu0, start := processCPU(b), time.Now()
+			b.StartTimer()
+			if errs := dp.UpsertServices(ctx, svcs); errs != nil {
+				b.Fatal(errs)
+			}
+			b.StopTimer()
+			walls = append(walls, time.Since(start))
+			cpu += processCPU(b) - cpu0
+			if err := dp.Remove(); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+		}
+		reportWalls(b, walls, cpu)
+	})
 }
 
 // processCPU is the user and system time the process has used so far.
@@ -180,55 +170,46 @@ func programBenchServices(n int) []loadbalancer.Service {
 // finds it programmed already. Wall time of each restart, min / median /
 // p90, and CPU time per restart.
 func BenchmarkRestart(b *testing.B) {
-	sizes := []int{100000}
-	if os.Getenv("BENCH_SIZES") != "" {
-		sizes = benchSizes()
-	}
-	_, pin, cg := newLab(b)
 	ctx := context.Background()
-	for _, n := range sizes {
-		svcs := programBenchServices(n)
-		cfg := testConfig(cg, pin)
-		cfg.MaxServices, cfg.MaxSlots, cfg.MaxBackends = 131072, 4*131072, 1024
-		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
-			dp, err := Open(ctx, cfg)
-			if err != nil {
+	bulkBench(b, func(b *testing.B, cfg Config, svcs []loadbalancer.Service) {
+		n := len(svcs)
+		dp, err := Open(ctx, cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if errs := dp.UpsertServices(ctx, svcs); errs != nil {
+			b.Fatal(errs)
+		}
+		var cpu time.Duration
+		walls := make([]time.Duration, 0, b.N)
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			b.StopTimer()
+			if err := dp.Close(); err != nil {
+				b.Fatal(err)
+			}
+			cpu0, start := processCPU(b), time.Now()
+			b.StartTimer()
+			if dp, err = Open(ctx, cfg); err != nil {
 				b.Fatal(err)
 			}
 			if errs := dp.UpsertServices(ctx, svcs); errs != nil {
 				b.Fatal(errs)
 			}
-			var cpu time.Duration
-			walls := make([]time.Duration, 0, b.N)
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				b.StopTimer()
-				if err := dp.Close(); err != nil {
-					b.Fatal(err)
-				}
-				cpu0, start := processCPU(b), time.Now()
-				b.StartTimer()
-				if dp, err = Open(ctx, cfg); err != nil {
-					b.Fatal(err)
-				}
-				if errs := dp.UpsertServices(ctx, svcs); errs != nil {
-					b.Fatal(errs)
-				}
-				b.StopTimer()
-				walls = append(walls, time.Since(start))
-				cpu += processCPU(b) - cpu0
-				b.StartTimer()
-			}
 			b.StopTimer()
-			if got := checkMaps(b, dp); got[mapServices] != n {
-				b.Fatalf("restart left %d services, want %d", got[mapServices], n)
-			}
-			if err := dp.Remove(); err != nil {
-				b.Fatal(err)
-			}
-			reportWalls(b, walls, cpu)
-		})
-	}
+			walls = append(walls, time.Since(start))
+			cpu += processCPU(b) - cpu0
+			b.StartTimer()
+		}
+		b.StopTimer()
+		if got := checkMaps(b, dp); got[mapServices] != n {
+			b.Fatalf("restart left %d services, want %d", got[mapServices], n)
+		}
+		if err := dp.Remove(); err != nil {
+			b.Fatal(err)
+		}
+		reportWalls(b, walls, cpu)
+	})
 }
 
 // reportWalls reports min, median and p90 of walls and cpu per operation.
@@ -241,4 +222,20 @@ func reportWalls(b *testing.B, walls []time.Duration, cpu time.Duration) {
 	// GC) per operation: what it costs whatever share of the machine
 	// other jobs leave it.
 	b.ReportMetric(cpu.Seconds()*1e3/float64(len(walls)), "cpu-ms/op")
+}
+
+// bulkBench runs f for each size (BENCH_SIZES, 100,000 by default) with a
+// config roomy enough and that many services of programBenchServices.
+func bulkBench(b *testing.B, f func(b *testing.B, cfg Config, svcs []loadbalancer.Service)) {
+	sizes := []int{100000}
+	if os.Getenv("BENCH_SIZES") != "" {
+		sizes = benchSizes()
+	}
+	_, pin, cg := newLab(b)
+	for _, n := range sizes {
+		svcs := programBenchServices(n)
+		cfg := testConfig(cg, pin)
+		cfg.MaxServices, cfg.MaxSlots, cfg.MaxBackends = 131072, 4*131072, 1024
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) { f(b, cfg, svcs) })
+	}
 }
