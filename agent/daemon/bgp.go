@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,21 +34,44 @@ type bgpFeed struct {
 	mu    sync.Mutex
 	own   *api.Node
 	local *api.Cluster
+	// drained holds when each drained cluster was drained, until one of
+	// its nodes comes back (importHold reads it).
+	drained map[string]time.Time
 }
 
-var _ agent.ClusterObserver = (*bgpFeed)(nil)
+var (
+	_ agent.ClusterObserver = (*bgpFeed)(nil)
+	_ agent.DrainObserver   = (*bgpFeed)(nil)
+)
 
 func newBGPFeed(cluster, node string) *bgpFeed {
-	return &bgpFeed{cluster: cluster, node: node, kick: make(chan struct{}, 1)}
+	return &bgpFeed{cluster: cluster, node: node, kick: make(chan struct{}, 1), drained: map[string]time.Time{}}
 }
 
 func (f *bgpFeed) NodeUpserted(n *api.Node) {
+	f.mu.Lock()
 	if n.Cluster == f.cluster && n.Name == f.node {
-		f.mu.Lock()
 		f.own = n
-		f.mu.Unlock()
 	}
+	delete(f.drained, n.Cluster)
+	f.mu.Unlock()
 	f.signal()
+}
+
+// ClusterDrained implements agent.DrainObserver: the cluster's import rule
+// is held for the drain (importHold).
+func (f *bgpFeed) ClusterDrained(cluster string) {
+	f.mu.Lock()
+	f.drained[cluster] = time.Now()
+	f.mu.Unlock()
+	f.signal()
+}
+
+// drainedAt returns a copy of when each drained cluster was drained.
+func (f *bgpFeed) drainedAt() map[string]time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.drained)
 }
 
 // NodeDeleted keeps the last announcement: the node's pod CIDRs are still
@@ -71,6 +96,57 @@ func importRules(a *agent.Agent) []bgp.ImportRule {
 		vals = append(vals, *n)
 	}
 	return bgp.ImportRules(a.Clusters(), vals)
+}
+
+// importHold keeps a drained (disconnected) cluster's last import rule for
+// the drain (--route-drain), as static routes keep its routes: each side's
+// agents see `clustermesh disconnect` when their kubelet refreshes the
+// connection Secret, tens of seconds apart, and until the other side has
+// let go its pods still connect to this cluster's backends, whose replies
+// need the routes back to them. Without the hold the import policy would
+// refuse the drained cluster's pod CIDRs at once and the speaker would
+// withdraw them, whatever the reflectors still announce. Only the rule the
+// cluster was last accepted with is held, never widened; a cluster whose
+// own store deletes its nodes loses them at once (no drain is signalled).
+type importHold struct {
+	drain time.Duration
+	last  map[string]bgp.ImportRule
+}
+
+func newImportHold(drain time.Duration) *importHold {
+	return &importHold{drain: drain, last: map[string]bgp.ImportRule{}}
+}
+
+// rules returns current plus the held rules of clusters drained less than
+// the drain ago and absent from current, sorted by cluster as
+// bgp.ImportRules sorts them; held names those clusters (sorted), next is
+// when the earliest hold ends (zero: none held).
+func (h *importHold) rules(current []bgp.ImportRule, drainedAt map[string]time.Time, now time.Time) (out []bgp.ImportRule, held []string, next time.Time) {
+	out = slices.Clone(current)
+	present := map[string]bool{}
+	for _, r := range current {
+		present[r.Cluster] = true
+		h.last[r.Cluster] = r
+	}
+	for c, r := range h.last {
+		if present[c] {
+			continue
+		}
+		at, ok := drainedAt[c]
+		end := at.Add(h.drain)
+		if !ok || h.drain <= 0 || !now.Before(end) {
+			delete(h.last, c)
+			continue
+		}
+		out = append(out, r)
+		held = append(held, c)
+		if next.IsZero() || end.Before(next) {
+			next = end
+		}
+	}
+	slices.SortFunc(out, func(a, b bgp.ImportRule) int { return strings.Compare(a.Cluster, b.Cluster) })
+	slices.Sort(held)
+	return out, held, next
 }
 
 func (f *bgpFeed) signal() {
@@ -115,7 +191,9 @@ func runBGP(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.Regi
 	}
 	// The import policy is in place before the first session: a cluster's
 	// nodes may announce only that cluster's accepted pod CIDRs.
-	if err := sp.SetImportPolicy(ctx, importRules(a)); err != nil {
+	hold := newImportHold(cfg.RouteDrain)
+	rules, held, holdEnd := hold.rules(importRules(a), feed.drainedAt(), time.Now())
+	if err := sp.SetImportPolicy(ctx, rules); err != nil {
 		return fmt.Errorf("bgp: %w", err)
 	}
 	if err := sp.Start(ctx); err != nil {
@@ -149,7 +227,12 @@ func runBGP(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.Regi
 				dead = hops
 			}
 		}
-		if err := sp.SetImportPolicy(ctx, importRules(a)); err != nil {
+		wasHeld := held
+		rules, held, holdEnd = hold.rules(importRules(a), feed.drainedAt(), time.Now())
+		if !slices.Equal(held, wasHeld) {
+			log.Info("bgp: drained clusters' pod CIDRs still accepted while their traffic drains", "clusters", held, "drain", cfg.RouteDrain)
+		}
+		if err := sp.SetImportPolicy(ctx, rules); err != nil {
 			log.Error("bgp: update import policy", "error", err)
 			failed = true
 		}
@@ -178,9 +261,12 @@ func runBGP(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.Regi
 				announced = cidrs
 			}
 		}
-		var again <-chan time.Time
+		var again, holdOver <-chan time.Time
 		if failed {
 			again = time.After(bgpRetryInterval)
+		}
+		if !holdEnd.IsZero() {
+			holdOver = time.After(time.Until(holdEnd))
 		}
 		select {
 		case <-ctx.Done():
@@ -188,6 +274,7 @@ func runBGP(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.Regi
 		case <-feed.kick:
 		case <-verdicts.kick:
 		case <-again:
+		case <-holdOver:
 		}
 	}
 }

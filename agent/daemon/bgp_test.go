@@ -3,9 +3,12 @@ package daemon
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/bgp"
 )
 
 // TestBGPFeed: the speaker hears of its own node and its own cluster's
@@ -59,5 +62,52 @@ func TestBGPFeed(t *testing.T) {
 		if cidrs != s.wantCIDRs || rr != s.wantRR {
 			t.Errorf("%s: node pod CIDRs %q, reflector %q; want %q, %q", s.name, cidrs, rr, s.wantCIDRs, s.wantRR)
 		}
+	}
+}
+
+// TestImportHold: a drained cluster's last import rule stays for the drain
+// and only then; a cluster that reconnects (present again) or leaves without
+// a drain (its own store deleted its nodes) is not held.
+func TestImportHold(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	rule := func(c, cidr string) bgp.ImportRule {
+		p := netip.MustParsePrefix(cidr)
+		return bgp.ImportRule{Cluster: c, PodCIDRs: []bgp.ImportPrefix{{Prefix: p, MaxLen: 24}}, NextHops: []netip.Addr{netip.MustParseAddr("172.18.0.2")}}
+	}
+	c1, c2, c3 := rule("c1", "10.1.0.0/16"), rule("c2", "10.2.0.0/16"), rule("c3", "10.3.0.0/16")
+	h := newImportHold(2 * time.Minute)
+	steps := []struct {
+		name     string
+		current  []bgp.ImportRule
+		drained  map[string]time.Time
+		now      time.Time
+		want     []string // clusters of the rules returned
+		wantHeld []string
+		wantNext time.Time
+	}{
+		{"all present", []bgp.ImportRule{c1, c2, c3}, nil, t0, []string{"c1", "c2", "c3"}, nil, time.Time{}},
+		{"c2 drained: its last rule held", []bgp.ImportRule{c1, c3}, map[string]time.Time{"c2": t0}, t0.Add(time.Second), []string{"c1", "c2", "c3"}, []string{"c2"}, t0.Add(2 * time.Minute)},
+		{"c3 gone without a drain: not held", []bgp.ImportRule{c1}, map[string]time.Time{"c2": t0}, t0.Add(time.Minute), []string{"c1", "c2"}, []string{"c2"}, t0.Add(2 * time.Minute)},
+		{"c2's drain over", []bgp.ImportRule{c1}, map[string]time.Time{"c2": t0}, t0.Add(2 * time.Minute), []string{"c1"}, nil, time.Time{}},
+		{"c2 back, then drained again", []bgp.ImportRule{c1, c2}, nil, t0.Add(3 * time.Minute), []string{"c1", "c2"}, nil, time.Time{}},
+		{"drained again", []bgp.ImportRule{c1}, map[string]time.Time{"c2": t0.Add(4 * time.Minute)}, t0.Add(4 * time.Minute), []string{"c1", "c2"}, []string{"c2"}, t0.Add(6 * time.Minute)},
+	}
+	for _, s := range steps {
+		out, held, next := h.rules(s.current, s.drained, s.now)
+		var got []string
+		for _, r := range out {
+			got = append(got, r.Cluster)
+		}
+		if !slices.Equal(got, s.want) || !slices.Equal(held, s.wantHeld) || !next.Equal(s.wantNext) {
+			t.Errorf("%s: rules of %v, held %v, next %v; want %v, %v, %v", s.name, got, held, next, s.want, s.wantHeld, s.wantNext)
+		}
+		for _, r := range out {
+			if r.Cluster == "c2" && r.PodCIDRs[0].Prefix != c2.PodCIDRs[0].Prefix {
+				t.Errorf("%s: c2's held rule %v, want its last accepted %v", s.name, r.PodCIDRs, c2.PodCIDRs)
+			}
+		}
+	}
+	if out, _, _ := newImportHold(0).rules([]bgp.ImportRule{c1}, map[string]time.Time{"c2": t0}, t0); len(out) != 1 {
+		t.Errorf("drain 0 holds nothing: got %d rules", len(out))
 	}
 }

@@ -66,8 +66,9 @@ type Config struct {
 	// "static" (remote clusters' nodes) or "static-all" (also the own
 	// cluster's other nodes); static modes exclude BGP.
 	Routes string
-	// RouteDrain is how long a drained (disconnected) cluster's static
-	// routes stay; see agent.StaticRoutes.Drain.
+	// RouteDrain is how long a drained (disconnected) cluster's routes
+	// stay: its static routes (agent.StaticRoutes.Drain) or, with BGP, its
+	// import rule (importHold).
 	RouteDrain time.Duration
 	// BGP runs the node's speaker, configured by BGPConfig.
 	BGP       bool

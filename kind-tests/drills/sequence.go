@@ -634,13 +634,25 @@ func Disconnect(ctx context.Context, e *Env) error {
 	if err := m.Disconnect(ctx, c1, c2); err != nil {
 		return err
 	}
+	var failed []string
 	for i, c := range []string{c1, c2} {
 		a, err := e.waitOnly(ctx, trs[i], disc, 100, c)
 		if err != nil {
 			return fmt.Errorf("after disconnect: %w", err)
 		}
 		e.Report.Add("disconnect", fmt.Sprintf("%s's traffic only local after", c), emulator.Ms(a.At.Sub(disc)), "pass")
-		e.Report.Add("disconnect", fmt.Sprintf("%s's failed attempts while draining", c), fmt.Sprint(failures(trs[i].Attempts(disc))), "")
+		as := trs[i].Attempts(disc)
+		verdict := "pass"
+		if n := failures(as); n > 0 {
+			verdict = "FAIL"
+			failed = append(failed, fmt.Sprintf("%s: %d (%s)", c, n, e.split(as)))
+		}
+		e.Report.Add("disconnect", fmt.Sprintf("%s's failed attempts while draining", c), fmt.Sprint(failures(as)), verdict)
+	}
+	if len(failed) > 0 {
+		// Each side's routes to the other's pods outlive the disconnect
+		// (--route-drain, --bgp-peer-drain) until both sides have let go.
+		return fmt.Errorf("%w: failed attempts while draining: %s", ErrDrill, strings.Join(failed, "; "))
 	}
 	return nil
 }
