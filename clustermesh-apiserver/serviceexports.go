@@ -15,14 +15,9 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
-)
 
-// ServiceExport versions of the Multi-Cluster Services API, newest first:
-// the first one the API server serves is watched.
-var serviceExportVersions = []schema.GroupVersionResource{
-	{Group: "multicluster.x-k8s.io", Version: "v1beta1", Resource: "serviceexports"},
-	{Group: "multicluster.x-k8s.io", Version: "v1alpha1", Resource: "serviceexports"},
-}
+	"github.com/clustermesh/clustermesh/deploy"
+)
 
 // Conditions the apiserver sets on a ServiceExport (KEP-1645).
 const (
@@ -79,7 +74,8 @@ func (se *serviceExports) run(ctx context.Context) {
 	defer tick.Stop()
 	for {
 		if se.gvr.Empty() {
-			for _, gvr := range serviceExportVersions {
+			for _, v := range deploy.MCSVersions() {
+				gvr := deploy.ServiceExportGVR(v)
 				if !served(se.disc, gvr) {
 					continue
 				}

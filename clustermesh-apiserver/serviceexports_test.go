@@ -15,9 +15,9 @@ import (
 	"github.com/clustermesh/clustermesh/internal/poll"
 )
 
-var serviceExportGVR = schema.GroupVersionResource{Group: "multicluster.x-k8s.io", Version: "v1beta1", Resource: "serviceexports"}
+var serviceExportGVR = deploy.ServiceExportGVR(deploy.MCSVersion)
 
-var serviceImportGVR = schema.GroupVersionResource{Group: "multicluster.x-k8s.io", Version: "v1beta1", Resource: "serviceimports"}
+var serviceImportGVR = deploy.ServiceImportGVR(deploy.MCSVersion)
 
 // installMCS creates the ServiceExport and ServiceImport CRDs enable
 // installs, waits until they are served and returns a dynamic client.

@@ -27,15 +27,9 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/clustermesh/clustermesh/api"
+	"github.com/clustermesh/clustermesh/deploy"
 	"github.com/clustermesh/clustermesh/kvstore"
 )
-
-// ServiceImport versions of the Multi-Cluster Services API, newest first:
-// the first one the API server serves is written.
-var serviceImportVersions = []schema.GroupVersionResource{
-	{Group: "multicluster.x-k8s.io", Version: "v1beta1", Resource: "serviceimports"},
-	{Group: "multicluster.x-k8s.io", Version: "v1alpha1", Resource: "serviceimports"},
-}
 
 // ServiceImport types (spec.type).
 const (
@@ -120,7 +114,8 @@ func (im *importer) run(ctx context.Context) {
 	defer im.queue.ShutDown()
 	tick := time.NewTicker(rediscover)
 	for im.gvr.Empty() {
-		for _, gvr := range serviceImportVersions {
+		for _, v := range deploy.MCSVersions() {
+			gvr := deploy.ServiceImportGVR(v)
 			if served(im.disc, gvr) {
 				im.mu.Lock()
 				im.gvr = gvr

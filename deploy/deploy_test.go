@@ -334,3 +334,28 @@ func TestRenderCleanup(t *testing.T) {
 		t.Errorf("host paths %v, want the bpffs and the cgroup", mounts)
 	}
 }
+
+// TestMCSVersions: every version the code names is served by the CRDs
+// shipped in FileMCSCRD, and the written one is their storage version.
+func TestMCSVersions(t *testing.T) {
+	b, err := manifests.ReadFile(FileMCSCRD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, doc := range strings.Split(string(b), "\n---") {
+		if !strings.Contains(doc, "kind: CustomResourceDefinition") {
+			continue
+		}
+		for _, v := range MCSVersions() {
+			if !strings.Contains(doc, "- name: "+v+"\n") {
+				t.Errorf("%s: the CRD does not serve version %s:\n%s", FileMCSCRD, v, doc)
+			}
+		}
+		if !strings.Contains(doc, "- name: "+MCSVersion+"\n    served: true\n    storage: true") {
+			t.Errorf("%s: %s is not the storage version:\n%s", FileMCSCRD, MCSVersion, doc)
+		}
+		if !strings.Contains(doc, "group: "+MCSGroup+"\n") {
+			t.Errorf("%s: not group %s", FileMCSCRD, MCSGroup)
+		}
+	}
+}

@@ -192,7 +192,7 @@ func runBGP(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.Regi
 	// The import policy is in place before the first session: a cluster's
 	// nodes may announce only that cluster's accepted pod CIDRs.
 	hold := newImportHold(cfg.RouteDrain)
-	rules, held, holdEnd := hold.rules(importRules(a), feed.drainedAt(), time.Now())
+	rules, held, _ := hold.rules(importRules(a), feed.drainedAt(), time.Now())
 	if err := sp.SetImportPolicy(ctx, rules); err != nil {
 		return fmt.Errorf("bgp: %w", err)
 	}
@@ -228,6 +228,7 @@ func runBGP(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.Regi
 			}
 		}
 		wasHeld := held
+		var holdEnd time.Time
 		rules, held, holdEnd = hold.rules(importRules(a), feed.drainedAt(), time.Now())
 		if !slices.Equal(held, wasHeld) {
 			log.Info("bgp: drained clusters' pod CIDRs still accepted while their traffic drains", "clusters", held, "drain", cfg.RouteDrain)

@@ -11,6 +11,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/clustermesh/clustermesh/deploy"
 )
 
 // ErrMCS is the code of problems of the Multi-Cluster Services API: an
@@ -18,8 +20,8 @@ import (
 var ErrMCS = errors.New("multi-cluster service problem")
 
 var (
-	serviceExportGVR = schema.GroupVersionResource{Group: "multicluster.x-k8s.io", Version: "v1beta1", Resource: "serviceexports"}
-	serviceImportGVR = schema.GroupVersionResource{Group: "multicluster.x-k8s.io", Version: "v1beta1", Resource: "serviceimports"}
+	serviceExportGVR = deploy.ServiceExportGVR(deploy.MCSVersion)
+	serviceImportGVR = deploy.ServiceImportGVR(deploy.MCSVersion)
 )
 
 // MCSCondition is one status condition of a ServiceExport or ServiceImport.

@@ -9,11 +9,11 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/clustermesh/clustermesh/deploy"
 	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/kind-tests/emulator"
 )
@@ -22,8 +22,8 @@ import (
 const mcsService = "mcs"
 
 var (
-	mcsExportGVR = schema.GroupVersionResource{Group: "multicluster.x-k8s.io", Version: "v1beta1", Resource: "serviceexports"}
-	mcsImportGVR = schema.GroupVersionResource{Group: "multicluster.x-k8s.io", Version: "v1beta1", Resource: "serviceimports"}
+	mcsExportGVR = deploy.ServiceExportGVR(deploy.MCSVersion)
+	mcsImportGVR = deploy.ServiceImportGVR(deploy.MCSVersion)
 )
 
 // mcsClients are the Kubernetes clients of one cluster.
@@ -47,7 +47,7 @@ func newMCSClients(kubeconfig string) (mcsClients, error) {
 
 func (c mcsClients) export(ctx context.Context) error {
 	u := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceExport",
+		"apiVersion": deploy.MCSGroup + "/" + deploy.MCSVersion, "kind": "ServiceExport",
 		"metadata": map[string]any{"name": mcsService, "namespace": "default"},
 	}}
 	_, err := c.dyn.Resource(mcsExportGVR).Namespace("default").Create(ctx, u, metav1.CreateOptions{})
