@@ -111,7 +111,13 @@ func TestDrills(t *testing.T) {
 	ctx, r := startRun(t)
 	// CLUSTERMESH_DRILLS_ROUTING=bgp|agent|harness picks who routes pod
 	// CIDRs (see emulator.MeshOptions); empty is the default.
-	m, err := emulator.NewMesh(ctx, r, bins, emulator.MeshOptions{Clusters: 2, Nodes: 2, Routing: os.Getenv("CLUSTERMESH_DRILLS_ROUTING")})
+	m, err := emulator.NewMesh(ctx, r, bins, emulator.MeshOptions{
+		Clusters: 2, Nodes: 2, Routing: os.Getenv("CLUSTERMESH_DRILLS_ROUTING"),
+		// Each side of a connect or disconnect sees it at another time, as
+		// on kind, where kubelets refresh Secret mounts tens of seconds
+		// apart: the Disconnect drill checks the routes outlive it.
+		VolumeLag: 3 * time.Second,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

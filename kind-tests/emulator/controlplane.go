@@ -122,6 +122,7 @@ func (c *Cluster) StartControlPlane(ctx context.Context, bins *Binaries) (*Contr
 		return nil, err
 	}
 	cp.kubelet = newKubelet(cp, bins)
+	cp.kubelet.volumeLag = c.VolumeLag
 	kctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

@@ -60,6 +60,9 @@ type kubelet struct {
 	assigned  map[types.UID]string // pod → node it was bound to
 	rr        int
 	storeDown bool
+	// volumeLag: a changed Secret or ConfigMap reaches a volume already
+	// written this long after the kubelet first saw the change.
+	volumeLag time.Duration
 }
 
 // podRuntime is what the kubelet runs for one pod.
@@ -74,6 +77,8 @@ type podRuntime struct {
 	proc      *Process
 	spec      ProcessSpec
 	written   map[string]string // volume name -> resource version written
+	// pending: volume name -> a newer version seen and when (volumeLag).
+	pending map[string]pendingVolume
 	// extraVolumes are Secret volumes the harness adds to the pod's own
 	// (the clusters Secret for a reflector-hosting apiserver).
 	extraVolumes []corev1.Volume
@@ -401,6 +406,7 @@ func (k *kubelet) start(ctx context.Context, p *corev1.Pod, role string, node *N
 		uid: p.UID, namespace: p.Namespace, name: p.Name, role: role, node: node,
 		dir:     filepath.Join(c.Run.Dir, c.Name, "pods", p.Namespace+"_"+p.Name),
 		written: map[string]string{},
+		pending: map[string]pendingVolume{},
 	}
 	if role == roleEcho {
 		if node == nil {
@@ -614,6 +620,16 @@ func (k *kubelet) writeVolumes(p *corev1.Pod, rt *podRuntime) error {
 		if rt.written[v.Name] == rv {
 			continue
 		}
+		if _, mounted := rt.written[v.Name]; mounted && k.volumeLag > 0 {
+			pv, ok := rt.pending[v.Name]
+			if !ok || pv.version != rv {
+				pv = pendingVolume{version: rv, seen: time.Now()}
+				rt.pending[v.Name] = pv
+			}
+			if time.Since(pv.seen) < k.volumeLag {
+				continue
+			}
+		}
 		dir := filepath.Join(rt.dir, v.Name)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return err
@@ -645,6 +661,12 @@ func (k *kubelet) writeVolumes(p *corev1.Pod, rt *podRuntime) error {
 		k.log.Info("volume written", "pod", p.Namespace+"/"+p.Name, kind, name, "keys", len(files))
 	}
 	return nil
+}
+
+// pendingVolume is a version of a mounted volume's object not written yet.
+type pendingVolume struct {
+	version string
+	seen    time.Time
 }
 
 // restart (re)starts a mesh pod's process, no more often than once a

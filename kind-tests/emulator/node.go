@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/clustermesh/clustermesh/internal/netlab"
 )
@@ -24,6 +25,10 @@ type Cluster struct {
 	ServiceCIDR netip.Prefix
 	// Cgroup is the cluster's cgroup directory; node cgroups are below it.
 	Cgroup string
+	// VolumeLag delays, in this cluster, the refresh of a changed Secret
+	// or ConfigMap in running pods' volumes (MeshOptions.VolumeLag). Set
+	// before StartControlPlane.
+	VolumeLag time.Duration
 
 	mu    sync.Mutex
 	nodes []*Node

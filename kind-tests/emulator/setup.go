@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -30,6 +31,12 @@ type MeshOptions struct {
 	// RoutingHarness (the harness installs static routes between all
 	// nodes before anything runs, --routes=none).
 	Routing string
+	// VolumeLag: the kubelet of the k-th cluster (from 0) writes a
+	// changed Secret or ConfigMap into running pods' volumes k × VolumeLag
+	// after the change. Real kubelets refresh mounts on their own periodic
+	// sync, so each side of a connect or disconnect sees it tens of seconds
+	// apart (docs/drills.md); 0 writes every change at once.
+	VolumeLag time.Duration
 }
 
 // Routing modes of MeshOptions.
@@ -91,6 +98,7 @@ func NewMesh(ctx context.Context, r *Run, bins *Binaries, o MeshOptions) (*Mesh,
 				return nil, err
 			}
 		}
+		c.VolumeLag = time.Duration(i-1) * o.VolumeLag
 		m.Clusters = append(m.Clusters, c)
 	}
 	if o.Routing == "" {
