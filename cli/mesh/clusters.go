@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -132,7 +134,11 @@ func (c *Cluster) ClustersSecret(ctx context.Context) (*corev1.Secret, error) {
 // updateClusters applies mutate to the clusters Secret with optimistic
 // concurrency, creating the Secret if needed. Nothing is written when mutate
 // leaves the Secret unchanged.
+//
+// After an update the mesh pods are touched (touchPods), so that their
+// kubelets write the new Secret into their volumes at once.
 func (c *Cluster) updateClusters(ctx context.Context, mutate func(*corev1.Secret) error) error {
+	updated := false
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		s, err := c.ClustersSecret(ctx)
 		if err != nil {
@@ -158,11 +164,17 @@ func (c *Cluster) updateClusters(ctx context.Context, mutate func(*corev1.Secret
 			return nil
 		default:
 			_, err = secrets.Update(ctx, s, metav1.UpdateOptions{FieldManager: FieldManager})
+			updated = err == nil
 		}
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("context %s: update secret %s/%s: %w", c.Context, c.Namespace, SecretClusters, err)
+	}
+	if updated {
+		if _, err := c.touchPods(ctx, c.Namespace, meshPodsSelector, touchedClustersKey, time.Now()); err != nil {
+			slog.Warn("the mesh pods see the change at their kubelet's next periodic sync (up to a minute or more)", "context", c.Context, "error", err)
+		}
 	}
 	return nil
 }

@@ -12,7 +12,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/clustermesh/clustermesh/deploy"
 	"github.com/clustermesh/clustermesh/internal/poll"
@@ -39,10 +38,9 @@ const DefaultCoreDNSWait = 2 * time.Minute
 
 // Where kubeadm (and most distributions) keep CoreDNS.
 const (
-	corednsNamespace  = "kube-system"
-	corednsName       = "coredns" // the ConfigMap and the Deployment
-	corednsKey        = "Corefile"
-	corednsTouchedKey = "clustermesh.io/corefile-changed"
+	corednsNamespace = "kube-system"
+	corednsName      = "coredns" // the ConfigMap and the Deployment
+	corednsKey       = "Corefile"
 )
 
 // corednsLine is the plugin line enable adds; the marker comment lets
@@ -224,21 +222,15 @@ func (c *Cluster) watchCoreDNS(ctx context.Context, since time.Time, wait time.D
 			selector = s.String()
 		}
 	}
-	touch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, corednsTouchedKey, since.UTC().Format(time.RFC3339))
-	list, err := pods.List(ctx, metav1.ListOptions{LabelSelector: selector})
-	if err != nil {
-		return false, "", fmt.Errorf("context %s: list CoreDNS pods (%s): %w", c.Context, selector, err)
-	}
-	for _, p := range list.Items {
-		// Best effort: without it the kubelet's periodic sync does the same.
-		_, _ = pods.Patch(ctx, p.Name, types.MergePatchType, []byte(touch), metav1.PatchOptions{FieldManager: FieldManager})
+	if _, err := c.touchPods(ctx, corednsNamespace, selector, corednsTouchedKey, since); err != nil {
+		return false, "", err
 	}
 	sinceTime := metav1.NewTime(since.Add(-time.Second))
 	var found bool
 	var detail string
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	err = poll.Until(wctx, func(ctx context.Context) error {
+	err := poll.Until(wctx, func(ctx context.Context) error {
 		list, err := pods.List(ctx, metav1.ListOptions{LabelSelector: selector})
 		if err != nil {
 			return err
