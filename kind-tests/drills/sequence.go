@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/internal/poll"
 	"github.com/clustermesh/clustermesh/kind-tests/attempts"
@@ -612,12 +614,33 @@ func waitWithdrawn(ctx context.Context, rm RouteMesh, node string, hop netip.Add
 }
 
 // Disconnect: `clustermesh disconnect` between the first two clusters; each
-// cluster's traffic drains to its own backends only. Figure: time to drain.
+// cluster's traffic drains to its own backends only, and no connection
+// fails meanwhile. Figure: time to drain.
+//
+// The probes run inside pods where the mesh can: a pod's connection to a
+// backend of the other cluster needs that cluster's route back to this
+// cluster's pod CIDR, which must outlive the disconnect until this side's
+// agents have let go too (--route-drain, --bgp-peer-drain). A probe on a
+// node's own address would not see those routes go.
 func Disconnect(ctx context.Context, e *Env) error {
 	m, c1, c2 := e.Mesh, e.c(0), e.c(1)
+	const probePod = "disconnect-probe"
 	var trs []Traffic
 	for _, c := range []string{c1, c2} {
-		tr, err := e.traffic(ctx, c, "tcp")
+		var tr Traffic
+		var err error
+		if pm, ok := m.(PodTrafficMesh); ok {
+			kube, kerr := kubeClient(m.Kubeconfig(c))
+			if kerr != nil {
+				return kerr
+			}
+			defer func() {
+				_ = kube.CoreV1().Pods("default").Delete(context.WithoutCancel(ctx), probePod, metav1.DeleteOptions{})
+			}()
+			tr, err = pm.StartPodTraffic(ctx, c, probePod, map[string]string{"app": probePod}, e.Service, "tcp")
+		} else {
+			tr, err = e.traffic(ctx, c, "tcp")
+		}
 		if err != nil {
 			return err
 		}
