@@ -47,9 +47,9 @@ type PeerStatus struct {
 	PrefixesAdvertised int    `json:"prefixesAdvertised"`
 	PrefixesInstalled  int    `json:"prefixesInstalled"`
 	// UpdatesSent and UpdatesReceived count the neighbor's UPDATE messages
-	// (GoBGP's counters, since the neighbor was configured). GoBGP sends
-	// one UPDATE per route change; only the table it sends when a session
-	// comes up is packed, many prefixes per UPDATE.
+	// (GoBGP's counters, since the neighbor was configured). The changes
+	// of one batch (an Announce, an UPDATE relayed, a peer's routes
+	// dropped) leave packed, many prefixes per UPDATE (third_party/gobgp).
 	UpdatesSent     uint64 `json:"updatesSent"`
 	UpdatesReceived uint64 `json:"updatesReceived"`
 }

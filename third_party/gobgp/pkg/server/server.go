@@ -211,6 +211,7 @@ type BgpServer struct {
 	uuidMap      map[string]uuid.UUID
 	logger       log.Logger
 	timingHook   FSMTimingHook
+	outBatch     *outgoingBatch // clustermesh patch 1 (clustermesh.go)
 }
 
 func NewBgpServer(opt ...ServerOption) *BgpServer {
@@ -1248,6 +1249,7 @@ func (s *BgpServer) handleRouteRefresh(peer *peer, e *fsmMsg) []*table.Path {
 }
 
 func (s *BgpServer) propagateUpdate(peer *peer, pathList []*table.Path) {
+	defer s.startOutgoingBatch()() // clustermesh patch 1
 	rs := peer != nil && peer.isRouteServerClient()
 	vrf := false
 	if peer != nil {
@@ -1357,7 +1359,7 @@ func (s *BgpServer) propagateUpdate(peer *peer, pathList []*table.Path) {
 				} else {
 					paths = s.processOutgoingPaths(peer, paths, nil)
 				}
-				sendfsmOutgoingMsg(peer, paths, nil, false)
+				s.sendOutgoing(peer, paths) // clustermesh patch 1
 			}
 		}
 
@@ -1391,7 +1393,7 @@ func (s *BgpServer) propagateUpdateToNeighbors(rib *table.TableManager, source *
 	var mpathList [][]*table.Path
 	if source == nil || !source.isRouteServerClient() {
 		gBestList, gOldList, mpathList = dstsToPaths(table.GLOBAL_RIB_NAME, 0, dsts)
-		s.notifyBestWatcher(gBestList, mpathList)
+		s.notifyBest(gBestList, mpathList) // clustermesh patch 1
 	}
 	family := newPath.GetRouteFamily()
 	for _, targetPeer := range s.neighborMap {
@@ -1502,13 +1504,13 @@ func (s *BgpServer) propagateUpdateToNeighbors(rib *table.TableManager, source *
 				}
 			}
 			if needToAdvertise(targetPeer) && len(bestList) > 0 {
-				sendfsmOutgoingMsg(targetPeer, bestList, nil, false)
+				s.sendOutgoing(targetPeer, bestList) // clustermesh patch 1
 			}
 		} else {
 			if targetPeer.isRouteServerClient() {
 				if targetPeer.isSecondaryRouteEnabled() {
 					if paths := s.sendSecondaryRoutes(targetPeer, newPath, dsts); len(paths) > 0 {
-						sendfsmOutgoingMsg(targetPeer, paths, nil, false)
+						s.sendOutgoing(targetPeer, paths) // clustermesh patch 1
 					}
 					continue
 				}
@@ -1521,7 +1523,7 @@ func (s *BgpServer) propagateUpdateToNeighbors(rib *table.TableManager, source *
 				oldList = nil
 			}
 			if paths := s.processOutgoingPaths(targetPeer, bestList, oldList); len(paths) > 0 {
-				sendfsmOutgoingMsg(targetPeer, paths, nil, false)
+				s.sendOutgoing(targetPeer, paths) // clustermesh patch 1
 			}
 		}
 	}
