@@ -21,6 +21,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"net/netip"
 
 	api "github.com/osrg/gobgp/v3/api"
 	"github.com/osrg/gobgp/v3/internal/pkg/table"
@@ -148,4 +149,107 @@ func (s *BgpServer) AddPathList(ctx context.Context, r *api.AddPathStreamRequest
 		}
 		return s.addPathList(r.VrfId, pathList)
 	}, true)
+}
+
+// RouteEvent is what WatchRoutes reports: best-path changes of the global
+// table, or a peer's session state change, in plain Go values. (Patch 3.)
+type RouteEvent struct {
+	// Paths are best-path changes; nil for a peer event.
+	Paths []RoutePath
+	// Peer is the neighbor whose session state changed, and Established
+	// its new state (for a peer event).
+	Peer        netip.Addr
+	Established bool
+}
+
+// RoutePath is one best-path change of an IPv4 or IPv6 unicast prefix.
+type RoutePath struct {
+	Prefix  netip.Prefix
+	NextHop netip.Addr
+	// Neighbor is the peer the path came from; invalid for a locally
+	// originated path.
+	Neighbor netip.Addr
+	Withdraw bool
+}
+
+// WatchRoutes is WatchEvent with the peer-state filter and, with
+// bestPaths, the BEST filter (with the current best paths first), minus
+// the conversion of every path to the API's protobuf form, which was most
+// of a receiving speaker's cost (and then ours to decode it again). fn is
+// called from one goroutine, in GoBGP's order of events, until ctx is done.
+// Paths of other families are left out. (Patch 3.)
+func (s *BgpServer) WatchRoutes(ctx context.Context, bestPaths bool, fn func(RouteEvent)) error {
+	opts := []watchOption{watchPeer()}
+	if bestPaths {
+		opts = append(opts, watchBestPath(true))
+	}
+	w := s.watch(opts...)
+	go func() {
+		defer w.Stop()
+		for {
+			select {
+			case ev := <-w.Event():
+				switch msg := ev.(type) {
+				case *watchEventBestPath:
+					paths := msg.PathList
+					if len(msg.MultiPathList) > 0 {
+						paths = nil
+						for _, p := range msg.MultiPathList {
+							paths = append(paths, p...)
+						}
+					}
+					out := make([]RoutePath, 0, len(paths))
+					for _, p := range paths {
+						if r, ok := routePath(p); ok {
+							out = append(out, r)
+						}
+					}
+					if len(out) > 0 {
+						fn(RouteEvent{Paths: out})
+					}
+				case *watchEventPeer:
+					if msg.Type != PEER_EVENT_STATE {
+						continue
+					}
+					if a, ok := netip.AddrFromSlice(msg.PeerAddress); ok {
+						fn(RouteEvent{Peer: a.Unmap(), Established: msg.State == bgp.BGP_FSM_ESTABLISHED})
+					}
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return nil
+}
+
+func routePath(p *table.Path) (RoutePath, bool) {
+	var ip []byte
+	var bits uint8
+	switch n := p.GetNlri().(type) {
+	case *bgp.IPAddrPrefix:
+		ip, bits = n.Prefix, n.Length
+	case *bgp.IPv6AddrPrefix:
+		ip, bits = n.Prefix, n.Length
+	default:
+		return RoutePath{}, false
+	}
+	a, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return RoutePath{}, false
+	}
+	prefix, err := a.Unmap().Prefix(int(bits))
+	if err != nil {
+		return RoutePath{}, false
+	}
+	r := RoutePath{Prefix: prefix, Withdraw: p.IsWithdraw}
+	if nh, ok := netip.AddrFromSlice(p.GetNexthop()); ok {
+		r.NextHop = nh.Unmap()
+	}
+	if src := p.GetSource(); src != nil {
+		if nb, ok := netip.AddrFromSlice(src.Address); ok {
+			r.Neighbor = nb.Unmap()
+		}
+	}
+	return r, true
 }
