@@ -40,13 +40,15 @@ func benchPrefixes(n int) []netip.Prefix {
 // the routes are restored before the origin is killed). "origin-updates"
 // and "rr-updates" count the UPDATE messages the origin sent and the
 // reflector relayed (to both receivers) for one announcement of N
-// prefixes: GoBGP (v3.37) sends one UPDATE per route change, each prefix's
-// own; it packs many per UPDATE only in the table it sends when a session
-// comes up.
+// prefixes.
 //
 //	gobgp-direct:    origin speaker -> 1 receiver speaker (eBGP)
 //	gobgp-reflector: origin speaker -> route reflector -> 2 receiver speakers (iBGP)
 //	bird-direct:     bird2 -> bird2 with its kernel protocol (the baseline)
+//	bird-reflector:  bird2 -> bird2 reflector -> 2 bird2 with their kernel protocol
+//
+// Every clock starts when the prefixes are handed to the origin (see
+// benchBird) and stops when the last receiver's kernel holds them all.
 //
 // The sizes are BENCH_BGP_SIZES (comma-separated), 100,1000,10000 unless
 // set. Run:
@@ -61,7 +63,8 @@ func BenchmarkConvergence(b *testing.B) {
 	for _, n := range sizes {
 		b.Run(fmt.Sprintf("gobgp-direct/prefixes=%d", n), func(b *testing.B) { benchGoBGP(b, n, false) })
 		b.Run(fmt.Sprintf("gobgp-reflector/prefixes=%d", n), func(b *testing.B) { benchGoBGP(b, n, true) })
-		b.Run(fmt.Sprintf("bird-direct/prefixes=%d", n), func(b *testing.B) { benchBird(b, n) })
+		b.Run(fmt.Sprintf("bird-direct/prefixes=%d", n), func(b *testing.B) { benchBird(b, n, false) })
+		b.Run(fmt.Sprintf("bird-reflector/prefixes=%d", n), func(b *testing.B) { benchBird(b, n, true) })
 	}
 }
 
@@ -355,69 +358,103 @@ func (l *lab) startReceiver(b *testing.B, i int, cfg Config, asn uint32, peer Pe
 	return ns, l.startChild(cfg.Name, ns, "speaker", cfg, []Peer{peer})
 }
 
-func benchBird(b *testing.B, n int) {
-	l := newLab(b)
-	originNS := l.Host("origin", "192.0.2.10")
-	recvNS := l.Host("r1", "192.0.2.21")
-	recvBird := l.startBird("r1", recvNS, `
-router id 192.0.2.21;
-protocol device { scan time 10; }
-protocol kernel { ipv4 { import none; export all; }; }
-protocol bgp origin {
-	local 192.0.2.21 as 65001;
-	neighbor 192.0.2.10 as 65010;
-	passive on;
+// birdBGP is a bird2 BGP session to an iBGP or eBGP neighbor with the
+// benchmark's timers.
+func birdBGP(name, local string, localAS uint32, neighbor string, neighborAS uint32, extra string) string {
+	return fmt.Sprintf(`
+protocol bgp %s {
+	local %s as %d;
+	neighbor %s as %d;
 	hold time 9;
 	keepalive time 3;
+	connect retry time 1;
 	error wait time 1, 2;
-	ipv4 { import all; export none; };
+%s}
+`, name, local, localAS, neighbor, neighborAS, extra)
 }
-`)
+
+// benchBird is benchGoBGP with bird2 on every node: the origin, the
+// reflector (rr client sessions, no kernel protocol) and the receivers
+// (kernel protocol exporting every route).
+//
+// The clock starts where GoBGP's does, when the prefixes are handed to the
+// origin: GoBGP's gets them in its Announce call, bird's in its config,
+// written at that moment and loaded with `birdc configure` (its static
+// protocol then originates them). The origin starts with no routes.
+func benchBird(b *testing.B, n int, reflector bool) {
+	l := newLab(b)
+	originNS := l.Host("origin", "192.0.2.10")
+	receiver := func(i int, neighbor string, neighborAS uint32, passive bool) (string, *birdProc) {
+		ip := fmt.Sprintf("192.0.2.2%d", i)
+		ns := l.Host(fmt.Sprintf("r%d", i), ip)
+		// iBGP sessions are multihop unless "direct" (all nodes share a
+		// subnet here): then the next hop is a direct gateway.
+		extra := "\tdirect;\n\tipv4 { import all; export none; };\n"
+		if passive {
+			extra = "\tpassive on;\n" + extra
+		}
+		return ns, l.startBird(fmt.Sprintf("r%d", i), ns, "router id "+ip+";\nprotocol device { scan time 10; }\n"+
+			"protocol kernel { ipv4 { import none; export all; }; }\n"+birdBGP("up", ip, 65001, neighbor, neighborAS, extra))
+	}
+	var recv []*routeWatch
+	var pids []int // of the reflector and receivers
+	originSession := birdBGP("up", "192.0.2.10", 65010, "192.0.2.21", 65001, "\tipv4 { import none; export all; };\n")
+	if reflector {
+		rrNS := l.Host("rr", "192.0.2.1")
+		conf := "router id 192.0.2.1;\nprotocol device { scan time 10; }\n"
+		for _, c := range [][2]string{{"origin", "192.0.2.10"}, {"r1", "192.0.2.21"}, {"r2", "192.0.2.22"}} {
+			conf += birdBGP(c[0], "192.0.2.1", 65001, c[1], 65001, "\tdirect;\n\tpassive on;\n\trr client;\n\trr cluster id 192.0.2.1;\n\tipv4 { import all; export all; };\n")
+		}
+		rr := l.startBird("rr", rrNS, conf)
+		pids = append(pids, rr.cmd.Process.Pid)
+		originSession = birdBGP("up", "192.0.2.10", 65001, "192.0.2.1", 65001, "\tdirect;\n\tipv4 { import none; export all; };\n")
+	}
+	if reflector {
+		for i := 1; i <= 2; i++ {
+			ns, p := receiver(i, "192.0.2.1", 65001, false)
+			recv = append(recv, l.watchRoutes(b, ns, rtprotBird))
+			pids = append(pids, p.cmd.Process.Pid)
+		}
+	} else {
+		ns, p := receiver(1, "192.0.2.10", 65010, true)
+		recv = append(recv, l.watchRoutes(b, ns, rtprotBird))
+		pids = append(pids, p.cmd.Process.Pid)
+	}
 	var routes strings.Builder
 	for _, p := range benchPrefixes(n) {
 		fmt.Fprintf(&routes, "\troute %s blackhole;\n", p)
 	}
-	originConf := `
-router id 192.0.2.10;
-protocol device { scan time 10; }
-protocol static st {
-	disabled on;
-	ipv4;
-` + routes.String() + `}
-protocol bgp r1 {
-	local 192.0.2.10 as 65010;
-	neighbor 192.0.2.21 as 65001;
-	hold time 9;
-	keepalive time 3;
-	connect retry time 1;
-	ipv4 { import none; export all; };
-}
-`
-	recv := []*routeWatch{l.watchRoutes(b, recvNS, rtprotBird)}
+	originConf := func(routes string) string {
+		return "router id 192.0.2.10;\nprotocol device { scan time 10; }\nprotocol static st {\n\tipv4;\n" + routes + "}\n" + originSession
+	}
 	var c convergence
 	for i := 0; b.Loop(); i++ {
 		t0 := time.Now()
-		origin := l.startBird(fmt.Sprintf("origin%d", i), originNS, originConf)
+		origin := l.startBird(fmt.Sprintf("origin%d", i), originNS, originConf(""))
 		poll.Eventually(b, 2*time.Minute, "bird session", func() (bool, string) {
-			out, err := origin.birdc("show", "protocols", "r1")
+			out, err := origin.birdc("show", "protocols", "up")
 			return err == nil && strings.Contains(out, "Established"), out
 		})
 		c.session = append(c.session, time.Since(t0))
-		all := []int{origin.cmd.Process.Pid, recvBird.cmd.Process.Pid}
+		all := append([]int{origin.cmd.Process.Pid}, pids...)
 		cpu0 := cpuTime(all...)
 		t0 = time.Now()
-		if _, err := origin.birdc("enable", "st"); err != nil {
+		if err := os.WriteFile(origin.conf, []byte(originConf(routes.String())), 0o644); err != nil {
 			b.Fatal(err)
 		}
+		if out, err := origin.birdc("configure"); err != nil || !strings.Contains(out, "Reconfigured") {
+			b.Fatalf("birdc configure: %v: %s", err, out)
+		}
+		c.call = append(c.call, time.Since(t0))
 		waitCount(b, recv, n)
 		c.announce = append(c.announce, time.Since(t0))
 		c.announceCPU = append(c.announceCPU, cpuTime(all...)-cpu0)
-		cpu0 = cpuTime(all[1])
+		cpu0 = cpuTime(pids...)
 		t0 = time.Now()
 		origin.kill()
 		waitCount(b, recv, 0)
 		c.withdraw = append(c.withdraw, time.Since(t0))
-		c.withdrawCPU = append(c.withdrawCPU, cpuTime(all[1])-cpu0)
+		c.withdrawCPU = append(c.withdrawCPU, cpuTime(pids...)-cpu0)
 	}
 	c.report(b)
 }

@@ -21,6 +21,7 @@ type birdProc struct {
 	cmd  *exec.Cmd
 	sock string
 	log  string
+	conf string
 }
 
 func (l *lab) startBird(name, ns, conf string) *birdProc {
@@ -34,8 +35,8 @@ func (l *lab) startBird(name, ns, conf string) *birdProc {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		l.TB.Fatal(err)
 	}
-	b := &birdProc{sock: filepath.Join(dir, "bird.ctl"), log: filepath.Join(dir, "bird.log")}
 	confPath := filepath.Join(dir, "bird.conf")
+	b := &birdProc{sock: filepath.Join(dir, "bird.ctl"), log: filepath.Join(dir, "bird.log"), conf: confPath}
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		l.TB.Fatal(err)
 	}
