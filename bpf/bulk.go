@@ -24,9 +24,12 @@ type pendingWrites struct {
 	cur *writeChunk
 
 	// Slabs the bookkeeping of the load's services is carved from: one
-	// allocation each instead of two per service.
-	states []svcState
-	idSlab []uint32
+	// allocation per block of services instead of two per service, and
+	// none for services found programmed already (the resync after a
+	// restart). stateBlock is the size of a states block.
+	states     []svcState
+	stateBlock int
+	idSlab     []uint32
 
 	// flusher writes handed-off chunks in order while the load goes on,
 	// and gives each back on free once written, so a load of any size
@@ -79,9 +82,9 @@ const bulkChunk = 4096
 // flusher started.
 func (d *Datapath) newPendingWrites(svcs int) *pendingWrites {
 	b := &pendingWrites{
-		cur:    newWriteChunk(min(svcs, bulkChunk)),
-		states: make([]svcState, svcs),
-		free:   make(chan *writeChunk, 8),
+		cur:        newWriteChunk(min(svcs, bulkChunk)),
+		stateBlock: min(svcs, bulkChunk),
+		free:       make(chan *writeChunk, 8),
 	}
 	d.startFlusher(b)
 	return b
@@ -134,11 +137,10 @@ func (b *pendingWrites) drain() error {
 	return b.err
 }
 
-// newState returns a svcState from the slab (a fresh one once it is used
-// up).
+// newState returns a svcState from the slab.
 func (b *pendingWrites) newState() *svcState {
 	if len(b.states) == 0 {
-		return &svcState{}
+		b.states = make([]svcState, max(b.stateBlock, 1))
 	}
 	st := &b.states[0]
 	b.states = b.states[1:]

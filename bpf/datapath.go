@@ -182,9 +182,12 @@ type Datapath struct {
 	// that of their backend IDs.
 	all []loadbalancer.Backend
 	ids []uint32
-	// lastNode is the node refBackend found last: backends of a node come
-	// in runs, and comparing a NodeRef costs less than hashing its name.
-	lastNode *nodeState
+	// recentNodes are the nodes nodeOf found last, recentNext the one to
+	// replace next: a service's backends come in runs of a node or
+	// alternate between a few, and comparing a NodeRef costs less than
+	// hashing its name (a third of a bulk load's backend bookkeeping).
+	recentNodes [4]*nodeState
+	recentNext  int
 }
 
 // retiredSet is a slot set waiting for readers to be done with it. Its
@@ -750,7 +753,7 @@ func (d *Datapath) unchanged(old *svcState, svc loadbalancer.Service, all []load
 		return false
 	}
 	for i, b := range all {
-		n, ok := d.nodesByRef[b.Node]
+		n, ok := d.nodeOf(b.Node)
 		if !ok {
 			return false
 		}
@@ -860,28 +863,45 @@ func (d *Datapath) maybeFreeNode(n *nodeState) {
 	}
 	delete(d.nodesByRef, n.ref)
 	delete(d.nodesByID, n.id)
-	if d.lastNode == n {
-		d.lastNode = nil
+	for i, r := range d.recentNodes {
+		if r == n {
+			d.recentNodes[i] = nil
+		}
 	}
 	d.nodeIDs.release(n.id)
+}
+
+// nodeOf returns the state of node ref, if known.
+func (d *Datapath) nodeOf(ref loadbalancer.NodeRef) (*nodeState, bool) {
+	for _, n := range d.recentNodes {
+		if n != nil && n.ref == ref {
+			return n, true
+		}
+	}
+	n, ok := d.nodesByRef[ref]
+	if ok {
+		d.rememberNode(n)
+	}
+	return n, ok
+}
+
+// rememberNode puts n in the cache of nodeOf, in place of the oldest.
+func (d *Datapath) rememberNode(n *nodeState) {
+	d.recentNodes[d.recentNext] = n
+	d.recentNext = (d.recentNext + 1) % len(d.recentNodes)
 }
 
 // refBackend returns the backend for b, writing it (and its node) to the maps
 // first if it is new, and takes one reference on it.
 func (d *Datapath) refBackend(b loadbalancer.Backend) (*backendState, error) {
-	n, ok := d.lastNode, false
-	if n != nil && n.ref == b.Node {
-		ok = true
-	} else {
-		n, ok = d.nodesByRef[b.Node]
-	}
+	n, ok := d.nodeOf(b.Node)
 	if !ok {
 		var err error
 		if n, err = d.newNode(b.Node, false); err != nil {
 			return nil, err
 		}
+		d.rememberNode(n)
 	}
-	d.lastNode = n
 	k := backendKey{addr: addrBytes(b.Addr.Addr()), port: portBytes(b.Addr.Port()), node: n.id}
 	if be, ok := d.backendsByKey[k]; ok {
 		be.refs++
