@@ -191,6 +191,7 @@ func BenchmarkConnect(b *testing.B) {
 				if pr := progRun[name]; pr != nil && pr.count > 0 {
 					r.progNs[name] = float64(pr.runtime.Nanoseconds()) / float64(pr.count)
 					b.ReportMetric(r.progNs[name], name+"-connect4-run-ns")
+					b.ReportMetric(pr.median(), name+"-connect4-run-ns-median")
 				}
 			}
 			b.ReportMetric(r.bpfLoad.Seconds(), "ebpf-program-all-s")
@@ -245,15 +246,33 @@ func BenchmarkConnect(b *testing.B) {
 	b.Log(sb.String())
 }
 
-// progRunTime sums a program's run time and runs over measured rounds.
+// progRunTime sums a program's run time and runs over measured rounds, and
+// keeps each round's mean: their median is what the benchmark reports next
+// to the overall mean, as one round in which a vCPU was preempted or stolen
+// mid-program moves the mean but not the median.
 type progRunTime struct {
 	runtime time.Duration
 	count   uint64
+	rounds  []float64 // ns per run, one per round
 }
 
 func (p *progRunTime) add(before, after *ebpf.ProgramStats) {
-	p.runtime += after.Runtime - before.Runtime
-	p.count += after.RunCount - before.RunCount
+	rt, n := after.Runtime-before.Runtime, after.RunCount-before.RunCount
+	p.runtime += rt
+	p.count += n
+	if n > 0 {
+		p.rounds = append(p.rounds, float64(rt.Nanoseconds())/float64(n))
+	}
+}
+
+// median is the median of the rounds' means, in ns per run.
+func (p *progRunTime) median() float64 {
+	r := slices.Clone(p.rounds)
+	slices.Sort(r)
+	if len(r) == 0 {
+		return 0
+	}
+	return r[len(r)/2]
 }
 
 // connectStats reads cm_connect4's run statistics, nil when the kernel does

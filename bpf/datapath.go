@@ -48,6 +48,12 @@ type Config struct {
 	// MaxRevNAT bounds remembered UDP translations (socket, backend); the
 	// map is an LRU, so the oldest are evicted.
 	MaxRevNAT int
+	// TCPVIPSlots sizes the ring of TCP sockets' dialled service addresses
+	// that getpeername() returns (rounded up to a power of two, 48 bytes
+	// each): a socket's entry is overwritten once about this many later
+	// sockets have been translated, after which getpeername() shows it
+	// the backend.
+	TCPVIPSlots int
 
 	// Policy map sizes (see policy.h). MaxIPCache bounds addresses with a
 	// known identity (every cluster's pods and the node's own addresses);
@@ -85,6 +91,7 @@ func DefaultConfig() Config {
 		MaxSlots:    262144,
 		MaxNodes:    8192,
 		MaxRevNAT:   131072,
+		TCPVIPSlots: 262144,
 
 		MaxIPCache:          131072,
 		MaxPolicyEndpoints:  4096,
@@ -104,6 +111,7 @@ func (c *Config) Flags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.MaxSlots, "bpf-max-slots", c.MaxSlots, "size of the slot map (sum of backends per service, plus the largest service once more); fixed once pinned")
 	fs.IntVar(&c.MaxNodes, "bpf-max-nodes", c.MaxNodes, "size of the node map; fixed once pinned")
 	fs.IntVar(&c.MaxRevNAT, "bpf-max-revnat", c.MaxRevNAT, "size of the UDP reverse-translation LRU; fixed once pinned")
+	fs.IntVar(&c.TCPVIPSlots, "bpf-tcp-vip-slots", c.TCPVIPSlots, "TCP sockets whose getpeername() returns the service address dialled, a ring overwritten in socket order (rounded up to a power of two); fixed once pinned")
 	fs.IntVar(&c.MaxIPCache, "bpf-max-ipcache", c.MaxIPCache, "size of the address-to-identity map (pods of every cluster); fixed once pinned")
 	fs.IntVar(&c.MaxPolicyEndpoints, "bpf-max-policy-endpoints", c.MaxPolicyEndpoints, "size of the local pods' network namespace map; fixed once pinned")
 	fs.IntVar(&c.MaxIdentityPolicies, "bpf-max-identity-policies", c.MaxIdentityPolicies, "local identities a policy may select; fixed once pinned")
@@ -240,7 +248,7 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 		return nil, errors.New("bpf: config needs CgroupPath and PinDir")
 	}
 	for name, v := range map[string]int{"MaxServices": cfg.MaxServices, "MaxBackends": cfg.MaxBackends,
-		"MaxSlots": cfg.MaxSlots, "MaxNodes": cfg.MaxNodes, "MaxRevNAT": cfg.MaxRevNAT,
+		"MaxSlots": cfg.MaxSlots, "MaxNodes": cfg.MaxNodes, "MaxRevNAT": cfg.MaxRevNAT, "TCPVIPSlots": cfg.TCPVIPSlots,
 		"MaxIPCache": cfg.MaxIPCache, "MaxPolicyEndpoints": cfg.MaxPolicyEndpoints, "MaxIdentityPolicies": cfg.MaxIdentityPolicies,
 		"MaxPolicyEntries": cfg.MaxPolicyEntries, "MaxPolicyCT": cfg.MaxPolicyCT, "MaxAffinity": cfg.MaxAffinity} {
 		if v <= 0 || v > math.MaxInt32 {
@@ -286,6 +294,10 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 		mapSvcAffinity: cfg.MaxServices, mapAffinity: cfg.MaxAffinity} {
 		spec.Maps[name].MaxEntries = uint32(size)
 	}
+	freshTCPVIP, err := sizeTCPVIP(spec, cfg.PinDir, tcpVIPSlots(cfg.TCPVIPSlots))
+	if err != nil {
+		return nil, fmt.Errorf("bpf: %w", err)
+	}
 	if err := migrateSlots(cfg.PinDir, spec.Maps[mapSlots], log); err != nil {
 		return nil, fmt.Errorf("bpf: maps pinned in %s: %w", cfg.PinDir, err)
 	}
@@ -323,6 +335,12 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 		coll.Close()
 		return nil, fmt.Errorf("bpf: %w", err)
 	}
+	if freshTCPVIP {
+		if err := fillTCPVIP(coll.Maps[mapTCPVIP]); err != nil {
+			coll.Close()
+			return nil, fmt.Errorf("bpf: map %s: %w", mapTCPVIP, err)
+		}
+	}
 	if d.metrics, err = newMetrics(cfg.Registerer); err != nil {
 		coll.Close()
 		return nil, err
@@ -347,6 +365,7 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 		d.closeLocked()
 		return nil, err
 	}
+	removeStaleSkVIP(cfg.PinDir, log)
 	d.updateGauges()
 	d.metrics.setCapacity(map[string]int{mapServices: cfg.MaxServices, mapSlots: cfg.MaxSlots, mapBackends: cfg.MaxBackends,
 		mapNodes: cfg.MaxNodes, mapRevNAT: cfg.MaxRevNAT, mapIPCache: cfg.MaxIPCache, mapPolNetns: cfg.MaxPolicyEndpoints,

@@ -112,6 +112,7 @@ func checkLayout(maps map[string]*ebpf.Map) error {
 		{mapBackends, unsafe.Sizeof(uint32(0)), unsafe.Sizeof(backendValue{})},
 		{mapNodes, unsafe.Sizeof(uint32(0)), unsafe.Sizeof(nodeValue{})},
 		{mapSvcAffinity, unsafe.Sizeof(svcKey{}), unsafe.Sizeof(uint32(0))},
+		{mapTCPVIP, unsafe.Sizeof(uint32(0)), unsafe.Sizeof(tcpVIP{})},
 	} {
 		m := maps[c.name]
 		if m == nil {

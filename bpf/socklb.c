@@ -26,7 +26,8 @@
  *   cm_backends  backend id                   -> addr, port, cluster, node id
  *   cm_nodes     node id                      -> flags (NODE_F_DOWN), name
  *   cm_revnat    (socket cookie, backend)     -> VIP, for UDP recvmsg/getpeername
- *   cm_sk_vip    per TCP socket (socket storage) -> VIP and backend, for getpeername
+ *   cm_tcp_vip   socket cookie & tcp_vip_mask -> cookie, VIP, backend, for TCP
+ *                getpeername (a ring: an array overwritten in cookie order)
  *   cm_stats     per-CPU counters
  *   cm_svc_affinity (addr, port, proto)       -> session affinity timeout (s)
  *   cm_affinity  (service, netns cookie)      -> backend, slot set, last use
@@ -65,6 +66,10 @@
  * cold one, half of the program's run time with 100,000 services), and a
  * bulk load writes half the entries. */
 #define SLOT_GROUP 4
+/* Single loads and stores the compiler may not merge, split or reorder
+ * with one another (the cm_tcp_vip ring's cookie). */
+#define READ_ONCE_U64(x) (*(volatile __u64 *)&(x))
+#define WRITE_ONCE_U64(x, v) (*(volatile __u64 *)&(x) = (v))
 /* Rejection-sampling draws before falling back to an exact scan. */
 #define PICK_TRIES 3
 
@@ -186,23 +191,39 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cm_stats SEC(".maps");
 
-/* The VIP a TCP socket dialled, kept in the socket itself (socket local
- * storage: freed with the socket, no global table to update or evict) for
- * getpeername(). */
-struct sk_vip {
+/* The VIP a TCP socket dialled, for getpeername(): one entry per socket in
+ * an array indexed by the socket's cookie modulo its size. Cookies are
+ * handed out in increasing order (per CPU, in batches), so the array is a
+ * ring: a connect writes the next entries in sequence (warm cache lines,
+ * no allocation, no lock), and a socket's entry lasts until about
+ * tcp_vip_mask+1 sockets have had cookies after it; getpeername() of an
+ * older socket then returns the backend. Socket storage, its predecessor,
+ * never forgot but cost two memory-charged allocations per connect, most
+ * of the program's run time. An entry counts only for the socket whose
+ * cookie it holds, and only while the peer is still the backend it was
+ * sent to (a socket that reconnected elsewhere is not rewritten). A writer
+ * clears the cookie first and sets it last, and a reader checks it before
+ * and after copying, so a reader never takes a half-written entry for its
+ * own. */
+struct tcp_vip {
+	__u64 cookie; /* 0: no socket */
 	__u32 vip[4];
 	__u32 backend[4];
 	__be16 vip_port;
 	__be16 backend_port;
+	__u32 pad;
 };
 
+/* The ring's size minus one; the loader sets it (a power of two). */
+volatile const __u32 tcp_vip_mask = 0;
+
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct sk_vip);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct tcp_vip);
+	__uint(max_entries, 1);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} cm_sk_vip SEC(".maps");
+} cm_tcp_vip SEC(".maps");
 
 /* Session affinity (sessionAffinity: ClientIP). The client is the socket's
  * network namespace, i.e. the pod: in the socket hooks the source address
@@ -462,21 +483,23 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, int v6)
 
 	/* Remember the VIP so that getpeername() (TCP and UDP) and UDP
 	 * replies show the address the application dialled. TCP: in the
-	 * socket's own storage. UDP: by socket and backend (an unconnected
-	 * socket talks to several), skipping the write when the entry is
-	 * already there (sendmsg runs per datagram); socket cookies are never
-	 * reused, so an entry of a closed socket is only evicted by the LRU,
-	 * never misread. */
+	 * socket's slot of the cm_tcp_vip ring. UDP: by socket and backend (an
+	 * unconnected socket talks to several), skipping the write when the
+	 * entry is already there (sendmsg runs per datagram); socket cookies
+	 * are never reused, so an entry of a closed socket is only evicted by
+	 * the LRU, never misread. */
 	if (key.proto != IPPROTO_UDP) {
-		struct sk_vip *sv = 0;
+		__u64 cookie = bpf_get_socket_cookie(ctx);
+		__u32 slot = (__u32)cookie & tcp_vip_mask;
+		struct tcp_vip *tv = bpf_map_lookup_elem(&cm_tcp_vip, &slot);
 
-		if (ctx->sk)
-			sv = bpf_sk_storage_get(&cm_sk_vip, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (sv) {
-			__builtin_memcpy(sv->vip, key.addr, sizeof(sv->vip));
-			__builtin_memcpy(sv->backend, be->addr, sizeof(sv->backend));
-			sv->vip_port = key.port;
-			sv->backend_port = be->port;
+		if (tv) {
+			WRITE_ONCE_U64(tv->cookie, 0);
+			__builtin_memcpy(tv->vip, key.addr, sizeof(tv->vip));
+			__builtin_memcpy(tv->backend, be->addr, sizeof(tv->backend));
+			tv->vip_port = key.port;
+			tv->backend_port = be->port;
+			WRITE_ONCE_U64(tv->cookie, cookie);
 		}
 		return 1;
 	}
@@ -502,22 +525,30 @@ static __always_inline int revnat(struct bpf_sock_addr *ctx, int v6)
 	key_from_ctx(ctx, v6, rk.addr);
 	rk.port = (__be16)ctx->user_port;
 	if (ctx->protocol != IPPROTO_UDP) {
-		struct sk_vip *sv = 0;
+		__u64 cookie = bpf_get_socket_cookie(ctx);
+		__u32 slot = (__u32)cookie & tcp_vip_mask;
+		struct tcp_vip *tv = bpf_map_lookup_elem(&cm_tcp_vip, &slot);
+		__u32 vip[4];
+		__be16 vip_port;
 
-		if (ctx->sk)
-			sv = bpf_sk_storage_get(&cm_sk_vip, ctx->sk, 0, 0);
-		if (!sv || sv->backend_port != rk.port || sv->backend[0] != rk.addr[0] || sv->backend[1] != rk.addr[1] ||
-		    sv->backend[2] != rk.addr[2] || sv->backend[3] != rk.addr[3])
+		if (!tv || READ_ONCE_U64(tv->cookie) != cookie)
 			return 1;
+		if (tv->backend_port != rk.port || tv->backend[0] != rk.addr[0] || tv->backend[1] != rk.addr[1] ||
+		    tv->backend[2] != rk.addr[2] || tv->backend[3] != rk.addr[3])
+			return 1;
+		__builtin_memcpy(vip, tv->vip, sizeof(vip));
+		vip_port = tv->vip_port;
+		if (READ_ONCE_U64(tv->cookie) != cookie)
+			return 1; /* overwritten while read */
 		if (v6) {
-			ctx->user_ip6[0] = sv->vip[0];
-			ctx->user_ip6[1] = sv->vip[1];
-			ctx->user_ip6[2] = sv->vip[2];
-			ctx->user_ip6[3] = sv->vip[3];
+			ctx->user_ip6[0] = vip[0];
+			ctx->user_ip6[1] = vip[1];
+			ctx->user_ip6[2] = vip[2];
+			ctx->user_ip6[3] = vip[3];
 		} else {
-			ctx->user_ip4 = sv->vip[3];
+			ctx->user_ip4 = vip[3];
 		}
-		ctx->user_port = (__u32)sv->vip_port;
+		ctx->user_port = (__u32)vip_port;
 		stat_inc(STAT_REVNAT);
 		return 1;
 	}

@@ -31,10 +31,10 @@ const (
 	socklbMapCmPolStats      = "cm_pol_stats"
 	socklbMapCmRevnat        = "cm_revnat"
 	socklbMapCmServices      = "cm_services"
-	socklbMapCmSkVip         = "cm_sk_vip"
 	socklbMapCmSlots         = "cm_slots"
 	socklbMapCmStats         = "cm_stats"
 	socklbMapCmSvcAffinity   = "cm_svc_affinity"
+	socklbMapCmTcpVip        = "cm_tcp_vip"
 	socklbProgCmConnect4     = "cm_connect4"
 	socklbProgCmConnect6     = "cm_connect6"
 	socklbProgCmGetpeername4 = "cm_getpeername4"
@@ -44,6 +44,7 @@ const (
 	socklbProgCmRecvmsg6     = "cm_recvmsg6"
 	socklbProgCmSendmsg4     = "cm_sendmsg4"
 	socklbProgCmSendmsg6     = "cm_sendmsg6"
+	socklbVarTcpVipMask      = "tcp_vip_mask"
 )
 
 // loadSocklb returns the embedded CollectionSpec for socklb.
@@ -118,16 +119,17 @@ type socklbMapSpecs struct {
 	CmPolStats    *ebpf.MapSpec `ebpf:"cm_pol_stats"`
 	CmRevnat      *ebpf.MapSpec `ebpf:"cm_revnat"`
 	CmServices    *ebpf.MapSpec `ebpf:"cm_services"`
-	CmSkVip       *ebpf.MapSpec `ebpf:"cm_sk_vip"`
 	CmSlots       *ebpf.MapSpec `ebpf:"cm_slots"`
 	CmStats       *ebpf.MapSpec `ebpf:"cm_stats"`
 	CmSvcAffinity *ebpf.MapSpec `ebpf:"cm_svc_affinity"`
+	CmTcpVip      *ebpf.MapSpec `ebpf:"cm_tcp_vip"`
 }
 
 // socklbVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type socklbVariableSpecs struct {
+	TcpVipMask *ebpf.VariableSpec `ebpf:"tcp_vip_mask"`
 }
 
 // socklbObjects contains all objects after they have been loaded into the kernel.
@@ -165,10 +167,10 @@ type socklbMaps struct {
 	CmPolStats    *ebpf.Map `ebpf:"cm_pol_stats"`
 	CmRevnat      *ebpf.Map `ebpf:"cm_revnat"`
 	CmServices    *ebpf.Map `ebpf:"cm_services"`
-	CmSkVip       *ebpf.Map `ebpf:"cm_sk_vip"`
 	CmSlots       *ebpf.Map `ebpf:"cm_slots"`
 	CmStats       *ebpf.Map `ebpf:"cm_stats"`
 	CmSvcAffinity *ebpf.Map `ebpf:"cm_svc_affinity"`
+	CmTcpVip      *ebpf.Map `ebpf:"cm_tcp_vip"`
 }
 
 func (m *socklbMaps) Close() error {
@@ -188,10 +190,10 @@ func (m *socklbMaps) Close() error {
 		m.CmPolStats,
 		m.CmRevnat,
 		m.CmServices,
-		m.CmSkVip,
 		m.CmSlots,
 		m.CmStats,
 		m.CmSvcAffinity,
+		m.CmTcpVip,
 	)
 }
 
@@ -199,6 +201,7 @@ func (m *socklbMaps) Close() error {
 //
 // It can be passed to loadSocklbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type socklbVariables struct {
+	TcpVipMask *ebpf.Variable `ebpf:"tcp_vip_mask"`
 }
 
 // socklbPrograms contains all programs after they have been loaded into the kernel.
