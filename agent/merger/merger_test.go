@@ -802,3 +802,61 @@ func TestSyncBulk(t *testing.T) {
 		t.Fatalf("after a small change: %d bulk calls, %d frontends; want 1 and 100", dp.bulkCalls, len(dp.state))
 	}
 }
+
+// TestStateForgotten checks that a service's per-cluster state goes with
+// the last of its objects, in any order of removal: the merger holds every
+// remote service for as long as it exists, so nothing may stay behind.
+func TestStateForgotten(t *testing.T) {
+	tests := []struct {
+		name   string
+		remove func(m *Merger)
+	}{
+		{"services then slices", func(m *Merger) {
+			for _, c := range []string{"c1", "c2", "c3"} {
+				m.DeleteService(c, "ns", "web")
+			}
+			for _, c := range []string{"c3", "c1", "c2"} {
+				m.DeleteEndpointSlice(c, "ns", "web", c+"-a")
+			}
+		}},
+		{"slices then services", func(m *Merger) {
+			for _, c := range []string{"c2", "c1", "c3"} {
+				m.DeleteEndpointSlice(c, "ns", "web", c+"-a")
+			}
+			for _, c := range []string{"c3", "c2", "c1"} {
+				m.DeleteService(c, "ns", "web")
+			}
+		}},
+		{"clusters", func(m *Merger) {
+			for _, c := range []string{"c2", "c3", "c1"} {
+				m.DeleteCluster(c)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dp := newRecorder()
+			m := New("c1", dp, nil)
+			for i, c := range []string{"c3", "c1", "c2"} {
+				m.UpsertService(svc(c))
+				m.UpsertEndpointSlice(httpSlice(c, ep(fmt.Sprintf("10.%d.0.1", i+1))))
+			}
+			if _, err := m.Sync(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Join(dp.view(), "\n"); got != "10.96.0.1:80/TCP: P[10.1.0.1:8080 10.2.0.1:8080 10.3.0.1:8080] F[]" {
+				t.Fatalf("merged: %s", got)
+			}
+			tt.remove(m)
+			if len(m.services) != 0 {
+				t.Errorf("state left behind: %+v", m.services)
+			}
+			if _, err := m.Sync(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if v := dp.view(); len(v) != 0 {
+				t.Errorf("still programmed: %v", v)
+			}
+		})
+	}
+}
