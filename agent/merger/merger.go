@@ -404,7 +404,13 @@ func (m *Merger) bulkUpsert(ctx context.Context, todo []work) map[loadbalancer.F
 	if !ok {
 		return nil
 	}
-	var svcs []loadbalancer.Service
+	// Sized for every desired frontend: growing it by doubling copied and
+	// collected about 100 ms worth of services at 100,000.
+	n := 0
+	for _, w := range todo {
+		n += len(w.desired)
+	}
+	svcs := make([]loadbalancer.Service, 0, n)
 	for _, w := range todo {
 		for fe, svc := range w.desired {
 			if old, ok := w.old.get(fe); !ok || !equalService(old, svc) {
