@@ -117,3 +117,79 @@ func TestInProcessSession(t *testing.T) {
 		t.Errorf("second start: %v", err)
 	}
 }
+
+// TestInProcessPackedUpdates checks that an announcement of many prefixes,
+// and its withdrawal, leave packed, many prefixes per UPDATE (the GoBGP
+// patches in third_party/gobgp; unpatched GoBGP sends one UPDATE per
+// prefix), and that every prefix arrives and leaves.
+func TestInProcessPackedUpdates(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	lo := netip.MustParseAddr("127.0.0.1")
+	port := freePort(t)
+	base := DefaultKindConfig()
+	base.InstallRoutes = false
+	a := base
+	a.Name, a.ASN, a.RouterID = "a", 65001, netip.MustParseAddr("10.255.0.1")
+	a.ListenAddresses, a.ListenPort = []netip.Addr{lo}, int32(port)
+	a.NodeIPs = []netip.Addr{netip.MustParseAddr("192.0.2.1")}
+	a.StaticPeers = []Peer{{Name: "b", Address: lo, ASN: 65002, Passive: true}}
+	b := base
+	b.Name, b.ASN, b.RouterID = "b", 65002, netip.MustParseAddr("10.255.0.2")
+	b.ListenPort = -1
+	b.NodeIPs = []netip.Addr{netip.MustParseAddr("192.0.2.2")}
+	b.StaticPeers = []Peer{{Name: "a", Address: lo, Port: port, ASN: 65001}}
+	var speakers []*Speaker
+	for _, cfg := range []Config{a, b} {
+		s, err := NewSpeaker(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer s.Stop(ctx)
+		speakers = append(speakers, s)
+	}
+	sa, sb := speakers[0], speakers[1]
+	sent := func() (uint64, bool) {
+		st, err := sb.Status(ctx)
+		if err != nil || len(st.Peers) != 1 {
+			return 0, false
+		}
+		return st.Peers[0].UpdatesSent, st.Peers[0].Established
+	}
+	installed := func(n int) func() (bool, string) {
+		return func() (bool, string) {
+			st, err := sa.Status(ctx)
+			if err != nil {
+				return false, err.Error()
+			}
+			return len(st.Installed) == n, fmt.Sprintf("%d routes installed, want %d", len(st.Installed), n)
+		}
+	}
+	poll.Eventually(t, 30*time.Second, "session", func() (bool, string) {
+		_, up := sent()
+		return up, "not established"
+	})
+	// One UPDATE holds about 800 IPv4 prefixes with these attributes.
+	const n, maxUpdates = 2000, 10
+	for _, step := range []struct {
+		name     string
+		prefixes []netip.Prefix
+		changes  int
+	}{
+		{"announce", benchPrefixes(n), n},
+		{"withdraw", benchPrefixes(1), n - 1},
+	} {
+		before, _ := sent()
+		if err := sb.Announce(ctx, step.prefixes); err != nil {
+			t.Fatal(err)
+		}
+		poll.Eventually(t, 30*time.Second, step.name, installed(len(step.prefixes)))
+		after, _ := sent()
+		if d := after - before; d > maxUpdates {
+			t.Errorf("%s: %d UPDATEs for %d prefix changes, want at most %d (packed)", step.name, d, step.changes, maxUpdates)
+		}
+	}
+}
