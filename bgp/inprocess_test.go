@@ -23,6 +23,25 @@ func freePort(t *testing.T) uint16 {
 	return uint16(l.Addr().(*net.TCPAddr).Port)
 }
 
+// loopbackPair returns the configs of two speakers without kernel routes:
+// a (AS 65001) listens on lo:port, b (AS 65002) only dials.
+func loopbackPair(t *testing.T) (a, b Config, lo netip.Addr, port uint16) {
+	t.Helper()
+	lo = netip.MustParseAddr("127.0.0.1")
+	port = freePort(t)
+	base := DefaultKindConfig()
+	base.InstallRoutes = false
+	a = base
+	a.Name, a.ASN, a.RouterID = "a", 65001, netip.MustParseAddr("10.255.0.1")
+	a.ListenAddresses, a.ListenPort = []netip.Addr{lo}, int32(port)
+	a.NodeIPs = []netip.Addr{netip.MustParseAddr("192.0.2.1")}
+	b = base
+	b.Name, b.ASN, b.RouterID = "b", 65002, netip.MustParseAddr("10.255.0.2")
+	b.ListenPort = -1
+	b.NodeIPs = []netip.Addr{netip.MustParseAddr("192.0.2.2")}
+	return a, b, lo, port
+}
+
 // TestInProcessSession runs two speakers in this process over loopback,
 // without kernel routes (no root needed): the listener learns the dialer's
 // announcement, a withdrawal is seen, and Stop leaves no goroutine behind
@@ -35,19 +54,7 @@ func TestInProcessSession(t *testing.T) {
 		goleak.IgnoreAnyFunction("github.com/osrg/gobgp/v3/pkg/server.(*BgpServer).Serve"))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	lo := netip.MustParseAddr("127.0.0.1")
-	port := freePort(t)
-
-	base := DefaultKindConfig()
-	base.InstallRoutes = false
-	a := base
-	a.Name, a.ASN, a.RouterID = "a", 65001, netip.MustParseAddr("10.255.0.1")
-	a.ListenAddresses, a.ListenPort = []netip.Addr{lo}, int32(port)
-	a.NodeIPs = []netip.Addr{netip.MustParseAddr("192.0.2.1")}
-	b := base
-	b.Name, b.ASN, b.RouterID = "b", 65002, netip.MustParseAddr("10.255.0.2")
-	b.ListenPort = -1
-	b.NodeIPs = []netip.Addr{netip.MustParseAddr("192.0.2.2")}
+	a, b, lo, port := loopbackPair(t)
 	b.PodCIDRs = []netip.Prefix{netip.MustParsePrefix("10.2.0.0/24"), netip.MustParsePrefix("10.2.1.0/24")}
 	b.StaticPeers = []Peer{{Name: "a", Address: lo, Port: port, ASN: 65001}}
 
@@ -125,19 +132,8 @@ func TestInProcessSession(t *testing.T) {
 func TestInProcessPackedUpdates(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	lo := netip.MustParseAddr("127.0.0.1")
-	port := freePort(t)
-	base := DefaultKindConfig()
-	base.InstallRoutes = false
-	a := base
-	a.Name, a.ASN, a.RouterID = "a", 65001, netip.MustParseAddr("10.255.0.1")
-	a.ListenAddresses, a.ListenPort = []netip.Addr{lo}, int32(port)
-	a.NodeIPs = []netip.Addr{netip.MustParseAddr("192.0.2.1")}
+	a, b, lo, port := loopbackPair(t)
 	a.StaticPeers = []Peer{{Name: "b", Address: lo, ASN: 65002, Passive: true}}
-	b := base
-	b.Name, b.ASN, b.RouterID = "b", 65002, netip.MustParseAddr("10.255.0.2")
-	b.ListenPort = -1
-	b.NodeIPs = []netip.Addr{netip.MustParseAddr("192.0.2.2")}
 	b.StaticPeers = []Peer{{Name: "a", Address: lo, Port: port, ASN: 65001}}
 	var speakers []*Speaker
 	for _, cfg := range []Config{a, b} {
