@@ -79,7 +79,9 @@ func (a *Agent) publishLoop(ctx context.Context) {
 func summary(st status.Agent) string {
 	s := ""
 	for _, c := range st.Clusters {
-		s += fmt.Sprintf("%s:%s:%t:%t;", c.Name, c.State, c.Connected, c.Synced)
+		// Routes: whether any, so that status sees routes arrive at once
+		// without a publication per route.
+		s += fmt.Sprintf("%s:%s:%t:%t:%t;", c.Name, c.State, c.Connected, c.Synced, c.Routes > 0)
 	}
 	if b := st.BGP; b != nil {
 		s += fmt.Sprintf("bgp:%s", b.State)

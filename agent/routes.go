@@ -104,6 +104,18 @@ func (s *StaticRoutes) ClusterDrained(cluster string) {
 	s.log.Info("cluster drained: its routes stay while its traffic drains", "cluster", cluster, "drain", s.drain)
 }
 
+// RoutesByCluster counts the routes in the kernel by the cluster whose
+// node is their next hop (status Cluster.Routes).
+func (s *StaticRoutes) RoutesByCluster() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]int{}
+	for _, r := range s.applied {
+		out[r.Cluster]++
+	}
+	return out
+}
+
 // OwnCluster makes the reconciler route the other nodes of the agent's own
 // cluster too (self is this node), for clusters whose CNI does not route
 // between nodes (kind without kindnet, a bare ptp configuration). A route

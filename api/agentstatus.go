@@ -89,6 +89,10 @@ type AgentCluster struct {
 	Events uint64 `json:"events"`
 	// Since is when State last changed.
 	Since time.Time `json:"since"`
+	// Routes counts the routes to this cluster's pods the node has in its
+	// kernel (learned by BGP or computed by static routing): routes whose
+	// next hop is one of the cluster's nodes. 0 with --routes=none.
+	Routes int `json:"routes,omitempty"`
 }
 
 // SectionState says whether an optional subsystem of the agent (BGP,
@@ -430,6 +434,7 @@ func (v *agentValidator) cluster(i int, c *AgentCluster) {
 	}
 	v.text(f("last refusal"), c.LastRefusal, MaxAgentError)
 	v.time(f("since"), c.Since)
+	v.count(f("routes"), c.Routes)
 }
 
 func (v *agentValidator) bgp(b *AgentBGP) {
@@ -523,6 +528,7 @@ func (a *AgentStatus) Marshal() ([]byte, error) {
 			e.string(13, c.LastRefusal)
 			e.uint(14, c.Events)
 			e.time(15, c.Since)
+			e.uint(16, uint64(c.Routes))
 		})
 	}
 	if b := a.BGP; b != nil {
@@ -689,6 +695,8 @@ func (c *AgentCluster) decodeField(f field) (err error) {
 		c.Events, err = f.uint()
 	case 15:
 		c.Since, err = f.time()
+	case 16:
+		c.Routes, err = f.int()
 	}
 	return err
 }

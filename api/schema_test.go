@@ -73,7 +73,7 @@ var schemaMessages = []schemaMessage{
 		"name": "Name", "id": "ID", "local": "Local", "state": "State", "connected": "Connected", "synced": "Synced",
 		"synced_kinds": "SyncedKinds", "last_error": "LastError", "last_error_unix_nano": "LastErrorTime",
 		"objects": "Objects", "invalid_objects": "InvalidObjects", "refused_objects": "RefusedObjects",
-		"last_refusal": "LastRefusal", "events": "Events", "since_unix_nano": "Since"}},
+		"last_refusal": "LastRefusal", "events": "Events", "since_unix_nano": "Since", "routes": "Routes"}},
 	{"AgentBGP", reflect.TypeFor[AgentBGP](), map[protoreflect.Name]string{
 		"state": "State", "error": "Error", "asn": "ASN", "router_id": "RouterID", "announced": "Announced",
 		"sessions": "Sessions", "installed": "Installed", "failed": "Failed", "refused": "Refused",
@@ -225,7 +225,7 @@ func sampleAgentStatus() *AgentStatus {
 	return &AgentStatus{SchemaVersion: SchemaVersion, Cluster: "c1", Node: "n1", Datapath: "bpf", Frontends: 1 << 40, Updated: t0,
 		Clusters: []AgentCluster{
 			{Name: "c1", ID: 1, Local: true, State: AgentStateConnected, Connected: true, Synced: true,
-				SyncedKinds: []string{"nodes", "services"}, Objects: map[string]int{"nodes": 3, "services": 12}, Events: math.MaxUint64, Since: t0},
+				SyncedKinds: []string{"nodes", "services"}, Objects: map[string]int{"nodes": 3, "services": 12}, Events: math.MaxUint64, Since: t0, Routes: 2},
 			{Name: "c2", ID: 511, State: AgentStateRefused, LastError: "cluster ID 2 is already used by cluster c3", LastErrorTime: &t0,
 				InvalidObjects: 4, RefusedObjects: 5, LastRefusal: "c2 clustermesh/v1/nodes/c2/n1 pod_cidrs: outside the cluster's pod CIDRs", Since: t0},
 		},

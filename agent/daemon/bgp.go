@@ -236,6 +236,8 @@ func runBGP(ctx context.Context, a *agent.Agent, cfg Config, reg prometheus.Regi
 		if err := sp.SetImportPolicy(ctx, rules); err != nil {
 			log.Error("bgp: update import policy", "error", err)
 			failed = true
+		} else {
+			sec.setRules(rules)
 		}
 		node, local := feed.get()
 		want, perr := bgp.NodePeers(*local)

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
@@ -109,5 +110,28 @@ func TestImportHold(t *testing.T) {
 	}
 	if out, _, _ := newImportHold(0).rules([]bgp.ImportRule{c1}, map[string]time.Time{"c2": t0}, t0); len(out) != 1 {
 		t.Errorf("drain 0 holds nothing: got %d rules", len(out))
+	}
+}
+
+// TestRoutesByCluster: an installed route counts for the cluster whose
+// import rule lists its next hop (v4-mapped next hops unmapped); a route
+// via an address no rule names counts for nobody.
+func TestRoutesByCluster(t *testing.T) {
+	a := netip.MustParseAddr
+	rules := []bgp.ImportRule{
+		{Cluster: "c1", NextHops: []netip.Addr{a("172.18.0.2"), a("172.18.0.3")}},
+		{Cluster: "c2", NextHops: []netip.Addr{a("172.19.0.2")}},
+	}
+	route := func(p, hop string) bgp.InstalledRoute {
+		return bgp.InstalledRoute{Prefix: netip.MustParsePrefix(p), NextHop: a(hop)}
+	}
+	got := routesByCluster([]bgp.InstalledRoute{
+		route("10.1.1.0/24", "172.18.0.3"),
+		route("10.2.0.0/24", "172.19.0.2"),
+		route("10.2.1.0/24", "::ffff:172.19.0.2"),
+		route("10.9.0.0/24", "172.20.0.9"),
+	}, rules)
+	if want := map[string]int{"c1": 1, "c2": 2}; !maps.Equal(got, want) {
+		t.Errorf("routesByCluster = %v, want %v", got, want)
 	}
 }

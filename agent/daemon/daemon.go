@@ -27,6 +27,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/enforce"
 	"github.com/clustermesh/clustermesh/agent/flows"
 	"github.com/clustermesh/clustermesh/agent/remote"
+	"github.com/clustermesh/clustermesh/agent/status"
 	"github.com/clustermesh/clustermesh/api"
 	"github.com/clustermesh/clustermesh/bgp"
 	"github.com/clustermesh/clustermesh/bpf"
@@ -235,6 +236,7 @@ func Run(ctx context.Context, cfg Config) error {
 		sr.Drain(cfg.RouteDrain)
 		sr.AdoptAfter(a.InitialSync())
 		a.AddNodeObserver(sr)
+		a.AddStatusReporter(func(st *status.Agent) { countRoutes(st, sr.RoutesByCluster()) })
 		wg.Add(1)
 		go func() { defer wg.Done(); sr.Run(ctx) }()
 	default:

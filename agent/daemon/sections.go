@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -17,6 +18,16 @@ type bgpSection struct {
 	mu      sync.Mutex
 	speaker *bgp.Speaker
 	err     error
+	// rules is the import policy in force: its next hops tell which
+	// cluster an installed route leads to (status Cluster.Routes).
+	rules []bgp.ImportRule
+}
+
+// setRules records the import policy in force.
+func (s *bgpSection) setRules(rules []bgp.ImportRule) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rules = rules
 }
 
 func (s *bgpSection) set(sp *bgp.Speaker, err error) {
@@ -27,7 +38,7 @@ func (s *bgpSection) set(sp *bgp.Speaker, err error) {
 
 func (s *bgpSection) report(st *status.Agent) {
 	s.mu.Lock()
-	sp, err := s.speaker, s.err
+	sp, err, rules := s.speaker, s.err, s.rules
 	s.mu.Unlock()
 	sec := &status.BGP{State: status.SectionStarting}
 	st.BGP = sec
@@ -48,6 +59,32 @@ func (s *bgpSection) report(st *status.Agent) {
 		return
 	}
 	*sec = bgpStatus(bs)
+	countRoutes(st, routesByCluster(bs.Installed, rules))
+}
+
+// routesByCluster counts installed routes by the cluster whose import rule
+// lists their next hop.
+func routesByCluster(installed []bgp.InstalledRoute, rules []bgp.ImportRule) map[string]int {
+	cluster := map[netip.Addr]string{}
+	for _, r := range rules {
+		for _, h := range r.NextHops {
+			cluster[h] = r.Cluster
+		}
+	}
+	out := map[string]int{}
+	for _, r := range installed {
+		if c, ok := cluster[r.NextHop.Unmap()]; ok {
+			out[c]++
+		}
+	}
+	return out
+}
+
+// countRoutes sets each cluster's Routes in st from n (by cluster name).
+func countRoutes(st *status.Agent, n map[string]int) {
+	for i := range st.Clusters {
+		st.Clusters[i].Routes = n[st.Clusters[i].Name]
+	}
 }
 
 // bgpStatus converts the speaker's status into the agent's section.

@@ -111,7 +111,7 @@ func Print(w io.Writer, a *Agent) error {
 	fmt.Fprintf(w, "Agent %s/%s  datapath=%s  frontends=%d  updated=%s\n\n",
 		a.Cluster, a.Node, a.Datapath, a.Frontends, a.Updated.Format(time.RFC3339))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "CLUSTER\tID\tSTATE\tCONNECTED\tSYNCED\tNODES\tSERVICES\tSLICES\tIDENTITIES\tIPCACHE\tINVALID\tLAST ERROR")
+	fmt.Fprintln(tw, "CLUSTER\tID\tSTATE\tCONNECTED\tSYNCED\tROUTES\tNODES\tSERVICES\tSLICES\tIDENTITIES\tIPCACHE\tINVALID\tLAST ERROR")
 	cs := slices.Clone(a.Clusters)
 	slices.SortFunc(cs, func(x, y Cluster) int { return strings.Compare(x.Name, y.Name) })
 	for _, c := range cs {
@@ -123,8 +123,8 @@ func Print(w io.Writer, a *Agent) error {
 		if lastErr == "" {
 			lastErr = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%t\t%t\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n",
-			name, c.ID, c.State, c.Connected, c.Synced,
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%t\t%t\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n",
+			name, c.ID, c.State, c.Connected, c.Synced, c.Routes,
 			c.Objects[string(api.KindNode)], c.Objects[string(api.KindService)], c.Objects[string(api.KindEndpoints)],
 			c.Objects[string(api.KindIdentity)], c.Objects[string(api.KindIPCache)], c.InvalidObjects, lastErr)
 	}

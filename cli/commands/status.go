@@ -117,15 +117,18 @@ func printStatus(w io.Writer, s *mesh.Status) {
 	}
 	fmt.Fprintf(w, "Agents: %d reporting%s\n", s.AgentsReporting, expected)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "CLUSTER\tID\tENDPOINT\tCONNECTED\tSYNCED")
+	fmt.Fprintln(tw, "CLUSTER\tID\tENDPOINT\tCONNECTED\tSYNCED\tROUTED")
 	for _, c := range s.Clusters {
 		name := c.Name
 		if c.Local {
 			name += " (local)"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d/%d\t%d/%d\n", name, c.ID, c.Endpoint, c.Connected, s.AgentsReporting, c.Synced, s.AgentsReporting)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d/%d\t%d/%d\t%d/%d\n", name, c.ID, c.Endpoint, c.Connected, s.AgentsReporting, c.Synced, s.AgentsReporting, c.Routed, s.AgentsReporting)
 	}
 	tw.Flush()
+	if b := s.BGP; b != nil {
+		fmt.Fprintf(w, "BGP: %d speakers, %d with every session established, %d learned routes refused\n", b.Agents, b.Established, b.Refused)
+	}
 	if s.Policies != nil {
 		fmt.Fprintf(w, "Network policies: %d enforced, %d refused\n", s.Policies.Enforced, s.Policies.Refused)
 	}

@@ -45,6 +45,9 @@ type Status struct {
 	// their image (not pulled, not loaded into the nodes).
 	Images       []ImageWait  `json:"images,omitempty"`
 	Certificates []CertStatus `json:"certificates"`
+	// BGP is how the agents' BGP speakers are doing; nil when no agent
+	// runs one (--routes static or none).
+	BGP *BGPStatus `json:"bgp,omitempty"`
 	// Policies counts the cluster's network policies the agents enforce
 	// and those refused (listed in Warnings); nil when not readable.
 	Policies *PolicyCount `json:"policies,omitempty"`
@@ -82,7 +85,29 @@ type ClusterStatus struct {
 	Synced    int `json:"synced"`
 	// Errors are the distinct last errors agents report for this cluster.
 	Errors []string `json:"errors,omitempty"`
+	// Routed counts agents with at least one route to this cluster's pods
+	// in their node's kernel (BGP or static routes).
+	Routed int `json:"routed"`
 }
+
+// BGPStatus is how the agents' BGP speakers are doing.
+type BGPStatus struct {
+	// Agents counts agents running a speaker; Established those whose
+	// every session (to the cluster's route reflector) is established.
+	Agents      int `json:"agents"`
+	Established int `json:"established"`
+	// Failed are the distinct errors of speakers that stopped; Sessions
+	// the distinct sessions not established ("address: state").
+	Failed   []string `json:"failed,omitempty"`
+	Sessions []string `json:"sessions,omitempty"`
+	// Refused counts learned routes the speakers refused (overlaps, not
+	// owned by the announcing cluster); Refusals names the first few.
+	Refused  int      `json:"refused"`
+	Refusals []string `json:"refusals,omitempty"`
+}
+
+// maxRefusalsShown bounds BGPStatus.Refusals.
+const maxRefusalsShown = 5
 
 // GetStatus collects the cluster's status. Problems found are listed in
 // Status.Problems with their fixes; an error is returned only when the
@@ -186,6 +211,7 @@ func GetStatus(ctx context.Context, c *Cluster, opts StatusOptions) (*Status, er
 				"the apiserver of %s has not finished its initial export of %v", info.Name, missing))
 		}
 		st.agentProblems(c, add)
+		st.bgpProblems(c, add, warn)
 	}
 
 	certs, err := c.certStatuses(ctx, now)
@@ -306,11 +332,15 @@ func (st *Status) readStore(ctx context.Context, cli *kvstore.Client, cluster st
 			continue
 		}
 		st.AgentsReporting++
+		st.readBGP(a)
 		for i := range st.Clusters {
 			cs := &st.Clusters[i]
 			ac, ok := a.ClusterByName(cs.Name)
 			if !ok {
 				continue
+			}
+			if ac.Routes > 0 {
+				cs.Routed++
 			}
 			cs.Agents++
 			if ac.Connected {
@@ -325,6 +355,86 @@ func (st *Status) readStore(ctx context.Context, cli *kvstore.Client, cluster st
 		}
 	}
 	return nil
+}
+
+// readBGP adds one agent's BGP section to st.BGP.
+func (st *Status) readBGP(a *status.Agent) {
+	b := a.BGP
+	if b == nil {
+		return
+	}
+	if st.BGP == nil {
+		st.BGP = &BGPStatus{}
+	}
+	s := st.BGP
+	s.Agents++
+	if b.State == status.SectionFailed {
+		if msg := a.Node + ": " + b.Error; !slices.Contains(s.Failed, msg) {
+			s.Failed = append(s.Failed, msg)
+		}
+		return
+	}
+	up := len(b.Sessions) > 0
+	for _, ss := range b.Sessions {
+		if ss.Established {
+			continue
+		}
+		up = false
+		state := ss.State
+		if ss.CutOff != "" {
+			state += ", cut off: " + ss.CutOff
+		}
+		if msg := fmt.Sprintf("%s: %s", ss.Address, state); !slices.Contains(s.Sessions, msg) {
+			s.Sessions = append(s.Sessions, msg)
+		}
+	}
+	if up {
+		s.Established++
+	}
+	s.Refused += len(b.Refused)
+	for _, r := range b.Refused {
+		if len(s.Refusals) >= maxRefusalsShown {
+			break
+		}
+		s.Refusals = append(s.Refusals, fmt.Sprintf("%s refused %s via %s from %s: %s", a.Node, r.Prefix, r.NextHop, r.Peer, r.Reason))
+	}
+}
+
+// bgpProblems: with BGP, a cluster is ready once every agent's session to
+// the route reflector is up and every agent has a route to each connected
+// cluster's pods (the reflectors of two clusters peer seconds after
+// connect; until then cross-cluster traffic has no route).
+func (st *Status) bgpProblems(c *Cluster, add, warn func(Problem)) {
+	b := st.BGP
+	if b == nil {
+		return
+	}
+	agentsCmd := fmt.Sprintf("kubectl %s -n %s logs daemonset/%s", c.ctxFlag(), c.Namespace, DaemonSetName)
+	if len(b.Failed) > 0 {
+		add(problem(ErrNotReady, "read the agents' logs ("+agentsCmd+", \"bgp speaker stopped\")",
+			"%d of %d agents' BGP speakers stopped: %s", len(b.Failed), b.Agents, b.Failed[0]))
+	}
+	if down := b.Agents - len(b.Failed) - b.Established; down > 0 {
+		detail := ""
+		if len(b.Sessions) > 0 {
+			detail = " (" + strings.Join(b.Sessions, "; ") + ")"
+		}
+		add(problem(ErrNotReady,
+			fmt.Sprintf("the clustermesh-apiserver hosts the cluster's route reflector (port 1790 of its node): check it runs (%s) and that the nodes reach it", c.logsCmd()),
+			"%d of %d agents have no established BGP session with the route reflector%s", down, b.Agents, detail))
+	}
+	for _, cs := range st.Clusters {
+		if cs.Local || cs.Agents == 0 || cs.Synced < cs.Agents || cs.Routed >= cs.Agents {
+			continue
+		}
+		add(problem(ErrNotReady,
+			fmt.Sprintf("the route reflectors of %s and %s peer seconds after connect; if this persists, read both apiservers' logs (bgp) and check that their nodes reach each other on port 1790", st.Cluster, cs.Name),
+			"%d of %d agents have no BGP route to cluster %s's pods yet", cs.Agents-cs.Routed, cs.Agents, cs.Name))
+	}
+	if b.Refused > 0 {
+		warn(problem(ErrRefused, "a peer announced a prefix it does not own or that overlaps a local range; the rest is installed (docs/routing.md)",
+			"%d learned BGP routes refused: %s", b.Refused, strings.Join(b.Refusals, "; ")))
+	}
 }
 
 func (st *Status) agentProblems(c *Cluster, add func(Problem)) {

@@ -85,3 +85,52 @@ func TestEntryProblems(t *testing.T) {
 		})
 	}
 }
+
+// TestBGPProblems: with BGP the cluster is ready only once every speaker's
+// session is up and every agent has a route to each connected, synced
+// cluster's pods; refused routes warn.
+func TestBGPProblems(t *testing.T) {
+	c := &Cluster{Context: "ctx1", Namespace: "clustermesh-system"}
+	local := ClusterStatus{Name: "c1", Local: true, Agents: 2, Connected: 2, Synced: 2}
+	peer := func(routed, synced int) ClusterStatus {
+		return ClusterStatus{Name: "c2", Agents: 2, Connected: 2, Synced: synced, Routed: routed}
+	}
+	for _, tc := range []struct {
+		name      string
+		bgp       *BGPStatus
+		peer      ClusterStatus
+		want      []error
+		mentions  []string
+		wantWarns int
+	}{
+		{"no bgp", nil, peer(0, 2), nil, nil, 0},
+		{"all good", &BGPStatus{Agents: 2, Established: 2}, peer(2, 2), nil, nil, 0},
+		{"speaker stopped", &BGPStatus{Agents: 2, Established: 1, Failed: []string{"n2: listen tcp :179: address in use"}}, peer(2, 2), []error{ErrNotReady}, []string{"1 of 2 agents' BGP speakers stopped", "address in use", "logs daemonset/clustermesh-agent"}, 0},
+		{"session down", &BGPStatus{Agents: 2, Established: 1, Sessions: []string{"172.18.0.2: active"}}, peer(2, 2), []error{ErrNotReady}, []string{"1 of 2 agents have no established BGP session", "172.18.0.2: active", "port 1790"}, 0},
+		{"no route to the peer yet", &BGPStatus{Agents: 2, Established: 2}, peer(1, 2), []error{ErrNotReady}, []string{"1 of 2 agents have no BGP route to cluster c2's pods", "c1 and c2 peer"}, 0},
+		{"peer not synced: its routes are not judged yet", &BGPStatus{Agents: 2, Established: 2}, peer(0, 1), nil, nil, 0},
+		{"refused routes warn", &BGPStatus{Agents: 2, Established: 2, Refused: 1, Refusals: []string{"n1 refused 10.9.0.0/24 via 172.18.0.9 from c1/reflector: not owned"}}, peer(2, 2), nil, nil, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := Status{Cluster: "c1", AgentsReporting: 2, Clusters: []ClusterStatus{local, tc.peer}, BGP: tc.bgp}
+			var ps, ws []Problem
+			st.bgpProblems(c, func(p Problem) { ps = append(ps, p) }, func(p Problem) { ws = append(ws, p) })
+			if len(ps) != len(tc.want) {
+				t.Fatalf("problems = %v, want %v", ps, tc.want)
+			}
+			for i, p := range ps {
+				if !errors.Is(p.Err, tc.want[i]) {
+					t.Errorf("problem %v, want %v", p, tc.want[i])
+				}
+				for _, m := range tc.mentions {
+					if !strings.Contains(p.Reason+" "+p.Fix, m) {
+						t.Errorf("problem %q lacks %q", p.Reason+" "+p.Fix, m)
+					}
+				}
+			}
+			if len(ws) != tc.wantWarns {
+				t.Errorf("warnings = %v, want %d", ws, tc.wantWarns)
+			}
+		})
+	}
+}

@@ -248,13 +248,20 @@ func (m *Mesh) WaitMeshProcesses(ctx context.Context) error {
 	return nil
 }
 
-// Connect connects every pair of clusters with `clustermesh connect`.
+// Connect connects every pair of clusters with `clustermesh connect`, then
+// waits with `status --wait` on every cluster, as docs/getting-started.md
+// says: with BGP that includes every agent's route to each peer's pods.
 func (m *Mesh) Connect(ctx context.Context) error {
 	for i, a := range m.Clusters {
 		for _, b := range m.Clusters[i+1:] {
 			if _, err := m.CLI(ctx, "connect", "--context", a.Name, "--destination-context", b.Name); err != nil {
 				return err
 			}
+		}
+	}
+	for _, c := range m.Clusters {
+		if _, err := m.CLI(ctx, "status", "--context", c.Name, "--wait", "--wait-duration", "2m"); err != nil {
+			return err
 		}
 	}
 	return nil

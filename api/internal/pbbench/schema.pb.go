@@ -1098,6 +1098,7 @@ type AgentCluster struct {
 	LastRefusal       string                 `protobuf:"bytes,13,opt,name=last_refusal,json=lastRefusal,proto3" json:"last_refusal,omitempty"`
 	Events            uint64                 `protobuf:"varint,14,opt,name=events,proto3" json:"events,omitempty"`
 	SinceUnixNano     int64                  `protobuf:"varint,15,opt,name=since_unix_nano,json=sinceUnixNano,proto3" json:"since_unix_nano,omitempty"` // timestamp
+	Routes            uint64                 `protobuf:"varint,16,opt,name=routes,proto3" json:"routes,omitempty"`                                      // routes to the cluster's pods in the node's kernel
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -1233,6 +1234,13 @@ func (x *AgentCluster) GetEvents() uint64 {
 func (x *AgentCluster) GetSinceUnixNano() int64 {
 	if x != nil {
 		return x.SinceUnixNano
+	}
+	return 0
+}
+
+func (x *AgentCluster) GetRoutes() uint64 {
+	if x != nil {
+		return x.Routes
 	}
 	return 0
 }
@@ -2113,7 +2121,7 @@ const file_schema_proto_rawDesc = "" +
 	"\x11updated_unix_nano\x18\x06 \x01(\x03R\x0fupdatedUnixNano\x128\n" +
 	"\bclusters\x18\a \x03(\v2\x1c.clustermesh.v1.AgentClusterR\bclusters\x12*\n" +
 	"\x03bgp\x18\b \x01(\v2\x18.clustermesh.v1.AgentBGPR\x03bgp\x123\n" +
-	"\x06health\x18\t \x01(\v2\x1b.clustermesh.v1.AgentHealthR\x06health\"\xf3\x03\n" +
+	"\x06health\x18\t \x01(\v2\x1b.clustermesh.v1.AgentHealthR\x06health\"\x8b\x04\n" +
 	"\fAgentCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12\x14\n" +
@@ -2131,7 +2139,8 @@ const file_schema_proto_rawDesc = "" +
 	"\x0frefused_objects\x18\f \x01(\x04R\x0erefusedObjects\x12!\n" +
 	"\flast_refusal\x18\r \x01(\tR\vlastRefusal\x12\x16\n" +
 	"\x06events\x18\x0e \x01(\x04R\x06events\x12&\n" +
-	"\x0fsince_unix_nano\x18\x0f \x01(\x03R\rsinceUnixNano\"\xa4\x03\n" +
+	"\x0fsince_unix_nano\x18\x0f \x01(\x03R\rsinceUnixNano\x12\x16\n" +
+	"\x06routes\x18\x10 \x01(\x04R\x06routes\"\xa4\x03\n" +
 	"\bAgentBGP\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x10\n" +
