@@ -189,7 +189,7 @@ func (e Emulated) StartTraffic(ctx context.Context, node, service, proto string)
 // StartPodTraffic implements PodTrafficMesh: the pod is created (when
 // absent) and run by the emulated kubelet; the probe is a process inside
 // its network namespace, in its node's cgroup.
-func (e Emulated) StartPodTraffic(ctx context.Context, cluster, name string, labels map[string]string, service, proto string) (Traffic, error) {
+func (e Emulated) StartPodTraffic(ctx context.Context, cluster, name string, labels map[string]string, service, proto string, timeout time.Duration) (Traffic, error) {
 	c, err := e.cluster(cluster)
 	if err != nil {
 		return nil, err
@@ -222,7 +222,7 @@ func (e Emulated) StartPodTraffic(ctx context.Context, cluster, name string, lab
 	if err != nil {
 		return nil, err
 	}
-	return found.StartTraffic(e.M.Bins, fmt.Sprintf("probe-%s-%s-%d", name, proto, time.Now().UnixNano()%100000), netip.AddrPortFrom(vip, 80), &emulator.TrafficOptions{Proto: proto, Timeout: PodProbeTimeout})
+	return found.StartTraffic(e.M.Bins, fmt.Sprintf("probe-%s-%s-%d", name, proto, time.Now().UnixNano()%100000), netip.AddrPortFrom(vip, 80), &emulator.TrafficOptions{Proto: proto, Timeout: timeout})
 }
 
 // Flows implements Mesh: the agent's CLI in the node's network namespace,

@@ -33,7 +33,9 @@ type PodTrafficMesh interface {
 	// StartPodTraffic starts a probe inside pod default/name of cluster,
 	// creating the pod with labels if it does not exist, to the service's
 	// ClusterIP there. The pod's labels may be changed while it runs.
-	StartPodTraffic(ctx context.Context, cluster, name string, labels map[string]string, service, proto string) (Traffic, error)
+	// Each attempt fails after timeout (0: the mesh's default, as
+	// StartTraffic's).
+	StartPodTraffic(ctx context.Context, cluster, name string, labels map[string]string, service, proto string, timeout time.Duration) (Traffic, error)
 }
 
 // policyName is the NetworkPolicy the Policy drill creates in c1.
@@ -80,7 +82,7 @@ func Policy(ctx context.Context, e *Env) error {
 		_ = kube1.NetworkingV1().NetworkPolicies("default").Delete(bg, policyName, metav1.DeleteOptions{})
 	}()
 	probe := func(pod, app, proto string) (Traffic, error) {
-		return m.StartPodTraffic(ctx, c2, pod, map[string]string{"app": app}, e.Service, proto)
+		return m.StartPodTraffic(ctx, c2, pod, map[string]string{"app": app}, e.Service, proto, PodProbeTimeout)
 	}
 	front, err := probe("policy-frontend", "frontend", "tcp")
 	if err != nil {

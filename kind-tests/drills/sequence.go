@@ -637,7 +637,7 @@ func Disconnect(ctx context.Context, e *Env) error {
 			defer func() {
 				_ = kube.CoreV1().Pods("default").Delete(context.WithoutCancel(ctx), probePod, metav1.DeleteOptions{})
 			}()
-			tr, err = pm.StartPodTraffic(ctx, c, probePod, map[string]string{"app": probePod}, e.Service, "tcp")
+			tr, err = pm.StartPodTraffic(ctx, c, probePod, map[string]string{"app": probePod}, e.Service, "tcp", 0)
 		} else {
 			tr, err = e.traffic(ctx, c, "tcp")
 		}

@@ -419,7 +419,7 @@ func (m *Mesh) StartTraffic(ctx context.Context, node, service, proto string) (d
 	if err != nil {
 		return nil, err
 	}
-	return m.startProbe(ctx, node, name, map[string]string{"app.kubernetes.io/name": "drill-probe"}, target, service, proto, 500*time.Millisecond)
+	return m.startProbe(ctx, node, name, map[string]string{"app.kubernetes.io/name": "drill-probe"}, target, service, proto, probeTimeout)
 }
 
 var _ drills.NameTrafficMesh = (*Mesh)(nil)
@@ -442,9 +442,13 @@ func (m *Mesh) clusterIP(ctx context.Context, node, service string) (string, err
 	return net.JoinHostPort(svc.Spec.ClusterIP, "80"), nil
 }
 
+// probeTimeout bounds each attempt of a probe pod, unless a drill asks for
+// another (the Policy drill's resolution).
+const probeTimeout = 500 * time.Millisecond
+
 // StartPodTraffic implements drills.PodTrafficMesh: the probe is itself
 // pod default/name, with the given labels, on the cluster's first node.
-func (m *Mesh) StartPodTraffic(ctx context.Context, cluster, name string, labels map[string]string, service, proto string) (drills.Traffic, error) {
+func (m *Mesh) StartPodTraffic(ctx context.Context, cluster, name string, labels map[string]string, service, proto string, timeout time.Duration) (drills.Traffic, error) {
 	nodes := m.nodes[cluster]
 	if len(nodes) == 0 {
 		return nil, fmt.Errorf("cluster %s: no nodes", cluster)
@@ -453,7 +457,10 @@ func (m *Mesh) StartPodTraffic(ctx context.Context, cluster, name string, labels
 	if err != nil {
 		return nil, err
 	}
-	return m.startProbe(ctx, nodes[0], name, labels, target, service, proto, drills.PodProbeTimeout)
+	if timeout <= 0 {
+		timeout = probeTimeout
+	}
+	return m.startProbe(ctx, nodes[0], name, labels, target, service, proto, timeout)
 }
 
 // startProbe runs a probe pod on node aimed at target (host:port) of
