@@ -94,28 +94,48 @@ func lastChangePerRoute(paths []*table.Path) []*table.Path {
 	if len(paths) < 2 {
 		return paths
 	}
-	type key struct {
-		id     uint32
-		family bgp.RouteFamily
-		prefix string
-	}
-	last := make(map[key]int, len(paths))
+	last := make(map[routeKey]int, len(paths))
 	for i, p := range paths {
-		if p.IsEOR() {
-			continue
+		if !p.IsEOR() {
+			last[keyOfRoute(p)] = i
 		}
-		last[key{p.GetNlri().PathLocalIdentifier(), p.GetRouteFamily(), p.GetNlri().String()}] = i
 	}
 	if len(last) == len(paths) {
 		return paths // no route twice (the common case)
 	}
 	out := make([]*table.Path, 0, len(last))
 	for i, p := range paths {
-		if p.IsEOR() || last[key{p.GetNlri().PathLocalIdentifier(), p.GetRouteFamily(), p.GetNlri().String()}] == i {
+		if p.IsEOR() || last[keyOfRoute(p)] == i {
 			out = append(out, p)
 		}
 	}
 	return out
+}
+
+// routeKey names a route: IP prefixes by value, other NLRI by their text.
+type routeKey struct {
+	id     uint32
+	family bgp.RouteFamily
+	prefix netip.Prefix
+	other  string
+}
+
+func keyOfRoute(p *table.Path) routeKey {
+	k := routeKey{id: p.GetNlri().PathLocalIdentifier(), family: p.GetRouteFamily()}
+	var ip []byte
+	var bits uint8
+	switch n := p.GetNlri().(type) {
+	case *bgp.IPAddrPrefix:
+		ip, bits = n.Prefix, n.Length
+	case *bgp.IPv6AddrPrefix:
+		ip, bits = n.Prefix, n.Length
+	}
+	if a, ok := netip.AddrFromSlice(ip); ok {
+		k.prefix = netip.PrefixFrom(a.Unmap(), int(bits))
+		return k
+	}
+	k.other = p.GetNlri().String()
+	return k
 }
 
 // AddPathList is the embedded counterpart of the gRPC AddPathStream: every
