@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 
 	"github.com/clustermesh/clustermesh/pki"
 )
@@ -22,10 +23,18 @@ type ownerCredential struct {
 	ca        *pki.CA
 	cert, key []byte
 	// trustedCAFile is what etcd loads its client CA pool from at start:
-	// the cluster's CA file followed by the owner's CA (a temporary file,
-	// removed when the server closes; etcd reads it when it serves).
+	// the cluster's CA file followed by the owner's CA (etcd reads it when
+	// it serves).
 	trustedCAFile string
+	// dir is a private temporary directory, removed when the server
+	// closes: it holds trustedCAFile and the socket of etcd's HTTP
+	// endpoints (httpSocket).
+	dir string
 }
+
+// httpSocket is where etcd serves its HTTP endpoints: a Unix socket in the
+// server's private directory (see StartServer).
+func (o *ownerCredential) httpSocket() string { return filepath.Join(o.dir, "http.sock") }
 
 func newOwnerCredential(cfg ServerConfig) (*ownerCredential, error) {
 	ca, err := pki.NewCA("clustermesh-store-owner "+cfg.Cluster, 0)
@@ -40,22 +49,23 @@ func newOwnerCredential(cfg ServerConfig) (*ownerCredential, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: cluster %s: server: CA file: %w", ErrConfig, cfg.Cluster, err)
 	}
-	f, err := os.CreateTemp("", "clustermesh-client-ca-*.crt")
+	// A short name: a Unix socket's path is limited to about 100 bytes.
+	dir, err := os.MkdirTemp("", "cm-store-")
 	if err != nil {
 		return nil, fmt.Errorf("cluster %s: server: %w", cfg.Cluster, err)
 	}
-	defer f.Close()
 	if !(len(bundle) == 0 || bundle[len(bundle)-1] == '\n') {
 		bundle = append(bundle, '\n')
 	}
-	if _, err := f.Write(append(bundle, ca.CertPEM()...)); err != nil {
-		os.Remove(f.Name())
+	caFile := filepath.Join(dir, "client-ca.crt")
+	if err := os.WriteFile(caFile, append(bundle, ca.CertPEM()...), 0o600); err != nil {
+		os.RemoveAll(dir)
 		return nil, fmt.Errorf("cluster %s: server: %w", cfg.Cluster, err)
 	}
-	return &ownerCredential{ca: ca, cert: cert, key: key, trustedCAFile: f.Name()}, nil
+	return &ownerCredential{ca: ca, cert: cert, key: key, trustedCAFile: caFile, dir: dir}, nil
 }
 
-func (o *ownerCredential) remove() { os.Remove(o.trustedCAFile) }
+func (o *ownerCredential) remove() { os.RemoveAll(o.dir) }
 
 // OwnerClient connects to the store as its owner (the admin user), with
 // the in-memory credential only this process holds, over the server's

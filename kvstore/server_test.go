@@ -2,8 +2,13 @@ package kvstore
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -133,5 +138,57 @@ func TestServerWildcardListen(t *testing.T) {
 	c := newClient(t, p.clientConfig(srv.Endpoint(), UserAdmin))
 	if _, err := c.cli.Put(context.Background(), api.NodeKey("c1", "n1"), "x"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestServerEndpoints checks where the store serves what: its client URL
+// speaks gRPC only (etcd's HTTP endpoints would make it serve gRPC through
+// net/http's slower HTTP/2 server); the HTTP endpoints are on a Unix
+// socket in the server's private directory, under the same client
+// certificate rule; the directory goes with the server.
+func TestServerEndpoints(t *testing.T) {
+	p := newTestPKI(t)
+	srv, err := StartServer(context.Background(), p.serverConfig(t.TempDir(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	cfg := p.clientConfig(srv.Endpoint(), UserAdmin)
+	tlsCfg, err := clientTLS(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(tlsCfg *tls.Config, dial func(ctx context.Context, _, _ string) (net.Conn, error), url string) (string, error) {
+		tr := &http.Transport{TLSClientConfig: tlsCfg, DialContext: dial, ForceAttemptHTTP2: false}
+		defer tr.CloseIdleConnections()
+		c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+		resp, err := c.Get(url)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return fmt.Sprintf("%d %s", resp.StatusCode, body), nil
+	}
+	if got, err := get(tlsCfg, nil, srv.Endpoint()+"/version"); err == nil && strings.HasPrefix(got, "200") {
+		t.Errorf("client URL answers HTTP: %s", got)
+	}
+	sock := srv.owner.httpSocket()
+	unix := func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}
+	if got, err := get(tlsCfg, unix, "https://127.0.0.1/version"); err != nil || !strings.HasPrefix(got, "200") {
+		t.Errorf("HTTP socket /version: %q, %v", got, err)
+	}
+	noCert := tlsCfg.Clone()
+	noCert.Certificates, noCert.GetClientCertificate = nil, nil
+	if got, err := get(noCert, unix, "https://127.0.0.1/version"); err == nil {
+		t.Errorf("HTTP socket answered a client without a certificate: %s", got)
+	}
+	dir := srv.owner.dir
+	srv.Close()
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("server directory %s left behind: %v", dir, err)
 	}
 }
