@@ -41,7 +41,11 @@ import (
 //   - join-sync-ms: the same for one more agent once the mesh is up (a
 //     new node, a restarted agent);
 //   - prop-p50-ms / prop-p99-ms: an endpoint slice written in cluster 0 →
-//     seen by an agent of cluster 1, 50 writes one after another;
+//     seen by an agent of cluster 1, propWrites writes one after another;
+//     in cached mode, paired-direct-p50-ms / -p99-ms: the same writes
+//     seen by a follower in cluster 1 reading cluster 0's store directly,
+//     at the same moments (SCALE_PROFILE_DIR=dir writes the CPU profile of
+//     these writes per mode);
 //   - B/remote-endpoint: heap held by the followers per remote endpoint
 //     held (all agents together, after a GC);
 //   - cache-sync-store-cpu-ms, sync-store-cpu-ms: the CPU all stores spent
@@ -75,6 +79,10 @@ func BenchmarkScale(b *testing.B) {
 // averaged over.
 const churnWrites = 200
 
+// propWrites is how many writes in c1 the propagation percentiles are
+// taken over, one after another (the p99 of 200 is the second slowest).
+const propWrites = 200
+
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func envInt(name string, def int) int {
@@ -93,6 +101,7 @@ type holder struct {
 	synced  map[api.Kind]bool
 	watch   string
 	arrived chan struct{}
+	at      time.Time
 }
 
 func newHolder() *holder {
@@ -105,7 +114,7 @@ func (h *holder) Upsert(_ string, obj api.Object) {
 	defer h.mu.Unlock()
 	h.objs[obj.Key()] = obj
 	if h.watch != "" && obj.Key() == h.watch {
-		h.watch = ""
+		h.watch, h.at = "", time.Now()
 		close(h.arrived)
 	}
 }
@@ -181,6 +190,13 @@ func (h *holder) holdsAll(keys []string) bool {
 	return true
 }
 
+// arrivedAt is when the key expected last arrived.
+func (h *holder) arrivedAt() time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.at
+}
+
 // expect arms the holder to signal when key arrives.
 func (h *holder) expect(key string) <-chan struct{} {
 	h.mu.Lock()
@@ -249,7 +265,7 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 					p.WriteConnFile(cdir, p.Name, kvstore.UserRemote)
 				}
 			}
-			mc, err := meshcache.New(meshcache.Config{Cluster: c.Name, Local: c.Admin(), ClustersDir: cdir, DirPoll: 200 * time.Millisecond})
+			mc, err := meshcache.New(meshcache.Config{Cluster: c.Name, Local: c.Admin(), ClustersDir: cdir})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -389,24 +405,60 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 	// (the floor any reader pays), on c2's store in cached mode (the
 	// cache's hop: c1's store → the cache → c2's store), the rest being
 	// the agent's own watch of the store the watch is on.
+	//
+	// In cached mode one more follower in c2 reads c1's store directly
+	// (as a direct-mode agent would) and times the same writes: both paths
+	// measured at the same moments, under the same load, which the two
+	// modes' runs, minutes apart on a shared machine, are not.
 	h := holders[1][0][cs[0].Name]
-	var prop, hop []time.Duration
+	var paired *holder
+	if cached {
+		reg := remote.NewRegistry()
+		if err := reg.Claim(&cs[1].Config, true, nil); err != nil {
+			b.Fatal(err)
+		}
+		cfg := conf(cs[0], kvstore.UserRemote)
+		cfg.ClusterID = cs[0].Config.ID
+		paired = newHolder()
+		f := remote.New(remote.Options{Name: cs[0].Name, Config: cfg, Registry: reg, Delegate: paired, ProbeInterval: time.Second})
+		wg.Add(1)
+		go func() { defer wg.Done(); f.Run(ctx) }()
+		for t0 := time.Now(); !paired.allSynced(); time.Sleep(10 * time.Millisecond) {
+			if time.Since(t0) > 5*time.Minute {
+				b.Fatal("paired direct follower not synced after 5 minutes")
+			}
+		}
+	}
+	var prop, hop, pairedProp []time.Duration
+	probePhase := startPhase()
 	cidr := "10.1.0.0/16"
 	watched := cs[0]
 	if cached {
 		watched = cs[1]
 	}
 	seen := watchArrivals(ctx, b, kvstoretest.RawClient(b, conf(watched, kvstore.UserAdmin)), api.ClusterPrefix(api.KindEndpoints, cs[0].Name)+"ns/svc-0/probe-")
-	for k := 0; k < 50; k++ {
+	for k := 0; k < propWrites; k++ {
 		sl := cs[0].Slice("ns", "svc-0", fmt.Sprintf("probe-%d", k), meshtest.IP(cidr, k))
 		arrived := h.expect(sl.Key())
+		var pairedArrived <-chan struct{}
+		if paired != nil {
+			pairedArrived = paired.expect(sl.Key())
+		}
 		t0 := time.Now()
 		cs[0].Upsert(sl)
 		select {
 		case <-arrived:
-			prop = append(prop, time.Since(t0))
+			prop = append(prop, h.arrivedAt().Sub(t0))
 		case <-time.After(30 * time.Second):
 			b.Fatalf("write %d in c1 not seen in c2 after 30 s", k)
+		}
+		if paired != nil {
+			select {
+			case <-pairedArrived:
+				pairedProp = append(pairedProp, paired.arrivedAt().Sub(t0))
+			case <-time.After(30 * time.Second):
+				b.Fatalf("write %d in c1 not seen by the paired direct follower after 30 s", k)
+			}
 		}
 		if at, ok := seen(sl.Key(), 30*time.Second); ok {
 			hop = append(hop, at.Sub(t0))
@@ -414,8 +466,18 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 			b.Fatalf("write %d in c1 not seen by the bare watch of %s after 30 s", k, watched.Name)
 		}
 	}
+	probeCost := probePhase.stop()
 	slices.Sort(prop)
 	slices.Sort(hop)
+	slices.Sort(pairedProp)
+	if dir := os.Getenv("SCALE_PROFILE_DIR"); dir != "" {
+		mode := map[bool]string{false: "direct", true: "cached"}[cached]
+		for what, c := range map[string]phaseCost{"probes": probeCost} {
+			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%s.cpu.pprof", mode, what)), c.Profile, 0o600); err != nil {
+				b.Log(err)
+			}
+		}
+	}
 
 	// Churn: churnWrites more slices written in c1, one after another,
 	// until every agent of every other cluster holds them all: what the
@@ -460,6 +522,10 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 	b.ReportMetric(float64(cacheSync.Milliseconds()), "cache-sync-ms")
 	b.ReportMetric(p(50), "prop-p50-ms")
 	b.ReportMetric(p(99), "prop-p99-ms")
+	if cached {
+		b.ReportMetric(pctl(pairedProp, 50), "paired-direct-p50-ms")
+		b.ReportMetric(pctl(pairedProp, 99), "paired-direct-p99-ms")
+	}
 	b.ReportMetric(pctl(hop, 50), "store-watch-p50-ms")
 	b.ReportMetric(pctl(hop, 99), "store-watch-p99-ms")
 	b.ReportMetric(perEndpoint, "B/remote-endpoint")
@@ -483,6 +549,10 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 		mode, cacheCost.StoreCPU.Round(time.Millisecond), cacheCost.ProcessCPU.Round(time.Millisecond), syncCost.StoreCPU.Round(time.Millisecond), syncCost.ProcessCPU.Round(time.Millisecond), churnWrites,
 		perWrite(churn.Puts+churn.Deletes), perWrite(churn.PutBytes), perWrite(churn.Events), perWrite(churn.SentBytes), perWrite(float64(churn.StoreCPU.Microseconds())), perWrite(float64(churn.ProcessCPU.Microseconds())))
 	b.Logf("%s: write in c1 → bare watch of %s's store p50 %.2f ms p99 %.2f ms", mode, watched.Name, pctl(hop, 50), pctl(hop, 99))
+	if cached {
+		b.Logf("cached: the same %d writes, through the cache p50 %.2f ms p99 %.2f ms, read directly from c1's store (paired) p50 %.2f ms p99 %.2f ms: p99 %.2f× direct",
+			propWrites, p(50), p(99), pctl(pairedProp, 50), pctl(pairedProp, 99), p(99)/pctl(pairedProp, 99))
+	}
 	if churn.ProfileErr != nil {
 		b.Log(churn.ProfileErr)
 	}

@@ -51,6 +51,9 @@ type phaseCost struct {
 	// the profiler was already in use, e.g. under go test -cpuprofile).
 	StoreCPU   time.Duration
 	ProfileErr error
+	// Profile is the phase's CPU profile (gzipped profile.proto), for
+	// SCALE_PROFILE_DIR.
+	Profile []byte
 	// ProcessCPU is the whole benchmark process's: stores, caches, agents,
 	// relays, GC.
 	ProcessCPU time.Duration
@@ -71,7 +74,8 @@ func (p *cpuPhase) stop() phaseCost {
 	c := phaseCost{ProfileErr: p.err}
 	if p.profile {
 		pprof.StopCPUProfile()
-		c.StoreCPU, c.ProfileErr = storeCPU(p.buf.Bytes())
+		c.Profile = p.buf.Bytes()
+		c.StoreCPU, c.ProfileErr = storeCPU(c.Profile)
 	}
 	c.ProcessCPU = processCPU() - p.rusage
 	c.etcdCounters = readEtcdCounters().sub(p.etcd)
