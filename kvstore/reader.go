@@ -225,10 +225,29 @@ func (r *Reader) setSynced(kind api.Kind) {
 // consumer must keep receiving until then.
 func (r *Reader) Watch(ctx context.Context, kind api.Kind) <-chan Event {
 	out := make(chan Event, r.opts.Buffer)
+	r.start(ctx, kind, out, nil)
+	return out
+}
+
+// WatchTo is Watch sending into out, which several watches may share: a
+// consumer of many kinds (every kind of a peer) then receives their events
+// from one channel, with no goroutine per kind between them and it. out is
+// never closed; the returned channel is, once the watch has stopped
+// sending (after ctx is done; the consumer need not receive meanwhile).
+func (r *Reader) WatchTo(ctx context.Context, kind api.Kind, out chan<- Event) <-chan struct{} {
+	done := make(chan struct{})
+	r.start(ctx, kind, out, done)
+	return done
+}
+
+// start runs one watch of kind into out. When it returns, done is
+// closed, or out when done is nil (Watch: out is the watch's own).
+func (r *Reader) start(ctx context.Context, kind api.Kind, out chan<- Event, done chan<- struct{}) {
 	w := &kindWatch{
 		r:       r,
 		kind:    kind,
 		out:     out,
+		done:    done,
 		canary:  isSyncedKind(kind),
 		seed:    maphash.MakeSeed(),
 		emitted: make(map[string]held),
@@ -241,14 +260,16 @@ func (r *Reader) Watch(ctx context.Context, kind api.Kind) <-chan Event {
 		w.prefix = true
 	}
 	go w.run(ctx)
-	return out
 }
 
 // kindWatch is the state of one Watch: what was sent to the consumer.
 type kindWatch struct {
-	r      *Reader
-	kind   api.Kind
-	out    chan<- Event
+	r    *Reader
+	kind api.Kind
+	out  chan<- Event
+	// done, when not nil, is closed when the watch stops; otherwise out
+	// is.
+	done   chan<- struct{}
 	key    string
 	prefix bool
 	canary bool
@@ -289,7 +310,13 @@ type relistReason string
 
 // run lists and watches until ctx is done; every return is on ctx done.
 func (w *kindWatch) run(ctx context.Context) {
-	defer close(w.out)
+	defer func() {
+		if w.done != nil {
+			close(w.done)
+		} else {
+			close(w.out)
+		}
+	}()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	retry := backoff.New(w.r.opts.MinBackoff, w.r.opts.MaxBackoff)

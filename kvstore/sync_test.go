@@ -601,3 +601,61 @@ func TestChurn(t *testing.T) {
 	eventually(t, "store to hold the writer's truth", func() bool { return e.storeCount(t) == int64(len(tr)) })
 	waitConverged(t, v, tr)
 }
+
+// TestWatchToSharedChannel follows two kinds into one channel (as a
+// peer's follower does): both kinds' objects and synced events arrive, and
+// the watches stop once their context ends, with nobody receiving.
+func TestWatchToSharedChannel(t *testing.T) {
+	e := newEnv(t, false)
+	ctx := context.Background()
+	w, _ := e.newWriter(t, nil)
+	svc := &api.Service{Cluster: "c1", ClusterID: 1, Namespace: "ns", Name: "web", Global: true, Shared: true}
+	for _, obj := range []api.Object{testNode("n1", 1), svc} {
+		if err := w.Upsert(ctx, obj); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, k := range []api.Kind{api.KindNode, api.KindService} {
+		if err := w.MarkSynced(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	r := e.newReader(t)
+	events := make(chan Event) // unbuffered: the watches wait for the receiver
+	var dones []<-chan struct{}
+	for _, k := range []api.Kind{api.KindNode, api.KindService} {
+		dones = append(dones, r.WatchTo(wctx, k, events))
+	}
+	want := map[string]bool{api.NodeKey("c1", "n1"): true, svc.Key(): true, "synced " + string(api.KindNode): true, "synced " + string(api.KindService): true}
+	for len(want) > 0 {
+		select {
+		case ev := <-events:
+			what := ev.Key
+			if ev.Type == EventSynced {
+				what = "synced " + string(ev.Kind)
+			}
+			if !want[what] {
+				t.Fatalf("unexpected event %s %s %q", ev.Type, ev.Kind, ev.Key)
+			}
+			delete(want, what)
+		case <-time.After(time.Minute):
+			t.Fatalf("still waiting for %v", want)
+		}
+	}
+	// One more change is pending in a watch when the context ends: it is
+	// dropped, and the watch stops without anyone receiving it.
+	if err := w.Upsert(ctx, testNode("n1", 2)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	for _, done := range dones {
+		select {
+		case <-done:
+		case <-time.After(time.Minute):
+			t.Fatal("watch still running a minute after its context ended")
+		}
+	}
+}
