@@ -59,6 +59,10 @@ type Merger struct {
 	// events name services by frontend).
 	byFrontend map[loadbalancer.Frontend]Name
 	dirty      map[Name]struct{}
+	// cands is computeLocked's scratch list of candidates, reused from one
+	// frontend to the next (guarded by mu): a list per frontend was a
+	// third of a first Sync's allocations.
+	cands []candidate
 }
 
 // New returns a merger for the cluster named local, programming dp. A nil log
@@ -361,7 +365,7 @@ type SyncResult struct {
 // frontends.
 type work struct {
 	name    Name
-	desired map[loadbalancer.Frontend]loadbalancer.Service
+	desired programmedSet
 	old     programmedSet
 }
 
@@ -372,24 +376,20 @@ type work struct {
 type programmedSet []loadbalancer.Service
 
 func (p programmedSet) get(fe loadbalancer.Frontend) (loadbalancer.Service, bool) {
-	for _, s := range p {
-		if s.Frontend == fe {
-			return s, true
-		}
+	if i, ok := slices.BinarySearchFunc(p, fe, func(s loadbalancer.Service, fe loadbalancer.Frontend) int { return compareFrontend(s.Frontend, fe) }); ok {
+		return p[i], true
 	}
 	return loadbalancer.Service{}, false
 }
 
-func newProgrammedSet(m map[loadbalancer.Frontend]loadbalancer.Service) programmedSet {
-	if len(m) == 0 {
-		return nil
-	}
-	p := make(programmedSet, 0, len(m))
-	for _, s := range m {
-		p = append(p, s)
-	}
+// sortSet sorts p by frontend.
+func sortSet(p programmedSet) {
 	slices.SortFunc(p, func(a, b loadbalancer.Service) int { return compareFrontend(a.Frontend, b.Frontend) })
-	return p
+}
+
+// equalSet reports whether a and b hold equal services.
+func equalSet(a, b programmedSet) bool {
+	return slices.EqualFunc(a, b, equalService)
 }
 
 // bulkThreshold is how many upserts make a Sync use the datapath's bulk
@@ -397,12 +397,15 @@ func newProgrammedSet(m map[loadbalancer.Frontend]loadbalancer.Service) programm
 const bulkThreshold = 64
 
 // bulkUpsert programs the changed frontends of todo in one call when the
-// datapath has a bulk path and there are many, and returns those it
-// programmed; the rest (refused, or all when not bulk) go one by one.
-func (m *Merger) bulkUpsert(ctx context.Context, todo []work) map[loadbalancer.Frontend]bool {
+// datapath has a bulk path and there are many. When it did (used), every
+// changed frontend of todo was programmed but those in refused; the rest
+// (refused, or all when not used) go one by one. The answer is the bulk
+// call's own error map rather than a set of the frontends programmed,
+// which cost a map of every frontend (about 10 MB at 100,000).
+func (m *Merger) bulkUpsert(ctx context.Context, todo []work) (used bool, refused map[loadbalancer.Frontend]error) {
 	bdp, ok := m.dp.(loadbalancer.BulkDatapath)
 	if !ok {
-		return nil
+		return false, nil
 	}
 	// Sized for every desired frontend: growing it by doubling copied and
 	// collected about 100 ms worth of services at 100,000.
@@ -412,24 +415,27 @@ func (m *Merger) bulkUpsert(ctx context.Context, todo []work) map[loadbalancer.F
 	}
 	svcs := make([]loadbalancer.Service, 0, n)
 	for _, w := range todo {
-		for fe, svc := range w.desired {
-			if old, ok := w.old.get(fe); !ok || !equalService(old, svc) {
+		for _, svc := range w.desired {
+			if old, ok := w.old.get(svc.Frontend); !ok || !equalService(old, svc) {
 				svcs = append(svcs, svc)
 			}
 		}
 	}
 	if len(svcs) < bulkThreshold {
-		return nil
+		return false, nil
 	}
 	errs := bdp.UpsertServices(ctx, svcs)
-	done := make(map[loadbalancer.Frontend]bool, len(svcs))
-	for _, s := range svcs {
-		if errs[s.Frontend] == nil {
-			done[s.Frontend] = true
+	programmed := len(svcs)
+	if len(errs) > 0 {
+		programmed = 0
+		for _, s := range svcs {
+			if errs[s.Frontend] == nil {
+				programmed++
+			}
 		}
 	}
-	m.log.Info("bulk programmed", "services", len(done), "refused", len(errs))
-	return done
+	m.log.Info("bulk programmed", "services", programmed, "refused", len(errs))
+	return true, errs
 }
 
 // Sync recomputes every dirty service and pushes upserts and deletes of the
@@ -442,28 +448,36 @@ func (m *Merger) Sync(ctx context.Context) (SyncResult, error) {
 	m.mu.Lock()
 	todo := make([]work, 0, len(m.dirty))
 	for n := range m.dirty {
-		todo = append(todo, work{name: n, desired: m.computeLocked(n), old: m.programmed[n]})
+		old := m.programmed[n]
+		todo = append(todo, work{name: n, desired: m.computeLocked(n, old), old: old})
 	}
 	clear(m.dirty)
 	m.mu.Unlock()
 
 	var res SyncResult
 	var errs []error
-	bulkDone := m.bulkUpsert(ctx, todo)
+	bulkUsed, bulkRefused := m.bulkUpsert(ctx, todo)
 	for _, w := range todo {
 		res.Services++
-		done := map[loadbalancer.Frontend]loadbalancer.Service{}
+		// done is what ends up programmed, sorted by frontend. It is
+		// built in place of desired, which it never outruns: each
+		// desired frontend leaves at most one entry, under the same
+		// frontend; those dropped (refused, nothing programmed before)
+		// are not in old, so the deletes below, which look up old
+		// frontends in desired, find the same in what is left.
+		done := w.desired[:0]
 		failed := false
 		// Upserts first, then deletes: a frontend never disappears before
 		// its replacement exists.
-		for fe, svc := range w.desired {
+		for _, svc := range w.desired {
+			fe := svc.Frontend
 			if old, ok := w.old.get(fe); ok && equalService(old, svc) {
-				done[fe] = old
+				done = append(done, old)
 				continue
 			}
-			if bulkDone[fe] {
+			if bulkUsed && bulkRefused[fe] == nil {
 				res.Upserts++
-				done[fe] = svc
+				done = append(done, svc)
 				continue
 			}
 			if err := m.dp.UpsertService(ctx, svc); err != nil {
@@ -474,39 +488,50 @@ func (m *Merger) Sync(ctx context.Context) (SyncResult, error) {
 				// until the merged set goes in (the service stays dirty).
 				if local, ok := m.localOnly(w.name, svc); ok {
 					if old, ok := w.old.get(fe); ok && equalService(old, local) {
-						done[fe] = old // local alone is already programmed
+						done = append(done, old) // local alone is already programmed
 						continue
 					}
 					if lerr := m.dp.UpsertService(ctx, local); lerr == nil {
 						m.log.Warn("programmed local backends only: the merged set was refused", "service", w.name, "frontend", fe, "error", err)
 						res.Upserts++
-						done[fe] = local
+						done = append(done, local)
 						continue
 					}
 				}
 				if old, ok := w.old.get(fe); ok {
-					done[fe] = old
+					done = append(done, old)
 				}
 				continue
 			}
 			res.Upserts++
-			done[fe] = svc
+			done = append(done, svc)
 		}
+		kept := len(done)
 		for _, old := range w.old {
 			fe := old.Frontend
-			if _, ok := w.desired[fe]; ok {
+			if _, ok := done[:kept].get(fe); ok {
 				continue
 			}
 			if err := m.dp.DeleteService(ctx, fe); err != nil {
 				errs = append(errs, fmt.Errorf("%w: service %s: delete frontend %s: %w", ErrDatapath, w.name, fe, err))
 				failed = true
-				done[fe] = old
+				done = append(done, old)
 				continue
 			}
 			res.Deletes++
 		}
+		if len(done) > kept {
+			sortSet(done)
+		}
+		if len(done) == 0 {
+			done = nil
+		}
 		m.mu.Lock()
-		m.setProgrammedLocked(w.name, w.old, newProgrammedSet(done))
+		// Nothing changed (a resync): what is programmed, and the
+		// indexes built from it, stay as they are.
+		if !equalSet(done, w.old) {
+			m.setProgrammedLocked(w.name, w.old, done)
+		}
 		if failed {
 			m.dirty[w.name] = struct{}{}
 		}
@@ -612,28 +637,59 @@ type candidate struct {
 }
 
 // computeLocked returns the desired merged service of every local frontend
-// of n.
-func (m *Merger) computeLocked(n Name) map[loadbalancer.Frontend]loadbalancer.Service {
+// of n, sorted by frontend. old is what is programmed for n: its name
+// string is reused.
+func (m *Merger) computeLocked(n Name, old programmedSet) programmedSet {
 	p := m.services[n]
 	localSvc := p.svc(m.local)
 	if localSvc == nil || !localSvc.Global {
 		return nil
 	}
-	out := map[loadbalancer.Frontend]loadbalancer.Service{}
-
+	ips := frontendIPs(localSvc)
+	out := make(programmedSet, 0, len(localSvc.Ports)*len(ips))
+	name := serviceName(localSvc, old)
 	for _, sp := range localSvc.Ports {
 		proto, ok := protocolOf(sp.Protocol)
 		if !ok {
 			m.log.Debug("skipping unsupported protocol", "service", n, "port", sp.Name, "protocol", sp.Protocol)
 			continue
 		}
-		for _, vip := range frontendIPs(localSvc) {
+		for _, vip := range ips {
 			fe := loadbalancer.Frontend{Addr: netip.AddrPortFrom(vip, sp.Port), Protocol: proto}
-			cands := m.candidatesLocked(p, sp, vip.Is4())
-			out[fe] = m.choose(localSvc, fe, cands)
+			m.cands = m.candidatesLocked(m.cands[:0], p, sp, vip.Is4())
+			out = append(out, m.choose(localSvc, fe, name, m.cands))
 		}
 	}
-	return out
+	clear(m.cands) // keeps no strings alive
+	if len(out) == 0 {
+		return nil
+	}
+	// Two ports or addresses may give the same frontend: the last one
+	// wins, as it did when this was a map.
+	slices.SortStableFunc(out, func(a, b loadbalancer.Service) int { return compareFrontend(a.Frontend, b.Frontend) })
+	k := 0
+	for i := range out {
+		if i+1 < len(out) && out[i+1].Frontend == out[i].Frontend {
+			continue
+		}
+		out[k] = out[i]
+		k++
+	}
+	clear(out[k:])
+	return out[:k]
+}
+
+// serviceName is "namespace/name" of s, the string of old when it is the
+// same: one string per service kept across Syncs, not one per frontend
+// and Sync.
+func serviceName(s *api.Service, old programmedSet) string {
+	if len(old) > 0 {
+		if o := old[0].Name; len(o) == len(s.Namespace)+1+len(s.Name) &&
+			strings.HasPrefix(o, s.Namespace) && o[len(s.Namespace)] == '/' && strings.HasSuffix(o, s.Name) {
+			return o
+		}
+	}
+	return s.Namespace + "/" + s.Name
 }
 
 // frontendIPs are a local service's virtual IPs: its cluster IPs and, for
@@ -652,24 +708,52 @@ func frontendIPs(s *api.Service) []netip.Addr {
 	return out
 }
 
-// candidatesLocked lists the endpoints of a service's clusters (p) for
-// one port and family.
-func (m *Merger) candidatesLocked(p perCluster, sp api.ServicePort, v4 bool) []candidate {
-	var cands []candidate
-	seen := map[netip.AddrPort]struct{}{}
+// dedupMap is how many candidates make candidatesLocked find duplicates
+// with a map rather than by scanning those already listed.
+const dedupMap = 32
+
+// candidatesLocked appends to cands the endpoints of a service's clusters
+// (p) for one port and family.
+func (m *Merger) candidatesLocked(cands []candidate, p perCluster, sp api.ServicePort, v4 bool) []candidate {
+	// Duplicates are found by a scan of cands while they are few: a map
+	// per frontend was the largest cost of computing a service of a few
+	// backends.
+	var seen map[netip.AddrPort]struct{}
+	dup := func(ap netip.AddrPort) bool {
+		if seen == nil && len(cands) >= dedupMap {
+			seen = make(map[netip.AddrPort]struct{}, 2*len(cands))
+			for _, c := range cands {
+				seen[c.be.Addr] = struct{}{}
+			}
+		}
+		if seen != nil {
+			if _, ok := seen[ap]; ok {
+				return true
+			}
+			seen[ap] = struct{}{}
+			return false
+		}
+		for _, c := range cands {
+			if c.be.Addr == ap {
+				return true
+			}
+		}
+		return false
+	}
 	// The local cluster goes first so that, should two clusters claim the
 	// same address, the local backend wins the dedup; the others follow in
 	// name order.
-	order := make([]*clusterState, 0, len(p))
-	if cs := p.get(m.local); cs != nil {
-		order = append(order, cs)
-	}
-	for i := range p {
-		if p[i].cluster != m.local {
-			order = append(order, &p[i])
+	li, hasLocal := p.find(m.local)
+	for k := -1; k < len(p); k++ {
+		var cs *clusterState
+		switch {
+		case k < 0 && hasLocal:
+			cs = &p[li]
+		case k < 0, hasLocal && k == li:
+			continue
+		default:
+			cs = &p[k]
 		}
-	}
-	for _, cs := range order {
 		c, svc := cs.cluster, cs.svc
 		local := c == m.local
 		if svc == nil || (!local && (!svc.Global || !svc.Shared)) {
@@ -693,10 +777,9 @@ func (m *Merger) candidatesLocked(p perCluster, sp api.ServicePort, v4 bool) []c
 					continue
 				}
 				ap := netip.AddrPortFrom(addr, port)
-				if _, dup := seen[ap]; dup {
+				if dup(ap) {
 					continue
 				}
-				seen[ap] = struct{}{}
 				cands = append(cands, candidate{
 					be:      loadbalancer.Backend{Addr: ap, Node: loadbalancer.NodeRef{ClusterID: id, Name: ep.NodeName}},
 					local:   local,
@@ -716,7 +799,9 @@ func (m *Merger) healthy(node loadbalancer.NodeRef) bool {
 }
 
 // choose applies readiness and affinity to the candidates of one frontend.
-func (m *Merger) choose(svc *api.Service, fe loadbalancer.Frontend, cands []candidate) loadbalancer.Service {
+// name is svc's "namespace/name". The backend lists it returns are sized
+// to what they hold and share nothing with cands.
+func (m *Merger) choose(svc *api.Service, fe loadbalancer.Frontend, name string, cands []candidate) loadbalancer.Service {
 	if svc.InternalTrafficLocal {
 		// Only the node's own backends, as kube-proxy does: none means
 		// no backend, never another node's.
@@ -735,55 +820,52 @@ func (m *Merger) choose(svc *api.Service, fe loadbalancer.Frontend, cands []cand
 			break
 		}
 	}
-	var local, remote []loadbalancer.Backend
-	localUp, remoteUp := 0, 0
-	for _, c := range cands {
-		if useReady && !c.ready || !useReady && !c.serving {
-			continue
-		}
-		up := m.healthy(c.be.Node)
-		if c.local {
-			local = append(local, c.be)
-			if up {
-				localUp++
-			}
-		} else {
-			remote = append(remote, c.be)
-			if up {
-				remoteUp++
+	usable := func(c candidate) bool { return !(useReady && !c.ready || !useReady && !c.serving) }
+	out := loadbalancer.Service{Frontend: fe, Name: name}
+	// list returns the usable backends, local ones (where), remote ones,
+	// or all, sorted, in a list of their own size.
+	list := func(local, remote bool) []loadbalancer.Backend {
+		k := 0
+		for _, c := range cands {
+			if usable(c) && (c.local && local || !c.local && remote) {
+				k++
 			}
 		}
-	}
-	sortBackends(local)
-	sortBackends(remote)
-	all := func() []loadbalancer.Backend {
-		a := make([]loadbalancer.Backend, 0, len(local)+len(remote))
-		a = append(append(a, local...), remote...)
+		if k == 0 {
+			return nil
+		}
+		a := make([]loadbalancer.Backend, 0, k)
+		for _, c := range cands {
+			if usable(c) && (c.local && local || !c.local && remote) {
+				a = append(a, c.be)
+			}
+		}
 		sortBackends(a)
 		return a
 	}
-	out := loadbalancer.Service{Frontend: fe, Name: svc.Namespace + "/" + svc.Name}
+	all := func() []loadbalancer.Backend { return list(true, true) }
 	switch svc.Affinity {
 	case api.AffinityLocal:
 		minLocal := int(svc.MinLocalBackends)
 		if minLocal == 0 {
 			minLocal = 1
 		}
-		if localUp >= minLocal {
-			out.Preferred, out.Fallback = local, remote
+		if m.up(cands, usable, true) >= minLocal {
+			out.Preferred, out.Fallback = list(true, false), list(false, true)
 		} else {
 			out.Preferred = all()
 		}
 	case api.AffinityRemote:
-		if remoteUp >= 1 {
-			out.Preferred, out.Fallback = remote, local
+		if m.up(cands, usable, false) >= 1 {
+			out.Preferred, out.Fallback = list(false, true), list(true, false)
 		} else {
 			out.Preferred = all()
 		}
 	default:
-		out.Preferred = all()
 		if svc.PreferClose {
 			out.Preferred, out.Fallback = m.closest(cands, useReady)
+		} else {
+			out.Preferred = all()
 		}
 	}
 	if svc.SessionAffinityTimeout > 0 {
@@ -796,6 +878,17 @@ func (m *Merger) choose(svc *api.Service, fe loadbalancer.Frontend, cands []cand
 		out.Fallback = nil
 	}
 	return out
+}
+
+// up counts the usable candidates, local or remote ones, on healthy nodes.
+func (m *Merger) up(cands []candidate, usable func(candidate) bool, local bool) int {
+	k := 0
+	for _, c := range cands {
+		if c.local == local && usable(c) && m.healthy(c.be.Node) {
+			k++
+		}
+	}
+	return k
 }
 
 // closest splits usable candidates into tiers by distance from this node:
