@@ -452,6 +452,7 @@ func (m *Merger) Sync(ctx context.Context) (SyncResult, error) {
 		todo = append(todo, work{name: n, desired: m.computeLocked(n, old), old: old})
 	}
 	clear(m.dirty)
+	m.presizeLocked(todo)
 	m.mu.Unlock()
 
 	var res SyncResult
@@ -540,6 +541,30 @@ func (m *Merger) Sync(ctx context.Context) (SyncResult, error) {
 	return res, errors.Join(errs...)
 }
 
+// presizeLocked makes the indexes that are empty, as at a start, with
+// room for what todo may program: grown entry by entry to 100,000
+// services, they rehashed their way there and cost a fifth of the Sync.
+func (m *Merger) presizeLocked(todo []work) {
+	if len(todo) < bulkThreshold {
+		return
+	}
+	if len(m.programmed) == 0 {
+		m.programmed = make(map[Name]programmedSet, len(todo))
+	}
+	if len(m.ids.byName) == 0 {
+		m.ids.byName = make(map[Name]uint32, len(todo))
+		m.ids.names = make([]Name, 0, len(todo))
+		m.ids.free = nil
+	}
+	if len(m.byFrontend) == 0 {
+		n := 0
+		for _, w := range todo {
+			n += len(w.desired)
+		}
+		m.byFrontend = make(map[loadbalancer.Frontend]Name, n)
+	}
+}
+
 func (m *Merger) setProgrammedLocked(n Name, old, now programmedSet) {
 	for _, s := range old {
 		delete(m.byFrontend, s.Frontend)
@@ -550,13 +575,19 @@ func (m *Merger) setProgrammedLocked(n Name, old, now programmedSet) {
 	id, known := m.ids.byName[n]
 	if known {
 		for _, s := range old {
-			for _, node := range nodesOf(s) {
-				set := m.byNode[node]
-				if i, ok := slices.BinarySearch(set, id); ok {
-					if set = slices.Delete(set, i, i+1); len(set) == 0 {
-						delete(m.byNode, node)
-					} else {
-						m.byNode[node] = set
+			for _, bs := range backendsOf(s) {
+				for _, b := range bs {
+					node := b.Node
+					if node.Name == "" {
+						continue
+					}
+					set := m.byNode[node]
+					if i, ok := slices.BinarySearch(set, id); ok {
+						if set = slices.Delete(set, i, i+1); len(set) == 0 {
+							delete(m.byNode, node)
+						} else {
+							m.byNode[node] = set
+						}
 					}
 				}
 			}
@@ -572,10 +603,16 @@ func (m *Merger) setProgrammedLocked(n Name, old, now programmedSet) {
 	m.programmed[n] = now
 	id = m.ids.get(n)
 	for _, s := range now {
-		for _, node := range nodesOf(s) {
-			set := m.byNode[node]
-			if i, ok := slices.BinarySearch(set, id); !ok {
-				m.byNode[node] = slices.Insert(set, i, id)
+		for _, bs := range backendsOf(s) {
+			for _, b := range bs {
+				node := b.Node
+				if node.Name == "" {
+					continue
+				}
+				set := m.byNode[node]
+				if i, ok := slices.BinarySearch(set, id); !ok {
+					m.byNode[node] = slices.Insert(set, i, id)
+				}
 			}
 		}
 	}
@@ -615,16 +652,10 @@ func (s *serviceIDs) release(n Name) {
 	s.free = append(s.free, id)
 }
 
-func nodesOf(s loadbalancer.Service) []loadbalancer.NodeRef {
-	var out []loadbalancer.NodeRef
-	for _, set := range [][]loadbalancer.Backend{s.Preferred, s.Fallback} {
-		for _, b := range set {
-			if b.Node.Name != "" {
-				out = append(out, b.Node)
-			}
-		}
-	}
-	return out
+// backendsOf is the backend lists of s, preferred then fallback: ranged
+// over in place of a list of their nodes built for every service.
+func backendsOf(s loadbalancer.Service) [2][]loadbalancer.Backend {
+	return [2][]loadbalancer.Backend{s.Preferred, s.Fallback}
 }
 
 // candidate is one endpoint × port considered for a frontend.
