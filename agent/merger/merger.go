@@ -575,22 +575,7 @@ func (m *Merger) setProgrammedLocked(n Name, old, now programmedSet) {
 	id, known := m.ids.byName[n]
 	if known {
 		for _, s := range old {
-			for _, bs := range backendsOf(s) {
-				for _, b := range bs {
-					node := b.Node
-					if node.Name == "" {
-						continue
-					}
-					set := m.byNode[node]
-					if i, ok := slices.BinarySearch(set, id); ok {
-						if set = slices.Delete(set, i, i+1); len(set) == 0 {
-							delete(m.byNode, node)
-						} else {
-							m.byNode[node] = set
-						}
-					}
-				}
-			}
+			m.indexNodesLocked(s, id, false)
 		}
 	}
 	if len(now) == 0 {
@@ -603,18 +588,7 @@ func (m *Merger) setProgrammedLocked(n Name, old, now programmedSet) {
 	m.programmed[n] = now
 	id = m.ids.get(n)
 	for _, s := range now {
-		for _, bs := range backendsOf(s) {
-			for _, b := range bs {
-				node := b.Node
-				if node.Name == "" {
-					continue
-				}
-				set := m.byNode[node]
-				if i, ok := slices.BinarySearch(set, id); !ok {
-					m.byNode[node] = slices.Insert(set, i, id)
-				}
-			}
-		}
+		m.indexNodesLocked(s, id, true)
 	}
 }
 
@@ -652,10 +626,31 @@ func (s *serviceIDs) release(n Name) {
 	s.free = append(s.free, id)
 }
 
-// backendsOf is the backend lists of s, preferred then fallback: ranged
-// over in place of a list of their nodes built for every service.
-func backendsOf(s loadbalancer.Service) [2][]loadbalancer.Backend {
-	return [2][]loadbalancer.Backend{s.Preferred, s.Fallback}
+// indexNodesLocked adds (or removes) service id under the nodes of the
+// backends of s in byNode. It ranges over the backends in place: a list of
+// their nodes built for every service was a tenth of a first Sync's
+// allocations.
+func (m *Merger) indexNodesLocked(s loadbalancer.Service, id uint32, add bool) {
+	for _, bs := range [2][]loadbalancer.Backend{s.Preferred, s.Fallback} {
+		for _, b := range bs {
+			node := b.Node
+			if node.Name == "" {
+				continue
+			}
+			set := m.byNode[node]
+			i, ok := slices.BinarySearch(set, id)
+			switch {
+			case add && !ok:
+				m.byNode[node] = slices.Insert(set, i, id)
+			case !add && ok:
+				if set = slices.Delete(set, i, i+1); len(set) == 0 {
+					delete(m.byNode, node)
+				} else {
+					m.byNode[node] = set
+				}
+			}
+		}
+	}
 }
 
 // candidate is one endpoint × port considered for a frontend.
