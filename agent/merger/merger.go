@@ -63,6 +63,12 @@ type Merger struct {
 	// frontend to the next (guarded by mu): a list per frontend was a
 	// third of a first Sync's allocations.
 	cands []candidate
+	// out and backends are computeLocked's scratch for a service's merged
+	// frontends and one backend list: what it returns is a copy of its
+	// own size, or the programmed value when that is equal, so a resync
+	// that changes nothing allocates nothing for its services.
+	out      programmedSet
+	backends []loadbalancer.Backend
 }
 
 // New returns a merger for the cluster named local, programming dp. A nil log
@@ -387,8 +393,16 @@ func sortSet(p programmedSet) {
 	slices.SortFunc(p, func(a, b loadbalancer.Service) int { return compareFrontend(a.Frontend, b.Frontend) })
 }
 
-// equalSet reports whether a and b hold equal services.
+// equalSet reports whether a and b hold equal services: at once when they
+// are the same list (computeLocked returns what is programmed when it
+// found the same).
 func equalSet(a, b programmedSet) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	if len(a) == 0 || &a[0] == &b[0] {
+		return true
+	}
 	return slices.EqualFunc(a, b, equalService)
 }
 
@@ -407,22 +421,29 @@ func (m *Merger) bulkUpsert(ctx context.Context, todo []work) (used bool, refuse
 	if !ok {
 		return false, nil
 	}
-	// Sized for every desired frontend: growing it by doubling copied and
-	// collected about 100 ms worth of services at 100,000.
-	n := 0
-	for _, w := range todo {
-		n += len(w.desired)
-	}
-	svcs := make([]loadbalancer.Service, 0, n)
-	for _, w := range todo {
+	// Counted first and sized once: growing it by doubling copied and
+	// collected about 100 ms worth of services at 100,000, and a resync
+	// that changes nothing makes none.
+	changed := func(w work, yield func(loadbalancer.Service)) {
+		if equalSet(w.desired, w.old) {
+			return
+		}
 		for _, svc := range w.desired {
 			if old, ok := w.old.get(svc.Frontend); !ok || !equalService(old, svc) {
-				svcs = append(svcs, svc)
+				yield(svc)
 			}
 		}
 	}
-	if len(svcs) < bulkThreshold {
+	n := 0
+	for _, w := range todo {
+		changed(w, func(loadbalancer.Service) { n++ })
+	}
+	if n < bulkThreshold {
 		return false, nil
+	}
+	svcs := make([]loadbalancer.Service, 0, n)
+	for _, w := range todo {
+		changed(w, func(svc loadbalancer.Service) { svcs = append(svcs, svc) })
 	}
 	errs := bdp.UpsertServices(ctx, svcs)
 	programmed := len(svcs)
@@ -452,6 +473,7 @@ func (m *Merger) Sync(ctx context.Context) (SyncResult, error) {
 		todo = append(todo, work{name: n, desired: m.computeLocked(n, old), old: old})
 	}
 	clear(m.dirty)
+	m.clearScratchLocked()
 	m.presizeLocked(todo)
 	m.mu.Unlock()
 
@@ -460,6 +482,9 @@ func (m *Merger) Sync(ctx context.Context) (SyncResult, error) {
 	bulkUsed, bulkRefused := m.bulkUpsert(ctx, todo)
 	for _, w := range todo {
 		res.Services++
+		if equalSet(w.desired, w.old) {
+			continue // nothing to program, nor to record
+		}
 		// done is what ends up programmed, sorted by frontend. It is
 		// built in place of desired, which it never outruns: each
 		// desired frontend leaves at most one entry, under the same
@@ -672,7 +697,7 @@ func (m *Merger) computeLocked(n Name, old programmedSet) programmedSet {
 		return nil
 	}
 	ips := frontendIPs(localSvc)
-	out := make(programmedSet, 0, len(localSvc.Ports)*len(ips))
+	out := m.out[:0]
 	name := serviceName(localSvc, old)
 	for _, sp := range localSvc.Ports {
 		proto, ok := protocolOf(sp.Protocol)
@@ -683,10 +708,11 @@ func (m *Merger) computeLocked(n Name, old programmedSet) programmedSet {
 		for _, vip := range ips {
 			fe := loadbalancer.Frontend{Addr: netip.AddrPortFrom(vip, sp.Port), Protocol: proto}
 			m.cands = m.candidatesLocked(m.cands[:0], p, sp, vip.Is4())
-			out = append(out, m.choose(localSvc, fe, name, m.cands))
+			prev, _ := old.get(fe)
+			out = append(out, m.choose(localSvc, fe, name, m.cands, prev))
 		}
 	}
-	clear(m.cands) // keeps no strings alive
+	m.out = out[:0]
 	if len(out) == 0 {
 		return nil
 	}
@@ -701,8 +727,18 @@ func (m *Merger) computeLocked(n Name, old programmedSet) programmedSet {
 		out[k] = out[i]
 		k++
 	}
-	clear(out[k:])
-	return out[:k]
+	if out = out[:k]; equalSet(out, old) {
+		return old
+	}
+	return append(make(programmedSet, 0, len(out)), out...)
+}
+
+// clearScratchLocked empties computeLocked's scratch lists, so that they
+// keep no strings alive between Syncs.
+func (m *Merger) clearScratchLocked() {
+	clear(m.cands[:cap(m.cands)])
+	clear(m.out[:cap(m.out)])
+	clear(m.backends[:cap(m.backends)])
 }
 
 // serviceName is "namespace/name" of s, the string of old when it is the
@@ -825,9 +861,10 @@ func (m *Merger) healthy(node loadbalancer.NodeRef) bool {
 }
 
 // choose applies readiness and affinity to the candidates of one frontend.
-// name is svc's "namespace/name". The backend lists it returns are sized
-// to what they hold and share nothing with cands.
-func (m *Merger) choose(svc *api.Service, fe loadbalancer.Frontend, name string, cands []candidate) loadbalancer.Service {
+// name is svc's "namespace/name"; prev is what is programmed for fe, whose
+// backend lists are reused when equal. The backend lists it returns are
+// sized to what they hold and share nothing with cands.
+func (m *Merger) choose(svc *api.Service, fe loadbalancer.Frontend, name string, cands []candidate, prev loadbalancer.Service) loadbalancer.Service {
 	if svc.InternalTrafficLocal {
 		// Only the node's own backends, as kube-proxy does: none means
 		// no backend, never another node's.
@@ -860,14 +897,21 @@ func (m *Merger) choose(svc *api.Service, fe loadbalancer.Frontend, name string,
 		if k == 0 {
 			return nil
 		}
-		a := make([]loadbalancer.Backend, 0, k)
+		a := m.backends[:0]
 		for _, c := range cands {
 			if usable(c) && (c.local && local || !c.local && remote) {
 				a = append(a, c.be)
 			}
 		}
+		m.backends = a[:0]
 		sortBackends(a)
-		return a
+		switch {
+		case slices.Equal(a, prev.Preferred):
+			return prev.Preferred
+		case slices.Equal(a, prev.Fallback):
+			return prev.Fallback
+		}
+		return append(make([]loadbalancer.Backend, 0, k), a...)
 	}
 	all := func() []loadbalancer.Backend { return list(true, true) }
 	switch svc.Affinity {
