@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/yaml"
 
+	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/kvstore"
 )
 
@@ -136,8 +137,9 @@ func (c *Cluster) ClustersSecret(ctx context.Context) (*corev1.Secret, error) {
 // leaves the Secret unchanged.
 //
 // After an update the mesh pods are touched (touchPods), so that their
-// kubelets write the new Secret into their volumes at once.
-func (c *Cluster) updateClusters(ctx context.Context, mutate func(*corev1.Secret) error) error {
+// kubelets write the new Secret into their volumes at once; log (may be
+// nil) says when that fails.
+func (c *Cluster) updateClusters(ctx context.Context, log *slog.Logger, mutate func(*corev1.Secret) error) error {
 	updated := false
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		s, err := c.ClustersSecret(ctx)
@@ -172,8 +174,8 @@ func (c *Cluster) updateClusters(ctx context.Context, mutate func(*corev1.Secret
 		return fmt.Errorf("context %s: update secret %s/%s: %w", c.Context, c.Namespace, SecretClusters, err)
 	}
 	if updated {
-		if _, err := c.touchPods(ctx, c.Namespace, meshPodsSelector, touchedClustersKey, time.Now()); err != nil {
-			slog.Warn("the mesh pods see the change at their kubelet's next periodic sync (up to a minute or more)", "context", c.Context, "error", err)
+		if err := c.touchPods(ctx, c.Namespace, meshPodsSelector, touchedClustersKey, time.Now(), log); err != nil {
+			logging.OrDiscard(log).Warn("the mesh pods see the change at their kubelet's next periodic sync (up to a minute or more)", "context", c.Context, "error", err)
 		}
 	}
 	return nil

@@ -365,7 +365,7 @@ func Connect(ctx context.Context, src *Cluster, dsts []*Cluster, opts ConnectOpt
 	for i, b := range bs {
 		for _, w := range writes[i] {
 			from, e := w.from, w.e
-			if err := from.c.updateClusters(ctx, func(s *corev1.Secret) error { return e.put(s) }); err != nil {
+			if err := from.c.updateClusters(ctx, log, func(s *corev1.Secret) error { return e.put(s) }); err != nil {
 				return err
 			}
 		}
@@ -432,7 +432,7 @@ func Disconnect(ctx context.Context, src *Cluster, dsts []*Cluster, opts Disconn
 		if err := c.revokePeer(ctx, name); err != nil {
 			revokeErrs = append(revokeErrs, err)
 		}
-		return c.updateClusters(ctx, func(s *corev1.Secret) error {
+		return c.updateClusters(ctx, log, func(s *corev1.Secret) error {
 			removeEntry(s, name)
 			return nil
 		})

@@ -194,7 +194,7 @@ func (c *Cluster) configureCoreDNS(ctx context.Context, v deploy.Values, mode st
 	if mode == CoreDNSConfigure {
 		return &CoreDNSResult{Configured: true, Changed: true, Message: fmt.Sprintf("added `%s` to ConfigMap %s/%s (--coredns configure: not checked that CoreDNS has the plugin)", corednsDirective, corednsNamespace, corednsName)}, nil
 	}
-	verdict, detail, err := c.watchCoreDNS(ctx, changedAt, wait)
+	verdict, detail, err := c.watchCoreDNS(ctx, changedAt, wait, log)
 	if err != nil {
 		return nil, err
 	}
@@ -214,7 +214,7 @@ func (c *Cluster) configureCoreDNS(ctx context.Context, v deploy.Values, mode st
 // their Corefile at once) and reads their logs since the change until one
 // says the plugin started (true) or that it is unknown (false), or wait
 // passes (false).
-func (c *Cluster) watchCoreDNS(ctx context.Context, since time.Time, wait time.Duration) (bool, string, error) {
+func (c *Cluster) watchCoreDNS(ctx context.Context, since time.Time, wait time.Duration, log *slog.Logger) (bool, string, error) {
 	pods := c.Kube.CoreV1().Pods(corednsNamespace)
 	selector := labels.SelectorFromSet(labels.Set{"k8s-app": "kube-dns"}).String()
 	if d, err := c.Kube.AppsV1().Deployments(corednsNamespace).Get(ctx, corednsName, metav1.GetOptions{}); err == nil && d.Spec.Selector != nil {
@@ -222,7 +222,7 @@ func (c *Cluster) watchCoreDNS(ctx context.Context, since time.Time, wait time.D
 			selector = s.String()
 		}
 	}
-	if _, err := c.touchPods(ctx, corednsNamespace, selector, corednsTouchedKey, since); err != nil {
+	if err := c.touchPods(ctx, corednsNamespace, selector, corednsTouchedKey, since, log); err != nil {
 		return false, "", err
 	}
 	sinceTime := metav1.NewTime(since.Add(-time.Second))

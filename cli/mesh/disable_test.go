@@ -77,7 +77,7 @@ func TestDisableRefusesAndForces(t *testing.T) {
 	peer := Entry{Name: "c2", ID: 2, Endpoint: "https://127.0.0.2:2379", CA: ca.CertPEM(), Cert: cert, Key: key}
 	connect := func() {
 		t.Helper()
-		if err := c.updateClusters(ctx, func(s *corev1.Secret) error { return peer.put(s) }); err != nil {
+		if err := c.updateClusters(ctx, nil, func(s *corev1.Secret) error { return peer.put(s) }); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -93,7 +93,7 @@ func TestDisableRefusesAndForces(t *testing.T) {
 		t.Fatalf("refused disable deleted the agents: %v", err)
 	}
 
-	if err := c.updateClusters(ctx, func(s *corev1.Secret) error { removeEntry(s, "c2"); return nil }); err != nil {
+	if err := c.updateClusters(ctx, nil, func(s *corev1.Secret) error { removeEntry(s, "c2"); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	_, err = Disable(ctx, c, DisableOptions{Wait: time.Second, Progress: progress})

@@ -358,7 +358,9 @@ func (c *Cluster) writeOwnEntry(ctx context.Context, info Info) error {
 		return fmt.Errorf("context %s: %w: secret %s/%s not found", c.Context, ErrNotEnabled, c.Namespace, SecretAgent)
 	}
 	e := Entry{Name: info.Name, ID: info.ID, Endpoint: info.Endpoint, CA: agent.Data[KeyCACert], Cert: agent.Data[KeyCert], Key: agent.Data[KeyKey]}
-	return c.updateClusters(ctx, func(s *corev1.Secret) error { return e.put(s) })
+	// No logger here: a pod not touched gets the entry at its kubelet's
+	// periodic sync.
+	return c.updateClusters(ctx, nil, func(s *corev1.Secret) error { return e.put(s) })
 }
 
 // values are the manifests' values for these options, defaults filled in.

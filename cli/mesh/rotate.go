@@ -62,7 +62,7 @@ func RotateCerts(ctx context.Context, c *Cluster, opts RotateOptions) error {
 	if err != nil {
 		return err
 	}
-	return c.updateClusters(ctx, func(s *corev1.Secret) error {
+	return c.updateClusters(ctx, log, func(s *corev1.Secret) error {
 		// Bad entries are left as they are (status names them). Peer
 		// entries hold certificates issued by the peer's CA for this
 		// cluster's user on the peer's store: this cluster cannot issue
