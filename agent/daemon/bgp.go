@@ -149,12 +149,7 @@ func (h *importHold) rules(current []bgp.ImportRule, drainedAt map[string]time.T
 	return out, held, next
 }
 
-func (f *bgpFeed) signal() {
-	select {
-	case f.kick <- struct{}{}:
-	default:
-	}
-}
+func (f *bgpFeed) signal() { signal(f.kick) }
 
 func (f *bgpFeed) get() (*api.Node, *api.Cluster) {
 	f.mu.Lock()
