@@ -79,9 +79,6 @@ const (
 
 // ReaderOptions tune a Reader. A nil *ReaderOptions means all defaults.
 type ReaderOptions struct {
-	// Buffer is the capacity of each Watch's event channel; zero means
-	// unbuffered.
-	Buffer int
 	// MinBackoff and MaxBackoff bound the exponential backoff between
 	// attempts to list an unreachable store; zero means the defaults.
 	MinBackoff, MaxBackoff time.Duration
@@ -224,7 +221,7 @@ func (r *Reader) setSynced(kind api.Kind) {
 // after the first listing). The channel closes when ctx is done; the
 // consumer must keep receiving until then.
 func (r *Reader) Watch(ctx context.Context, kind api.Kind) <-chan Event {
-	out := make(chan Event, r.opts.Buffer)
+	out := make(chan Event)
 	r.start(ctx, kind, out, nil)
 	return out
 }

@@ -215,15 +215,15 @@ func StartServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 		return nil, fmt.Errorf("cluster %s: etcd not ready: %w", cfg.Cluster, ctx.Err())
 	}
 	s := &Server{cfg: cfg, etcd: e, log: log, metrics: cfg.Metrics, owner: owner}
-	if len(e.Clients) == 0 {
-		e.Close()
-		owner.remove()
-		return nil, fmt.Errorf("cluster %s: etcd has no client listener", cfg.Cluster)
-	}
 	for _, l := range e.Clients {
 		if l.Addr().Network() != "unix" { // not the HTTP socket
 			s.endpoint = localEndpoint(*clientURL, l.Addr())
 		}
+	}
+	if s.endpoint == "" {
+		e.Close()
+		owner.remove()
+		return nil, fmt.Errorf("cluster %s: etcd has no client listener", cfg.Cluster)
 	}
 	if err := s.setupAuth(ctx); err != nil {
 		e.Close()
