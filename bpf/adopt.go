@@ -70,10 +70,7 @@ func (d *Datapath) adopt() error {
 		slots[sk] = svs[i]
 	}
 
-	keys, vals, err := readAll[svcKey, svcValue](d.services)
-	if err != nil {
-		return fmt.Errorf("map %s: %w", mapServices, err)
-	}
+	keys, vals := d.table.adopt()
 	// One state slab and a map sized once, as in a bulk load.
 	states := make([]svcState, len(keys))
 	d.svcs = make(map[svcKey]*svcState, len(keys))

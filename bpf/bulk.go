@@ -53,13 +53,15 @@ type writeChunk struct {
 	slotVals   []slotValue
 	affKeys    []svcKey
 	affVals    []uint32
-	svcKeys    []svcKey
-	svcVals    []svcValue
+	// svcIdx are the cm_services entries reserved for svcKeys.
+	svcIdx  []uint32
+	svcKeys []svcKey
+	svcVals []svcValue
 }
 
 // newWriteChunk returns an empty chunk with room for svcs service entries.
 func newWriteChunk(svcs int) *writeChunk {
-	return &writeChunk{svcKeys: make([]svcKey, 0, svcs), svcVals: make([]svcValue, 0, svcs)}
+	return &writeChunk{svcIdx: make([]uint32, 0, svcs), svcKeys: make([]svcKey, 0, svcs), svcVals: make([]svcValue, 0, svcs)}
 }
 
 // reset empties the chunk, keeping its room.
@@ -69,7 +71,7 @@ func (w *writeChunk) reset() {
 		backendIDs: w.backendIDs[:0], backendVal: w.backendVal[:0],
 		slotKeys: w.slotKeys[:0], slotVals: w.slotVals[:0],
 		affKeys: w.affKeys[:0], affVals: w.affVals[:0],
-		svcKeys: w.svcKeys[:0], svcVals: w.svcVals[:0],
+		svcIdx: w.svcIdx[:0], svcKeys: w.svcKeys[:0], svcVals: w.svcVals[:0],
 	}
 }
 
@@ -208,16 +210,15 @@ func (d *Datapath) writeAffinity(k svcKey, seconds uint32) error {
 	return update(d.coll.Maps[mapSvcAffinity], &k, &seconds)
 }
 
-func (d *Datapath) writeService(k svcKey, v svcValue) error {
+// writeService makes v the value of k in the entry idx reserved for it; in
+// a bulk load, once the load's earlier writes are in the maps.
+func (d *Datapath) writeService(idx uint32, k svcKey, v svcValue) {
 	if b := d.batch; b != nil {
 		w := b.cur
-		w.svcKeys, w.svcVals = append(w.svcKeys, k), append(w.svcVals, v)
-		return nil
+		w.svcIdx, w.svcKeys, w.svcVals = append(w.svcIdx, idx), append(w.svcKeys, k), append(w.svcVals, v)
+		return
 	}
-	// Copies: what update takes escapes to the heap, and a bulk load,
-	// which only appends, would pay that allocation per service too.
-	key, val := k, v
-	return update(d.services, &key, &val)
+	d.table.commit(idx, &k, &v)
 }
 
 // batchWrite writes keys and values with one BATCH_UPDATE where the kernel
@@ -252,7 +253,10 @@ func (d *Datapath) flushBatch(b *writeChunk) error {
 	if err := batchWrite(d.coll.Maps[mapSvcAffinity], mapSvcAffinity, b.affKeys, b.affVals); err != nil {
 		return err
 	}
-	return batchWrite(d.services, mapServices, b.svcKeys, b.svcVals)
+	for i, idx := range b.svcIdx {
+		d.table.commit(idx, &b.svcKeys[i], &b.svcVals[i])
+	}
+	return nil
 }
 
 // UpsertServices programs many services at once, as an agent does after a

@@ -146,7 +146,7 @@ type Datapath struct {
 	mu       sync.Mutex
 	closed   bool
 	coll     *ebpf.Collection
-	services *ebpf.Map
+	table    *svcTable // cm_services, mapped into memory
 	slots    *ebpf.Map
 	backends *ebpf.Map
 	nodes    *ebpf.Map
@@ -287,7 +287,7 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bpf: load embedded object: %w", err)
 	}
-	for name, size := range map[string]int{mapServices: cfg.MaxServices, mapSlots: cfg.MaxSlots,
+	for name, size := range map[string]int{mapSlots: cfg.MaxSlots,
 		mapBackends: cfg.MaxBackends, mapNodes: cfg.MaxNodes, mapRevNAT: cfg.MaxRevNAT,
 		mapIPCache: cfg.MaxIPCache, mapPolNetns: cfg.MaxPolicyEndpoints, mapPolState: cfg.MaxIdentityPolicies,
 		mapPolicy: cfg.MaxPolicyEntries, mapPolCT: cfg.MaxPolicyCT,
@@ -301,8 +301,15 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 	if err := migrateSlots(cfg.PinDir, spec.Maps[mapSlots], log); err != nil {
 		return nil, fmt.Errorf("bpf: maps pinned in %s: %w", cfg.PinDir, err)
 	}
+	if err := sizeSvcTable(spec, svcTableSize(cfg.MaxServices)); err != nil {
+		return nil, fmt.Errorf("bpf: %w", err)
+	}
 	if err := migrateServices(cfg.PinDir, spec.Maps[mapServices], log); err != nil {
 		return nil, fmt.Errorf("bpf: maps pinned in %s: %w", cfg.PinDir, err)
+	}
+	freshTable, err := freshPin(cfg.PinDir, mapServices)
+	if err != nil {
+		return nil, fmt.Errorf("bpf: %w", err)
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
 		Maps: ebpf.MapOptions{PinPath: cfg.PinDir},
@@ -318,7 +325,6 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 		cfg:           cfg,
 		log:           log,
 		coll:          coll,
-		services:      coll.Maps[mapServices],
 		slots:         coll.Maps[mapSlots],
 		backends:      coll.Maps[mapBackends],
 		nodes:         coll.Maps[mapNodes],
@@ -335,13 +341,22 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 		coll.Close()
 		return nil, fmt.Errorf("bpf: %w", err)
 	}
+	if d.table, err = mapSvcTable(coll.Maps[mapServices]); err != nil {
+		coll.Close()
+		return nil, fmt.Errorf("bpf: %w", err)
+	}
+	if freshTable {
+		d.table.fill()
+	}
 	if freshTCPVIP {
 		if err := fillTCPVIP(coll.Maps[mapTCPVIP]); err != nil {
+			d.table.close()
 			coll.Close()
 			return nil, fmt.Errorf("bpf: map %s: %w", mapTCPVIP, err)
 		}
 	}
 	if d.metrics, err = newMetrics(cfg.Registerer); err != nil {
+		d.table.close()
 		coll.Close()
 		return nil, err
 	}
@@ -478,6 +493,9 @@ func (d *Datapath) closeLocked() {
 		for _, l := range d.pol.ingress {
 			l.Close()
 		}
+	}
+	if err := d.table.close(); err != nil {
+		d.log.Warn("unmap the service table", "map", mapServices, "error", err)
 	}
 	d.coll.Close()
 	if d.syncOuter != nil {
@@ -674,14 +692,20 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 	}
 	val := svcValue{Set: set, Preferred: uint16(len(svc.Preferred)), Fallback: uint16(len(svc.Fallback)), Flags: flags, Rev: rev}
 	copy(val.Head[:], ids)
+	idx, err := d.reserveEntry(key)
+	if err != nil {
+		undoSlots(groups)
+		if errors.Is(err, errProbeWindowFull) {
+			return d.full(mapServices, fmt.Errorf("service %s (%s): %w (%d of %d services programmed)", fe, svc.Name, err, len(d.svcs), d.cfg.MaxServices))
+		}
+		return fmt.Errorf("service %s: %w", fe, err)
+	}
 	if err := d.setAffinity(key, affSecs); err != nil {
+		d.table.unreserve(idx)
 		undoSlots(groups)
 		return err
 	}
-	if err := d.writeService(key, val); err != nil {
-		undoSlots(groups)
-		return d.mapErr(mapServices, fmt.Sprintf("service %s: write entry", fe), err)
-	}
+	d.writeService(idx, key, val)
 	if affSecs == 0 {
 		if err := d.clearAffinity(key); err != nil {
 			d.log.Warn("stale affinity timeout left", "service", fe.String(), "error", err)
@@ -707,6 +731,32 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 		d.updateGauges()
 	}
 	return nil
+}
+
+// reserveEntry takes a free entry of key's probe window in cm_services for
+// its next value. If the window is full of entries waiting for a grace
+// period, it frees them first (one grace period), as room does for slots;
+// in a bulk load, after writing the queued entries, which kill the ones
+// they replace (a load replacing every service needs room for both).
+func (d *Datapath) reserveEntry(key svcKey) (uint32, error) {
+	idx, err := d.table.reserve(&key)
+	if !errors.Is(err, errProbeWindowFull) {
+		return idx, err
+	}
+	if b := d.batch; b != nil {
+		ferr := b.drain()
+		d.startFlusher(b)
+		if ferr != nil {
+			return 0, ferr
+		}
+	}
+	if d.table.deadCount() == 0 {
+		return 0, err
+	}
+	if err := d.reclaimLocked(); err != nil {
+		return 0, err
+	}
+	return d.table.reserve(&key)
 }
 
 // keepSlots records ids as the slots of st, whose value is set. A set of up
@@ -801,9 +851,7 @@ func (d *Datapath) DeleteService(ctx context.Context, fe loadbalancer.Frontend) 
 	if !ok {
 		return nil
 	}
-	if err := remove(d.services, &key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("service %s: delete entry: %w", fe, err)
-	}
+	d.table.remove(&key)
 	delete(d.svcs, key)
 	if err := d.clearAffinity(key); err != nil {
 		d.log.Warn("stale affinity timeout left", "service", fe.String(), "error", err)

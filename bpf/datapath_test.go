@@ -233,6 +233,24 @@ func TestTraffic(t *testing.T) {
 // checkMaps checks the invariants a reader relies on and returns the
 // number of entries per map: every active slot points at a programmed
 // backend, no slot outside an active set, no unreferenced backend.
+// liveServices returns the live entries of a pinned or open cm_services.
+// It fails t if an entry is not the one lookups of its key find (a second
+// live entry of a key, left by an update) or if any entry is neither empty,
+// live nor free once retired entries were freed.
+func liveServices(t testing.TB, m *ebpf.Map) ([]svcKey, []svcValue) {
+	t.Helper()
+	_, entries, err := readAll[uint32, svcEntry](m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab := newSvcTable(entries)
+	keys, vals := tab.adopt()
+	if n := tab.deadCount(); n != 0 {
+		t.Fatalf("%s: %d entries dead, reserved or shadowed by another of their key", mapServices, n)
+	}
+	return keys, vals
+}
+
 func checkMaps(t testing.TB, dp *Datapath) map[string]int {
 	t.Helper()
 	// Free retired sets first: the counts below are of active ones.
@@ -292,20 +310,16 @@ func checkMaps(t testing.TB, dp *Datapath) map[string]int {
 	if err := it.Err(); err != nil {
 		t.Fatal(err)
 	}
-	var (
-		svk svcKey
-		svv svcValue
-	)
-	it = dp.services.Iterate()
-	for it.Next(&svk, &svv) {
+	keys, vals := liveServices(t, dp.coll.Maps[mapServices])
+	for _, svv := range vals {
 		for _, id := range svv.Head {
 			if id != 0 {
 				inMap++
 			}
 		}
 	}
-	if err := it.Err(); err != nil {
-		t.Fatal(err)
+	if len(keys) != len(dp.svcs) {
+		t.Fatalf("%d live entries in %s, %d services programmed", len(keys), mapServices, len(dp.svcs))
 	}
 	n := map[string]int{
 		mapSlots:    inMap,
@@ -539,7 +553,7 @@ func TestLayout(t *testing.T) {
 		name       string
 		key, value any
 	}{
-		{mapServices, svcKey{}, svcValue{}},
+		{mapServices, uint32(0), svcEntry{}},
 		{mapSlots, slotKey{}, slotValue{}},
 		{mapBackends, uint32(0), backendValue{}},
 		{mapNodes, uint32(0), nodeValue{}},

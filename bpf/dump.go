@@ -116,12 +116,13 @@ func ReadDump(pinDir string) (*Dump, error) {
 		mapBackends: {len(backends), int(maps[mapBackends].MaxEntries())},
 		mapNodes:    {len(nodes), int(maps[mapNodes].MaxEntries())},
 	}}
-	var (
-		key svcKey
-		val svcValue
-	)
-	it = maps[mapServices].Iterate()
-	for it.Next(&key, &val) {
+	_, entries, err := readAll[uint32, svcEntry](maps[mapServices])
+	if err != nil {
+		return nil, fmt.Errorf("map %s: %w", mapServices, err)
+	}
+	keys, vals := newSvcTable(entries).adopt()
+	for i, key := range keys {
+		val := vals[i]
 		s := DumpService{Frontend: key.frontend().String(), Set: val.Set, Rev: val.Rev}
 		for i := 0; i < int(val.Preferred)+int(val.Fallback); i++ {
 			b := DumpBackend{Missing: true}
@@ -142,9 +143,6 @@ func ReadDump(pinDir string) (*Dump, error) {
 			}
 		}
 		d.Services = append(d.Services, s)
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("map %s: %w", mapServices, err)
 	}
 	slices.SortFunc(d.Services, func(a, b DumpService) int { return cmp.Compare(a.Frontend, b.Frontend) })
 	for _, n := range nodes {

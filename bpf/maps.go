@@ -107,7 +107,7 @@ func checkLayout(maps map[string]*ebpf.Map) error {
 		name       string
 		key, value uintptr
 	}{
-		{mapServices, unsafe.Sizeof(svcKey{}), unsafe.Sizeof(svcValue{})},
+		{mapServices, unsafe.Sizeof(uint32(0)), unsafe.Sizeof(svcEntry{})},
 		{mapSlots, unsafe.Sizeof(slotKey{}), unsafe.Sizeof(slotValue{})},
 		{mapBackends, unsafe.Sizeof(uint32(0)), unsafe.Sizeof(backendValue{})},
 		{mapNodes, unsafe.Sizeof(uint32(0)), unsafe.Sizeof(nodeValue{})},

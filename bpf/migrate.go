@@ -98,46 +98,77 @@ func migrateSlots(pinDir string, spec *ebpf.MapSpec, log *slog.Logger) error {
 	return nil
 }
 
-// migrateServices converts a cm_services pinned by a build before slot
-// heads (values of svcEntrySize bytes: svcValue without Head) into the current layout, each entry's head copied
-// from group 0 of its set in the pinned cm_slots (run migrateSlots first).
-// Group 0 entries stay in cm_slots, for the old programs, until adopt
-// sweeps them as belonging to no set.
+// migrateServices converts a cm_services pinned by a build before the
+// open-addressing table (a hash map keyed by svcKey, its values svcValue, or
+// svcEntrySize bytes without the head in builds before slot heads) into the
+// table (see svcTable). A value without a head gets it from group 0 of its
+// set in the pinned cm_slots (run migrateSlots first); group 0 entries stay
+// in cm_slots, for the old programs, until adopt sweeps them as belonging to
+// no set.
 func migrateServices(pinDir string, spec *ebpf.MapSpec, log *slog.Logger) error {
 	old, err := loadOldPin(pinDir, mapServices, func(m *ebpf.Map) bool {
-		return m.Type() == ebpf.Hash && m.KeySize() == spec.KeySize && m.ValueSize() == uint32(svcEntrySize)
+		return m.Type() == ebpf.Hash && m.KeySize() == uint32(unsafe.Sizeof(svcKey{})) &&
+			(m.ValueSize() == uint32(svcEntrySize) || m.ValueSize() == uint32(unsafe.Sizeof(svcValue{})))
 	})
 	if old == nil || err != nil {
 		return err
 	}
 	defer old.Close()
-	slots, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, mapSlots), nil)
-	if err != nil {
-		return fmt.Errorf("map %s: load pin to migrate %s: %w", mapSlots, mapServices, err)
+	var slots *ebpf.Map
+	headless := old.ValueSize() == uint32(svcEntrySize)
+	if headless {
+		if slots, err = ebpf.LoadPinnedMap(filepath.Join(pinDir, mapSlots), nil); err != nil {
+			return fmt.Errorf("map %s: load pin to migrate %s: %w", mapSlots, mapServices, err)
+		}
+		defer slots.Close()
 	}
-	defer slots.Close()
 
 	var (
 		keys []svcKey
 		vals []svcValue
 		k    svcKey
-		v    [svcEntrySize]byte
+		v    svcValue
 	)
+	// An old value is read into v whole, or into its fields before Head.
+	buf := unsafe.Slice((*byte)(unsafe.Pointer(&v)), old.ValueSize())
 	it := old.Iterate()
-	for it.Next(&k, &v) {
-		var nv svcValue
-		*(*[svcEntrySize]byte)(unsafe.Pointer(&nv)) = v
-		if err := slots.Lookup(slotKey{Set: nv.Set}, &nv.Head); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("map %s: service %s: read slot group 0: %w", mapSlots, k.frontend(), err)
+	for it.Next(&k, buf) {
+		if headless {
+			v.Head = slotValue{}
+			if err := slots.Lookup(slotKey{Set: v.Set}, &v.Head); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("map %s: service %s: read slot group 0: %w", mapSlots, k.frontend(), err)
+			}
 		}
-		keys, vals = append(keys, k), append(vals, nv)
+		keys, vals = append(keys, k), append(vals, v)
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("map %s: read old layout: %w", mapServices, err)
 	}
-	if err := replacePin(pinDir, mapServices, old, spec, keys, vals, "slot head"); err != nil {
+
+	s := spec.Copy()
+	s.Pinning = ebpf.PinNone
+	m, err := ebpf.NewMap(s)
+	if err != nil {
+		return fmt.Errorf("map %s: create table layout: %w", mapServices, err)
+	}
+	defer m.Close()
+	t, err := mapSvcTable(m)
+	if err != nil {
 		return err
 	}
-	log.Info("migrated the service map to slot heads", "map", mapServices, "services", len(keys))
+	defer t.close()
+	t.fill()
+	for i := range keys {
+		if err := t.put(&keys[i], &vals[i]); err != nil {
+			return fmt.Errorf("map %s: migrate service %s: %w", mapServices, keys[i].frontend(), err)
+		}
+	}
+	if err := old.Unpin(); err != nil {
+		return fmt.Errorf("map %s: unpin old layout: %w", mapServices, err)
+	}
+	if err := m.Pin(filepath.Join(pinDir, mapServices)); err != nil {
+		return fmt.Errorf("map %s: pin table layout: %w", mapServices, err)
+	}
+	log.Info("migrated the service map to an open-addressing table", "map", mapServices, "services", len(keys), "headless", headless)
 	return nil
 }

@@ -16,15 +16,18 @@ import (
 // TestMigrate pins cm_services and cm_slots in the layouts of earlier
 // builds under services of 1 to 9 backends, and checks that Open converts
 // them and adopts every slot: before slot groups (one cm_slots entry per
-// slot) and before slot heads (groups from 0 in cm_slots, service entries
-// without a head).
+// slot), before slot heads (groups from 0 in cm_slots, service entries
+// without a head) and before the open-addressing table (cm_services a hash
+// map of service entries with heads).
 func TestMigrate(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		grouped bool // cm_slots in groups (else one entry per slot)
+		heads   bool // service entries with heads, slots from group 1
 	}{
-		{"before slot groups", false},
-		{"before slot heads", true},
+		{"before slot groups", false, false},
+		{"before slot heads", true, false},
+		{"before the service table", true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, pin, cg := newLab(t)
@@ -45,14 +48,14 @@ func TestMigrate(t *testing.T) {
 			if err := dp.Close(); err != nil {
 				t.Fatal(err)
 			}
-			pinOldLayout(t, pin, cfg, tc.grouped)
+			pinOldLayout(t, pin, cfg, tc.grouped, tc.heads)
 
 			dp = openTest(t, cfg)
 			if got := dp.slots.ValueSize(); got != slotGroup*4 {
 				t.Fatalf("cm_slots values are %d bytes after Open, want %d", got, slotGroup*4)
 			}
-			if got := dp.services.ValueSize(); got != 32 {
-				t.Fatalf("cm_services values are %d bytes after Open, want 32", got)
+			if m := dp.coll.Maps[mapServices]; m.Type() != ebpf.Array || m.ValueSize() != svcEntryBytes {
+				t.Fatalf("cm_services is a %s of %d-byte values after Open, want an array of %d", m.Type(), m.ValueSize(), svcEntryBytes)
 			}
 			got := checkMaps(t, dp)
 			if got[mapServices] != 9 || got[mapSlots] != want || got[mapBackends] != 9 {
@@ -66,9 +69,10 @@ func TestMigrate(t *testing.T) {
 }
 
 // pinOldLayout replaces the pinned cm_services and cm_slots by copies in an
-// earlier build's layout: service entries without a head, and slots in
-// groups from 0 (grouped) or one entry per slot.
-func pinOldLayout(t *testing.T, pin string, cfg Config, grouped bool) {
+// earlier build's layout: a hash map of service entries, with heads and
+// slots from group 1 (heads), or without a head and slots in groups from 0
+// (grouped) or one entry per slot.
+func pinOldLayout(t *testing.T, pin string, cfg Config, grouped, heads bool) {
 	t.Helper()
 	svcPath, slotPath := filepath.Join(pin, mapServices), filepath.Join(pin, mapSlots)
 	cur, err := ebpf.LoadPinnedMap(svcPath, nil)
@@ -94,7 +98,11 @@ func pinOldLayout(t *testing.T, pin string, cfg Config, grouped bool) {
 		t.Fatal(err)
 	}
 
-	oldSvcs, err := ebpf.NewMap(&ebpf.MapSpec{Name: mapServices, Type: ebpf.Hash, KeySize: 20, ValueSize: 16, MaxEntries: uint32(cfg.MaxServices)})
+	oldSvcSpec := &ebpf.MapSpec{Name: mapServices, Type: ebpf.Hash, KeySize: 20, ValueSize: uint32(svcEntrySize), MaxEntries: uint32(cfg.MaxServices)}
+	if heads {
+		oldSvcSpec.ValueSize = uint32(unsafe.Sizeof(svcValue{}))
+	}
+	oldSvcs, err := ebpf.NewMap(oldSvcSpec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,16 +116,16 @@ func pinOldLayout(t *testing.T, pin string, cfg Config, grouped bool) {
 		t.Fatal(err)
 	}
 	defer old.Close()
-	var (
-		k svcKey
-		v svcValue
-	)
-	it = cur.Iterate()
-	for it.Next(&k, &v) {
-		if err := oldSvcs.Update(k, (*[svcEntrySize]byte)(unsafe.Pointer(&v))[:], ebpf.UpdateAny); err != nil {
+	keys, vals := liveServices(t, cur)
+	for j, k := range keys {
+		v := vals[j]
+		if err := oldSvcs.Update(k, unsafe.Slice((*byte)(unsafe.Pointer(&v)), oldSvcSpec.ValueSize), ebpf.UpdateAny); err != nil {
 			t.Fatal(err)
 		}
 		for i := 0; i < int(v.Preferred)+int(v.Fallback); i++ {
+			if heads && i < slotGroup {
+				continue
+			}
 			id := slotID(&v, groups, i)
 			if !grouped {
 				if err := old.Update(slotKey{Set: v.Set, Group: uint32(i)}, id, ebpf.UpdateAny); err != nil {
@@ -135,9 +143,6 @@ func pinOldLayout(t *testing.T, pin string, cfg Config, grouped bool) {
 				t.Fatal(err)
 			}
 		}
-	}
-	if err := it.Err(); err != nil {
-		t.Fatal(err)
 	}
 	for _, m := range []struct {
 		cur, old *ebpf.Map

@@ -49,15 +49,18 @@ func (d *Datapath) retire(s *svcState) {
 	d.retired = append(d.retired, retiredSet{seq: d.seq, set: s.value.Set, slots: s.slots})
 }
 
-// reclaimLocked waits for a grace period and frees every retired set. Called
-// with d.mu held, when room is needed now or on Close.
+// reclaimLocked waits for a grace period and frees every retired set and
+// dead service entry. Called with d.mu held, when room is needed now or on
+// Close.
 func (d *Datapath) reclaimLocked() error {
-	if len(d.retired) == 0 {
+	dead := d.table.deadCount()
+	if len(d.retired) == 0 && dead == 0 {
 		return nil
 	}
 	if err := d.waitReaders(); err != nil {
 		return err
 	}
+	d.table.release(dead)
 	d.freeRetired(d.seq)
 	return nil
 }
@@ -89,9 +92,9 @@ func (d *Datapath) freeRetired(upTo uint64) {
 	d.updateGauges()
 }
 
-// reclaimLoop frees retired sets every ReclaimInterval. It waits for the
-// grace period without d.mu, so updates go on meanwhile, and then frees only
-// the sets retired before the wait began.
+// reclaimLoop frees retired sets and dead service entries every
+// ReclaimInterval. It waits for the grace period without d.mu, so updates go
+// on meanwhile, and then frees only what was retired before the wait began.
 func (d *Datapath) reclaimLoop(ctx context.Context) {
 	defer close(d.reclaimDone)
 	t := time.NewTicker(d.cfg.ReclaimInterval)
@@ -103,9 +106,12 @@ func (d *Datapath) reclaimLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		d.mu.Lock()
-		pending, upTo := len(d.retired), d.seq
+		pending, upTo, dead := len(d.retired), d.seq, 0
+		if !d.closed {
+			dead = d.table.deadCount()
+		}
 		d.mu.Unlock()
-		if pending == 0 {
+		if pending == 0 && dead == 0 {
 			continue
 		}
 		if err := d.waitReaders(); err != nil {
@@ -114,6 +120,7 @@ func (d *Datapath) reclaimLoop(ctx context.Context) {
 		}
 		d.mu.Lock()
 		if !d.closed {
+			d.table.release(dead)
 			d.freeRetired(upTo)
 		}
 		d.mu.Unlock()

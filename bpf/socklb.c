@@ -15,10 +15,12 @@
  * dual-stack socket connecting to ::ffff:VIP finds the IPv4 service.
  *
  * Map layout (mirrored by the Go types in maps.go; keep them in step):
- *   cm_services  (addr, port, proto)          -> slot set, preferred/fallback
- *                                                counts, flags, revision, and
- *                                                the backend ids of the first
- *                                                SLOT_GROUP slots (the head)
+ *   cm_services  an open-addressing table in an array: (addr, port, proto)
+ *                hashed to a home index, probed linearly for at most
+ *                SVC_PROBES entries; each 64-byte entry (one cache line)
+ *                holds its state, its key and the service's slot set,
+ *                preferred/fallback counts, flags, revision, and the
+ *                backend ids of the first SLOT_GROUP slots (the head)
  *   cm_slots     (slot set, slot / SLOT_GROUP) -> backend ids of SLOT_GROUP slots,
  *                for groups 1 and up (group 0 is the entry's head);
  *                slots [0, preferred) are the preferred set, then fallback;
@@ -40,11 +42,13 @@
  *   cm_pol_ct    (endpoint IP, peer, port, proto)   -> UDP flow allowed before
  *   cm_pol_stats per-CPU policy counters
  *
- * Userspace writes a service's new slots under a fresh slot set, then switches
- * the entry (set and counts in one update), so a reader sees either the old or
- * the new backend set, never a mix. The old set and the backends only it uses
- * are deleted after an RCU grace period, when no program can still be reading
- * them.
+ * Userspace writes a service's new slots under a fresh slot set, then a new
+ * service entry in a free table entry of the key's probe window, made live by
+ * its state word written last, then marks the old entry dead: a reader sees
+ * either the old or the new backend set, never a mix. The old entry, the old
+ * set and the backends only it uses are freed after an RCU grace period, when
+ * no program can still be reading them, so a live entry never changes while
+ * a program holds it.
  */
 #include "vmlinux.h"
 #include "bpf_helpers.h"
@@ -67,7 +71,8 @@
  * bulk load writes half the entries. */
 #define SLOT_GROUP 4
 /* Single loads and stores the compiler may not merge, split or reorder
- * with one another (the cm_tcp_vip ring's cookie). */
+ * with one another (the cm_tcp_vip ring's cookie, a cm_services state). */
+#define READ_ONCE_U32(x) (*(volatile __u32 *)&(x))
 #define READ_ONCE_U64(x) (*(volatile __u64 *)&(x))
 #define WRITE_ONCE_U64(x, v) (*(volatile __u64 *)&(x) = (v))
 /* Rejection-sampling draws before falling back to an exact scan. */
@@ -143,11 +148,35 @@ struct revnat_value {
 };
 
 /* max_entries are placeholders: the loader sets them from its Config. */
+/* cm_services entry states. A probe stops at an empty entry; dead (freed
+ * after a grace period) and free entries hold no service but do not stop it,
+ * as a live entry further on may have been placed past them. */
+#define SVC_EMPTY 0
+#define SVC_LIVE 1
+#define SVC_DEAD 2
+#define SVC_FREE 3
+/* The longest probe: userspace places every key within SVC_PROBES entries
+ * of its home index (and refuses it by name otherwise). */
+#define SVC_PROBES 16
+
+/* One cache line: a hit reads one entry, where the hash map it replaced
+ * read a bucket and an element, two cold misses among 100,000 services. */
+struct svc_entry {
+	__u32 state;
+	struct svc_key key;
+	struct svc_value value;
+	__u32 pad[2];
+};
+
+/* The table's size minus one; the loader sets it (a power of two). */
+volatile const __u32 svc_mask = 0;
+
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct svc_key);
-	__type(value, struct svc_value);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct svc_entry);
 	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cm_services SEC(".maps");
 
@@ -300,6 +329,62 @@ static __always_inline __u32 usable_id(__u32 set, struct slot_head head, __u32 i
 	return id;
 }
 
+static __always_inline __u32 rotl32(__u32 x, int r) { return (x << r) | (x >> (32 - r)); }
+
+/* svc_hash is the home index hash of a service key, murmur3's 32-bit mix
+ * over its five words; svcHash in svctable.go must compute the same. */
+static __always_inline __u32 svc_hash(const struct svc_key *k)
+{
+	const __u32 *w = (const __u32 *)k;
+	__u32 h = 0x2d358dcc;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < 5; i++) {
+		__u32 x = w[i] * 0xcc9e2d51;
+
+		x = rotl32(x, 15) * 0x1b873593;
+		h = rotl32(h ^ x, 13) * 5 + 0xe6546b64;
+	}
+	h ^= 20;
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+/* svc_find returns the live entry of key in cm_services, or NULL. The state
+ * is read before the key and value (the compiler barrier keeps that order;
+ * x86 keeps loads in order): an entry turns live only once written in
+ * full, and stays unchanged until a grace period after it stops being
+ * live, so what is read after a live state is one whole entry. */
+static __always_inline struct svc_value *svc_find(const struct svc_key *key)
+{
+	__u32 h = svc_hash(key);
+	int i;
+
+	for (i = 0; i < SVC_PROBES; i++) {
+		__u32 idx = (h + i) & svc_mask;
+		struct svc_entry *e = bpf_map_lookup_elem(&cm_services, &idx);
+		__u32 st;
+
+		if (!e)
+			return 0;
+		st = READ_ONCE_U32(e->state);
+		if (st == SVC_EMPTY)
+			return 0;
+		if (st != SVC_LIVE)
+			continue;
+		asm volatile("" ::: "memory");
+		if (e->key.addr[3] == key->addr[3] && e->key.port == key->port && e->key.proto == key->proto &&
+		    e->key.addr[0] == key->addr[0] && e->key.addr[1] == key->addr[1] && e->key.addr[2] == key->addr[2])
+			return &e->value;
+	}
+	return 0;
+}
+
 /* backend_up tells whether a backend exists and its node is not down. */
 static __always_inline int backend_up(__u32 id)
 {
@@ -416,7 +501,7 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, int v6)
 	key_from_ctx(ctx, v6, key.addr);
 	key.port = (__be16)ctx->user_port;
 	key.proto = (__u8)ctx->protocol;
-	svc = bpf_map_lookup_elem(&cm_services, &key);
+	svc = svc_find(&key);
 	if (!svc)
 		return 1;
 

@@ -44,6 +44,7 @@ const (
 	socklbProgCmRecvmsg6     = "cm_recvmsg6"
 	socklbProgCmSendmsg4     = "cm_sendmsg4"
 	socklbProgCmSendmsg6     = "cm_sendmsg6"
+	socklbVarSvcMask         = "svc_mask"
 	socklbVarTcpVipMask      = "tcp_vip_mask"
 )
 
@@ -129,6 +130,7 @@ type socklbMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type socklbVariableSpecs struct {
+	SvcMask    *ebpf.VariableSpec `ebpf:"svc_mask"`
 	TcpVipMask *ebpf.VariableSpec `ebpf:"tcp_vip_mask"`
 }
 
@@ -201,6 +203,7 @@ func (m *socklbMaps) Close() error {
 //
 // It can be passed to loadSocklbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type socklbVariables struct {
+	SvcMask    *ebpf.Variable `ebpf:"svc_mask"`
 	TcpVipMask *ebpf.Variable `ebpf:"tcp_vip_mask"`
 }
 

@@ -55,12 +55,18 @@ func sizeTCPVIP(spec *ebpf.CollectionSpec, pinDir string, slots uint32) (fresh b
 	if err := v.Set(slots - 1); err != nil {
 		return false, fmt.Errorf("set %s: %w", varTCPVIPMask, err)
 	}
-	_, err = os.Stat(filepath.Join(pinDir, mapTCPVIP))
+	return freshPin(pinDir, mapTCPVIP)
+}
+
+// freshPin reports whether nothing is pinned under name in pinDir yet, so
+// the map NewCollection is about to create is new.
+func freshPin(pinDir, name string) (bool, error) {
+	_, err := os.Stat(filepath.Join(pinDir, name))
 	if errors.Is(err, os.ErrNotExist) {
 		return true, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("map %s: %w", mapTCPVIP, err)
+		return false, fmt.Errorf("map %s: %w", name, err)
 	}
 	return false, nil
 }
