@@ -70,7 +70,10 @@ func (d *Datapath) adopt() error {
 		slots[sk] = svs[i]
 	}
 
-	keys, vals := d.table.adopt()
+	keys, vals, err := d.table.adopt()
+	if err != nil {
+		return err
+	}
 	// One state slab and a map sized once, as in a bulk load.
 	states := make([]svcState, len(keys))
 	d.svcs = make(map[svcKey]*svcState, len(keys))

@@ -212,13 +212,13 @@ func (d *Datapath) writeAffinity(k svcKey, seconds uint32) error {
 
 // writeService makes v the value of k in the entry idx reserved for it; in
 // a bulk load, once the load's earlier writes are in the maps.
-func (d *Datapath) writeService(idx uint32, k svcKey, v svcValue) {
+func (d *Datapath) writeService(idx uint32, k svcKey, v svcValue) error {
 	if b := d.batch; b != nil {
 		w := b.cur
 		w.svcIdx, w.svcKeys, w.svcVals = append(w.svcIdx, idx), append(w.svcKeys, k), append(w.svcVals, v)
-		return
+		return nil
 	}
-	d.table.commit(idx, &k, &v)
+	return d.table.commit([]uint32{idx}, []svcKey{k}, []svcValue{v})
 }
 
 // batchWrite writes keys and values with one BATCH_UPDATE where the kernel
@@ -253,10 +253,7 @@ func (d *Datapath) flushBatch(b *writeChunk) error {
 	if err := batchWrite(d.coll.Maps[mapSvcAffinity], mapSvcAffinity, b.affKeys, b.affVals); err != nil {
 		return err
 	}
-	for i, idx := range b.svcIdx {
-		d.table.commit(idx, &b.svcKeys[i], &b.svcVals[i])
-	}
-	return nil
+	return d.table.commit(b.svcIdx, b.svcKeys, b.svcVals)
 }
 
 // UpsertServices programs many services at once, as an agent does after a

@@ -18,8 +18,9 @@ import (
 // outside the sets programmed. The small slot map makes most updates wait
 // for room (forced reclaim); the last ones are freed by the background loop.
 // Every update also writes the service's entry anew in another cm_services
-// entry of its probe window, which fills with dead entries within 16
-// updates: most updates wait for freed entries too.
+// entry of its probe window, which fills with dead entries within 128
+// updates (the test's table has 256): many updates wait for freed entries
+// too.
 // Before slot sets were freed after a grace period, about 1 in 4,000
 // attempts here failed with EPERM (a reader racing the deletion).
 func TestChurnUnderTraffic(t *testing.T) {

@@ -341,12 +341,16 @@ func Open(ctx context.Context, cfg Config) (*Datapath, error) {
 		coll.Close()
 		return nil, fmt.Errorf("bpf: %w", err)
 	}
-	if d.table, err = mapSvcTable(coll.Maps[mapServices]); err != nil {
+	if d.table, err = openSvcTable(coll.Maps[mapServices]); err != nil {
 		coll.Close()
 		return nil, fmt.Errorf("bpf: %w", err)
 	}
 	if freshTable {
-		d.table.fill()
+		if err := d.table.fill(); err != nil {
+			d.table.close()
+			coll.Close()
+			return nil, fmt.Errorf("bpf: %w", err)
+		}
 	}
 	if freshTCPVIP {
 		if err := fillTCPVIP(coll.Maps[mapTCPVIP]); err != nil {
@@ -494,9 +498,7 @@ func (d *Datapath) closeLocked() {
 			l.Close()
 		}
 	}
-	if err := d.table.close(); err != nil {
-		d.log.Warn("unmap the service table", "map", mapServices, "error", err)
-	}
+	d.table.close()
 	d.coll.Close()
 	if d.syncOuter != nil {
 		d.syncOuter.Close()
@@ -705,7 +707,11 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 		undoSlots(groups)
 		return err
 	}
-	d.writeService(idx, key, val)
+	if err := d.writeService(idx, key, val); err != nil {
+		d.table.unreserve(idx)
+		undoSlots(groups)
+		return d.mapErr(mapServices, fmt.Sprintf("service %s: write entry", fe), err)
+	}
 	if affSecs == 0 {
 		if err := d.clearAffinity(key); err != nil {
 			d.log.Warn("stale affinity timeout left", "service", fe.String(), "error", err)
@@ -851,7 +857,9 @@ func (d *Datapath) DeleteService(ctx context.Context, fe loadbalancer.Frontend) 
 	if !ok {
 		return nil
 	}
-	d.table.remove(&key)
+	if _, err := d.table.remove(&key); err != nil {
+		return fmt.Errorf("service %s: delete entry: %w", fe, err)
+	}
 	delete(d.svcs, key)
 	if err := d.clearAffinity(key); err != nil {
 		d.log.Warn("stale affinity timeout left", "service", fe.String(), "error", err)

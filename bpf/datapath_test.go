@@ -244,7 +244,10 @@ func liveServices(t testing.TB, m *ebpf.Map) ([]svcKey, []svcValue) {
 		t.Fatal(err)
 	}
 	tab := newSvcTable(entries)
-	keys, vals := tab.adopt()
+	keys, vals, err := tab.adopt()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if n := tab.deadCount(); n != 0 {
 		t.Fatalf("%s: %d entries dead, reserved or shadowed by another of their key", mapServices, n)
 	}

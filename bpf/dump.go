@@ -120,7 +120,10 @@ func ReadDump(pinDir string) (*Dump, error) {
 	if err != nil {
 		return nil, fmt.Errorf("map %s: %w", mapServices, err)
 	}
-	keys, vals := newSvcTable(entries).adopt()
+	keys, vals, err := newSvcTable(entries).adopt()
+	if err != nil {
+		return nil, err
+	}
 	for i, key := range keys {
 		val := vals[i]
 		s := DumpService{Frontend: key.frontend().String(), Set: val.Set, Rev: val.Rev}

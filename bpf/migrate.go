@@ -152,12 +152,14 @@ func migrateServices(pinDir string, spec *ebpf.MapSpec, log *slog.Logger) error 
 		return fmt.Errorf("map %s: create table layout: %w", mapServices, err)
 	}
 	defer m.Close()
-	t, err := mapSvcTable(m)
+	t, err := openSvcTable(m)
 	if err != nil {
 		return err
 	}
 	defer t.close()
-	t.fill()
+	if err := t.fill(); err != nil {
+		return err
+	}
 	for i := range keys {
 		if err := t.put(&keys[i], &vals[i]); err != nil {
 			return fmt.Errorf("map %s: migrate service %s: %w", mapServices, keys[i].frontend(), err)

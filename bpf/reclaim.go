@@ -60,7 +60,9 @@ func (d *Datapath) reclaimLocked() error {
 	if err := d.waitReaders(); err != nil {
 		return err
 	}
-	d.table.release(dead)
+	if err := d.table.release(dead); err != nil {
+		return err
+	}
 	d.freeRetired(d.seq)
 	return nil
 }
@@ -120,7 +122,9 @@ func (d *Datapath) reclaimLoop(ctx context.Context) {
 		}
 		d.mu.Lock()
 		if !d.closed {
-			d.table.release(dead)
+			if err := d.table.release(dead); err != nil {
+				d.log.Warn("free replaced service entries", "map", mapServices, "error", err)
+			}
 			d.freeRetired(upTo)
 		}
 		d.mu.Unlock()

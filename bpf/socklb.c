@@ -43,8 +43,8 @@
  *   cm_pol_stats per-CPU policy counters
  *
  * Userspace writes a service's new slots under a fresh slot set, then a new
- * service entry in a free table entry of the key's probe window, made live by
- * its state word written last, then marks the old entry dead: a reader sees
+ * service entry in a free table entry of the key's probe window, first not
+ * live, then rewritten the same but live, then marks the old entry dead: a reader sees
  * either the old or the new backend set, never a mix. The old entry, the old
  * set and the backends only it uses are freed after an RCU grace period, when
  * no program can still be reading them, so a live entry never changes while
@@ -157,7 +157,7 @@ struct revnat_value {
 #define SVC_FREE 3
 /* The longest probe: userspace places every key within SVC_PROBES entries
  * of its home index (and refuses it by name otherwise). */
-#define SVC_PROBES 16
+#define SVC_PROBES 128
 
 /* One cache line: a hit reads one entry, where the hash map it replaced
  * read a bucket and an element, two cold misses among 100,000 services. */
@@ -176,7 +176,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct svc_entry);
 	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cm_services SEC(".maps");
 

@@ -5,35 +5,39 @@ import (
 	"fmt"
 	"math/bits"
 	"sync"
-	"sync/atomic"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 )
 
-// cm_services is an open-addressing hash table kept in a BPF array that
-// userspace maps into its memory: a key hashes to a home index and lives in
-// one of the svcProbes entries from there (linear probing); each entry is one
-// 64-byte cache line holding its state, key and value. A connect among
-// 100,000 services then misses the cache once, on that line, where the hash
-// map it replaced missed on a bucket and again on its element
-// (docs/benchmarks.md, "Connect overhead").
+// cm_services is an open-addressing hash table kept in a BPF array: a key
+// hashes to a home index and lives in one of the svcProbes entries from
+// there (linear probing); each entry is one 64-byte cache line holding its
+// state, key and value. A connect among 100,000 services then misses the
+// cache once, on that line, where the hash map it replaced missed on a
+// bucket and again on its element (docs/benchmarks.md, "Connect overhead").
 //
 // Entries are never changed while a program may read them. An update writes
-// the new value into a free entry of the key's window and turns it live with
-// its state, written last; then the old entry is marked dead. A program that
-// found the old entry keeps reading it unchanged, and a program that looks
-// now finds the new one (or, until the old one is dead, whichever comes
-// first in its probe: each is whole). Dead entries turn free only after an
-// RCU grace period (the Datapath's reclaimer), when no program can still
-// hold them.
+// the new value into a free entry of the key's window, first with a state
+// that is not live, then again, the same bytes, live; then it marks the old
+// entry dead (again the same bytes but the state). A program reads the state
+// first (socklb.c's svc_find): once it sees an entry live, the rest of the
+// entry is already written and stays unchanged, so it reads one whole entry,
+// the old one or the new one. Dead entries turn free only after an RCU grace
+// period (the Datapath's reclaimer), when no program can still hold them.
+// The kernel copies an array value in place with no order among its bytes:
+// hence the two writes, and the states' values all below 256, so that a
+// state read while its word is rewritten is the old one or the new one.
 //
-// Ordering: the writer stores the state with an atomic store after the rest
-// of the entry; the program reads the state before the rest (socklb.c's
-// svc_find). On x86 that is enough (stores and loads keep their order); a
-// weakly ordered CPU (arm64) would need an acquire load in the program,
-// which clang 14 cannot emit for BPF; the objects are built for x86 today.
+// Ordering: x86 keeps stores in order, and loads in order; a weakly ordered
+// CPU (arm64) would need an acquire load of the state in the program, which
+// clang 14 cannot emit for BPF; the objects are built for x86 today.
+//
+// The array is not memory-mapped (BPF_F_MMAPABLE), though that would save
+// the system calls: on the machines measured here a program's reads of an
+// mmapable array's scattered entries cost microseconds each, 5.5 µs of run
+// time per connect at 10,000 services in a 16 MiB table against 0.9 µs for
+// the same table unmapped (docs/benchmarks.md).
 
 // Entry states, as in socklb.c. A probe stops at an empty entry; the others
 // that hold no service (dead, free, reserved) do not stop it.
@@ -49,7 +53,7 @@ const (
 
 // svcProbes is SVC_PROBES in socklb.c: how far from its home index a key
 // may be placed, and so how many entries a lookup reads at most.
-const svcProbes = 16
+const svcProbes = 128
 
 // varSvcMask is the program constant holding the table's size - 1.
 const varSvcMask = "svc_mask"
@@ -73,9 +77,9 @@ var errProbeWindowFull = errors.New("every entry of its probe window is taken")
 
 // svcTableSize is the table's number of entries for maxServices: a power
 // of two at least twice maxServices, so the table is at most half full and
-// a miss reads about two entries.
+// a miss reads about two entries, and at least twice the probe window.
 func svcTableSize(maxServices int) uint32 {
-	n := max(2*maxServices, 64)
+	n := max(2*maxServices, 2*svcProbes)
 	return 1 << bits.Len32(uint32(n-1))
 }
 
@@ -112,67 +116,98 @@ func svcHash(k *svcKey) uint32 {
 	return h
 }
 
-// svcTable writes cm_services through its memory mapping. Its methods are
-// safe for concurrent use (a bulk load reserves entries while its flusher
-// commits earlier ones); the Datapath orders the writes that depend on
-// each other.
+// svcTable writes cm_services and keeps a copy of what it wrote. Its
+// methods are safe for concurrent use (a bulk load reserves entries while
+// its flusher commits earlier ones); the Datapath orders the writes that
+// depend on each other.
 type svcTable struct {
-	mu   sync.Mutex
+	mu sync.Mutex
+	// e holds every entry as last written to the kernel.
 	e    []svcEntry
 	mask uint32
+	// reserved are entries reserve took and commit has not written yet;
+	// the kernel still has them empty or free.
+	reserved map[uint32]bool
 	// dead lists the entries marked dead, oldest first; release frees a
 	// prefix of it after a grace period.
 	dead []uint32
-	// unmap releases the mapping (nil over Go memory, in tests).
-	unmap func() error
+	// write writes entries to the kernel's map; nil over Go memory alone
+	// (tests).
+	write func(idx []uint32, e []svcEntry) error
+	// scratch for write.
+	idx []uint32
+	out []svcEntry
 }
 
-// newSvcTable returns a table over entries (a power of two of them).
+// newSvcTable returns a table of entries (a power of two of them), written
+// nowhere but in entries.
 func newSvcTable(entries []svcEntry) *svcTable {
-	return &svcTable{e: entries, mask: uint32(len(entries) - 1)}
+	return &svcTable{e: entries, mask: uint32(len(entries) - 1), reserved: map[uint32]bool{}}
 }
 
-// mapSvcTable maps m (cm_services) into memory and returns the table over it.
-func mapSvcTable(m *ebpf.Map) (*svcTable, error) {
+// openSvcTable returns the table of m (cm_services), its entries read from
+// the kernel.
+func openSvcTable(m *ebpf.Map) (*svcTable, error) {
 	n := m.MaxEntries()
 	if n == 0 || n&(n-1) != 0 || m.ValueSize() != svcEntryBytes {
 		return nil, fmt.Errorf("map %s: %d entries of %d bytes, want a power of two of %d", mapServices, n, m.ValueSize(), svcEntryBytes)
 	}
-	size := int(n) * svcEntryBytes
-	mem, err := unix.Mmap(m.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	_, entries, err := readAll[uint32, svcEntry](m)
 	if err != nil {
-		return nil, fmt.Errorf("map %s: mmap: %w", mapServices, err)
+		return nil, fmt.Errorf("map %s: %w", mapServices, err)
 	}
-	t := newSvcTable(unsafe.Slice((*svcEntry)(unsafe.Pointer(&mem[0])), n))
-	t.unmap = func() error { return unix.Munmap(mem) }
+	if len(entries) != int(n) {
+		return nil, fmt.Errorf("map %s: read %d of %d entries", mapServices, len(entries), n)
+	}
+	t := newSvcTable(entries)
+	t.write = func(idx []uint32, e []svcEntry) error { return batchWrite(m, mapServices, idx, e) }
 	return t, nil
 }
 
-// close unmaps the table; it must not be used afterwards.
-func (t *svcTable) close() error {
+// close drops the table's copy; it must not be used afterwards.
+func (t *svcTable) close() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.e = nil
-	if t.unmap == nil {
-		return nil
-	}
-	return t.unmap()
+	t.e, t.write = nil, nil
 }
 
-func (t *svcTable) state(i uint32) uint32 { return atomic.LoadUint32(&t.e[i].State) }
+// flushLocked writes the entries queued in t.idx to the kernel, each as it
+// is in t.e now.
+func (t *svcTable) flushLocked() error {
+	defer func() { t.idx, t.out = t.idx[:0], t.out[:0] }()
+	if t.write == nil || len(t.idx) == 0 {
+		return nil
+	}
+	for _, i := range t.idx {
+		t.out = append(t.out, t.e[i])
+	}
+	return t.write(t.idx, t.out)
+}
 
-func (t *svcTable) setState(i uint32, s uint32) { atomic.StoreUint32(&t.e[i].State, s) }
+// setLocked sets the state of entry i and queues it for flushLocked.
+func (t *svcTable) setLocked(i uint32, state uint32) {
+	t.e[i].State = state
+	t.idx = append(t.idx, i)
+}
 
 // fill writes every entry of a new table once: empty, its index in the
 // padding so that no two pages hold the same bytes. On hosts that reclaim
 // or merge pages a guest left zero, the first write to such a page costs a
 // host fault (see fillTCPVIP); a service update would pay it otherwise.
-func (t *svcTable) fill() {
+func (t *svcTable) fill() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	const chunk = 4096
 	for i := range t.e {
 		t.e[i] = svcEntry{Pad: [2]uint32{0, uint32(i) + 1}}
+		t.idx = append(t.idx, uint32(i))
+		if len(t.idx) == chunk || i == len(t.e)-1 {
+			if err := t.flushLocked(); err != nil {
+				return fmt.Errorf("map %s: fill: %w", mapServices, err)
+			}
+		}
 	}
+	return nil
 }
 
 // find returns the index of k's live entry, the first in its probe order.
@@ -187,9 +222,11 @@ func (t *svcTable) findLocked(k *svcKey, skip uint32) (uint32, bool) {
 	h := svcHash(k)
 	for i := range uint32(svcProbes) {
 		idx := (h + i) & t.mask
-		switch t.state(idx) {
+		switch t.e[idx].State {
 		case svcEmpty:
-			return 0, false
+			if !t.reserved[idx] {
+				return 0, false
+			}
 		case svcLive:
 			if idx != skip && t.e[idx].Key == *k {
 				return idx, true
@@ -200,74 +237,105 @@ func (t *svcTable) findLocked(k *svcKey, skip uint32) (uint32, bool) {
 }
 
 // reserve takes a free entry of k's probe window for a write of k, which
-// commit makes live (or unreserve gives back).
+// commit makes live (or unreserve gives back). Reserving writes nothing:
+// until commit, the kernel has the entry as it was (empty or free), which
+// no lookup of a key placed later needs to cross before that key is
+// committed, as commits come in the order of their reservations.
 func (t *svcTable) reserve(k *svcKey) (uint32, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	h := svcHash(k)
 	for i := range uint32(svcProbes) {
 		idx := (h + i) & t.mask
-		if s := t.state(idx); s == svcEmpty || s == svcFree {
-			t.setState(idx, svcReserved)
+		if s := t.e[idx].State; (s == svcEmpty || s == svcFree) && !t.reserved[idx] {
+			t.reserved[idx] = true
 			return idx, nil
 		}
 	}
 	return 0, errProbeWindowFull
 }
 
-// unreserve gives back an entry reserve took and commit did not use.
+// unreserve gives back an entry reserve took and commit did not use. It
+// must come before any later reservation of the window is committed.
 func (t *svcTable) unreserve(idx uint32) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.state(idx) == svcReserved {
-		t.setState(idx, svcFree)
-	}
+	delete(t.reserved, idx)
 }
 
-// commit writes k and v into the reserved entry idx, turns it live, and
-// marks k's previous entry dead: from then on programs find the new value.
-func (t *svcTable) commit(idx uint32, k *svcKey, v *svcValue) {
+// commit writes keys[i] and vals[i] into the reserved entries idx[i], makes
+// them live, and marks each key's previous entries dead, a later commit of
+// the same key killing an earlier one: from then on programs find the new
+// values. Three batches of writes whatever the number of entries: not live,
+// live, the dead.
+func (t *svcTable) commit(idx []uint32, keys []svcKey, vals []svcValue) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	e := &t.e[idx]
-	e.Key, e.Value = *k, *v
-	t.setState(idx, svcLive) // after the key and value: see the type's doc
-	for {
-		old, ok := t.findLocked(k, idx)
-		if !ok {
-			return
-		}
-		t.killLocked(old)
+	for i, x := range idx {
+		delete(t.reserved, x)
+		e := &t.e[x]
+		e.Key, e.Value = keys[i], vals[i]
+		t.setLocked(x, svcReserved) // not live: the bytes land in any order
 	}
+	if err := t.flushLocked(); err != nil {
+		return fmt.Errorf("map %s: write entries: %w", mapServices, err)
+	}
+	for _, x := range idx {
+		t.setLocked(x, svcLive) // the same bytes but the state
+	}
+	if err := t.flushLocked(); err != nil {
+		return fmt.Errorf("map %s: make entries live: %w", mapServices, err)
+	}
+	// The entry each key keeps: its last commit.
+	last := make(map[svcKey]uint32, len(idx))
+	for i, x := range idx {
+		last[keys[i]] = x
+	}
+	for k, keep := range last {
+		for {
+			old, ok := t.findLocked(&k, keep)
+			if !ok {
+				break
+			}
+			t.killLocked(old)
+		}
+	}
+	if err := t.flushLocked(); err != nil {
+		return fmt.Errorf("map %s: mark replaced entries dead: %w", mapServices, err)
+	}
+	return nil
 }
 
-// put is reserve and commit.
+// put is reserve and commit of one entry.
 func (t *svcTable) put(k *svcKey, v *svcValue) error {
 	idx, err := t.reserve(k)
 	if err != nil {
 		return err
 	}
-	t.commit(idx, k, v)
-	return nil
+	return t.commit([]uint32{idx}, []svcKey{*k}, []svcValue{*v})
 }
 
 // remove marks k's live entries dead; it reports whether there was one.
-func (t *svcTable) remove(k *svcKey) bool {
+func (t *svcTable) remove(k *svcKey) (bool, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	found := false
 	for {
 		idx, ok := t.findLocked(k, ^uint32(0))
 		if !ok {
-			return found
+			break
 		}
 		t.killLocked(idx)
 		found = true
 	}
+	if err := t.flushLocked(); err != nil {
+		return found, fmt.Errorf("map %s: mark entry dead: %w", mapServices, err)
+	}
+	return found, nil
 }
 
 func (t *svcTable) killLocked(idx uint32) {
-	t.setState(idx, svcDead)
+	t.setLocked(idx, svcDead)
 	t.dead = append(t.dead, idx)
 }
 
@@ -284,30 +352,39 @@ func (t *svcTable) deadCount() int {
 // one turns empty, with the free entries before it, so that lookups that
 // miss stop early again: no live entry can lie past them, as a probe never
 // crosses an empty entry.
-func (t *svcTable) release(n int) {
+func (t *svcTable) release(n int) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n = min(n, len(t.dead))
 	for _, idx := range t.dead[:n] {
-		t.setState(idx, svcFree)
+		t.e[idx].State = svcFree
 	}
 	for _, idx := range t.dead[:n] {
-		if t.state((idx+1)&t.mask) != svcEmpty {
+		if next := (idx + 1) & t.mask; t.e[next].State != svcEmpty || t.reserved[next] {
 			continue
 		}
-		for j := idx; t.state(j) == svcFree; j = (j - 1) & t.mask {
-			t.setState(j, svcEmpty)
+		for j := idx; t.e[j].State == svcFree && !t.reserved[j]; j = (j - 1) & t.mask {
+			t.setLocked(j, svcEmpty)
+		}
+	}
+	for _, idx := range t.dead[:n] {
+		if t.e[idx].State == svcFree {
+			t.idx = append(t.idx, idx)
 		}
 	}
 	t.dead = append(t.dead[:0], t.dead[n:]...)
+	if err := t.flushLocked(); err != nil {
+		return fmt.Errorf("map %s: free dead entries: %w", mapServices, err)
+	}
+	return nil
 }
 
 // adopt reads a table an earlier run left: it returns the live services,
 // each key once. An entry that is not the one lookups find for its key (a
 // run stopped between making an update live and killing the old entry), a
-// dead entry and a reserved one are queued dead, to be freed after a
-// grace period.
-func (t *svcTable) adopt() ([]svcKey, []svcValue) {
+// dead entry and one written but not made live are marked dead, to be freed
+// after a grace period.
+func (t *svcTable) adopt() ([]svcKey, []svcValue, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var (
@@ -316,7 +393,7 @@ func (t *svcTable) adopt() ([]svcKey, []svcValue) {
 	)
 	for i := range t.e {
 		idx := uint32(i)
-		switch t.state(idx) {
+		switch t.e[idx].State {
 		case svcLive:
 			e := &t.e[idx]
 			if first, _ := t.findLocked(&e.Key, ^uint32(0)); first != idx {
@@ -328,5 +405,8 @@ func (t *svcTable) adopt() ([]svcKey, []svcValue) {
 			t.killLocked(idx)
 		}
 	}
-	return keys, vals
+	if err := t.flushLocked(); err != nil {
+		return nil, nil, fmt.Errorf("map %s: mark stale entries dead: %w", mapServices, err)
+	}
+	return keys, vals, nil
 }
