@@ -164,10 +164,28 @@ func TestMultiClusterDNS(t *testing.T) {
 // startCoreDNS runs CoreDNS with `multicluster clusterset.local` against the
 // kubeconfig and returns its UDP address once the ready plugin reports the
 // plugin's caches synced.
+//
+// Its ports are picked free, then bound by CoreDNS: another process may
+// take one in between (the machine runs other tests), so a start that fails
+// on a taken port is tried again on other ports.
 func startCoreDNS(t *testing.T, bin, kubeconfig string) string {
 	t.Helper()
+	for attempt := 1; ; attempt++ {
+		server, err := tryStartCoreDNS(t, bin, kubeconfig)
+		if err == nil {
+			return server
+		}
+		if !strings.Contains(err.Error(), "address already in use") || attempt == 3 {
+			t.Fatal(err)
+		}
+		t.Logf("CoreDNS start %d: a port was taken meanwhile; again on other ports", attempt)
+	}
+}
+
+func tryStartCoreDNS(t *testing.T, bin, kubeconfig string) (string, error) {
+	t.Helper()
 	dir := t.TempDir()
-	dnsPort, readyPort := freePort(t, "udp"), freePort(t, "tcp")
+	dnsPort, readyPort := freePort(t, "dns"), freePort(t, "tcp")
 	corefile := fmt.Sprintf(`.:%d {
     errors
     ready 127.0.0.1:%d
@@ -182,9 +200,11 @@ func startCoreDNS(t *testing.T, bin, kubeconfig string) string {
 	}
 	p := proc.StartT(t, proc.Spec{Name: "coredns", Path: bin, Args: []string{"-conf", path}, LogDir: dir})
 	readyURL := fmt.Sprintf("http://127.0.0.1:%d/ready", readyPort)
+	var exited error
 	poll.Eventually(t, waitTimeout, "CoreDNS ready (the plugin's caches synced)", func(ctx context.Context) error {
 		if p.Exited() {
-			return poll.Final(fmt.Errorf("CoreDNS exited: %v\n%s", p.Err(), p.Tail(4096)))
+			exited = fmt.Errorf("CoreDNS exited: %v\n%s", p.Err(), p.Tail(4096))
+			return nil
 		}
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, readyURL, nil)
 		if err != nil {
@@ -200,13 +220,16 @@ func startCoreDNS(t *testing.T, bin, kubeconfig string) string {
 		}
 		return nil
 	})
+	if exited != nil {
+		return "", exited
+	}
 	// The line clustermesh enable looks for to confirm the plugin
 	// (cli/mesh/coredns.go, corednsPluginStarted).
 	poll.Eventually(t, waitTimeout, "the plugin's startup line in CoreDNS's log", func() (bool, string) {
 		b, err := os.ReadFile(p.LogPath)
 		return err == nil && strings.Contains(string(b), "plugin/multicluster: serving"), p.Tail(2048)
 	})
-	return fmt.Sprintf("127.0.0.1:%d", dnsPort)
+	return fmt.Sprintf("127.0.0.1:%d", dnsPort), nil
 }
 
 // query asks server over UDP and returns the RCODE and the answers' data
@@ -228,15 +251,25 @@ func query(ctx context.Context, server, qname string, qtype uint16) (int, []stri
 }
 
 // freePort returns a port free on 127.0.0.1 for network (tcp or udp) now.
+// freePort returns a port free on 127.0.0.1 for TCP, or on every address
+// for TCP and UDP both ("dns": CoreDNS serves DNS on both, on every address).
 func freePort(t *testing.T, network string) int {
 	t.Helper()
-	if network == "udp" {
-		c, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+	if network == "dns" {
+		for range 20 {
+			l, err := net.Listen("tcp", ":0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			port := l.Addr().(*net.TCPAddr).Port
+			c, err := net.ListenPacket("udp", fmt.Sprintf(":%d", port))
+			l.Close()
+			if err == nil {
+				c.Close()
+				return port
+			}
 		}
-		defer c.Close()
-		return c.LocalAddr().(*net.UDPAddr).Port
+		t.Fatal("no port free for both TCP and UDP in 20 tries")
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
