@@ -144,7 +144,12 @@ const readBatch = 4096
 // services entry by entry took two system calls and two reflective decodes
 // each, most of an agent restart's time.
 func readAll[K, V any](m *ebpf.Map) ([]K, []V, error) {
-	keys, vals := make([]K, readBatch), make([]V, readBatch)
+	size := readBatch
+	if m.Type() == ebpf.Array {
+		// Every entry exists: read them all in place.
+		size = max(size, int(m.MaxEntries())+readBatch)
+	}
+	keys, vals := make([]K, size), make([]V, size)
 	var (
 		cursor ebpf.MapBatchCursor
 		n      int
@@ -161,8 +166,8 @@ func readAll[K, V any](m *ebpf.Map) ([]K, []V, error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		keys, vals = slices.Grow(keys, readBatch), slices.Grow(vals, readBatch)
-		keys, vals = keys[:n+readBatch], vals[:n+readBatch]
+		// Room for one more batch past n (growing only if short).
+		keys, vals = slices.Grow(keys[:n], readBatch)[:n+readBatch], slices.Grow(vals[:n], readBatch)[:n+readBatch]
 	}
 }
 

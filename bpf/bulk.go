@@ -53,15 +53,12 @@ type writeChunk struct {
 	slotVals   []slotValue
 	affKeys    []svcKey
 	affVals    []uint32
-	// svcIdx are the cm_services entries reserved for svcKeys.
-	svcIdx  []uint32
-	svcKeys []svcKey
-	svcVals []svcValue
+	svcs       []svcWrite
 }
 
 // newWriteChunk returns an empty chunk with room for svcs service entries.
 func newWriteChunk(svcs int) *writeChunk {
-	return &writeChunk{svcIdx: make([]uint32, 0, svcs), svcKeys: make([]svcKey, 0, svcs), svcVals: make([]svcValue, 0, svcs)}
+	return &writeChunk{svcs: make([]svcWrite, 0, svcs)}
 }
 
 // reset empties the chunk, keeping its room.
@@ -71,7 +68,7 @@ func (w *writeChunk) reset() {
 		backendIDs: w.backendIDs[:0], backendVal: w.backendVal[:0],
 		slotKeys: w.slotKeys[:0], slotVals: w.slotVals[:0],
 		affKeys: w.affKeys[:0], affVals: w.affVals[:0],
-		svcIdx: w.svcIdx[:0], svcKeys: w.svcKeys[:0], svcVals: w.svcVals[:0],
+		svcs: w.svcs[:0],
 	}
 }
 
@@ -210,15 +207,14 @@ func (d *Datapath) writeAffinity(k svcKey, seconds uint32) error {
 	return update(d.coll.Maps[mapSvcAffinity], &k, &seconds)
 }
 
-// writeService makes v the value of k in the entry idx reserved for it; in
-// a bulk load, once the load's earlier writes are in the maps.
-func (d *Datapath) writeService(idx uint32, k svcKey, v svcValue) error {
+// writeService writes a service entry into the cm_services entry reserved
+// for it; in a bulk load, once the load's earlier writes are in the maps.
+func (d *Datapath) writeService(w svcWrite) error {
 	if b := d.batch; b != nil {
-		w := b.cur
-		w.svcIdx, w.svcKeys, w.svcVals = append(w.svcIdx, idx), append(w.svcKeys, k), append(w.svcVals, v)
+		b.cur.svcs = append(b.cur.svcs, w)
 		return nil
 	}
-	return d.table.commit([]uint32{idx}, []svcKey{k}, []svcValue{v})
+	return d.table.commit([]svcWrite{w})
 }
 
 // batchWrite writes keys and values with one BATCH_UPDATE where the kernel
@@ -253,7 +249,7 @@ func (d *Datapath) flushBatch(b *writeChunk) error {
 	if err := batchWrite(d.coll.Maps[mapSvcAffinity], mapSvcAffinity, b.affKeys, b.affVals); err != nil {
 		return err
 	}
-	return d.table.commit(b.svcIdx, b.svcKeys, b.svcVals)
+	return d.table.commit(b.svcs)
 }
 
 // UpsertServices programs many services at once, as an agent does after a
@@ -298,7 +294,7 @@ func (d *Datapath) UpsertServices(ctx context.Context, svcs []loadbalancer.Servi
 		if err != nil {
 			errs[s.Frontend] = err
 		}
-		if len(b.cur.svcKeys) >= bulkChunk {
+		if len(b.cur.svcs) >= bulkChunk {
 			b.handOff()
 		}
 	}

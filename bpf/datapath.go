@@ -702,14 +702,18 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 		}
 		return fmt.Errorf("service %s: %w", fe, err)
 	}
-	if err := d.setAffinity(key, affSecs); err != nil {
-		d.table.unreserve(idx)
+	undoEntry := func() {
+		if err := d.table.unreserve(idx); err != nil {
+			d.log.Warn("entry reserved for a failed update left taken", "service", fe.String(), "map", mapServices, "error", err)
+		}
 		undoSlots(groups)
+	}
+	if err := d.setAffinity(key, affSecs); err != nil {
+		undoEntry()
 		return err
 	}
-	if err := d.writeService(idx, key, val); err != nil {
-		d.table.unreserve(idx)
-		undoSlots(groups)
+	if err := d.writeService(svcWrite{idx: idx, replaces: old != nil, key: key, val: val}); err != nil {
+		undoEntry()
 		return d.mapErr(mapServices, fmt.Sprintf("service %s: write entry", fe), err)
 	}
 	if affSecs == 0 {

@@ -20,7 +20,8 @@ import (
 // Entries are never changed while a program may read them. An update writes
 // the new value into a free entry of the key's window, first with a state
 // that is not live, then again, the same bytes, live; then it marks the old
-// entry dead (again the same bytes but the state). A program reads the state
+// entry dead (again the same bytes but the state). The three go in one
+// batch update, which the kernel applies element by element, in order. A program reads the state
 // first (socklb.c's svc_find): once it sees an entry live, the rest of the
 // entry is already written and stays unchanged, so it reads one whole entry,
 // the old one or the new one. Dead entries turn free only after an RCU grace
@@ -122,19 +123,18 @@ func svcHash(k *svcKey) uint32 {
 // depend on each other.
 type svcTable struct {
 	mu sync.Mutex
-	// e holds every entry as last written to the kernel.
+	// e holds every entry as last written to the kernel, but for entries
+	// reserved and not committed yet: reserved here, still empty or free
+	// in the kernel.
 	e    []svcEntry
 	mask uint32
-	// reserved are entries reserve took and commit has not written yet;
-	// the kernel still has them empty or free.
-	reserved map[uint32]bool
 	// dead lists the entries marked dead, oldest first; release frees a
 	// prefix of it after a grace period.
 	dead []uint32
-	// write writes entries to the kernel's map; nil over Go memory alone
-	// (tests).
+	// write writes entries to the kernel's map, in order; nil over Go
+	// memory alone (tests).
 	write func(idx []uint32, e []svcEntry) error
-	// scratch for write.
+	// idx and out queue writes for flushLocked: entry idx[i] as out[i].
 	idx []uint32
 	out []svcEntry
 }
@@ -142,7 +142,7 @@ type svcTable struct {
 // newSvcTable returns a table of entries (a power of two of them), written
 // nowhere but in entries.
 func newSvcTable(entries []svcEntry) *svcTable {
-	return &svcTable{e: entries, mask: uint32(len(entries) - 1), reserved: map[uint32]bool{}}
+	return &svcTable{e: entries, mask: uint32(len(entries) - 1)}
 }
 
 // openSvcTable returns the table of m (cm_services), its entries read from
@@ -171,23 +171,20 @@ func (t *svcTable) close() {
 	t.e, t.write = nil, nil
 }
 
-// flushLocked writes the entries queued in t.idx to the kernel, each as it
-// is in t.e now.
+// flushLocked writes the queued entries to the kernel in one batch.
 func (t *svcTable) flushLocked() error {
 	defer func() { t.idx, t.out = t.idx[:0], t.out[:0] }()
 	if t.write == nil || len(t.idx) == 0 {
 		return nil
 	}
-	for _, i := range t.idx {
-		t.out = append(t.out, t.e[i])
-	}
 	return t.write(t.idx, t.out)
 }
 
-// setLocked sets the state of entry i and queues it for flushLocked.
+// setLocked sets the state of entry i and queues the entry, as it is now,
+// for flushLocked.
 func (t *svcTable) setLocked(i uint32, state uint32) {
 	t.e[i].State = state
-	t.idx = append(t.idx, i)
+	t.idx, t.out = append(t.idx, i), append(t.out, t.e[i])
 }
 
 // fill writes every entry of a new table once: empty, its index in the
@@ -200,7 +197,7 @@ func (t *svcTable) fill() error {
 	const chunk = 4096
 	for i := range t.e {
 		t.e[i] = svcEntry{Pad: [2]uint32{0, uint32(i) + 1}}
-		t.idx = append(t.idx, uint32(i))
+		t.setLocked(uint32(i), svcEmpty)
 		if len(t.idx) == chunk || i == len(t.e)-1 {
 			if err := t.flushLocked(); err != nil {
 				return fmt.Errorf("map %s: fill: %w", mapServices, err)
@@ -224,9 +221,7 @@ func (t *svcTable) findLocked(k *svcKey, skip uint32) (uint32, bool) {
 		idx := (h + i) & t.mask
 		switch t.e[idx].State {
 		case svcEmpty:
-			if !t.reserved[idx] {
-				return 0, false
-			}
+			return 0, false
 		case svcLive:
 			if idx != skip && t.e[idx].Key == *k {
 				return idx, true
@@ -247,63 +242,76 @@ func (t *svcTable) reserve(k *svcKey) (uint32, error) {
 	h := svcHash(k)
 	for i := range uint32(svcProbes) {
 		idx := (h + i) & t.mask
-		if s := t.e[idx].State; (s == svcEmpty || s == svcFree) && !t.reserved[idx] {
-			t.reserved[idx] = true
+		if s := t.e[idx].State; s == svcEmpty || s == svcFree {
+			t.e[idx].State = svcReserved
 			return idx, nil
 		}
 	}
 	return 0, errProbeWindowFull
 }
 
-// unreserve gives back an entry reserve took and commit did not use. It
-// must come before any later reservation of the window is committed.
-func (t *svcTable) unreserve(idx uint32) {
+// unreserve gives back an entry reserve took and commit did not use: free,
+// in the kernel too (it may have been empty there: free is safe whatever
+// was placed past it meanwhile).
+func (t *svcTable) unreserve(idx uint32) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	delete(t.reserved, idx)
+	if t.e[idx].State != svcReserved {
+		return nil
+	}
+	t.setLocked(idx, svcFree)
+	if err := t.flushLocked(); err != nil {
+		return fmt.Errorf("map %s: give back entry %d: %w", mapServices, idx, err)
+	}
+	return nil
 }
 
-// commit writes keys[i] and vals[i] into the reserved entries idx[i], makes
-// them live, and marks each key's previous entries dead, a later commit of
-// the same key killing an earlier one: from then on programs find the new
-// values. Three batches of writes whatever the number of entries: not live,
-// live, the dead.
-func (t *svcTable) commit(idx []uint32, keys []svcKey, vals []svcValue) error {
+// svcWrite is one entry for commit: key and value into the reserved entry
+// idx; replaces tells that the key may have live entries already (an
+// update), which commit then marks dead.
+type svcWrite struct {
+	idx      uint32
+	replaces bool
+	key      svcKey
+	val      svcValue
+}
+
+// commit writes each w's key and value into its reserved entry, makes it
+// live, and marks the key's previous entries dead, in the order of ws (a
+// later write of a key replaces an earlier one): from then on programs find
+// the new values. One batch of writes: every entry not live, then for each
+// w its entry live and the entries it replaces dead.
+func (t *svcTable) commit(ws []svcWrite) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for i, x := range idx {
-		delete(t.reserved, x)
-		e := &t.e[x]
-		e.Key, e.Value = keys[i], vals[i]
-		t.setLocked(x, svcReserved) // not live: the bytes land in any order
+	for i := range ws {
+		w := &ws[i]
+		e := &t.e[w.idx]
+		e.Key, e.Value = w.key, w.val
+		t.setLocked(w.idx, svcReserved) // not live: the bytes land in any order
+	}
+	for i := range ws {
+		w := &ws[i]
+		t.setLocked(w.idx, svcLive) // the same bytes but the state
+		if w.replaces {
+			t.killOthersLocked(&w.key, w.idx)
+		}
 	}
 	if err := t.flushLocked(); err != nil {
 		return fmt.Errorf("map %s: write entries: %w", mapServices, err)
 	}
-	for _, x := range idx {
-		t.setLocked(x, svcLive) // the same bytes but the state
-	}
-	if err := t.flushLocked(); err != nil {
-		return fmt.Errorf("map %s: make entries live: %w", mapServices, err)
-	}
-	// The entry each key keeps: its last commit.
-	last := make(map[svcKey]uint32, len(idx))
-	for i, x := range idx {
-		last[keys[i]] = x
-	}
-	for k, keep := range last {
-		for {
-			old, ok := t.findLocked(&k, keep)
-			if !ok {
-				break
-			}
-			t.killLocked(old)
-		}
-	}
-	if err := t.flushLocked(); err != nil {
-		return fmt.Errorf("map %s: mark replaced entries dead: %w", mapServices, err)
-	}
 	return nil
+}
+
+// killOthersLocked marks every live entry of k but keep dead.
+func (t *svcTable) killOthersLocked(k *svcKey, keep uint32) {
+	for {
+		old, ok := t.findLocked(k, keep)
+		if !ok {
+			return
+		}
+		t.killLocked(old)
+	}
 }
 
 // put is reserve and commit of one entry.
@@ -312,7 +320,7 @@ func (t *svcTable) put(k *svcKey, v *svcValue) error {
 	if err != nil {
 		return err
 	}
-	return t.commit([]uint32{idx}, []svcKey{*k}, []svcValue{*v})
+	return t.commit([]svcWrite{{idx: idx, replaces: true, key: *k, val: *v}})
 }
 
 // remove marks k's live entries dead; it reports whether there was one.
@@ -357,19 +365,14 @@ func (t *svcTable) release(n int) error {
 	defer t.mu.Unlock()
 	n = min(n, len(t.dead))
 	for _, idx := range t.dead[:n] {
-		t.e[idx].State = svcFree
+		t.setLocked(idx, svcFree)
 	}
 	for _, idx := range t.dead[:n] {
-		if next := (idx + 1) & t.mask; t.e[next].State != svcEmpty || t.reserved[next] {
+		if next := (idx + 1) & t.mask; t.e[next].State != svcEmpty {
 			continue
 		}
-		for j := idx; t.e[j].State == svcFree && !t.reserved[j]; j = (j - 1) & t.mask {
+		for j := idx; t.e[j].State == svcFree; j = (j - 1) & t.mask {
 			t.setLocked(j, svcEmpty)
-		}
-	}
-	for _, idx := range t.dead[:n] {
-		if t.e[idx].State == svcFree {
-			t.idx = append(t.idx, idx)
 		}
 	}
 	t.dead = append(t.dead[:0], t.dead[n:]...)

@@ -186,31 +186,27 @@ func TestSvcTable(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Reservations write nothing; a chunk of commits, one key twice,
-		// is three writes: not live, live, the dead.
-		var (
-			idx  []uint32
-			ks   []svcKey
-			vals []svcValue
-		)
+		// is one write: not live, live, the dead.
+		var ws []svcWrite
 		for i, k := range []svcKey{keys[0], keys[1], keys[0]} {
 			x, err := tab.reserve(&k)
 			if err != nil {
 				t.Fatal(err)
 			}
-			idx, ks, vals = append(idx, x), append(ks, k), append(vals, svcValue{Set: uint32(10 + i)})
+			ws = append(ws, svcWrite{idx: x, replaces: k == keys[0], key: k, val: svcValue{Set: uint32(10 + i)}})
 		}
-		if idx[0] == idx[2] {
-			t.Fatalf("two reservations got entry %d", idx[0])
+		if ws[0].idx == ws[2].idx {
+			t.Fatalf("two reservations got entry %d", ws[0].idx)
 		}
 		if _, ok := tab.find(&keys[1]); ok {
 			t.Fatal("a reserved entry is found before commit")
 		}
 		before := kc.writes
-		if err := tab.commit(idx, ks, vals); err != nil {
+		if err := tab.commit(ws); err != nil {
 			t.Fatal(err)
 		}
-		if n := kc.writes - before; n != 3 {
-			t.Fatalf("a chunk of 3 commits took %d writes, want 3", n)
+		if n := kc.writes - before; n != 1 {
+			t.Fatalf("a chunk of 3 commits took %d writes, want 1", n)
 		}
 		mustFind(t, tab, keys[0], 12) // the later value wins
 		mustFind(t, tab, keys[1], 11)
@@ -222,9 +218,14 @@ func TestSvcTable(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tab.unreserve(x)
+		if err := tab.unreserve(x); err != nil {
+			t.Fatal(err)
+		}
 		if y, err := tab.reserve(&keys[2]); err != nil || y != x {
 			t.Fatalf("reserve after unreserve: entry %d, %v; want %d", y, err, x)
+		}
+		if err := tab.unreserve(x); err != nil {
+			t.Fatal(err)
 		}
 		kc.checkSame(tab)
 	})
