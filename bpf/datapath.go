@@ -106,7 +106,7 @@ func DefaultConfig() Config {
 func (c *Config) Flags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.CgroupPath, "bpf-cgroup", c.CgroupPath, "cgroup v2 directory whose sockets are balanced (e.g. /sys/fs/cgroup/unified, or the pods' parent cgroup)")
 	fs.StringVar(&c.PinDir, "bpf-pin-dir", c.PinDir, "directory on a bpffs holding the pinned maps and links")
-	fs.IntVar(&c.MaxServices, "bpf-max-services", c.MaxServices, "size of the service map (frontends); fixed once pinned")
+	fs.IntVar(&c.MaxServices, "bpf-max-services", c.MaxServices, "frontends the service table holds (it has the next power of two ≥ twice as many entries of 64 bytes); fixed once pinned")
 	fs.IntVar(&c.MaxBackends, "bpf-max-backends", c.MaxBackends, "size of the backend map (distinct backends); fixed once pinned")
 	fs.IntVar(&c.MaxSlots, "bpf-max-slots", c.MaxSlots, "size of the slot map (sum of backends per service, plus the largest service once more); fixed once pinned")
 	fs.IntVar(&c.MaxNodes, "bpf-max-nodes", c.MaxNodes, "size of the node map; fixed once pinned")
