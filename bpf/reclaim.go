@@ -53,14 +53,14 @@ func (d *Datapath) retire(s *svcState) {
 // dead service entry. Called with d.mu held, when room is needed now or on
 // Close.
 func (d *Datapath) reclaimLocked() error {
-	dead := d.table.deadCount()
-	if len(d.retired) == 0 && dead == 0 {
+	if len(d.retired) == 0 && d.table.deadCount() == 0 {
 		return nil
 	}
+	mark := d.table.killMark()
 	if err := d.waitReaders(); err != nil {
 		return err
 	}
-	if err := d.table.release(dead); err != nil {
+	if err := d.table.release(mark); err != nil {
 		return err
 	}
 	d.freeRetired(d.seq)
@@ -108,9 +108,9 @@ func (d *Datapath) reclaimLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		d.mu.Lock()
-		pending, upTo, dead := len(d.retired), d.seq, 0
+		pending, upTo, dead, mark := len(d.retired), d.seq, 0, uint64(0)
 		if !d.closed {
-			dead = d.table.deadCount()
+			dead, mark = d.table.deadCount(), d.table.killMark()
 		}
 		d.mu.Unlock()
 		if pending == 0 && dead == 0 {
@@ -122,7 +122,7 @@ func (d *Datapath) reclaimLoop(ctx context.Context) {
 		}
 		d.mu.Lock()
 		if !d.closed {
-			if err := d.table.release(dead); err != nil {
+			if err := d.table.release(mark); err != nil {
 				d.log.Warn("free replaced service entries", "map", mapServices, "error", err)
 			}
 			d.freeRetired(upTo)

@@ -128,9 +128,11 @@ type svcTable struct {
 	// in the kernel.
 	e    []svcEntry
 	mask uint32
-	// dead lists the entries marked dead, oldest first; release frees a
-	// prefix of it after a grace period.
-	dead []uint32
+	// dead lists the entries marked dead, oldest first, each with the
+	// number of kills up to it; release frees those killed before a grace
+	// period began. kills counts every kill.
+	dead  []deadEntry
+	kills uint64
 	// write writes entries to the kernel's map, in order; nil over Go
 	// memory alone (tests).
 	write func(idx []uint32, e []svcEntry) error
@@ -342,32 +344,52 @@ func (t *svcTable) remove(k *svcKey) (bool, error) {
 	return found, nil
 }
 
-func (t *svcTable) killLocked(idx uint32) {
-	t.setLocked(idx, svcDead)
-	t.dead = append(t.dead, idx)
+// deadEntry is an entry marked dead, and the kill count once it was.
+type deadEntry struct {
+	idx  uint32
+	kill uint64
 }
 
-// deadCount is how many dead entries wait to be freed. A caller that then
-// waits for a grace period may release that many.
+func (t *svcTable) killLocked(idx uint32) {
+	t.setLocked(idx, svcDead)
+	t.kills++
+	t.dead = append(t.dead, deadEntry{idx: idx, kill: t.kills})
+}
+
+// deadCount is how many dead entries wait to be freed.
 func (t *svcTable) deadCount() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.dead)
 }
 
-// release frees the n oldest dead entries: a grace period has passed since
-// they died, so no program reads them. An entry freed just before an empty
-// one turns empty, with the free entries before it, so that lookups that
-// miss stop early again: no live entry can lie past them, as a probe never
-// crosses an empty entry.
-func (t *svcTable) release(n int) error {
+// killMark is the number of kills so far: a caller that then waits for a
+// grace period may release up to it. A count of dead entries would not do:
+// another release may free some of them meanwhile, and a count would then
+// reach entries killed after the wait began.
+func (t *svcTable) killMark() uint64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	n = min(n, len(t.dead))
-	for _, idx := range t.dead[:n] {
-		t.setLocked(idx, svcFree)
+	return t.kills
+}
+
+// release frees the dead entries killed up to mark (see killMark): a grace
+// period has passed since they died, so no program reads them. An entry
+// freed just before an empty one turns empty, with the free entries before
+// it, so that lookups that miss stop early again: no live entry can lie
+// past them, as a probe never crosses an empty entry.
+func (t *svcTable) release(mark uint64) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for n < len(t.dead) && t.dead[n].kill <= mark {
+		n++
 	}
-	for _, idx := range t.dead[:n] {
+	for _, d := range t.dead[:n] {
+		t.setLocked(d.idx, svcFree)
+	}
+	for _, d := range t.dead[:n] {
+		idx := d.idx
 		if next := (idx + 1) & t.mask; t.e[next].State != svcEmpty {
 			continue
 		}

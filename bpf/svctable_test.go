@@ -122,7 +122,7 @@ func TestSvcTable(t *testing.T) {
 		if _, err := tab.reserve(&keys[svcProbes]); !errors.Is(err, errProbeWindowFull) {
 			t.Fatalf("reserve before release: %v, want errProbeWindowFull", err)
 		}
-		if err := tab.release(tab.deadCount()); err != nil {
+		if err := tab.release(tab.killMark()); err != nil {
 			t.Fatal(err)
 		}
 		if err := tab.put(&keys[svcProbes], &svcValue{Set: 999}); err != nil {
@@ -169,7 +169,7 @@ func TestSvcTable(t *testing.T) {
 		if _, err := tab.remove(&k); err != nil {
 			t.Fatal(err)
 		}
-		if err := tab.release(tab.deadCount()); err != nil {
+		if err := tab.release(tab.killMark()); err != nil {
 			t.Fatal(err)
 		}
 		for i := range kc.e {
@@ -178,6 +178,49 @@ func TestSvcTable(t *testing.T) {
 			}
 		}
 		kc.checkSame(tab)
+	})
+
+	t.Run("release up to a mark", func(t *testing.T) {
+		// The reclaim loop takes a mark, waits for a grace period,
+		// then releases; an update short of room may release meanwhile.
+		// The loop must then free nothing killed after its mark.
+		kc, tab := newKernelCopy(t, size)
+		for i, k := range keys[:3] {
+			if err := tab.put(&k, &svcValue{Set: uint32(i + 1)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		a, _ := tab.find(&keys[0])
+		if _, err := tab.remove(&keys[0]); err != nil {
+			t.Fatal(err)
+		}
+		loopMark := tab.killMark()
+		b, _ := tab.find(&keys[1])
+		if _, err := tab.remove(&keys[1]); err != nil {
+			t.Fatal(err)
+		}
+		updateMark := tab.killMark()
+		if err := tab.release(updateMark); err != nil { // the update's own wait
+			t.Fatal(err)
+		}
+		c, _ := tab.find(&keys[2])
+		if _, err := tab.remove(&keys[2]); err != nil {
+			t.Fatal(err)
+		}
+		if err := tab.release(loopMark); err != nil { // the loop, late
+			t.Fatal(err)
+		}
+		for _, x := range []uint32{a, b} {
+			if s := kc.e[x].State; s == svcDead {
+				t.Fatalf("entry %d still dead after its release", x)
+			}
+		}
+		if s := kc.e[c].State; s != svcDead {
+			t.Fatalf("entry %d killed after both marks: state %d, want dead until a later release", c, s)
+		}
+		if n := tab.deadCount(); n != 1 {
+			t.Fatalf("%d dead entries, want 1", n)
+		}
 	})
 
 	t.Run("bulk commit", func(t *testing.T) {
