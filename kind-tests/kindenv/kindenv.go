@@ -32,6 +32,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/clustermesh/clustermesh/deploy"
 	"github.com/clustermesh/clustermesh/internal/logging"
@@ -300,15 +301,22 @@ func (m *Mesh) DeployEcho(ctx context.Context, cluster, service string, replicas
 
 func ptr[T any](v T) *T { return &v }
 
-// ScaleEcho implements drills.Mesh.
+// ScaleEcho implements drills.Mesh. The read and write of the scale are
+// tried again when the Deployment changed in between (its controller
+// writes its status while pods come and go).
 func (m *Mesh) ScaleEcho(ctx context.Context, cluster, service string, replicas int) error {
 	name := echoName(service, cluster)
-	s, err := m.kube[cluster].AppsV1().Deployments("default").GetScale(ctx, name, metav1.GetOptions{})
+	deps := m.kube[cluster].AppsV1().Deployments("default")
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		s, err := deps.GetScale(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		s.Spec.Replicas = int32(replicas)
+		_, err = deps.UpdateScale(ctx, name, s, metav1.UpdateOptions{})
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("cluster %s: deployment %s: %w", cluster, name, err)
-	}
-	s.Spec.Replicas = int32(replicas)
-	if _, err := m.kube[cluster].AppsV1().Deployments("default").UpdateScale(ctx, name, s, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("cluster %s: scale %s to %d: %w", cluster, name, replicas, err)
 	}
 	return nil
@@ -624,9 +632,13 @@ func (m *Mesh) Observe(ctx context.Context, cluster string, args ...string) ([]o
 	return drills.RunObserve(cmd)
 }
 
-// apiserverWorkload scales the clustermesh-apiserver, a StatefulSet or
-// (from older manifests) a Deployment.
+// scaleAPIServer scales the clustermesh-apiserver, a StatefulSet or (from
+// older manifests) a Deployment, again on a conflicting write.
 func (m *Mesh) scaleAPIServer(ctx context.Context, cluster string, n int32) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error { return m.scaleAPIServerOnce(ctx, cluster, n) })
+}
+
+func (m *Mesh) scaleAPIServerOnce(ctx context.Context, cluster string, n int32) error {
 	apps := m.kube[cluster].AppsV1()
 	if s, err := apps.StatefulSets(meshNamespace).GetScale(ctx, "clustermesh-apiserver", metav1.GetOptions{}); err == nil {
 		s.Spec.Replicas = n
