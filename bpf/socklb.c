@@ -358,28 +358,43 @@ static __always_inline __u32 svc_hash(const struct svc_key *k)
  * is read before the key and value (the compiler barrier keeps that order;
  * x86 keeps loads in order): an entry turns live only once written in
  * full, and stays unchanged until a grace period after it stops being
- * live, so what is read after a live state is one whole entry. */
+ * live, so what is read after a live state is one whole entry.
+ *
+ * An update makes the new entry live, then the old one dead. A probe that
+ * passed the new entry's place just before it turned live and reached the
+ * old one just after it died finds neither; having passed a dead entry, it
+ * probes once more, and then finds the new one (live before the old one
+ * died, which it saw). */
 static __always_inline struct svc_value *svc_find(const struct svc_key *key)
 {
 	__u32 h = svc_hash(key);
-	int i;
+	int pass, i;
 
-	for (i = 0; i < SVC_PROBES; i++) {
-		__u32 idx = (h + i) & svc_mask;
-		struct svc_entry *e = bpf_map_lookup_elem(&cm_services, &idx);
-		__u32 st;
+	for (pass = 0; pass < 2; pass++) {
+		int dead = 0;
 
-		if (!e)
+		for (i = 0; i < SVC_PROBES; i++) {
+			__u32 idx = (h + i) & svc_mask;
+			struct svc_entry *e = bpf_map_lookup_elem(&cm_services, &idx);
+			__u32 st;
+
+			if (!e)
+				return 0;
+			st = READ_ONCE_U32(e->state);
+			if (st == SVC_EMPTY)
+				break;
+			if (st != SVC_LIVE) {
+				dead |= st == SVC_DEAD;
+				continue;
+			}
+			asm volatile("" ::: "memory");
+			if (e->key.addr[3] == key->addr[3] && e->key.port == key->port && e->key.proto == key->proto &&
+			    e->key.addr[0] == key->addr[0] && e->key.addr[1] == key->addr[1] &&
+			    e->key.addr[2] == key->addr[2])
+				return &e->value;
+		}
+		if (!dead)
 			return 0;
-		st = READ_ONCE_U32(e->state);
-		if (st == SVC_EMPTY)
-			return 0;
-		if (st != SVC_LIVE)
-			continue;
-		asm volatile("" ::: "memory");
-		if (e->key.addr[3] == key->addr[3] && e->key.port == key->port && e->key.proto == key->proto &&
-		    e->key.addr[0] == key->addr[0] && e->key.addr[1] == key->addr[1] && e->key.addr[2] == key->addr[2])
-			return &e->value;
 	}
 	return 0;
 }
