@@ -203,6 +203,9 @@ func (cfg *Config) requestTimeout() time.Duration {
 type Client struct {
 	cfg Config
 	cli *clientv3.Client
+	// inProcess: the client calls an embedded store in this process
+	// (Server.InProcessClient), with no connection to watch.
+	inProcess bool
 }
 
 // New connects to the store described by cfg over mutual TLS and checks,
@@ -343,6 +346,10 @@ func ServerCertificate(ctx context.Context, cfg Config, endpoint string) (*x509.
 	}
 	return state.PeerCertificates[0], nil
 }
+
+// InProcess reports whether the client calls an embedded store in this
+// process (Server.InProcessClient) rather than over the network.
+func (c *Client) InProcess() bool { return c.inProcess }
 
 // Config is the configuration the client was created with.
 func (c *Client) Config() Config { return c.cfg }

@@ -75,10 +75,15 @@ func certUser(ctx context.Context) string {
 }
 
 // rootContext is a request context that etcd's in-process API takes as the
-// root user: a verified TLS peer whose certificate names root.
-func rootContext(ctx context.Context) context.Context {
+// root user.
+func rootContext(ctx context.Context) context.Context { return userContext(ctx, userRoot) }
+
+// userContext is a request context that etcd's in-process API takes as
+// user: a verified TLS peer whose certificate names the user, which is how
+// etcd identifies a client that authenticates with a certificate.
+func userContext(ctx context.Context, user string) context.Context {
 	var tlsInfo credentials.TLSInfo
-	tlsInfo.State.VerifiedChains = [][]*x509.Certificate{{{Subject: pkix.Name{CommonName: userRoot}}}}
+	tlsInfo.State.VerifiedChains = [][]*x509.Certificate{{{Subject: pkix.Name{CommonName: user}}}}
 	ctx = peer.NewContext(ctx, &peer.Peer{AuthInfo: tlsInfo})
 	return metadata.NewIncomingContext(ctx, metadata.MD{})
 }

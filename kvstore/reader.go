@@ -181,6 +181,9 @@ func (r *Reader) Err() error {
 }
 
 func (r *Reader) connReady() bool {
+	if r.c.inProcess {
+		return true // no connection: the store is in this process
+	}
 	conn := r.c.cli.ActiveConnection()
 	return conn != nil && conn.GetState() == connectivity.Ready
 }
