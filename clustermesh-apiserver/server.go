@@ -61,6 +61,9 @@ type Server struct {
 	reflector  *reflectorHost
 	healthAddr string
 	storeURL   string
+	// cacheStore is the client the mesh cache writes its copies with, once
+	// it runs.
+	cacheStore *kvstore.Client
 }
 
 // New checks cfg and prepares a server; nothing starts before Run.
@@ -135,7 +138,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("cluster %s: store metrics: %w", s.cfg.ClusterName, err)
 	}
-	client, closeStore, err := s.openStore(ctx, storeMetrics)
+	client, cacheStore, closeStore, err := s.openStore(ctx, storeMetrics)
 	if err != nil {
 		return err
 	}
@@ -247,12 +250,15 @@ func (s *Server) Run(ctx context.Context) error {
 		go func() { defer wg.Done(); pg.run(pctx) }()
 	}
 	if s.cfg.MeshCache {
-		mc, err := meshcache.New(meshcache.Config{Cluster: s.cfg.ClusterName, Local: client, ClustersDir: s.cfg.ClustersDir,
+		mc, err := meshcache.New(meshcache.Config{Cluster: s.cfg.ClusterName, Local: cacheStore, ClustersDir: s.cfg.ClustersDir,
 			DirPoll: s.cfg.ClustersDirPoll, DrainGrace: s.cfg.MeshCacheDrainGrace, LeaseTTL: s.cfg.LeaseTTL,
 			Registerer: s.reg, StoreMetrics: storeMetrics, Logger: s.log})
 		if err != nil {
 			return err
 		}
+		s.mu.Lock()
+		s.cacheStore = cacheStore
+		s.mu.Unlock()
 		mctx, mcancel := context.WithCancel(ctx)
 		defer mcancel()
 		wg.Add(1)
@@ -345,19 +351,27 @@ func (s *Server) Standby() bool {
 	return s.role == roleStandby
 }
 
-// openStore starts the embedded etcd or connects to the external one.
-func (s *Server) openStore(ctx context.Context, m *kvstore.Metrics) (*kvstore.Client, func(), error) {
+// openStore starts the embedded etcd or connects to the external one. It
+// returns the client the apiserver writes its exports with and the one
+// the mesh cache writes its copies with: the same client for an external
+// store; for the embedded one, the owner's client over TLS (what peers'
+// and agents' requests also go through, with the trust checks of the
+// listener) and the store's in-process client (Server.InProcessClient),
+// which spares every copy a client's and a server's gRPC, TLS and
+// sockets: the copies are most of the writes the store takes in a mesh
+// and sit on the path of every change between clusters.
+func (s *Server) openStore(ctx context.Context, m *kvstore.Metrics) (client, cacheStore *kvstore.Client, closeStore func(), err error) {
 	if s.cfg.KVStoreConfig != "" {
 		kc, err := kvstore.LoadConfig(s.cfg.KVStoreConfig)
 		if err != nil {
-			return nil, nil, fmt.Errorf("cluster %s: --kvstore-config: %w", s.cfg.ClusterName, err)
+			return nil, nil, nil, fmt.Errorf("cluster %s: --kvstore-config: %w", s.cfg.ClusterName, err)
 		}
 		client, err := kvstore.New(ctx, kc)
 		if err != nil {
-			return nil, nil, fmt.Errorf("cluster %s: %w", s.cfg.ClusterName, err)
+			return nil, nil, nil, fmt.Errorf("cluster %s: %w", s.cfg.ClusterName, err)
 		}
 		s.setStoreURL(strings.Join(kc.Endpoints, ","))
-		return client, func() { client.Close() }, nil
+		return client, client, func() { client.Close() }, nil
 	}
 	srv, err := kvstore.StartServer(ctx, kvstore.ServerConfig{
 		Cluster:         s.cfg.ClusterName,
@@ -372,17 +386,19 @@ func (s *Server) openStore(ctx context.Context, m *kvstore.Metrics) (*kvstore.Cl
 		Metrics:         m,
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("cluster %s: embedded etcd: %w", s.cfg.ClusterName, err)
+		return nil, nil, nil, fmt.Errorf("cluster %s: embedded etcd: %w", s.cfg.ClusterName, err)
 	}
 	s.setStoreURL(srv.Endpoint())
 	// The apiserver writes its store with an in-memory credential that a
 	// rotation of the cluster's CA cannot revoke under it.
-	client, err := srv.OwnerClient(ctx)
+	client, err = srv.OwnerClient(ctx)
 	if err != nil {
 		srv.Close()
-		return nil, nil, fmt.Errorf("cluster %s: connect to embedded etcd: %w", s.cfg.ClusterName, err)
+		return nil, nil, nil, fmt.Errorf("cluster %s: connect to embedded etcd: %w", s.cfg.ClusterName, err)
 	}
-	return client, func() {
+	cacheStore = srv.InProcessClient()
+	return client, cacheStore, func() {
+		cacheStore.Close()
 		client.Close()
 		srv.Close()
 	}, nil
