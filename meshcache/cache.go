@@ -43,7 +43,10 @@ const DefaultDrainGrace = 30 * time.Second
 // Config configures a Cache.
 type Config struct {
 	// Cluster is the local cluster's name; Local is a client of its store
-	// allowed to write every peer's prefixes (the admin user).
+	// allowed to write every peer's prefixes (the admin user): the store's
+	// in-process client (kvstore.Server.InProcessClient) when it runs in
+	// this process, which spares every copy a network client's and
+	// server's costs.
 	Cluster string
 	Local   *kvstore.Client
 	// ClustersDir holds one connection file per cluster, as mounted for

@@ -265,7 +265,9 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 					p.WriteConnFile(cdir, p.Name, kvstore.UserRemote)
 				}
 			}
-			mc, err := meshcache.New(meshcache.Config{Cluster: c.Name, Local: c.Admin(), ClustersDir: cdir})
+			// The cache writes through its store's in-process client, as
+			// the clustermesh-apiserver that embeds the store has it do.
+			mc, err := meshcache.New(meshcache.Config{Cluster: c.Name, Local: c.InProcessClient(), ClustersDir: cdir})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -160,6 +160,17 @@ func (c *Cluster) Admin() *kvstore.Client {
 	return c.cli
 }
 
+// InProcessClient is a new client of the cluster's store that calls it in
+// this process (kvstore.Server.InProcessClient), as the admin user: what
+// a clustermesh-apiserver that embeds its store gives its mesh cache. It
+// is closed before the store at the end of the test, and does not outlive
+// StopServer.
+func (c *Cluster) InProcessClient() *kvstore.Client {
+	cli := c.srv.InProcessClient()
+	c.m.t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
 // Upsert writes objects through the cluster's writer.
 func (c *Cluster) Upsert(objs ...api.Object) {
 	c.m.t.Helper()
