@@ -364,6 +364,144 @@ func (w *Writer) delete(ctx context.Context, key string) error {
 	return nil
 }
 
+// Change is one write of a batch (Writer.Apply): Object is upserted at
+// its key or, when nil, DeleteKey is deleted.
+type Change struct {
+	Object    api.Object
+	DeleteKey string
+}
+
+// Apply makes changes, each as Upsert or Delete would, in one etcd
+// transaction: one request and one raft entry for all of them. The changes
+// must name distinct keys, at most etcd's limit of operations per
+// transaction (128 by default). When it fails (a change refused, a lease
+// lost, the store unreachable, the request too large) nothing of it was
+// written: the caller writes the changes one by one instead, which reports
+// the change at fault and repairs a lost lease.
+func (w *Writer) Apply(ctx context.Context, changes []Change) error {
+	type change struct {
+		key   string
+		value []byte // nil: delete
+	}
+	cs := make([]change, 0, len(changes))
+	kinds := map[api.Kind]bool{}
+	keys := make(map[string]bool, len(changes))
+	stripes := make([]int, 0, len(changes))
+	for _, c := range changes {
+		ch := change{key: c.DeleteKey}
+		if c.Object != nil {
+			ch.key = c.Object.Key()
+		}
+		kind, err := w.owned(ch.key)
+		if err != nil {
+			return err
+		}
+		if keys[ch.key] {
+			return fmt.Errorf("cluster %s: key %q: twice in one batch", w.cluster, ch.key)
+		}
+		keys[ch.key] = true
+		if c.Object != nil {
+			if err := c.Object.Validate(); err != nil {
+				return fmt.Errorf("cluster %s: key %q: %w", w.cluster, ch.key, err)
+			}
+			if ch.value, err = c.Object.Marshal(); err != nil {
+				return fmt.Errorf("cluster %s: key %q: encode: %w", w.cluster, ch.key, err)
+			}
+		}
+		kinds[kind] = true
+		cs = append(cs, ch)
+		stripes = append(stripes, int(maphash.String(w.seed, ch.key)%uint64(len(w.keyLocks))))
+	}
+	for kind := range kinds {
+		if err := w.resetCanary(ctx, kind); err != nil {
+			return err
+		}
+	}
+	// The keys' locks, each stripe once and in order: a single write holds
+	// one stripe at a time, so no order of locking can deadlock.
+	slices.Sort(stripes)
+	for _, i := range slices.Compact(stripes) {
+		w.keyLocks[i].Lock()
+		defer w.keyLocks[i].Unlock()
+	}
+	w.rw.RLock()
+	defer w.rw.RUnlock()
+
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return ErrClosed
+	}
+	ops := make([]clientv3.Op, 0, len(cs))
+	var written []change
+	// reserved are the slots taken for new keys: released if the
+	// transaction fails.
+	reserved := map[string]*leaseSlot{}
+	release := func() {
+		for _, s := range reserved {
+			s.count--
+		}
+	}
+	unchanged := 0
+	for _, c := range cs {
+		k := w.keys[c.key]
+		switch {
+		case c.value == nil:
+			ops = append(ops, clientv3.OpDelete(c.key))
+		case k != nil && bytes.Equal(k.value, c.value):
+			unchanged++
+			continue
+		case k != nil:
+			ops = append(ops, clientv3.OpPut(c.key, string(c.value), clientv3.WithLease(k.lease.id)))
+		default:
+			slot, err := w.reserveSlot(ctx, false)
+			if err != nil {
+				release()
+				w.mu.Unlock()
+				return fmt.Errorf("cluster %s: batch: %w", w.cluster, err)
+			}
+			reserved[c.key] = slot
+			ops = append(ops, clientv3.OpPut(c.key, string(c.value), clientv3.WithLease(slot.id)))
+		}
+		written = append(written, c)
+	}
+	w.mu.Unlock()
+
+	var err error
+	if len(ops) > 0 {
+		rctx, cancel := w.c.withTimeout(ctx)
+		_, err = w.c.cli.Txn(rctx).Then(ops...).Commit()
+		cancel()
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err != nil {
+		release()
+		return fmt.Errorf("cluster %s: batch of %d writes: %w", w.cluster, len(ops), err)
+	}
+	for range unchanged {
+		w.metrics.write(w.cluster, "unchanged")
+	}
+	for _, c := range written {
+		k := w.keys[c.key]
+		switch {
+		case c.value == nil:
+			if k != nil {
+				k.lease.count--
+				delete(w.keys, c.key)
+			}
+			w.metrics.write(w.cluster, "delete")
+			continue
+		case k == nil:
+			w.keys[c.key] = &ownedKey{value: c.value, lease: reserved[c.key]}
+		default:
+			k.value = c.value
+		}
+		w.metrics.write(w.cluster, "upsert")
+	}
+	return nil
+}
+
 // MarkSynced ends the initial full export of kind: it deletes every key of
 // the writer's cluster and kind that this writer has not upserted since it
 // was created (leftovers of an earlier writer), then writes the kind's synced
