@@ -44,7 +44,7 @@ func TestCachedPeers(t *testing.T) {
 	c1.WriteConnFile(cacheDir, "c1", kvstore.UserAdmin)
 	c2.WriteConnFile(cacheDir, "c2", kvstore.UserRemote)
 	reg := prometheus.NewRegistry()
-	mc, err := meshcache.New(meshcache.Config{Cluster: "c1", Local: c1.Admin(), ClustersDir: cacheDir,
+	mc, err := meshcache.New(meshcache.Config{Cluster: "c1", Local: c1.InProcessClient(), ClustersDir: cacheDir,
 		DirPoll: 100 * time.Millisecond, DrainGrace: time.Second, Registerer: reg, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
