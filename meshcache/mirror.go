@@ -21,6 +21,10 @@ var errInvalidObject = errors.New("invalid object")
 // key always take the same lane, so they land in the order they came.
 const lanes = 16
 
+// maxBatch bounds the writes of a lane that go as one transaction: etcd
+// takes at most 128 operations in one (its default).
+const maxBatch = 64
+
 // mirror is the follower's delegate for one peer: it writes what the
 // follower accepted into the local store. Objects are written on lanes (a
 // key's writes in order, different keys in parallel, so that a large
@@ -29,7 +33,10 @@ const lanes = 16
 // them landed, so a canary is never written ahead of the objects it vouches
 // for. A write that fails is retried (jittered backoff) until it succeeds
 // or the cache stops; a full lane makes the follower wait, so the copy
-// never skips an event.
+// never skips an event. What queued up in a lane while its last write was
+// in flight goes as one transaction (kvstore.Writer.Apply): the initial
+// copy and bursts of changes cost the local store one request per batch
+// instead of one per object, while a lone change is written at once.
 type mirror struct {
 	// ctx ends with the cache or with close: the lanes and the writer stop.
 	ctx    context.Context
@@ -52,10 +59,12 @@ type mirror struct {
 type laneOp struct {
 	what, key string
 	fn        func(context.Context, *kvstore.Writer) error
+	// change is the same write, for a batch.
+	change kvstore.Change
 }
 
 // enqueue hands a write of key to its lane.
-func (m *mirror) enqueue(what, key string, fn func(context.Context, *kvstore.Writer) error) {
+func (m *mirror) enqueue(what, key string, change kvstore.Change, fn func(context.Context, *kvstore.Writer) error) {
 	m.lanesOnce.Do(func() {
 		for i := range m.lanes {
 			ch := make(chan laneOp, 256)
@@ -65,7 +74,7 @@ func (m *mirror) enqueue(what, key string, fn func(context.Context, *kvstore.Wri
 	})
 	m.pending.Add(1)
 	select {
-	case m.lanes[maphash.String(m.seed, key)%lanes] <- laneOp{what, key, fn}:
+	case m.lanes[maphash.String(m.seed, key)%lanes] <- laneOp{what, key, fn, change}:
 	case <-m.ctx.Done():
 		m.pending.Done()
 	}
@@ -74,11 +83,24 @@ func (m *mirror) enqueue(what, key string, fn func(context.Context, *kvstore.Wri
 // runLane writes one lane's operations until the cache stops, then drops
 // what is left (the copy stays as it was: a restarted cache reconciles it).
 func (m *mirror) runLane(ch chan laneOp) {
+	batch := make([]laneOp, 0, maxBatch)
 	for {
 		select {
 		case op := <-ch:
-			m.do(op.what, op.key, op.fn)
-			m.pending.Done()
+			batch = append(batch[:0], op)
+		queued:
+			for len(batch) < maxBatch {
+				select {
+				case op := <-ch:
+					batch = append(batch, op)
+				default:
+					break queued
+				}
+			}
+			m.doBatch(batch)
+			for range batch {
+				m.pending.Done()
+			}
 		case <-m.ctx.Done():
 			for {
 				select {
@@ -144,6 +166,46 @@ func (m *mirror) do(what string, key string, op func(context.Context, *kvstore.W
 	}
 }
 
+// doBatch writes a lane's queued operations, in one transaction when
+// there are several; when that fails, one by one (do: retried, and what
+// is refused is reported and skipped).
+func (m *mirror) doBatch(batch []laneOp) {
+	if len(batch) > 1 {
+		// Objects that cannot be written are skipped (do reports them),
+		// as one by one; of several writes of a key the last one counts.
+		last := make(map[string]int, len(batch))
+		var invalid []laneOp
+		for i, op := range batch {
+			if obj := op.change.Object; obj != nil && obj.Validate() != nil {
+				invalid = append(invalid, op)
+				continue
+			}
+			last[op.key] = i
+		}
+		changes := make([]kvstore.Change, 0, len(last))
+		for i, op := range batch {
+			if j, ok := last[op.key]; ok && j == i {
+				changes = append(changes, op.change)
+			}
+		}
+		w, err := m.writer()
+		if err == nil {
+			if err = w.Apply(m.ctx, changes); err == nil {
+				batch = invalid
+			}
+		}
+		if err != nil {
+			if m.ctx.Err() != nil {
+				return
+			}
+			m.log.Debug("batch of copies failed; writing them one by one", "writes", len(batch), "error", err)
+		}
+	}
+	for _, op := range batch {
+		m.do(op.what, op.key, op.fn)
+	}
+}
+
 // ClusterAccepted copies the peer's config: agents validate it before
 // anything else of the peer.
 func (m *mirror) ClusterAccepted(cfg *api.Cluster) {
@@ -152,7 +214,7 @@ func (m *mirror) ClusterAccepted(cfg *api.Cluster) {
 }
 
 func (m *mirror) Upsert(_ string, obj api.Object) {
-	m.enqueue("upsert", obj.Key(), func(ctx context.Context, w *kvstore.Writer) error {
+	m.enqueue("upsert", obj.Key(), kvstore.Change{Object: obj}, func(ctx context.Context, w *kvstore.Writer) error {
 		// An admitted object reduced to nothing valid (say, a node whose
 		// every address was refused) cannot be written; it is skipped.
 		if err := obj.Validate(); err != nil {
@@ -164,7 +226,7 @@ func (m *mirror) Upsert(_ string, obj api.Object) {
 
 func (m *mirror) Delete(_ string, key api.ParsedKey) {
 	k := key.Key
-	m.enqueue("delete", k, func(ctx context.Context, w *kvstore.Writer) error { return w.Delete(ctx, k) })
+	m.enqueue("delete", k, kvstore.Change{DeleteKey: k}, func(ctx context.Context, w *kvstore.Writer) error { return w.Delete(ctx, k) })
 }
 
 // Synced writes the kind's canary in the local store, after pruning what
