@@ -146,7 +146,7 @@ type Datapath struct {
 	mu       sync.Mutex
 	closed   bool
 	coll     *ebpf.Collection
-	table    *svcTable // cm_services, mapped into memory
+	table    *svcTable // cm_services, and the copy of what was written to it
 	slots    *ebpf.Map
 	backends *ebpf.Map
 	nodes    *ebpf.Map

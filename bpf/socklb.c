@@ -155,9 +155,13 @@ struct revnat_value {
 #define SVC_LIVE 1
 #define SVC_DEAD 2
 #define SVC_FREE 3
+/* Written, not live yet (the first write of an update). */
+#define SVC_RESERVED 4
 /* The longest probe: userspace places every key within SVC_PROBES entries
  * of its home index (and refuses it by name otherwise). */
 #define SVC_PROBES 128
+/* Probes of a lookup that passed dead entries and found nothing (svc_find). */
+#define SVC_PASSES 4
 
 /* One cache line: a hit reads one entry, where the hash map it replaced
  * read a bucket and an element, two cold misses among 100,000 services. */
@@ -363,14 +367,15 @@ static __always_inline __u32 svc_hash(const struct svc_key *k)
  * An update makes the new entry live, then the old one dead. A probe that
  * passed the new entry's place just before it turned live and reached the
  * old one just after it died finds neither; having passed a dead entry, it
- * probes once more, and then finds the new one (live before the old one
- * died, which it saw). */
+ * probes again, and then finds the new one (live before the old one died,
+ * which it saw), unless the key was updated again meanwhile: up to
+ * SVC_PASSES probes. */
 static __always_inline struct svc_value *svc_find(const struct svc_key *key)
 {
 	__u32 h = svc_hash(key);
 	int pass, i;
 
-	for (pass = 0; pass < 2; pass++) {
+	for (pass = 0; pass < SVC_PASSES; pass++) {
 		int dead = 0;
 
 		for (i = 0; i < SVC_PROBES; i++) {

@@ -421,7 +421,7 @@ func (t *svcTable) adopt() ([]svcKey, []svcValue, error) {
 		switch t.e[idx].State {
 		case svcLive:
 			e := &t.e[idx]
-			if first, _ := t.findLocked(&e.Key, ^uint32(0)); first != idx {
+			if first, ok := t.findLocked(&e.Key, ^uint32(0)); !ok || first != idx {
 				t.killLocked(idx)
 				continue
 			}
