@@ -628,14 +628,8 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 	// now (one grace period) before giving up.
 	mapName, err := d.room(old, all)
 	if err != nil && len(d.retired) > 0 {
-		// In a bulk load, entries queued so far may still point at sets
-		// retired meanwhile: write them before freeing anything.
-		if b := d.batch; b != nil {
-			ferr := b.drain()
-			d.startFlusher(b)
-			if ferr != nil {
-				return fmt.Errorf("service %s: %w", fe, ferr)
-			}
+		if ferr := d.writeQueued(); ferr != nil {
+			return fmt.Errorf("service %s: %w", fe, ferr)
 		}
 		if rerr := d.reclaimLocked(); rerr != nil {
 			return fmt.Errorf("service %s: %w", fe, rerr)
@@ -743,6 +737,19 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 	return nil
 }
 
+// writeQueued writes what a bulk load has queued so far (nothing outside
+// one), before anything is freed: queued entries may still point at sets
+// retired meanwhile, and their commits kill the entries they replace.
+func (d *Datapath) writeQueued() error {
+	b := d.batch
+	if b == nil {
+		return nil
+	}
+	err := b.drain()
+	d.startFlusher(b)
+	return err
+}
+
 // reserveEntry takes a free entry of key's probe window in cm_services for
 // its next value. If the window is full of entries waiting for a grace
 // period, it frees them first (one grace period), as room does for slots;
@@ -753,12 +760,8 @@ func (d *Datapath) reserveEntry(key svcKey) (uint32, error) {
 	if !errors.Is(err, errProbeWindowFull) {
 		return idx, err
 	}
-	if b := d.batch; b != nil {
-		ferr := b.drain()
-		d.startFlusher(b)
-		if ferr != nil {
-			return 0, ferr
-		}
+	if ferr := d.writeQueued(); ferr != nil {
+		return 0, ferr
 	}
 	if d.table.deadCount() == 0 {
 		return 0, err

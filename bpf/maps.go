@@ -47,9 +47,9 @@ type svcValue struct {
 	Head slotValue
 }
 
-// svcEntrySize is the size of a service entry without its head, the whole
+// headlessValueSize is the size of a service entry without its head, the whole
 // value in builds before slot heads.
-const svcEntrySize = unsafe.Offsetof(svcValue{}.Head)
+const headlessValueSize = unsafe.Offsetof(svcValue{}.Head)
 
 // slotGroup is SLOT_GROUP in socklb.c: the first slotGroup slots of a set
 // are the head of its service entry, the rest are in cm_slots in groups of

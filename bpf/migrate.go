@@ -100,7 +100,7 @@ func migrateSlots(pinDir string, spec *ebpf.MapSpec, log *slog.Logger) error {
 
 // migrateServices converts a cm_services pinned by a build before the
 // open-addressing table (a hash map keyed by svcKey, its values svcValue, or
-// svcEntrySize bytes without the head in builds before slot heads) into the
+// headlessValueSize bytes without the head in builds before slot heads) into the
 // table (see svcTable). A value without a head gets it from group 0 of its
 // set in the pinned cm_slots (run migrateSlots first); group 0 entries stay
 // in cm_slots, for the old programs, until adopt sweeps them as belonging to
@@ -108,14 +108,14 @@ func migrateSlots(pinDir string, spec *ebpf.MapSpec, log *slog.Logger) error {
 func migrateServices(pinDir string, spec *ebpf.MapSpec, log *slog.Logger) error {
 	old, err := loadOldPin(pinDir, mapServices, func(m *ebpf.Map) bool {
 		return m.Type() == ebpf.Hash && m.KeySize() == uint32(unsafe.Sizeof(svcKey{})) &&
-			(m.ValueSize() == uint32(svcEntrySize) || m.ValueSize() == uint32(unsafe.Sizeof(svcValue{})))
+			(m.ValueSize() == uint32(headlessValueSize) || m.ValueSize() == uint32(unsafe.Sizeof(svcValue{})))
 	})
 	if old == nil || err != nil {
 		return err
 	}
 	defer old.Close()
 	var slots *ebpf.Map
-	headless := old.ValueSize() == uint32(svcEntrySize)
+	headless := old.ValueSize() == uint32(headlessValueSize)
 	if headless {
 		if slots, err = ebpf.LoadPinnedMap(filepath.Join(pinDir, mapSlots), nil); err != nil {
 			return fmt.Errorf("map %s: load pin to migrate %s: %w", mapSlots, mapServices, err)

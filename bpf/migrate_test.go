@@ -98,7 +98,7 @@ func pinOldLayout(t *testing.T, pin string, cfg Config, grouped, heads bool) {
 		t.Fatal(err)
 	}
 
-	oldSvcSpec := &ebpf.MapSpec{Name: mapServices, Type: ebpf.Hash, KeySize: 20, ValueSize: uint32(svcEntrySize), MaxEntries: uint32(cfg.MaxServices)}
+	oldSvcSpec := &ebpf.MapSpec{Name: mapServices, Type: ebpf.Hash, KeySize: 20, ValueSize: uint32(headlessValueSize), MaxEntries: uint32(cfg.MaxServices)}
 	if heads {
 		oldSvcSpec.ValueSize = uint32(unsafe.Sizeof(svcValue{}))
 	}
