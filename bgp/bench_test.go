@@ -40,7 +40,11 @@ func benchPrefixes(n int) []netip.Prefix {
 // the routes are restored before the origin is killed). "origin-updates"
 // and "rr-updates" count the UPDATE messages the origin sent and the
 // reflector relayed (to both receivers) for one announcement of N
-// prefixes.
+// prefixes. "announce-first" is the time until every receiver's kernel
+// holds its first route (the pipeline's latency; the rest of "announce"
+// is its throughput). "announce-cpu" and "withdraw-cpu" are the CPU time
+// of every process of the setup meanwhile, and "…-cpu-origin", "…-cpu-rr"
+// and "…-cpu-receivers" the same per role.
 //
 //	gobgp-direct:    origin speaker -> 1 receiver speaker (eBGP)
 //	gobgp-reflector: origin speaker -> route reflector -> 2 receiver speakers (iBGP)
@@ -89,16 +93,47 @@ func benchSizes(env string) ([]int, error) {
 // loaded machine (where wall times swing) changes much less.
 type convergence struct {
 	call, announce, withdraw, session []time.Duration
+	first                             []time.Duration
 	announceCPU, withdrawCPU          []time.Duration
 	deadWithdraw                      []time.Duration
 	originUpdates, rrUpdates          []uint64
+	// roleCPU splits announce-cpu and withdraw-cpu by role, under names
+	// like "announce-cpu-rr".
+	roleCPU map[string][]time.Duration
+}
+
+// roles are the processes of one setup by role: the origin, the reflector
+// (none direct) and the receivers.
+type roles struct{ origin, rr, recv []int }
+
+// cpu reads every role's CPU time so far.
+func (r roles) cpu() map[string]time.Duration {
+	return map[string]time.Duration{"origin": cpuTime(r.origin...), "rr": cpuTime(r.rr...), "receivers": cpuTime(r.recv...)}
+}
+
+// addRoleCPU records the CPU each role used in phase since before.
+func (c *convergence) addRoleCPU(phase string, r roles, before map[string]time.Duration) {
+	if c.roleCPU == nil {
+		c.roleCPU = map[string][]time.Duration{}
+	}
+	for role, t := range r.cpu() {
+		if (role == "rr" && len(r.rr) == 0) || (role == "origin" && phase == "withdraw") {
+			continue // no reflector; a killed origin
+		}
+		name := phase + "-cpu-" + role
+		c.roleCPU[name] = append(c.roleCPU[name], t-before[role])
+	}
 }
 
 func (c *convergence) report(b *testing.B) {
-	for name, ds := range map[string][]time.Duration{
-		"announce-call": c.call, "announce": c.announce, "withdraw": c.withdraw, "restart-session": c.session,
+	all := map[string][]time.Duration{
+		"announce-call": c.call, "announce-first": c.first, "announce": c.announce, "withdraw": c.withdraw, "restart-session": c.session,
 		"announce-cpu": c.announceCPU, "withdraw-cpu": c.withdrawCPU, "dead-withdraw": c.deadWithdraw,
-	} {
+	}
+	for name, ds := range c.roleCPU {
+		all[name] = ds
+	}
+	for name, ds := range all {
 		slices.Sort(ds)
 		if len(ds) == 0 {
 			continue
@@ -144,6 +179,7 @@ func cpuTime(pids ...int) time.Duration {
 type routeWatch struct {
 	mu      sync.Mutex
 	set     map[netip.Prefix]bool
+	first   time.Time // when the set last went from empty to not
 	changed chan struct{}
 	err     error
 }
@@ -181,6 +217,9 @@ func (l *lab) watchRoutes(tb testing.TB, ns string, proto netlink.RouteProtocol)
 			}
 			w.mu.Lock()
 			if u.Type == unix.RTM_NEWROUTE {
+				if len(w.set) == 0 {
+					w.first = time.Now()
+				}
 				w.set[p] = true
 			} else if u.Type == unix.RTM_DELROUTE {
 				delete(w.set, p)
@@ -194,6 +233,19 @@ func (l *lab) watchRoutes(tb testing.TB, ns string, proto netlink.RouteProtocol)
 	}()
 	tb.Cleanup(func() { close(done); <-finished; h.Close() })
 	return w
+}
+
+// firstRoute is when the last of watches got its first route.
+func firstRoute(watches []*routeWatch) time.Time {
+	var last time.Time
+	for _, w := range watches {
+		w.mu.Lock()
+		if w.first.After(last) {
+			last = w.first
+		}
+		w.mu.Unlock()
+	}
+	return last
 }
 
 // waitCount returns when every watch holds want routes.
@@ -280,14 +332,20 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 		})
 		c.session = append(c.session, time.Since(t0))
 		all := append([]int{proc.cmd.Process.Pid}, pids...)
+		rs := roles{origin: all[:1], recv: pids}
+		if rrProc != nil {
+			rs.rr, rs.recv = pids[:1], pids[1:]
+		}
 		rrSent0 := updatesSent(rrProc)
-		cpu0 := cpuTime(all...)
+		cpu0, role0 := cpuTime(all...), rs.cpu()
 		t0 = time.Now()
 		proc.call(childReq{Op: "announce", Prefixes: prefixes})
 		c.call = append(c.call, time.Since(t0))
 		waitCount(b, receivers, n)
 		c.announce = append(c.announce, time.Since(t0))
+		c.first = append(c.first, firstRoute(receivers).Sub(t0))
 		c.announceCPU = append(c.announceCPU, cpuTime(all...)-cpu0)
+		c.addRoleCPU("announce", rs, role0)
 		if os.Getenv(cpuProfileEnv) != "" {
 			proc.call(childReq{Op: "stopprofile"})
 		}
@@ -296,12 +354,13 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 			c.rrUpdates = append(c.rrUpdates, updatesSent(rrProc)-rrSent0)
 			c.deadWithdraw = append(c.deadWithdraw, deadWithdraw(b, recvProcs, receivers, origin.Address, n))
 		}
-		cpu0 = cpuTime(pids...)
+		cpu0, role0 = cpuTime(pids...), rs.cpu()
 		t0 = time.Now()
 		proc.kill()
 		waitCount(b, receivers, 0)
 		c.withdraw = append(c.withdraw, time.Since(t0))
 		c.withdrawCPU = append(c.withdrawCPU, cpuTime(pids...)-cpu0)
+		c.addRoleCPU("withdraw", rs, role0)
 	}
 	c.report(b)
 }
@@ -437,7 +496,11 @@ func benchBird(b *testing.B, n int, reflector bool) {
 		})
 		c.session = append(c.session, time.Since(t0))
 		all := append([]int{origin.cmd.Process.Pid}, pids...)
-		cpu0 := cpuTime(all...)
+		rs := roles{origin: all[:1], recv: pids}
+		if reflector {
+			rs.rr, rs.recv = pids[:1], pids[1:]
+		}
+		cpu0, role0 := cpuTime(all...), rs.cpu()
 		t0 = time.Now()
 		if err := os.WriteFile(origin.conf, []byte(originConf(routes.String())), 0o644); err != nil {
 			b.Fatal(err)
@@ -448,13 +511,16 @@ func benchBird(b *testing.B, n int, reflector bool) {
 		c.call = append(c.call, time.Since(t0))
 		waitCount(b, recv, n)
 		c.announce = append(c.announce, time.Since(t0))
+		c.first = append(c.first, firstRoute(recv).Sub(t0))
 		c.announceCPU = append(c.announceCPU, cpuTime(all...)-cpu0)
-		cpu0 = cpuTime(pids...)
+		c.addRoleCPU("announce", rs, role0)
+		cpu0, role0 = cpuTime(pids...), rs.cpu()
 		t0 = time.Now()
 		origin.kill()
 		waitCount(b, recv, 0)
 		c.withdraw = append(c.withdraw, time.Since(t0))
 		c.withdrawCPU = append(c.withdrawCPU, cpuTime(pids...)-cpu0)
+		c.addRoleCPU("withdraw", rs, role0)
 	}
 	c.report(b)
 }
