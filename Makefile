@@ -8,6 +8,9 @@ GO        ?= go
 BIN       := bin
 HACK_BIN  := hack/bin
 PKGS      := ./...
+# GOBGP_PATCHES are the packages of our GoBGP fork (third_party/gobgp)
+# whose tests cover the patches (PATCHES.md there), run by "make test".
+GOBGP_PATCHES := github.com/osrg/gobgp/v3/pkg/server github.com/osrg/gobgp/v3/internal/pkg/table
 # The CoreDNS plugin is a module of its own (outside ./...); test and lint
 # cover it too. coredns/e2e (in ./...) runs it inside CoreDNS.
 COREDNS_PLUGIN := coredns/multicluster
@@ -45,7 +48,7 @@ images:
 # detector. Root-only tests (netns, eBPF, BGP) skip with a message when not
 # root; CI is root.
 test: deps lint
-	$(GO) test -race -count=1 -timeout 40m $(PKGS)
+	$(GO) test -race -count=1 -timeout 40m $(PKGS) $(GOBGP_PATCHES)
 	cd $(COREDNS_PLUGIN) && $(GO) test -race -count=1 ./...
 
 # deps installs what the tests need when it is missing (apt packages,

@@ -13,7 +13,6 @@ import (
 	api "github.com/osrg/gobgp/v3/api"
 	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
 	"github.com/osrg/gobgp/v3/pkg/server"
-	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // nextHopUnchangedPolicy is the export policy assigned to eBGP peers with
@@ -24,13 +23,6 @@ var (
 	familyV4 = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
 	familyV6 = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
 )
-
-func familyOf(p netip.Prefix) *api.Family {
-	if p.Addr().Is4() {
-		return familyV4
-	}
-	return familyV6
-}
 
 // event is what the GoBGP watcher and logger hand to the owner's loop.
 type event struct {
@@ -501,11 +493,12 @@ func (c *core) cutOffPeer(ctx context.Context, addr netip.Addr) bool {
 
 // announce makes the set of locally originated prefixes equal to prefixes.
 // The additions, then the withdrawals, each go to GoBGP in one call
-// (AddPathList, a patch of ours: third_party/gobgp/PATCHES.md), which
-// processes them as one batch and sends them to each peer packed, about a
-// thousand IPv4 prefixes per UPDATE, where one call per path costs a round
-// trip through GoBGP's management loop and one UPDATE per prefix. A batch
-// is taken whole or not at all.
+// (AddPrefixes, a patch of ours: third_party/gobgp/PATCHES.md), which
+// builds GoBGP's paths without the API's protobuf form, processes them as
+// one batch and sends them to each peer packed, about a thousand IPv4
+// prefixes per UPDATE, where one call per path costs a round trip through
+// GoBGP's management loop and one UPDATE per prefix. A batch is taken
+// whole or not at all.
 func (c *core) announce(ctx context.Context, prefixes []netip.Prefix) error {
 	want := map[netip.Prefix]bool{}
 	for _, p := range prefixes {
@@ -535,8 +528,10 @@ func (c *core) announce(ctx context.Context, prefixes []netip.Prefix) error {
 	// captures are repeatable).
 	slices.SortFunc(add, netip.Prefix.Compare)
 	slices.SortFunc(del, netip.Prefix.Compare)
+	nh4 := c.cfg.nextHopFor(netip.PrefixFrom(netip.IPv4Unspecified(), 0))
+	nh6 := c.cfg.nextHopFor(netip.PrefixFrom(netip.IPv6Unspecified(), 0))
 	if len(add) > 0 {
-		if err := c.srv.AddPathList(ctx, &api.AddPathStreamRequest{TableType: api.TableType_GLOBAL, Paths: c.localPaths(add, false)}); err != nil {
+		if err := c.srv.AddPrefixes(ctx, add, nh4, nh6, false); err != nil {
 			return fmt.Errorf("%s: announce %d prefixes (%s...): %w", c.cfg.Name, len(add), add[0], err)
 		}
 		for _, p := range add {
@@ -544,7 +539,7 @@ func (c *core) announce(ctx context.Context, prefixes []netip.Prefix) error {
 		}
 	}
 	if len(del) > 0 {
-		if err := c.srv.AddPathList(ctx, &api.AddPathStreamRequest{TableType: api.TableType_GLOBAL, Paths: c.localPaths(del, true)}); err != nil {
+		if err := c.srv.AddPrefixes(ctx, del, nh4, nh6, true); err != nil {
 			return fmt.Errorf("%s: withdraw %d prefixes (%s...): %w", c.cfg.Name, len(del), del[0], err)
 		}
 		for _, p := range del {
@@ -552,27 +547,6 @@ func (c *core) announce(ctx context.Context, prefixes []netip.Prefix) error {
 		}
 	}
 	return nil
-}
-
-// localPaths returns GoBGP paths for prefixes originated here, each with
-// the node IP of its family as next hop; withdrawals with withdraw. The
-// attributes every path shares are marshaled once.
-func (c *core) localPaths(prefixes []netip.Prefix, withdraw bool) []*api.Path {
-	origin, _ := anypb.New(&api.OriginAttribute{Origin: 0})
-	var nh4 *anypb.Any
-	if a := c.cfg.nextHopFor(netip.PrefixFrom(netip.IPv4Unspecified(), 0)); a.IsValid() {
-		nh4, _ = anypb.New(&api.NextHopAttribute{NextHop: a.String()})
-	}
-	out := make([]*api.Path, 0, len(prefixes))
-	for _, p := range prefixes {
-		nlri, _ := anypb.New(&api.IPAddressPrefix{Prefix: p.Addr().String(), PrefixLen: uint32(p.Bits())})
-		nhAttr := nh4
-		if !p.Addr().Is4() {
-			nhAttr, _ = anypb.New(&api.MpReachNLRIAttribute{Family: familyV6, NextHops: []string{c.cfg.nextHopFor(p).String()}, Nlris: []*anypb.Any{nlri}})
-		}
-		out = append(out, &api.Path{Family: familyOf(p), Nlri: nlri, Pattrs: []*anypb.Any{origin, nhAttr}, IsWithdraw: withdraw})
-	}
-	return out
 }
 
 // peerStatus lists GoBGP's view of every configured peer.
