@@ -794,7 +794,7 @@ func (s *BgpServer) prePolicyFilterpath(peer *peer, path, old *table.Path) (*tab
 	} else {
 		options.OldNextHop = path.GetNexthop()
 	}
-	path = table.UpdatePathAttrs(peer.fsm.logger, peer.fsm.gConf, peer.fsm.pConf, peer.fsm.peerInfo, path)
+	path = s.updatePathAttrs(peer, path) // clustermesh patch 5
 	peer.fsm.lock.RUnlock()
 
 	return path, options, false
