@@ -220,19 +220,26 @@ func (d *Datapath) writeService(w svcWrite) error {
 // batchWrite writes keys and values with one BATCH_UPDATE where the kernel
 // has it, entry by entry from where a batch stopped otherwise.
 func batchWrite[K, V any](m *ebpf.Map, name string, keys []K, vals []V) error {
+	_, err := batchUpdate(m, name, keys, vals)
+	return err
+}
+
+// batchUpdate is batchWrite returning how many entries, in order, were
+// written: all of them, or on error those before the one that failed.
+func batchUpdate[K, V any](m *ebpf.Map, name string, keys []K, vals []V) (int, error) {
 	if len(keys) == 0 {
-		return nil
+		return 0, nil
 	}
 	n, err := m.BatchUpdate(keys, vals, &ebpf.BatchOptions{})
 	if err == nil {
-		return nil
+		return len(keys), nil
 	}
 	for i := n; i < len(keys); i++ {
 		if err := update(m, &keys[i], &vals[i]); err != nil {
-			return fmt.Errorf("map %s: %w", name, err)
+			return i, fmt.Errorf("map %s: %w", name, err)
 		}
 	}
-	return nil
+	return len(keys), nil
 }
 
 // flushBatch writes the queued writes in their order.
