@@ -607,6 +607,12 @@ func (d *Datapath) UpsertService(ctx context.Context, svc loadbalancer.Service) 
 // load (d.batch set) its map writes are queued and written by flushBatch.
 func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 	fe := svc.Frontend
+	if b := d.batch; b != nil {
+		// A load that failed writes nothing more (see startFlusher).
+		if err := b.failure(); err != nil {
+			return fmt.Errorf("service %s: %w", fe, err)
+		}
+	}
 	old := d.svcs[key]
 	// d.all is scratch space reused by every upsert (d.mu is held).
 	all := append(append(d.all[:0], svc.Preferred...), svc.Fallback...)
@@ -737,14 +743,15 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 // reclaimNow frees, after one grace period, every retired set and dead
 // entry, for an update short of room. In a bulk load it first writes what
 // the load has queued: queued entries may still point at sets retired
-// meanwhile, and their commits kill the entries they replace.
+// meanwhile, and their commits kill the entries they replace. If that
+// write fails, the load has failed: nothing is freed and no flusher is
+// started again, so no later chunk commits past entries never written.
 func (d *Datapath) reclaimNow() error {
 	if b := d.batch; b != nil {
-		err := b.drain()
-		d.startFlusher(b)
-		if err != nil {
+		if err := b.drain(); err != nil {
 			return err
 		}
+		d.startFlusher(b)
 	}
 	return d.reclaimLocked()
 }

@@ -34,21 +34,24 @@ func newKernelTable(t *testing.T, size uint32) (*svcTable, *ebpf.Map) {
 	return tab, m
 }
 
-// refuseAfter makes the kernel take the first n entries of the table's next
-// writes and refuse the rest: a batch update stopped halfway, for real in
-// the map. A write of at most n entries goes through.
-func refuseAfter(tab *svcTable, n int) (restore func()) {
+// refuseWrite makes the kernel refuse the call-th of the table's next
+// writes (from 1) after it took the first applied entries: a batch update
+// stopped there, for real in the map. The other writes, and that one if it
+// has at most applied entries, go through.
+func refuseWrite(tab *svcTable, call, applied int) (restore func()) {
 	tab.mu.Lock()
 	defer tab.mu.Unlock()
 	real := tab.write
+	calls := 0 // tab.mu is held around write
 	tab.write = func(idx []uint32, e []svcEntry) (int, error) {
-		if len(idx) <= n {
+		calls++
+		if calls != call || len(idx) <= applied {
 			return real(idx, e)
 		}
-		if _, err := real(idx[:n], e[:n]); err != nil {
+		if _, err := real(idx[:applied], e[:applied]); err != nil {
 			return 0, err
 		}
-		return n, errRefused
+		return applied, errRefused
 	}
 	return func() {
 		tab.mu.Lock()
@@ -89,6 +92,31 @@ func checkKernel(t *testing.T, tab *svcTable, m *ebpf.Map) {
 			t.Errorf("entry %d dead but not listed to be freed", i)
 		}
 	}
+}
+
+// unreachable returns the live entries of kernel (a table's entries) that
+// a lookup of their key does not reach: an empty entry lies between their
+// home and them.
+func unreachable(kernel []svcEntry) []uint32 {
+	mask := uint32(len(kernel) - 1)
+	var out []uint32
+	for i, e := range kernel {
+		if e.State != svcLive {
+			continue
+		}
+		h := svcHash(&e.Key)
+		for j := range uint32(svcProbes) {
+			idx := (h + j) & mask
+			if idx == uint32(i) {
+				break
+			}
+			if kernel[idx].State == svcEmpty {
+				out = append(out, uint32(i))
+				break
+			}
+		}
+	}
+	return out
 }
 
 // TestSvcTableWriteRefused makes the kernel refuse each operation's write
@@ -159,7 +187,7 @@ func TestSvcTableWriteRefused(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			for applied := 0; ; applied++ {
 				tab, m := setup(t)
-				restore := refuseAfter(tab, applied)
+				restore := refuseWrite(tab, 1, applied)
 				name, err := tc.op(tab)
 				restore()
 				if err == nil {
