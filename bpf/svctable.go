@@ -197,7 +197,7 @@ func (t *svcTable) flushLocked() (svcKey, error) {
 	if err == nil {
 		return svcKey{}, nil
 	}
-	n = min(max(n, 0), len(t.idx)-1)
+	n = min(max(n, 0), len(t.idx)-1) // a failed write took fewer than all
 	for i := len(t.idx) - 1; i >= n; i-- {
 		t.e[t.idx[i]] = t.prev[i]
 	}
