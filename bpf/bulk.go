@@ -2,7 +2,9 @@ package bpf
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -37,9 +39,10 @@ type pendingWrites struct {
 	// the queues were a third of a 100,000-service load's allocations.
 	flusher chan *writeChunk
 	free    chan *writeChunk
-	flushed chan error
-	// err is the first write error of the load: once set, the load fails.
-	err error
+	flushed chan struct{}
+	// failed holds the load's first write error, set by the flusher: the
+	// load then fails whole (see failure).
+	failed atomic.Pointer[error]
 }
 
 // writeChunk is one hand-off of queued writes (see pendingWrites for their
@@ -94,13 +97,30 @@ func (d *Datapath) newPendingWrites(svcs int) *pendingWrites {
 // chunk's entries reach the kernel after its slots, backends and nodes and
 // after every earlier chunk's: the invariant of pendingWrites holds. It
 // touches only the maps; d.mu stays held by the load.
+//
+// After the load's first write error no chunk is written: the entries of
+// the chunk that failed and of every later one were reserved, and are not
+// live in the kernel, so they are given back (an entry lookups must cross
+// must not stay empty in the kernel while the copy has it taken).
 func (d *Datapath) startFlusher(b *pendingWrites) {
-	b.flusher, b.flushed = make(chan *writeChunk, 4), make(chan error, 1)
-	go func(in <-chan *writeChunk, free chan<- *writeChunk, out chan<- error) {
-		var err error
+	b.flusher, b.flushed = make(chan *writeChunk, 4), make(chan struct{})
+	go func(in <-chan *writeChunk, free chan<- *writeChunk, done chan<- struct{}) {
+		defer close(done)
+		var idx []uint32
 		for w := range in {
-			if err == nil {
-				err = d.flushBatch(w)
+			if b.failure() == nil {
+				if err := d.flushBatch(w); err != nil {
+					b.failed.CompareAndSwap(nil, &err)
+				}
+			}
+			if b.failure() != nil && len(w.svcs) > 0 {
+				idx = idx[:0]
+				for _, s := range w.svcs {
+					idx = append(idx, s.idx)
+				}
+				if err := d.table.unreserve(idx...); err != nil {
+					d.log.Warn("entries reserved in a failed bulk load left taken", "map", mapServices, "entries", len(idx), "error", err)
+				}
 			}
 			w.reset()
 			select {
@@ -108,8 +128,15 @@ func (d *Datapath) startFlusher(b *pendingWrites) {
 			default:
 			}
 		}
-		out <- err
 	}(b.flusher, b.free, b.flushed)
+}
+
+// failure returns the load's first write error, nil while there is none.
+func (b *pendingWrites) failure() error {
+	if err := b.failed.Load(); err != nil {
+		return *err
+	}
+	return nil
 }
 
 // handOff passes the chunk filled since the last hand-off to the flusher
@@ -125,15 +152,16 @@ func (b *pendingWrites) handOff() {
 
 // drain hands off the rest, waits until the flusher has written
 // everything, and returns the load's first write error. The flusher is
-// gone afterwards; startFlusher starts another.
+// gone afterwards; startFlusher starts another, unless the load failed.
 func (b *pendingWrites) drain() error {
+	if b.flusher == nil {
+		return b.failure() // drained after the load failed
+	}
 	b.handOff()
 	close(b.flusher)
-	if err := <-b.flushed; err != nil && b.err == nil {
-		b.err = err
-	}
+	<-b.flushed
 	b.flusher, b.flushed = nil, nil
-	return b.err
+	return b.failure()
 }
 
 // newState returns a svcState from the slab.
@@ -220,19 +248,26 @@ func (d *Datapath) writeService(w svcWrite) error {
 // batchWrite writes keys and values with one BATCH_UPDATE where the kernel
 // has it, entry by entry from where a batch stopped otherwise.
 func batchWrite[K, V any](m *ebpf.Map, name string, keys []K, vals []V) error {
+	_, err := batchUpdate(m, name, keys, vals)
+	return err
+}
+
+// batchUpdate is batchWrite returning how many entries, in order, were
+// written: all of them, or on error those before the one that failed.
+func batchUpdate[K, V any](m *ebpf.Map, name string, keys []K, vals []V) (int, error) {
 	if len(keys) == 0 {
-		return nil
+		return 0, nil
 	}
 	n, err := m.BatchUpdate(keys, vals, &ebpf.BatchOptions{})
 	if err == nil {
-		return nil
+		return len(keys), nil
 	}
 	for i := n; i < len(keys); i++ {
 		if err := update(m, &keys[i], &vals[i]); err != nil {
-			return fmt.Errorf("map %s: %w", name, err)
+			return i, fmt.Errorf("map %s: %w", name, err)
 		}
 	}
-	return nil
+	return len(keys), nil
 }
 
 // flushBatch writes the queued writes in their order.
@@ -260,8 +295,10 @@ func (d *Datapath) flushBatch(b *writeChunk) error {
 // that cannot be programmed (invalid, no room) is refused alone, by name, in
 // the returned errors (nil when every service went in). If the kernel
 // refuses a write even entry by entry (it should not: room is checked
-// first), the services of the load are reported failed and the datapath
-// should be reopened, which rebuilds its bookkeeping from the maps.
+// first), the load stops there: nothing after is written, the entries it
+// reserved and did not write are given back, and every service of the
+// load is reported failed with that first error; the datapath should be
+// reopened, which rebuilds its bookkeeping from the maps.
 func (d *Datapath) UpsertServices(ctx context.Context, svcs []loadbalancer.Service) map[loadbalancer.Frontend]error {
 	errs := map[loadbalancer.Frontend]error{}
 	if err := ctx.Err(); err != nil {
@@ -300,11 +337,11 @@ func (d *Datapath) UpsertServices(ctx context.Context, svcs []loadbalancer.Servi
 	}
 	d.batch = nil
 	d.updateGauges()
-	if err := b.drain(); err != nil {
-		err = fmt.Errorf("bpf: bulk load: %w (reopen the datapath to adopt the maps)", err)
+	if cause := b.drain(); cause != nil {
+		err := fmt.Errorf("bpf: bulk load: %w (reopen the datapath to adopt the maps)", cause)
 		d.log.Error("bulk load failed", "services", len(svcs), "error", err)
 		for _, s := range svcs {
-			if _, refused := errs[s.Frontend]; !refused {
+			if e, refused := errs[s.Frontend]; !refused || errors.Is(e, cause) {
 				errs[s.Frontend] = err
 			}
 		}

@@ -2,10 +2,12 @@ package bpf
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/clustermesh/clustermesh/loadbalancer"
@@ -116,4 +118,101 @@ func TestUpsertServicesBulkChunks(t *testing.T) {
 		t.Fatal(err)
 	}
 	want("after a restart", openTest(t, cfg))
+}
+
+// TestUpsertServicesBulkRefused makes the kernel refuse the first chunk of
+// service entries of a bulk load, after the whole batch or part of it, with
+// the flusher going on alone or drained midway: one service, late in the
+// load, short of slots until the sets an earlier load's services retire in
+// this one are freed. The load must fail whole, with the first error and
+// the advice to reopen; give back every entry it reserved and did not
+// write, so that no entry committed later lies past one the kernel has
+// empty; keep the table's copy equal to the map; and a reopened datapath
+// must take the load again.
+func TestUpsertServicesBulkRefused(t *testing.T) {
+	const wide, wideBackends, bigBackends = 10, 40, 350
+	n := 3*bulkChunk + 5
+	big := n - 200
+	backend := func(a, b, c byte) loadbalancer.Backend {
+		return loadbalancer.Backend{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, a, b, c}), 8080), Node: nodeA}
+	}
+	svcs := make([]loadbalancer.Service, n)
+	for i := range svcs {
+		svcs[i] = loadbalancer.Service{Frontend: loadbalancer.Frontend{Addr: benchVIP(i), Protocol: loadbalancer.TCP},
+			Preferred: []loadbalancer.Backend{backend(1, 0, byte(1+i%32))}}
+	}
+	for j := range bigBackends {
+		svcs[big].Preferred = append(svcs[big].Preferred, backend(2, byte(j>>8), byte(j)))
+	}
+	slots := n + bigBackends // the big service has one backend more
+	for _, tc := range []struct {
+		name    string
+		midway  bool // an earlier load of wide services, which this one retires
+		applied int  // entries of the refused write the kernel took
+	}{
+		{"flusher alone", false, 0},
+		{"flusher alone, batch stopped halfway", false, bulkChunk},
+		{"drained midway", true, 0},
+		{"drained midway, batch stopped halfway", true, bulkChunk + 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, pin, cg := newLab(t)
+			cfg := testConfig(cg, pin)
+			cfg.MaxServices, cfg.MaxBackends, cfg.MaxSlots = n, 1024, 2*slots
+			if tc.midway {
+				// Room for the wide sets, every small service and 100
+				// slots more: the big one needs more than that until
+				// the wide sets are freed, the services after it not.
+				cfg.MaxSlots = wide*wideBackends + n - 1 + 100
+			}
+			dp := openTest(t, cfg)
+			if tc.midway {
+				ws := slices.Clone(svcs[:wide])
+				for i := range ws {
+					ws[i].Preferred = nil
+					for j := range wideBackends {
+						ws[i].Preferred = append(ws[i].Preferred, backend(3, byte(i), byte(j)))
+					}
+				}
+				if errs := dp.UpsertServices(t.Context(), ws); errs != nil {
+					t.Fatalf("load of wide services: %v", errs)
+				}
+			}
+			restore := refuseWrite(dp.table, 1, tc.applied)
+			errs := dp.UpsertServices(t.Context(), svcs)
+			restore()
+			m := dp.coll.Maps[mapServices]
+			checkKernel(t, dp.table, m)
+			dp.mu.Lock()
+			reserved := 0
+			for _, e := range dp.table.e {
+				if e.State == svcReserved {
+					reserved++
+				}
+			}
+			dp.mu.Unlock()
+			_, kernel, err := readAll[uint32, svcEntry](m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if lost := unreachable(kernel); reserved != 0 || len(lost) != 0 {
+				t.Fatalf("after the failed load: %d entries left reserved, %d live entries past an empty one", reserved, len(lost))
+			}
+			for _, s := range svcs {
+				if err := errs[s.Frontend]; !errors.Is(err, errRefused) || !strings.Contains(err.Error(), "reopen the datapath") {
+					t.Fatalf("service %s: error %v, want the load's first error, with the advice to reopen", s.Frontend, err)
+				}
+			}
+			if err := dp.Close(); err != nil {
+				t.Fatal(err)
+			}
+			dp = openTest(t, cfg)
+			if errs := dp.UpsertServices(t.Context(), svcs); errs != nil {
+				t.Fatalf("load after reopening: %v", errs)
+			}
+			if got := checkMaps(t, dp); got[mapServices] != n || got[mapSlots] != slots {
+				t.Fatalf("after reopening: maps hold %v, want %d services and %d slots", got, n, slots)
+			}
+		})
+	}
 }

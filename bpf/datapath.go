@@ -607,6 +607,12 @@ func (d *Datapath) UpsertService(ctx context.Context, svc loadbalancer.Service) 
 // load (d.batch set) its map writes are queued and written by flushBatch.
 func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 	fe := svc.Frontend
+	if b := d.batch; b != nil {
+		// A load that failed writes nothing more (see startFlusher).
+		if err := b.failure(); err != nil {
+			return fmt.Errorf("service %s: %w", fe, err)
+		}
+	}
 	old := d.svcs[key]
 	// d.all is scratch space reused by every upsert (d.mu is held).
 	all := append(append(d.all[:0], svc.Preferred...), svc.Fallback...)
@@ -628,10 +634,7 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 	// now (one grace period) before giving up.
 	mapName, err := d.room(old, all)
 	if err != nil && len(d.retired) > 0 {
-		if ferr := d.writeQueued(); ferr != nil {
-			return fmt.Errorf("service %s: %w", fe, ferr)
-		}
-		if rerr := d.reclaimLocked(); rerr != nil {
+		if rerr := d.reclaimNow(); rerr != nil {
 			return fmt.Errorf("service %s: %w", fe, rerr)
 		}
 		mapName, err = d.room(old, all)
@@ -737,17 +740,20 @@ func (d *Datapath) upsertLocked(key svcKey, svc loadbalancer.Service) error {
 	return nil
 }
 
-// writeQueued writes what a bulk load has queued so far (nothing outside
-// one), before anything is freed: queued entries may still point at sets
-// retired meanwhile, and their commits kill the entries they replace.
-func (d *Datapath) writeQueued() error {
-	b := d.batch
-	if b == nil {
-		return nil
+// reclaimNow frees, after one grace period, every retired set and dead
+// entry, for an update short of room. In a bulk load it first writes what
+// the load has queued: queued entries may still point at sets retired
+// meanwhile, and their commits kill the entries they replace. If that
+// write fails, the load has failed: nothing is freed and no flusher is
+// started again, so no later chunk commits past entries never written.
+func (d *Datapath) reclaimNow() error {
+	if b := d.batch; b != nil {
+		if err := b.drain(); err != nil {
+			return err
+		}
+		d.startFlusher(b)
 	}
-	err := b.drain()
-	d.startFlusher(b)
-	return err
+	return d.reclaimLocked()
 }
 
 // reserveEntry takes a free entry of key's probe window in cm_services for
@@ -760,13 +766,7 @@ func (d *Datapath) reserveEntry(key svcKey) (uint32, error) {
 	if !errors.Is(err, errProbeWindowFull) {
 		return idx, err
 	}
-	if ferr := d.writeQueued(); ferr != nil {
-		return 0, ferr
-	}
-	if d.table.deadCount() == 0 {
-		return 0, err
-	}
-	if err := d.reclaimLocked(); err != nil {
+	if err := d.reclaimNow(); err != nil {
 		return 0, err
 	}
 	return d.table.reserve(&key)

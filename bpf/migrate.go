@@ -15,14 +15,27 @@ import (
 // so an upgrade adopts the pins instead of failing with ErrIncompatiblePin.
 // Each copy is written in full before it replaces the old pin, and the old
 // map stays alive, unchanged, for the old programs until attach swaps the
-// new ones into the links: a reader sees one or the other, each complete. A
-// crash between unpinning the old map and pinning the new one leaves the map
-// unpinned: the next Open creates it empty, and adopt reports the services'
-// slots missing until the agent re-upserts them.
+// new ones into the links: a reader sees one or the other, each complete.
+// The copy is pinned under a temporary name, then renamed over the old pin
+// (see pinInPlace), so the canonical path holds one map or the other at
+// every moment: a run stopped midway leaves the old map pinned, and the
+// next Open removes the temporary pin and migrates again. (Unpinning the
+// old map first, a crash before the new pin left none: the next Open
+// started from an empty map.)
+
+// migratingSuffix names the temporary pin of a migrated map (see
+// pinInPlace).
+const migratingSuffix = "_migrating" // bpffs refuses names with a dot
 
 // loadOldPin returns the map pinned under name if it is in an old layout
 // (old tells from the pinned map), nil if there is none or it is current.
+// It first removes a temporary pin a migration stopped midway left behind:
+// that migration did not replace the pin, so the map pinned under name is
+// still the one to migrate from, if any.
 func loadOldPin(pinDir, name string, old func(*ebpf.Map) bool) (*ebpf.Map, error) {
+	if err := os.Remove(filepath.Join(pinDir, name+migratingSuffix)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("map %s: remove the pin of a stopped migration: %w", name, err)
+	}
 	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), nil)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -38,8 +51,9 @@ func loadOldPin(pinDir, name string, old func(*ebpf.Map) bool) (*ebpf.Map, error
 }
 
 // replacePin writes keys and vals into a new map of spec and pins it in
-// place of old, named name; layout names the new layout in errors.
-func replacePin[K, V any](pinDir, name string, old *ebpf.Map, spec *ebpf.MapSpec, keys []K, vals []V, layout string) error {
+// place of the map pinned under name; layout names the new layout in
+// errors.
+func replacePin[K, V any](pinDir, name string, spec *ebpf.MapSpec, keys []K, vals []V, layout string) error {
 	s := spec.Copy()
 	s.Pinning = ebpf.PinNone
 	m, err := ebpf.NewMap(s)
@@ -50,11 +64,24 @@ func replacePin[K, V any](pinDir, name string, old *ebpf.Map, spec *ebpf.MapSpec
 	if err := batchWrite(m, name, keys, vals); err != nil {
 		return fmt.Errorf("migrate to %s: %w", layout, err)
 	}
-	if err := old.Unpin(); err != nil {
-		return fmt.Errorf("map %s: unpin old layout: %w", name, err)
-	}
-	if err := m.Pin(filepath.Join(pinDir, name)); err != nil {
+	if err := pinInPlace(m, pinDir, name); err != nil {
 		return fmt.Errorf("map %s: pin %s layout: %w", name, layout, err)
+	}
+	return nil
+}
+
+// pinInPlace pins m under name in pinDir, replacing the map pinned there:
+// pinned under a temporary name, then renamed over the old pin, which
+// bpffs does atomically. The path never lacks a pin, so a crash midway
+// cannot leave the next Open to create the map empty.
+func pinInPlace(m *ebpf.Map, pinDir, name string) error {
+	tmp := filepath.Join(pinDir, name+migratingSuffix)
+	if err := m.Pin(tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(pinDir, name)); err != nil {
+		_ = m.Unpin()
+		return fmt.Errorf("replace the old pin: %w", err)
 	}
 	return nil
 }
@@ -91,7 +118,7 @@ func migrateSlots(pinDir string, spec *ebpf.MapSpec, log *slog.Logger) error {
 	for k, v := range groups {
 		keys, vals = append(keys, k), append(vals, v)
 	}
-	if err := replacePin(pinDir, mapSlots, old, spec, keys, vals, "grouped"); err != nil {
+	if err := replacePin(pinDir, mapSlots, spec, keys, vals, "grouped"); err != nil {
 		return err
 	}
 	log.Info("migrated the slot map to slot groups", "map", mapSlots, "slot_groups", len(groups))
@@ -165,10 +192,7 @@ func migrateServices(pinDir string, spec *ebpf.MapSpec, log *slog.Logger) error 
 			return fmt.Errorf("map %s: migrate service %s: %w", mapServices, keys[i].frontend(), err)
 		}
 	}
-	if err := old.Unpin(); err != nil {
-		return fmt.Errorf("map %s: unpin old layout: %w", mapServices, err)
-	}
-	if err := m.Pin(filepath.Join(pinDir, mapServices)); err != nil {
+	if err := pinInPlace(m, pinDir, mapServices); err != nil {
 		return fmt.Errorf("map %s: pin table layout: %w", mapServices, err)
 	}
 	log.Info("migrated the service map to an open-addressing table", "map", mapServices, "services", len(keys), "headless", headless)

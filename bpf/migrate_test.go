@@ -1,14 +1,18 @@
 package bpf
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"testing"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/clustermesh/clustermesh/loadbalancer"
 )
@@ -18,16 +22,22 @@ import (
 // them and adopts every slot: before slot groups (one cm_slots entry per
 // slot), before slot heads (groups from 0 in cm_slots, service entries
 // without a head) and before the open-addressing table (cm_services a hash
-// map of service entries with heads).
+// map of service entries with heads); also after a migration stopped
+// between pinning the new map and replacing the old pin. While Open
+// migrates, cm_services and cm_slots are never unpinned (watched with
+// inotify: no deletion or rename of either), so a crash at any moment
+// leaves a map there to adopt; no temporary pin is left.
 func TestMigrate(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		grouped bool // cm_slots in groups (else one entry per slot)
 		heads   bool // service entries with heads, slots from group 1
+		stopped bool // a migration left the temporary pins behind
 	}{
-		{"before slot groups", false, false},
-		{"before slot heads", true, false},
-		{"before the service table", true, true},
+		{"before slot groups", false, false, false},
+		{"before slot heads", true, false, false},
+		{"before the service table", true, true, false},
+		{"before slot groups, after a migration stopped midway", false, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, pin, cg := newLab(t)
@@ -49,8 +59,27 @@ func TestMigrate(t *testing.T) {
 				t.Fatal(err)
 			}
 			pinOldLayout(t, pin, cfg, tc.grouped, tc.heads)
+			if tc.stopped {
+				pinStoppedMigration(t, pin)
+			}
 
+			removed := watchRemovals(t, pin)
 			dp = openTest(t, cfg)
+			renamed := false // the copy's temporary pin, seen by the watch
+			for _, name := range removed() {
+				if name == mapServices || name == mapSlots {
+					t.Errorf("Open unpinned %s while migrating it", name)
+				}
+				renamed = renamed || name == mapServices+migratingSuffix
+			}
+			if !renamed {
+				t.Errorf("no temporary pin of %s renamed in place", mapServices)
+			}
+			for _, name := range []string{mapServices, mapSlots} {
+				if _, err := os.Stat(filepath.Join(pin, name+migratingSuffix)); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("temporary pin of %s left after Open: %v", name, err)
+				}
+			}
 			if got := dp.slots.ValueSize(); got != slotGroup*4 {
 				t.Fatalf("cm_slots values are %d bytes after Open, want %d", got, slotGroup*4)
 			}
@@ -65,6 +94,66 @@ func TestMigrate(t *testing.T) {
 				t.Fatalf("bookkeeping counts %d slots, want %d", dp.slotsUsed, want)
 			}
 		})
+	}
+}
+
+// pinStoppedMigration pins what a migration stopped before replacing the
+// old pins leaves: copies in the new layouts under the temporary names,
+// here empty ones.
+func pinStoppedMigration(t *testing.T, pin string) {
+	t.Helper()
+	spec, err := loadSocklb()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{mapServices, mapSlots} {
+		s := spec.Maps[name].Copy()
+		s.Pinning, s.MaxEntries = ebpf.PinNone, 256
+		m, err := ebpf.NewMap(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		if err := m.Pin(filepath.Join(pin, name+migratingSuffix)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// watchRemovals watches dir with inotify; the function it returns stops
+// and returns the names deleted from dir or renamed away meanwhile.
+func watchRemovals(t *testing.T, dir string) func() []string {
+	t.Helper()
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_DELETE|unix.IN_MOVED_FROM); err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	return func() []string {
+		defer unix.Close(fd)
+		var names []string
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := unix.Read(fd, buf)
+			if errors.Is(err, unix.EAGAIN) {
+				return names
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for off := 0; off+unix.SizeofInotifyEvent <= n; {
+				ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+				name := buf[off+unix.SizeofInotifyEvent : off+unix.SizeofInotifyEvent+int(ev.Len)]
+				if ev.Mask&unix.IN_Q_OVERFLOW != 0 {
+					t.Fatal("inotify queue overflowed")
+				}
+				names = append(names, string(bytes.TrimRight(name, "\x00")))
+				off += unix.SizeofInotifyEvent + int(ev.Len)
+			}
+		}
 	}
 }
 

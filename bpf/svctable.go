@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"slices"
 	"sync"
 	"unsafe"
 
@@ -133,12 +134,16 @@ type svcTable struct {
 	// period began. kills counts every kill.
 	dead  []deadEntry
 	kills uint64
-	// write writes entries to the kernel's map, in order; nil over Go
-	// memory alone (tests).
-	write func(idx []uint32, e []svcEntry) error
-	// idx and out queue writes for flushLocked: entry idx[i] as out[i].
-	idx []uint32
-	out []svcEntry
+	// write writes entries to the kernel's map, in order, and returns how
+	// many it wrote (all but on error); nil over Go memory alone (tests).
+	// Tests wrap it to make the kernel refuse a write.
+	write func(idx []uint32, e []svcEntry) (int, error)
+	// idx and out queue writes for flushLocked: entry idx[i] as out[i];
+	// prev[i] is the entry as it was before, for flushLocked to put back
+	// if the kernel does not take out[i].
+	idx  []uint32
+	out  []svcEntry
+	prev []svcEntry
 }
 
 // newSvcTable returns a table of entries (a power of two of them), written
@@ -162,7 +167,7 @@ func openSvcTable(m *ebpf.Map) (*svcTable, error) {
 		return nil, fmt.Errorf("map %s: read %d of %d entries", mapServices, len(entries), n)
 	}
 	t := newSvcTable(entries)
-	t.write = func(idx []uint32, e []svcEntry) error { return batchWrite(m, mapServices, idx, e) }
+	t.write = func(idx []uint32, e []svcEntry) (int, error) { return batchUpdate(m, mapServices, idx, e) }
 	return t, nil
 }
 
@@ -173,18 +178,37 @@ func (t *svcTable) close() {
 	t.e, t.write = nil, nil
 }
 
-// flushLocked writes the queued entries to the kernel in one batch.
-func (t *svcTable) flushLocked() error {
-	defer func() { t.idx, t.out = t.idx[:0], t.out[:0] }()
+// flushLocked writes the queued entries to the kernel in one batch. Each
+// operation queues its writes and flushes them once, so a flush that fails
+// undoes the operation in the copy: the writes the kernel did not take are
+// put back, newest first, and the dead list keeps only entries still dead.
+// The copy then holds what the kernel does, also after a batch stopped
+// halfway (the kernel applies a batch in order and counts what it applied).
+// Without this the copy could show dead an entry programs still find live
+// and free it, or reuse one the kernel still has dead, with no grace
+// period in between. On error it returns the key of the entry the kernel
+// refused, to name the service.
+func (t *svcTable) flushLocked() (svcKey, error) {
+	defer func() { t.idx, t.out, t.prev = t.idx[:0], t.out[:0], t.prev[:0] }()
 	if t.write == nil || len(t.idx) == 0 {
-		return nil
+		return svcKey{}, nil
 	}
-	return t.write(t.idx, t.out)
+	n, err := t.write(t.idx, t.out)
+	if err == nil {
+		return svcKey{}, nil
+	}
+	n = min(max(n, 0), len(t.idx)-1) // a failed write took fewer than all
+	for i := len(t.idx) - 1; i >= n; i-- {
+		t.e[t.idx[i]] = t.prev[i]
+	}
+	t.dead = slices.DeleteFunc(t.dead, func(d deadEntry) bool { return t.e[d.idx].State != svcDead })
+	return t.out[n].Key, fmt.Errorf("entry %d: %w", t.idx[n], err)
 }
 
 // setLocked sets the state of entry i and queues the entry, as it is now,
 // for flushLocked.
 func (t *svcTable) setLocked(i uint32, state uint32) {
+	t.prev = append(t.prev, t.e[i])
 	t.e[i].State = state
 	t.idx, t.out = append(t.idx, i), append(t.out, t.e[i])
 }
@@ -201,7 +225,7 @@ func (t *svcTable) fill() error {
 		t.e[i] = svcEntry{Pad: [2]uint32{0, uint32(i) + 1}}
 		t.setLocked(uint32(i), svcEmpty)
 		if len(t.idx) == chunk || i == len(t.e)-1 {
-			if err := t.flushLocked(); err != nil {
+			if _, err := t.flushLocked(); err != nil {
 				return fmt.Errorf("map %s: fill: %w", mapServices, err)
 			}
 		}
@@ -252,18 +276,20 @@ func (t *svcTable) reserve(k *svcKey) (uint32, error) {
 	return 0, errProbeWindowFull
 }
 
-// unreserve gives back an entry reserve took and commit did not use: free,
-// in the kernel too (it may have been empty there: free is safe whatever
-// was placed past it meanwhile).
-func (t *svcTable) unreserve(idx uint32) error {
+// unreserve gives back entries reserve took and commit did not make live:
+// free, in the kernel too (one may have been empty there: free is safe
+// whatever was placed past it meanwhile; or written, not live, by a commit
+// the kernel refused halfway). Entries no longer reserved are left alone.
+func (t *svcTable) unreserve(idx ...uint32) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.e[idx].State != svcReserved {
-		return nil
+	for _, i := range idx {
+		if t.e[i].State == svcReserved {
+			t.setLocked(i, svcFree)
+		}
 	}
-	t.setLocked(idx, svcFree)
-	if err := t.flushLocked(); err != nil {
-		return fmt.Errorf("map %s: give back entry %d: %w", mapServices, idx, err)
+	if _, err := t.flushLocked(); err != nil {
+		return fmt.Errorf("map %s: give back reserved entries: %w", mapServices, err)
 	}
 	return nil
 }
@@ -299,8 +325,8 @@ func (t *svcTable) commit(ws []svcWrite) error {
 			t.killOthersLocked(&w.key, w.idx)
 		}
 	}
-	if err := t.flushLocked(); err != nil {
-		return fmt.Errorf("map %s: write entries: %w", mapServices, err)
+	if k, err := t.flushLocked(); err != nil {
+		return fmt.Errorf("map %s: service %s: write entry: %w", mapServices, k.frontend(), err)
 	}
 	return nil
 }
@@ -338,8 +364,8 @@ func (t *svcTable) remove(k *svcKey) (bool, error) {
 		t.killLocked(idx)
 		found = true
 	}
-	if err := t.flushLocked(); err != nil {
-		return found, fmt.Errorf("map %s: mark entry dead: %w", mapServices, err)
+	if _, err := t.flushLocked(); err != nil {
+		return false, fmt.Errorf("map %s: service %s: mark entry dead: %w", mapServices, k.frontend(), err)
 	}
 	return found, nil
 }
@@ -397,10 +423,10 @@ func (t *svcTable) release(mark uint64) error {
 			t.setLocked(j, svcEmpty)
 		}
 	}
-	t.dead = append(t.dead[:0], t.dead[n:]...)
-	if err := t.flushLocked(); err != nil {
-		return fmt.Errorf("map %s: free dead entries: %w", mapServices, err)
+	if k, err := t.flushLocked(); err != nil {
+		return fmt.Errorf("map %s: free dead entries: service %s: %w", mapServices, k.frontend(), err)
 	}
+	t.dead = append(t.dead[:0], t.dead[n:]...)
 	return nil
 }
 
@@ -430,8 +456,8 @@ func (t *svcTable) adopt() ([]svcKey, []svcValue, error) {
 			t.killLocked(idx)
 		}
 	}
-	if err := t.flushLocked(); err != nil {
-		return nil, nil, fmt.Errorf("map %s: mark stale entries dead: %w", mapServices, err)
+	if k, err := t.flushLocked(); err != nil {
+		return nil, nil, fmt.Errorf("map %s: mark stale entries dead: service %s: %w", mapServices, k.frontend(), err)
 	}
 	return keys, vals, nil
 }

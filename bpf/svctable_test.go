@@ -45,7 +45,7 @@ func newKernelCopy(t *testing.T, size int) (*kernelCopy, *svcTable) {
 	return k, tab
 }
 
-func (k *kernelCopy) write(idx []uint32, e []svcEntry) error {
+func (k *kernelCopy) write(idx []uint32, e []svcEntry) (int, error) {
 	k.writes++
 	for i, x := range idx {
 		old, nu := k.e[x], e[i]
@@ -61,7 +61,7 @@ func (k *kernelCopy) write(idx []uint32, e []svcEntry) error {
 		}
 		k.e[x] = nu
 	}
-	return nil
+	return len(idx), nil
 }
 
 func mustFind(t *testing.T, tab *svcTable, k svcKey, want uint32) {
