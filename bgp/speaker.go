@@ -391,7 +391,7 @@ func (s *Speaker) process(ctx context.Context, evs []event) {
 	defer s.mu.Unlock()
 	// The kernel is programmed once per batch of events, in as few netlink
 	// messages as it takes, instead of once per route.
-	plan := kernelPlan{}
+	plan := make(kernelPlan, len(evs))
 	defer s.program(ctx, plan)
 	now := time.Now()
 	for _, ev := range evs {

@@ -51,10 +51,47 @@ type routeTable struct {
 	cands    map[netip.Prefix]*candidate
 	accepted map[netip.Prefix]*candidate
 	refused  map[netip.Prefix]Refusal
-	// under counts, for every strict ancestor of an accepted prefix, the
-	// accepted prefixes below it, so the overlap check costs one lookup per
-	// prefix length instead of a scan of every accepted route.
-	under map[netip.Prefix]int
+	// The overlap check looks for accepted prefixes containing a
+	// candidate's, and accepted prefixes inside it. Both look only at the
+	// prefix lengths in use: a mesh announces a handful of lengths (a /24
+	// per node, say), and a lookup per length from 0 to 24 and 24 counts to
+	// keep per route cost more than the kernel's own route insert.
+	//
+	// acceptedLens counts accepted prefixes by family and length: the
+	// containing prefixes are looked up at those lengths only.
+	acceptedLens lengthCounts
+	// candLens counts candidates by family and length, and under counts,
+	// for every prefix of such a length, the accepted prefixes strictly
+	// inside it: the overlap check of a candidate is one lookup. A length
+	// that gains its first candidate is indexed then, from every accepted
+	// prefix (rare: a new prefix length in the mesh).
+	candLens lengthCounts
+	under    map[netip.Prefix]int
+}
+
+// lengthCounts counts prefixes by family (IPv4, IPv6) and length.
+type lengthCounts [2][129]int
+
+func (l *lengthCounts) of(p netip.Prefix) *int {
+	f := 0
+	if !p.Addr().Is4() {
+		f = 1
+	}
+	return &l[f][p.Bits()]
+}
+
+// shorter calls fn for every length below p's with a count in l, in the
+// family of p.
+func (l *lengthCounts) shorter(p netip.Prefix, fn func(bits int)) {
+	f := 0
+	if !p.Addr().Is4() {
+		f = 1
+	}
+	for b := 0; b < p.Bits(); b++ {
+		if l[f][b] > 0 {
+			fn(b)
+		}
+	}
 }
 
 // tableChange is what the kernel layer must do after an update.
@@ -78,17 +115,49 @@ func newRouteTable(podCIDRs, subnets []netip.Prefix, ownIPs []netip.Addr) *route
 
 func (t *routeTable) accept(c *candidate) {
 	t.accepted[c.prefix] = c
-	for b := 0; b < c.prefix.Bits(); b++ {
-		t.under[netip.PrefixFrom(c.prefix.Addr(), b).Masked()]++
-	}
+	*t.acceptedLens.of(c.prefix)++
+	t.candLens.shorter(c.prefix, func(b int) { t.under[netip.PrefixFrom(c.prefix.Addr(), b).Masked()]++ })
 }
 
 func (t *routeTable) unaccept(p netip.Prefix) {
 	delete(t.accepted, p)
-	for b := 0; b < p.Bits(); b++ {
-		a := netip.PrefixFrom(p.Addr(), b).Masked()
-		if t.under[a]--; t.under[a] <= 0 {
-			delete(t.under, a)
+	*t.acceptedLens.of(p)--
+	t.candLens.shorter(p, func(b int) { t.countUnder(netip.PrefixFrom(p.Addr(), b).Masked(), -1) })
+}
+
+// countUnder adds d to the count of accepted prefixes inside a.
+func (t *routeTable) countUnder(a netip.Prefix, d int) {
+	if t.under[a] += d; t.under[a] <= 0 {
+		delete(t.under, a)
+	}
+}
+
+// addCand makes c a candidate, and indexes its prefix length if it is the
+// first candidate of that length.
+func (t *routeTable) addCand(c *candidate) {
+	t.cands[c.prefix] = c
+	n := t.candLens.of(c.prefix)
+	if *n++; *n == 1 {
+		t.indexLength(c.prefix, 1)
+	}
+}
+
+// dropCand forgets the candidate for p, and the index of its length with
+// the last candidate of that length.
+func (t *routeTable) dropCand(p netip.Prefix) {
+	delete(t.cands, p)
+	n := t.candLens.of(p)
+	if *n--; *n == 0 {
+		t.indexLength(p, -1)
+	}
+}
+
+// indexLength adds d, for every accepted prefix longer than like (and of
+// its family), to the count of its ancestor of like's length.
+func (t *routeTable) indexLength(like netip.Prefix, d int) {
+	for p := range t.accepted {
+		if p.Bits() > like.Bits() && p.Addr().Is4() == like.Addr().Is4() {
+			t.countUnder(netip.PrefixFrom(p.Addr(), like.Bits()).Masked(), d)
 		}
 	}
 }
@@ -97,13 +166,18 @@ func (t *routeTable) unaccept(p netip.Prefix) {
 // and has another next hop.
 func (t *routeTable) overlapping(c *candidate) (netip.Prefix, bool) {
 	// Accepted prefixes containing c's.
-	for b := 0; b < c.prefix.Bits(); b++ {
-		if a, ok := t.accepted[netip.PrefixFrom(c.prefix.Addr(), b).Masked()]; ok && a.nextHop != c.nextHop {
-			return a.prefix, true
+	var found *candidate
+	t.acceptedLens.shorter(c.prefix, func(b int) {
+		if a, ok := t.accepted[netip.PrefixFrom(c.prefix.Addr(), b).Masked()]; ok && a.nextHop != c.nextHop && found == nil {
+			found = a
 		}
+	})
+	if found != nil {
+		return found.prefix, true
 	}
-	// Accepted prefixes inside c's: rare, so a scan only when there are any.
-	if t.under[c.prefix] == 0 {
+	// Accepted prefixes inside c's: rare, so a scan only when the index
+	// (kept for candidates' lengths) says there are some.
+	if *t.candLens.of(c.prefix) > 0 && t.under[c.prefix] == 0 {
 		return netip.Prefix{}, false
 	}
 	for p, a := range t.accepted {
@@ -150,7 +224,7 @@ func (t *routeTable) upsert(prefix netip.Prefix, nextHop netip.Addr, peer string
 	}
 	t.seq++
 	c := &candidate{prefix: prefix, nextHop: nextHop, peer: peer, seq: t.seq}
-	t.cands[prefix] = c
+	t.addCand(c)
 	t.admit(c, &ch)
 	// A replaced route needs no removal.
 	ch.remove = dropPrefix(ch.remove, prefix, t.accepted)
@@ -177,7 +251,7 @@ func (t *routeTable) withdraw(prefix netip.Prefix) tableChange {
 	if !ok {
 		return ch
 	}
-	delete(t.cands, prefix)
+	t.dropCand(prefix)
 	delete(t.refused, prefix)
 	if _, ok := t.accepted[prefix]; !ok {
 		return ch

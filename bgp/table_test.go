@@ -111,8 +111,9 @@ func equalStrings(a, b []string) bool {
 	return true
 }
 
-// TestRouteTableIndex checks the ancestor index against a plain scan over a
-// random sequence of upserts and withdrawals.
+// TestRouteTableIndex checks the overlap index against a plain scan over a
+// random sequence of upserts and withdrawals (the overlap checked for
+// prefixes of lengths with and without candidates).
 func TestRouteTableIndex(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	tab := newRouteTable(nil, nil, nil)
@@ -145,6 +146,18 @@ func TestRouteTableIndex(t *testing.T) {
 		}
 		if count != n {
 			t.Fatalf("index says %d prefixes under %s, there are %d", n, a, count)
+		}
+	}
+	// The index is complete for the candidates' lengths.
+	for p := range tab.cands {
+		count := 0
+		for q := range tab.accepted {
+			if q.Bits() > p.Bits() && p.Contains(q.Addr()) {
+				count++
+			}
+		}
+		if tab.under[p] != count {
+			t.Fatalf("index says %d prefixes under candidate %s, there are %d", tab.under[p], p, count)
 		}
 	}
 }
