@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -408,6 +409,69 @@ func TestPeerOutageAndResync(t *testing.T) {
 // TestPeerRefused connects a peer whose config collides with accepted
 // clusters: it is refused with a status naming the conflict, contributes
 // nothing, and is accepted once its config is fixed.
+// TestPeerConfigLate checks that a peer whose store holds no cluster
+// config yet (a cluster being set up, or a mesh cache that has not copied
+// a new peer) is taken as soon as its config is written: the agent waits
+// on a watch, not on a retry whose backoff grows meanwhile (an hour here:
+// without the watch the peer would stay refused).
+func TestPeerConfigLate(t *testing.T) {
+	m := meshtest.New(t)
+	c1 := m.AddCluster("c1", 1, cidr1)
+	c2 := m.AddCluster("c2", 2, cidr2)
+	for i, c := range []*meshtest.Cluster{c1, c2} {
+		cidr := []string{cidr1, cidr2}[i]
+		c.Upsert(c.Service("ns", "s1", vip(i+1, 1)), c.Slice("ns", "s1", "a", meshtest.IP(cidr, 1)))
+		c.MarkSynced()
+	}
+	c2.Delete(api.ClusterKey("c2"))
+	retries := &messageCount{msg: "cluster connection ended, retrying", cluster: "c2", n: &atomic.Int64{}}
+	a := startAgentWith(t, meshtest.NewRecorder(), func(cfg *agent.Config) {
+		cfg.Logger = slog.New(retries)
+		cfg.MaxRetryInterval = time.Hour
+	}, "n1", c1, c2)
+	st := a.waitCluster(t, "c2", "refused", func(c status.Cluster) bool { return c.State == status.StateRefused })
+	if !strings.Contains(st.LastError, "no cluster config") {
+		t.Fatalf("c2 refused with %q, want it to say no cluster config", st.LastError)
+	}
+	c2.Upsert(&c2.Config)
+	a.waitCluster(t, "c2", "accepted", func(c status.Cluster) bool { return c.State == status.StateConnected })
+	a.dp.WaitView(t, meshtest.Frontend(vip(1, 1)), meshtest.Backends([]string{meshtest.IP(cidr1, 1), meshtest.IP(cidr2, 1)}, nil), wait)
+	if n := retries.n.Load(); n != 0 {
+		t.Errorf("the agent retried c2's connection %d times, want it to wait for the config on a watch", n)
+	}
+}
+
+// messageCount is a slog handler counting records with message msg logged
+// for cluster (the "cluster" attribute, as remote.Cluster's logger has);
+// the handlers WithAttrs derives share its count.
+type messageCount struct {
+	msg, cluster string
+	attrs        []slog.Attr
+	n            *atomic.Int64
+}
+
+func (h *messageCount) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *messageCount) Handle(_ context.Context, r slog.Record) error {
+	if r.Message != h.msg {
+		return nil
+	}
+	for _, a := range h.attrs {
+		if a.Key == "cluster" && a.Value.String() == h.cluster {
+			h.n.Add(1)
+		}
+	}
+	return nil
+}
+
+func (h *messageCount) WithAttrs(as []slog.Attr) slog.Handler {
+	c := *h
+	c.attrs = append(slices.Clone(h.attrs), as...)
+	return &c
+}
+
+func (h *messageCount) WithGroup(string) slog.Handler { return h }
+
 func TestPeerRefused(t *testing.T) {
 	m := meshtest.New(t)
 	c1 := m.AddCluster("c1", 1, cidr1)

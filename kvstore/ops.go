@@ -38,6 +38,41 @@ func (c *Client) Get(ctx context.Context, key string) (kv KV, ok bool, err error
 	return kvOf(resp.Kvs[0]), true, nil
 }
 
+// AwaitKey returns once key exists, or with ctx's error. It reads the key,
+// then watches it from that read's revision, so a key written in between
+// is not missed. It serves a reader waiting for a key another process is
+// about to write (a peer's config that a cache has not copied yet), which
+// a retry with backoff would see only when its delay is up.
+func (c *Client) AwaitKey(ctx context.Context, key string) error {
+	rctx, cancel := c.withTimeout(ctx)
+	resp, err := c.cli.Get(rctx, key, clientv3.WithKeysOnly())
+	cancel()
+	if err != nil {
+		return fmt.Errorf("etcd %v: get %s: %w", c.cfg.Endpoints, key, err)
+	}
+	if len(resp.Kvs) > 0 {
+		return nil
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// Requiring a leader ends the watch of a member cut off from its
+	// cluster instead of leaving it waiting on a stale view.
+	for wr := range c.cli.Watch(clientv3.WithRequireLeader(wctx), key, clientv3.WithRev(resp.Header.Revision+1)) {
+		if err := wr.Err(); err != nil {
+			return fmt.Errorf("etcd %v: watch %s: %w", c.cfg.Endpoints, key, err)
+		}
+		for _, ev := range wr.Events {
+			if ev.Type == clientv3.EventTypePut {
+				return nil
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return fmt.Errorf("etcd %v: watch %s: closed", c.cfg.Endpoints, key)
+}
+
 // ListOptions tune List.
 type ListOptions struct {
 	// KeysOnly leaves Value empty.

@@ -272,3 +272,48 @@ func TestPins(t *testing.T) {
 		})
 	}
 }
+
+// TestAwaitKey checks, on a real etcd, that AwaitKey returns at once for a
+// key that exists, returns once a missing key is written (a delete or
+// another key's write does not end it), and ends with its context.
+func TestAwaitKey(t *testing.T) {
+	p := newTestPKI(t)
+	srv := startServer(t, p.serverConfig(t.TempDir(), ""))
+	c := newClient(t, p.clientConfig(srv.Endpoint(), UserAdmin))
+	ctx := context.Background()
+	if err := c.Put(ctx, "await/present", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AwaitKey(ctx, "await/present"); err != nil {
+		t.Fatalf("existing key: %v", err)
+	}
+
+	done := make(chan error, 1)
+	go func() { done <- c.AwaitKey(ctx, "await/later") }()
+	// Writes that must not end the wait: another key, and a delete of
+	// the awaited one.
+	if err := c.Put(ctx, "await/other", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CompareAndSwap(ctx, nil, DeleteOp("await/later")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		// Legitimate only if the key exists now, which it does not.
+		t.Fatalf("AwaitKey returned %v before the key was written", err)
+	default:
+	}
+	if err := c.Put(ctx, "await/later", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("key written: %v", err)
+	}
+
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := c.AwaitKey(cctx, "await/never"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled wait returned %v, want context.Canceled", err)
+	}
+}

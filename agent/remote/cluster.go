@@ -248,6 +248,30 @@ func (c *Cluster) fetchConfig(ctx context.Context, cli *kvstore.Client) (*api.Cl
 	return cli.ClusterConfigPinned(rctx, c.name, c.opts.Config.ClusterID)
 }
 
+// awaitConfigFor bounds how long awaitConfig waits on one connection
+// before the usual retry takes over.
+const awaitConfigFor = time.Minute
+
+// awaitConfig waits for a cluster config the store does not hold yet
+// (missing, the error fetchConfig returned), and reads it once it is
+// written. A store is empty of it while its cluster is being set up, and
+// a mesh cache's copy of a new peer lags the peer's connection file (the
+// agent and the cache notice the file at different moments): on a watch
+// the agent takes the config as soon as it is written, where the retry's
+// backoff, grown meanwhile, could leave it waiting up to
+// MaxRetryInterval. The cluster shows refused, with why, while it waits.
+func (c *Cluster) awaitConfig(ctx context.Context, cli *kvstore.Client, missing error) (*api.Cluster, []byte, error) {
+	c.refuse(missing)
+	wctx, cancel := context.WithTimeout(ctx, awaitConfigFor)
+	err := cli.AwaitKey(wctx, api.ClusterKey(c.name))
+	cancel()
+	if err != nil {
+		return nil, nil, missing
+	}
+	c.log.Info("cluster config written")
+	return c.fetchConfig(ctx, cli)
+}
+
 // refuse marks the cluster refused; if it had been accepted, everything it
 // contributed is drained.
 func (c *Cluster) refuse(err error) {
@@ -335,6 +359,9 @@ func (c *Cluster) runOnce(ctx context.Context) (bool, error) {
 	}
 
 	cfg, raw, err := c.fetchConfig(ctx, cli)
+	if errors.Is(err, kvstore.ErrNoClusterConfig) {
+		cfg, raw, err = c.awaitConfig(ctx, cli, err)
+	}
 	if err != nil {
 		if errors.Is(err, kvstore.ErrUnreachable) {
 			c.markUnreachable(err)
