@@ -40,6 +40,25 @@ import (
 //     from a cold start of the whole mesh, before the agents start;
 //   - join-sync-ms: the same for one more agent once the mesh is up (a
 //     new node, a restarted agent);
+//   - newcluster-sync-ms, newcluster-seen-ms: once the mesh is up and
+//     measured, one more cluster (its store with the same synthetic
+//     export, its agents, in cached mode its cache) connects, as the
+//     product connects it: its file is added to every existing cache's
+//     clusters directory (cached), its agents start with every peer and
+//     every existing agent follows it. -sync is the time from the connect
+//     to the new cluster's agents having every peer's every kind synced
+//     (in cached mode through the new cache's copy of every peer), -seen
+//     to every existing agent having the new cluster synced (cached:
+//     through every existing cache's copy of it). In cached mode,
+//     newcluster-cache-sync-ms and -cache-seen-ms are the caches' copies
+//     alone; the agents' followers, which find no config of the peer in
+//     their store until its cache copied it, retry with their backoff
+//     meanwhile, as an agent's do. The caches rescan their directories
+//     every cacheDirPoll (the apiserver's default is 2 s) and the agents
+//     here add the peer at once (an agent rescans its directory every
+//     1 s): the figures leave the product's polls out, and a Secret
+//     volume's update.
+//     newcluster-store-cpu-ms and -process-cpu-ms: what the join cost;
 //   - prop-p50-ms / prop-p99-ms: an endpoint slice written in cluster 0 →
 //     seen by an agent of cluster 1, propWrites writes one after another;
 //     in cached mode, paired-direct-p50-ms / -p99-ms: the same writes
@@ -205,6 +224,12 @@ func (h *holder) expect(key string) <-chan struct{} {
 	return h.arrived
 }
 
+// cacheDirPoll is how often the benchmark's caches rescan their clusters
+// directory (the apiserver's default is 2 s): a new cluster's file is
+// noticed within it, so a join's figures carry at most this much of the
+// poll.
+const cacheDirPoll = 100 * time.Millisecond
+
 // scaleMesh is the benchmark's mesh as it is built: its clusters, and in
 // cached mode their caches, and their agents.
 type scaleMesh struct {
@@ -292,7 +317,7 @@ func (s *scaleMesh) startCache(c *meshtest.Cluster) {
 	}
 	// The cache writes through its store's in-process client, as the
 	// clustermesh-apiserver that embeds the store has it do.
-	mc, err := meshcache.New(meshcache.Config{Cluster: c.Name, Local: c.InProcessClient(), ClustersDir: s.cacheDir(c)})
+	mc, err := meshcache.New(meshcache.Config{Cluster: c.Name, Local: c.InProcessClient(), ClustersDir: s.cacheDir(c), DirPoll: cacheDirPoll})
 	if err != nil {
 		s.b.Fatal(err)
 	}
@@ -604,6 +629,41 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 		}
 	}
 	churn := churnPhase.stop()
+
+	// A new cluster joins the mesh once it is up and measured (last: it
+	// changes what the figures above are of). Its store and synced export
+	// are up before the connect, as a cluster running alone; at the
+	// connect, in cached mode its cache starts with every peer and every
+	// existing cache's directory gets its file; its agents start, and every
+	// existing agent follows it.
+	existing := s.allAgents(cs)
+	nc := s.addCluster()
+	joinPhase := startPhase()
+	connect := time.Now()
+	if cached {
+		s.startCache(nc)
+		for _, c := range cs {
+			s.connectCache(c, nc)
+		}
+	}
+	for a := 0; a < nAgents; a++ {
+		s.startAgent(nc)
+	}
+	for _, a := range existing {
+		s.follow(a, nc)
+	}
+	joinConds := []cond{
+		{"the new cluster's agents' sync of every peer", allSynced(holders(s.agents[nc.Name], ""))},
+		{"every existing agent's sync of the new cluster", allSynced(holders(existing, nc.Name))},
+	}
+	if cached {
+		joinConds = append(joinConds,
+			cond{"the new cache's copy of every peer", cachesCopied(ctx, []*meshtest.Cluster{nc}, cs)},
+			cond{"every existing cache's copy of the new cluster", cachesCopied(ctx, cs, []*meshtest.Cluster{nc})})
+	}
+	newCluster := waitFor(b, connect, 10*time.Millisecond, joinConds...)
+	joinCost := joinPhase.stop()
+
 	perWrite := func(v float64) float64 { return v / churnWrites }
 	pctl := func(d []time.Duration, q int) float64 { return float64(d[(len(d)*q+99)/100-1].Microseconds()) / 1000 }
 	p := func(q int) float64 { return pctl(prop, q) }
@@ -612,6 +672,14 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 	b.ReportMetric(float64(syncTime.Milliseconds()), "sync-ms")
 	b.ReportMetric(float64(joinTime.Milliseconds()), "join-sync-ms")
 	b.ReportMetric(float64(cacheSync.Milliseconds()), "cache-sync-ms")
+	b.ReportMetric(float64(newCluster[0].Milliseconds()), "newcluster-sync-ms")
+	b.ReportMetric(float64(newCluster[1].Milliseconds()), "newcluster-seen-ms")
+	if cached {
+		b.ReportMetric(float64(newCluster[2].Milliseconds()), "newcluster-cache-sync-ms")
+		b.ReportMetric(float64(newCluster[3].Milliseconds()), "newcluster-cache-seen-ms")
+	}
+	b.ReportMetric(ms(joinCost.StoreCPU), "newcluster-store-cpu-ms")
+	b.ReportMetric(ms(joinCost.ProcessCPU), "newcluster-process-cpu-ms")
 	b.ReportMetric(p(50), "prop-p50-ms")
 	b.ReportMetric(p(99), "prop-p99-ms")
 	if cached {
@@ -641,11 +709,18 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 		mode, cacheCost.StoreCPU.Round(time.Millisecond), cacheCost.ProcessCPU.Round(time.Millisecond), syncCost.StoreCPU.Round(time.Millisecond), syncCost.ProcessCPU.Round(time.Millisecond), churnWrites,
 		perWrite(churn.Puts+churn.Deletes), perWrite(churn.PutBytes), perWrite(churn.Events), perWrite(churn.SentBytes), perWrite(float64(churn.StoreCPU.Microseconds())), perWrite(float64(churn.ProcessCPU.Microseconds())))
 	b.Logf("%s: write in c1 → bare watch of %s's store p50 %.2f ms p99 %.2f ms", mode, watched.Name, pctl(hop, 50), pctl(hop, 99))
+	b.Logf("%s: a new cluster joins (%d endpoints, %d agents): its agents synced with every peer after %v, every existing agent with it after %v; stores' CPU %v (process %v)",
+		mode, nEndpoints, nAgents, newCluster[0].Round(time.Millisecond), newCluster[1].Round(time.Millisecond), joinCost.StoreCPU.Round(time.Millisecond), joinCost.ProcessCPU.Round(time.Millisecond))
+	if cached {
+		b.Logf("cached: the new cluster's cache copied every peer after %v, every existing cache copied it after %v", newCluster[2].Round(time.Millisecond), newCluster[3].Round(time.Millisecond))
+	}
 	if cached {
 		b.Logf("cached: the same %d writes, through the cache p50 %.2f ms p99 %.2f ms, read directly from c1's store (paired) p50 %.2f ms p99 %.2f ms: p99 %.2f× direct",
 			propWrites, p(50), p(99), pctl(pairedProp, 50), pctl(pairedProp, 99), p(99)/pctl(pairedProp, 99))
 	}
-	if churn.ProfileErr != nil {
-		b.Log(churn.ProfileErr)
+	for _, err := range []error{churn.ProfileErr, joinCost.ProfileErr} {
+		if err != nil {
+			b.Log(err)
+		}
 	}
 }
