@@ -40,6 +40,25 @@ import (
 //     from a cold start of the whole mesh, before the agents start;
 //   - join-sync-ms: the same for one more agent once the mesh is up (a
 //     new node, a restarted agent);
+//   - newcluster-sync-ms, newcluster-seen-ms: once the mesh is up and
+//     measured, one more cluster (its store with the same synthetic
+//     export, its agents, in cached mode its cache) connects, as the
+//     product connects it: its file is added to every existing cache's
+//     clusters directory (cached), its agents start with every peer and
+//     every existing agent follows it. -sync is the time from the connect
+//     to the new cluster's agents having every peer's every kind synced
+//     (in cached mode through the new cache's copy of every peer), -seen
+//     to every existing agent having the new cluster synced (cached:
+//     through every existing cache's copy of it). In cached mode,
+//     newcluster-cache-sync-ms and -cache-seen-ms are the caches' copies
+//     alone; the agents' followers, which find no config of the peer in
+//     their store until its cache copied it, retry with their backoff
+//     meanwhile, as an agent's do. The caches rescan their directories
+//     every cacheDirPoll (the apiserver's default is 2 s) and the agents
+//     here add the peer at once (an agent rescans its directory every
+//     1 s): the figures leave the product's polls out, and a Secret
+//     volume's update.
+//     newcluster-store-cpu-ms and -process-cpu-ms: what the join cost;
 //   - prop-p50-ms / prop-p99-ms: an endpoint slice written in cluster 0 →
 //     seen by an agent of cluster 1, propWrites writes one after another;
 //     in cached mode, paired-direct-p50-ms / -p99-ms: the same writes
@@ -205,157 +224,291 @@ func (h *holder) expect(key string) <-chan struct{} {
 	return h.arrived
 }
 
+// cacheDirPoll is how often the benchmark's caches rescan their clusters
+// directory (the apiserver's default is 2 s): a new cluster's file is
+// noticed within it, so a join's figures carry at most this much of the
+// poll.
+const cacheDirPoll = 100 * time.Millisecond
+
+// scaleMesh is the benchmark's mesh as it is built: its clusters, and in
+// cached mode their caches, and their agents.
+type scaleMesh struct {
+	b          *testing.B
+	ctx        context.Context
+	wg         *sync.WaitGroup
+	m          *meshtest.Mesh
+	dir        string
+	cached     bool
+	nEndpoints int
+	// confs are the connection configs written so far, by file name.
+	confs map[string]kvstore.Config
+	cs    []*meshtest.Cluster
+	// agents are every cluster's agents, by cluster name.
+	agents map[string][]*scaleAgent
+}
+
+// scaleAgent is a lightweight agent: one follower per peer, sharing the
+// agent's registry and store clients.
+type scaleAgent struct {
+	c      *meshtest.Cluster
+	reg    *remote.Registry
+	shared *kvstore.Shared
+	// peers are the followers' delegates, by peer name.
+	peers map[string]*holder
+}
+
+// conf is the connection config of c's store for user, through its relay.
+func (s *scaleMesh) conf(c *meshtest.Cluster, user string) kvstore.Config {
+	s.b.Helper()
+	name := c.Name + "-" + user
+	if cfg, ok := s.confs[name]; ok {
+		return cfg
+	}
+	c.WriteConnFile(s.dir, name, user)
+	cfg, err := kvstore.LoadConfig(filepath.Join(s.dir, name))
+	if err != nil {
+		s.b.Fatal(err)
+	}
+	s.confs[name] = cfg
+	return cfg
+}
+
+// addCluster starts one more cluster's store with its synthetic export,
+// synced: nEndpoints pods in slices of 10, one service per slice, one node
+// per 200 pods (at most 250). Nobody follows it yet.
+func (s *scaleMesh) addCluster() *meshtest.Cluster {
+	s.b.Helper()
+	i := len(s.cs)
+	cidr := fmt.Sprintf("10.%d.0.0/16", i+1)
+	c := s.m.AddCluster(fmt.Sprintf("c%d", i+1), uint32(i+1), cidr)
+	var objs []api.Object
+	for sl := 0; sl*10 < s.nEndpoints; sl++ {
+		var ips []string
+		for e := 0; e < 10 && sl*10+e < s.nEndpoints; e++ {
+			ips = append(ips, meshtest.IP(cidr, sl*10+e))
+		}
+		name := fmt.Sprintf("svc-%d", sl)
+		objs = append(objs, c.Service("ns", name, fmt.Sprintf("10.96.%d.%d", sl/250, sl%250+1)), c.Slice("ns", name, "s1", ips...))
+	}
+	for n := 0; n*200 < s.nEndpoints && n < 250; n++ {
+		objs = append(objs, c.Node(fmt.Sprintf("node-%d", n), fmt.Sprintf("192.168.%d.%d", i+1, n+1), fmt.Sprintf("10.%d.%d.0/24", i+1, n)))
+	}
+	c.Upsert(objs...)
+	c.MarkSynced()
+	s.cs = append(s.cs, c)
+	return c
+}
+
+func (s *scaleMesh) cacheDir(c *meshtest.Cluster) string {
+	return filepath.Join(s.dir, "cache-"+c.Name)
+}
+
+// startCache runs c's mesh cache, its clusters directory listing every
+// other cluster of the mesh.
+func (s *scaleMesh) startCache(c *meshtest.Cluster) {
+	s.b.Helper()
+	if err := os.MkdirAll(s.cacheDir(c), 0o700); err != nil {
+		s.b.Fatal(err)
+	}
+	for _, p := range s.cs {
+		if p != c {
+			s.connectCache(c, p)
+		}
+	}
+	// The cache writes through its store's in-process client, as the
+	// clustermesh-apiserver that embeds the store has it do.
+	mc, err := meshcache.New(meshcache.Config{Cluster: c.Name, Local: c.InProcessClient(), ClustersDir: s.cacheDir(c), DirPoll: cacheDirPoll})
+	if err != nil {
+		s.b.Fatal(err)
+	}
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); _ = mc.Run(s.ctx) }()
+}
+
+// connectCache adds peer p's connection file to c's cache's directory, in
+// one rename (as a Secret volume is updated): a scan never reads half of
+// it.
+func (s *scaleMesh) connectCache(c, p *meshtest.Cluster) {
+	s.b.Helper()
+	// A name with a dot is not a connection file: scans skip it.
+	p.WriteConnFile(s.cacheDir(c), p.Name+".new", kvstore.UserRemote)
+	if err := os.Rename(filepath.Join(s.cacheDir(c), p.Name+".new"), filepath.Join(s.cacheDir(c), p.Name)); err != nil {
+		s.b.Fatal(err)
+	}
+}
+
+// cacheCopied tells whether c's store holds every synced canary of its
+// cache's copy of p.
+func cacheCopied(ctx context.Context, c, p *meshtest.Cluster) bool {
+	for _, k := range api.SyncedKinds {
+		if _, ok, err := c.Admin().Get(ctx, api.SyncedKey(p.Name, k)); err != nil || !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// cachesCopied is a condition that holds once every cache of the clusters
+// cs has copied every peer of peers (each pair is checked until it holds,
+// then no more).
+func cachesCopied(ctx context.Context, cs, peers []*meshtest.Cluster) func() bool {
+	type pair struct{ c, p *meshtest.Cluster }
+	var left []pair
+	for _, c := range cs {
+		for _, p := range peers {
+			if p != c {
+				left = append(left, pair{c, p})
+			}
+		}
+	}
+	return func() bool {
+		for len(left) > 0 && cacheCopied(ctx, left[0].c, left[0].p) {
+			left = left[1:]
+		}
+		return len(left) == 0
+	}
+}
+
+// startAgent runs one more agent of cluster c, following every other
+// cluster of the mesh.
+func (s *scaleMesh) startAgent(c *meshtest.Cluster) *scaleAgent {
+	s.b.Helper()
+	a := &scaleAgent{c: c, reg: remote.NewRegistry(), shared: kvstore.NewShared(), peers: map[string]*holder{}}
+	if err := a.reg.Claim(&c.Config, true, nil); err != nil {
+		s.b.Fatal(err)
+	}
+	for _, p := range s.cs {
+		if p != c {
+			s.follow(a, p)
+		}
+	}
+	s.agents[c.Name] = append(s.agents[c.Name], a)
+	return a
+}
+
+// follow has agent a follow peer p: through p's store in direct mode,
+// through its own cluster's store (the cache's copy) in cached mode.
+func (s *scaleMesh) follow(a *scaleAgent, p *meshtest.Cluster) {
+	s.b.Helper()
+	cfg := s.conf(a.c, kvstore.UserAgent)
+	if !s.cached {
+		cfg = s.conf(p, kvstore.UserRemote)
+	}
+	a.peers[p.Name] = s.runFollower(p, cfg, a.reg, a.shared)
+}
+
+// runFollower runs a follower of peer p through the store cfg names and
+// returns its delegate.
+func (s *scaleMesh) runFollower(p *meshtest.Cluster, cfg kvstore.Config, reg *remote.Registry, shared *kvstore.Shared) *holder {
+	cfg.ClusterID = p.Config.ID
+	h := newHolder()
+	f := remote.New(remote.Options{Name: p.Name, Config: cfg, Registry: reg, Delegate: h, Shared: shared, ProbeInterval: time.Second})
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); f.Run(s.ctx) }()
+	return h
+}
+
+// allAgents is every agent of the clusters cs.
+func (s *scaleMesh) allAgents(cs []*meshtest.Cluster) []*scaleAgent {
+	var out []*scaleAgent
+	for _, c := range cs {
+		out = append(out, s.agents[c.Name]...)
+	}
+	return out
+}
+
+// holders are the agents' delegates for peer, or for every peer if peer
+// is empty.
+func holders(agents []*scaleAgent, peer string) []*holder {
+	var out []*holder
+	for _, a := range agents {
+		for name, h := range a.peers {
+			if peer == "" || name == peer {
+				out = append(out, h)
+			}
+		}
+	}
+	return out
+}
+
+// allSynced is a condition that holds once every holder has every kind
+// synced.
+func allSynced(hs []*holder) func() bool {
+	return func() bool { return !slices.ContainsFunc(hs, func(h *holder) bool { return !h.allSynced() }) }
+}
+
+// cond is a condition the benchmark waits for.
+type cond struct {
+	what string
+	ok   func() bool
+}
+
+// waitFor polls conds every poll until each holds, and returns how long
+// after start each first held; it fails b if one does not hold within 5
+// minutes.
+func waitFor(b *testing.B, start time.Time, poll time.Duration, conds ...cond) []time.Duration {
+	b.Helper()
+	took := make([]time.Duration, len(conds))
+	done := make([]bool, len(conds))
+	for left := len(conds); ; time.Sleep(poll) {
+		for i, c := range conds {
+			if !done[i] && c.ok() {
+				took[i], done[i] = time.Since(start), true
+				left--
+			}
+		}
+		if left == 0 {
+			return took
+		}
+		if time.Since(start) > 5*time.Minute {
+			for i, c := range conds {
+				if !done[i] {
+					b.Fatalf("%s: not after 5 minutes", c.what)
+				}
+			}
+		}
+	}
+}
+
 func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 	b.Helper()
-	m := meshtest.New(b)
-	var cs []*meshtest.Cluster
-	for i := 0; i < nClusters; i++ {
-		c := m.AddCluster(fmt.Sprintf("c%d", i+1), uint32(i+1), fmt.Sprintf("10.%d.0.0/16", i+1))
-		// Synthetic export: nEndpoints pods in slices of 10, one service
-		// per slice, one node per 200 pods (at most 250).
-		var objs []api.Object
-		cidr := fmt.Sprintf("10.%d.0.0/16", i+1)
-		for s := 0; s*10 < nEndpoints; s++ {
-			var ips []string
-			for e := 0; e < 10 && s*10+e < nEndpoints; e++ {
-				ips = append(ips, meshtest.IP(cidr, s*10+e))
-			}
-			name := fmt.Sprintf("svc-%d", s)
-			objs = append(objs, c.Service("ns", name, fmt.Sprintf("10.96.%d.%d", s/250, s%250+1)), c.Slice("ns", name, "s1", ips...))
-		}
-		for n := 0; n*200 < nEndpoints && n < 250; n++ {
-			objs = append(objs, c.Node(fmt.Sprintf("node-%d", n), fmt.Sprintf("192.168.%d.%d", i+1, n+1), fmt.Sprintf("10.%d.%d.0/24", i+1, n)))
-		}
-		c.Upsert(objs...)
-		c.MarkSynced()
-		cs = append(cs, c)
-	}
-	dir := b.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
-
-	confs := map[string]kvstore.Config{}
-	conf := func(c *meshtest.Cluster, user string) kvstore.Config {
-		b.Helper()
-		name := c.Name + "-" + user
-		if cfg, ok := confs[name]; ok {
-			return cfg
-		}
-		c.WriteConnFile(dir, name, user)
-		cfg, err := kvstore.LoadConfig(filepath.Join(dir, name))
-		if err != nil {
-			b.Fatal(err)
-		}
-		confs[name] = cfg
-		return cfg
+	s := &scaleMesh{b: b, ctx: ctx, wg: &wg, m: meshtest.New(b), dir: b.TempDir(), cached: cached, nEndpoints: nEndpoints,
+		confs: map[string]kvstore.Config{}, agents: map[string][]*scaleAgent{}}
+	for i := 0; i < nClusters; i++ {
+		s.addCluster()
 	}
-	var cacheCost phaseCost
-	cachePhase := startPhase()
-	if cached {
-		for _, c := range cs {
-			cdir := filepath.Join(dir, "cache-"+c.Name)
-			if err := os.MkdirAll(cdir, 0o700); err != nil {
-				b.Fatal(err)
-			}
-			for _, p := range cs {
-				if p != c {
-					p.WriteConnFile(cdir, p.Name, kvstore.UserRemote)
-				}
-			}
-			// The cache writes through its store's in-process client, as
-			// the clustermesh-apiserver that embeds the store has it do.
-			mc, err := meshcache.New(meshcache.Config{Cluster: c.Name, Local: c.InProcessClient(), ClustersDir: cdir})
-			if err != nil {
-				b.Fatal(err)
-			}
-			wg.Add(1)
-			go func() { defer wg.Done(); _ = mc.Run(ctx) }()
-		}
-	}
+	cs := s.cs
 
 	// Cached: the caches copy every peer first (a cold start of the whole
 	// mesh); the agents start once the copies are complete, as they find
 	// them after any restart of their own.
 	var cacheSync time.Duration
+	cachePhase := startPhase()
 	if cached {
 		t0 := time.Now()
 		for _, c := range cs {
-			for _, p := range cs {
-				if p == c {
-					continue
-				}
-				for _, k := range api.SyncedKinds {
-					for {
-						if _, ok, err := c.Admin().Get(ctx, api.SyncedKey(p.Name, k)); err == nil && ok {
-							break
-						}
-						if time.Since(t0) > 5*time.Minute {
-							b.Fatalf("%s's copy of %s not synced after 5 minutes", c.Name, p.Name)
-						}
-						time.Sleep(10 * time.Millisecond)
-					}
-				}
-			}
+			s.startCache(c)
 		}
-		cacheSync = time.Since(t0)
+		cacheSync = waitFor(b, t0, 10*time.Millisecond, cond{"the caches' copy of every peer", cachesCopied(ctx, cs, cs)})[0]
 	}
-	cacheCost = cachePhase.stop()
+	cacheCost := cachePhase.stop()
 
 	var before runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 	start := time.Now()
 	syncPhase := startPhase()
-	// holders[c][a] are agent a of cluster c's delegates, one per peer.
-	holders := make([][]map[string]*holder, nClusters)
-	for ci, c := range cs {
-		local := conf(c, kvstore.UserAgent)
+	for _, c := range cs {
 		for a := 0; a < nAgents; a++ {
-			reg := remote.NewRegistry()
-			if err := reg.Claim(&c.Config, true, nil); err != nil {
-				b.Fatal(err)
-			}
-			hs := map[string]*holder{}
-			shared := kvstore.NewShared()
-			for _, p := range cs {
-				if p == c {
-					continue
-				}
-				cfg := local
-				if !cached {
-					cfg = conf(p, kvstore.UserRemote)
-				}
-				cfg.ClusterID = p.Config.ID
-				h := newHolder()
-				hs[p.Name] = h
-				f := remote.New(remote.Options{Name: p.Name, Config: cfg, Registry: reg, Delegate: h, Shared: shared, ProbeInterval: time.Second})
-				wg.Add(1)
-				go func() { defer wg.Done(); f.Run(ctx) }()
-			}
-			holders[ci] = append(holders[ci], hs)
+			s.startAgent(c)
 		}
 	}
-	for {
-		done := true
-		for _, per := range holders {
-			for _, hs := range per {
-				for _, h := range hs {
-					done = done && h.allSynced()
-				}
-			}
-		}
-		if done {
-			break
-		}
-		if time.Since(start) > 5*time.Minute {
-			b.Fatal("agents not synced after 5 minutes")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	syncTime := time.Since(start)
+	syncTime := waitFor(b, start, 20*time.Millisecond, cond{"every agent's sync", allSynced(holders(s.allAgents(cs), ""))})[0]
 	syncCost := syncPhase.stop()
 
 	var after runtime.MemStats
@@ -372,35 +525,8 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 	// One more agent joins cluster 1 once the mesh is up: the time to its
 	// sync of every peer is what a new node (or a restarted agent) waits.
 	joinStart := time.Now()
-	var joined []*holder
-	{
-		c := cs[0]
-		reg := remote.NewRegistry()
-		if err := reg.Claim(&c.Config, true, nil); err != nil {
-			b.Fatal(err)
-		}
-		shared := kvstore.NewShared()
-		local := conf(c, kvstore.UserAgent)
-		for _, p := range cs[1:] {
-			cfg := local
-			if !cached {
-				cfg = conf(p, kvstore.UserRemote)
-			}
-			cfg.ClusterID = p.Config.ID
-			h := newHolder()
-			joined = append(joined, h)
-			f := remote.New(remote.Options{Name: p.Name, Config: cfg, Registry: reg, Delegate: h, Shared: shared, ProbeInterval: time.Second})
-			wg.Add(1)
-			go func() { defer wg.Done(); f.Run(ctx) }()
-		}
-	}
-	for slices.ContainsFunc(joined, func(h *holder) bool { return !h.allSynced() }) {
-		if time.Since(joinStart) > 5*time.Minute {
-			b.Fatal("joining agent not synced after 5 minutes")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	joinTime := time.Since(joinStart)
+	joined := s.startAgent(cs[0])
+	joinTime := waitFor(b, joinStart, 10*time.Millisecond, cond{"the joining agent's sync", allSynced(holders([]*scaleAgent{joined}, ""))})[0]
 
 	// Propagation: a slice written in c1, seen by agent 0 of c2.
 	// A bare etcd watch splits the path: on c1's own store in direct mode
@@ -412,24 +538,15 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 	// (as a direct-mode agent would) and times the same writes: both paths
 	// measured at the same moments, under the same load, which the two
 	// modes' runs, minutes apart on a shared machine, are not.
-	h := holders[1][0][cs[0].Name]
+	h := s.agents[cs[1].Name][0].peers[cs[0].Name]
 	var paired *holder
 	if cached {
 		reg := remote.NewRegistry()
 		if err := reg.Claim(&cs[1].Config, true, nil); err != nil {
 			b.Fatal(err)
 		}
-		cfg := conf(cs[0], kvstore.UserRemote)
-		cfg.ClusterID = cs[0].Config.ID
-		paired = newHolder()
-		f := remote.New(remote.Options{Name: cs[0].Name, Config: cfg, Registry: reg, Delegate: paired, ProbeInterval: time.Second})
-		wg.Add(1)
-		go func() { defer wg.Done(); f.Run(ctx) }()
-		for t0 := time.Now(); !paired.allSynced(); time.Sleep(10 * time.Millisecond) {
-			if time.Since(t0) > 5*time.Minute {
-				b.Fatal("paired direct follower not synced after 5 minutes")
-			}
-		}
+		paired = s.runFollower(cs[0], s.conf(cs[0], kvstore.UserRemote), reg, nil)
+		waitFor(b, time.Now(), 10*time.Millisecond, cond{"the paired direct follower's sync", allSynced([]*holder{paired})})
 	}
 	var prop, hop, pairedProp []time.Duration
 	probePhase := startPhase()
@@ -438,7 +555,7 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 	if cached {
 		watched = cs[1]
 	}
-	seen := watchArrivals(ctx, b, kvstoretest.RawClient(b, conf(watched, kvstore.UserAdmin)), api.ClusterPrefix(api.KindEndpoints, cs[0].Name)+"ns/svc-0/probe-")
+	seen := watchArrivals(ctx, b, kvstoretest.RawClient(b, s.conf(watched, kvstore.UserAdmin)), api.ClusterPrefix(api.KindEndpoints, cs[0].Name)+"ns/svc-0/probe-")
 	for k := 0; k < propWrites; k++ {
 		sl := cs[0].Slice("ns", "svc-0", fmt.Sprintf("probe-%d", k), meshtest.IP(cidr, k))
 		arrived := h.expect(sl.Key())
@@ -503,17 +620,50 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 		}
 	}
 	t0 := time.Now()
-	for _, per := range holders[1:] {
-		for _, hs := range per {
-			for !hs[cs[0].Name].holdsAll(churnKeys) {
-				if time.Since(t0) > time.Minute {
-					b.Fatal("churn in c1 not seen by every agent after a minute")
-				}
-				time.Sleep(5 * time.Millisecond)
+	for _, ph := range holders(s.allAgents(cs[1:]), cs[0].Name) {
+		for !ph.holdsAll(churnKeys) {
+			if time.Since(t0) > time.Minute {
+				b.Fatal("churn in c1 not seen by every agent after a minute")
 			}
+			time.Sleep(5 * time.Millisecond)
 		}
 	}
 	churn := churnPhase.stop()
+
+	// A new cluster joins the mesh once it is up and measured (last: it
+	// changes what the figures above are of). Its store and synced export
+	// are up before the connect, as a cluster running alone; at the
+	// connect, in cached mode its cache starts with every peer and every
+	// existing cache's directory gets its file; its agents start, and every
+	// existing agent follows it.
+	existing := s.allAgents(cs)
+	nc := s.addCluster()
+	joinPhase := startPhase()
+	connect := time.Now()
+	if cached {
+		s.startCache(nc)
+		for _, c := range cs {
+			s.connectCache(c, nc)
+		}
+	}
+	for a := 0; a < nAgents; a++ {
+		s.startAgent(nc)
+	}
+	for _, a := range existing {
+		s.follow(a, nc)
+	}
+	joinConds := []cond{
+		{"the new cluster's agents' sync of every peer", allSynced(holders(s.agents[nc.Name], ""))},
+		{"every existing agent's sync of the new cluster", allSynced(holders(existing, nc.Name))},
+	}
+	if cached {
+		joinConds = append(joinConds,
+			cond{"the new cache's copy of every peer", cachesCopied(ctx, []*meshtest.Cluster{nc}, cs)},
+			cond{"every existing cache's copy of the new cluster", cachesCopied(ctx, cs, []*meshtest.Cluster{nc})})
+	}
+	newCluster := waitFor(b, connect, 10*time.Millisecond, joinConds...)
+	joinCost := joinPhase.stop()
+
 	perWrite := func(v float64) float64 { return v / churnWrites }
 	pctl := func(d []time.Duration, q int) float64 { return float64(d[(len(d)*q+99)/100-1].Microseconds()) / 1000 }
 	p := func(q int) float64 { return pctl(prop, q) }
@@ -522,6 +672,14 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 	b.ReportMetric(float64(syncTime.Milliseconds()), "sync-ms")
 	b.ReportMetric(float64(joinTime.Milliseconds()), "join-sync-ms")
 	b.ReportMetric(float64(cacheSync.Milliseconds()), "cache-sync-ms")
+	b.ReportMetric(float64(newCluster[0].Milliseconds()), "newcluster-sync-ms")
+	b.ReportMetric(float64(newCluster[1].Milliseconds()), "newcluster-seen-ms")
+	if cached {
+		b.ReportMetric(float64(newCluster[2].Milliseconds()), "newcluster-cache-sync-ms")
+		b.ReportMetric(float64(newCluster[3].Milliseconds()), "newcluster-cache-seen-ms")
+	}
+	b.ReportMetric(ms(joinCost.StoreCPU), "newcluster-store-cpu-ms")
+	b.ReportMetric(ms(joinCost.ProcessCPU), "newcluster-process-cpu-ms")
 	b.ReportMetric(p(50), "prop-p50-ms")
 	b.ReportMetric(p(99), "prop-p99-ms")
 	if cached {
@@ -551,11 +709,18 @@ func runScale(b *testing.B, cached bool, nClusters, nAgents, nEndpoints int) {
 		mode, cacheCost.StoreCPU.Round(time.Millisecond), cacheCost.ProcessCPU.Round(time.Millisecond), syncCost.StoreCPU.Round(time.Millisecond), syncCost.ProcessCPU.Round(time.Millisecond), churnWrites,
 		perWrite(churn.Puts+churn.Deletes), perWrite(churn.PutBytes), perWrite(churn.Events), perWrite(churn.SentBytes), perWrite(float64(churn.StoreCPU.Microseconds())), perWrite(float64(churn.ProcessCPU.Microseconds())))
 	b.Logf("%s: write in c1 → bare watch of %s's store p50 %.2f ms p99 %.2f ms", mode, watched.Name, pctl(hop, 50), pctl(hop, 99))
+	b.Logf("%s: a new cluster joins (%d endpoints, %d agents): its agents synced with every peer after %v, every existing agent with it after %v; stores' CPU %v (process %v)",
+		mode, nEndpoints, nAgents, newCluster[0].Round(time.Millisecond), newCluster[1].Round(time.Millisecond), joinCost.StoreCPU.Round(time.Millisecond), joinCost.ProcessCPU.Round(time.Millisecond))
+	if cached {
+		b.Logf("cached: the new cluster's cache copied every peer after %v, every existing cache copied it after %v", newCluster[2].Round(time.Millisecond), newCluster[3].Round(time.Millisecond))
+	}
 	if cached {
 		b.Logf("cached: the same %d writes, through the cache p50 %.2f ms p99 %.2f ms, read directly from c1's store (paired) p50 %.2f ms p99 %.2f ms: p99 %.2f× direct",
 			propWrites, p(50), p(99), pctl(pairedProp, 50), pctl(pairedProp, 99), p(99)/pctl(pairedProp, 99))
 	}
-	if churn.ProfileErr != nil {
-		b.Log(churn.ProfileErr)
+	for _, err := range []error{churn.ProfileErr, joinCost.ProfileErr} {
+		if err != nil {
+			b.Log(err)
+		}
 	}
 }
