@@ -304,6 +304,14 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 			recvProcs = append(recvProcs, proc)
 			pids = append(pids, proc.cmd.Process.Pid)
 		}
+		// The first announcement must not wait for a receiver's session
+		// with the reflector to come up (it would add up to a second).
+		for _, proc := range recvProcs {
+			poll.Eventually(b, 2*time.Minute, proc.name+"'s session with the reflector", func() (bool, string) {
+				st := proc.status()
+				return len(st.Peers) > 0 && st.Peers[0].Established, fmt.Sprintf("%+v", st.Peers)
+			})
+		}
 		peerOfOrigin = append(peerOfOrigin, rr)
 	} else {
 		ns, proc := l.startReceiver(b, 1, cfg, 65001, Peer{Name: "origin", Address: origin.Address, ASN: origin.ASN, Passive: true})
@@ -473,6 +481,12 @@ func benchBird(b *testing.B, n int, reflector bool) {
 			ns, p := receiver(i, "192.0.2.1", 65001, false)
 			recv = append(recv, l.watchRoutes(b, ns, rtprotBird))
 			pids = append(pids, p.cmd.Process.Pid)
+			// As for GoBGP: the reflector's sessions are up before the
+			// first announcement.
+			poll.Eventually(b, 2*time.Minute, fmt.Sprintf("r%d's session with the reflector", i), func() (bool, string) {
+				out, err := p.birdc("show", "protocols", "up")
+				return err == nil && strings.Contains(out, "Established"), out
+			})
 		}
 	} else {
 		ns, p := receiver(1, "192.0.2.10", 65010, true)
