@@ -1,6 +1,7 @@
 package bgp
 
 import (
+	"iter"
 	"net/netip"
 	"sort"
 )
@@ -73,23 +74,25 @@ type routeTable struct {
 type lengthCounts [2][129]int
 
 func (l *lengthCounts) of(p netip.Prefix) *int {
-	f := 0
-	if !p.Addr().Is4() {
-		f = 1
-	}
-	return &l[f][p.Bits()]
+	return &l.family(p)[p.Bits()]
 }
 
-// shorter calls fn for every length below p's with a count in l, in the
-// family of p.
-func (l *lengthCounts) shorter(p netip.Prefix, fn func(bits int)) {
-	f := 0
-	if !p.Addr().Is4() {
-		f = 1
+func (l *lengthCounts) family(p netip.Prefix) *[129]int {
+	if p.Addr().Is4() {
+		return &l[0]
 	}
-	for b := 0; b < p.Bits(); b++ {
-		if l[f][b] > 0 {
-			fn(b)
+	return &l[1]
+}
+
+// ancestors yields p's strict ancestors (p's address masked to a shorter
+// length) at the lengths with a count in l.
+func (l *lengthCounts) ancestors(p netip.Prefix) iter.Seq[netip.Prefix] {
+	counts := l.family(p)
+	return func(yield func(netip.Prefix) bool) {
+		for b := 0; b < p.Bits(); b++ {
+			if counts[b] > 0 && !yield(netip.PrefixFrom(p.Addr(), b).Masked()) {
+				return
+			}
 		}
 	}
 }
@@ -116,13 +119,17 @@ func newRouteTable(podCIDRs, subnets []netip.Prefix, ownIPs []netip.Addr) *route
 func (t *routeTable) accept(c *candidate) {
 	t.accepted[c.prefix] = c
 	*t.acceptedLens.of(c.prefix)++
-	t.candLens.shorter(c.prefix, func(b int) { t.under[netip.PrefixFrom(c.prefix.Addr(), b).Masked()]++ })
+	for a := range t.candLens.ancestors(c.prefix) {
+		t.under[a]++
+	}
 }
 
 func (t *routeTable) unaccept(p netip.Prefix) {
 	delete(t.accepted, p)
 	*t.acceptedLens.of(p)--
-	t.candLens.shorter(p, func(b int) { t.countUnder(netip.PrefixFrom(p.Addr(), b).Masked(), -1) })
+	for a := range t.candLens.ancestors(p) {
+		t.countUnder(a, -1)
+	}
 }
 
 // countUnder adds d to the count of accepted prefixes inside a.
@@ -166,14 +173,10 @@ func (t *routeTable) indexLength(like netip.Prefix, d int) {
 // and has another next hop.
 func (t *routeTable) overlapping(c *candidate) (netip.Prefix, bool) {
 	// Accepted prefixes containing c's.
-	var found *candidate
-	t.acceptedLens.shorter(c.prefix, func(b int) {
-		if a, ok := t.accepted[netip.PrefixFrom(c.prefix.Addr(), b).Masked()]; ok && a.nextHop != c.nextHop && found == nil {
-			found = a
+	for p := range t.acceptedLens.ancestors(c.prefix) {
+		if a, ok := t.accepted[p]; ok && a.nextHop != c.nextHop {
+			return p, true
 		}
-	})
-	if found != nil {
-		return found.prefix, true
 	}
 	// Accepted prefixes inside c's: rare, so a scan only when the index
 	// (kept for candidates' lengths) says there are some.
