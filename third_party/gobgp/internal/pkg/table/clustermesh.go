@@ -70,8 +70,11 @@ func NewAttrsMemo() *AttrsMemo {
 // others (IPv6 paths carry their NLRI in MP_REACH_NLRI, one list per path)
 // would only fill the memo.
 func (m *AttrsMemo) UpdatePathAttrs(logger log.Logger, global *oc.Global, peer *oc.Neighbor, info *PeerInfo, original *Path) *Path {
+	if m == nil || peer.RouteServer.Config.RouteServerClient {
+		return UpdatePathAttrs(logger, global, peer, info, original)
+	}
 	key, ok := memoKey(original)
-	if m == nil || !ok || peer.RouteServer.Config.RouteServerClient {
+	if !ok {
 		return UpdatePathAttrs(logger, global, peer, info, original)
 	}
 	if e, ok := m.edits[key]; ok {
