@@ -132,11 +132,7 @@ func TestSvcTableWriteRefused(t *testing.T) {
 	// +5 empty, so release turns +4 empty too).
 	setup := func(t *testing.T) (*svcTable, *ebpf.Map) {
 		tab, m := newKernelTable(t, size)
-		for i, k := range keys[:4] {
-			if err := tab.put(&k, &svcValue{Set: uint32(i + 1)}); err != nil {
-				t.Fatal(err)
-			}
-		}
+		putKeys(t, tab, keys[:4])
 		if err := tab.put(&keys[1], &svcValue{Set: 10}); err != nil {
 			t.Fatal(err)
 		}

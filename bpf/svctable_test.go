@@ -95,11 +95,7 @@ func TestSvcTable(t *testing.T) {
 
 	t.Run("fill a window", func(t *testing.T) {
 		kc, tab := newKernelCopy(t, size)
-		for i, k := range keys[:svcProbes] {
-			if err := tab.put(&k, &svcValue{Set: uint32(i + 1)}); err != nil {
-				t.Fatalf("key %d: %v", i, err)
-			}
-		}
+		putKeys(t, tab, keys[:svcProbes])
 		for i, k := range keys[:svcProbes] {
 			mustFind(t, tab, k, uint32(i+1))
 		}
@@ -185,11 +181,7 @@ func TestSvcTable(t *testing.T) {
 		// then releases; an update short of room may release meanwhile.
 		// The loop must then free nothing killed after its mark.
 		kc, tab := newKernelCopy(t, size)
-		for i, k := range keys[:3] {
-			if err := tab.put(&k, &svcValue{Set: uint32(i + 1)}); err != nil {
-				t.Fatal(err)
-			}
-		}
+		putKeys(t, tab, keys[:3])
 		a, _ := tab.find(&keys[0])
 		if _, err := tab.remove(&keys[0]); err != nil {
 			t.Fatal(err)
@@ -275,11 +267,7 @@ func TestSvcTable(t *testing.T) {
 
 	t.Run("adopt", func(t *testing.T) {
 		kc, tab := newKernelCopy(t, size)
-		for i, k := range keys[:4] {
-			if err := tab.put(&k, &svcValue{Set: uint32(i + 1)}); err != nil {
-				t.Fatal(err)
-			}
-		}
+		putKeys(t, tab, keys[:4])
 		// A run stopped between making an update live and killing the
 		// old entry leaves two live entries of keys[1]; one stopped
 		// before making an entry live leaves it written, not live.
@@ -338,5 +326,15 @@ func TestSvcTableSize(t *testing.T) {
 				t.Fatalf("svcTableSize(%d) = %d, want %d", tc.max, got, tc.want)
 			}
 		})
+	}
+}
+
+// putKeys puts keys into tab, the i-th with set i+1.
+func putKeys(t *testing.T, tab *svcTable, keys []svcKey) {
+	t.Helper()
+	for i, k := range keys {
+		if err := tab.put(&k, &svcValue{Set: uint32(i + 1)}); err != nil {
+			t.Fatalf("key %d: %v", i, err)
+		}
 	}
 }
