@@ -88,49 +88,61 @@ func benchSizes(env string) ([]int, error) {
 	return out, nil
 }
 
-// convergence holds each iteration's times; announceCPU and withdrawCPU
-// are the CPU time every BGP process of the setup used meanwhile, which a
-// loaded machine (where wall times swing) changes much less.
+// convergence holds each iteration's times.
 type convergence struct {
 	call, announce, withdraw, session []time.Duration
 	first                             []time.Duration
-	announceCPU, withdrawCPU          []time.Duration
 	deadWithdraw                      []time.Duration
 	originUpdates, rrUpdates          []uint64
-	// roleCPU splits announce-cpu and withdraw-cpu by role, under names
-	// like "announce-cpu-rr".
-	roleCPU map[string][]time.Duration
+	// cpu holds the CPU time the BGP processes used during each announce
+	// and withdraw, which a loaded machine (where wall times swing)
+	// changes much less: all of them ("announce-cpu") and per role
+	// ("announce-cpu-rr").
+	cpu map[string][]time.Duration
 }
 
 // roles are the processes of one setup by role: the origin, the reflector
 // (none direct) and the receivers.
 type roles struct{ origin, rr, recv []int }
 
+// newRoles names the roles of origin and pids, the reflector first if
+// there is one, then the receivers.
+func newRoles(origin int, pids []int, reflector bool) roles {
+	if reflector {
+		return roles{origin: []int{origin}, rr: pids[:1], recv: pids[1:]}
+	}
+	return roles{origin: []int{origin}, recv: pids}
+}
+
 // cpu reads every role's CPU time so far.
 func (r roles) cpu() map[string]time.Duration {
 	return map[string]time.Duration{"origin": cpuTime(r.origin...), "rr": cpuTime(r.rr...), "receivers": cpuTime(r.recv...)}
 }
 
-// addRoleCPU records the CPU each role used in phase since before.
-func (c *convergence) addRoleCPU(phase string, r roles, before map[string]time.Duration) {
-	if c.roleCPU == nil {
-		c.roleCPU = map[string][]time.Duration{}
+// addCPU records the CPU each role, and all together, used in phase since
+// before.
+func (c *convergence) addCPU(phase string, r roles, before map[string]time.Duration) {
+	if c.cpu == nil {
+		c.cpu = map[string][]time.Duration{}
 	}
+	var total time.Duration
 	for role, t := range r.cpu() {
 		if (role == "rr" && len(r.rr) == 0) || (role == "origin" && phase == "withdraw") {
 			continue // no reflector; a killed origin
 		}
 		name := phase + "-cpu-" + role
-		c.roleCPU[name] = append(c.roleCPU[name], t-before[role])
+		c.cpu[name] = append(c.cpu[name], t-before[role])
+		total += t - before[role]
 	}
+	c.cpu[phase+"-cpu"] = append(c.cpu[phase+"-cpu"], total)
 }
 
 func (c *convergence) report(b *testing.B) {
 	all := map[string][]time.Duration{
 		"announce-call": c.call, "announce-first": c.first, "announce": c.announce, "withdraw": c.withdraw, "restart-session": c.session,
-		"announce-cpu": c.announceCPU, "withdraw-cpu": c.withdrawCPU, "dead-withdraw": c.deadWithdraw,
+		"dead-withdraw": c.deadWithdraw,
 	}
-	for name, ds := range c.roleCPU {
+	for name, ds := range c.cpu {
 		all[name] = ds
 	}
 	for name, ds := range all {
@@ -339,21 +351,16 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 			return true, ""
 		})
 		c.session = append(c.session, time.Since(t0))
-		all := append([]int{proc.cmd.Process.Pid}, pids...)
-		rs := roles{origin: all[:1], recv: pids}
-		if rrProc != nil {
-			rs.rr, rs.recv = pids[:1], pids[1:]
-		}
+		rs := newRoles(proc.cmd.Process.Pid, pids, reflector)
 		rrSent0 := updatesSent(rrProc)
-		cpu0, role0 := cpuTime(all...), rs.cpu()
+		cpu0 := rs.cpu()
 		t0 = time.Now()
 		proc.call(childReq{Op: "announce", Prefixes: prefixes})
 		c.call = append(c.call, time.Since(t0))
 		waitCount(b, receivers, n)
 		c.announce = append(c.announce, time.Since(t0))
 		c.first = append(c.first, firstRoute(receivers).Sub(t0))
-		c.announceCPU = append(c.announceCPU, cpuTime(all...)-cpu0)
-		c.addRoleCPU("announce", rs, role0)
+		c.addCPU("announce", rs, cpu0)
 		if os.Getenv(cpuProfileEnv) != "" {
 			proc.call(childReq{Op: "stopprofile"})
 		}
@@ -362,13 +369,12 @@ func benchGoBGP(b *testing.B, n int, reflector bool) {
 			c.rrUpdates = append(c.rrUpdates, updatesSent(rrProc)-rrSent0)
 			c.deadWithdraw = append(c.deadWithdraw, deadWithdraw(b, recvProcs, receivers, origin.Address, n))
 		}
-		cpu0, role0 = cpuTime(pids...), rs.cpu()
+		cpu0 = rs.cpu()
 		t0 = time.Now()
 		proc.kill()
 		waitCount(b, receivers, 0)
 		c.withdraw = append(c.withdraw, time.Since(t0))
-		c.withdrawCPU = append(c.withdrawCPU, cpuTime(pids...)-cpu0)
-		c.addRoleCPU("withdraw", rs, role0)
+		c.addCPU("withdraw", rs, cpu0)
 	}
 	c.report(b)
 }
@@ -509,12 +515,8 @@ func benchBird(b *testing.B, n int, reflector bool) {
 			return err == nil && strings.Contains(out, "Established"), out
 		})
 		c.session = append(c.session, time.Since(t0))
-		all := append([]int{origin.cmd.Process.Pid}, pids...)
-		rs := roles{origin: all[:1], recv: pids}
-		if reflector {
-			rs.rr, rs.recv = pids[:1], pids[1:]
-		}
-		cpu0, role0 := cpuTime(all...), rs.cpu()
+		rs := newRoles(origin.cmd.Process.Pid, pids, reflector)
+		cpu0 := rs.cpu()
 		t0 = time.Now()
 		if err := os.WriteFile(origin.conf, []byte(originConf(routes.String())), 0o644); err != nil {
 			b.Fatal(err)
@@ -526,15 +528,13 @@ func benchBird(b *testing.B, n int, reflector bool) {
 		waitCount(b, recv, n)
 		c.announce = append(c.announce, time.Since(t0))
 		c.first = append(c.first, firstRoute(recv).Sub(t0))
-		c.announceCPU = append(c.announceCPU, cpuTime(all...)-cpu0)
-		c.addRoleCPU("announce", rs, role0)
-		cpu0, role0 = cpuTime(pids...), rs.cpu()
+		c.addCPU("announce", rs, cpu0)
+		cpu0 = rs.cpu()
 		t0 = time.Now()
 		origin.kill()
 		waitCount(b, recv, 0)
 		c.withdraw = append(c.withdraw, time.Since(t0))
-		c.withdrawCPU = append(c.withdrawCPU, cpuTime(pids...)-cpu0)
-		c.addRoleCPU("withdraw", rs, role0)
+		c.addCPU("withdraw", rs, cpu0)
 	}
 	c.report(b)
 }
