@@ -154,24 +154,37 @@ func (w *Writer) owned(key string) (api.Kind, error) {
 }
 
 func (w *Writer) keyLock(key string) *sync.Mutex {
-	return &w.keyLocks[maphash.String(w.seed, key)%uint64(len(w.keyLocks))]
+	return &w.keyLocks[w.keyStripe(key)]
+}
+
+// keyStripe is the index of key's lock in w.keyLocks.
+func (w *Writer) keyStripe(key string) int {
+	return int(maphash.String(w.seed, key) % uint64(len(w.keyLocks)))
+}
+
+// encode checks that obj may be written (it belongs to the writer's
+// cluster, not a canary, and validates) and encodes it.
+func (w *Writer) encode(obj api.Object) (key string, kind api.Kind, value []byte, err error) {
+	key = obj.Key()
+	if kind, err = w.owned(key); err != nil {
+		return "", "", nil, err
+	}
+	if err := obj.Validate(); err != nil {
+		return "", "", nil, fmt.Errorf("cluster %s: key %q: %w", w.cluster, key, err)
+	}
+	if value, err = obj.Marshal(); err != nil {
+		return "", "", nil, fmt.Errorf("cluster %s: key %q: encode: %w", w.cluster, key, err)
+	}
+	return key, kind, value, nil
 }
 
 // Upsert writes obj at obj.Key() unless the writer already wrote the same
 // encoded value. The object must validate and belong to the writer's
 // cluster.
 func (w *Writer) Upsert(ctx context.Context, obj api.Object) error {
-	key := obj.Key()
-	kind, err := w.owned(key)
+	key, kind, value, err := w.encode(obj)
 	if err != nil {
 		return err
-	}
-	if err := obj.Validate(); err != nil {
-		return fmt.Errorf("cluster %s: key %q: %w", w.cluster, key, err)
-	}
-	value, err := obj.Marshal()
-	if err != nil {
-		return fmt.Errorf("cluster %s: key %q: encode: %w", w.cluster, key, err)
 	}
 	l := w.keyLock(key)
 	l.Lock()
@@ -388,11 +401,16 @@ func (w *Writer) Apply(ctx context.Context, changes []Change) error {
 	keys := make(map[string]bool, len(changes))
 	stripes := make([]int, 0, len(changes))
 	for _, c := range changes {
-		ch := change{key: c.DeleteKey}
+		var (
+			ch   = change{key: c.DeleteKey}
+			kind api.Kind
+			err  error
+		)
 		if c.Object != nil {
-			ch.key = c.Object.Key()
+			ch.key, kind, ch.value, err = w.encode(c.Object)
+		} else {
+			kind, err = w.owned(ch.key)
 		}
-		kind, err := w.owned(ch.key)
 		if err != nil {
 			return err
 		}
@@ -400,29 +418,22 @@ func (w *Writer) Apply(ctx context.Context, changes []Change) error {
 			return fmt.Errorf("cluster %s: key %q: twice in one batch", w.cluster, ch.key)
 		}
 		keys[ch.key] = true
-		if c.Object != nil {
-			if err := c.Object.Validate(); err != nil {
-				return fmt.Errorf("cluster %s: key %q: %w", w.cluster, ch.key, err)
-			}
-			if ch.value, err = c.Object.Marshal(); err != nil {
-				return fmt.Errorf("cluster %s: key %q: encode: %w", w.cluster, ch.key, err)
-			}
-		}
 		kinds[kind] = true
 		cs = append(cs, ch)
-		stripes = append(stripes, int(maphash.String(w.seed, ch.key)%uint64(len(w.keyLocks))))
+		stripes = append(stripes, w.keyStripe(ch.key))
+	}
+	// The keys' locks, each stripe once and in order: a single write holds
+	// one stripe at a time, so no order of locking can deadlock. The
+	// canaries are reset under them, as Upsert and Delete do.
+	slices.Sort(stripes)
+	for _, i := range slices.Compact(stripes) {
+		w.keyLocks[i].Lock()
+		defer w.keyLocks[i].Unlock()
 	}
 	for kind := range kinds {
 		if err := w.resetCanary(ctx, kind); err != nil {
 			return err
 		}
-	}
-	// The keys' locks, each stripe once and in order: a single write holds
-	// one stripe at a time, so no order of locking can deadlock.
-	slices.Sort(stripes)
-	for _, i := range slices.Compact(stripes) {
-		w.keyLocks[i].Lock()
-		defer w.keyLocks[i].Unlock()
 	}
 	w.rw.RLock()
 	defer w.rw.RUnlock()
@@ -454,7 +465,7 @@ func (w *Writer) Apply(ctx context.Context, changes []Change) error {
 		case k != nil:
 			ops = append(ops, clientv3.OpPut(c.key, string(c.value), clientv3.WithLease(k.lease.id)))
 		default:
-			slot, err := w.reserveSlot(ctx, false)
+			slot, err := w.reserveSlot(ctx, isCanary(c.key))
 			if err != nil {
 				release()
 				w.mu.Unlock()
